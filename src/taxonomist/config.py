@@ -1,0 +1,231 @@
+"""Typed run configuration: YAML file + ``key.sub=value`` overrides, saved beside every checkpoint.
+
+Configs never enter modules: builders read these dataclasses and pass plain arguments on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema of :class:`RunConfig`."""
+
+
+@dataclass
+class CatalogConfig:
+    """Where the labelled catalog is and how to read it."""
+
+    path: str = "{data_dir}/fashion-product-images/styles.csv"
+    """CSV/Parquet file (generic layout) or dataset folder (meesho layout); ``{data_dir}`` expands."""
+    layout: Literal["generic", "meesho"] = "generic"
+    id_column: str = "id"
+    category_column: str = "masterCategory"
+    attributes: list[str] = field(
+        default_factory=lambda: ["gender", "subCategory", "articleType", "baseColour", "season", "usage"]
+    )
+    """Attribute columns (generic layout); empty = every other column."""
+    image_root: str | None = None
+    """Folder the image template is relative to; default: the catalog file's folder."""
+    image_template: str | None = None
+    """Image path per row, e.g. ``images/{id}.jpg`` (generic default) or ``train_images/{id:06d}.jpg``
+    (Meesho default); ``{category}`` is filled in too."""
+    categories: list[str] = field(default_factory=list)
+    """Keep only these categories (empty = all)."""
+    min_rows_per_category: int = 500
+    remaps: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per-category column copies before naming, e.g. ``{Sarees: {attr_1: attr_4}}`` (seed 000)."""
+    schema: str | None = None
+    """Schema file (JSON/YAML); default: inferred from the training rows."""
+    limit: int | None = None
+    """Use only the first N rows (after a seeded shuffle): quick demos and smoke runs."""
+
+
+@dataclass
+class MissingLabelConfig:
+    policy: Literal["mask", "dynamic-fill", "similar-mode", "drop"] = "mask"
+    max_nans: int = 3
+    """similar-mode: rows with more missing labels than this are skipped."""
+    fill_value: str = "no"
+    """dynamic-fill: value for missing attributes past the row's ``len``."""
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "efficientnet-lite0"
+    """Registry name (efficientnet-lite0/1/2) or any Hugging Face vision model id or local directory."""
+    size: int | None = None
+    """Input side in pixels; default: the backbone's own."""
+    resize: Literal["pad", "crop", "squash"] = "pad"
+    color_features: bool = True
+    """Append a foreground colour histogram: ImageNet features are nearly colour-blind."""
+    pretrained: bool = True
+
+
+@dataclass
+class EmbedConfig:
+    batch_size: int = 32
+    num_workers: int = 2
+    """Image-decoding worker processes (0 = decode in the main process)."""
+    cache_dir: str | None = None
+    """Feature cache folder; default ``$TAXONOMIST_CACHE`` or ``~/.cache/taxonomist``."""
+    max_pixels: int = 4096 * 4096
+
+
+@dataclass
+class HeadsConfig:
+    hidden: list[int] = field(default_factory=lambda: [512, 256])
+    """Shared trunk widths (seed 000: FC 512 → FC 256)."""
+    category_dim: int = 16
+    dropout: float = 0.2
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 1
+    patience: int = 8
+    """Early stopping: epochs without a better validation score."""
+    val_fraction: float = 0.1
+    seed: int = 0
+    label_smoothing: float = 0.0
+    class_balance: float = 0.0
+    """Prediction-time logit adjustment strength (0 = off, 1 = full prior correction); tuned on val if -1."""
+    calibrate: bool = True
+
+
+@dataclass
+class PredictConfig:
+    min_confidence: float = 0.0
+    placeholder: str = ""
+    """Written instead of a value whose confidence is below ``min_confidence``."""
+    chunk_size: int = 512
+    """Rows per output part: the unit of resume after a crash."""
+
+
+@dataclass
+class RunConfig:
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    missing_labels: MissingLabelConfig = field(default_factory=MissingLabelConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
+        tmp.replace(path)
+
+
+def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
+    """Build a dataclass from nested dicts, checking names and types so typos fail loudly."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {sorted(f'{where}{k}' for k in unknown)}; known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, f"{where}.")
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{where}: {value!r} fits none of {tp}")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise ConfigError(f"{where}: unsupported config type {tp}")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``train.epochs=5`` style overrides; values are parsed as YAML (``[a, b]``, ``null``, ``1e-3``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        node = data
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node[leaf] = float(value) if isinstance(value, str) and _is_float(value) else value
+    return data
+
+
+def _is_float(text: str) -> bool:
+    """YAML 1.1 reads ``1e-3`` as a string; accept it as the number a user meant."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return any(c in text.lower() for c in ".e") and not text.strip().isalpha()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: invalid YAML ({err})") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+    data = apply_overrides(data, overrides or [])
+    return from_dict(RunConfig, data)

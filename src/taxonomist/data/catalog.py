@@ -1,0 +1,300 @@
+"""Catalog readers: every layout becomes one frame shape (id, category, one column per named attribute).
+
+Downstream code only sees :class:`Catalog`; the layout (Meesho positional ``attr_k`` or a generic table
+with named columns) is resolved here, once.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from taxonomist.config import CatalogConfig
+from taxonomist.data.schema import Schema
+
+ID = "id"
+CATEGORY = "category"
+MEESHO_MAX_ATTRS = 10
+DATA_DIR_ENV = "TAXONOMIST_DATA_DIR"
+DEFAULT_DATA_DIR = "../shared/datasets"
+
+
+class CatalogError(ValueError):
+    """A catalog file that cannot be read as the configured layout."""
+
+
+def data_dir() -> Path:
+    """Root of the shared datasets: ``$TAXONOMIST_DATA_DIR`` or ``../shared/datasets``."""
+    return Path(os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR))
+
+
+def expand_path(path: str | os.PathLike) -> Path:
+    """Expand ``{data_dir}`` and ``~`` so configs stay portable across machines."""
+    return Path(os.path.expanduser(str(path).replace("{data_dir}", str(data_dir()))))
+
+
+class _Id(str):
+    """An id that formats as text, or as a number when the template asks for one (``{id:06d}``)."""
+
+    def __format__(self, spec: str) -> str:
+        if spec and spec[-1] in "dxXob":
+            return format(int(self), spec)
+        return super().__format__(spec)
+
+
+def format_image_path(template: str, item_id: str, category: str = "") -> str:
+    return template.format(id=_Id(item_id), category=category)
+
+
+@dataclass
+class Catalog:
+    """Rows of (id, category, named attribute labels) plus where their images live."""
+
+    frame: pd.DataFrame
+    attributes: list[str]
+    image_root: Path | None = None
+    image_template: str = "images/{id}.jpg"
+    attributes_by_category: dict[str, list[str]] = field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        unknown_fields = template_fields(self.image_template) - {"id", "category"}
+        if unknown_fields:
+            raise CatalogError(
+                f"image template {self.image_template!r} uses {sorted(unknown_fields)}; only {{id}} and "
+                "{category} are filled in"
+            )
+        missing = {ID, CATEGORY, *self.attributes} - set(self.frame.columns)
+        if missing:
+            raise CatalogError(f"{self.source or 'catalog'}: missing columns {sorted(missing)}")
+        dups = self.frame[ID][self.frame[ID].duplicated()]
+        if len(dups):
+            raise CatalogError(
+                f"{self.source or 'catalog'}: {len(dups)} duplicated ids, e.g. {dups.iloc[:5].tolist()}"
+            )
+        if not self.attributes_by_category:
+            self.attributes_by_category = {
+                str(c): [a for a in self.attributes if rows[a].notna().any()]
+                for c, rows in self.frame.groupby(CATEGORY, sort=False)
+            }
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.frame[ID].tolist()
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.attributes_by_category)
+
+    def image_path(self, item_id: str, category: str = "") -> Path:
+        rel = format_image_path(self.image_template, item_id, category)
+        return (self.image_root / rel) if self.image_root is not None else Path(rel)
+
+    def image_paths(self) -> list[Path]:
+        return [self.image_path(i, c) for i, c in zip(self.frame[ID], self.frame[CATEGORY], strict=True)]
+
+    def infer_schema(self) -> Schema:
+        return Schema.infer(self.frame, self.attributes_by_category, attributes=self.attributes)
+
+    def subset(self, mask_or_index) -> Catalog:
+        """Same catalog restricted to some rows (a boolean mask or positional indices)."""
+        frame = (
+            self.frame.loc[mask_or_index] if _is_bool_mask(mask_or_index) else self.frame.iloc[mask_or_index]
+        )
+        return Catalog(
+            frame.reset_index(drop=True),
+            list(self.attributes),
+            self.image_root,
+            self.image_template,
+            {c: list(a) for c, a in self.attributes_by_category.items()},
+            self.source,
+        )
+
+    def with_frame(self, frame: pd.DataFrame) -> Catalog:
+        return Catalog(
+            frame.reset_index(drop=True),
+            list(self.attributes),
+            self.image_root,
+            self.image_template,
+            {c: list(a) for c, a in self.attributes_by_category.items()},
+            self.source,
+        )
+
+
+def _is_bool_mask(obj) -> bool:
+    dtype = getattr(obj, "dtype", None)
+    return dtype is not None and dtype == bool
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """CSV or Parquet as strings, empty fields as missing (ids such as ``000123`` keep their zeros)."""
+    path = expand_path(path)
+    if not path.is_file():
+        raise CatalogError(f"catalog file not found: {path}")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+            return frame.astype({c: "string" for c in frame.columns}).astype(object).where(frame.notna())
+        # keep_default_na=False: a label like "NA" (a brand) is data; only empty fields are missing.
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
+        raise CatalogError(f"{path}: cannot be read as a table ({err})") from err
+
+
+def apply_remaps(frame: pd.DataFrame, remaps: Mapping[str, Mapping[str, str]], category_col: str) -> None:
+    """Per-category column copies, in place: ``{"Sarees": {"attr_1": "attr_4"}}`` sets Sarees' attr_1 to attr_4."""
+    for category, mapping in remaps.items():
+        rows = frame[category_col] == category
+        if not rows.any():
+            raise CatalogError(f"remap names category {category!r}, which has no rows")
+        for target, source in mapping.items():
+            for col in (target, source):
+                if col not in frame.columns:
+                    raise CatalogError(f"remap for {category!r} names unknown column {col!r}")
+            frame.loc[rows, target] = frame.loc[rows, source]
+
+
+def _finish(frame: pd.DataFrame, categories: Sequence[str] | None, min_rows: int) -> pd.DataFrame:
+    if categories:
+        unknown = set(categories) - set(frame[CATEGORY].unique())
+        if unknown:
+            raise CatalogError(f"categories not in the catalog: {sorted(unknown)}")
+        frame = frame[frame[CATEGORY].isin(categories)]
+    if min_rows > 0:
+        counts = frame[CATEGORY].value_counts()
+        frame = frame[frame[CATEGORY].isin(counts[counts >= min_rows].index)]
+    return frame.reset_index(drop=True)
+
+
+def read_generic(
+    path: str | os.PathLike,
+    *,
+    id_column: str = "id",
+    category_column: str = "category",
+    attributes: Sequence[str] = (),
+    image_root: str | os.PathLike | None = None,
+    image_template: str = "images/{id}.jpg",
+    remaps: Mapping[str, Mapping[str, str]] | None = None,
+    categories: Sequence[str] | None = None,
+    min_rows_per_category: int = 0,
+) -> Catalog:
+    """Any CSV/Parquet with an id column, a category column and named attribute columns."""
+    path = expand_path(path)
+    raw = read_table(path)
+    for col, what in ((id_column, "id"), (category_column, "category")):
+        if col not in raw.columns:
+            raise CatalogError(f"{path}: no {what} column {col!r} (columns: {list(raw.columns)})")
+    attributes = list(attributes) or [c for c in raw.columns if c not in (id_column, category_column)]
+    missing = [a for a in attributes if a not in raw.columns]
+    if missing:
+        raise CatalogError(f"{path}: attribute columns not found: {missing} (columns: {list(raw.columns)})")
+    if remaps:
+        apply_remaps(raw, remaps, category_column)
+    bad = raw[category_column].isna() | raw[id_column].isna()
+    if bad.any():
+        rows = (raw.index[bad][:5] + 2).tolist()  # +2: header line and 1-based numbering
+        raise CatalogError(f"{path}: {int(bad.sum())} rows without id or category, e.g. lines {rows}")
+    frame = raw[[id_column, category_column, *attributes]].rename(
+        columns={id_column: ID, category_column: CATEGORY}
+    )
+    frame = _finish(frame, categories, min_rows_per_category)
+    root = expand_path(image_root) if image_root is not None else path.parent
+    return Catalog(frame, attributes, root, image_template, source=str(path))
+
+
+def read_meesho(
+    root: str | os.PathLike,
+    *,
+    split: str = "train",
+    image_template: str | None = None,
+    remaps: Mapping[str, Mapping[str, str]] | None = None,
+    categories: Sequence[str] | None = None,
+    min_rows_per_category: int = 0,
+) -> Catalog:
+    """Meesho Visual Taxonomy: ``{split}.csv`` (positional attr_k) + ``category_attributes.parquet``.
+
+    Positional columns are renamed per category to the attribute names the parquet lists, so a head
+    learns "color" rather than "attr_1 of whichever category".
+    """
+    root = expand_path(root)
+    table = read_table(root / f"{split}.csv")
+    names = read_meesho_attribute_names(root / "category_attributes.parquet")
+    if "Category" not in table.columns or "id" not in table.columns:
+        raise CatalogError(f"{root / f'{split}.csv'}: expected columns id, Category, len, attr_1..attr_10")
+    positional = [f"attr_{k}" for k in range(1, MEESHO_MAX_ATTRS + 1)]
+    for col in positional:
+        if col not in table.columns:
+            table[col] = None
+    if remaps:
+        apply_remaps(table, remaps, "Category")
+    unknown = set(table["Category"].unique()) - set(names)
+    if unknown:
+        raise CatalogError(f"{root}: categories without an attribute list: {sorted(unknown)}")
+    attributes = list(dict.fromkeys(a for attrs in names.values() for a in attrs))
+    parts = []
+    for category, rows in table.groupby("Category", sort=False):
+        attrs = names[str(category)]
+        part = pd.DataFrame({ID: rows["id"].to_numpy(), CATEGORY: rows["Category"].to_numpy()})
+        for k, attr in enumerate(attrs, start=1):
+            part[attr] = rows[f"attr_{k}"].to_numpy()
+        parts.append(part.set_index(rows.index))
+    frame = pd.concat(parts).sort_index().reindex(columns=[ID, CATEGORY, *attributes])
+    frame = frame.astype(object).where(frame.notna(), None)
+    frame = _finish(frame, categories, min_rows_per_category)
+    kept = [c for c in names if c in set(frame[CATEGORY])]
+    template = image_template or f"{split}_images/{{id:06d}}.jpg"
+    return Catalog(
+        frame, attributes, root, template, {c: list(names[c]) for c in kept}, source=str(root / f"{split}.csv")
+    )
+
+
+def read_meesho_attribute_names(path: str | os.PathLike) -> dict[str, list[str]]:
+    """category → attribute names in attr_k order, from ``category_attributes.parquet``."""
+    path = expand_path(path)
+    if not path.is_file():
+        raise CatalogError(f"Meesho attribute list not found: {path}")
+    table = pd.read_parquet(path)
+    need = {"Category", "Attribute_list"}
+    if not need <= set(table.columns):
+        raise CatalogError(f"{path}: expected columns {sorted(need)}, got {list(table.columns)}")
+    return {str(r.Category): [str(a) for a in r.Attribute_list] for r in table.itertuples()}
+
+
+def template_fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def load_catalog(cfg: CatalogConfig, *, seed: int = 0) -> Catalog:
+    """The configured layout's reader, then the optional seeded row limit (for quick runs)."""
+    common = {
+        "remaps": cfg.remaps or None,
+        "categories": cfg.categories or None,
+        "min_rows_per_category": cfg.min_rows_per_category,
+    }
+    if cfg.layout == "meesho":
+        catalog = read_meesho(cfg.path, image_template=cfg.image_template, **common)
+    else:
+        catalog = read_generic(
+            cfg.path,
+            id_column=cfg.id_column,
+            category_column=cfg.category_column,
+            attributes=cfg.attributes,
+            image_root=cfg.image_root,
+            image_template=cfg.image_template or "images/{id}.jpg",
+            **common,
+        )
+    if cfg.image_root is not None and cfg.layout == "meesho":
+        catalog.image_root = expand_path(cfg.image_root)
+    if cfg.limit is not None and cfg.limit < len(catalog):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(catalog))[: cfg.limit])
+        catalog = catalog.subset(keep)
+    return catalog

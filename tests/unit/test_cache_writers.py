@@ -1,0 +1,38 @@
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from taxonomist.inference.cache import FeatureCache
+from taxonomist.inference.writers import ChunkedWriter, ResumeError
+
+
+def test_cache_round_trip_and_reopen(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path, "fp1")
+    feats = np.arange(12, dtype=np.float32).reshape(3, 4)
+    cache.put(["a", "b", "c"], feats)
+    assert "b" in cache and "z" not in cache
+    again = FeatureCache(tmp_path, "fp1")
+    np.testing.assert_array_equal(again.get(["c", "a"]), feats[[2, 0]])
+    assert len(FeatureCache(tmp_path, "fp2")) == 0  # another backbone never sees these
+
+
+def test_cache_ignores_half_written_shard(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path, "fp")
+    np.save(cache.dir / "dead.feats.npy", np.zeros((1, 2), dtype=np.float32))  # keys never landed
+    assert len(FeatureCache(tmp_path, "fp")) == 0
+
+
+def test_chunked_writer_resumes_without_duplicates(tmp_path: Path) -> None:
+    ids = [str(i) for i in range(10)]
+    writer = ChunkedWriter(tmp_path, ids, 4, {"m": 1})
+    assert writer.pending() == [0, 1, 2]
+    writer.write(0, {"rows": pd.DataFrame({"id": ids[:4]})})
+    again = ChunkedWriter(tmp_path, ids, 4, {"m": 1})
+    assert again.pending() == [1, 2]
+    for k in again.pending():
+        again.write(k, {"rows": pd.DataFrame({"id": [ids[r] for r in again.chunk_rows(k)]})})
+    assert again.read("rows")["id"].tolist() == ids
+    with pytest.raises(ResumeError, match="other input or settings"):
+        ChunkedWriter(tmp_path, ids, 4, {"m": 2})

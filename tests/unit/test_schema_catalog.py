@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from taxonomist.config import CatalogConfig
+from taxonomist.data.catalog import CatalogError, format_image_path, load_catalog, read_generic, read_meesho
+from taxonomist.data.schema import Schema, SchemaError
+
+
+def write_styles(path: Path) -> Path:
+    frame = pd.DataFrame(
+        {
+            "pid": ["7", "8", "9", "10"],
+            "kind": ["Shoes", "Shoes", "Bags", "Bags"],
+            "color": ["Red", "Blue", "NA", None],
+            "size": ["L", None, None, None],
+        }
+    )
+    frame.to_csv(path / "styles.csv", index=False)
+    return path / "styles.csv"
+
+
+def test_generic_reader_names_columns_and_keeps_na_literal(tmp_path: Path) -> None:
+    cat = read_generic(write_styles(tmp_path), id_column="pid", category_column="kind", attributes=["color", "size"])
+    assert list(cat.frame.columns) == ["id", "category", "color", "size"]
+    assert cat.frame.loc[2, "color"] == "NA"  # a literal value, not a gap
+    assert pd.isna(cat.frame.loc[3, "color"])
+    assert cat.attributes_by_category == {"Shoes": ["color", "size"], "Bags": ["color"]}
+    assert cat.image_path("7") == tmp_path / "images" / "7.jpg"
+
+
+def test_generic_reader_errors_name_the_problem(tmp_path: Path) -> None:
+    path = write_styles(tmp_path)
+    with pytest.raises(CatalogError, match="no category column 'masterCategory'"):
+        read_generic(path, id_column="pid", category_column="masterCategory")
+    with pytest.raises(CatalogError, match=r"attribute columns not found: \['fabric'\]"):
+        read_generic(path, id_column="pid", category_column="kind", attributes=["fabric"])
+    with pytest.raises(CatalogError, match="not found"):
+        read_generic(tmp_path / "missing.csv")
+
+
+def test_duplicate_ids_rejected(tmp_path: Path) -> None:
+    pd.DataFrame({"id": ["1", "1"], "category": ["a", "a"], "x": ["u", "v"]}).to_csv(tmp_path / "d.csv", index=False)
+    with pytest.raises(CatalogError, match="duplicated ids"):
+        read_generic(tmp_path / "d.csv")
+
+
+def test_schema_infer_save_load(tmp_path: Path) -> None:
+    cat = read_generic(write_styles(tmp_path), id_column="pid", category_column="kind", attributes=["color", "size"])
+    schema = cat.infer_schema()
+    assert schema.allowed("Shoes", "color") == ["Red", "Blue"]
+    assert schema.values("color") == ["Red", "Blue", "NA"]
+    assert schema.is_valid("Bags", "color", "NA") and not schema.is_valid("Bags", "size", "L")
+    for name in ("s.json", "s.yaml"):
+        schema.save(tmp_path / name)
+        assert Schema.load(tmp_path / name) == schema
+    with pytest.raises(SchemaError, match="unknown category 'Hats'"):
+        schema.attributes_of("Hats")
+
+
+def test_image_template_zero_padding_and_category() -> None:
+    assert format_image_path("train_images/{id:06d}.jpg", "42") == "train_images/000042.jpg"
+    assert format_image_path("{category}/{id}.png", "x1", "Bags") == "Bags/x1.png"
+
+
+def test_limit_is_seeded(tmp_path: Path) -> None:
+    path = write_styles(tmp_path)
+    cfg = CatalogConfig(path=str(path), id_column="pid", category_column="kind", attributes=[], limit=2,
+                        min_rows_per_category=0)
+    a, b = load_catalog(cfg, seed=1), load_catalog(cfg, seed=1)
+    assert len(a) == 2 and a.ids == b.ids
+
+
+def test_meesho_reader_names_positional_columns(meesho_dir: Path) -> None:
+    cat = read_meesho(meesho_dir)
+    assert len(cat) == 70213
+    assert cat.attributes_by_category["Men Tshirts"] == [
+        "color", "neck", "pattern", "print_or_pattern_type", "sleeve_length"
+    ]
+    row = cat.frame[cat.frame["id"] == "1"].iloc[0]  # 1,Men Tshirts,5,multicolor,polo,solid,solid,short sleeves
+    assert (row["color"], row["neck"], row["sleeve_length"]) == ("multicolor", "polo", "short sleeves")
+    assert row["border"] is None
+    assert str(cat.image_path("1")).endswith("train_images/000001.jpg")
