@@ -1,0 +1,19 @@
+"""Scores used to compare runs: the competition metric, cross-entropy and calibration."""
+
+from taxonomist.metrics.attributes import AttributeReport, attribute_score, cross_entropy
+from taxonomist.metrics.calibration import (
+    apply_temperature,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_table,
+)
+
+__all__ = [
+    "AttributeReport",
+    "apply_temperature",
+    "attribute_score",
+    "cross_entropy",
+    "expected_calibration_error",
+    "fit_temperature",
+    "reliability_table",
+]
