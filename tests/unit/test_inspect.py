@@ -1,0 +1,208 @@
+"""inspect_catalog on a hand-built catalog whose every number is known, plus the real Meesho labels."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import multiprocessing
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from taxonomist.data import inspect as inspect_module
+from taxonomist.data.catalog import Catalog, read_meesho
+from taxonomist.data.inspect import InspectReport, inspect_catalog
+from taxonomist.data.schema import Schema
+
+# id, category, color, sleeve, size, image: a colour to draw, "copy:<id>" (same bytes), "corrupt", "missing"
+ROWS = [
+    ("s1", "shirts", "red", "long", None, (200, 0, 0)),
+    ("s2", "shirts", "red", "short", None, (0, 200, 0)),
+    ("s3", "shirts", "blue", "short", None, "copy:s2"),  # same picture as s2, different colour label
+    ("s4", "shirts", "red", None, None, (0, 0, 200)),
+    ("s5", "shirts", None, "long", None, "corrupt"),
+    ("s6", "shirts", "green", "long", None, "missing"),
+    ("h1", "shoes", "black", None, "42", (10, 10, 10)),
+    ("h2", "shoes", "black", None, None, "copy:h1"),  # same picture, labels agree (size just missing)
+    ("h3", "shoes", "black", None, "43", (90, 90, 90)),
+    ("h4", "shoes", "white", None, "42", (250, 250, 250)),
+]
+BY_CATEGORY = {"shirts": ["color", "sleeve"], "shoes": ["color", "size"]}
+
+
+def _catalog(root: Path) -> Catalog:
+    images = root / "images"
+    images.mkdir(parents=True)
+    for item_id, *_, image in ROWS:
+        path = images / f"{item_id}.jpg"
+        if isinstance(image, tuple):
+            Image.new("RGB", (16, 12), image).save(path, format="JPEG")
+        elif image.startswith("copy:"):
+            shutil.copyfile(images / f"{image[5:]}.jpg", path)
+        elif image == "corrupt":
+            path.write_bytes(b"this is not a jpeg at all")
+    frame = pd.DataFrame([r[:5] for r in ROWS], columns=["id", "category", "color", "sleeve", "size"])
+    frame = frame.astype(object).where(frame.notna(), None)
+    return Catalog(frame, ["color", "sleeve", "size"], root, "images/{id}.jpg", BY_CATEGORY, source="toy.csv")
+
+
+SCHEMA = Schema(
+    {
+        "shirts": {"color": ["red", "blue"], "sleeve": ["long", "short"]},  # no "green"
+        "shoes": {"color": ["black", "white"], "size": ["42", "43"]},
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Catalog:
+    return _catalog(tmp_path_factory.mktemp("catalog"))
+
+
+@pytest.fixture(scope="module")
+def report(catalog: Catalog) -> InspectReport:
+    return inspect_catalog(catalog, schema=SCHEMA, num_workers=2, progress=False)
+
+
+def _pair(frame: pd.DataFrame, category: str, attribute: str) -> pd.DataFrame:
+    return frame[(frame["category"] == category) & (frame["attribute"] == attribute)]
+
+
+def test_rows_and_missing_rates(report: InspectReport) -> None:
+    assert report.rows == 10
+    assert report.rows_per_category == {"shirts": 6, "shoes": 4}
+    assert report.duplicate_ids == 0
+    got = {(r.category, r.attribute): (r.rows, r.missing) for r in report.missing.itertuples()}
+    # Only each category's own attributes: shirts have no "size" row, shoes no "sleeve" row.
+    assert got == {
+        ("shirts", "color"): (6, 1),
+        ("shirts", "sleeve"): (6, 1),
+        ("shoes", "color"): (4, 0),
+        ("shoes", "size"): (4, 1),
+    }
+    rates = report.missing.set_index(["category", "attribute"])["missing_rate"]
+    assert rates[("shirts", "color")] == pytest.approx(1 / 6)
+    assert rates[("shoes", "size")] == pytest.approx(0.25)
+    assert rates[("shoes", "color")] == 0.0
+
+
+def test_class_counts_and_imbalance(report: InspectReport) -> None:
+    counts = {(r.category, r.attribute, r.value): r.count for r in report.class_counts.itertuples()}
+    assert counts == {
+        ("shirts", "color", "red"): 3,
+        ("shirts", "color", "blue"): 1,
+        ("shirts", "color", "green"): 1,
+        ("shirts", "sleeve", "long"): 3,
+        ("shirts", "sleeve", "short"): 2,
+        ("shoes", "color", "black"): 3,
+        ("shoes", "color", "white"): 1,
+        ("shoes", "size", "42"): 2,
+        ("shoes", "size", "43"): 1,
+    }
+    # Most frequent first within each pair, and shares sum to one.
+    assert _pair(report.class_counts, "shirts", "color")["value"].iloc[0] == "red"
+    assert _pair(report.class_counts, "shirts", "color")["share"].sum() == pytest.approx(1.0)
+
+    row = _pair(report.imbalance, "shirts", "color").iloc[0]
+    assert (row.labelled, row.classes, row.largest_value, row.largest, row.smallest) == (5, 3, "red", 3, 1)
+    assert row.imbalance_ratio == pytest.approx(3.0)
+    h = -(0.6 * math.log(0.6) + 2 * 0.2 * math.log(0.2))
+    assert row.normalised_entropy == pytest.approx(h / math.log(3))
+    shoes = _pair(report.imbalance, "shoes", "color").iloc[0]
+    assert shoes.imbalance_ratio == pytest.approx(3.0)
+    assert shoes.normalised_entropy == pytest.approx(
+        -(0.75 * math.log(0.75) + 0.25 * math.log(0.25)) / math.log(2)
+    )
+
+
+def test_out_of_schema_value(report: InspectReport) -> None:
+    assert report.out_of_schema.to_dict("records") == [
+        {"category": "shirts", "attribute": "color", "value": "green", "count": 1, "reason": "unknown value"}
+    ]
+
+
+def test_out_of_schema_unknown_category_and_attribute(catalog: Catalog) -> None:
+    schema = Schema({"shirts": {"color": ["red", "blue", "green"]}})
+    oos = inspect_catalog(catalog, schema=schema, check_images=False, progress=False).out_of_schema
+    reasons = {(r.category, r.attribute, r.value): r.reason for r in oos.itertuples()}
+    assert reasons[("shirts", "sleeve", "long")] == "unknown attribute"
+    assert reasons[("shoes", "size", "42")] == "unknown category"
+    assert ("shirts", "color", "green") not in reasons
+
+
+def test_duplicate_images_and_label_conflicts(report: InspectReport) -> None:
+    groups = {frozenset(g["ids"]): g for g in report.duplicate_group_list()}
+    assert set(groups) == {frozenset({"s2", "s3"}), frozenset({"h1", "h2"})}
+    assert groups[frozenset({"s2", "s3"})]["conflicting"] == ["color"]
+    assert groups[frozenset({"h1", "h2"})]["label_conflict"] is False  # a missing label is not a conflict
+    assert (report.duplicate_groups, report.conflicting_groups, report.redundant_images) == (2, 1, 2)
+
+
+def test_unreadable_images(report: InspectReport) -> None:
+    got = dict(zip(report.unreadable["id"], report.unreadable["reason"], strict=True))
+    assert got == {"s5": "corrupt", "s6": "missing"}
+    assert report.unreadable_by_reason() == {"corrupt": 1, "missing": 1}
+    assert report.unreadable.set_index("id").loc["s6", "path"].endswith("images/s6.jpg")
+    # Unreadable files never form duplicate groups, even when their bytes match.
+    assert not set(report.duplicates["id"]) & {"s5", "s6"}
+
+
+def test_in_process_with_progress_matches_workers(catalog: Catalog, report: InspectReport) -> None:
+    console_report = inspect_catalog(catalog, schema=SCHEMA, num_workers=1, progress=True)
+    pd.testing.assert_frame_equal(console_report.duplicates, report.duplicates)
+    pd.testing.assert_frame_equal(console_report.unreadable, report.unreadable)
+
+
+def test_spawned_workers_match_in_process(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The spawn path is what macOS, Windows and Jupyter get; its workers must import and agree.
+    monkeypatch.setattr(inspect_module, "_mp_context", lambda: multiprocessing.get_context("spawn"))
+    paths = [str(p) for p in catalog.image_paths()]
+    spawned = inspect_module.check_image_files(paths, num_workers=2, progress=False)
+    assert spawned == inspect_module.check_image_files(paths, num_workers=0, progress=False)
+
+
+def test_print_renders_every_section(report: InspectReport) -> None:
+    buf = io.StringIO()
+    report.print(Console(file=buf, width=200), top=1)
+    text = buf.getvalue()
+    for needle in ("Rows per category", "Worst missing rates", "Most imbalanced", "green", "corrupt", "more"):
+        assert needle in text
+
+
+def test_save_writes_linked_files(report: InspectReport, tmp_path: Path) -> None:
+    index = report.save(tmp_path / "out")
+    assert index == tmp_path / "out" / "index.html"
+    page = index.read_text(encoding="utf-8")
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert set(images) == {"missing_heatmap.png", "class_counts_shirts.png", "class_counts_shoes.png"}
+    for name in images:
+        assert (index.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("missing", "class_counts", "unreadable", "duplicates", "out_of_schema"):
+        assert (index.parent / f"{name}.csv").is_file()
+    assert set(pd.read_csv(index.parent / "unreadable.csv")["reason"]) == {"corrupt", "missing"}
+    data = json.loads((index.parent / "report.json").read_text(encoding="utf-8"))
+    assert data["rows_per_category"] == {"shirts": 6, "shoes": 4}
+    assert data["images"]["duplicate_groups"] == 2
+    assert data["images"]["conflicting_groups"] == 1
+    assert data["out_of_schema"][0]["value"] == "green"
+    assert not list(index.parent.glob("*.tmp")) and not list(index.parent.glob(".*"))
+
+
+def test_real_meesho_labels(meesho_dir: Path) -> None:
+    catalog = read_meesho(meesho_dir)
+    report = inspect_catalog(catalog, schema=catalog.infer_schema(), check_images=False, progress=False)
+    assert report.rows == 70_213
+    assert report.rows_per_category["Sarees"] == 18_346
+    assert report.rows_per_category["Men Tshirts"] == 7_267
+    assert len(report.missing) == sum(len(a) for a in catalog.attributes_by_category.values())
+    assert report.out_of_schema.empty  # an inferred schema allows every label it was inferred from
+    assert report.class_counts.groupby(["category", "attribute"])["count"].sum().sum() == int(
+        (1 - report.missing["missing_rate"]).mul(report.missing["rows"]).round().sum()
+    )
+    assert not report.images_checked and report.unreadable.empty
