@@ -1,0 +1,136 @@
+"""A checkpoint directory carries everything needed to predict, and nothing that needs the training data.
+
+Layout: ``model.safetensors`` (heads), ``taxonomist.json`` (backbone spec with its preprocessing and
+fingerprint, categories, calibration, head sizes, metrics), ``schema.json`` (allowed values, which is
+also each head's vocabulary) and ``config.yaml`` (the resolved run config, for the record).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from taxonomist.config import BackboneConfig, HeadsConfig
+from taxonomist.data.schema import Schema
+from taxonomist.models.heads import AttributeHeads, allowed_masks
+
+FORMAT_VERSION = 1
+META_FILE = "taxonomist.json"
+WEIGHTS_FILE = "model.safetensors"
+BACKBONE_FILE = "backbone.safetensors"
+SCHEMA_FILE = "schema.json"
+
+
+class CheckpointError(ValueError):
+    """A directory that is not a readable taxonomist checkpoint."""
+
+
+@dataclass
+class HeadsCheckpoint:
+    backbone: BackboneConfig
+    preprocess: dict[str, Any]
+    fingerprint: str
+    feature_dim: int
+    schema: Schema
+    categories: list[str]
+    heads: HeadsConfig
+    temperatures: dict[str, float] = field(default_factory=dict)
+    logit_adjustment: dict[str, list[float]] = field(default_factory=dict)
+    """Per attribute additive logit bias (prior correction that favours macro-F1); empty = none."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def build_model(self) -> AttributeHeads:
+        return AttributeHeads(
+            self.feature_dim,
+            allowed_masks(self.schema, self.categories),
+            hidden=self.heads.hidden,
+            category_dim=self.heads.category_dim,
+            dropout=self.heads.dropout,
+        )
+
+    def save(
+        self,
+        directory: str | os.PathLike,
+        model: AttributeHeads,
+        backbone_state: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """``backbone_state``: weights that cannot be rebuilt from ``backbone.name`` (random init, tuned)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "kind": "attribute-heads",
+            "backbone": asdict(self.backbone),
+            "preprocess": self.preprocess,
+            "fingerprint": self.fingerprint,
+            "feature_dim": self.feature_dim,
+            "categories": self.categories,
+            "heads": asdict(self.heads),
+            "temperatures": self.temperatures,
+            "logit_adjustment": self.logit_adjustment,
+            "metrics": self.metrics,
+        }
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        _atomic(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
+        if backbone_state is not None:
+            tensors = {k: v.detach().contiguous() for k, v in backbone_state.items()}
+            _atomic(directory / BACKBONE_FILE, lambda p: save_file(tensors, str(p)))
+        self.schema.save(directory / SCHEMA_FILE)
+        _atomic(directory / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> tuple[HeadsCheckpoint, AttributeHeads]:
+        directory = Path(directory)
+        meta_path = directory / META_FILE
+        if not meta_path.is_file():
+            raise CheckpointError(f"{directory}: not a taxonomist checkpoint (no {META_FILE})")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{meta_path}: format version {meta.get('format_version')} is not supported"
+            )
+        ckpt = cls(
+            backbone=BackboneConfig(**meta["backbone"]),
+            preprocess=meta["preprocess"],
+            fingerprint=meta["fingerprint"],
+            feature_dim=meta["feature_dim"],
+            schema=Schema.load(directory / SCHEMA_FILE),
+            categories=meta["categories"],
+            heads=HeadsConfig(**meta["heads"]),
+            temperatures=meta.get("temperatures", {}),
+            logit_adjustment=meta.get("logit_adjustment", {}),
+            metrics=meta.get("metrics", {}),
+        )
+        model = ckpt.build_model()
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        return ckpt, model.eval()
+
+    @staticmethod
+    def backbone_state(directory: str | os.PathLike) -> dict[str, torch.Tensor] | None:
+        path = Path(directory) / BACKBONE_FILE
+        return load_file(str(path)) if path.is_file() else None
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def calibrated_probs(
+    logits: dict[str, torch.Tensor], ckpt: HeadsCheckpoint, *, adjust: bool = True
+) -> dict[str, torch.Tensor]:
+    """softmax((logits + prior correction) / T): the confidences the checkpoint stands behind."""
+    out = {}
+    for attribute, z in logits.items():
+        if adjust and attribute in ckpt.logit_adjustment:
+            z = z + torch.tensor(ckpt.logit_adjustment[attribute], dtype=z.dtype)
+        # The temperature is fitted on the adjusted logits, so it comes last.
+        out[attribute] = torch.softmax(z / ckpt.temperatures.get(attribute, 1.0), dim=-1)
+    return out
