@@ -140,7 +140,9 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ConfigError(f"unknown config key(s) {sorted(f'{where}{k}' for k in unknown)}; known: {sorted(names)}")
+        raise ConfigError(
+            f"unknown config key(s) {sorted(f'{where}{k}' for k in unknown)}; known: {sorted(names)}"
+        )
     kwargs = {k: _coerce(hints[k], v, f"{where}{k}") for k, v in data.items()}
     return cls(**kwargs)
 

@@ -15,7 +15,13 @@ def test_file_then_overrides(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("train:\n  epochs: 3\ncatalog:\n  attributes: [a, b]\n")
     cfg = load_config(
         tmp_path / "c.yaml",
-        ["train.lr=1e-3", "heads.hidden=[64]", "catalog.limit=10", "catalog.schema=null", "backbone.size=160"],
+        [
+            "train.lr=1e-3",
+            "heads.hidden=[64]",
+            "catalog.limit=10",
+            "catalog.schema=null",
+            "backbone.size=160",
+        ],
     )
     assert cfg.train.epochs == 3
     assert cfg.train.lr == pytest.approx(1e-3)

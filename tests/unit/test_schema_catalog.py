@@ -22,7 +22,9 @@ def write_styles(path: Path) -> Path:
 
 
 def test_generic_reader_names_columns_and_keeps_na_literal(tmp_path: Path) -> None:
-    cat = read_generic(write_styles(tmp_path), id_column="pid", category_column="kind", attributes=["color", "size"])
+    cat = read_generic(
+        write_styles(tmp_path), id_column="pid", category_column="kind", attributes=["color", "size"]
+    )
     assert list(cat.frame.columns) == ["id", "category", "color", "size"]
     assert cat.frame.loc[2, "color"] == "NA"  # a literal value, not a gap
     assert pd.isna(cat.frame.loc[3, "color"])
@@ -41,13 +43,17 @@ def test_generic_reader_errors_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_duplicate_ids_rejected(tmp_path: Path) -> None:
-    pd.DataFrame({"id": ["1", "1"], "category": ["a", "a"], "x": ["u", "v"]}).to_csv(tmp_path / "d.csv", index=False)
+    pd.DataFrame({"id": ["1", "1"], "category": ["a", "a"], "x": ["u", "v"]}).to_csv(
+        tmp_path / "d.csv", index=False
+    )
     with pytest.raises(CatalogError, match="duplicated ids"):
         read_generic(tmp_path / "d.csv")
 
 
 def test_schema_infer_save_load(tmp_path: Path) -> None:
-    cat = read_generic(write_styles(tmp_path), id_column="pid", category_column="kind", attributes=["color", "size"])
+    cat = read_generic(
+        write_styles(tmp_path), id_column="pid", category_column="kind", attributes=["color", "size"]
+    )
     schema = cat.infer_schema()
     assert schema.allowed("Shoes", "color") == ["Red", "Blue"]
     assert schema.values("color") == ["Red", "Blue", "NA"]
@@ -66,8 +72,14 @@ def test_image_template_zero_padding_and_category() -> None:
 
 def test_limit_is_seeded(tmp_path: Path) -> None:
     path = write_styles(tmp_path)
-    cfg = CatalogConfig(path=str(path), id_column="pid", category_column="kind", attributes=[], limit=2,
-                        min_rows_per_category=0)
+    cfg = CatalogConfig(
+        path=str(path),
+        id_column="pid",
+        category_column="kind",
+        attributes=[],
+        limit=2,
+        min_rows_per_category=0,
+    )
     a, b = load_catalog(cfg, seed=1), load_catalog(cfg, seed=1)
     assert len(a) == 2 and a.ids == b.ids
 
@@ -76,9 +88,15 @@ def test_meesho_reader_names_positional_columns(meesho_dir: Path) -> None:
     cat = read_meesho(meesho_dir)
     assert len(cat) == 70213
     assert cat.attributes_by_category["Men Tshirts"] == [
-        "color", "neck", "pattern", "print_or_pattern_type", "sleeve_length"
+        "color",
+        "neck",
+        "pattern",
+        "print_or_pattern_type",
+        "sleeve_length",
     ]
-    row = cat.frame[cat.frame["id"] == "1"].iloc[0]  # 1,Men Tshirts,5,multicolor,polo,solid,solid,short sleeves
+    row = cat.frame[cat.frame["id"] == "1"].iloc[
+        0
+    ]  # 1,Men Tshirts,5,multicolor,polo,solid,solid,short sleeves
     assert (row["color"], row["neck"], row["sleeve_length"]) == ("multicolor", "polo", "short sleeves")
     assert row["border"] is None
     assert str(cat.image_path("1")).endswith("train_images/000001.jpg")

@@ -131,8 +131,7 @@ class Catalog:
 
 
 def _is_bool_mask(obj) -> bool:
-    dtype = getattr(obj, "dtype", None)
-    return dtype is not None and dtype == bool
+    return np.asarray(obj).dtype == np.bool_
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
@@ -151,7 +150,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def apply_remaps(frame: pd.DataFrame, remaps: Mapping[str, Mapping[str, str]], category_col: str) -> None:
-    """Per-category column copies, in place: ``{"Sarees": {"attr_1": "attr_4"}}`` sets Sarees' attr_1 to attr_4."""
+    """Per-category column copies, in place: ``{"Sarees": {"attr_1": "attr_4"}}`` sets attr_1 from attr_4."""
     for category, mapping in remaps.items():
         rows = frame[category_col] == category
         if not rows.any():
@@ -253,7 +252,12 @@ def read_meesho(
     kept = [c for c in names if c in set(frame[CATEGORY])]
     template = image_template or f"{split}_images/{{id:06d}}.jpg"
     return Catalog(
-        frame, attributes, root, template, {c: list(names[c]) for c in kept}, source=str(root / f"{split}.csv")
+        frame,
+        attributes,
+        root,
+        template,
+        {c: list(names[c]) for c in kept},
+        source=str(root / f"{split}.csv"),
     )
 
 

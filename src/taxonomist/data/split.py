@@ -18,7 +18,7 @@ def split_per_category(
     train, val = [], []
     for _, rows in frame.groupby(CATEGORY, sort=True).indices.items():
         rows = rng.permutation(rows)
-        n_val = int(round(len(rows) * val_fraction))
+        n_val = round(len(rows) * val_fraction)
         if len(rows) >= 2:
             n_val = min(max(n_val, 1), len(rows) - 1)
         val.append(rows[:n_val])

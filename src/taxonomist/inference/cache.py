@@ -61,7 +61,10 @@ class FeatureCache:
         name = uuid.uuid4().hex
         feats_file = self.dir / f"{name}.feats.npy"
         keys_file = self.dir / f"{name}.keys.npy"
-        for path, array in ((feats_file, np.asarray(features, dtype=np.float32)), (keys_file, np.asarray(keys))):
+        for path, array in (
+            (feats_file, np.asarray(features, dtype=np.float32)),
+            (keys_file, np.asarray(keys)),
+        ):
             tmp = path.with_name(path.name + ".tmp.npy")
             np.save(tmp, array, allow_pickle=False)
             os.replace(tmp, path)

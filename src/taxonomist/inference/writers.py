@@ -39,7 +39,9 @@ def atomic_write_frame(frame: pd.DataFrame, path: Path) -> None:
 class ChunkedWriter:
     """Parts ``part-00000.parquet``… under ``out_dir/parts``, one per chunk of input rows."""
 
-    def __init__(self, out_dir: str | os.PathLike, ids: Sequence[str], chunk_size: int, settings: dict) -> None:
+    def __init__(
+        self, out_dir: str | os.PathLike, ids: Sequence[str], chunk_size: int, settings: dict
+    ) -> None:
         self.out_dir = Path(out_dir)
         self.parts_dir = self.out_dir / PARTS_DIR
         self.parts_dir.mkdir(parents=True, exist_ok=True)
@@ -77,7 +79,9 @@ class ChunkedWriter:
         """All of a chunk's frames, then its ``done`` marker last: a chunk counts only when whole."""
         for kind, frame in frames.items():
             atomic_write_frame(frame, self.part_path(k, kind))
-        atomic_write_frame(pd.DataFrame({"id": [self.ids[r] for r in self.chunk_rows(k)]}), self.part_path(k, "done"))
+        atomic_write_frame(
+            pd.DataFrame({"id": [self.ids[r] for r in self.chunk_rows(k)]}), self.part_path(k, "done")
+        )
 
     def read(self, kind: str) -> pd.DataFrame:
         frames = [pd.read_parquet(self.part_path(k, kind)) for k in range(self.n_chunks)]

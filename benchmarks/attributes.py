@@ -1,0 +1,288 @@
+"""Benchmark: image → attributes on fashion-product-images with frozen efficientnet-lite0 features.
+
+One run measures, on the same seeded per-category split:
+- the heads model (``taxonomist train``) score with the competition metric, per attribute;
+- two baselines: majority value per (category, attribute), and a logistic-regression linear probe on the
+  same frozen features; plus the heads without the colour features (ablation);
+- heads training time on cached features;
+- cold-cache prediction throughput (decode + encode + heads + writing) batched, against a
+  one-image-at-a-time loop over ``Predictor.predict``; peak RSS of a predict process.
+
+Writes ``benchmarks/results/attributes-fpi.json`` and the table in ``docs/benchmarks.md``.
+Usage: ``python benchmarks/attributes.py [--predict-images 1000] [--single-images 150]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from taxonomist.config import load_config
+from taxonomist.data.catalog import CATEGORY, ID, load_catalog
+from taxonomist.data.split import split_per_category
+from taxonomist.inference.embed import embed_catalog
+from taxonomist.inference.predictor import Predictor
+from taxonomist.metrics import attribute_score
+from taxonomist.models.build import build_backbone
+from taxonomist.models.color import COLOR_FEATURE_DIM
+from taxonomist.training.heads import train
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "attributes-fpi.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+
+
+def majority_baseline(train_frame: pd.DataFrame, val_frame: pd.DataFrame, by_cat: dict) -> float:
+    pred = val_frame[[ID, CATEGORY]].copy()
+    for attribute in {a for attrs in by_cat.values() for a in attrs}:
+        modes = train_frame.groupby(CATEGORY)[attribute].agg(
+            lambda s: s.mode().iat[0] if s.notna().any() else None
+        )
+        pred[attribute] = val_frame[CATEGORY].map(modes)
+    return attribute_score(val_frame, pred, by_cat).score
+
+
+def linear_probe(
+    features: np.ndarray, frame: pd.DataFrame, train_idx, val_idx, by_cat: dict
+) -> tuple[float, dict[str, float]]:
+    """One multinomial logistic regression per (category, attribute) on standardised frozen features."""
+    pred = frame.iloc[val_idx][[ID, CATEGORY]].reset_index(drop=True)
+    for attribute in {a for attrs in by_cat.values() for a in attrs}:
+        pred[attribute] = None
+    for category, attrs in by_cat.items():
+        tr = train_idx[frame[CATEGORY].to_numpy()[train_idx] == category]
+        va_mask = frame[CATEGORY].to_numpy()[val_idx] == category
+        scaler = StandardScaler().fit(features[tr])
+        x_tr, x_va = scaler.transform(features[tr]), scaler.transform(features[val_idx[va_mask]])
+        for attribute in attrs:
+            y = frame[attribute].to_numpy()[tr]
+            has = pd.notna(y)
+            if len(set(y[has])) < 2:
+                pred.loc[va_mask, attribute] = y[has][0] if has.any() else None
+                continue
+            clf = LogisticRegression(max_iter=300, C=0.5)
+            clf.fit(x_tr[has], y[has].astype(str))
+            pred.loc[va_mask, attribute] = clf.predict(x_va)
+    report = attribute_score(frame.iloc[val_idx].reset_index(drop=True), pred, by_cat)
+    return report.score, dict(
+        zip(report.per_attribute["attribute"], report.per_attribute["harmonic"], strict=True)
+    )
+
+
+def single_image_loop(predictor: Predictor, paths: list[str], cats: list[str]) -> float:
+    """What a user writes first: one call per image (decode, encode, heads each time)."""
+    start = time.perf_counter()
+    for path, category in zip(paths, cats, strict=True):
+        predictor.predict([path], [category])
+    return len(paths) / (time.perf_counter() - start)
+
+
+def predict_peak_rss(checkpoint: Path, cfg_path: Path, out_dir: Path) -> tuple[float, float]:
+    """Cold-cache batched predict in a fresh process: (images/s, peak RSS MiB) of that process alone."""
+    code = (
+        "import json,sys,resource;"
+        "from taxonomist.config import load_config;"
+        "from taxonomist.data.catalog import load_catalog;"
+        "from taxonomist.inference.predictor import Predictor;"
+        f"cfg=load_config({str(cfg_path)!r});cfg.catalog.attributes=[];"
+        "cat=load_catalog(cfg.catalog);"
+        f"p=Predictor.from_pretrained({str(checkpoint)!r});"
+        f"s=p.predict_catalog(cat,{str(out_dir)!r},embed=cfg.embed,progress=False);"
+        "print(json.dumps({'ips':s.images_per_s,'rss':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    data = json.loads(out.strip().splitlines()[-1])
+    return data["ips"], data["rss"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "fashion.yaml"))
+    parser.add_argument("--predict-images", type=int, default=1000)
+    parser.add_argument("--single-images", type=int, default=150)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    cfg = load_config(args.config)
+    work = Path(tempfile.mkdtemp(prefix="taxonomist-bench-"))
+
+    # 1. Heads (embeds through the cache first; cold or warm, the embed time is reported separately).
+    result = train(cfg, work / "ckpt", progress=True)
+    print(result.report.to_markdown())
+
+    # 2. Baselines and ablation on the same split and the same cached features.
+    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
+    backbone = build_backbone(cfg.backbone).optimize_for_inference()
+    embedded = embed_catalog(catalog, backbone, cfg.embed, progress=False)
+    ok = embedded.ok
+    train_idx, val_idx = train_idx[ok[train_idx]], val_idx[ok[val_idx]]
+    by_cat = catalog.attributes_by_category
+    majority = majority_baseline(
+        catalog.frame.iloc[train_idx], catalog.frame.iloc[val_idx].reset_index(drop=True), by_cat
+    )
+    t0 = time.perf_counter()
+    probe, probe_attr = linear_probe(embedded.features, catalog.frame, train_idx, val_idx, by_cat)
+    probe_cnn, probe_cnn_attr = linear_probe(
+        embedded.features[:, :-COLOR_FEATURE_DIM], catalog.frame, train_idx, val_idx, by_cat
+    )
+    probe_seconds = time.perf_counter() - t0
+    no_color_cfg = load_config(args.config, ["backbone.color_features=false"])
+    no_color = train(no_color_cfg, work / "ckpt-no-color", progress=False)
+
+    # 3. Prediction throughput, cold cache, on validation images: batched in a fresh process (so its
+    # peak RSS is its own), then a one-image-at-a-time loop over ``Predictor.predict``.
+    val_catalog = catalog.subset(val_idx)
+    n_pred = min(args.predict_images, len(val_catalog))
+    subset_csv = work / "predict_rows.csv"
+    val_catalog.frame.iloc[:n_pred].to_csv(subset_csv, index=False)
+    cfg_pred = load_config(
+        args.config,
+        [
+            f"catalog.path={subset_csv}",
+            "catalog.id_column=id",
+            "catalog.category_column=category",
+            f"catalog.image_root={val_catalog.image_root}",
+            "catalog.min_rows_per_category=0",
+        ],
+    )
+    cfg_pred.save(work / "predict.yaml")
+    batched_ips, peak_rss = predict_peak_rss(work / "ckpt", work / "predict.yaml", work / "pred")
+    predictor = Predictor.from_pretrained(work / "ckpt")
+    single = val_catalog.subset(list(range(n_pred - args.single_images, n_pred)))
+    single_paths = [str(p) for p in single.image_paths()]
+    single_ips = single_image_loop(predictor, single_paths, single.frame[CATEGORY].tolist())
+
+    per_attr = dict(
+        zip(result.report.per_attribute["attribute"], result.report.per_attribute["harmonic"], strict=True)
+    )
+    out = {
+        "dataset": "fashion-product-images (category = masterCategory, 4 categories with >= 500 rows)",
+        "backbone": f"{cfg.backbone.name} (frozen) + colour histogram"
+        if cfg.backbone.color_features
+        else cfg.backbone.name,
+        "rows": {"train": result.n_train, "val": result.n_val, "image_errors": result.image_errors},
+        "score": result.score,
+        "per_attribute": per_attr,
+        "per_category": result.report.to_dict()["per_category"],
+        "baselines": {
+            "majority": majority,
+            "linear_probe": probe,
+            "linear_probe_per_attribute": probe_attr,
+            "linear_probe_cnn_only": probe_cnn,
+            "linear_probe_cnn_only_per_attribute": probe_cnn_attr,
+            "heads_without_colour_features": no_color.score,
+            "heads_without_colour_features_per_attribute": dict(
+                zip(
+                    no_color.report.per_attribute["attribute"],
+                    no_color.report.per_attribute["harmonic"],
+                    strict=True,
+                )
+            ),
+            "linear_probe_seconds": probe_seconds,
+        },
+        "calibration": result.calibration,
+        "train_seconds": result.train_seconds,
+        "best_epoch": result.history.best_epoch,
+        "embed_seconds": result.embed_seconds,
+        "predict_images_per_s": batched_ips,
+        "single_images_per_s": single_ips,
+        "batched_vs_single": batched_ips / single_ips,
+        "predict_images": n_pred,
+        "peak_rss_mib": peak_rss,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+        "bench_self_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=1))
+    write_docs(out)
+    print(json.dumps({k: v for k, v in out.items() if not isinstance(v, dict)}, indent=1))
+
+
+def write_docs(r: dict) -> None:
+    order = list(r["per_attribute"])
+    b = r["baselines"]
+    section = [
+        "## Image → attributes (fashion-product-images)",
+        "",
+        f"`python benchmarks/attributes.py` on {r['machine']}; "
+        "results in `benchmarks/results/attributes-fpi.json`.",
+        f"Backbone: {r['backbone']}. Split: seeded 90/10 per category; {r['rows']['train']} train / "
+        f"{r['rows']['val']} validation rows. Score = mean over (category, attribute) of the harmonic "
+        "mean of "
+        "F1-micro and F1-macro (the Meesho metric).",
+        "",
+        "| model | score | " + " | ".join(order) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in order) + " |",
+        _row("heads (frozen features + colour)", r["score"], r["per_attribute"], order),
+        _row(
+            "heads without colour features",
+            b["heads_without_colour_features"],
+            b["heads_without_colour_features_per_attribute"],
+            order,
+        ),
+        _row("linear probe (same features)", b["linear_probe"], b["linear_probe_per_attribute"], order),
+        _row(
+            "linear probe (CNN features only)",
+            b["linear_probe_cnn_only"],
+            b["linear_probe_cnn_only_per_attribute"],
+            order,
+        ),
+        f"| majority per (category, attribute) | {b['majority']:.4f} |" + " |" * len(order),
+        "",
+        "| measure | value | target |",
+        "| --- | ---: | ---: |",
+        f"| heads training on cached features | {r['train_seconds']:.1f} s | ≤ 120 s |",
+        f"| predict, cold cache, batched (decode + encode + heads + write) | "
+        f"{r['predict_images_per_s']:.1f} img/s | ≥ 40 |",
+        f"| predict, one image at a time | {r['single_images_per_s']:.1f} img/s | |",
+        f"| batched vs single | {r['batched_vs_single']:.2f}× | ≥ 5× |",
+        f"| peak RSS of the predict process | {r['peak_rss_mib']:.0f} MiB | ≤ 2048 MiB |",
+        f"| embedding (through the cache) | {r['embed_seconds']:.1f} s | |",
+        "",
+        "Calibration (validation, temperature per attribute, ECE cross-fitted on two halves):",
+        "",
+        "| attribute | T | ECE before | ECE after |",
+        "| --- | ---: | ---: | ---: |",
+        *[
+            f"| {a} | {c['temperature']:.2f} | {c['ece_before']:.4f} | {c['ece_after']:.4f} |"
+            for a, c in r["calibration"].items()
+        ],
+        "",
+    ]
+    replace_section(DOCS, "## Image → attributes (fashion-product-images)", "\n".join(section))
+
+
+def _row(name: str, score: float, per_attr: dict, order: list[str]) -> str:
+    return (
+        f"| {name} | {score:.4f} | "
+        + " | ".join(f"{per_attr.get(a, float('nan')):.4f}" for a in order)
+        + " |"
+    )
+
+
+def replace_section(path: Path, heading: str, text: str) -> None:
+    """Swap one ``## `` section of the docs page, keeping the others (each benchmark owns its own)."""
+    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
+    parts = old.split("\n## ")
+    head, sections = parts[0], ["## " + p for p in parts[1:]]
+    sections = [s for s in sections if not s.startswith(heading)] + [text]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head.rstrip() + "\n\n" + "\n".join(s.rstrip() + "\n" for s in sections), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

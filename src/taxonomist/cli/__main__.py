@@ -1,0 +1,3 @@
+from taxonomist.cli.main import main
+
+main()

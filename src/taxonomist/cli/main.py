@@ -1,0 +1,206 @@
+"""``taxonomist`` command line: each command maps flags onto one typed library function."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from taxonomist.config import ConfigError, RunConfig, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _config(config: Path | None, overrides: list[str] | None, **flags: object) -> RunConfig:
+    extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    try:
+        return load_config(config, [*(overrides or []), *extra])
+    except ConfigError as err:
+        raise typer.BadParameter(str(err)) from err
+
+
+def score_table(report, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("category", "f1_micro", "f1_macro", "harmonic", "n_rows"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    for row in report.per_category.itertuples():
+        table.add_row(
+            row.category, f"{row.f1_micro:.4f}", f"{row.f1_macro:.4f}", f"{row.harmonic:.4f}", str(row.n_rows)
+        )
+    table.add_section()
+    table.add_row("[bold]score[/bold]", "", "", f"[bold]{report.score:.4f}[/bold]", "")
+    return table
+
+
+def attribute_table(report) -> Table:
+    table = Table(title="per attribute")
+    for col in ("attribute", "accuracy", "harmonic", "n"):
+        table.add_column(col, justify="left" if col == "attribute" else "right")
+    for row in report.per_attribute.itertuples():
+        table.add_row(row.attribute, f"{row.accuracy:.4f}", f"{row.harmonic:.4f}", str(row.n))
+    return table
+
+
+@app.command()
+def train(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint directory.")] = Path(
+        "runs/heads"
+    ),
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    data: Annotated[str | None, typer.Option(help="Catalog file or folder (catalog.path).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Backbone name or HF id/dir (backbone.name).")] = None,
+    policy: Annotated[str | None, typer.Option(help="Missing-label policy (missing_labels.policy).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="train.epochs")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use N rows (catalog.limit).")] = None,
+    recipe: Annotated[str, typer.Option(help="Training recipe.")] = "heads",
+    quiet: QuietOpt = False,
+) -> None:
+    """Train attribute heads on cached backbone features; saves a checkpoint directory."""
+    from taxonomist.training.heads import train as train_heads
+
+    if recipe != "heads":
+        raise typer.BadParameter(f"unknown recipe {recipe!r}; available: heads")
+    cfg = _config(
+        config,
+        overrides,
+        **{
+            "catalog.path": data,
+            "backbone.name": backbone,
+            "missing_labels.policy": policy,
+            "train.epochs": epochs,
+            "catalog.limit": limit,
+        },
+    )
+    result = train_heads(cfg, output, progress=not quiet)
+    console.print(score_table(result.report, f"validation ({result.n_val} rows)"))
+    console.print(attribute_table(result.report))
+    console.print(
+        f"train rows {result.n_train} · {result.policy} · embed {result.embed_seconds:.1f}s · "
+        f"heads {result.train_seconds:.1f}s (best epoch {result.history.best_epoch}) · "
+        f"image errors {result.image_errors} · checkpoint {output}"
+    )
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    split: Annotated[str, typer.Option(help="'val' (the training run's split) or 'all' rows.")] = "val",
+    output: Annotated[Path | None, typer.Option(help="Write the report JSON/Markdown here.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score a checkpoint with the competition metric on a labelled catalog."""
+    from taxonomist.inference.evaluate import evaluate as run_evaluate
+
+    cfg = _checkpoint_config(checkpoint, config, overrides)
+    report = run_evaluate(checkpoint, cfg, split=split, output=output, progress=not quiet)
+    console.print(score_table(report, f"{split} split"))
+    console.print(attribute_table(report))
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (resumable).")],
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    data: Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")] = None,
+    min_confidence: Annotated[float | None, typer.Option(help="Below this, write the placeholder.")] = None,
+    placeholder: Annotated[str | None, typer.Option(help="predict.placeholder")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Predict attributes for every row of a catalog: Meesho layout + long layout with confidences."""
+    from taxonomist.data.catalog import load_catalog
+    from taxonomist.inference.predictor import Predictor
+
+    cfg = _checkpoint_config(
+        checkpoint,
+        config,
+        [
+            *(overrides or []),
+            *([f"catalog.path={data}"] if data else []),
+            *([f"predict.min_confidence={min_confidence}"] if min_confidence is not None else []),
+            *([f"predict.placeholder={placeholder}"] if placeholder is not None else []),
+        ],
+    )
+    cfg.catalog.attributes = []  # labels, if any, are not needed to predict
+    catalog = load_catalog(cfg.catalog)
+    predictor = Predictor.from_pretrained(checkpoint)
+    summary = predictor.predict_catalog(
+        catalog,
+        output,
+        embed=cfg.embed,
+        min_confidence=cfg.predict.min_confidence,
+        placeholder=cfg.predict.placeholder,
+        chunk_size=cfg.predict.chunk_size,
+        progress=not quiet,
+    )
+    console.print_json(json.dumps(summary.to_dict()))
+
+
+@app.command()
+def embed(config: ConfigOpt = None, overrides: SetOpt = None, quiet: QuietOpt = False) -> None:
+    """Compute and cache backbone features for a catalog, so later training runs start warm."""
+    from taxonomist.data.catalog import load_catalog
+    from taxonomist.inference.embed import embed_catalog
+    from taxonomist.models.build import build_backbone
+
+    cfg = _config(config, overrides)
+    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    backbone = build_backbone(cfg.backbone).optimize_for_inference()
+    result = embed_catalog(catalog, backbone, cfg.embed, progress=not quiet)
+    console.print(
+        f"{len(catalog)} images: {result.cached} cached, {result.computed} computed, "
+        f"{len(result.errors)} errors in {result.seconds:.1f}s (backbone {backbone.fingerprint()})"
+    )
+
+
+@app.command()
+def inspect(
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("runs/inspect"),
+    images: Annotated[bool, typer.Option(help="Also hash and decode every image.")] = True,
+    quiet: QuietOpt = False,
+) -> None:
+    """Before training: rows, gaps, class balance, out-of-schema values, duplicates, unreadable images."""
+    from taxonomist.data.catalog import expand_path, load_catalog
+    from taxonomist.data.inspect import inspect_catalog
+    from taxonomist.data.schema import Schema
+
+    cfg = _config(config, overrides)
+    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    schema = Schema.load(expand_path(cfg.catalog.schema)) if cfg.catalog.schema else None
+    report = inspect_catalog(
+        catalog, schema=schema, check_images=images, num_workers=cfg.embed.num_workers, progress=not quiet
+    )
+    report.print(console)
+    console.print(f"report: {report.save(output)}")
+
+
+def _checkpoint_config(checkpoint: Path, config: Path | None, overrides: list[str] | None) -> RunConfig:
+    """The run's saved config, with a user config or overrides on top."""
+    saved = checkpoint / "config.yaml"
+    if config is None and not saved.is_file():
+        raise typer.BadParameter(f"{checkpoint}: no config.yaml beside the checkpoint; pass --config")
+    return _config(config or saved, overrides)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()

@@ -1,0 +1,162 @@
+"""Images → backbone features: hashed, cached, decoded in worker processes, encoded in batches.
+
+A bad image becomes an :class:`ImageError` record and a row of zeros with ``ok=False``; it never
+stops the run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from taxonomist.config import EmbedConfig
+from taxonomist.data.catalog import Catalog
+from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadError, content_hash, load_image
+from taxonomist.inference.cache import FeatureCache
+from taxonomist.models.backbones import Backbone
+from taxonomist.progress import progress_bar
+
+_FLUSH_ROWS = 2048
+
+
+@dataclass
+class EmbedResult:
+    features: np.ndarray
+    """(n, feature_dim) float32; rows of failed images are zeros."""
+    ok: np.ndarray
+    errors: list[ImageError] = field(default_factory=list)
+    cached: int = 0
+    computed: int = 0
+    seconds: float = 0.0
+
+
+class _Decode(Dataset):
+    """Decodes and preprocesses in DataLoader workers; errors travel back as values, not exceptions."""
+
+    def __init__(self, paths: Sequence[str], preprocess, max_pixels: int) -> None:
+        self.paths, self.preprocess, self.max_pixels = paths, preprocess, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.preprocess(load_image(self.paths[i], max_pixels=self.max_pixels)), None
+        except ImageLoadError as err:
+            return i, None, (err.reason, err.detail)
+
+
+def _collate(items):
+    good = [(i, x) for i, x, e in items if e is None]
+    bad = [(i, e) for i, x, e in items if e is not None]
+    pixels = torch.stack([x for _, x in good]) if good else None
+    return [i for i, _ in good], pixels, bad
+
+
+def hash_images(ids: Sequence[str], paths: Sequence[str | Path]) -> tuple[list[str | None], list[ImageError]]:
+    """Content hashes (None where the file cannot be read) and the errors for those."""
+    hashes: list[str | None] = []
+    errors = []
+    for item_id, path in zip(ids, paths, strict=True):
+        try:
+            hashes.append(content_hash(path))
+        except ImageLoadError as err:
+            hashes.append(None)
+            errors.append(ImageError.from_load_error(str(item_id), err))
+    return hashes, errors
+
+
+@torch.inference_mode()
+def embed_images(
+    ids: Sequence[str],
+    paths: Sequence[str | Path],
+    backbone: Backbone,
+    *,
+    cache: FeatureCache | None = None,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = True,
+    description: str = "embed",
+) -> EmbedResult:
+    start = time.perf_counter()
+    n = len(paths)
+    features = np.zeros((n, backbone.feature_dim), dtype=np.float32)
+    ok = np.zeros(n, dtype=bool)
+    hashes, errors = hash_images(ids, paths)
+    # Identical images (same bytes) are encoded once.
+    todo: dict[str, int] = {}
+    cached = 0
+    for row, key in enumerate(hashes):
+        if key is None:
+            continue
+        if cache is not None and key in cache:
+            cached += 1
+        elif key not in todo:
+            todo[key] = row
+    if cache is not None:
+        hits = [(row, key) for row, key in enumerate(hashes) if key is not None and key in cache]
+        if hits:
+            features[[r for r, _ in hits]] = cache.get([k for _, k in hits])
+            ok[[r for r, _ in hits]] = True
+    keys = list(todo)
+    rows = [todo[k] for k in keys]
+    computed: dict[str, np.ndarray] = {}
+    pending_keys: list[str] = []
+    pending: list[np.ndarray] = []
+    failed: dict[str, tuple[str, str]] = {}
+    if rows:
+        loader = DataLoader(
+            _Decode([str(paths[r]) for r in rows], backbone.preprocess, max_pixels),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=_collate,
+            persistent_workers=False,
+        )
+        backbone.eval()
+        with progress_bar("img", disable=not progress) as bar:
+            task = bar.add_task(description, total=len(rows))
+            for idx, pixels, bad in loader:
+                for i, (reason, detail) in bad:
+                    failed[keys[i]] = (reason, detail)
+                if pixels is not None:
+                    out = backbone(pixels).float().numpy()
+                    for i, vec in zip(idx, out, strict=True):
+                        computed[keys[i]] = vec
+                        pending_keys.append(keys[i])
+                        pending.append(vec)
+                    if cache is not None and len(pending) >= _FLUSH_ROWS:
+                        cache.put(pending_keys, np.stack(pending))
+                        pending_keys, pending = [], []
+                bar.advance(task, len(idx) + len(bad))
+        if cache is not None and pending:
+            cache.put(pending_keys, np.stack(pending))
+    for row, key in enumerate(hashes):
+        if key in computed:
+            features[row] = computed[key]
+            ok[row] = True
+        elif key in failed:  # every row sharing the bad bytes gets its own record
+            errors.append(ImageError(str(ids[row]), str(paths[row]), *failed[key]))
+    return EmbedResult(features, ok, errors, cached, len(computed), time.perf_counter() - start)
+
+
+def embed_catalog(
+    catalog: Catalog, backbone: Backbone, cfg: EmbedConfig, *, use_cache: bool = True, progress: bool = True
+) -> EmbedResult:
+    """Every row's image through ``backbone``, reusing the on-disk cache across runs."""
+    return embed_images(
+        catalog.ids,
+        catalog.image_paths(),
+        backbone,
+        cache=FeatureCache(cfg.cache_dir, backbone.fingerprint()) if use_cache else None,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        max_pixels=cfg.max_pixels,
+        progress=progress,
+    )

@@ -1,0 +1,249 @@
+"""``Predictor.from_pretrained(dir).predict(...)``: checkpoint → valid attributes with confidences."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from taxonomist.config import EmbedConfig
+from taxonomist.data.catalog import CATEGORY, ID, MEESHO_MAX_ATTRS, Catalog
+from taxonomist.data.images import ImageError, load_image, write_errors
+from taxonomist.data.schema import SchemaError
+from taxonomist.inference.cache import FeatureCache
+from taxonomist.inference.embed import embed_images
+from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
+from taxonomist.models.build import build_backbone
+from taxonomist.models.checkpoint import HeadsCheckpoint, calibrated_probs
+from taxonomist.progress import progress_bar
+
+ImageInput = Image.Image | str | os.PathLike
+
+
+@dataclass(frozen=True)
+class AttributeValue:
+    value: str
+    confidence: float
+
+
+@dataclass
+class Prediction:
+    id: str
+    category: str
+    attributes: dict[str, AttributeValue] = field(default_factory=dict)
+
+
+@dataclass
+class PredictSummary:
+    out_dir: str
+    rows: int
+    predicted: int
+    errors: int
+    resumed_chunks: int
+    seconds: float
+    images_per_s: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class Predictor:
+    """Frozen backbone + attribute heads + calibration, loaded from a checkpoint directory."""
+
+    def __init__(self, checkpoint: HeadsCheckpoint, heads, backbone) -> None:
+        self.checkpoint = checkpoint
+        self.heads = heads
+        self.backbone = backbone
+        self.schema = checkpoint.schema
+        self._category_index = {c: i for i, c in enumerate(checkpoint.categories)}
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, optimize: bool = True) -> Predictor:
+        checkpoint, heads = HeadsCheckpoint.load(path)
+        backbone = build_backbone(checkpoint.backbone)
+        state = HeadsCheckpoint.backbone_state(path)
+        if state is not None:
+            backbone.load_state_dict(state)
+        if backbone.fingerprint() != checkpoint.fingerprint:
+            raise RuntimeError(
+                f"{path}: backbone {checkpoint.backbone.name!r} now loads other weights or preprocessing "
+                f"(fingerprint {backbone.fingerprint()} != {checkpoint.fingerprint}); the heads were trained "
+                "on the old features"
+            )
+        if optimize:
+            backbone.optimize_for_inference()
+        return cls(checkpoint, heads, backbone.eval())
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.checkpoint.categories)
+
+    def category_indices(self, categories: Sequence[str]) -> torch.Tensor:
+        unknown = sorted({c for c in categories if c not in self._category_index})
+        if unknown:
+            raise SchemaError(f"unknown categories {unknown}; this model knows {self.categories}")
+        return torch.tensor([self._category_index[c] for c in categories], dtype=torch.long)
+
+    @torch.inference_mode()
+    def predict_features(
+        self, features: np.ndarray | torch.Tensor, categories: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """attribute → (n, n_values) calibrated probabilities (zeros where the attribute does not apply)."""
+        logits = self.heads(torch.as_tensor(features, dtype=torch.float32), self.category_indices(categories))
+        return {a: p.numpy() for a, p in calibrated_probs(logits, self.checkpoint).items()}
+
+    def decode(
+        self,
+        probs: dict[str, np.ndarray],
+        ids: Sequence[str],
+        categories: Sequence[str],
+        *,
+        min_confidence: float = 0.0,
+        placeholder: str = "",
+    ) -> list[Prediction]:
+        best = {a: (p.argmax(1), p.max(1)) for a, p in probs.items()}
+        out = []
+        for row, (item_id, category) in enumerate(zip(ids, categories, strict=True)):
+            pred = Prediction(str(item_id), category)
+            for attribute in self.schema.attributes_of(category):
+                idx, conf = best[attribute][0][row], float(best[attribute][1][row])
+                value = self.schema.values(attribute)[idx] if conf >= min_confidence else placeholder
+                pred.attributes[attribute] = AttributeValue(value, conf)
+            out.append(pred)
+        return out
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        images: Sequence[ImageInput],
+        categories: Sequence[str],
+        ids: Sequence[str] | None = None,
+        *,
+        min_confidence: float = 0.0,
+        placeholder: str = "",
+    ) -> list[Prediction]:
+        """In-memory prediction for a few images (PIL images or paths); raises on an unreadable image."""
+        if len(images) != len(categories):
+            raise ValueError(f"{len(images)} images but {len(categories)} categories")
+        ids = list(ids) if ids is not None else [str(i) for i in range(len(images))]
+        self.category_indices(categories)  # fail before any decoding
+        pixels = torch.stack(
+            [self.backbone.preprocess(im if isinstance(im, Image.Image) else load_image(im)) for im in images]
+        )
+        probs = self.predict_features(self.backbone(pixels), categories)
+        return self.decode(probs, ids, categories, min_confidence=min_confidence, placeholder=placeholder)
+
+    def predict_catalog(
+        self,
+        catalog: Catalog,
+        out_dir: str | os.PathLike,
+        *,
+        embed: EmbedConfig | None = None,
+        min_confidence: float = 0.0,
+        placeholder: str = "",
+        chunk_size: int = 512,
+        use_cache: bool = False,
+        progress: bool = True,
+    ) -> PredictSummary:
+        """Batch job: Meesho-layout and long-layout CSVs, errors file, resumable after a crash."""
+        embed = embed or EmbedConfig()
+        start = time.perf_counter()
+        out_dir = Path(out_dir)
+        frame = catalog.frame
+        self.category_indices(frame[CATEGORY].unique().tolist())
+        settings = {
+            "fingerprint": self.checkpoint.fingerprint,
+            "min_confidence": min_confidence,
+            "placeholder": placeholder,
+            "source": catalog.source,
+        }
+        writer = ChunkedWriter(out_dir, frame[ID].astype(str).tolist(), chunk_size, settings)
+        todo = writer.pending()
+        resumed = writer.n_chunks - len(todo)
+        cache = FeatureCache(embed.cache_dir, self.backbone.fingerprint()) if use_cache else None
+        paths = catalog.image_paths()
+        with progress_bar("chunk", disable=not progress) as bar:
+            task = bar.add_task("predict", total=writer.n_chunks, completed=resumed)
+            for k in todo:
+                rows = list(writer.chunk_rows(k))
+                ids = [str(frame[ID].iat[r]) for r in rows]
+                cats = [str(frame[CATEGORY].iat[r]) for r in rows]
+                result = embed_images(
+                    ids,
+                    [paths[r] for r in rows],
+                    self.backbone,
+                    cache=cache,
+                    batch_size=embed.batch_size,
+                    num_workers=embed.num_workers,
+                    max_pixels=embed.max_pixels,
+                    progress=False,
+                )
+                good = np.flatnonzero(result.ok)
+                probs = self.predict_features(result.features[good], [cats[i] for i in good])
+                preds = self.decode(
+                    probs,
+                    [ids[i] for i in good],
+                    [cats[i] for i in good],
+                    min_confidence=min_confidence,
+                    placeholder=placeholder,
+                )
+                writer.write(
+                    k,
+                    {
+                        "meesho": meesho_frame(preds, self.schema),
+                        "long": long_frame(preds),
+                        "errors": pd.DataFrame(
+                            [e.__dict__ for e in result.errors], columns=["id", "path", "reason", "detail"]
+                        ),
+                    },
+                )
+                bar.advance(task)
+        meesho, long, errors = writer.read("meesho"), writer.read("long"), writer.read("errors")
+        atomic_write_frame(meesho, out_dir / "predictions.csv")
+        atomic_write_frame(long, out_dir / "predictions_long.csv")
+        write_errors([ImageError(**r) for r in errors.to_dict("records")], out_dir / "errors.csv")
+        seconds = time.perf_counter() - start
+        done_rows = sum(len(writer.chunk_rows(k)) for k in todo)
+        summary = PredictSummary(
+            str(out_dir),
+            len(frame),
+            len(meesho),
+            len(errors),
+            resumed,
+            seconds,
+            done_rows / seconds if seconds > 0 else 0.0,
+        )
+        atomic_write_text(out_dir / "summary.json", pd.Series(summary.to_dict()).to_json(indent=1))
+        return summary
+
+
+def meesho_frame(preds: Sequence[Prediction], schema) -> pd.DataFrame:
+    """id, Category, len, attr_1..attr_N: the category's k-th attribute in attr_k (competition layout)."""
+    width = max([MEESHO_MAX_ATTRS, *(len(a) for a in schema.categories.values())])
+    rows = []
+    for p in preds:
+        values = [p.attributes[a].value for a in schema.attributes_of(p.category)]
+        rows.append([p.id, p.category, len(values), *values, *[None] * (width - len(values))])
+    return pd.DataFrame(rows, columns=["id", "Category", "len", *[f"attr_{k}" for k in range(1, width + 1)]])
+
+
+def long_frame(preds: Sequence[Prediction]) -> pd.DataFrame:
+    rows = [
+        (p.id, p.category, a, v.value, round(v.confidence, 6)) for p in preds for a, v in p.attributes.items()
+    ]
+    return pd.DataFrame(rows, columns=["id", "category", "attribute", "value", "confidence"])
+
+
+def wide_named_frame(preds: Sequence[Prediction], attributes: Sequence[str]) -> pd.DataFrame:
+    """id, category, one column per attribute name: the layout the metric compares with labels."""
+    return pd.DataFrame(
+        [{ID: p.id, CATEGORY: p.category, **{a: v.value for a, v in p.attributes.items()}} for p in preds],
+        columns=[ID, CATEGORY, *attributes],
+    )

@@ -1,0 +1,365 @@
+"""Recipe ``heads``: frozen backbone features (cached) → :class:`AttributeHeads`, trained in seconds.
+
+The loop keeps the epoch with the best validation score (the competition metric, not the loss) and
+stops when it has not improved for ``patience`` epochs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from taxonomist.config import RunConfig, TrainConfig
+from taxonomist.data.catalog import CATEGORY, ID, expand_path, load_catalog
+from taxonomist.data.images import write_errors
+from taxonomist.data.labels import MISSING, encode_labels
+from taxonomist.data.policies import apply_policy
+from taxonomist.data.schema import Schema
+from taxonomist.data.split import split_per_category
+from taxonomist.inference.embed import embed_catalog
+from taxonomist.inference.writers import atomic_write_text
+from taxonomist.metrics import (
+    AttributeReport,
+    apply_temperature,
+    attribute_score,
+    expected_calibration_error,
+    fit_temperature,
+)
+from taxonomist.models.build import build_backbone
+from taxonomist.models.checkpoint import HeadsCheckpoint
+from taxonomist.models.heads import AttributeHeads, allowed_masks
+from taxonomist.progress import progress_bar
+
+
+@dataclass
+class FeatureSet:
+    """Features, category indices and encoded labels of one split."""
+
+    features: torch.Tensor
+    category: torch.Tensor
+    labels: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @classmethod
+    def build(
+        cls, features: np.ndarray, category: np.ndarray, labels: Mapping[str, np.ndarray]
+    ) -> FeatureSet:
+        return cls(
+            torch.as_tensor(features, dtype=torch.float32),
+            torch.as_tensor(category, dtype=torch.long),
+            {a: torch.as_tensor(v, dtype=torch.long) for a, v in labels.items()},
+        )
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_score: float = -math.inf
+    seconds: float = 0.0
+
+
+def masked_cross_entropy(
+    logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor], label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean over attributes of the CE over rows that carry a label; a missing label adds nothing."""
+    losses = []
+    for attribute, out in logits.items():
+        target = labels[attribute]
+        keep = target != MISSING
+        if keep.any():
+            losses.append(F.cross_entropy(out[keep], target[keep], label_smoothing=label_smoothing))
+    return torch.stack(losses).mean() if losses else next(iter(logits.values())).sum() * 0
+
+
+@torch.no_grad()
+def predict_logits(
+    model: AttributeHeads, data: FeatureSet, batch_size: int = 4096
+) -> dict[str, torch.Tensor]:
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {a: [] for a in model.attributes}
+    for start in range(0, len(data), batch_size):
+        out = model(data.features[start : start + batch_size], data.category[start : start + batch_size])
+        for a, v in out.items():
+            parts[a].append(v)
+    return {a: torch.cat(v) for a, v in parts.items()}
+
+
+def fit_heads(
+    model: AttributeHeads,
+    train: FeatureSet,
+    val: FeatureSet,
+    score: Callable[[dict[str, torch.Tensor]], float],
+    cfg: TrainConfig,
+    *,
+    progress: bool = True,
+) -> History:
+    """Train ``model`` in place; returns its history and leaves the best epoch's weights loaded."""
+    torch.manual_seed(cfg.seed)
+    model.set_standardization(train.features)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
+    total = steps_per_epoch * cfg.epochs
+    warmup = min(steps_per_epoch * cfg.warmup_epochs, total // 2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (
+            (s + 1) / max(1, warmup)
+            if s < warmup
+            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
+        ),
+    )
+    history = History()
+    best_state = copy.deepcopy(model.state_dict())
+    generator = torch.Generator().manual_seed(cfg.seed)
+    start = time.perf_counter()
+    stale = 0
+    with progress_bar("epoch", disable=not progress) as bar:
+        task = bar.add_task("train heads", total=cfg.epochs)
+        for epoch in range(cfg.epochs):
+            model.train()
+            order = torch.randperm(len(train), generator=generator)
+            running = 0.0
+            for step in range(steps_per_epoch):
+                idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                logits = model(train.features[idx], train.category[idx])
+                loss = masked_cross_entropy(
+                    logits, {a: v[idx] for a, v in train.labels.items()}, cfg.label_smoothing
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                running += loss.item()
+            val_logits = predict_logits(model, val)
+            val_loss = masked_cross_entropy(val_logits, val.labels).item()
+            val_score = score(val_logits)
+            history.epochs.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": running / steps_per_epoch,
+                    "val_loss": val_loss,
+                    "val_score": val_score,
+                }
+            )
+            bar.update(task, advance=1, description=f"train heads (val {val_score:.4f})")
+            if val_score > history.best_score:
+                history.best_score, history.best_epoch, stale = val_score, epoch + 1, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    break
+    model.load_state_dict(best_state)
+    model.eval()
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+# --- the recipe: config → checkpoint directory -------------------------------------------------------
+
+
+@dataclass
+class TrainReport:
+    output_dir: str
+    score: float
+    report: AttributeReport
+    history: History
+    calibration: dict[str, dict[str, float]]
+    embed_seconds: float
+    train_seconds: float
+    n_train: int
+    n_val: int
+    image_errors: int
+    policy: str
+
+
+def logits_to_frame(
+    logits: Mapping[str, torch.Tensor], ids: list[str], categories: list[str], schema: Schema
+) -> pd.DataFrame:
+    """Argmax per attribute, decoded to strings, only where the attribute applies to the row's category."""
+    frame = pd.DataFrame({ID: ids, CATEGORY: categories})
+    cats = np.asarray(categories)
+    for attribute, z in logits.items():
+        values = np.asarray(schema.values(attribute), dtype=object)[z.argmax(1).numpy()]
+        applies = np.array([attribute in schema.categories.get(c, {}) for c in cats])
+        frame[attribute] = np.where(applies, values, None)
+    return frame
+
+
+def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> TrainReport:
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    schema = Schema.load(expand_path(cfg.catalog.schema)) if cfg.catalog.schema else None
+    train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
+    # The policy fills or drops training labels only: validation keeps the true (gappy) labels.
+    filled = apply_policy(
+        cfg.missing_labels.policy,
+        catalog.frame.iloc[train_idx],
+        catalog.attributes_by_category,
+        **_policy_options(cfg),
+    )
+    if schema is None:
+        schema = Schema.infer(
+            pd.concat([filled.frame, catalog.frame.iloc[val_idx]]),
+            catalog.attributes_by_category,
+            attributes=catalog.attributes,
+        )
+    backbone = build_backbone(cfg.backbone)
+    # Pretrained weights are rebuilt from their name; anything else must travel in the checkpoint.
+    backbone_state = None if cfg.backbone.pretrained else copy.deepcopy(backbone.state_dict())
+    backbone.optimize_for_inference()
+    embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
+    errors = embedded.errors
+    write_errors(errors, output_dir / "image_errors.csv")
+    by_id = {item_id: row for row, item_id in enumerate(catalog.ids)}
+    categories = list(schema.categories)
+    cat_index = {c: i for i, c in enumerate(categories)}
+
+    def feature_set(frame: pd.DataFrame) -> tuple[FeatureSet, pd.DataFrame]:
+        rows = np.array([by_id[i] for i in frame[ID]], dtype=np.int64)
+        keep = embedded.ok[rows]
+        frame = frame[keep].reset_index(drop=True)
+        data = FeatureSet.build(
+            embedded.features[rows[keep]],
+            np.array([cat_index[c] for c in frame[CATEGORY]]),
+            encode_labels(frame, schema),
+        )
+        return data, frame
+
+    train_set, _ = feature_set(filled.frame)
+    val_set, val_frame = feature_set(catalog.frame.iloc[val_idx].reset_index(drop=True))
+    model = AttributeHeads(
+        embedded.features.shape[1],
+        allowed_masks(schema, categories),
+        hidden=cfg.heads.hidden,
+        category_dim=cfg.heads.category_dim,
+        dropout=cfg.heads.dropout,
+    )
+    val_ids, val_cats = val_frame[ID].tolist(), val_frame[CATEGORY].tolist()
+
+    def score(logits: Mapping[str, torch.Tensor]) -> float:
+        pred = logits_to_frame(logits, val_ids, val_cats, schema)
+        return attribute_score(val_frame, pred, schema.categories).score
+
+    history = fit_heads(model, train_set, val_set, score, cfg.train, progress=progress)
+    val_logits = predict_logits(model, val_set)
+    adjustment = prior_adjustment(train_set, model, cfg.train.class_balance)
+    adjusted = {a: z + torch.tensor(adjustment[a]) if a in adjustment else z for a, z in val_logits.items()}
+    temperatures, calibration = calibrate(adjusted, val_set, model, enabled=cfg.train.calibrate)
+    report = attribute_score(
+        val_frame, logits_to_frame(adjusted, val_ids, val_cats, schema), schema.categories
+    )
+    checkpoint = HeadsCheckpoint(
+        backbone=cfg.backbone,
+        preprocess=backbone.preprocess.to_dict(),
+        fingerprint=backbone.fingerprint(),
+        feature_dim=embedded.features.shape[1],
+        schema=schema,
+        categories=categories,
+        heads=cfg.heads,
+        temperatures=temperatures,
+        logit_adjustment=adjustment,
+        metrics={"val_score": report.score, "best_epoch": history.best_epoch, "calibration": calibration},
+    )
+    checkpoint.save(output_dir, model, backbone_state)
+    cfg.save(output_dir / "config.yaml")
+    result = TrainReport(
+        str(output_dir),
+        report.score,
+        report,
+        history,
+        calibration,
+        embedded.seconds,
+        history.seconds,
+        len(train_set),
+        len(val_set),
+        len(errors),
+        filled.summary(),
+    )
+    atomic_write_text(output_dir / "metrics.json", json.dumps(summary_dict(result), indent=1))
+    atomic_write_text(output_dir / "report.md", report.to_markdown(include_pairs=True))
+    return result
+
+
+def summary_dict(result: TrainReport) -> dict:
+    return {
+        "score": result.score,
+        "report": result.report.to_dict(),
+        "history": result.history.epochs,
+        "best_epoch": result.history.best_epoch,
+        "calibration": result.calibration,
+        "embed_seconds": result.embed_seconds,
+        "train_seconds": result.train_seconds,
+        "n_train": result.n_train,
+        "n_val": result.n_val,
+        "image_errors": result.image_errors,
+        "policy": result.policy,
+    }
+
+
+def _policy_options(cfg: RunConfig) -> dict:
+    policy = cfg.missing_labels
+    if policy.policy == "similar-mode":
+        return {"max_nans": policy.max_nans}
+    if policy.policy == "dynamic-fill":
+        return {"fill_value": policy.fill_value}
+    return {}
+
+
+def prior_adjustment(data: FeatureSet, model: AttributeHeads, strength: float) -> dict[str, list[float]]:
+    """-strength · log(class prior): lifts rare values, which macro-F1 weighs as much as common ones."""
+    if strength == 0:
+        return {}
+    out = {}
+    for attribute, labels in data.labels.items():
+        k = model.mask(attribute).shape[1]
+        counts = torch.bincount(labels[labels != MISSING], minlength=k).double() + 1.0
+        out[attribute] = (-strength * torch.log(counts / counts.sum())).float().tolist()
+    return out
+
+
+def calibrate(
+    logits: Mapping[str, torch.Tensor], data: FeatureSet, model: AttributeHeads, *, enabled: bool = True
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """Temperature per attribute on validation; ECE before/after is cross-fitted on two halves.
+
+    Reporting ECE on the rows the temperature was fitted on would flatter it, so each half is scored
+    with the temperature fitted on the other half; the saved temperature uses all rows.
+    """
+    temperatures, report = {}, {}
+    halves = torch.arange(len(data)) % 2 == 0
+    for attribute, z in logits.items():
+        labels = data.labels[attribute].numpy()
+        allowed = model.mask(attribute)[data.category].numpy()
+        rows = labels != MISSING
+        if rows.sum() < 2:
+            continue
+        t_all = fit_temperature(z.numpy(), labels, allowed) if enabled else 1.0
+        temperatures[attribute] = t_all
+        before_p = apply_temperature(z.numpy(), 1.0, allowed)
+        after_p = np.zeros_like(before_p)
+        for half in (halves, ~halves):
+            other = np.where(half.numpy(), MISSING, labels)  # fit on the other half
+            t = fit_temperature(z.numpy(), other, allowed) if enabled else 1.0
+            after_p[half.numpy()] = apply_temperature(z.numpy()[half.numpy()], t, allowed[half.numpy()])
+        correct = before_p.argmax(1) == labels
+        report[attribute] = {
+            "temperature": t_all,
+            "ece_before": expected_calibration_error(before_p.max(1)[rows], correct[rows]),
+            "ece_after": expected_calibration_error(after_p.max(1)[rows], correct[rows]),
+        }
+    return temperatures, report

@@ -1,0 +1,138 @@
+"""End to end through the console script's functions: train → evaluate → predict → resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from taxonomist.cli.main import app
+from taxonomist.data.schema import SchemaError
+from taxonomist.inference.predictor import Predictor
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def invoke(*args: str) -> str:
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """Trained once per module; tests only read the checkpoint."""
+    catalog, config = tiny_run
+    ckpt = tmp_path_factory.mktemp("run") / "ckpt"
+    out = invoke("train", "-c", str(config), "-o", str(ckpt), "-q")
+    assert "score" in out
+    return catalog, config, ckpt
+
+
+def test_train_writes_a_self_contained_checkpoint(trained: tuple[Path, Path, Path]) -> None:
+    _, _, ckpt = trained
+    assert {"model.safetensors", "taxonomist.json", "schema.json", "config.yaml", "metrics.json"} <= {
+        p.name for p in ckpt.iterdir()
+    }
+    metrics = json.loads((ckpt / "metrics.json").read_text())
+    # Colour is trivially visible in the pixels: the heads must learn it.
+    color = {r["attribute"]: r for r in metrics["report"]["per_attribute"]}["color"]
+    assert color["accuracy"] >= 0.9
+    assert set(metrics["calibration"]) == {"color", "fit"}
+    meta = json.loads((ckpt / "taxonomist.json").read_text())
+    assert meta["preprocess"]["size"] == 64 and meta["categories"] == ["Bags", "Tops"]
+
+
+def test_evaluate_matches_training_report(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, _, ckpt = trained
+    invoke("evaluate", str(ckpt), "--output", str(tmp_path / "eval"), "-q")
+    evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    trained_score = json.loads((ckpt / "metrics.json").read_text())["score"]
+    assert evaluation["score"] == pytest.approx(trained_score, abs=1e-6)
+
+
+def test_predict_layouts_are_valid_for_each_category(
+    trained: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    _, _, ckpt = trained
+    out = tmp_path / "pred"
+    invoke("predict", str(ckpt), "-o", str(out), "-q")
+    wide = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    long = pd.read_csv(out / "predictions_long.csv", dtype={"id": str})
+    assert len(wide) == 120 and wide["id"].is_unique
+    assert list(wide.columns[:4]) == ["id", "Category", "len", "attr_1"]
+    schema = json.loads((ckpt / "schema.json").read_text())["categories"]
+    for row in long.itertuples():
+        assert row.value in schema[row.category][row.attribute]
+        assert 0 < row.confidence <= 1
+    bags = wide[wide["Category"] == "Bags"]
+    assert (
+        set(bags["len"]) == {"1"} and set(bags["attr_1"]) <= {"red", "blue"} and set(bags["attr_2"]) == {""}
+    )
+
+
+def test_min_confidence_writes_placeholder(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, _, ckpt = trained
+    out = tmp_path / "pred"
+    invoke("predict", str(ckpt), "-o", str(out), "--min-confidence", "1.01", "--placeholder", "unsure", "-q")
+    long = pd.read_csv(out / "predictions_long.csv")
+    assert set(long["value"]) == {"unsure"}
+
+
+def test_bad_images_are_reported_not_fatal(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    catalog, _, ckpt = trained
+    data = tmp_path / "data"
+    shutil.copytree(catalog.parent, data)  # the shared catalog stays intact for other tests
+    (data / "images" / "1003.jpg").write_bytes(b"not a jpeg")
+    (data / "images" / "1004.jpg").unlink()
+    out = tmp_path / "pred"
+    invoke("predict", str(ckpt), "-o", str(out), "-q", "--data", str(data / "catalog.csv"))
+    errors = pd.read_csv(out / "errors.csv", dtype=str).set_index("id")
+    assert errors.loc["1003", "reason"] == "corrupt" and errors.loc["1004", "reason"] == "missing"
+    wide = pd.read_csv(out / "predictions.csv", dtype=str)
+    assert len(wide) == 118 and not {"1003", "1004"} & set(wide["id"])
+
+
+def test_python_api_and_unknown_category(trained: tuple[Path, Path, Path]) -> None:
+    catalog, _, ckpt = trained
+    predictor = Predictor.from_pretrained(ckpt)
+    [pred] = predictor.predict([catalog.parent / "images" / "1001.jpg"], ["Bags"], ids=["1001"])
+    assert set(pred.attributes) == {"color"} and pred.attributes["color"].value in {"red", "blue"}
+    with pytest.raises(SchemaError, match="unknown categories \\['Shoes'\\]"):
+        predictor.predict([catalog.parent / "images" / "1001.jpg"], ["Shoes"])
+
+
+def test_predict_resumes_after_kill_9(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    _, _, ckpt = trained
+    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    invoke("predict", str(ckpt), "-o", str(clean), "-q", "--set", "predict.chunk_size=4")
+    cmd = [sys.executable, "-m", "taxonomist.cli", "predict", str(ckpt), "-o", str(crashed), "-q"]
+    cmd += ["--set", "predict.chunk_size=4"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if len(list((crashed / "parts").glob("done-*.parquet"))) >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    killed = proc.returncode == -signal.SIGKILL
+    done_before = len(list((crashed / "parts").glob("done-*.parquet")))
+    invoke("predict", str(ckpt), "-o", str(crashed), "-q", "--set", "predict.chunk_size=4")
+    a = pd.read_csv(clean / "predictions_long.csv", dtype={"id": str})
+    b = pd.read_csv(crashed / "predictions_long.csv", dtype={"id": str})
+    pd.testing.assert_frame_equal(a, b)
+    assert b.groupby(["id", "attribute"]).size().max() == 1
+    summary = json.loads((crashed / "summary.json").read_text())
+    if killed:
+        assert 0 < done_before < 30 and summary["resumed_chunks"] == done_before

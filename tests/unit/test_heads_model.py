@@ -1,0 +1,47 @@
+import torch
+
+from taxonomist.data.schema import Schema
+from taxonomist.models.heads import AttributeHeads, allowed_masks
+from taxonomist.training.heads import masked_cross_entropy
+
+SCHEMA = Schema(
+    {
+        "Shoes": {"color": ["red", "blue"], "size": ["S", "L"]},
+        "Bags": {"color": ["blue", "green"]},
+    }
+)
+
+
+def test_masks_follow_the_schema() -> None:
+    masks = allowed_masks(SCHEMA, ["Shoes", "Bags"])
+    assert masks["color"].tolist() == [[True, True, False], [False, True, True]]
+    assert masks["size"].tolist() == [[True, True], [False, False]]
+
+
+def test_disallowed_values_get_zero_probability_and_no_nan() -> None:
+    torch.manual_seed(0)
+    model = AttributeHeads(8, allowed_masks(SCHEMA, ["Shoes", "Bags"]), hidden=[16], category_dim=4)
+    out = model(torch.randn(5, 8), torch.tensor([0, 1, 1, 0, 1]))
+    probs = torch.softmax(out["color"], dim=1)
+    assert torch.all(probs[[1, 2, 4], 0] == 0)  # Bags can never be red
+    assert torch.all(probs[[0, 3], 2] == 0)  # Shoes can never be green
+    size = torch.softmax(out["size"], dim=1)
+    assert not torch.isnan(size).any()  # Bags have no size: a flat row, not NaN
+
+
+def test_missing_labels_add_no_loss_or_gradient() -> None:
+    torch.manual_seed(0)
+    model = AttributeHeads(8, allowed_masks(SCHEMA, ["Shoes", "Bags"]), hidden=[16], category_dim=4)
+    x, cat = torch.randn(4, 8), torch.tensor([0, 0, 1, 1])
+    labels = {"color": torch.tensor([0, -1, 2, -1]), "size": torch.tensor([-1, -1, -1, -1])}
+    loss = masked_cross_entropy(model(x, cat), labels)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.heads[1].weight.grad is None or torch.all(model.heads[1].weight.grad == 0)
+    # Changing an unlabelled row's features does not change the loss.
+    x2 = x.clone()
+    x2[1] += 10
+    model.eval()
+    assert torch.allclose(
+        masked_cross_entropy(model(x, cat), labels), masked_cross_entropy(model(x2, cat), labels)
+    )
