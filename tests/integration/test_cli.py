@@ -136,3 +136,26 @@ def test_predict_resumes_after_kill_9(trained: tuple[Path, Path, Path], tmp_path
     summary = json.loads((crashed / "summary.json").read_text())
     if killed:
         assert 0 < done_before < 30 and summary["resumed_chunks"] == done_before
+
+
+def test_embed_fills_the_cache_then_hits_it(tiny_run: tuple[Path, Path]) -> None:
+    _, config = tiny_run
+    invoke("embed", "-c", str(config), "-q")
+    out = invoke("embed", "-c", str(config), "-q")
+    assert "120 cached, 0 computed, 0 errors" in out
+
+
+def test_inspect_writes_a_report(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    _, config = tiny_run
+    out = invoke("inspect", "-c", str(config), "-o", str(tmp_path / "report"), "-q")
+    assert "report:" in out
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["rows"] == 120
+    assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_bad_config_is_a_clear_cli_error(tiny_run: tuple[Path, Path]) -> None:
+    _, config = tiny_run
+    result = runner.invoke(app, ["train", "-c", str(config), "--set", "train.epoch=3"])
+    assert result.exit_code != 0
+    assert "unknown config key" in result.output

@@ -45,6 +45,22 @@ def score_table(report, title: str) -> Table:
     return table
 
 
+def calibration_table(calibration: dict[str, dict[str, float]]) -> Table:
+    table = Table(title="calibration (validation; after = cross-fitted temperature)")
+    for col in ("attribute", "T", "ECE before", "ECE after", "CE before", "CE after"):
+        table.add_column(col, justify="left" if col == "attribute" else "right")
+    for attribute, c in calibration.items():
+        table.add_row(
+            attribute,
+            f"{c['temperature']:.2f}",
+            f"{c['ece_before']:.4f}",
+            f"{c['ece_after']:.4f}",
+            f"{c['cross_entropy_before']:.4f}",
+            f"{c['cross_entropy_after']:.4f}",
+        )
+    return table
+
+
 def attribute_table(report) -> Table:
     table = Table(title="per attribute")
     for col in ("attribute", "accuracy", "harmonic", "n"):
@@ -88,6 +104,7 @@ def train(
     result = train_heads(cfg, output, progress=not quiet)
     console.print(score_table(result.report, f"validation ({result.n_val} rows)"))
     console.print(attribute_table(result.report))
+    console.print(calibration_table(result.calibration))
     console.print(
         f"train rows {result.n_train} · {result.policy} · embed {result.embed_seconds:.1f}s · "
         f"heads {result.train_seconds:.1f}s (best epoch {result.history.best_epoch}) · "

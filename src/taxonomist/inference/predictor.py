@@ -63,6 +63,7 @@ class Predictor:
         self.backbone = backbone
         self.schema = checkpoint.schema
         self._category_index = {c: i for i, c in enumerate(checkpoint.categories)}
+        self._vocab = {a: self.schema.values(a) for a in self.schema.attributes}
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, optimize: bool = True) -> Predictor:
@@ -114,7 +115,7 @@ class Predictor:
             pred = Prediction(str(item_id), category)
             for attribute in self.schema.attributes_of(category):
                 idx, conf = best[attribute][0][row], float(best[attribute][1][row])
-                value = self.schema.values(attribute)[idx] if conf >= min_confidence else placeholder
+                value = self._vocab[attribute][idx] if conf >= min_confidence else placeholder
                 pred.attributes[attribute] = AttributeValue(value, conf)
             out.append(pred)
         return out

@@ -32,6 +32,7 @@ from taxonomist.metrics import (
     AttributeReport,
     apply_temperature,
     attribute_score,
+    cross_entropy,
     expected_calibration_error,
     fit_temperature,
 )
@@ -361,5 +362,7 @@ def calibrate(
             "temperature": t_all,
             "ece_before": expected_calibration_error(before_p.max(1)[rows], correct[rows]),
             "ece_after": expected_calibration_error(after_p.max(1)[rows], correct[rows]),
+            "cross_entropy_before": cross_entropy({attribute: before_p}, {attribute: labels})[attribute],
+            "cross_entropy_after": cross_entropy({attribute: after_p}, {attribute: labels})[attribute],
         }
     return temperatures, report

@@ -11,7 +11,6 @@ from typing import Any
 
 from . import efficientnet_lite  # noqa: F401 (importing registers its names)
 from .base import _REGISTRY, Backbone, Preprocess, register_backbone
-from .hf import create_hf_backbone
 
 __all__ = [
     "Backbone",
@@ -36,6 +35,14 @@ def create_backbone(name: str, **overrides: Any) -> Backbone:
     factory = _REGISTRY.get(name)
     if factory is not None:
         return factory(name, **overrides)
+    try:
+        # Imported here: transformers is the optional [hf] extra and slow to import.
+        from .hf import create_hf_backbone
+    except ImportError as exc:
+        raise ImportError(
+            f"{name!r} is not a registered backbone ({', '.join(list_backbones())}); Hugging Face models "
+            'need transformers: pip install "taxonomist[hf]"'
+        ) from exc
     try:
         return create_hf_backbone(name, **overrides)
     except OSError as exc:
