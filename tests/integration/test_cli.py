@@ -159,3 +159,14 @@ def test_bad_config_is_a_clear_cli_error(tiny_run: tuple[Path, Path]) -> None:
     result = runner.invoke(app, ["train", "-c", str(config), "--set", "train.epoch=3"])
     assert result.exit_code != 0
     assert "unknown config key" in result.output
+
+
+def test_training_is_reproducible_cold_or_warm_cache(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """The embedding pass (cold cache) must not shift the RNG that initialises the heads."""
+    catalog, config = tiny_run
+    cold = ["--set", f"embed.cache_dir={tmp_path / 'fresh-cache'}"]
+    invoke("train", "-c", str(config), "-o", str(tmp_path / "a"), "-q", *cold)
+    invoke("train", "-c", str(config), "-o", str(tmp_path / "b"), "-q", *cold)
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert a["history"] == b["history"]

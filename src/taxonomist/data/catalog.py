@@ -119,16 +119,6 @@ class Catalog:
             self.source,
         )
 
-    def with_frame(self, frame: pd.DataFrame) -> Catalog:
-        return Catalog(
-            frame.reset_index(drop=True),
-            list(self.attributes),
-            self.image_root,
-            self.image_template,
-            {c: list(a) for c, a in self.attributes_by_category.items()},
-            self.source,
-        )
-
 
 def _is_bool_mask(obj) -> bool:
     return np.asarray(obj).dtype == np.bool_

@@ -23,8 +23,3 @@ def encode_labels(frame: pd.DataFrame, schema: Schema) -> dict[str, np.ndarray]:
                 codes[row] = vocab[str(value)]
         out[attribute] = codes
     return out
-
-
-def decode(schema: Schema, attribute: str, codes: np.ndarray) -> list[str]:
-    vocab = schema.values(attribute)
-    return [vocab[c] for c in codes]

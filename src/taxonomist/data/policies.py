@@ -19,7 +19,6 @@ import pandas as pd
 from taxonomist.data.catalog import CATEGORY
 
 LEN = "len"
-DEFAULT_POLICY = "mask"
 _KEY_LIMIT = 1 << 62  # mixed-radix keys stay well inside int64
 
 

@@ -243,6 +243,9 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
 
     train_set, _ = feature_set(filled.frame)
     val_set, val_frame = feature_set(catalog.frame.iloc[val_idx].reset_index(drop=True))
+    # Seeded here, not earlier: whether embedding ran (its DataLoader draws from the global RNG) or hit
+    # the cache must not change the initial weights.
+    torch.manual_seed(cfg.train.seed)
     model = AttributeHeads(
         embedded.features.shape[1],
         allowed_masks(schema, categories),
