@@ -163,7 +163,7 @@ def test_bad_config_is_a_clear_cli_error(tiny_run: tuple[Path, Path]) -> None:
 
 def test_training_is_reproducible_cold_or_warm_cache(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
     """The embedding pass (cold cache) must not shift the RNG that initialises the heads."""
-    catalog, config = tiny_run
+    _, config = tiny_run
     cold = ["--set", f"embed.cache_dir={tmp_path / 'fresh-cache'}"]
     invoke("train", "-c", str(config), "-o", str(tmp_path / "a"), "-q", *cold)
     invoke("train", "-c", str(config), "-o", str(tmp_path / "b"), "-q", *cold)
