@@ -170,3 +170,18 @@ def test_training_is_reproducible_cold_or_warm_cache(tiny_run: tuple[Path, Path]
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
     b = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert a["history"] == b["history"]
+
+
+def test_predict_new_rows_skips_unknown_categories(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """A small new catalog: training-time filters don't apply; an unknown category is reported, not fatal."""
+    catalog, _, ckpt = trained
+    new = pd.DataFrame({"sku": ["1001", "1002", "1003"], "type": ["Bags", "Tops", "Shoes"]})
+    new.to_csv(tmp_path / "new.csv", index=False)
+    out = tmp_path / "pred"
+    overrides = ["--set", f"catalog.image_root={catalog.parent}", "--set", "catalog.min_rows_per_category=50"]
+    invoke("predict", str(ckpt), "-o", str(out), "--data", str(tmp_path / "new.csv"), "-q", *overrides)
+    wide = pd.read_csv(out / "predictions.csv", dtype=str)
+    assert wide["id"].tolist() == ["1001", "1002"]
+    errors = pd.read_csv(out / "errors.csv", dtype=str)
+    assert errors.to_dict("records")[0]["reason"] == "unknown-category"
+    assert "Shoes" in errors["detail"].iat[0]

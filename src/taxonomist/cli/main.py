@@ -155,7 +155,10 @@ def predict(
             *([f"predict.placeholder={placeholder}"] if placeholder is not None else []),
         ],
     )
-    cfg.catalog.attributes = []  # labels, if any, are not needed to predict
+    # Labels are not needed to predict, and training-time row filters must not drop rows to predict.
+    cfg.catalog.attributes = []
+    cfg.catalog.min_rows_per_category = 0
+    cfg.catalog.limit = None
     catalog = load_catalog(cfg.catalog)
     predictor = Predictor.from_pretrained(checkpoint)
     summary = predictor.predict_catalog(

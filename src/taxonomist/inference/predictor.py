@@ -158,7 +158,6 @@ class Predictor:
         start = time.perf_counter()
         out_dir = Path(out_dir)
         frame = catalog.frame
-        self.category_indices(frame[CATEGORY].unique().tolist())
         settings = {
             "fingerprint": self.checkpoint.fingerprint,
             "min_confidence": min_confidence,
@@ -173,7 +172,18 @@ class Predictor:
         with progress_bar("chunk", disable=not progress) as bar:
             task = bar.add_task("predict", total=writer.n_chunks, completed=resumed)
             for k in todo:
-                rows = list(writer.chunk_rows(k))
+                # A row of a category the model does not know is reported and skipped, like a bad image.
+                unknown = [
+                    ImageError(
+                        str(frame[ID].iat[r]),
+                        str(paths[r]),
+                        "unknown-category",
+                        f"category {frame[CATEGORY].iat[r]!r} is not one of this model's {self.categories}",
+                    )
+                    for r in writer.chunk_rows(k)
+                    if frame[CATEGORY].iat[r] not in self._category_index
+                ]
+                rows = [r for r in writer.chunk_rows(k) if frame[CATEGORY].iat[r] in self._category_index]
                 ids = [str(frame[ID].iat[r]) for r in rows]
                 cats = [str(frame[CATEGORY].iat[r]) for r in rows]
                 result = embed_images(
@@ -201,7 +211,8 @@ class Predictor:
                         "meesho": meesho_frame(preds, self.schema),
                         "long": long_frame(preds),
                         "errors": pd.DataFrame(
-                            [e.__dict__ for e in result.errors], columns=["id", "path", "reason", "detail"]
+                            [e.__dict__ for e in unknown + result.errors],
+                            columns=["id", "path", "reason", "detail"],
                         ),
                     },
                 )
