@@ -141,6 +141,24 @@ def _tree_pss_mib(pid: int) -> float:
     return total
 
 
+def backbone_throughput(
+    predictor: Predictor, batch_sizes=(1, 8, 32), seconds: float = 3.0
+) -> dict[int, float]:
+    """Images/s of the optimised backbone alone on random input: how much batching can buy here."""
+    size = predictor.backbone.preprocess.size
+    out = {}
+    with torch.inference_mode():
+        for bs in batch_sizes:
+            x = torch.randn(bs, 3, size, size)
+            predictor.backbone(x)
+            n, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                predictor.backbone(x)
+                n += bs
+            out[bs] = n / (time.perf_counter() - start)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "fashion.yaml"))
@@ -197,6 +215,7 @@ def main() -> None:
     single = val_catalog.subset(list(range(n_pred - args.single_images, n_pred)))
     single_paths = [str(p) for p in single.image_paths()]
     single_ips = single_image_loop(predictor, single_paths, single.frame[CATEGORY].tolist())
+    backbone_ips = backbone_throughput(predictor)
 
     per_attr = dict(
         zip(result.report.per_attribute["attribute"], result.report.per_attribute["harmonic"], strict=True)
@@ -233,6 +252,7 @@ def main() -> None:
         "predict_images_per_s": batched_ips,
         "single_images_per_s": single_ips,
         "batched_vs_single": batched_ips / single_ips,
+        "backbone_images_per_s_by_batch": backbone_ips,
         "predict_images": n_pred,
         "peak_rss_mib": peak_rss,
         "peak_tree_pss_mib": peak_pss,
@@ -284,7 +304,14 @@ def write_docs(r: dict) -> None:
         f"| batched vs single | {r['batched_vs_single']:.2f}× | ≥ 5× |",
         f"| peak RSS of the predict process | {r['peak_rss_mib']:.0f} MiB | ≤ 2048 MiB |",
         f"| peak PSS of predict + its decoding workers | {r['peak_tree_pss_mib']:.0f} MiB | ≤ 2048 MiB |",
-        f"| embedding (through the cache) | {r['embed_seconds']:.1f} s | |",
+        f"| embedding for training (feature cache, warm after a first run) | {r['embed_seconds']:.1f} s | |",
+        "",
+        "Batched vs single: the backbone alone runs at "
+        + ", ".join(f"{v:.0f} img/s at batch {k}" for k, v in r["backbone_images_per_s_by_batch"].items())
+        + " on this CPU (BatchNorm folded, channels_last, batches run in chunks of 8 because bigger "
+        "activations fall out of the cache). With no batching gain in the network itself, the one-image "
+        "loop runs the same optimised network at about the same rate, so the ≥ 5× target is not reachable "
+        "on 2 CPU cores; it is a GPU-shaped target and stays open until measured on a lent GPU.",
         "",
         "Calibration (validation, temperature per attribute, ECE cross-fitted on two halves):",
         "",
