@@ -92,19 +92,17 @@ def embed_images(
     hashes, errors = hash_images(ids, paths)
     # Identical images (same bytes) are encoded once.
     todo: dict[str, int] = {}
-    cached = 0
+    hits: list[tuple[int, str]] = []
     for row, key in enumerate(hashes):
         if key is None:
             continue
         if cache is not None and key in cache:
-            cached += 1
+            hits.append((row, key))
         elif key not in todo:
             todo[key] = row
-    if cache is not None:
-        hits = [(row, key) for row, key in enumerate(hashes) if key is not None and key in cache]
-        if hits:
-            features[[r for r, _ in hits]] = cache.get([k for _, k in hits])
-            ok[[r for r, _ in hits]] = True
+    if hits:
+        features[[r for r, _ in hits]] = cache.get([k for _, k in hits])
+        ok[[r for r, _ in hits]] = True
     keys = list(todo)
     rows = [todo[k] for k in keys]
     computed: dict[str, np.ndarray] = {}
@@ -143,7 +141,7 @@ def embed_images(
             ok[row] = True
         elif key in failed:  # every row sharing the bad bytes gets its own record
             errors.append(ImageError(str(ids[row]), str(paths[row]), *failed[key]))
-    return EmbedResult(features, ok, errors, cached, len(computed), time.perf_counter() - start)
+    return EmbedResult(features, ok, errors, len(hits), len(computed), time.perf_counter() - start)
 
 
 def embed_catalog(
