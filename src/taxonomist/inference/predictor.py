@@ -164,7 +164,9 @@ class Predictor:
             "placeholder": placeholder,
             "source": catalog.source,
         }
-        writer = ChunkedWriter(out_dir, frame[ID].astype(str).tolist(), chunk_size, settings)
+        all_ids = frame[ID].astype(str).tolist()
+        all_cats = frame[CATEGORY].astype(str).tolist()
+        writer = ChunkedWriter(out_dir, all_ids, chunk_size, settings)
         todo = writer.pending()
         resumed = writer.n_chunks - len(todo)
         cache = FeatureCache(embed.cache_dir, self.backbone.fingerprint()) if use_cache else None
@@ -172,20 +174,15 @@ class Predictor:
         with progress_bar("chunk", disable=not progress) as bar:
             task = bar.add_task("predict", total=writer.n_chunks, completed=resumed)
             for k in todo:
-                # A row of a category the model does not know is reported and skipped, like a bad image.
-                unknown = [
-                    ImageError(
-                        str(frame[ID].iat[r]),
-                        str(paths[r]),
-                        "unknown-category",
-                        f"category {frame[CATEGORY].iat[r]!r} is not one of this model's {self.categories}",
-                    )
-                    for r in writer.chunk_rows(k)
-                    if frame[CATEGORY].iat[r] not in self._category_index
-                ]
-                rows = [r for r in writer.chunk_rows(k) if frame[CATEGORY].iat[r] in self._category_index]
-                ids = [str(frame[ID].iat[r]) for r in rows]
-                cats = [str(frame[CATEGORY].iat[r]) for r in rows]
+                rows, unknown = [], []
+                for r in writer.chunk_rows(k):
+                    if all_cats[r] in self._category_index:
+                        rows.append(r)
+                    else:  # reported and skipped, like a bad image
+                        detail = f"category {all_cats[r]!r} is not one of this model's {self.categories}"
+                        unknown.append(ImageError(all_ids[r], str(paths[r]), "unknown-category", detail))
+                ids = [all_ids[r] for r in rows]
+                cats = [all_cats[r] for r in rows]
                 result = embed_images(
                     ids,
                     [paths[r] for r in rows],
