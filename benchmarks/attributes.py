@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from common import replace_section
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -332,16 +333,6 @@ def _row(name: str, score: float, per_attr: dict, order: list[str]) -> str:
         + " | ".join(f"{per_attr.get(a, float('nan')):.4f}" for a in order)
         + " |"
     )
-
-
-def replace_section(path: Path, heading: str, text: str) -> None:
-    """Swap one ``## `` section of the docs page, keeping the others (each benchmark owns its own)."""
-    old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
-    parts = old.split("\n## ")
-    head, sections = parts[0], ["## " + p for p in parts[1:]]
-    sections = [s for s in sections if not s.startswith(heading)] + [text]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(head.rstrip() + "\n\n" + "\n".join(s.rstrip() + "\n" for s in sections), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -133,6 +135,116 @@ class RunConfig:
         tmp.replace(path)
 
 
+@dataclass
+class TitleDataConfig:
+    """Where the labelled titles are and how to read them."""
+
+    path: str = "{data_dir}/flipkart-products/products.csv"
+    layout: Literal["flipkart", "indoml"] = "flipkart"
+    depth: int = 3
+    """flipkart: how many levels of the category tree form the path."""
+    taxonomy: str | None = None
+    """Taxonomy file (JSON, or CSV of level columns + brand); default: the training rows' paths."""
+    limit: int | None = None
+    """Use only the first N rows after a seeded shuffle: quick demos and smoke runs."""
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "all-MiniLM-L6-v2"
+    """sentence-transformers id or directory; the default resolves to the offline PyPI package."""
+    max_length: int = 64
+    batch_size: int = 128
+    quantize: bool = True
+    """Dynamic int8 Linear layers for CPU prediction (about 2.4x faster)."""
+    finetune_epochs: int = 2
+    """Epochs fine-tuning the encoder jointly with the heads (0 = frozen embeddings)."""
+    finetune_lr: float = 5e-5
+    finetune_batch_size: int = 32
+
+
+@dataclass
+class RetrievalConfig:
+    k: int = 10
+    temperature: float = 0.05
+
+
+@dataclass
+class TaxonomyHeadsConfig:
+    hidden: int = 0
+    """Width of a shared hidden layer (0 = linear heads on the embedding)."""
+    epochs: int = 30
+    """Extra epochs for the heads on frozen (possibly fine-tuned) embeddings."""
+    lr: float = 3e-3
+    batch_size: int = 256
+    label_smoothing: float = 0.1
+    scale: float = 8.0
+    """Embeddings are unit vectors; scaling them lets linear heads reach confident logits."""
+    beam_width: int = 5
+
+
+@dataclass
+class BrandConfig:
+    max_tokens: int = 4
+    """Longest title prefix considered as a brand."""
+
+
+@dataclass
+class Seq2SeqConfig:
+    enabled: bool = False
+    model: str = "google/flan-t5-small"
+    epochs: int = 3
+    lr: float = 5e-4
+    batch_size: int = 32
+    lora: bool = False
+    num_beams: int = 4
+    prompt: str = "classify product: "
+
+
+@dataclass
+class EnrichConfig:
+    corpus: str | None = None
+    """CSV/Parquet of an external product corpus (titles + descriptions); None = enrichment off."""
+    title_column: str = "title"
+    text_columns: list[str] = field(default_factory=lambda: ["description"])
+    """Joined with ", " into the text appended to a matching title."""
+    k: int = 1
+    max_chars: int = 200
+    encoder: str = "all-MiniLM-L6-v2"
+    """Frozen encoder for the corpus search (kept apart from the fine-tuned one, so the cache holds)."""
+
+
+@dataclass
+class TaxonomyTrainConfig:
+    val_fraction: float = 0.1
+    seed: int = 0
+    methods: list[str] = field(default_factory=lambda: ["retrieval", "heads"])
+    """Methods to fit: retrieval, heads, seq2seq; the ensemble votes over all of them."""
+
+
+@dataclass
+class TaxonomyPredictConfig:
+    method: str = "ensemble"
+    """retrieval | heads | seq2seq | ensemble (hierarchy-compliant vote over the fitted methods)."""
+    chunk_size: int = 2048
+
+
+@dataclass
+class TaxonomyConfig:
+    data: TitleDataConfig = field(default_factory=TitleDataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    heads: TaxonomyHeadsConfig = field(default_factory=TaxonomyHeadsConfig)
+    brand: BrandConfig = field(default_factory=BrandConfig)
+    seq2seq: Seq2SeqConfig = field(default_factory=Seq2SeqConfig)
+    enrich: EnrichConfig = field(default_factory=EnrichConfig)
+    train: TaxonomyTrainConfig = field(default_factory=TaxonomyTrainConfig)
+    predict: TaxonomyPredictConfig = field(default_factory=TaxonomyPredictConfig)
+
+    to_dict = RunConfig.to_dict
+    save = RunConfig.save
+
+
 def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
     """Build a dataclass from nested dicts, checking names and types so typos fail loudly."""
     data = dict(data or {})
@@ -217,7 +329,9 @@ def _is_float(text: str) -> bool:
     return any(c in text.lower() for c in ".e") and not text.strip().isalpha()
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, cls: type[T] = RunConfig
+) -> T:
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -230,4 +344,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping of sections")
     data = apply_overrides(data, overrides or [])
-    return from_dict(RunConfig, data)
+    return from_dict(cls, data)

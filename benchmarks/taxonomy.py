@@ -1,0 +1,219 @@
+"""Benchmark: title → taxonomy path (3 levels) + brand on flipkart-products.
+
+One run, one seeded 90/10 split (rows whose category tree has fewer than 3 levels are left out, and
+counted), measures:
+- the recipe (``taxonomist taxonomy train``): kNN retrieval and hierarchical heads on a fine-tuned
+  all-MiniLM-L6-v2, their hierarchy-compliant vote, and (``--seq2seq``) a small T5 trained from
+  scratch with constrained decoding;
+- the baseline a new user would try first: 1-nearest-neighbour on frozen all-MiniLM-L6-v2 embeddings;
+- prediction throughput per method on 2 CPU cores (encode + classify + brand), int8 vs fp32 encoder;
+- retrieval enrichment on/off (frozen encoder; corpus: fashion-product-images titles + categories).
+
+Asserts that no method predicts a path outside the taxonomy. Writes
+``benchmarks/results/taxonomy-flipkart.json`` and the table in ``docs/benchmarks.md``.
+Usage: ``python benchmarks/taxonomy.py [--seq2seq] [--no-enrich]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from common import replace_section
+
+from taxonomist.config import TaxonomyConfig, load_config
+from taxonomist.data.taxonomy import TITLE
+from taxonomist.inference.taxonomy import TaxonomyPredictor, prediction_frame
+from taxonomist.metrics.taxonomy import invalid_paths, taxonomy_report
+from taxonomist.models.text import TextEncoder
+from taxonomist.training.taxonomy import evaluate_predictor, load_titles, split_rows, train
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "configs" / "taxonomy.yaml"
+RESULTS = ROOT / "benchmarks" / "results" / "taxonomy-flipkart.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+HEADING = "## Title → taxonomy path + brand (flipkart-products)"
+
+
+def throughput(predictor: TaxonomyPredictor, titles: list[str], method: str, repeats: int = 2) -> float:
+    """Titles/s of ``predict`` end to end (normalise, encode, classify, brand), best of a few runs."""
+    predictor.predict(titles[:64], method)
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predictor.predict(titles, method)
+        best = max(best, len(titles) / (time.perf_counter() - start))
+    return best
+
+
+def one_nn_frozen(cfg: TaxonomyConfig, train_titles: list[str], train_paths, val_titles, val_frame, taxonomy):
+    """1-NN on frozen, full-precision all-MiniLM-L6-v2 embeddings: the first thing a new user tries."""
+    encoder = TextEncoder(cfg.encoder.name, cfg.encoder.max_length, cfg.encoder.batch_size, quantize=False)
+    start = time.perf_counter()
+    train_emb = encoder.encode(train_titles)
+    index = faiss.IndexFlatIP(train_emb.shape[1])
+    index.add(train_emb)
+    val_emb = encoder.encode(val_titles)
+    _, rows = index.search(val_emb, 1)
+    seconds = time.perf_counter() - start
+    pred_paths = [train_paths[r] for r in rows[:, 0]]
+    frame = val_frame[taxonomy.levels].copy()
+    frame[list(taxonomy.levels)] = pred_paths
+    report = taxonomy_report(val_frame, frame, taxonomy.levels, brand=None)
+    return report, seconds
+
+
+def method_row(name: str, r: dict, tps: float | None) -> str:
+    item = "-" if r.get("item_accuracy") is None else f"{r['item_accuracy']:.4f}"
+    brand = "-" if r.get("brand_accuracy") is None else f"{r['brand_accuracy']:.4f}"
+    lv = " / ".join(f"{v:.3f}" for v in r["per_level_accuracy"].values())
+    rate = "-" if tps is None else f"{tps:,.0f}"
+    return f"| {name} | {r['path_accuracy']:.4f} | {item} | {brand} | {lv} | {r['hierarchical_f1']:.4f} | {rate} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(CONFIG))
+    parser.add_argument("--seq2seq", action="store_true", help="Also train a small T5 from scratch.")
+    parser.add_argument("--no-enrich", action="store_true", help="Skip the enrichment on/off runs.")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    cfg = load_config(args.config, cls=TaxonomyConfig)
+    if args.seq2seq:
+        cfg.train.methods = [*cfg.train.methods, "seq2seq"]
+    work = Path(tempfile.mkdtemp(prefix="taxonomist-bench-taxonomy-"))
+
+    # 1. The recipe: fine-tuned encoder → retrieval + heads (+ seq2seq) and their vote.
+    report = train(cfg, work / "main", progress=True)
+    predictor = TaxonomyPredictor.from_pretrained(work / "main")
+    data = load_titles(cfg)
+    train_rows, val_rows = split_rows(len(data.frame), cfg.train.val_fraction, cfg.train.seed)
+    train_data, val_data = data.subset(train_rows), data.subset(val_rows)
+    val_titles = val_data.frame[TITLE].tolist()
+    methods = {m: r.to_dict() for m, r in report.reports.items()}
+    assert all(v == 0 for v in report.invalid.values()), f"invalid paths predicted: {report.invalid}"
+
+    # 2. Throughput per method, end to end, on the validation titles (int8 encoder, the default).
+    titles_per_s = {m: throughput(predictor, val_titles, m) for m in [*predictor.methods, "ensemble"]}
+    for m in methods:
+        methods[m]["titles_per_s"] = round(titles_per_s[m], 1)
+
+    # 3. The same checkpoint with a full-precision encoder: what int8 costs in accuracy.
+    fp32 = TaxonomyPredictor.from_pretrained(work / "main", quantize=False)
+    fp32_eval = evaluate_predictor(fp32, val_data)
+    fp32_ensemble = fp32_eval["reports"]["ensemble"].path_accuracy
+    fp32_tps = throughput(fp32, val_titles, "ensemble")
+
+    # 4. Baseline: 1-NN on frozen embeddings, same split.
+    taxonomy = predictor.taxonomy
+    baseline, baseline_seconds = one_nn_frozen(
+        cfg, train_data.frame[TITLE].tolist(), train_data.paths(), val_titles, val_data.frame, taxonomy
+    )
+
+    # 5. Enrichment on/off with a frozen encoder (the effect of the appended text alone).
+    enrichment = {}
+    if not args.no_enrich:
+        for name, corpus in (("off", None), ("on", "{data_dir}/fashion-product-images/styles.csv")):
+            sets = ["encoder.finetune_epochs=0", "train.methods=[retrieval, heads]"]
+            if corpus:
+                sets += [
+                    f"enrich.corpus={corpus}",
+                    "enrich.title_column=productDisplayName",
+                    "enrich.text_columns=[articleType, subCategory, masterCategory]",
+                ]
+            run = train(load_config(args.config, sets, cls=TaxonomyConfig), work / f"enrich-{name}", progress=False)
+            enrichment[name] = {
+                m: {"path_accuracy": r.path_accuracy, "item_accuracy": r.item_accuracy}
+                for m, r in run.reports.items()
+            }
+            enrichment[name]["train_seconds"] = run.train_seconds
+
+    seq2seq_note = "not run (pass --seq2seq)" if "seq2seq" not in methods else "small T5 from scratch"
+    result = {
+        "dataset": "flipkart-products (16,000 rows; 3 levels + brand)",
+        "device": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads, no GPU",
+        "rows": {
+            "train": report.n_train,
+            "val": report.n_val,
+            "skipped_short_tree": report.skipped,
+            "val_paths_not_in_training": report.val_unseen_paths,
+        },
+        "methods": methods,
+        "baseline_1nn_frozen": {
+            "path_accuracy": baseline.path_accuracy,
+            "per_level_accuracy": baseline.per_level_accuracy,
+            "seconds": round(baseline_seconds, 1),
+        },
+        "train_seconds": report.train_seconds,
+        "invalid_paths": report.invalid,
+        "titles_per_s": {m: round(v, 1) for m, v in titles_per_s.items()},
+        "encoder_fp32": {"ensemble_path_accuracy": fp32_ensemble, "ensemble_titles_per_s": round(fp32_tps, 1)},
+        "enrichment": enrichment,
+        "seq2seq": seq2seq_note,
+        "config": cfg.to_dict(),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
+    write_docs(result)
+
+
+def write_docs(r: dict) -> None:
+    m = r["methods"]
+    levels = "supergroup / group / module"
+    b = r["baseline_1nn_frozen"]
+    lines = [
+        HEADING,
+        "",
+        f"`python benchmarks/taxonomy.py` on {r['device']}; {r['rows']['train']} training and "
+        f"{r['rows']['val']} validation titles (seeded 90/10 split; {r['rows']['skipped_short_tree']} rows "
+        f"with a category tree under 3 levels left out; {r['rows']['val_paths_not_in_training']} validation "
+        "paths never occur in training, so no method can get them right). Item accuracy = 3 levels + brand "
+        "right, on rows that carry a brand (brands compared case-folded). Titles/s: `predict` end to end "
+        "(normalise, int8 encoder, classify, brand).",
+        "",
+        f"| method | path acc | item acc | brand acc | per level ({levels}) | hier. F1 | titles/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *[method_row(name, res, r["titles_per_s"].get(name)) for name, res in m.items()],
+        method_row("baseline: 1-NN, frozen MiniLM (fp32)", b | {"hierarchical_f1": float("nan")}, None),
+        "",
+        "| measure | value | target |",
+        "| --- | ---: | ---: |",
+        f"| best path accuracy | {max(x['path_accuracy'] for x in m.values()):.4f} | ≥ 0.92 and > 1-NN "
+        f"({b['path_accuracy']:.4f}) |",
+        f"| best item accuracy | {max(x['item_accuracy'] or 0 for x in m.values()):.4f} | ≥ 0.80 |",
+        f"| invalid paths (every method) | {sum(r['invalid_paths'].values())} | 0 |",
+        f"| slowest of retrieval / heads | {min(r['titles_per_s'][k] for k in ('retrieval', 'heads')):,.0f} "
+        "titles/s | ≥ 500 |",
+        f"| ensemble with an fp32 encoder | {r['encoder_fp32']['ensemble_path_accuracy']:.4f} path acc, "
+        f"{r['encoder_fp32']['ensemble_titles_per_s']:,.0f} titles/s | |",
+        f"| training seconds | {', '.join(f'{k} {v:.0f}' for k, v in r['train_seconds'].items())} | |",
+        f"| seq2seq | {r['seq2seq']} | |",
+    ]
+    if r["enrichment"]:
+        e = r["enrichment"]
+        lines += [
+            "",
+            "Retrieval enrichment (frozen encoder; each title gets the categories of its nearest "
+            "fashion-product-images product appended):",
+            "",
+            "| enrichment | retrieval path acc | heads path acc | ensemble path acc | ensemble item acc |",
+            "| --- | ---: | ---: | ---: | ---: |",
+            *[
+                f"| {k} | {v['retrieval']['path_accuracy']:.4f} | {v['heads']['path_accuracy']:.4f} | "
+                f"{v['ensemble']['path_accuracy']:.4f} | {v['ensemble']['item_accuracy']:.4f} |"
+                for k, v in e.items()
+            ],
+        ]
+    replace_section(DOCS, HEADING, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

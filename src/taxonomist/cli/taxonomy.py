@@ -1,0 +1,135 @@
+"""``taxonomist taxonomy train | evaluate | predict``: titles → taxonomy path + brand."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from taxonomist.config import ConfigError, TaxonomyConfig, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML taxonomy run config.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+MethodOpt = Annotated[
+    str | None,
+    typer.Option(help="retrieval | heads | seq2seq | ensemble (default: the run's predict.method)."),
+]
+
+
+def _config(config: Path | None, overrides: list[str] | None, **flags: object) -> TaxonomyConfig:
+    extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    try:
+        return load_config(config, [*(overrides or []), *extra], cls=TaxonomyConfig)
+    except ConfigError as err:
+        raise typer.BadParameter(str(err)) from err
+
+
+def reports_table(reports: dict, titles_per_s: dict, invalid: dict, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("method", "path acc", "item acc", "brand acc", "hier. F1", "titles/s", "invalid"):
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for method, r in reports.items():
+        table.add_row(
+            method,
+            f"{r.path_accuracy:.4f}",
+            "-" if r.item_accuracy is None else f"{r.item_accuracy:.4f}",
+            "-" if r.brand_accuracy is None else f"{r.brand_accuracy:.4f}",
+            f"{r.hierarchical_f1:.4f}",
+            f"{titles_per_s.get(method, 0):,.0f}",
+            str(invalid.get(method, 0)),
+        )
+    return table
+
+
+@app.command()
+def train(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Checkpoint directory.")] = Path(
+        "runs/taxonomy"
+    ),
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    data: Annotated[str | None, typer.Option(help="Titles file (data.path).")] = None,
+    layout: Annotated[str | None, typer.Option(help="flipkart | indoml (data.layout).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use N rows (data.limit).")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Fit retrieval, hierarchical heads (and seq2seq if configured) and score them on a validation split."""
+    from taxonomist.training.taxonomy import train as train_taxonomy
+
+    cfg = _config(config, overrides, **{"data.path": data, "data.layout": layout, "data.limit": limit})
+    report = train_taxonomy(cfg, output, progress=not quiet)
+    console.print(
+        reports_table(
+            report.reports, report.titles_per_s, report.invalid, f"validation ({report.n_val} titles)"
+        )
+    )
+    console.print(
+        f"train titles {report.n_train} · skipped rows {report.skipped} · validation paths not in the "
+        f"taxonomy {report.val_unseen_paths} · seconds {report.train_seconds} · checkpoint {output}"
+    )
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    data: Annotated[
+        str | None, typer.Option(help="Labelled titles (default: the run's validation split).")
+    ] = None,
+    layout: Annotated[str | None, typer.Option(help="flipkart | indoml")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write metrics JSON here.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score every method of a checkpoint on labelled titles."""
+    from taxonomist.inference.taxonomy import TaxonomyPredictor
+    from taxonomist.training.taxonomy import evaluate_predictor, load_titles, split_rows
+
+    predictor = TaxonomyPredictor.from_pretrained(checkpoint)
+    cfg = predictor.config
+    if data is None:
+        titles = load_titles(cfg)
+        _, val_rows = split_rows(len(titles.frame), cfg.train.val_fraction, cfg.train.seed)
+        titles = titles.subset(val_rows)
+    else:
+        cfg.data.path, cfg.data.limit = data, None
+        cfg.data.layout = layout or cfg.data.layout  # type: ignore[assignment]
+        titles = load_titles(cfg)
+    result = evaluate_predictor(predictor, titles, progress=not quiet)
+    console.print(
+        reports_table(
+            result["reports"], result["titles_per_s"], result["invalid"], f"{len(titles.frame)} titles"
+        )
+    )
+    if output:
+        payload = {m: r.to_dict() for m, r in result["reports"].items()}
+        output.write_text(json.dumps({"methods": payload, "titles_per_s": result["titles_per_s"]}, indent=1))
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
+    data: Annotated[Path, typer.Option(help="CSV/Parquet with a title column.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (resumable).")],
+    title_column: Annotated[str, typer.Option(help="Column holding the titles.")] = "title",
+    id_column: Annotated[str, typer.Option(help="Column holding row ids (default: row number).")] = "id",
+    method: MethodOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Predict a path and brand for every title; empty titles are skipped into errors.csv."""
+    from taxonomist.inference.taxonomy import TaxonomyPredictor
+
+    predictor = TaxonomyPredictor.from_pretrained(checkpoint)
+    summary = predictor.predict_file(
+        data, output, title_column=title_column, id_column=id_column, method=method, progress=not quiet
+    )
+    console.print_json(json.dumps(summary))

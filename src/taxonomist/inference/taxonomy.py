@@ -1,0 +1,264 @@
+"""Title → taxonomy path + brand from a checkpoint folder, with every method and their vote.
+
+The checkpoint carries everything needed: the taxonomy, the (fine-tuned) encoder or its id, the heads,
+the retrieval index rows, the brand extractor, the optional seq2seq model and the config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from taxonomist.config import TaxonomyConfig, load_config
+from taxonomist.data.taxonomy import BRAND, ID, TITLE, Taxonomy, normalize_text
+from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
+from taxonomist.models.brand import BrandExtractor
+from taxonomist.models.taxonomy import (
+    HierarchicalHeads,
+    PathPrediction,
+    RetrievalClassifier,
+    beam_search,
+    hierarchical_vote,
+    sibling_log_softmax,
+)
+from taxonomist.models.text import TextEncoder
+from taxonomist.progress import progress_bar
+
+MANIFEST = "taxonomist.json"
+METHODS = ("retrieval", "heads", "seq2seq")
+
+
+class TaxonomyCheckpointError(ValueError):
+    """A folder that is not a complete taxonomy checkpoint."""
+
+
+@dataclass
+class TaxonomyPredictor:
+    taxonomy: Taxonomy
+    encoder: TextEncoder
+    config: TaxonomyConfig
+    brand: BrandExtractor
+    retrieval: RetrievalClassifier | None = None
+    heads: HierarchicalHeads | None = None
+    seq2seq: object | None = None
+    enricher: object | None = None
+    encoder_finetuned: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def methods(self) -> list[str]:
+        return [m for m in METHODS if getattr(self, m) is not None]
+
+    @property
+    def parent_ids(self) -> list[torch.Tensor | None]:
+        return [None] + [torch.from_numpy(self.taxonomy.parent_ids(k)) for k in range(1, self.taxonomy.depth)]
+
+    # -- prediction -----------------------------------------------------------------------------------
+    def prepare(self, titles: Sequence[str]) -> list[str]:
+        titles = [normalize_text(t) for t in titles]
+        if self.enricher is not None:
+            titles = self.enricher.enrich(titles)
+        return titles
+
+    def embed(self, titles: Sequence[str]) -> np.ndarray:
+        return self.encoder.encode(list(titles))
+
+    def predict_heads(self, embeddings: np.ndarray) -> PathPrediction:
+        assert self.heads is not None
+        self.heads.eval()
+        with torch.inference_mode():
+            logits = self.heads(torch.from_numpy(embeddings) * self.config.heads.scale)
+            log_probs = [sibling_log_softmax(lg, p) for lg, p in zip(logits, self.parent_ids, strict=True)]
+        return beam_search(log_probs, self.parent_ids, self.config.heads.beam_width)
+
+    def predict_paths(self, titles: Sequence[str], methods: Sequence[str]) -> dict[str, PathPrediction]:
+        """Each requested method's paths for already prepared titles (see :meth:`prepare`)."""
+        out: dict[str, PathPrediction] = {}
+        needs_embeddings = any(m in ("retrieval", "heads") for m in methods)
+        embeddings = self.embed(titles) if needs_embeddings and titles else None
+        for method in methods:
+            start = time.perf_counter()
+            if method == "retrieval" and self.retrieval is not None:
+                out[method] = self.retrieval.predict(embeddings)
+            elif method == "heads" and self.heads is not None:
+                out[method] = self.predict_heads(embeddings)
+            elif method == "seq2seq" and self.seq2seq is not None:
+                out[method], _ = self.seq2seq.predict(list(titles), num_beams=self.config.seq2seq.num_beams)
+            else:
+                raise ValueError(f"method {method!r} is not in this checkpoint (has {self.methods})")
+            self.timings[method] = self.timings.get(method, 0.0) + time.perf_counter() - start
+        return out
+
+    def resolve_methods(self, method: str) -> list[str]:
+        if method == "ensemble":
+            return self.methods
+        if method not in self.methods:
+            raise ValueError(f"unknown method {method!r}; this checkpoint has {[*self.methods, 'ensemble']}")
+        return [method]
+
+    def predict(self, titles: Sequence[str], method: str | None = None) -> pd.DataFrame:
+        """One row per title: levels, brand, per-level and brand confidence. Paths are always valid."""
+        method = method or self.config.predict.method
+        prepared = self.prepare(titles)
+        per_method = self.predict_paths(prepared, self.resolve_methods(method))
+        pred = combine(list(per_method.values()), self.taxonomy)
+        brands, brand_conf = self.brand.predict_with_confidence([normalize_text(t) for t in titles])
+        return prediction_frame(pred, self.taxonomy, brands, brand_conf)
+
+    def predict_file(
+        self,
+        input_path: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        *,
+        title_column: str = TITLE,
+        id_column: str = ID,
+        method: str | None = None,
+        progress: bool = True,
+    ) -> dict:
+        """CSV/Parquet of titles → ``predictions.csv`` in chunks that survive a crash and resume."""
+        input_path = Path(input_path)
+        frame = _read_titles(input_path, title_column, id_column)
+        bad = frame[TITLE] == ""
+        method = method or self.config.predict.method
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        errors = frame[bad].assign(line=np.flatnonzero(bad) + 2, reason="empty title", file=str(input_path))
+        atomic_write_frame(errors[[ID, "line", "reason", "file"]], output_dir / "errors.csv")
+        good = frame[~bad].reset_index(drop=True)
+        writer = ChunkedWriter(
+            output_dir,
+            good[ID].tolist(),
+            self.config.predict.chunk_size,
+            {"method": method, "input": str(input_path)},
+        )
+        start = time.perf_counter()
+        with progress_bar("titles", disable=not progress) as bar:
+            task = bar.add_task("predict", total=len(good))
+            bar.advance(
+                task, sum(len(writer.chunk_rows(k)) for k in range(writer.n_chunks) if writer.done(k))
+            )
+            for k in writer.pending():
+                rows = writer.chunk_rows(k)
+                chunk = good.iloc[rows.start : rows.stop]
+                pred = self.predict(chunk[TITLE].tolist(), method)
+                writer.write(k, {"pred": pd.concat([chunk[[ID]].reset_index(drop=True), pred], axis=1)})
+                bar.advance(task, len(rows))
+        result = writer.read("pred")
+        atomic_write_frame(result, output_dir / "predictions.csv")
+        summary = {
+            "rows": len(frame),
+            "predicted": len(result),
+            "skipped": int(bad.sum()),
+            "method": method,
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=1))
+        return summary
+
+    # -- persistence -----------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.taxonomy.save(path / "taxonomy.json")
+        self.config.save(path / "config.yaml")
+        if self.encoder_finetuned:
+            self.encoder.save(path / "encoder")
+        atomic_write_text(path / "brand.json", json.dumps(self.brand.to_dict(), ensure_ascii=False))
+        if self.heads is not None:
+            save_file(self.heads.state_dict(), str(path / "heads.safetensors"))
+        if self.retrieval is not None:
+            np.savez(
+                path / "retrieval.npz",
+                embeddings=self.retrieval.index_.reconstruct_n(0, self.retrieval.index_.ntotal),
+                path_ids=self.retrieval.path_ids_,
+            )
+        if self.seq2seq is not None:
+            self.seq2seq.save(path / "seq2seq")
+        manifest = {
+            "kind": "taxonomy",
+            "methods": self.methods,
+            "encoder": "encoder" if self.encoder_finetuned else self.encoder.name,
+            "embedding_dim": self.encoder.dim,
+            "level_sizes": [len(n) for n in self.taxonomy.nodes],
+        }
+        atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, quantize: bool | None = None) -> TaxonomyPredictor:
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise TaxonomyCheckpointError(f"{path} is not a taxonomy checkpoint (no {MANIFEST})")
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("kind") != "taxonomy":
+            raise TaxonomyCheckpointError(f"{path} holds a {manifest.get('kind')!r} checkpoint, not taxonomy")
+        config = load_config(path / "config.yaml", cls=TaxonomyConfig)
+        taxonomy = Taxonomy.load(path / "taxonomy.json")
+        enc_name = str(path / "encoder") if manifest["encoder"] == "encoder" else manifest["encoder"]
+        encoder = TextEncoder(
+            enc_name,
+            max_length=config.encoder.max_length,
+            batch_size=config.encoder.batch_size,
+            quantize=config.encoder.quantize if quantize is None else quantize,
+        )
+        brand = BrandExtractor.from_dict(json.loads((path / "brand.json").read_text(encoding="utf-8")))
+        self = cls(taxonomy, encoder, config, brand, encoder_finetuned=manifest["encoder"] == "encoder")
+        if "heads" in manifest["methods"]:
+            self.heads = HierarchicalHeads(
+                manifest["embedding_dim"], manifest["level_sizes"], config.heads.hidden
+            )
+            self.heads.load_state_dict(load_file(str(path / "heads.safetensors")))
+            self.heads.eval()
+        if "retrieval" in manifest["methods"]:
+            data = np.load(path / "retrieval.npz")
+            self.retrieval = RetrievalClassifier(config.retrieval.k, config.retrieval.temperature).fit(
+                data["embeddings"], data["path_ids"], taxonomy
+            )
+        if "seq2seq" in manifest["methods"]:
+            from taxonomist.models.seq2seq import Seq2SeqTaxonomyModel
+
+            self.seq2seq = Seq2SeqTaxonomyModel.from_pretrained(str(path / "seq2seq"), taxonomy)
+        if config.enrich.corpus:
+            from taxonomist.models.enrich import Enricher
+
+            self.enricher = Enricher.from_config(config.enrich)
+        return self
+
+
+def combine(predictions: list[PathPrediction], taxonomy: Taxonomy) -> PathPrediction:
+    return predictions[0] if len(predictions) == 1 else hierarchical_vote(predictions, taxonomy)
+
+
+def prediction_frame(
+    pred: PathPrediction, taxonomy: Taxonomy, brands: Sequence[str], brand_confidence: np.ndarray
+) -> pd.DataFrame:
+    paths = pred.paths(taxonomy)
+    frame = pd.DataFrame({level: [p[k] for p in paths] for k, level in enumerate(taxonomy.levels)})
+    frame[BRAND] = list(brands)
+    for k, level in enumerate(taxonomy.levels):
+        frame[f"{level}_confidence"] = pred.level_confidence[:, k].round(4)
+    frame["brand_confidence"] = np.round(brand_confidence, 4)
+    return frame
+
+
+def _read_titles(path: Path, title_column: str, id_column: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise FileNotFoundError(f"titles file not found: {path}")
+    raw = (
+        pd.read_parquet(path)
+        if path.suffix == ".parquet"
+        else pd.read_csv(path, dtype=str, keep_default_na=False)
+    )
+    if title_column not in raw.columns:
+        raise ValueError(f"{path}: no title column {title_column!r}; columns are {list(raw.columns)}")
+    ids = raw[id_column].astype(str) if id_column in raw.columns else pd.Series(raw.index.astype(str))
+    return pd.DataFrame({ID: ids.to_numpy(), TITLE: raw[title_column].map(normalize_text).to_numpy()})

@@ -1,0 +1,93 @@
+"""Retrieval enrichment (seed 002): append the text of the nearest external-corpus products to a title.
+
+Short titles ("Netis WF2412") say little; the description of a similar product in another catalog
+("wireless router, networking") gives every method more to go on. Corpus embeddings come from a frozen
+encoder and are cached on disk by (encoder fingerprint, text hash), so a corpus is embedded once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from taxonomist.config import EnrichConfig
+from taxonomist.data.catalog import expand_path
+from taxonomist.data.taxonomy import normalize_text
+from taxonomist.inference.cache import FeatureCache
+from taxonomist.models.text import TextEncoder
+
+SEPARATOR = " | "
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def cached_encode(encoder: TextEncoder, texts: list[str], cache: FeatureCache) -> np.ndarray:
+    """Embeddings of ``texts``, computing only those the cache does not hold yet."""
+    keys = [text_key(t) for t in texts]
+    missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in cache}.items())
+    if missing:
+        cache.put([k for k, _ in missing], encoder.encode([t for _, t in missing]))
+    return cache.get(keys) if keys else np.zeros((0, encoder.dim), dtype=np.float32)
+
+
+class Enricher:
+    """``enrich(titles)`` → ``"title | text of neighbour 1 | …"`` (k neighbours, each cut to max_chars)."""
+
+    def __init__(
+        self,
+        corpus_titles: list[str],
+        corpus_texts: list[str],
+        encoder: TextEncoder,
+        k: int = 1,
+        max_chars: int = 200,
+        cache_dir: str | None = None,
+    ) -> None:
+        import faiss
+
+        if len(corpus_titles) != len(corpus_texts) or not corpus_titles:
+            raise ValueError("the enrichment corpus needs as many texts as titles, and at least one")
+        self.encoder = encoder
+        self.k = k
+        self.max_chars = max_chars
+        self.texts = [normalize_text(t)[:max_chars] for t in corpus_texts]
+        self.cache = FeatureCache(cache_dir, f"text-{encoder.fingerprint()}")
+        corpus = cached_encode(encoder, [normalize_text(t) for t in corpus_titles], self.cache)
+        self.index = faiss.IndexFlatIP(corpus.shape[1])
+        self.index.add(np.ascontiguousarray(corpus, dtype=np.float32))
+
+    @classmethod
+    def from_config(cls, cfg: EnrichConfig, cache_dir: str | None = None) -> Enricher:
+        path = expand_path(cfg.corpus or "")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"enrichment corpus not found: {path}")
+        frame = (
+            pd.read_parquet(path)
+            if path.suffix == ".parquet"
+            else pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines="skip")
+        )
+        columns = [cfg.title_column, *cfg.text_columns]
+        missing = [c for c in columns if c not in frame.columns]
+        if missing:
+            raise ValueError(
+                f"{path}: corpus column(s) {missing} not found; columns are {list(frame.columns)}"
+            )
+        frame = frame[columns].fillna("").astype(str)
+        frame = frame[frame[cfg.title_column].str.strip() != ""]
+        texts = frame[cfg.text_columns].agg(", ".join, axis=1).tolist()
+        encoder = TextEncoder(cfg.encoder, quantize=False)
+        return cls(frame[cfg.title_column].tolist(), texts, encoder, cfg.k, cfg.max_chars, cache_dir)
+
+    def enrich(self, titles: list[str]) -> list[str]:
+        if not titles:
+            return []
+        queries = cached_encode(self.encoder, titles, self.cache)
+        _, rows = self.index.search(np.ascontiguousarray(queries), self.k)
+        return [
+            SEPARATOR.join([t, *(self.texts[r] for r in row if r >= 0)])
+            for t, row in zip(titles, rows, strict=True)
+        ]

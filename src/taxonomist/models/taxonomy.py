@@ -1,0 +1,202 @@
+"""Path classifiers over a :class:`Taxonomy`: kNN retrieval and hierarchical heads with beam search.
+
+Both return :class:`PathPrediction` (a path id into ``taxonomy.paths`` per row plus confidences), so
+every output is a valid path by construction, and ensembling/serving code treats them alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from taxonomist.data.taxonomy import Taxonomy
+
+NEG_INF = -1e9
+
+
+@dataclass
+class PathPrediction:
+    path_ids: np.ndarray
+    """``(n,)`` index into ``taxonomy.paths``."""
+    level_confidence: np.ndarray
+    """``(n, depth)``: probability of the predicted node at each level (non-increasing along the path)."""
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.level_confidence[:, -1]
+
+    def paths(self, taxonomy: Taxonomy) -> list[tuple[str, ...]]:
+        return [taxonomy.paths[i] for i in self.path_ids]
+
+
+class RetrievalClassifier:
+    """kNN over training titles in a FAISS inner-product index; neighbours vote for their paths.
+
+    Votes are ``exp(similarity / temperature)``, so a near-duplicate title outweighs several loose
+    matches; the winner is always a path some training row carries. Per-level confidence is the vote
+    share of the predicted node at that level.
+    """
+
+    def __init__(self, k: int = 10, temperature: float = 0.05) -> None:
+        self.k = k
+        self.temperature = temperature
+
+    def fit(self, embeddings: np.ndarray, path_ids: np.ndarray, taxonomy: Taxonomy) -> RetrievalClassifier:
+        import faiss
+
+        path_ids = np.asarray(path_ids, dtype=np.int64)
+        if (path_ids < 0).any() or (path_ids >= len(taxonomy)).any():
+            raise ValueError("every training row needs a path of the taxonomy")
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self.index_ = faiss.IndexFlatIP(embeddings.shape[1])
+        self.index_.add(embeddings)
+        self.path_ids_ = path_ids
+        self.node_ids_ = taxonomy.path_node_ids()
+        self.n_paths_ = len(taxonomy)
+        return self
+
+    def search(self, embeddings: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        k = min(k or self.k, self.index_.ntotal)
+        return self.index_.search(np.ascontiguousarray(embeddings, dtype=np.float32), k)
+
+    def predict(self, embeddings: np.ndarray) -> PathPrediction:
+        sims, rows = self.search(embeddings)
+        weights = np.exp((sims - sims[:, :1]) / self.temperature)
+        neighbour_paths = self.path_ids_[rows]
+        n, depth = len(rows), self.node_ids_.shape[1]
+        best = np.empty(n, dtype=np.int64)
+        conf = np.empty((n, depth))
+        for i in range(n):
+            paths, inverse = np.unique(neighbour_paths[i], return_inverse=True)
+            votes = np.bincount(inverse, weights=weights[i])
+            best[i] = paths[np.argmax(votes)]
+            nodes = self.node_ids_[neighbour_paths[i]]
+            share = nodes == self.node_ids_[best[i]]
+            conf[i] = (weights[i, :, None] * share).sum(0) / weights[i].sum()
+        return PathPrediction(best, conf)
+
+
+class HierarchicalHeads(nn.Module):
+    """One linear (or MLP) head per level over the title embedding; logits over that level's nodes."""
+
+    def __init__(
+        self, in_dim: int, level_sizes: Sequence[int], hidden: int = 0, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.trunk: nn.Module = (
+            nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout))
+            if hidden
+            else nn.Identity()
+        )
+        width = hidden or in_dim
+        self.heads = nn.ModuleList(nn.Linear(width, n) for n in level_sizes)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = self.trunk(x)
+        return [head(h) for head in self.heads]
+
+
+def sibling_log_softmax(logits: torch.Tensor, parent_ids: torch.Tensor | None) -> torch.Tensor:
+    """log p(node | its parent): softmax over each node's siblings only (parent masking).
+
+    With ``parent_ids`` None (the top level) it is a plain log-softmax. Probabilities of children of
+    different parents never compete, so a child is only ever scored under its own parent.
+    """
+    if parent_ids is None:
+        return torch.log_softmax(logits, dim=-1)
+    n_parents = int(parent_ids.max()) + 1
+    index = parent_ids.expand_as(logits)
+    peak = torch.full((logits.shape[0], n_parents), NEG_INF, dtype=logits.dtype, device=logits.device)
+    peak = peak.scatter_reduce(1, index, logits, reduce="amax", include_self=True)
+    shifted = logits - peak.gather(1, index)
+    norm = torch.zeros_like(peak).scatter_add(1, index, shifted.exp())
+    return shifted - norm.gather(1, index).log()
+
+
+def hierarchical_loss(
+    logits: list[torch.Tensor],
+    targets: torch.Tensor,
+    parent_ids: list[torch.Tensor | None],
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Sum over levels of the cross-entropy of the true child among its true parent's children.
+
+    Label smoothing spreads its mass over those siblings only: other parents' children are not
+    plausible alternatives, and smoothing onto them would fight the parent masking.
+    """
+    total = logits[0].new_zeros(())
+    for level, (lg, parents) in enumerate(zip(logits, parent_ids, strict=True)):
+        allowed = torch.ones_like(lg, dtype=torch.bool)
+        if parents is not None:
+            allowed = parents[None, :] == targets[:, level - 1, None]
+        log_probs = torch.log_softmax(lg.masked_fill(~allowed, NEG_INF), dim=-1)
+        nll = -log_probs.gather(1, targets[:, level, None])[:, 0]
+        if label_smoothing:
+            uniform = -(log_probs * allowed).sum(1) / allowed.sum(1)
+            nll = (1 - label_smoothing) * nll + label_smoothing * uniform
+        total = total + nll.mean()
+    return total
+
+
+def beam_search(
+    level_log_probs: list[torch.Tensor], parent_ids: list[torch.Tensor | None], width: int
+) -> PathPrediction:
+    """Best full paths under parent-conditional log-probabilities, keeping ``width`` prefixes per level.
+
+    ``level_log_probs[k]`` holds log p(node | parent) (from :func:`sibling_log_softmax`). A prefix
+    extends only to children of itself, so every finished beam is a path of the tree; with ``width``
+    at least the widest level the search is exact. Last-level nodes are the taxonomy's paths, in order,
+    so the best leaf is the path id.
+    """
+    n = level_log_probs[0].shape[0]
+    depth = len(level_log_probs)
+    scores, nodes = level_log_probs[0].topk(min(width, level_log_probs[0].shape[1]), dim=1)
+    history = [nodes]
+    for level in range(1, depth):
+        lp, parents = level_log_probs[level], parent_ids[level]
+        n_parents = level_log_probs[level - 1].shape[1]
+        parent_score = torch.full((n, n_parents), float("-inf"), dtype=lp.dtype)
+        parent_score.scatter_(1, nodes, scores)
+        candidates = parent_score[:, parents] + lp
+        scores, nodes = candidates.topk(min(width, candidates.shape[1]), dim=1)
+        history.append(nodes)
+    # Walk the best leaf back up: each level's node is the parent of the next.
+    chain = [history[-1][:, 0]]
+    for level in range(depth - 1, 0, -1):
+        chain.append(parent_ids[level][chain[-1]])
+    chain = chain[::-1]
+    cumulative = torch.stack(
+        [level_log_probs[k].gather(1, chain[k][:, None])[:, 0] for k in range(depth)], dim=1
+    ).cumsum(1)
+    return PathPrediction(chain[-1].numpy().astype(np.int64), cumulative.exp().double().numpy())
+
+
+def hierarchical_vote(predictions: Sequence[PathPrediction], taxonomy: Taxonomy) -> PathPrediction:
+    """PRMAS's hierarchy-compliant hard vote: level by level, the node most models chose wins.
+
+    Only models that agree with the winning prefix vote on the next level, so the result is always one
+    of the voters' (valid) paths. Ties go to the larger summed confidence. A level's confidence is the
+    mean over all models of their confidence in the winning node (0 for models that chose another).
+    """
+    node_ids = taxonomy.path_node_ids()
+    chosen = np.stack([p.path_ids for p in predictions], axis=1)
+    conf = np.stack([p.level_confidence for p in predictions], axis=1)
+    n, m = chosen.shape
+    depth = taxonomy.depth
+    best = np.empty(n, dtype=np.int64)
+    level_conf = np.zeros((n, depth))
+    for i in range(n):
+        alive = np.arange(m)
+        for level in range(depth):
+            nodes = node_ids[chosen[i, alive], level]
+            candidates = np.unique(nodes)
+            votes = [((nodes == c).sum(), conf[i, alive[nodes == c], level].sum()) for c in candidates]
+            winner = candidates[max(range(len(candidates)), key=lambda j: votes[j])]
+            alive = alive[nodes == winner]
+            level_conf[i, level] = conf[i, alive, level].sum() / m
+        best[i] = chosen[i, alive[np.argmax(conf[i, alive, -1])]]
+    return PathPrediction(best, level_conf)

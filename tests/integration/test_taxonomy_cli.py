@@ -1,0 +1,166 @@
+"""``taxonomist taxonomy train | evaluate | predict`` end to end with a tiny sentence encoder.
+
+The encoder is a 2-layer BERT built from a config with a WordPiece vocabulary trained here, saved as a
+sentence-transformers folder and loaded by path: the same code path as a hub id.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from taxonomist.cli.main import app
+from taxonomist.inference.taxonomy import TaxonomyPredictor
+
+pytestmark = pytest.mark.integration
+
+TREE = {
+    ("Clothing", "Women's Clothing", "Western Wear"): ["Top", "Dress", "Skirt"],
+    ("Clothing", "Men's Clothing", "T-Shirts"): ["T-Shirt", "Polo Neck T-Shirt"],
+    ("Footwear", "Women's Footwear", "Heels"): ["Heels", "Wedges"],
+    ("Footwear", "Men's Footwear", "Casual Shoes"): ["Sneakers", "Loafers"],
+    ("Watches", "Wrist Watches", "Analog"): ["Analog Watch", "Chronograph Watch"],
+}
+# Many brands, each on a few titles, as in real catalogs (so some are unseen at prediction time).
+BRANDS = [
+    f"{a}{b}".title()
+    for a in ("ka", "ro", "zi", "mu", "tel", "van")
+    for b in ("po", "shi", "lum", "dex", "ra")
+]
+
+
+def make_products(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    paths = list(TREE)
+    rows = []
+    for i in range(n):
+        path = paths[i % len(paths)]
+        noun = TREE[path][rng.integers(len(TREE[path]))]
+        brand = BRANDS[rng.integers(len(BRANDS))] if i % 4 else ""
+        who = "Women's" if "Women" in path[1] else "Men's"
+        title = f"{brand or 'Generic'} Solid {who} {noun}"
+        tree = json.dumps([" >> ".join([*path, f"{brand} {noun}"])])
+        rows.append(
+            {"uniq_id": f"p{i}", "product_name": title, "product_category_tree": tree, "brand": brand}
+        )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory) -> Path:
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordPiece
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+    from tokenizers.trainers import WordPieceTrainer
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("tiny-encoder")
+    corpus = make_products(200, 0)["product_name"].tolist()
+    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(corpus, WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(root / "hf")
+    tokenizer.save_pretrained(root / "hf")
+    word = Transformer(str(root / "hf"), max_seq_length=32)
+    pool = Pooling(word.get_embedding_dimension(), "mean")
+    SentenceTransformer(modules=[word, pool], device="cpu").save(str(root / "st"))
+    return root / "st"
+
+
+def test_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> None:
+    make_products(160, 1).to_csv(tmp_path / "products.csv", index=False)
+    run = tmp_path / "run"
+    sets = [
+        f"encoder.name={tiny_encoder}",
+        "encoder.finetune_epochs=3",
+        "encoder.finetune_batch_size=8",
+        "encoder.finetune_lr=1e-3",
+        "heads.epochs=20",
+        "heads.lr=1e-2",
+        "retrieval.k=3",
+    ]
+    args = ["taxonomy", "train", "-o", str(run), "--data", str(tmp_path / "products.csv"), "-q"]
+    result = CliRunner().invoke(app, [*args, *(x for s in sets for x in ("--set", s))])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["methods"]) == {"retrieval", "heads", "ensemble"}
+    assert all(v == 0 for v in metrics["invalid_paths"].values())
+    # Titles carry the category words, so even a tiny encoder gets most paths right.
+    assert metrics["methods"]["ensemble"]["path_accuracy"] >= 0.8
+    assert metrics["methods"]["ensemble"]["brand_accuracy"] >= 0.8
+    for name in (
+        "taxonomy.json",
+        "brand.json",
+        "heads.safetensors",
+        "retrieval.npz",
+        "encoder",
+        "config.yaml",
+    ):
+        assert (run / name).exists(), name
+
+    titles = pd.DataFrame(
+        {"id": ["a", "b", "c"], "title": ["Zorba Solid Women's Wedges", "", "Vanra Analog Watch"]}
+    )
+    titles.to_csv(tmp_path / "new.csv", index=False)
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(
+        app, ["taxonomy", "predict", str(run), "--data", str(tmp_path / "new.csv"), "-o", str(out), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert pred["id"].tolist() == ["a", "c"]
+    predictor = TaxonomyPredictor.from_pretrained(run)
+    assert all(
+        p in predictor.taxonomy for p in pred[["supergroup", "group", "module"]].itertuples(index=False)
+    )
+    assert pred["brand"].tolist()[0] == "Zorba"  # a brand never seen in training
+    assert pd.read_csv(out / "errors.csv")["line"].tolist() == [3]
+    # A rerun finds every chunk done and rewrites the same predictions.
+    again = CliRunner().invoke(
+        app, ["taxonomy", "predict", str(run), "--data", str(tmp_path / "new.csv"), "-o", str(out), "-q"]
+    )
+    assert again.exit_code == 0
+    assert pd.read_csv(out / "predictions.csv", keep_default_na=False).equals(pred)
+
+    result = CliRunner().invoke(
+        app, ["taxonomy", "evaluate", str(run), "--output", str(tmp_path / "e.json"), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((tmp_path / "e.json").read_text())["methods"]
+    assert evaluated["ensemble"]["path_accuracy"] == pytest.approx(
+        metrics["methods"]["ensemble"]["path_accuracy"]
+    )
+
+
+def test_unknown_method_is_a_clear_error(tmp_path: Path, tiny_encoder: Path) -> None:
+    make_products(60, 2).to_csv(tmp_path / "products.csv", index=False)
+    args = ["taxonomy", "train", "-o", str(tmp_path / "r"), "--data", str(tmp_path / "products.csv"), "-q"]
+    result = CliRunner().invoke(
+        app, [*args, "--set", f"encoder.name={tiny_encoder}", "--set", "train.methods=[knn]"]
+    )
+    assert result.exit_code != 0
+    assert "unknown taxonomy method" in str(result.exception)

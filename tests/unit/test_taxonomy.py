@@ -1,0 +1,305 @@
+"""Taxonomy tree, readers, text normalization, metrics, parent masking, beam search, vote, brand spans."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from taxonomist.data.taxonomy import (
+    Taxonomy,
+    TaxonomyError,
+    normalize_brand,
+    normalize_text,
+    parse_flipkart_tree,
+    read_flipkart,
+    read_indoml,
+)
+from taxonomist.metrics.taxonomy import hierarchical_f1, invalid_paths, taxonomy_report
+from taxonomist.models.brand import BrandExtractor
+from taxonomist.models.taxonomy import (
+    PathPrediction,
+    RetrievalClassifier,
+    beam_search,
+    hierarchical_loss,
+    hierarchical_vote,
+    sibling_log_softmax,
+)
+from tests.conftest import require_dataset
+
+PATHS = [
+    ("Men", "Shoes", "Casual"),
+    ("Men", "Shoes", "Formal"),
+    ("Men", "Shirts", "Casual"),
+    ("Women", "Shoes", "Casual"),
+    ("Women", "Bags", "Clutches"),
+]
+
+
+@pytest.fixture
+def tax() -> Taxonomy:
+    return Taxonomy.from_paths(PATHS, brands=["Bata", "Bata", "Arrow", "Liza", ""])
+
+
+def test_normalize_text() -> None:
+    assert normalize_text("  Ｗｏｍｅｎ's\tShoes\n ") == "Women's Shoes"  # full-width folded by NFKC
+    assert normalize_text("a\u200b b\x00c") == "a\u200b b c" or normalize_text("a\x00b") == "a b"
+    assert normalize_text(None) == "" and normalize_text(float("nan")) == ""
+    assert normalize_brand(" FabHomeDecor ") == normalize_brand("fabhomedecor")
+
+
+def test_tree_nodes_are_keyed_by_prefix(tax: Taxonomy) -> None:
+    assert tax.depth == 3 and len(tax) == 5
+    # "Shoes" under Men and under Women are different nodes; "Casual" appears under three parents.
+    assert ("Men", "Shoes") in tax.nodes[1] and ("Women", "Shoes") in tax.nodes[1]
+    assert len(tax.nodes[2]) == 5 and tax.nodes[2] == tax.paths
+    parents = tax.parent_ids(2)
+    for child, parent in zip(tax.nodes[2], parents, strict=True):
+        assert tax.nodes[1][parent] == child[:2]
+    assert ("Men", "Shoes", "Casual") in tax and ("Men", "Bags", "Casual") not in tax
+    assert tax.brands[("Men", "Shoes", "Casual")] == ["Bata"]
+
+
+def test_taxonomy_rejects_ragged_paths() -> None:
+    with pytest.raises(TaxonomyError, match="3 non-empty levels"):
+        Taxonomy(["a", "b", "c"], [("x", "y")], {})
+
+
+def test_taxonomy_save_load_round_trip(tax: Taxonomy, tmp_path) -> None:
+    tax.save(tmp_path / "t.json")
+    back = Taxonomy.load(tmp_path / "t.json")
+    assert back.paths == tax.paths and back.brands == tax.brands and back.levels == tax.levels
+    pd.DataFrame(PATHS, columns=["supergroup", "group", "module"]).assign(brand="x").to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    assert Taxonomy.load(tmp_path / "t.csv").paths == tax.paths
+
+
+def test_snap_to_nearest_valid_path(tax: Taxonomy) -> None:
+    assert tax.snap(("Men", "Shoes", "Formal")) == ("Men", "Shoes", "Formal")
+    assert tax.snap(("Men", "Shoes", "Formall")) == ("Men", "Shoes", "Formal")
+    assert tax.snap(("Women", "Shoe", "Casual")) == ("Women", "Shoes", "Casual")
+    assert tax.snap(("Kids", "Bags", "Clutch")) == ("Women", "Bags", "Clutches")
+    assert tax.snap(("Men",)) in tax
+
+
+def test_parse_flipkart_tree() -> None:
+    assert parse_flipkart_tree('["Footwear >> Women\'s Footwear >> Ballerinas >> AW"]') == [
+        "Footwear",
+        "Women's Footwear",
+        "Ballerinas",
+        "AW",
+    ]
+    assert parse_flipkart_tree('["broken >> json') == ["broken", "json"]
+    assert parse_flipkart_tree("") == []
+
+
+def test_read_flipkart_skips_shallow_trees_and_keeps_na_brand(tmp_path) -> None:
+    rows = pd.DataFrame(
+        {
+            "uniq_id": ["a", "b", "c", "d"],
+            "product_name": ["Alisha Shorts", "Paper Weight", "", "NA Watch"],
+            "product_category_tree": [
+                '["Clothing >> Women >> Shorts >> Alisha"]',
+                '["Eternal Paper Weight..."]',
+                '["A >> B >> C"]',
+                '["Watches >> Wrist Watches >> NA Wrist Watches"]',
+            ],
+            "brand": ["Alisha", "", "X", "NA"],
+        }
+    )
+    rows.to_csv(tmp_path / "products.csv", index=False)
+    data = read_flipkart(tmp_path)
+    assert data.frame["id"].tolist() == ["a", "d"]
+    assert data.frame.loc[1, "brand"] == "NA"  # the literal brand, not a missing value
+    assert data.paths()[0] == ("Clothing", "Women", "Shorts")
+    assert sorted(data.skipped["reason"]) == ["category tree has fewer than 3 levels", "empty title"]
+    assert data.skipped["line"].tolist() == [3, 4]
+    with pytest.raises(TaxonomyError, match="not found"):
+        read_flipkart(tmp_path / "missing.csv")
+
+
+def test_read_indoml_needs_text_and_levels(tmp_path) -> None:
+    frame = pd.DataFrame(
+        {
+            "title": ["t1", "t2"],
+            "supergroup": ["a", "a"],
+            "group": ["b", ""],
+            "module": ["c", "c"],
+            "brand": ["x", "y"],
+        }
+    )
+    frame.to_csv(tmp_path / "f.csv", index=False)
+    data = read_indoml(tmp_path / "f.csv")
+    assert len(data.frame) == 1 and data.skipped["reason"].tolist() == ["empty taxonomy level"]
+    frame.drop(columns="title").to_csv(tmp_path / "labels.csv", index=False)
+    with pytest.raises(TaxonomyError, match="no text column"):
+        read_indoml(tmp_path / "labels.csv")
+
+
+def test_real_indoml_hierarchy_loads() -> None:
+    folder = require_dataset("indoml-2024-taxonomy")
+    tax = Taxonomy.load(folder / "hierarchy.csv")
+    assert tax.levels == ["supergroup", "group", "module"]
+    assert len(tax.nodes[0]) == 32
+    assert sum(len(b) for b in tax.brands.values()) == 12885
+
+
+def test_real_flipkart_reader() -> None:
+    folder = require_dataset("flipkart-products")
+    data = read_flipkart(folder)
+    assert len(data.frame) + len(data.skipped) == 16000
+    assert (data.frame[["supergroup", "group", "module"]] != "").all().all()
+    everything = pd.concat([data.frame, data.skipped])
+    assert (everything["brand"] == "").mean() == pytest.approx(0.293, abs=0.001)  # the README's figure
+
+
+# -- metrics ---------------------------------------------------------------------------------------------
+def test_taxonomy_report_hand_computed() -> None:
+    levels = ["supergroup", "group", "module"]
+    true = pd.DataFrame(
+        [("A", "B", "C", "x"), ("A", "B", "D", "y"), ("E", "F", "G", ""), ("A", "B", "C", "Zed")],
+        columns=[*levels, "brand"],
+    )
+    pred = pd.DataFrame(
+        [("A", "B", "C", "X"), ("A", "B", "C", "y"), ("E", "F", "G", "w"), ("E", "F", "G", "zed")],
+        columns=[*levels, "brand"],
+    )
+    r = taxonomy_report(true, pred, levels)
+    assert r.path_accuracy == pytest.approx(2 / 4)
+    # branded rows: 0 (path ok, brand ok case-folded), 1 (path wrong), 3 (path wrong, brand ok)
+    assert r.n_branded == 3
+    assert r.item_accuracy == pytest.approx(1 / 3)
+    assert r.brand_accuracy == pytest.approx(3 / 3)
+    assert r.no_brand_accuracy == pytest.approx(0.0)
+    assert r.per_level_accuracy == {"supergroup": 0.75, "group": 0.75, "module": 0.5}
+    # hF: nodes overlap 3 + 2 + 3 + 0 = 8 of 12 each side.
+    assert r.hierarchical_f1 == pytest.approx(8 / 12)
+
+
+def test_hierarchical_f1_partial_credit_needs_same_parent() -> None:
+    assert hierarchical_f1([("A", "B")], [("A", "B")]) == 1.0
+    assert hierarchical_f1([("A", "B")], [("C", "B")]) == 0.0  # same label under another parent
+    assert hierarchical_f1([("A", "B")], [("A", "C")]) == pytest.approx(0.5)
+
+
+def test_invalid_paths_counted(tax: Taxonomy) -> None:
+    pred = pd.DataFrame([("Men", "Shoes", "Casual"), ("Men", "Bags", "Casual")], columns=["a", "b", "c"])
+    assert invalid_paths(pred, ["a", "b", "c"], set(tax.paths)) == 1
+
+
+# -- parent masking and beam search -------------------------------------------------------------------------
+def _parents(tax: Taxonomy) -> list[torch.Tensor | None]:
+    return [None] + [torch.from_numpy(tax.parent_ids(k)) for k in range(1, tax.depth)]
+
+
+def test_sibling_log_softmax_normalises_within_each_parent(tax: Taxonomy) -> None:
+    parents = _parents(tax)[2]
+    logits = torch.randn(4, len(tax.nodes[2]))
+    lp = sibling_log_softmax(logits, parents)
+    for p in parents.unique():
+        mass = lp[:, parents == p].exp().sum(1)
+        assert torch.allclose(mass, torch.ones(4), atol=1e-5)
+
+
+def test_child_only_under_predicted_parent(tax: Taxonomy) -> None:
+    """A child with a huge logit under a weak parent must lose to the best child of the strong parent."""
+    parents = _parents(tax)
+    men, women = tax.node_id(0, ("Men",)), tax.node_id(0, ("Women",))
+    lg0 = torch.zeros(1, 2)
+    lg0[0, men], lg0[0, women] = 5.0, 0.0
+    lg1 = torch.zeros(1, len(tax.nodes[1]))
+    lg2 = torch.zeros(1, len(tax.nodes[2]))
+    lg2[0, tax.node_id(2, ("Women", "Bags", "Clutches"))] = 50.0
+    lg2[0, tax.node_id(2, ("Men", "Shoes", "Formal"))] = 1.0
+    log_probs = [sibling_log_softmax(lg, p) for lg, p in zip([lg0, lg1, lg2], parents, strict=True)]
+    greedy = beam_search(log_probs, parents, width=1)
+    assert greedy.paths(tax) == [("Men", "Shoes", "Formal")]
+    conf = greedy.level_confidence[0]
+    assert 0 < conf[2] <= conf[1] <= conf[0] <= 1
+    exact = beam_search(log_probs, parents, width=10)
+    assert exact.paths(tax)[0] in tax
+
+
+def test_beam_search_matches_exhaustive_scoring(tax: Taxonomy) -> None:
+    torch.manual_seed(0)
+    parents = _parents(tax)
+    logits = [torch.randn(16, len(n)) * 3 for n in tax.nodes]
+    log_probs = [sibling_log_softmax(lg, p) for lg, p in zip(logits, parents, strict=True)]
+    pred = beam_search(log_probs, parents, width=10)
+    nodes = tax.path_node_ids()
+    scores = sum(log_probs[k][:, nodes[:, k]] for k in range(tax.depth))
+    assert pred.path_ids.tolist() == scores.argmax(1).tolist()
+    assert np.allclose(pred.confidence, scores.max(1).values.exp().numpy(), atol=1e-5)
+
+
+def test_hierarchical_loss_ignores_other_parents(tax: Taxonomy) -> None:
+    parents = _parents(tax)
+    target = torch.from_numpy(tax.path_node_ids()[[tax.path_id(("Men", "Shoes", "Casual"))]])
+    logits = [torch.zeros(1, len(n)) for n in tax.nodes]
+    base = hierarchical_loss(logits, target, parents)
+    logits[2][0, tax.node_id(2, ("Women", "Bags", "Clutches"))] = 100.0  # a child of another parent
+    assert torch.allclose(hierarchical_loss(logits, target, parents), base)
+
+
+# -- retrieval and vote ------------------------------------------------------------------------------------
+def test_retrieval_votes_valid_paths_with_level_confidence(tax: Taxonomy) -> None:
+    emb = np.eye(5, dtype=np.float32)
+    train = np.concatenate([emb, emb + 0.01])
+    train /= np.linalg.norm(train, axis=1, keepdims=True)
+    path_ids = np.tile(np.arange(5), 2)
+    knn = RetrievalClassifier(k=4, temperature=0.1).fit(train, path_ids, tax)
+    pred = knn.predict(emb)
+    assert pred.path_ids.tolist() == list(range(5))
+    assert (pred.level_confidence[:, 0] >= pred.level_confidence[:, 2]).all()
+    with pytest.raises(ValueError, match="path of the taxonomy"):
+        RetrievalClassifier().fit(train, np.full(10, 7), tax)
+
+
+def test_vote_is_hierarchy_compliant(tax: Taxonomy) -> None:
+    pid = tax.path_id
+    a = PathPrediction(np.array([pid(("Men", "Shoes", "Casual"))]), np.array([[0.9, 0.8, 0.4]]))
+    b = PathPrediction(np.array([pid(("Men", "Shoes", "Formal"))]), np.array([[0.9, 0.7, 0.6]]))
+    c = PathPrediction(np.array([pid(("Women", "Shoes", "Casual"))]), np.array([[0.95, 0.9, 0.9]]))
+    voted = hierarchical_vote([a, b, c], tax)
+    # Men wins the top level 2:1; among Men voters the module tie goes to the higher confidence.
+    assert voted.paths(tax) == [("Men", "Shoes", "Formal")]
+    assert voted.level_confidence[0, 0] == pytest.approx((0.9 + 0.9) / 3)
+
+
+# -- brand ---------------------------------------------------------------------------------------------------
+def test_brand_extractor_finds_unseen_brands_and_no_brand() -> None:
+    rng = np.random.default_rng(0)
+    words = ["Solid", "Printed", "Women's", "Men's", "Analog", "Shirt", "Watch", "Cotton"]
+    syllables = ["ka", "ro", "zi", "mu", "tel", "van", "po", "shi"]
+    # Many brands seen once or twice, as in real catalogs, so cross-fitting meets unseen brands.
+    brands = [
+        " ".join("".join(rng.choice(syllables, 2)).title() for _ in range(1 + (j % 3 == 0)))
+        for j in range(150)
+    ]
+    brands[0] = "Fab Home"
+    titles, labels = [], []
+    for i in range(400):
+        brand = brands[i % len(brands)] if i % 5 else ""
+        rest = " ".join(rng.choice(words, 3))
+        titles.append(f"{brand} {rest}".strip())
+        labels.append(brand)
+    model = BrandExtractor(max_tokens=3).fit(titles, labels)
+    pred = model.predict(["Zorba Kraft Solid Men's Shirt", "Printed Cotton Shirt", "Fab Home Analog Watch"])
+    assert pred == ["Zorba Kraft", "", "Fab Home"]
+    back = BrandExtractor.from_dict(model.to_dict())
+    assert back.predict(["Zorba Kraft Solid Men's Shirt"]) == ["Zorba Kraft"]
+    assert model.predict([]) == []
+
+
+def test_hierarchical_loss_smoothing_stays_finite_and_matches_plain_ce(tax: Taxonomy) -> None:
+    """Label smoothing once spread onto masked children, giving a 1e8 loss that hid the real one."""
+    parents = _parents(tax)
+    targets = torch.from_numpy(tax.path_node_ids())
+    logits = [torch.randn(len(targets), len(n)) for n in tax.nodes]
+    smoothed = hierarchical_loss(logits, targets, parents, label_smoothing=0.1)
+    assert 0 < float(smoothed) < 20
+    top = torch.nn.functional.cross_entropy(logits[0], targets[:, 0], label_smoothing=0.1)
+    only_top = hierarchical_loss(logits[:1], targets, parents[:1], label_smoothing=0.1)
+    assert torch.allclose(only_top, top)
