@@ -184,9 +184,20 @@ class TaxonomyHeadsConfig:
 
 
 @dataclass
+class LexicalConfig:
+    C: float = 0.5
+    temperature: float = 0.1
+    """Softmax temperature turning SVM margins into path probabilities for the soft ensemble."""
+
+
+@dataclass
 class BrandConfig:
     max_tokens: int = 4
     """Longest title prefix considered as a brand."""
+    none_threshold: float = 0.9
+    """Predict "no brand" only when its probability is at least this (0.5 ≈ plain argmax). High by
+    default: an empty brand field in scraped catalogs mostly means "not recorded", so training
+    over-learns "none"; both brand and no-brand accuracy are reported."""
 
 
 @dataclass
@@ -218,14 +229,17 @@ class EnrichConfig:
 class TaxonomyTrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
-    methods: list[str] = field(default_factory=lambda: ["retrieval", "heads"])
-    """Methods to fit: retrieval, heads, seq2seq; the ensemble votes over all of them."""
+    methods: list[str] = field(default_factory=lambda: ["retrieval", "heads", "lexical"])
+    """Methods to fit: retrieval, heads, lexical, seq2seq; the ensemble combines all of them."""
 
 
 @dataclass
 class TaxonomyPredictConfig:
     method: str = "ensemble"
-    """retrieval | heads | seq2seq | ensemble (hierarchy-compliant vote over the fitted methods)."""
+    """retrieval | heads | lexical | seq2seq | ensemble (the fitted methods combined)."""
+    ensemble: Literal["soft", "vote"] = "soft"
+    """soft: sum of path log-probabilities (seq2seq, which gives only its top path, is left out);
+    vote: PRMAS's hierarchy-compliant hard vote over every method."""
     chunk_size: int = 2048
 
 
@@ -235,6 +249,7 @@ class TaxonomyConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     heads: TaxonomyHeadsConfig = field(default_factory=TaxonomyHeadsConfig)
+    lexical: LexicalConfig = field(default_factory=LexicalConfig)
     brand: BrandConfig = field(default_factory=BrandConfig)
     seq2seq: Seq2SeqConfig = field(default_factory=Seq2SeqConfig)
     enrich: EnrichConfig = field(default_factory=EnrichConfig)
@@ -315,7 +330,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw  # not YAML (e.g. "{data_dir}/x.csv"): the plain string the user typed
         node[leaf] = float(value) if isinstance(value, str) and _is_float(value) else value
     return data
 

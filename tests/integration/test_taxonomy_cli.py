@@ -107,11 +107,11 @@ def test_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> None:
     result = CliRunner().invoke(app, [*args, *(x for s in sets for x in ("--set", s))])
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["methods"]) == {"retrieval", "heads", "ensemble"}
+    assert set(metrics["methods"]) == {"retrieval", "heads", "lexical", "vote", "soft"}
     assert all(v == 0 for v in metrics["invalid_paths"].values())
     # Titles carry the category words, so even a tiny encoder gets most paths right.
-    assert metrics["methods"]["ensemble"]["path_accuracy"] >= 0.8
-    assert metrics["methods"]["ensemble"]["brand_accuracy"] >= 0.8
+    assert metrics["methods"]["soft"]["path_accuracy"] >= 0.8
+    assert metrics["methods"]["soft"]["brand_accuracy"] >= 0.8
     for name in (
         "taxonomy.json",
         "brand.json",
@@ -151,9 +151,7 @@ def test_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     evaluated = json.loads((tmp_path / "e.json").read_text())["methods"]
-    assert evaluated["ensemble"]["path_accuracy"] == pytest.approx(
-        metrics["methods"]["ensemble"]["path_accuracy"]
-    )
+    assert evaluated["soft"]["path_accuracy"] == pytest.approx(metrics["methods"]["soft"]["path_accuracy"])
 
 
 def test_unknown_method_is_a_clear_error(tmp_path: Path, tiny_encoder: Path) -> None:

@@ -49,3 +49,10 @@ def test_bad_overrides_name_the_key(override: str, message: str) -> None:
 def test_missing_file_is_clear(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_override_with_data_dir_placeholder_stays_a_string() -> None:
+    """``{data_dir}/…`` is not valid YAML; it used to crash the override parser."""
+    cfg = load_config(None, ["catalog.path={data_dir}/x.csv", "catalog.categories=[a, b]"])
+    assert cfg.catalog.path == "{data_dir}/x.csv"
+    assert cfg.catalog.categories == ["a", "b"]

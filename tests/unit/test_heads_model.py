@@ -2,7 +2,7 @@ import torch
 
 from taxonomist.data.schema import Schema
 from taxonomist.models.heads import AttributeHeads, allowed_masks
-from taxonomist.training.heads import masked_cross_entropy
+from taxonomist.training.losses import masked_cross_entropy
 
 SCHEMA = Schema(
     {
@@ -45,3 +45,14 @@ def test_missing_labels_add_no_loss_or_gradient() -> None:
     assert torch.allclose(
         masked_cross_entropy(model(x, cat), labels), masked_cross_entropy(model(x2, cat), labels)
     )
+
+
+def test_label_smoothing_spreads_only_over_allowed_values() -> None:
+    """Smoothing once spread onto masked (-1e9) values: a one-row loss read ~5e7 instead of ~0.2."""
+    torch.manual_seed(0)
+    model = AttributeHeads(8, allowed_masks(SCHEMA, ["Shoes", "Bags"]), hidden=[16], category_dim=4)
+    out = model(torch.randn(2, 8), torch.tensor([0, 1]))
+    labels = {"color": torch.tensor([0, 2]), "size": torch.tensor([1, -1])}
+    smoothed = masked_cross_entropy(out, labels, label_smoothing=0.1)
+    plain = masked_cross_entropy(out, labels)
+    assert torch.isfinite(smoothed) and 0 < float(smoothed) < float(plain) + 1.0

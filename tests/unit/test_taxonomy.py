@@ -19,12 +19,15 @@ from taxonomist.data.taxonomy import (
 from taxonomist.metrics.taxonomy import hierarchical_f1, invalid_paths, taxonomy_report
 from taxonomist.models.brand import BrandExtractor
 from taxonomist.models.taxonomy import (
+    LexicalClassifier,
     PathPrediction,
     RetrievalClassifier,
     beam_search,
     hierarchical_loss,
     hierarchical_vote,
+    prediction_from_log_probs,
     sibling_log_softmax,
+    soft_vote,
 )
 from tests.conftest import require_dataset
 
@@ -303,3 +306,53 @@ def test_hierarchical_loss_smoothing_stays_finite_and_matches_plain_ce(tax: Taxo
     top = torch.nn.functional.cross_entropy(logits[0], targets[:, 0], label_smoothing=0.1)
     only_top = hierarchical_loss(logits[:1], targets, parents[:1], label_smoothing=0.1)
     assert torch.allclose(only_top, top)
+
+
+def test_prediction_from_log_probs_level_mass(tax: Taxonomy) -> None:
+    probs = np.array([[0.4, 0.3, 0.0, 0.2, 0.1]])  # paths in sorted order
+    pred = prediction_from_log_probs(np.log(probs + 1e-12), tax)
+    assert pred.path_ids.tolist() == [0]
+    men = [i for i, p in enumerate(tax.paths) if p[0] == tax.paths[0][0]]
+    assert pred.level_confidence[0, 0] == pytest.approx(probs[0, men].sum())
+    assert pred.level_confidence[0, 2] == pytest.approx(0.4)
+
+
+def test_soft_vote_uses_full_distributions(tax: Taxonomy) -> None:
+    """Two methods whose top paths differ, but both give a third path most of the rest: it wins."""
+    a = np.log(np.array([[0.45, 0.0, 0.0, 0.4, 0.15]]) + 1e-6)
+    b = np.log(np.array([[0.0, 0.0, 0.0, 0.4, 0.6]]) + 1e-6)
+    assert soft_vote([a, b], tax).path_ids.tolist() == [3]
+
+
+def test_lexical_classifier_round_trip(tax: Taxonomy, tmp_path) -> None:
+    titles = [
+        f"{w} item {i}"
+        for i in range(6)
+        for w in ("casual sneaker", "formal oxford", "casual shirt", "ballet flat", "clutch bag")
+    ]
+    path_ids = np.tile(np.arange(5), 6)
+    model = LexicalClassifier().fit(titles, path_ids, tax)
+    test = ["blue casual sneaker", "leather clutch bag"]
+    pred = model.predict(test, tax)
+    assert pred.path_ids.tolist() == [0, 4]
+    model.save(tmp_path / "lex")
+    back = LexicalClassifier.load(tmp_path / "lex")
+    assert np.allclose(back.path_log_probs(test), model.path_log_probs(test))
+    assert np.allclose(np.exp(model.path_log_probs(test)).sum(1), 1.0, atol=1e-4)
+
+
+def test_retrieval_path_log_probs_are_vote_shares(tax: Taxonomy) -> None:
+    train = np.eye(5, dtype=np.float32)
+    knn = RetrievalClassifier(k=1).fit(train, np.arange(5), tax)
+    shares = np.exp(knn.path_log_probs(train[:2]))
+    assert shares.argmax(1).tolist() == [0, 1]
+    assert shares.max(1) == pytest.approx([1.0, 1.0], abs=1e-3)
+
+
+def test_brand_none_threshold_prefers_a_span() -> None:
+    titles = ["Printed Cotton Shirt"] * 30 + ["Kavo Solid Shirt"] * 10
+    brands = [""] * 30 + ["Kavo"] * 10
+    model = BrandExtractor().fit(titles, brands)
+    assert model.predict(["Printed Cotton Shirt"]) == [""]
+    forced, _ = model.predict_with_confidence(["Printed Cotton Shirt"], none_threshold=1.01)
+    assert forced != [""]

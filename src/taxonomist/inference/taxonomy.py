@@ -19,22 +19,28 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from taxonomist.config import TaxonomyConfig, load_config
-from taxonomist.data.taxonomy import BRAND, ID, TITLE, Taxonomy, normalize_text
+from taxonomist.data.taxonomy import BRAND, ID, PATH_SEP, TITLE, Taxonomy, normalize_text
 from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.brand import BrandExtractor
 from taxonomist.models.taxonomy import (
     HierarchicalHeads,
+    LexicalClassifier,
     PathPrediction,
     RetrievalClassifier,
     beam_search,
     hierarchical_vote,
+    path_log_probs,
+    prediction_from_log_probs,
     sibling_log_softmax,
+    soft_vote,
 )
 from taxonomist.models.text import TextEncoder
 from taxonomist.progress import progress_bar
 
 MANIFEST = "taxonomist.json"
-METHODS = ("retrieval", "heads", "seq2seq")
+METHODS = ("retrieval", "heads", "lexical", "seq2seq")
+DISTRIBUTION_METHODS = ("retrieval", "heads", "lexical")
+"""Methods that score every path (and can join the soft ensemble)."""
 
 
 class TaxonomyCheckpointError(ValueError):
@@ -49,6 +55,7 @@ class TaxonomyPredictor:
     brand: BrandExtractor
     retrieval: RetrievalClassifier | None = None
     heads: HierarchicalHeads | None = None
+    lexical: LexicalClassifier | None = None
     seq2seq: object | None = None
     enricher: object | None = None
     encoder_finetuned: bool = False
@@ -72,34 +79,59 @@ class TaxonomyPredictor:
     def embed(self, titles: Sequence[str]) -> np.ndarray:
         return self.encoder.encode(list(titles))
 
-    def predict_heads(self, embeddings: np.ndarray) -> PathPrediction:
+    def heads_log_probs(self, embeddings: np.ndarray) -> list[torch.Tensor]:
         assert self.heads is not None
         self.heads.eval()
         with torch.inference_mode():
             logits = self.heads(torch.from_numpy(embeddings) * self.config.heads.scale)
-            log_probs = [sibling_log_softmax(lg, p) for lg, p in zip(logits, self.parent_ids, strict=True)]
-        return beam_search(log_probs, self.parent_ids, self.config.heads.beam_width)
+            return [sibling_log_softmax(lg, p) for lg, p in zip(logits, self.parent_ids, strict=True)]
 
-    def predict_paths(self, titles: Sequence[str], methods: Sequence[str]) -> dict[str, PathPrediction]:
-        """Each requested method's paths for already prepared titles (see :meth:`prepare`)."""
-        out: dict[str, PathPrediction] = {}
-        needs_embeddings = any(m in ("retrieval", "heads") for m in methods)
-        embeddings = self.embed(titles) if needs_embeddings and titles else None
+    def predict_heads(self, embeddings: np.ndarray) -> PathPrediction:
+        return beam_search(self.heads_log_probs(embeddings), self.parent_ids, self.config.heads.beam_width)
+
+    def method_outputs(
+        self, titles: Sequence[str], methods: Sequence[str], embeddings: np.ndarray | None = None
+    ) -> tuple[dict[str, PathPrediction], dict[str, np.ndarray]]:
+        """Each method's paths and, for those that score every path, its path log-probabilities.
+
+        ``titles`` are already prepared (:meth:`prepare`); pass ``embeddings`` to reuse them.
+        """
+        preds: dict[str, PathPrediction] = {}
+        scores: dict[str, np.ndarray] = {}
+        if embeddings is None and {"retrieval", "heads"} & set(methods) and titles:
+            embeddings = self.embed(titles)
         for method in methods:
             start = time.perf_counter()
             if method == "retrieval" and self.retrieval is not None:
-                out[method] = self.retrieval.predict(embeddings)
+                scores[method] = self.retrieval.path_log_probs(embeddings)
+                preds[method] = self.retrieval.predict(embeddings)
             elif method == "heads" and self.heads is not None:
-                out[method] = self.predict_heads(embeddings)
+                level_log_probs = self.heads_log_probs(embeddings)
+                scores[method] = path_log_probs(level_log_probs, self.taxonomy)
+                preds[method] = beam_search(level_log_probs, self.parent_ids, self.config.heads.beam_width)
+            elif method == "lexical" and self.lexical is not None:
+                scores[method] = self.lexical.path_log_probs(titles)
+                preds[method] = prediction_from_log_probs(scores[method], self.taxonomy)
             elif method == "seq2seq" and self.seq2seq is not None:
-                out[method], _ = self.seq2seq.predict(list(titles), num_beams=self.config.seq2seq.num_beams)
+                preds[method], _ = self.seq2seq.predict(list(titles), num_beams=self.config.seq2seq.num_beams)
             else:
                 raise ValueError(f"method {method!r} is not in this checkpoint (has {self.methods})")
             self.timings[method] = self.timings.get(method, 0.0) + time.perf_counter() - start
-        return out
+        return preds, scores
+
+    def combine(
+        self, preds: dict[str, PathPrediction], scores: dict[str, np.ndarray], how: str | None = None
+    ) -> PathPrediction:
+        """The ensemble: ``soft`` over path distributions, or the hierarchy-compliant ``vote``."""
+        how = how or self.config.predict.ensemble
+        if len(preds) == 1:
+            return next(iter(preds.values()))
+        if how == "soft" and scores:
+            return soft_vote(list(scores.values()), self.taxonomy)
+        return hierarchical_vote(list(preds.values()), self.taxonomy)
 
     def resolve_methods(self, method: str) -> list[str]:
-        if method == "ensemble":
+        if method in ("ensemble", "soft", "vote"):
             return self.methods
         if method not in self.methods:
             raise ValueError(f"unknown method {method!r}; this checkpoint has {[*self.methods, 'ensemble']}")
@@ -108,11 +140,21 @@ class TaxonomyPredictor:
     def predict(self, titles: Sequence[str], method: str | None = None) -> pd.DataFrame:
         """One row per title: levels, brand, per-level and brand confidence. Paths are always valid."""
         method = method or self.config.predict.method
-        prepared = self.prepare(titles)
-        per_method = self.predict_paths(prepared, self.resolve_methods(method))
-        pred = combine(list(per_method.values()), self.taxonomy)
-        brands, brand_conf = self.brand.predict_with_confidence([normalize_text(t) for t in titles])
+        methods = self.resolve_methods(method)
+        if method == "soft" or (method == "ensemble" and self.config.predict.ensemble == "soft"):
+            methods = [m for m in methods if m in DISTRIBUTION_METHODS] or methods
+        preds, scores = self.method_outputs(self.prepare(titles), methods)
+        pred = self.combine(preds, scores, how=method if method in ("soft", "vote") else None)
+        brands, brand_conf = self.predict_brands(titles, pred)
         return prediction_frame(pred, self.taxonomy, brands, brand_conf)
+
+    def predict_brands(self, titles: Sequence[str], pred: PathPrediction) -> tuple[list[str], np.ndarray]:
+        """Brands given the predicted paths (a path may make a non-title brand label a candidate)."""
+        return self.brand.predict_with_confidence(
+            [normalize_text(t) for t in titles],
+            [path_key(p) for p in pred.paths(self.taxonomy)],
+            none_threshold=self.config.brand.none_threshold,
+        )
 
     def predict_file(
         self,
@@ -181,6 +223,8 @@ class TaxonomyPredictor:
                 embeddings=self.retrieval.index_.reconstruct_n(0, self.retrieval.index_.ntotal),
                 path_ids=self.retrieval.path_ids_,
             )
+        if self.lexical is not None:
+            self.lexical.save(path / "lexical")
         if self.seq2seq is not None:
             self.seq2seq.save(path / "seq2seq")
         manifest = {
@@ -223,6 +267,8 @@ class TaxonomyPredictor:
             self.retrieval = RetrievalClassifier(config.retrieval.k, config.retrieval.temperature).fit(
                 data["embeddings"], data["path_ids"], taxonomy
             )
+        if "lexical" in manifest["methods"]:
+            self.lexical = LexicalClassifier.load(path / "lexical")
         if "seq2seq" in manifest["methods"]:
             from taxonomist.models.seq2seq import Seq2SeqTaxonomyModel
 
@@ -234,8 +280,8 @@ class TaxonomyPredictor:
         return self
 
 
-def combine(predictions: list[PathPrediction], taxonomy: Taxonomy) -> PathPrediction:
-    return predictions[0] if len(predictions) == 1 else hierarchical_vote(predictions, taxonomy)
+def path_key(path: Sequence[str]) -> str:
+    return PATH_SEP.join(path)
 
 
 def prediction_frame(

@@ -6,6 +6,11 @@ candidate spans "first 1..K tokens" and "none" with a logistic model over span s
 known brand, how often titles starting with it were branded by it, and how "generic" the next token is
 ("Women's", "Solid", "Analog" end a brand; "Paris" in "Cobra Paris" does not).
 
+Some catalogs fill the brand field with something else for whole categories (flipkart: "regular" or
+"slim" for shirts, the colour for bras). Given the predicted path, the labels that the path's rows carry
+but their titles do not start with become candidates too, scored by their share under the path and
+whether the title mentions them.
+
 Statistics are cross-fitted while training (each row's features come from the other folds), so the
 model learns what to do with a brand it has never seen instead of trusting the lexicon blindly.
 """
@@ -33,16 +38,24 @@ class _Stats:
     """Counts from a set of branded titles: the lexicon, span starts and per-word brand/non-brand use."""
 
     brand_count: Counter = field(default_factory=Counter)
+    path_rows: Counter = field(default_factory=Counter)
+    """Branded rows per path."""
+    path_other: dict = field(default_factory=dict)
+    """Per path, the brands that were not a title prefix, with counts."""
     start_count: Counter = field(default_factory=Counter)
     in_brand: Counter = field(default_factory=Counter)
     out_brand: Counter = field(default_factory=Counter)
     max_k: int = 4
 
-    def add(self, toks: list[str], brand_len: int | None) -> None:
+    def add(self, toks: list[str], brand_len: int | None, path: str = "", brand: str = "") -> None:
         low = [t.casefold() for t in toks]
         for k in range(1, min(self.max_k, len(low)) + 1):
             self.start_count[" ".join(low[:k])] += 1
+        if brand:
+            self.path_rows[path] += 1
         if brand_len is None:
+            if brand:
+                self.path_other.setdefault(path, Counter())[brand] += 1
             return
         if brand_len:
             self.brand_count[" ".join(low[:brand_len])] += 1
@@ -60,12 +73,23 @@ class _Stats:
         return (outside + 0.5) / (inside + outside + 1.0), 1.0
 
 
-N_FEATURES = 17
+N_FEATURES = 20
+N_PATH_CANDIDATES = 3
 
 
-def _features(stats: _Stats, toks: list[str], max_k: int) -> np.ndarray:
-    """Rows: candidate 0 ("none"), then spans of 1..max_k tokens (padded; absent spans get -1 marks)."""
-    out = np.zeros((max_k + 1, N_FEATURES))
+def _path_candidates(stats: _Stats, path: str) -> list[tuple[str, float]]:
+    """The path's most frequent non-prefix brands and their share of the path's branded rows."""
+    other = stats.path_other.get(path)
+    if not other:
+        return []
+    total = max(1, stats.path_rows[path])
+    return [(b, n / total) for b, n in other.most_common(N_PATH_CANDIDATES) if n >= 2]
+
+
+def _features(stats: _Stats, toks: list[str], max_k: int, path: str = "") -> np.ndarray:
+    """Rows: candidate 0 ("none"), spans of 1..max_k tokens, then the path's brand candidates
+    (padded; absent candidates get -1 marks)."""
+    out = np.zeros((max_k + 1 + N_PATH_CANDIDATES, N_FEATURES))
     first_generic, first_seen = stats.generic(toks[0] if toks else None)
     out[0, 0] = 1.0
     out[0, 1] = first_generic
@@ -89,6 +113,17 @@ def _features(stats: _Stats, toks: list[str], max_k: int) -> np.ndarray:
         row[14] = float(nxt is not None and nxt.casefold().endswith("'s"))
         row[15] = float(k)
         row[16] = float(k == 1)
+    candidates = _path_candidates(stats, path)
+    low = f" {' '.join(toks).casefold()} "
+    for j in range(N_PATH_CANDIDATES):
+        row = out[max_k + 1 + j]
+        if j >= len(candidates):
+            row[3] = -1.0
+            continue
+        brand, share = candidates[j]
+        row[17] = 1.0
+        row[18] = share
+        row[19] = float(f" {brand} " in low)
     return out
 
 
@@ -112,48 +147,83 @@ class BrandExtractor:
         self.folds = folds
         self.seed = seed
 
-    def _stats(self, toks: list[list[str]], lengths: list[int | None]) -> _Stats:
+    def _stats(self, toks, lengths, paths, brands, rows) -> _Stats:
         stats = _Stats(max_k=self.max_tokens)
-        for t, k in zip(toks, lengths, strict=True):
-            stats.add(t, k)
+        for i in rows:
+            stats.add(toks[i], lengths[i], paths[i], brands[i])
         return stats
 
-    def fit(self, titles: list[str], brands: list[str]) -> BrandExtractor:
+    def _labels(
+        self, stats: _Stats, toks: list[str], k: int | None, path: str, brand: str
+    ) -> np.ndarray | None:
+        """Which candidate is right: a span length, "none", or one of the path's candidates."""
+        target = np.zeros(self.max_tokens + 1 + N_PATH_CANDIDATES, dtype=bool)
+        if k is not None and k <= self.max_tokens:
+            target[k] = True
+            return target
+        for j, (candidate, _) in enumerate(_path_candidates(stats, path)):
+            if candidate == brand:
+                target[self.max_tokens + 1 + j] = True
+                return target
+        return None  # spelled neither by a short prefix nor by the path: nothing to learn here
+
+    def fit(self, titles: list[str], brands: list[str], paths: list[str] | None = None) -> BrandExtractor:
+        """``paths``: each row's taxonomy path (any string key); enables the path's candidates."""
         toks = [tokens(t) for t in titles]
+        keys = [normalize_brand(b) for b in brands]
+        paths = list(paths) if paths is not None else [""] * len(toks)
         lengths = [_brand_length(t, b) for t, b in zip(toks, brands, strict=True)]
         fold = np.random.default_rng(self.seed).integers(0, self.folds, len(toks))
         xs, ys = [], []
         for f in range(self.folds):
-            rest = np.flatnonzero(fold != f)
-            stats = self._stats([toks[i] for i in rest], [lengths[i] for i in rest])
+            stats = self._stats(toks, lengths, paths, keys, np.flatnonzero(fold != f))
             for i in np.flatnonzero(fold == f):
-                k = lengths[i]
-                if k is None or k > self.max_tokens:
-                    continue  # brand not spelled by a short title prefix: nothing to learn from here
-                feats = _features(stats, toks[i], self.max_tokens)
-                xs.append(feats)
-                ys.append(np.arange(self.max_tokens + 1) == k)
+                target = self._labels(stats, toks[i], lengths[i], paths[i], keys[i])
+                if target is None:
+                    continue
+                xs.append(_features(stats, toks[i], self.max_tokens, paths[i]))
+                ys.append(target)
         x, y = np.concatenate(xs), np.concatenate(ys)
         valid = x[:, 3] >= 0
         self.model_ = LogisticRegression(C=1.0, max_iter=2000).fit(x[valid], y[valid])
-        self.stats_ = self._stats(toks, lengths)
+        self.stats_ = self._stats(toks, lengths, paths, keys, range(len(toks)))
         return self
 
-    def predict(self, titles: list[str]) -> list[str]:
-        brands, _ = self.predict_with_confidence(titles)
+    def predict(self, titles: list[str], paths: list[str] | None = None) -> list[str]:
+        brands, _ = self.predict_with_confidence(titles, paths)
         return brands
 
-    def predict_with_confidence(self, titles: list[str]) -> tuple[list[str], np.ndarray]:
+    def predict_with_confidence(
+        self, titles: list[str], paths: list[str] | None = None, none_threshold: float = 0.5
+    ) -> tuple[list[str], np.ndarray]:
+        """Brands and their probabilities; "no brand" wins only with probability ≥ ``none_threshold``.
+
+        An empty brand field in scraped catalogs mostly means "not recorded" (their titles still start
+        with a brand), so the "none" class is over-represented in training; a threshold above 0.5
+        prefers the best title span unless the model is sure there is none.
+        """
         if not titles:
             return [], np.zeros(0)
         toks = [tokens(t) for t in titles]
-        x = np.stack([_features(self.stats_, t, self.max_tokens) for t in toks])
+        paths = list(paths) if paths is not None else [""] * len(toks)
+        x = np.stack(
+            [_features(self.stats_, t, self.max_tokens, p) for t, p in zip(toks, paths, strict=True)]
+        )
         scores = self.model_.decision_function(x.reshape(-1, N_FEATURES)).reshape(len(toks), -1)
         scores[x[:, :, 3] < 0] = -np.inf
         probs = np.exp(scores - scores.max(1, keepdims=True))
         probs /= probs.sum(1, keepdims=True)
-        best = probs.argmax(1)
-        brands = [" ".join(t[:k]) if k else NO_BRAND for t, k in zip(toks, best, strict=True)]
+        spans = probs.copy()
+        spans[:, 0] = -1.0
+        best = np.where(probs[:, 0] >= none_threshold, 0, spans.argmax(1))
+        brands = []
+        for t, k, p in zip(toks, best, paths, strict=True):
+            if k == 0:
+                brands.append(NO_BRAND)
+            elif k <= self.max_tokens:
+                brands.append(" ".join(t[:k]))
+            else:
+                brands.append(_path_candidates(self.stats_, p)[k - self.max_tokens - 1][0])
         return brands, probs[np.arange(len(toks)), best]
 
     def to_dict(self) -> dict:
@@ -167,7 +237,9 @@ class BrandExtractor:
                 "start_count": dict(s.start_count),
                 "in_brand": dict(s.in_brand),
                 "out_brand": dict(s.out_brand),
+                "path_rows": dict(s.path_rows),
             },
+            "path_other": {p: dict(c) for p, c in s.path_other.items()},
         }
 
     @classmethod

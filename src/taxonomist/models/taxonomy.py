@@ -6,6 +6,7 @@ every output is a valid path by construction, and ensembling/serving code treats
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,6 +63,15 @@ class RetrievalClassifier:
     def search(self, embeddings: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         k = min(k or self.k, self.index_.ntotal)
         return self.index_.search(np.ascontiguousarray(embeddings, dtype=np.float32), k)
+
+    def path_log_probs(self, embeddings: np.ndarray) -> np.ndarray:
+        """(n, n_paths) log vote shares (a small floor for paths no neighbour carries)."""
+        sims, rows = self.search(embeddings)
+        weights = np.exp((sims - sims[:, :1]) / self.temperature)
+        shares = np.zeros((len(rows), self.n_paths_))
+        np.add.at(shares, (np.arange(len(rows))[:, None], self.path_ids_[rows]), weights)
+        shares /= shares.sum(axis=1, keepdims=True)
+        return np.log(shares + 1e-4)
 
     def predict(self, embeddings: np.ndarray) -> PathPrediction:
         sims, rows = self.search(embeddings)
@@ -142,6 +152,12 @@ def hierarchical_loss(
     return total
 
 
+def path_log_probs(level_log_probs: list[torch.Tensor], taxonomy: Taxonomy) -> np.ndarray:
+    """Exact log-probability of every path: the sum of its nodes' parent-conditional log-probs."""
+    nodes = torch.from_numpy(taxonomy.path_node_ids())
+    return sum(lp[:, nodes[:, k]] for k, lp in enumerate(level_log_probs)).double().numpy()
+
+
 def beam_search(
     level_log_probs: list[torch.Tensor], parent_ids: list[torch.Tensor | None], width: int
 ) -> PathPrediction:
@@ -200,3 +216,121 @@ def hierarchical_vote(predictions: Sequence[PathPrediction], taxonomy: Taxonomy)
             level_conf[i, level] = conf[i, alive, level].sum() / m
         best[i] = chosen[i, alive[np.argmax(conf[i, alive, -1])]]
     return PathPrediction(best, level_conf)
+
+
+def prediction_from_log_probs(log_probs: np.ndarray, taxonomy: Taxonomy) -> PathPrediction:
+    """Best path of a (n, n_paths) score matrix; level confidence = probability mass of its node."""
+    z = log_probs - log_probs.max(axis=1, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(axis=1, keepdims=True)
+    best = probs.argmax(axis=1)
+    node_ids = taxonomy.path_node_ids()
+    conf = np.empty((len(best), taxonomy.depth))
+    for level in range(taxonomy.depth):
+        same = node_ids[:, level][None, :] == node_ids[best, level][:, None]
+        conf[:, level] = (probs * same).sum(axis=1)
+    return PathPrediction(best.astype(np.int64), conf)
+
+
+def soft_vote(log_probs: Sequence[np.ndarray], taxonomy: Taxonomy) -> PathPrediction:
+    """Product of experts over full path distributions: each method's log-probabilities summed.
+
+    Unlike the hard vote it uses how sure each method is about every path, not only its top one;
+    measured on flipkart it is the more accurate combination (docs/benchmarks.md).
+    """
+    return prediction_from_log_probs(np.sum(np.stack(log_probs), axis=0), taxonomy)
+
+
+class LexicalClassifier:
+    """TF-IDF (character 2–5-grams + words) → linear SVM over the taxonomy's paths.
+
+    Sentence embeddings blur exact tokens ("T-Shirt" vs "Shirt", model numbers); character n-grams keep
+    them, so this classic model errs on different titles than the embedding methods, which is what a
+    combination needs. Weights below ``prune`` are dropped: 1% of them keep the accuracy at ~6 MB.
+    """
+
+    def __init__(self, C: float = 0.5, temperature: float = 0.1, prune: float = 0.01) -> None:
+        self.C = C
+        self.temperature = temperature
+        self.prune = prune
+
+    def _vectorizers(self, char_vocab=None, word_vocab=None):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        chars = TfidfVectorizer(
+            analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2, vocabulary=char_vocab
+        )
+        words = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), vocabulary=word_vocab)
+        return chars, words
+
+    def _features(self, titles: Sequence[str]):
+        from scipy import sparse
+
+        return sparse.hstack([self.chars_.transform(titles), self.words_.transform(titles)]).tocsr()
+
+    def fit(self, titles: Sequence[str], path_ids: np.ndarray, taxonomy: Taxonomy) -> LexicalClassifier:
+        from scipy import sparse
+        from sklearn.svm import LinearSVC
+
+        self.chars_, self.words_ = self._vectorizers()
+        x = sparse.hstack([self.chars_.fit_transform(titles), self.words_.fit_transform(titles)]).tocsr()
+        svm = LinearSVC(C=self.C).fit(x, np.asarray(path_ids))
+        weights = np.where(np.abs(svm.coef_) > self.prune, svm.coef_, 0.0).astype(np.float32)
+        self.classes_ = svm.classes_.astype(np.int64)
+        self.coef_ = sparse.csr_matrix(weights)
+        self.intercept_ = svm.intercept_.astype(np.float32)
+        self.n_paths_ = len(taxonomy)
+        return self
+
+    def path_log_probs(self, titles: Sequence[str]) -> np.ndarray:
+        scores = np.full((len(titles), self.n_paths_), -1e4, dtype=np.float32)
+        if len(self.classes_) == 1:
+            scores[:, self.classes_[0]] = 0.0
+        else:
+            decision = (self._features(titles) @ self.coef_.T).toarray() + self.intercept_
+            scores[:, self.classes_] = decision / self.temperature
+        return scores - _logsumexp(scores)
+
+    def predict(self, titles: Sequence[str], taxonomy: Taxonomy) -> PathPrediction:
+        return prediction_from_log_probs(self.path_log_probs(titles), taxonomy)
+
+    def save(self, path) -> None:
+        from scipy import sparse
+
+        sparse.save_npz(f"{path}.coef.npz", self.coef_)
+        np.savez(
+            f"{path}.npz",
+            classes=self.classes_,
+            intercept=self.intercept_,
+            char_idf=self.chars_.idf_,
+            word_idf=self.words_.idf_,
+            params=np.array([self.C, self.temperature, self.prune, self.n_paths_]),
+        )
+        vocab = {"chars": _vocab(self.chars_), "words": _vocab(self.words_)}
+        with open(f"{path}.vocab.json", "w", encoding="utf-8") as fh:
+            json.dump(vocab, fh, ensure_ascii=False)
+
+    @classmethod
+    def load(cls, path) -> LexicalClassifier:
+        from scipy import sparse
+
+        data = np.load(f"{path}.npz")
+        c, temperature, prune, n_paths = data["params"].tolist()
+        self = cls(C=c, temperature=temperature, prune=prune)
+        with open(f"{path}.vocab.json", encoding="utf-8") as fh:
+            vocab = json.load(fh)
+        self.chars_, self.words_ = self._vectorizers(vocab["chars"], vocab["words"])
+        self.chars_.idf_, self.words_.idf_ = data["char_idf"], data["word_idf"]
+        self.classes_, self.intercept_ = data["classes"], data["intercept"]
+        self.coef_ = sparse.load_npz(f"{path}.coef.npz").tocsr()
+        self.n_paths_ = int(n_paths)
+        return self
+
+
+def _vocab(vectorizer) -> dict[str, int]:
+    return {term: int(i) for term, i in vectorizer.vocabulary_.items()}
+
+
+def _logsumexp(scores: np.ndarray) -> np.ndarray:
+    peak = scores.max(axis=1, keepdims=True)
+    return peak + np.log(np.exp(scores - peak).sum(axis=1, keepdims=True))

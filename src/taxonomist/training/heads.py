@@ -40,6 +40,7 @@ from taxonomist.models.build import build_backbone
 from taxonomist.models.checkpoint import HeadsCheckpoint
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 from taxonomist.progress import progress_bar
+from taxonomist.training.losses import masked_cross_entropy
 
 
 @dataclass
@@ -70,19 +71,6 @@ class History:
     best_epoch: int = -1
     best_score: float = -math.inf
     seconds: float = 0.0
-
-
-def masked_cross_entropy(
-    logits: Mapping[str, torch.Tensor], labels: Mapping[str, torch.Tensor], label_smoothing: float = 0.0
-) -> torch.Tensor:
-    """Mean over attributes of the CE over rows that carry a label; a missing label adds nothing."""
-    losses = []
-    for attribute, out in logits.items():
-        target = labels[attribute]
-        keep = target != MISSING
-        if keep.any():
-            losses.append(F.cross_entropy(out[keep], target[keep], label_smoothing=label_smoothing))
-    return torch.stack(losses).mean() if losses else next(iter(logits.values())).sum() * 0
 
 
 @torch.no_grad()

@@ -1,0 +1,72 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from taxonomist.inference.efficiency import EfficiencyReport, measure_efficiency
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
+
+
+@pytest.fixture(scope="module")
+def report() -> EfficiencyReport:
+    model = tiny_net()
+    model[5].weight.requires_grad_(False)  # a frozen layer: trainable < total
+    return measure_efficiency(model, 16, batch_sizes=(1, 4), seconds=0.05)
+
+
+def test_sizes_are_exact(report: EfficiencyReport) -> None:
+    conv, bn, linear = 3 * 8 * 9 + 8, 8 + 8, 8 * 4 + 4
+    assert report.params_total == conv + bn + linear
+    assert report.params_trainable == conv + bn + 4
+    # float32 parameters, BatchNorm's running mean and var (float32) and num_batches_tracked (int64).
+    assert report.weight_mb == pytest.approx(((conv + bn + linear + 8 + 8) * 4 + 8) / 1024**2)
+    assert report.image_size == 16 and report.dtype == "float32"
+
+
+def test_flops_of_a_single_conv_layer_match_the_formula() -> None:
+    conv = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+    report = measure_efficiency(conv, 32, batch_sizes=(2,), seconds=0.01, warmup=1)
+    out_pixels = 16 * 16
+    # A multiply-add counts as 2 FLOPs; the bias add is not counted.
+    assert report.gflops_per_image * 1e9 == pytest.approx(2 * 16 * out_pixels * 3 * 3 * 3)
+
+
+def test_timings_and_memory_are_plausible(report: EfficiencyReport) -> None:
+    assert set(report.throughput) == {1, 4}
+    assert report.images_per_s_batch1 == report.throughput[1] > 0
+    assert report.images_per_s_best == max(report.throughput.values())
+    assert report.best_batch_size in (1, 4)
+    assert 0 < report.latency_ms_p50 <= report.latency_ms_p95
+    assert report.memory_kind == "cpu-peak-rss"
+    assert report.peak_memory_mb >= report.memory_increase_mb >= 0
+    assert report.device.startswith("cpu")
+
+
+def test_model_mode_is_restored() -> None:
+    model = tiny_net().train()
+    measure_efficiency(model, 8, batch_sizes=(1,), seconds=0.01, warmup=1)
+    assert model.training
+    assert model[1].num_batches_tracked.item() == 0  # measured in eval mode
+
+
+def test_dict_is_json_ready_and_markdown_names_every_field(report: EfficiencyReport) -> None:
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["throughput"].keys() == {"1", "4"}
+    markdown = report.to_markdown()
+    assert markdown.startswith("| metric | value |")
+    for key in d:
+        if key not in ("throughput", "image_size", "best_batch_size", "memory_kind"):
+            assert f"| {key} |" in markdown, key
+    assert "images/s @ batch 4" in markdown
