@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from taxonomist.config import RunConfig, TrainConfig
 from taxonomist.data.catalog import CATEGORY, ID, expand_path, load_catalog
