@@ -107,6 +107,40 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Recipe ``finetune``: the whole network trained end to end (seed 001), then phase 2 per head."""
+
+    head: Literal["mlp", "attention"] = "mlp"
+    """mlp: the core's AttributeHeads on pooled features; attention: seed 001's spatial + channel
+    attention head on the backbone's feature map."""
+    epochs: int = 5
+    batch_size: int = 32
+    grad_accumulation: int = 1
+    backbone_lr: float = 1e-4
+    heads_lr: float = 1e-3
+    weight_decay: float = 1e-2
+    scheduler: Literal["cosine", "plateau"] = "cosine"
+    warmup_epochs: float = 0.5
+    clip_grad_norm: float = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """bf16/fp16 autocast on GPU (accelerate); CPU runs stay in float32."""
+    gradient_checkpointing: bool = False
+    patience: int = 3
+    label_smoothing: float = 0.1
+    focal_gamma: float = 0.0
+    mmd_weight: float = 0.0
+    """λ of the MMD term between training-batch and validation-batch pooled features (seed 001: 0.1)."""
+    augment_p: float = 0.5
+    hue: float = 0.0
+    """Hue jitter (opt-in): hue shifts change colour labels, so they are off by default."""
+    phase2_epochs: int = 3
+    """Phase 2: per attribute, only its head trains, on every row labelled for it (cached features)."""
+    num_workers: int = 2
+    max_steps_per_epoch: int | None = None
+    """Cap on optimizer steps per epoch (smoke runs and CPU budgets)."""
+
+
+@dataclass
 class PredictConfig:
     min_confidence: float = 0.0
     placeholder: str = ""
@@ -123,6 +157,7 @@ class RunConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -84,14 +84,16 @@ def train(
     policy: Annotated[str | None, typer.Option(help="Missing-label policy (missing_labels.policy).")] = None,
     epochs: Annotated[int | None, typer.Option(help="train.epochs")] = None,
     limit: Annotated[int | None, typer.Option(help="Use N rows (catalog.limit).")] = None,
-    recipe: Annotated[str, typer.Option(help="Training recipe.")] = "heads",
+    recipe: Annotated[
+        str, typer.Option(help="heads (frozen backbone, cached features) | finetune (end to end, seed 001).")
+    ] = "heads",
     quiet: QuietOpt = False,
 ) -> None:
-    """Train attribute heads on cached backbone features; saves a checkpoint directory."""
+    """Train an attribute model into a checkpoint directory that predict/evaluate/bench all read."""
     from taxonomist.training.heads import train as train_heads
 
-    if recipe != "heads":
-        raise typer.BadParameter(f"unknown recipe {recipe!r}; available: heads")
+    if recipe not in ("heads", "finetune"):
+        raise typer.BadParameter(f"unknown recipe {recipe!r}; available: heads, finetune")
     cfg = _config(
         config,
         overrides,
@@ -103,6 +105,15 @@ def train(
             "catalog.limit": limit,
         },
     )
+    if recipe == "finetune":
+        from taxonomist.training.finetune import train as train_finetune
+
+        ft = train_finetune(cfg, output, progress=not quiet)
+        console.print(
+            f"phase 1 score {ft.score_phase1:.4f} · phase 2 score {ft.score_phase2:.4f} · "
+            f"{ft.images_per_s_train:.1f} train img/s · epochs {len(ft.epochs)} · checkpoint {output}"
+        )
+        return
     result = train_heads(cfg, output, progress=not quiet)
     console.print(score_table(result.report, f"validation ({result.n_val} rows)"))
     console.print(attribute_table(result.report))
@@ -213,6 +224,28 @@ def inspect(
     )
     report.print(console)
     console.print(f"report: {report.save(output)}")
+
+
+@app.command()
+def bench(
+    checkpoint: Annotated[Path, typer.Argument(help="Attribute checkpoint directory.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Folder for bench.json/.md.")] = None,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes to try.")] = "1,8,32",
+    seconds: Annotated[float, typer.Option(help="Timing window per batch size.")] = 2.0,
+) -> None:
+    """Efficiency report: params, weight MB, GFLOPs/image, images/s (batch 1, best), latency, memory."""
+    from taxonomist.inference.efficiency import measure_efficiency
+    from taxonomist.inference.predictor import ImagesToLogits, Predictor
+
+    predictor = Predictor.from_pretrained(checkpoint)
+    model = ImagesToLogits(predictor)
+    sizes = tuple(int(b) for b in batch_sizes.split(","))
+    report = measure_efficiency(model, predictor.backbone.preprocess.size, batch_sizes=sizes, seconds=seconds)
+    output = output or checkpoint
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "bench.json").write_text(json.dumps(report.to_dict(), indent=1), encoding="utf-8")
+    (output / "bench.md").write_text(report.to_markdown() + "\n", encoding="utf-8")
+    console.print(report.to_markdown())
 
 
 def _checkpoint_config(checkpoint: Path, config: Path | None, overrides: list[str] | None) -> RunConfig:

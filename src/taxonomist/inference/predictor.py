@@ -256,3 +256,20 @@ def wide_named_frame(preds: Sequence[Prediction], attributes: Sequence[str]) -> 
         [{ID: p.id, CATEGORY: p.category, **{a: v.value for a, v in p.attributes.items()}} for p in preds],
         columns=[ID, CATEGORY, *attributes],
     )
+
+
+class ImagesToLogits(torch.nn.Module):
+    """A checkpoint's backbone + heads as one module on preprocessed images (for efficiency reports).
+
+    Every image is given category 0: the category only selects masks, so the cost is the same.
+    """
+
+    def __init__(self, predictor: Predictor) -> None:
+        super().__init__()
+        self.backbone = predictor.backbone
+        self.heads = predictor.heads
+        self.eval()  # an optimised backbone refuses train mode
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        category = torch.zeros(len(pixels), dtype=torch.long, device=pixels.device)
+        return self.heads(self.backbone(pixels), category)

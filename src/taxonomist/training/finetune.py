@@ -1,0 +1,507 @@
+"""Recipe ``finetune`` (seed 001): the backbone and the heads trained end to end, then phase 2.
+
+Phase 1 trains everything on the rows kept by the missing-label policy, with separate learning rates for
+backbone and heads, AdamW, cosine-with-warmup or plateau schedules, clipping, accumulation, optional MMD
+between training and validation features, augmentation, and early stopping on the validation competition
+score. Every epoch is checkpointed (accelerate state) and a rerun resumes from the last one. Phase 2
+freezes everything but one attribute's head and trains it on every row labelled for that attribute,
+from cached shared features, so it costs seconds; a head is kept only if validation does not drop.
+
+Data parallel through accelerate: ``torchrun --nproc_per_node N -m taxonomist.cli train --recipe finetune``
+(or ``accelerate launch``); ``finetune.batch_size`` is the global batch, split across processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from taxonomist.config import RunConfig
+from taxonomist.data.catalog import CATEGORY, ID, Catalog, expand_path, load_catalog
+from taxonomist.data.images import ImageLoadError, load_image
+from taxonomist.data.labels import MISSING, encode_labels
+from taxonomist.data.policies import apply_policy
+from taxonomist.data.schema import Schema
+from taxonomist.data.split import split_per_category
+from taxonomist.inference.writers import atomic_write_text
+from taxonomist.metrics import attribute_score
+from taxonomist.models.attention_head import AttentionHeads
+from taxonomist.models.backbones import Backbone
+from taxonomist.models.build import build_backbone
+from taxonomist.models.checkpoint import HeadsCheckpoint
+from taxonomist.models.heads import NEG_INF, AttributeHeads, allowed_masks
+from taxonomist.progress import progress_bar
+from taxonomist.training.augment import BatchAugment
+from taxonomist.training.heads import _policy_options, logits_to_frame
+from taxonomist.training.losses import masked_cross_entropy, mmd_loss
+
+STATE_DIR = "state"
+
+
+class ImageRows(Dataset):
+    """Catalog rows → (pixels, category index, labels, ok); unreadable images come back with ok=False."""
+
+    def __init__(
+        self, catalog: Catalog, frame: pd.DataFrame, schema: Schema, categories: list[str], backbone: Backbone
+    ) -> None:
+        self.paths = [str(catalog.image_path(i, c)) for i, c in zip(frame[ID], frame[CATEGORY], strict=True)]
+        self.ids = frame[ID].tolist()
+        index = {c: i for i, c in enumerate(categories)}
+        self.category = np.array([index[c] for c in frame[CATEGORY]], dtype=np.int64)
+        labels = encode_labels(frame, schema)
+        self.attributes = list(labels)
+        self.labels = np.stack([labels[a] for a in self.attributes], axis=1)
+        self.preprocess = backbone.preprocess
+        self.size = backbone.preprocess.size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            pixels, ok = self.preprocess(load_image(self.paths[i])), True
+        except ImageLoadError:
+            pixels, ok = torch.zeros(3, self.size, self.size), False
+        return pixels, self.category[i], torch.from_numpy(self.labels[i]), ok, i
+
+
+class FinetuneModel(nn.Module):
+    """Backbone + heads with one split point: ``shared`` (cached in phase 2) and ``head_logits``."""
+
+    def __init__(self, backbone: Backbone, heads: AttributeHeads | AttentionHeads) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.heads = heads
+        self.spatial = isinstance(heads, AttentionHeads)
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(pixels) if self.spatial else self.backbone(pixels)
+
+    def pooled(self, features: torch.Tensor) -> torch.Tensor:
+        return features.mean((2, 3)) if self.spatial else features
+
+    def shared(self, features: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+        if self.spatial:
+            return self.heads.shared(features)
+        h = self.heads
+        x = (features - h.feature_mean) / h.feature_std
+        return h.trunk(torch.cat([x, h.category_embedding(category)], dim=1))
+
+    def head_logits(self, index: int, shared: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+        h = self.heads
+        if self.spatial:
+            extra = h.category_embedding(category) if h.category_embedding is not None else None
+            out = h.heads[index](shared, extra)
+        else:
+            out = h.heads[index](shared)
+        mask = h.mask(h.attributes[index])[category]
+        return out.masked_fill(~mask, NEG_INF)
+
+    def forward(
+        self, pixels: torch.Tensor, category: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        features = self.features(pixels)
+        shared = self.shared(features, category)
+        logits = {a: self.head_logits(i, shared, category) for i, a in enumerate(self.heads.attributes)}
+        return logits, self.pooled(features)
+
+
+def build_heads(cfg: RunConfig, backbone: Backbone, schema: Schema, categories: list[str]) -> nn.Module:
+    masks = allowed_masks(schema, categories)
+    if cfg.finetune.head == "attention":
+        return AttentionHeads(
+            backbone.feature_map_dim, masks, category_dim=cfg.heads.category_dim, dropout=cfg.heads.dropout
+        )
+    return AttributeHeads(
+        backbone.feature_dim,
+        masks,
+        hidden=cfg.heads.hidden,
+        category_dim=cfg.heads.category_dim,
+        dropout=cfg.heads.dropout,
+    )
+
+
+def _collate(batch):
+    pixels, category, labels, ok, index = zip(*batch, strict=True)
+    return (
+        torch.stack(pixels),
+        torch.as_tensor(np.array(category)),
+        torch.stack(labels),
+        torch.as_tensor(ok),
+        torch.as_tensor(index),
+    )
+
+
+def _loss(
+    cfg: RunConfig, logits: Mapping[str, torch.Tensor], labels: torch.Tensor, ok: torch.Tensor
+) -> torch.Tensor:
+    targets = {a: torch.where(ok, labels[:, i], MISSING) for i, a in enumerate(logits)}
+    return masked_cross_entropy(logits, targets, cfg.finetune.label_smoothing, gamma=cfg.finetune.focal_gamma)
+
+
+@dataclass
+class FinetuneReport:
+    output_dir: str
+    score_phase1: float
+    score_phase2: float
+    per_attribute_phase1: dict[str, float]
+    per_attribute_phase2: dict[str, float]
+    phase2_kept: dict[str, bool]
+    epochs: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_per_s_train: float = 0.0
+    n_train: int = 0
+    n_val: int = 0
+    image_errors: int = 0
+    resumed_from_epoch: int = 0
+    num_processes: int = 1
+
+
+def _evaluate(
+    model: FinetuneModel, loader, accelerator, val_frame, schema, attributes
+) -> tuple[float, dict, dict]:
+    """Validation score (competition metric) and per-attribute harmonic F1, gathered over processes."""
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {a: [] for a in attributes}
+    order: list[torch.Tensor] = []
+    with torch.no_grad():
+        for pixels, category, _labels, _ok, index in loader:
+            logits, _ = model(pixels, category)
+            logits = accelerator.gather_for_metrics(logits)
+            order.append(accelerator.gather_for_metrics(index).cpu())
+            for a in attributes:
+                parts[a].append(logits[a].float().cpu())
+    rows = torch.cat(order).numpy()
+    logits = {a: torch.cat(v)[np.argsort(rows)] for a, v in parts.items()}
+    frame = val_frame.iloc[np.sort(rows)].reset_index(drop=True)
+    pred = logits_to_frame(logits, frame[ID].tolist(), frame[CATEGORY].tolist(), schema)
+    report = attribute_score(frame, pred, schema.categories)
+    per_attr = dict(zip(report.per_attribute["attribute"], report.per_attribute["harmonic"], strict=True))
+    model.train()
+    return report.score, per_attr, logits
+
+
+def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> FinetuneReport:
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, set_seed
+
+    fc = cfg.finetune
+    output_dir = Path(output_dir)
+    accelerator = Accelerator(
+        mixed_precision=fc.mixed_precision if torch.cuda.is_available() else "no",
+        gradient_accumulation_steps=fc.grad_accumulation,
+        cpu=not torch.cuda.is_available(),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+    )
+    main = accelerator.is_main_process
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(cfg.train.seed)
+    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    schema = Schema.load(expand_path(cfg.catalog.schema)) if cfg.catalog.schema else None
+    train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
+    full_train = catalog.frame.iloc[train_idx].reset_index(drop=True)
+    filled = apply_policy(
+        cfg.missing_labels.policy, full_train, catalog.attributes_by_category, **_policy_options(cfg)
+    )
+    val_frame = catalog.frame.iloc[val_idx].reset_index(drop=True)
+    if schema is None:
+        schema = Schema.infer(
+            pd.concat([filled.frame, val_frame]),
+            catalog.attributes_by_category,
+            attributes=catalog.attributes,
+        )
+    categories = list(schema.categories)
+    backbone = build_backbone(cfg.backbone)
+    if fc.gradient_checkpointing:
+        _enable_checkpointing(backbone)
+    heads = build_heads(cfg, backbone, schema, categories)
+    model = FinetuneModel(backbone, heads)
+    train_rows = ImageRows(catalog, filled.frame, schema, categories, backbone)
+    val_rows = ImageRows(catalog, val_frame, schema, categories, backbone)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    loader_args = {
+        "collate_fn": _collate,
+        "num_workers": fc.num_workers,
+        "persistent_workers": fc.num_workers > 0,
+    }
+    train_loader = DataLoader(
+        train_rows, batch_size=fc.batch_size, shuffle=True, generator=generator, **loader_args
+    )
+    val_loader = DataLoader(val_rows, batch_size=fc.batch_size, **loader_args)
+    if not model.spatial:
+        _standardize(model, train_loader, batches=max(1, 512 // fc.batch_size))
+    backbone_params = list(model.backbone.parameters())
+    head_params = list(model.heads.parameters())
+    optimizer = torch.optim.AdamW(
+        [{"params": backbone_params, "lr": fc.backbone_lr}, {"params": head_params, "lr": fc.heads_lr}],
+        weight_decay=fc.weight_decay,
+    )
+    steps_per_epoch = math.ceil(len(train_loader) / fc.grad_accumulation)
+    if fc.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, fc.max_steps_per_epoch)
+    scheduler = _scheduler(optimizer, fc, steps_per_epoch)
+    augment = BatchAugment(
+        p=fc.augment_p, hue=fc.hue, mean=backbone.preprocess.mean, std=backbone.preprocess.std
+    )
+    model, optimizer, train_loader, val_loader = accelerator.prepare(
+        model, optimizer, train_loader, val_loader
+    )
+    accelerator.register_for_checkpointing(scheduler)
+    unlabeled = iter(_cycle(val_loader)) if fc.mmd_weight > 0 else None
+
+    state_dir = output_dir / STATE_DIR
+    progress_file = output_dir / "finetune_progress.json"
+    history: list[dict] = []
+    start_epoch, best_score, best_state, bad_epochs = 0, -1.0, None, 0
+    if progress_file.exists():
+        saved = json.loads(progress_file.read_text(encoding="utf-8"))
+        accelerator.load_state(str(state_dir))
+        start_epoch, best_score, bad_epochs, history = (
+            saved["epoch"] + 1,
+            saved["best_score"],
+            saved["bad_epochs"],
+            saved["history"],
+        )
+        best_file = output_dir / "best_state.pt"
+        best_state = torch.load(best_file, weights_only=True) if best_file.exists() else None
+    resumed_from = start_epoch
+    seen_images, train_seconds = 0, 0.0
+    attributes = list(schema.attributes)
+    unwrapped = accelerator.unwrap_model(model)
+    for epoch in range(start_epoch, fc.epochs):
+        if bad_epochs >= fc.patience:
+            break
+        model.train()
+        start = time.perf_counter()
+        losses, steps = [], 0
+        with progress_bar("img", disable=not (progress and main)) as bar:
+            task = bar.add_task(
+                f"epoch {epoch + 1}/{fc.epochs}", total=steps_per_epoch * fc.grad_accumulation
+            )
+            for pixels, category, labels, ok, _index in train_loader:
+                with accelerator.accumulate(model):
+                    pixels = augment(pixels)
+                    logits, pooled = model(pixels, category)
+                    loss = _loss(cfg, logits, labels, ok)
+                    if unlabeled is not None:
+                        other, *_ = next(unlabeled)
+                        loss = loss + fc.mmd_weight * mmd_loss(
+                            pooled.float(), unwrapped.pooled(unwrapped.features(other)).float()
+                        )
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and fc.clip_grad_norm:
+                        accelerator.clip_grad_norm_(model.parameters(), fc.clip_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if accelerator.sync_gradients:
+                    steps += 1
+                    if fc.scheduler == "cosine":
+                        scheduler.step()
+                losses.append(float(accelerator.gather(loss.detach()).mean()))
+                seen_images += len(pixels) * accelerator.num_processes
+                bar.advance(task)
+                if fc.max_steps_per_epoch and steps >= fc.max_steps_per_epoch:
+                    break
+        train_seconds += time.perf_counter() - start
+        score, per_attr, _ = _evaluate(model, val_loader, accelerator, val_frame, schema, attributes)
+        if fc.scheduler == "plateau":
+            scheduler.step(score)
+        improved = score > best_score
+        if improved:
+            best_score, bad_epochs = score, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()}
+        else:
+            bad_epochs += 1
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": float(np.mean(losses)),
+                "val_score": score,
+                "per_attribute": per_attr,
+            }
+        )
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(state_dir))
+        if main:
+            if improved:
+                torch.save(best_state, output_dir / ".best_state.pt")
+                (output_dir / ".best_state.pt").replace(output_dir / "best_state.pt")
+            payload = {"epoch": epoch, "best_score": best_score, "bad_epochs": bad_epochs, "history": history}
+            atomic_write_text(progress_file, json.dumps(payload, indent=1))
+        accelerator.wait_for_everyone()
+
+    if best_state is not None:
+        unwrapped.load_state_dict(best_state)
+    phase1_score, phase1_attr, _ = _evaluate(model, val_loader, accelerator, val_frame, schema, attributes)
+    kept: dict[str, bool] = {}
+    phase2_score, phase2_attr = phase1_score, phase1_attr
+    if fc.phase2_epochs > 0:
+        previous = phase_two(unwrapped, catalog, full_train, schema, categories, cfg, accelerator)
+        _, trained_attr, _ = _evaluate(model, val_loader, accelerator, val_frame, schema, attributes)
+        # Heads are independent given the frozen shared features: revert each one that got worse.
+        for attribute, state in previous.items():
+            kept[attribute] = trained_attr.get(attribute, 0.0) >= phase1_attr.get(attribute, 0.0)
+            if not kept[attribute]:
+                unwrapped.heads.heads[unwrapped.heads.attributes.index(attribute)].load_state_dict(state)
+        phase2_score, phase2_attr, _ = _evaluate(
+            model, val_loader, accelerator, val_frame, schema, attributes
+        )
+    report = FinetuneReport(
+        str(output_dir),
+        phase1_score,
+        phase2_score,
+        phase1_attr,
+        phase2_attr,
+        kept,
+        history,
+        round(train_seconds, 2),
+        round(seen_images / max(train_seconds, 1e-9), 2),
+        len(train_rows),
+        len(val_rows),
+        resumed_from_epoch=resumed_from,
+        num_processes=accelerator.num_processes,
+    )
+    if main:
+        _save_checkpoint(unwrapped, cfg, schema, categories, output_dir, report)
+    accelerator.end_training()
+    return report
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+def _standardize(model: FinetuneModel, loader: DataLoader, batches: int) -> None:
+    """Input standardisation of the MLP heads from the initial backbone's features on a few batches."""
+    feats = []
+    model.eval()
+    with torch.no_grad():
+        for k, (pixels, _c, _l, ok, _i) in enumerate(loader):
+            if k >= batches:
+                break
+            feats.append(model.backbone(pixels[ok]))
+    model.train()
+    if feats:
+        model.heads.set_standardization(torch.cat(feats))
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, fc, steps_per_epoch: int):
+    if fc.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=1)
+    total = max(1, fc.epochs * steps_per_epoch)
+    warmup = int(fc.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _enable_checkpointing(backbone: Backbone) -> None:
+    """Hugging Face backbones recompute activations in backward; other families do not support it."""
+    inner = getattr(backbone, "backbone", backbone)
+    model = getattr(inner, "model", None)
+    if model is not None and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable()
+    else:
+        raise ValueError(
+            f"{backbone.name}: gradient checkpointing is only available for Hugging Face backbones"
+        )
+
+
+def _save_checkpoint(
+    model: FinetuneModel, cfg: RunConfig, schema: Schema, categories: list[str], output_dir: Path, report
+) -> None:
+    """The core checkpoint layout (heads + backbone.safetensors), so ``predict`` and ``evaluate`` work."""
+    backbone_state = {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}
+    fresh = build_backbone(cfg.backbone)
+    fresh.load_state_dict(backbone_state)
+    checkpoint = HeadsCheckpoint(
+        backbone=cfg.backbone,
+        preprocess=fresh.preprocess.to_dict(),
+        fingerprint=fresh.fingerprint(),
+        feature_dim=fresh.feature_dim,
+        schema=schema,
+        categories=categories,
+        heads=cfg.heads,
+        metrics={"val_score": report.score_phase2, "recipe": "finetune", "head": cfg.finetune.head},
+    )
+    if model.spatial:
+        checkpoint.save(output_dir, model.heads, backbone_state)  # predicting it needs forward_features
+    else:
+        checkpoint.save(output_dir, model.heads.cpu(), backbone_state)
+    cfg.save(output_dir / "config.yaml")
+    atomic_write_text(output_dir / "metrics.json", json.dumps(report.__dict__, indent=1, default=str))
+
+
+def phase_two(
+    model: FinetuneModel,
+    catalog: Catalog,
+    train_frame: pd.DataFrame,
+    schema: Schema,
+    categories: list[str],
+    cfg: RunConfig,
+    accelerator,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Per attribute, only its head trains, on every training row labelled for it (no policy filter).
+
+    Shared features are computed once (the frozen part) and cached; a new head is kept only when the
+    attribute's validation score does not drop (decided by the caller, which gets the old weights).
+    """
+    fc = cfg.finetune
+    rows = ImageRows(catalog, train_frame, schema, categories, model.backbone)
+    loader = DataLoader(rows, batch_size=fc.batch_size, collate_fn=_collate, num_workers=fc.num_workers)
+    model.eval()
+    shared, cats, labels = [], [], []
+    with torch.no_grad():
+        for pixels, category, label, ok, _ in loader:
+            pixels, category = pixels.to(accelerator.device), category.to(accelerator.device)
+            keep = ok.to(accelerator.device)
+            out = model.shared(model.features(pixels[keep]), category[keep])
+            shared.append(out.half().cpu() if model.spatial else out.cpu())
+            cats.append(category[keep].cpu())
+            labels.append(label[ok])
+    shared_t, cats_t, labels_t = torch.cat(shared), torch.cat(cats), torch.cat(labels)
+    previous: dict[str, dict[str, torch.Tensor]] = {}
+    for index, attribute in enumerate(model.heads.attributes):
+        rows_a = torch.nonzero(labels_t[:, index] != MISSING).flatten()
+        if len(rows_a) == 0:
+            continue
+        head = model.heads.heads[index]
+        before = copy.deepcopy(head.state_dict())
+        optimizer = torch.optim.AdamW(head.parameters(), lr=fc.heads_lr * 0.1, weight_decay=fc.weight_decay)
+        gen = torch.Generator().manual_seed(cfg.train.seed + index)
+        head.train()
+        for _ in range(fc.phase2_epochs):
+            order = rows_a[torch.randperm(len(rows_a), generator=gen)]
+            for start in range(0, len(order), fc.batch_size * 4):
+                batch = order[start : start + fc.batch_size * 4]
+                x = shared_t[batch].float().to(accelerator.device)
+                c = cats_t[batch].to(accelerator.device)
+                logits = model.head_logits(index, x, c)
+                loss = masked_cross_entropy(
+                    {attribute: logits},
+                    {attribute: labels_t[batch, index].to(accelerator.device)},
+                    fc.label_smoothing,
+                )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        head.eval()
+        previous[attribute] = before
+    return previous

@@ -1,0 +1,141 @@
+"""Recipe ``finetune`` end to end on the tiny synthetic catalog: train, resume, phase 2, predict, bench,
+and two-process data parallel (gloo) against one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from taxonomist.cli.main import app
+from taxonomist.config import load_config
+from taxonomist.training.finetune import FinetuneModel, build_heads, phase_two
+
+from .conftest import make_catalog, tiny_config
+
+pytestmark = pytest.mark.integration
+
+FT = {
+    "epochs": 2,
+    "batch_size": 16,
+    "num_workers": 0,
+    "max_steps_per_epoch": 3,
+    "phase2_epochs": 2,
+    "augment_p": 0.5,
+}
+
+
+def _config(tmp_path: Path, **finetune: object) -> Path:
+    catalog = make_catalog(tmp_path / "data", n=80)
+    cfg = tiny_config(catalog, tmp_path / "cache")
+    cfg["finetune"] = {**FT, **finetune}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _train(config: Path, out: Path, *sets: str):
+    args = ["train", "--recipe", "finetune", "-c", str(config), "-o", str(out), "-q"]
+    return CliRunner().invoke(app, [*args, *(x for s in sets for x in ("--set", s))])
+
+
+def test_finetune_trains_resumes_predicts_and_benches(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    out = tmp_path / "run"
+    result = _train(config, out, "finetune.epochs=1")
+    assert result.exit_code == 0, result.output
+    first = json.loads((out / "metrics.json").read_text())
+    assert first["resumed_from_epoch"] == 0 and len(first["epochs"]) == 1
+    # A rerun with more epochs continues from the saved state instead of starting over.
+    result = _train(config, out, "finetune.epochs=2")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] == 1 and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    # Phase 2 keeps a head only if its attribute did not get worse.
+    for attribute, kept in metrics["phase2_kept"].items():
+        if kept:
+            assert (
+                metrics["per_attribute_phase2"][attribute]
+                >= metrics["per_attribute_phase1"][attribute] - 1e-9
+            )
+    assert metrics["images_per_s_train"] > 0
+    assert (out / "backbone.safetensors").exists()
+
+    pred = tmp_path / "pred"
+    result = CliRunner().invoke(app, ["predict", str(out), "-o", str(pred), "-q"])
+    assert result.exit_code == 0, result.output
+    assert (pred / "predictions.csv").exists()
+
+    result = CliRunner().invoke(
+        app, ["bench", str(out), "-o", str(tmp_path / "bench"), "--batch-sizes", "1,4", "--seconds", "0.2"]
+    )
+    assert result.exit_code == 0, result.output
+    bench = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    assert bench["params_total"] > 0 and bench["gflops_per_image"] > 0
+    assert bench["images_per_s_batch1"] > 0 and bench["latency_ms_p95"] >= bench["latency_ms_p50"]
+    assert "gflops" in (tmp_path / "bench" / "bench.md").read_text().lower()
+
+
+def test_attention_head_recipe_with_mmd(tmp_path: Path) -> None:
+    config = _config(tmp_path, head="attention", mmd_weight=0.1, phase2_epochs=1, epochs=1)
+    result = _train(config, tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0 <= metrics["score_phase2"] <= 1
+
+
+def test_phase_two_changes_only_the_heads(tmp_path: Path) -> None:
+    """Backbone, trunk and standardisation stay bit-identical; each attribute's own head moves."""
+    from accelerate import Accelerator
+
+    from taxonomist.data.catalog import load_catalog
+    from taxonomist.data.schema import Schema
+    from taxonomist.models.build import build_backbone
+
+    cfg = load_config(_config(tmp_path))
+    catalog = load_catalog(cfg.catalog)
+    schema = Schema.infer(catalog.frame, catalog.attributes_by_category, attributes=catalog.attributes)
+    categories = list(schema.categories)
+    backbone = build_backbone(cfg.backbone)
+    model = FinetuneModel(backbone, build_heads(cfg, backbone, schema, categories))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    previous = phase_two(model, catalog, catalog.frame, schema, categories, cfg, Accelerator(cpu=True))
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "phase 2 trained nothing"
+    assert all(k.startswith("heads.heads.") for k in changed), sorted(changed)
+    assert set(previous) == set(model.heads.attributes)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo is exercised on Linux")
+def test_two_process_data_parallel_matches_one_process(tmp_path: Path) -> None:
+    """Same global batch on 1 and 2 processes (gloo): the loss trajectories agree within tolerance.
+
+    Augmentation and dropout are off, so the only differences are BatchNorm statistics computed per
+    process half-batch and the per-process averaging of the masked loss.
+    """
+    config = _config(tmp_path, augment_p=0.0, epochs=2, max_steps_per_epoch=4, phase2_epochs=0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": os.environ.get("CI", "")}
+    losses = {}
+    for n in (1, 2):
+        out = tmp_path / f"run{n}"
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
+            str(29500 + n), "-m", "taxonomist.cli", "train", "--recipe", "finetune", "-c", str(config),
+            "-o", str(out), "-q",
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["num_processes"] == n
+        losses[n] = [e["loss"] for e in metrics["epochs"]]
+    assert len(losses[1]) == len(losses[2]) == 2
+    for one, two in zip(losses[1], losses[2], strict=True):
+        assert two == pytest.approx(one, rel=0.05)
