@@ -139,3 +139,29 @@ def test_two_process_data_parallel_matches_one_process(tmp_path: Path) -> None:
     assert len(losses[1]) == len(losses[2]) == 2
     for one, two in zip(losses[1], losses[2], strict=True):
         assert two == pytest.approx(one, rel=0.05)
+
+
+def test_finetune_resumes_after_kill_9(tmp_path: Path) -> None:
+    """Killed after its first epoch was checkpointed, a rerun continues at epoch 2, not from scratch."""
+    import signal
+    import time
+
+    config = _config(tmp_path, epochs=3, phase2_epochs=0)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "taxonomist.cli", "train", "--recipe", "finetune", "-c", str(config)]
+    cmd += ["-o", str(out), "-q"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    progress = out / "finetune_progress.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if progress.exists() and json.loads(progress.read_text())["epoch"] == 0:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    result = _train(config, out)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] == 1
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]

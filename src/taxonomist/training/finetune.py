@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -267,7 +268,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
     start_epoch, best_score, best_state, bad_epochs = 0, -1.0, None, 0
     if progress_file.exists():
         saved = json.loads(progress_file.read_text(encoding="utf-8"))
-        accelerator.load_state(str(state_dir))
+        accelerator.load_state(str(state_dir / f"epoch-{saved['epoch']}"))
         start_epoch, best_score, bad_epochs, history = (
             saved["epoch"] + 1,
             saved["best_score"],
@@ -333,13 +334,18 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
             }
         )
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(state_dir))
+        # A new folder per epoch, named in the progress file only once complete: a kill at any point
+        # leaves the last finished epoch's state intact.
+        accelerator.save_state(str(state_dir / f"epoch-{epoch}"))
         if main:
             if improved:
                 torch.save(best_state, output_dir / ".best_state.pt")
                 (output_dir / ".best_state.pt").replace(output_dir / "best_state.pt")
             payload = {"epoch": epoch, "best_score": best_score, "bad_epochs": bad_epochs, "history": history}
             atomic_write_text(progress_file, json.dumps(payload, indent=1))
+            for old in state_dir.glob("epoch-*"):
+                if old.name != f"epoch-{epoch}":
+                    shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
 
     if best_state is not None:

@@ -1,0 +1,148 @@
+"""Benchmark: fine-tuned efficientnet-lite0 (recipe ``finetune``) vs frozen-feature heads (recipe ``heads``)
+on fashion-product-images: the same seeded subset, split, input size and run.
+
+CPU budget: a seeded subset (``--rows``, default 6000) at ``--size`` px (default 160) for ``--epochs``
+epochs so the whole run stays within 45 minutes on 2 cores; on a GPU pass larger values. Writes
+``benchmarks/results/finetune-fpi.json`` and a table in ``docs/benchmarks.md``.
+Usage: ``python benchmarks/finetune.py [--rows 6000] [--size 160] [--epochs 4]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import replace_section
+
+from taxonomist.config import load_config
+from taxonomist.inference.efficiency import measure_efficiency
+from taxonomist.inference.predictor import ImagesToLogits, Predictor
+from taxonomist.training.finetune import train as train_finetune
+from taxonomist.training.heads import train as train_heads
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "finetune-fpi.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+HEADING = "## Fine-tuning vs frozen features (fashion-product-images)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "fashion.yaml"))
+    parser.add_argument("--rows", type=int, default=6000)
+    parser.add_argument("--size", type=int, default=160)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--set", action="append", default=[], help="Extra config override.")
+    args = parser.parse_args()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.machine()})"
+    overrides = [
+        f"catalog.limit={args.rows}",
+        f"backbone.size={args.size}",
+        f"finetune.epochs={args.epochs}",
+        f"finetune.batch_size={args.batch_size}",
+        *args.set,
+    ]
+    cfg = load_config(args.config, overrides)
+    work = Path(tempfile.mkdtemp(prefix="taxonomist-bench-finetune-"))
+
+    start = time.perf_counter()
+    frozen = train_heads(cfg, work / "frozen", progress=True)
+    frozen_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    tuned = train_finetune(cfg, work / "finetuned", progress=True)
+    finetune_seconds = time.perf_counter() - start
+
+    efficiency = measure_efficiency(
+        ImagesToLogits(Predictor.from_pretrained(work / "finetuned")), args.size, batch_sizes=(1, 8, 32)
+    ).to_dict()
+    frozen_attr = dict(
+        zip(frozen.report.per_attribute["attribute"], frozen.report.per_attribute["harmonic"], strict=True)
+    )
+    deltas = {
+        a: tuned.per_attribute_phase2[a] - tuned.per_attribute_phase1[a] for a in tuned.per_attribute_phase1
+    }
+    result = {
+        "dataset": f"fashion-product-images, seeded subset of {args.rows} rows",
+        "device": device,
+        "image_size": args.size,
+        "epochs": args.epochs,
+        "n_train": tuned.n_train,
+        "n_val": tuned.n_val,
+        "score_frozen": frozen.score,
+        "score_finetuned": tuned.score_phase2,
+        "phase1_score": tuned.score_phase1,
+        "phase2_score": tuned.score_phase2,
+        "gain": tuned.score_phase2 - frozen.score,
+        "per_attribute": {
+            a: {
+                "frozen": frozen_attr.get(a),
+                "phase1": tuned.per_attribute_phase1[a],
+                "phase2": tuned.per_attribute_phase2[a],
+                "phase2_delta": deltas[a],
+                "phase2_kept": tuned.phase2_kept.get(a, False),
+            }
+            for a in tuned.per_attribute_phase1
+        },
+        "train_seconds": tuned.train_seconds,
+        "finetune_run_seconds": round(finetune_seconds, 1),
+        "frozen_run_seconds": round(frozen_seconds, 1),
+        "images_per_s_train": tuned.images_per_s_train,
+        "history": tuned.epochs,
+        "efficiency_finetuned": efficiency,
+        "config": cfg.to_dict(),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
+    print(
+        json.dumps({k: v for k, v in result.items() if k not in ("config", "history")}, indent=1, default=str)
+    )
+    write_docs(result)
+
+
+def write_docs(r: dict) -> None:
+    e = r["efficiency_finetuned"]
+    lines = [
+        HEADING,
+        "",
+        f"`python benchmarks/finetune.py` on {r['device']}: {r['dataset']} ({r['n_train']} train / "
+        f"{r['n_val']} validation rows, same per-category split for both), {r['image_size']} px, "
+        f"{r['epochs']} fine-tuning epochs. Score = the Meesho competition metric on the validation split.",
+        "",
+        "| model | score |",
+        "| --- | ---: |",
+        f"| frozen efficientnet-lite0 features + heads (recipe `heads`) | {r['score_frozen']:.4f} |",
+        f"| fine-tuned, phase 1 | {r['phase1_score']:.4f} |",
+        "| fine-tuned, phase 2 (per-head, kept only where validation did not drop) "
+        f"| {r['phase2_score']:.4f} |",
+        f"| gain over frozen | {r['gain']:+.4f} (target ≥ +0.05) |",
+        "",
+        "| attribute | frozen | phase 1 | phase 2 | phase 2 − phase 1 | kept |",
+        "| --- | ---: | ---: | ---: | ---: | :---: |",
+        *[
+            f"| {a} | {v['frozen'] or float('nan'):.4f} | {v['phase1']:.4f} | {v['phase2']:.4f} | "
+            f"{v['phase2_delta']:+.4f} | {'yes' if v['phase2_kept'] else 'no'} |"
+            for a, v in r["per_attribute"].items()
+        ],
+        "",
+        "| measure | value |",
+        "| --- | ---: |",
+        f"| training throughput (phase 1, augmentation included) | {r['images_per_s_train']:.1f} img/s |",
+        f"| phase-1 training time | {r['train_seconds']:.0f} s |",
+        f"| whole fine-tuning run (incl. evaluation, phase 2) | {r['finetune_run_seconds']:.0f} s |",
+        f"| fine-tuned model: params / weights | {e['params_total']:,} / {e['weight_mb']:.1f} MB |",
+        f"| GFLOPs per image | {e['gflops_per_image']:.2f} |",
+        f"| predict images/s at batch 1 / best batch | {e['images_per_s_batch1']:.1f} / "
+        f"{e['images_per_s_best']:.1f} (batch {e['best_batch_size']}) |",
+        f"| latency p50 / p95 at batch 1 | {e['latency_ms_p50']:.1f} / {e['latency_ms_p95']:.1f} ms |",
+    ]
+    replace_section(DOCS, HEADING, "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
