@@ -420,3 +420,18 @@ def test_preprocess_round_trips_through_json() -> None:
 def test_preprocess_rejects_bad_values(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Preprocess(**{**PLAIN, **bad})
+
+
+def test_gradient_checkpointing_where_supported(saved_models: Callable[[str], str]) -> None:
+    """HF backbones (also inside the colour wrapper) recompute activations; others say they cannot."""
+    from taxonomist.models.color import WithColorFeatures
+    from taxonomist.training.finetune import _enable_checkpointing
+
+    backbone = WithColorFeatures(load(saved_models, "vit"))
+    _enable_checkpointing(backbone)
+    assert backbone.inner.model.is_gradient_checkpointing
+    backbone.train()
+    x = torch.randn(2, 3, backbone.preprocess.size, backbone.preprocess.size)
+    backbone(x).sum().backward()  # still differentiable
+    with pytest.raises(ValueError, match="only available for Hugging Face"):
+        _enable_checkpointing(create_backbone("efficientnet-lite0", pretrained=False, size=32))

@@ -420,7 +420,7 @@ def _scheduler(optimizer: torch.optim.Optimizer, fc, steps_per_epoch: int):
 
 def _enable_checkpointing(backbone: Backbone) -> None:
     """Hugging Face backbones recompute activations in backward; other families do not support it."""
-    inner = getattr(backbone, "backbone", backbone)
+    inner = getattr(backbone, "inner", backbone)
     model = getattr(inner, "model", None)
     if model is not None and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable()
