@@ -11,12 +11,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from taxonomist.cli.serve import serve
 from taxonomist.cli.taxonomy import app as taxonomy_app
 from taxonomist.config import ConfigError, RunConfig, load_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 app.add_typer(taxonomy_app, name="taxonomy", help="Titles → taxonomy path + brand.")
+app.command()(serve)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config.")]
 SetOpt = Annotated[

@@ -1,0 +1,60 @@
+"""``taxonomist serve``: one uvicorn process around a checkpoint (batching needs all requests in one
+process; run more replicas behind a load balancer to scale out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from taxonomist.data.images import DEFAULT_MAX_PIXELS
+
+
+def serve(
+    checkpoint: Annotated[Path, typer.Argument(help="Attribute checkpoint directory.")],
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; 0.0.0.0 to accept remote clients.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Most images per model forward; 1 disables batching.")
+    ] = 32,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="Longest wait for a batch to fill, from its oldest image.")
+    ] = 10.0,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest image upload in MiB (413 above).")] = 10.0,
+    max_pixels: Annotated[
+        int, typer.Option(help="Images above are downscaled on decode; 64x above are rejected (422).")
+    ] = DEFAULT_MAX_PIXELS,
+    max_images: Annotated[int, typer.Option(help="Most images in one request.")] = 16,
+    timeout: Annotated[float, typer.Option(help="Seconds before a request gets 504.")] = 30.0,
+    max_queue: Annotated[int, typer.Option(help="Images waiting for a forward before 503.")] = 1024,
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+) -> None:
+    """Serve a checkpoint over HTTP: POST /v1/predict (batched), /healthz, /readyz, /metrics, /docs."""
+    try:
+        import uvicorn
+
+        from taxonomist.serve import configure_logging, create_app
+    except ImportError as err:
+        raise typer.BadParameter(
+            f"serving needs extra packages ({err.name}): pip install 'taxonomist[serve]'"
+        ) from err
+
+    try:
+        app = create_app(
+            checkpoint,
+            max_batch_size=max_batch_size,
+            max_wait_ms=max_wait_ms,
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            max_pixels=max_pixels,
+            max_images_per_request=max_images,
+            request_timeout_s=timeout,
+            max_queue=max_queue,
+        )
+    except ValueError as err:  # not a checkpoint, or a bad limit
+        raise typer.BadParameter(str(err)) from err
+    configure_logging(log_level)
+    # Our middleware writes one JSON line per request, so uvicorn's own access log stays off.
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, log_level=log_level.lower())

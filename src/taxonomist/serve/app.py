@@ -1,0 +1,313 @@
+"""HTTP serving: ``create_app(checkpoint)`` → a FastAPI app that predicts attributes for uploaded images.
+
+Requests carry image bytes only, never server-side paths. Each upload is decoded and preprocessed in a
+request thread (a bad image fails its own request with 422), then queued for the
+:class:`~taxonomist.serve.batching.MicroBatcher`, which runs one forward for images from many
+concurrent requests. Probes: ``/healthz`` (process alive), ``/readyz`` (model loaded, batch worker
+running); ``/metrics`` in Prometheus text format; OpenAPI docs at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageLoadError
+from taxonomist.serve.batching import BatcherBusy, BatcherStopped, MicroBatcher
+from taxonomist.serve.metrics import ServeMetrics
+from taxonomist.serve.model import ServedModel, load_model
+
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_IMAGES = 16
+# Body allowance per image on top of its bytes: multipart headers, boundaries, and its category and id.
+_PART_OVERHEAD = 16 * 1024
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+_ROUTES = frozenset({"/v1/predict", *_PROBES})
+_IMAGE_PROBLEMS = {
+    "empty": "empty upload",
+    "corrupt": "not an image",
+    "truncated": "truncated image",
+    "decompression-bomb": "too many pixels",
+    "unsupported-mode": "unsupported pixel format",
+}
+
+log = logging.getLogger("taxonomist.serve")
+
+
+class AttributeOut(BaseModel):
+    value: str = Field(description="One of the values the schema allows for this category.")
+    confidence: float = Field(ge=0.0, le=1.0, description="Calibrated probability of the value.")
+
+
+class PredictionOut(BaseModel):
+    id: str = Field(description="The `id` sent with the image, else its file name.")
+    category: str
+    attributes: dict[str, AttributeOut] = Field(description="Every attribute of the category.")
+
+
+class ModelOut(BaseModel):
+    name: str = Field(description="Checkpoint directory name.")
+    version: str = Field(description="Content hash of the checkpoint's weights, schema and calibration.")
+    kind: str
+    backbone: str
+    fingerprint: str = Field(description="Backbone weights + preprocessing fingerprint.")
+
+
+class PredictResponse(BaseModel):
+    model: ModelOut
+    predictions: list[PredictionOut] = Field(description="One per uploaded image, in upload order.")
+
+
+def create_app(
+    checkpoint: str | os.PathLike | ServedModel,
+    *,
+    max_batch_size: int = 32,
+    max_wait_ms: float = 10.0,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_images_per_request: int = DEFAULT_MAX_IMAGES,
+    request_timeout_s: float = 30.0,
+    max_queue: int = 1024,
+) -> FastAPI:
+    """Load ``checkpoint`` (a directory, or any :class:`ServedModel`) and build the app around it.
+
+    ``max_upload_bytes`` bounds each image (413); the whole body may hold ``max_images_per_request`` of
+    them. Images over ``max_pixels`` are downscaled on decode and rejected (422) beyond 64 times that.
+    ``max_queue`` images may wait for a forward before requests are shed with 503.
+    """
+    model = (
+        load_model(checkpoint, max_pixels=max_pixels)
+        if isinstance(checkpoint, (str, os.PathLike))
+        else checkpoint
+    )
+    info = asdict(model.info)
+    known = frozenset(model.categories)
+    batcher: MicroBatcher[Any, dict] = MicroBatcher(
+        model.predict_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue
+    )
+    metrics = ServeMetrics(model.info, lambda: batcher.pending)
+    batcher.on_batch = metrics.observe_batch
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await batcher.start()
+        log.info("ready", extra={"model": info, "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            log.info("stopped")
+
+    app = FastAPI(
+        title="taxonomist",
+        summary="Product image → catalog attributes with calibrated confidences.",
+        description=f"Model `{model.info.name}` (version {model.info.version}); categories: "
+        + ", ".join(f"`{c}`" for c in model.categories),
+        lifespan=lifespan,
+    )
+    app.add_middleware(_ObserveRequests, metrics=metrics)
+
+    def reject(outcome: str, count: int = 1) -> None:
+        metrics.images.labels(outcome).inc(count)
+
+    def prepare(data: bytes, category: str, name: str) -> Any:
+        # Returned, not raised: every bad image of a request is reported at once.
+        try:
+            return model.prepare(data, category, name=name)
+        except ImageLoadError as err:
+            return err
+
+    async def run(uploads: list[UploadFile], names: list[str], categories: list[str]) -> list[dict[str, Any]]:
+        datas = [await upload.read() for upload in uploads]
+        prepared = await asyncio.gather(
+            *(run_in_threadpool(prepare, d, c, n) for d, c, n in zip(datas, categories, names, strict=True))
+        )
+        problems = [(i, p) for i, p in enumerate(prepared) if isinstance(p, ImageLoadError)]
+        if problems:
+            for _, err in problems:
+                reject(err.reason)
+            raise HTTPException(
+                422,
+                detail=[
+                    {
+                        "type": f"image-{err.reason}",
+                        "loc": ["body", "image", i],
+                        "msg": f"{_IMAGE_PROBLEMS.get(err.reason, err.reason)}: {err.detail or err.reason}",
+                        "input": names[i],
+                    }
+                    for i, err in problems
+                ],
+            )
+        return await batcher.submit(prepared)
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        max_body_size=max_images_per_request * (max_upload_bytes + _PART_OVERHEAD),
+        form_limits={"max_files": max_images_per_request, "max_fields": 2 * max_images_per_request},
+        responses={
+            413: {"description": "An image or the whole request is too large."},
+            422: {"description": "Not an image, too many pixels, unknown category, or a missing field."},
+            503: {"description": "Too many images queued; retry later."},
+            504: {"description": "The prediction took longer than the request timeout."},
+        },
+    )
+    async def predict(
+        request: Request,
+        image: Annotated[
+            list[UploadFile],
+            File(description="One or more product images (JPEG, PNG, WebP, GIF, BMP, TIFF)."),
+        ],
+        category: Annotated[
+            list[str], Form(description="One category for all images, or one per image in upload order.")
+        ],
+        ids: Annotated[
+            list[str] | None, Form(alias="id", description="Optional: one id per image, echoed back.")
+        ] = None,
+    ) -> dict[str, Any]:
+        """Predict every attribute of each image's category, with calibrated confidences."""
+        n = len(image)
+        request.state.images = n
+        if len(category) not in (1, n):
+            raise _unprocessable("category", f"send 1 category or one per image ({n}), not {len(category)}")
+        if ids is not None and len(ids) != n:
+            raise _unprocessable("id", f"send one id per image ({n}), not {len(ids)}")
+        categories = category * n if len(category) == 1 else category
+        unknown = [(i, c) for i, c in enumerate(category) if c not in known]
+        if unknown:
+            reject("unknown-category", n)
+            allowed = ", ".join(sorted(known))
+            raise HTTPException(
+                422,
+                detail=[
+                    {
+                        "type": "unknown-category",
+                        "loc": ["body", "category", i],
+                        "msg": f"category {c!r} is not one this model knows ({allowed})",
+                        "input": c,
+                    }
+                    for i, c in unknown
+                ],
+            )
+        too_big = [(i, u) for i, u in enumerate(image) if u.size is not None and u.size > max_upload_bytes]
+        if too_big:
+            reject("too-large", n)
+            raise HTTPException(
+                413,
+                detail="; ".join(
+                    f"image {i} ({u.filename!r}) has {u.size} bytes, over the limit of {max_upload_bytes}"
+                    for i, u in too_big
+                ),
+            )
+        names = [u.filename or str(i) for i, u in enumerate(image)]
+        try:
+            results = await asyncio.wait_for(run(image, names, categories), request_timeout_s)
+        except asyncio.TimeoutError:
+            reject("timeout", n)
+            raise HTTPException(504, detail=f"no prediction within {request_timeout_s:g} s") from None
+        except BatcherBusy as err:
+            reject("busy", n)
+            raise HTTPException(503, detail=f"server busy: {err}", headers={"Retry-After": "1"}) from None
+        except BatcherStopped as err:
+            raise HTTPException(503, detail=str(err)) from None
+        metrics.images.labels("predicted").inc(n)
+        return {
+            "model": info,
+            "predictions": [
+                {
+                    "id": item_id,
+                    "category": c,
+                    "attributes": {
+                        a: {"value": v.value, "confidence": v.confidence} for a, v in attrs.items()
+                    },
+                }
+                for item_id, c, attrs in zip(ids or names, categories, results, strict=True)
+            ],
+        }
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "The batch worker is not running."}})
+    async def readyz() -> JSONResponse:
+        """Readiness: the model is loaded and the batch worker runs."""
+        if batcher.running:
+            return JSONResponse({"status": "ready", "model": info})
+        return JSONResponse({"status": "not ready", "worker_running": False}, status_code=503)
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format: requests by status, latency, batch sizes, image outcomes."""
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    return app
+
+
+def _unprocessable(field: str, msg: str) -> HTTPException:
+    return HTTPException(422, detail=[{"type": "count-mismatch", "loc": ["body", field], "msg": msg}])
+
+
+class _ObserveRequests:
+    """Pure ASGI (no body buffering): request id, one JSON log line and the HTTP metrics per request."""
+
+    def __init__(self, app: ASGIApp, metrics: ServeMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        sent = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        status = 500  # what the server error handler sends if the app raises before responding
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())],
+                }
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - start
+            path = scope["path"]
+            route = path if path in _ROUTES else "other"
+            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(route).observe(seconds)
+            log.log(
+                logging.DEBUG if route in _PROBES else logging.INFO,
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status,
+                    "ms": round(seconds * 1000, 2),
+                    "images": state.get("images"),
+                },
+            )

@@ -1,0 +1,137 @@
+"""What the server needs from a model family, and the adapter for attribute checkpoints.
+
+The HTTP layer only knows :class:`ServedModel`: ``prepare`` turns one upload into model input (in a
+request thread, so a bad image fails its own request), ``predict_batch`` runs one forward over inputs
+from many requests (in the batcher's thread). Another family plugs in by adding a loader to
+:data:`LOADERS` under the ``kind`` its checkpoint's ``taxonomist.json`` declares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from taxonomist.data.images import DEFAULT_MAX_PIXELS, load_image_bytes
+from taxonomist.inference.predictor import AttributeValue, Predictor
+from taxonomist.models.checkpoint import (
+    BACKBONE_FILE,
+    META_FILE,
+    SCHEMA_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Identifies the served weights in every response, so a client can tell which model answered."""
+
+    name: str
+    version: str
+    """Content hash of the checkpoint files: changes whenever the weights, schema or calibration do."""
+    kind: str
+    backbone: str
+    fingerprint: str
+    """Backbone fingerprint (weights + preprocessing): the feature-cache key the heads were trained on."""
+
+
+class ServedModel(Protocol):
+    """A model the server can batch: per-upload preparation and one batched forward."""
+
+    info: ModelInfo
+
+    @property
+    def categories(self) -> Sequence[str]: ...
+
+    def prepare(self, data: bytes, category: str, *, name: str) -> Any:
+        """Decode and preprocess one upload; raises ``ImageLoadError`` for anything that is no image."""
+        ...
+
+    def predict_batch(self, items: Sequence[Any]) -> list[dict[str, AttributeValue]]:
+        """Attributes for each prepared item, in order; called from one thread at a time."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    pixels: torch.Tensor
+    category: str
+
+
+class AttributeModel:
+    """A taxonomist attribute checkpoint (heads or finetune recipe) behind :class:`ServedModel`."""
+
+    def __init__(
+        self, predictor: Predictor, info: ModelInfo, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> None:
+        self.predictor = predictor
+        self.info = info
+        self.max_pixels = max_pixels
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> AttributeModel:
+        predictor = Predictor.from_pretrained(directory)
+        ckpt = predictor.checkpoint
+        info = ModelInfo(
+            name=Path(directory).resolve().name,
+            version=checkpoint_version(directory),
+            kind="attribute-heads",
+            backbone=ckpt.backbone.name,
+            fingerprint=ckpt.fingerprint,
+        )
+        return cls(predictor, info, max_pixels=max_pixels)
+
+    @property
+    def categories(self) -> Sequence[str]:
+        return self.predictor.categories
+
+    def prepare(self, data: bytes, category: str, *, name: str) -> _Prepared:
+        # The same decoder and preprocessing as training and batch prediction: served pixels match.
+        image = load_image_bytes(data, max_pixels=self.max_pixels, name=name)
+        return _Prepared(self.predictor.backbone.preprocess(image), category)
+
+    @torch.inference_mode()
+    def predict_batch(self, items: Sequence[_Prepared]) -> list[dict[str, AttributeValue]]:
+        categories = [item.category for item in items]
+        features = self.predictor.backbone(torch.stack([item.pixels for item in items]))
+        probs = self.predictor.predict_features(features, categories)
+        ids = [str(i) for i in range(len(items))]
+        return [p.attributes for p in self.predictor.decode(probs, ids, categories)]
+
+
+LOADERS: dict[str, Callable[..., ServedModel]] = {"attribute-heads": AttributeModel.load}
+"""Checkpoint ``kind`` → loader(directory, *, max_pixels)."""
+
+
+def load_model(directory: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ServedModel:
+    """Load whichever served family the checkpoint's manifest names."""
+    meta = Path(directory) / META_FILE
+    if not meta.is_file():
+        raise CheckpointError(f"{directory}: not a taxonomist checkpoint (no {META_FILE})")
+    kind = json.loads(meta.read_text(encoding="utf-8")).get("kind")
+    if kind not in LOADERS:
+        raise CheckpointError(
+            f"{directory}: cannot serve checkpoint kind {kind!r}; servable: {sorted(LOADERS)}"
+        )
+    return LOADERS[kind](directory, max_pixels=max_pixels)
+
+
+def checkpoint_version(directory: str | os.PathLike) -> str:
+    """Short sha256 over the files that decide predictions (``config.yaml`` is a record, not an input)."""
+    digest = hashlib.sha256()
+    for name in (META_FILE, WEIGHTS_FILE, SCHEMA_FILE, BACKBONE_FILE):
+        path = Path(directory) / name
+        if not path.is_file():
+            continue
+        digest.update(name.encode())
+        with open(path, "rb") as fp:
+            while chunk := fp.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]

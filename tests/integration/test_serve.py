@@ -1,0 +1,262 @@
+"""HTTP serving end to end on a tiny trained checkpoint: predictions, batching, limits, probes, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import typer
+from fastapi.testclient import TestClient
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from taxonomist.cli.main import app as cli
+from taxonomist.cli.serve import serve
+from taxonomist.inference.predictor import Predictor
+from taxonomist.serve import AttributeModel, JsonFormatter, create_app
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+MAX_UPLOAD = 64 * 1024
+MAX_IMAGES = 4
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _, config = tiny_run
+    ckpt = tmp_path_factory.mktemp("serve") / "ckpt"
+    result = runner.invoke(cli, ["train", "-c", str(config), "-o", str(ckpt), "-q"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def images(tiny_run: tuple[Path, Path]) -> Path:
+    return tiny_run[0].parent / "images"  # 1000.jpg, 1002.jpg, ... are Tops; odd ids are Bags
+
+
+@pytest.fixture(scope="module")
+def client(checkpoint: Path) -> Iterator[TestClient]:
+    app = create_app(
+        checkpoint,
+        max_wait_ms=5,
+        max_upload_bytes=MAX_UPLOAD,
+        max_pixels=64 * 64,  # 48 px catalog images pass; 64x the pixels is rejected
+        max_images_per_request=MAX_IMAGES,
+    )
+    with TestClient(app) as c:
+        yield c
+
+
+def upload(*files: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("image", (name, data, "image/jpeg")) for name, data in files]
+
+
+def jpg(images: Path, item: int) -> tuple[str, bytes]:
+    return f"{item}.jpg", (images / f"{item}.jpg").read_bytes()
+
+
+def png(size: int) -> tuple[str, bytes]:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), (200, 30, 30)).save(buf, format="PNG")
+    return "big.png", buf.getvalue()
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def assert_healthy(client: TestClient, images: Path) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    ok = client.post("/v1/predict", files=upload(jpg(images, 1001)), data={"category": "Bags"})
+    assert ok.status_code == 200, ok.text
+
+
+def test_predict_one_image(client: TestClient, images: Path, checkpoint: Path) -> None:
+    response = client.post("/v1/predict", files=upload(jpg(images, 1000)), data={"category": "Tops"})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-request-id"]
+    body = response.json()
+    meta = json.loads((checkpoint / "taxonomist.json").read_text())
+    assert body["model"]["fingerprint"] == meta["fingerprint"] and body["model"]["name"] == "ckpt"
+    assert len(body["model"]["version"]) == 12
+    [pred] = body["predictions"]
+    assert pred["id"] == "1000.jpg" and pred["category"] == "Tops"
+    schema = json.loads((checkpoint / "schema.json").read_text())["categories"]["Tops"]
+    assert set(pred["attributes"]) == set(schema)
+    for attribute, out in pred["attributes"].items():
+        assert out["value"] in schema[attribute] and 0 < out["confidence"] <= 1
+
+
+def test_several_images_match_the_python_api(client: TestClient, images: Path, checkpoint: Path) -> None:
+    items, cats = [1000, 1001, 1002], ["Tops", "Bags", "Tops"]
+    response = client.post(
+        "/v1/predict",
+        files=upload(*(jpg(images, i) for i in items)),
+        data={"category": cats, "id": ["a", "b", "c"]},
+    )
+    assert response.status_code == 200, response.text
+    preds = response.json()["predictions"]
+    assert [p["id"] for p in preds] == ["a", "b", "c"] and [p["category"] for p in preds] == cats
+    assert set(preds[1]["attributes"]) == {"color"}
+    expected = Predictor.from_pretrained(checkpoint).predict([images / f"{i}.jpg" for i in items], cats)
+    for got, want in zip(preds, expected, strict=True):
+        assert {a: v["value"] for a, v in got["attributes"].items()} == {
+            a: v.value for a, v in want.attributes.items()
+        }
+        for a, v in want.attributes.items():
+            assert got["attributes"][a]["confidence"] == pytest.approx(v.confidence, abs=1e-4)
+
+
+def test_one_category_applies_to_every_image(client: TestClient, images: Path) -> None:
+    response = client.post(
+        "/v1/predict", files=upload(jpg(images, 1001), jpg(images, 1003)), data={"category": "Bags"}
+    )
+    assert response.status_code == 200, response.text
+    assert [p["category"] for p in response.json()["predictions"]] == ["Bags", "Bags"]
+
+
+async def _concurrent(app, files: Sequence[tuple[str, bytes]]) -> tuple[list[httpx.Response], str]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as http:
+            responses = await asyncio.gather(
+                *(http.post("/v1/predict", files=upload(f), data={"category": "Tops"}) for f in files)
+            )
+            return list(responses), (await http.get("/metrics")).text
+
+
+def test_concurrent_requests_share_a_forward(checkpoint: Path, images: Path) -> None:
+    app = create_app(checkpoint, max_batch_size=8, max_wait_ms=300)
+    files = [jpg(images, 1000 + 2 * k) for k in range(8)]
+    responses, metrics = asyncio.run(_concurrent(app, files))
+    assert [r.status_code for r in responses] == [200] * 8
+    assert [r.json()["predictions"][0]["id"] for r in responses] == [name for name, _ in files]
+    samples = metric_samples(metrics)
+    assert samples[("taxonomist_batch_size_sum", ())] == 8
+    # 8 single-image requests in fewer forwards than requests: they were batched together.
+    assert samples[("taxonomist_batch_size_count", ())] < 8
+
+
+@pytest.mark.parametrize(
+    ("files", "data", "status", "expect"),
+    [
+        ([("x.jpg", b"\xff" * (MAX_UPLOAD + 1))], {"category": "Tops"}, 413, "over the limit"),
+        # Refused from Content-Length alone: the body limit is MAX_IMAGES x (MAX_UPLOAD + part overhead).
+        (
+            [(f"{k}.jpg", b"\xff" * 90_000) for k in range(MAX_IMAGES)],
+            {"category": "Tops"},
+            413,
+            "Content Too",
+        ),
+        ([("notes.jpg", b"this is not an image")], {"category": "Tops"}, 422, "not an image"),
+        ([png(600)], {"category": "Tops"}, 422, "too many pixels"),
+        ([("1000.jpg", None)], {"category": "Shoes"}, 422, "'Shoes' is not one this model knows"),
+        ([("1000.jpg", None)], {}, 422, "category"),
+        ([], {"category": "Tops"}, 422, "image"),
+        ([("1000.jpg", None)], {"category": ["Tops", "Bags"]}, 422, "1 category or one per image"),
+        ([("1000.jpg", None)], {"category": "Tops", "id": ["a", "b"]}, 422, "one id per image"),
+    ],
+    ids=[
+        "image-too-large",
+        "body-too-large",
+        "not-an-image",
+        "too-many-pixels",
+        "unknown-category",
+        "missing-category",
+        "missing-image",
+        "category-count",
+        "id-count",
+    ],
+)
+def test_bad_requests_are_rejected_and_the_server_stays_healthy(
+    client: TestClient,
+    images: Path,
+    files: list[tuple[str, bytes | None]],
+    data: dict[str, Any],
+    status: int,
+    expect: str,
+) -> None:
+    files = [(n, (images / n).read_bytes() if d is None else d) for n, d in files]
+    response = client.post("/v1/predict", files=upload(*files), data=data)
+    assert response.status_code == status, response.text
+    assert expect in response.text
+    assert_healthy(client, images)
+
+
+class _Slow(AttributeModel):
+    """Another ServedModel: the server only needs the protocol, so a wrapper plugs in unchanged."""
+
+    def predict_batch(self, items):
+        time.sleep(0.5)
+        return super().predict_batch(items)
+
+
+def test_slow_prediction_gives_504_and_worker_survives(checkpoint: Path, images: Path) -> None:
+    model = AttributeModel.load(checkpoint)
+    slow = _Slow(model.predictor, model.info)
+    with TestClient(create_app(slow, request_timeout_s=0.1)) as client:
+        response = client.post("/v1/predict", files=upload(jpg(images, 1000)), data={"category": "Tops"})
+        assert response.status_code == 504 and "no prediction within 0.1 s" in response.text
+        assert client.get("/readyz").status_code == 200
+        assert 'taxonomist_images_total{outcome="timeout"} 1.0' in client.get("/metrics").text
+
+
+def test_probes_docs_metrics_and_logs(
+    client: TestClient, images: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="taxonomist.serve"):
+        response = client.post(
+            "/v1/predict",
+            files=upload(("bad.jpg", b"nope")),
+            data={"category": "Tops"},
+            headers={"x-request-id": "req-42"},
+        )
+    assert response.status_code == 422 and response.headers["x-request-id"] == "req-42"
+    [record] = [r for r in caplog.records if getattr(r, "request_id", None) == "req-42"]
+    line = json.loads(JsonFormatter().format(record))
+    assert line["msg"] == "request" and line["status"] == 422 and line["path"] == "/v1/predict"
+    assert line["images"] == 1 and line["ms"] > 0
+
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["model"]["kind"] == "attribute-heads"
+    assert client.get("/docs").status_code == 200
+    assert "/v1/predict" in client.get("/openapi.json").json()["paths"]
+
+    metrics = client.get("/metrics")
+    assert metrics.headers["content-type"].startswith("text/plain")
+    samples = metric_samples(metrics.text)
+    requests = ("taxonomist_http_requests_total", (("method", "POST"), ("route", "/v1/predict")))
+    assert samples[(requests[0], (*requests[1], ("status", "422")))] >= 1
+    assert samples[(requests[0], (*requests[1], ("status", "200")))] >= 1
+    assert samples[("taxonomist_images_total", (("outcome", "corrupt"),))] >= 1
+    assert samples[("taxonomist_batch_size_count", ())] >= 1
+    assert ("taxonomist_http_request_duration_seconds_count", (("route", "/v1/predict"),)) in samples
+
+
+def test_not_ready_without_a_running_worker(checkpoint: Path) -> None:
+    client = TestClient(create_app(checkpoint))  # no `with`: lifespan (and so the worker) never starts
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 503
+
+
+def test_cli_rejects_a_directory_that_is_no_checkpoint(tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.command()(serve)
+    result = runner.invoke(app, [str(tmp_path)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "not a taxonomist checkpoint" in result.output, result.output
