@@ -40,6 +40,8 @@ class _Stats:
     brand_count: Counter = field(default_factory=Counter)
     path_rows: Counter = field(default_factory=Counter)
     """Branded rows per path."""
+    path_all: Counter = field(default_factory=Counter)
+    """All rows per path (with or without a brand)."""
     path_other: dict = field(default_factory=dict)
     """Per path, the brands that were not a title prefix, with counts."""
     start_count: Counter = field(default_factory=Counter)
@@ -51,6 +53,7 @@ class _Stats:
         low = [t.casefold() for t in toks]
         for k in range(1, min(self.max_k, len(low)) + 1):
             self.start_count[" ".join(low[:k])] += 1
+        self.path_all[path] += 1
         if brand:
             self.path_rows[path] += 1
         if brand_len is None:
@@ -73,7 +76,7 @@ class _Stats:
         return (outside + 0.5) / (inside + outside + 1.0), 1.0
 
 
-N_FEATURES = 20
+N_FEATURES = 25
 N_PATH_CANDIDATES = 3
 
 
@@ -94,6 +97,10 @@ def _features(stats: _Stats, toks: list[str], max_k: int, path: str = "") -> np.
     out[0, 0] = 1.0
     out[0, 1] = first_generic
     out[0, 2] = first_seen
+    # How often this path's products had no brand recorded: some categories are mostly unbranded.
+    seen_rows = stats.path_all[path]
+    out[0, 20] = (seen_rows - stats.path_rows[path] + 1.0) / (seen_rows + 2.0)
+    out[0, 21] = float(seen_rows > 0)
     for k in range(1, max_k + 1):
         row = out[k]
         if k > len(toks):
@@ -113,6 +120,12 @@ def _features(stats: _Stats, toks: list[str], max_k: int, path: str = "") -> np.
         row[14] = float(nxt is not None and nxt.casefold().endswith("'s"))
         row[15] = float(k)
         row[16] = float(k == 1)
+        # Upper-case runs ("PALSUN WEARS Full Sleeve") tend to be one brand.
+        span_caps = all(t.isupper() for t in toks[:k])
+        next_caps = bool(nxt and nxt.isupper())
+        row[22] = float(span_caps)
+        row[23] = float(next_caps)
+        row[24] = float(span_caps and next_caps)
     candidates = _path_candidates(stats, path)
     low = f" {' '.join(toks).casefold()} "
     for j in range(N_PATH_CANDIDATES):
@@ -238,6 +251,7 @@ class BrandExtractor:
                 "in_brand": dict(s.in_brand),
                 "out_brand": dict(s.out_brand),
                 "path_rows": dict(s.path_rows),
+                "path_all": dict(s.path_all),
             },
             "path_other": {p: dict(c) for p, c in s.path_other.items()},
         }
