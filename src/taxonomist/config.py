@@ -110,6 +110,9 @@ class TrainConfig:
 class FinetuneConfig:
     """Recipe ``finetune``: the whole network trained end to end (seed 001), then phase 2 per head."""
 
+    warm_start: bool = True
+    """Train the MLP heads on cached frozen features first, then fine-tune everything (LP-FT, Kumar et
+    al. 2022): random heads would push large gradients through the pretrained backbone early on."""
     head: Literal["mlp", "attention"] = "mlp"
     """mlp: the core's AttributeHeads on pooled features; attention: seed 001's spatial + channel
     attention head on the backbone's feature map."""

@@ -53,6 +53,7 @@ def test_finetune_trains_resumes_predicts_and_benches(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     first = json.loads((out / "metrics.json").read_text())
     assert first["resumed_from_epoch"] == 0 and len(first["epochs"]) == 1
+    assert 0 <= first["warm_start_score"] <= 1  # LP-FT: heads fitted on frozen features first
     # A rerun with more epochs continues from the saved state instead of starting over.
     result = _train(config, out, "finetune.epochs=2")
     assert result.exit_code == 0, result.output

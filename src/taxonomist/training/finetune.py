@@ -167,6 +167,7 @@ class FinetuneReport:
     image_errors: int = 0
     resumed_from_epoch: int = 0
     num_processes: int = 1
+    warm_start_score: float | None = None
 
 
 def _evaluate(
@@ -241,8 +242,15 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
         train_rows, batch_size=fc.batch_size, shuffle=True, generator=generator, **loader_args
     )
     val_loader = DataLoader(val_rows, batch_size=fc.batch_size, **loader_args)
-    if not model.spatial:
+    warm_score = None
+    if not model.spatial and fc.warm_start and accelerator.is_main_process:
+        warm_score = warm_start_heads(
+            model, catalog, filled.frame, val_frame, schema, categories, cfg, progress
+        )
+    elif not model.spatial:
         _standardize(model, train_loader, batches=max(1, 512 // fc.batch_size))
+    if accelerator.num_processes > 1:
+        _broadcast_state(model)
     backbone_params = list(model.backbone.parameters())
     head_params = list(model.heads.parameters())
     optimizer = torch.optim.AdamW(
@@ -287,7 +295,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
         model.train()
         start = time.perf_counter()
         losses, steps = [], 0
-        with progress_bar("img", disable=not (progress and main)) as bar:
+        with progress_bar("batch", disable=not (progress and main)) as bar:
             task = bar.add_task(
                 f"epoch {epoch + 1}/{fc.epochs}", total=steps_per_epoch * fc.grad_accumulation
             )
@@ -378,11 +386,61 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
         len(val_rows),
         resumed_from_epoch=resumed_from,
         num_processes=accelerator.num_processes,
+        warm_start_score=warm_score,
     )
     if main:
         _save_checkpoint(unwrapped, cfg, schema, categories, output_dir, report)
     accelerator.end_training()
     return report
+
+
+def warm_start_heads(
+    model: FinetuneModel,
+    catalog: Catalog,
+    train_frame: pd.DataFrame,
+    val_frame: pd.DataFrame,
+    schema: Schema,
+    categories: list[str],
+    cfg: RunConfig,
+    progress: bool,
+) -> float:
+    """LP-FT's first step: the heads recipe on cached features of the (still frozen) backbone."""
+    from taxonomist.inference.embed import embed_catalog
+    from taxonomist.training.heads import FeatureSet, fit_heads
+
+    frozen = build_backbone(cfg.backbone).optimize_for_inference()
+    embedded = embed_catalog(catalog, frozen, cfg.embed, progress=progress)
+    by_id = {item_id: row for row, item_id in enumerate(catalog.ids)}
+    index = {c: i for i, c in enumerate(categories)}
+
+    def features(frame: pd.DataFrame) -> tuple[FeatureSet, pd.DataFrame]:
+        rows = np.array([by_id[i] for i in frame[ID]], dtype=np.int64)
+        keep = embedded.ok[rows]
+        frame = frame[keep].reset_index(drop=True)
+        data = FeatureSet.build(
+            embedded.features[rows[keep]],
+            np.array([index[c] for c in frame[CATEGORY]]),
+            encode_labels(frame, schema),
+        )
+        return data, frame
+
+    train_set, _ = features(train_frame)
+    val_set, val_rows = features(val_frame)
+
+    def score(logits: Mapping[str, torch.Tensor]) -> float:
+        pred = logits_to_frame(logits, val_rows[ID].tolist(), val_rows[CATEGORY].tolist(), schema)
+        return attribute_score(val_rows, pred, schema.categories).score
+
+    history = fit_heads(model.heads, train_set, val_set, score, cfg.train, progress=progress)
+    return max(e["val_score"] for e in history.epochs)
+
+
+def _broadcast_state(model: FinetuneModel) -> None:
+    """Every process starts from the main process's weights (warm-started heads, standardisation)."""
+    import torch.distributed as dist
+
+    for tensor in model.state_dict().values():
+        dist.broadcast(tensor, src=0)
 
 
 def _cycle(loader):
