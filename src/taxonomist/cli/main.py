@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from taxonomist.cli.review import review
 from taxonomist.cli.serve import serve
 from taxonomist.cli.taxonomy import app as taxonomy_app
 from taxonomist.config import ConfigError, RunConfig, load_config
@@ -19,6 +20,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 app.add_typer(taxonomy_app, name="taxonomy", help="Titles → taxonomy path + brand.")
 app.command()(serve)
+app.command()(review)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config.")]
 SetOpt = Annotated[
@@ -154,6 +156,18 @@ def predict(
     data: Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")] = None,
     min_confidence: Annotated[float | None, typer.Option(help="Below this, write the placeholder.")] = None,
     placeholder: Annotated[str | None, typer.Option(help="predict.placeholder")] = None,
+    engine: Annotated[
+        Literal["local", "ray"], typer.Option(help="ray: sharded Parquet on Ray actors (docs/ray.md).")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster (ray engine); default: a local Ray.")
+    ] = None,
+    num_actors: Annotated[
+        int | None, typer.Option(help="Ray actors; default one per GPU, else per CPU.")
+    ] = None,
+    gpus_per_actor: Annotated[
+        float | None, typer.Option(help="Default 1 where there are GPUs, else 0.")
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Predict attributes for every row of a catalog: Meesho layout + long layout with confidences."""
@@ -175,6 +189,27 @@ def predict(
     cfg.catalog.min_rows_per_category = 0
     cfg.catalog.limit = None
     catalog = load_catalog(cfg.catalog)
+    if engine == "ray":
+        from taxonomist.inference.ray_engine import predict_with_ray
+
+        summary = predict_with_ray(
+            checkpoint,
+            catalog,
+            output,
+            batch_size=cfg.embed.batch_size,
+            shard_rows=cfg.predict.chunk_size,
+            num_actors=num_actors,
+            num_gpus_per_actor=gpus_per_actor,
+            num_cpus_per_actor=max(1, cfg.embed.num_workers),
+            decode_workers=cfg.embed.num_workers,
+            max_pixels=cfg.embed.max_pixels,
+            min_confidence=cfg.predict.min_confidence,
+            placeholder=cfg.predict.placeholder,
+            address=address,
+            progress=not quiet,
+        )
+        console.print_json(json.dumps(summary.to_dict()))
+        return
     predictor = Predictor.from_pretrained(checkpoint)
     summary = predictor.predict_catalog(
         catalog,

@@ -1,0 +1,329 @@
+"""Scale-out batch prediction on Ray: the local engine's outputs, computed by a pool of (GPU) actors.
+
+The input rows (id, category, image path) are cut into fixed shards of ``shard_rows``. Each pending
+shard goes to an actor that loaded the model once; the actor decodes, predicts and writes the shard's
+Parquet parts itself (to storage every node sees), atomically. A shard whose predictions part exists is
+finished, so a rerun after a crash, a preempted node or Ctrl-C only computes the missing shards and never
+duplicates rows. Ray retrying a shard is just as harmless: the rewrite replaces the part whole.
+
+Layout of ``output_dir``::
+
+    manifest.json                  input digest + settings; a rerun with other ones is refused
+    predictions/part-00000.parquet id, category, attribute, value, confidence (the local long layout)
+    errors/part-00000.parquet      id, path, reason, detail (unreadable images, unknown categories)
+    summary.json                   counts and throughput of the last run
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from taxonomist.data.catalog import CATEGORY, ID, Catalog, read_table
+from taxonomist.data.images import DEFAULT_MAX_PIXELS, ERROR_COLUMNS, ImageError
+from taxonomist.inference.embed import embed_images
+from taxonomist.inference.predictor import Predictor, PredictSummary, long_frame
+from taxonomist.inference.writers import MANIFEST, ResumeError, atomic_write_text
+from taxonomist.models.checkpoint import HeadsCheckpoint
+
+PATH = "path"
+ROW_COLUMNS = (ID, CATEGORY, PATH)
+# Fixed schemas, so an empty part (a shard of bad images) reads back like the others.
+SCHEMAS = {
+    "predictions": pa.schema(
+        [(c, pa.string()) for c in ("id", "category", "attribute", "value")] + [("confidence", pa.float64())]
+    ),
+    "errors": pa.schema([(c, pa.string()) for c in ERROR_COLUMNS]),
+}
+Kind = Literal["predictions", "errors"]
+
+
+def read_rows(source: Catalog | str | os.PathLike) -> pd.DataFrame:
+    """id, category, absolute image path (all text), in input order: what the shards are cut from.
+
+    ``source`` is a :class:`Catalog`, or a CSV/Parquet table (or a folder of Parquet shards, read in
+    file name order) with columns ``id``, ``category`` and ``path``; relative paths are relative to the
+    table's folder. Paths are made absolute here because Ray workers do not share the driver's cwd.
+    """
+    if isinstance(source, Catalog):
+        return pd.DataFrame(
+            {
+                ID: source.frame[ID].astype(str).to_numpy(),
+                CATEGORY: source.frame[CATEGORY].astype(str).to_numpy(),
+                PATH: [os.path.abspath(p) for p in source.image_paths()],
+            }
+        )
+    source = Path(source)
+    files = sorted(source.glob("*.parquet")) if source.is_dir() else [source]
+    if not files:
+        raise FileNotFoundError(f"{source}: no *.parquet shards in this folder")
+    frames = []
+    for file in files:
+        table = read_table(file)
+        missing = [c for c in ROW_COLUMNS if c not in table.columns]
+        if missing:
+            raise ValueError(f"{file}: missing columns {missing}; need {list(ROW_COLUMNS)}")
+        table = table[list(ROW_COLUMNS)].astype(str)
+        table[PATH] = [os.path.abspath(file.parent / p) for p in table[PATH]]
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+def part_path(output_dir: str | os.PathLike, kind: Kind, shard: int) -> Path:
+    return Path(output_dir) / kind / f"part-{shard:05d}.parquet"
+
+
+def read_ray_output(output_dir: str | os.PathLike, kind: Kind = "predictions") -> pd.DataFrame:
+    """All shards of one kind concatenated in shard order (= input order); refuses an unfinished run."""
+    n_shards = _read_manifest(Path(output_dir))["n_shards"]
+    parts = [part_path(output_dir, kind, k) for k in range(n_shards)]
+    missing = [k for k, p in enumerate(parts) if not part_path(output_dir, "predictions", k).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{output_dir}: {len(missing)} of {n_shards} shards not written yet (e.g. {missing[:5]}); "
+            "rerun predict_with_ray to finish them"
+        )
+    return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+
+
+def predict_with_ray(
+    checkpoint_dir: str | os.PathLike,
+    source: Catalog | str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    batch_size: int = 32,
+    shard_rows: int = 512,
+    num_actors: int | None = None,
+    num_gpus_per_actor: float | None = None,
+    num_cpus_per_actor: float = 1,
+    decode_workers: int = 0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_confidence: float = 0.0,
+    placeholder: str = "",
+    address: str | None = None,
+    progress: bool = True,
+) -> PredictSummary:
+    """Predict every row of ``source`` into sharded Parquet under ``output_dir``; resumable.
+
+    ``num_gpus_per_actor`` defaults to 1 when the cluster has GPUs, else 0; ``num_actors`` to one per GPU
+    (or per ``num_cpus_per_actor`` CPUs), never more than the pending shards. ``decode_workers`` are
+    image-decoding processes inside each actor (0 = decode in the actor). An already initialised Ray is
+    used as is; otherwise this connects to ``address`` (None: a local Ray) and disconnects at the end.
+    """
+    if shard_rows < 1:
+        raise ValueError(f"shard_rows must be positive, got {shard_rows}")
+    start = time.perf_counter()
+    output_dir = Path(output_dir).absolute()
+    checkpoint_dir = Path(checkpoint_dir).absolute()
+    rows = read_rows(source)
+    n_shards = -(-len(rows) // shard_rows)
+    settings = {
+        "fingerprint": HeadsCheckpoint.load(checkpoint_dir)[0].fingerprint,
+        "min_confidence": min_confidence,
+        "placeholder": placeholder,
+        "rows_sha256": _rows_digest(rows),
+    }
+    _claim(output_dir, {"n_rows": len(rows), "shard_rows": shard_rows, "n_shards": n_shards, **settings})
+    pending = [k for k in range(n_shards) if not part_path(output_dir, "predictions", k).exists()]
+    if pending:
+        items = [
+            {
+                "shard": k,
+                **{c: rows[c].iloc[k * shard_rows : (k + 1) * shard_rows].tolist() for c in ROW_COLUMNS},
+            }
+            for k in pending
+        ]
+        options = {
+            "batch_size": batch_size,
+            "decode_workers": decode_workers,
+            "max_pixels": max_pixels,
+            "min_confidence": min_confidence,
+            "placeholder": placeholder,
+        }
+        with _ray(address) as ray:
+            ray.data.DataContext.get_current().enable_progress_bars = progress
+            gpus = num_gpus_per_actor
+            if gpus is None:
+                gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+            actors = num_actors or _auto_actors(ray.cluster_resources(), gpus, num_cpus_per_actor)
+            ray.data.from_items(items).map_batches(
+                ShardPredictor,
+                fn_constructor_args=(str(checkpoint_dir), str(output_dir), options),
+                batch_size=1,
+                batch_format="pandas",
+                compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(pending)))),
+                num_cpus=num_cpus_per_actor,
+                num_gpus=gpus,
+            ).materialize()
+    errors = sum(pq.read_metadata(part_path(output_dir, "errors", k)).num_rows for k in range(n_shards))
+    seconds = time.perf_counter() - start
+    done_rows = sum(len(range(k * shard_rows, min((k + 1) * shard_rows, len(rows)))) for k in pending)
+    summary = PredictSummary(
+        str(output_dir),
+        len(rows),
+        len(rows) - errors,
+        errors,
+        n_shards - len(pending),
+        seconds,
+        done_rows / seconds if seconds > 0 else 0.0,
+    )
+    atomic_write_text(output_dir / "summary.json", json.dumps(summary.to_dict(), indent=1))
+    return summary
+
+
+class ShardPredictor:
+    """Ray Data callable class: one per actor, so the model loads once and then serves many shards.
+
+    Each call gets whole shards (one row each: shard number + its ids, categories, paths), writes their
+    parts and returns one small stats row per shard, never the predictions themselves.
+    """
+
+    def __init__(self, checkpoint_dir: str, output_dir: str, options: dict) -> None:
+        import ray
+
+        self.predictor = Predictor.from_pretrained(checkpoint_dir)
+        # Ray hides all but the actor's own GPUs, so "cuda" is the one it was given.
+        device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
+        self.backbone = _OnDevice(self.predictor.backbone, device)
+        self.output_dir = Path(output_dir)
+        self.options = options
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame(
+            [self.predict_shard(*row) for row in batch[["shard", *ROW_COLUMNS]].itertuples(False)]
+        )
+
+    def predict_shard(
+        self, shard: int, ids: Sequence[str], categories: Sequence[str], paths: Sequence[str]
+    ) -> dict:
+        """Same steps and numbers as ``Predictor.predict_catalog`` on one chunk; errors part, then predictions
+        part (the one that marks the shard finished)."""
+        start = time.perf_counter()
+        ids, categories, paths = [str(v) for v in ids], [str(v) for v in categories], [str(v) for v in paths]
+        known = set(self.predictor.categories)
+        rows = [r for r, c in enumerate(categories) if c in known]
+        unknown = [
+            ImageError(
+                ids[r],
+                paths[r],
+                "unknown-category",
+                f"category {categories[r]!r} is not one of this model's {self.predictor.categories}",
+            )
+            for r, c in enumerate(categories)
+            if c not in known
+        ]
+        opts = self.options
+        result = embed_images(
+            [ids[r] for r in rows],
+            [paths[r] for r in rows],
+            self.backbone,
+            batch_size=opts["batch_size"],
+            num_workers=opts["decode_workers"],
+            max_pixels=opts["max_pixels"],
+            progress=False,
+        )
+        good = [rows[i] for i in np.flatnonzero(result.ok)]
+        good_ids, good_cats = [ids[r] for r in good], [categories[r] for r in good]
+        probs = self.predictor.predict_features(result.features[result.ok], good_cats)
+        preds = self.predictor.decode(
+            probs, good_ids, good_cats, min_confidence=opts["min_confidence"], placeholder=opts["placeholder"]
+        )
+        errors = pd.DataFrame([e.__dict__ for e in unknown + result.errors], columns=list(ERROR_COLUMNS))
+        _atomic_parquet(errors, self.output_dir, "errors", shard)
+        _atomic_parquet(long_frame(preds), self.output_dir, "predictions", shard)
+        return {
+            "shard": shard,
+            "rows": len(ids),
+            "errors": len(errors),
+            "seconds": time.perf_counter() - start,
+        }
+
+
+class _OnDevice(torch.nn.Module):
+    """The backbone on the actor's device, seen by ``embed_images`` as usual: CPU pixels in, CPU features
+    out (the heads are tiny and stay on the CPU)."""
+
+    def __init__(self, backbone: torch.nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.inner = backbone.to(device)
+        self.device = device
+        self.preprocess = backbone.preprocess
+        self.feature_dim = backbone.feature_dim
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.inner(pixels.to(self.device, non_blocking=True)).float().cpu()
+
+
+@contextlib.contextmanager
+def _ray(address: str | None) -> Iterator:
+    try:
+        import ray
+    except ImportError as err:
+        raise ImportError("the Ray engine needs Ray Data: pip install 'taxonomist[ray]'") from err
+    if ray.is_initialized():
+        yield ray
+        return
+    ray.init(address=address)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _auto_actors(resources: dict, gpus_per_actor: float, cpus_per_actor: float) -> int:
+    if gpus_per_actor > 0:
+        return max(1, int(resources.get("GPU", 0) // gpus_per_actor))
+    return max(1, int(resources.get("CPU", 1) // cpus_per_actor))
+
+
+def _rows_digest(rows: pd.DataFrame) -> str:
+    """Identifies the input, so a resume never mixes shards cut from two different row lists."""
+    return hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()).hexdigest()
+
+
+def _read_manifest(output_dir: Path) -> dict:
+    path = output_dir / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{output_dir}: no {MANIFEST}; not a predict_with_ray output folder")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _claim(output_dir: Path, manifest: dict) -> None:
+    """Write the manifest, or check that the one there describes the same input and settings."""
+    for kind in SCHEMAS:
+        (output_dir / kind).mkdir(parents=True, exist_ok=True)
+    path = output_dir / MANIFEST
+    if path.exists():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous != manifest:
+            raise ResumeError(
+                f"{output_dir} holds a run with other input or settings ({previous} != {manifest}); "
+                "use another output folder or delete this one"
+            )
+    else:
+        atomic_write_text(path, json.dumps(manifest, indent=1))
+
+
+def _atomic_parquet(frame: pd.DataFrame, output_dir: Path, kind: Kind, shard: int) -> None:
+    """A unique temporary name, then a rename: readers and resumes see a whole part or none, even if a
+    retried shard writes the same part concurrently."""
+    path = part_path(output_dir, kind, shard)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        pq.write_table(pa.Table.from_pandas(frame, schema=SCHEMAS[kind], preserve_index=False), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

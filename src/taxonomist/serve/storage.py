@@ -1,0 +1,159 @@
+"""Review decisions in any SQLAlchemy database (SQLite by default, PostgreSQL for a shared team server).
+
+One row per (item, attribute): a later decision replaces an earlier one, so the export always holds the
+reviewer's last word. The predicted value and its confidence are kept beside the decision, so accepted
+and corrected rows can be told apart and audited without the predictions file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import DateTime, Float, String, create_engine, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import StaticPool
+
+from taxonomist.data.catalog import CATEGORY, ID
+
+DEFAULT_DATABASE_URL = "sqlite:///review.db"
+ACCEPT = "accept"
+CORRECT = "correct"
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class _Decision(_Base):
+    __tablename__ = "review_decisions"
+
+    item_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    attribute: Mapped[str] = mapped_column(String(255), primary_key=True)
+    category: Mapped[str] = mapped_column(String(255))
+    value: Mapped[str] = mapped_column(String(1024))
+    action: Mapped[str] = mapped_column(String(16))
+    predicted: Mapped[str | None] = mapped_column(String(1024))
+    confidence: Mapped[float | None] = mapped_column(Float)
+    decided_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A reviewer's verdict on one predicted attribute: ``value`` is the label to train on."""
+
+    item_id: str
+    category: str
+    attribute: str
+    value: str
+    action: str
+    predicted: str | None
+    confidence: float | None
+    decided_at: datetime
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "decided_at": self.decided_at.isoformat()}
+
+
+def make_engine(database_url: str) -> Engine:
+    """An engine safe to share between request threads, also for in-memory SQLite (tests, demos)."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        # One shared connection: each new connection would otherwise open a fresh, empty database.
+        return create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    return create_engine(url)
+
+
+class ReviewStore:
+    """Creates its table on first use; safe to use from many threads (one session per call)."""
+
+    def __init__(self, database_url: str = DEFAULT_DATABASE_URL) -> None:
+        self.engine = make_engine(database_url)
+        _Base.metadata.create_all(self.engine)
+
+    def record(
+        self,
+        item_id: str,
+        category: str,
+        attribute: str,
+        value: str,
+        *,
+        predicted: str | None,
+        confidence: float | None,
+    ) -> Decision:
+        """Store (or replace) the decision for ``(item_id, attribute)``; equal to the prediction = accept."""
+        row = _Decision(
+            item_id=item_id,
+            attribute=attribute,
+            category=category,
+            value=value,
+            action=ACCEPT if value == predicted else CORRECT,
+            predicted=predicted,
+            confidence=confidence,
+            decided_at=datetime.now(timezone.utc),
+        )
+        try:
+            self._merge(row)
+        except IntegrityError:  # another reviewer inserted the same key first: ours is the later word
+            self._merge(row)
+        return _public(row)
+
+    def _merge(self, row: _Decision) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.merge(row)
+
+    def decisions(self) -> dict[tuple[str, str], Decision]:
+        """Every stored decision, keyed by (item id, attribute)."""
+        with Session(self.engine) as session:
+            rows = session.scalars(select(_Decision).order_by(_Decision.item_id, _Decision.attribute))
+            return {(r.item_id, r.attribute): _public(r) for r in rows}
+
+    def training_frame(self, *, include_accepted: bool = True) -> pd.DataFrame:
+        """Generic catalog layout: id, category, one column per reviewed attribute (missing = not reviewed).
+
+        Accepted predictions are confirmed labels too, so they are exported unless ``include_accepted``
+        is false (then only corrections, the rows the model got wrong).
+        """
+        decisions = [d for d in self.decisions().values() if include_accepted or d.action == CORRECT]
+        attributes = sorted({d.attribute for d in decisions})
+        rows: dict[str, dict[str, str]] = {}
+        for d in decisions:
+            rows.setdefault(d.item_id, {ID: d.item_id, CATEGORY: d.category})[d.attribute] = d.value
+        return pd.DataFrame(list(rows.values()), columns=[ID, CATEGORY, *attributes])
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _public(row: _Decision) -> Decision:
+    return Decision(
+        row.item_id,
+        row.category,
+        row.attribute,
+        row.value,
+        row.action,
+        row.predicted,
+        row.confidence,
+        row.decided_at,
+    )
+
+
+def export_training_rows(
+    database_url: str, out_path: str | os.PathLike, *, include_accepted: bool = True
+) -> int:
+    """Write reviewed labels as a CSV that ``taxonomist train`` reads (``catalog.id_column: id``,
+    ``catalog.category_column: category``); returns the number of rows written."""
+    store = ReviewStore(database_url)
+    try:
+        frame = store.training_frame(include_accepted=include_accepted)
+    finally:
+        store.close()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out_path, index=False)
+    return len(frame)

@@ -1,0 +1,143 @@
+"""The Ray engine against the local one on the tiny checkpoint: same rows and numbers, resume, bad inputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from taxonomist.cli.main import app
+from taxonomist.data.catalog import read_generic
+from taxonomist.inference.writers import ResumeError
+
+if importlib.util.find_spec("ray") is None:
+    MESSAGE = "ray is not installed: pip install 'taxonomist[ray]'"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(MESSAGE, pytrace=False)  # CI must run these, never skip them
+    pytest.skip(MESSAGE, allow_module_level=True)
+
+from taxonomist.inference.ray_engine import part_path, predict_with_ray, read_ray_output
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+KEY = ["id", "category", "attribute", "value"]
+
+
+def invoke(*args: str) -> None:
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Iterator[None]:
+    """One small local Ray for the module (2 CPUs: the machine may be busy), always shut down."""
+    import ray
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _, config = tiny_run
+    path = tmp_path_factory.mktemp("ray-run") / "ckpt"
+    invoke("train", "-c", str(config), "-o", str(path), "-q", "--set", "train.epochs=10")
+    return path
+
+
+def local_outputs(ckpt: Path, catalog_csv: Path, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    invoke("predict", str(ckpt), "-o", str(out), "-q", "--data", str(catalog_csv))
+    long = pd.read_csv(out / "predictions_long.csv", dtype=str, keep_default_na=False)
+    errors = pd.read_csv(out / "errors.csv", dtype=str, keep_default_na=False)
+    return long.astype({"confidence": float}), errors
+
+
+def run_ray(ckpt: Path, source, out: Path, **kwargs):
+    return predict_with_ray(
+        ckpt, source, out, batch_size=16, shard_rows=32, num_actors=1, progress=False, **kwargs
+    )
+
+
+def assert_same_predictions(ray_long: pd.DataFrame, local_long: pd.DataFrame) -> None:
+    assert len(ray_long) == len(local_long)
+    pd.testing.assert_frame_equal(ray_long[KEY], local_long[KEY])
+    assert (ray_long["confidence"] - local_long["confidence"]).abs().max() <= 1e-6
+
+
+def test_ray_matches_local_engine(ray_session: None, ckpt: Path, tiny_run: tuple[Path, Path], tmp_path: Path):
+    catalog_csv, _ = tiny_run
+    local_long, local_errors = local_outputs(ckpt, catalog_csv, tmp_path / "local")
+    catalog = read_generic(catalog_csv, id_column="sku", category_column="type")
+    summary = run_ray(ckpt, catalog, tmp_path / "ray")
+    assert (summary.rows, summary.predicted, summary.errors, summary.resumed_chunks) == (120, 120, 0, 0)
+    assert_same_predictions(read_ray_output(tmp_path / "ray"), local_long)
+    assert read_ray_output(tmp_path / "ray", "errors").empty and local_errors.empty
+
+
+def test_resume_recomputes_only_missing_shards(
+    ray_session: None, ckpt: Path, tiny_run: tuple[Path, Path], tmp_path: Path
+):
+    catalog_csv, _ = tiny_run
+    # The row-table input: a folder of Parquet shards with id, category and paths relative to it.
+    inputs = tmp_path / "rows"
+    inputs.mkdir()
+    rows = pd.read_csv(catalog_csv, dtype=str).rename(columns={"sku": "id", "type": "category"})
+    rows["path"] = [os.path.relpath(catalog_csv.parent / "images" / f"{i}.jpg", inputs) for i in rows["id"]]
+    rows.iloc[:70][["id", "category", "path"]].to_parquet(inputs / "rows-0.parquet")
+    rows.iloc[70:][["id", "category", "path"]].to_parquet(inputs / "rows-1.parquet")
+    out = tmp_path / "ray"
+    run_ray(ckpt, inputs, out)
+    first = read_ray_output(out)
+    parts = {k: part_path(out, "predictions", k) for k in range(4)}
+    mtimes = {k: p.stat().st_mtime_ns for k, p in parts.items()}
+    # A crash while shard 2 was written: its errors part exists, a temporary file lies around, no predictions.
+    parts[2].unlink()
+    (parts[2].parent / ".part-00002.parquet.dead.tmp").write_bytes(b"half a file")
+    with pytest.raises(FileNotFoundError, match="1 of 4 shards not written"):
+        read_ray_output(out)
+
+    summary = run_ray(ckpt, inputs, out)
+    with pytest.raises(ResumeError, match="other input or settings"):
+        predict_with_ray(ckpt, inputs, out, shard_rows=16, progress=False)
+    assert summary.resumed_chunks == 3 and summary.rows == 120
+    assert {k for k, p in parts.items() if p.stat().st_mtime_ns != mtimes[k]} == {2}
+    again = read_ray_output(out)
+    assert not again.duplicated(["id", "attribute"]).any()
+    pd.testing.assert_frame_equal(again, first)
+
+
+def test_bad_images_and_unknown_categories_are_reported(
+    ray_session: None, ckpt: Path, tiny_run: tuple[Path, Path], tmp_path: Path
+):
+    catalog_csv, _ = tiny_run
+    data = tmp_path / "data"
+    shutil.copytree(catalog_csv.parent, data)  # the shared catalog stays intact for other tests
+    (data / "images" / "1003.jpg").write_bytes(b"not a jpeg")
+    (data / "images" / "1004.jpg").unlink()
+    table = pd.read_csv(data / "catalog.csv", dtype=str)
+    table.loc[len(table)] = {"sku": "9999", "type": "Shoes"}
+    table.to_csv(data / "catalog.csv", index=False)
+
+    local_long, local_errors = local_outputs(ckpt, data / "catalog.csv", tmp_path / "local")
+    catalog = read_generic(data / "catalog.csv", id_column="sku", category_column="type")
+    summary = run_ray(ckpt, catalog, tmp_path / "ray")
+    assert (summary.rows, summary.predicted, summary.errors) == (121, 118, 3)
+    assert_same_predictions(read_ray_output(tmp_path / "ray"), local_long)
+    errors = read_ray_output(tmp_path / "ray", "errors").sort_values("id", ignore_index=True)
+    assert dict(zip(errors["id"], errors["reason"], strict=True)) == {
+        "1003": "corrupt",
+        "1004": "missing",
+        "9999": "unknown-category",
+    }
+    pd.testing.assert_frame_equal(errors, local_errors.sort_values("id", ignore_index=True))

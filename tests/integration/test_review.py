@@ -1,0 +1,271 @@
+"""Review app over HTTP: list and filter predictions, accept and correct them, export training rows."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from taxonomist.cli.main import app as cli
+from taxonomist.config import CatalogConfig
+from taxonomist.data.catalog import load_catalog
+from taxonomist.serve.review import create_review_app, image_locator
+from taxonomist.serve.storage import ReviewStore, export_training_rows
+
+from .conftest import tiny_config
+from .review_data import ReviewInputs, schema_of, write_review_inputs
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> ReviewInputs:
+    return write_review_inputs(tmp_path_factory.mktemp("review"))
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'review.db'}"
+
+
+@pytest.fixture
+def client(inputs: ReviewInputs, database_url: str) -> Iterator[TestClient]:
+    app = create_review_app(
+        inputs.predictions, inputs.catalog.parent, schema=inputs.checkpoint, database_url=database_url
+    )
+    with TestClient(app) as client:
+        yield client
+
+
+def page(client: TestClient, **params: object) -> dict:
+    response = client.get("/api/predictions", params={"limit": 500, **params})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def decide(client: TestClient, item_id: str, attribute: str, value: str | None = None) -> dict:
+    response = client.post("/api/decisions", json={"id": item_id, "attribute": attribute, "value": value})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_page_and_meta(client: TestClient, inputs: ReviewInputs) -> None:
+    html = client.get("/")
+    assert html.status_code == 200 and "review.js" in html.text
+    assert client.get("/static/review.js").status_code == 200
+    meta = client.get("/api/meta").json()
+    assert meta["categories"] == {"Bags": ["color"], "Tops": ["color", "fit"]}
+    assert meta["attributes"] == ["color", "fit"] and meta["threshold"] == 0.5
+    assert meta["predictions"] == len(inputs.long) and meta["reviewed"] == 0 and meta["images"]
+
+
+def test_list_filters_and_order(client: TestClient, inputs: ReviewInputs) -> None:
+    everything = page(client)
+    assert everything["total"] == len(inputs.long)
+    confidences = [i["confidence"] for i in everything["items"]]
+    assert confidences == sorted(confidences), "least confident first"
+
+    bags = page(client, category="Bags")
+    assert bags["total"] == (inputs.long["category"] == "Bags").sum()
+    assert {(i["category"], i["attribute"]) for i in bags["items"]} == {("Bags", "color")}
+    schema_values = schema_of(inputs).allowed("Bags", "color")
+    assert sorted(schema_values) == ["blue", "red"]
+    assert all(i["allowed"] == schema_values for i in bags["items"]), "allowed values come from the schema"
+
+    unsure = page(client, attribute="fit", below=0.5)
+    expected = inputs.long[(inputs.long["attribute"] == "fit") & (inputs.long["confidence"] < 0.5)]
+    assert unsure["total"] == len(expected) > 0
+    assert all(i["attribute"] == "fit" and i["confidence"] < 0.5 for i in unsure["items"])
+
+    second = page(client, limit=10, offset=10)
+    assert [i["id"] for i in second["items"]] == [i["id"] for i in everything["items"][10:20]]
+    assert client.get("/api/predictions", params={"limit": 501}).status_code == 422
+
+
+def test_accept_correct_and_status(client: TestClient, inputs: ReviewInputs, database_url: str) -> None:
+    first, second = page(client, category="Tops", attribute="fit", limit=2)["items"]
+    accepted = decide(client, first["id"], "fit")
+    assert accepted["decision"]["action"] == "accept" and accepted["decision"]["value"] == first["value"]
+    other = next(v for v in second["allowed"] if v != second["value"])
+    corrected = decide(client, second["id"], "fit", other)
+    assert corrected["decision"] == {
+        **corrected["decision"],
+        "action": "correct",
+        "value": other,
+        "predicted": second["value"],
+    }
+    # A later decision replaces the earlier one.
+    assert decide(client, second["id"], "fit", second["value"])["decision"]["action"] == "accept"
+    corrected = decide(client, second["id"], "fit", other)
+
+    reviewed = page(client, status="reviewed")
+    assert {(i["id"], i["decision"]["value"]) for i in reviewed["items"]} == {
+        (first["id"], first["value"]),
+        (second["id"], other),
+    }
+    assert page(client, status="pending")["total"] == len(inputs.long) - 2
+    assert client.get("/api/meta").json()["reviewed"] == 2
+    stored = ReviewStore(database_url).decisions()
+    assert stored[(second["id"], "fit")].action == "correct" and len(stored) == 2
+
+
+def test_bad_decisions_are_refused(client: TestClient) -> None:
+    item = page(client, category="Bags", limit=1)["items"][0]
+    bad_value = client.post("/api/decisions", json={"id": item["id"], "attribute": "color", "value": "green"})
+    assert bad_value.status_code == 422 and "not allowed for Bags/color" in bad_value.json()["detail"]
+    wrong_attribute = client.post("/api/decisions", json={"id": item["id"], "attribute": "fit"})
+    assert wrong_attribute.status_code == 404
+    assert client.post("/api/decisions", json={"id": "nope", "attribute": "color"}).status_code == 404
+    assert page(client, status="reviewed")["total"] == 0
+
+
+def test_images_are_served_by_id_only(client: TestClient, inputs: ReviewInputs, tmp_path: Path) -> None:
+    item_id = inputs.long["id"].iloc[0]
+    image = client.get("/api/image", params={"id": item_id})
+    assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+    assert image.content == (inputs.catalog.parent / "images" / f"{item_id}.jpg").read_bytes()
+    assert client.get("/api/image", params={"id": "999999"}).status_code == 404
+    assert client.get("/api/image", params={"id": "../catalog.csv"}).status_code == 404
+    # Even an id from the (server-side) predictions file cannot leave the image folder.
+    (tmp_path / "images").mkdir()
+    (tmp_path / "secret.jpg").write_bytes(b"x")
+    locate = image_locator(tmp_path / "images", "{id}.jpg")
+    with pytest.raises(FileNotFoundError, match="outside the image root"):
+        locate("../secret", "")
+
+
+def test_images_from_a_catalog_config(inputs: ReviewInputs, database_url: str) -> None:
+    config = CatalogConfig(path=str(inputs.catalog), id_column="sku", category_column="type")
+    app = create_review_app(inputs.predictions / "predictions_long.csv", config, database_url=database_url)
+    with TestClient(app) as client:
+        item_id = inputs.long["id"].iloc[-1]
+        assert client.get("/api/image", params={"id": item_id}).status_code == 200
+        # Without a schema, the values predicted somewhere are the choices.
+        item = page(client, category="Bags", limit=1)["items"][0]
+        assert item["allowed"] == sorted(inputs.long.query("category == 'Bags'")["value"].unique())
+
+
+def review_everything(client: TestClient) -> dict[tuple[str, str], str]:
+    """Accept two of three predictions and correct the third, as a reviewer would."""
+    chosen = {}
+    for k, item in enumerate(page(client)["items"]):
+        value = next(v for v in item["allowed"] if v != item["value"]) if k % 3 == 0 else None
+        saved = decide(client, item["id"], item["attribute"], value)
+        chosen[(item["id"], item["attribute"])] = saved["decision"]["value"]
+    return chosen
+
+
+def test_export_is_a_loadable_catalog(client: TestClient, inputs: ReviewInputs, database_url: str) -> None:
+    items = page(client, category="Tops", limit=6)["items"]
+    decide(client, items[0]["id"], items[0]["attribute"])
+    for item in items[1:]:
+        decide(client, item["id"], item["attribute"], next(v for v in item["allowed"] if v != item["value"]))
+    response = client.get("/api/export.csv")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    exported = pd.read_csv(io.StringIO(response.text), dtype=str)
+    out = inputs.predictions.parent / "export.csv"
+    assert export_training_rows(database_url, out) == len(exported)
+    pd.testing.assert_frame_equal(pd.read_csv(out, dtype=str), exported)
+    assert list(exported.columns[:2]) == ["id", "category"]
+
+    only_corrections = pd.read_csv(io.StringIO(client.get("/api/export.csv?include_accepted=false").text))
+    assert len(only_corrections.dropna(how="all", subset=only_corrections.columns[2:])) <= 5
+
+    catalog = load_catalog(
+        CatalogConfig(
+            path=str(out),
+            id_column="id",
+            category_column="category",
+            attributes=[],
+            image_root=str(inputs.catalog.parent),
+            min_rows_per_category=0,
+        )
+    )
+    schema = schema_of(inputs)
+    for row in catalog.frame.itertuples(index=False):
+        for attribute in ("color", "fit"):
+            value = getattr(row, attribute, None)
+            if isinstance(value, str):
+                assert schema.is_valid(row.category, attribute, value)
+    assert all(p.is_file() for p in catalog.image_paths())
+
+
+def test_storage_persists_in_an_sqlite_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'sub.db'}"
+    store = ReviewStore(url)
+    store.record("1", "Tops", "color", "red", predicted="red", confidence=0.4)
+    store.record("1", "Tops", "fit", "tall", predicted="wide", confidence=0.3)
+    store.record("2", "Bags", "color", "blue", predicted="red", confidence=0.2)
+    store.record("2", "Bags", "color", "red", predicted="red", confidence=0.2)  # changed their mind
+    store.close()
+    again = ReviewStore(url)
+    decisions = again.decisions()
+    assert {k: (d.value, d.action) for k, d in decisions.items()} == {
+        ("1", "color"): ("red", "accept"),
+        ("1", "fit"): ("tall", "correct"),
+        ("2", "color"): ("red", "accept"),
+    }
+    frame = again.training_frame(include_accepted=False)
+    assert frame.to_dict("records") == [{"id": "1", "category": "Tops", "fit": "tall"}]
+    again.close()
+    assert export_training_rows(url, tmp_path / "out" / "rows.csv") == 2
+    assert (tmp_path / "sub.db").is_file()
+
+
+def test_in_memory_sqlite_is_shared_between_threads(inputs: ReviewInputs) -> None:
+    app = create_review_app(inputs.predictions, schema=inputs.checkpoint, database_url="sqlite://")
+    with TestClient(app) as client:
+        item = page(client, limit=1)["items"][0]
+        decide(client, item["id"], item["attribute"], item["allowed"][-1])
+        assert page(client, status="reviewed")["total"] == 1
+        assert client.get("/api/image", params={"id": item["id"]}).status_code == 404
+
+
+@pytest.mark.integration
+def test_exported_rows_train(client: TestClient, inputs: ReviewInputs, tmp_path: Path) -> None:
+    chosen = review_everything(client)
+    exported = tmp_path / "reviewed.csv"
+    exported.write_text(client.get("/api/export.csv").text)
+    config = tmp_path / "config.yaml"
+    cfg = tiny_config(exported, tmp_path / "cache", epochs=2)
+    cfg["catalog"].update(id_column="id", category_column="category", image_root=str(inputs.catalog.parent))
+    config.write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(
+        cli, ["train", "-c", str(config), "-o", str(tmp_path / "ckpt"), "-q"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+    trained = load_catalog(CatalogConfig(**cfg["catalog"]))
+    assert len(trained) == len({item_id for item_id, _ in chosen})
+
+
+def test_review_command_builds_the_app_from_a_checkpoint(
+    inputs: ReviewInputs, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import typer
+    import uvicorn
+
+    from taxonomist.cli.review import review
+
+    command = typer.Typer()
+    command.command()(review)
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    # The checkpoint's config.yaml names the catalog that was predicted, as `taxonomist predict` reads it.
+    cfg = tiny_config(inputs.catalog, inputs.checkpoint / "cache")
+    (inputs.checkpoint / "config.yaml").write_text(yaml.safe_dump(cfg))
+    args = [str(inputs.predictions), "--checkpoint", str(inputs.checkpoint), "--database-url", database_url]
+    result = CliRunner().invoke(command, [*args, "--port", "9123"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert served["port"] == 9123
+    with TestClient(served["app"]) as client:
+        item = page(client, category="Bags", limit=1)["items"][0]
+        assert item["allowed"] == schema_of(inputs).allowed("Bags", "color")
+        assert client.get("/api/image", params={"id": item["id"]}).status_code == 200
+
+    missing = CliRunner().invoke(command, [str(inputs.checkpoint)])
+    assert missing.exit_code == 2 and "predictions_long.csv" in missing.output
