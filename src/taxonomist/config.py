@@ -113,6 +113,9 @@ class FinetuneConfig:
     warm_start: bool = True
     """Train the MLP heads on cached frozen features first, then fine-tune everything (LP-FT, Kumar et
     al. 2022): random heads would push large gradients through the pretrained backbone early on."""
+    freeze_batchnorm: bool = True
+    """Keep BatchNorm running statistics fixed (layers in eval mode; affine weights still train): with
+    small batches, batch statistics are noisy and shift the features the warm-started heads expect."""
     head: Literal["mlp", "attention"] = "mlp"
     """mlp: the core's AttributeHeads on pooled features; attention: seed 001's spatial + channel
     attention head on the backbone's feature map."""

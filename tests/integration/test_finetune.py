@@ -166,3 +166,17 @@ def test_finetune_resumes_after_kill_9(tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["resumed_from_epoch"] == 1
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+
+
+def test_frozen_batchnorm_keeps_running_statistics() -> None:
+    from taxonomist.models.backbones import create_backbone
+    from taxonomist.training.finetune import _freeze_batchnorm
+
+    backbone = create_backbone("efficientnet-lite0", pretrained=False, size=32)
+    bn = next(m for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    backbone.train()
+    _freeze_batchnorm(backbone)
+    backbone(torch.randn(4, 3, 32, 32) * 5).sum().backward()
+    assert torch.equal(bn.running_mean, before)
+    assert bn.weight.grad is not None  # the affine part still trains

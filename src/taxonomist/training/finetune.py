@@ -293,6 +293,8 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
         if bad_epochs >= fc.patience:
             break
         model.train()
+        if fc.freeze_batchnorm:
+            _freeze_batchnorm(model)
         start = time.perf_counter()
         losses, steps = [], 0
         with progress_bar("batch", disable=not (progress and main)) as bar:
@@ -441,6 +443,12 @@ def _broadcast_state(model: FinetuneModel) -> None:
 
     for tensor in model.state_dict().values():
         dist.broadcast(tensor, src=0)
+
+
+def _freeze_batchnorm(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def _cycle(loader):
