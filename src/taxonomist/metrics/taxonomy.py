@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
@@ -121,7 +120,3 @@ def taxonomy_report(
 def invalid_paths(pred: pd.DataFrame, levels: Sequence[str], valid: set[tuple[str, ...]]) -> int:
     """How many predicted paths the taxonomy does not hold (must be zero for every method)."""
     return int(sum(tuple(p) not in valid for p in pred[list(levels)].itertuples(index=False, name=None)))
-
-
-def accuracy(true: np.ndarray, pred: np.ndarray) -> float:
-    return float(np.mean(np.asarray(true) == np.asarray(pred))) if len(true) else 0.0

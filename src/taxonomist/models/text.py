@@ -104,7 +104,6 @@ class TextEncoder:
 
     def encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
         self.model.eval()
-        self._inference_model = None if self.model.training else self._inference_model
         model = self._model_for_inference()
         with torch.inference_mode():
             out = model.encode(
