@@ -408,26 +408,12 @@ def warm_start_heads(
 ) -> float:
     """LP-FT's first step: the heads recipe on cached features of the (still frozen) backbone."""
     from taxonomist.inference.embed import embed_catalog
-    from taxonomist.training.heads import FeatureSet, fit_heads
+    from taxonomist.training.heads import feature_set, fit_heads
 
     frozen = build_backbone(cfg.backbone).optimize_for_inference()
     embedded = embed_catalog(catalog, frozen, cfg.embed, progress=progress)
-    by_id = {item_id: row for row, item_id in enumerate(catalog.ids)}
-    index = {c: i for i, c in enumerate(categories)}
-
-    def features(frame: pd.DataFrame) -> tuple[FeatureSet, pd.DataFrame]:
-        rows = np.array([by_id[i] for i in frame[ID]], dtype=np.int64)
-        keep = embedded.ok[rows]
-        frame = frame[keep].reset_index(drop=True)
-        data = FeatureSet.build(
-            embedded.features[rows[keep]],
-            np.array([index[c] for c in frame[CATEGORY]]),
-            encode_labels(frame, schema),
-        )
-        return data, frame
-
-    train_set, _ = features(train_frame)
-    val_set, val_rows = features(val_frame)
+    train_set, _ = feature_set(train_frame, catalog, embedded, schema, categories)
+    val_set, val_rows = feature_set(val_frame, catalog, embedded, schema, categories)
 
     def score(logits: Mapping[str, torch.Tensor]) -> float:
         pred = logits_to_frame(logits, val_rows[ID].tolist(), val_rows[CATEGORY].tolist(), schema)

@@ -187,6 +187,23 @@ def logits_to_frame(
     return frame
 
 
+def feature_set(
+    frame: pd.DataFrame, catalog, embedded, schema: Schema, categories: list[str]
+) -> tuple[FeatureSet, pd.DataFrame]:
+    """Cached features, category indices and labels of ``frame``'s rows whose image could be read."""
+    by_id = {item_id: row for row, item_id in enumerate(catalog.ids)}
+    cat_index = {c: i for i, c in enumerate(categories)}
+    rows = np.array([by_id[i] for i in frame[ID]], dtype=np.int64)
+    keep = embedded.ok[rows]
+    frame = frame[keep].reset_index(drop=True)
+    data = FeatureSet.build(
+        embedded.features[rows[keep]],
+        np.array([cat_index[c] for c in frame[CATEGORY]]),
+        encode_labels(frame, schema),
+    )
+    return data, frame
+
+
 def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> TrainReport:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -213,23 +230,11 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
     embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
     errors = embedded.errors
     write_errors(errors, output_dir / "image_errors.csv")
-    by_id = {item_id: row for row, item_id in enumerate(catalog.ids)}
     categories = list(schema.categories)
-    cat_index = {c: i for i, c in enumerate(categories)}
-
-    def feature_set(frame: pd.DataFrame) -> tuple[FeatureSet, pd.DataFrame]:
-        rows = np.array([by_id[i] for i in frame[ID]], dtype=np.int64)
-        keep = embedded.ok[rows]
-        frame = frame[keep].reset_index(drop=True)
-        data = FeatureSet.build(
-            embedded.features[rows[keep]],
-            np.array([cat_index[c] for c in frame[CATEGORY]]),
-            encode_labels(frame, schema),
-        )
-        return data, frame
-
-    train_set, _ = feature_set(filled.frame)
-    val_set, val_frame = feature_set(catalog.frame.iloc[val_idx].reset_index(drop=True))
+    train_set, _ = feature_set(filled.frame, catalog, embedded, schema, categories)
+    val_set, val_frame = feature_set(
+        catalog.frame.iloc[val_idx].reset_index(drop=True), catalog, embedded, schema, categories
+    )
     # Seeded here, not earlier: whether embedding ran (its DataLoader draws from the global RNG) or hit
     # the cache must not change the initial weights.
     torch.manual_seed(cfg.train.seed)
