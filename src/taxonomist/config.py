@@ -134,8 +134,10 @@ class FinetuneConfig:
     patience: int = 3
     label_smoothing: float = 0.1
     focal_gamma: float = 0.0
-    mmd_weight: float = 0.0
-    """λ of the MMD term between training-batch and validation-batch pooled features (seed 001: 0.1)."""
+    mmd: bool = False
+    """Add an MMD term between training-batch and validation-batch pooled features (seed 001)."""
+    mmd_weight: float = 0.1
+    """λ of the MMD term (seed 001's value)."""
     augment_p: float = 0.5
     hue: float = 0.0
     """Hue jitter (opt-in): hue shifts change colour labels, so they are off by default."""

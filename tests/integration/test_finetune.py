@@ -85,7 +85,7 @@ def test_finetune_trains_resumes_predicts_and_benches(tmp_path: Path) -> None:
 
 
 def test_attention_head_recipe_with_mmd(tmp_path: Path) -> None:
-    config = _config(tmp_path, head="attention", mmd_weight=0.1, phase2_epochs=1, epochs=1)
+    config = _config(tmp_path, head="attention", mmd=True, phase2_epochs=1, epochs=1)
     result = _train(config, tmp_path / "run")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

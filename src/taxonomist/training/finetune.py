@@ -268,7 +268,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
         model, optimizer, train_loader, val_loader
     )
     accelerator.register_for_checkpointing(scheduler)
-    unlabeled = iter(_cycle(val_loader)) if fc.mmd_weight > 0 else None
+    unlabeled = iter(_cycle(val_loader)) if fc.mmd else None
 
     state_dir = output_dir / STATE_DIR
     progress_file = output_dir / "finetune_progress.json"
