@@ -15,7 +15,7 @@ from PIL import Image
 
 from taxonomist.config import EmbedConfig
 from taxonomist.data.catalog import CATEGORY, ID, MEESHO_MAX_ATTRS, Catalog
-from taxonomist.data.images import ImageError, load_image, write_errors
+from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image, write_errors
 from taxonomist.data.schema import SchemaError
 from taxonomist.inference.cache import FeatureCache
 from taxonomist.inference.embed import embed_images
@@ -141,6 +141,47 @@ class Predictor:
         probs = self.predict_features(self.backbone(pixels), categories)
         return self.decode(probs, ids, categories, min_confidence=min_confidence, placeholder=placeholder)
 
+    def predict_chunk(
+        self,
+        ids: Sequence[str],
+        categories: Sequence[str],
+        paths: Sequence[str | os.PathLike],
+        *,
+        backbone: torch.nn.Module | None = None,
+        cache: FeatureCache | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_confidence: float = 0.0,
+        placeholder: str = "",
+    ) -> tuple[list[Prediction], list[ImageError]]:
+        """One chunk of a batch job: rows with an unknown category and unreadable images become errors,
+        the rest predictions. Shared by the local and the Ray engine so both give the same numbers."""
+        rows, errors = [], []
+        for r, category in enumerate(categories):
+            if category in self._category_index:
+                rows.append(r)
+            else:  # reported and skipped, like a bad image
+                detail = f"category {category!r} is not one of this model's {self.categories}"
+                errors.append(ImageError(ids[r], str(paths[r]), "unknown-category", detail))
+        result = embed_images(
+            [ids[r] for r in rows],
+            [paths[r] for r in rows],
+            backbone or self.backbone,
+            cache=cache,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            max_pixels=max_pixels,
+            progress=False,
+        )
+        good = [rows[i] for i in np.flatnonzero(result.ok)]
+        good_ids, good_cats = [ids[r] for r in good], [categories[r] for r in good]
+        probs = self.predict_features(result.features[result.ok], good_cats)
+        preds = self.decode(
+            probs, good_ids, good_cats, min_confidence=min_confidence, placeholder=placeholder
+        )
+        return preds, errors + result.errors
+
     def predict_catalog(
         self,
         catalog: Catalog,
@@ -174,31 +215,15 @@ class Predictor:
         with progress_bar("chunk", disable=not progress) as bar:
             task = bar.add_task("predict", total=writer.n_chunks, completed=resumed)
             for k in todo:
-                rows, unknown = [], []
-                for r in writer.chunk_rows(k):
-                    if all_cats[r] in self._category_index:
-                        rows.append(r)
-                    else:  # reported and skipped, like a bad image
-                        detail = f"category {all_cats[r]!r} is not one of this model's {self.categories}"
-                        unknown.append(ImageError(all_ids[r], str(paths[r]), "unknown-category", detail))
-                ids = [all_ids[r] for r in rows]
-                cats = [all_cats[r] for r in rows]
-                result = embed_images(
-                    ids,
+                rows = writer.chunk_rows(k)
+                preds, errors = self.predict_chunk(
+                    [all_ids[r] for r in rows],
+                    [all_cats[r] for r in rows],
                     [paths[r] for r in rows],
-                    self.backbone,
                     cache=cache,
                     batch_size=embed.batch_size,
                     num_workers=embed.num_workers,
                     max_pixels=embed.max_pixels,
-                    progress=False,
-                )
-                good = np.flatnonzero(result.ok)
-                probs = self.predict_features(result.features[good], [cats[i] for i in good])
-                preds = self.decode(
-                    probs,
-                    [ids[i] for i in good],
-                    [cats[i] for i in good],
                     min_confidence=min_confidence,
                     placeholder=placeholder,
                 )
@@ -208,8 +233,7 @@ class Predictor:
                         "meesho": meesho_frame(preds, self.schema),
                         "long": long_frame(preds),
                         "errors": pd.DataFrame(
-                            [e.__dict__ for e in unknown + result.errors],
-                            columns=["id", "path", "reason", "detail"],
+                            [e.__dict__ for e in errors], columns=["id", "path", "reason", "detail"]
                         ),
                     },
                 )

@@ -26,15 +26,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from taxonomist.data.catalog import CATEGORY, ID, Catalog, read_table
-from taxonomist.data.images import DEFAULT_MAX_PIXELS, ERROR_COLUMNS, ImageError
-from taxonomist.inference.embed import embed_images
+from taxonomist.data.images import DEFAULT_MAX_PIXELS, ERROR_COLUMNS
 from taxonomist.inference.predictor import Predictor, PredictSummary, long_frame
 from taxonomist.inference.writers import MANIFEST, ResumeError, atomic_write_text
 from taxonomist.models.checkpoint import HeadsCheckpoint
@@ -209,39 +207,23 @@ class ShardPredictor:
     def predict_shard(
         self, shard: int, ids: Sequence[str], categories: Sequence[str], paths: Sequence[str]
     ) -> dict:
-        """Same steps and numbers as ``Predictor.predict_catalog`` on one chunk; errors part, then predictions
-        part (the one that marks the shard finished)."""
+        """``Predictor.predict_chunk`` (what the local engine runs) on one shard; errors part, then
+        predictions part (the one that marks the shard finished)."""
         start = time.perf_counter()
         ids, categories, paths = [str(v) for v in ids], [str(v) for v in categories], [str(v) for v in paths]
-        known = set(self.predictor.categories)
-        rows = [r for r, c in enumerate(categories) if c in known]
-        unknown = [
-            ImageError(
-                ids[r],
-                paths[r],
-                "unknown-category",
-                f"category {categories[r]!r} is not one of this model's {self.predictor.categories}",
-            )
-            for r, c in enumerate(categories)
-            if c not in known
-        ]
         opts = self.options
-        result = embed_images(
-            [ids[r] for r in rows],
-            [paths[r] for r in rows],
-            self.backbone,
+        preds, errors = self.predictor.predict_chunk(
+            ids,
+            categories,
+            paths,
+            backbone=self.backbone,
             batch_size=opts["batch_size"],
             num_workers=opts["decode_workers"],
             max_pixels=opts["max_pixels"],
-            progress=False,
+            min_confidence=opts["min_confidence"],
+            placeholder=opts["placeholder"],
         )
-        good = [rows[i] for i in np.flatnonzero(result.ok)]
-        good_ids, good_cats = [ids[r] for r in good], [categories[r] for r in good]
-        probs = self.predictor.predict_features(result.features[result.ok], good_cats)
-        preds = self.predictor.decode(
-            probs, good_ids, good_cats, min_confidence=opts["min_confidence"], placeholder=opts["placeholder"]
-        )
-        errors = pd.DataFrame([e.__dict__ for e in unknown + result.errors], columns=list(ERROR_COLUMNS))
+        errors = pd.DataFrame([e.__dict__ for e in errors], columns=list(ERROR_COLUMNS))
         _atomic_parquet(errors, self.output_dir, "errors", shard)
         _atomic_parquet(long_frame(preds), self.output_dir, "predictions", shard)
         return {
