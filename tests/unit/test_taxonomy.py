@@ -25,6 +25,7 @@ from taxonomist.models.taxonomy import (
     beam_search,
     hierarchical_loss,
     hierarchical_vote,
+    level_parents,
     prediction_from_log_probs,
     sibling_log_softmax,
     soft_vote,
@@ -193,12 +194,8 @@ def test_invalid_paths_counted(tax: Taxonomy) -> None:
 
 
 # -- parent masking and beam search -------------------------------------------------------------------------
-def _parents(tax: Taxonomy) -> list[torch.Tensor | None]:
-    return [None] + [torch.from_numpy(tax.parent_ids(k)) for k in range(1, tax.depth)]
-
-
 def test_sibling_log_softmax_normalises_within_each_parent(tax: Taxonomy) -> None:
-    parents = _parents(tax)[2]
+    parents = level_parents(tax)[2]
     logits = torch.randn(4, len(tax.nodes[2]))
     lp = sibling_log_softmax(logits, parents)
     for p in parents.unique():
@@ -208,7 +205,7 @@ def test_sibling_log_softmax_normalises_within_each_parent(tax: Taxonomy) -> Non
 
 def test_child_only_under_predicted_parent(tax: Taxonomy) -> None:
     """A child with a huge logit under a weak parent must lose to the best child of the strong parent."""
-    parents = _parents(tax)
+    parents = level_parents(tax)
     men, women = tax.node_id(0, ("Men",)), tax.node_id(0, ("Women",))
     lg0 = torch.zeros(1, 2)
     lg0[0, men], lg0[0, women] = 5.0, 0.0
@@ -227,18 +224,18 @@ def test_child_only_under_predicted_parent(tax: Taxonomy) -> None:
 
 def test_beam_search_matches_exhaustive_scoring(tax: Taxonomy) -> None:
     torch.manual_seed(0)
-    parents = _parents(tax)
+    parents = level_parents(tax)
     logits = [torch.randn(16, len(n)) * 3 for n in tax.nodes]
     log_probs = [sibling_log_softmax(lg, p) for lg, p in zip(logits, parents, strict=True)]
     pred = beam_search(log_probs, parents, width=10)
-    nodes = tax.path_node_ids()
+    nodes = torch.from_numpy(tax.path_node_ids().copy())
     scores = sum(log_probs[k][:, nodes[:, k]] for k in range(tax.depth))
     assert pred.path_ids.tolist() == scores.argmax(1).tolist()
     assert np.allclose(pred.confidence, scores.max(1).values.exp().numpy(), atol=1e-5)
 
 
 def test_hierarchical_loss_ignores_other_parents(tax: Taxonomy) -> None:
-    parents = _parents(tax)
+    parents = level_parents(tax)
     target = torch.from_numpy(tax.path_node_ids()[[tax.path_id(("Men", "Shoes", "Casual"))]])
     logits = [torch.zeros(1, len(n)) for n in tax.nodes]
     base = hierarchical_loss(logits, target, parents)
@@ -298,8 +295,8 @@ def test_brand_extractor_finds_unseen_brands_and_no_brand() -> None:
 
 def test_hierarchical_loss_smoothing_stays_finite_and_matches_plain_ce(tax: Taxonomy) -> None:
     """Label smoothing once spread onto masked children, giving a 1e8 loss that hid the real one."""
-    parents = _parents(tax)
-    targets = torch.from_numpy(tax.path_node_ids())
+    parents = level_parents(tax)
+    targets = torch.from_numpy(tax.path_node_ids().copy())
     logits = [torch.randn(len(targets), len(n)) for n in tax.nodes]
     smoothed = hierarchical_loss(logits, targets, parents, label_smoothing=0.1)
     assert 0 < float(smoothed) < 20
@@ -356,3 +353,12 @@ def test_brand_none_threshold_prefers_a_span() -> None:
     assert model.predict(["Printed Cotton Shirt"]) == [""]
     forced, _ = model.predict_with_confidence(["Printed Cotton Shirt"], none_threshold=1.01)
     assert forced != [""]
+
+
+def test_derived_tree_arrays_are_shared_and_read_only(tax: Taxonomy) -> None:
+    """Computed once per tree (predictions index them on every call); callers cannot corrupt them."""
+    assert tax.path_node_ids() is tax.path_node_ids()
+    with pytest.raises(ValueError, match="read-only"):
+        tax.path_node_ids()[0, 0] = 7
+    with pytest.raises(ValueError, match="read-only"):
+        tax.parent_ids(1)[0] = 7

@@ -72,6 +72,17 @@ class Taxonomy:
             sorted({p[: k + 1] for p in self.paths}) for k in range(depth)
         ]
         self._node_index = [{n: i for i, n in enumerate(nodes)} for nodes in self.nodes]
+        # Derived once: every prediction indexes these, and the tree never changes after construction.
+        self._path_nodes = np.array(
+            [[self._node_index[k][p[: k + 1]] for k in range(depth)] for p in self.paths], dtype=np.int64
+        ).reshape(len(self.paths), depth)
+        self._path_nodes.flags.writeable = False
+        self._parents = [np.zeros(0, dtype=np.int64)] + [
+            np.array([self._node_index[k - 1][n[:-1]] for n in self.nodes[k]], dtype=np.int64)
+            for k in range(1, depth)
+        ]
+        for parents in self._parents:
+            parents.flags.writeable = False
 
     @classmethod
     def from_paths(
@@ -118,14 +129,12 @@ class Taxonomy:
         return self._node_index[level].get(tuple(prefix[: level + 1]), -1)
 
     def path_node_ids(self) -> np.ndarray:
-        """``(n_paths, depth)`` node index of every path at every level."""
-        return np.array(
-            [[self._node_index[k][p[: k + 1]] for k in range(self.depth)] for p in self.paths], dtype=np.int64
-        ).reshape(len(self.paths), self.depth)
+        """``(n_paths, depth)`` node index of every path at every level (read-only)."""
+        return self._path_nodes
 
     def parent_ids(self, level: int) -> np.ndarray:
-        """For each node of ``level`` (>= 1), the index of its parent node one level up."""
-        return np.array([self._node_index[level - 1][n[:-1]] for n in self.nodes[level]], dtype=np.int64)
+        """For each node of ``level`` (>= 1), the index of its parent node one level up (read-only)."""
+        return self._parents[level]
 
     def snap(self, path: Sequence[str]) -> tuple[str, ...]:
         """The valid path closest to ``path``: longest valid prefix first, then the most similar labels.

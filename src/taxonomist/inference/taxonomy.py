@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from taxonomist.models.taxonomy import (
     RetrievalClassifier,
     beam_search,
     hierarchical_vote,
+    level_parents,
     path_log_probs,
     prediction_from_log_probs,
     sibling_log_softmax,
@@ -65,9 +67,9 @@ class TaxonomyPredictor:
     def methods(self) -> list[str]:
         return [m for m in METHODS if getattr(self, m) is not None]
 
-    @property
+    @cached_property
     def parent_ids(self) -> list[torch.Tensor | None]:
-        return [None] + [torch.from_numpy(self.taxonomy.parent_ids(k)) for k in range(1, self.taxonomy.depth)]
+        return level_parents(self.taxonomy)
 
     # -- prediction -----------------------------------------------------------------------------------
     def prepare(self, titles: Sequence[str]) -> list[str]:

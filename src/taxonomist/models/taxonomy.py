@@ -110,6 +110,12 @@ class HierarchicalHeads(nn.Module):
         return [head(h) for head in self.heads]
 
 
+def level_parents(taxonomy: Taxonomy) -> list[torch.Tensor | None]:
+    """Per level, each node's parent index as a tensor (None for the top level): what the parent-masked
+    loss, the sibling softmax and the beam search take."""
+    return [None] + [torch.from_numpy(taxonomy.parent_ids(k).copy()) for k in range(1, taxonomy.depth)]
+
+
 def sibling_log_softmax(logits: torch.Tensor, parent_ids: torch.Tensor | None) -> torch.Tensor:
     """log p(node | its parent): softmax over each node's siblings only (parent masking).
 
@@ -154,7 +160,7 @@ def hierarchical_loss(
 
 def path_log_probs(level_log_probs: list[torch.Tensor], taxonomy: Taxonomy) -> np.ndarray:
     """Exact log-probability of every path: the sum of its nodes' parent-conditional log-probs."""
-    nodes = torch.from_numpy(taxonomy.path_node_ids())
+    nodes = torch.from_numpy(taxonomy.path_node_ids().copy())
     return sum(lp[:, nodes[:, k]] for k, lp in enumerate(level_log_probs)).double().numpy()
 
 

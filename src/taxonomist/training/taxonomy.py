@@ -30,6 +30,7 @@ from taxonomist.models.taxonomy import (
     RetrievalClassifier,
     hierarchical_loss,
     hierarchical_vote,
+    level_parents,
     soft_vote,
 )
 from taxonomist.models.text import TextEncoder
@@ -61,10 +62,6 @@ def _targets(taxonomy: Taxonomy, data: TitleDataset) -> np.ndarray:
     return out
 
 
-def _parents(taxonomy: Taxonomy) -> list[torch.Tensor | None]:
-    return [None] + [torch.from_numpy(taxonomy.parent_ids(k)) for k in range(1, taxonomy.depth)]
-
-
 def finetune_encoder(
     encoder: TextEncoder,
     heads: HierarchicalHeads,
@@ -75,7 +72,7 @@ def finetune_encoder(
     progress: bool = True,
 ) -> list[float]:
     """Encoder and heads trained together with AdamW + one-cycle schedule; returns loss per epoch."""
-    parents = _parents(taxonomy)
+    parents = level_parents(taxonomy)
     ec, hc = cfg.encoder, cfg.heads
     opt = torch.optim.AdamW(
         [
@@ -124,7 +121,7 @@ def fit_heads(
 ) -> list[float]:
     """Heads alone on frozen embeddings: seconds on CPU, so they can train to convergence."""
     hc = cfg.heads
-    parents = _parents(taxonomy)
+    parents = level_parents(taxonomy)
     x = torch.from_numpy(embeddings) * hc.scale
     y = torch.from_numpy(targets)
     opt = torch.optim.AdamW(heads.parameters(), lr=hc.lr, weight_decay=1e-4)
