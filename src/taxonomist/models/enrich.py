@@ -55,8 +55,8 @@ class Enricher:
         self.k = k
         self.max_chars = max_chars
         self.texts = [normalize_text(t)[:max_chars] for t in corpus_texts]
-        self.cache = FeatureCache(cache_dir, f"text-{encoder.fingerprint()}")
-        corpus = cached_encode(encoder, [normalize_text(t) for t in corpus_titles], self.cache)
+        cache = FeatureCache(cache_dir, f"text-{encoder.fingerprint()}")
+        corpus = cached_encode(encoder, [normalize_text(t) for t in corpus_titles], cache)
         self.index = faiss.IndexFlatIP(corpus.shape[1])
         self.index.add(np.ascontiguousarray(corpus, dtype=np.float32))
 
@@ -85,7 +85,9 @@ class Enricher:
     def enrich(self, titles: list[str]) -> list[str]:
         if not titles:
             return []
-        queries = cached_encode(self.encoder, titles, self.cache)
+        # Queries are not cached: at prediction time every chunk would add a shard of titles that are
+        # rarely seen again; only the corpus (embedded once, reused by every run) is.
+        queries = self.encoder.encode(titles)
         _, rows = self.index.search(np.ascontiguousarray(queries), self.k)
         return [
             SEPARATOR.join([t, *(self.texts[r] for r in row if r >= 0)])
