@@ -11,31 +11,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from taxonomist.cli.options import ConfigOpt, QuietOpt, SetOpt, resolve_config
 from taxonomist.cli.review import review
 from taxonomist.cli.serve import serve
 from taxonomist.cli.taxonomy import app as taxonomy_app
-from taxonomist.config import ConfigError, RunConfig, load_config
+from taxonomist.config import RunConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 app.add_typer(taxonomy_app, name="taxonomy", help="Titles → taxonomy path + brand.")
 app.command()(serve)
 app.command()(review)
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config.")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-
-
-def _config(config: Path | None, overrides: list[str] | None, **flags: object) -> RunConfig:
-    extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
-    try:
-        return load_config(config, [*(overrides or []), *extra])
-    except ConfigError as err:
-        raise typer.BadParameter(str(err)) from err
 
 
 def score_table(report, title: str) -> Table:
@@ -98,7 +84,7 @@ def train(
 
     if recipe not in ("heads", "finetune"):
         raise typer.BadParameter(f"unknown recipe {recipe!r}; available: heads, finetune")
-    cfg = _config(
+    cfg = resolve_config(
         config,
         overrides,
         **{
@@ -230,7 +216,7 @@ def embed(config: ConfigOpt = None, overrides: SetOpt = None, quiet: QuietOpt = 
     from taxonomist.inference.embed import embed_catalog
     from taxonomist.models.build import build_backbone
 
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
     backbone = build_backbone(cfg.backbone).optimize_for_inference()
     result = embed_catalog(catalog, backbone, cfg.embed, progress=not quiet)
@@ -253,7 +239,7 @@ def inspect(
     from taxonomist.data.inspect import inspect_catalog
     from taxonomist.data.schema import Schema
 
-    cfg = _config(config, overrides)
+    cfg = resolve_config(config, overrides)
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
     schema = Schema.load(expand_path(cfg.catalog.schema)) if cfg.catalog.schema else None
     report = inspect_catalog(
@@ -290,7 +276,7 @@ def _checkpoint_config(checkpoint: Path, config: Path | None, overrides: list[st
     saved = checkpoint / "config.yaml"
     if config is None and not saved.is_file():
         raise typer.BadParameter(f"{checkpoint}: no config.yaml beside the checkpoint; pass --config")
-    return _config(config or saved, overrides)
+    return resolve_config(config or saved, overrides)
 
 
 def main() -> None:  # pragma: no cover - console entry point

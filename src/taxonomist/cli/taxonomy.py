@@ -10,29 +10,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taxonomist.config import ConfigError, TaxonomyConfig, load_config
+from taxonomist.cli.options import ConfigOpt, QuietOpt, SetOpt, resolve_config
+from taxonomist.config import TaxonomyConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML taxonomy run config.")]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 MethodOpt = Annotated[
     str | None,
-    typer.Option(help="retrieval | heads | seq2seq | ensemble (default: the run's predict.method)."),
+    typer.Option(
+        help="retrieval | heads | lexical | seq2seq | ensemble | soft | vote (default: predict.method)."
+    ),
 ]
-
-
-def _config(config: Path | None, overrides: list[str] | None, **flags: object) -> TaxonomyConfig:
-    extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
-    try:
-        return load_config(config, [*(overrides or []), *extra], cls=TaxonomyConfig)
-    except ConfigError as err:
-        raise typer.BadParameter(str(err)) from err
 
 
 def reports_table(reports: dict, titles_per_s: dict, invalid: dict, title: str) -> Table:
@@ -67,7 +56,9 @@ def train(
     """Fit retrieval, hierarchical heads (and seq2seq if configured) and score them on a validation split."""
     from taxonomist.training.taxonomy import train as train_taxonomy
 
-    cfg = _config(config, overrides, **{"data.path": data, "data.layout": layout, "data.limit": limit})
+    cfg = resolve_config(
+        config, overrides, TaxonomyConfig, **{"data.path": data, "data.layout": layout, "data.limit": limit}
+    )
     report = train_taxonomy(cfg, output, progress=not quiet)
     console.print(
         reports_table(
