@@ -10,7 +10,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -61,7 +61,6 @@ class TaxonomyPredictor:
     seq2seq: object | None = None
     enricher: object | None = None
     encoder_finetuned: bool = False
-    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def methods(self) -> list[str]:
@@ -103,10 +102,10 @@ class TaxonomyPredictor:
         if embeddings is None and {"retrieval", "heads"} & set(methods) and titles:
             embeddings = self.embed(titles)
         for method in methods:
-            start = time.perf_counter()
             if method == "retrieval" and self.retrieval is not None:
-                scores[method] = self.retrieval.path_log_probs(embeddings)
-                preds[method] = self.retrieval.predict(embeddings)
+                neighbours = self.retrieval.neighbours(embeddings)
+                scores[method] = self.retrieval.log_shares(*neighbours)
+                preds[method] = self.retrieval.vote(*neighbours)
             elif method == "heads" and self.heads is not None:
                 level_log_probs = self.heads_log_probs(embeddings)
                 scores[method] = path_log_probs(level_log_probs, self.taxonomy)
@@ -118,7 +117,6 @@ class TaxonomyPredictor:
                 preds[method], _ = self.seq2seq.predict(list(titles), num_beams=self.config.seq2seq.num_beams)
             else:
                 raise ValueError(f"method {method!r} is not in this checkpoint (has {self.methods})")
-            self.timings[method] = self.timings.get(method, 0.0) + time.perf_counter() - start
         return preds, scores
 
     def combine(

@@ -64,20 +64,26 @@ class RetrievalClassifier:
         k = min(k or self.k, self.index_.ntotal)
         return self.index_.search(np.ascontiguousarray(embeddings, dtype=np.float32), k)
 
+    def neighbours(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(weights, paths)`` of the k nearest training titles: one search feeds both outputs below."""
+        sims, rows = self.search(embeddings)
+        return np.exp((sims - sims[:, :1]) / self.temperature), self.path_ids_[rows]
+
     def path_log_probs(self, embeddings: np.ndarray) -> np.ndarray:
         """(n, n_paths) log vote shares (a small floor for paths no neighbour carries)."""
-        sims, rows = self.search(embeddings)
-        weights = np.exp((sims - sims[:, :1]) / self.temperature)
-        shares = np.zeros((len(rows), self.n_paths_))
-        np.add.at(shares, (np.arange(len(rows))[:, None], self.path_ids_[rows]), weights)
+        return self.log_shares(*self.neighbours(embeddings))
+
+    def predict(self, embeddings: np.ndarray) -> PathPrediction:
+        return self.vote(*self.neighbours(embeddings))
+
+    def log_shares(self, weights: np.ndarray, neighbour_paths: np.ndarray) -> np.ndarray:
+        shares = np.zeros((len(weights), self.n_paths_))
+        np.add.at(shares, (np.arange(len(weights))[:, None], neighbour_paths), weights)
         shares /= shares.sum(axis=1, keepdims=True)
         return np.log(shares + 1e-4)
 
-    def predict(self, embeddings: np.ndarray) -> PathPrediction:
-        sims, rows = self.search(embeddings)
-        weights = np.exp((sims - sims[:, :1]) / self.temperature)
-        neighbour_paths = self.path_ids_[rows]
-        n, depth = len(rows), self.node_ids_.shape[1]
+    def vote(self, weights: np.ndarray, neighbour_paths: np.ndarray) -> PathPrediction:
+        n, depth = len(weights), self.node_ids_.shape[1]
         best = np.empty(n, dtype=np.int64)
         conf = np.empty((n, depth))
         for i in range(n):
