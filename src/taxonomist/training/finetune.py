@@ -44,7 +44,7 @@ from taxonomist.models.checkpoint import HeadsCheckpoint
 from taxonomist.models.heads import NEG_INF, AttributeHeads, allowed_masks
 from taxonomist.progress import progress_bar
 from taxonomist.training.augment import BatchAugment
-from taxonomist.training.heads import _policy_options, logits_to_frame
+from taxonomist.training.heads import logits_to_frame, policy_options
 from taxonomist.training.losses import masked_cross_entropy, mmd_loss
 
 STATE_DIR = "state"
@@ -215,7 +215,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
     train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
     full_train = catalog.frame.iloc[train_idx].reset_index(drop=True)
     filled = apply_policy(
-        cfg.missing_labels.policy, full_train, catalog.attributes_by_category, **_policy_options(cfg)
+        cfg.missing_labels.policy, full_train, catalog.attributes_by_category, **policy_options(cfg)
     )
     val_frame = catalog.frame.iloc[val_idx].reset_index(drop=True)
     if schema is None:

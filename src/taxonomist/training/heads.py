@@ -215,7 +215,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         cfg.missing_labels.policy,
         catalog.frame.iloc[train_idx],
         catalog.attributes_by_category,
-        **_policy_options(cfg),
+        **policy_options(cfg),
     )
     if schema is None:
         schema = Schema.infer(
@@ -307,7 +307,7 @@ def summary_dict(result: TrainReport) -> dict:
     }
 
 
-def _policy_options(cfg: RunConfig) -> dict:
+def policy_options(cfg: RunConfig) -> dict:
     policy = cfg.missing_labels
     if policy.policy == "similar-mode":
         return {"max_nans": policy.max_nans}
