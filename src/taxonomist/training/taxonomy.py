@@ -269,7 +269,7 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
     seconds["brand"] = time.perf_counter() - start
     predictor.save(output_dir)
 
-    result = evaluate_predictor(predictor, val_data, progress=progress)
+    result = evaluate_predictor(predictor, val_data)
     report = TaxonomyTrainReport(
         output_dir=output_dir,
         reports=result["reports"],
@@ -288,7 +288,7 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
     return report
 
 
-def evaluate_predictor(predictor: TaxonomyPredictor, data: TitleDataset, progress: bool = False) -> dict:
+def evaluate_predictor(predictor: TaxonomyPredictor, data: TitleDataset) -> dict:
     """Score every method and both ensembles on labelled titles.
 
     Titles/s per method is end to end on this batch: normalising (and enriching), encoding when the
@@ -312,18 +312,18 @@ def evaluate_predictor(predictor: TaxonomyPredictor, data: TitleDataset, progres
         own[method] = time.perf_counter() - start
         preds.update(p)
         scores.update(s)
+    brand_seconds = []
+    outputs = {}
+    for method, pred in preds.items():
+        start = time.perf_counter()
+        outputs[method] = predictor.predict_brands(titles, pred)
+        brand_seconds.append(time.perf_counter() - start)
+    shared["brand"] = float(np.mean(brand_seconds))
 
     def cost(members: list[str], extra: float = 0.0) -> float:
         embed = shared.get("embed", 0.0) if {"retrieval", "heads"} & set(members) else 0.0
         return shared["prepare"] + shared["brand"] + embed + sum(own[m] for m in members) + extra
 
-    brand_seconds = {}
-    outputs = {}
-    for method, pred in preds.items():
-        start = time.perf_counter()
-        outputs[method] = predictor.predict_brands(titles, pred)
-        brand_seconds[method] = time.perf_counter() - start
-    shared["brand"] = float(np.mean(list(brand_seconds.values())))
     seconds = {m: cost([m]) for m in own}
     members = list(preds)
     if len(members) > 1:
