@@ -243,12 +243,14 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
     )
     val_loader = DataLoader(val_rows, batch_size=fc.batch_size, **loader_args)
     warm_score = None
-    if not model.spatial and fc.warm_start and accelerator.is_main_process:
-        warm_score = warm_start_heads(
-            model, catalog, filled.frame, val_frame, schema, categories, cfg, progress
-        )
-    elif not model.spatial:
-        _standardize(model, train_loader, batches=max(1, 512 // fc.batch_size))
+    # Heads set-up happens on the main process only; the broadcast below gives the others its result.
+    if not model.spatial and accelerator.is_main_process:
+        if fc.warm_start:
+            warm_score = warm_start_heads(
+                model, catalog, filled.frame, val_frame, schema, categories, cfg, progress
+            )
+        else:
+            _standardize(model, train_loader, batches=max(1, 512 // fc.batch_size))
     if accelerator.num_processes > 1:
         _broadcast_state(model)
     backbone_params = list(model.backbone.parameters())
