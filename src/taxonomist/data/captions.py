@@ -1,0 +1,89 @@
+"""Caption datasets as one frame shape: ``id, image_path, caption, split``, one row per (image, caption).
+
+COCO images have several captions (rows share an id); a product has one, its display name.
+:func:`references_by_id` turns either into the ``id -> [captions]`` mapping the caption metrics take.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from taxonomist.data.catalog import CATEGORY, CatalogError, expand_path, read_table
+from taxonomist.data.split import split_per_category
+
+CAPTION_COLUMNS = ("id", "image_path", "caption", "split")
+
+
+def read_coco_captions(root: str | os.PathLike) -> pd.DataFrame:
+    """coco-mini-captions: ``captions.csv`` (image, caption, split) with images under ``images/``.
+
+    The id is the image file stem; ``split`` is COCO's own (train2017 / val2017 as ``train`` / ``val``).
+    """
+    root = expand_path(root)
+    path = root / "captions.csv"
+    raw = _required(read_table(path), path, ["image", "caption", "split"])
+    return pd.DataFrame(
+        {
+            "id": raw["image"].map(lambda name: Path(name).stem),
+            "image_path": raw["image"].map(lambda name: str(root / "images" / name)),
+            "caption": raw["caption"],
+            "split": raw["split"],
+        }
+    )
+
+
+def read_product_captions(
+    root: str | os.PathLike, *, val_fraction: float = 0.1, seed: int = 0
+) -> pd.DataFrame:
+    """fashion-product-images: ``styles.csv``'s ``productDisplayName`` as the caption of ``images/{id}.jpg``.
+
+    Rows without a display name (6 in the shared copy) are left out: there is nothing to score against.
+    The folder has no split, so ``split`` comes from the seeded per-category split the training code uses
+    (:func:`~taxonomist.data.split.split_per_category`, grouped by ``masterCategory``): val keeps every
+    category's share, and the same seed gives the same val ids.
+    """
+    root = expand_path(root)
+    path = root / "styles.csv"
+    raw = _required(read_table(path), path, ["id", "masterCategory"])
+    if "productDisplayName" not in raw.columns:
+        raise CatalogError(f"{path}: no productDisplayName column (columns: {list(raw.columns)})")
+    names = raw["productDisplayName"].str.strip()
+    raw = raw.assign(productDisplayName=names)[names.notna() & (names != "")]
+    _, val = split_per_category(
+        raw.rename(columns={"masterCategory": CATEGORY}), val_fraction=val_fraction, seed=seed
+    )
+    split = np.full(len(raw), "train", dtype=object)
+    split[val] = "val"
+    return pd.DataFrame(
+        {
+            "id": raw["id"].to_numpy(),
+            "image_path": [str(root / "images" / f"{i}.jpg") for i in raw["id"]],
+            "caption": raw["productDisplayName"].to_numpy(),
+            "split": split,
+        }
+    )
+
+
+def references_by_id(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """``id -> captions`` in file order: the references argument of the caption metrics."""
+    missing = {"id", "caption"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"caption frame lacks columns {sorted(missing)}")
+    return {str(i): list(rows) for i, rows in frame.groupby("id", sort=False)["caption"]}
+
+
+def _required(raw: pd.DataFrame, path: Path, columns: list[str]) -> pd.DataFrame:
+    """``raw`` after checking the columns exist and have no empty fields (named by line and column)."""
+    absent = [c for c in columns if c not in raw.columns]
+    if absent:
+        raise CatalogError(f"{path}: missing columns {absent} (columns: {list(raw.columns)})")
+    for column in columns:
+        empty = raw.index[raw[column].isna()]
+        if len(empty):
+            lines = (empty[:5] + 2).tolist()  # +2: header line and 1-based numbering
+            raise CatalogError(f"{path}: {len(empty)} empty {column!r} fields, e.g. lines {lines}")
+    return raw

@@ -1,0 +1,152 @@
+"""Schema-constrained decoding: a VLM can only write a JSON object valid for the row's category.
+
+Per category, the schema becomes a JSON Schema (keys = the category's attributes in schema order, each an
+``enum`` of its allowed values, no other keys) that xgrammar compiles against the tokenizer once; at every
+step the logits of tokens that would leave the grammar are set to -inf. Because the masked distribution is
+what is sampled from, the probability of each value's tokens under it is the model's confidence in that
+value among the allowed ones. An optional free-text prefix (one line of reasoning) serves
+self-consistency sampling: the answer after it still always parses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from taxonomist.data.chat import JSON_SEPARATORS
+from taxonomist.data.schema import Schema
+
+REASONING_MAX_CHARS = 300
+
+
+class AnswerError(ValueError):
+    """Generated text that is not a valid answer for the category (unconstrained decoding only)."""
+
+
+def category_json_schema(schema: Schema, category: str) -> dict[str, Any]:
+    attributes = schema.attributes_of(category)
+    return {
+        "type": "object",
+        "properties": {a: {"enum": list(schema.allowed(category, a))} for a in attributes},
+        "required": attributes,
+        "additionalProperties": False,
+    }
+
+
+def _xgrammar() -> Any:
+    try:
+        import xgrammar
+    except ImportError as err:  # pragma: no cover - depends on the install
+        raise ImportError(
+            "constrained decoding needs xgrammar: pip install 'taxonomist[vlm]' "
+            "(or set generate.constrained=false)"
+        ) from err
+    return xgrammar
+
+
+class SchemaGrammars:
+    """Grammars compiled once per (category, reasoning) for one tokenizer, reused across batches."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, schema: Schema) -> None:
+        xgr = _xgrammar()
+        self.schema = schema
+        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        self._compiler = xgr.GrammarCompiler(info)
+        self._compiled: dict[tuple[str, bool], Any] = {}
+
+    def compiled(self, category: str, *, reasoning: bool = False) -> Any:
+        key = (category, reasoning)
+        if key not in self._compiled:
+            xgr = _xgrammar()
+            # any_whitespace=False: the answer layout is fixed (JSON_SEPARATORS, as in training data); with
+            # free whitespace greedy decoding can loop on spaces forever.
+            answer = xgr.Grammar.from_json_schema(
+                json.dumps(category_json_schema(self.schema, category)),
+                any_whitespace=False,
+                separators=JSON_SEPARATORS,
+                strict_mode=True,
+            )
+            if reasoning:
+                line = xgr.Grammar.from_ebnf(f'root ::= [^\\n{{}}]{{1,{REASONING_MAX_CHARS}}} "\\n"')
+                answer = xgr.Grammar.concat(line, answer)
+            self._compiled[key] = self._compiler.compile_grammar(answer)
+        return self._compiled[key]
+
+    def logits_processor(self, categories: Sequence[str], *, reasoning: bool = False) -> Any:
+        """A fresh processor for one ``generate`` call; row i follows ``categories[i]``'s grammar."""
+        xgr = _xgrammar()
+        return xgr.contrib.hf.LogitsProcessor([self.compiled(c, reasoning=reasoning) for c in categories])
+
+
+def answer_text(text: str) -> str:
+    """The JSON part of a generation (after an optional reasoning line); always a suffix of ``text``."""
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        return stripped
+    start = text.rfind("\n{")
+    return text[start + 1 :] if start >= 0 else text
+
+
+def parse_answer(text: str, schema: Schema, category: str) -> dict[str, str]:
+    """The attribute values of ``text``; :class:`AnswerError` on anything invalid for the category."""
+    try:
+        values = json.loads(answer_text(text).strip())
+    except json.JSONDecodeError as err:
+        raise AnswerError(f"not JSON ({err.msg}): {text[:80]!r}") from err
+    if not isinstance(values, dict):
+        raise AnswerError(f"not a JSON object: {text[:80]!r}")
+    out = {}
+    for attribute, value in values.items():
+        if not isinstance(value, str) or not schema.is_valid(category, attribute, value):
+            raise AnswerError(f"{attribute}={value!r} is not valid for category {category!r}")
+        out[attribute] = value
+    missing = [a for a in schema.attributes_of(category) if a not in out]
+    if missing:
+        raise AnswerError(f"missing attributes {missing} for category {category!r}")
+    return out
+
+
+def value_spans(text: str, values: Mapping[str, str]) -> dict[str, tuple[int, int]]:
+    """Character span of each value inside the JSON answer of ``text`` (written with JSON_SEPARATORS)."""
+    offset = len(text) - len(answer_text(text))
+    spans, pos = {}, offset
+    for attribute, value in values.items():
+        key = json.dumps(attribute, ensure_ascii=False) + JSON_SEPARATORS[1] + '"'
+        pos = text.find(key, pos)
+        if pos < 0:
+            continue
+        start = pos + len(key)
+        end = start + len(json.dumps(value, ensure_ascii=False)) - 2
+        spans[attribute] = (start, end)
+        pos = end
+    return spans
+
+
+def token_char_ends(tokenizer: Any, token_ids: Sequence[int]) -> list[int]:
+    """End offset in the decoded text of each token (byte-level BPE tokens may split characters)."""
+    ends, previous = [], 0
+    for i in range(len(token_ids)):
+        previous = max(previous, len(tokenizer.decode(token_ids[: i + 1], skip_special_tokens=True)))
+        ends.append(previous)
+    return ends
+
+
+def value_confidences(
+    text: str,
+    values: Mapping[str, str],
+    token_ids: Sequence[int],
+    token_logprobs: torch.Tensor,
+    tokenizer: Any,
+) -> dict[str, float]:
+    """exp(sum of log-probs of the tokens that write each value): its probability under the (masked)
+    distribution the tokens were drawn from, given the text before it."""
+    ends = token_char_ends(tokenizer, token_ids)
+    starts = [0, *ends[:-1]]
+    out = {}
+    for attribute, (lo, hi) in value_spans(text, values).items():
+        picked = [t for t, (s, e) in enumerate(zip(starts, ends, strict=True)) if s < hi and e > lo]
+        out[attribute] = float(torch.exp(token_logprobs[picked].sum())) if picked else 0.0
+    return out

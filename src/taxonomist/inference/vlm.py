@@ -1,0 +1,359 @@
+"""VLM prediction: attributes (schema-constrained JSON with per-attribute confidences) or captions.
+
+Batches are padding-aware (rows sorted by image tokens, so a batch holds similar lengths), images are
+capped by the processor's pixel limits, one unreadable image becomes an error record instead of ending
+the batch, and file jobs write atomic, resumable chunks like the core predictor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from PIL import Image
+
+from taxonomist.config import GenerateConfig, PromptConfig, VLMModelConfig
+from taxonomist.data.chat import ChatExample, attribute_prompt, image_token_count
+from taxonomist.data.images import ImageError, ImageLoadError, load_image, write_errors
+from taxonomist.data.schema import Schema
+from taxonomist.inference.constrained import AnswerError, SchemaGrammars, parse_answer, value_confidences
+from taxonomist.inference.predictor import (
+    AttributeValue,
+    Prediction,
+    PredictSummary,
+    long_frame,
+    meesho_frame,
+)
+from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
+from taxonomist.models.vlm import VLM, load_vlm, read_metadata
+from taxonomist.progress import progress_bar
+
+ImageInput = Image.Image | str | os.PathLike
+
+
+@dataclass
+class Generation:
+    """One generated answer: raw text, parsed values with confidences (attributes task), or an error."""
+
+    text: str
+    values: dict[str, str] = field(default_factory=dict)
+    confidences: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    n_tokens: int = 0
+
+
+@dataclass
+class VLMResult:
+    id: str
+    category: str | None
+    generations: list[Generation] = field(default_factory=list)
+    error: ImageError | None = None
+
+    @property
+    def best(self) -> Generation | None:
+        return self.generations[0] if self.generations else None
+
+
+class VLMPredictor:
+    def __init__(
+        self,
+        vlm: VLM,
+        *,
+        task: str,
+        prompt: PromptConfig,
+        generate: GenerateConfig,
+        schema: Schema | None = None,
+    ) -> None:
+        if task == "attributes" and schema is None:
+            raise ValueError("the attributes task needs a schema (category → attribute → allowed values)")
+        self.vlm = vlm
+        self.task = task
+        self.prompt = prompt
+        self.generate_cfg = generate
+        self.schema = schema
+        self._grammars: SchemaGrammars | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        generate: GenerateConfig | None = None,
+        device: torch.device | str | None = None,
+    ) -> VLMPredictor:
+        """A folder saved by ``taxonomist vlm train`` (merged model, or adapter + base) or any hub model
+        folder with a ``taxonomist_vlm.json`` beside it."""
+        path = Path(path)
+        meta = read_metadata(path)
+        model_cfg = VLMModelConfig(**meta.get("model", {}))
+        if (path / "adapter_config.json").is_file():
+            vlm = load_vlm(model_cfg, device=device, adapter=path)
+        else:
+            model_cfg.name = str(path)
+            vlm = load_vlm(model_cfg, device=device)
+        schema = Schema.from_dict(meta["schema"]) if meta.get("schema") else None
+        return cls(
+            vlm,
+            task=meta.get("task", "attributes"),
+            prompt=PromptConfig(**meta.get("prompt", {})),
+            generate=generate or GenerateConfig(),
+            schema=schema,
+        )
+
+    @property
+    def grammars(self) -> SchemaGrammars:
+        if self._grammars is None:
+            assert self.schema is not None
+            vocab = self.vlm.model.get_output_embeddings().weight.shape[0]
+            self._grammars = SchemaGrammars(self.vlm.tokenizer, vocab, self.schema)
+        return self._grammars
+
+    def example(self, category: str | None, *, reasoning: bool = False) -> ChatExample:
+        if self.task == "caption":
+            text = self.prompt.caption
+        else:
+            assert self.schema is not None and category is not None
+            text = attribute_prompt(self.prompt, category, self.schema.attributes_of(category))
+            if reasoning:
+                text = f"{text} {self.prompt.reasoning}"
+        return ChatExample(
+            id="", image="", prompt=text, answer="", system=self.prompt.system, category=category
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        images: Sequence[Image.Image],
+        categories: Sequence[str | None],
+        *,
+        num_samples: int = 1,
+        reasoning: bool = False,
+        temperature: float | None = None,
+        top_p: float | None = None,
+    ) -> list[list[Generation]]:
+        """One forward batch: ``num_samples`` generations per image (sampling when temperature > 0)."""
+        if self.task == "attributes":
+            unknown = sorted({str(c) for c in categories if c not in self.schema.categories})  # type: ignore[union-attr]
+            if unknown:
+                raise ValueError(f"categories not in the model's schema: {unknown}")
+        cfg = self.generate_cfg
+        temperature = cfg.temperature if temperature is None else temperature
+        top_p = cfg.top_p if top_p is None else top_p
+        processor, model = self.vlm.processor, self.vlm.model
+        texts = [
+            processor.apply_chat_template(
+                self.example(c, reasoning=reasoning).messages(with_answer=False),
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for c in categories
+        ]
+        processor.tokenizer.padding_side = "left"
+        inputs = processor(text=texts, images=list(images), padding=True, return_tensors="pt").to(
+            self.vlm.device
+        )
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": cfg.max_new_tokens,
+            "num_return_sequences": num_samples,
+            "output_scores": True,
+            "return_dict_in_generate": True,
+            "do_sample": temperature > 0,
+        }
+        if temperature > 0:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+        constrained = self.task == "attributes" and cfg.constrained
+        if constrained:
+            rows = [c for c in categories for _ in range(num_samples)]
+            kwargs["logits_processor"] = [self.grammars.logits_processor(rows, reasoning=reasoning)]  # type: ignore[arg-type]
+        out = model.generate(**inputs, **kwargs)
+        tokens = out.sequences[:, inputs["input_ids"].shape[1] :]
+        logprobs = torch.stack(
+            [
+                torch.log_softmax(step.float(), dim=-1).gather(1, tokens[:, t : t + 1]).squeeze(1)
+                for t, step in enumerate(out.scores)
+            ],
+            dim=1,
+        ).cpu()
+        tokens = tokens.cpu()
+        results: list[list[Generation]] = []
+        for i, category in enumerate(categories):
+            row = []
+            for j in range(num_samples):
+                k = i * num_samples + j
+                row.append(self._decode(tokens[k], logprobs[k], category))
+            results.append(row)
+        return results
+
+    def _decode(self, token_ids: torch.Tensor, logprobs: torch.Tensor, category: str | None) -> Generation:
+        tokenizer = self.vlm.tokenizer
+        ids = token_ids.tolist()
+        stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+        n = next((t for t, token in enumerate(ids) if token in stop), len(ids))
+        ids, logprobs = ids[:n], logprobs[:n]
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if self.task == "caption":
+            return Generation(text.strip(), n_tokens=n)
+        assert self.schema is not None and category is not None
+        try:
+            values = parse_answer(text, self.schema, category)
+        except AnswerError as err:
+            return Generation(text, error=f"invalid_output: {err}", n_tokens=n)
+        confidences = value_confidences(text, values, ids, logprobs, tokenizer)
+        return Generation(text, values, confidences, n_tokens=n)
+
+    def _load(self, item: ImageInput) -> Image.Image:
+        if isinstance(item, Image.Image):
+            return item.convert("RGB")
+        return load_image(item)
+
+    def order_by_length(self, images: Sequence[Image.Image]) -> list[int]:
+        """Row order that groups similar image-token counts, so batches carry little padding."""
+        processor = self.vlm.processor
+        if not hasattr(processor.image_processor, "merge_size"):
+            return sorted(range(len(images)), key=lambda i: images[i].width * images[i].height)
+        counts = [image_token_count(processor, im.width, im.height) for im in images]
+        return sorted(range(len(images)), key=counts.__getitem__)
+
+    def predict(
+        self,
+        images: Sequence[ImageInput],
+        categories: Sequence[str | None] | None = None,
+        ids: Sequence[str] | None = None,
+        *,
+        batch_size: int | None = None,
+        num_samples: int = 1,
+        reasoning: bool = False,
+        temperature: float | None = None,
+    ) -> list[VLMResult]:
+        """Results in input order; unreadable images come back with ``error`` set and no generation."""
+        ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(images))]
+        categories = list(categories) if categories is not None else [None] * len(images)
+        if not len(ids) == len(categories) == len(images):
+            raise ValueError(f"{len(images)} images, {len(categories)} categories and {len(ids)} ids differ")
+        results = [VLMResult(i, c) for i, c in zip(ids, categories, strict=True)]
+        loaded: dict[int, Image.Image] = {}
+        for k, item in enumerate(images):
+            try:
+                loaded[k] = self._load(item)
+            except ImageLoadError as err:
+                results[k].error = ImageError.from_load_error(ids[k], err)
+        good = list(loaded)
+        order = [good[i] for i in self.order_by_length([loaded[k] for k in good])]
+        batch_size = batch_size or self.generate_cfg.batch_size
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            generations = self.generate(
+                [loaded[k] for k in batch],
+                [categories[k] for k in batch],
+                num_samples=num_samples,
+                reasoning=reasoning,
+                temperature=temperature,
+            )
+            for k, gens in zip(batch, generations, strict=True):
+                results[k].generations = gens
+        return results
+
+    def predict_file(
+        self,
+        ids: Sequence[str],
+        image_paths: Sequence[str | os.PathLike],
+        categories: Sequence[str | None],
+        out_dir: str | os.PathLike,
+        *,
+        source: str = "",
+        progress: bool = True,
+    ) -> PredictSummary:
+        """Batch job over many images: chunked atomic parts, resumable after a crash, errors kept."""
+        start = time.perf_counter()
+        out_dir = Path(out_dir)
+        cfg = self.generate_cfg
+        settings = {
+            "task": self.task,
+            "constrained": cfg.constrained,
+            "max_new_tokens": cfg.max_new_tokens,
+            "temperature": cfg.temperature,
+            "source": source,
+        }
+        ids = [str(i) for i in ids]
+        writer = ChunkedWriter(out_dir, ids, cfg.chunk_size, settings)
+        todo = writer.pending()
+        resumed = writer.n_chunks - len(todo)
+        with progress_bar("chunk", disable=not progress) as bar:
+            task = bar.add_task(f"vlm {self.task}", total=writer.n_chunks, completed=resumed)
+            for k in todo:
+                rows = list(writer.chunk_rows(k))
+                results = self.predict(
+                    [image_paths[r] for r in rows], [categories[r] for r in rows], [ids[r] for r in rows]
+                )
+                writer.write(k, self.result_frames(results))
+                bar.advance(task)
+        errors = writer.read("errors")
+        if self.task == "caption":
+            captions = writer.read("captions")
+            atomic_write_frame(captions, out_dir / "captions.csv")
+            predicted = len(captions)
+        else:
+            meesho = writer.read("meesho")
+            atomic_write_frame(meesho, out_dir / "predictions.csv")
+            atomic_write_frame(writer.read("long"), out_dir / "predictions_long.csv")
+            predicted = len(meesho)
+        write_errors(
+            [ImageError(**r) for r in errors.to_dict("records")] if len(errors) else [],
+            out_dir / "errors.csv",
+        )
+        seconds = time.perf_counter() - start
+        done_rows = sum(len(writer.chunk_rows(k)) for k in todo)
+        summary = PredictSummary(
+            str(out_dir),
+            len(ids),
+            predicted,
+            len(errors),
+            resumed,
+            seconds,
+            done_rows / seconds if seconds > 0 else 0.0,
+        )
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_dict(), indent=1))
+        return summary
+
+    def result_frames(self, results: Sequence[VLMResult]) -> dict[str, pd.DataFrame]:
+        """One chunk's output frames; a generation that failed to parse is an error row too."""
+        errors = [r.error.__dict__ for r in results if r.error is not None]
+        errors += [
+            {"id": r.id, "path": "", "reason": "invalid_output", "detail": r.best.error}
+            for r in results
+            if r.best is not None and r.best.error
+        ]
+        frames = {"errors": pd.DataFrame(errors, columns=["id", "path", "reason", "detail"])}
+        ok = [r for r in results if r.best is not None and not r.best.error]
+        if self.task == "caption":
+            frames["captions"] = pd.DataFrame(
+                [(r.id, r.best.text) for r in ok if r.best is not None], columns=["id", "caption"]
+            )
+            return frames
+        preds = to_predictions(ok)
+        frames["meesho"] = meesho_frame(preds, self.schema)
+        frames["long"] = long_frame(preds)
+        return frames
+
+
+def to_predictions(results: Sequence[VLMResult]) -> list[Prediction]:
+    """The core's Prediction objects, so the core's writers and metric apply unchanged."""
+    preds = []
+    for r in results:
+        best = r.best
+        assert best is not None and r.category is not None
+        preds.append(
+            Prediction(
+                r.id,
+                r.category,
+                {a: AttributeValue(v, best.confidences.get(a, 0.0)) for a, v in best.values.items()},
+            )
+        )
+    return preds
