@@ -149,6 +149,34 @@ class FinetuneConfig:
 
 
 @dataclass
+class SelfTrainingConfig:
+    """Recipe ``self-train``: heads retrained for a few rounds on labels ∪ pseudo-labels of unlabeled rows.
+
+    A pseudo-label (row, attribute) is kept only where every view of the image (original, mirrored)
+    gives the same value and the calibrated probability of that value reaches ``threshold``.
+    """
+
+    labeled_fraction: float = 0.05
+    """Share of the training split (per category, seeded) whose labels are kept; the rest of the split
+    joins the unlabeled pool with its labels hidden (they only score pseudo-label precision). 1.0 = every
+    label is used and the pool is only the rows that carry no label at all."""
+    dev_fraction: float = 0.25
+    """Share of the labeled rows held out to pick epochs, fit temperatures and the best round: the
+    validation split is only ever reported on."""
+    rounds: int = 3
+    """Self-training rounds after round 0 (supervised on the labeled rows alone)."""
+    threshold: float = 0.9
+    """Minimum calibrated probability (mean over views) for a pseudo-label."""
+    require_agreement: bool = True
+    """Keep a pseudo-label only where the argmax is the same in every view."""
+    views: list[Literal["hflip"]] = field(default_factory=lambda: ["hflip"])
+    """Augmented views predicted besides the original image."""
+    warm_start: bool = False
+    """Start each round's heads from the previous round's weights instead of a fresh (seeded) init."""
+    seed: int = 0
+
+
+@dataclass
 class PredictConfig:
     min_confidence: float = 0.0
     placeholder: str = ""
@@ -166,6 +194,7 @@ class RunConfig:
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -301,6 +330,136 @@ class TaxonomyConfig:
 
     to_dict = RunConfig.to_dict
     save = RunConfig.save
+
+
+# --- vision-language models ----------------------------------------------------------------------------
+
+CAPTION_PROMPT = (
+    "Generate a single-sentence, objective, and descriptive caption for the given image. Strive to be as "
+    "comprehensive and detailed as possible, keeping it between 15 to 25 words. Your caption should focus "
+    "on multiple significant visible elements: identify primary subjects (e.g., people, animals) and their "
+    "actions or notable characteristics; describe key objects and their attributes; include specific brand "
+    "names or clearly legible text from signs/labels; and mention the immediate setting or context if "
+    "prominent. The caption must be in the present tense, maintain a neutral, factual tone (like a museum "
+    "or news catalog entry), and avoid subjective opinions."
+)
+"""Seed 004's training prompt (OBSS captioning challenge)."""
+
+
+@dataclass
+class VLMModelConfig:
+    name: str = "Qwen/Qwen2-VL-2B-Instruct"
+    """Hub id or local folder of any ``AutoModelForImageTextToText`` + ``AutoProcessor``; documented
+    defaults: Qwen/Qwen2-VL-2B-Instruct, Qwen/Qwen2.5-VL-3B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct."""
+    min_pixels: int = 4 * 28 * 28
+    max_pixels: int = 256 * 28 * 28
+    """Image size cap: Qwen2-VL spends one token per 28×28 pixels, so this bounds image tokens (256)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: bfloat16 on a GPU that supports it, float16 on an older GPU, float32 on CPU."""
+    quantization: Literal["none", "4bit"] = "none"
+    """4bit: NF4 with double quantization and bf16 compute (bitsandbytes, CUDA only): seed 004's QLoRA."""
+    attn_implementation: str | None = None
+    """e.g. sdpa or flash_attention_2; None = the transformers default."""
+
+
+@dataclass
+class PromptConfig:
+    system: str = "You are a catalog assistant. You read product images and answer with compact JSON."
+    attributes: str = (
+        "Product category: {category}. Give this product's {attributes} as a JSON object with exactly "
+        "those keys."
+    )
+    """User turn of the attribute task; ``{category}`` and ``{attributes}`` (comma-joined) are filled in."""
+    caption: str = CAPTION_PROMPT
+    reasoning: str = (
+        "First describe in one short sentence what you see that decides each attribute, then give the JSON."
+    )
+    """Appended to the attribute prompt when sampling reasoning chains (self-consistency)."""
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    """all-linear = every linear layer of the language model (LLaMA-Factory's ``lora_target: all``)."""
+    loraplus_lr_ratio: float | None = 16.0
+    """LoRA+ (Hayou et al. 2024): B matrices learn this many times faster than A (seed 000); None = off."""
+    train_vision: bool = False
+    """Also adapt the vision tower's linear layers (LLaMA-Factory freezes it by default)."""
+
+
+@dataclass
+class VLMTrainConfig:
+    epochs: float = 3.0
+    max_steps: int = -1
+    """> 0 overrides epochs (smoke runs)."""
+    lr: float = 1e-4
+    batch_size: int = 2
+    grad_accumulation: int = 4
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """auto: bf16 where the GPU supports it, else fp16 on GPU, nothing on CPU."""
+    optim: str = "adamw_torch"
+    """Any transformers optimizer name; seed 004's QLoRA uses paged_adamw_8bit."""
+    gradient_checkpointing: bool = False
+    save_steps: int = 200
+    save_total_limit: int = 2
+    logging_steps: int = 10
+    val_fraction: float = 0.1
+    seed: int = 0
+    limit: int | None = None
+    """Use only the first N training examples (after the split)."""
+    max_length: int = 2048
+    """Sequence length cap (LLaMA-Factory's cutoff_len); examples that would be cut are an error."""
+    merge: bool = True
+    """Also save the base model with the adapter merged in (``merged/``), the form predict loads fastest."""
+
+
+@dataclass
+class GenerateConfig:
+    batch_size: int = 8
+    max_new_tokens: int = 128
+    constrained: bool = True
+    """Attribute task: decode only JSON objects whose keys and values are valid for the category."""
+    temperature: float = 0.0
+    """0 = greedy."""
+    top_p: float = 1.0
+    chunk_size: int = 256
+    """Rows per output part file (atomic, resumable)."""
+
+
+@dataclass
+class CaptionDataConfig:
+    dataset: Literal["coco", "products"] = "coco"
+    """coco: coco-mini-captions (5 references per image); products: fashion-product-images titles."""
+    path: str = "{data_dir}/coco-mini-captions"
+    limit: int | None = None
+
+
+@dataclass
+class VLMConfig:
+    """Vision-language model runs: attribute extraction or captioning, SFT with LoRA/QLoRA, predict."""
+
+    task: Literal["attributes", "caption"] = "attributes"
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    missing_labels: MissingLabelConfig = field(default_factory=MissingLabelConfig)
+    captions: CaptionDataConfig = field(default_factory=CaptionDataConfig)
+    model: VLMModelConfig = field(default_factory=VLMModelConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: VLMTrainConfig = field(default_factory=VLMTrainConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False, allow_unicode=True), "utf-8")
+        tmp.replace(path)
 
 
 def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
