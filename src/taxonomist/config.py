@@ -424,8 +424,12 @@ class VLMTrainConfig:
 class GenerateConfig:
     batch_size: int = 8
     max_new_tokens: int = 128
+    """Captions and unconstrained answers; constrained answers get exactly the tokens their longest valid
+    answer can take, so they are never cut."""
     constrained: bool = True
     """Attribute task: decode only JSON objects whose keys and values are valid for the category."""
+    reasoning_max_chars: int = 200
+    """Self-consistency chains: most characters in the reasoning line (printable ASCII) before the answer."""
     temperature: float = 0.0
     """0 = greedy."""
     top_p: float = 1.0

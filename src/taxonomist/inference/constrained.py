@@ -19,8 +19,6 @@ import torch
 from taxonomist.data.chat import JSON_SEPARATORS
 from taxonomist.data.schema import Schema
 
-REASONING_MAX_CHARS = 300
-
 
 class AnswerError(ValueError):
     """Generated text that is not a valid answer for the category (unconstrained decoding only)."""
@@ -50,9 +48,12 @@ def _xgrammar() -> Any:
 class SchemaGrammars:
     """Grammars compiled once per (category, reasoning) for one tokenizer, reused across batches."""
 
-    def __init__(self, tokenizer: Any, vocab_size: int, schema: Schema) -> None:
+    def __init__(
+        self, tokenizer: Any, vocab_size: int, schema: Schema, reasoning_max_chars: int = 200
+    ) -> None:
         xgr = _xgrammar()
         self.schema = schema
+        self.reasoning_max_chars = reasoning_max_chars
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
         self._compiler = xgr.GrammarCompiler(info)
         self._compiled: dict[tuple[str, bool], Any] = {}
@@ -70,10 +71,24 @@ class SchemaGrammars:
                 strict_mode=True,
             )
             if reasoning:
-                line = xgr.Grammar.from_ebnf(f'root ::= [^\\n{{}}]{{1,{REASONING_MAX_CHARS}}} "\\n"')
+                # Printable ASCII without braces: one token per character at most, so the token budget
+                # below is a true bound, and the answer's opening brace cannot appear early.
+                line = xgr.Grammar.from_ebnf(f'root ::= [ -z|~]{{1,{self.reasoning_max_chars}}} "\\n"')
                 answer = xgr.Grammar.concat(line, answer)
             self._compiled[key] = self._compiler.compile_grammar(answer)
         return self._compiled[key]
+
+    def max_new_tokens(self, category: str, *, reasoning: bool = False) -> int:
+        """Tokens the longest valid output can take (a byte-level token holds at least one byte), + end."""
+        longest = {
+            a: max(
+                self.schema.allowed(category, a),
+                key=lambda v: len(json.dumps(v, ensure_ascii=False).encode()),
+            )
+            for a in self.schema.attributes_of(category)
+        }
+        answer = len(json.dumps(longest, ensure_ascii=False, separators=JSON_SEPARATORS).encode())
+        return answer + 1 + (self.reasoning_max_chars + 1 if reasoning else 0)
 
     def logits_processor(self, categories: Sequence[str], *, reasoning: bool = False) -> Any:
         """A fresh processor for one ``generate`` call; row i follows ``categories[i]``'s grammar."""

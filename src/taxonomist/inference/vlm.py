@@ -112,7 +112,9 @@ class VLMPredictor:
         if self._grammars is None:
             assert self.schema is not None
             vocab = self.vlm.model.get_output_embeddings().weight.shape[0]
-            self._grammars = SchemaGrammars(self.vlm.tokenizer, vocab, self.schema)
+            self._grammars = SchemaGrammars(
+                self.vlm.tokenizer, vocab, self.schema, self.generate_cfg.reasoning_max_chars
+            )
         return self._grammars
 
     def example(self, category: str | None, *, reasoning: bool = False) -> ChatExample:
@@ -172,6 +174,7 @@ class VLMPredictor:
         if constrained:
             rows = [c for c in categories for _ in range(num_samples)]
             kwargs["logits_processor"] = [self.grammars.logits_processor(rows, reasoning=reasoning)]  # type: ignore[arg-type]
+            kwargs["max_new_tokens"] = max(self.grammars.max_new_tokens(c, reasoning=reasoning) for c in rows)  # type: ignore[arg-type]
         out = model.generate(**inputs, **kwargs)
         tokens = out.sequences[:, inputs["input_ids"].shape[1] :]
         logprobs = torch.stack(

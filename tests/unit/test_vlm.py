@@ -1,0 +1,225 @@
+"""VLM family on a tiny random Qwen2-VL saved to disk and loaded back through the user path."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("transformers")
+pytest.importorskip("xgrammar")
+
+from taxonomist.config import GenerateConfig, PromptConfig, VLMModelConfig
+from taxonomist.data.chat import (
+    ChatExample,
+    TokenBudgetError,
+    answer_json,
+    attribute_examples,
+    check_token_budget,
+    count_tokens,
+    export_llamafactory,
+    validate_llamafactory,
+)
+from taxonomist.data.schema import Schema
+from taxonomist.inference.constrained import (
+    AnswerError,
+    parse_answer,
+    value_confidences,
+    value_spans,
+)
+from taxonomist.inference.vlm import VLMPredictor
+from taxonomist.models.vlm import load_vlm, random_vlm, write_metadata
+
+SCHEMA = Schema(
+    {
+        "Tops": {"colour": ["red", "blue", "navy blue"], "neck": ["round", "v-neck", 'say "hi"']},
+        "Shoes": {"colour": ["red", "black"]},
+    }
+)
+MAX_PIXELS = 28 * 28 * 16
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("vlm") / "model"
+    random_vlm(path, [json.dumps(SCHEMA.to_dict()), PromptConfig().attributes])
+    write_metadata(
+        path, {"task": "attributes", "schema": SCHEMA.to_dict(), "model": {"max_pixels": MAX_PIXELS}}
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("images")
+    paths = []
+    for k, (colour, size) in enumerate([("red", (300, 200)), ("blue", (90, 600)), ("black", (64, 64))]):
+        path = root / f"{k}.jpg"
+        Image.new("RGB", size, colour).save(path)
+        paths.append(path)
+    bad = root / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    return [*paths, bad]
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir) -> VLMPredictor:
+    return VLMPredictor.from_pretrained(model_dir, generate=GenerateConfig(batch_size=2, max_new_tokens=48))
+
+
+def test_pixel_caps_bound_image_tokens(model_dir, images):
+    vlm = load_vlm(VLMModelConfig(name=str(model_dir), max_pixels=MAX_PIXELS))
+    big = Image.new("RGB", (2000, 1500), "red")
+    inputs = vlm.processor(
+        text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[big], return_tensors="pt"
+    )
+    image_tokens = int((inputs["input_ids"] == vlm.model.config.image_token_id).sum())
+    assert 0 < image_tokens <= MAX_PIXELS // (28 * 28)
+
+
+def test_attribute_examples_omit_missing_labels_in_question_and_answer(images):
+    frame = pd.DataFrame(
+        {"id": ["a", "b", "c"], "category": ["Tops", "Tops", "Shoes"], "colour": ["red", None, None]}
+    )
+    frame["neck"] = ["round", "v-neck", None]
+    examples, skipped = attribute_examples(frame, SCHEMA, images[:3], PromptConfig())
+    assert skipped == 1  # row c has no label at all
+    assert [e.answer for e in examples] == ['{"colour": "red", "neck": "round"}', '{"neck": "v-neck"}']
+    assert "colour" not in examples[1].prompt and "neck" in examples[1].prompt
+
+
+def test_llamafactory_export_validates_and_validator_catches_errors(tmp_path, images):
+    examples = [ChatExample("1", str(images[0]), "colour?", answer_json({"colour": "red"}), "sys", "Tops")]
+    export_llamafactory(examples, tmp_path, name="attrs")
+    export_llamafactory(examples, tmp_path, name="attrs_alpaca", formatting="alpaca")
+    assert validate_llamafactory(tmp_path) == {"attrs": 1, "attrs_alpaca": 1}
+    info = json.loads((tmp_path / "dataset_info.json").read_text())
+    assert info["attrs"]["formatting"] == "sharegpt" and info["attrs"]["columns"]["images"] == "images"
+    record = json.loads((tmp_path / "attrs.json").read_text())[0]
+    assert record["messages"][0] == {"role": "user", "content": "<image>colour?"}
+    record["messages"][0]["content"] = "colour?"  # image tag dropped: LLaMA-Factory would reject it
+    (tmp_path / "attrs.json").write_text(json.dumps([record]))
+    with pytest.raises(ValueError, match="0 <image> tags but 1 images"):
+        validate_llamafactory(tmp_path)
+
+
+def test_token_budget_counts_exactly_and_names_the_example(model_dir, images):
+    vlm = load_vlm(VLMModelConfig(name=str(model_dir), max_pixels=MAX_PIXELS))
+    example = ChatExample("item-7", str(images[0]), "colour?", '{"colour": "red"}', "sys", "Tops")
+    count = count_tokens(example, vlm.processor)
+    text = vlm.processor.apply_chat_template(example.messages(), tokenize=False)
+    real = vlm.processor(text=[text], images=[Image.open(images[0])], return_tensors="pt")["input_ids"]
+    assert count.total_tokens == real.shape[1]
+    assert check_token_budget([example], vlm.processor, count.total_tokens, max_pixels=MAX_PIXELS)
+    with pytest.raises(TokenBudgetError, match=r"item-7.*train\.max_length"):
+        check_token_budget([example], vlm.processor, count.total_tokens - 1, max_pixels=MAX_PIXELS)
+
+
+def test_parse_answer_rejects_invalid_and_incomplete_outputs():
+    assert parse_answer('thinking\n{"colour": "red"}', SCHEMA, "Shoes") == {"colour": "red"}
+    for bad in ['{"colour": "blue"}', '{"colour": "red", "size": "9"}', "{}", "red", '["red"]']:
+        with pytest.raises(AnswerError):
+            parse_answer(bad, SCHEMA, "Shoes")
+
+
+def test_value_confidence_is_the_product_of_the_value_tokens_probabilities(model_dir):
+    tokenizer = load_vlm(VLMModelConfig(name=str(model_dir))).tokenizer
+    text = '{"colour": "navy blue", "neck": "round"}'
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    logprobs = torch.log(torch.linspace(0.3, 0.9, len(ids)))
+    spans = value_spans(text, {"colour": "navy blue", "neck": "round"})
+    assert text[slice(*spans["colour"])] == "navy blue" and text[slice(*spans["neck"])] == "round"
+    conf = value_confidences(text, {"colour": "navy blue", "neck": "round"}, ids, logprobs, tokenizer)
+    # Recompute from character offsets: tokens overlapping the value's span.
+    ends = [len(tokenizer.decode(ids[: i + 1])) for i in range(len(ids))]
+    starts = [0, *ends[:-1]]
+    lo, hi = spans["colour"]
+    expected = math.prod(
+        float(torch.exp(logprobs[t])) for t in range(len(ids)) if starts[t] < hi and ends[t] > lo
+    )
+    assert conf["colour"] == pytest.approx(expected)
+    assert 0 < conf["neck"] <= 1
+
+
+def test_constrained_outputs_are_always_valid_greedy_and_sampled(predictor, images):
+    categories = ["Tops", "Shoes", "Tops"]
+    greedy = predictor.predict(images[:3], categories)
+    sampled = predictor.predict(images[:3], categories, num_samples=4, temperature=1.5)
+    reasoned = predictor.predict(images[:3], categories, num_samples=2, temperature=1.0, reasoning=True)
+    for results in (greedy, sampled, reasoned):
+        for result, category in zip(results, categories, strict=True):
+            assert result.error is None and result.generations
+            for g in result.generations:
+                assert g.error is None, g.text
+                assert set(g.values) == set(SCHEMA.attributes_of(category))
+                assert all(SCHEMA.is_valid(category, a, v) for a, v in g.values.items())
+                assert all(0.0 < c <= 1.0 for c in g.confidences.values())
+    assert len(sampled[0].generations) == 4
+
+
+def test_batched_predictions_match_one_at_a_time(predictor, images):
+    batched = predictor.predict(images[:3], ["Tops", "Shoes", "Tops"], batch_size=3)
+    single = [
+        predictor.predict([im], [c])[0] for im, c in zip(images[:3], ["Tops", "Shoes", "Tops"], strict=True)
+    ]
+    for b, s in zip(batched, single, strict=True):
+        assert b.best.values == s.best.values
+        for attribute, confidence in b.best.confidences.items():
+            assert confidence == pytest.approx(s.best.confidences[attribute], rel=1e-3, abs=1e-5)
+
+
+def test_unconstrained_invalid_output_is_an_error_record_not_a_crash(model_dir, images):
+    free = VLMPredictor.from_pretrained(
+        model_dir, generate=GenerateConfig(max_new_tokens=8, constrained=False)
+    )
+    result = free.predict(images[:1], ["Tops"])[0]
+    assert result.best is not None and result.best.error is not None
+    assert result.best.error.startswith("invalid_output")
+
+
+def test_bad_image_is_recorded_and_the_batch_goes_on(predictor, images):
+    results = predictor.predict([images[0], images[3]], ["Tops", "Tops"], ids=["ok", "broken"])
+    assert results[0].best is not None and results[0].error is None
+    assert results[1].generations == [] and results[1].error.reason == "corrupt"
+
+
+def test_unknown_category_is_a_clear_error(predictor, images):
+    with pytest.raises(ValueError, match="Hats"):
+        predictor.predict(images[:1], ["Hats"])
+
+
+def test_predict_file_writes_core_layouts_and_resumes(predictor, images, tmp_path):
+    ids = ["a", "b", "c", "d"]
+    cats = ["Tops", "Shoes", "Tops", "Tops"]
+    predictor.generate_cfg.chunk_size = 2
+    try:
+        first = predictor.predict_file(ids, images, cats, tmp_path, progress=False)
+        assert (first.rows, first.predicted, first.errors) == (4, 3, 1)
+        long = pd.read_csv(tmp_path / "predictions_long.csv")
+        assert set(long["id"]) == {"a", "b", "c"} and long["confidence"].between(0, 1).all()
+        meesho = pd.read_csv(tmp_path / "predictions.csv")
+        assert list(meesho.columns[:4]) == ["id", "Category", "len", "attr_1"]
+        errors = pd.read_csv(tmp_path / "errors.csv")
+        assert errors["id"].tolist() == ["d"]
+        # A crash after the first chunk: its part stays, the second is redone, nothing is duplicated.
+        (tmp_path / "parts" / "done-00001.parquet").unlink()
+        second = predictor.predict_file(ids, images, cats, tmp_path, progress=False)
+        assert second.resumed_chunks == 1
+        assert pd.read_csv(tmp_path / "predictions_long.csv").equals(long)
+    finally:
+        predictor.generate_cfg.chunk_size = GenerateConfig().chunk_size
+
+
+def test_caption_task_generates_text(model_dir, images, tmp_path):
+    caption_dir = tmp_path / "captioner"
+    random_vlm(caption_dir, ["a red shirt on a white background"])
+    write_metadata(caption_dir, {"task": "caption", "model": {"max_pixels": MAX_PIXELS}})
+    captioner = VLMPredictor.from_pretrained(caption_dir, generate=GenerateConfig(max_new_tokens=6))
+    summary = captioner.predict_file(["x", "y"], images[:2], [None, None], tmp_path / "out", progress=False)
+    captions = pd.read_csv(tmp_path / "out" / "captions.csv", keep_default_na=False)
+    assert summary.predicted == 2 and captions["id"].astype(str).tolist() == ["x", "y"]
