@@ -6,8 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from taxonomist.data.catalog import DATA_DIR_ENV, data_dir
+
+# pytest-xdist runs one worker per core: a worker's torch ops each spreading over every core would only
+# oversubscribe the machine (a tiny VLM step took 1-3 s instead of 0.04 s with two workers competing).
+torch.set_num_threads(1)
 
 
 def require_dataset(name: str) -> Path:

@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from taxonomist.config import RunConfig
+from taxonomist.config import RunConfig, VLMConfig
 from taxonomist.data.catalog import CATEGORY, ID, load_catalog
 from taxonomist.data.split import split_per_category
 from taxonomist.inference.embed import embed_catalog
 from taxonomist.inference.predictor import Predictor, wide_named_frame
 from taxonomist.inference.writers import atomic_write_text
-from taxonomist.metrics import AttributeReport, attribute_score
+from taxonomist.metrics import AttributeReport, attribute_score, expected_calibration_error
+from taxonomist.progress import progress_bar
 
 
 def evaluate(
@@ -53,3 +54,71 @@ def evaluate(
         )
         atomic_write_text(output / "evaluation.md", report.to_markdown(include_pairs=True))
     return report
+
+
+def evaluate_vlm(
+    model_dir: str | Path,
+    cfg: VLMConfig,
+    *,
+    split: str = "val",
+    output: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score a VLM on the held-out examples of its training config: the competition metric, validity and
+    calibration of per-attribute confidences (attributes), or BLEU-4/ROUGE-L/CIDEr/FGD (captions)."""
+    from taxonomist.inference.vlm import VLMPredictor, to_predictions
+    from taxonomist.metrics.captions import caption_scores
+    from taxonomist.training.vlm_sft import build_examples
+
+    if split not in ("val", "all"):
+        raise ValueError(f"split must be 'val' or 'all', got {split!r}")
+    train_examples, val_examples, _ = build_examples(cfg)
+    examples = val_examples if split == "val" else [*train_examples, *val_examples]
+    predictor = VLMPredictor.from_pretrained(model_dir, generate=cfg.generate)
+    items = list({e.id: e for e in examples}.values())  # caption data: several references per image
+    results = []
+    step = cfg.generate.chunk_size
+    with progress_bar("image", disable=not progress) as bar:
+        task = bar.add_task(f"evaluate vlm ({predictor.task})", total=len(items))
+        for start in range(0, len(items), step):
+            chunk = items[start : start + step]
+            results += predictor.predict(
+                [e.image for e in chunk], [e.category for e in chunk], [e.id for e in chunk]
+            )
+            bar.advance(task, len(chunk))
+    ok = [r for r in results if r.best is not None and not r.best.error]
+    summary: dict = {"split": split, "task": predictor.task, "n": len(items), "failed": len(items) - len(ok)}
+    if predictor.task == "caption":
+        references: dict[str, list[str]] = {}
+        for e in examples:
+            references.setdefault(e.id, []).append(e.answer)
+        # A failed image gets an empty caption: scored, not dropped, as a challenge would.
+        predictions = {r.id: r.best.text if r in ok else "" for r in results}  # type: ignore[union-attr]
+        summary.update(caption_scores(predictions, references).to_dict())
+    else:
+        schema = predictor.schema
+        assert schema is not None
+        truth = pd.DataFrame([{ID: e.id, CATEGORY: e.category, **json.loads(e.answer)} for e in items])
+        preds = to_predictions(ok)
+        predicted = wide_named_frame(preds, schema.attributes)
+        failed = truth.loc[~truth[ID].isin(predicted[ID]), [ID, CATEGORY]]
+        predicted = pd.concat([predicted, failed], ignore_index=True)
+        report = attribute_score(truth, predicted, schema.categories)
+        by_id = truth.set_index(ID)
+        confidence, correct = [], []
+        for p in preds:
+            for attribute, value in p.attributes.items():
+                label = by_id.at[p.id, attribute] if attribute in by_id.columns else None
+                if isinstance(label, str):
+                    confidence.append(value.confidence)
+                    correct.append(value.value == label)
+        summary.update(
+            report.to_dict(),
+            valid_fraction=len(ok) / max(1, len(items)),
+            ece=expected_calibration_error(np.array(confidence), np.array(correct)) if confidence else None,
+        )
+    if output is not None:
+        output = Path(output)
+        output.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(output / "evaluation.json", json.dumps(summary, indent=1, default=str))
+    return summary

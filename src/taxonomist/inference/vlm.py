@@ -88,9 +88,13 @@ class VLMPredictor:
         generate: GenerateConfig | None = None,
         device: torch.device | str | None = None,
     ) -> VLMPredictor:
-        """A folder saved by ``taxonomist vlm train`` (merged model, or adapter + base) or any hub model
-        folder with a ``taxonomist_vlm.json`` beside it."""
+        """A ``taxonomist vlm train`` output folder (its merged model, or adapter + base), or any model
+        folder with a ``taxonomist_vlm.json`` beside the weights."""
         path = Path(path)
+        # A training run's folder: prefer its merged model (fastest to load and run), else its adapter.
+        for sub in ("merged", "adapter"):
+            if not read_metadata(path) and read_metadata(path / sub):
+                path = path / sub
         meta = read_metadata(path)
         model_cfg = VLMModelConfig(**meta.get("model", {}))
         if (path / "adapter_config.json").is_file():
@@ -125,9 +129,26 @@ class VLMPredictor:
             text = attribute_prompt(self.prompt, category, self.schema.attributes_of(category))
             if reasoning:
                 text = f"{text} {self.prompt.reasoning}"
-        return ChatExample(
-            id="", image="", prompt=text, answer="", system=self.prompt.system, category=category
-        )
+        # Caption examples are trained without the (JSON-answer) system prompt: served the same way.
+        system = self.prompt.system if self.task == "attributes" else ""
+        return ChatExample(id="", image="", prompt=text, answer="", system=system, category=category)
+
+    def inputs(
+        self, images: Sequence[Image.Image], categories: Sequence[str | None], *, reasoning: bool = False
+    ) -> Any:
+        """Model inputs of one batch: chat prompts, left-padded, with pixel values under the caps."""
+        processor = self.vlm.processor
+        texts = [
+            processor.apply_chat_template(
+                self.example(c, reasoning=reasoning).messages(with_answer=False),
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for c in categories
+        ]
+        processor.tokenizer.padding_side = "left"
+        batch = processor(text=texts, images=list(images), padding=True, return_tensors="pt")
+        return batch.to(self.vlm.device)
 
     @torch.no_grad()
     def generate(
@@ -148,19 +169,8 @@ class VLMPredictor:
         cfg = self.generate_cfg
         temperature = cfg.temperature if temperature is None else temperature
         top_p = cfg.top_p if top_p is None else top_p
-        processor, model = self.vlm.processor, self.vlm.model
-        texts = [
-            processor.apply_chat_template(
-                self.example(c, reasoning=reasoning).messages(with_answer=False),
-                add_generation_prompt=True,
-                tokenize=False,
-            )
-            for c in categories
-        ]
-        processor.tokenizer.padding_side = "left"
-        inputs = processor(text=texts, images=list(images), padding=True, return_tensors="pt").to(
-            self.vlm.device
-        )
+        model = self.vlm.model
+        inputs = self.inputs(images, categories, reasoning=reasoning)
         kwargs: dict[str, Any] = {
             "max_new_tokens": cfg.max_new_tokens,
             "num_return_sequences": num_samples,

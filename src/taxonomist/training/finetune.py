@@ -32,7 +32,7 @@ from taxonomist.config import RunConfig
 from taxonomist.data.catalog import CATEGORY, ID, Catalog, expand_path, load_catalog
 from taxonomist.data.images import ImageLoadError, load_image
 from taxonomist.data.labels import MISSING, encode_labels
-from taxonomist.data.policies import apply_policy
+from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
 from taxonomist.inference.writers import atomic_write_text
@@ -44,7 +44,7 @@ from taxonomist.models.checkpoint import HeadsCheckpoint
 from taxonomist.models.heads import NEG_INF, AttributeHeads, allowed_masks
 from taxonomist.progress import progress_bar
 from taxonomist.training.augment import BatchAugment
-from taxonomist.training.heads import logits_to_frame, policy_options
+from taxonomist.training.heads import logits_to_frame
 from taxonomist.training.losses import masked_cross_entropy, mmd_loss
 
 STATE_DIR = "state"
@@ -215,7 +215,10 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
     train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
     full_train = catalog.frame.iloc[train_idx].reset_index(drop=True)
     filled = apply_policy(
-        cfg.missing_labels.policy, full_train, catalog.attributes_by_category, **policy_options(cfg)
+        cfg.missing_labels.policy,
+        full_train,
+        catalog.attributes_by_category,
+        **policy_options(cfg.missing_labels),
     )
     val_frame = catalog.frame.iloc[val_idx].reset_index(drop=True)
     if schema is None:

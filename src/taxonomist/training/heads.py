@@ -22,7 +22,7 @@ from taxonomist.config import RunConfig, TrainConfig
 from taxonomist.data.catalog import CATEGORY, ID, expand_path, load_catalog
 from taxonomist.data.images import write_errors
 from taxonomist.data.labels import MISSING, encode_labels
-from taxonomist.data.policies import apply_policy
+from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
 from taxonomist.inference.embed import embed_catalog
@@ -215,7 +215,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         cfg.missing_labels.policy,
         catalog.frame.iloc[train_idx],
         catalog.attributes_by_category,
-        **policy_options(cfg),
+        **policy_options(cfg.missing_labels),
     )
     if schema is None:
         schema = Schema.infer(
@@ -305,15 +305,6 @@ def summary_dict(result: TrainReport) -> dict:
         "image_errors": result.image_errors,
         "policy": result.policy,
     }
-
-
-def policy_options(cfg: RunConfig) -> dict:
-    policy = cfg.missing_labels
-    if policy.policy == "similar-mode":
-        return {"max_nans": policy.max_nans}
-    if policy.policy == "dynamic-fill":
-        return {"fill_value": policy.fill_value}
-    return {}
 
 
 def prior_adjustment(data: FeatureSet, model: AttributeHeads, strength: float) -> dict[str, list[float]]:

@@ -1,0 +1,150 @@
+"""``taxonomist vlm export | train | evaluate | predict | improve | random-model``: vision-language models.
+
+The task (attributes or captions) travels with the model, so the same predict and evaluate commands serve
+both; ``taxonomist predict`` / ``evaluate`` hand VLM folders over to these as well.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+
+from taxonomist.cli.options import ConfigOpt, QuietOpt, SetOpt, resolve_config
+from taxonomist.config import VLMConfig
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+
+def is_vlm_dir(path: Path) -> bool:
+    from taxonomist.models.vlm import read_metadata
+
+    return any(read_metadata(p) for p in (path, path / "merged", path / "adapter"))
+
+
+def model_config(model_dir: Path, config: Path | None, overrides: list[str] | None) -> VLMConfig:
+    """The run's own config.yaml (data, split, prompts) unless another is given; then ``--set``."""
+    if config is None and (model_dir / "config.yaml").is_file():
+        config = model_dir / "config.yaml"
+    return resolve_config(config, overrides, VLMConfig)
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="LLaMA-Factory dataset_dir.")],
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    formatting: Annotated[Literal["sharegpt", "alpaca"], typer.Option("--format")] = "sharegpt",
+    name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "taxonomist",
+) -> None:
+    """Catalog → chat examples → ShareGPT/Alpaca JSON + dataset_info.json (train as NAME, val as NAME_val)."""
+    from taxonomist.data.chat import export_llamafactory, validate_llamafactory
+    from taxonomist.training.vlm_sft import build_examples
+
+    cfg = resolve_config(config, overrides, VLMConfig)
+    train_examples, val_examples, _ = build_examples(cfg)
+    export_llamafactory(train_examples, output, name=name, formatting=formatting)
+    export_llamafactory(val_examples, output, name=f"{name}_val", formatting=formatting)
+    counts = validate_llamafactory(output)
+    console.print(f"{counts} → {output} (LLaMA-Factory: dataset_dir={output}, dataset={name})")
+
+
+@app.command()
+def train(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (adapter/, merged/).")] = Path(
+        "runs/vlm"
+    ),
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    model: Annotated[str | None, typer.Option(help="Hub id or folder (model.name).")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """LoRA (or QLoRA with model.quantization=4bit) SFT; resumes from the run folder's last checkpoint."""
+    from taxonomist.training.vlm_sft import train_sft
+
+    cfg = resolve_config(config, overrides, VLMConfig, **{"model.name": model})
+    report = train_sft(cfg, output, progress=not quiet)
+    console.print_json(json.dumps(report.to_dict()))
+
+
+@app.command()
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="Run folder or model folder.")],
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    split: Annotated[str, typer.Option(help="'val' (the run's split) or 'all'.")] = "val",
+    output: Annotated[Path | None, typer.Option(help="Write evaluation.json here.")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Attributes: competition metric, validity, confidence ECE. Captions: BLEU-4, ROUGE-L, CIDEr, FGD."""
+    from taxonomist.inference.evaluate import evaluate_vlm
+
+    cfg = model_config(model_dir, config, overrides)
+    summary = evaluate_vlm(model_dir, cfg, split=split, output=output, progress=not quiet)
+    console.print_json(json.dumps(summary, default=str))
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="Run folder or model folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (resumable).")],
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    data: Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Attributes (Meesho + long layouts with confidences) or captions for every catalog row."""
+    from taxonomist.data.catalog import CATEGORY, ID, load_catalog
+    from taxonomist.inference.vlm import VLMPredictor
+
+    cfg = model_config(model_dir, config, [*(overrides or []), *([f"catalog.path={data}"] if data else [])])
+    # Labels are not needed to predict, and training-time row filters must not drop rows to predict.
+    cfg.catalog.attributes, cfg.catalog.min_rows_per_category, cfg.catalog.limit = [], 0, None
+    catalog = load_catalog(cfg.catalog)
+    predictor = VLMPredictor.from_pretrained(model_dir, generate=cfg.generate)
+    categories = catalog.frame[CATEGORY].astype(str).tolist() if predictor.task == "attributes" else None
+    summary = predictor.predict_file(
+        catalog.frame[ID].astype(str).tolist(),
+        catalog.image_paths(),
+        categories or [None] * len(catalog),
+        output,
+        source=catalog.source,
+        progress=not quiet,
+    )
+    console.print_json(json.dumps(summary.to_dict()))
+
+
+@app.command("random-model")
+def random_model(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Model folder to write.")],
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    size: Annotated[
+        Literal["tiny", "2b"], typer.Option(help="tiny (CPU smoke) or Qwen2-VL-2B shapes.")
+    ] = "tiny",
+) -> None:
+    """A random-weight Qwen2-VL with a tokenizer trained on the config's schema and prompts: runs every
+    VLM command offline (smoke tests, throughput benchmarks); its answers are valid but meaningless."""
+    from taxonomist.data.catalog import load_catalog
+    from taxonomist.models.vlm import random_vlm, write_metadata
+
+    cfg = resolve_config(config, overrides, VLMConfig)
+    corpus = [cfg.prompt.system, cfg.prompt.attributes, cfg.prompt.caption]
+    schema = None
+    if cfg.task == "attributes":
+        schema = load_catalog(cfg.catalog, seed=cfg.train.seed).infer_schema()
+        corpus.append(json.dumps(schema.to_dict()))
+    random_vlm(output, corpus, size=size)
+    write_metadata(
+        output,
+        {
+            "task": cfg.task,
+            "schema": schema.to_dict() if schema else None,
+            "model": {"min_pixels": cfg.model.min_pixels, "max_pixels": cfg.model.max_pixels},
+        },
+    )
+    console.print(f"random {size} Qwen2-VL ({cfg.task}) → {output}")

@@ -1,0 +1,316 @@
+"""VLM SFT on a tiny random Qwen2-VL and 8 products: examples → masked batches → LoRA step → merge."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+
+from safetensors.torch import load_file
+
+from taxonomist.config import (
+    CaptionDataConfig,
+    CatalogConfig,
+    LoraSettings,
+    PromptConfig,
+    VLMConfig,
+    VLMModelConfig,
+    VLMTrainConfig,
+    load_config,
+)
+from taxonomist.data.chat import TokenBudgetError, export_llamafactory, validate_llamafactory
+from taxonomist.models.vlm import load_vlm, random_vlm, read_metadata
+from taxonomist.training.vlm_sft import (
+    IGNORE_INDEX,
+    ChatCollator,
+    build_examples,
+    lora_targets,
+    loraplus_optimizer,
+    readable_examples,
+    sft_args,
+    train_sft,
+)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+MAX_PIXELS = 28 * 28 * 16
+COLOURS = {"red": (200, 30, 30), "blue": (30, 40, 200)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny matrices gain nothing from threads, and spinning threads crawl (100x) on a busy shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 solid-colour products (Tops with colour + fit, Bags with colour) in the generic CSV layout."""
+    root = tmp_path_factory.mktemp("catalog")
+    (root / "images").mkdir()
+    rows = []
+    for i in range(8):
+        colour = "red" if i % 2 == 0 else "blue"
+        Image.new("RGB", (48, 40), COLOURS[colour]).save(root / "images" / f"{100 + i}.jpg")
+        category = "Tops" if i < 4 else "Bags"
+        fit = ("slim" if i % 2 else "loose") if category == "Tops" and i != 3 else None
+        rows.append({"sku": 100 + i, "type": category, "colour": colour, "fit": fit})
+    path = root / "catalog.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    prompt = PromptConfig()
+    corpus = [prompt.system, prompt.attributes, prompt.caption, '{"colour": "red", "fit": "slim"}']
+    return random_vlm(tmp_path_factory.mktemp("vlm") / "model", corpus * 4)
+
+
+def make_config(catalog: Path, model_dir: Path, **train: object) -> VLMConfig:
+    return VLMConfig(
+        catalog=CatalogConfig(
+            path=str(catalog),
+            id_column="sku",
+            category_column="type",
+            attributes=["colour", "fit"],
+            min_rows_per_category=0,
+        ),
+        model=VLMModelConfig(name=str(model_dir), max_pixels=MAX_PIXELS, dtype="float32"),
+        train=VLMTrainConfig(
+            **{
+                "max_steps": 1,
+                "batch_size": 2,
+                "grad_accumulation": 1,
+                "lr": 1e-2,
+                "val_fraction": 0.25,
+                "logging_steps": 1,
+                "warmup_ratio": 0.0,  # one step with warmup would run at learning rate 0
+                "merge": False,
+                **train,
+            }
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def processor(model_dir: Path):
+    return load_vlm(VLMModelConfig(name=str(model_dir), max_pixels=MAX_PIXELS), device="cpu").processor
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, catalog: Path, model_dir: Path):
+    """One LoRA+ SFT step, adapter merged: shared by the checks on what a run leaves behind."""
+    out = tmp_path_factory.mktemp("sft")
+    cfg = make_config(catalog, model_dir, merge=True)
+    return cfg, train_sft(cfg, out, progress=False)
+
+
+def test_build_examples_split_schema_and_export(catalog: Path, model_dir: Path, tmp_path: Path) -> None:
+    train, val, schema = build_examples(make_config(catalog, model_dir))
+    assert (len(train), len(val)) == (6, 2)
+    assert {e.category for e in val} == {"Tops", "Bags"}  # the split is per category
+    assert schema is not None and set(schema.attributes_of("Tops")) == {"colour", "fit"}
+    assert schema.attributes_of("Bags") == ["colour"]
+    top = next(e for e in train + val if e.id == "100")
+    assert json.loads(top.answer) == {"colour": "red", "fit": "loose"}
+    assert Path(top.image).name == "100.jpg"
+    limited, _, _ = build_examples(make_config(catalog, model_dir, limit=3))
+    assert limited == train[:3]
+    export_llamafactory(train, tmp_path)
+    assert validate_llamafactory(tmp_path) == {"taxonomist": 6}
+
+
+def test_missing_label_policy_applies_to_training_rows_only(catalog: Path, model_dir: Path) -> None:
+    cfg = make_config(catalog, model_dir)
+    cfg.missing_labels.policy = "drop"
+    train, val, _ = build_examples(cfg)
+    kept = {e.id for e in train} | {e.id for e in val}
+    # 103 is the one Tops row without a fit: dropped from training, kept if it landed in validation.
+    assert ("103" in kept) == any(e.id == "103" for e in val)
+
+
+def test_build_examples_caption_task(tmp_path: Path, model_dir: Path) -> None:
+    (tmp_path / "images").mkdir()
+    rows = []
+    for k, split in enumerate(["train", "train", "val"]):
+        Image.new("RGB", (40, 40), "red").save(tmp_path / "images" / f"{k:04d}.jpg")
+        rows += [(f"{k:04d}.jpg", f"a red square number {k}", split), (f"{k:04d}.jpg", "a red thing", split)]
+    pd.DataFrame(rows, columns=["image", "caption", "split"]).to_csv(tmp_path / "captions.csv", index=False)
+    cfg = VLMConfig(task="caption", captions=CaptionDataConfig(path=str(tmp_path), limit=2))
+    train, val, schema = build_examples(cfg)
+    assert schema is None and val == []  # limit=2 keeps the first two images (both train), all captions
+    assert [e.answer for e in train[:2]] == ["a red square number 0", "a red thing"]
+    assert train[0].prompt == cfg.prompt.caption
+    cfg.captions.limit = None
+    assert len(build_examples(cfg)[1]) == 2
+
+
+def test_collator_trains_only_the_answer_and_end_token(catalog: Path, model_dir: Path, processor) -> None:
+    train, _, _ = build_examples(make_config(catalog, model_dir))
+    batch = ChatCollator(processor)(train[:2])
+    tokenizer = processor.tokenizer
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    for row, example in enumerate(train[:2]):
+        labels = batch["labels"][row]
+        kept = labels[labels != IGNORE_INDEX]
+        assert tokenizer.decode(kept) == example.answer + tokenizer.eos_token
+        # right padding: real tokens first, the answer ends the row's real tokens
+        n = int(batch["attention_mask"][row].sum())
+        assert batch["attention_mask"][row][:n].all() and not batch["attention_mask"][row][n:].any()
+        assert labels[n - 1] == tokenizer.eos_token_id and (labels[n:] == IGNORE_INDEX).all()
+        assert (batch["input_ids"][row][n:] == tokenizer.pad_token_id).all()
+    assert batch["pixel_values"].shape[0] == int(batch["image_grid_thw"].prod(-1).sum())
+    assert tokenizer.padding_side == "left"  # generation's setting is left alone
+
+
+def test_unreadable_images_are_skipped_and_recorded(
+    catalog: Path, model_dir: Path, processor, tmp_path: Path
+) -> None:
+    train, _, _ = build_examples(make_config(catalog, model_dir))
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(Path(train[0].image).read_bytes()[:-40])
+    missing = dataclasses.replace(train[1], id="gone", image=str(tmp_path / "gone.jpg"))
+    broken = dataclasses.replace(train[2], id="broken", image=str(truncated))
+    kept, errors = readable_examples([train[0], missing, broken])
+    assert [e.id for e in kept] == [train[0].id, "broken"]  # the header check cannot see truncation
+    assert [(e.id, e.reason) for e in errors] == [("gone", "missing")]
+    collator = ChatCollator(processor)
+    batch = collator([train[0], broken])
+    assert batch["input_ids"].shape[0] == 1
+    assert [e.id for e in collator.errors] == ["broken"]
+    only_bad = collator([broken])  # the last good example stands in, with nothing to learn from
+    assert only_bad["input_ids"].shape[0] == 1 and (only_bad["labels"] == IGNORE_INDEX).all()
+
+
+def test_lora_targets_skip_vision_tower_and_head(model_dir: Path) -> None:
+    model = load_vlm(VLMModelConfig(name=str(model_dir)), device="cpu").model
+    targets = lora_targets(model, train_vision=False)
+    assert targets and all(".language_model." in t for t in targets)
+    assert any(t.endswith("q_proj") for t in targets) and any(t.endswith("down_proj") for t in targets)
+    with_vision = lora_targets(model, train_vision=True)
+    assert set(targets) < set(with_vision) and any(".visual." in t for t in with_vision)
+    assert not any("lm_head" in t for t in with_vision)
+
+
+def test_loraplus_optimizer_gives_b_matrices_the_ratio(
+    catalog: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    cfg = make_config(catalog, model_dir)
+    model = load_vlm(cfg.model, device="cpu").model
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=lora_targets(model, train_vision=False)))
+    optimizer = loraplus_optimizer(model, sft_args(cfg, tmp_path, device=torch.device("cpu")), 16.0)
+    lr = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    named = dict(model.named_parameters())
+    a = [lr[id(p)] for n, p in named.items() if "lora_A" in n]
+    b = [lr[id(p)] for n, p in named.items() if "lora_B" in n]
+    assert a and b and set(a) == {cfg.train.lr} and set(b) == {cfg.train.lr * 16}
+
+
+def test_one_sft_step_trains_lora_weights(trained) -> None:
+    cfg, report = trained
+    assert report.global_step == 1 and (report.n_train, report.n_val) == (6, 2)
+    assert report.train_loss is not None and math.isfinite(report.train_loss)
+    assert report.eval_loss is not None and math.isfinite(report.eval_loss)
+    weights = load_file(Path(report.adapter_dir) / "adapter_model.safetensors")
+    b = [w for n, w in weights.items() if "lora_B" in n]
+    assert b and all(".language_model." in n for n in weights)
+    assert any(w.abs().sum() > 0 for w in b)  # LoRA starts with B = 0: any nonzero B was learned
+    meta = read_metadata(report.adapter_dir)
+    assert meta["task"] == "attributes" and meta["format"] == "adapter"
+    assert meta["model"]["name"] == cfg.model.name
+    assert set(meta["schema"]["categories"]["Bags"]["colour"]) == {"red", "blue"}
+    metrics = json.loads((Path(report.output_dir) / "metrics.json").read_text())
+    assert metrics["global_step"] == 1 and metrics["merged_dir"] == report.merged_dir
+    assert (Path(report.output_dir) / "config.yaml").is_file()
+
+
+def test_merged_model_loads_and_generates(trained) -> None:
+    _, report = trained
+    merged = Path(report.merged_dir)
+    assert read_metadata(merged)["format"] == "merged"
+    vlm = load_vlm(VLMModelConfig(name=str(merged), max_pixels=MAX_PIXELS), device="cpu")
+    assert not any("lora" in n for n, _ in vlm.model.named_parameters())
+    text = vlm.processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "colour?"}]}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    inputs = vlm.processor(text=[text], images=[Image.new("RGB", (48, 40), "red")], return_tensors="pt")
+    out = vlm.model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_rerun_resumes_from_the_last_checkpoint(
+    trained, catalog: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    _, first = trained  # a one-step run leaves checkpoint-1 behind
+    shutil.copytree(Path(first.output_dir) / "checkpoints", tmp_path / "checkpoints")
+    cfg = make_config(catalog, model_dir, save_steps=1, max_steps=2)
+    second = train_sft(cfg, tmp_path, progress=False)
+    assert second.resumed_from is not None and Path(second.resumed_from).name == "checkpoint-1"
+    state = json.loads((tmp_path / "checkpoints" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert second.global_step == state["global_step"] == 2
+    assert [e["step"] for e in state["log_history"] if "loss" in e] == [1, 2]
+    adapter = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    # a rerun of a finished run loads its last checkpoint instead of stepping past the schedule's end
+    third = train_sft(cfg, tmp_path, progress=False)
+    assert third.global_step == 2 and third.train_loss is None
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-1", "checkpoint-2"]
+    again = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(adapter[k], again[k]) for k in adapter)
+
+
+def test_saved_folders_load_in_the_predictor(trained) -> None:
+    pytest.importorskip("xgrammar")
+    from taxonomist.inference.vlm import VLMPredictor
+
+    _, report = trained
+    for folder in (report.adapter_dir, report.merged_dir):
+        predictor = VLMPredictor.from_pretrained(folder, device="cpu")
+        assert predictor.task == "attributes" and predictor.schema is not None
+        assert set(predictor.schema.categories) == {"Tops", "Bags"}
+
+
+def test_token_budget_error_names_the_example(catalog: Path, model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(TokenBudgetError, match=r"example \d+ .*train.max_length=20"):
+        train_sft(make_config(catalog, model_dir, max_length=20), tmp_path, progress=False)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bitsandbytes 4-bit needs CUDA")
+def test_qlora_step_and_merge(catalog: Path, model_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("bitsandbytes")
+    cfg = make_config(catalog, model_dir, optim="paged_adamw_8bit", merge=True)
+    cfg.model = dataclasses.replace(cfg.model, quantization="4bit", dtype="bfloat16")
+    report = train_sft(cfg, tmp_path, progress=False)
+    assert report.global_step == 1 and math.isfinite(report.train_loss or math.nan)
+    assert read_metadata(report.merged_dir)["model"]["quantization"] == "none"
+    load_vlm(VLMModelConfig(name=str(report.merged_dir)))
+
+
+@pytest.mark.parametrize(
+    ("name", "task", "quantization"),
+    [("vlm-attributes.yaml", "attributes", "none"), ("vlm-qlora-caption.yaml", "caption", "4bit")],
+)
+def test_shipped_configs_load(name: str, task: str, quantization: str) -> None:
+    cfg = load_config(CONFIGS / name, cls=VLMConfig)
+    assert cfg.task == task and cfg.model.quantization == quantization
+    assert isinstance(cfg.lora, LoraSettings)
