@@ -232,3 +232,20 @@ def test_torchvision_imports_next_to_cpu_torch_and_nms_works():
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
     keep = torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)
     assert keep.tolist() == [0, 2]
+
+
+def test_reasoning_grammar_never_allows_special_tokens(predictor):
+    """Regression: xgrammar read "<|endoftext|>" as printable text, so a reasoning line could sample it and
+    decoding cut the chain there (an empty, unparseable answer)."""
+    import xgrammar as xgr
+
+    tokenizer = predictor.vlm.tokenizer
+    vocab = predictor.vlm.model.get_output_embeddings().weight.shape[0]
+    matcher = xgr.GrammarMatcher(predictor.grammars.compiled("Tops", reasoning=True))
+    bitmask = xgr.allocate_token_bitmask(1, vocab)
+    matcher.fill_next_token_bitmask(bitmask)
+    logits = torch.zeros(1, vocab)
+    xgr.apply_token_bitmask_inplace(logits, bitmask)
+    allowed = set(torch.nonzero(logits[0] > -math.inf).flatten().tolist())
+    assert tokenizer.convert_tokens_to_ids("a") in allowed
+    assert not allowed & set(tokenizer.all_special_ids)

@@ -55,6 +55,21 @@ class SchemaGrammars:
         self.schema = schema
         self.reasoning_max_chars = reasoning_max_chars
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
+        # xgrammar reads special tokens as their literal text, and "<|endoftext|>" is printable ASCII: the
+        # reasoning line could sample it, and decoding would cut the chain there. Blank every special token
+        # except the stop tokens so no grammar can emit one.
+        special = set(tokenizer.all_special_ids) - set(info.stop_token_ids)
+        vocab = [""] * vocab_size
+        for token, i in tokenizer.get_vocab().items():
+            if i < vocab_size and i not in special:
+                vocab[i] = token
+        info = xgr.TokenizerInfo(
+            vocab,
+            info.vocab_type,
+            vocab_size=vocab_size,
+            stop_token_ids=info.stop_token_ids,
+            add_prefix_space=info.add_prefix_space,
+        )
         self._compiler = xgr.GrammarCompiler(info)
         self._compiled: dict[tuple[str, bool], Any] = {}
 
