@@ -446,6 +446,45 @@ class CaptionDataConfig:
 
 
 @dataclass
+class ImproveConfig:
+    """``vlm improve`` (seed 003): rounds of self-consistency on unlabeled images, then DPO with LoRA.
+
+    Per round: K sampled chains (one reasoning line, then the constrained JSON answer) per item, a majority
+    vote per attribute, one (chosen, rejected) pair per item whose agreement reaches the threshold, DPO on a
+    fresh LoRA over the current model (the reference is that model), merged into the next round's model.
+    LoRA shape and LoRA+ come from ``lora``; optimizer, scheduler, precision, max_length from ``train``.
+    """
+
+    rounds: int = 3
+    samples_per_item: int = 6
+    """K chains sampled per item."""
+    temperature: float = 0.8
+    top_p: float = 0.95
+    agreement_threshold: float = 0.6
+    """Keep an item when the majority's share of its valid chains, averaged over the item's attributes,
+    reaches this (a mean rather than a per-attribute minimum: with many attributes one uncertain attribute
+    would otherwise discard an item whose other answers agree)."""
+    max_items_per_round: int | None = None
+    """Items per round: consecutive slices of one seeded shuffle of the pool, so each round sees new items
+    until the pool is used up; None = the whole pool every round."""
+    beta: float = 0.1
+    loss_type: str = "sigmoid"
+    """Any trl DPO loss: sigmoid (DPO), ipo, hinge, robust, sigmoid_norm, …"""
+    lr: float = 5e-6
+    epochs: float = 1.0
+    batch_size: int = 2
+    grad_accumulation: int = 4
+    max_steps: int = -1
+    """> 0 overrides epochs (smoke runs)."""
+    vote_check_val: bool = True
+    """Also sample K chains on the validation items, so the majority-vote vs single-sample accuracy check
+    has labelled items even when the pool has none (costs K generations per validation item a round)."""
+    eval_reasoning: bool = False
+    """Validate with the reasoning prompt; default: the prompt ``vlm predict`` uses (greedy JSON only)."""
+    seed: int = 0
+
+
+@dataclass
 class VLMConfig:
     """Vision-language model runs: attribute extraction or captioning, SFT with LoRA/QLoRA, predict."""
 
@@ -458,6 +497,7 @@ class VLMConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: VLMTrainConfig = field(default_factory=VLMTrainConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    improve: ImproveConfig = field(default_factory=ImproveConfig)
 
     def save(self, path: str | Path) -> None:
         path = Path(path)

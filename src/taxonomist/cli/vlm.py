@@ -118,6 +118,52 @@ def predict(
     console.print_json(json.dumps(summary.to_dict()))
 
 
+@app.command()
+def improve(
+    model_dir: Annotated[Path, typer.Argument(help="Starting model: an SFT run folder or a model folder.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (round-k/, progress.json).")],
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    pool: Annotated[
+        str | None,
+        typer.Option(help="Unlabeled catalog (same layout as catalog.path); default: the training split."),
+    ] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Self-consistency rounds (seed 003): sample K reasoning chains per unlabeled image, vote, build
+    (chosen, rejected) pairs, DPO with LoRA, score on the validation split; resumable, best round kept."""
+    import dataclasses
+
+    from taxonomist.data.catalog import load_catalog
+    from taxonomist.data.split import split_per_category
+    from taxonomist.models.vlm import resolve_model_dir
+    from taxonomist.training.vlm_dpo import IMAGE_PATH
+    from taxonomist.training.vlm_dpo import improve as run_improve
+
+    cfg = model_config(model_dir, config, overrides)
+    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    frame = catalog.frame.assign(**{IMAGE_PATH: [str(p) for p in catalog.image_paths()]})
+    train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
+    if pool is None:
+        # The training split's labels stay in the frame only to measure the vote, never to train.
+        unlabeled = frame.iloc[train_idx].reset_index(drop=True)
+    else:
+        pool_cfg = dataclasses.replace(
+            cfg.catalog, path=pool, attributes=[], min_rows_per_category=0, limit=None
+        )
+        pool_catalog = load_catalog(pool_cfg)
+        unlabeled = pool_catalog.frame.assign(**{IMAGE_PATH: [str(p) for p in pool_catalog.image_paths()]})
+    report = run_improve(
+        cfg,
+        resolve_model_dir(model_dir),
+        unlabeled,
+        frame.iloc[val_idx].reset_index(drop=True),
+        output,
+        progress=not quiet,
+    )
+    console.print_json(json.dumps(report.to_dict(), default=str))
+
+
 @app.command("random-model")
 def random_model(
     output: Annotated[Path, typer.Option("--output", "-o", help="Model folder to write.")],

@@ -32,7 +32,7 @@ from taxonomist.inference.predictor import (
     meesho_frame,
 )
 from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
-from taxonomist.models.vlm import VLM, load_vlm, read_metadata
+from taxonomist.models.vlm import VLM, load_vlm, read_metadata, resolve_model_dir
 from taxonomist.progress import progress_bar
 
 ImageInput = Image.Image | str | os.PathLike
@@ -90,11 +90,7 @@ class VLMPredictor:
     ) -> VLMPredictor:
         """A ``taxonomist vlm train`` output folder (its merged model, or adapter + base), or any model
         folder with a ``taxonomist_vlm.json`` beside the weights."""
-        path = Path(path)
-        # A training run's folder: prefer its merged model (fastest to load and run), else its adapter.
-        for sub in ("merged", "adapter"):
-            if not read_metadata(path) and read_metadata(path / sub):
-                path = path / sub
+        path = resolve_model_dir(path)
         meta = read_metadata(path)
         model_cfg = VLMModelConfig(**meta.get("model", {}))
         if (path / "adapter_config.json").is_file():

@@ -168,6 +168,17 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
 
 
+def resolve_model_dir(path: str | Path) -> Path:
+    """A training run's folder → its merged model (fastest to load and run), else its adapter; a model
+    folder or hub id is returned as is."""
+    path = Path(path)
+    if not read_metadata(path):
+        for sub in ("merged", "adapter"):
+            if read_metadata(path / sub):
+                return path / sub
+    return path
+
+
 def write_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
     file = Path(path) / METADATA
     tmp = file.with_name(file.name + ".tmp")
