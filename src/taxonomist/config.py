@@ -443,6 +443,7 @@ class CaptionDataConfig:
     """coco: coco-mini-captions (5 references per image); products: fashion-product-images titles."""
     path: str = "{data_dir}/coco-mini-captions"
     limit: int | None = None
+    """Use only the first N images of each split (train, val), with all their captions."""
 
 
 @dataclass

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import math
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -45,15 +44,6 @@ from taxonomist.training.vlm_sft import (
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MAX_PIXELS = 28 * 28 * 16
 COLOURS = {"red": (200, 30, 30), "blue": (30, 40, 200)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny matrices gain nothing from threads, and spinning threads crawl (100x) on a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -150,10 +140,13 @@ def test_build_examples_caption_task(tmp_path: Path, model_dir: Path) -> None:
         Image.new("RGB", (40, 40), "red").save(tmp_path / "images" / f"{k:04d}.jpg")
         rows += [(f"{k:04d}.jpg", f"a red square number {k}", split), (f"{k:04d}.jpg", "a red thing", split)]
     pd.DataFrame(rows, columns=["image", "caption", "split"]).to_csv(tmp_path / "captions.csv", index=False)
-    cfg = VLMConfig(task="caption", captions=CaptionDataConfig(path=str(tmp_path), limit=2))
+    cfg = VLMConfig(task="caption", captions=CaptionDataConfig(path=str(tmp_path), limit=1))
     train, val, schema = build_examples(cfg)
-    assert schema is None and val == []  # limit=2 keeps the first two images (both train), all captions
-    assert [e.answer for e in train[:2]] == ["a red square number 0", "a red thing"]
+    # limit=1 keeps the first image of each split, with all its captions
+    assert (
+        schema is None and [e.id for e in train] == ["0000", "0000"] and [e.id for e in val] == ["0002"] * 2
+    )
+    assert [e.answer for e in train] == ["a red square number 0", "a red thing"]
     assert train[0].prompt == cfg.prompt.caption
     cfg.captions.limit = None
     assert len(build_examples(cfg)[1]) == 2

@@ -97,14 +97,17 @@ def _attribute_split(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExampl
 
 
 def _caption_split(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExample]]:
-    """Train/val caption examples; ``captions.limit`` keeps the first N images with all their captions."""
+    """Train/val caption examples; ``captions.limit`` keeps the first N images of each split with all
+    their captions."""
     data = cfg.captions
     if data.dataset == "coco":
         frame = read_coco_captions(data.path)
     else:
         frame = read_product_captions(data.path, val_fraction=cfg.train.val_fraction, seed=cfg.train.seed)
     if data.limit is not None:
-        frame = frame[frame["id"].isin(frame["id"].drop_duplicates().iloc[: data.limit])]
+        # Per split, so a small smoke run still has images to validate on.
+        first = frame.drop_duplicates("id").groupby("split", sort=False)["id"].head(data.limit)
+        frame = frame[frame["id"].isin(first)]
     is_train = frame["split"] == "train"
     return caption_examples(frame[is_train], cfg.prompt), caption_examples(frame[~is_train], cfg.prompt)
 
