@@ -15,11 +15,16 @@ from taxonomist.cli.options import ConfigOpt, QuietOpt, SetOpt, resolve_config
 from taxonomist.cli.review import review
 from taxonomist.cli.serve import serve
 from taxonomist.cli.taxonomy import app as taxonomy_app
+from taxonomist.cli.vlm import app as vlm_app
+from taxonomist.cli.vlm import evaluate as vlm_evaluate
+from taxonomist.cli.vlm import is_vlm_dir
+from taxonomist.cli.vlm import predict as vlm_predict
 from taxonomist.config import RunConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
 app.add_typer(taxonomy_app, name="taxonomy", help="Titles → taxonomy path + brand.")
+app.add_typer(vlm_app, name="vlm", help="Vision-language models: attributes as constrained JSON, captions.")
 app.command()(serve)
 app.command()(review)
 
@@ -124,8 +129,12 @@ def evaluate(
     output: Annotated[Path | None, typer.Option(help="Write the report JSON/Markdown here.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Score a checkpoint with the competition metric on a labelled catalog."""
+    """Score a checkpoint with the competition metric on a labelled catalog (VLMs: see ``vlm evaluate``)."""
     from taxonomist.inference.evaluate import evaluate as run_evaluate
+
+    if is_vlm_dir(checkpoint):
+        vlm_evaluate(checkpoint, config, overrides, split, output, quiet)
+        return
 
     cfg = _checkpoint_config(checkpoint, config, overrides)
     report = run_evaluate(checkpoint, cfg, split=split, output=output, progress=not quiet)
@@ -159,6 +168,12 @@ def predict(
     """Predict attributes for every row of a catalog: Meesho layout + long layout with confidences."""
     from taxonomist.data.catalog import load_catalog
     from taxonomist.inference.predictor import Predictor
+
+    if is_vlm_dir(checkpoint):
+        if engine != "local":
+            raise typer.BadParameter("VLM folders predict with the local engine")
+        vlm_predict(checkpoint, output, config, overrides, data, quiet)
+        return
 
     cfg = _checkpoint_config(
         checkpoint,

@@ -1,0 +1,134 @@
+"""The VLM commands end to end from the CLI, offline: random model → train → evaluate → predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+pytest.importorskip("trl")
+pytest.importorskip("xgrammar")
+
+from typer.testing import CliRunner
+
+from taxonomist.cli.main import app
+from taxonomist.data.chat import validate_llamafactory
+from tests.conftest import require_dataset
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+COLOURS = {"red": (200, 30, 30), "blue": (30, 40, 200)}
+
+
+def invoke(*args: str) -> str:
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("catalog")
+    (root / "images").mkdir()
+    rows = []
+    for i in range(12):
+        colour = "red" if i % 2 == 0 else "blue"
+        Image.new("RGB", (56, 48), COLOURS[colour]).save(root / "images" / f"{i}.jpg")
+        rows.append({"id": i, "kind": "Tops" if i < 6 else "Bags", "colour": colour})
+    (root / "images" / "11.jpg").write_bytes(b"truncated")  # one bad image: reported, never fatal
+    pd.DataFrame(rows).to_csv(root / "catalog.csv", index=False)
+    config = root / "vlm.yaml"
+    config.write_text(
+        f"""
+task: attributes
+catalog:
+  path: {root / "catalog.csv"}
+  category_column: kind
+  attributes: [colour]
+  min_rows_per_category: 1
+model:
+  max_pixels: 12544
+train:
+  max_steps: 1
+  batch_size: 2
+  grad_accumulation: 1
+  val_fraction: 0.34
+  save_steps: 1
+generate:
+  batch_size: 4
+  chunk_size: 4
+""",
+        encoding="utf-8",
+    )
+    return config
+
+
+def test_random_model_train_evaluate_predict(config: Path, tmp_path: Path) -> None:
+    model = tmp_path / "random"
+    invoke("vlm", "random-model", "-c", str(config), "-o", str(model))
+    invoke("vlm", "export", "-c", str(config), "-o", str(tmp_path / "lf"))
+    assert set(validate_llamafactory(tmp_path / "lf")) == {"taxonomist", "taxonomist_val"}
+
+    run = tmp_path / "run"
+    invoke("vlm", "train", "-c", str(config), "-o", str(run), "--model", str(model), "-q")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 1 and (run / "merged").is_dir()
+
+    # The top-level commands recognise a VLM run folder and use its saved config and split.
+    invoke("evaluate", str(run), "--output", str(tmp_path / "eval"), "-q")
+    evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert evaluation["task"] == "attributes" and evaluation["valid_fraction"] == 1.0
+    assert 0.0 <= evaluation["score"] <= 1.0
+
+    out = tmp_path / "pred"
+    invoke("predict", str(run), "-o", str(out), "-q")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rows"] == 12 and summary["errors"] == 1
+    long = pd.read_csv(out / "predictions_long.csv")
+    assert len(long) == 11 and set(long["value"]) <= {"red", "blue"}
+    assert pd.read_csv(out / "errors.csv")["id"].tolist() == [11]
+
+    # Self-consistency DPO from the SFT run, on its training split as the unlabeled pool; then resume.
+    improved = tmp_path / "improve"
+    args = [
+        "--set",
+        "improve.rounds=1",
+        "--set",
+        "improve.samples_per_item=3",
+        "--set",
+        "improve.max_steps=1",
+    ]
+    invoke("vlm", "improve", str(run), "-o", str(improved), *args, "--set", "improve.temperature=1.5", "-q")
+    progress = json.loads((improved / "progress.json").read_text())
+    assert [r["round"] for r in progress["rounds"]] == [0, 1]
+    stats = json.loads((improved / "round-1" / "stats.json").read_text())
+    assert stats["items_sampled"] == 8
+    invoke("vlm", "improve", str(run), "-o", str(improved), *args, "--set", "improve.temperature=1.5", "-q")
+    assert json.loads((improved / "progress.json").read_text())["rounds"] == progress["rounds"]
+
+
+def test_captions_through_the_same_commands(config: Path, tmp_path: Path) -> None:
+    require_dataset("coco-mini-captions")
+    caption_config = tmp_path / "captions.yaml"
+    caption_config.write_text(
+        config.read_text(encoding="utf-8").replace("task: attributes", "task: caption")
+        + "captions:\n  dataset: coco\n  path: '{data_dir}/coco-mini-captions'\n  limit: 6\n",
+        encoding="utf-8",
+    )
+    model = tmp_path / "random"
+    invoke("vlm", "random-model", "-c", str(caption_config), "-o", str(model))
+    run = tmp_path / "run"
+    invoke("vlm", "train", "-c", str(caption_config), "-o", str(run), "--model", str(model), "-q")
+    invoke(
+        "evaluate", str(run), "--output", str(tmp_path / "eval"), "--set", "generate.max_new_tokens=8", "-q"
+    )
+    evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert evaluation["task"] == "caption" and evaluation["n"] >= 1
+    assert {"bleu4", "rouge_l", "cider", "fgd"} <= set(evaluation)
+    out = tmp_path / "pred"
+    invoke("predict", str(run), "-o", str(out), "--set", "generate.max_new_tokens=8", "-q")
+    captions = pd.read_csv(out / "captions.csv", keep_default_na=False)
+    assert len(captions) == 11  # the catalog's 12 rows less its one unreadable image
