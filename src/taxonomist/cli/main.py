@@ -120,6 +120,46 @@ def train(
     )
 
 
+@app.command("self-train")
+def self_train(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Run folder (resumable).")] = Path(
+        "runs/self-train"
+    ),
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    rounds: Annotated[int | None, typer.Option(help="self_training.rounds")] = None,
+    labeled_fraction: Annotated[float | None, typer.Option(help="self_training.labeled_fraction")] = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Heads on a labeled fraction, then rounds of view-consistent, confident pseudo-labels."""
+    from taxonomist.training.self_training import self_train as run_self_training
+
+    cfg = resolve_config(
+        config,
+        overrides,
+        **{"self_training.rounds": rounds, "self_training.labeled_fraction": labeled_fraction},
+    )
+    report = run_self_training(cfg, output, progress=not quiet)
+    table = Table(title=f"self-training ({report.n_fit} labeled, {report.n_pool} unlabeled rows)")
+    for col in ("round", "dev score", "val score", "pseudo-labels", "precision", "supervised acc."):
+        table.add_column(col, justify="right")
+    for r in report.rounds:
+        precision = r.get("pseudo_label_precision", {}).get("all")
+        accuracy = r.get("supervised_accuracy_same_items", {}).get("all")
+        table.add_row(
+            str(r["round"]),
+            f"{r['dev_score']:.4f}",
+            f"{r['val_score']:.4f}",
+            str(sum(r.get("n_pseudo", {}).values())),
+            "" if precision is None else f"{precision:.4f}",
+            "" if accuracy is None else f"{accuracy:.4f}",
+        )
+    console.print(table)
+    console.print(
+        f"best round (dev score) {report.best_round} · checkpoint {output}/round-{report.best_round}"
+    )
+
+
 @app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],

@@ -10,9 +10,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from PIL import ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from taxonomist.config import EmbedConfig
@@ -23,6 +25,16 @@ from taxonomist.models.backbones import Backbone
 from taxonomist.progress import progress_bar
 
 _FLUSH_ROWS = 2048
+
+View = Literal["original", "hflip"]
+"""Which version of each image is encoded: ``hflip`` (mirrored) gives self-training a second view
+whose prediction should agree with the original's, since no attribute here depends on left/right."""
+
+
+def view_fingerprint(backbone: Backbone, view: View = "original") -> str:
+    """Cache key of a view: a mirrored image's features are not the original's, so they get their own."""
+    fingerprint = backbone.fingerprint()
+    return fingerprint if view == "original" else f"{fingerprint}-{view}"
 
 
 @dataclass
@@ -39,15 +51,16 @@ class EmbedResult:
 class _Decode(Dataset):
     """Decodes and preprocesses in DataLoader workers; errors travel back as values, not exceptions."""
 
-    def __init__(self, paths: Sequence[str], preprocess, max_pixels: int) -> None:
-        self.paths, self.preprocess, self.max_pixels = paths, preprocess, max_pixels
+    def __init__(self, paths: Sequence[str], preprocess, max_pixels: int, view: View = "original") -> None:
+        self.paths, self.preprocess, self.max_pixels, self.view = paths, preprocess, max_pixels, view
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            return i, self.preprocess(load_image(self.paths[i], max_pixels=self.max_pixels)), None
+            image = load_image(self.paths[i], max_pixels=self.max_pixels)
+            return i, self.preprocess(ImageOps.mirror(image) if self.view == "hflip" else image), None
         except ImageLoadError as err:
             return i, None, (err.reason, err.detail)
 
@@ -84,7 +97,9 @@ def embed_images(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     description: str = "embed",
+    view: View = "original",
 ) -> EmbedResult:
+    """``cache`` must belong to ``view`` (see :func:`view_fingerprint`)."""
     start = time.perf_counter()
     n = len(paths)
     features = np.zeros((n, backbone.feature_dim), dtype=np.float32)
@@ -111,7 +126,7 @@ def embed_images(
     failed: dict[str, tuple[str, str]] = {}
     if rows:
         loader = DataLoader(
-            _Decode([str(paths[r]) for r in rows], backbone.preprocess, max_pixels),
+            _Decode([str(paths[r]) for r in rows], backbone.preprocess, max_pixels, view),
             batch_size=batch_size,
             num_workers=num_workers,
             collate_fn=_collate,
@@ -145,16 +160,24 @@ def embed_images(
 
 
 def embed_catalog(
-    catalog: Catalog, backbone: Backbone, cfg: EmbedConfig, *, use_cache: bool = True, progress: bool = True
+    catalog: Catalog,
+    backbone: Backbone,
+    cfg: EmbedConfig,
+    *,
+    use_cache: bool = True,
+    progress: bool = True,
+    view: View = "original",
 ) -> EmbedResult:
-    """Every row's image through ``backbone``, reusing the on-disk cache across runs."""
+    """Every row's image (or its ``view``) through ``backbone``, reusing the on-disk cache across runs."""
     return embed_images(
         catalog.ids,
         catalog.image_paths(),
         backbone,
-        cache=FeatureCache(cfg.cache_dir, backbone.fingerprint()) if use_cache else None,
+        cache=FeatureCache(cfg.cache_dir, view_fingerprint(backbone, view)) if use_cache else None,
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         max_pixels=cfg.max_pixels,
         progress=progress,
+        description="embed" if view == "original" else f"embed ({view})",
+        view=view,
     )

@@ -1,0 +1,238 @@
+"""Benchmark: self-training the heads on fashion-product-images with 5% of the training labels.
+
+On the seeded split of ``benchmarks/attributes.py`` (90/10 per category):
+- ``fully_supervised``: the heads recipe (``taxonomist train``) on the whole training split, the ceiling;
+- each self-training variant (``taxonomist self-train``): round 0 = supervised on 5% of the training
+  split, then rounds of view-consistent, confident pseudo-labels on the other 95% (labels hidden);
+- the variant reported is the one whose best round scores highest on the held-out labeled rows (dev),
+  and its best round is also picked on dev: the validation score never chooses anything.
+
+Writes ``benchmarks/results/semi-supervised-fpi.json`` and a section of ``docs/benchmarks.md``.
+Usage: ``python benchmarks/semi_supervised.py [--rounds 3] [--work DIR]``; a rerun with the same
+``--work`` resumes finished rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import torch
+from common import replace_section
+
+from taxonomist.config import load_config
+from taxonomist.training.heads import train
+from taxonomist.training.self_training import self_train
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "semi-supervised-fpi.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+HEADING = "## Self-training with 5% of the labels (fashion-product-images)"
+
+# Overrides of ``self_training`` run side by side; the first is the config default. This short list was
+# drawn up after single-round exploration runs that also printed validation scores (see TRIED): the pick
+# among these is by dev score, but the list itself is not blind to validation.
+VARIANTS: dict[str, list[str]] = {
+    "threshold 0.9": [],
+    "threshold 0.9, warm start": ["self_training.warm_start=true"],
+    "threshold 0.5, top 50% per value": ["self_training.threshold=0.5", "self_training.value_fraction=0.5"],
+}
+# Exploration on the same split and round-0 model (one round each unless said; validation scores seen).
+TRIED = [
+    "threshold 0.7: more pseudo-labels (precision 0.90), val +0.004 over round 0",
+    "top 30% / 70% / 100% of agreeing rows per value (no threshold): val -0.000 / +0.003 / +0.007",
+    "labeled rows repeated 10x against the pseudo-labels: val +0.007",
+    "both views of each pseudo-labelled row as training rows (augmentation): val +0.002",
+    "distribution alignment (probabilities rescaled to the labeled prior) at 0.9 / 0.7: val -0.014 / -0.013",
+    "prior correction of the student (labeled prior / training prior): val -0.005 to +0.005",
+    "curriculum over 5 rounds (top 20%, 40% ... 100% per value): val +0.003 to +0.008",
+    "label propagation on a kNN graph of the training split as teacher: worse than the heads on the pool "
+    "(0.42 vs 0.47 pool score); mixed 50/50 with the heads 0.48",
+    "oracle: the hidden true labels on the cells a 0.9 threshold selects: val 0.537 (+0.027), so even "
+    "perfect pseudo-labels on the confident cells close only ~15% of the gap; true labels on the whole "
+    "pool with the same dev protocol: 0.666",
+]
+
+
+def round_row(r: dict) -> dict:
+    return {
+        "round": r["round"],
+        "score": r["val_score"],
+        "dev_score": r["dev_score"],
+        "n_pseudo": sum(r.get("n_pseudo", {}).values()),
+        "n_pseudo_per_attribute": r.get("n_pseudo", {}),
+        "pseudo_label_precision": r.get("pseudo_label_precision", {}).get("all"),
+        "pseudo_label_precision_per_attribute": r.get("pseudo_label_precision", {}),
+        "supervised_accuracy_same_items": r.get("supervised_accuracy_same_items", {}).get("all"),
+        "n_train_rows": r["n_train_rows"],
+        "best_epoch": r["best_epoch"],
+        "seconds": r["seconds"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "fashion.yaml"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--work", default=None, help="Run folder (kept; a rerun resumes). Default: a temp dir."
+    )
+    args = parser.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="taxonomist-semi-"))
+
+    full_cfg = load_config(args.config)
+    full = train(full_cfg, work / "fully-supervised", progress=False)
+    print(f"fully supervised: {full.score:.4f}", flush=True)
+
+    variants = {}
+    for name, overrides in VARIANTS.items():
+        cfg = load_config(args.config, [f"self_training.rounds={args.rounds}", *overrides])
+        report = self_train(cfg, work / name.replace(" ", "-"), progress=False)
+        rounds = [round_row(r) for r in report.rounds]
+        variants[name] = {
+            "overrides": overrides,
+            "self_training": cfg.self_training.__dict__,
+            "rounds": rounds,
+            "best_round": report.best_round,
+            "best_dev_score": rounds[report.best_round]["dev_score"],
+            "sizes": {
+                "labeled_fit": report.n_fit,
+                "labeled_dev": report.n_dev,
+                "unlabeled": report.n_pool,
+                "val": report.n_val,
+            },
+        }
+        print(name, json.dumps([(r["round"], r["dev_score"], r["score"]) for r in rounds]), flush=True)
+
+    chosen = max(variants, key=lambda v: variants[v]["best_dev_score"])
+    v = variants[chosen]
+    small = v["rounds"][0]["score"]
+    best = v["rounds"][v["best_round"]]["score"]
+    out = {
+        "dataset": "fashion-product-images (category = masterCategory, 4 categories with >= 500 rows)",
+        "backbone": f"{full_cfg.backbone.name} (frozen) + colour histogram",
+        "labeled_fraction": v["self_training"]["labeled_fraction"],
+        "sizes": {**v["sizes"], "train_split": full.n_train},
+        "supervised_small": small,
+        "rounds": v["rounds"],
+        "best_round": v["best_round"],
+        "best_round_score": best,
+        "fully_supervised": full.score,
+        "gap_closed": (best - small) / (full.score - small),
+        "max_over_rounds_gap_closed": (max(r["score"] for r in v["rounds"]) - small) / (full.score - small),
+        "max_over_variants_gap_closed": (
+            max(r["score"] for x in variants.values() for r in x["rounds"]) - small
+        )
+        / (full.score - small),
+        "pseudo_label_precision": [r["pseudo_label_precision"] for r in v["rounds"][1:]],
+        "supervised_accuracy_same_items": [r["supervised_accuracy_same_items"] for r in v["rounds"][1:]],
+        "variant": chosen,
+        "variants": variants,
+        "selection": "variant and best round by the score on held-out labeled rows (dev); the variant "
+        "short-list was drawn up after exploration runs whose validation scores were seen",
+        "tried": TRIED,
+        "device": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} (CPU)",
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=1))
+    write_docs(out)
+    print(json.dumps({k: out[k] for k in ("supervised_small", "best_round_score", "fully_supervised")}))
+    print(f"gap closed {out['gap_closed']:.3f} ({chosen}, round {v['best_round']})")
+
+
+def write_docs(r: dict) -> None:
+    s = r["sizes"]
+    st = r["variants"][r["variant"]]["self_training"]
+    fresh, warm = r["variants"]["threshold 0.9"], r["variants"]["threshold 0.9, warm start"]
+    fmt = lambda x: "" if x is None else f"{x:.4f}"  # noqa: E731
+    lines = [
+        HEADING,
+        "",
+        f"`python benchmarks/semi_supervised.py` on {r['device']}; results in "
+        "`benchmarks/results/semi-supervised-fpi.json`. Same seeded 90/10 split and frozen features as "
+        f"the image → attributes benchmark. Of the {s['train_split']} training rows, "
+        f"{r['labeled_fraction']:.0%} per category keep their labels ({s['labeled_fit']} to fit, "
+        f"{s['labeled_dev']} held out as dev: epoch choice, temperature calibration, best round); the "
+        f"other {s['unlabeled']} are the unlabeled pool, their labels hidden from training and used only "
+        f"to score pseudo-labels. Scores: competition metric on the {s['val']} validation rows.",
+        "",
+        "A pseudo-label (row, attribute) is kept where the original image and its mirror image give the "
+        f"same value with a calibrated probability ≥ {st['threshold']} (view mean)"
+        + (
+            f", then the top {st['value_fraction']:.0%} per value by confidence"
+            if st["value_fraction"] < 1
+            else ""
+        )
+        + f" ({r['variant']}). Precision = share of kept pseudo-labels equal to the hidden label; supervised "
+        "accuracy = round 0's accuracy on those same cells.",
+        "",
+        "| model | val score | dev score | pseudo-labels | precision | supervised acc. (same cells) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in r["rounds"]:
+        name = (
+            "supervised, 5% labels (round 0)" if row["round"] == 0 else f"self-training round {row['round']}"
+        )
+        if row["round"] == r["best_round"]:
+            name += " ← best on dev"
+        lines.append(
+            f"| {name} | {row['score']:.4f} | {row['dev_score']:.4f} | {row['n_pseudo'] or ''} | "
+            f"{fmt(row['pseudo_label_precision'])} | {fmt(row['supervised_accuracy_same_items'])} |"
+        )
+    lines += [
+        f"| fully supervised (100% labels, `taxonomist train`) | {r['fully_supervised']:.4f} | | | | |",
+        "",
+        f"Gap closed by the round picked on dev: **{r['gap_closed']:.1%}** "
+        f"(({r['best_round_score']:.4f} − {r['supervised_small']:.4f}) / "
+        f"({r['fully_supervised']:.4f} − {r['supervised_small']:.4f})); target ≥ 30%: "
+        f"**{'met' if r['gap_closed'] >= 0.3 else 'not met'}**. For scale only (picking on validation "
+        f"is not legitimate): the best validation score of any round of any variant closes "
+        f"{r['max_over_variants_gap_closed']:.1%}.",
+        "",
+        "Pseudo-label precision against round 0's accuracy on the same cells, per round: "
+        + ", ".join(
+            f"{p:.4f} vs {a:.4f}"
+            for p, a in zip(r["pseudo_label_precision"], r["supervised_accuracy_same_items"], strict=True)
+        )
+        + ". Round 1's teacher is round 0, so there the two are equal by construction; later rounds "
+        "label the same kind of cells slightly better than round 0 would, but hardly differently.",
+        "",
+        "Why self-training does not pay here: the cells the teacher labels confidently (and both views "
+        "agree on) are the cells it already gets right, mostly frequent values; the rare values that "
+        "separate 5% from 100% of the labels (macro-F1 half of the score) get few, noisy pseudo-labels. "
+        "With the hidden true labels on exactly the cells a 0.9 threshold selects, the student reaches "
+        "0.537, about 15% of the gap: selection caps the method before label noise does. The mirrored "
+        "view adds little: round 0's two views disagree on 6.8% of the pool's cells, but on none whose "
+        "view-mean confidence reaches 0.9, so at that threshold the agreement rule removes nothing "
+        f"(measured in exploration). The {s['labeled_dev']} dev rows are too few to rank rounds: dev "
+        "scores rise by up to 0.03 while validation stays within 0.011 of round 0, so the round picked "
+        "on dev is a coin toss.",
+        "",
+        "Fresh init vs warm start: fresh init is the default. On dev (the only legitimate yardstick) "
+        f"neither wins clearly (best dev {fresh['best_dev_score']:.4f} fresh, {warm['best_dev_score']:.4f} "
+        "warm). Warm start carries the teacher's mistakes forward (best epochs per round: "
+        + ", ".join(str(x["best_epoch"]) for x in warm["rounds"][1:])
+        + "; an early best epoch means the round barely moved from the last one); a fresh student "
+        "re-learns everything from labels ∪ pseudo-labels (as in Noisy Student), so one round's errors "
+        "are not simply inherited.",
+        "",
+        "Variants (each picked on its own dev score; the reported one has the best dev score):",
+        "",
+        "| variant | best round (dev) | dev score | val score |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, v in r["variants"].items():
+        best = v["rounds"][v["best_round"]]
+        lines.append(f"| {name} | {v['best_round']} | {best['dev_score']:.4f} | {best['score']:.4f} |")
+    lines += ["", "Also tried (exploration, validation scores seen; round 0 on validation = 0.5097):", ""]
+    lines += [f"- {t}" for t in r["tried"]]
+    lines.append("")
+    replace_section(DOCS, HEADING, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,448 @@
+"""Recipe ``self-train``: heads on a few labels, then rounds of pseudo-labelling the unlabeled rows.
+
+Round 0 trains the heads on the labeled rows alone. Each later round predicts every unlabeled row on
+the original image and on its augmented views (mirrored: no attribute here depends on left/right),
+calibrates those predictions with temperatures fitted on held-out labeled rows, keeps a pseudo-label
+(row, attribute) only where the views agree and the calibrated probability clears the threshold
+(optionally only the most confident share per value), and retrains the heads on labels ∪ pseudo-labels.
+Features are cached per view, so a round costs one heads training, not an embedding pass.
+
+Held-out labeled rows ("dev") pick each round's epoch, fit its temperatures and pick the best round:
+the validation split is only reported on. Every round lands in ``out/round-k/`` (checkpoint, pseudo-labels,
+metrics) before ``progress.json`` names it done, so a rerun after a kill resumes at the next round.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from taxonomist.config import RunConfig
+from taxonomist.data.catalog import CATEGORY, ID, expand_path, load_catalog
+from taxonomist.data.labels import MISSING
+from taxonomist.data.policies import apply_policy, policy_options
+from taxonomist.data.schema import Schema
+from taxonomist.data.split import split_per_category
+from taxonomist.inference.embed import embed_catalog
+from taxonomist.inference.writers import ResumeError, atomic_write_frame, atomic_write_text
+from taxonomist.metrics import AttributeReport, apply_temperature, attribute_score
+from taxonomist.models.build import build_backbone
+from taxonomist.models.checkpoint import HeadsCheckpoint
+from taxonomist.models.heads import AttributeHeads
+from taxonomist.training.heads import (
+    FeatureSet,
+    calibrate,
+    feature_set,
+    fit_heads,
+    logits_to_frame,
+    predict_logits,
+    prior_adjustment,
+)
+
+PROGRESS_FILE = "progress.json"
+PSEUDO_FILE = "pseudo_labels.parquet"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Positional rows of the training split: labeled for fitting, labeled held out, unlabeled pool."""
+
+    fit: np.ndarray
+    dev: np.ndarray
+    pool: np.ndarray
+
+
+def partition(
+    frame: pd.DataFrame,
+    attributes_by_category: Mapping[str, Sequence[str]],
+    labeled_fraction: float,
+    dev_fraction: float,
+    seed: int,
+) -> Partition:
+    """Seeded per-category draw of the labeled rows; rows with no label at all always join the pool."""
+    if not 0 < labeled_fraction <= 1:
+        raise ValueError(f"labeled_fraction must be in (0, 1], got {labeled_fraction}")
+    unlabeled = np.ones(len(frame), dtype=bool)
+    for category, attributes in attributes_by_category.items():
+        rows = (frame[CATEGORY] == category).to_numpy()
+        present = [a for a in attributes if a in frame.columns]
+        if present:
+            unlabeled[rows] = frame.loc[rows, present].isna().all(axis=1).to_numpy()
+    labeled = np.flatnonzero(~unlabeled)
+    hidden = np.array([], dtype=np.int64)
+    if labeled_fraction < 1:
+        kept, chosen = split_per_category(frame.iloc[labeled], labeled_fraction, seed)
+        hidden, labeled = labeled[kept], labeled[chosen]
+    fit, dev = split_per_category(frame.iloc[labeled], dev_fraction, seed)
+    pool = np.sort(np.concatenate([hidden, np.flatnonzero(unlabeled)]))
+    return Partition(labeled[fit], labeled[dev], pool)
+
+
+def calibrated_probabilities(
+    model: AttributeHeads,
+    data: FeatureSet,
+    temperatures: Mapping[str, float],
+    adjustment: Mapping[str, Sequence[float]],
+) -> dict[str, np.ndarray]:
+    """attribute → (n, k) probabilities as the checkpoint predicts them; all zeros where it does not apply."""
+    out = {}
+    for attribute, z in predict_logits(model, data).items():
+        if attribute in adjustment:
+            z = z + torch.tensor(adjustment[attribute])
+        allowed = model.mask(attribute)[data.category].numpy()
+        out[attribute] = apply_temperature(z.numpy(), temperatures.get(attribute, 1.0), allowed)
+    return out
+
+
+def select_pseudo_labels(
+    views: Sequence[Mapping[str, np.ndarray]], threshold: float, *, require_agreement: bool = True
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(codes, confidence) per attribute from each view's calibrated probabilities.
+
+    The label is the argmax of the view-averaged probability and its confidence that average's value;
+    a row keeps it (else ``MISSING``) when the confidence reaches ``threshold`` and, with
+    ``require_agreement``, every view's own argmax is that label. Rows whose probabilities are all
+    zero (the attribute does not apply to their category) never get one.
+    """
+    codes, confidence = {}, {}
+    for attribute in views[0]:
+        stack = np.stack([np.asarray(v[attribute], dtype=np.float64) for v in views])  # (views, n, k)
+        mean = stack.mean(0)
+        label = mean.argmax(1)
+        conf = mean[np.arange(len(label)), label]
+        keep = (conf >= threshold) & (conf > 0)
+        if require_agreement:
+            keep &= (stack.argmax(2) == label).all(0)
+        codes[attribute] = np.where(keep, label, MISSING)
+        confidence[attribute] = np.where(keep, conf, 0.0)
+    return codes, confidence
+
+
+def cap_per_value(
+    codes: Mapping[str, np.ndarray], confidence: Mapping[str, np.ndarray], fraction: float
+) -> dict[str, np.ndarray]:
+    """Per (attribute, value): keep the most confident ``fraction`` of the rows pseudo-labelled with it.
+
+    Confident predictions are mostly frequent values; a per-value share keeps rare values in the
+    pseudo-labelled set, which matters to a score that weighs every value alike (macro-F1). Ties in
+    confidence keep the earlier row.
+    """
+    out = {}
+    for attribute, c in codes.items():
+        c = c.copy()
+        for value in np.unique(c[c != MISSING]):
+            rows = np.flatnonzero(c == value)
+            keep = math.ceil(fraction * len(rows))
+            c[rows[np.argsort(-confidence[attribute][rows], kind="stable")[keep:]]] = MISSING
+        out[attribute] = c
+    return out
+
+
+def agreement_with_truth(
+    predicted: Mapping[str, np.ndarray], truth: Mapping[str, np.ndarray], selected: Mapping[str, np.ndarray]
+) -> dict[str, float | None]:
+    """Share of ``selected`` (row, attribute) cells with a known true label where ``predicted`` is right.
+
+    Per attribute and ``all`` (pooled over cells); None where no selected cell has a known label.
+    """
+    out: dict[str, float | None] = {}
+    hits = total = 0
+    for attribute, chosen in selected.items():
+        rows = (chosen != MISSING) & (truth[attribute] != MISSING)
+        n = int(rows.sum())
+        correct = int((predicted[attribute][rows] == truth[attribute][rows]).sum())
+        out[attribute] = correct / n if n else None
+        hits, total = hits + correct, total + n
+    out["all"] = hits / total if total else None
+    return out
+
+
+def with_pseudo_labels(labeled: FeatureSet, pool: FeatureSet, codes: Mapping[str, np.ndarray]) -> FeatureSet:
+    """Labeled rows plus every pool row that got at least one pseudo-label (the others add nothing)."""
+    rows = np.flatnonzero(np.any([c != MISSING for c in codes.values()], axis=0))
+    picked = torch.as_tensor(rows, dtype=torch.long)
+    return FeatureSet(
+        torch.cat([labeled.features, pool.features[picked]]),
+        torch.cat([labeled.category, pool.category[picked]]),
+        {
+            a: torch.cat([v, torch.as_tensor(codes[a][rows], dtype=torch.long)])
+            for a, v in labeled.labels.items()
+        },
+    )
+
+
+@dataclass
+class SelfTrainingData:
+    """Everything the rounds need, built once: features of each part and of each view of the pool."""
+
+    schema: Schema
+    checkpoint: HeadsCheckpoint
+    """Backbone spec, schema and head sizes shared by every round's checkpoint."""
+    backbone_state: dict[str, torch.Tensor] | None
+    fit: FeatureSet
+    dev: FeatureSet
+    dev_frame: pd.DataFrame
+    val: FeatureSet
+    val_frame: pd.DataFrame
+    pool_frame: pd.DataFrame
+    pool_views: list[FeatureSet]
+    """Original view first; the pool's labels in there are the hidden ones: never trained on."""
+    embed_seconds: float
+
+    def score(self, frame: pd.DataFrame, logits: Mapping[str, torch.Tensor]) -> AttributeReport:
+        pred = logits_to_frame(logits, frame[ID].tolist(), frame[CATEGORY].tolist(), self.schema)
+        return attribute_score(frame, pred, self.schema.categories)
+
+
+def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
+    """Split, hide the pool's labels from training, embed every part (pool: every view) through the cache."""
+    st = cfg.self_training
+    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
+    train_frame = catalog.frame.iloc[train_idx].reset_index(drop=True)
+    val_frame = catalog.frame.iloc[val_idx].reset_index(drop=True)
+    parts = partition(
+        train_frame, catalog.attributes_by_category, st.labeled_fraction, st.dev_fraction, st.seed
+    )
+    labeled = apply_policy(
+        cfg.missing_labels.policy,
+        train_frame.iloc[parts.fit],
+        catalog.attributes_by_category,
+        **policy_options(cfg.missing_labels),
+    )
+    dev_frame = train_frame.iloc[parts.dev].reset_index(drop=True)
+    # The vocabulary comes from the rows whose labels are known (as ``train`` does), never the hidden ones.
+    schema = (
+        Schema.load(expand_path(cfg.catalog.schema))
+        if cfg.catalog.schema
+        else Schema.infer(
+            pd.concat([labeled.frame, dev_frame, val_frame]),
+            catalog.attributes_by_category,
+            attributes=catalog.attributes,
+        )
+    )
+    categories = list(schema.categories)
+
+    backbone = build_backbone(cfg.backbone)
+    backbone_state = None if cfg.backbone.pretrained else copy.deepcopy(backbone.state_dict())
+    backbone.optimize_for_inference()
+    start = time.perf_counter()
+    embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
+    pool_catalog = catalog.subset(train_idx[parts.pool])
+    views = [embed_catalog(pool_catalog, backbone, cfg.embed, progress=progress, view=v) for v in st.views]
+    embed_seconds = time.perf_counter() - start
+
+    fit, _ = feature_set(labeled.frame, catalog, embedded, schema, categories)
+    dev, dev_frame = feature_set(dev_frame, catalog, embedded, schema, categories)
+    val, val_frame = feature_set(val_frame, catalog, embedded, schema, categories)
+    readable = np.logical_and.reduce([embedded.ok[train_idx[parts.pool]], *(e.ok for e in views)])
+    pool_frame = pool_catalog.frame[readable].reset_index(drop=True)
+    pool_views = [feature_set(pool_frame, catalog, embedded, schema, categories)[0]] + [
+        feature_set(pool_frame, pool_catalog, e, schema, categories)[0] for e in views
+    ]
+    checkpoint = HeadsCheckpoint(
+        backbone=cfg.backbone,
+        preprocess=backbone.preprocess.to_dict(),
+        fingerprint=backbone.fingerprint(),
+        feature_dim=embedded.features.shape[1],
+        schema=schema,
+        categories=categories,
+        heads=cfg.heads,
+    )
+    return SelfTrainingData(
+        schema,
+        checkpoint,
+        backbone_state,
+        fit,
+        dev,
+        dev_frame,
+        val,
+        val_frame,
+        pool_frame,
+        pool_views,
+        embed_seconds,
+    )
+
+
+@dataclass
+class RoundModel:
+    """One round's heads with the calibration they are predicted with."""
+
+    model: AttributeHeads
+    temperatures: dict[str, float]
+    adjustment: dict[str, list[float]]
+
+    def probabilities(self, data: FeatureSet) -> dict[str, np.ndarray]:
+        return calibrated_probabilities(self.model, data, self.temperatures, self.adjustment)
+
+
+def train_round(
+    cfg: RunConfig, data: SelfTrainingData, train_set: FeatureSet, teacher: RoundModel | None, progress: bool
+) -> tuple[RoundModel, dict]:
+    """Heads on ``train_set``, epoch picked and temperatures fitted on dev; scores on dev and validation."""
+    torch.manual_seed(cfg.train.seed)
+    model = data.checkpoint.build_model()
+    if cfg.self_training.warm_start and teacher is not None:
+        model.load_state_dict(teacher.model.state_dict())
+    history = fit_heads(
+        model,
+        train_set,
+        data.dev,
+        lambda z: data.score(data.dev_frame, z).score,
+        cfg.train,
+        progress=progress,
+    )
+    adjustment = prior_adjustment(train_set, model, cfg.train.class_balance)
+    dev_logits = adjust(predict_logits(model, data.dev), adjustment)
+    temperatures, _ = calibrate(dev_logits, data.dev, model, enabled=cfg.train.calibrate)
+    val_report = data.score(data.val_frame, adjust(predict_logits(model, data.val), adjustment))
+    record = {
+        "dev_score": data.score(data.dev_frame, dev_logits).score,
+        "val_score": val_report.score,
+        "val_per_attribute": dict(
+            zip(val_report.per_attribute["attribute"], val_report.per_attribute["harmonic"], strict=True)
+        ),
+        "n_train_rows": len(train_set),
+        "best_epoch": history.best_epoch,
+    }
+    return RoundModel(model, temperatures, adjustment), record
+
+
+@dataclass
+class SelfTrainingReport:
+    output_dir: str
+    rounds: list[dict]
+    """Per round: scores, pseudo-label counts and precision, supervised accuracy on the same cells."""
+    best_round: int
+    """Round with the best score on the held-out labeled rows (not on validation)."""
+    n_fit: int
+    n_dev: int
+    n_pool: int
+    n_val: int
+    embed_seconds: float
+
+
+def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> SelfTrainingReport:
+    """Round 0 (supervised on the labeled rows), then ``cfg.self_training.rounds`` rounds; resumable."""
+    st = cfg.self_training
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = load_progress(out / PROGRESS_FILE, resume_settings(cfg))
+    data = prepare(cfg, progress=progress)
+    truth = {a: v.numpy() for a, v in data.pool_views[0].labels.items()}
+    records: list[dict] = state["rounds"]
+    teacher: RoundModel | None = None
+    supervised: dict[str, np.ndarray] = {}
+    for k in range(st.rounds + 1):
+        round_dir = out / f"round-{k}"
+        if k < len(records):  # finished before a kill, or by an earlier run with fewer rounds
+            finished, model = HeadsCheckpoint.load(round_dir)
+            current = RoundModel(model, finished.temperatures, finished.logit_adjustment)
+        else:
+            round_start = time.perf_counter()
+            train_set, record = data.fit, {"round": k}
+            if teacher is not None:
+                views = [teacher.probabilities(v) for v in data.pool_views]
+                codes, confidence = select_pseudo_labels(
+                    views, st.threshold, require_agreement=st.require_agreement
+                )
+                if st.value_fraction < 1:
+                    codes = cap_per_value(codes, confidence, st.value_fraction)
+                    confidence = {a: np.where(codes[a] != MISSING, v, 0.0) for a, v in confidence.items()}
+                train_set = with_pseudo_labels(data.fit, data.pool_views[0], codes)
+                write_pseudo_labels(round_dir / PSEUDO_FILE, data.pool_frame, codes, confidence, data.schema)
+                record |= {
+                    "n_pseudo": {a: int((c != MISSING).sum()) for a, c in codes.items()},
+                    "pseudo_label_precision": agreement_with_truth(codes, truth, codes),
+                    "supervised_accuracy_same_items": agreement_with_truth(supervised, truth, codes),
+                }
+            current, scores = train_round(cfg, data, train_set, teacher, progress)
+            record |= scores | {"seconds": time.perf_counter() - round_start}
+            checkpoint = copy.copy(data.checkpoint)
+            checkpoint.temperatures, checkpoint.logit_adjustment = current.temperatures, current.adjustment
+            checkpoint.metrics = {"val_score": record["val_score"], "dev_score": record["dev_score"]}
+            checkpoint.save(round_dir, current.model, data.backbone_state)
+            cfg.save(round_dir / "config.yaml")
+            atomic_write_text(round_dir / METRICS_FILE, json.dumps(record, indent=1))
+            records.append(record)
+            state["best_round"] = max(range(len(records)), key=lambda r: records[r]["dev_score"])
+            atomic_write_text(out / PROGRESS_FILE, json.dumps(state, indent=1))
+        if k == 0:
+            supervised = {
+                a: np.where(p.sum(1) > 0, p.argmax(1), MISSING)
+                for a, p in current.probabilities(data.pool_views[0]).items()
+            }
+        teacher = current
+    return SelfTrainingReport(
+        str(out),
+        records[: st.rounds + 1],
+        max(range(st.rounds + 1), key=lambda r: records[r]["dev_score"]),
+        len(data.fit),
+        len(data.dev),
+        len(data.pool_frame),
+        len(data.val),
+        data.embed_seconds,
+    )
+
+
+def adjust(
+    logits: Mapping[str, torch.Tensor], adjustment: Mapping[str, Sequence[float]]
+) -> dict[str, torch.Tensor]:
+    return {a: z + torch.tensor(adjustment[a]) if a in adjustment else z for a, z in logits.items()}
+
+
+def write_pseudo_labels(
+    path: Path,
+    pool: pd.DataFrame,
+    codes: Mapping[str, np.ndarray],
+    confidence: Mapping[str, np.ndarray],
+    schema: Schema,
+) -> None:
+    """Long layout (id, category, attribute, value, confidence): one row per kept pseudo-label."""
+    parts = []
+    for attribute, c in codes.items():
+        rows = np.flatnonzero(c != MISSING)
+        vocab = np.asarray(schema.values(attribute), dtype=object)
+        parts.append(
+            pd.DataFrame(
+                {
+                    ID: pool[ID].to_numpy()[rows],
+                    CATEGORY: pool[CATEGORY].to_numpy()[rows],
+                    "attribute": attribute,
+                    "value": vocab[c[rows]],
+                    "confidence": confidence[attribute][rows],
+                }
+            )
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_frame(pd.concat(parts, ignore_index=True), path)
+
+
+def resume_settings(cfg: RunConfig) -> dict:
+    """What must match for finished rounds to be reused: what shapes their results, bar the round count."""
+    sections = ("catalog", "missing_labels", "backbone", "heads", "train", "self_training")
+    settings = {k: v for k, v in cfg.to_dict().items() if k in sections}
+    settings["self_training"] = {k: v for k, v in settings["self_training"].items() if k != "rounds"}
+    return json.loads(json.dumps(settings))  # as it reads back from progress.json
+
+
+def load_progress(path: Path, settings: dict) -> dict:
+    if not path.exists():
+        return {"settings": settings, "rounds": [], "best_round": None}
+    state = json.loads(path.read_text(encoding="utf-8"))
+    if state["settings"] != settings:
+        raise ResumeError(
+            f"{path.parent} holds self-training rounds run with other settings; "
+            "use another output folder or delete this one"
+        )
+    return state

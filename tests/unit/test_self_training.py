@@ -1,0 +1,184 @@
+"""Self-training of the heads: pseudo-label selection, precision, round artifacts and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from taxonomist.cli.main import app
+from taxonomist.config import BackboneConfig, EmbedConfig, load_config
+from taxonomist.data.catalog import Catalog, load_catalog
+from taxonomist.data.labels import MISSING
+from taxonomist.data.split import split_per_category
+from taxonomist.inference.embed import embed_catalog, view_fingerprint
+from taxonomist.inference.writers import ResumeError
+from taxonomist.models.build import build_backbone
+from taxonomist.training import self_training
+from taxonomist.training.self_training import (
+    agreement_with_truth,
+    cap_per_value,
+    partition,
+    select_pseudo_labels,
+    self_train,
+)
+from tests.integration.conftest import make_catalog, tiny_config
+
+M = MISSING
+
+
+def test_pseudo_labels_need_view_agreement_and_calibrated_confidence() -> None:
+    original = {
+        "color": np.array(
+            [
+                [0.95, 0.05, 0.0],  # confident, the flip agrees → kept
+                [0.95, 0.05, 0.0],  # confident, but the flip's argmax differs → dropped
+                [0.60, 0.40, 0.0],  # views agree, mean 0.65 < threshold → dropped
+                [0.0, 0.0, 0.0],  # attribute does not apply to the row's category → never
+                [0.10, 0.0, 0.90],  # views agree, mean exactly the threshold → kept
+            ]
+        )
+    }
+    flipped = {
+        "color": np.array(
+            [
+                [0.91, 0.09, 0.0],
+                [0.45, 0.55, 0.0],
+                [0.70, 0.30, 0.0],
+                [0.0, 0.0, 0.0],
+                [0.10, 0.0, 0.90],
+            ]
+        )
+    }
+    codes, confidence = select_pseudo_labels([original, flipped], 0.9)
+    assert codes["color"].tolist() == [0, M, M, M, 2]
+    np.testing.assert_allclose(confidence["color"], [0.93, 0, 0, 0, 0.9])
+    # Without the agreement rule row 1's mean (0.70 for value 0) still misses 0.9, but clears 0.68.
+    loose, _ = select_pseudo_labels([original, flipped], 0.68, require_agreement=False)
+    assert loose["color"].tolist() == [0, 0, M, M, 2]
+    strict, _ = select_pseudo_labels([original, flipped], 0.68)
+    assert strict["color"].tolist() == [0, M, M, M, 2]
+
+
+def test_value_cap_keeps_the_most_confident_share_of_each_value() -> None:
+    codes = {"color": np.array([0, 0, 0, 0, 1, M, 2, 2])}
+    confidence = {"color": np.array([0.7, 0.9, 0.8, 0.95, 0.6, 0.0, 0.99, 0.98])}
+    capped = cap_per_value(codes, confidence, 0.5)
+    # value 0: 2 of 4 kept (0.95, 0.9); value 1: ceil(0.5) = its only row; value 2: 1 of 2.
+    assert capped["color"].tolist() == [M, 0, M, 0, 1, M, 2, M]
+    assert cap_per_value(codes, confidence, 1.0)["color"].tolist() == codes["color"].tolist()
+
+
+def test_precision_counts_only_selected_cells_with_a_known_label() -> None:
+    selected = {"a": np.array([1, 2, M, 0, 1]), "b": np.array([M, 3, 3, M, M])}
+    truth = {"a": np.array([1, 0, 2, M, 1]), "b": np.array([0, 3, 1, 2, M])}
+    out = agreement_with_truth(selected, truth, selected)
+    # a: rows 0, 1, 4 are scored (row 3 has no truth): 2 of 3 right; b: rows 1, 2: 1 of 2.
+    assert out == {"a": pytest.approx(2 / 3), "b": 0.5, "all": pytest.approx(3 / 5)}
+    other = {"a": np.array([0, 0, 0, 0, 0]), "b": np.array([3, 3, 3, 3, 3])}
+    assert agreement_with_truth(other, truth, selected) == {"a": pytest.approx(1 / 3), "b": 0.5, "all": 0.4}
+    assert agreement_with_truth(selected, truth, {"a": np.full(5, M), "b": np.full(5, M)})["all"] is None
+
+
+def test_partition_is_disjoint_and_rows_without_labels_join_the_pool() -> None:
+    frame = pd.DataFrame(
+        {
+            "id": [str(i) for i in range(40)],
+            "category": ["A"] * 20 + ["B"] * 20,
+            "color": ["red"] * 38 + [None, None],
+            "fit": ["slim"] * 20 + [None] * 20,
+        }
+    )
+    by_cat = {"A": ["color", "fit"], "B": ["color"]}
+    parts = partition(frame, by_cat, 0.5, 0.25, seed=0)
+    rows = np.concatenate([parts.fit, parts.dev, parts.pool])
+    assert sorted(rows.tolist()) == list(range(40))
+    assert {38, 39} <= set(parts.pool.tolist())
+    assert len(parts.fit) + len(parts.dev) == 19  # half of 20 + half of the 18 labeled B rows
+    everything = partition(frame, by_cat, 1.0, 0.25, seed=0)
+    assert everything.pool.tolist() == [38, 39]
+
+
+def test_hflip_view_encodes_the_mirrored_image_and_is_cached_apart(tmp_path: Path) -> None:
+    img = np.full((32, 32, 3), 255, dtype=np.uint8)
+    img[:, :8] = (200, 20, 20)  # an asymmetric product: mirroring it changes the pixels
+    (tmp_path / "images").mkdir()
+    Image.fromarray(img).save(tmp_path / "images" / "1.png")
+    Image.fromarray(img[:, ::-1]).save(tmp_path / "images" / "2.png")
+    catalog = Catalog(
+        pd.DataFrame({"id": ["1", "2"], "category": ["A", "A"]}), [], tmp_path, "images/{id}.png", {"A": []}
+    )
+    backbone = build_backbone(BackboneConfig(pretrained=False, size=32, color_features=False))
+    cfg = EmbedConfig(num_workers=0, cache_dir=str(tmp_path / "cache"))
+    original = embed_catalog(catalog, backbone, cfg, progress=False)
+    flipped = embed_catalog(catalog, backbone, cfg, progress=False, view="hflip")
+    assert flipped.computed == 2  # the original view's cache entries are not the mirrored view's
+    np.testing.assert_allclose(flipped.features, original.features[::-1], rtol=1e-4, atol=1e-12)
+    assert view_fingerprint(backbone, "hflip") != view_fingerprint(backbone)
+    assert embed_catalog(catalog, backbone, cfg, progress=False, view="hflip").cached == 2
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("self-train")
+    raw = tiny_config(make_catalog(root / "data"), root / "cache", epochs=15, patience=15)
+    raw["self_training"] = {"labeled_fraction": 0.4, "dev_fraction": 0.3, "threshold": 0.6}
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_rounds_write_artifacts_and_a_rerun_resumes_after_the_last_finished_round(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["self-train", "-c", str(config), "-o", str(out), "--rounds", "1", "-q"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    for k in (0, 1):
+        assert {"model.safetensors", "taxonomist.json", "config.yaml", "metrics.json"} <= {
+            p.name for p in (out / f"round-{k}").iterdir()
+        }
+    progress = json.loads((out / "progress.json").read_text())
+    assert [r["round"] for r in progress["rounds"]] == [0, 1]
+    round1 = progress["rounds"][1]
+    assert sum(round1["n_pseudo"].values()) > 0
+
+    # Precision in the record = the parquet's pseudo-labels checked against the hidden catalog labels.
+    cfg = load_config(config)
+    catalog = load_catalog(cfg.catalog)
+    truth = catalog.frame.set_index("id")
+    pseudo = pd.read_parquet(out / "round-1" / "pseudo_labels.parquet")
+    known = pseudo[[pd.notna(truth.at[i, a]) for i, a in zip(pseudo["id"], pseudo["attribute"], strict=True)]]
+    right = [
+        truth.at[i, a] == v for i, a, v in zip(known["id"], known["attribute"], known["value"], strict=True)
+    ]
+    assert round1["pseudo_label_precision"]["all"] == pytest.approx(np.mean(right))
+    # Pseudo-labels are only ever given to rows outside the labeled part of the training split.
+    train_idx, _ = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
+    train_frame = catalog.frame.iloc[train_idx].reset_index(drop=True)
+    parts = partition(train_frame, catalog.attributes_by_category, 0.4, 0.3, cfg.self_training.seed)
+    assert set(pseudo["id"]) <= set(train_frame["id"].iloc[parts.pool])
+
+    # A killed run is a run whose progress.json names fewer rounds: a rerun fits only the missing ones.
+    mtime = (out / "round-1" / "model.safetensors").stat().st_mtime_ns
+    calls = []
+    fit = self_training.fit_heads
+    monkeypatch.setattr(self_training, "fit_heads", lambda *a, **k: calls.append(1) or fit(*a, **k))
+    cfg.self_training.rounds = 2
+    report = self_train(cfg, out, progress=False)
+    assert len(calls) == 1 and [r["round"] for r in report.rounds] == [0, 1, 2]
+    assert (out / "round-1" / "model.safetensors").stat().st_mtime_ns == mtime
+    assert report.rounds[1] == round1
+    assert report.best_round == int(np.argmax([r["dev_score"] for r in report.rounds]))
+
+    cfg.self_training.threshold = 0.99
+    with pytest.raises(ResumeError):
+        self_train(cfg, out, progress=False)
