@@ -21,9 +21,9 @@ console = Console()
 
 
 def is_vlm_dir(path: Path) -> bool:
-    from taxonomist.models.vlm import read_metadata
+    from taxonomist.models.vlm import read_metadata, resolve_model_dir
 
-    return any(read_metadata(p) for p in (path, path / "merged", path / "adapter"))
+    return bool(read_metadata(resolve_model_dir(path)))
 
 
 def model_config(model_dir: Path, config: Path | None, overrides: list[str] | None) -> VLMConfig:

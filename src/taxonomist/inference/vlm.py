@@ -180,7 +180,9 @@ class VLMPredictor:
         if constrained:
             rows = [c for c in categories for _ in range(num_samples)]
             kwargs["logits_processor"] = [self.grammars.logits_processor(rows, reasoning=reasoning)]  # type: ignore[arg-type]
-            kwargs["max_new_tokens"] = max(self.grammars.max_new_tokens(c, reasoning=reasoning) for c in rows)  # type: ignore[arg-type]
+            kwargs["max_new_tokens"] = max(
+                self.grammars.max_new_tokens(c, reasoning=reasoning) for c in set(categories)
+            )  # type: ignore[arg-type]
         out = model.generate(**inputs, **kwargs)
         tokens = out.sequences[:, inputs["input_ids"].shape[1] :]
         logprobs = torch.stack(

@@ -52,7 +52,7 @@ from taxonomist.inference.vlm import Generation, VLMPredictor, to_predictions
 from taxonomist.inference.writers import ResumeError, atomic_write_frame, atomic_write_text
 from taxonomist.metrics import attribute_score
 from taxonomist.models.vlm import load_vlm, read_metadata, write_metadata
-from taxonomist.training.vlm_sft import ADAPTER, MERGED, lora_targets, loraplus_optimizer, mixed_precision
+from taxonomist.training.vlm_sft import ADAPTER, MERGED, lora_targets, loraplus_optimizer, shared_trainer_args
 
 IMAGE_PATH = "image_path"
 """Column of the pool and validation frames holding each item's image file."""
@@ -429,8 +429,7 @@ def dpo_args(cfg: VLMConfig, output_dir: Path, *, device: torch.device, progress
     """trl ``DPOConfig``: DPO settings from ``cfg.improve``, the trainer's others from ``cfg.train``."""
     from trl import DPOConfig
 
-    imp, train = cfg.improve, cfg.train
-    bf16, fp16 = mixed_precision(train.mixed_precision, device)
+    imp = cfg.improve
     return DPOConfig(
         output_dir=str(output_dir),
         beta=imp.beta,
@@ -440,22 +439,10 @@ def dpo_args(cfg: VLMConfig, output_dir: Path, *, device: torch.device, progress
         max_steps=imp.max_steps,
         per_device_train_batch_size=imp.batch_size,
         gradient_accumulation_steps=imp.grad_accumulation,
-        lr_scheduler_type=train.scheduler,
-        warmup_steps=train.warmup_ratio,  # a float below 1 is a share of the total steps
-        max_grad_norm=train.max_grad_norm,
-        weight_decay=train.weight_decay,
-        optim=train.optim,
-        bf16=bf16,
-        fp16=fp16,
-        gradient_checkpointing=train.gradient_checkpointing,
-        max_length=train.max_length,
-        logging_steps=train.logging_steps,
         save_strategy="no",
         seed=imp.seed,
         data_seed=imp.seed,
-        remove_unused_columns=False,
-        report_to="none",
-        disable_tqdm=not progress,
+        **shared_trainer_args(DPOConfig, cfg.train, device, progress),
     )
 
 

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from taxonomist.config import VLMConfig
+from taxonomist.config import VLMConfig, VLMTrainConfig
 from taxonomist.data.captions import read_coco_captions, read_product_captions
 from taxonomist.data.catalog import CATEGORY, ID, expand_path, load_catalog
 from taxonomist.data.chat import (
@@ -262,19 +262,38 @@ def mixed_precision(setting: str, device: torch.device) -> tuple[bool, bool]:
     return setting == "bf16", setting == "fp16"
 
 
+def shared_trainer_args(cfg_cls: type, train: VLMTrainConfig, device: torch.device, progress: bool) -> dict:
+    """Trainer settings SFT and DPO both take from ``train`` (schedule, clipping, optimizer, precision)."""
+    if not 0 <= train.warmup_ratio < 1:
+        raise ValueError(f"train.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
+    bf16, fp16 = mixed_precision(train.mixed_precision, device)
+    # Recent transformers renamed gradient_checkpointing (now a deprecated alias) activation_checkpointing.
+    fields = {f.name for f in dataclasses.fields(cfg_cls)}
+    checkpointing = (
+        "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
+    )
+    return {
+        "lr_scheduler_type": train.scheduler,
+        "warmup_steps": train.warmup_ratio,  # a float below 1 is a share of the total steps
+        "max_grad_norm": train.max_grad_norm,
+        "weight_decay": train.weight_decay,
+        "optim": train.optim,
+        "bf16": bf16,
+        "fp16": fp16,
+        checkpointing: train.gradient_checkpointing,
+        "max_length": train.max_length,
+        "logging_steps": train.logging_steps,
+        "remove_unused_columns": False,
+        "report_to": "none",
+        "disable_tqdm": not progress,
+    }
+
+
 def sft_args(cfg: VLMConfig, output_dir: Path, *, device: torch.device, progress: bool = True) -> Any:
     """trl ``SFTConfig`` from ``cfg.train``; dataset preparation is skipped (the collator tokenizes)."""
     from trl import SFTConfig
 
     train = cfg.train
-    if not 0 <= train.warmup_ratio < 1:
-        raise ValueError(f"train.warmup_ratio must be in [0, 1), got {train.warmup_ratio}")
-    bf16, fp16 = mixed_precision(train.mixed_precision, device)
-    # Recent transformers renamed gradient_checkpointing (now a deprecated alias) activation_checkpointing.
-    fields = {f.name for f in dataclasses.fields(SFTConfig)}
-    checkpointing = (
-        "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
-    )
     return SFTConfig(
         output_dir=str(output_dir / CHECKPOINTS),
         learning_rate=train.lr,
@@ -283,27 +302,15 @@ def sft_args(cfg: VLMConfig, output_dir: Path, *, device: torch.device, progress
         per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=train.batch_size,
         gradient_accumulation_steps=train.grad_accumulation,
-        lr_scheduler_type=train.scheduler,
-        warmup_steps=train.warmup_ratio,  # a float below 1 is a share of the total steps
-        max_grad_norm=train.max_grad_norm,
-        weight_decay=train.weight_decay,
-        optim=train.optim,
-        bf16=bf16,
-        fp16=fp16,
-        **{checkpointing: train.gradient_checkpointing},
         save_strategy="steps",
         save_steps=train.save_steps,
         save_total_limit=train.save_total_limit,
-        logging_steps=train.logging_steps,
         eval_strategy="no",
         seed=train.seed,
         data_seed=train.seed,
-        max_length=train.max_length,
-        remove_unused_columns=False,
         dataset_kwargs={"skip_prepare_dataset": True},
-        report_to="none",
         dataloader_pin_memory=device.type == "cuda",
-        disable_tqdm=not progress,
+        **shared_trainer_args(SFTConfig, train, device, progress),
     )
 
 
