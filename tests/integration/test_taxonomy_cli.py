@@ -115,6 +115,7 @@ def test_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> None:
     for name in (
         "taxonomy.json",
         "brand.json",
+        "brand.skops",
         "heads.safetensors",
         "retrieval.npz",
         "encoder",

@@ -269,7 +269,7 @@ def test_vote_is_hierarchy_compliant(tax: Taxonomy) -> None:
 
 
 # -- brand ---------------------------------------------------------------------------------------------------
-def test_brand_extractor_finds_unseen_brands_and_no_brand() -> None:
+def test_brand_extractor_finds_unseen_brands_and_no_brand(tmp_path) -> None:
     rng = np.random.default_rng(0)
     words = ["Solid", "Printed", "Women's", "Men's", "Analog", "Shirt", "Watch", "Cotton"]
     syllables = ["ka", "ro", "zi", "mu", "tel", "van", "po", "shi"]
@@ -288,7 +288,8 @@ def test_brand_extractor_finds_unseen_brands_and_no_brand() -> None:
     model = BrandExtractor(max_tokens=3).fit(titles, labels)
     pred = model.predict(["Zorba Kraft Solid Men's Shirt", "Printed Cotton Shirt", "Fab Home Analog Watch"])
     assert pred == ["Zorba Kraft", "", "Fab Home"]
-    back = BrandExtractor.from_dict(model.to_dict())
+    model.save(tmp_path / "brand")
+    back = BrandExtractor.load(tmp_path / "brand")
     assert back.predict(["Zorba Kraft Solid Men's Shirt"]) == ["Zorba Kraft"]
     assert model.predict([]) == []
 
@@ -344,6 +345,29 @@ def test_retrieval_path_log_probs_are_vote_shares(tax: Taxonomy) -> None:
     shares = np.exp(knn.path_log_probs(train[:2]))
     assert shares.argmax(1).tolist() == [0, 1]
     assert shares.max(1) == pytest.approx([1.0, 1.0], abs=1e-3)
+
+
+def test_brand_path_labels_survive_save_and_load(tmp_path) -> None:
+    """A path whose brand field holds something else (flipkart bras carry a colour) must predict that
+    label after loading too: the per-path labels were once left out of the saved model."""
+    rng = np.random.default_rng(0)
+    makers = ["Kavo", "Zorin", "Lumi", "Tesa", "Vrin", "Oreka"]
+    titles, brands, paths = [], [], []
+    for i in range(300):
+        maker = makers[i % len(makers)]
+        if maker in ("Kavo", "Lumi", "Vrin"):
+            titles.append(f"{maker} Women's Full Coverage Bra")
+            brands.append(str(rng.choice(["black", "black", "white"])))
+            paths.append("Clothing > Lingerie > Bras")
+        else:
+            titles.append(f"{maker} Solid Men's Shirt")
+            brands.append(maker)
+            paths.append("Clothing > Men > Shirts")
+    model = BrandExtractor().fit(titles, brands, paths)
+    test, test_paths = ["Lumi Women's Full Coverage Bra"], ["Clothing > Lingerie > Bras"]
+    assert model.predict(test, test_paths) == ["black"]
+    model.save(tmp_path / "brand")
+    assert BrandExtractor.load(tmp_path / "brand").predict(test, test_paths) == ["black"]
 
 
 def test_brand_none_threshold_prefers_a_span() -> None:

@@ -77,8 +77,8 @@ class TaxonomyPredictor:
             titles = self.enricher.enrich(titles)
         return titles
 
-    def embed(self, titles: Sequence[str]) -> np.ndarray:
-        return self.encoder.encode(list(titles))
+    def embed(self, titles: Sequence[str], show_progress: bool = False) -> np.ndarray:
+        return self.encoder.encode(list(titles), show_progress=show_progress)
 
     def heads_log_probs(self, embeddings: np.ndarray) -> list[torch.Tensor]:
         assert self.heads is not None
@@ -214,7 +214,7 @@ class TaxonomyPredictor:
         self.config.save(path / "config.yaml")
         if self.encoder_finetuned:
             self.encoder.save(path / "encoder")
-        atomic_write_text(path / "brand.json", json.dumps(self.brand.to_dict(), ensure_ascii=False))
+        self.brand.save(path / "brand")
         if self.heads is not None:
             save_file(self.heads.state_dict(), str(path / "heads.safetensors"))
         if self.retrieval is not None:
@@ -254,7 +254,7 @@ class TaxonomyPredictor:
             batch_size=config.encoder.batch_size,
             quantize=config.encoder.quantize if quantize is None else quantize,
         )
-        brand = BrandExtractor.from_dict(json.loads((path / "brand.json").read_text(encoding="utf-8")))
+        brand = BrandExtractor.load(path / "brand")
         self = cls(taxonomy, encoder, config, brand, encoder_finetuned=manifest["encoder"] == "encoder")
         if "heads" in manifest["methods"]:
             self.heads = HierarchicalHeads(

@@ -2,14 +2,18 @@
 
 Most catalog titles start with the brand ("Alisha Solid Women's Cycling Shorts"), and many brands at
 prediction time were never seen in training, so a brand *classifier* cannot name them. This ranks the
-candidate spans "first 1..K tokens" and "none" with a logistic model over span statistics: is the span a
-known brand, how often titles starting with it were branded by it, and how "generic" the next token is
-("Women's", "Solid", "Analog" end a brand; "Paris" in "Cobra Paris" does not).
+candidate spans "first 1..K tokens" and "none" with gradient-boosted trees over span statistics: is the
+span a known brand, how often titles starting with it were branded by it, and how "generic" the next token
+is, overall and under the product's path ("Women's", "Solid", "Analog" end a brand; "Paris" in "Cobra
+Paris" does not). Trees beat the earlier logistic model by about one point of brand accuracy in 3-fold
+cross-validation on the flipkart training split, because these statistics matter in combination.
 
 Some catalogs fill the brand field with something else for whole categories (flipkart: "regular" or
 "slim" for shirts, the colour for bras). Given the predicted path, the labels that the path's rows carry
 but their titles do not start with become candidates too, scored by their share under the path and
-whether the title mentions them.
+whether the title mentions them; the most frequent such label the title mentions ("... Yellow Cotton
+Bra") gets a slot of its own even when it is not among the path's most frequent. A span that the path
+itself names ("Dinoimpex" under "... > Dinoimpex Musical Instruments & Toys") is likely the brand.
 
 Statistics are cross-fitted while training (each row's features come from the other folds), so the
 model learns what to do with a brand it has never seen instead of trusting the lexicon blindly.
@@ -17,14 +21,18 @@ model learns what to do with a brand it has never seen instead of trusting the l
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
+from sklearn.ensemble import HistGradientBoostingClassifier
 
 from taxonomist.data.taxonomy import NO_BRAND, normalize_brand, normalize_text
+from taxonomist.inference.writers import atomic_write_bytes, atomic_write_text
 
 _DIGIT = re.compile(r"\d")
 
@@ -47,6 +55,8 @@ class _Stats:
     start_count: Counter = field(default_factory=Counter)
     in_brand: Counter = field(default_factory=Counter)
     out_brand: Counter = field(default_factory=Counter)
+    path_words: dict = field(default_factory=dict)
+    """Per path, in how many titles each word (after the first) occurs: what is generic *here*."""
     max_k: int = 4
 
     def add(self, toks: list[str], brand_len: int | None, path: str = "", brand: str = "") -> None:
@@ -54,6 +64,7 @@ class _Stats:
         for k in range(1, min(self.max_k, len(low)) + 1):
             self.start_count[" ".join(low[:k])] += 1
         self.path_all[path] += 1
+        self.path_words.setdefault(path, Counter()).update(set(low[1:]))
         if brand:
             self.path_rows[path] += 1
         if brand_len is None:
@@ -76,23 +87,35 @@ class _Stats:
         return (outside + 0.5) / (inside + outside + 1.0), 1.0
 
 
-N_FEATURES = 25
-N_PATH_CANDIDATES = 3
+N_FEATURES = 29
+N_FREQUENT = 3
+N_PATH_CANDIDATES = N_FREQUENT + 1
+"""The path's most frequent non-prefix labels, then the most frequent other one the title mentions."""
 
 
-def _path_candidates(stats: _Stats, path: str) -> list[tuple[str, float]]:
-    """The path's most frequent non-prefix brands and their share of the path's branded rows."""
+def _mentions(low_title: str, label: str) -> bool:
+    """Whole-word match; ``low_title`` is the case-folded title padded with spaces."""
+    return f" {label} " in low_title
+
+
+def _path_candidates(stats: _Stats, path: str, toks: list[str]) -> list[tuple[str, float] | None]:
+    """The path's non-prefix brand candidates with their share of the path's branded rows (None = empty
+    slot): the most frequent ones, then the most frequent of the rest that the title mentions."""
     other = stats.path_other.get(path)
     if not other:
         return []
     total = max(1, stats.path_rows[path])
-    return [(b, n / total) for b, n in other.most_common(N_PATH_CANDIDATES) if n >= 2]
+    ranked = [(b, n / total) for b, n in other.most_common() if n >= 2]
+    low = f" {' '.join(toks).casefold()} "
+    mentioned = next((c for c in ranked[N_FREQUENT:] if _mentions(low, c[0])), None)
+    return [*ranked[:N_FREQUENT], *[None] * (N_FREQUENT - len(ranked[:N_FREQUENT])), mentioned]
 
 
 def _features(stats: _Stats, toks: list[str], max_k: int, path: str = "") -> np.ndarray:
     """Rows: candidate 0 ("none"), spans of 1..max_k tokens, then the path's brand candidates
     (padded; absent candidates get -1 marks)."""
     out = np.zeros((max_k + 1 + N_PATH_CANDIDATES, N_FEATURES))
+    low_path = f" {normalize_text(path.replace('>', ' ')).casefold()} "
     first_generic, first_seen = stats.generic(toks[0] if toks else None)
     out[0, 0] = 1.0
     out[0, 1] = first_generic
@@ -126,17 +149,24 @@ def _features(stats: _Stats, toks: list[str], max_k: int, path: str = "") -> np.
         row[22] = float(span_caps)
         row[23] = float(next_caps)
         row[24] = float(span_caps and next_caps)
-    candidates = _path_candidates(stats, path)
+        # The longest title prefix that the path names.
+        longer = f"{span} {nxt.casefold()}" if nxt else None
+        row[25] = float(_mentions(low_path, span) and not (longer and _mentions(low_path, longer)))
+        words = stats.path_words.get(path, Counter())
+        row[27] = (words[nxt.casefold()] + 0.5) / (seen_rows + 1.0) if nxt else 1.0
+        row[28] = (words[toks[k - 1].casefold()] + 0.5) / (seen_rows + 1.0)
+    candidates = _path_candidates(stats, path, toks)
     low = f" {' '.join(toks).casefold()} "
     for j in range(N_PATH_CANDIDATES):
         row = out[max_k + 1 + j]
-        if j >= len(candidates):
+        if j >= len(candidates) or candidates[j] is None:
             row[3] = -1.0
             continue
         brand, share = candidates[j]
         row[17] = 1.0
         row[18] = share
-        row[19] = float(f" {brand} " in low)
+        row[19] = float(_mentions(low, brand))
+        row[26] = float(j == N_FREQUENT)
     return out
 
 
@@ -174,8 +204,8 @@ class BrandExtractor:
         if k is not None and k <= self.max_tokens:
             target[k] = True
             return target
-        for j, (candidate, _) in enumerate(_path_candidates(stats, path)):
-            if candidate == brand:
+        for j, candidate in enumerate(_path_candidates(stats, path, toks)):
+            if candidate is not None and candidate[0] == brand:
                 target[self.max_tokens + 1 + j] = True
                 return target
         return None  # spelled neither by a short prefix nor by the path: nothing to learn here
@@ -198,7 +228,15 @@ class BrandExtractor:
                 ys.append(target)
         x, y = np.concatenate(xs), np.concatenate(ys)
         valid = x[:, 3] >= 0
-        self.model_ = LogisticRegression(C=1.0, max_iter=2000).fit(x[valid], y[valid])
+        # Candidates are scored one by one (a binary model) and compared with a softmax over a title's.
+        self.model_ = HistGradientBoostingClassifier(
+            max_iter=300,
+            learning_rate=0.05,
+            max_leaf_nodes=15,
+            min_samples_leaf=50,
+            early_stopping=False,
+            random_state=self.seed,
+        ).fit(x[valid], y[valid])
         self.stats_ = self._stats(toks, lengths, paths, keys, range(len(toks)))
         return self
 
@@ -236,15 +274,17 @@ class BrandExtractor:
             elif k <= self.max_tokens:
                 brands.append(" ".join(t[:k]))
             else:
-                brands.append(_path_candidates(self.stats_, p)[k - self.max_tokens - 1][0])
+                brands.append(_path_candidates(self.stats_, p, t)[k - self.max_tokens - 1][0])
         return brands, probs[np.arange(len(toks)), best]
 
-    def to_dict(self) -> dict:
+    def save(self, path: str | os.PathLike) -> None:
+        """``{path}.json`` (lexicon and statistics) and ``{path}.skops`` (the trees, no pickle)."""
+        import skops.io
+
         s = self.stats_
-        return {
+        data = {
             "max_tokens": self.max_tokens,
-            "coef": self.model_.coef_.tolist(),
-            "intercept": self.model_.intercept_.tolist(),
+            "seed": self.seed,
             "stats": {
                 "brand_count": dict(s.brand_count),
                 "start_count": dict(s.start_count),
@@ -254,15 +294,24 @@ class BrandExtractor:
                 "path_all": dict(s.path_all),
             },
             "path_other": {p: dict(c) for p, c in s.path_other.items()},
+            "path_words": {p: dict(c) for p, c in s.path_words.items()},
         }
+        atomic_write_text(Path(f"{path}.json"), json.dumps(data, ensure_ascii=False))
+        atomic_write_bytes(Path(f"{path}.skops"), skops.io.dumps(self.model_))
 
     @classmethod
-    def from_dict(cls, data: dict) -> BrandExtractor:
-        self = cls(max_tokens=int(data["max_tokens"]))
-        model = LogisticRegression()
-        model.coef_ = np.array(data["coef"])
-        model.intercept_ = np.array(data["intercept"])
-        model.classes_ = np.array([False, True])
-        self.model_ = model
+    def load(cls, path: str | os.PathLike) -> BrandExtractor:
+        import skops.io
+
+        with open(f"{path}.json", encoding="utf-8") as fh:
+            data = json.load(fh)
+        self = cls(max_tokens=int(data["max_tokens"]), seed=int(data["seed"]))
         self.stats_ = _Stats(**{k: Counter(v) for k, v in data["stats"].items()}, max_k=self.max_tokens)
+        self.stats_.path_other = {p: Counter(c) for p, c in data["path_other"].items()}
+        self.stats_.path_words = {p: Counter(c) for p, c in data["path_words"].items()}
+        self.model_ = skops.io.load(f"{path}.skops", trusted=TRUSTED_TYPES)
         return self
+
+
+TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+"""What a saved brand model may contain beyond skops' defaults; anything else is refused on load."""
