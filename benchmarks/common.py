@@ -6,10 +6,12 @@ from pathlib import Path
 
 
 def replace_section(path: Path, heading: str, text: str) -> None:
-    """Swap one ``## `` section of the docs page, keeping the others (each benchmark owns its own)."""
+    """Swap one ``## `` section of the docs page in place (appended if new), keeping the others: each
+    benchmark owns its own, and a rerun must not reorder the page."""
     old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n\n"
     parts = old.split("\n## ")
     head, sections = parts[0], ["## " + p for p in parts[1:]]
-    sections = [s for s in sections if not s.startswith(heading)] + [text]
+    at = next((i for i, s in enumerate(sections) if s.startswith(heading)), len(sections))
+    sections[at : at + 1] = [text]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(head.rstrip() + "\n\n" + "\n".join(s.rstrip() + "\n" for s in sections), encoding="utf-8")
