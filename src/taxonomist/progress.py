@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -36,3 +40,13 @@ def progress_bar(unit: str = "it", disable: bool = False) -> Progress:
         disable=disable,
         transient=False,
     )
+
+
+@contextmanager
+def timed(seconds: dict[str, float], key: str) -> Iterator[None]:
+    """Record the wall-clock seconds of the ``with`` block as ``seconds[key]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[key] = time.perf_counter() - start

@@ -22,6 +22,8 @@ from taxonomist.models.seq2seq import (
     TargetTrie,
     format_target,
     parse_target,
+    random_t5,
+    train_unigram_tokenizer,
 )
 
 # peft 0.21 calls a transformers 5 method that is deprecated; nothing to fix on our side.
@@ -67,51 +69,18 @@ def taxonomy() -> Taxonomy:
     return Taxonomy.from_paths(paths, brands=brands)
 
 
-def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
+def _corpus() -> list[str]:
     titles, paths, brands = _data()
     corpus = [DEFAULT_PROMPT + t for t in titles] + [
         format_target(p, b) for p, b in zip(paths, brands, strict=True)
     ]
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=120, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
-    )
-    tok.train_from_iterator(corpus * 4, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
+    return corpus * 4
 
 
 @pytest.fixture(scope="module")
 def t5_dir(tmp_path_factory) -> Path:
     """A random 1-layer T5 (d_model 32) and its tokenizer, saved like a hub checkpoint."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    tokenizer = _tokenizer()
-    torch.manual_seed(0)
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=32,
-        d_ff=64,
-        d_kv=16,
-        num_heads=2,
-        num_layers=1,
-        num_decoder_layers=1,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    directory = tmp_path_factory.mktemp("tiny-t5")
-    T5ForConditionalGeneration(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return random_t5(tmp_path_factory.mktemp("tiny-t5"), _corpus(), size="tiny", vocab_size=120)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +88,7 @@ def gpt2_dir(tmp_path_factory) -> Path:
     """A random 1-layer GPT-2 with the same tokenizer: the decoder-only path."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tokenizer = _tokenizer()
+    tokenizer = train_unigram_tokenizer(_corpus(), vocab_size=120)
     torch.manual_seed(0)
     config = GPT2Config(
         vocab_size=len(tokenizer),

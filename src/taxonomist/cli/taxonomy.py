@@ -95,7 +95,7 @@ def evaluate(
         cfg.data.path, cfg.data.limit = data, None
         cfg.data.layout = layout or cfg.data.layout  # type: ignore[assignment]
         titles = load_titles(cfg)
-    result = evaluate_predictor(predictor, titles)
+    result = evaluate_predictor(predictor, titles, progress=not quiet)
     console.print(
         reports_table(
             result["reports"], result["titles_per_s"], result["invalid"], f"{len(titles.frame)} titles"

@@ -9,7 +9,6 @@ embeddings of the training titles. Everything is scored on a seeded validation s
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from taxonomist.models.taxonomy import (
     soft_vote,
 )
 from taxonomist.models.text import TextEncoder
-from taxonomist.progress import progress_bar
+from taxonomist.progress import progress_bar, timed
 
 
 def load_titles(cfg: TaxonomyConfig) -> TitleDataset:
@@ -201,9 +200,8 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
     if cfg.enrich.corpus:
         from taxonomist.models.enrich import Enricher
 
-        start = time.perf_counter()
-        predictor.enricher = Enricher.from_config(cfg.enrich)
-        seconds["enrich_index"] = time.perf_counter() - start
+        with timed(seconds, "enrich_index"):
+            predictor.enricher = Enricher.from_config(cfg.enrich)
     train_titles = predictor.prepare(train_data.frame[TITLE].tolist())
     losses: dict[str, list[float]] = {}
 
@@ -214,62 +212,55 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
     level_sizes = [len(n) for n in taxonomy.nodes]
     heads = HierarchicalHeads(encoder.dim, level_sizes, cfg.heads.hidden)
     if cfg.encoder.finetune_epochs > 0 and ("heads" in methods or "retrieval" in methods):
-        start = time.perf_counter()
-        losses["finetune"] = finetune_encoder(
-            encoder, heads, train_titles, train_targets, taxonomy, cfg, progress
-        )
-        predictor.encoder_finetuned = True
-        seconds["finetune_encoder"] = time.perf_counter() - start
+        with timed(seconds, "finetune_encoder"):
+            losses["finetune"] = finetune_encoder(
+                encoder, heads, train_titles, train_targets, taxonomy, cfg, progress
+            )
+            predictor.encoder_finetuned = True
     if "heads" in methods or "retrieval" in methods:
-        start = time.perf_counter()
-        train_emb = encoder.encode(train_titles, show_progress=progress)
-        seconds["embed_train"] = time.perf_counter() - start
+        with timed(seconds, "embed_train"):
+            train_emb = encoder.encode(train_titles, show_progress=progress)
     if "retrieval" in methods:
-        start = time.perf_counter()
-        predictor.retrieval = RetrievalClassifier(cfg.retrieval.k, cfg.retrieval.temperature).fit(
-            train_emb, train_targets[:, -1], taxonomy
-        )
-        seconds["retrieval"] = time.perf_counter() - start
+        with timed(seconds, "retrieval"):
+            predictor.retrieval = RetrievalClassifier(cfg.retrieval.k, cfg.retrieval.temperature).fit(
+                train_emb, train_targets[:, -1], taxonomy
+            )
     if "heads" in methods:
-        start = time.perf_counter()
-        losses["heads"] = fit_heads(heads, train_emb, train_targets, taxonomy, cfg)
-        predictor.heads = heads
-        seconds["heads"] = time.perf_counter() - start
+        with timed(seconds, "heads"):
+            losses["heads"] = fit_heads(heads, train_emb, train_targets, taxonomy, cfg)
+            predictor.heads = heads
     if "lexical" in methods:
-        start = time.perf_counter()
-        predictor.lexical = LexicalClassifier(cfg.lexical.C, cfg.lexical.temperature).fit(
-            train_titles, train_targets[:, -1], taxonomy
-        )
-        seconds["lexical"] = time.perf_counter() - start
+        with timed(seconds, "lexical"):
+            predictor.lexical = LexicalClassifier(cfg.lexical.C, cfg.lexical.temperature).fit(
+                train_titles, train_targets[:, -1], taxonomy
+            )
     if "seq2seq" in methods:
         from taxonomist.models.seq2seq import Seq2SeqTaxonomyModel
 
-        start = time.perf_counter()
-        sc = cfg.seq2seq
-        model = Seq2SeqTaxonomyModel.from_pretrained(sc.model, taxonomy, prompt=sc.prompt)
-        model.fit(
-            train_titles,
-            train_data.paths(),
+        with timed(seconds, "seq2seq"):
+            sc = cfg.seq2seq
+            model = Seq2SeqTaxonomyModel.from_pretrained(sc.model, taxonomy, prompt=sc.prompt)
+            model.fit(
+                train_titles,
+                train_data.paths(),
+                train_data.frame[BRAND].tolist(),
+                output_dir / "seq2seq-work",
+                epochs=sc.epochs,
+                learning_rate=sc.lr,
+                batch_size=sc.batch_size,
+                lora=sc.lora,
+                seed=cfg.train.seed,
+            )
+            predictor.seq2seq = model
+    with timed(seconds, "brand"):
+        predictor.brand.fit(
+            train_data.frame[TITLE].tolist(),
             train_data.frame[BRAND].tolist(),
-            output_dir / "seq2seq-work",
-            epochs=sc.epochs,
-            learning_rate=sc.lr,
-            batch_size=sc.batch_size,
-            lora=sc.lora,
-            seed=cfg.train.seed,
+            [path_key(p) for p in train_data.paths()],
         )
-        predictor.seq2seq = model
-        seconds["seq2seq"] = time.perf_counter() - start
-    start = time.perf_counter()
-    predictor.brand.fit(
-        train_data.frame[TITLE].tolist(),
-        train_data.frame[BRAND].tolist(),
-        [path_key(p) for p in train_data.paths()],
-    )
-    seconds["brand"] = time.perf_counter() - start
     predictor.save(output_dir)
 
-    result = evaluate_predictor(predictor, val_data)
+    result = evaluate_predictor(predictor, val_data, progress)
     report = TaxonomyTrainReport(
         output_dir=output_dir,
         reports=result["reports"],
@@ -288,7 +279,7 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
     return report
 
 
-def evaluate_predictor(predictor: TaxonomyPredictor, data: TitleDataset) -> dict:
+def evaluate_predictor(predictor: TaxonomyPredictor, data: TitleDataset, progress: bool = False) -> dict:
     """Score every method and both ensembles on labelled titles.
 
     Titles/s per method is end to end on this batch: normalising (and enriching), encoding when the
@@ -297,28 +288,24 @@ def evaluate_predictor(predictor: TaxonomyPredictor, data: TitleDataset) -> dict
     titles = data.frame[TITLE].tolist()
     valid = set(predictor.taxonomy.paths)
     shared: dict[str, float] = {}
-    start = time.perf_counter()
-    prepared = predictor.prepare(titles)
-    shared["prepare"] = time.perf_counter() - start
+    with timed(shared, "prepare"):
+        prepared = predictor.prepare(titles)
     embeddings = None
     if {"retrieval", "heads"} & set(predictor.methods):
-        start = time.perf_counter()
-        embeddings = predictor.embed(prepared)
-        shared["embed"] = time.perf_counter() - start
+        with timed(shared, "embed"):
+            embeddings = predictor.embed(prepared, show_progress=progress)
     preds, scores, own = {}, {}, {}
     for method in predictor.methods:
-        start = time.perf_counter()
-        p, s = predictor.method_outputs(prepared, [method], embeddings)
-        own[method] = time.perf_counter() - start
+        with timed(own, method):
+            p, s = predictor.method_outputs(prepared, [method], embeddings)
         preds.update(p)
         scores.update(s)
-    brand_seconds = []
+    brand_seconds: dict[str, float] = {}
     outputs = {}
     for method, pred in preds.items():
-        start = time.perf_counter()
-        outputs[method] = predictor.predict_brands(titles, pred)
-        brand_seconds.append(time.perf_counter() - start)
-    shared["brand"] = float(np.mean(brand_seconds))
+        with timed(brand_seconds, method):
+            outputs[method] = predictor.predict_brands(titles, pred)
+    shared["brand"] = float(np.mean(list(brand_seconds.values())))
 
     def cost(members: list[str], extra: float = 0.0) -> float:
         embed = shared.get("embed", 0.0) if {"retrieval", "heads"} & set(members) else 0.0
@@ -327,14 +314,15 @@ def evaluate_predictor(predictor: TaxonomyPredictor, data: TitleDataset) -> dict
     seconds = {m: cost([m]) for m in own}
     members = list(preds)
     if len(members) > 1:
-        start = time.perf_counter()
-        preds["vote"] = hierarchical_vote([preds[m] for m in members], predictor.taxonomy)
-        seconds["vote"] = cost(members, time.perf_counter() - start)
+        combine: dict[str, float] = {}
+        with timed(combine, "vote"):
+            preds["vote"] = hierarchical_vote([preds[m] for m in members], predictor.taxonomy)
+        seconds["vote"] = cost(members, combine["vote"])
         soft_members = [m for m in members if m in DISTRIBUTION_METHODS]
         if len(soft_members) > 1:
-            start = time.perf_counter()
-            preds["soft"] = soft_vote([scores[m] for m in soft_members], predictor.taxonomy)
-            seconds["soft"] = cost(soft_members, time.perf_counter() - start)
+            with timed(combine, "soft"):
+                preds["soft"] = soft_vote([scores[m] for m in soft_members], predictor.taxonomy)
+            seconds["soft"] = cost(soft_members, combine["soft"])
     for method in preds.keys() - outputs.keys():
         outputs[method] = predictor.predict_brands(titles, preds[method])
     reports, invalid, frames = {}, {}, []

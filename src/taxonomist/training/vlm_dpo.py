@@ -52,7 +52,7 @@ from taxonomist.inference.vlm import Generation, VLMPredictor, to_predictions
 from taxonomist.inference.writers import ResumeError, atomic_write_frame, atomic_write_text
 from taxonomist.metrics import attribute_score
 from taxonomist.models.vlm import load_vlm, read_metadata, write_metadata
-from taxonomist.training.vlm_sft import ADAPTER, MERGED, lora_targets, loraplus_optimizer, shared_trainer_args
+from taxonomist.training.vlm_sft import ADAPTER, MERGED, add_lora, loraplus_optimizer, shared_trainer_args
 
 IMAGE_PATH = "image_path"
 """Column of the pool and validation frames holding each item's image file."""
@@ -454,26 +454,13 @@ def train_dpo(
     The model is wrapped before the trainer sees it (so LoRA+ can build its optimizer); trl then keeps a
     frozen copy of the zero-initialised adapter as the reference, which equals the model before the round.
     """
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel
     from trl import DPOTrainer
 
     model = predictor.vlm.model
     if isinstance(model, PeftModel):  # an adapter folder as the starting model: fold it in first
         model = model.merge_and_unload()
-    targets = cfg.lora.target_modules
-    if targets == "all-linear":
-        targets = lora_targets(model, train_vision=cfg.lora.train_vision)
-    torch.manual_seed(cfg.improve.seed)  # LoRA A matrices are initialised randomly
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=targets,
-            task_type="CAUSAL_LM",
-        ),
-    )
+    model = add_lora(model, cfg.lora, seed=cfg.improve.seed)
     device = predictor.vlm.device
     args = dpo_args(cfg, round_dir, device=device, progress=progress)
     ratio = cfg.lora.loraplus_lr_ratio

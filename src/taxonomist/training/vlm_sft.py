@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from taxonomist.config import VLMConfig, VLMTrainConfig
+from taxonomist.config import LoraSettings, VLMConfig, VLMTrainConfig
 from taxonomist.data.captions import read_coco_captions, read_product_captions
 from taxonomist.data.catalog import CATEGORY, ID, expand_path, load_catalog
 from taxonomist.data.chat import (
@@ -235,6 +235,24 @@ def lora_targets(model: torch.nn.Module, *, train_vision: bool) -> list[str]:
     ]
 
 
+def add_lora(model: torch.nn.Module, lora: LoraSettings, *, seed: int) -> Any:
+    """``model`` wrapped in a fresh peft LoRA; ``seed`` fixes the random init of the A matrices."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora.target_modules
+    if targets == "all-linear":
+        targets = lora_targets(model, train_vision=lora.train_vision)
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
 def loraplus_optimizer(model: torch.nn.Module, args: Any, ratio: float) -> torch.optim.Optimizer:
     """LoRA+ (Hayou et al. 2024): B matrices learn ``ratio`` times faster than A; the optimizer class
     and its settings (``args.optim``: adamw_torch, paged_adamw_8bit, …) come from the trainer args."""
@@ -371,7 +389,7 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
 def train_sft(cfg: VLMConfig, output_dir: str | Path, *, progress: bool = True) -> SFTReport:
     """Fine-tune ``cfg.model`` on the task's examples; resumes from ``output_dir/checkpoints`` if present."""
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
@@ -394,20 +412,7 @@ def train_sft(cfg: VLMConfig, output_dir: str | Path, *, progress: bool = True) 
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.train.gradient_checkpointing
         )
-    targets = cfg.lora.target_modules
-    if targets == "all-linear":
-        targets = lora_targets(model, train_vision=cfg.lora.train_vision)
-    torch.manual_seed(cfg.train.seed)  # LoRA A matrices are initialised randomly
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=targets,
-            task_type="CAUSAL_LM",
-        ),
-    )
+    model = add_lora(model, cfg.lora, seed=cfg.train.seed)
     optimizer = (
         loraplus_optimizer(model, args, cfg.lora.loraplus_lr_ratio)
         if cfg.lora.loraplus_lr_ratio is not None
