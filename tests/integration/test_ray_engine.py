@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +121,49 @@ def test_resume_recomputes_only_missing_shards(
     again = read_ray_output(out)
     assert not again.duplicated(["id", "attribute"]).any()
     pd.testing.assert_frame_equal(again, first)
+
+
+def test_resumes_after_the_job_is_killed_9(
+    ray_session: None, ckpt: Path, tiny_run: tuple[Path, Path], tmp_path: Path
+):
+    """A real crash: the whole process group of a running `predict --engine ray` (driver, its local Ray,
+    the actors) gets SIGKILL once a few shards have landed; the rerun keeps those and writes the rest."""
+    catalog_csv, _ = tiny_run
+    clean, crashed = tmp_path / "clean", tmp_path / "crashed"
+    args = ["--engine", "ray", "--num-actors", "1", "--set", "predict.chunk_size=4"]
+    args += ["--data", str(catalog_csv)]
+    invoke("predict", str(ckpt), "-o", str(clean), "-q", *args)
+    cmd = [sys.executable, "-m", "taxonomist.cli", "predict", str(ckpt), "-o", str(crashed), "-q", *args]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "killed-job.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
+    parts = crashed / "predictions"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if len(list(parts.glob("part-*.parquet"))) >= 3:
+                break
+            time.sleep(0.01)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    tail = log.read_text(errors="replace")[-3000:]
+    assert proc.returncode == -signal.SIGKILL, f"the job ended before it could be killed:\n{tail}"
+    landed = len(list(parts.glob("part-*.parquet")))
+    assert 3 <= landed < 30
+    with pytest.raises(FileNotFoundError, match="shards not written"):
+        read_ray_output(crashed)
+
+    invoke("predict", str(ckpt), "-o", str(crashed), "-q", *args)
+    summary = json.loads((crashed / "summary.json").read_text())
+    # A shard counts as done when both its parts landed: the one in flight at the kill may have only one.
+    assert landed - 1 <= summary["resumed_chunks"] <= landed and summary["rows"] == 120
+    again = read_ray_output(crashed)
+    assert not again.duplicated(["id", "attribute"]).any()
+    pd.testing.assert_frame_equal(again, read_ray_output(clean))
 
 
 def test_bad_images_and_unknown_categories_are_reported(
