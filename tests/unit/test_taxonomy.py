@@ -370,6 +370,11 @@ def test_brand_path_labels_survive_save_and_load(tmp_path) -> None:
     assert BrandExtractor.load(tmp_path / "brand").predict(test, test_paths) == ["black"]
 
 
+def test_brand_without_anything_to_learn_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="none of the 2 training brands"):
+        BrandExtractor().fit(["Plain blue shirt", "Red shoe"], ["Acme", "Zeta"])
+
+
 def test_brand_none_threshold_prefers_a_span() -> None:
     titles = ["Printed Cotton Shirt"] * 30 + ["Kavo Solid Shirt"] * 10
     brands = [""] * 30 + ["Kavo"] * 10

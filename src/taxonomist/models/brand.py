@@ -226,6 +226,11 @@ class BrandExtractor:
                     continue
                 xs.append(_features(stats, toks[i], self.max_tokens, paths[i]))
                 ys.append(target)
+        if not xs:
+            raise ValueError(
+                f"brand: none of the {len(toks)} training brands is empty, a title prefix of at most "
+                f"{self.max_tokens} tokens or a label shared by 2+ rows of a path; nothing to learn from"
+            )
         x, y = np.concatenate(xs), np.concatenate(ys)
         valid = x[:, 3] >= 0
         # Candidates are scored one by one (a binary model) and compared with a softmax over a title's.
