@@ -79,6 +79,8 @@ class EmbedConfig:
     cache_dir: str | None = None
     """Feature cache folder; default ``$TAXONOMIST_CACHE`` or ``~/.cache/taxonomist``."""
     max_pixels: int = 4096 * 4096
+    device: str = "auto"
+    """Where the backbone runs: auto (the GPU when there is one), cpu, cuda, cuda:N."""
 
 
 @dataclass

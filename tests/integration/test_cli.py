@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from taxonomist.cli.main import app
@@ -110,6 +111,32 @@ def test_python_api_and_unknown_category(trained: tuple[Path, Path, Path]) -> No
     assert set(pred.attributes) == {"color"} and pred.attributes["color"].value in {"red", "blue"}
     with pytest.raises(SchemaError, match="unknown categories \\['Shoes'\\]"):
         predictor.predict([catalog.parent / "images" / "1001.jpg"], ["Shoes"])
+
+
+def test_predictor_device_choice(trained: tuple[Path, Path, Path]) -> None:
+    catalog, _, ckpt = trained
+    images = [catalog.parent / "images" / f"{i}.jpg" for i in (1001, 1002)]
+    cpu = Predictor.from_pretrained(ckpt, device="cpu")
+    assert cpu.device == torch.device("cpu")
+    expected = cpu.predict(images, ["Bags", "Bags"])
+    auto = Predictor.from_pretrained(ckpt)  # the GPU when there is one
+    assert auto.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert [p.attributes["color"].value for p in auto.predict(images, ["Bags", "Bags"])] == [
+        p.attributes["color"].value for p in expected
+    ]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_predict_catalog_matches_cpu(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Batch prediction with backbone and heads on the GPU: same values, confidences within float noise."""
+    _, _, ckpt = trained
+    invoke("predict", str(ckpt), "-o", str(tmp_path / "cpu"), "-q", "--set", "embed.device=cpu")
+    invoke("predict", str(ckpt), "-o", str(tmp_path / "gpu"), "-q", "--set", "embed.device=cuda")
+    a = pd.read_csv(tmp_path / "cpu" / "predictions_long.csv", dtype={"id": str})
+    b = pd.read_csv(tmp_path / "gpu" / "predictions_long.csv", dtype={"id": str})
+    pd.testing.assert_frame_equal(a.drop(columns="confidence"), b.drop(columns="confidence"))
+    assert (a["confidence"] - b["confidence"]).abs().max() < 1e-3
 
 
 def test_predict_resumes_after_kill_9(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:

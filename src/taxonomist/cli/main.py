@@ -251,7 +251,7 @@ def predict(
         )
         console.print_json(json.dumps(summary.to_dict()))
         return
-    predictor = Predictor.from_pretrained(checkpoint)
+    predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
     summary = predictor.predict_catalog(
         catalog,
         output,
@@ -268,12 +268,13 @@ def predict(
 def embed(config: ConfigOpt = None, overrides: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Compute and cache backbone features for a catalog, so later training runs start warm."""
     from taxonomist.data.catalog import load_catalog
+    from taxonomist.devices import resolve_device
     from taxonomist.inference.embed import embed_catalog
     from taxonomist.models.build import build_backbone
 
     cfg = resolve_config(config, overrides)
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
-    backbone = build_backbone(cfg.backbone).optimize_for_inference()
+    backbone = build_backbone(cfg.backbone).optimize_for_inference().to(resolve_device(cfg.embed.device))
     result = embed_catalog(catalog, backbone, cfg.embed, progress=not quiet)
     console.print(
         f"{len(catalog)} images: {result.cached} cached, {result.computed} computed, "

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from taxonomist.config import EmbedConfig
 from taxonomist.data.catalog import Catalog
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadError, content_hash, load_image
+from taxonomist.devices import module_device
 from taxonomist.inference.cache import FeatureCache
 from taxonomist.models.backbones import Backbone
 from taxonomist.progress import progress_bar
@@ -99,7 +100,7 @@ def embed_images(
     description: str = "embed",
     view: View = "original",
 ) -> EmbedResult:
-    """``cache`` must belong to ``view`` (see :func:`view_fingerprint`)."""
+    """``cache`` must belong to ``view`` (see :func:`view_fingerprint`); runs on ``backbone``'s device."""
     start = time.perf_counter()
     n = len(paths)
     features = np.zeros((n, backbone.feature_dim), dtype=np.float32)
@@ -125,12 +126,14 @@ def embed_images(
     pending: list[np.ndarray] = []
     failed: dict[str, tuple[str, str]] = {}
     if rows:
+        device = module_device(backbone)
         loader = DataLoader(
             _Decode([str(paths[r]) for r in rows], backbone.preprocess, max_pixels, view),
             batch_size=batch_size,
             num_workers=num_workers,
             collate_fn=_collate,
             persistent_workers=False,
+            pin_memory=device.type == "cuda",
         )
         backbone.eval()
         with progress_bar("img", disable=not progress) as bar:
@@ -139,7 +142,7 @@ def embed_images(
                 for i, (reason, detail) in bad:
                     failed[keys[i]] = (reason, detail)
                 if pixels is not None:
-                    out = backbone(pixels).float().numpy()
+                    out = backbone(pixels.to(device, non_blocking=True)).float().cpu().numpy()
                     for i, vec in zip(idx, out, strict=True):
                         computed[keys[i]] = vec
                         pending_keys.append(keys[i])

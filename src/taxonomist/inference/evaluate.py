@@ -32,7 +32,7 @@ def evaluate(
     if split == "val":
         _, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
         catalog = catalog.subset(val_idx)
-    predictor = Predictor.from_pretrained(checkpoint)
+    predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
     embedded = embed_catalog(catalog, predictor.backbone, cfg.embed, progress=progress)
     good = np.flatnonzero(embedded.ok)
     frame = catalog.frame

@@ -17,6 +17,7 @@ from taxonomist.config import EmbedConfig
 from taxonomist.data.catalog import CATEGORY, ID, MEESHO_MAX_ATTRS, Catalog
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image, write_errors
 from taxonomist.data.schema import SchemaError
+from taxonomist.devices import module_device, resolve_device
 from taxonomist.inference.cache import FeatureCache
 from taxonomist.inference.embed import embed_images
 from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
@@ -65,8 +66,16 @@ class Predictor:
         self._category_index = {c: i for i, c in enumerate(checkpoint.categories)}
         self._vocab = {a: self.schema.values(a) for a in self.schema.attributes}
 
+    @property
+    def device(self) -> torch.device:
+        return module_device(self.backbone)
+
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, optimize: bool = True) -> Predictor:
+    def from_pretrained(
+        cls, path: str | os.PathLike, *, optimize: bool = True, device: str | torch.device = "auto"
+    ) -> Predictor:
+        """``device``: auto (the GPU when there is one), cpu, cuda or cuda:N, for backbone and heads."""
+        target = resolve_device(device)
         checkpoint, heads = HeadsCheckpoint.load(path)
         backbone = build_backbone(checkpoint.backbone)
         state = HeadsCheckpoint.backbone_state(path)
@@ -80,7 +89,7 @@ class Predictor:
             )
         if optimize:
             backbone.optimize_for_inference()
-        return cls(checkpoint, heads, backbone.eval())
+        return cls(checkpoint, heads.to(target), backbone.to(target).eval())
 
     @property
     def categories(self) -> list[str]:
@@ -97,8 +106,10 @@ class Predictor:
         self, features: np.ndarray | torch.Tensor, categories: Sequence[str]
     ) -> dict[str, np.ndarray]:
         """attribute → (n, n_values) calibrated probabilities (zeros where the attribute does not apply)."""
-        logits = self.heads(torch.as_tensor(features, dtype=torch.float32), self.category_indices(categories))
-        return {a: p.numpy() for a, p in calibrated_probs(logits, self.checkpoint).items()}
+        device = module_device(self.heads)
+        features = torch.as_tensor(features, dtype=torch.float32).to(device)
+        logits = self.heads(features, self.category_indices(categories).to(device))
+        return {a: p.cpu().numpy() for a, p in calibrated_probs(logits, self.checkpoint).items()}
 
     def decode(
         self,
@@ -138,7 +149,7 @@ class Predictor:
         pixels = torch.stack(
             [self.backbone.preprocess(im if isinstance(im, Image.Image) else load_image(im)) for im in images]
         )
-        probs = self.predict_features(self.backbone(pixels), categories)
+        probs = self.predict_features(self.backbone(pixels.to(self.device)), categories)
         return self.decode(probs, ids, categories, min_confidence=min_confidence, placeholder=placeholder)
 
     def predict_chunk(

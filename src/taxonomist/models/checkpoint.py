@@ -130,7 +130,7 @@ def calibrated_probs(
     out = {}
     for attribute, z in logits.items():
         if adjust and attribute in ckpt.logit_adjustment:
-            z = z + torch.tensor(ckpt.logit_adjustment[attribute], dtype=z.dtype)
+            z = z + torch.tensor(ckpt.logit_adjustment[attribute], dtype=z.dtype, device=z.device)
         # The temperature is fitted on the adjusted logits, so it comes last.
         out[attribute] = torch.softmax(z / ckpt.temperatures.get(attribute, 1.0), dim=-1)
     return out

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 
 from taxonomist.config import VLMModelConfig
+from taxonomist.devices import resolve_device
 
 METADATA = "taxonomist_vlm.json"
 """Written beside the weights of every model taxonomist saves: task, schema, prompts and config."""
@@ -92,10 +93,6 @@ def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def set_pixel_limits(processor: Any, min_pixels: int, max_pixels: int) -> None:
     """Cap image size (so image tokens) on the processor, whichever way its version stores the limits."""
     if min_pixels > max_pixels:
@@ -128,7 +125,7 @@ def load_vlm(
     require_transformers()
     from transformers import AutoModelForImageTextToText
 
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     dtype = resolve_dtype(cfg.dtype, device)
     kwargs: dict[str, Any] = {"dtype": dtype}
     if cfg.attn_implementation:

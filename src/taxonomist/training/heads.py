@@ -25,6 +25,7 @@ from taxonomist.data.labels import MISSING, encode_labels
 from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
+from taxonomist.devices import resolve_device
 from taxonomist.inference.embed import embed_catalog
 from taxonomist.inference.writers import atomic_write_text
 from taxonomist.metrics import (
@@ -226,7 +227,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
     backbone = build_backbone(cfg.backbone)
     # Pretrained weights are rebuilt from their name; anything else must travel in the checkpoint.
     backbone_state = None if cfg.backbone.pretrained else copy.deepcopy(backbone.state_dict())
-    backbone.optimize_for_inference()
+    backbone.optimize_for_inference().to(resolve_device(cfg.embed.device))
     embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
     errors = embedded.errors
     write_errors(errors, output_dir / "image_errors.csv")

@@ -32,6 +32,7 @@ from taxonomist.data.labels import MISSING
 from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
+from taxonomist.devices import resolve_device
 from taxonomist.inference.embed import embed_catalog
 from taxonomist.inference.writers import ResumeError, atomic_write_frame, atomic_write_text
 from taxonomist.metrics import AttributeReport, apply_temperature, attribute_score
@@ -235,7 +236,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
 
     backbone = build_backbone(cfg.backbone)
     backbone_state = None if cfg.backbone.pretrained else copy.deepcopy(backbone.state_dict())
-    backbone.optimize_for_inference()
+    backbone.optimize_for_inference().to(resolve_device(cfg.embed.device))
     start = time.perf_counter()
     embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
     pool_catalog = catalog.subset(train_idx[parts.pool])

@@ -45,8 +45,9 @@ from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadErro
 from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
+from taxonomist.devices import resolve_device
 from taxonomist.inference.writers import atomic_write_text
-from taxonomist.models.vlm import default_device, load_vlm, write_metadata
+from taxonomist.models.vlm import load_vlm, write_metadata
 
 IGNORE_INDEX = -100
 """Label of tokens the loss skips (PyTorch's cross-entropy ``ignore_index``)."""
@@ -401,7 +402,7 @@ def train_sft(cfg: VLMConfig, output_dir: str | Path, *, progress: bool = True) 
     errors += val_errors
     if not train_examples:
         raise ValueError(f"no training examples with a readable image ({len(errors)} image errors)")
-    device = default_device()
+    device = resolve_device()
     args = sft_args(cfg, output_dir, device=device, progress=progress)
     vlm = load_vlm(cfg.model, device=device)
     check_token_budget(
