@@ -142,6 +142,12 @@ def _tree_pss_mib(pid: int) -> float:
     return total
 
 
+def sync() -> None:
+    """Wait for queued GPU work, so a timer reads finished forwards (a no-op on CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def backbone_throughput(
     predictor: Predictor, batch_sizes=(1, 8, 32), seconds: float = 3.0
 ) -> dict[int, float]:
@@ -150,12 +156,14 @@ def backbone_throughput(
     out = {}
     with torch.inference_mode():
         for bs in batch_sizes:
-            x = torch.randn(bs, 3, size, size)
+            x = torch.randn(bs, 3, size, size, device=predictor.device)
             predictor.backbone(x)
+            sync()
             n, start = 0, time.perf_counter()
             while time.perf_counter() - start < seconds:
                 predictor.backbone(x)
                 n += bs
+            sync()
             out[bs] = n / (time.perf_counter() - start)
     return out
 
@@ -257,7 +265,8 @@ def main() -> None:
         "predict_images": n_pred,
         "peak_rss_mib": peak_rss,
         "peak_tree_pss_mib": peak_pss,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1))

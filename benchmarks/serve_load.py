@@ -197,7 +197,8 @@ def main() -> None:
         "distinct_images": len(images),
         "runs": runs,
         "dynamic_vs_batch1": runs["dynamic"]["images_per_s"] / runs["batch1"]["images_per_s"],
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(out, indent=1), encoding="utf-8")

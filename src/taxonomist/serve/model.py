@@ -100,7 +100,8 @@ class AttributeModel:
     @torch.inference_mode()
     def predict_batch(self, items: Sequence[_Prepared]) -> list[dict[str, AttributeValue]]:
         categories = [item.category for item in items]
-        features = self.predictor.backbone(torch.stack([item.pixels for item in items]))
+        pixels = torch.stack([item.pixels for item in items]).to(self.predictor.device, non_blocking=True)
+        features = self.predictor.backbone(pixels)
         probs = self.predictor.predict_features(features, categories)
         ids = [str(i) for i in range(len(items))]
         return [p.attributes for p in self.predictor.decode(probs, ids, categories)]
