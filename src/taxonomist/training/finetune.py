@@ -35,6 +35,7 @@ from taxonomist.data.labels import MISSING, encode_labels
 from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
+from taxonomist.devices import resolve_device
 from taxonomist.inference.writers import atomic_write_text
 from taxonomist.metrics import attribute_score
 from taxonomist.models.attention_head import AttentionHeads
@@ -415,7 +416,7 @@ def warm_start_heads(
     from taxonomist.inference.embed import embed_catalog
     from taxonomist.training.heads import feature_set, fit_heads
 
-    frozen = build_backbone(cfg.backbone).optimize_for_inference()
+    frozen = build_backbone(cfg.backbone).optimize_for_inference().to(resolve_device(cfg.embed.device))
     embedded = embed_catalog(catalog, frozen, cfg.embed, progress=progress)
     train_set, _ = feature_set(train_frame, catalog, embedded, schema, categories)
     val_set, val_rows = feature_set(val_frame, catalog, embedded, schema, categories)
