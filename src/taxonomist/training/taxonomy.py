@@ -70,8 +70,14 @@ def finetune_encoder(
     cfg: TaxonomyConfig,
     progress: bool = True,
 ) -> list[float]:
-    """Encoder and heads trained together with AdamW + one-cycle schedule; returns loss per epoch."""
-    parents = level_parents(taxonomy)
+    """Encoder and heads trained together with AdamW + one-cycle schedule; returns loss per epoch.
+
+    Runs where the encoder is (the GPU when there is one); the heads go back to the CPU afterwards,
+    where they are fitted further and predict on cached embeddings.
+    """
+    device = torch.device(encoder.device)
+    heads.to(device)
+    parents = [p if p is None else p.to(device) for p in level_parents(taxonomy)]
     ec, hc = cfg.encoder, cfg.heads
     opt = torch.optim.AdamW(
         [
@@ -85,7 +91,7 @@ def finetune_encoder(
         opt, max_lr=[ec.finetune_lr, hc.lr], total_steps=ec.finetune_epochs * steps_per_epoch, pct_start=0.1
     )
     rng = np.random.default_rng(cfg.train.seed)
-    target_t = torch.from_numpy(targets)
+    target_t = torch.from_numpy(targets).to(device)
     losses = []
     encoder.transformer.train()
     heads.train()
@@ -108,6 +114,7 @@ def finetune_encoder(
             losses.append(total / len(titles))
     encoder.transformer.eval()
     encoder.invalidate()
+    heads.cpu()
     return losses
 
 
