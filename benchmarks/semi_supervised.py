@@ -135,7 +135,8 @@ def main() -> None:
         "selection": "variant and best round by the score on held-out labeled rows (dev); the variant "
         "short-list was drawn up after exploration runs whose validation scores were seen",
         "tried": TRIED,
-        "device": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} (CPU)",
+        "device": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+        + (f"({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "(CPU)"),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1))

@@ -176,7 +176,8 @@ def main() -> None:
     )
     result = {
         "dataset": "flipkart-products (16,000 rows; 3 levels + brand)",
-        "device": f"{platform.machine()}, {torch.get_num_threads()} CPU threads, no GPU",
+        "device": f"{platform.machine()}, {torch.get_num_threads()} CPU threads, "
+        + (f"encoder on {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"),
         "rows": {
             "train": report.n_train,
             "val": report.n_val,
@@ -238,8 +239,8 @@ def write_docs(r: dict) -> None:
         f"with a category tree under 3 levels left out; {r['rows']['val_paths_not_in_training']} validation "
         "paths never occur in training, so no method can get them right). Item accuracy = 3 levels + brand "
         "right, on rows that carry a brand (brands compared case-folded). Titles/s: `predict` end to end "
-        "(normalise, int8 encoder, classify, brand)"
-        + (f"; {r['titles_per_s_note']}." if r.get("titles_per_s_note") else "."),
+        f"(normalise, {'int8 encoder' if 'no GPU' in r['device'] else 'fp32 encoder on the GPU'}, "
+        "classify, brand)" + (f"; {r['titles_per_s_note']}." if r.get("titles_per_s_note") else "."),
         "",
         f"| method | path acc | item acc | brand acc | per level ({levels}) | hier. F1 | titles/s |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",

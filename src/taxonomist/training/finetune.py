@@ -248,13 +248,15 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
     val_loader = DataLoader(val_rows, batch_size=fc.batch_size, **loader_args)
     warm_score = None
     # Heads set-up happens on the main process only; the broadcast below gives the others its result.
-    if not model.spatial and accelerator.is_main_process:
-        if fc.warm_start:
-            warm_score = warm_start_heads(
-                model, catalog, filled.frame, val_frame, schema, categories, cfg, progress
-            )
-        else:
-            _standardize(model, train_loader, batches=max(1, 512 // fc.batch_size))
+    if not model.spatial and accelerator.is_main_process and fc.warm_start:
+        # Fits the heads on cached features on the CPU, so before the model moves.
+        warm_score = warm_start_heads(
+            model, catalog, filled.frame, val_frame, schema, categories, cfg, progress
+        )
+    # Standardisation's forwards and the broadcast (NCCL takes only GPU tensors) run where training will.
+    model.to(accelerator.device)
+    if not model.spatial and accelerator.is_main_process and not fc.warm_start:
+        _standardize(model, train_loader, batches=max(1, 512 // fc.batch_size), device=accelerator.device)
     if accelerator.num_processes > 1:
         _broadcast_state(model)
     backbone_params = list(model.backbone.parameters())
@@ -269,7 +271,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
     scheduler = _scheduler(optimizer, fc, steps_per_epoch)
     augment = BatchAugment(
         p=fc.augment_p, hue=fc.hue, mean=backbone.preprocess.mean, std=backbone.preprocess.std
-    )
+    ).to(accelerator.device)
     model, optimizer, train_loader, val_loader = accelerator.prepare(
         model, optimizer, train_loader, val_loader
     )
@@ -448,7 +450,7 @@ def _cycle(loader):
         yield from loader
 
 
-def _standardize(model: FinetuneModel, loader: DataLoader, batches: int) -> None:
+def _standardize(model: FinetuneModel, loader: DataLoader, batches: int, device: torch.device) -> None:
     """Input standardisation of the MLP heads from the initial backbone's features on a few batches."""
     feats = []
     model.eval()
@@ -456,7 +458,7 @@ def _standardize(model: FinetuneModel, loader: DataLoader, batches: int) -> None
         for k, (pixels, _c, _l, ok, _i) in enumerate(loader):
             if k >= batches:
                 break
-            feats.append(model.backbone(pixels[ok]))
+            feats.append(model.backbone(pixels[ok].to(device)))
     model.train()
     if feats:
         model.heads.set_standardization(torch.cat(feats))

@@ -101,7 +101,8 @@ class EfficientNetLiteBackbone(Backbone):
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # Eval-mode BatchNorm uses running statistics, so chunking is exact; training needs the batch.
-        if self.training or len(x) <= _EVAL_CHUNK:
+        # The chunk suits CPU caches; a GPU wants the whole batch.
+        if self.training or x.device.type != "cpu" or len(x) <= _EVAL_CHUNK:
             return fn(x)
         return torch.cat([fn(chunk) for chunk in x.split(_EVAL_CHUNK)])
 
