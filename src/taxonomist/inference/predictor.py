@@ -158,7 +158,6 @@ class Predictor:
         categories: Sequence[str],
         paths: Sequence[str | os.PathLike],
         *,
-        backbone: torch.nn.Module | None = None,
         cache: FeatureCache | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
@@ -178,7 +177,7 @@ class Predictor:
         result = embed_images(
             [ids[r] for r in rows],
             [paths[r] for r in rows],
-            backbone or self.backbone,
+            self.backbone,
             cache=cache,
             batch_size=batch_size,
             num_workers=num_workers,

@@ -29,7 +29,6 @@ from typing import Literal
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from taxonomist.data.catalog import CATEGORY, ID, Catalog, read_table
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ERROR_COLUMNS
@@ -192,10 +191,10 @@ class ShardPredictor:
     def __init__(self, checkpoint_dir: str, output_dir: str, options: dict) -> None:
         import ray
 
-        self.predictor = Predictor.from_pretrained(checkpoint_dir)
-        # Ray hides all but the actor's own GPUs, so "cuda" is the one it was given.
-        device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
-        self.backbone = _OnDevice(self.predictor.backbone, device)
+        # Ray hides all but the actor's own GPUs, so "cuda" is the one it was given; an actor given none
+        # stays on the CPU even where the machine has GPUs.
+        device = "cuda" if ray.get_gpu_ids() else "cpu"
+        self.predictor = Predictor.from_pretrained(checkpoint_dir, device=device)
         self.output_dir = Path(output_dir)
         self.options = options
 
@@ -216,7 +215,6 @@ class ShardPredictor:
             ids,
             categories,
             paths,
-            backbone=self.backbone,
             batch_size=opts["batch_size"],
             num_workers=opts["decode_workers"],
             max_pixels=opts["max_pixels"],
@@ -232,21 +230,6 @@ class ShardPredictor:
             "errors": len(errors),
             "seconds": time.perf_counter() - start,
         }
-
-
-class _OnDevice(torch.nn.Module):
-    """The backbone on the actor's device, seen by ``embed_images`` as usual: CPU pixels in, CPU features
-    out (the heads are tiny and stay on the CPU)."""
-
-    def __init__(self, backbone: torch.nn.Module, device: torch.device) -> None:
-        super().__init__()
-        self.inner = backbone.to(device)
-        self.device = device
-        self.preprocess = backbone.preprocess
-        self.feature_dim = backbone.feature_dim
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.inner(pixels.to(self.device, non_blocking=True)).float().cpu()
 
 
 @contextlib.contextmanager
