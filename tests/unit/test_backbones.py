@@ -23,7 +23,7 @@ from taxonomist.models.backbones import (
     register_backbone,
 )
 from taxonomist.models.backbones.base import IMAGENET_MEAN, IMAGENET_STD
-from taxonomist.models.backbones.efficientnet_lite import fold_batchnorm
+from taxonomist.models.backbones.efficientnet_lite import fold_batchnorm, fold_same_padding
 from taxonomist.models.backbones.hf import CLIP_MEAN, CLIP_STD
 
 HALF = (0.5, 0.5, 0.5)
@@ -320,6 +320,18 @@ def test_efficientnet_optimize_for_inference_matches_eager(lite0: Backbone) -> N
     assert optimized.fingerprint() == fingerprint  # cached embeddings stay valid
     with pytest.raises(RuntimeError, match="fresh backbone"):
         optimized.train()
+
+
+def test_fold_same_padding_is_exact_at_any_size() -> None:
+    backbone = create_backbone("efficientnet-lite0", pretrained=False, size=64).eval()
+    x = torch.randn(2, 3, 96, 80)  # not the size the static padding was computed for
+    with torch.no_grad():
+        before = backbone(x)
+        pads = [m for m in backbone.modules() if isinstance(m, torch.nn.ZeroPad2d)]
+        folded = fold_same_padding(backbone.model)
+        assert 0 < folded < len(pads)  # stride-2 layers keep their asymmetric padding
+        assert fold_same_padding(backbone.model) == 0  # idempotent
+        torch.testing.assert_close(backbone(x), before, atol=1e-5, rtol=0)
 
 
 def test_fold_batchnorm_needs_eval() -> None:
