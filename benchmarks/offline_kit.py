@@ -72,6 +72,9 @@ KITS: dict[str, dict] = {
         "images": 10000,
     },
 }
+# Issue 4's GPU paths (encoder fine-tuning): FAISS and the brand model; the hub's MiniLM (83 MB) does
+# not fit a kit, so its tests use their tiny encoder.
+KITS["taxonomy"] = {"packages": ["faiss-cpu", "skops", "prettytable", "wcwidth"], "images": 0}
 # The test suite on the GPU machine (CUDA paths of every test): both stacks, no data (those tests skip).
 KITS["tests"] = {
     "packages": sorted(
