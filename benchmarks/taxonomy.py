@@ -39,6 +39,7 @@ CONFIG = ROOT / "configs" / "taxonomy.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "taxonomy-flipkart.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
 HEADING = "## Title → taxonomy path + brand (flipkart-products)"
+BY_METHOD = ("path_accuracy", "item_accuracy", "per_level_accuracy")
 
 
 def throughput(predictor: TaxonomyPredictor, titles: list[str], method: str, repeats: int = 2) -> float:
@@ -185,6 +186,8 @@ def main() -> None:
             "val_paths_not_in_training": report.val_unseen_paths,
         },
         "methods": methods,
+        # The layout: each measure as a dict by method (the same numbers as under "methods").
+        **{key: {m: r[key] for m, r in methods.items()} for key in BY_METHOD},
         "baseline_1nn_frozen": {
             "path_accuracy": baseline.path_accuracy,
             "per_level_accuracy": baseline.per_level_accuracy,
