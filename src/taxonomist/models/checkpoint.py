@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from taxonomist.config import BackboneConfig, HeadsConfig
+from taxonomist.config import BackboneConfig, HeadsConfig, RunConfig
 from taxonomist.data.schema import Schema
+from taxonomist.models.backbones import Backbone
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 
 FORMAT_VERSION = 1
@@ -44,6 +45,29 @@ class HeadsCheckpoint:
     logit_adjustment: dict[str, list[float]] = field(default_factory=dict)
     """Per attribute additive logit bias (prior correction that favours macro-F1); empty = none."""
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        cfg: RunConfig,
+        backbone: Backbone,
+        schema: Schema,
+        categories: list[str],
+        feature_dim: int,
+        **fitted: Any,
+    ) -> HeadsCheckpoint:
+        """What every recipe records about its backbone, schema and heads; ``fitted``: temperatures,
+        logit adjustment, metrics. Take ``backbone``'s fingerprint before any rewrite of its weights."""
+        return cls(
+            backbone=cfg.backbone,
+            preprocess=backbone.preprocess.to_dict(),
+            fingerprint=backbone.fingerprint(),
+            feature_dim=feature_dim,
+            schema=schema,
+            categories=categories,
+            heads=cfg.heads,
+            **fitted,
+        )
 
     def build_model(self) -> AttributeHeads:
         return AttributeHeads(

@@ -497,14 +497,12 @@ def _save_checkpoint(
     backbone_state = {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}
     fresh = build_backbone(cfg.backbone)
     fresh.load_state_dict(backbone_state)
-    checkpoint = HeadsCheckpoint(
-        backbone=cfg.backbone,
-        preprocess=fresh.preprocess.to_dict(),
-        fingerprint=fresh.fingerprint(),
-        feature_dim=fresh.feature_dim,
-        schema=schema,
-        categories=categories,
-        heads=cfg.heads,
+    checkpoint = HeadsCheckpoint.of(
+        cfg,
+        fresh,
+        schema,
+        categories,
+        fresh.feature_dim,
         metrics={"val_score": report.score_phase2, "recipe": "finetune", "head": cfg.finetune.head},
     )
     if model.spatial:

@@ -36,6 +36,7 @@ from taxonomist.metrics import (
     expected_calibration_error,
     fit_temperature,
 )
+from taxonomist.models.backbones import Backbone
 from taxonomist.models.build import build_backbone
 from taxonomist.models.checkpoint import HeadsCheckpoint
 from taxonomist.models.heads import AttributeHeads, allowed_masks
@@ -205,6 +206,15 @@ def feature_set(
     return data, frame
 
 
+def embedding_backbone(cfg: RunConfig) -> tuple[Backbone, dict[str, torch.Tensor] | None]:
+    """The frozen backbone the heads recipes embed with (rewritten for inference, on ``embed.device``),
+    and the weights their checkpoint must carry: None for pretrained ones, which are rebuilt from their
+    name; a copy taken before the rewrite for anything else."""
+    backbone = build_backbone(cfg.backbone)
+    state = None if cfg.backbone.pretrained else copy.deepcopy(backbone.state_dict())
+    return backbone.optimize_for_inference().to(resolve_device(cfg.embed.device)), state
+
+
 def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> TrainReport:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -224,10 +234,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
             catalog.attributes_by_category,
             attributes=catalog.attributes,
         )
-    backbone = build_backbone(cfg.backbone)
-    # Pretrained weights are rebuilt from their name; anything else must travel in the checkpoint.
-    backbone_state = None if cfg.backbone.pretrained else copy.deepcopy(backbone.state_dict())
-    backbone.optimize_for_inference().to(resolve_device(cfg.embed.device))
+    backbone, backbone_state = embedding_backbone(cfg)
     embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
     errors = embedded.errors
     write_errors(errors, output_dir / "image_errors.csv")
@@ -260,14 +267,12 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
     report = attribute_score(
         val_frame, logits_to_frame(adjusted, val_ids, val_cats, schema), schema.categories
     )
-    checkpoint = HeadsCheckpoint(
-        backbone=cfg.backbone,
-        preprocess=backbone.preprocess.to_dict(),
-        fingerprint=backbone.fingerprint(),
-        feature_dim=embedded.features.shape[1],
-        schema=schema,
-        categories=categories,
-        heads=cfg.heads,
+    checkpoint = HeadsCheckpoint.of(
+        cfg,
+        backbone,
+        schema,
+        categories,
+        embedded.features.shape[1],
         temperatures=temperatures,
         logit_adjustment=adjustment,
         metrics={"val_score": report.score, "best_epoch": history.best_epoch, "calibration": calibration},

@@ -32,16 +32,15 @@ from taxonomist.data.labels import MISSING
 from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
-from taxonomist.devices import resolve_device
 from taxonomist.inference.embed import embed_catalog
 from taxonomist.inference.writers import ResumeError, atomic_write_frame, atomic_write_text
 from taxonomist.metrics import AttributeReport, apply_temperature, attribute_score
-from taxonomist.models.build import build_backbone
 from taxonomist.models.checkpoint import HeadsCheckpoint
 from taxonomist.models.heads import AttributeHeads
 from taxonomist.training.heads import (
     FeatureSet,
     calibrate,
+    embedding_backbone,
     feature_set,
     fit_heads,
     logits_to_frame,
@@ -234,9 +233,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
     )
     categories = list(schema.categories)
 
-    backbone = build_backbone(cfg.backbone)
-    backbone_state = None if cfg.backbone.pretrained else copy.deepcopy(backbone.state_dict())
-    backbone.optimize_for_inference().to(resolve_device(cfg.embed.device))
+    backbone, backbone_state = embedding_backbone(cfg)
     start = time.perf_counter()
     embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
     pool_catalog = catalog.subset(train_idx[parts.pool])
@@ -251,15 +248,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
     pool_views = [feature_set(pool_frame, catalog, embedded, schema, categories)[0]] + [
         feature_set(pool_frame, pool_catalog, e, schema, categories)[0] for e in views
     ]
-    checkpoint = HeadsCheckpoint(
-        backbone=cfg.backbone,
-        preprocess=backbone.preprocess.to_dict(),
-        fingerprint=backbone.fingerprint(),
-        feature_dim=embedded.features.shape[1],
-        schema=schema,
-        categories=categories,
-        heads=cfg.heads,
-    )
+    checkpoint = HeadsCheckpoint.of(cfg, backbone, schema, categories, embedded.features.shape[1])
     return SelfTrainingData(
         schema,
         checkpoint,
