@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
+
+import torch
 
 
 def replace_section(path: Path, heading: str, text: str) -> None:
@@ -15,3 +19,9 @@ def replace_section(path: Path, heading: str, text: str) -> None:
     sections[at : at + 1] = [text]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(head.rstrip() + "\n\n" + "\n".join(s.rstrip() + "\n" for s in sections), encoding="utf-8")
+
+
+def machine() -> str:
+    """What a result was measured on: CPU, cores, torch, and the GPU where torch sees one."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {gpu}"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 import pandas as pd
 import ray
 import torch
-from common import replace_section
+from common import machine, replace_section
 
 from taxonomist.config import load_config
 from taxonomist.data.catalog import load_catalog
@@ -146,8 +145,7 @@ def main() -> None:
             "batch_size": args.batch_size,
         },
         "check": {**check, "atol": args.atol, "identical": identical},
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"ray {ray.__version__}",
+        "machine": f"{machine()}, ray {ray.__version__}",
     }
     print(json.dumps(out, indent=1))
     if not identical:

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import tempfile
 from pathlib import Path
 
-import torch
-from common import replace_section
+from common import machine, replace_section
 
 from taxonomist.config import load_config
 from taxonomist.training.heads import train
@@ -135,8 +132,7 @@ def main() -> None:
         "selection": "variant and best round by the score on held-out labeled rows (dev); the variant "
         "short-list was drawn up after exploration runs whose validation scores were seen",
         "tried": TRIED,
-        "device": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-        + (f"({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "(CPU)"),
+        "device": machine(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=1))

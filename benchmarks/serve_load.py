@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import socket
 import subprocess
 import sys
@@ -28,8 +26,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import torch
-from common import replace_section
+from common import machine, replace_section
 from prometheus_client.parser import text_string_to_metric_families
 
 from taxonomist.data.catalog import expand_path
@@ -197,8 +194,7 @@ def main() -> None:
         "distinct_images": len(images),
         "runs": runs,
         "dynamic_vs_batch1": runs["dynamic"]["images_per_s"] / runs["batch1"]["images_per_s"],
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-        + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+        "machine": machine(),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(out, indent=1), encoding="utf-8")

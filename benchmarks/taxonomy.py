@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import faiss
 import torch
-from common import replace_section
+from common import machine, replace_section
 
 from taxonomist.config import TaxonomyConfig, load_config
 from taxonomist.data.taxonomy import TITLE
@@ -177,8 +176,7 @@ def main() -> None:
     )
     result = {
         "dataset": "flipkart-products (16,000 rows; 3 levels + brand)",
-        "device": f"{platform.machine()}, {torch.get_num_threads()} CPU threads, "
-        + (f"encoder on {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"),
+        "device": machine(),
         "rows": {
             "train": report.n_train,
             "val": report.n_val,
