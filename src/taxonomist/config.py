@@ -48,6 +48,9 @@ class CatalogConfig:
     """Schema file (JSON/YAML); default: inferred from the training rows."""
     limit: int | None = None
     """Use only the first N rows (after a seeded shuffle): quick demos and smoke runs."""
+    text_column: str | None = None
+    """Listing text (e.g. the product title; generic layout), kept as column ``text``: the self-training
+    recipe's title view reads it. None = the catalog has no text."""
 
 
 @dataclass
@@ -176,6 +179,11 @@ class SelfTrainingConfig:
     (1.0 = no cap): frequent values cannot crowd rare ones out of the pseudo-labelled set."""
     views: list[Literal["hflip"]] = field(default_factory=lambda: ["hflip"])
     """Augmented views predicted besides the original image."""
+    text_view: bool = True
+    """Where the catalog has listing text (``catalog.text_column``), multiply each image view's
+    calibrated probabilities with those of a title classifier fit on the same labeled rows (and
+    calibrated on dev) before selection: titles name attributes the image model gets wrong, so the
+    teacher labels cells the student could not have labeled itself. The student stays image-only."""
     warm_start: bool = False
     """Start each round's heads from the previous round's weights instead of a fresh (seeded) init. Off:
     on fashion-product-images it was no better on held-out labeled rows and carries the teacher's

@@ -14,8 +14,11 @@ COLORS = {"red": (200, 30, 30), "blue": (30, 40, 200), "green": (30, 160, 50)}
 SHAPES = ("wide", "tall")
 
 
-def make_catalog(root: Path, n: int = 120, seed: int = 0) -> Path:
-    """Products on white: colour → ``color`` label, aspect → ``fit``; two categories with own schemas."""
+def make_catalog(root: Path, n: int = 120, seed: int = 0, *, titles: bool = False) -> Path:
+    """Products on white: colour → ``color`` label, aspect → ``fit``; two categories with own schemas.
+
+    ``titles`` adds a ``title`` column that names the colour (also where the label is missing).
+    """
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -36,6 +39,8 @@ def make_catalog(root: Path, n: int = 120, seed: int = 0) -> Path:
                 "fit": shape if category == "Tops" else None,
             }
         )
+        if titles:
+            rows[-1]["title"] = f"Acme {color.title()} {'top' if category == 'Tops' else 'bag'}"
     path = root / "catalog.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path

@@ -42,6 +42,26 @@ def test_generic_reader_errors_name_the_problem(tmp_path: Path) -> None:
         read_generic(tmp_path / "missing.csv")
 
 
+def test_text_column_is_kept_as_text_and_never_read_as_an_attribute(tmp_path: Path) -> None:
+    path = tmp_path / "titles.csv"
+    frame = pd.read_csv(write_styles(tmp_path), dtype=str)
+    frame["title"] = ["Red trainers", None, "Tote", "Clutch"]
+    frame.to_csv(path, index=False)
+    cat = read_generic(path, id_column="pid", category_column="kind", text_column="title")
+    assert cat.attributes == ["color", "size"]  # "every other column" leaves the text out
+    assert cat.frame["text"].tolist() == ["Red trainers", "", "Tote", "Clutch"]
+    with pytest.raises(CatalogError, match="no text column 'name'"):
+        read_generic(path, id_column="pid", category_column="kind", text_column="name")
+    frame.rename(columns={"size": "text"}).to_csv(path, index=False)
+    with pytest.raises(CatalogError, match="named 'text'"):
+        read_generic(path, id_column="pid", category_column="kind", text_column="title")
+
+
+def test_meesho_layout_refuses_a_text_column(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="no listing text"):
+        load_catalog(CatalogConfig(path=str(tmp_path), layout="meesho", text_column="title"))
+
+
 def test_duplicate_ids_rejected(tmp_path: Path) -> None:
     pd.DataFrame({"id": ["1", "1"], "category": ["a", "a"], "x": ["u", "v"]}).to_csv(
         tmp_path / "d.csv", index=False

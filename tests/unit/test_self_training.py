@@ -20,6 +20,7 @@ from taxonomist.data.split import split_per_category
 from taxonomist.inference.embed import embed_catalog, view_fingerprint
 from taxonomist.inference.writers import ResumeError
 from taxonomist.models.build import build_backbone
+from taxonomist.models.checkpoint import HeadsCheckpoint
 from taxonomist.training import self_training
 from taxonomist.training.self_training import (
     agreement_with_truth,
@@ -182,3 +183,31 @@ def test_rounds_write_artifacts_and_a_rerun_resumes_after_the_last_finished_roun
     cfg.self_training.threshold = 0.99
     with pytest.raises(ResumeError):
         self_train(cfg, out, progress=False)
+
+
+def test_title_view_teaches_the_image_student(tmp_path: Path) -> None:
+    catalog = make_catalog(tmp_path / "data", titles=True)
+    raw = tiny_config(catalog, tmp_path / "cache", epochs=15, patience=15)
+    raw["catalog"]["text_column"] = "title"
+    raw["backbone"]["color_features"] = False  # random features: the images alone hardly tell colours apart
+    raw["self_training"] = {"labeled_fraction": 0.4, "dev_fraction": 0.3, "threshold": 0.6, "rounds": 1}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with_titles = self_train(load_config(path), tmp_path / "titles", progress=False)
+    images_only = self_train(
+        load_config(path, ["self_training.text_view=false"]), tmp_path / "images", progress=False
+    )
+    assert images_only.text_view is None
+    assert with_titles.text_view["dev_accuracy"]["color"] == 1.0  # every title names the colour
+    # The titles' opinion reaches the pseudo-labels: colour cells the images alone cannot label, all
+    # right, where round 0 gets about half of those same cells wrong; the student learns colour from them.
+    title_round, image_round = with_titles.rounds[1], images_only.rounds[1]
+    assert title_round["n_pseudo"]["color"] > image_round["n_pseudo"]["color"]
+    assert title_round["pseudo_label_precision"]["color"] == 1.0
+    assert title_round["supervised_accuracy_same_items"]["color"] < 0.8
+    color_score = title_round["val_per_attribute"]["color"]
+    assert color_score > image_round["val_per_attribute"]["color"] + 0.1
+    # The student is the image heads alone: its checkpoint predicts from images, as round 0's does.
+    _, student = HeadsCheckpoint.load(tmp_path / "titles" / "round-1")
+    _, supervised = HeadsCheckpoint.load(tmp_path / "titles" / "round-0")
+    assert student.state_dict().keys() == supervised.state_dict().keys()

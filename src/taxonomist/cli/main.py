@@ -131,7 +131,8 @@ def self_train(
     labeled_fraction: Annotated[float | None, typer.Option(help="self_training.labeled_fraction")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Heads on a labeled fraction, then rounds of view-consistent, confident pseudo-labels."""
+    """Heads on a labeled fraction, then rounds of view-consistent, confident pseudo-labels (listing
+    titles join the teacher's views where ``catalog.text_column`` names them)."""
     from taxonomist.training.self_training import self_train as run_self_training
 
     cfg = resolve_config(
@@ -155,6 +156,11 @@ def self_train(
             "" if accuracy is None else f"{accuracy:.4f}",
         )
     console.print(table)
+    if report.text_view is not None:
+        accuracy = ", ".join(
+            f"{a} {v:.3f}" for a, v in report.text_view["dev_accuracy"].items() if v is not None
+        )
+        console.print(f"teacher also reads titles; their accuracy on dev: {accuracy}")
     console.print(
         f"best round (dev score) {report.best_round} · checkpoint {output}/round-{report.best_round}"
     )

@@ -20,6 +20,7 @@ from taxonomist.data.schema import Schema
 
 ID = "id"
 CATEGORY = "category"
+TEXT = "text"
 MEESHO_MAX_ATTRS = 10
 DATA_DIR_ENV = "TAXONOMIST_DATA_DIR"
 DEFAULT_DATA_DIR = "../shared/datasets"
@@ -175,17 +176,25 @@ def read_generic(
     remaps: Mapping[str, Mapping[str, str]] | None = None,
     categories: Sequence[str] | None = None,
     min_rows_per_category: int = 0,
+    text_column: str | None = None,
 ) -> Catalog:
-    """Any CSV/Parquet with an id column, a category column and named attribute columns."""
+    """Any CSV/Parquet with an id column, a category column and named attribute columns.
+
+    ``text_column`` (listing text such as a title) lands in column ``text``, missing text as "".
+    """
     path = expand_path(path)
     raw = read_table(path)
-    for col, what in ((id_column, "id"), (category_column, "category")):
-        if col not in raw.columns:
+    named = ((id_column, "id"), (category_column, "category"), (text_column, "text"))
+    for col, what in named:
+        if col is not None and col not in raw.columns:
             raise CatalogError(f"{path}: no {what} column {col!r} (columns: {list(raw.columns)})")
-    attributes = list(attributes) or [c for c in raw.columns if c not in (id_column, category_column)]
+    special = {id_column, category_column, text_column}
+    attributes = list(attributes) or [c for c in raw.columns if c not in special]
     missing = [a for a in attributes if a not in raw.columns]
     if missing:
         raise CatalogError(f"{path}: attribute columns not found: {missing} (columns: {list(raw.columns)})")
+    if text_column is not None and TEXT in attributes:
+        raise CatalogError(f"{path}: an attribute is named {TEXT!r}, the name the text column gets")
     if remaps:
         apply_remaps(raw, remaps, category_column)
     bad = raw[category_column].isna() | raw[id_column].isna()
@@ -195,6 +204,8 @@ def read_generic(
     frame = raw[[id_column, category_column, *attributes]].rename(
         columns={id_column: ID, category_column: CATEGORY}
     )
+    if text_column is not None:
+        frame[TEXT] = raw[text_column].fillna("").astype(str)
     frame = _finish(frame, categories, min_rows_per_category)
     root = expand_path(image_root) if image_root is not None else path.parent
     return Catalog(frame, attributes, root, image_template, source=str(path))
@@ -275,6 +286,8 @@ def load_catalog(cfg: CatalogConfig, *, seed: int = 0) -> Catalog:
         "min_rows_per_category": cfg.min_rows_per_category,
     }
     if cfg.layout == "meesho":
+        if cfg.text_column is not None:
+            raise CatalogError("the meesho layout has no listing text: leave catalog.text_column unset")
         catalog = read_meesho(cfg.path, image_template=cfg.image_template, **common)
     else:
         catalog = read_generic(
@@ -284,6 +297,7 @@ def load_catalog(cfg: CatalogConfig, *, seed: int = 0) -> Catalog:
             attributes=cfg.attributes,
             image_root=cfg.image_root,
             image_template=cfg.image_template or "images/{id}.jpg",
+            text_column=cfg.text_column,
             **common,
         )
     if cfg.image_root is not None and cfg.layout == "meesho":

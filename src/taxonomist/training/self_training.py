@@ -7,6 +7,12 @@ calibrates those predictions with temperatures fitted on held-out labeled rows, 
 (optionally only the most confident share per value), and retrains the heads on labels ∪ pseudo-labels.
 Features are cached per view, so a round costs one heads training, not an embedding pass.
 
+Where the catalog has listing text, the teacher also reads it (``self_training.text_view``): a title
+classifier fit on the same labeled rows gives a second, independent opinion, multiplied into each image
+view's probabilities. An image model's own confident cells are the ones it already gets right, so
+retraining on them alone changes little; titles name values the image model misses. The student, and
+every checkpoint, stays image-only.
+
 Held-out labeled rows ("dev") pick each round's epoch, fit its temperatures and pick the best round:
 the validation split is only reported on. Every round lands in ``out/round-k/`` (checkpoint, pseudo-labels,
 metrics) before ``progress.json`` names it done, so a rerun after a kill resumes at the next round.
@@ -27,16 +33,17 @@ import pandas as pd
 import torch
 
 from taxonomist.config import RunConfig
-from taxonomist.data.catalog import CATEGORY, ID, expand_path, load_catalog
+from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path, load_catalog
 from taxonomist.data.labels import MISSING
 from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
 from taxonomist.inference.embed import embed_catalog
 from taxonomist.inference.writers import ResumeError, atomic_write_frame, atomic_write_text
-from taxonomist.metrics import AttributeReport, apply_temperature, attribute_score
+from taxonomist.metrics import AttributeReport, apply_temperature, attribute_score, fit_temperature
 from taxonomist.models.checkpoint import HeadsCheckpoint
-from taxonomist.models.heads import AttributeHeads
+from taxonomist.models.heads import AttributeHeads, allowed_masks
+from taxonomist.models.text_attributes import TextAttributeClassifier
 from taxonomist.training.heads import (
     FeatureSet,
     calibrate,
@@ -128,6 +135,20 @@ def select_pseudo_labels(
     return codes, confidence
 
 
+def with_text_view(image: Mapping[str, np.ndarray], text: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Product of an image view's and the text view's probabilities, renormalised per row.
+
+    Independent opinions multiply: a value both find likely gains, one the title rules out loses. A row
+    where they share no value (or the attribute does not apply) comes back all zeros: no pseudo-label.
+    """
+    out = {}
+    for attribute, p in image.items():
+        joint = p * text[attribute]
+        total = joint.sum(1, keepdims=True)
+        out[attribute] = np.divide(joint, total, out=np.zeros_like(joint), where=total > 0)
+    return out
+
+
 def cap_per_value(
     codes: Mapping[str, np.ndarray], confidence: Mapping[str, np.ndarray], fraction: float
 ) -> dict[str, np.ndarray]:
@@ -198,6 +219,10 @@ class SelfTrainingData:
     pool_views: list[FeatureSet]
     """Original view first; the pool's labels in there are the hidden ones: never trained on."""
     embed_seconds: float
+    pool_text: dict[str, np.ndarray] | None = None
+    """Calibrated title-classifier probabilities of the pool's rows; None = no text view."""
+    text_report: dict | None = None
+    """The title classifier's temperatures and accuracies (dev; pool, against the hidden labels)."""
 
     def score(self, frame: pd.DataFrame, logits: Mapping[str, torch.Tensor]) -> AttributeReport:
         pred = logits_to_frame(logits, frame[ID].tolist(), frame[CATEGORY].tolist(), self.schema)
@@ -240,7 +265,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
     views = [embed_catalog(pool_catalog, backbone, cfg.embed, progress=progress, view=v) for v in st.views]
     embed_seconds = time.perf_counter() - start
 
-    fit, _ = feature_set(labeled.frame, catalog, embedded, schema, categories)
+    fit, fit_frame = feature_set(labeled.frame, catalog, embedded, schema, categories)
     dev, dev_frame = feature_set(dev_frame, catalog, embedded, schema, categories)
     val, val_frame = feature_set(val_frame, catalog, embedded, schema, categories)
     readable = np.logical_and.reduce([embedded.ok[train_idx[parts.pool]], *(e.ok for e in views)])
@@ -249,6 +274,15 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
         feature_set(pool_frame, pool_catalog, e, schema, categories)[0] for e in views
     ]
     checkpoint = HeadsCheckpoint.of(cfg, backbone, schema, categories, embedded.features.shape[1])
+    pool_text = text_report = None
+    if st.text_view and TEXT in catalog.frame.columns:
+        pool_text, text_report = text_view(
+            [(fit_frame, fit), (dev_frame, dev), (pool_frame, pool_views[0])],
+            train_frame[TEXT],
+            schema,
+            categories,
+            calibrate=cfg.train.calibrate,
+        )
     return SelfTrainingData(
         schema,
         checkpoint,
@@ -261,7 +295,54 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
         pool_frame,
         pool_views,
         embed_seconds,
+        pool_text,
+        text_report,
     )
+
+
+def text_view(
+    parts: Sequence[tuple[pd.DataFrame, FeatureSet]],
+    vocabulary: Sequence[str],
+    schema: Schema,
+    categories: list[str],
+    *,
+    calibrate: bool = True,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """The pool's calibrated title-view probabilities, from a classifier fit on the labeled rows.
+
+    ``parts`` = (fit, dev, pool) frames with their feature sets: fit trains, dev fits one temperature per
+    attribute (as for the image heads), the pool is predicted. ``vocabulary`` (every training-split text,
+    labeled or not) fits the n-gram vocabulary and IDF only.
+    """
+    (fit_frame, fit), (dev_frame, dev), (pool_frame, pool) = parts
+    masks = allowed_masks(schema, categories)
+    classifier = TextAttributeClassifier().fit(
+        fit_frame[TEXT].tolist(),
+        fit.category.numpy(),
+        {a: v.numpy() for a, v in fit.labels.items()},
+        {a: len(schema.values(a)) for a in fit.labels},
+        len(categories),
+        vocabulary_texts=list(vocabulary),
+    )
+    dev_z = classifier.log_probs(dev_frame[TEXT].tolist(), dev.category.numpy())
+    pool_z = classifier.log_probs(pool_frame[TEXT].tolist(), pool.category.numpy())
+    probabilities: dict[str, np.ndarray] = {}
+    report: dict[str, dict] = {"temperature": {}, "dev_accuracy": {}, "pool_accuracy": {}}
+    for attribute, z in dev_z.items():
+        dev_allowed = masks[attribute][dev.category].numpy()
+        labels = dev.labels[attribute].numpy()
+        t = fit_temperature(z, labels, dev_allowed) if calibrate else 1.0
+        pool_allowed = masks[attribute][pool.category].numpy()
+        probabilities[attribute] = apply_temperature(pool_z[attribute], t, pool_allowed)
+        dev_p = apply_temperature(z, t, dev_allowed)
+        report["temperature"][attribute] = t
+        for name, p, y in (
+            ("dev_accuracy", dev_p, labels),
+            ("pool_accuracy", probabilities[attribute], pool.labels[attribute].numpy()),
+        ):
+            known = y != MISSING
+            report[name][attribute] = float((p[known].argmax(1) == y[known]).mean()) if known.any() else None
+    return probabilities, report
 
 
 @dataclass
@@ -320,6 +401,8 @@ class SelfTrainingReport:
     n_pool: int
     n_val: int
     embed_seconds: float
+    text_view: dict | None = None
+    """The title classifier's temperatures and accuracies; None = the teacher read images only."""
 
 
 def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> SelfTrainingReport:
@@ -343,6 +426,8 @@ def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True)
             train_set, record = data.fit, {"round": k}
             if teacher is not None:
                 views = [teacher.probabilities(v) for v in data.pool_views]
+                if data.pool_text is not None:
+                    views = [with_text_view(v, data.pool_text) for v in views]
                 codes, confidence = select_pseudo_labels(
                     views, st.threshold, require_agreement=st.require_agreement
                 )
@@ -382,6 +467,7 @@ def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True)
         len(data.pool_frame),
         len(data.val),
         data.embed_seconds,
+        data.text_report,
     )
 
 
