@@ -146,6 +146,9 @@ class FinetuneConfig:
     augment_p: float = 0.5
     hue: float = 0.0
     """Hue jitter (opt-in): hue shifts change colour labels, so they are off by default."""
+    color_jitter: float = 0.2
+    """Brightness, contrast and saturation jitter strength: they keep the hue, but shade labels ("Navy
+    Blue" vs "Blue", "Grey" vs "Black") move with them; lower it for catalogs with fine shades."""
     phase2_epochs: int = 3
     """Phase 2: per attribute, only its head trains, on every row labelled for it (cached features)."""
     num_workers: int = 2

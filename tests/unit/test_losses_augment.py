@@ -1,13 +1,16 @@
 import math
 
+import kornia.augmentation as K
 import pytest
 import torch
 import torch.nn.functional as F
 from kornia.color import rgb_to_hsv
 
-from taxonomist.models.backbones.base import IMAGENET_MEAN, IMAGENET_STD
+from taxonomist.config import FinetuneConfig
+from taxonomist.models.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from taxonomist.models.heads import NEG_INF
 from taxonomist.training.augment import BatchAugment
+from taxonomist.training.finetune import build_augment
 from taxonomist.training.losses import focal_cross_entropy, masked_cross_entropy, mmd_loss
 
 # --- cross-entropy variants -------------------------------------------------------------------------
@@ -180,3 +183,12 @@ def test_hue_is_kept_unless_hue_jitter_is_opted_in() -> None:
 def test_augment_rejects_half_given_statistics() -> None:
     with pytest.raises(ValueError, match="both mean and std"):
         BatchAugment(mean=IMAGENET_MEAN)
+
+
+def test_recipe_colour_jitter_setting_reaches_the_augmentation() -> None:
+    preprocess = Preprocess(size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    jitter = build_augment(FinetuneConfig(color_jitter=0.3), preprocess).color
+    assert isinstance(jitter, K.ColorJitter)
+    assert (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (0.3, 0.3, 0.3, 0.0)
+    # No brightness, contrast, saturation or hue jitter: no colour transform at all (shades stay put).
+    assert isinstance(build_augment(FinetuneConfig(color_jitter=0.0), preprocess).color, torch.nn.Identity)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from taxonomist.config import RunConfig
+from taxonomist.config import FinetuneConfig, RunConfig
 from taxonomist.data.catalog import CATEGORY, ID, Catalog, expand_path, load_catalog
 from taxonomist.data.images import ImageLoadError, load_image
 from taxonomist.data.labels import MISSING, encode_labels
@@ -39,7 +39,7 @@ from taxonomist.devices import resolve_device
 from taxonomist.inference.writers import atomic_write_text
 from taxonomist.metrics import attribute_score
 from taxonomist.models.attention_head import AttentionHeads
-from taxonomist.models.backbones import Backbone
+from taxonomist.models.backbones import Backbone, Preprocess
 from taxonomist.models.build import build_backbone
 from taxonomist.models.checkpoint import HeadsCheckpoint
 from taxonomist.models.heads import NEG_INF, AttributeHeads, allowed_masks
@@ -195,6 +195,19 @@ def _evaluate(
     return report.score, per_attr, logits
 
 
+def build_augment(fc: FinetuneConfig, preprocess: Preprocess) -> BatchAugment:
+    """The recipe's augmentation, on the backbone's normalised input."""
+    return BatchAugment(
+        p=fc.augment_p,
+        brightness=fc.color_jitter,
+        contrast=fc.color_jitter,
+        saturation=fc.color_jitter,
+        hue=fc.hue,
+        mean=preprocess.mean,
+        std=preprocess.std,
+    )
+
+
 def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> FinetuneReport:
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, set_seed
@@ -269,9 +282,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
     if fc.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, fc.max_steps_per_epoch)
     scheduler = _scheduler(optimizer, fc, steps_per_epoch)
-    augment = BatchAugment(
-        p=fc.augment_p, hue=fc.hue, mean=backbone.preprocess.mean, std=backbone.preprocess.std
-    ).to(accelerator.device)
+    augment = build_augment(fc, backbone.preprocess).to(accelerator.device)
     model, optimizer, train_loader, val_loader = accelerator.prepare(
         model, optimizer, train_loader, val_loader
     )
