@@ -1,10 +1,10 @@
 """Benchmark: fine-tuned efficientnet-lite0 (recipe ``finetune``) vs frozen-feature heads (recipe ``heads``)
 on fashion-product-images: the same seeded subset, split, input size and run.
 
-CPU budget: a seeded subset (``--rows``, default 6000) at ``--size`` px (default 160) for ``--epochs``
-epochs so the whole run stays within 45 minutes on 2 cores; on a GPU pass larger values. Writes
-``benchmarks/results/finetune-fpi.json`` and a table in ``docs/benchmarks.md``.
-Usage: ``python benchmarks/finetune.py [--rows 6000] [--size 160] [--epochs 4]``.
+CPU budget: a seeded subset (``--rows``, default 12000) at ``--size`` px (default 128) for ``--epochs``
+epochs (default 8) so the whole run stays within 45 minutes on 2 cores; on a GPU pass larger values.
+Writes ``benchmarks/results/finetune-fpi.json`` and a table in ``docs/benchmarks.md``.
+Usage: ``python benchmarks/finetune.py [--rows 12000] [--size 128] [--epochs 8] [--set key=value]``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,14 +30,23 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "finetune-fpi.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
 HEADING = "## Fine-tuning vs frozen features (fashion-product-images)"
+# Earlier runs on this benchmark, whose validation scores were seen before the settings of the reported
+# run were picked: the settings are not blind to this validation split.
+TRIED = [
+    "6000 rows (601 validation), 128 px, 5 epochs, recipe defaults (backbone lr 1e-4, colour jitter "
+    "0.2): frozen 0.6456, fine-tuned 0.6683, gain +0.023",
+    "12000 rows, 128 px, 5 epochs, recipe defaults: frozen 0.6530, fine-tuned 0.6851, gain +0.032; "
+    "validation still rising at the last epoch, and baseColour lower after phase 1 than frozen "
+    "(0.400 vs 0.416), hence 8 epochs, backbone lr 2e-4 and colour jitter 0.1 for the reported run",
+]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "fashion.yaml"))
-    parser.add_argument("--rows", type=int, default=6000)
-    parser.add_argument("--size", type=int, default=160)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=12000)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--set", action="append", default=[], help="Extra config override.")
     args = parser.parse_args()
@@ -68,6 +78,7 @@ def main() -> None:
         a: tuned.per_attribute_phase2[a] - tuned.per_attribute_phase1[a] for a in tuned.per_attribute_phase1
     }
     result = {
+        "command": " ".join(["python benchmarks/finetune.py", *sys.argv[1:]]),
         "dataset": f"fashion-product-images, seeded subset of {args.rows} rows",
         "device": device,
         "image_size": args.size,
@@ -96,6 +107,7 @@ def main() -> None:
         "history": tuned.epochs,
         "efficiency_finetuned": efficiency,
         "config": cfg.to_dict(),
+        "tried": TRIED,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
@@ -107,12 +119,16 @@ def main() -> None:
 
 def write_docs(r: dict) -> None:
     e = r["efficiency_finetuned"]
+    ft = r["config"]["finetune"]
     lines = [
         HEADING,
         "",
-        f"`python benchmarks/finetune.py` on {r['device']}: {r['dataset']} ({r['n_train']} train / "
-        f"{r['n_val']} validation rows, same per-category split for both), {r['image_size']} px, "
-        f"{r['epochs']} fine-tuning epochs. Score = the Meesho competition metric on the validation split.",
+        f"`{r['command']}` on {r['device']}: {r['dataset']} ({r['n_train']} train / {r['n_val']} "
+        f"validation rows, same per-category split for both), {r['image_size']} px, {r['epochs']} "
+        f"fine-tuning epochs (backbone lr {ft['backbone_lr']:g}, heads lr {ft['heads_lr']:g}, "
+        f"{ft['scheduler']}, colour jitter {ft['color_jitter']:g}, augmentation p {ft['augment_p']:g}). "
+        "Score = the Meesho competition metric on the validation split, which also picks the frozen "
+        "heads' epoch, the fine-tuned epoch (early stopping) and which phase-2 heads are kept.",
         "",
         "| model | score |",
         "| --- | ---: |",
@@ -140,6 +156,14 @@ def write_docs(r: dict) -> None:
         f"| predict images/s at batch 1 / best batch | {e['images_per_s_batch1']:.1f} / "
         f"{e['images_per_s_best']:.1f} (batch {e['best_batch_size']}) |",
         f"| latency p50 / p95 at batch 1 | {e['latency_ms_p50']:.1f} / {e['latency_ms_p95']:.1f} ms |",
+        "",
+        "Phase-1 validation score per epoch: "
+        + ", ".join(f"{h['val_score']:.4f}" for h in r["history"])
+        + ".",
+        "",
+        "Earlier runs (validation seen before this run's settings were picked):",
+        "",
+        *[f"- {t}" for t in r["tried"]],
     ]
     replace_section(DOCS, HEADING, "\n".join(lines) + "\n")
 
