@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import machine, replace_section
+from common import machine, replace_section, sync
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -146,12 +146,6 @@ def _tree_pss_mib(pid: int) -> float:
         except (OSError, ValueError):
             continue
     return total
-
-
-def sync() -> None:
-    """Wait for queued GPU work, so a timer reads finished forwards (a no-op on CPU)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def backbone_throughput(

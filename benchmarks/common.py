@@ -21,6 +21,12 @@ def replace_section(path: Path, heading: str, text: str) -> None:
     path.write_text(head.rstrip() + "\n\n" + "\n".join(s.rstrip() + "\n" for s in sections), encoding="utf-8")
 
 
+def sync() -> None:
+    """Wait for queued GPU work, so a timer reads finished forwards (a no-op on CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def machine() -> str:
     """What a result was measured on: CPU, cores, torch, and the GPU where torch sees one."""
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"

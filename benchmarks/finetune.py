@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-from common import replace_section
+from common import machine, replace_section
 
 from taxonomist.config import load_config
 from taxonomist.inference.efficiency import measure_efficiency
@@ -50,7 +48,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--set", action="append", default=[], help="Extra config override.")
     args = parser.parse_args()
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.machine()})"
     overrides = [
         f"catalog.limit={args.rows}",
         f"backbone.size={args.size}",
@@ -80,7 +77,7 @@ def main() -> None:
     result = {
         "command": " ".join(["python benchmarks/finetune.py", *sys.argv[1:]]),
         "dataset": f"fashion-product-images, seeded subset of {args.rows} rows",
-        "device": device,
+        "device": machine(),
         "image_size": args.size,
         "epochs": args.epochs,
         "n_train": tuned.n_train,

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from common import replace_section
+from common import machine, replace_section, sync
 
 from taxonomist.config import CatalogConfig, GenerateConfig, PromptConfig
 from taxonomist.data.catalog import CATEGORY, load_catalog
@@ -38,11 +37,6 @@ from taxonomist.models.vlm import random_vlm, write_metadata
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "vlm.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -125,9 +119,8 @@ def main() -> None:
         t_constrained, t_unconstrained = sum(best_c), sum(best_u)
         params = sum(p.numel() for p in model.parameters())
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.machine()})"
     result = {
-        "device": device,
+        "device": machine(),
         "model": f"random-weight Qwen2-VL, {args.size} shapes ({params / 1e6:.1f}M params)",
         "note": (
             "tiny random model on CPU: validity and relative cost of constraints only, not real-model speed"

@@ -124,6 +124,7 @@ def _features(stats: _Stats, toks: list[str], max_k: int, path: str = "") -> np.
     seen_rows = stats.path_all[path]
     out[0, 20] = (seen_rows - stats.path_rows[path] + 1.0) / (seen_rows + 2.0)
     out[0, 21] = float(seen_rows > 0)
+    words = stats.path_words.get(path, Counter())
     for k in range(1, max_k + 1):
         row = out[k]
         if k > len(toks):
@@ -152,7 +153,6 @@ def _features(stats: _Stats, toks: list[str], max_k: int, path: str = "") -> np.
         # The longest title prefix that the path names.
         longer = f"{span} {nxt.casefold()}" if nxt else None
         row[25] = float(_mentions(low_path, span) and not (longer and _mentions(low_path, longer)))
-        words = stats.path_words.get(path, Counter())
         row[27] = (words[nxt.casefold()] + 0.5) / (seen_rows + 1.0) if nxt else 1.0
         row[28] = (words[toks[k - 1].casefold()] + 0.5) / (seen_rows + 1.0)
     candidates = _path_candidates(stats, path, toks)
