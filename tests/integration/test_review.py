@@ -194,6 +194,39 @@ def test_export_is_a_loadable_catalog(client: TestClient, inputs: ReviewInputs, 
     assert all(p.is_file() for p in catalog.image_paths())
 
 
+def test_partial_review_exports_every_attribute(
+    client: TestClient, inputs: ReviewInputs, database_url: str, tmp_path: Path
+) -> None:
+    # Only Bags/color reviewed: "fit" still needs its (empty) column, or training with the model's own
+    # attribute list fails with "attribute columns not found: ['fit']".
+    item = page(client, category="Bags", limit=1)["items"][0]
+    decide(client, item["id"], "color")
+    exports = {
+        query: pd.read_csv(io.StringIO(client.get(f"/api/export.csv{query}").text), dtype=str)
+        for query in ("", "?include_accepted=false")
+    }
+    assert [list(e.columns) for e in exports.values()] == [["id", "category", "color", "fit"]] * 2
+    out = tmp_path / "partial.csv"
+    assert export_training_rows(database_url, out, ["fit", "color"]) == 1
+    pd.testing.assert_frame_equal(pd.read_csv(out, dtype=str), exports[""])
+
+    catalog = load_catalog(
+        CatalogConfig(
+            path=str(out),
+            id_column="id",
+            category_column="category",
+            attributes=["color", "fit"],
+            image_root=str(inputs.catalog.parent),
+            min_rows_per_category=0,
+        )
+    )
+    [row] = catalog.frame.to_dict("records")
+    assert (row["id"], row["color"]) == (item["id"], item["value"]) and pd.isna(row["fit"])
+
+    empty = ReviewStore("sqlite://").training_frame(["fit", "color"])
+    assert list(empty.columns) == ["id", "category", "color", "fit"] and empty.empty
+
+
 def test_storage_persists_in_an_sqlite_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'sub.db'}"
     store = ReviewStore(url)

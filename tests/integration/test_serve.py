@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -20,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 from taxonomist.cli.main import app as cli
-from taxonomist.cli.serve import serve
+from taxonomist.cli.serve import MAX_PIXELS_HELP, serve
+from taxonomist.data.images import pixel_limits
 from taxonomist.inference.predictor import Predictor
 from taxonomist.serve import AttributeModel, JsonFormatter, create_app
 
@@ -171,6 +173,18 @@ def test_concurrent_requests_share_a_forward(checkpoint: Path, images: Path) -> 
         ([], {"category": "Tops"}, 422, "image"),
         ([("1000.jpg", None)], {"category": ["Tops", "Bags"]}, 422, "1 category or one per image"),
         ([("1000.jpg", None)], {"category": "Tops", "id": ["a", "b"]}, 422, "one id per image"),
+        (
+            [(f"{k}.jpg", b"\xff") for k in range(MAX_IMAGES + 1)],
+            {"category": "Tops"},
+            413,
+            f"too many images: at most {MAX_IMAGES} per request",
+        ),
+        (
+            [("1000.jpg", None)],
+            {"category": "Tops", "id": [str(k) for k in range(2 * MAX_IMAGES)]},
+            413,
+            f"too many form fields: at most {2 * MAX_IMAGES}",
+        ),
     ],
     ids=[
         "image-too-large",
@@ -182,6 +196,8 @@ def test_concurrent_requests_share_a_forward(checkpoint: Path, images: Path) -> 
         "missing-image",
         "category-count",
         "id-count",
+        "too-many-images",
+        "too-many-fields",
     ],
 )
 def test_bad_requests_are_rejected_and_the_server_stays_healthy(
@@ -196,7 +212,113 @@ def test_bad_requests_are_rejected_and_the_server_stays_healthy(
     response = client.post("/v1/predict", files=upload(*files), data=data)
     assert response.status_code == status, response.text
     assert expect in response.text
+    assert response.headers["content-type"] == "application/json" and response.json()["detail"]
     assert_healthy(client, images)
+
+
+def test_body_limits_answer_413_in_json_without_content_length(client: TestClient, images: Path) -> None:
+    boundary = "limit"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="category"\r\n\r\nTops\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+    ).encode() + b"\xff" * (MAX_IMAGES * (MAX_UPLOAD + 16 * 1024))
+
+    def chunks() -> Iterator[bytes]:  # streamed: no Content-Length to refuse it up front
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    response = client.post(
+        "/v1/predict",
+        content=chunks(),
+        headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 413 and response.headers["content-type"] == "application/json"
+    assert "over the limit of" in response.json()["detail"]
+    assert_healthy(client, images)
+
+
+def test_oversized_form_field_is_413(checkpoint: Path, images: Path) -> None:
+    with TestClient(create_app(checkpoint)) as client:  # a body limit well above the field limit
+        response = client.post(
+            "/v1/predict", files=upload(jpg(images, 1000)), data={"category": "x" * (1024 * 1024 + 1)}
+        )
+        assert response.status_code == 413, response.text
+        assert response.json() == {"detail": "a form field is over the limit of 1048576 bytes"}
+        assert_healthy(client, images)
+
+
+class _CountingDecodes(AttributeModel):
+    """Records how many uploads are being prepared (decoded) at the same time."""
+
+    def __init__(self, model: AttributeModel) -> None:
+        super().__init__(model.predictor, model.info)
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+
+    def prepare(self, data: bytes, category: str, *, name: str) -> Any:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.05)
+            return super().prepare(data, category, name=name)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_decodes_at_once_are_bounded(checkpoint: Path, images: Path) -> None:
+    # Decoding is where memory peaks; more requests or images must not mean more decodes at once.
+    model = _CountingDecodes(AttributeModel.load(checkpoint))
+    with TestClient(create_app(model, max_decodes=2)) as client:
+        files = upload(*(jpg(images, 1000 + 2 * k) for k in range(6)))
+        response = client.post("/v1/predict", files=files, data={"category": "Tops"})
+        assert response.status_code == 200, response.text
+    assert model.most == 2
+
+
+LIMITS = [
+    ("max_pixels", 0, "--max-pixels"),
+    ("max_upload_bytes", 0, "--max-upload-mb"),
+    ("max_images_per_request", 0, "--max-images"),
+    ("request_timeout_s", 0, "--timeout"),
+    ("request_timeout_s", -1, "--timeout"),
+    ("max_queue", 0, "--max-queue"),
+    ("max_decodes", 0, "--max-decodes"),
+]
+
+
+@pytest.mark.parametrize(("setting", "value", "flag"), LIMITS)
+def test_limits_that_refuse_every_request_are_refused(
+    checkpoint: Path, setting: str, value: int, flag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each of these used to start a server that said ready and then answered every request 4xx or 5xx.
+    with pytest.raises(ValueError, match=f"^{setting} must be"):
+        create_app(checkpoint, **{setting: value})
+
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: pytest.fail("served with a bad limit"))
+    app = typer.Typer()
+    app.command()(serve)
+    result = runner.invoke(app, [str(checkpoint), flag, str(value)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and f"{setting} must be" in result.output, result.output
+
+
+def test_max_pixels_help_states_the_real_rule() -> None:
+    app = typer.Typer()
+    app.command()(serve)
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "1000"})
+    help_text = " ".join(result.output.replace("│", " ").split())
+    assert "64x above are rejected" not in help_text
+    assert MAX_PIXELS_HELP in help_text, help_text
+    # What the help says, checked against the loader's own limits, where each part of the rule binds.
+    assert "rejected (422) above 64x this" in help_text
+    assert pixel_limits(1_000_000)[0] == 64_000_000
+    assert "above 4x this or 16777216 pixels, whichever is more" in help_text
+    assert pixel_limits(1_000_000)[1] == 16_777_216 and pixel_limits(10_000_000)[1] == 40_000_000
+    assert f"Never above PIL's limit of {Image.MAX_IMAGE_PIXELS} pixels" in help_text
+    assert pixel_limits(10_000_000)[0] == Image.MAX_IMAGE_PIXELS
 
 
 class _Slow(AttributeModel):
@@ -247,6 +369,16 @@ def test_probes_docs_metrics_and_logs(
     assert samples[("taxonomist_images_total", (("outcome", "corrupt"),))] >= 1
     assert samples[("taxonomist_batch_size_count", ())] >= 1
     assert ("taxonomist_http_request_duration_seconds_count", (("route", "/v1/predict"),)) in samples
+
+
+def test_unknown_methods_share_one_metrics_label(client: TestClient) -> None:
+    # The method comes from the client: as a label, each made-up one would be a new series for good.
+    for method in ("ZZ123", "ZZ124", "get"):
+        assert client.request(method, "/v1/predict").status_code == 405
+    samples = metric_samples(client.get("/metrics").text)
+    methods = {dict(labels)["method"] for name, labels in samples if name == "taxonomist_http_requests_total"}
+    standard = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+    assert "other" in methods and methods <= {*standard, "other"}
 
 
 def test_not_ready_without_a_running_worker(checkpoint: Path) -> None:

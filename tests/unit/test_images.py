@@ -24,6 +24,7 @@ from taxonomist.data.images import (
     content_hash,
     load_image,
     load_image_bytes,
+    pixel_limits,
     read_errors,
     write_errors,
 )
@@ -398,6 +399,72 @@ def test_max_pixels_must_be_positive() -> None:
         load_image_bytes(b"x", max_pixels=0)
 
 
+def constant_gray_png(width: int, height: int) -> bytes:
+    """A valid 8-bit grayscale PNG of any size in little time and memory: constant rows compress to
+    almost nothing, so a few hundred KB can claim a huge image, as in a decompression bomb."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    packer = zlib.compressobj(1)
+    row = b"\0" + b"\x7f" * width  # filter type 0, then the samples
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_huge_png_is_rejected_without_a_full_decode(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 88M pixels, just under PIL's own limit, from a file of a few hundred KB: PNG has no reduced decode,
+    # so loading it would hold every pixel (350 MB as RGBA) before shrinking.
+    data = constant_gray_png(9400, 9400)
+    assert len(data) < 2_000_000 and Image.MAX_IMAGE_PIXELS > 9400 * 9400
+
+    def no_decode(self: Image.Image) -> None:
+        raise AssertionError("decoded an image that is over the full-decode limit")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)
+    with pytest.raises(ImageLoadError) as info:
+        load_image_bytes(data, name="huge.png")
+    assert info.value.reason == "decompression-bomb"
+    assert pixel_limits(DEFAULT_MAX_PIXELS)[1] == 4 * DEFAULT_MAX_PIXELS
+    assert f"over the limit of {4 * DEFAULT_MAX_PIXELS} for PNG decoded at full size" in info.value.detail
+
+
+def test_full_decode_limit_spares_reduced_jpeg_decodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images, "FULL_DECODE_MIN_PIXELS", 0)  # so small images show the rule
+    assert pixel_limits(10_000) == (640_000, 40_000)
+    big = Image.new("RGB", (300, 300), RED)  # 9 x max_pixels
+    with pytest.raises(ImageLoadError) as info:
+        load_image_bytes(encode(big, "PNG"), max_pixels=10_000)
+    assert info.value.reason == "decompression-bomb" and "limit of 40000" in info.value.detail
+    # A JPEG is decoded at 1/4 per side: it never holds the full image, so it is only shrunk.
+    assert load_image_bytes(encode(big, "JPEG"), max_pixels=10_000).size == (75, 75)
+    # Up to 4 x max_pixels a full decode is fine, then shrunk by 2 per side.
+    assert load_image_bytes(encode(Image.new("RGB", (200, 200)), "PNG"), max_pixels=10_000).size == (100, 100)
+
+
+def test_full_decode_limit_never_below_the_default_cap() -> None:
+    # A small max_pixels (a model's input size) still takes ordinary photos, merely shrinking them more.
+    assert pixel_limits(500_000) == (32_000_000, DEFAULT_MAX_PIXELS)
+    data = encode(Image.new("RGB", (3000, 2000), GREEN), "PNG")  # 12 x max_pixels
+    img = load_image_bytes(data, max_pixels=500_000)
+    assert img.size == (750, 500) and close(img.getpixel((10, 10)), GREEN)
+
+
+@pytest.mark.parametrize("mode", ["I", "F"])
+def test_wide_samples_are_shrunk_before_scaling(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Scaling 32-bit samples takes several full-size temporaries; it must run on the shrunk image.
+    scaled: list[tuple[int, int]] = []
+    scale = images._wide_gray_to_l
+    monkeypatch.setattr(images, "_wide_gray_to_l", lambda img: scaled.append(img.size) or scale(img))
+    arr = np.zeros((100, 200), dtype=np.int32 if mode == "I" else np.float32)
+    arr[:, 100:] = 1_000_000 if mode == "I" else 1.0
+    img = load_image_bytes(encode(Image.fromarray(arr), "TIFF"), max_pixels=5_000)
+    assert scaled == [(100, 50)] and img.size == (100, 50)
+    assert (img.getpixel((10, 10)), img.getpixel((90, 10))) == ((0, 0, 0), WHITE)
+
+
 # --- bytes ---------------------------------------------------------------------------------------------
 
 
@@ -420,6 +487,51 @@ def test_load_image_bytes_equivalents() -> None:
         assert str(info.value).startswith(f"upload-7: {reason}")
     with pytest.raises(ImageLoadError, match=r"^<bytes>: corrupt"):
         load_image_bytes(b"\x00" * 64)
+
+
+# --- PIL images ----------------------------------------------------------------------------------------
+
+
+def test_opened_image_gets_the_pixels_of_its_file(tmp_path: Path) -> None:
+    gray16 = Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16))
+    sixteen = save(tmp_path, "g16.png", gray16, "PNG")
+    rotated = tmp_path / "rot.jpg"
+    rotated.write_bytes(with_orientation(noise(24, 16), 6))
+    for path in (sixteen, rotated):
+        with Image.open(path) as opened:
+            got = load_image(opened)
+            assert_rgb(got)
+            assert got is not opened and opened.getexif() is not None  # the caller's image stays open
+        expected = load_image(path)
+        assert got.size == expected.size
+        assert np.array_equal(np.asarray(got), np.asarray(expected))
+    assert load_image(Image.open(sixteen)).getpixel((2, 0)) == WHITE  # scaled, not clipped to white
+    assert load_image(Image.open(rotated)).size == (16, 24)
+
+
+def test_in_memory_image_is_normalised_and_left_alone() -> None:
+    rgba = Image.new("RGBA", (2, 1), (255, 0, 0, 0))
+    rgba.putpixel((1, 0), (0, 0, 255, 255))
+    rgba.info["note"] = "kept"
+    img = load_image(rgba)
+    assert_rgb(img)
+    assert (img.getpixel((0, 0)), img.getpixel((1, 0))) == (WHITE, BLUE)
+    assert rgba.mode == "RGBA" and rgba.info == {"note": "kept"} and rgba.getpixel((0, 0)) == (255, 0, 0, 0)
+
+    rgb = Image.new("RGB", (300, 100), RED)
+    assert load_image(rgb, max_pixels=10_000).size == (150, 50)  # shrunk, from a copy
+    assert rgb.size == (300, 100)
+    with pytest.raises(ImageLoadError) as info:
+        load_image(rgb, max_pixels=100)
+    assert (info.value.path, info.value.reason) == ("<image>", "decompression-bomb")
+
+
+def test_opened_image_of_a_refused_format(tmp_path: Path) -> None:
+    path = save(tmp_path, "a.ppm", Image.new("RGB", (4, 4)), "PPM")
+    with pytest.raises(ImageLoadError) as info:
+        load_image(Image.open(path))
+    assert (info.value.path, info.value.reason) == (str(path), "corrupt")
+    assert "PPM is not an accepted format" in info.value.detail
 
 
 # --- errors --------------------------------------------------------------------------------------------

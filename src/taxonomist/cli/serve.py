@@ -7,8 +7,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from PIL import Image
 
-from taxonomist.data.images import DEFAULT_MAX_PIXELS
+from taxonomist.data.images import (
+    DEFAULT_MAX_PIXELS,
+    FULL_DECODE_FACTOR,
+    FULL_DECODE_MIN_PIXELS,
+    HARD_LIMIT_FACTOR,
+)
+
+# The rule of taxonomist.data.images.pixel_limits, in the words of the flag.
+MAX_PIXELS_HELP = (
+    f"Images above are downscaled on decode, and rejected (422) above {HARD_LIMIT_FACTOR}x this or, for "
+    f"formats other than JPEG (decoded at full size first), above {FULL_DECODE_FACTOR}x this or "
+    f"{FULL_DECODE_MIN_PIXELS} pixels, whichever is more."
+    + (f" Never above PIL's limit of {Image.MAX_IMAGE_PIXELS} pixels." if Image.MAX_IMAGE_PIXELS else "")
+)
 
 
 def serve(
@@ -24,12 +38,13 @@ def serve(
         float, typer.Option(help="Longest wait for a batch to fill, from its oldest image.")
     ] = 10.0,
     max_upload_mb: Annotated[float, typer.Option(help="Largest image upload in MiB (413 above).")] = 10.0,
-    max_pixels: Annotated[
-        int, typer.Option(help="Images above are downscaled on decode; 64x above are rejected (422).")
-    ] = DEFAULT_MAX_PIXELS,
+    max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = DEFAULT_MAX_PIXELS,
     max_images: Annotated[int, typer.Option(help="Most images in one request.")] = 16,
     timeout: Annotated[float, typer.Option(help="Seconds before a request gets 504.")] = 30.0,
     max_queue: Annotated[int, typer.Option(help="Images waiting for a forward before 503.")] = 1024,
+    max_decodes: Annotated[
+        int, typer.Option(help="Images decoded at once, whatever the requests: bounds decoding memory.")
+    ] = 4,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
 ) -> None:
     """Serve a checkpoint over HTTP: POST /v1/predict (batched), /healthz, /readyz, /metrics, /docs."""
@@ -52,6 +67,7 @@ def serve(
             max_images_per_request=max_images,
             request_timeout_s=timeout,
             max_queue=max_queue,
+            max_decodes=max_decodes,
         )
     except ValueError as err:  # not a checkpoint, or a bad limit
         raise typer.BadParameter(str(err)) from err

@@ -15,7 +15,8 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal, get_args
@@ -25,12 +26,21 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 # Product photos are at most a few megapixels; 16.7 MP still covers a full-frame camera export, and the
 # decoded RGB buffer stays near 50 MB (16.7M px x 3 bytes), so a handful of loader workers cannot exhaust
-# memory. Bigger images are downscaled, not rejected.
+# memory. Bigger images are downscaled; only far bigger ones are rejected (see pixel_limits).
 DEFAULT_MAX_PIXELS = 4096 * 4096
 
 # Beyond this many times ``max_pixels`` an image is rejected outright: a JPEG can be decoded at 1/8 scale
 # per side (1/64 of the pixels) almost for free, anything larger has to be decoded in full first.
 HARD_LIMIT_FACTOR = 64
+
+# Other formats (PNG, WebP, TIFF, ...) have no reduced decode: every pixel is held in memory, at up to 4
+# bytes each, before the image can be shrunk, and a few hundred KB of PNG can claim 9400 x 9400. So they
+# are rejected beyond this many times ``max_pixels``, i.e. shrunk by at most 2 per side; one load then
+# peaks near 600 MB at the default (the decoded image, and as much again while shrinking it) ...
+FULL_DECODE_FACTOR = 4
+# ... though never below the default cap (67 MB as RGBA), so a small ``max_pixels`` (a model's input size,
+# say) does not turn away ordinary product photos that are merely shrunk more.
+FULL_DECODE_MIN_PIXELS = DEFAULT_MAX_PIXELS
 
 # Formats a seller upload can legitimately be in. Restricting ``Image.open`` to these keeps exotic
 # decoders (EPS shells out to Ghostscript, for one) away from untrusted bytes. HEIF is only there once a
@@ -61,6 +71,7 @@ _TRANSPOSE = {
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _DIRECT_RGB_MODES = frozenset({"CMYK", "YCbCr", "LAB", "HSV"})
 _WIDE_GRAY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+_SIXTEEN_TO_EIGHT_BITS = ((np.arange(1 << 16, dtype=np.uint32) + 128) // 257).astype(np.uint8)
 
 
 class ImageLoadError(Exception):
@@ -91,18 +102,30 @@ class ImageError:
         return cls(id=str(id), path=error.path, reason=error.reason, detail=error.detail)
 
 
-def load_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Load ``path`` as a fully decoded RGB image, upright and without alpha (transparent areas become
+def load_image(
+    source: str | os.PathLike[str] | Image.Image, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Load ``source`` as a fully decoded RGB image, upright and without alpha (transparent areas become
     white, like the studio background).
+
+    ``source`` is a path, or an image already opened with PIL, which gets exactly the treatment its file
+    would (orientation, mode, alpha, pixel limits), so callers handing over PIL images see the same pixels.
+    The caller's image is left open and unchanged, except that one not loaded yet is loaded here: a large
+    JPEG at reduced size, as :meth:`PIL.Image.Image.thumbnail` does.
 
     Images over ``max_pixels`` are shrunk by an integer factor (a cheap reduced JPEG decode where possible),
     so they come back with the same aspect ratio and between about a quarter of ``max_pixels`` and
-    ``max_pixels`` pixels.
+    ``max_pixels`` pixels. See :func:`pixel_limits` for the sizes that are rejected instead.
 
     Raises :class:`ImageLoadError` for anything that is not a usable image.
     """
     _check_max_pixels(max_pixels)
-    name = os.fsdecode(path)
+    if isinstance(source, Image.Image):
+        # Image.open leaves ``filename`` empty for file objects; errors still need something to name.
+        name = os.fsdecode(getattr(source, "filename", "") or "<image>")
+        with _classified(name):
+            return _normalise(source, name, max_pixels)
+    name = os.fsdecode(source)
     try:
         st = os.stat(name)
         if not stat.S_ISREG(st.st_mode):
@@ -198,42 +221,68 @@ def _accepted_formats() -> tuple[str, ...]:
     return tuple(f for f in ACCEPTED_FORMATS if f in Image.OPEN)
 
 
-def _hard_limit(max_pixels: int) -> int:
+def _accepted_list() -> str:
+    return f"accepted formats: {', '.join(_accepted_formats())}"
+
+
+def pixel_limits(max_pixels: int) -> tuple[int, int]:
+    """(hard limit, full-decode limit) in pixels for ``max_pixels``: every image above the first is
+    rejected; one that has to be decoded at full size (any format but JPEG) also above the second, which
+    is ``FULL_DECODE_FACTOR`` x ``max_pixels`` but at least ``FULL_DECODE_MIN_PIXELS``."""
     # PIL's own threshold (Image.MAX_IMAGE_PIXELS) is honoured as an upper bound where it is set: above it
     # PIL only warns, and a warning is not a decision. The global itself is never changed.
-    limit = HARD_LIMIT_FACTOR * max_pixels
+    hard = HARD_LIMIT_FACTOR * max_pixels
     if Image.MAX_IMAGE_PIXELS is not None:
-        limit = min(limit, int(Image.MAX_IMAGE_PIXELS))
-    return limit
+        hard = min(hard, int(Image.MAX_IMAGE_PIXELS))
+    return hard, min(hard, max(FULL_DECODE_FACTOR * max_pixels, FULL_DECODE_MIN_PIXELS))
 
 
 def _decode(fp: IO[bytes], name: str, max_pixels: int) -> Image.Image:
+    with _classified(name), Image.open(fp, formats=_accepted_formats()) as img:
+        return _normalise(img, name, max_pixels)
+
+
+@contextmanager
+def _classified(name: str) -> Iterator[None]:
+    """Turn whatever PIL raises for a bad image into one :class:`ImageLoadError`."""
     try:
-        with Image.open(fp, formats=_accepted_formats()) as img:
-            width, height = img.size
-            limit = _hard_limit(max_pixels)
-            if width * height > limit:
-                detail = f"{width}x{height} = {width * height} pixels, over the limit of {limit}"
-                raise ImageLoadError(name, "decompression-bomb", detail)
-            if width * height > max_pixels:
-                # JPEG only: libjpeg decodes at 1/2, 1/4 or 1/8 scale for a fraction of the time and memory
-                # of a full decode. A no-op for other formats, which _to_rgb shrinks after decoding.
-                scale = next((k for k in (2, 4, 8) if _shrunk_pixels(width, height, k) <= max_pixels), 8)
-                img.draft("RGB", (max(1, width // scale), max(1, height // scale)))
-            img.load()
-            if ImageFile.LOAD_TRUNCATED_IMAGES and getattr(img, "_ended", False):
-                # Someone enabled PIL's global truncated-image mode; the JPEG plugin marks files it had to
-                # pad with a fake end-of-image marker, which are still truncated for us.
-                raise ImageLoadError(name, "truncated", "JPEG data ends before the end-of-image marker")
-            orientation = _orientation(img)
-            return _to_rgb(img, name, max_pixels, orientation)
-    except ImageLoadError:
-        raise
-    except MemoryError:
+        yield
+    except (ImageLoadError, MemoryError):
         raise
     except Exception as exc:
         reason, detail = _classify(exc)
         raise ImageLoadError(name, reason, detail) from exc
+
+
+def _normalise(img: Image.Image, name: str, max_pixels: int) -> Image.Image:
+    """Check the size, decode (reduced where the format can) and convert one opened image."""
+    if img.format is not None and img.format not in _accepted_formats():
+        # An image the caller opened: refused as its file would be.
+        raise ImageLoadError(name, "corrupt", f"{img.format} is not an accepted format ({_accepted_list()})")
+    width, height = img.size
+    hard, full = pixel_limits(max_pixels)
+    if width * height > hard:
+        detail = f"{width}x{height} = {width * height} pixels, over the limit of {hard}"
+        raise ImageLoadError(name, "decompression-bomb", detail)
+    if width * height > max_pixels:
+        # JPEG only: libjpeg decodes at 1/2, 1/4 or 1/8 scale for a fraction of the time and memory of a
+        # full decode, and the image's size says so at once. A no-op for other formats (and for images
+        # already loaded), which _to_rgb shrinks after decoding.
+        scale = next((k for k in (2, 4, 8) if _shrunk_pixels(width, height, k) <= max_pixels), 8)
+        img.draft("RGB", (max(1, width // scale), max(1, height // scale)))
+    if img.width * img.height > full:
+        detail = (
+            f"{width}x{height} = {width * height} pixels, over the limit of {full} for "
+            f"{img.format or 'an image'} decoded at full size "
+            f"({FULL_DECODE_FACTOR} x max_pixels, at least {FULL_DECODE_MIN_PIXELS})"
+        )
+        raise ImageLoadError(name, "decompression-bomb", detail)
+    img.load()
+    if ImageFile.LOAD_TRUNCATED_IMAGES and getattr(img, "_ended", False):
+        # Someone enabled PIL's global truncated-image mode; the JPEG plugin marks files it had to pad
+        # with a fake end-of-image marker, which are still truncated for us.
+        raise ImageLoadError(name, "truncated", "JPEG data ends before the end-of-image marker")
+    return _to_rgb(img, name, max_pixels, _orientation(img))
 
 
 def _classify(exc: Exception) -> tuple[Reason, str]:
@@ -242,7 +291,7 @@ def _classify(exc: Exception) -> tuple[Reason, str]:
         return "decompression-bomb", str(exc)
     if isinstance(exc, UnidentifiedImageError):
         # PIL's message carries a repr of the file object; the format list is more useful.
-        return "corrupt", f"not a recognised image (accepted formats: {', '.join(_accepted_formats())})"
+        return "corrupt", f"not a recognised image ({_accepted_list()})"
     detail = str(exc) or type(exc).__name__
     if isinstance(exc, EOFError) or (isinstance(exc, OSError) and "truncated" in detail.lower()):
         return "truncated", detail
@@ -261,17 +310,20 @@ def _orientation(img: Image.Image) -> int:
 def _to_rgb(img: Image.Image, name: str, max_pixels: int, orientation: int) -> Image.Image:
     """Normalise any mode to L, RGB or RGBA, shrink under ``max_pixels``, then flatten to upright RGB.
 
-    Shrinking before the alpha composite and the transpose keeps those passes on the small image.
+    Shrinking before the alpha composite and the transpose keeps those passes on the small image, and an
+    image already in one of those modes is shrunk as it is, without a full-size copy first.
     """
     mode = img.mode
     has_key = "transparency" in img.info  # a palette index or colour key that means "transparent"
     try:
-        if mode == "RGB" and not has_key:
-            out = img.copy()
-        elif mode in ("L", "1") and not has_key:
+        if (mode in ("RGB", "L") and not has_key) or mode == "RGBA":
+            out = img
+        elif mode == "1" and not has_key:
             out = img.convert("L")
         elif mode in _WIDE_GRAY_MODES:
-            out = _wide_gray_to_l(img)
+            # 32-bit samples are shrunk first (reduce() averages them; it has no 16-bit modes): the
+            # scaling below makes several full-size temporaries at up to 8 bytes a pixel.
+            out = _wide_gray_to_l(_shrink(img, max_pixels) if mode in ("I", "F") and not has_key else img)
             if has_key:
                 transparent = np.asarray(img) == img.info["transparency"]
                 alpha = Image.fromarray(np.where(transparent, 0, 255).astype(np.uint8))
@@ -286,11 +338,7 @@ def _to_rgb(img: Image.Image, name: str, max_pixels: int, orientation: int) -> I
     except ValueError as exc:
         raise ImageLoadError(name, "unsupported-mode", str(exc)) from exc
 
-    if out.width * out.height > max_pixels:
-        # An integer box reduction (alpha-premultiplied for RGBA) rather than a resample to exactly
-        # max_pixels: several times faster on big images, and the cap is a memory bound, not a target size.
-        out = out.reduce(_reduction(out.width, out.height, max_pixels))
-
+    out = _shrink(out, max_pixels)
     if out.mode == "RGBA":
         flat = Image.new("RGB", out.size, _WHITE)
         flat.paste(out, mask=out.getchannel("A"))
@@ -300,9 +348,21 @@ def _to_rgb(img: Image.Image, name: str, max_pixels: int, orientation: int) -> I
 
     if orientation != 1:
         out = out.transpose(_TRANSPOSE[orientation])
+    if out is img:
+        # Nothing above made a new image: never hand back (or strip) the decoded or the caller's one.
+        out = img.copy()
     # Metadata would describe the file, not these pixels (an EXIF orientation applied twice rotates twice).
     out.info = {}
     return out
+
+
+def _shrink(img: Image.Image, max_pixels: int) -> Image.Image:
+    """``img`` itself if within ``max_pixels``, else reduced by the smallest integer factor that fits."""
+    if img.width * img.height <= max_pixels:
+        return img
+    # An integer box reduction (alpha-premultiplied for RGBA) rather than a resample to exactly max_pixels:
+    # several times faster on big images, and the cap is a memory bound, not a target size.
+    return img.reduce(_reduction(img.width, img.height, max_pixels))
 
 
 def _wide_gray_to_l(img: Image.Image) -> Image.Image:
@@ -319,8 +379,9 @@ def _wide_gray_to_l(img: Image.Image) -> Image.Image:
         return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
     lo, hi = int(arr.min()), int(arr.max())
     if img.mode != "I" or (lo >= 0 and hi <= 65535):
-        # 16-bit samples (PIL widens some 16-bit files to "I"): 65535 maps to 255, 32768 to 128.
-        return Image.fromarray(((arr.astype(np.uint32) + 128) // 257).astype(np.uint8))
+        # 16-bit samples (PIL widens some 16-bit files to "I"): 65535 maps to 255, 32768 to 128. A table
+        # lookup writes the 8-bit result straight away, with no wider full-size temporaries.
+        return Image.fromarray(_SIXTEEN_TO_EIGHT_BITS[arr])
     values = arr.astype(np.int64)
     # Genuinely 32-bit (or signed) data has no fixed white point: stretch what is there.
     span = hi - lo

@@ -20,10 +20,13 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Annotated, Any
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageLoadError
@@ -33,8 +36,15 @@ from taxonomist.serve.model import ServedModel, load_model
 
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_IMAGES = 16
+# Decoding is where memory peaks (a full decode may hold ~600 MB at the default max_pixels, see
+# taxonomist.data.images), so this many at a time bound it, whatever the number of requests.
+DEFAULT_MAX_DECODES = 4
 # Body allowance per image on top of its bytes: multipart headers, boundaries, and its category and id.
 _PART_OVERHEAD = 16 * 1024
+# Largest text field (a category or an id), as Starlette's default.
+_MAX_FIELD_BYTES = 1024 * 1024
+# Methods beyond these become "other" in metric labels: each label value is a series kept forever.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 _ROUTES = frozenset({"/v1/predict", *_PROBES})
@@ -83,13 +93,26 @@ def create_app(
     max_images_per_request: int = DEFAULT_MAX_IMAGES,
     request_timeout_s: float = 30.0,
     max_queue: int = 1024,
+    max_decodes: int = DEFAULT_MAX_DECODES,
 ) -> FastAPI:
     """Load ``checkpoint`` (a directory, or any :class:`ServedModel`) and build the app around it.
 
     ``max_upload_bytes`` bounds each image (413); the whole body may hold ``max_images_per_request`` of
-    them. Images over ``max_pixels`` are downscaled on decode and rejected (422) beyond 64 times that.
-    ``max_queue`` images may wait for a forward before requests are shed with 503.
+    them (more images, or a bigger body, is 413 as well). Images over ``max_pixels`` are downscaled on
+    decode and rejected (422) beyond :func:`~taxonomist.data.images.pixel_limits`; at most
+    ``max_decodes`` uploads are decoded at a time, which bounds the memory decoding takes. ``max_queue``
+    images may wait for a forward before requests are shed with 503. Raises ``ValueError`` for a limit
+    that would refuse every request.
     """
+    _check_limits(
+        max_upload_bytes=max_upload_bytes,
+        max_pixels=max_pixels,
+        max_images_per_request=max_images_per_request,
+        max_queue=max_queue,
+        max_decodes=max_decodes,
+    )
+    if not request_timeout_s > 0:  # NaN included
+        raise ValueError(f"request_timeout_s must be positive, got {request_timeout_s}")
     model = (
         load_model(checkpoint, max_pixels=max_pixels)
         if isinstance(checkpoint, (str, os.PathLike))
@@ -102,6 +125,9 @@ def create_app(
     )
     metrics = ServeMetrics(model.info, lambda: batcher.pending)
     batcher.on_batch = metrics.observe_batch
+    decoding = CapacityLimiter(max_decodes)
+    max_fields = 2 * max_images_per_request  # a category and an id per image
+    max_body_bytes = max_images_per_request * (max_upload_bytes + _PART_OVERHEAD)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -120,7 +146,29 @@ def create_app(
         + ", ".join(f"`{c}`" for c in model.categories),
         lifespan=lifespan,
     )
+    app.add_middleware(
+        _LimitBody,
+        path="/v1/predict",
+        limit=max_body_bytes,
+        what=f"room for {max_images_per_request} image(s) of up to {max_upload_bytes} bytes, "
+        f"plus {_PART_OVERHEAD} bytes of form fields per image",
+    )
     app.add_middleware(_ObserveRequests, metrics=metrics)
+    # Starlette's multipart parser reports its limits as 400 with its own wording; they are limits too.
+    form_limits = {
+        "Too many files": f"too many images: at most {max_images_per_request} per request",
+        "Too many fields": f"too many form fields: at most {max_fields} (a category and an id per image)",
+        "Part exceeded maximum size": f"a form field is over the limit of {_MAX_FIELD_BYTES} bytes",
+    }
+
+    @app.exception_handler(StarletteHTTPException)
+    async def form_limit_is_413(request: Request, exc: StarletteHTTPException) -> Response:
+        cause = exc.__context__
+        if isinstance(cause, MultiPartException):
+            detail = next((d for prefix, d in form_limits.items() if cause.message.startswith(prefix)), None)
+            if detail is not None:
+                exc = HTTPException(413, detail=detail)
+        return await http_exception_handler(request, exc)
 
     def reject(outcome: str, count: int = 1) -> None:
         metrics.images.labels(outcome).inc(count)
@@ -135,7 +183,10 @@ def create_app(
     async def run(uploads: list[UploadFile], names: list[str], categories: list[str]) -> list[dict[str, Any]]:
         datas = [await upload.read() for upload in uploads]
         prepared = await asyncio.gather(
-            *(run_in_threadpool(prepare, d, c, n) for d, c, n in zip(datas, categories, names, strict=True))
+            *(
+                to_thread.run_sync(prepare, d, c, n, limiter=decoding)
+                for d, c, n in zip(datas, categories, names, strict=True)
+            )
         )
         problems = [(i, p) for i, p in enumerate(prepared) if isinstance(p, ImageLoadError)]
         if problems:
@@ -158,10 +209,13 @@ def create_app(
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
-        max_body_size=max_images_per_request * (max_upload_bytes + _PART_OVERHEAD),
-        form_limits={"max_files": max_images_per_request, "max_fields": 2 * max_images_per_request},
+        form_limits={
+            "max_files": max_images_per_request,
+            "max_fields": max_fields,
+            "max_part_size": _MAX_FIELD_BYTES,
+        },
         responses={
-            413: {"description": "An image or the whole request is too large."},
+            413: {"description": "An image, a form field or the whole request is too large, or too many."},
             422: {"description": "Not an image, too many pixels, unknown category, or a missing field."},
             503: {"description": "Too many images queued; retry later."},
             504: {"description": "The prediction took longer than the request timeout."},
@@ -260,8 +314,48 @@ def create_app(
     return app
 
 
+def _check_limits(**limits: int) -> None:
+    # Each of these at 0 would start a server that is ready but refuses (or fails) every request.
+    for setting, value in limits.items():
+        if value < 1:
+            raise ValueError(f"{setting} must be at least 1, got {value}")
+
+
 def _unprocessable(field: str, msg: str) -> HTTPException:
     return HTTPException(422, detail=[{"type": "count-mismatch", "loc": ["body", field], "msg": msg}])
+
+
+class _LimitBody:
+    """413 with a JSON ``detail``, like every other error, once the body on ``path`` passes ``limit``
+    bytes (Starlette's own body limit answers in plain text). A declared length over it is refused
+    before any of the body is read."""
+
+    def __init__(self, app: ASGIApp, *, path: str, limit: int, what: str) -> None:
+        self.app = app
+        self.path = path
+        self.limit = limit
+        self.detail = f"Content Too Large: the request body is over the limit of {limit} bytes ({what})"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        declared = int(length) if length.isdigit() else 0
+        received = 0
+
+        async def limited() -> Message:
+            # Raised inside the route while it reads the form, so the app's handler answers it as JSON.
+            nonlocal received
+            if declared > self.limit:
+                raise HTTPException(413, detail=self.detail)
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(413, detail=self.detail)
+            return message
+
+        await self.app(scope, limited, send)
 
 
 class _ObserveRequests:
@@ -297,7 +391,8 @@ class _ObserveRequests:
             seconds = time.perf_counter() - start
             path = scope["path"]
             route = path if path in _ROUTES else "other"
-            self.metrics.requests.labels(route, scope["method"], str(status)).inc()
+            method = scope["method"] if scope["method"] in _METHODS else "other"
+            self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.latency.labels(route).observe(seconds)
             log.log(
                 logging.DEBUG if route in _PROBES else logging.INFO,

@@ -158,7 +158,10 @@ def create_review_app(
     "confidence below" filter.
     """
     frame = load_predictions(predictions)
-    allowed = allowed_values(frame, _load_schema(schema))
+    loaded_schema = _load_schema(schema)
+    allowed = allowed_values(frame, loaded_schema)
+    # Every attribute the model predicts is an export column, reviewed or not.
+    attributes = sorted({*frame["attribute"], *(loaded_schema.attributes if loaded_schema else ())})
     locate = image_locator(images, image_template)
     store = ReviewStore(database_url)
     rows = frame.to_dict("records")
@@ -270,8 +273,9 @@ def create_review_app(
 
     @app.get("/api/export.csv", response_class=Response)
     def export(include_accepted: bool = True) -> Response:
-        """Decisions as training rows (id, category, one column per attribute) for ``taxonomist train``."""
-        csv = store.training_frame(include_accepted=include_accepted).to_csv(index=False)
+        """Decisions as training rows (id, category, one column per attribute, empty where not reviewed)
+        for ``taxonomist train``."""
+        csv = store.training_frame(attributes, include_accepted=include_accepted).to_csv(index=False)
         return Response(
             csv,
             media_type="text/csv",

@@ -8,6 +8,7 @@ and corrected rows can be told apart and audited without the predictions file.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -113,18 +114,22 @@ class ReviewStore:
             rows = session.scalars(select(_Decision).order_by(_Decision.item_id, _Decision.attribute))
             return {(r.item_id, r.attribute): _public(r) for r in rows}
 
-    def training_frame(self, *, include_accepted: bool = True) -> pd.DataFrame:
-        """Generic catalog layout: id, category, one column per reviewed attribute (missing = not reviewed).
+    def training_frame(
+        self, attributes: Iterable[str] = (), *, include_accepted: bool = True
+    ) -> pd.DataFrame:
+        """Generic catalog layout: id, category, one column per attribute (empty = not reviewed).
 
+        ``attributes`` are the model's (its schema's or predictions'): each gets a column even before
+        anyone reviewed it, so a partial review still loads with the training config's attribute list.
         Accepted predictions are confirmed labels too, so they are exported unless ``include_accepted``
         is false (then only corrections, the rows the model got wrong).
         """
         decisions = [d for d in self.decisions().values() if include_accepted or d.action == CORRECT]
-        attributes = sorted({d.attribute for d in decisions})
+        columns = sorted({*attributes, *(d.attribute for d in decisions)})
         rows: dict[str, dict[str, str]] = {}
         for d in decisions:
             rows.setdefault(d.item_id, {ID: d.item_id, CATEGORY: d.category})[d.attribute] = d.value
-        return pd.DataFrame(list(rows.values()), columns=[ID, CATEGORY, *attributes])
+        return pd.DataFrame(list(rows.values()), columns=[ID, CATEGORY, *columns])
 
     def close(self) -> None:
         self.engine.dispose()
@@ -144,13 +149,18 @@ def _public(row: _Decision) -> Decision:
 
 
 def export_training_rows(
-    database_url: str, out_path: str | os.PathLike, *, include_accepted: bool = True
+    database_url: str,
+    out_path: str | os.PathLike,
+    attributes: Iterable[str] = (),
+    *,
+    include_accepted: bool = True,
 ) -> int:
     """Write reviewed labels as a CSV that ``taxonomist train`` reads (``catalog.id_column: id``,
-    ``catalog.category_column: category``); returns the number of rows written."""
+    ``catalog.category_column: category``, one column per attribute of ``attributes`` and of the
+    decisions); returns the number of rows written."""
     store = ReviewStore(database_url)
     try:
-        frame = store.training_frame(include_accepted=include_accepted)
+        frame = store.training_frame(attributes, include_accepted=include_accepted)
     finally:
         store.close()
     out_path = Path(out_path)
