@@ -6,11 +6,13 @@ Configs never enter modules: builders read these dataclasses and pass plain argu
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 
@@ -19,6 +21,46 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the schema of :class:`RunConfig`."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval of a numeric setting, checked when a config is read: a chunk size of 0 or a
+    validation share of 1.5 fails at load time, naming the key, instead of deep inside a run."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '≥'} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '≤'} {self.high:g}"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+    def check(self, value: float, where: str) -> None:
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number {self}, got {value!r}")
+        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        above = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if below or above:
+            raise ConfigError(f"{where} must be {self}, got {value!r}")
+
+
+PositiveInt = Annotated[int, Range(1)]
+NonNegativeInt = Annotated[int, Range(0)]
+PositiveFloat = Annotated[float, Range(0, low_open=True)]
+NonNegativeFloat = Annotated[float, Range(0)]
+Probability = Annotated[float, Range(0, 1)]
+"""A share or probability, 0 and 1 included."""
+OpenFraction = Annotated[float, Range(0, 1, low_open=True, high_open=True)]
+"""A share of rows split off: both parts must keep rows."""
+PositiveFraction = Annotated[float, Range(0, 1, low_open=True)]
+FractionBelowOne = Annotated[float, Range(0, 1, high_open=True)]
+"""Label smoothing, dropout, warmup share: at 1 nothing would be left to learn or train."""
 
 
 @dataclass
@@ -41,12 +83,12 @@ class CatalogConfig:
     (Meesho default); ``{category}`` is filled in too."""
     categories: list[str] = field(default_factory=list)
     """Keep only these categories (empty = all)."""
-    min_rows_per_category: int = 500
+    min_rows_per_category: NonNegativeInt = 500
     remaps: dict[str, dict[str, str]] = field(default_factory=dict)
     """Per-category column copies before naming, e.g. ``{Sarees: {attr_1: attr_4}}`` (seed 000)."""
     schema: str | None = None
     """Schema file (JSON/YAML); default: inferred from the training rows."""
-    limit: int | None = None
+    limit: PositiveInt | None = None
     """Use only the first N rows (after a seeded shuffle): quick demos and smoke runs."""
     text_column: str | None = None
     """Listing text (e.g. the product title; generic layout), kept as column ``text``: the self-training
@@ -56,7 +98,7 @@ class CatalogConfig:
 @dataclass
 class MissingLabelConfig:
     policy: Literal["mask", "dynamic-fill", "similar-mode", "drop"] = "mask"
-    max_nans: int = 3
+    max_nans: NonNegativeInt = 3
     """similar-mode: rows with more missing labels than this are skipped."""
     fill_value: str = "no"
     """dynamic-fill: value for missing attributes past the row's ``len``."""
@@ -66,7 +108,7 @@ class MissingLabelConfig:
 class BackboneConfig:
     name: str = "efficientnet-lite0"
     """Registry name (efficientnet-lite0/1/2) or any Hugging Face vision model id or local directory."""
-    size: int | None = None
+    size: PositiveInt | None = None
     """Input side in pixels; default: the backbone's own."""
     resize: Literal["pad", "crop", "squash"] = "pad"
     color_features: bool = True
@@ -76,12 +118,12 @@ class BackboneConfig:
 
 @dataclass
 class EmbedConfig:
-    batch_size: int = 32
-    num_workers: int = 2
+    batch_size: PositiveInt = 32
+    num_workers: NonNegativeInt = 2
     """Image-decoding worker processes (0 = decode in the main process)."""
     cache_dir: str | None = None
     """Feature cache folder; default ``$TAXONOMIST_CACHE`` or ``~/.cache/taxonomist``."""
-    max_pixels: int = 4096 * 4096
+    max_pixels: PositiveInt = 4096 * 4096
     device: str = "auto"
     """Where the backbone runs: auto (the GPU when there is one), cpu, cuda, cuda:N."""
 
@@ -90,22 +132,22 @@ class EmbedConfig:
 class HeadsConfig:
     hidden: list[int] = field(default_factory=lambda: [512, 256])
     """Shared trunk widths (seed 000: FC 512 → FC 256)."""
-    category_dim: int = 16
-    dropout: float = 0.2
+    category_dim: PositiveInt = 16
+    dropout: FractionBelowOne = 0.2
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 40
-    batch_size: int = 256
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 1
-    patience: int = 8
+    epochs: PositiveInt = 40
+    batch_size: PositiveInt = 256
+    lr: PositiveFloat = 2e-3
+    weight_decay: NonNegativeFloat = 1e-4
+    warmup_epochs: NonNegativeInt = 1
+    patience: PositiveInt = 8
     """Early stopping: epochs without a better validation score."""
-    val_fraction: float = 0.1
+    val_fraction: OpenFraction = 0.1
     seed: int = 0
-    label_smoothing: float = 0.0
+    label_smoothing: FractionBelowOne = 0.0
     class_balance: float = 0.0
     """Prediction-time logit adjustment strength (0 = off, 1 = full prior correction); tuned on val if -1."""
     calibrate: bool = True
@@ -124,35 +166,35 @@ class FinetuneConfig:
     head: Literal["mlp", "attention"] = "mlp"
     """mlp: the core's AttributeHeads on pooled features; attention: seed 001's spatial + channel
     attention head on the backbone's feature map."""
-    epochs: int = 5
-    batch_size: int = 32
-    grad_accumulation: int = 1
-    backbone_lr: float = 1e-4
-    heads_lr: float = 1e-3
-    weight_decay: float = 1e-2
+    epochs: PositiveInt = 5
+    batch_size: PositiveInt = 32
+    grad_accumulation: PositiveInt = 1
+    backbone_lr: PositiveFloat = 1e-4
+    heads_lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 1e-2
     scheduler: Literal["cosine", "plateau"] = "cosine"
-    warmup_epochs: float = 0.5
-    clip_grad_norm: float = 1.0
+    warmup_epochs: NonNegativeFloat = 0.5
+    clip_grad_norm: NonNegativeFloat = 1.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """bf16/fp16 autocast on GPU (accelerate); CPU runs stay in float32."""
     gradient_checkpointing: bool = False
-    patience: int = 3
-    label_smoothing: float = 0.1
-    focal_gamma: float = 0.0
+    patience: PositiveInt = 3
+    label_smoothing: FractionBelowOne = 0.1
+    focal_gamma: NonNegativeFloat = 0.0
     mmd: bool = False
     """Add an MMD term between training-batch and validation-batch pooled features (seed 001)."""
-    mmd_weight: float = 0.1
+    mmd_weight: NonNegativeFloat = 0.1
     """λ of the MMD term (seed 001's value)."""
-    augment_p: float = 0.5
+    augment_p: Probability = 0.5
     hue: float = 0.0
     """Hue jitter (opt-in): hue shifts change colour labels, so they are off by default."""
-    color_jitter: float = 0.2
+    color_jitter: NonNegativeFloat = 0.2
     """Brightness, contrast and saturation jitter strength: they keep the hue, but shade labels ("Navy
     Blue" vs "Blue", "Grey" vs "Black") move with them; lower it for catalogs with fine shades."""
-    phase2_epochs: int = 3
+    phase2_epochs: NonNegativeInt = 3
     """Phase 2: per attribute, only its head trains, on every row labelled for it (cached features)."""
-    num_workers: int = 2
-    max_steps_per_epoch: int | None = None
+    num_workers: NonNegativeInt = 2
+    max_steps_per_epoch: PositiveInt | None = None
     """Cap on optimizer steps per epoch (smoke runs and CPU budgets)."""
 
 
@@ -164,20 +206,20 @@ class SelfTrainingConfig:
     gives the same value and the calibrated probability of that value reaches ``threshold``.
     """
 
-    labeled_fraction: float = 0.05
+    labeled_fraction: PositiveFraction = 0.05
     """Share of the training split (per category, seeded) whose labels are kept; the rest of the split
     joins the unlabeled pool with its labels hidden (they only score pseudo-label precision). 1.0 = every
     label is used and the pool is only the rows that carry no label at all."""
-    dev_fraction: float = 0.25
+    dev_fraction: OpenFraction = 0.25
     """Share of the labeled rows held out to pick epochs, fit temperatures and the best round: the
     validation split is only ever reported on."""
-    rounds: int = 3
+    rounds: NonNegativeInt = 3
     """Self-training rounds after round 0 (supervised on the labeled rows alone)."""
-    threshold: float = 0.9
+    threshold: Probability = 0.9
     """Minimum calibrated probability (mean over views) for a pseudo-label."""
     require_agreement: bool = True
     """Keep a pseudo-label only where the argmax is the same in every view."""
-    value_fraction: float = 1.0
+    value_fraction: PositiveFraction = 1.0
     """Per (attribute, value), keep only the most confident share of the rows pseudo-labelled with it
     (1.0 = no cap): frequent values cannot crowd rare ones out of the pseudo-labelled set."""
     views: list[Literal["hflip"]] = field(default_factory=lambda: ["hflip"])
@@ -196,10 +238,11 @@ class SelfTrainingConfig:
 
 @dataclass
 class PredictConfig:
-    min_confidence: float = 0.0
+    min_confidence: NonNegativeFloat = 0.0
+    """Calibrated confidence a value needs to be written; above 1, every value becomes the placeholder."""
     placeholder: str = ""
     """Written instead of a value whose confidence is below ``min_confidence``."""
-    chunk_size: int = 512
+    chunk_size: PositiveInt = 512
     """Rows per output part: the unit of resume after a crash."""
 
 
@@ -231,11 +274,11 @@ class TitleDataConfig:
 
     path: str = "{data_dir}/flipkart-products/products.csv"
     layout: Literal["flipkart", "indoml"] = "flipkart"
-    depth: int = 3
+    depth: PositiveInt = 3
     """flipkart: how many levels of the category tree form the path."""
     taxonomy: str | None = None
     """Taxonomy file (JSON, or CSV of level columns + brand); default: the training rows' paths."""
-    limit: int | None = None
+    limit: PositiveInt | None = None
     """Use only the first N rows after a seeded shuffle: quick demos and smoke runs."""
 
 
@@ -243,48 +286,48 @@ class TitleDataConfig:
 class EncoderConfig:
     name: str = "all-MiniLM-L6-v2"
     """sentence-transformers id or directory; the default resolves to the offline PyPI package."""
-    max_length: int = 64
-    batch_size: int = 128
+    max_length: PositiveInt = 64
+    batch_size: PositiveInt = 128
     quantize: bool = True
     """Dynamic int8 Linear layers for CPU prediction (about 2.4x faster)."""
-    finetune_epochs: int = 2
+    finetune_epochs: NonNegativeInt = 2
     """Epochs fine-tuning the encoder jointly with the heads (0 = frozen embeddings)."""
-    finetune_lr: float = 5e-5
-    finetune_batch_size: int = 32
+    finetune_lr: PositiveFloat = 5e-5
+    finetune_batch_size: PositiveInt = 32
 
 
 @dataclass
 class RetrievalConfig:
-    k: int = 10
-    temperature: float = 0.05
+    k: PositiveInt = 10
+    temperature: PositiveFloat = 0.05
 
 
 @dataclass
 class TaxonomyHeadsConfig:
-    hidden: int = 0
+    hidden: NonNegativeInt = 0
     """Width of a shared hidden layer (0 = linear heads on the embedding)."""
-    epochs: int = 30
+    epochs: NonNegativeInt = 30
     """Extra epochs for the heads on frozen (possibly fine-tuned) embeddings."""
-    lr: float = 3e-3
-    batch_size: int = 256
-    label_smoothing: float = 0.1
-    scale: float = 8.0
+    lr: PositiveFloat = 3e-3
+    batch_size: PositiveInt = 256
+    label_smoothing: FractionBelowOne = 0.1
+    scale: PositiveFloat = 8.0
     """Embeddings are unit vectors; scaling them lets linear heads reach confident logits."""
-    beam_width: int = 5
+    beam_width: PositiveInt = 5
 
 
 @dataclass
 class LexicalConfig:
-    C: float = 0.5
-    temperature: float = 0.1
+    C: PositiveFloat = 0.5
+    temperature: PositiveFloat = 0.1
     """Softmax temperature turning SVM margins into path probabilities for the soft ensemble."""
 
 
 @dataclass
 class BrandConfig:
-    max_tokens: int = 4
+    max_tokens: PositiveInt = 4
     """Longest title prefix considered as a brand."""
-    none_threshold: float = 0.9
+    none_threshold: Probability = 0.9
     """Predict "no brand" only when its probability is at least this (0.5 ≈ plain argmax). High by
     default: an empty brand field in scraped catalogs mostly means "not recorded", so training
     over-learns "none"; both brand and no-brand accuracy are reported."""
@@ -294,11 +337,11 @@ class BrandConfig:
 class Seq2SeqConfig:
     enabled: bool = False
     model: str = "google/flan-t5-small"
-    epochs: int = 3
-    lr: float = 5e-4
-    batch_size: int = 32
+    epochs: PositiveInt = 3
+    lr: PositiveFloat = 5e-4
+    batch_size: PositiveInt = 32
     lora: bool = False
-    num_beams: int = 4
+    num_beams: PositiveInt = 4
     prompt: str = "classify product: "
 
 
@@ -309,15 +352,15 @@ class EnrichConfig:
     title_column: str = "title"
     text_columns: list[str] = field(default_factory=lambda: ["description"])
     """Joined with ", " into the text appended to a matching title."""
-    k: int = 1
-    max_chars: int = 200
+    k: PositiveInt = 1
+    max_chars: PositiveInt = 200
     encoder: str = "all-MiniLM-L6-v2"
     """Frozen encoder for the corpus search (kept apart from the fine-tuned one, so the cache holds)."""
 
 
 @dataclass
 class TaxonomyTrainConfig:
-    val_fraction: float = 0.1
+    val_fraction: OpenFraction = 0.1
     seed: int = 0
     methods: list[str] = field(default_factory=lambda: ["retrieval", "heads", "lexical"])
     """Methods to fit: retrieval, heads, lexical, seq2seq; the ensemble combines all of them."""
@@ -330,7 +373,7 @@ class TaxonomyPredictConfig:
     ensemble: Literal["soft", "vote"] = "soft"
     """soft: sum of path log-probabilities (seq2seq, which gives only its top path, is left out);
     vote: PRMAS's hierarchy-compliant hard vote over every method."""
-    chunk_size: int = 2048
+    chunk_size: PositiveInt = 2048
 
 
 @dataclass
@@ -369,8 +412,8 @@ class VLMModelConfig:
     name: str = "Qwen/Qwen2-VL-2B-Instruct"
     """Hub id or local folder of any ``AutoModelForImageTextToText`` + ``AutoProcessor``; documented
     defaults: Qwen/Qwen2-VL-2B-Instruct, Qwen/Qwen2.5-VL-3B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct."""
-    min_pixels: int = 4 * 28 * 28
-    max_pixels: int = 256 * 28 * 28
+    min_pixels: PositiveInt = 4 * 28 * 28
+    max_pixels: PositiveInt = 256 * 28 * 28
     """Image size cap: Qwen2-VL spends one token per 28×28 pixels, so this bounds image tokens (256)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """auto: bfloat16 on a GPU that supports it, float16 on an older GPU, float32 on CPU."""
@@ -397,9 +440,9 @@ class PromptConfig:
 
 @dataclass
 class LoraSettings:
-    r: int = 8
+    r: PositiveInt = 8
     alpha: int = 16
-    dropout: float = 0.05
+    dropout: FractionBelowOne = 0.05
     target_modules: str | list[str] = "all-linear"
     """all-linear = every linear layer of the language model (LLaMA-Factory's ``lora_target: all``)."""
     loraplus_lr_ratio: float | None = 16.0
@@ -410,29 +453,29 @@ class LoraSettings:
 
 @dataclass
 class VLMTrainConfig:
-    epochs: float = 3.0
+    epochs: PositiveFloat = 3.0
     max_steps: int = -1
     """> 0 overrides epochs (smoke runs)."""
-    lr: float = 1e-4
-    batch_size: int = 2
-    grad_accumulation: int = 4
+    lr: PositiveFloat = 1e-4
+    batch_size: PositiveInt = 2
+    grad_accumulation: PositiveInt = 4
     scheduler: str = "cosine"
-    warmup_ratio: float = 0.1
+    warmup_ratio: FractionBelowOne = 0.1
     max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
+    weight_decay: NonNegativeFloat = 0.0
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """auto: bf16 where the GPU supports it, else fp16 on GPU, nothing on CPU."""
     optim: str = "adamw_torch"
     """Any transformers optimizer name; seed 004's QLoRA uses paged_adamw_8bit."""
     gradient_checkpointing: bool = False
-    save_steps: int = 200
+    save_steps: PositiveInt = 200
     save_total_limit: int = 2
-    logging_steps: int = 10
-    val_fraction: float = 0.1
+    logging_steps: PositiveInt = 10
+    val_fraction: OpenFraction = 0.1
     seed: int = 0
-    limit: int | None = None
+    limit: PositiveInt | None = None
     """Use only the first N training examples (after the split)."""
-    max_length: int = 2048
+    max_length: PositiveInt = 2048
     """Sequence length cap (LLaMA-Factory's cutoff_len); examples that would be cut are an error."""
     merge: bool = True
     """Also save the base model with the adapter merged in (``merged/``), the form predict loads fastest."""
@@ -440,18 +483,18 @@ class VLMTrainConfig:
 
 @dataclass
 class GenerateConfig:
-    batch_size: int = 8
-    max_new_tokens: int = 128
+    batch_size: PositiveInt = 8
+    max_new_tokens: PositiveInt = 128
     """Captions and unconstrained answers; constrained answers get exactly the tokens their longest valid
     answer can take, so they are never cut."""
     constrained: bool = True
     """Attribute task: decode only JSON objects whose keys and values are valid for the category."""
-    reasoning_max_chars: int = 200
+    reasoning_max_chars: PositiveInt = 200
     """Self-consistency chains: most characters in the reasoning line (printable ASCII) before the answer."""
-    temperature: float = 0.0
+    temperature: NonNegativeFloat = 0.0
     """0 = greedy."""
-    top_p: float = 1.0
-    chunk_size: int = 256
+    top_p: PositiveFraction = 1.0
+    chunk_size: PositiveInt = 256
     """Rows per output part file (atomic, resumable)."""
 
 
@@ -460,7 +503,7 @@ class CaptionDataConfig:
     dataset: Literal["coco", "products"] = "coco"
     """coco: coco-mini-captions (5 references per image); products: fashion-product-images titles."""
     path: str = "{data_dir}/coco-mini-captions"
-    limit: int | None = None
+    limit: PositiveInt | None = None
     """Use only the first N images of each split (train, val), with all their captions."""
 
 
@@ -474,25 +517,25 @@ class ImproveConfig:
     LoRA shape and LoRA+ come from ``lora``; optimizer, scheduler, precision, max_length from ``train``.
     """
 
-    rounds: int = 3
-    samples_per_item: int = 6
+    rounds: NonNegativeInt = 3
+    samples_per_item: PositiveInt = 6
     """K chains sampled per item."""
-    temperature: float = 0.8
-    top_p: float = 0.95
-    agreement_threshold: float = 0.6
+    temperature: NonNegativeFloat = 0.8
+    top_p: PositiveFraction = 0.95
+    agreement_threshold: Probability = 0.6
     """Keep an item when the majority's share of its valid chains, averaged over the item's attributes,
     reaches this (a mean rather than a per-attribute minimum: with many attributes one uncertain attribute
     would otherwise discard an item whose other answers agree)."""
-    max_items_per_round: int | None = None
+    max_items_per_round: PositiveInt | None = None
     """Items per round: consecutive slices of one seeded shuffle of the pool, so each round sees new items
     until the pool is used up; None = the whole pool every round."""
-    beta: float = 0.1
+    beta: PositiveFloat = 0.1
     loss_type: str = "sigmoid"
     """Any trl DPO loss: sigmoid (DPO), ipo, hinge, robust, sigmoid_norm, …"""
-    lr: float = 5e-6
-    epochs: float = 1.0
-    batch_size: int = 2
-    grad_accumulation: int = 4
+    lr: PositiveFloat = 5e-6
+    epochs: PositiveFloat = 1.0
+    batch_size: PositiveInt = 2
+    grad_accumulation: PositiveInt = 4
     max_steps: int = -1
     """> 0 overrides epochs (smoke runs)."""
     vote_check_val: bool = True
@@ -526,9 +569,9 @@ class VLMConfig:
 
 
 def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
-    """Build a dataclass from nested dicts, checking names and types so typos fail loudly."""
+    """Build a dataclass from nested dicts, checking names, types and ranges so typos fail loudly."""
     data = dict(data or {})
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
@@ -541,23 +584,30 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *constraints = typing.get_args(tp)
+        value = _coerce(base, value, where)
+        for constraint in constraints:
+            if isinstance(constraint, Range):
+                constraint.check(value, where)
+        return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, f"{where}.")
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
+        args = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
             return None
         errors = []
         for arg in args:
-            if arg is type(None):
-                continue
             try:
                 return _coerce(arg, value, where)
             except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(f"{where}: {value!r} fits none of {tp}")
+                errors.append(err)
+        if len(errors) == 1:  # an optional setting: the one type's own message says what is wrong
+            raise errors[0]
+        raise ConfigError(f"{where}: {value!r} fits none of {tp} ({'; '.join(map(str, errors))})")
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
@@ -572,7 +622,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         _, vt = typing.get_args(tp)
         return {str(k): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+    if tp is float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp in (int, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
@@ -589,18 +641,30 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
-        node = data
-        *parents, leaf = key.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw  # not YAML (e.g. "{data_dir}/x.csv"): the plain string the user typed
-        node[leaf] = float(value) if isinstance(value, str) and _is_float(value) else value
+        _set_key(data, key.strip(), float(value) if isinstance(value, str) and _is_float(value) else value)
     return data
+
+
+def apply_values(data: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"predict.placeholder": "N/A #tbd"}``: values already typed (CLI flags) are set as they are, never
+    parsed as YAML, so a placeholder ``0``, ``null`` or ``?`` or a path with ``#`` stays what was typed."""
+    for key, value in values.items():
+        _set_key(data, key, value)
+    return data
+
+
+def _set_key(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"cannot set {key!r}: {part!r} is not a section")
+    node[leaf] = value
 
 
 def _is_float(text: str) -> bool:
@@ -613,18 +677,41 @@ def _is_float(text: str) -> bool:
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None, cls: type[T] = RunConfig
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    cls: type[T] = RunConfig,
+    *,
+    base: str | Path | None = None,
+    values: Mapping[str, Any] | None = None,
 ) -> T:
-    data: dict[str, Any] = {}
+    """``base`` (e.g. a checkpoint's saved config), ``path`` layered on top of it section by section, then
+    ``key=value`` overrides, then typed ``values``; every setting is checked against the schema."""
+    data = _read_yaml(base) if base is not None else {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: invalid YAML ({err})") from err
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        data = layer(data, _read_yaml(path))
     data = apply_overrides(data, overrides or [])
+    data = apply_values(data, values or {})
     return from_dict(cls, data)
+
+
+def layer(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top``'s settings over ``base``'s, section by section: a key that ``top`` names replaces its value
+    whole (a list or mapping included); every other key keeps ``base``'s value."""
+    merged = dict(base)
+    for key, value in top.items():
+        below = merged.get(key)
+        merged[key] = {**below, **value} if isinstance(below, dict) and isinstance(value, dict) else value
+    return merged
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -183,9 +184,11 @@ def evaluate(
         return
 
     cfg = _checkpoint_config(checkpoint, config, overrides)
-    report = run_evaluate(checkpoint, cfg, split=split, output=output, progress=not quiet)
-    console.print(score_table(report, f"{split} split"))
-    console.print(attribute_table(report))
+    evaluation = run_evaluate(checkpoint, cfg, split=split, output=output, progress=not quiet)
+    console.print(score_table(evaluation.report, f"{split} split"))
+    console.print(attribute_table(evaluation.report))
+    if evaluation.unknown_category_note:
+        console.print(evaluation.unknown_category_note, style="yellow", markup=False, highlight=False)
 
 
 @app.command()
@@ -211,8 +214,11 @@ def predict(
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Predict attributes for every row of a catalog: Meesho layout + long layout with confidences."""
-    from taxonomist.data.catalog import load_catalog
+    """Predict attributes for every row of a catalog: Meesho layout + long layout with confidences.
+
+    Every row is predicted or reported in errors.csv: the training run's row filters (categories, minimum
+    rows, limit, remaps) do not apply, and rows of categories the model does not know are errors."""
+    from taxonomist.data.catalog import load_for_prediction
     from taxonomist.inference.predictor import Predictor
 
     if is_vlm_dir(checkpoint):
@@ -224,18 +230,14 @@ def predict(
     cfg = _checkpoint_config(
         checkpoint,
         config,
-        [
-            *(overrides or []),
-            *([f"catalog.path={data}"] if data else []),
-            *([f"predict.min_confidence={min_confidence}"] if min_confidence is not None else []),
-            *([f"predict.placeholder={placeholder}"] if placeholder is not None else []),
-        ],
+        overrides,
+        **{
+            "catalog.path": data,
+            "predict.min_confidence": min_confidence,
+            "predict.placeholder": placeholder,
+        },
     )
-    # Labels are not needed to predict, and training-time row filters must not drop rows to predict.
-    cfg.catalog.attributes = []
-    cfg.catalog.min_rows_per_category = 0
-    cfg.catalog.limit = None
-    catalog = load_catalog(cfg.catalog)
+    catalog = load_for_prediction(cfg.catalog)
     if engine == "ray":
         from taxonomist.inference.ray_engine import predict_with_ray
 
@@ -333,14 +335,57 @@ def bench(
     console.print(report.to_markdown())
 
 
-def _checkpoint_config(checkpoint: Path, config: Path | None, overrides: list[str] | None) -> RunConfig:
-    """The run's saved config, with a user config or overrides on top."""
+def _checkpoint_config(
+    checkpoint: Path, config: Path | None, overrides: list[str] | None, **flags: object
+) -> RunConfig:
+    """The run's saved config, with a user config, overrides and flags on top (each setting a user file
+    leaves out keeps the run's value: the data layout, the split, the embedding settings)."""
+    if not checkpoint.is_dir():
+        what = "not a directory" if checkpoint.exists() else "no such checkpoint directory"
+        raise typer.BadParameter(f"{checkpoint}: {what}")
     saved = checkpoint / "config.yaml"
-    if config is None and not saved.is_file():
-        raise typer.BadParameter(f"{checkpoint}: no config.yaml beside the checkpoint; pass --config")
-    return resolve_config(config or saved, overrides)
+    if not saved.is_file():
+        if config is None:
+            raise typer.BadParameter(f"{checkpoint}: no config.yaml beside the checkpoint; pass --config")
+        saved = None
+    return resolve_config(config, overrides, base=saved, **flags)
 
 
-def main() -> None:  # pragma: no cover - console entry point
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that describe a bad input (file, folder, setting, catalog, checkpoint), not a bug: the CLI
+    prints their one-line message instead of a traceback. Imported here, on the error path only, so that
+    startup does not pay for torch."""
+    from taxonomist.config import ConfigError
+    from taxonomist.data.catalog import CatalogError
+    from taxonomist.data.images import ImageLoadError
+    from taxonomist.data.schema import SchemaError
+    from taxonomist.data.taxonomy import TaxonomyError
+    from taxonomist.inference.taxonomy import TaxonomyCheckpointError
+    from taxonomist.inference.writers import ResumeError
+    from taxonomist.models.checkpoint import CheckpointError
+
+    return (
+        ConfigError,
+        CatalogError,
+        SchemaError,
+        TaxonomyError,
+        CheckpointError,
+        TaxonomyCheckpointError,
+        ResumeError,
+        ImageLoadError,
+        FileNotFoundError,
+        NotADirectoryError,
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point (``taxonomist`` and ``python -m taxonomist.cli``): user-input errors end as
+    ``error: <message>`` with exit status 2, like a usage error; anything else keeps its traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    app()
+    try:
+        app(args=args)
+    except Exception as err:
+        if not isinstance(err, user_errors()):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -20,11 +20,19 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.
 
 
 def resolve_config(
-    config: Path | None, overrides: list[str] | None, cls: type[T] = RunConfig, **flags: object
+    config: Path | None,
+    overrides: list[str] | None,
+    cls: type[T] = RunConfig,
+    *,
+    base: Path | None = None,
+    **flags: object,
 ) -> T:
-    """File, then ``--set`` overrides, then explicit flags (``section.key=value``); errors as CLI errors."""
-    extra = [f"{k}={v}" for k, v in flags.items() if v is not None]
+    """``base`` (a run's saved config), the ``--config`` file on top, then ``--set`` overrides, then explicit
+    flags (``{"section.key": value}``; None = not given). Flag values are typed already, so they are set as
+    given rather than re-parsed as YAML (a placeholder ``0`` or a path with ``#`` stays what was typed), and
+    checked like every other setting. Errors become CLI usage errors."""
+    values = {key: value for key, value in flags.items() if value is not None}
     try:
-        return load_config(config, [*(overrides or []), *extra], cls=cls)
+        return load_config(config, overrides, cls=cls, base=base, values=values)
     except ConfigError as err:
         raise typer.BadParameter(str(err)) from err

@@ -26,11 +26,12 @@ def is_vlm_dir(path: Path) -> bool:
     return bool(read_metadata(resolve_model_dir(path)))
 
 
-def model_config(model_dir: Path, config: Path | None, overrides: list[str] | None) -> VLMConfig:
-    """The run's own config.yaml (data, split, prompts) unless another is given; then ``--set``."""
-    if config is None and (model_dir / "config.yaml").is_file():
-        config = model_dir / "config.yaml"
-    return resolve_config(config, overrides, VLMConfig)
+def model_config(
+    model_dir: Path, config: Path | None, overrides: list[str] | None, **flags: object
+) -> VLMConfig:
+    """The run's own config.yaml (data, split, prompts), with a user config, ``--set`` and flags on top."""
+    saved = model_dir / "config.yaml"
+    return resolve_config(config, overrides, VLMConfig, base=saved if saved.is_file() else None, **flags)
 
 
 @app.command()
@@ -97,14 +98,13 @@ def predict(
     data: Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Attributes (Meesho + long layouts with confidences) or captions for every catalog row."""
-    from taxonomist.data.catalog import CATEGORY, ID, load_catalog
+    """Attributes (Meesho + long layouts with confidences) or captions for every catalog row; the training
+    run's row filters do not apply (see :func:`taxonomist.data.catalog.load_for_prediction`)."""
+    from taxonomist.data.catalog import CATEGORY, ID, load_for_prediction
     from taxonomist.inference.vlm import VLMPredictor
 
-    cfg = model_config(model_dir, config, [*(overrides or []), *([f"catalog.path={data}"] if data else [])])
-    # Labels are not needed to predict, and training-time row filters must not drop rows to predict.
-    cfg.catalog.attributes, cfg.catalog.min_rows_per_category, cfg.catalog.limit = [], 0, None
-    catalog = load_catalog(cfg.catalog)
+    cfg = model_config(model_dir, config, overrides, **{"catalog.path": data})
+    catalog = load_for_prediction(cfg.catalog)
     predictor = VLMPredictor.from_pretrained(model_dir, generate=cfg.generate)
     categories = catalog.frame[CATEGORY].astype(str).tolist() if predictor.task == "attributes" else None
     summary = predictor.predict_file(

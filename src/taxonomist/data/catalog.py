@@ -6,6 +6,7 @@ with named columns) is resolved here, once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import string
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,8 @@ TEXT = "text"
 MEESHO_MAX_ATTRS = 10
 DATA_DIR_ENV = "TAXONOMIST_DATA_DIR"
 DEFAULT_DATA_DIR = "../shared/datasets"
+LISTED_CATEGORIES = 10
+"""Categories named in a message before the rest are only counted."""
 
 
 class CatalogError(ValueError):
@@ -63,6 +66,9 @@ class Catalog:
     image_template: str = "images/{id}.jpg"
     attributes_by_category: dict[str, list[str]] = field(default_factory=dict)
     source: str = ""
+    dropped_categories: dict[str, int] = field(default_factory=dict)
+    """Rows per category left out for having fewer than ``min_rows_per_category`` rows."""
+    min_rows_per_category: int = 0
 
     def __post_init__(self) -> None:
         unknown_fields = template_fields(self.image_template) - {"id", "category"}
@@ -118,6 +124,8 @@ class Catalog:
             self.image_template,
             {c: list(a) for c, a in self.attributes_by_category.items()},
             self.source,
+            dict(self.dropped_categories),
+            self.min_rows_per_category,
         )
 
 
@@ -153,16 +161,33 @@ def apply_remaps(frame: pd.DataFrame, remaps: Mapping[str, Mapping[str, str]], c
             frame.loc[rows, target] = frame.loc[rows, source]
 
 
-def _finish(frame: pd.DataFrame, categories: Sequence[str] | None, min_rows: int) -> pd.DataFrame:
+def _finish(
+    frame: pd.DataFrame, categories: Sequence[str] | None, min_rows: int, source: str
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The category filters; also the rows per category that ``min_rows`` left out, for reports."""
     if categories:
         unknown = set(categories) - set(frame[CATEGORY].unique())
         if unknown:
             raise CatalogError(f"categories not in the catalog: {sorted(unknown)}")
         frame = frame[frame[CATEGORY].isin(categories)]
-    if min_rows > 0:
-        counts = frame[CATEGORY].value_counts()
-        frame = frame[frame[CATEGORY].isin(counts[counts >= min_rows].index)]
-    return frame.reset_index(drop=True)
+    counts = frame[CATEGORY].value_counts()
+    small = counts[counts < min_rows]
+    dropped = {str(c): int(n) for c, n in small.items()}
+    if len(frame) and len(small) == len(counts):
+        raise CatalogError(
+            f"{source}: every category has fewer than catalog.min_rows_per_category={min_rows} rows "
+            f"({describe_counts(dropped)}), so no rows are left; lower it to keep small categories, e.g. "
+            f"--set catalog.min_rows_per_category={min(dropped.values())}"
+        )
+    frame = frame[~frame[CATEGORY].isin(small.index)]
+    return frame.reset_index(drop=True), dropped
+
+
+def describe_counts(counts: Mapping[str, int], limit: int = LISTED_CATEGORIES) -> str:
+    """``Bags: 12, Tops: 3 … and 40 more categories``: largest first, cut to ``limit`` names."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    text = ", ".join(f"{c}: {n}" for c, n in ranked[:limit])
+    return text + (f" … and {len(ranked) - limit} more categories" if len(ranked) > limit else "")
 
 
 def read_generic(
@@ -177,24 +202,42 @@ def read_generic(
     categories: Sequence[str] | None = None,
     min_rows_per_category: int = 0,
     text_column: str | None = None,
+    labels: bool = True,
 ) -> Catalog:
     """Any CSV/Parquet with an id column, a category column and named attribute columns.
 
     ``text_column`` (listing text such as a title) lands in column ``text``, missing text as "".
+    ``labels=False`` reads no attribute columns at all (predicting needs none, and then a stray column
+    cannot clash with the names the id, category and text columns get).
     """
     path = expand_path(path)
     raw = read_table(path)
-    named = ((id_column, "id"), (category_column, "category"), (text_column, "text"))
+    named = ((id_column, ID), (category_column, CATEGORY), (text_column, TEXT))
     for col, what in named:
         if col is not None and col not in raw.columns:
             raise CatalogError(f"{path}: no {what} column {col!r} (columns: {list(raw.columns)})")
     special = {id_column, category_column, text_column}
-    attributes = list(attributes) or [c for c in raw.columns if c not in special]
+    inferred = labels and not attributes
+    if not labels:
+        attributes = []
+    elif inferred:
+        attributes = [c for c in raw.columns if c not in special]
+    else:
+        attributes = list(attributes)
     missing = [a for a in attributes if a not in raw.columns]
     if missing:
         raise CatalogError(f"{path}: attribute columns not found: {missing} (columns: {list(raw.columns)})")
-    if text_column is not None and TEXT in attributes:
-        raise CatalogError(f"{path}: an attribute is named {TEXT!r}, the name the text column gets")
+    for col, name in named:
+        if col is not None and name in attributes:
+            fix = (
+                "list the attribute columns in catalog.attributes without it"
+                if inferred
+                else "leave it out of catalog.attributes"
+            )
+            raise CatalogError(
+                f"{path}: an attribute column is named {name!r}, the name the {name} column {col!r} gets; "
+                f"rename it or {fix}"
+            )
     if remaps:
         apply_remaps(raw, remaps, category_column)
     bad = raw[category_column].isna() | raw[id_column].isna()
@@ -206,9 +249,17 @@ def read_generic(
     )
     if text_column is not None:
         frame[TEXT] = raw[text_column].fillna("").astype(str)
-    frame = _finish(frame, categories, min_rows_per_category)
+    frame, dropped = _finish(frame, categories, min_rows_per_category, str(path))
     root = expand_path(image_root) if image_root is not None else path.parent
-    return Catalog(frame, attributes, root, image_template, source=str(path))
+    return Catalog(
+        frame,
+        attributes,
+        root,
+        image_template,
+        source=str(path),
+        dropped_categories=dropped,
+        min_rows_per_category=min_rows_per_category,
+    )
 
 
 def read_meesho(
@@ -249,7 +300,7 @@ def read_meesho(
         parts.append(part.set_index(rows.index))
     frame = pd.concat(parts).sort_index().reindex(columns=[ID, CATEGORY, *attributes])
     frame = frame.astype(object).where(frame.notna(), None)
-    frame = _finish(frame, categories, min_rows_per_category)
+    frame, dropped = _finish(frame, categories, min_rows_per_category, str(root / f"{split}.csv"))
     kept = [c for c in names if c in set(frame[CATEGORY])]
     template = image_template or f"{split}_images/{{id:06d}}.jpg"
     return Catalog(
@@ -259,6 +310,8 @@ def read_meesho(
         template,
         {c: list(names[c]) for c in kept},
         source=str(root / f"{split}.csv"),
+        dropped_categories=dropped,
+        min_rows_per_category=min_rows_per_category,
     )
 
 
@@ -278,8 +331,11 @@ def template_fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
-def load_catalog(cfg: CatalogConfig, *, seed: int = 0) -> Catalog:
-    """The configured layout's reader, then the optional seeded row limit (for quick runs)."""
+def load_catalog(cfg: CatalogConfig, *, seed: int = 0, labels: bool = True) -> Catalog:
+    """The configured layout's reader, then the optional seeded row limit (for quick runs).
+
+    ``labels=False``: the generic layout reads no attribute columns (see :func:`read_generic`).
+    """
     common = {
         "remaps": cfg.remaps or None,
         "categories": cfg.categories or None,
@@ -298,6 +354,7 @@ def load_catalog(cfg: CatalogConfig, *, seed: int = 0) -> Catalog:
             image_root=cfg.image_root,
             image_template=cfg.image_template or "images/{id}.jpg",
             text_column=cfg.text_column,
+            labels=labels,
             **common,
         )
     if cfg.image_root is not None and cfg.layout == "meesho":
@@ -306,3 +363,25 @@ def load_catalog(cfg: CatalogConfig, *, seed: int = 0) -> Catalog:
         keep = np.sort(np.random.default_rng(seed).permutation(len(catalog))[: cfg.limit])
         catalog = catalog.subset(keep)
     return catalog
+
+
+def load_for_prediction(cfg: CatalogConfig) -> Catalog:
+    """Every row of ``cfg.path`` with only what predicting reads: id, category, image.
+
+    A run's saved catalog settings carry its training-time choices: the categories it kept, its minimum
+    rows per category, its row limit, per-category remaps, label and text columns. Applied to a file to
+    predict they would drop rows silently or fail on columns that file need not have, so only the settings
+    that say how to read a row remain. Rows of categories a model does not know are kept: predictors report
+    them as errors.
+    """
+    reading = dataclasses.replace(
+        cfg,
+        attributes=[],
+        categories=[],
+        min_rows_per_category=0,
+        remaps={},
+        schema=None,
+        limit=None,
+        text_column=None,
+    )
+    return load_catalog(reading, labels=False)

@@ -40,7 +40,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from taxonomist.data.catalog import CATEGORY, ID, Catalog
+from taxonomist.data.catalog import CATEGORY, ID, Catalog, describe_counts
 from taxonomist.data.images import ImageLoadError, content_hash, load_image
 from taxonomist.data.schema import Schema
 
@@ -92,8 +92,23 @@ class InspectReport:
     images_total: int = 0
     schema_given: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    dropped_categories: dict[str, int] = field(default_factory=dict)
+    """Rows per category left out before inspection (fewer than ``min_rows_per_category``)."""
+    min_rows_per_category: int = 0
 
     # ---- derived figures -------------------------------------------------------------------------------
+
+    @property
+    def dropped_note(self) -> str | None:
+        """Which categories the catalog's minimum-rows filter left out, and why; None when none were."""
+        if not self.dropped_categories:
+            return None
+        n = len(self.dropped_categories)
+        return (
+            f"left out {n} {'category' if n == 1 else 'categories'} with fewer than "
+            f"catalog.min_rows_per_category={self.min_rows_per_category} rows: "
+            f"{describe_counts(self.dropped_categories)}"
+        )
 
     @property
     def duplicate_groups(self) -> int:
@@ -138,6 +153,8 @@ class InspectReport:
             "rows_per_category": dict(self.rows_per_category),
             "attributes_by_category": {c: list(a) for c, a in self.attributes_by_category.items()},
             "duplicate_ids": self.duplicate_ids,
+            "dropped_categories": dict(self.dropped_categories),
+            "min_rows_per_category": self.min_rows_per_category,
             "schema_given": self.schema_given,
             "images": {
                 "checked": self.images_checked,
@@ -174,6 +191,8 @@ class InspectReport:
             f"[bold]{self.source or 'catalog'}[/]: {self.rows:,} rows, "
             f"{len(self.rows_per_category)} categories, {self.duplicate_ids} duplicate ids; {images}"
         )
+        if self.dropped_note:
+            console.print(Text(self.dropped_note, style="yellow"))
 
         per_category = pd.DataFrame(
             {
@@ -347,6 +366,8 @@ class InspectReport:
                 ("groups with conflicting labels", f"{images['conflicting_groups']:,}"),
             ]
         parts.append("<ul>" + "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in facts) + "</ul>")
+        if self.dropped_note:
+            parts.append(f"<p class='note'>{esc(self.dropped_note)}</p>")
         per_category = pd.DataFrame(
             {"category": list(self.rows_per_category), "rows": list(self.rows_per_category.values())}
         )
@@ -455,6 +476,8 @@ def inspect_catalog(
         images_total=len(frame) if check_images else 0,
         schema_given=schema is not None,
         timings=timings,
+        dropped_categories=dict(catalog.dropped_categories),
+        min_rows_per_category=catalog.min_rows_per_category,
     )
 
 

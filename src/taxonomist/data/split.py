@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from taxonomist.data.catalog import CATEGORY
+from taxonomist.data.catalog import CATEGORY, CatalogError
 
 
 def split_per_category(
@@ -14,6 +14,8 @@ def split_per_category(
     """Positional (train, val) indices; every category keeps its share in both parts."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if not len(frame):
+        raise CatalogError("no rows to split into training and validation parts: the selection is empty")
     rng = np.random.default_rng(seed)
     train, val = [], []
     for _, rows in frame.groupby(CATEGORY, sort=True).indices.items():

@@ -3,19 +3,53 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from taxonomist.config import RunConfig, VLMConfig
-from taxonomist.data.catalog import CATEGORY, ID, load_catalog
+from taxonomist.data.catalog import CATEGORY, ID, CatalogError, describe_counts, load_catalog
 from taxonomist.data.split import split_per_category
 from taxonomist.inference.embed import embed_catalog
 from taxonomist.inference.predictor import Predictor, wide_named_frame
 from taxonomist.inference.writers import atomic_write_text
 from taxonomist.metrics import AttributeReport, attribute_score, expected_calibration_error
 from taxonomist.progress import progress_bar
+
+EXAMPLE_IDS = 5
+
+
+@dataclass
+class Evaluation:
+    """A checkpoint's score, and the labelled rows left unscored because the model does not know their
+    category (like ``predict``'s unknown-category errors)."""
+
+    report: AttributeReport
+    unknown_categories: dict[str, int] = field(default_factory=dict)
+    """Rows per category the model was not trained on."""
+    unknown_examples: list[str] = field(default_factory=list)
+    """Ids of some of those rows."""
+
+    @property
+    def unknown_category_note(self) -> str | None:
+        if not self.unknown_categories:
+            return None
+        return (
+            f"skipped {sum(self.unknown_categories.values())} rows of categories this model does not know "
+            f"({describe_counts(self.unknown_categories)}), e.g. ids {self.unknown_examples}"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            **self.report.to_dict(),
+            "unknown_category": {
+                "rows": sum(self.unknown_categories.values()),
+                "categories": self.unknown_categories,
+                "examples": self.unknown_examples,
+            },
+        }
 
 
 def evaluate(
@@ -25,14 +59,27 @@ def evaluate(
     split: str = "val",
     output: str | Path | None = None,
     progress: bool = True,
-) -> AttributeReport:
+) -> Evaluation:
+    """Score the configured catalog's rows (its validation split, or all of them); rows of categories the
+    model does not know are left out before anything is embedded and reported in the result."""
     if split not in ("val", "all"):
         raise ValueError(f"split must be 'val' or 'all', got {split!r}")
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
+    # Before the split, so the known categories' validation rows are the ones the training run held out.
+    unknown = ~catalog.frame[CATEGORY].astype(str).isin(predictor.categories)
+    unknown_rows = catalog.frame[unknown]
+    unknown_categories = {str(c): int(n) for c, n in unknown_rows[CATEGORY].value_counts().items()}
+    if len(catalog) and unknown.all():
+        raise CatalogError(
+            f"{catalog.source}: no rows of this model's categories {predictor.categories} to score "
+            f"(the catalog has {describe_counts(unknown_categories)})"
+        )
+    if unknown.any():
+        catalog = catalog.subset(~unknown.to_numpy())
     if split == "val":
         _, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
         catalog = catalog.subset(val_idx)
-    predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
     embedded = embed_catalog(catalog, predictor.backbone, cfg.embed, progress=progress)
     good = np.flatnonzero(embedded.ok)
     frame = catalog.frame
@@ -45,15 +92,22 @@ def evaluate(
     failed = frame.loc[~embedded.ok, [ID, CATEGORY]]
     if len(failed):
         predicted = pd.concat([predicted, failed], ignore_index=True)
-    report = attribute_score(frame, predicted, schema.categories)
+    evaluation = Evaluation(
+        attribute_score(frame, predicted, schema.categories),
+        unknown_categories,
+        unknown_rows[ID].astype(str).head(EXAMPLE_IDS).tolist(),
+    )
     if output is not None:
         output = Path(output)
         output.mkdir(parents=True, exist_ok=True)
         atomic_write_text(
-            output / "evaluation.json", json.dumps({"split": split, **report.to_dict()}, indent=1)
+            output / "evaluation.json", json.dumps({"split": split, **evaluation.to_dict()}, indent=1)
         )
-        atomic_write_text(output / "evaluation.md", report.to_markdown(include_pairs=True))
-    return report
+        markdown = evaluation.report.to_markdown(include_pairs=True)
+        if evaluation.unknown_category_note:
+            markdown += f"\n{evaluation.unknown_category_note}\n"
+        atomic_write_text(output / "evaluation.md", markdown)
+    return evaluation
 
 
 def evaluate_vlm(
