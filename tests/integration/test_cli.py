@@ -11,14 +11,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from taxonomist.cli.main import app
 from taxonomist.data.schema import SchemaError
 from taxonomist.inference.predictor import Predictor
+from taxonomist.inference.writers import ResumeError
+from taxonomist.models.checkpoint import checkpoint_version
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
@@ -111,6 +115,40 @@ def test_python_api_and_unknown_category(trained: tuple[Path, Path, Path]) -> No
     assert set(pred.attributes) == {"color"} and pred.attributes["color"].value in {"red", "blue"}
     with pytest.raises(SchemaError, match="unknown categories \\['Shoes'\\]"):
         predictor.predict([catalog.parent / "images" / "1001.jpg"], ["Shoes"])
+    # Regressions: checked before any decoding, and no images is no predictions.
+    image = catalog.parent / "images" / "1001.jpg"
+    assert predictor.predict([], []) == []
+    with pytest.raises(TypeError, match="images must be a list"):
+        predictor.predict(str(image), ["Bags"])
+    with pytest.raises(TypeError, match="categories must be a list"):
+        predictor.predict([image], "Bags")
+    with pytest.raises(ValueError, match="1 images, 1 categories and 2 ids"):
+        predictor.predict([image], ["Bags"], ids=["a", "b"])
+
+
+def test_pil_input_sees_the_pixels_of_its_file(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Regression: PIL inputs skipped the loader, so a 16-bit PNG came out white and EXIF was ignored."""
+    catalog, _, ckpt = trained
+    predictor = Predictor.from_pretrained(ckpt)
+    rgb = np.asarray(Image.open(catalog.parent / "images" / "1001.jpg").convert("L"), dtype=np.uint16)
+    path = tmp_path / "wide.png"
+    Image.fromarray(rgb * 257).save(path)  # 16-bit grayscale, values up to 65535
+    seen: list[torch.Tensor] = []
+    predictor.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0].clone()))
+    by_path, by_image = (predictor.predict([x], ["Bags"])[0] for x in (path, Image.open(path)))
+    torch.testing.assert_close(seen[1], seen[0])  # the network sees the same pixels
+    assert by_image.attributes == by_path.attributes
+
+
+def test_checkpoint_version_is_its_content(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """A copy elsewhere keeps its version; outputs written inside the folder do not change it."""
+    _, _, ckpt = trained
+    version = Predictor.from_pretrained(ckpt).version
+    copy = shutil.copytree(ckpt, tmp_path / "copy")
+    (copy / "notes.txt").write_text("mine")
+    assert Predictor.from_pretrained(copy).version == version
+    (copy / "schema.json").write_text((copy / "schema.json").read_text() + " ")
+    assert checkpoint_version(copy) != version
 
 
 def test_predictor_device_choice(trained: tuple[Path, Path, Path]) -> None:
@@ -212,3 +250,24 @@ def test_predict_new_rows_skips_unknown_categories(trained: tuple[Path, Path, Pa
     errors = pd.read_csv(out / "errors.csv", dtype=str)
     assert errors.to_dict("records")[0]["reason"] == "unknown-category"
     assert "Shoes" in errors["detail"].iat[0]
+
+
+def test_predict_refuses_to_resume_another_job(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Regression: a rerun into the same folder with other rows (same count) or another model silently
+    returned the first run's predictions."""
+    catalog, config, ckpt = trained
+    rows = pd.read_csv(catalog, dtype=str)
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    rows.iloc[:10].to_csv(first, index=False)
+    rows.iloc[10:20].to_csv(second, index=False)
+    out = tmp_path / "out"
+    invoke("predict", str(ckpt), "--data", str(first), "-o", str(out), "-q")
+    first.write_text(second.read_text())  # same file name, other rows
+    with pytest.raises(ResumeError, match="other input or settings"):
+        invoke("predict", str(ckpt), "--data", str(first), "-o", str(out), "-q")
+
+    retrained = tmp_path / "retrained"
+    invoke("train", "-c", str(config), "-o", str(retrained), "-q", "--set", "train.epochs=1")
+    invoke("predict", str(ckpt), "--data", str(second), "-o", str(tmp_path / "b"), "-q")
+    with pytest.raises(ResumeError, match="other input or settings"):
+        invoke("predict", str(retrained), "--data", str(second), "-o", str(tmp_path / "b"), "-q")

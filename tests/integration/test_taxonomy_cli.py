@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from taxonomist.cli.main import app
-from taxonomist.inference.taxonomy import TaxonomyPredictor
+from taxonomist.inference.taxonomy import TaxonomyCheckpointError, TaxonomyPredictor
+from taxonomist.inference.writers import ResumeError
 
 pytestmark = pytest.mark.integration
 
@@ -146,6 +147,29 @@ def test_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> None:
     )
     assert again.exit_code == 0
     assert pd.read_csv(out / "predictions.csv", keep_default_na=False).equals(pred)
+    # Regression: other titles under the same file name were answered with the old parts.
+    titles.assign(title=["Kapo Men's Polo Neck T-Shirt", "", "Telra Heels"]).to_csv(
+        tmp_path / "new.csv", index=False
+    )
+    stale = CliRunner().invoke(
+        app, ["taxonomy", "predict", str(run), "--data", str(tmp_path / "new.csv"), "-o", str(out), "-q"]
+    )
+    assert isinstance(stale.exception, ResumeError), stale.output
+    # Only empty titles: zero predictions, but the file keeps its header.
+    titles.assign(title="").to_csv(tmp_path / "empty.csv", index=False)
+    none = CliRunner().invoke(
+        app,
+        ["taxonomy", "predict", str(run), "--data", str(tmp_path / "empty.csv"), "-o", str(tmp_path / "e")],
+    )
+    assert none.exit_code == 0, none.output
+    header = (tmp_path / "e" / "predictions.csv").read_text().splitlines()
+    assert header == [
+        "id,supergroup,group,module,brand,supergroup_confidence,group_confidence,"
+        "module_confidence,brand_confidence"
+    ]
+    # The ensembles a checkpoint accepts are all listed when a method is unknown.
+    with pytest.raises(TaxonomyCheckpointError, match=r"'soft', 'vote'"):
+        predictor.predict(["Kapo Polo"], method="bogus")
 
     result = CliRunner().invoke(
         app, ["taxonomy", "evaluate", str(run), "--output", str(tmp_path / "e.json"), "-q"]

@@ -26,13 +26,24 @@ def test_cache_ignores_half_written_shard(tmp_path: Path) -> None:
 
 def test_chunked_writer_resumes_without_duplicates(tmp_path: Path) -> None:
     ids = [str(i) for i in range(10)]
-    writer = ChunkedWriter(tmp_path, ids, 4, {"m": 1})
+    rows = pd.DataFrame({"id": ids, "path": [f"{i}.jpg" for i in ids]})
+    writer = ChunkedWriter(tmp_path, rows, 4, {"m": 1})
     assert writer.pending() == [0, 1, 2]
     writer.write(0, {"rows": pd.DataFrame({"id": ids[:4]})})
-    again = ChunkedWriter(tmp_path, ids, 4, {"m": 1})
+    again = ChunkedWriter(tmp_path, rows, 4, {"m": 1})
     assert again.pending() == [1, 2]
     for k in again.pending():
         again.write(k, {"rows": pd.DataFrame({"id": [ids[r] for r in again.chunk_rows(k)]})})
     assert again.read("rows")["id"].tolist() == ids
     with pytest.raises(ResumeError, match="other input or settings"):
-        ChunkedWriter(tmp_path, ids, 4, {"m": 2})
+        ChunkedWriter(tmp_path, rows, 4, {"m": 2})
+
+
+def test_chunked_writer_refuses_other_rows_of_the_same_length(tmp_path: Path) -> None:
+    """Regression: only the row count was compared, so a rerun on new rows returned the old parts."""
+    rows = pd.DataFrame({"id": ["a", "b", "c"], "path": ["a.jpg", "b.jpg", "c.jpg"]})
+    ChunkedWriter(tmp_path, rows, 4, {"m": 1}).write(0, {"rows": rows[["id"]]})
+    with pytest.raises(ResumeError, match="other input or settings"):
+        ChunkedWriter(tmp_path, rows.assign(id=["x", "y", "z"]), 4, {"m": 1})
+    with pytest.raises(ResumeError, match="other input or settings"):  # same ids, other images
+        ChunkedWriter(tmp_path, rows.assign(path=["c.jpg", "b.jpg", "a.jpg"]), 4, {"m": 1})

@@ -188,9 +188,14 @@ def test_bad_image_is_recorded_and_the_batch_goes_on(predictor, images):
     assert results[1].generations == [] and results[1].error.reason == "corrupt"
 
 
-def test_unknown_category_is_a_clear_error(predictor, images):
-    with pytest.raises(ValueError, match="Hats"):
-        predictor.predict(images[:1], ["Hats"])
+def test_unknown_category_is_reported_and_the_batch_goes_on(predictor, images):
+    """As in the heads predictor: the row gets an unknown-category error, the others their answers."""
+    results = predictor.predict(images[:2], ["Hats", "Tops"], ids=["hat", "top"])
+    assert results[0].generations == [] and results[0].error.reason == "unknown-category"
+    assert "'Hats'" in results[0].error.detail
+    assert results[1].best is not None and results[1].error is None
+    with pytest.raises(ValueError, match="Hats"):  # generating directly still refuses it
+        predictor.generate([Image.open(images[0])], ["Hats"])
 
 
 def test_predict_file_writes_core_layouts_and_resumes(predictor, images, tmp_path):

@@ -22,7 +22,7 @@ from taxonomist.inference.cache import FeatureCache
 from taxonomist.inference.embed import embed_images
 from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.build import build_backbone
-from taxonomist.models.checkpoint import HeadsCheckpoint, calibrated_probs
+from taxonomist.models.checkpoint import HeadsCheckpoint, calibrated_probs, checkpoint_version
 from taxonomist.progress import progress_bar
 
 ImageInput = Image.Image | str | os.PathLike
@@ -58,8 +58,11 @@ class PredictSummary:
 class Predictor:
     """Frozen backbone + attribute heads + calibration, loaded from a checkpoint directory."""
 
-    def __init__(self, checkpoint: HeadsCheckpoint, heads, backbone) -> None:
+    def __init__(self, checkpoint: HeadsCheckpoint, heads, backbone, *, version: str = "") -> None:
+        """``version``: the checkpoint's content digest (set by :meth:`from_pretrained`); batch jobs
+        record it so a resume never mixes rows predicted by two models."""
         self.checkpoint = checkpoint
+        self.version = version
         self.heads = heads
         self.backbone = backbone
         self.schema = checkpoint.schema
@@ -89,7 +92,7 @@ class Predictor:
             )
         if optimize:
             backbone.optimize_for_inference()
-        return cls(checkpoint, heads.to(target), backbone.to(target).eval())
+        return cls(checkpoint, heads.to(target), backbone.to(target).eval(), version=checkpoint_version(path))
 
     @property
     def categories(self) -> list[str]:
@@ -142,13 +145,17 @@ class Predictor:
         placeholder: str = "",
     ) -> list[Prediction]:
         """In-memory prediction for a few images (PIL images or paths); raises on an unreadable image."""
-        if len(images) != len(categories):
-            raise ValueError(f"{len(images)} images but {len(categories)} categories")
+        for name, seq in (("images", images), ("categories", categories), ("ids", ids)):
+            if isinstance(seq, str | os.PathLike | Image.Image):
+                raise TypeError(f"{name} must be a list, got one {type(seq).__name__}: wrap it in [...]")
         ids = list(ids) if ids is not None else [str(i) for i in range(len(images))]
+        if not len(images) == len(categories) == len(ids):
+            raise ValueError(f"{len(images)} images, {len(categories)} categories and {len(ids)} ids")
+        if not images:
+            return []
         self.category_indices(categories)  # fail before any decoding
-        pixels = torch.stack(
-            [self.backbone.preprocess(im if isinstance(im, Image.Image) else load_image(im)) for im in images]
-        )
+        # PIL images go through the same loader as files: same orientation, mode and size rules.
+        pixels = torch.stack([self.backbone.preprocess(load_image(im)) for im in images])
         probs = self.predict_features(self.backbone(pixels.to(self.device)), categories)
         return self.decode(probs, ids, categories, min_confidence=min_confidence, placeholder=placeholder)
 
@@ -210,18 +217,19 @@ class Predictor:
         out_dir = Path(out_dir)
         frame = catalog.frame
         settings = {
+            "model": self.version,
             "fingerprint": self.checkpoint.fingerprint,
             "min_confidence": min_confidence,
             "placeholder": placeholder,
-            "source": catalog.source,
         }
         all_ids = frame[ID].astype(str).tolist()
         all_cats = frame[CATEGORY].astype(str).tolist()
-        writer = ChunkedWriter(out_dir, all_ids, chunk_size, settings)
+        paths = catalog.image_paths()
+        rows_in = pd.DataFrame({ID: all_ids, CATEGORY: all_cats, "path": [str(p) for p in paths]})
+        writer = ChunkedWriter(out_dir, rows_in, chunk_size, settings)
         todo = writer.pending()
         resumed = writer.n_chunks - len(todo)
         cache = FeatureCache(embed.cache_dir, self.backbone.fingerprint()) if use_cache else None
-        paths = catalog.image_paths()
         with progress_bar("chunk", disable=not progress) as bar:
             task = bar.add_task("predict", total=writer.n_chunks, completed=resumed)
             for k in todo:
@@ -248,7 +256,8 @@ class Predictor:
                     },
                 )
                 bar.advance(task)
-        meesho, long, errors = writer.read("meesho"), writer.read("long"), writer.read("errors")
+        meesho = writer.read("meesho", empty=meesho_frame([], self.schema))
+        long, errors = writer.read("long", empty=long_frame([])), writer.read("errors")
         atomic_write_frame(meesho, out_dir / "predictions.csv")
         atomic_write_frame(long, out_dir / "predictions_long.csv")
         write_errors([ImageError(**r) for r in errors.to_dict("records")], out_dir / "errors.csv")

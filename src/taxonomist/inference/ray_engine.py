@@ -17,7 +17,6 @@ Layout of ``output_dir``::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -33,8 +32,8 @@ import pyarrow.parquet as pq
 from taxonomist.data.catalog import CATEGORY, ID, Catalog, read_table
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ERROR_COLUMNS
 from taxonomist.inference.predictor import Predictor, PredictSummary, long_frame
-from taxonomist.inference.writers import MANIFEST, ResumeError, atomic_write_text
-from taxonomist.models.checkpoint import HeadsCheckpoint
+from taxonomist.inference.writers import MANIFEST, ResumeError, atomic_write_text, rows_digest
+from taxonomist.models.checkpoint import HeadsCheckpoint, checkpoint_version
 
 PATH = "path"
 ROW_COLUMNS = (ID, CATEGORY, PATH)
@@ -127,11 +126,12 @@ def predict_with_ray(
     checkpoint_dir = Path(checkpoint_dir).absolute()
     rows = read_rows(source)
     n_shards = -(-len(rows) // shard_rows)
+    HeadsCheckpoint.load(checkpoint_dir)  # a clear error before any Ray start-up if it is not one
     settings = {
-        "fingerprint": HeadsCheckpoint.load(checkpoint_dir)[0].fingerprint,
+        "model": checkpoint_version(checkpoint_dir),
         "min_confidence": min_confidence,
         "placeholder": placeholder,
-        "rows_sha256": _rows_digest(rows),
+        "rows_sha256": rows_digest(rows),
     }
     _claim(output_dir, {"n_rows": len(rows), "shard_rows": shard_rows, "n_shards": n_shards, **settings})
     pending = [k for k in range(n_shards) if not part_path(output_dir, "predictions", k).exists()]
@@ -252,11 +252,6 @@ def _auto_actors(resources: dict, gpus_per_actor: float, cpus_per_actor: float) 
     if gpus_per_actor > 0:
         return max(1, int(resources.get("GPU", 0) // gpus_per_actor))
     return max(1, int(resources.get("CPU", 1) // cpus_per_actor))
-
-
-def _rows_digest(rows: pd.DataFrame) -> str:
-    """Identifies the input, so a resume never mixes shards cut from two different row lists."""
-    return hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()).hexdigest()
 
 
 def _read_manifest(output_dir: Path) -> dict:

@@ -20,9 +20,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from taxonomist.config import TaxonomyConfig, load_config
+from taxonomist.data.catalog import CatalogError
 from taxonomist.data.taxonomy import BRAND, ID, PATH_SEP, TITLE, Taxonomy, normalize_text
 from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.brand import BrandExtractor
+from taxonomist.models.checkpoint import checkpoint_digest
 from taxonomist.models.taxonomy import (
     HierarchicalHeads,
     LexicalClassifier,
@@ -41,6 +43,20 @@ from taxonomist.progress import progress_bar
 
 MANIFEST = "taxonomist.json"
 METHODS = ("retrieval", "heads", "lexical", "seq2seq")
+ENSEMBLES = ("ensemble", "soft", "vote")
+"""Combinations of every method in a checkpoint: the configured ensemble, or one named explicitly."""
+CHECKPOINT_FILES = (
+    MANIFEST,
+    "config.yaml",
+    "taxonomy.json",
+    "heads.safetensors",
+    "retrieval.npz",
+    "brand.*",
+    "lexical.*",
+    "encoder/**/*",
+    "seq2seq/**/*",
+)
+"""What :meth:`TaxonomyPredictor.from_pretrained` reads: the checkpoint's version is their digest."""
 DISTRIBUTION_METHODS = ("retrieval", "heads", "lexical")
 """Methods that score every path (and can join the soft ensemble)."""
 
@@ -61,6 +77,8 @@ class TaxonomyPredictor:
     seq2seq: object | None = None
     enricher: object | None = None
     encoder_finetuned: bool = False
+    version: str = ""
+    """Content digest of the checkpoint folder (set by :meth:`from_pretrained`), recorded by batch jobs."""
 
     @property
     def methods(self) -> list[str]:
@@ -131,10 +149,12 @@ class TaxonomyPredictor:
         return hierarchical_vote(list(preds.values()), self.taxonomy)
 
     def resolve_methods(self, method: str) -> list[str]:
-        if method in ("ensemble", "soft", "vote"):
+        if method in ENSEMBLES:
             return self.methods
         if method not in self.methods:
-            raise ValueError(f"unknown method {method!r}; this checkpoint has {[*self.methods, 'ensemble']}")
+            raise TaxonomyCheckpointError(
+                f"unknown method {method!r}; this checkpoint has {[*self.methods, *ENSEMBLES]}"
+            )
         return [method]
 
     def predict(self, titles: Sequence[str], method: str | None = None) -> pd.DataFrame:
@@ -171,6 +191,7 @@ class TaxonomyPredictor:
         frame = _read_titles(input_path, title_column, id_column)
         bad = frame[TITLE] == ""
         method = method or self.config.predict.method
+        self.resolve_methods(method)  # an unknown method fails before anything is written
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         errors = frame[bad].assign(line=np.flatnonzero(bad) + 2, reason="empty title", file=str(input_path))
@@ -178,9 +199,9 @@ class TaxonomyPredictor:
         good = frame[~bad].reset_index(drop=True)
         writer = ChunkedWriter(
             output_dir,
-            good[ID].tolist(),
+            good[[ID, TITLE]],
             self.config.predict.chunk_size,
-            {"method": method, "input": str(input_path)},
+            {"model": self.version, "method": method},
         )
         start = time.perf_counter()
         with progress_bar("titles", disable=not progress) as bar:
@@ -194,7 +215,9 @@ class TaxonomyPredictor:
                 pred = self.predict(chunk[TITLE].tolist(), method)
                 writer.write(k, {"pred": pd.concat([chunk[[ID]].reset_index(drop=True), pred], axis=1)})
                 bar.advance(task, len(rows))
-        result = writer.read("pred")
+        levels = self.taxonomy.levels
+        header = [ID, *levels, BRAND, *(f"{level}_confidence" for level in levels), "brand_confidence"]
+        result = writer.read("pred", empty=pd.DataFrame(columns=header))
         atomic_write_frame(result, output_dir / "predictions.csv")
         summary = {
             "rows": len(frame),
@@ -255,7 +278,14 @@ class TaxonomyPredictor:
             quantize=config.encoder.quantize if quantize is None else quantize,
         )
         brand = BrandExtractor.load(path / "brand")
-        self = cls(taxonomy, encoder, config, brand, encoder_finetuned=manifest["encoder"] == "encoder")
+        self = cls(
+            taxonomy,
+            encoder,
+            config,
+            brand,
+            encoder_finetuned=manifest["encoder"] == "encoder",
+            version=checkpoint_digest(path, CHECKPOINT_FILES),
+        )
         if "heads" in manifest["methods"]:
             self.heads = HierarchicalHeads(
                 manifest["embedding_dim"], manifest["level_sizes"], config.heads.hidden
@@ -305,6 +335,6 @@ def _read_titles(path: Path, title_column: str, id_column: str) -> pd.DataFrame:
         else pd.read_csv(path, dtype=str, keep_default_na=False)
     )
     if title_column not in raw.columns:
-        raise ValueError(f"{path}: no title column {title_column!r}; columns are {list(raw.columns)}")
+        raise CatalogError(f"{path}: no title column {title_column!r}; columns are {list(raw.columns)}")
     ids = raw[id_column].astype(str) if id_column in raw.columns else pd.Series(raw.index.astype(str))
     return pd.DataFrame({ID: ids.to_numpy(), TITLE: raw[title_column].map(normalize_text).to_numpy()})

@@ -32,6 +32,7 @@ from taxonomist.inference.predictor import (
     meesho_frame,
 )
 from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
+from taxonomist.models.checkpoint import checkpoint_digest
 from taxonomist.models.vlm import VLM, load_vlm, read_metadata, resolve_model_dir
 from taxonomist.progress import progress_bar
 
@@ -70,10 +71,14 @@ class VLMPredictor:
         prompt: PromptConfig,
         generate: GenerateConfig,
         schema: Schema | None = None,
+        version: str = "",
     ) -> None:
+        """``version``: the model's content digest (set by :meth:`from_pretrained`); batch jobs record
+        it so a resume never mixes rows answered by two models."""
         if task == "attributes" and schema is None:
             raise ValueError("the attributes task needs a schema (category → attribute → allowed values)")
         self.vlm = vlm
+        self.version = version
         self.task = task
         self.prompt = prompt
         self.generate_cfg = generate
@@ -95,9 +100,11 @@ class VLMPredictor:
         model_cfg = VLMModelConfig(**meta.get("model", {}))
         if (path / "adapter_config.json").is_file():
             vlm = load_vlm(model_cfg, device=device, adapter=path)
+            version = f"{model_cfg.name}+{checkpoint_digest(path)}"
         else:
             model_cfg.name = str(path)
             vlm = load_vlm(model_cfg, device=device)
+            version = checkpoint_digest(path)
         schema = Schema.from_dict(meta["schema"]) if meta.get("schema") else None
         return cls(
             vlm,
@@ -105,6 +112,7 @@ class VLMPredictor:
             prompt=PromptConfig(**meta.get("prompt", {})),
             generate=generate or GenerateConfig(),
             schema=schema,
+            version=version,
         )
 
     @property
@@ -243,7 +251,8 @@ class VLMPredictor:
         reasoning: bool = False,
         temperature: float | None = None,
     ) -> list[VLMResult]:
-        """Results in input order; unreadable images come back with ``error`` set and no generation."""
+        """Results in input order; unreadable images and categories outside the schema come back with
+        ``error`` set and no generation."""
         ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(images))]
         categories = list(categories) if categories is not None else [None] * len(images)
         if not len(ids) == len(categories) == len(images):
@@ -251,6 +260,18 @@ class VLMPredictor:
         results = [VLMResult(i, c) for i, c in zip(ids, categories, strict=True)]
         loaded: dict[int, Image.Image] = {}
         for k, item in enumerate(images):
+            if (
+                self.schema is not None
+                and self.task == "attributes"
+                and categories[k] not in self.schema.categories
+            ):
+                # Reported and skipped, like an unreadable image (the heads predictor does the same).
+                detail = (
+                    f"category {categories[k]!r} is not one of this model's {sorted(self.schema.categories)}"
+                )
+                path = "" if isinstance(item, Image.Image) else str(item)
+                results[k].error = ImageError(ids[k], path, "unknown-category", detail)
+                continue
             try:
                 loaded[k] = self._load(item)
             except ImageLoadError as err:
@@ -286,6 +307,7 @@ class VLMPredictor:
         out_dir = Path(out_dir)
         cfg = self.generate_cfg
         settings = {
+            "model": self.version,
             "task": self.task,
             "constrained": cfg.constrained,
             "max_new_tokens": cfg.max_new_tokens,
@@ -293,7 +315,14 @@ class VLMPredictor:
             "source": source,
         }
         ids = [str(i) for i in ids]
-        writer = ChunkedWriter(out_dir, ids, cfg.chunk_size, settings)
+        rows_in = pd.DataFrame(
+            {
+                "id": ids,
+                "category": ["" if c is None else str(c) for c in categories],
+                "path": [str(p) for p in image_paths],
+            }
+        )
+        writer = ChunkedWriter(out_dir, rows_in, cfg.chunk_size, settings)
         todo = writer.pending()
         resumed = writer.n_chunks - len(todo)
         with progress_bar("chunk", disable=not progress) as bar:
@@ -305,15 +334,16 @@ class VLMPredictor:
                 )
                 writer.write(k, self.result_frames(results))
                 bar.advance(task)
+        empty = self.result_frames([])
         errors = writer.read("errors")
         if self.task == "caption":
-            captions = writer.read("captions")
+            captions = writer.read("captions", empty=empty["captions"])
             atomic_write_frame(captions, out_dir / "captions.csv")
             predicted = len(captions)
         else:
-            meesho = writer.read("meesho")
+            meesho = writer.read("meesho", empty=empty["meesho"])
             atomic_write_frame(meesho, out_dir / "predictions.csv")
-            atomic_write_frame(writer.read("long"), out_dir / "predictions_long.csv")
+            atomic_write_frame(writer.read("long", empty=empty["long"]), out_dir / "predictions_long.csv")
             predicted = len(meesho)
         write_errors(
             [ImageError(**r) for r in errors.to_dict("records")] if len(errors) else [],

@@ -6,9 +6,9 @@ duplicated. Final files are assembled from parts at the end, again atomically.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -40,18 +40,34 @@ def atomic_write_frame(frame: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def rows_digest(rows: pd.DataFrame) -> str:
+    """Identifies a job's input rows (ids and what is predicted from them, in order)."""
+    return hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()).hexdigest()
+
+
 class ChunkedWriter:
-    """Parts ``part-00000.parquet``… under ``out_dir/parts``, one per chunk of input rows."""
+    """Parts ``part-00000.parquet``… under ``out_dir/parts``, one per chunk of input rows.
+
+    ``rows``: the job's input, an ``id`` column plus whatever the predictions are computed from (image
+    path, category, title). Its digest and ``settings`` (which should name the model's version) go into
+    the manifest, so rerunning into the folder with other rows or another model is refused rather than
+    silently answered with the old parts.
+    """
 
     def __init__(
-        self, out_dir: str | os.PathLike, ids: Sequence[str], chunk_size: int, settings: dict
+        self, out_dir: str | os.PathLike, rows: pd.DataFrame, chunk_size: int, settings: dict
     ) -> None:
         self.out_dir = Path(out_dir)
         self.parts_dir = self.out_dir / PARTS_DIR
         self.parts_dir.mkdir(parents=True, exist_ok=True)
-        self.ids = list(ids)
+        self.ids = rows["id"].astype(str).tolist()
         self.chunk_size = chunk_size
-        manifest = {"n_rows": len(self.ids), "chunk_size": chunk_size, "settings": settings}
+        manifest = {
+            "n_rows": len(self.ids),
+            "chunk_size": chunk_size,
+            "rows_sha256": rows_digest(rows),
+            "settings": settings,
+        }
         manifest_path = self.out_dir / MANIFEST
         if manifest_path.exists():
             previous = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -87,7 +103,11 @@ class ChunkedWriter:
             pd.DataFrame({"id": [self.ids[r] for r in self.chunk_rows(k)]}), self.part_path(k, "done")
         )
 
-    def read(self, kind: str) -> pd.DataFrame:
+    def read(self, kind: str, empty: pd.DataFrame | None = None) -> pd.DataFrame:
+        """All chunks' ``kind`` rows in input order; ``empty`` (the columns) where there are none, so an
+        output of zero rows still has its header."""
         frames = [pd.read_parquet(self.part_path(k, kind)) for k in range(self.n_chunks)]
         frames = [f for f in frames if len(f)]
-        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        if frames:
+            return pd.concat(frames, ignore_index=True)
+        return empty if empty is not None else pd.DataFrame()

@@ -7,8 +7,10 @@ also each head's vocabulary) and ``config.yaml`` (the resolved run config, for t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ META_FILE = "taxonomist.json"
 WEIGHTS_FILE = "model.safetensors"
 BACKBONE_FILE = "backbone.safetensors"
 SCHEMA_FILE = "schema.json"
+PREDICTING_FILES = (META_FILE, WEIGHTS_FILE, SCHEMA_FILE, BACKBONE_FILE)
+"""The files that decide a heads checkpoint's predictions (``config.yaml`` is a record, not an input)."""
 
 
 class CheckpointError(ValueError):
@@ -158,3 +162,26 @@ def calibrated_probs(
         # The temperature is fitted on the adjusted logits, so it comes last.
         out[attribute] = torch.softmax(z / ckpt.temperatures.get(attribute, 1.0), dim=-1)
     return out
+
+
+def checkpoint_digest(directory: str | os.PathLike, patterns: Iterable[str] = ("*",)) -> str:
+    """Short sha256 of a model's content: the files in ``directory`` matching the glob ``patterns``.
+
+    Content, not location: a model retrained into the same folder gets a new digest, so a served model
+    reports which weights answered and a resumed batch job never mixes parts from two models. Name only
+    the files the model loads: outputs written inside the folder must not change it.
+    """
+    directory = Path(directory)
+    files = sorted({p for pattern in patterns for p in directory.glob(pattern) if p.is_file()})
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(directory).as_posix().encode())
+        with open(path, "rb") as fp:
+            while chunk := fp.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def checkpoint_version(directory: str | os.PathLike) -> str:
+    """A heads checkpoint's version: the digest of the files that decide its predictions."""
+    return checkpoint_digest(directory, PREDICTING_FILES)

@@ -8,7 +8,6 @@ from many requests (in the batcher's thread). Another family plugs in by adding 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -20,13 +19,7 @@ import torch
 
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, load_image_bytes
 from taxonomist.inference.predictor import AttributeValue, Predictor
-from taxonomist.models.checkpoint import (
-    BACKBONE_FILE,
-    META_FILE,
-    SCHEMA_FILE,
-    WEIGHTS_FILE,
-    CheckpointError,
-)
+from taxonomist.models.checkpoint import META_FILE, CheckpointError
 
 
 @dataclass(frozen=True)
@@ -81,7 +74,7 @@ class AttributeModel:
         ckpt = predictor.checkpoint
         info = ModelInfo(
             name=Path(directory).resolve().name,
-            version=checkpoint_version(directory),
+            version=predictor.version,
             kind="attribute-heads",
             backbone=ckpt.backbone.name,
             fingerprint=ckpt.fingerprint,
@@ -122,17 +115,3 @@ def load_model(directory: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PI
             f"{directory}: cannot serve checkpoint kind {kind!r}; servable: {sorted(LOADERS)}"
         )
     return LOADERS[kind](directory, max_pixels=max_pixels)
-
-
-def checkpoint_version(directory: str | os.PathLike) -> str:
-    """Short sha256 over the files that decide predictions (``config.yaml`` is a record, not an input)."""
-    digest = hashlib.sha256()
-    for name in (META_FILE, WEIGHTS_FILE, SCHEMA_FILE, BACKBONE_FILE):
-        path = Path(directory) / name
-        if not path.is_file():
-            continue
-        digest.update(name.encode())
-        with open(path, "rb") as fp:
-            while chunk := fp.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()[:12]
