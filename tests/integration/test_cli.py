@@ -271,3 +271,15 @@ def test_predict_refuses_to_resume_another_job(trained: tuple[Path, Path, Path],
     invoke("predict", str(ckpt), "--data", str(second), "-o", str(tmp_path / "b"), "-q")
     with pytest.raises(ResumeError, match="other input or settings"):
         invoke("predict", str(retrained), "--data", str(second), "-o", str(tmp_path / "b"), "-q")
+
+
+def test_predict_resumes_whether_the_data_path_is_relative_or_absolute(
+    trained: tuple[Path, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the manifest held the path as typed, so the same job rerun by absolute path was refused."""
+    catalog, _, ckpt = trained
+    out = tmp_path / "out"
+    monkeypatch.chdir(catalog.parent)
+    invoke("predict", str(ckpt), "--data", catalog.name, "-o", str(out), "-q")
+    again = json.loads(invoke("predict", str(ckpt), "--data", str(catalog), "-o", str(out), "-q"))
+    assert again["resumed_chunks"] == -(-again["rows"] // 16) > 0  # every chunk of 16 rows

@@ -112,7 +112,6 @@ def predict(
         catalog.image_paths(),
         categories or [None] * len(catalog),
         output,
-        source=catalog.source,
         progress=not quiet,
     )
     console.print_json(json.dumps(summary.to_dict()))

@@ -225,7 +225,7 @@ class Predictor:
         all_ids = frame[ID].astype(str).tolist()
         all_cats = frame[CATEGORY].astype(str).tolist()
         paths = catalog.image_paths()
-        rows_in = pd.DataFrame({ID: all_ids, CATEGORY: all_cats, "path": [str(p) for p in paths]})
+        rows_in = pd.DataFrame({ID: all_ids, CATEGORY: all_cats, "path": [os.path.abspath(p) for p in paths]})
         writer = ChunkedWriter(out_dir, rows_in, chunk_size, settings)
         todo = writer.pending()
         resumed = writer.n_chunks - len(todo)

@@ -299,7 +299,6 @@ class VLMPredictor:
         categories: Sequence[str | None],
         out_dir: str | os.PathLike,
         *,
-        source: str = "",
         progress: bool = True,
     ) -> PredictSummary:
         """Batch job over many images: chunked atomic parts, resumable after a crash, errors kept."""
@@ -312,14 +311,13 @@ class VLMPredictor:
             "constrained": cfg.constrained,
             "max_new_tokens": cfg.max_new_tokens,
             "temperature": cfg.temperature,
-            "source": source,
         }
         ids = [str(i) for i in ids]
         rows_in = pd.DataFrame(
             {
                 "id": ids,
                 "category": ["" if c is None else str(c) for c in categories],
-                "path": [str(p) for p in image_paths],
+                "path": [os.path.abspath(p) for p in image_paths],
             }
         )
         writer = ChunkedWriter(out_dir, rows_in, cfg.chunk_size, settings)
