@@ -9,6 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from typer.testing import CliRunner
+
+from taxonomist.cli.main import app
 
 COLORS = {"red": (200, 30, 30), "blue": (30, 40, 200), "green": (30, 160, 50)}
 SHAPES = ("wide", "tall")
@@ -71,3 +74,10 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump(tiny_config(catalog, root / "cache")))
     return catalog, config
+
+
+def invoke(*args: str) -> str:
+    """Run the CLI in-process; a non-zero exit fails the test with the command's output."""
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output

@@ -24,14 +24,10 @@ from taxonomist.inference.predictor import Predictor
 from taxonomist.inference.writers import ResumeError
 from taxonomist.models.checkpoint import checkpoint_version
 
+from .conftest import invoke
+
 pytestmark = pytest.mark.integration
 runner = CliRunner()
-
-
-def invoke(*args: str) -> str:
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from taxonomist.cli.main import app
 from taxonomist.data.catalog import read_generic
 from taxonomist.inference.writers import ResumeError
 
@@ -30,14 +28,10 @@ if importlib.util.find_spec("ray") is None:
 
 from taxonomist.inference.ray_engine import part_path, predict_with_ray, read_ray_output
 
+from .conftest import invoke
+
 pytestmark = pytest.mark.integration
-runner = CliRunner()
 KEY = ["id", "category", "attribute", "value"]
-
-
-def invoke(*args: str) -> None:
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
 
 
 @pytest.fixture(scope="module")

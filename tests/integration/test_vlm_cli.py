@@ -12,21 +12,14 @@ from PIL import Image
 pytest.importorskip("trl")
 pytest.importorskip("xgrammar")
 
-from typer.testing import CliRunner
 
-from taxonomist.cli.main import app
 from taxonomist.data.chat import validate_llamafactory
 from tests.conftest import require_dataset
 
+from .conftest import invoke
+
 pytestmark = pytest.mark.integration
-runner = CliRunner()
 COLOURS = {"red": (200, 30, 30), "blue": (30, 40, 200)}
-
-
-def invoke(*args: str) -> str:
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ SQLAlchemy database (:mod:`taxonomist.serve.storage`); ``/api/export.csv`` and
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,7 +25,14 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from taxonomist.config import CatalogConfig
-from taxonomist.data.catalog import CATEGORY, ID, Catalog, format_image_path, load_catalog, read_table
+from taxonomist.data.catalog import (
+    CATEGORY,
+    ID,
+    Catalog,
+    format_image_path,
+    load_for_prediction,
+    read_table,
+)
 from taxonomist.data.schema import Schema
 from taxonomist.serve.storage import DEFAULT_DATABASE_URL, Decision, ReviewStore
 
@@ -115,9 +121,7 @@ def image_locator(
         return None
     if isinstance(images, CatalogConfig):
         # As `predict` does: labels and training-time row filters do not matter for finding images.
-        images = load_catalog(
-            dataclasses.replace(images, attributes=[], min_rows_per_category=0, limit=None, categories=[])
-        )
+        images = load_for_prediction(images)
     if isinstance(images, Catalog):
         return _contained(images.image_path, images.image_root)
     root = Path(images)
