@@ -1,0 +1,41 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from taxonomist.data.split import split_train_dev_test
+
+
+def parts(split, n):
+    part = np.full(n, -1)
+    for p, rows in enumerate((split.train, split.dev, split.test)):
+        assert (part[rows] == -1).all(), "a row is in two parts"
+        part[rows] = p
+    assert (part >= 0).all(), "a row is in no part"
+    return part
+
+
+def test_three_parts_per_stratum_are_seeded_and_disjoint():
+    strata = pd.Series(["a"] * 50 + ["b"] * 30 + ["c"])
+    split = split_train_dev_test(strata, dev_fraction=0.1, test_fraction=0.2, seed=3)
+    part = parts(split, len(strata))
+    a = part[:50]
+    assert (np.bincount(a, minlength=3) == [35, 5, 10]).all()
+    assert part[-1] == 0, "a one-row stratum keeps its row for training"
+    again = split_train_dev_test(strata, dev_fraction=0.1, test_fraction=0.2, seed=3)
+    assert (again.test == split.test).all()
+    other = split_train_dev_test(strata, dev_fraction=0.1, test_fraction=0.2, seed=4)
+    assert not np.array_equal(other.test, split.test)
+
+
+def test_groups_never_straddle_parts_even_across_strata():
+    strata = pd.Series(["a", "b"] * 60)
+    groups = pd.Series(np.arange(120) // 4)  # each group spans both strata
+    part = parts(split_train_dev_test(strata, 0.2, 0.2, seed=0, groups=groups), 120)
+    assert pd.DataFrame({"g": groups, "p": part}).groupby("g").p.nunique().max() == 1
+    assert set(part) == {0, 1, 2}
+
+
+@pytest.mark.parametrize(("dev", "test"), [(-0.1, 0.1), (0.5, 0.5), (0.1, 1.0)])
+def test_bad_fractions_are_refused(dev, test):
+    with pytest.raises(ValueError, match="fraction"):
+        split_train_dev_test(pd.Series(["a"] * 10), dev, test)
