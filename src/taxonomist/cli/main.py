@@ -133,7 +133,7 @@ def self_train(
     quiet: QuietOpt = False,
 ) -> None:
     """Heads on a labeled fraction, then rounds of view-consistent, confident pseudo-labels (listing
-    titles join the teacher's views where ``catalog.text_column`` names them)."""
+    titles join the teacher's views where ``catalog.text_columns`` names them)."""
     from taxonomist.training.self_training import self_train as run_self_training
 
     cfg = resolve_config(
@@ -237,7 +237,7 @@ def predict(
             "predict.placeholder": placeholder,
         },
     )
-    catalog = load_for_prediction(cfg.catalog)
+    catalog = load_for_prediction(cfg.catalog, text="text" in cfg.heads.inputs)
     if engine == "ray":
         from taxonomist.inference.ray_engine import predict_with_ray
 
@@ -268,6 +268,7 @@ def predict(
         placeholder=cfg.predict.placeholder,
         chunk_size=cfg.predict.chunk_size,
         progress=not quiet,
+        allow_missing_image=cfg.predict.allow_missing_image,
     )
     console.print_json(json.dumps(summary.to_dict()))
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from taxonomist.config import RunConfig, VLMConfig
-from taxonomist.data.catalog import CATEGORY, ID, CatalogError, describe_counts, load_catalog
+from taxonomist.data.catalog import CATEGORY, ID, TEXT, CatalogError, describe_counts, load_catalog
 from taxonomist.data.split import split_per_category
 from taxonomist.inference.embed import embed_catalog
 from taxonomist.inference.predictor import Predictor, wide_named_frame
@@ -84,7 +84,11 @@ def evaluate(
     good = np.flatnonzero(embedded.ok)
     frame = catalog.frame
     cats = frame[CATEGORY].astype(str).to_numpy()
-    probs = predictor.predict_features(embedded.features[good], cats[good].tolist())
+    text = None
+    if predictor.reads_text:  # listing heads: the catalog's text column (rows without one are blank)
+        texts = frame[TEXT].to_numpy()[good].tolist() if TEXT in frame.columns else None
+        text = predictor.text_features(texts, len(good))
+    probs = predictor.predict_features(embedded.features[good], cats[good].tolist(), text)
     preds = predictor.decode(probs, frame[ID].to_numpy()[good].tolist(), cats[good].tolist())
     schema = predictor.schema
     predicted = wide_named_frame(preds, schema.attributes)
