@@ -261,7 +261,7 @@ class SelfTrainingConfig:
     views: list[Literal["hflip"]] = field(default_factory=lambda: ["hflip"])
     """Augmented views predicted besides the original image."""
     text_view: bool = True
-    """Where the catalog has listing text (``catalog.text_column``), multiply each image view's
+    """Where the catalog has listing text (``catalog.text_columns``), multiply each image view's
     calibrated probabilities with those of a title classifier fit on the same labeled rows (and
     calibrated on dev) before selection: titles name attributes the image model gets wrong, so the
     teacher labels cells the student could not have labeled itself. The student stays image-only."""

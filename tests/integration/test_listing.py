@@ -108,3 +108,28 @@ def test_serve_refuses_a_title_for_an_image_only_model(tiny_run, tmp_path) -> No
     refused = _post(tmp_path / "ckpt", image, title="Acme Red top")
     assert refused.status_code == 422 and "images only" in refused.text
     assert _post(tmp_path / "ckpt", image, title="").status_code == 200
+
+
+def test_image_only_heads_are_the_same_whether_or_not_the_catalog_has_text(tmp_path) -> None:
+    """Text in the catalog is read by listing heads only: image-only heads train to the same weights."""
+    from safetensors.torch import load_file
+
+    from taxonomist.training.heads import train
+
+    catalog = make_catalog(tmp_path / "data", titles=True)
+    weights = []
+    for name, columns in (("plain", []), ("titled", ["title"])):
+        cfg = tiny_config(catalog, tmp_path / "cache")
+        cfg["catalog"]["text_columns"] = columns
+        cfg["train"]["epochs"] = 5
+        train(_config(tmp_path / f"{name}.yaml", cfg), tmp_path / name, progress=False)
+        weights.append(load_file(str(tmp_path / name / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all((weights[0][k] == weights[1][k]).all() for k in weights[0])
+
+
+def _config(path: Path, data: dict):
+    from taxonomist.config import load_config
+
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path)

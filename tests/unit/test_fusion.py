@@ -214,3 +214,14 @@ def test_prediction_reading_keeps_text_only_for_listing_heads(tmp_path: Path) ->
     assert TEXT not in load_for_prediction(cfg).frame.columns
     assert load_for_prediction(cfg, text=True).frame[TEXT].tolist() == ["Red shirt"]
     assert dataclasses.replace(cfg, text_columns=[]).text_columns == []
+
+
+@pytest.mark.parametrize("recipe", ["finetune", "self_training"])
+def test_recipes_without_text_refuse_listing_heads(recipe: str, tmp_path: Path) -> None:
+    import importlib
+
+    module = importlib.import_module(f"taxonomist.training.{recipe}")
+    run = module.train if recipe == "finetune" else module.self_train
+    cfg = load_config(values={"heads.inputs": ["image", "text"]})
+    with pytest.raises(ConfigError, match="heads recipe"):
+        run(cfg, tmp_path)
