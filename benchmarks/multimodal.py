@@ -104,19 +104,21 @@ def per_attribute(report) -> dict[str, float]:
     return dict(zip(table["attribute"], table["harmonic"].astype(float), strict=True))
 
 
-def probe(config: str, overrides: list[str], blank: list[int]) -> dict:
+def probe(
+    config: str, overrides: list[str], parts: list[list[int]], blank: list[int], grid: list[float]
+) -> dict:
     """The text-only probe (run in its own process, beside the heads): C chosen on dev, test scored
     with full titles and with the ``blank`` test rows' titles removed."""
     from taxonomist.models.text_attributes import TextAttributeClassifier
 
     torch.set_num_threads(1)
     bench = Bench(load_config(config, overrides))
-    tr, dv, te = bench.split.train, bench.split.dev, bench.split.test
+    tr, dv, te = (np.asarray(rows) for rows in parts)  # the rows the heads use (readable images)
     n_values = {a: len(bench.schema.values(a)) for a in bench.schema.attributes}
     texts = bench.texts
     start = time.perf_counter()
     dev_scores, best = {}, None
-    for c in PROBE_C:
+    for c in grid:
         model = TextAttributeClassifier(C=c).fit(
             [texts[r] for r in tr],
             bench.category[tr],
@@ -148,6 +150,9 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "fashion.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value")
     parser.add_argument("--predict-images", type=int, default=300)
+    parser.add_argument("--fusions", default="concat,gated", help="Fusions to train; dev picks one.")
+    parser.add_argument("--probe-c", default=",".join(f"{c:g}" for c in PROBE_C), help="C grid of the probe.")
+    parser.add_argument("--rounds", type=int, default=2, help="Throughput rounds (best of).")
     parser.add_argument(
         "--head",
         type=int,
@@ -168,15 +173,20 @@ def main() -> None:
     tr, dv, te = (rows[ok[rows]] for rows in (bench.split.train, bench.split.dev, bench.split.test))
     blank = np.sort(np.random.default_rng(cfg.train.seed).permutation(len(te))[: len(te) // 2])
     with ProcessPoolExecutor(1) as pool:
-        probe_job = pool.submit(probe, args.config, args.overrides, blank.tolist())
-        heads = train_heads(bench, cfg, embedded.features, (tr, dv, te), blank)
-        throughput = measure_throughput(bench, cfg, heads, backbone, backbone_state, te, args.predict_images)
+        grid = [float(c) for c in args.probe_c.split(",")]
+        parts = [tr.tolist(), dv.tolist(), te.tolist()]
+        probe_job = pool.submit(probe, args.config, args.overrides, parts, blank.tolist(), grid)
+        heads = train_heads(bench, cfg, embedded.features, (tr, dv, te), blank, args.fusions.split(","))
+        throughput = measure_throughput(
+            bench, cfg, heads, backbone, backbone_state, te, args.predict_images, args.rounds
+        )
         text_only = probe_job.result()
     image_score, fused = heads["image"]["test"].score, heads["fused"]
     out = {
         "dataset": "fashion-product-images (category = masterCategory, 4 categories with >= 500 rows), "
         "text column productDisplayName",
         "rows_used": f"first {args.head} rows of the catalog file" if args.head else "all",
+        "arguments": {k: v for k, v in vars(args).items() if k != "config"},
         "split": {
             "function": "taxonomist.data.split.split_train_dev_test(category, 0.1, 0.1, seed)",
             "seed": cfg.train.seed,
@@ -249,7 +259,9 @@ def targets(r: dict) -> dict[str, bool]:
     }
 
 
-def train_heads(bench: Bench, cfg: RunConfig, features: np.ndarray, parts, blank: np.ndarray) -> dict:
+def train_heads(
+    bench: Bench, cfg: RunConfig, features: np.ndarray, parts, blank: np.ndarray, fusions: list[str]
+) -> dict:
     """Image-only heads and the listing heads (both fusions), all chosen by dev score."""
     tr, dv, te = parts
 
@@ -300,7 +312,7 @@ def train_heads(bench: Bench, cfg: RunConfig, features: np.ndarray, parts, blank
 
     train_set, dev_set, test_set = listing_set(tr), listing_set(dv), listing_set(te)
     candidates, dev_by_fusion, test_by_fusion, seconds_by_fusion = {}, {}, {}, {}
-    for fusion in ("concat", "gated"):
+    for fusion in fusions:
         run_cfg = copy.deepcopy(fused_cfg)
         run_cfg.text.fusion = fusion
         model, dev_score, seconds = fit(run_cfg, (train_set, dev_set), text)
@@ -372,9 +384,9 @@ def test_ece(bench: Bench, model, data: FeatureSet, rows: np.ndarray, temperatur
     return out
 
 
-def measure_throughput(bench, cfg, heads, backbone, backbone_state, rows, n_images) -> dict:
+def measure_throughput(bench, cfg, heads, backbone, backbone_state, rows, n_images, rounds) -> dict:
     """Cold-cache batch predict of the same test images with the image-only and the listing checkpoint,
-    alternated twice (best of two each: the machine is shared)."""
+    alternated ``rounds`` times (best of each: the machine is shared)."""
     work = Path(tempfile.mkdtemp(prefix="taxonomist-mm-"))
     fused = heads["fused"]
     feature_dim = heads["image"]["model"].feature_mean.shape[0]
@@ -399,7 +411,7 @@ def measure_throughput(bench, cfg, heads, backbone, backbone_state, rows, n_imag
             fused["text"].lexical.save(work / name)
     subset = bench.catalog.subset(rows[:n_images])
     best = {"image": 0.0, "fused": 0.0}
-    for _ in range(2):
+    for _ in range(rounds):
         for name in best:
             predictor = Predictor.from_pretrained(work / name)
             summary = predictor.predict_catalog(subset, work / f"out-{name}", embed=cfg.embed, progress=False)

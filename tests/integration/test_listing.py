@@ -42,7 +42,7 @@ def test_a_listing_checkpoint_records_its_inputs_and_predicts_with_and_without_t
 
 def test_listing_predict_reads_titles_resumes_and_fills_in_for_missing_images(listing_run, tmp_path) -> None:
     catalog, _, ckpt = listing_run
-    frame = pd.read_csv(catalog)
+    frame = pd.read_csv(catalog, dtype={"sku": str})
     frame.loc[0, "sku"] = "missing-image"
     frame.loc[1, "title"] = None
     data = tmp_path / "rows.csv"
