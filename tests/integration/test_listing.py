@@ -45,7 +45,7 @@ def test_listing_predict_reads_titles_resumes_and_fills_in_for_missing_images(li
     frame = pd.read_csv(catalog, dtype={"sku": str})
     frame.loc[0, "sku"] = "missing-image"
     frame.loc[1, "title"] = None
-    data = tmp_path / "rows.csv"
+    data = catalog.parent / "rows.csv"  # beside the images, which the catalog's path finds
     frame.to_csv(data, index=False)
     out = tmp_path / "out"
     args = ("predict", str(ckpt), "-o", str(out), "--data", str(data), "--quiet")
@@ -60,6 +60,17 @@ def test_listing_predict_reads_titles_resumes_and_fills_in_for_missing_images(li
     assert "missing-image" in set(filled["id"])
     errors = pd.read_csv(tmp_path / "filled" / "errors.csv", dtype={"id": str})
     assert "missing-image" in set(errors["id"])  # still reported
+
+
+def test_a_chunk_of_unreadable_images_only_is_reported_not_fatal(listing_run, tmp_path) -> None:
+    catalog, _, ckpt = listing_run
+    frame = pd.read_csv(catalog, dtype={"sku": str}).head(3)
+    frame["sku"] = ["gone-1", "gone-2", "gone-3"]
+    frame.to_csv(catalog.parent / "gone.csv", index=False)
+    invoke(
+        "predict", str(ckpt), "-o", str(tmp_path / "out"), "--data", str(catalog.parent / "gone.csv"), "-q"
+    )
+    assert len(pd.read_csv(tmp_path / "out" / "errors.csv")) == 3
 
 
 def test_listing_evaluate_reads_titles(listing_run, tmp_path) -> None:

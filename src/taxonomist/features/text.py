@@ -114,6 +114,8 @@ class LexicalView:
         """(n, dim) float32 CSR rows, each part L2-normalised; a blank text is an empty row."""
         from scipy import sparse
 
+        if not len(texts):  # a chunk whose every image failed: sklearn refuses zero rows
+            return sparse.csr_matrix((0, self.dim), dtype=np.float32)
         parts = [v.transform(list(texts)) for v in self._fitted()]
         return sparse.hstack(parts, format="csr", dtype=np.float32)
 
