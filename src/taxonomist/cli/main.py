@@ -172,23 +172,47 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    split: Annotated[str, typer.Option(help="'val' (the training run's split) or 'all' rows.")] = "val",
-    output: Annotated[Path | None, typer.Option(help="Write the report JSON/Markdown here.")] = None,
+    split: Annotated[
+        str, typer.Option(help="Rows to score: 'val' (the training run's held-out rows) or 'all' rows.")
+    ] = "val",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for evaluation.json/.md and predictions.csv (the scored rows); with --report, "
+            "default CHECKPOINT/evaluation-SPLIT."
+        ),
+    ] = None,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="Also write report.html (self-contained): scores beside a majority baseline, confusion "
+            "matrices, reliability diagrams, per-class scores, most confident errors with images.",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Score a checkpoint with the competition metric on a labelled catalog (VLMs: see ``vlm evaluate``)."""
+    """Score a checkpoint with the competition metric on a labelled catalog (VLMs: see `vlm evaluate`)."""
     from taxonomist.inference.evaluate import evaluate as run_evaluate
 
+    if report and output is None:
+        output = checkpoint / f"evaluation-{split}"
     if is_vlm_dir(checkpoint):
-        vlm_evaluate(checkpoint, config, overrides, split, output, quiet)
+        vlm_evaluate(checkpoint, config, overrides, split, output, report, quiet)
         return
 
     cfg = _checkpoint_config(checkpoint, config, overrides)
     evaluation = run_evaluate(checkpoint, cfg, split=split, output=output, progress=not quiet)
     console.print(score_table(evaluation.report, f"{split} split"))
     console.print(attribute_table(evaluation.report))
+    if evaluation.baseline is not None:
+        console.print(f"majority-class baseline score {evaluation.baseline.score:.4f}")
     if evaluation.unknown_category_note:
         console.print(evaluation.unknown_category_note, style="yellow", markup=False, highlight=False)
+    if report and output is not None:
+        from taxonomist.report.evaluation import write_evaluation_report
+
+        console.print(f"report: {write_evaluation_report(evaluation, output, model=checkpoint.name)}")
 
 
 @app.command()
@@ -300,8 +324,8 @@ def inspect(
 ) -> None:
     """Before training: rows, gaps, class balance, out-of-schema values, duplicates, unreadable images."""
     from taxonomist.data.catalog import expand_path, load_catalog
-    from taxonomist.data.inspect import inspect_catalog
     from taxonomist.data.schema import Schema
+    from taxonomist.report.inspection import inspect_catalog
 
     cfg = resolve_config(config, overrides)
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)

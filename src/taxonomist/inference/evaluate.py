@@ -9,16 +9,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from taxonomist.config import RunConfig, VLMConfig
-from taxonomist.data.catalog import CATEGORY, ID, CatalogError, describe_counts, load_catalog
+from taxonomist.config import ConfigError, RunConfig, VLMConfig
+from taxonomist.data.catalog import CATEGORY, ID, TEXT, Catalog, CatalogError, describe_counts, load_catalog
 from taxonomist.data.split import split_per_category
 from taxonomist.inference.embed import embed_catalog
 from taxonomist.inference.predictor import Predictor, wide_named_frame
-from taxonomist.inference.writers import atomic_write_text
-from taxonomist.metrics import AttributeReport, attribute_score, expected_calibration_error
+from taxonomist.inference.writers import atomic_write_frame, atomic_write_text
+from taxonomist.metrics import (
+    AttributeReport,
+    attribute_score,
+    expected_calibration_error,
+    majority_predictions,
+)
 from taxonomist.progress import progress_bar
 
 EXAMPLE_IDS = 5
+ROW_COLUMNS = [ID, CATEGORY, "attribute", "label", "predicted", "confidence", "confidence_before", "correct"]
+"""``Evaluation.rows``: one row per labelled (item, attribute); ``path`` and ``title`` follow where known."""
 
 
 @dataclass
@@ -31,6 +38,16 @@ class Evaluation:
     """Rows per category the model was not trained on."""
     unknown_examples: list[str] = field(default_factory=list)
     """Ids of some of those rows."""
+    split: str = "val"
+    rows: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ROW_COLUMNS))
+    """Every scored label beside its prediction (``ROW_COLUMNS``): what a report studies errors on."""
+    baseline: AttributeReport | None = None
+    """The majority-class baseline's score on the same rows."""
+    baseline_source: str = ""
+    """Which rows the majority classes were counted on."""
+    temperatures: dict[str, float] = field(default_factory=dict)
+    valid_fraction: float | None = None
+    """VLMs: the share of items whose output parsed into the schema."""
 
     @property
     def unknown_category_note(self) -> str | None:
@@ -44,6 +61,7 @@ class Evaluation:
     def to_dict(self) -> dict:
         return {
             **self.report.to_dict(),
+            "baseline_score": None if self.baseline is None else self.baseline.to_dict()["score"],
             "unknown_category": {
                 "rows": sum(self.unknown_categories.values()),
                 "categories": self.unknown_categories,
@@ -63,7 +81,7 @@ def evaluate(
     """Score the configured catalog's rows (its validation split, or all of them); rows of categories the
     model does not know are left out before anything is embedded and reported in the result."""
     if split not in ("val", "all"):
-        raise ValueError(f"split must be 'val' or 'all', got {split!r}")
+        raise ConfigError(f"--split must be 'val' or 'all' for this checkpoint, got {split!r}")
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
     predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
     # Before the split, so the known categories' validation rows are the ones the training run held out.
@@ -77,6 +95,7 @@ def evaluate(
         )
     if unknown.any():
         catalog = catalog.subset(~unknown.to_numpy())
+    known = catalog
     if split == "val":
         _, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
         catalog = catalog.subset(val_idx)
@@ -85,6 +104,7 @@ def evaluate(
     frame = catalog.frame
     cats = frame[CATEGORY].astype(str).to_numpy()
     probs = predictor.predict_features(embedded.features[good], cats[good].tolist())
+    before = predictor.predict_features(embedded.features[good], cats[good].tolist(), calibrated=False)
     preds = predictor.decode(probs, frame[ID].to_numpy()[good].tolist(), cats[good].tolist())
     schema = predictor.schema
     predicted = wide_named_frame(preds, schema.attributes)
@@ -92,22 +112,110 @@ def evaluate(
     failed = frame.loc[~embedded.ok, [ID, CATEGORY]]
     if len(failed):
         predicted = pd.concat([predicted, failed], ignore_index=True)
+    # The majority classes come from the rows the model was fitted on, where the split leaves any.
+    outside = ~known.frame[ID].isin(set(frame[ID]))
+    reference = known.frame[outside] if outside.any() else frame
     evaluation = Evaluation(
         attribute_score(frame, predicted, schema.categories),
         unknown_categories,
         unknown_rows[ID].astype(str).head(EXAMPLE_IDS).tolist(),
+        split=split,
+        rows=scored_rows(
+            catalog, predicted, _confidences(probs, good, len(frame)), _confidences(before, good, len(frame))
+        ),
+        baseline=attribute_score(
+            frame, majority_predictions(reference, frame, schema.categories), schema.categories
+        ),
+        baseline_source=f"{'the other' if outside.any() else 'the same'} {len(reference):,} rows",
+        temperatures=dict(predictor.checkpoint.temperatures),
     )
     if output is not None:
-        output = Path(output)
-        output.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            output / "evaluation.json", json.dumps({"split": split, **evaluation.to_dict()}, indent=1)
-        )
-        markdown = evaluation.report.to_markdown(include_pairs=True)
-        if evaluation.unknown_category_note:
-            markdown += f"\n{evaluation.unknown_category_note}\n"
-        atomic_write_text(output / "evaluation.md", markdown)
+        write_evaluation(evaluation, output)
     return evaluation
+
+
+def _confidences(probs: dict[str, np.ndarray], good: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """attribute → top-label confidence per catalog row (NaN where the image failed)."""
+    out = {}
+    for attribute, p in probs.items():
+        column = np.full(n, np.nan)
+        column[good] = p.max(axis=1)
+        out[attribute] = column
+    return out
+
+
+def scored_rows(
+    catalog: Catalog,
+    predicted: pd.DataFrame,
+    confidence: dict[str, np.ndarray],
+    confidence_before: dict[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """One row per labelled (item, attribute) of ``catalog``: label, prediction (empty where the image
+    failed), its confidence with and without temperature, whether it is right, the image path and, where
+    the catalog has listing text, the title."""
+    frame = catalog.frame
+    by_id = predicted.drop_duplicates(ID).set_index(predicted[ID].astype(str).drop_duplicates())
+    ids = frame[ID].astype(str)
+    paths = [str(p) for p in catalog.image_paths()]
+    parts = []
+    for attribute in catalog.attributes:
+        if attribute not in frame.columns:
+            continue
+        labelled = frame[attribute].notna().to_numpy()
+        applies = np.array(
+            [attribute in catalog.attributes_by_category.get(str(c), ()) for c in frame[CATEGORY]], dtype=bool
+        )
+        keep = labelled & applies
+        if not keep.any():
+            continue
+        pred = (
+            by_id[attribute].reindex(ids[keep]).to_numpy()
+            if attribute in by_id.columns
+            else np.full(int(keep.sum()), None, dtype=object)
+        )
+        part = pd.DataFrame(
+            {
+                ID: ids[keep].to_numpy(),
+                CATEGORY: frame.loc[keep, CATEGORY].astype(str).to_numpy(),
+                "attribute": attribute,
+                "label": frame.loc[keep, attribute].astype(str).to_numpy(),
+                "predicted": pd.Series(pred, dtype=object).where(pd.notna(pred), None).to_numpy(),
+                "confidence": confidence.get(attribute, np.full(len(frame), np.nan))[keep],
+                "confidence_before": (confidence_before or confidence).get(
+                    attribute, np.full(len(frame), np.nan)
+                )[keep],
+            }
+        )
+        part["correct"] = part["label"] == part["predicted"]
+        part["path"] = np.asarray(paths, dtype=object)[keep]
+        if TEXT in frame.columns:
+            part["title"] = frame.loc[keep, TEXT].astype(str).to_numpy()
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=ROW_COLUMNS)
+    return pd.concat(parts, ignore_index=True)
+
+
+def write_evaluation(evaluation: Evaluation, output: str | Path) -> None:
+    """``evaluation.json``, ``evaluation.md`` and ``predictions.csv`` (the scored rows) into ``output``."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    summary = {"split": evaluation.split, **evaluation.to_dict()}
+    if evaluation.valid_fraction is not None:
+        summary["valid_fraction"] = evaluation.valid_fraction
+    atomic_write_text(output / "evaluation.json", json.dumps(summary, indent=1, default=str))
+    markdown = evaluation.report.to_markdown(include_pairs=True)
+    if evaluation.baseline is not None:
+        markdown += (
+            f"\nMajority-class baseline ({evaluation.baseline_source}): score "
+            f"{evaluation.baseline.score:.4f}\n"
+        )
+    if evaluation.valid_fraction is not None:
+        markdown += f"\nValid outputs: {evaluation.valid_fraction:.1%}\n"
+    if evaluation.unknown_category_note:
+        markdown += f"\n{evaluation.unknown_category_note}\n"
+    atomic_write_text(output / "evaluation.md", markdown)
+    atomic_write_frame(evaluation.rows, output / "predictions.csv")
 
 
 def evaluate_vlm(

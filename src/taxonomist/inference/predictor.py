@@ -106,13 +106,15 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_features(
-        self, features: np.ndarray | torch.Tensor, categories: Sequence[str]
+        self, features: np.ndarray | torch.Tensor, categories: Sequence[str], *, calibrated: bool = True
     ) -> dict[str, np.ndarray]:
-        """attribute → (n, n_values) calibrated probabilities (zeros where the attribute does not apply)."""
+        """attribute → (n, n_values) calibrated probabilities (zeros where the attribute does not apply);
+        ``calibrated=False``: without the fitted temperature, for reliability diagrams before/after."""
         device = module_device(self.heads)
         features = torch.as_tensor(features, dtype=torch.float32).to(device)
         logits = self.heads(features, self.category_indices(categories).to(device))
-        return {a: p.cpu().numpy() for a, p in calibrated_probs(logits, self.checkpoint).items()}
+        probs = calibrated_probs(logits, self.checkpoint, scale=calibrated)
+        return {a: p.cpu().numpy() for a, p in probs.items()}
 
     def decode(
         self,

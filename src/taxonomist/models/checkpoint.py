@@ -152,15 +152,18 @@ def _atomic(path: Path, write) -> None:
 
 
 def calibrated_probs(
-    logits: dict[str, torch.Tensor], ckpt: HeadsCheckpoint, *, adjust: bool = True
+    logits: dict[str, torch.Tensor], ckpt: HeadsCheckpoint, *, adjust: bool = True, scale: bool = True
 ) -> dict[str, torch.Tensor]:
-    """softmax((logits + prior correction) / T): the confidences the checkpoint stands behind."""
+    """softmax((logits + prior correction) / T): the confidences the checkpoint stands behind.
+
+    ``scale=False`` leaves the temperature out (T = 1), which evaluation reports show as "before"."""
     out = {}
     for attribute, z in logits.items():
         if adjust and attribute in ckpt.logit_adjustment:
             z = z + torch.tensor(ckpt.logit_adjustment[attribute], dtype=z.dtype, device=z.device)
         # The temperature is fitted on the adjusted logits, so it comes last.
-        out[attribute] = torch.softmax(z / ckpt.temperatures.get(attribute, 1.0), dim=-1)
+        temperature = ckpt.temperatures.get(attribute, 1.0) if scale else 1.0
+        out[attribute] = torch.softmax(z / temperature, dim=-1)
     return out
 
 
