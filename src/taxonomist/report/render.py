@@ -7,6 +7,7 @@ attached to a ticket or opened offline; the figures are also written beside it a
 from __future__ import annotations
 
 import base64
+import html
 import io
 import math
 import re
@@ -69,9 +70,8 @@ def html_table(
         index=False, na_rep="", float_format=lambda x: f"{x:.{digits}g}", border=0, classes="data"
     )
     if len(frame) > len(shown):
-        where = (
-            f"; all in <a href='{jinja2.escape(csv_name)}'>{jinja2.escape(csv_name)}</a>" if csv_name else ""
-        )
+        link = html.escape(csv_name)
+        where = f"; all in <a href='{link}'>{link}</a>" if csv_name else ""
         body += f"<p class='note'>first {len(shown):,} of {len(frame):,} rows{where}</p>"
     return body
 
