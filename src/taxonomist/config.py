@@ -93,6 +93,10 @@ class CatalogConfig:
     text_column: str | None = None
     """Listing text (e.g. the product title; generic layout), kept as column ``text``: the self-training
     recipe's title view reads it. None = the catalog has no text."""
+    corrections: str | None = None
+    """Reviewed labels (``taxonomist review``'s export: the catalog's id and category columns plus
+    attribute columns) merged over the catalog's: a decision wins over the original label, and reviewed
+    items the catalog lacks are added."""
 
 
 @dataclass

@@ -80,6 +80,13 @@ def train(
     policy: Annotated[str | None, typer.Option(help="Missing-label policy (missing_labels.policy).")] = None,
     epochs: Annotated[int | None, typer.Option(help="train.epochs")] = None,
     limit: Annotated[int | None, typer.Option(help="Use N rows (catalog.limit).")] = None,
+    corrections: Annotated[
+        str | None,
+        typer.Option(
+            help="Reviewed labels (the CSV `taxonomist review` exports) merged over the catalog's; a "
+            "decision wins over the original label (catalog.corrections)."
+        ),
+    ] = None,
     recipe: Annotated[
         str, typer.Option(help="heads (frozen backbone, cached features) | finetune (end to end, seed 001).")
     ] = "heads",
@@ -99,6 +106,7 @@ def train(
             "missing_labels.policy": policy,
             "train.epochs": epochs,
             "catalog.limit": limit,
+            "catalog.corrections": corrections,
         },
     )
     if recipe == "finetune":
@@ -243,6 +251,7 @@ def predict(
     Every row is predicted or reported in errors.csv: the training run's row filters (categories, minimum
     rows, limit, remaps) do not apply, and rows of categories the model does not know are errors."""
     from taxonomist.data.catalog import load_for_prediction
+    from taxonomist.inference.inputs import record_input
     from taxonomist.inference.predictor import Predictor
 
     if is_vlm_dir(checkpoint):
@@ -262,6 +271,7 @@ def predict(
         },
     )
     catalog = load_for_prediction(cfg.catalog)
+    record_input(output, cfg.catalog, checkpoint)  # `review OUTPUT` finds images and titles through it
     if engine == "ray":
         from taxonomist.inference.ray_engine import predict_with_ray
 

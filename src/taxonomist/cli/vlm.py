@@ -101,10 +101,12 @@ def predict(
     """Attributes (Meesho + long layouts with confidences) or captions for every catalog row; the training
     run's row filters do not apply (see :func:`taxonomist.data.catalog.load_for_prediction`)."""
     from taxonomist.data.catalog import CATEGORY, ID, load_for_prediction
+    from taxonomist.inference.inputs import record_input
     from taxonomist.inference.vlm import VLMPredictor
 
     cfg = model_config(model_dir, config, overrides, **{"catalog.path": data})
     catalog = load_for_prediction(cfg.catalog)
+    record_input(output, cfg.catalog, model_dir)
     predictor = VLMPredictor.from_pretrained(model_dir, generate=cfg.generate)
     categories = catalog.frame[CATEGORY].astype(str).tolist() if predictor.task == "attributes" else None
     summary = predictor.predict_file(

@@ -362,7 +362,46 @@ def load_catalog(cfg: CatalogConfig, *, seed: int = 0, labels: bool = True) -> C
     if cfg.limit is not None and cfg.limit < len(catalog):
         keep = np.sort(np.random.default_rng(seed).permutation(len(catalog))[: cfg.limit])
         catalog = catalog.subset(keep)
+    if cfg.corrections and labels:
+        catalog = apply_corrections(catalog, cfg.corrections, *catalog_columns(cfg))
     return catalog
+
+
+def catalog_columns(cfg: CatalogConfig) -> tuple[str, str]:
+    """The id and category column names of the configured catalog file, as its own header spells them."""
+    return ("id", "Category") if cfg.layout == "meesho" else (cfg.id_column, cfg.category_column)
+
+
+def apply_corrections(
+    catalog: Catalog, path: str | os.PathLike, id_column: str, category_column: str
+) -> Catalog:
+    """``catalog`` with the reviewed labels of ``path`` merged in: each non-empty reviewed value replaces
+    the catalog's label; reviewed items the catalog lacks are appended (their images are found the same
+    way as the catalog's). Columns other than the catalog's attributes are ignored."""
+    table = read_table(path)
+    missing = [c for c in (id_column, category_column) if c not in table.columns]
+    if missing:
+        raise CatalogError(
+            f"{path}: corrections need the catalog's columns {missing} (as `taxonomist review` exports them)"
+        )
+    table = table.rename(columns={id_column: ID, category_column: CATEGORY})
+    if table[ID].duplicated().any():
+        dups = table.loc[table[ID].duplicated(), ID].head(5).tolist()
+        raise CatalogError(f"{path}: duplicated ids {dups}")
+    attributes = [a for a in catalog.attributes if a in table.columns]
+    frame = catalog.frame.set_index(catalog.frame[ID].astype(str), drop=False)
+    table = table.set_index(table[ID].astype(str), drop=False)
+    known = table.index.isin(frame.index)
+    for attribute in attributes:
+        given = table.loc[known, attribute].dropna()
+        frame.loc[given.index, attribute] = given
+    new = table.loc[~known, [ID, CATEGORY, *attributes]].reindex(columns=frame.columns)
+    unknown = sorted(set(new[CATEGORY]) - set(catalog.attributes_by_category))
+    if unknown:
+        raise CatalogError(f"{path}: corrections of categories the catalog does not have: {unknown}")
+    merged = pd.concat([frame, new]).reset_index(drop=True)
+    merged = merged.astype(object).where(merged.notna(), None)
+    return dataclasses.replace(catalog, frame=merged)
 
 
 def load_for_prediction(cfg: CatalogConfig) -> Catalog:

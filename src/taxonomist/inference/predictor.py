@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -28,10 +29,16 @@ from taxonomist.progress import progress_bar
 ImageInput = Image.Image | str | os.PathLike
 
 
+TOP_K = 9
+"""Alternatives kept per predicted attribute: the review page's keys 1-9."""
+
+
 @dataclass(frozen=True)
 class AttributeValue:
     value: str
     confidence: float
+    alternatives: tuple[tuple[str, float], ...] = ()
+    """The model's most probable values with their probabilities, best first (the value included)."""
 
 
 @dataclass
@@ -126,13 +133,21 @@ class Predictor:
         placeholder: str = "",
     ) -> list[Prediction]:
         best = {a: (p.argmax(1), p.max(1)) for a, p in probs.items()}
+        # Sorted once per attribute; disallowed values (probability 0) never become alternatives.
+        ranked = {a: np.argsort(-p, axis=1, kind="stable")[:, :TOP_K] for a, p in probs.items()}
         out = []
         for row, (item_id, category) in enumerate(zip(ids, categories, strict=True)):
             pred = Prediction(str(item_id), category)
             for attribute in self.schema.attributes_of(category):
                 idx, conf = best[attribute][0][row], float(best[attribute][1][row])
                 value = self._vocab[attribute][idx] if conf >= min_confidence else placeholder
-                pred.attributes[attribute] = AttributeValue(value, conf)
+                p = probs[attribute][row]
+                top = tuple(
+                    (self._vocab[attribute][k], round(float(p[k]), 6))
+                    for k in ranked[attribute][row]
+                    if p[k] > 0
+                )
+                pred.attributes[attribute] = AttributeValue(value, conf, top)
             out.append(pred)
         return out
 
@@ -289,10 +304,21 @@ def meesho_frame(preds: Sequence[Prediction], schema) -> pd.DataFrame:
 
 
 def long_frame(preds: Sequence[Prediction]) -> pd.DataFrame:
+    """One row per (item, attribute) with its confidence; ``top``: the model's best values as JSON
+    ``[[value, probability], ...]`` (empty where the model gives none), which the review page offers."""
     rows = [
-        (p.id, p.category, a, v.value, round(v.confidence, 6)) for p in preds for a, v in p.attributes.items()
+        (
+            p.id,
+            p.category,
+            a,
+            v.value,
+            round(v.confidence, 6),
+            json.dumps([list(t) for t in v.alternatives], ensure_ascii=False) if v.alternatives else "",
+        )
+        for p in preds
+        for a, v in p.attributes.items()
     ]
-    return pd.DataFrame(rows, columns=["id", "category", "attribute", "value", "confidence"])
+    return pd.DataFrame(rows, columns=["id", "category", "attribute", "value", "confidence", "top"])
 
 
 def wide_named_frame(preds: Sequence[Prediction], attributes: Sequence[str]) -> pd.DataFrame:
