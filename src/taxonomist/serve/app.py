@@ -23,7 +23,8 @@ from typing import Annotated, Any
 from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
@@ -139,7 +140,9 @@ def create_app(
             await batcher.stop()
             log.info("stopped")
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from files installed with fastapi-offline: the default pages load their scripts
+    # from a CDN and stay blank on a machine without internet access.
+    app = FastAPIOffline(
         title="taxonomist",
         summary="Product image → catalog attributes with calibrated confidences.",
         description=f"Model `{model.info.name}` (version {model.info.version}); categories: "
@@ -154,6 +157,11 @@ def create_app(
         f"plus {_PART_OVERHEAD} bytes of form fields per image",
     )
     app.add_middleware(_ObserveRequests, metrics=metrics)
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("docs")
+
     # Starlette's multipart parser reports its limits as 400 with its own wording; they are limits too.
     form_limits = {
         "Too many files": f"too many images: at most {max_images_per_request} per request",

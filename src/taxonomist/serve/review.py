@@ -31,6 +31,7 @@ import pandas as pd
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from taxonomist.config import CatalogConfig
@@ -238,7 +239,7 @@ def create_review_app(
         yield
         store.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from installed files, not a CDN
         title="taxonomist review",
         summary="Accept or correct predicted attributes; export the decisions as training rows.",
         lifespan=lifespan,
