@@ -125,3 +125,40 @@ def test_report_is_self_contained(evaluation: Evaluation, tmp_path: Path) -> Non
     assert {"scores_category.csv", "per_class.csv", "confused_pairs.csv", "evaluation.md"} <= {
         p.name for p in out.iterdir()
     }
+
+
+def test_taxonomy_report_siblings_and_worst_errors(tmp_path: Path) -> None:
+    from taxonomist.metrics.taxonomy import taxonomy_report
+    from taxonomist.report.taxonomy import sibling_confusions, write_taxonomy_report
+
+    levels = ["group", "module"]
+    truth = pd.DataFrame(
+        {
+            "title": ["red shirt", "blue shirt", "black boot", "tan boot"],
+            "group": ["Clothing", "Clothing", "Shoes", "Shoes"],
+            "module": ["Shirts", "Shirts", "Boots", "Boots"],
+        }
+    )
+    pred = pd.DataFrame(
+        {
+            "group": ["Clothing", "Clothing", "Clothing", "Shoes"],
+            "module": ["Shirts", "Tees", "Tees", "Sandals"],
+            "group_confidence": [0.9, 0.9, 0.6, 0.8],
+            "module_confidence": [0.9, 0.7, 0.5, 0.95],
+        }
+    )
+    reports = {"heads": taxonomy_report(truth, pred, levels, brand=None)}
+    page = write_taxonomy_report(truth, pred.assign(method="heads"), reports, levels, tmp_path, model="toy")
+    rows = pd.read_csv(tmp_path / "predictions.csv")
+    assert rows["path_correct"].tolist() == [True, False, False, False]
+    siblings = sibling_confusions(rows, levels)
+    # The boot filed under Clothing is a top-level confusion; "Tees" for a shirt and "Sandals" for a
+    # boot had the right parent.
+    assert set(map(tuple, siblings[["level", "parent", "true", "predicted"]].values.tolist())) == {
+        ("group", "(root)", "Shoes", "Clothing"),
+        ("module", "Clothing", "Shirts", "Tees"),
+        ("module", "Shoes", "Boots", "Sandals"),
+    }
+    html = page.read_text(encoding="utf-8")
+    assert html.index("tan boot") < html.index("blue shirt")  # surest error first
+    assert 'src="data:image/png;base64,' in html and "https://" not in html

@@ -196,13 +196,12 @@ def scored_rows(
     return pd.concat(parts, ignore_index=True)
 
 
-def write_evaluation(evaluation: Evaluation, output: str | Path) -> None:
-    """``evaluation.json``, ``evaluation.md`` and ``predictions.csv`` (the scored rows) into ``output``."""
+def write_evaluation(evaluation: Evaluation, output: str | Path, *, summary: dict | None = None) -> None:
+    """``evaluation.json`` (``summary``, default: the evaluation's numbers), ``evaluation.md`` and
+    ``predictions.csv`` (the scored rows) into ``output``."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    summary = {"split": evaluation.split, **evaluation.to_dict()}
-    if evaluation.valid_fraction is not None:
-        summary["valid_fraction"] = evaluation.valid_fraction
+    summary = summary or {"split": evaluation.split, **evaluation.to_dict()}
     atomic_write_text(output / "evaluation.json", json.dumps(summary, indent=1, default=str))
     markdown = evaluation.report.to_markdown(include_pairs=True)
     if evaluation.baseline is not None:
@@ -225,9 +224,12 @@ def evaluate_vlm(
     split: str = "val",
     output: str | Path | None = None,
     progress: bool = True,
-) -> dict:
+) -> tuple[dict, Evaluation | None]:
     """Score a VLM on the held-out examples of its training config: the competition metric, validity and
-    calibration of per-attribute confidences (attributes), or BLEU-4/ROUGE-L/CIDEr/FGD (captions)."""
+    calibration of per-attribute confidences (attributes), or BLEU-4/ROUGE-L/CIDEr/FGD (captions).
+
+    Returns the summary (what ``evaluation.json`` holds) and, for attributes, the same
+    :class:`Evaluation` a heads checkpoint gets, so reports read both alike."""
     from taxonomist.inference.vlm import VLMPredictor, to_predictions
     from taxonomist.metrics.captions import caption_scores
     from taxonomist.training.vlm_sft import build_examples
@@ -250,6 +252,7 @@ def evaluate_vlm(
             bar.advance(task, len(chunk))
     ok = [r for r in results if r.best is not None and not r.best.error]
     summary: dict = {"split": split, "task": predictor.task, "n": len(items), "failed": len(items) - len(ok)}
+    evaluation = None
     if predictor.task == "caption":
         references: dict[str, list[str]] = {}
         for e in examples:
@@ -274,13 +277,57 @@ def evaluate_vlm(
                 if isinstance(label, str):
                     confidence.append(value.confidence)
                     correct.append(value.value == label)
+        valid = len(ok) / max(1, len(items))
+        train_truth = pd.DataFrame(
+            [{ID: e.id, CATEGORY: e.category, **json.loads(e.answer)} for e in train_examples]
+        )
+        reference = train_truth if len(train_truth) else truth
         summary.update(
             report.to_dict(),
-            valid_fraction=len(ok) / max(1, len(items)),
+            valid_fraction=valid,
             ece=expected_calibration_error(np.array(confidence), np.array(correct)) if confidence else None,
         )
+        catalog = Catalog(
+            truth.reindex(columns=[ID, CATEGORY, *schema.attributes]),
+            list(schema.attributes),
+            None,
+            "{id}",
+            {c: list(a) for c, a in schema.categories.items()},
+        )
+        conf = {a: np.full(len(truth), np.nan) for a in schema.attributes}
+        row_of = {item_id: k for k, item_id in enumerate(truth[ID])}
+        for p in preds:
+            for attribute, value in p.attributes.items():
+                conf[attribute][row_of[p.id]] = value.confidence
+        rows = scored_rows(catalog, predicted, conf)
+        rows["path"] = rows[ID].map({e.id: e.image for e in items})
+        evaluation = Evaluation(
+            report,
+            split=split,
+            rows=rows,
+            baseline=attribute_score(
+                truth, majority_predictions(reference, truth, schema.categories), schema.categories
+            ),
+            baseline_source=f"the {len(reference):,} training examples",
+            valid_fraction=valid,
+        )
+        summary["baseline_score"] = evaluation.to_dict()["baseline_score"]
     if output is not None:
         output = Path(output)
         output.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output / "evaluation.json", json.dumps(summary, indent=1, default=str))
-    return summary
+        if evaluation is not None:
+            write_evaluation(evaluation, output, summary=summary)
+        else:
+            atomic_write_text(output / "evaluation.md", _caption_markdown(summary))
+    return summary, evaluation
+
+
+def _caption_markdown(summary: dict) -> str:
+    scores = {k: v for k, v in summary.items() if isinstance(v, int | float) and k not in ("n", "failed")}
+    lines = [
+        f"**Captions** ({summary['n']} images, {summary['failed']} failed; {summary['split']} split)",
+        "",
+    ]
+    lines += ["| metric | value |", "|---|---:|", *(f"| {k} | {v:.4f} |" for k, v in scores.items())]
+    return "\n".join(lines) + "\n"
