@@ -64,6 +64,7 @@ def write_evaluation_report(evaluation: Evaluation, out_dir: str | Path, *, mode
         calibration=calibration,
         reliability=reliability_plot,
         per_class={a: g.head(PER_CLASS_ROWS) for a, g in per_class.groupby("attribute", sort=False)},
+        per_class_rows=PER_CLASS_ROWS,
         confused=confused.head(CONFUSED_PAIRS),
         errors=confident_errors(rows),
         has_title="title" in rows.columns,
