@@ -1,4 +1,5 @@
-"""``taxonomist`` command line: each command maps flags onto one typed library function."""
+"""taxonomist: product listings (images, titles) to catalog data. Each command maps its flags onto one
+typed library function; settings come from a YAML config (-c), --set section.key=value and the flags."""
 
 from __future__ import annotations
 
@@ -77,8 +78,11 @@ def train(
     overrides: SetOpt = None,
     data: Annotated[str | None, typer.Option(help="Catalog file or folder (catalog.path).")] = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone name or HF id/dir (backbone.name).")] = None,
-    policy: Annotated[str | None, typer.Option(help="Missing-label policy (missing_labels.policy).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="train.epochs")] = None,
+    policy: Annotated[
+        Literal["mask", "dynamic-fill", "similar-mode", "drop"] | None,
+        typer.Option(help="What to do with missing labels while training (missing_labels.policy)."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training rows (train.epochs).")] = None,
     limit: Annotated[int | None, typer.Option(help="Use N rows (catalog.limit).")] = None,
     corrections: Annotated[
         str | None,
@@ -88,15 +92,14 @@ def train(
         ),
     ] = None,
     recipe: Annotated[
-        str, typer.Option(help="heads (frozen backbone, cached features) | finetune (end to end, seed 001).")
+        Literal["heads", "finetune"],
+        typer.Option(help="heads: frozen backbone, cached features; finetune: the backbone trains too."),
     ] = "heads",
     quiet: QuietOpt = False,
 ) -> None:
     """Train an attribute model into a checkpoint directory that predict/evaluate/bench all read."""
     from taxonomist.training.heads import train as train_heads
 
-    if recipe not in ("heads", "finetune"):
-        raise typer.BadParameter(f"unknown recipe {recipe!r}; available: heads, finetune")
     cfg = resolve_config(
         config,
         overrides,
@@ -136,12 +139,20 @@ def self_train(
     ),
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    rounds: Annotated[int | None, typer.Option(help="self_training.rounds")] = None,
-    labeled_fraction: Annotated[float | None, typer.Option(help="self_training.labeled_fraction")] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help="Pseudo-labelling rounds after the first fit (self_training.rounds).")
+    ] = None,
+    labeled_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of rows whose labels are used; the rest count as unlabeled "
+            "(self_training.labeled_fraction)."
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Heads on a labeled fraction, then rounds of view-consistent, confident pseudo-labels (listing
-    titles join the teacher's views where ``catalog.text_column`` names them)."""
+    titles join the teacher's views where catalog.text_column names them)."""
     from taxonomist.training.self_training import self_train as run_self_training
 
     cfg = resolve_config(
@@ -231,7 +242,10 @@ def predict(
     overrides: SetOpt = None,
     data: Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")] = None,
     min_confidence: Annotated[float | None, typer.Option(help="Below this, write the placeholder.")] = None,
-    placeholder: Annotated[str | None, typer.Option(help="predict.placeholder")] = None,
+    placeholder: Annotated[
+        str | None,
+        typer.Option(help="Value written where confidence is below --min-confidence (predict.placeholder)."),
+    ] = None,
     engine: Annotated[
         Literal["local", "ray"], typer.Option(help="ray: sharded Parquet on Ray actors (docs/ray.md).")
     ] = "local",

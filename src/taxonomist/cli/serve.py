@@ -4,7 +4,7 @@ process; run more replicas behind a load balancer to scale out)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from PIL import Image
@@ -45,7 +45,9 @@ def serve(
     max_decodes: Annotated[
         int, typer.Option(help="Images decoded at once, whatever the requests: bounds decoding memory.")
     ] = 4,
-    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"], typer.Option(help="Lowest level of log lines written.")
+    ] = "info",
 ) -> None:
     """Serve a checkpoint over HTTP: POST /v1/predict (batched), /healthz, /readyz, /metrics, /docs."""
     try:

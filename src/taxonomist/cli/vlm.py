@@ -141,7 +141,7 @@ def predict(
     quiet: QuietOpt = False,
 ) -> None:
     """Attributes (Meesho + long layouts with confidences) or captions for every catalog row; the training
-    run's row filters do not apply (see :func:`taxonomist.data.catalog.load_for_prediction`)."""
+    run's row filters (categories, minimum rows, limit) do not apply."""
     from taxonomist.data.catalog import CATEGORY, ID, load_for_prediction
     from taxonomist.inference.inputs import record_input
     from taxonomist.inference.vlm import VLMPredictor
