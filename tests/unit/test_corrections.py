@@ -47,3 +47,15 @@ def test_corrections_must_name_the_catalog_columns(tmp_path: Path) -> None:
     unknown = pd.DataFrame({"sku": ["7"], "type": ["Hats"], "color": ["red"]})
     with pytest.raises(CatalogError, match="Hats"):
         load_catalog(_config(tmp_path, unknown))
+
+
+def test_missing_file_under_the_data_dir_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TAXONOMIST_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(CatalogError, match=r"TAXONOMIST_DATA_DIR.*datasets") as err:
+        load_catalog(CatalogConfig(path="{data_dir}/fashion/styles.csv"))
+    assert "does not exist" in str(err.value)
+    with pytest.raises(CatalogError) as elsewhere:
+        load_catalog(CatalogConfig(path=str(tmp_path / "styles.csv")))
+    assert "TAXONOMIST_DATA_DIR" not in str(elsewhere.value)

@@ -43,6 +43,19 @@ def expand_path(path: str | os.PathLike) -> Path:
     return Path(os.path.expanduser(str(path).replace("{data_dir}", str(data_dir()))))
 
 
+def not_found(what: str, path: str | os.PathLike) -> str:
+    """ "<what> not found: <path>", naming TAXONOMIST_DATA_DIR where the path lies under the data folder
+    folder (the usual cause: ``{data_dir}`` resolved against another working directory than intended)."""
+    message = f"{what} not found: {path}"
+    root = data_dir()
+    if Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
+        message += (
+            f" ({{data_dir}} is {root}{'' if root.is_dir() else ', which does not exist'}: set "
+            f"{DATA_DIR_ENV} to the folder holding the datasets)"
+        )
+    return message
+
+
 class _Id(str):
     """An id that formats as text, or as a number when the template asks for one (``{id:06d}``)."""
 
@@ -137,7 +150,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     """CSV or Parquet as strings, empty fields as missing (ids such as ``000123`` keep their zeros)."""
     path = expand_path(path)
     if not path.is_file():
-        raise CatalogError(f"catalog file not found: {path}")
+        raise CatalogError(not_found("catalog file", path))
     try:
         if path.suffix.lower() in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
@@ -319,7 +332,7 @@ def read_meesho_attribute_names(path: str | os.PathLike) -> dict[str, list[str]]
     """category → attribute names in attr_k order, from ``category_attributes.parquet``."""
     path = expand_path(path)
     if not path.is_file():
-        raise CatalogError(f"Meesho attribute list not found: {path}")
+        raise CatalogError(not_found("Meesho attribute list", path))
     table = pd.read_parquet(path)
     need = {"Category", "Attribute_list"}
     if not need <= set(table.columns):
