@@ -44,8 +44,8 @@ def expand_path(path: str | os.PathLike) -> Path:
 
 
 def not_found(what: str, path: str | os.PathLike) -> str:
-    """ "<what> not found: <path>", naming TAXONOMIST_DATA_DIR where the path lies under the data folder
-    folder (the usual cause: ``{data_dir}`` resolved against another working directory than intended)."""
+    """The message "<what> not found: <path>", naming TAXONOMIST_DATA_DIR where the path lies under the
+    data folder (the usual cause: ``{data_dir}`` resolved against another working directory than intended)."""
     message = f"{what} not found: {path}"
     root = data_dir()
     if Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
