@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -426,10 +427,33 @@ def user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+VERBOSE_ENV = "TAXONOMIST_VERBOSE"
+_QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # downloads and "Loading checkpoint shards"
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "DATASETS_VERBOSITY": "error",
+    "TQDM_DISABLE": "1",  # any other library's tqdm bar
+}
+_NOISY_MODULES = r"(torch|transformers|peft|trl|accelerate|sentence_transformers|datasets|sklearn)(\.|$)"
+
+
+def quiet_third_party() -> None:
+    """Other libraries' progress bars and warnings would drown taxonomist's own bar and one-line messages;
+    they stay quiet unless ``TAXONOMIST_VERBOSE=1`` (or the library's own variable) asks for them."""
+    if os.environ.get(VERBOSE_ENV, "").lower() in ("1", "true", "yes"):
+        return
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore", category=UserWarning, module=_NOISY_MODULES)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=_NOISY_MODULES)
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point (``taxonomist`` and ``python -m taxonomist.cli``): user-input errors end as
     ``error: <message>`` with exit status 2, like a usage error; anything else keeps its traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_third_party()
     try:
         app(args=args)
     except Exception as err:
