@@ -62,18 +62,40 @@ def thumbnail_uri(path: str | Path, size: int = 160) -> str | None:
 def html_table(
     frame: pd.DataFrame, csv_name: str = "", *, max_rows: int = HTML_MAX_ROWS, digits: int = 4
 ) -> str:
-    """An HTML table (the frame's first ``max_rows`` rows) with a note naming the CSV holding the rest."""
+    """An HTML table (the frame's first ``max_rows`` rows) with a note naming the CSV holding the rest.
+
+    Numeric columns are right-aligned so their digits line up; text columns read left-aligned.
+    """
     if not len(frame):
         return "<p class='note'>none</p>"
     shown = frame.head(max_rows)
-    body = shown.to_html(
-        index=False, na_rep="", float_format=lambda x: f"{x:.{digits}g}", border=0, classes="data"
+    numeric = [
+        pd.api.types.is_numeric_dtype(shown[c]) and not pd.api.types.is_bool_dtype(shown[c]) for c in shown
+    ]
+    align = ["num" if n else "text" for n in numeric]
+    head = "".join(
+        f"<th class='{a}'>{html.escape(str(c))}</th>" for c, a in zip(shown.columns, align, strict=True)
     )
+    body = []
+    for row in shown.itertuples(index=False):
+        cells = (
+            f"<td class='{a}'>{html.escape(_cell(v, digits))}</td>" for v, a in zip(row, align, strict=True)
+        )
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    table = f"<table class='data'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
     if len(frame) > len(shown):
         link = html.escape(csv_name)
         where = f"; all in <a href='{link}'>{link}</a>" if csv_name else ""
-        body += f"<p class='note'>first {len(shown):,} of {len(frame):,} rows{where}</p>"
-    return body
+        table += f"<p class='note'>first {len(shown):,} of {len(frame):,} rows{where}</p>"
+    return table
+
+
+def _cell(value: Any, digits: int) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
 
 
 def slug(name: str, fallback: str) -> str:
