@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 
+from taxonomist.io import atomic_write_text
+
 T = TypeVar("T")
 
 
@@ -262,10 +264,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
 
 
 @dataclass
@@ -562,10 +561,7 @@ class VLMConfig:
     improve: ImproveConfig = field(default_factory=ImproveConfig)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False, allow_unicode=True), "utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(self), sort_keys=False, allow_unicode=True))
 
 
 def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taxonomist.inference.cache import FeatureCache
-from taxonomist.inference.writers import ChunkedWriter, ResumeError
+from taxonomist.features.cache import FeatureCache
+from taxonomist.io import ChunkedWriter, ResumeError
 
 
 def test_cache_round_trip_and_reopen(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from taxonomist.config import GenerateConfig, ImproveConfig, PromptConfig, VLMConfig, VLMTrainConfig
 from taxonomist.data.schema import Schema
 from taxonomist.inference.vlm import Generation
-from taxonomist.inference.writers import ResumeError
+from taxonomist.io import ResumeError
 from taxonomist.models.vlm import random_vlm, write_metadata
 from taxonomist.training.vlm_dpo import (
     Item,

@@ -43,8 +43,7 @@ def export(
     name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "taxonomist",
 ) -> None:
     """Catalog → chat examples → ShareGPT/Alpaca JSON + dataset_info.json (train as NAME, val as NAME_val)."""
-    from taxonomist.data.chat import export_llamafactory, validate_llamafactory
-    from taxonomist.training.vlm_sft import build_examples
+    from taxonomist.data.chat import build_examples, export_llamafactory, validate_llamafactory
 
     cfg = resolve_config(config, overrides, VLMConfig)
     train_examples, val_examples, _ = build_examples(cfg)

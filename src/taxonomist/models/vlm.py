@@ -19,6 +19,7 @@ import torch
 
 from taxonomist.config import VLMModelConfig
 from taxonomist.devices import resolve_device
+from taxonomist.io import atomic_write_json
 
 METADATA = "taxonomist_vlm.json"
 """Written beside the weights of every model taxonomist saves: task, schema, prompts and config."""
@@ -177,10 +178,7 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def write_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
-    file = Path(path) / METADATA
-    tmp = file.with_name(file.name + ".tmp")
-    tmp.write_text(json.dumps(metadata, indent=1, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(file)
+    atomic_write_json(Path(path) / METADATA, metadata, indent=1, ensure_ascii=False)
 
 
 # --- random-weight models built from configs ---------------------------------------------------------

@@ -36,7 +36,7 @@ from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
 from taxonomist.devices import resolve_device
-from taxonomist.inference.writers import atomic_write_text
+from taxonomist.io import atomic_write_text
 from taxonomist.metrics import attribute_score
 from taxonomist.models.attention_head import AttentionHeads
 from taxonomist.models.backbones import Backbone, Preprocess
@@ -426,7 +426,7 @@ def warm_start_heads(
     progress: bool,
 ) -> float:
     """LP-FT's first step: the heads recipe on cached features of the (still frozen) backbone."""
-    from taxonomist.inference.embed import embed_catalog
+    from taxonomist.features.embed import embed_catalog
     from taxonomist.training.heads import feature_set, fit_heads
 
     frozen = build_backbone(cfg.backbone).optimize_for_inference().to(resolve_device(cfg.embed.device))

@@ -26,8 +26,8 @@ from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
 from taxonomist.devices import resolve_device
-from taxonomist.inference.embed import embed_catalog
-from taxonomist.inference.writers import atomic_write_text
+from taxonomist.features.embed import embed_catalog
+from taxonomist.io import atomic_write_text
 from taxonomist.metrics import (
     AttributeReport,
     apply_temperature,

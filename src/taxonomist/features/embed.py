@@ -21,7 +21,7 @@ from taxonomist.config import EmbedConfig
 from taxonomist.data.catalog import Catalog
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadError, content_hash, load_image
 from taxonomist.devices import module_device
-from taxonomist.inference.cache import FeatureCache
+from taxonomist.features.cache import FeatureCache
 from taxonomist.models.backbones import Backbone
 from taxonomist.progress import progress_bar
 

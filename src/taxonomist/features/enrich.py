@@ -16,7 +16,7 @@ import pandas as pd
 from taxonomist.config import EnrichConfig
 from taxonomist.data.catalog import expand_path
 from taxonomist.data.taxonomy import normalize_text
-from taxonomist.inference.cache import FeatureCache
+from taxonomist.features.cache import FeatureCache
 from taxonomist.models.text import TextEncoder
 
 SEPARATOR = " | "
