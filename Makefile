@@ -22,6 +22,7 @@ demo: install
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
 
 bench: install

@@ -134,9 +134,9 @@ def improve(
 
     from taxonomist.data.catalog import load_catalog
     from taxonomist.data.split import split_per_category
+    from taxonomist.improve.vlm_dpo import IMAGE_PATH
+    from taxonomist.improve.vlm_dpo import improve as run_improve
     from taxonomist.models.vlm import resolve_model_dir
-    from taxonomist.training.vlm_dpo import IMAGE_PATH
-    from taxonomist.training.vlm_dpo import improve as run_improve
 
     cfg = model_config(model_dir, config, overrides)
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
