@@ -81,7 +81,7 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="train.epochs")] = None,
     limit: Annotated[int | None, typer.Option(help="Use N rows (catalog.limit).")] = None,
     recipe: Annotated[
-        str, typer.Option(help="heads (frozen backbone, cached features) | finetune (end to end, seed 001).")
+        str, typer.Option(help="heads (frozen backbone, cached features) | finetune (end to end).")
     ] = "heads",
     quiet: QuietOpt = False,
 ) -> None:

@@ -128,7 +128,7 @@ def improve(
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Self-consistency rounds (seed 003): sample K reasoning chains per unlabeled image, vote, build
+    """Self-consistency rounds: sample K reasoning chains per unlabeled image, vote, build
     (chosen, rejected) pairs, DPO with LoRA, score on the validation split; resumable, best round kept."""
     import dataclasses
 

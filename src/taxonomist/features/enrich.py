@@ -1,4 +1,4 @@
-"""Retrieval enrichment (seed 002): append the text of the nearest external-corpus products to a title.
+"""Retrieval enrichment: append the text of the nearest external-corpus products to a title.
 
 Short titles ("Netis WF2412") say little; the description of a similar product in another catalog
 ("wireless router, networking") gives every method more to go on. Corpus embeddings come from a frozen

@@ -1,4 +1,4 @@
-"""``vlm improve``: a VLM learns from unlabeled images by self-consistency and DPO (seed 003).
+"""``vlm improve``: a VLM learns from unlabeled images by self-consistency and DPO.
 
 Each round samples K chains per unlabeled item (one line of reasoning, then the JSON answer, constrained
 so it always parses), takes a majority vote per attribute, keeps items whose chains agree enough, and pairs

@@ -1,7 +1,7 @@
 """Supervised fine-tuning of vision-language models with LoRA or QLoRA (peft + trl's ``SFTTrainer``).
 
-The defaults are seed 000's LLaMA-Factory recipe (LoRA on every linear layer of the language model,
-LoRA+ ratio 16, cosine schedule, warmup 0.1, batch 2 × accumulation 4); seed 004's QLoRA (4-bit NF4,
+The defaults are the LLaMA-Factory recipe for Qwen2-VL (LoRA on every linear layer of the language model,
+LoRA+ ratio 16, cosine schedule, warmup 0.1, batch 2 × accumulation 4); QLoRA captioning (4-bit NF4,
 paged AdamW 8-bit) is ``configs/vlm-qlora-caption.yaml``. The loss covers only the assistant's answer
 and its end-of-turn token, so the model learns to answer and to stop, not to repeat the prompt.
 
@@ -39,7 +39,7 @@ from taxonomist.data.chat import (
 )
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadError, load_image, write_errors
 from taxonomist.data.schema import Schema
-from taxonomist.devices import resolve_device
+from taxonomist.devices import resolve_device, resolve_precision
 from taxonomist.io import atomic_write_text
 from taxonomist.models.vlm import load_vlm, write_metadata
 
@@ -163,7 +163,7 @@ class ChatCollator:
 def lora_targets(model: torch.nn.Module, *, train_vision: bool) -> list[str]:
     """Full names of the linear layers to adapt: the language model's (plus the vision tower and
     projector with ``train_vision``), never the output head. peft's own ``all-linear`` would also adapt
-    the vision tower, which LLaMA-Factory (seed 000) keeps frozen."""
+    the vision tower, which LLaMA-Factory keeps frozen."""
     head = model.get_output_embeddings()
     names = {id(module): name for name, module in model.named_modules()}
     decoder = names[id(model.get_decoder())]  # "" when the model is its own decoder (text-only)
@@ -213,12 +213,9 @@ def loraplus_optimizer(model: torch.nn.Module, args: Any, ratio: float) -> torch
 
 
 def mixed_precision(setting: str, device: torch.device) -> tuple[bool, bool]:
-    """(bf16, fp16) for the trainer: ``auto`` = bf16 where the GPU has it, fp16 on older GPUs, none on CPU."""
-    if setting == "auto":
-        if device.type != "cuda":
-            return False, False
-        return (True, False) if torch.cuda.is_bf16_supported() else (False, True)
-    return setting == "bf16", setting == "fp16"
+    """(bf16, fp16) for the trainer's arguments."""
+    precision = resolve_precision(setting, device)
+    return precision == "bf16", precision == "fp16"
 
 
 def shared_trainer_args(cfg_cls: type, train: VLMTrainConfig, device: torch.device, progress: bool) -> dict:
