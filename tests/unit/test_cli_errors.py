@@ -21,7 +21,7 @@ from taxonomist.cli.options import resolve_config
 from taxonomist.config import CatalogConfig, ConfigError, RunConfig, TaxonomyConfig, VLMConfig, load_config
 from taxonomist.data.catalog import CatalogError, load_catalog, load_for_prediction, read_generic
 from taxonomist.data.split import split_per_category
-from taxonomist.inference.writers import ResumeError
+from taxonomist.io import ResumeError
 from taxonomist.report.inspection import inspect_catalog
 
 runner = CliRunner()

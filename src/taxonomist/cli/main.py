@@ -326,7 +326,7 @@ def embed(config: ConfigOpt = None, overrides: SetOpt = None, quiet: QuietOpt = 
     """Compute and cache backbone features for a catalog, so later training runs start warm."""
     from taxonomist.data.catalog import load_catalog
     from taxonomist.devices import resolve_device
-    from taxonomist.inference.embed import embed_catalog
+    from taxonomist.features.embed import embed_catalog
     from taxonomist.models.build import build_backbone
 
     cfg = resolve_config(config, overrides)
@@ -410,7 +410,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from taxonomist.data.schema import SchemaError
     from taxonomist.data.taxonomy import TaxonomyError
     from taxonomist.inference.taxonomy import TaxonomyCheckpointError
-    from taxonomist.inference.writers import ResumeError
+    from taxonomist.io import ResumeError
     from taxonomist.models.checkpoint import CheckpointError
 
     return (

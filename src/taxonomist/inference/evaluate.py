@@ -11,10 +11,11 @@ import pandas as pd
 
 from taxonomist.config import ConfigError, RunConfig, VLMConfig
 from taxonomist.data.catalog import CATEGORY, ID, TEXT, Catalog, CatalogError, describe_counts, load_catalog
+from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
-from taxonomist.inference.embed import embed_catalog
+from taxonomist.features.embed import embed_catalog
 from taxonomist.inference.predictor import Predictor, wide_named_frame
-from taxonomist.inference.writers import atomic_write_frame, atomic_write_text
+from taxonomist.io import atomic_write_frame, atomic_write_text
 from taxonomist.metrics import (
     AttributeReport,
     attribute_score,
@@ -230,9 +231,9 @@ def evaluate_vlm(
 
     Returns the summary (what ``evaluation.json`` holds) and, for attributes, the same
     :class:`Evaluation` a heads checkpoint gets, so reports read both alike."""
+    from taxonomist.data.chat import build_examples
     from taxonomist.inference.vlm import VLMPredictor, to_predictions
     from taxonomist.metrics.captions import caption_scores
-    from taxonomist.training.vlm_sft import build_examples
 
     if split not in ("val", "all"):
         raise ValueError(f"split must be 'val' or 'all', got {split!r}")
@@ -261,57 +262,19 @@ def evaluate_vlm(
         predictions = {r.id: r.best.text if r in ok else "" for r in results}  # type: ignore[union-attr]
         summary.update(caption_scores(predictions, references).to_dict())
     else:
-        schema = predictor.schema
-        assert schema is not None
-        truth = pd.DataFrame([{ID: e.id, CATEGORY: e.category, **json.loads(e.answer)} for e in items])
-        preds = to_predictions(ok)
-        predicted = wide_named_frame(preds, schema.attributes)
-        failed = truth.loc[~truth[ID].isin(predicted[ID]), [ID, CATEGORY]]
-        predicted = pd.concat([predicted, failed], ignore_index=True)
-        report = attribute_score(truth, predicted, schema.categories)
-        by_id = truth.set_index(ID)
-        confidence, correct = [], []
-        for p in preds:
-            for attribute, value in p.attributes.items():
-                label = by_id.at[p.id, attribute] if attribute in by_id.columns else None
-                if isinstance(label, str):
-                    confidence.append(value.confidence)
-                    correct.append(value.value == label)
-        valid = len(ok) / max(1, len(items))
-        train_truth = pd.DataFrame(
-            [{ID: e.id, CATEGORY: e.category, **json.loads(e.answer)} for e in train_examples]
+        assert predictor.schema is not None
+        evaluation = _vlm_attribute_evaluation(
+            items, train_examples, to_predictions(ok), predictor.schema, split, len(ok) / max(1, len(items))
         )
-        reference = train_truth if len(train_truth) else truth
+        scored = evaluation.rows[evaluation.rows["confidence"].notna()]
         summary.update(
-            report.to_dict(),
-            valid_fraction=valid,
-            ece=expected_calibration_error(np.array(confidence), np.array(correct)) if confidence else None,
+            evaluation.report.to_dict(),
+            valid_fraction=evaluation.valid_fraction,
+            ece=expected_calibration_error(scored["confidence"].to_numpy(), scored["correct"].to_numpy())
+            if len(scored)
+            else None,
+            baseline_score=evaluation.to_dict()["baseline_score"],
         )
-        catalog = Catalog(
-            truth.reindex(columns=[ID, CATEGORY, *schema.attributes]),
-            list(schema.attributes),
-            None,
-            "{id}",
-            {c: list(a) for c, a in schema.categories.items()},
-        )
-        conf = {a: np.full(len(truth), np.nan) for a in schema.attributes}
-        row_of = {item_id: k for k, item_id in enumerate(truth[ID])}
-        for p in preds:
-            for attribute, value in p.attributes.items():
-                conf[attribute][row_of[p.id]] = value.confidence
-        rows = scored_rows(catalog, predicted, conf)
-        rows["path"] = rows[ID].map({e.id: e.image for e in items})
-        evaluation = Evaluation(
-            report,
-            split=split,
-            rows=rows,
-            baseline=attribute_score(
-                truth, majority_predictions(reference, truth, schema.categories), schema.categories
-            ),
-            baseline_source=f"the {len(reference):,} training examples",
-            valid_fraction=valid,
-        )
-        summary["baseline_score"] = evaluation.to_dict()["baseline_score"]
     if output is not None:
         output = Path(output)
         output.mkdir(parents=True, exist_ok=True)
@@ -321,6 +284,42 @@ def evaluate_vlm(
         else:
             atomic_write_text(output / "evaluation.md", _caption_markdown(summary))
     return summary, evaluation
+
+
+def _vlm_attribute_evaluation(
+    items: list, train_examples: list, preds: list, schema: Schema, split: str, valid: float
+) -> Evaluation:
+    """The VLM's attribute answers scored like a heads checkpoint's: the metric, the scored rows with
+    each value's confidence, and the majority baseline counted on the training examples."""
+    truth = pd.DataFrame([{ID: e.id, CATEGORY: e.category, **json.loads(e.answer)} for e in items])
+    truth = truth.reindex(columns=[ID, CATEGORY, *schema.attributes])
+    predicted = wide_named_frame(preds, schema.attributes)
+    failed = truth.loc[~truth[ID].isin(predicted[ID]), [ID, CATEGORY]]
+    predicted = pd.concat([predicted, failed], ignore_index=True)
+    train_truth = pd.DataFrame(
+        [{ID: e.id, CATEGORY: e.category, **json.loads(e.answer)} for e in train_examples]
+    )
+    reference = train_truth if len(train_truth) else truth
+    catalog = Catalog(
+        truth, list(schema.attributes), None, "{id}", {c: list(a) for c, a in schema.categories.items()}
+    )
+    confidence = {a: np.full(len(truth), np.nan) for a in schema.attributes}
+    row_of = {item_id: k for k, item_id in enumerate(truth[ID])}
+    for p in preds:
+        for attribute, value in p.attributes.items():
+            confidence[attribute][row_of[p.id]] = value.confidence
+    rows = scored_rows(catalog, predicted, confidence)
+    rows["path"] = rows[ID].map({e.id: e.image for e in items})
+    return Evaluation(
+        attribute_score(truth, predicted, schema.categories),
+        split=split,
+        rows=rows,
+        baseline=attribute_score(
+            truth, majority_predictions(reference, truth, schema.categories), schema.categories
+        ),
+        baseline_source=f"the {len(reference):,} training examples",
+        valid_fraction=valid,
+    )
 
 
 def _caption_markdown(summary: dict) -> str:

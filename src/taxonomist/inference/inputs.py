@@ -10,7 +10,7 @@ from pathlib import Path
 
 from taxonomist.config import CatalogConfig
 from taxonomist.data.catalog import expand_path
-from taxonomist.inference.writers import atomic_write_text
+from taxonomist.io import atomic_write_text
 
 INPUT_FILE = "input.json"
 

@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support
 
 from taxonomist.inference.evaluate import Evaluation
-from taxonomist.inference.writers import atomic_write_frame
+from taxonomist.io import atomic_write_frame
 from taxonomist.metrics import expected_calibration_error, reliability_table
 from taxonomist.report.plots import confusion_png, reliability_png
 from taxonomist.report.render import save_png, thumbnail_uri, unique_slugs, write_page

@@ -26,7 +26,7 @@ from rich.text import Text
 
 from taxonomist.data.catalog import CATEGORY, ID, Catalog, describe_counts
 from taxonomist.data.schema import Schema
-from taxonomist.inference.writers import atomic_write_frame, atomic_write_text
+from taxonomist.io import atomic_write_frame, atomic_write_text
 from taxonomist.report.images import check_image_files
 from taxonomist.report.plots import class_counts_png, missing_heatmap_png
 from taxonomist.report.render import save_png, unique_slugs, write_page

@@ -19,7 +19,7 @@ import jinja2
 import pandas as pd
 from PIL import Image
 
-from taxonomist.inference.writers import atomic_write_bytes, atomic_write_text
+from taxonomist.io import atomic_write_bytes, atomic_write_text
 
 HTML_MAX_ROWS = 500
 

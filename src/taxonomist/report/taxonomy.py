@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from taxonomist.inference.writers import atomic_write_frame
+from taxonomist.io import atomic_write_frame
 from taxonomist.metrics.taxonomy import TaxonomyReport
 from taxonomist.report.plots import level_accuracy_png
 from taxonomist.report.render import save_png, write_page
