@@ -226,8 +226,11 @@ def test_docs_pages_render_offline(chromium: str, server: tuple[str, ReviewInput
             page.goto(f"{base}/docs")
             expect(page.locator(".swagger-ui .info .title")).to_contain_text("taxonomist review")
             expect(page.locator(".opblock").first).to_be_visible()
+            page.wait_for_load_state("networkidle")  # leaving mid-fetch would log an aborted request
+            assert errors == []
             page.goto(f"{base}/redoc")
             expect(page.locator("h1").first).to_contain_text("taxonomist review")
+            page.wait_for_load_state("networkidle")
             assert errors == []
         finally:
             browser.close()
