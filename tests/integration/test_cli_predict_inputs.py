@@ -142,5 +142,6 @@ def test_resume_conflict_is_one_line_not_a_traceback(trained: tuple[Path, Path],
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ})
     assert proc.returncode == 2, proc.stderr
     [line] = proc.stderr.strip().splitlines()
-    assert line.startswith(f"error: {out} holds a partial run with other input or settings")
+    assert line.startswith(f"error: {out} holds a partial job (not finished) with rows 1 then, 2 now")
+    assert f"rm -r {out}" in line
     assert "Traceback" not in proc.stdout + proc.stderr

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taxonomist.cli.options import ConfigOpt, QuietOpt, SetOpt, resolve_config
+from taxonomist.cli.options import ConfigOpt, ImagesOpt, QuietOpt, SetOpt, resolve_config
 from taxonomist.cli.review import review
 from taxonomist.cli.serve import serve
 from taxonomist.cli.taxonomy import app as taxonomy_app
@@ -28,6 +28,10 @@ app.add_typer(taxonomy_app, name="taxonomy", help="Titles → taxonomy path + br
 app.add_typer(vlm_app, name="vlm", help="Vision-language models: attributes as constrained JSON, captions.")
 app.command()(serve)
 app.command()(review)
+
+
+class JobFailed(RuntimeError):
+    """A batch job that wrote its outputs but did not do its work (every row, or most, failed)."""
 
 
 def score_table(report, title: str) -> Table:
@@ -76,6 +80,7 @@ def train(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     data: Annotated[str | None, typer.Option(help="Catalog file or folder (catalog.path).")] = None,
+    images: ImagesOpt = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone name or HF id/dir (backbone.name).")] = None,
     policy: Annotated[str | None, typer.Option(help="Missing-label policy (missing_labels.policy).")] = None,
     epochs: Annotated[int | None, typer.Option(help="train.epochs")] = None,
@@ -95,6 +100,7 @@ def train(
         overrides,
         **{
             "catalog.path": data,
+            "catalog.image_root": images,
             "backbone.name": backbone,
             "missing_labels.policy": policy,
             "train.epochs": epochs,
@@ -130,6 +136,7 @@ def self_train(
     overrides: SetOpt = None,
     rounds: Annotated[int | None, typer.Option(help="self_training.rounds")] = None,
     labeled_fraction: Annotated[float | None, typer.Option(help="self_training.labeled_fraction")] = None,
+    images: ImagesOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Heads on a labeled fraction, then rounds of view-consistent, confident pseudo-labels (listing
@@ -139,7 +146,11 @@ def self_train(
     cfg = resolve_config(
         config,
         overrides,
-        **{"self_training.rounds": rounds, "self_training.labeled_fraction": labeled_fraction},
+        **{
+            "self_training.rounds": rounds,
+            "self_training.labeled_fraction": labeled_fraction,
+            "catalog.image_root": images,
+        },
     )
     report = run_self_training(cfg, output, progress=not quiet)
     table = Table(title=f"self-training ({report.n_fit} labeled, {report.n_pool} unlabeled rows)")
@@ -172,23 +183,45 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    split: Annotated[str, typer.Option(help="'val' (the training run's split) or 'all' rows.")] = "val",
-    output: Annotated[Path | None, typer.Option(help="Write the report JSON/Markdown here.")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="'val': the training run's validation split (the default); 'all': every row of the "
+            "catalog, with none of training's row filters (the default with --data)."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write the report JSON/Markdown and errors.csv here.")
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="Labelled catalog to score (catalog.path).")] = None,
+    images: ImagesOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Score a checkpoint with the competition metric on a labelled catalog (VLMs: see ``vlm evaluate``)."""
+    """Score a checkpoint with the competition metric on a labelled catalog (VLMs: see ``vlm evaluate``).
+
+    Rows not scored as predicted (unreadable images, unknown categories, blank or repeated ids) are listed
+    with their line in errors.csv; the score is given with the unreadable images counted wrong and
+    without them."""
     from taxonomist.inference.evaluate import evaluate as run_evaluate
 
+    split = split or ("all" if data else "val")
     if is_vlm_dir(checkpoint):
+        if data or images:
+            raise typer.BadParameter("VLM folders: set the data in the config (vlm evaluate -c)")
         vlm_evaluate(checkpoint, config, overrides, split, output, quiet)
         return
 
-    cfg = _checkpoint_config(checkpoint, config, overrides)
+    cfg = _checkpoint_config(
+        checkpoint, config, overrides, **{"catalog.path": data, "catalog.image_root": images}
+    )
     evaluation = run_evaluate(checkpoint, cfg, split=split, output=output, progress=not quiet)
     console.print(score_table(evaluation.report, f"{split} split"))
     console.print(attribute_table(evaluation.report))
-    if evaluation.unknown_category_note:
-        console.print(evaluation.unknown_category_note, style="yellow", markup=False, highlight=False)
+    for note in (evaluation.errors_note, evaluation.unknown_category_note):
+        if note:
+            console.print(note, style="yellow", markup=False, highlight=False)
+    if len(evaluation.errors) and output is None:
+        console.print("--output FOLDER writes them to errors.csv, with line numbers", style="yellow")
 
 
 @app.command()
@@ -198,7 +231,11 @@ def predict(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     data: Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")] = None,
-    min_confidence: Annotated[float | None, typer.Option(help="Below this, write the placeholder.")] = None,
+    images: ImagesOpt = None,
+    min_confidence: Annotated[
+        float | None,
+        typer.Option(help="Between 0 and 1: a value less confident than this is written as the placeholder."),
+    ] = None,
     placeholder: Annotated[str | None, typer.Option(help="predict.placeholder")] = None,
     engine: Annotated[
         Literal["local", "ray"], typer.Option(help="ray: sharded Parquet on Ray actors (docs/ray.md).")
@@ -216,8 +253,11 @@ def predict(
 ) -> None:
     """Predict attributes for every row of a catalog: Meesho layout + long layout with confidences.
 
-    Every row is predicted or reported in errors.csv: the training run's row filters (categories, minimum
-    rows, limit, remaps) do not apply, and rows of categories the model does not know are errors."""
+    Every row is predicted or reported in errors.csv with its line and reason: the training run's row
+    filters (categories, minimum rows, limit, remaps) do not apply; rows of categories the model does not
+    know, unreadable images, blank ids or categories and repeated ids are errors. Images are looked up
+    under --images (default: the catalog file's folder) as catalog.image_template. When every row, or more
+    than predict.max_error_share of them, failed, the command ends with exit status 2."""
     from taxonomist.data.catalog import load_for_prediction
     from taxonomist.inference.predictor import Predictor
 
@@ -233,6 +273,7 @@ def predict(
         overrides,
         **{
             "catalog.path": data,
+            "catalog.image_root": images,
             "predict.min_confidence": min_confidence,
             "predict.placeholder": placeholder,
         },
@@ -257,6 +298,9 @@ def predict(
             address=address,
             progress=not quiet,
         )
+        if len(catalog.rejected):  # rows the shards never saw
+            catalog.rejected.to_csv(output / "rejected_rows.csv", index=False)
+            console.print(f"{len(catalog.rejected)} rows set aside: {output / 'rejected_rows.csv'}")
         console.print_json(json.dumps(summary.to_dict()))
         return
     predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
@@ -270,17 +314,27 @@ def predict(
         progress=not quiet,
     )
     console.print_json(json.dumps(summary.to_dict()))
+    failure = summary.failure(cfg.predict.max_error_share)
+    if failure:
+        if summary.error_reasons.get("missing"):
+            failure += (
+                f"; images were looked for as {catalog.image_root or Path()}/{catalog.image_template}: "
+                "point --images at the folder they are in"
+            )
+        raise JobFailed(failure)
 
 
 @app.command()
-def embed(config: ConfigOpt = None, overrides: SetOpt = None, quiet: QuietOpt = False) -> None:
+def embed(
+    config: ConfigOpt = None, overrides: SetOpt = None, images: ImagesOpt = None, quiet: QuietOpt = False
+) -> None:
     """Compute and cache backbone features for a catalog, so later training runs start warm."""
     from taxonomist.data.catalog import load_catalog
     from taxonomist.devices import resolve_device
     from taxonomist.inference.embed import embed_catalog
     from taxonomist.models.build import build_backbone
 
-    cfg = resolve_config(config, overrides)
+    cfg = resolve_config(config, overrides, **{"catalog.image_root": images})
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
     backbone = build_backbone(cfg.backbone).optimize_for_inference().to(resolve_device(cfg.embed.device))
     result = embed_catalog(catalog, backbone, cfg.embed, progress=not quiet)
@@ -295,7 +349,10 @@ def inspect(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("runs/inspect"),
-    images: Annotated[bool, typer.Option(help="Also hash and decode every image.")] = True,
+    check_images: Annotated[
+        bool, typer.Option("--check-images/--no-images", help="Also hash and decode every image.")
+    ] = True,
+    images: ImagesOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Before training: rows, gaps, class balance, out-of-schema values, duplicates, unreadable images."""
@@ -303,11 +360,15 @@ def inspect(
     from taxonomist.data.inspect import inspect_catalog
     from taxonomist.data.schema import Schema
 
-    cfg = resolve_config(config, overrides)
-    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    cfg = resolve_config(config, overrides, **{"catalog.image_root": images})
+    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed, bad_rows="report")
     schema = Schema.load(expand_path(cfg.catalog.schema)) if cfg.catalog.schema else None
     report = inspect_catalog(
-        catalog, schema=schema, check_images=images, num_workers=cfg.embed.num_workers, progress=not quiet
+        catalog,
+        schema=schema,
+        check_images=check_images,
+        num_workers=cfg.embed.num_workers,
+        progress=not quiet,
     )
     report.print(console)
     console.print(f"report: {report.save(output)}")
@@ -365,6 +426,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from taxonomist.models.checkpoint import CheckpointError
 
     return (
+        JobFailed,
         ConfigError,
         CatalogError,
         SchemaError,

@@ -17,6 +17,14 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+ImagesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--images",
+        help="Folder the image paths (catalog.image_template, e.g. images/{id}.jpg) are relative to "
+        "(catalog.image_root). Default: the folder of the catalog file (meesho layout: the dataset folder).",
+    ),
+]
 
 
 def resolve_config(

@@ -136,7 +136,7 @@ def embed_images(
             pin_memory=device.type == "cuda",
         )
         backbone.eval()
-        with progress_bar("img", disable=not progress) as bar:
+        with progress_bar("image", disable=not progress) as bar:
             task = bar.add_task(description, total=len(rows))
             for idx, pixels, bad in loader:
                 for i, (reason, detail) in bad:
