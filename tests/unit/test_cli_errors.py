@@ -42,7 +42,10 @@ def _plain(output: str) -> str:
         ("predict.chunk_size=-4", "predict.chunk_size must be ≥ 1, got -4"),
         ("predict.min_confidence=-0.5", r"predict.min_confidence must be in \[0, 1\], got -0.5"),
         ("predict.min_confidence=2", r"predict.min_confidence must be in \[0, 1\], got 2.0"),
-        ("predict.min_confidence=.nan", r"predict.min_confidence must be a finite number in \[0, 1\], got nan"),
+        (
+            "predict.min_confidence=.nan",
+            r"predict.min_confidence must be a finite number in \[0, 1\], got nan",
+        ),
         ("embed.batch_size=0", "embed.batch_size must be ≥ 1, got 0"),
         ("embed.num_workers=-1", "embed.num_workers must be ≥ 0, got -1"),
         ("train.epochs=0", "train.epochs must be ≥ 1, got 0"),
