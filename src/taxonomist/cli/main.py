@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taxonomist.cli.options import ConfigOpt, ImagesOpt, QuietOpt, SetOpt, resolve_config
+from taxonomist.cli.options import ConfigOpt, ImagesOpt, JobFailed, QuietOpt, SetOpt, resolve_config
 from taxonomist.cli.review import review
 from taxonomist.cli.serve import serve
 from taxonomist.cli.taxonomy import app as taxonomy_app
@@ -28,10 +28,6 @@ app.add_typer(taxonomy_app, name="taxonomy", help="Titles → taxonomy path + br
 app.add_typer(vlm_app, name="vlm", help="Vision-language models: attributes as constrained JSON, captions.")
 app.command()(serve)
 app.command()(review)
-
-
-class JobFailed(RuntimeError):
-    """A batch job that wrote its outputs but did not do its work (every row, or most, failed)."""
 
 
 def score_table(report, title: str) -> Table:
@@ -264,7 +260,7 @@ def predict(
     if is_vlm_dir(checkpoint):
         if engine != "local":
             raise typer.BadParameter("VLM folders predict with the local engine")
-        vlm_predict(checkpoint, output, config, overrides, data, quiet)
+        vlm_predict(checkpoint, output, config, overrides, data, quiet, images)
         return
 
     cfg = _checkpoint_config(
@@ -302,6 +298,9 @@ def predict(
             catalog.rejected.to_csv(output / "rejected_rows.csv", index=False)
             console.print(f"{len(catalog.rejected)} rows set aside: {output / 'rejected_rows.csv'}")
         console.print_json(json.dumps(summary.to_dict()))
+        failure = summary.failure(cfg.predict.max_error_share)
+        if failure:
+            raise JobFailed(failure.replace("errors.csv", "errors/"))
         return
     predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
     summary = predictor.predict_catalog(

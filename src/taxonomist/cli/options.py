@@ -11,6 +11,11 @@ from taxonomist.config import ConfigError, RunConfig, load_config
 
 T = TypeVar("T")
 
+
+class JobFailed(RuntimeError):
+    """A batch job that wrote its outputs but did not do its work (every row, or most, failed)."""
+
+
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config.")]
 SetOpt = Annotated[
     list[str] | None,

@@ -70,7 +70,7 @@ class PredictSummary:
         reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.error_reasons.items(), key=lambda x: -x[1]))
         share = "every row" if not self.predicted else f"more than {max_error_share:.0%} of the rows"
         return (
-            f"{self.errors} of {self.rows} rows failed ({reasons}), {share}; see "
+            f"{self.errors} of {self.rows} rows failed{f' ({reasons})' if reasons else ''}, {share}; see "
             f"{Path(self.out_dir) / 'errors.csv'}"
         )
 

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from taxonomist.config import BackboneConfig, HeadsConfig, RunConfig
-from taxonomist.data.schema import Schema
+from taxonomist.data.schema import Schema, SchemaError
 from taxonomist.models.backbones import Backbone
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 
@@ -130,7 +130,7 @@ class HeadsCheckpoint:
         try:
             ckpt = cls._from_meta(meta, directory)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            if isinstance(err, CheckpointError):
+            if isinstance(err, CheckpointError | SchemaError):  # these name their own file
                 raise
             what = f"no {err}" if isinstance(err, KeyError) else str(err)
             raise CheckpointError(f"{meta_path}: not a valid checkpoint description ({what})") from err
