@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from taxonomist.cli.main import app
 from taxonomist.inference.taxonomy import TaxonomyCheckpointError, TaxonomyPredictor
-from taxonomist.inference.writers import ResumeError
+from taxonomist.io import ResumeError
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from taxonomist.data.catalog import CatalogError, read_generic, read_table
 from taxonomist.data.images import ImageLoadError, content_hash
-from taxonomist.inference.embed import hash_images
+from taxonomist.features.embed import hash_images
 
 from .conftest import Tiny, write_rows
 

@@ -20,9 +20,9 @@ from taxonomist.data.catalog import (
 )
 from taxonomist.data.images import REASONS as IMAGE_REASONS
 from taxonomist.data.split import split_per_category
-from taxonomist.inference.embed import embed_catalog
+from taxonomist.features.embed import embed_catalog
 from taxonomist.inference.predictor import ROW_ERROR_COLUMNS, Predictor, row_errors, wide_named_frame
-from taxonomist.inference.writers import atomic_write_frame, atomic_write_text
+from taxonomist.io import atomic_write_frame, atomic_write_text
 from taxonomist.metrics import AttributeReport, attribute_score, expected_calibration_error
 from taxonomist.progress import progress_bar
 
@@ -182,9 +182,9 @@ def evaluate_vlm(
 ) -> dict:
     """Score a VLM on the held-out examples of its training config: the competition metric, validity and
     calibration of per-attribute confidences (attributes), or BLEU-4/ROUGE-L/CIDEr/FGD (captions)."""
+    from taxonomist.data.chat import build_examples
     from taxonomist.inference.vlm import VLMPredictor, to_predictions
     from taxonomist.metrics.captions import caption_scores
-    from taxonomist.training.vlm_sft import build_examples
 
     if split not in ("val", "all"):
         raise ValueError(f"split must be 'val' or 'all', got {split!r}")

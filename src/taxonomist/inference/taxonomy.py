@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from taxonomist.config import TaxonomyConfig, load_config
 from taxonomist.data.catalog import CatalogError
 from taxonomist.data.taxonomy import BRAND, ID, PATH_SEP, TITLE, Taxonomy, normalize_text
-from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
+from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.brand import BrandExtractor
 from taxonomist.models.checkpoint import checkpoint_digest
 from taxonomist.models.taxonomy import (
@@ -304,7 +304,7 @@ class TaxonomyPredictor:
 
             self.seq2seq = Seq2SeqTaxonomyModel.from_pretrained(str(path / "seq2seq"), taxonomy)
         if config.enrich.corpus:
-            from taxonomist.models.enrich import Enricher
+            from taxonomist.features.enrich import Enricher
 
             self.enricher = Enricher.from_config(config.enrich)
         return self
