@@ -99,6 +99,8 @@ class CatalogConfig:
     """Reviewed labels (``taxonomist review``'s export: the catalog's id and category columns plus
     attribute columns) merged over the catalog's: a decision wins over the original label, and reviewed
     items the catalog lacks are added."""
+    encoding: str = "utf-8"
+    """Text encoding of the catalog CSV, e.g. ``latin-1`` or ``cp1252`` for exports of older systems."""
 
 
 @dataclass
@@ -245,12 +247,16 @@ class SelfTrainingConfig:
 
 @dataclass
 class PredictConfig:
-    min_confidence: NonNegativeFloat = 0.0
-    """Calibrated confidence a value needs to be written; above 1, every value becomes the placeholder."""
+    min_confidence: Probability = 0.0
+    """Calibrated confidence a value needs to be written; below it, the placeholder is written."""
     placeholder: str = ""
     """Written instead of a value whose confidence is below ``min_confidence``."""
     chunk_size: PositiveInt = 512
     """Rows per output part: the unit of resume after a crash."""
+    max_error_share: Probability = 0.5
+    """A job whose share of failed rows (errors.csv) is above this ends with exit status 2 (its outputs
+    are still written): most rows failing means a wrong image folder or file, not bad rows. A job where
+    every row failed always ends so."""
 
 
 @dataclass

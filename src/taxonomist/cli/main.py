@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taxonomist.cli.options import ConfigOpt, QuietOpt, SetOpt, resolve_config
+from taxonomist.cli.options import ConfigOpt, ImagesOpt, JobFailed, QuietOpt, SetOpt, resolve_config
 from taxonomist.cli.review import review
 from taxonomist.cli.serve import serve
 from taxonomist.cli.taxonomy import app as taxonomy_app
@@ -78,6 +78,7 @@ def train(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     data: Annotated[str | None, typer.Option(help="Catalog file or folder (catalog.path).")] = None,
+    images: ImagesOpt = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone name or HF id/dir (backbone.name).")] = None,
     policy: Annotated[
         Literal["mask", "dynamic-fill", "similar-mode", "drop"] | None,
@@ -106,6 +107,7 @@ def train(
         overrides,
         **{
             "catalog.path": data,
+            "catalog.image_root": images,
             "backbone.name": backbone,
             "missing_labels.policy": policy,
             "train.epochs": epochs,
@@ -150,6 +152,7 @@ def self_train(
             "(self_training.labeled_fraction)."
         ),
     ] = None,
+    images: ImagesOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Heads on a labeled fraction, then rounds of view-consistent, confident pseudo-labels (listing
@@ -159,7 +162,11 @@ def self_train(
     cfg = resolve_config(
         config,
         overrides,
-        **{"self_training.rounds": rounds, "self_training.labeled_fraction": labeled_fraction},
+        **{
+            "self_training.rounds": rounds,
+            "self_training.labeled_fraction": labeled_fraction,
+            "catalog.image_root": images,
+        },
     )
     report = run_self_training(cfg, output, progress=not quiet)
     table = Table(title=f"self-training ({report.n_fit} labeled, {report.n_pool} unlabeled rows)")
@@ -193,15 +200,21 @@ def evaluate(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     split: Annotated[
-        str, typer.Option(help="Rows to score: 'val' (the training run's held-out rows) or 'all' rows.")
-    ] = "val",
+        str | None,
+        typer.Option(
+            help="'val': the training run's validation split (the default); 'all': every row of the "
+            "catalog, with none of training's row filters (the default with --data)."
+        ),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
-            help="Folder for evaluation.json/.md and predictions.csv (the scored rows); with --report, "
-            "default CHECKPOINT/evaluation-SPLIT."
+            help="Folder for evaluation.json/.md, errors.csv and predictions.csv (the scored rows); with "
+            "--report, default CHECKPOINT/evaluation-SPLIT."
         ),
     ] = None,
+    data: Annotated[str | None, typer.Option(help="Labelled catalog to score (catalog.path).")] = None,
+    images: ImagesOpt = None,
     report: Annotated[
         bool,
         typer.Option(
@@ -212,23 +225,35 @@ def evaluate(
     ] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Score a checkpoint with the competition metric on a labelled catalog (VLMs: see `vlm evaluate`)."""
+    """Score a checkpoint with the competition metric on a labelled catalog (VLMs: see `vlm evaluate`).
+
+    Rows not scored as predicted (unreadable images, unknown categories, blank or repeated ids) are listed
+    with their line in errors.csv; the score is given with the unreadable images counted wrong and
+    without them."""
     from taxonomist.inference.evaluate import evaluate as run_evaluate
 
+    split = split or ("all" if data else "val")
     if report and output is None:
         output = checkpoint / f"evaluation-{split}"
     if is_vlm_dir(checkpoint):
+        if data or images:
+            raise typer.BadParameter("VLM folders: set the data in the config (vlm evaluate -c)")
         vlm_evaluate(checkpoint, config, overrides, split, output, report, quiet)
         return
 
-    cfg = _checkpoint_config(checkpoint, config, overrides)
+    cfg = _checkpoint_config(
+        checkpoint, config, overrides, **{"catalog.path": data, "catalog.image_root": images}
+    )
     evaluation = run_evaluate(checkpoint, cfg, split=split, output=output, progress=not quiet)
     console.print(score_table(evaluation.report, f"{split} split"))
     console.print(attribute_table(evaluation.report))
     if evaluation.baseline is not None:
         console.print(f"majority-class baseline score {evaluation.baseline.score:.4f}")
-    if evaluation.unknown_category_note:
-        console.print(evaluation.unknown_category_note, style="yellow", markup=False, highlight=False)
+    for note in (evaluation.errors_note, evaluation.unknown_category_note):
+        if note:
+            console.print(note, style="yellow", markup=False, highlight=False)
+    if len(evaluation.errors) and output is None:
+        console.print("--output FOLDER writes them to errors.csv, with line numbers", style="yellow")
     if report and output is not None:
         from taxonomist.report.evaluation import write_evaluation_report
 
@@ -242,7 +267,11 @@ def predict(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     data: Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")] = None,
-    min_confidence: Annotated[float | None, typer.Option(help="Below this, write the placeholder.")] = None,
+    images: ImagesOpt = None,
+    min_confidence: Annotated[
+        float | None,
+        typer.Option(help="Between 0 and 1: a value less confident than this is written as the placeholder."),
+    ] = None,
     placeholder: Annotated[
         str | None,
         typer.Option(help="Value written where confidence is below --min-confidence (predict.placeholder)."),
@@ -263,8 +292,11 @@ def predict(
 ) -> None:
     """Predict attributes for every row of a catalog: Meesho layout + long layout with confidences.
 
-    Every row is predicted or reported in errors.csv: the training run's row filters (categories, minimum
-    rows, limit, remaps) do not apply, and rows of categories the model does not know are errors."""
+    Every row is predicted or reported in errors.csv with its line and reason: the training run's row
+    filters (categories, minimum rows, limit, remaps) do not apply; rows of categories the model does not
+    know, unreadable images, blank ids or categories and repeated ids are errors. Images are looked up
+    under --images (default: the catalog file's folder) as catalog.image_template. When every row, or more
+    than predict.max_error_share of them, failed, the command ends with exit status 2."""
     from taxonomist.data.catalog import load_for_prediction
     from taxonomist.inference.inputs import record_input
     from taxonomist.inference.predictor import Predictor
@@ -272,7 +304,7 @@ def predict(
     if is_vlm_dir(checkpoint):
         if engine != "local":
             raise typer.BadParameter("VLM folders predict with the local engine")
-        vlm_predict(checkpoint, output, config, overrides, data, quiet)
+        vlm_predict(checkpoint, output, config, overrides, data, quiet, images)
         return
 
     cfg = _checkpoint_config(
@@ -281,6 +313,7 @@ def predict(
         overrides,
         **{
             "catalog.path": data,
+            "catalog.image_root": images,
             "predict.min_confidence": min_confidence,
             "predict.placeholder": placeholder,
         },
@@ -306,7 +339,13 @@ def predict(
             address=address,
             progress=not quiet,
         )
+        if len(catalog.rejected):  # rows the shards never saw
+            catalog.rejected.to_csv(output / "rejected_rows.csv", index=False)
+            console.print(f"{len(catalog.rejected)} rows set aside: {output / 'rejected_rows.csv'}")
         console.print_json(json.dumps(summary.to_dict()))
+        failure = summary.failure(cfg.predict.max_error_share)
+        if failure:
+            raise JobFailed(failure.replace("errors.csv", "errors/"))
         return
     predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
     summary = predictor.predict_catalog(
@@ -319,17 +358,27 @@ def predict(
         progress=not quiet,
     )
     console.print_json(json.dumps(summary.to_dict()))
+    failure = summary.failure(cfg.predict.max_error_share)
+    if failure:
+        if summary.error_reasons.get("missing"):
+            failure += (
+                f"; images were looked for as {catalog.image_root or Path()}/{catalog.image_template}: "
+                "point --images at the folder they are in"
+            )
+        raise JobFailed(failure)
 
 
 @app.command()
-def embed(config: ConfigOpt = None, overrides: SetOpt = None, quiet: QuietOpt = False) -> None:
+def embed(
+    config: ConfigOpt = None, overrides: SetOpt = None, images: ImagesOpt = None, quiet: QuietOpt = False
+) -> None:
     """Compute and cache backbone features for a catalog, so later training runs start warm."""
     from taxonomist.data.catalog import load_catalog
     from taxonomist.devices import resolve_device
     from taxonomist.features.embed import embed_catalog
     from taxonomist.models.build import build_backbone
 
-    cfg = resolve_config(config, overrides)
+    cfg = resolve_config(config, overrides, **{"catalog.image_root": images})
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
     backbone = build_backbone(cfg.backbone).optimize_for_inference().to(resolve_device(cfg.embed.device))
     result = embed_catalog(catalog, backbone, cfg.embed, progress=not quiet)
@@ -344,7 +393,10 @@ def inspect(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("runs/inspect"),
-    images: Annotated[bool, typer.Option(help="Also hash and decode every image.")] = True,
+    check_images: Annotated[
+        bool, typer.Option("--check-images/--no-images", help="Also hash and decode every image.")
+    ] = True,
+    images: ImagesOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Before training: rows, gaps, class balance, out-of-schema values, duplicates, unreadable images."""
@@ -352,11 +404,15 @@ def inspect(
     from taxonomist.data.schema import Schema
     from taxonomist.report.inspection import inspect_catalog
 
-    cfg = resolve_config(config, overrides)
-    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    cfg = resolve_config(config, overrides, **{"catalog.image_root": images})
+    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed, bad_rows="report")
     schema = Schema.load(expand_path(cfg.catalog.schema)) if cfg.catalog.schema else None
     report = inspect_catalog(
-        catalog, schema=schema, check_images=images, num_workers=cfg.embed.num_workers, progress=not quiet
+        catalog,
+        schema=schema,
+        check_images=check_images,
+        num_workers=cfg.embed.num_workers,
+        progress=not quiet,
     )
     report.print(console)
     console.print(f"report: {report.save(output)}")
@@ -414,6 +470,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from taxonomist.models.checkpoint import CheckpointError
 
     return (
+        JobFailed,
         ConfigError,
         CatalogError,
         SchemaError,

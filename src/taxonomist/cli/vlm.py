@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taxonomist.cli.options import ConfigOpt, QuietOpt, SetOpt, resolve_config
-from taxonomist.config import VLMConfig
+from taxonomist.cli.options import ConfigOpt, ImagesOpt, JobFailed, QuietOpt, SetOpt, resolve_config
+from taxonomist.config import PredictConfig, VLMConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -138,14 +138,17 @@ def predict(
     overrides: SetOpt = None,
     data: Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")] = None,
     quiet: QuietOpt = False,
+    images: ImagesOpt = None,
 ) -> None:
     """Attributes (Meesho + long layouts with confidences) or captions for every catalog row; the training
-    run's row filters (categories, minimum rows, limit) do not apply."""
+    run's row filters do not apply. Rows with a blank id or category or a repeated id go to
+    rejected_rows.csv; when every row, or more than predict.max_error_share of them, failed, the command
+    ends with exit status 2."""
     from taxonomist.data.catalog import CATEGORY, ID, load_for_prediction
     from taxonomist.inference.inputs import record_input
     from taxonomist.inference.vlm import VLMPredictor
 
-    cfg = model_config(model_dir, config, overrides, **{"catalog.path": data})
+    cfg = model_config(model_dir, config, overrides, **{"catalog.path": data, "catalog.image_root": images})
     catalog = load_for_prediction(cfg.catalog)
     record_input(output, cfg.catalog, model_dir)
     predictor = VLMPredictor.from_pretrained(model_dir, generate=cfg.generate)
@@ -157,7 +160,13 @@ def predict(
         output,
         progress=not quiet,
     )
+    if len(catalog.rejected):
+        catalog.rejected.to_csv(output / "rejected_rows.csv", index=False)
+        console.print(f"{len(catalog.rejected)} rows set aside: {output / 'rejected_rows.csv'}")
     console.print_json(json.dumps(summary.to_dict()))
+    failure = summary.failure(PredictConfig().max_error_share)
+    if failure:
+        raise JobFailed(failure)
 
 
 @app.command()

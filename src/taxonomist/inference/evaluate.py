@@ -10,11 +10,21 @@ import numpy as np
 import pandas as pd
 
 from taxonomist.config import ConfigError, RunConfig, VLMConfig
-from taxonomist.data.catalog import CATEGORY, ID, TEXT, Catalog, CatalogError, describe_counts, load_catalog
+from taxonomist.data.catalog import (
+    CATEGORY,
+    ID,
+    TEXT,
+    Catalog,
+    CatalogError,
+    describe_counts,
+    load_catalog,
+    without_training_filters,
+)
+from taxonomist.data.images import REASONS as IMAGE_REASONS
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
 from taxonomist.features.embed import embed_catalog
-from taxonomist.inference.predictor import Predictor, wide_named_frame
+from taxonomist.inference.predictor import ROW_ERROR_COLUMNS, Predictor, row_errors, wide_named_frame
 from taxonomist.io import atomic_write_frame, atomic_write_text
 from taxonomist.metrics import (
     AttributeReport,
@@ -31,10 +41,12 @@ ROW_COLUMNS = [ID, CATEGORY, "attribute", "label", "predicted", "confidence", "c
 
 @dataclass
 class Evaluation:
-    """A checkpoint's score, and the labelled rows left unscored because the model does not know their
-    category (like ``predict``'s unknown-category errors)."""
+    """A checkpoint's score, and every labelled row it could not score as predicted: rows the reader set
+    aside (blank id or category, repeated id), rows of categories the model does not know (like
+    ``predict``'s unknown-category errors) and rows whose image could not be read."""
 
     report: AttributeReport
+    """Every row of a known category; a row whose image failed counts as wrong, as a competition would."""
     unknown_categories: dict[str, int] = field(default_factory=dict)
     """Rows per category the model was not trained on."""
     unknown_examples: list[str] = field(default_factory=list)
@@ -49,6 +61,13 @@ class Evaluation:
     temperatures: dict[str, float] = field(default_factory=dict)
     valid_fraction: float | None = None
     """VLMs: the share of items whose output parsed into the schema."""
+    readable_report: AttributeReport | None = None
+    """The same rows less those whose image failed: the model's score where it could see; None when no
+    image could be read."""
+    errors: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ROW_ERROR_COLUMNS))
+    """Rows not scored as predicted, with their line in the file and why (``errors.csv``)."""
+    rows_read: int = 0
+    """Rows of the file (or split) evaluated, before any was left out."""
 
     @property
     def unknown_category_note(self) -> str | None:
@@ -59,10 +78,31 @@ class Evaluation:
             f"({describe_counts(self.unknown_categories)}), e.g. ids {self.unknown_examples}"
         )
 
+    @property
+    def error_reasons(self) -> dict[str, int]:
+        return {str(r): int(n) for r, n in self.errors["reason"].value_counts().items()}
+
+    @property
+    def errors_note(self) -> str | None:
+        """Both scores and what the rows in errors.csv were, in one line; None when every row counted."""
+        if not len(self.errors):
+            return None
+        unreadable = sum(n for r, n in self.error_reasons.items() if r in IMAGE_REASONS)
+        readable = "n/a" if self.readable_report is None else f"{self.readable_report.score:.4f}"
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.error_reasons.items(), key=lambda x: -x[1]))
+        return (
+            f"{len(self.errors)} of {self.rows_read} rows not scored as predicted ({reasons}); score "
+            f"{self.report.score:.4f} with the {unreadable} unreadable images counted wrong, {readable} "
+            "without them"
+        )
+
     def to_dict(self) -> dict:
         return {
             **self.report.to_dict(),
             "baseline_score": None if self.baseline is None else self.baseline.to_dict()["score"],
+            "score_without_unreadable": None if self.readable_report is None else self.readable_report.score,
+            "rows": self.rows_read,
+            "errors": {"rows": len(self.errors), "reasons": self.error_reasons},
             "unknown_category": {
                 "rows": sum(self.unknown_categories.values()),
                 "categories": self.unknown_categories,
@@ -79,17 +119,24 @@ def evaluate(
     output: str | Path | None = None,
     progress: bool = True,
 ) -> Evaluation:
-    """Score the configured catalog's rows (its validation split, or all of them); rows of categories the
-    model does not know are left out before anything is embedded and reported in the result."""
+    """Score the configured catalog's rows: the training run's validation split (``val``, read with the
+    run's own row filters so the split is the one it held out) or every row of the file (``all``, with
+    no training-only filter). Rows of categories the model does not know are left out before anything is
+    embedded; they and every other row not scored as predicted are listed in ``errors.csv``."""
     if split not in ("val", "all"):
         raise ConfigError(f"--split must be 'val' or 'all' for this checkpoint, got {split!r}")
-    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    reading = cfg.catalog if split == "val" else without_training_filters(cfg.catalog)
+    source = load_catalog(reading, seed=cfg.train.seed, bad_rows="report")
+    if not len(source):
+        what = f"all {len(source.rejected)} rows were set aside" if len(source.rejected) else "it has no rows"
+        raise CatalogError(f"{source.source}: nothing to evaluate ({what})")
     predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
+    catalog = source
     # Before the split, so the known categories' validation rows are the ones the training run held out.
     unknown = ~catalog.frame[CATEGORY].astype(str).isin(predictor.categories)
     unknown_rows = catalog.frame[unknown]
     unknown_categories = {str(c): int(n) for c, n in unknown_rows[CATEGORY].value_counts().items()}
-    if len(catalog) and unknown.all():
+    if unknown.all():
         raise CatalogError(
             f"{catalog.source}: no rows of this model's categories {predictor.categories} to score "
             f"(the catalog has {describe_counts(unknown_categories)})"
@@ -111,8 +158,20 @@ def evaluate(
     predicted = wide_named_frame(preds, schema.attributes)
     # Rows whose image failed get no prediction: they are scored as wrong, as a competition would.
     failed = frame.loc[~embedded.ok, [ID, CATEGORY]]
+    readable_report = attribute_score(frame[embedded.ok], predicted, schema.categories) if len(good) else None
     if len(failed):
         predicted = pd.concat([predicted, failed], ignore_index=True)
+    paths = dict(zip(source.ids, source.image_paths(), strict=True))
+    unknown_errors = [
+        {
+            "id": i,
+            "path": str(paths[i]),
+            "reason": "unknown-category",
+            "detail": f"category {c!r} is not one of this model's {predictor.categories}",
+        }
+        for i, c in zip(unknown_rows[ID], unknown_rows[CATEGORY], strict=True)
+    ]
+    errors = row_errors(source, pd.DataFrame([*unknown_errors, *(e.__dict__ for e in embedded.errors)]))
     # The majority classes come from the rows the model was fitted on, where the split leaves any.
     outside = ~known.frame[ID].isin(set(frame[ID]))
     reference = known.frame[outside] if outside.any() else frame
@@ -129,6 +188,9 @@ def evaluate(
         ),
         baseline_source=f"{'the other' if outside.any() else 'the same'} {len(reference):,} rows",
         temperatures=dict(predictor.checkpoint.temperatures),
+        readable_report=readable_report,
+        errors=errors,
+        rows_read=len(catalog) + len(unknown_rows) + len(source.rejected),
     )
     if output is not None:
         write_evaluation(evaluation, output)
@@ -212,10 +274,12 @@ def write_evaluation(evaluation: Evaluation, output: str | Path, *, summary: dic
         )
     if evaluation.valid_fraction is not None:
         markdown += f"\nValid outputs: {evaluation.valid_fraction:.1%}\n"
-    if evaluation.unknown_category_note:
-        markdown += f"\n{evaluation.unknown_category_note}\n"
+    for note in (evaluation.errors_note, evaluation.unknown_category_note):
+        if note:
+            markdown += f"\n{note}\n"
     atomic_write_text(output / "evaluation.md", markdown)
     atomic_write_frame(evaluation.rows, output / "predictions.csv")
+    atomic_write_frame(evaluation.errors, output / "errors.csv")
 
 
 def evaluate_vlm(

@@ -16,7 +16,7 @@ from PIL import Image
 
 from taxonomist.config import EmbedConfig
 from taxonomist.data.catalog import CATEGORY, ID, MEESHO_MAX_ATTRS, Catalog
-from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image, write_errors
+from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from taxonomist.data.schema import SchemaError
 from taxonomist.devices import module_device, resolve_device
 from taxonomist.features.cache import FeatureCache
@@ -48,6 +48,10 @@ class Prediction:
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
 
 
+ROW_ERROR_COLUMNS = ["id", "line", "path", "reason", "detail"]
+"""errors.csv of a batch job: every row not predicted, with its line in the input file and why."""
+
+
 @dataclass
 class PredictSummary:
     out_dir: str
@@ -56,10 +60,26 @@ class PredictSummary:
     errors: int
     resumed_chunks: int
     seconds: float
-    images_per_s: float
+    images_per_s: float | None
+    """Rows predicted in this run per second; None when this run predicted nothing (no figure to give)."""
+    error_reasons: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def failure(self, max_error_share: float) -> str | None:
+        """Why this job should count as failed (every row, or more than ``max_error_share`` of them, in
+        errors.csv), in one line; None when it did its work."""
+        if not self.rows or self.errors == 0:
+            return None
+        if self.predicted and self.errors / self.rows <= max_error_share:
+            return None
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.error_reasons.items(), key=lambda x: -x[1]))
+        share = "every row" if not self.predicted else f"more than {max_error_share:.0%} of the rows"
+        return (
+            f"{self.errors} of {self.rows} rows failed{f' ({reasons})' if reasons else ''}, {share}; see "
+            f"{Path(self.out_dir) / 'errors.csv'}"
+        )
 
 
 class Predictor:
@@ -228,7 +248,10 @@ class Predictor:
         use_cache: bool = False,
         progress: bool = True,
     ) -> PredictSummary:
-        """Batch job: Meesho-layout and long-layout CSVs, errors file, resumable after a crash."""
+        """Batch job: Meesho-layout and long-layout CSVs, errors file, resumable after a crash.
+
+        errors.csv lists every row not predicted with its line in the input: the rows the catalog reader
+        set aside (blank id or category, repeated id), unknown categories and unreadable images."""
         embed = embed or EmbedConfig()
         start = time.perf_counter()
         out_dir = Path(out_dir)
@@ -247,8 +270,10 @@ class Predictor:
         todo = writer.pending()
         resumed = writer.n_chunks - len(todo)
         cache = FeatureCache(embed.cache_dir, self.backbone.fingerprint()) if use_cache else None
-        with progress_bar("chunk", disable=not progress) as bar:
-            task = bar.add_task("predict", total=writer.n_chunks, completed=resumed)
+        predicted_now = 0
+        done_before = len(frame) - sum(len(writer.chunk_rows(k)) for k in todo)
+        with progress_bar("row", disable=not progress) as bar:
+            task = bar.add_task("predict", total=len(frame), completed=done_before)
             for k in todo:
                 rows = writer.chunk_rows(k)
                 preds, errors = self.predict_chunk(
@@ -272,25 +297,41 @@ class Predictor:
                         ),
                     },
                 )
-                bar.advance(task)
+                predicted_now += len(preds)
+                bar.advance(task, len(rows))
         meesho = writer.read("meesho", empty=meesho_frame([], self.schema))
         long, errors = writer.read("long", empty=long_frame([])), writer.read("errors")
         atomic_write_frame(meesho, out_dir / "predictions.csv")
         atomic_write_frame(long, out_dir / "predictions_long.csv")
-        write_errors([ImageError(**r) for r in errors.to_dict("records")], out_dir / "errors.csv")
+        errors = row_errors(catalog, errors)
+        atomic_write_frame(errors, out_dir / "errors.csv")
         seconds = time.perf_counter() - start
-        done_rows = sum(len(writer.chunk_rows(k)) for k in todo)
         summary = PredictSummary(
             str(out_dir),
-            len(frame),
+            len(frame) + len(catalog.rejected),
             len(meesho),
             len(errors),
             resumed,
             seconds,
-            done_rows / seconds if seconds > 0 else 0.0,
+            predicted_now / seconds if predicted_now and seconds > 0 else None,
+            {str(r): int(n) for r, n in errors["reason"].value_counts().items()},
         )
         atomic_write_text(out_dir / "summary.json", pd.Series(summary.to_dict()).to_json(indent=1))
         return summary
+
+
+def row_errors(catalog: Catalog, errors: pd.DataFrame) -> pd.DataFrame:
+    """``errors`` (id, path, reason, detail of rows that were read) and the rows the reader set aside, as
+    one frame of :data:`ROW_ERROR_COLUMNS` in input order."""
+    line_by_id = dict(zip(catalog.frame[ID].astype(str), catalog.lines or [], strict=False))
+    errors = errors.reindex(columns=["id", "path", "reason", "detail"])
+    errors.insert(1, "line", [line_by_id.get(str(i)) for i in errors["id"]])
+    rejected = catalog.rejected.assign(path="")[ROW_ERROR_COLUMNS]
+    out = pd.concat([f for f in (errors, rejected) if len(f)], ignore_index=True) if len(rejected) else errors
+    out["line"] = out["line"].astype("Int64")
+    return out.sort_values("line", kind="stable", na_position="last").reset_index(drop=True)[
+        ROW_ERROR_COLUMNS
+    ]
 
 
 def meesho_frame(preds: Sequence[Prediction], schema) -> pd.DataFrame:

@@ -31,7 +31,14 @@ import pyarrow.parquet as pq
 from taxonomist.data.catalog import CATEGORY, ID, Catalog, read_table
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ERROR_COLUMNS
 from taxonomist.inference.predictor import Predictor, PredictSummary, long_frame
-from taxonomist.io import MANIFEST, ResumeError, atomic_write, atomic_write_text, rows_digest
+from taxonomist.io import (
+    MANIFEST,
+    ResumeError,
+    atomic_write,
+    atomic_write_text,
+    resume_conflict,
+    rows_digest,
+)
 from taxonomist.models.checkpoint import HeadsCheckpoint, checkpoint_version
 
 PATH = "path"
@@ -268,10 +275,9 @@ def _claim(output_dir: Path, manifest: dict) -> None:
     if path.exists():
         previous = json.loads(path.read_text(encoding="utf-8"))
         if previous != manifest:
-            raise ResumeError(
-                f"{output_dir} holds a run with other input or settings ({previous} != {manifest}); "
-                "use another output folder or delete this one"
-            )
+            shards = range(int(previous.get("n_shards", 0)))
+            finished = all(part_path(output_dir, "predictions", k).exists() for k in shards)
+            raise ResumeError(resume_conflict(output_dir, previous, manifest, finished))
     else:
         atomic_write_text(path, json.dumps(manifest, indent=1))
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from taxonomist.config import BackboneConfig, HeadsConfig, RunConfig
-from taxonomist.data.schema import Schema
+from taxonomist.data.schema import Schema, SchemaError
 from taxonomist.io import atomic_write
 from taxonomist.models.backbones import Backbone
 from taxonomist.models.heads import AttributeHeads, allowed_masks
@@ -121,12 +122,34 @@ class HeadsCheckpoint:
         meta_path = directory / META_FILE
         if not meta_path.is_file():
             raise CheckpointError(f"{directory}: not a taxonomist checkpoint (no {META_FILE})")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format_version") != FORMAT_VERSION:
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{meta_path}: not valid JSON ({err}); was it edited?") from err
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            version = meta.get("format_version") if isinstance(meta, dict) else None
+            raise CheckpointError(f"{meta_path}: format version {version} is not supported")
+        # An edited file fails here with a key or type error deep inside; say which file instead.
+        try:
+            ckpt = cls._from_meta(meta, directory)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            if isinstance(err, CheckpointError | SchemaError):  # these name their own file
+                raise
+            what = f"no {err}" if isinstance(err, KeyError) else str(err)
+            raise CheckpointError(f"{meta_path}: not a valid checkpoint description ({what})") from err
+        model = ckpt.build_model()
+        weights = directory / WEIGHTS_FILE
+        try:
+            model.load_state_dict(_load_tensors(weights))
+        except RuntimeError as err:  # weights of another shape: files from two different runs
             raise CheckpointError(
-                f"{meta_path}: format version {meta.get('format_version')} is not supported"
-            )
-        ckpt = cls(
+                f"{weights}: does not fit {META_FILE} ({str(err).splitlines()[0]})"
+            ) from err
+        return ckpt, model.eval()
+
+    @classmethod
+    def _from_meta(cls, meta: dict[str, Any], directory: Path) -> HeadsCheckpoint:
+        return cls(
             backbone=BackboneConfig(**meta["backbone"]),
             preprocess=meta["preprocess"],
             fingerprint=meta["fingerprint"],
@@ -138,14 +161,21 @@ class HeadsCheckpoint:
             logit_adjustment=meta.get("logit_adjustment", {}),
             metrics=meta.get("metrics", {}),
         )
-        model = ckpt.build_model()
-        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-        return ckpt, model.eval()
 
     @staticmethod
     def backbone_state(directory: str | os.PathLike) -> dict[str, torch.Tensor] | None:
         path = Path(directory) / BACKBONE_FILE
-        return load_file(str(path)) if path.is_file() else None
+        return _load_tensors(path) if path.is_file() else None
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, or a :class:`CheckpointError` naming it (missing, truncated, not one)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing from the checkpoint")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); copy it again") from err
 
 
 def calibrated_probs(

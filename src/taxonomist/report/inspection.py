@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from taxonomist.data.catalog import CATEGORY, ID, Catalog, describe_counts
+from taxonomist.data.catalog import CATEGORY, ID, REJECTED_COLUMNS, Catalog, describe_counts
 from taxonomist.data.schema import Schema
 from taxonomist.io import atomic_write_frame, atomic_write_text
 from taxonomist.report.images import check_image_files
@@ -56,8 +56,9 @@ UNREADABLE_COLUMNS = ["id", "category", "path", "reason", "detail"]
 class InspectReport:
     """Everything ``taxonomist inspect`` found; tables are plain frames so callers can filter them further.
 
-    ``duplicate_ids`` is always 0 for a constructed :class:`Catalog` (its constructor rejects duplicated ids);
-    it is kept so the JSON has the same shape for frames checked some other way.
+    ``duplicate_ids`` counts the rows repeating an earlier row's id; such rows, and rows with a blank id or
+    category, are listed in ``rejected`` (line, id, category, reason, detail) when the catalog was read
+    with ``bad_rows="report"``.
     ``normalised_entropy`` is entropy / log(classes): 1 for perfectly balanced, towards 0 for one dominant
     class, NaN (null in JSON) with fewer than two classes, where balance means nothing.
     """
@@ -80,6 +81,7 @@ class InspectReport:
     dropped_categories: dict[str, int] = field(default_factory=dict)
     """Rows per category left out before inspection (fewer than ``min_rows_per_category``)."""
     min_rows_per_category: int = 0
+    rejected: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REJECTED_COLUMNS))
 
     # ---- derived figures -------------------------------------------------------------------------------
 
@@ -138,6 +140,7 @@ class InspectReport:
             "rows_per_category": dict(self.rows_per_category),
             "attributes_by_category": {c: list(a) for c, a in self.attributes_by_category.items()},
             "duplicate_ids": self.duplicate_ids,
+            "rejected_rows": _records(self.rejected),
             "dropped_categories": dict(self.dropped_categories),
             "min_rows_per_category": self.min_rows_per_category,
             "schema_given": self.schema_given,
@@ -178,6 +181,11 @@ class InspectReport:
         )
         if self.dropped_note:
             console.print(Text(self.dropped_note, style="yellow"))
+        if len(self.rejected):
+            reasons = describe_counts(self.rejected["reason"].value_counts().to_dict())
+            console.print(
+                Text(f"{len(self.rejected)} rows set aside ({reasons}): rejected.csv", style="yellow")
+            )
 
         per_category = pd.DataFrame(
             {
@@ -303,6 +311,7 @@ class InspectReport:
             "class_counts.csv": self.class_counts,
             "imbalance.csv": self.imbalance,
             "unreadable.csv": self.unreadable,
+            "rejected.csv": self.rejected,
             "duplicates.csv": self.duplicates,
             "out_of_schema.csv": self.out_of_schema,
         }
@@ -416,7 +425,8 @@ def inspect_catalog(
         class_counts=counts,
         imbalance=imbalance,
         out_of_schema=out_of_schema,
-        duplicate_ids=int(frame[ID].duplicated().sum()),
+        duplicate_ids=int(frame[ID].duplicated().sum())
+        + int((catalog.rejected["reason"] == "duplicate-id").sum()),
         duplicates=duplicates,
         unreadable=unreadable,
         images_checked=check_images,
@@ -425,6 +435,7 @@ def inspect_catalog(
         timings=timings,
         dropped_categories=dict(catalog.dropped_categories),
         min_rows_per_category=catalog.min_rows_per_category,
+        rejected=catalog.rejected.copy(),
     )
 
 

@@ -31,7 +31,7 @@ from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageLoadError
-from taxonomist.serve.batching import BatcherBusy, BatcherStopped, MicroBatcher
+from taxonomist.serve.batching import BatcherBusy, BatcherStopped, BatchTooLarge, MicroBatcher
 from taxonomist.serve.metrics import ServeMetrics
 from taxonomist.serve.model import ServedModel, load_model
 
@@ -112,6 +112,12 @@ def create_app(
         max_queue=max_queue,
         max_decodes=max_decodes,
     )
+    if max_queue < max_images_per_request:
+        # Such a request could never be queued: it would be answered 503 "busy" for ever.
+        raise ValueError(
+            f"max_queue ({max_queue}) must be at least max_images_per_request ({max_images_per_request}), "
+            "or a full request could never be queued"
+        )
     if not request_timeout_s > 0:  # NaN included
         raise ValueError(f"request_timeout_s must be positive, got {request_timeout_s}")
     model = (
@@ -282,6 +288,9 @@ def create_app(
         except asyncio.TimeoutError:
             reject("timeout", n)
             raise HTTPException(504, detail=f"no prediction within {request_timeout_s:g} s") from None
+        except BatchTooLarge as err:
+            reject("too-large", n)
+            raise HTTPException(413, detail=str(err)) from None
         except BatcherBusy as err:
             reject("busy", n)
             raise HTTPException(503, detail=f"server busy: {err}", headers={"Retry-After": "1"}) from None

@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -546,6 +547,7 @@ def warm_start_heads(
 
     frozen = build_backbone(cfg.backbone).optimize_for_inference().to(resolve_device(cfg.embed.device))
     embedded = embed_catalog(catalog, frozen, cfg.embed, progress=progress)
+    catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in embedded.errors))
     train_set, _ = feature_set(train_frame, catalog, embedded, schema, categories)
     val_set, val_rows = feature_set(val_frame, catalog, embedded, schema, categories)
 

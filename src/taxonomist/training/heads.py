@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +233,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
     embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
     errors = embedded.errors
     write_errors(errors, output_dir / "image_errors.csv")
+    catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in errors))
     categories = list(schema.categories)
     train_set, _ = feature_set(filled.frame, catalog, embedded, schema, categories)
     val_set, val_frame = feature_set(

@@ -24,6 +24,7 @@ import copy
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,6 +262,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
     backbone, backbone_state = embedding_backbone(cfg)
     start = time.perf_counter()
     embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
+    catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in embedded.errors))
     pool_catalog = catalog.subset(train_idx[parts.pool])
     views = [embed_catalog(pool_catalog, backbone, cfg.embed, progress=progress, view=v) for v in st.views]
     embed_seconds = time.perf_counter() - start
