@@ -335,7 +335,8 @@ class BrandConfig:
 
 @dataclass
 class Seq2SeqConfig:
-    enabled: bool = False
+    """The seq2seq generator, fitted when ``train.methods`` lists ``seq2seq``."""
+
     model: str = "google/flan-t5-small"
     epochs: PositiveInt = 3
     lr: PositiveFloat = 5e-4
@@ -360,7 +361,12 @@ class EnrichConfig:
 
 @dataclass
 class TaxonomyTrainConfig:
-    val_fraction: OpenFraction = 0.1
+    dev_fraction: OpenFraction = 0.1
+    """Share of each category's rows that choose (the ensemble) and score ``taxonomy train``."""
+    test_fraction: FractionBelowOne = 0.1
+    """Share kept for ``taxonomy evaluate`` only: no choice ever sees these rows."""
+    stratify_depth: PositiveInt = 1
+    """Path levels whose categories the split keeps in proportion (1: the top level)."""
     seed: int = 0
     methods: list[str] = field(default_factory=lambda: ["retrieval", "heads", "lexical"])
     """Methods to fit: retrieval, heads, lexical, seq2seq; the ensemble combines all of them."""
@@ -370,9 +376,10 @@ class TaxonomyTrainConfig:
 class TaxonomyPredictConfig:
     method: str = "ensemble"
     """retrieval | heads | lexical | seq2seq | ensemble (the fitted methods combined)."""
-    ensemble: Literal["soft", "vote"] = "soft"
+    ensemble: Literal["soft", "vote", "dev"] = "dev"
     """soft: sum of path log-probabilities (seq2seq, which gives only its top path, is left out);
-    vote: PRMAS's hierarchy-compliant hard vote over every method."""
+    vote: PRMAS's hierarchy-compliant hard vote over every method; dev: whichever of the two has the
+    better path accuracy on the dev split (soft on a tie)."""
     chunk_size: PositiveInt = 2048
 
 
