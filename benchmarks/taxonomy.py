@@ -190,6 +190,7 @@ def main() -> None:
         "selection_split": "dev",
         "reported_split": "test",
         "chosen_ensemble": chosen,
+        "chosen_brand_none_threshold": report.brand_none_threshold,
         "test_path_accuracy": methods[chosen]["path_accuracy"],
         "test_item_accuracy": methods[chosen]["item_accuracy"],
         "test_brand_accuracy": methods[chosen]["brand_accuracy"],
@@ -263,9 +264,10 @@ def write_docs(r: dict) -> None:
         f"({rows['skipped_short_tree']} rows with a category tree under 3 levels left out; "
         f"{rows['test_paths_not_in_training']} test titles carry a path that never occurs in training, "
         "so no method can get them right). **Chosen on dev**: the ensemble the model uses "
-        f"(`predict.ensemble: dev` picked **{chosen}**, the better dev path accuracy of soft and vote); "
-        "the brand model's design (a span ranker learnt from branded rows only, beside the joint model "
-        "that decides whether there is a brand) was compared with the previous model on dev only. "
+        f"(`predict.ensemble: dev` picked **{chosen}**, the better dev path accuracy of soft and vote) "
+        f'and the brand model\'s "none" threshold (`brand.none_threshold` unset: '
+        f"**{r['chosen_brand_none_threshold']}**, the best dev item accuracy that still calls at least half "
+        "of the dev rows without a recorded brand brandless). "
         "**Reported on test**: every figure below but the dev column, on rows no choice saw. "
         "Item accuracy = 3 levels + brand right, on rows that carry a brand (brands compared case-folded). "
         "Titles/s: `predict` end to end "

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from taxonomist.cli.main import app
 from taxonomist.inference.taxonomy import TaxonomyCheckpointError, TaxonomyPredictor
 from taxonomist.inference.writers import ResumeError
+from taxonomist.training.taxonomy import NONE_THRESHOLDS
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +110,8 @@ def test_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> None:
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["methods"]) == {"retrieval", "heads", "lexical", "vote", "soft"}
-    assert metrics["ensemble"] in ("soft", "vote")  # chosen on dev
+    assert metrics["ensemble"] in ("soft", "vote")  # chosen on dev, as is the brand threshold
+    assert metrics["brand_none_threshold"] in NONE_THRESHOLDS
     assert all(v == 0 for v in metrics["invalid_paths"].values())
     # Titles carry the category words, so even a tiny encoder gets most paths right.
     assert metrics["methods"]["soft"]["path_accuracy"] >= 0.8

@@ -66,7 +66,8 @@ def train(
     console.print(
         f"train titles {report.n_train} · test titles kept for `taxonomy evaluate` {report.n_test} · "
         f"skipped rows {report.skipped} · dev paths not in the taxonomy {report.dev_unseen_paths} · "
-        f"ensemble {report.ensemble} (chosen on dev) · seconds {report.train_seconds} · checkpoint {output}"
+        f"chosen on dev: {report.ensemble} ensemble, brand none threshold {report.brand_none_threshold} · "
+        f"seconds {report.train_seconds} · checkpoint {output}"
     )
 
 

@@ -170,14 +170,6 @@ def _features(stats: _Stats, toks: list[str], max_k: int, path: str = "") -> np.
     return out
 
 
-def _softmax(scores: np.ndarray, absent: np.ndarray) -> np.ndarray:
-    """Softmax over each row's present candidates (absent ones, and rows with none, get 0)."""
-    scores = np.where(absent, -np.inf, scores)
-    peak = scores.max(1, keepdims=True)
-    probs = np.exp(scores - np.where(np.isfinite(peak), peak, 0.0))
-    return probs / np.maximum(probs.sum(1, keepdims=True), 1e-300)
-
-
 def _brand_length(toks: list[str], brand: str) -> int | None:
     """Tokens of the title prefix that spell the brand; 0 for no brand; None when it is not a prefix."""
     key = normalize_brand(brand)
@@ -225,7 +217,7 @@ class BrandExtractor:
         paths = list(paths) if paths is not None else [""] * len(toks)
         lengths = [_brand_length(t, b) for t, b in zip(toks, brands, strict=True)]
         fold = np.random.default_rng(self.seed).integers(0, self.folds, len(toks))
-        xs, ys, has_brand = [], [], []
+        xs, ys = [], []
         for f in range(self.folds):
             stats = self._stats(toks, lengths, paths, keys, np.flatnonzero(fold != f))
             for i in np.flatnonzero(fold == f):
@@ -234,7 +226,6 @@ class BrandExtractor:
                     continue
                 xs.append(_features(stats, toks[i], self.max_tokens, paths[i]))
                 ys.append(target)
-                has_brand.append(bool(keys[i]))
         if not xs:
             raise ValueError(
                 f"brand: none of the {len(toks)} training brands is empty, a title prefix of at most "
@@ -243,25 +234,16 @@ class BrandExtractor:
         x, y = np.concatenate(xs), np.concatenate(ys)
         valid = x[:, 3] >= 0
         # Candidates are scored one by one (a binary model) and compared with a softmax over a title's.
-        self.model_ = self._trees().fit(x[valid], y[valid])
-        # Which brand, given there is one: learnt from branded rows only. Unbranded rows are mostly
-        # "not recorded" although the title starts with a brand, so in the joint model they teach
-        # that unknown leading words are no brand, which cuts multi-word brands short.
-        branded = np.repeat(np.array(has_brand), self.max_tokens + 1 + N_PATH_CANDIDATES)
-        spans = valid & branded & (np.arange(len(x)) % (self.max_tokens + 1 + N_PATH_CANDIDATES) != 0)
-        self.span_model_ = self._trees().fit(x[spans], y[spans])
-        self.stats_ = self._stats(toks, lengths, paths, keys, range(len(toks)))
-        return self
-
-    def _trees(self) -> HistGradientBoostingClassifier:
-        return HistGradientBoostingClassifier(
+        self.model_ = HistGradientBoostingClassifier(
             max_iter=300,
             learning_rate=0.05,
             max_leaf_nodes=15,
             min_samples_leaf=50,
             early_stopping=False,
             random_state=self.seed,
-        )
+        ).fit(x[valid], y[valid])
+        self.stats_ = self._stats(toks, lengths, paths, keys, range(len(toks)))
+        return self
 
     def predict(self, titles: list[str], paths: list[str] | None = None) -> list[str]:
         brands, _ = self.predict_with_confidence(titles, paths)
@@ -283,15 +265,13 @@ class BrandExtractor:
         x = np.stack(
             [_features(self.stats_, t, self.max_tokens, p) for t, p in zip(toks, paths, strict=True)]
         )
-        flat = x.reshape(-1, N_FEATURES)
-        absent = x[:, :, 3] < 0
-        p_none = _softmax(self.model_.decision_function(flat).reshape(len(toks), -1), absent)[:, 0]
-        span_scores = self.span_model_.decision_function(flat).reshape(len(toks), -1)
-        absent[:, 0] = True
-        spans = _softmax(span_scores, absent)
-        probs = spans * (1.0 - p_none[:, None])
-        probs[:, 0] = p_none
-        best = np.where((p_none >= none_threshold) | (spans.max(1) <= 0), 0, spans.argmax(1))
+        scores = self.model_.decision_function(x.reshape(-1, N_FEATURES)).reshape(len(toks), -1)
+        scores[x[:, :, 3] < 0] = -np.inf
+        probs = np.exp(scores - scores.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        spans = probs.copy()
+        spans[:, 0] = -1.0
+        best = np.where(probs[:, 0] >= none_threshold, 0, spans.argmax(1))
         brands = []
         for t, k, p in zip(toks, best, paths, strict=True):
             if k == 0:
@@ -303,8 +283,7 @@ class BrandExtractor:
         return brands, probs[np.arange(len(toks)), best]
 
     def save(self, path: str | os.PathLike) -> None:
-        """``{path}.json`` (lexicon and statistics), ``{path}.skops`` and ``{path}.spans.skops`` (the
-        trees, no pickle)."""
+        """``{path}.json`` (lexicon and statistics) and ``{path}.skops`` (the trees, no pickle)."""
         import skops.io
 
         s = self.stats_
@@ -324,7 +303,6 @@ class BrandExtractor:
         }
         atomic_write_text(Path(f"{path}.json"), json.dumps(data, ensure_ascii=False))
         atomic_write_bytes(Path(f"{path}.skops"), skops.io.dumps(self.model_))
-        atomic_write_bytes(Path(f"{path}.spans.skops"), skops.io.dumps(self.span_model_))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BrandExtractor:
@@ -337,9 +315,6 @@ class BrandExtractor:
         self.stats_.path_other = {p: Counter(c) for p, c in data["path_other"].items()}
         self.stats_.path_words = {p: Counter(c) for p, c in data["path_words"].items()}
         self.model_ = skops.io.load(f"{path}.skops", trusted=TRUSTED_TYPES)
-        spans = Path(f"{path}.spans.skops")
-        # Models saved before the span model existed ranked spans with the joint model.
-        self.span_model_ = skops.io.load(spans, trusted=TRUSTED_TYPES) if spans.is_file() else self.model_
         return self
 
 

@@ -22,7 +22,16 @@ import torch
 from taxonomist.config import TaxonomyConfig
 from taxonomist.data.catalog import expand_path
 from taxonomist.data.split import Split, split_train_dev_test
-from taxonomist.data.taxonomy import BRAND, TITLE, Taxonomy, TitleDataset, read_flipkart, read_indoml
+from taxonomist.data.taxonomy import (
+    BRAND,
+    TITLE,
+    Taxonomy,
+    TitleDataset,
+    normalize_brand,
+    normalize_text,
+    read_flipkart,
+    read_indoml,
+)
 from taxonomist.inference.writers import atomic_write_frame, atomic_write_text
 from taxonomist.metrics.taxonomy import TaxonomyReport, invalid_paths, taxonomy_report
 from taxonomist.models.brand import BrandExtractor
@@ -38,6 +47,7 @@ from taxonomist.models.taxonomy_model import (
     METHODS,
     HeadsClassifier,
     TaxonomyModel,
+    path_key,
     path_targets,
     prediction_frame,
 )
@@ -86,7 +96,7 @@ def build_model(cfg: TaxonomyConfig, encoder: TextEncoder) -> TaxonomyModel:
         enrich=cfg.to_dict()["enrich"] if cfg.enrich.corpus else None,
         method=cfg.predict.method,
         ensemble="soft" if cfg.predict.ensemble == "dev" else cfg.predict.ensemble,
-        brand_none_threshold=cfg.brand.none_threshold,
+        brand_none_threshold=0.9 if cfg.brand.none_threshold is None else cfg.brand.none_threshold,
     )
 
 
@@ -180,6 +190,8 @@ class TaxonomyTrainReport:
     skipped: int
     ensemble: str
     """The ensemble the model uses (chosen on dev when ``predict.ensemble`` is ``dev``)."""
+    brand_none_threshold: float
+    """The brand model's "none" threshold (chosen on dev when ``brand.none_threshold`` is unset)."""
     losses: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -192,6 +204,7 @@ class TaxonomyTrainReport:
             "dev_unseen_paths": self.dev_unseen_paths,
             "skipped_rows": self.skipped,
             "ensemble": self.ensemble,
+            "brand_none_threshold": self.brand_none_threshold,
             "train_seconds": self.train_seconds,
             "titles_per_s": self.titles_per_s,
             "invalid_paths": self.invalid,
@@ -285,6 +298,16 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
         # Path accuracy decides; ties keep the soft ensemble.
         soft, vote = (result["reports"][m].path_accuracy for m in ("soft", "vote"))
         model.ensemble = "vote" if vote > soft else "soft"
+    if cfg.brand.none_threshold is None:
+        predicted = result["predictions"]
+        method = model.ensemble if model.method == "ensemble" else model.method
+        if method not in set(predicted["method"]):  # a single method: no ensemble rows
+            method = predicted["method"].iloc[0]
+        chosen = predicted[predicted["method"] == method]
+        model.brand_none_threshold = choose_none_threshold(
+            model, dev_data, chosen.reset_index(drop=True), cfg.brand.min_no_brand_accuracy
+        )
+        result = evaluate_model(model, dev_data, progress)  # dev figures of the model as saved
     model.save(output_dir)
     cfg.save(output_dir / "config.yaml")  # the run's record: `taxonomy evaluate` rebuilds its split
     report = TaxonomyTrainReport(
@@ -299,12 +322,43 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
         dev_unseen_paths=dev_unseen,
         skipped=len(data.skipped),
         ensemble=model.ensemble,
+        brand_none_threshold=model.brand_none_threshold,
         losses=losses,
     )
     atomic_write_frame(result["predictions"], output_dir / "dev_predictions.csv")
     atomic_write_text(output_dir / "metrics.json", json.dumps(report.to_dict(), indent=1))
     atomic_write_text(output_dir / "report.md", report_markdown(report))
     return report
+
+
+NONE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
+"""The brand "none" thresholds tried on dev."""
+
+
+def choose_none_threshold(
+    model: TaxonomyModel, data: TitleDataset, predicted: pd.DataFrame, min_no_brand_accuracy: float
+) -> float:
+    """The "no brand" threshold with the best dev item accuracy (path and brand right, on branded rows)
+    among those that still call at least ``min_no_brand_accuracy`` of the brandless dev rows brandless.
+
+    ``predicted`` holds the model's dev paths (one row per title). Ties go to the lower threshold.
+    """
+    levels = model.taxonomy_.levels
+    titles = [normalize_text(t) for t in data.frame[TITLE]]
+    paths = [path_key(p) for p in predicted[levels].itertuples(index=False, name=None)]
+    truth = data.frame[BRAND].map(normalize_brand).to_numpy()
+    branded = truth != ""
+    path_ok = (predicted[levels].to_numpy() == data.frame[levels].to_numpy()).all(axis=1)
+    best, best_item = NONE_THRESHOLDS[0], -1.0
+    for threshold in NONE_THRESHOLDS:
+        brands, _ = model.brand.predict_with_confidence(titles, paths, none_threshold=threshold)
+        ok = np.array([normalize_brand(b) for b in brands]) == truth
+        if (~branded).any() and ok[~branded].mean() < min_no_brand_accuracy:
+            continue
+        item = float((ok & path_ok)[branded].mean()) if branded.any() else 0.0
+        if item > best_item:
+            best, best_item = threshold, item
+    return best
 
 
 def evaluate_model(model: TaxonomyModel, data: TitleDataset, progress: bool = False) -> dict:
@@ -374,7 +428,8 @@ def report_markdown(report: TaxonomyTrainReport) -> str:
         f"({report.n_test} test titles kept for `taxonomist taxonomy evaluate`)",
         "",
         f"Dev titles whose path is not in the taxonomy (cannot be right): {report.dev_unseen_paths}. "
-        f"Ensemble used by the model: {report.ensemble}.",
+        f"Chosen on dev: the {report.ensemble} ensemble, brand none threshold "
+        f"{report.brand_none_threshold}.",
         "",
         "| method | path acc | item acc | brand acc | hier. F1 | titles/s | invalid paths |",
         "|---|---:|---:|---:|---:|---:|---:|",
