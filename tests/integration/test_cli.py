@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from taxonomist.cli.main import app
 from taxonomist.data.schema import SchemaError
 from taxonomist.inference.predictor import Predictor
-from taxonomist.inference.writers import ResumeError
+from taxonomist.io import ResumeError
 from taxonomist.models.checkpoint import checkpoint_version
 
 from .conftest import invoke

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from taxonomist.data.catalog import read_generic
-from taxonomist.inference.writers import ResumeError
+from taxonomist.io import ResumeError
 
 if importlib.util.find_spec("ray") is None:
     MESSAGE = "ray is not installed: pip install 'taxonomist[ray]'"

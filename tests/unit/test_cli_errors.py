@@ -22,7 +22,7 @@ from taxonomist.config import CatalogConfig, ConfigError, RunConfig, TaxonomyCon
 from taxonomist.data.catalog import CatalogError, load_catalog, load_for_prediction, read_generic
 from taxonomist.data.inspect import inspect_catalog
 from taxonomist.data.split import split_per_category
-from taxonomist.inference.writers import ResumeError
+from taxonomist.io import ResumeError
 
 runner = CliRunner()
 

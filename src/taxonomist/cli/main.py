@@ -81,7 +81,7 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="train.epochs")] = None,
     limit: Annotated[int | None, typer.Option(help="Use N rows (catalog.limit).")] = None,
     recipe: Annotated[
-        str, typer.Option(help="heads (frozen backbone, cached features) | finetune (end to end, seed 001).")
+        str, typer.Option(help="heads (frozen backbone, cached features) | finetune (end to end).")
     ] = "heads",
     quiet: QuietOpt = False,
 ) -> None:
@@ -277,7 +277,7 @@ def embed(config: ConfigOpt = None, overrides: SetOpt = None, quiet: QuietOpt = 
     """Compute and cache backbone features for a catalog, so later training runs start warm."""
     from taxonomist.data.catalog import load_catalog
     from taxonomist.devices import resolve_device
-    from taxonomist.inference.embed import embed_catalog
+    from taxonomist.features.embed import embed_catalog
     from taxonomist.models.build import build_backbone
 
     cfg = resolve_config(config, overrides)
@@ -361,7 +361,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from taxonomist.data.schema import SchemaError
     from taxonomist.data.taxonomy import TaxonomyError
     from taxonomist.inference.taxonomy import TaxonomyCheckpointError
-    from taxonomist.inference.writers import ResumeError
+    from taxonomist.io import ResumeError
     from taxonomist.models.checkpoint import CheckpointError
 
     return (

@@ -86,10 +86,10 @@ def evaluate(
 ) -> None:
     """Score every method of a checkpoint on labelled titles (by default the run's untouched test split)."""
     from taxonomist.config import load_config
-    from taxonomist.models.taxonomy_model import TaxonomyModel
+    from taxonomist.inference.taxonomy import load_model
     from taxonomist.training.taxonomy import evaluate_model, load_titles, split_part
 
-    model = TaxonomyModel.load(checkpoint)
+    model = load_model(checkpoint)
     cfg = load_config(checkpoint / "config.yaml", cls=TaxonomyConfig)
     if data is None:
         titles = split_part(load_titles(cfg), cfg, split)

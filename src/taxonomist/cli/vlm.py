@@ -43,8 +43,7 @@ def export(
     name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "taxonomist",
 ) -> None:
     """Catalog → chat examples → ShareGPT/Alpaca JSON + dataset_info.json (train as NAME, val as NAME_val)."""
-    from taxonomist.data.chat import export_llamafactory, validate_llamafactory
-    from taxonomist.training.vlm_sft import build_examples
+    from taxonomist.data.chat import build_examples, export_llamafactory, validate_llamafactory
 
     cfg = resolve_config(config, overrides, VLMConfig)
     train_examples, val_examples, _ = build_examples(cfg)
@@ -129,15 +128,15 @@ def improve(
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Self-consistency rounds (seed 003): sample K reasoning chains per unlabeled image, vote, build
+    """Self-consistency rounds: sample K reasoning chains per unlabeled image, vote, build
     (chosen, rejected) pairs, DPO with LoRA, score on the validation split; resumable, best round kept."""
     import dataclasses
 
     from taxonomist.data.catalog import load_catalog
     from taxonomist.data.split import split_per_category
+    from taxonomist.improve.vlm_dpo import IMAGE_PATH
+    from taxonomist.improve.vlm_dpo import improve as run_improve
     from taxonomist.models.vlm import resolve_model_dir
-    from taxonomist.training.vlm_dpo import IMAGE_PATH
-    from taxonomist.training.vlm_dpo import improve as run_improve
 
     cfg = model_config(model_dir, config, overrides)
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)

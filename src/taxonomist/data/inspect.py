@@ -43,6 +43,7 @@ from rich.text import Text
 from taxonomist.data.catalog import CATEGORY, ID, Catalog, describe_counts
 from taxonomist.data.images import ImageLoadError, content_hash, load_image
 from taxonomist.data.schema import Schema
+from taxonomist.io import atomic_write_bytes
 
 TOP_N = 15
 HTML_MAX_ROWS = 500
@@ -322,22 +323,22 @@ class InspectReport:
             "out_of_schema.csv": self.out_of_schema,
         }
         for name, frame in tables.items():
-            _atomic_write(out / name, frame.to_csv(index=False).encode("utf-8"))
+            atomic_write_bytes(out / name, frame.to_csv(index=False).encode("utf-8"))
 
         plots: dict[str, str] = {}
         for category, name in _plot_names(list(self.rows_per_category)).items():
-            _atomic_write(out / name, _class_count_png(self, category))
+            atomic_write_bytes(out / name, _class_count_png(self, category))
             plots[category] = name
         heatmap = "missing_heatmap.png" if len(self.missing) else None
         if heatmap:
-            _atomic_write(out / heatmap, _missing_heatmap_png(self))
+            atomic_write_bytes(out / heatmap, _missing_heatmap_png(self))
 
         data = self.to_dict()
         data["files"] = {"tables": list(tables), "class_count_plots": plots, "missing_heatmap": heatmap}
         text = json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False, default=_json_default)
-        _atomic_write(out / "report.json", text.encode("utf-8"))
+        atomic_write_bytes(out / "report.json", text.encode("utf-8"))
         index = out / "index.html"
-        _atomic_write(index, self._html(plots, heatmap).encode("utf-8"))
+        atomic_write_bytes(index, self._html(plots, heatmap).encode("utf-8"))
         return index
 
     def _html(self, plots: dict[str, str], heatmap: str | None) -> str:
@@ -785,16 +786,6 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.bool_):
         return bool(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file + rename, so a reader (or a browser refresh) never sees half a report."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _plot_names(categories: Sequence[str]) -> dict[str, str]:

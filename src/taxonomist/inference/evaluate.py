@@ -12,9 +12,9 @@ import pandas as pd
 from taxonomist.config import RunConfig, VLMConfig
 from taxonomist.data.catalog import CATEGORY, ID, CatalogError, describe_counts, load_catalog
 from taxonomist.data.split import split_per_category
-from taxonomist.inference.embed import embed_catalog
+from taxonomist.features.embed import embed_catalog
 from taxonomist.inference.predictor import Predictor, wide_named_frame
-from taxonomist.inference.writers import atomic_write_text
+from taxonomist.io import atomic_write_text
 from taxonomist.metrics import AttributeReport, attribute_score, expected_calibration_error
 from taxonomist.progress import progress_bar
 
@@ -120,9 +120,9 @@ def evaluate_vlm(
 ) -> dict:
     """Score a VLM on the held-out examples of its training config: the competition metric, validity and
     calibration of per-attribute confidences (attributes), or BLEU-4/ROUGE-L/CIDEr/FGD (captions)."""
+    from taxonomist.data.chat import build_examples
     from taxonomist.inference.vlm import VLMPredictor, to_predictions
     from taxonomist.metrics.captions import caption_scores
-    from taxonomist.training.vlm_sft import build_examples
 
     if split not in ("val", "all"):
         raise ValueError(f"split must be 'val' or 'all', got {split!r}")

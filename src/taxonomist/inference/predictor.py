@@ -18,9 +18,9 @@ from taxonomist.data.catalog import CATEGORY, ID, MEESHO_MAX_ATTRS, Catalog
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image, write_errors
 from taxonomist.data.schema import SchemaError
 from taxonomist.devices import module_device, resolve_device
-from taxonomist.inference.cache import FeatureCache
-from taxonomist.inference.embed import embed_images
-from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
+from taxonomist.features.cache import FeatureCache
+from taxonomist.features.embed import embed_images
+from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.build import build_backbone
 from taxonomist.models.checkpoint import HeadsCheckpoint, calibrated_probs, checkpoint_version
 from taxonomist.progress import progress_bar

@@ -19,7 +19,7 @@ import pandas as pd
 
 from taxonomist.data.catalog import CatalogError
 from taxonomist.data.taxonomy import BRAND, ID, TITLE, Taxonomy, normalize_text
-from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
+from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.checkpoint import checkpoint_digest
 from taxonomist.models.taxonomy_model import (
     CHECKPOINT_FILES,
@@ -28,7 +28,7 @@ from taxonomist.models.taxonomy_model import (
 )
 from taxonomist.progress import progress_bar
 
-__all__ = ["TaxonomyCheckpointError", "TaxonomyPredictor"]
+__all__ = ["TaxonomyCheckpointError", "TaxonomyPredictor", "load_model"]
 
 DEFAULT_CHUNK_SIZE = 2048
 
@@ -45,8 +45,7 @@ class TaxonomyPredictor:
     def from_pretrained(
         cls, path: str | os.PathLike, quantize: bool | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
     ) -> TaxonomyPredictor:
-        model = TaxonomyModel.load(path, quantize=quantize)
-        return cls(model, checkpoint_digest(Path(path), CHECKPOINT_FILES), chunk_size)
+        return cls(load_model(path, quantize), checkpoint_digest(Path(path), CHECKPOINT_FILES), chunk_size)
 
     @property
     def taxonomy(self) -> Taxonomy:
@@ -108,6 +107,18 @@ class TaxonomyPredictor:
         }
         atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=1))
         return summary
+
+
+def load_model(path: str | os.PathLike, quantize: bool | None = None) -> TaxonomyModel:
+    """:meth:`TaxonomyModel.load`, with the retrieval enricher rebuilt from its saved settings."""
+    settings = TaxonomyModel.read_manifest(path)["enrich"]
+    enricher = None
+    if settings:
+        from taxonomist.config import EnrichConfig
+        from taxonomist.features.enrich import Enricher
+
+        enricher = Enricher.from_config(EnrichConfig(**settings))
+    return TaxonomyModel.load(path, quantize=quantize, enricher=enricher)
 
 
 def _read_titles(path: Path, title_column: str, id_column: str) -> pd.DataFrame:

@@ -31,7 +31,7 @@ from taxonomist.inference.predictor import (
     long_frame,
     meesho_frame,
 )
-from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
+from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.checkpoint import checkpoint_digest
 from taxonomist.models.vlm import VLM, load_vlm, read_metadata, resolve_model_dir
 from taxonomist.progress import progress_bar

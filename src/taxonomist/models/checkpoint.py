@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from taxonomist.config import BackboneConfig, HeadsConfig, RunConfig
 from taxonomist.data.schema import Schema
+from taxonomist.io import atomic_write
 from taxonomist.models.backbones import Backbone
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 
@@ -105,12 +106,14 @@ class HeadsCheckpoint:
             "metrics": self.metrics,
         }
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        _atomic(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
+        atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
         if backbone_state is not None:
             tensors = {k: v.detach().contiguous() for k, v in backbone_state.items()}
-            _atomic(directory / BACKBONE_FILE, lambda p: save_file(tensors, str(p)))
+            atomic_write(directory / BACKBONE_FILE, lambda p: save_file(tensors, str(p)))
         self.schema.save(directory / SCHEMA_FILE)
-        _atomic(directory / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=1), encoding="utf-8"))
+        atomic_write(
+            directory / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        )
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> tuple[HeadsCheckpoint, AttributeHeads]:
@@ -143,12 +146,6 @@ class HeadsCheckpoint:
     def backbone_state(directory: str | os.PathLike) -> dict[str, torch.Tensor] | None:
         path = Path(directory) / BACKBONE_FILE
         return load_file(str(path)) if path.is_file() else None
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def calibrated_probs(

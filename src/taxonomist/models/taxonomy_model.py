@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -179,19 +179,19 @@ class HeadsClassifier:
         return self
 
 
-def _build_enricher(settings: Mapping[str, Any]) -> Any:
-    from taxonomist.config import EnrichConfig
-    from taxonomist.models.enrich import Enricher
+class TitleEnricher(Protocol):
+    """Appends text about each title (e.g. :class:`taxonomist.features.enrich.Enricher`)."""
 
-    return Enricher.from_config(EnrichConfig(**settings))
+    def enrich(self, titles: list[str]) -> list[str]: ...
 
 
 class TaxonomyModel:
     """``fit(titles, paths, brands, taxonomy)`` then ``predict(titles)`` → levels, brand, confidences.
 
     Parts left None are not used; ``seq2seq`` comes already fine-tuned (the recipe's training loop) and
-    is kept as it is. ``enrich`` holds the settings of the retrieval enrichment (corpus, columns, k, …),
-    kept so a loaded model enriches the same way. ``method`` is what :meth:`predict` uses unless told
+    is kept as it is. ``enricher`` appends corpus text to every title before any method sees it;
+    ``enrich`` holds its settings (corpus, columns, k, …), saved so that whoever loads the model can
+    rebuild the same enricher (see :meth:`load`). ``method`` is what :meth:`predict` uses unless told
     otherwise (a method, ``ensemble``, ``soft`` or ``vote``); ``ensemble`` is how ``ensemble`` combines
     the methods (the recipe can pick it on the dev split).
     """
@@ -206,6 +206,7 @@ class TaxonomyModel:
         lexical: LexicalClassifier | None = None,
         seq2seq: Any | None = None,
         seq2seq_beams: int = 4,
+        enricher: TitleEnricher | None = None,
         enrich: Mapping[str, Any] | None = None,
         method: str = "ensemble",
         ensemble: Literal["soft", "vote"] = "soft",
@@ -219,22 +220,16 @@ class TaxonomyModel:
         self.lexical = lexical
         self.seq2seq = seq2seq
         self.seq2seq_beams = seq2seq_beams
+        self.enricher = enricher
         self.enrich = dict(enrich) if enrich else None
         self.method = method
         self.ensemble = ensemble
         self.brand_none_threshold = brand_none_threshold
         self.encoder_finetuned = encoder_finetuned
-        self._enricher: Any | None = None
 
     @property
     def methods(self) -> list[str]:
         return [m for m in METHODS if getattr(self, m) is not None]
-
-    @property
-    def enricher(self) -> Any | None:
-        if self.enrich and self._enricher is None:
-            self._enricher = _build_enricher(self.enrich)
-        return self._enricher
 
     # -- fitting ---------------------------------------------------------------------------------------
     def fit(
@@ -407,8 +402,9 @@ class TaxonomyModel:
         os.replace(tmp, path / MANIFEST)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, quantize: bool | None = None) -> TaxonomyModel:
-        """A folder written by :meth:`save`; ``quantize`` overrides the saved int8-encoder switch."""
+    @staticmethod
+    def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+        """The checkpoint's settings (``enrich`` among them), checked to be a taxonomy model's."""
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
@@ -421,6 +417,24 @@ class TaxonomyModel:
                 f"{path} was written by an older taxonomist (checkpoint format "
                 f"{manifest.get('format', 1)}, this version reads {FORMAT}); retrain it with "
                 "`taxonomist taxonomy train`"
+            )
+        return manifest
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike, quantize: bool | None = None, enricher: TitleEnricher | None = None
+    ) -> TaxonomyModel:
+        """A folder written by :meth:`save`; ``quantize`` overrides the saved int8-encoder switch.
+
+        A model trained with enrichment needs its ``enricher`` rebuilt from ``read_manifest(path)["enrich"]``
+        (:func:`taxonomist.inference.taxonomy.load_model` does that).
+        """
+        path = Path(path)
+        manifest = cls.read_manifest(path)
+        if manifest["enrich"] and enricher is None:
+            raise TaxonomyCheckpointError(
+                f"{path} enriches titles from {manifest['enrich'].get('corpus')}: load it with "
+                "taxonomist.inference.taxonomy.load_model, which rebuilds the enricher"
             )
         taxonomy = Taxonomy.load(path / "taxonomy.json")
         enc = manifest["encoder"]
@@ -435,6 +449,7 @@ class TaxonomyModel:
             encoder,
             BrandExtractor.load(path / "brand"),
             seq2seq_beams=manifest["seq2seq_beams"],
+            enricher=enricher,
             enrich=manifest["enrich"],
             method=manifest["method"],
             ensemble=manifest["ensemble"],

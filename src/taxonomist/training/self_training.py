@@ -38,8 +38,8 @@ from taxonomist.data.labels import MISSING
 from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
-from taxonomist.inference.embed import embed_catalog
-from taxonomist.inference.writers import ResumeError, atomic_write_frame, atomic_write_text
+from taxonomist.features.embed import embed_catalog
+from taxonomist.io import ResumeError, atomic_write_frame, atomic_write_text
 from taxonomist.metrics import AttributeReport, apply_temperature, attribute_score, fit_temperature
 from taxonomist.models.checkpoint import HeadsCheckpoint
 from taxonomist.models.heads import AttributeHeads, allowed_masks

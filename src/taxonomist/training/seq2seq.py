@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from taxonomist.data.taxonomy import DEFAULT_LEVELS, NO_BRAND, Taxonomy, normalize_text
+from taxonomist.devices import resolve_device, resolve_precision
 from taxonomist.models.seq2seq import Seq2SeqTaxonomyModel
 
 LORA_TARGETS = (("q", "v"), ("q_proj", "v_proj"), ("query", "value"), ("c_attn",), ("qkv_proj",))
@@ -104,7 +105,7 @@ def fit_seq2seq(
         )
         network = get_peft_model(network, config)
     if bf16 is None:
-        bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        bf16 = resolve_precision("auto", resolve_device("auto")) == "bf16"
     args = Seq2SeqTrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=epochs,

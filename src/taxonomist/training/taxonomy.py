@@ -32,7 +32,8 @@ from taxonomist.data.taxonomy import (
     read_flipkart,
     read_indoml,
 )
-from taxonomist.inference.writers import atomic_write_frame, atomic_write_text
+from taxonomist.features.enrich import Enricher
+from taxonomist.io import atomic_write_frame, atomic_write_text
 from taxonomist.metrics.taxonomy import TaxonomyReport, invalid_paths, taxonomy_report
 from taxonomist.models.brand import BrandExtractor
 from taxonomist.models.taxonomy import (
@@ -44,7 +45,6 @@ from taxonomist.models.taxonomy import (
 )
 from taxonomist.models.taxonomy_model import (
     DISTRIBUTION_METHODS,
-    METHODS,
     HeadsClassifier,
     TaxonomyModel,
     path_key,
@@ -93,6 +93,7 @@ def build_model(cfg: TaxonomyConfig, encoder: TextEncoder) -> TaxonomyModel:
         heads=_heads(cfg) if "heads" in methods else None,
         lexical=LexicalClassifier(cfg.lexical.C, cfg.lexical.temperature) if "lexical" in methods else None,
         seq2seq_beams=cfg.seq2seq.num_beams,
+        enricher=Enricher.from_config(cfg.enrich) if cfg.enrich.corpus else None,
         enrich=cfg.to_dict()["enrich"] if cfg.enrich.corpus else None,
         method=cfg.predict.method,
         ensemble="soft" if cfg.predict.ensemble == "dev" else cfg.predict.ensemble,
@@ -213,12 +214,6 @@ class TaxonomyTrainReport:
         }
 
 
-def _check_methods(methods: list[str]) -> None:
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        raise ValueError(f"unknown taxonomy method(s) {sorted(unknown)}; choose from {list(METHODS)}")
-
-
 def _fit_seq2seq(
     cfg: TaxonomyConfig, taxonomy: Taxonomy, titles: list[str], data: TitleDataset, work: Path
 ) -> tuple[object, list[float]]:
@@ -244,7 +239,6 @@ def _fit_seq2seq(
 
 def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True) -> TaxonomyTrainReport:
     """Fit on the training part, choose the ensemble on dev, save, and score every method on dev."""
-    _check_methods(list(cfg.train.methods))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -263,10 +257,8 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
     encoder = TextEncoder(
         cfg.encoder.name, cfg.encoder.max_length, cfg.encoder.batch_size, quantize=cfg.encoder.quantize
     )
-    model = build_model(cfg, encoder)
-    if model.enrich:
-        with timed(seconds, "enrich_index"):  # the corpus is embedded once, timed apart from training
-            _ = model.enricher
+    with timed(seconds, "enrich_index"):  # the corpus (if any) is embedded once, timed apart
+        model = build_model(cfg, encoder)
     losses: dict[str, list[float]] = {}
     methods = set(cfg.train.methods)
     if cfg.encoder.finetune_epochs > 0 and methods & {"heads", "retrieval"}:

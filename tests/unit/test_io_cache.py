@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taxonomist.inference.cache import FeatureCache
-from taxonomist.inference.writers import ChunkedWriter, ResumeError
+from taxonomist.features.cache import FeatureCache
+from taxonomist.io import ChunkedWriter, ResumeError, atomic_write, atomic_write_text
 
 
 def test_cache_round_trip_and_reopen(tmp_path: Path) -> None:
@@ -22,6 +22,20 @@ def test_cache_ignores_half_written_shard(tmp_path: Path) -> None:
     cache = FeatureCache(tmp_path, "fp")
     np.save(cache.dir / "dead.feats.npy", np.zeros((1, 2), dtype=np.float32))  # keys never landed
     assert len(FeatureCache(tmp_path, "fp")) == 0
+
+
+def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    atomic_write_text(target, "old")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        atomic_write(target, half_then_fail)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
 def test_chunked_writer_resumes_without_duplicates(tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
-"""Crash-safe chunked outputs: each chunk is one atomically written part; a rerun skips finished parts.
+"""Every file taxonomist writes goes through here: whole or not at all, and resumable in chunks.
 
-A ``kill -9`` can only lose the chunk in flight; a part on disk is complete, so rows are never
-duplicated. Final files are assembled from parts at the end, again atomically.
+:func:`atomic_write` writes to a unique temporary name next to the target, then renames it into place,
+so a reader (or a rerun after ``kill -9``) sees the old file or the new one, never half of it, even
+when two workers write the same file at once. :class:`ChunkedWriter` builds resumable batch outputs
+from such writes: each chunk is one atomically written part, a rerun skips finished parts, so a kill
+can only lose the chunk in flight and rows are never duplicated.
 """
 
 from __future__ import annotations
@@ -9,7 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -21,23 +27,38 @@ class ResumeError(RuntimeError):
     """The output folder holds a partial run of a different input or settings."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` fills a temporary file beside ``path``; it is renamed onto ``path`` only when
+    ``write`` returns. The temporary name is hidden and ends in ``.tmp``, so no glob for the real
+    files picks up one left by a killed process."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def atomic_write_json(path: str | os.PathLike, data: Any, **dumps_kwargs: Any) -> None:
+    """``data`` as JSON (``dumps_kwargs`` as for :func:`json.dumps`)."""
+    atomic_write_text(path, json.dumps(data, **dumps_kwargs))
 
 
-def atomic_write_frame(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix == ".parquet":
-        frame.to_parquet(tmp, index=False)
+def atomic_write_frame(frame: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Parquet for a ``.parquet`` path, CSV otherwise; no index."""
+    if Path(path).suffix == ".parquet":
+        atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
     else:
-        frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+        atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 def rows_digest(rows: pd.DataFrame) -> str:
