@@ -11,6 +11,7 @@ embeddings, and the retrieval index holds the fine-tuned embeddings of the train
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -328,7 +329,11 @@ NONE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 
 
 def choose_none_threshold(
-    model: TaxonomyModel, data: TitleDataset, predicted: pd.DataFrame, min_no_brand_accuracy: float
+    model: TaxonomyModel,
+    data: TitleDataset,
+    predicted: pd.DataFrame,
+    min_no_brand_accuracy: float,
+    thresholds: Sequence[float] = NONE_THRESHOLDS,
 ) -> float:
     """The "no brand" threshold with the best dev item accuracy (path and brand right, on branded rows)
     among those that still call at least ``min_no_brand_accuracy`` of the brandless dev rows brandless.
@@ -341,8 +346,8 @@ def choose_none_threshold(
     truth = data.frame[BRAND].map(normalize_brand).to_numpy()
     branded = truth != ""
     path_ok = (predicted[levels].to_numpy() == data.frame[levels].to_numpy()).all(axis=1)
-    best, best_item = NONE_THRESHOLDS[0], -1.0
-    for threshold in NONE_THRESHOLDS:
+    best, best_item = thresholds[0], -1.0
+    for threshold in thresholds:
         brands, _ = model.brand.predict_with_confidence(titles, paths, none_threshold=threshold)
         ok = np.array([normalize_brand(b) for b in brands]) == truth
         if (~branded).any() and ok[~branded].mean() < min_no_brand_accuracy:
