@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from taxonomist.data.taxonomy import BRAND, PATH_SEP, Taxonomy, normalize_text
 from taxonomist.models.brand import BrandExtractor
+from taxonomist.models.seq2seq import Seq2SeqTaxonomyModel
 from taxonomist.models.taxonomy import (
     HierarchicalHeads,
     LexicalClassifier,
@@ -204,7 +205,7 @@ class TaxonomyModel:
         retrieval: RetrievalClassifier | None = None,
         heads: HeadsClassifier | None = None,
         lexical: LexicalClassifier | None = None,
-        seq2seq: Any | None = None,
+        seq2seq: Seq2SeqTaxonomyModel | None = None,
         seq2seq_beams: int = 4,
         enricher: TitleEnricher | None = None,
         enrich: Mapping[str, Any] | None = None,
@@ -468,7 +469,5 @@ class TaxonomyModel:
         if "lexical" in methods:
             self.lexical = LexicalClassifier.load(path / "lexical")
         if "seq2seq" in methods:
-            from taxonomist.models.seq2seq import Seq2SeqTaxonomyModel
-
             self.seq2seq = Seq2SeqTaxonomyModel.from_pretrained(str(path / "seq2seq"), taxonomy)
         return self

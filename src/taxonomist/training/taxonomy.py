@@ -37,6 +37,7 @@ from taxonomist.features.enrich import Enricher
 from taxonomist.io import atomic_write_frame, atomic_write_text
 from taxonomist.metrics.taxonomy import TaxonomyReport, invalid_paths, taxonomy_report
 from taxonomist.models.brand import BrandExtractor
+from taxonomist.models.seq2seq import Seq2SeqTaxonomyModel
 from taxonomist.models.taxonomy import (
     LexicalClassifier,
     RetrievalClassifier,
@@ -217,8 +218,7 @@ class TaxonomyTrainReport:
 
 def _fit_seq2seq(
     cfg: TaxonomyConfig, taxonomy: Taxonomy, titles: list[str], data: TitleDataset, work: Path
-) -> tuple[object, list[float]]:
-    from taxonomist.models.seq2seq import Seq2SeqTaxonomyModel
+) -> tuple[Seq2SeqTaxonomyModel, list[float]]:
     from taxonomist.training.seq2seq import fit_seq2seq
 
     sc = cfg.seq2seq
