@@ -34,7 +34,7 @@ from taxonomist.config import load_config
 from taxonomist.data.catalog import CATEGORY, ID, load_catalog
 from taxonomist.data.split import split_per_category
 from taxonomist.devices import resolve_device
-from taxonomist.inference.embed import embed_catalog
+from taxonomist.features.embed import embed_catalog
 from taxonomist.inference.predictor import Predictor
 from taxonomist.metrics import attribute_score
 from taxonomist.models.build import build_backbone

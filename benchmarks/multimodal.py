@@ -38,8 +38,8 @@ from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path, load_catalo
 from taxonomist.data.labels import MISSING, encode_labels
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_train_dev_test
+from taxonomist.features.embed import embed_catalog
 from taxonomist.features.text import TextFeatures
-from taxonomist.inference.embed import embed_catalog
 from taxonomist.inference.predictor import Predictor
 from taxonomist.metrics import apply_temperature, attribute_score, expected_calibration_error, fit_temperature
 from taxonomist.models.checkpoint import HeadsCheckpoint

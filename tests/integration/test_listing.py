@@ -63,14 +63,19 @@ def test_listing_predict_reads_titles_resumes_and_fills_in_for_missing_images(li
 
 
 def test_a_chunk_of_unreadable_images_only_is_reported_not_fatal(listing_run, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from taxonomist.cli.main import app
+
     catalog, _, ckpt = listing_run
     frame = pd.read_csv(catalog, dtype={"sku": str}).head(3)
     frame["sku"] = ["gone-1", "gone-2", "gone-3"]
     frame.to_csv(catalog.parent / "gone.csv", index=False)
-    invoke(
-        "predict", str(ckpt), "-o", str(tmp_path / "out"), "--data", str(catalog.parent / "gone.csv"), "-q"
-    )
-    assert len(pd.read_csv(tmp_path / "out" / "errors.csv")) == 3
+    out = tmp_path / "out"
+    args = ["predict", str(ckpt), "-o", str(out), "--data", str(catalog.parent / "gone.csv"), "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2  # every row failed: the job says so, after writing its outputs
+    assert len(pd.read_csv(out / "errors.csv")) == 3
 
 
 def test_listing_evaluate_reads_titles(listing_run, tmp_path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from taxonomist.inference.cache import FeatureCache
+from taxonomist.features.cache import FeatureCache
 from taxonomist.models.text import TextEncoder
 
 LEXICAL_FILE = "lexical.skops"
@@ -122,7 +122,7 @@ class LexicalView:
     def save(self, directory: str | os.PathLike) -> None:
         import skops.io
 
-        from taxonomist.inference.writers import atomic_write_bytes
+        from taxonomist.io import atomic_write_bytes
 
         atomic_write_bytes(Path(directory) / LEXICAL_FILE, skops.io.dumps(self._fitted()))
 
