@@ -156,7 +156,7 @@ def self_train(
     quiet: QuietOpt = False,
 ) -> None:
     """Heads on a labeled fraction, then rounds of view-consistent, confident pseudo-labels (listing
-    titles join the teacher's views where ``catalog.text_columns`` names them)."""
+    titles join the teacher's views where catalog.text_columns names them)."""
     from taxonomist.training.self_training import self_train as run_self_training
 
     cfg = resolve_config(
