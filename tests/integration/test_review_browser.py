@@ -113,7 +113,7 @@ def test_keyboard_review_reaches_database_and_export(
             # A number key corrects to the n-th allowed value, then the page moves on.
             allowed = page.locator("#choices li").all_inner_texts()
             other = next(v for v in ("wide", "tall") if v != second["value"])
-            key = next(t[1] for t in allowed if t.endswith(f"] {other}"))
+            key = next(t[1] for t in allowed if t.split(" · ")[0].endswith(f"] {other}"))
             page.keyboard.press(key)
             expect(rows.nth(1).locator("td").last).to_have_text(f"correct: {other}")
             expect(page.locator("#rows tr.current td").first).to_have_text(unsure.iloc[2]["id"])

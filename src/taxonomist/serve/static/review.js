@@ -142,7 +142,8 @@ function show(k) {
     option($("typed-options"), value);
     if (n >= 9) return;
     const li = document.createElement("li");
-    li.textContent = `[${n + 1}] ${value}`;
+    const p = item.probabilities[value];
+    li.textContent = `[${n + 1}] ${value}` + (p === undefined ? "" : ` · ${p.toFixed(2)}`);
     li.classList.toggle("predicted", value === item.value);
     li.classList.toggle("chosen", item.decision?.value === value);
     li.addEventListener("click", () => exclusive(() => decide(item, value)));
