@@ -242,7 +242,8 @@ def test_docs_pages_render_offline(chromium: str, server: tuple[str, ReviewInput
             # ReDoc's bundle always asks for its maker's logo; offline the img hides itself (onError), and
             # the refused request is the only error the page logs.
             assert set(left) <= {REDOC_LOGO}
-            assert errors == ["Failed to load resource: net::ERR_FAILED"] * len(left)
+            # (its console line may arrive after this point: at most one per refused request)
+            assert set(errors) <= {"Failed to load resource: net::ERR_FAILED"} and len(errors) <= len(left)
         finally:
             browser.close()
 
