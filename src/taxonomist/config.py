@@ -337,15 +337,20 @@ class LexicalConfig:
 class BrandConfig:
     max_tokens: PositiveInt = 4
     """Longest title prefix considered as a brand."""
-    none_threshold: Probability = 0.9
-    """Predict "no brand" only when its probability is at least this (0.5 ≈ plain argmax). High by
-    default: an empty brand field in scraped catalogs mostly means "not recorded", so training
-    over-learns "none"; both brand and no-brand accuracy are reported."""
+    none_threshold: Probability | None = None
+    """Predict "no brand" only when its probability is at least this (0.5 ≈ plain argmax). None: chosen
+    on the dev split (the best item accuracy that keeps ``min_no_brand_accuracy``). An empty brand field
+    in scraped catalogs mostly means "not recorded", so training over-learns "none" and the threshold
+    lands high; both brand and no-brand accuracy are reported."""
+    min_no_brand_accuracy: Probability = 0.5
+    """When the threshold is chosen on dev: the share of dev rows without a brand that must still be
+    predicted as brandless."""
 
 
 @dataclass
 class Seq2SeqConfig:
-    enabled: bool = False
+    """The seq2seq generator, fitted when ``train.methods`` lists ``seq2seq``."""
+
     model: str = "google/flan-t5-small"
     epochs: PositiveInt = 3
     lr: PositiveFloat = 5e-4
@@ -373,7 +378,12 @@ TaxonomyMethod = Literal["retrieval", "heads", "lexical", "seq2seq"]
 
 @dataclass
 class TaxonomyTrainConfig:
-    val_fraction: OpenFraction = 0.1
+    dev_fraction: OpenFraction = 0.1
+    """Share of each category's rows that choose (the ensemble) and score ``taxonomy train``."""
+    test_fraction: FractionBelowOne = 0.1
+    """Share kept for ``taxonomy evaluate`` only: no choice ever sees these rows."""
+    stratify_depth: PositiveInt = 1
+    """Path levels whose categories the split keeps in proportion (1: the top level)."""
     seed: int = 0
     methods: list[TaxonomyMethod] = field(default_factory=lambda: ["retrieval", "heads", "lexical"])
     """Methods to fit: retrieval, heads, lexical, seq2seq; the ensemble combines all of them."""
@@ -383,9 +393,10 @@ class TaxonomyTrainConfig:
 class TaxonomyPredictConfig:
     method: TaxonomyMethod | Literal["ensemble"] = "ensemble"
     """retrieval | heads | lexical | seq2seq | ensemble (the fitted methods combined)."""
-    ensemble: Literal["soft", "vote"] = "soft"
+    ensemble: Literal["soft", "vote", "dev"] = "dev"
     """soft: sum of path log-probabilities (seq2seq, which gives only its top path, is left out);
-    vote: PRMAS's hierarchy-compliant hard vote over every method."""
+    vote: PRMAS's hierarchy-compliant hard vote over every method; dev: whichever of the two has the
+    better path accuracy on the dev split (soft on a tie)."""
     chunk_size: PositiveInt = 2048
 
 

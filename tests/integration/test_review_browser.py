@@ -31,6 +31,7 @@ from ..unit.test_report import BY_CATEGORY, ROWS
 from .review_data import ReviewInputs, write_review_inputs
 
 pytestmark = pytest.mark.integration
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 
 @pytest.fixture
@@ -220,15 +221,28 @@ def test_docs_pages_render_offline(chromium: str, server: tuple[str, ReviewInput
         try:
             context = browser.new_context()
             # Offline as far as the page can tell: any request off this server fails.
-            context.route(re.compile(r"^(?!http://127\.0\.0\.1).*"), lambda route: route.abort())
+            left: list[str] = []
+
+            def refuse(route) -> None:
+                left.append(route.request.url)
+                route.abort()
+
+            context.route(re.compile(r"^(?!http://127\.0\.0\.1).*"), refuse)
             page = context.new_page()
             errors = _watch(page)
             page.goto(f"{base}/docs")
             expect(page.locator(".swagger-ui .info .title")).to_contain_text("taxonomist review")
             expect(page.locator(".opblock").first).to_be_visible()
+            page.wait_for_load_state("networkidle")  # leaving mid-fetch would log an aborted request
+            assert errors == [] and left == []
             page.goto(f"{base}/redoc")
             expect(page.locator("h1").first).to_contain_text("taxonomist review")
-            assert errors == []
+            expect(page.locator("[role=menu]").first).to_be_visible()
+            page.wait_for_load_state("networkidle")
+            # ReDoc's bundle always asks for its maker's logo; offline the img hides itself (onError), and
+            # the refused request is the only error the page logs.
+            assert set(left) <= {REDOC_LOGO}
+            assert errors == ["Failed to load resource: net::ERR_FAILED"] * len(left)
         finally:
             browser.close()
 

@@ -330,7 +330,8 @@ def predict(
     catalog = load_for_prediction(cfg.catalog)
     record_input(output, cfg.catalog, checkpoint)  # `review OUTPUT` finds images and titles through it
     if engine == "ray":
-        from taxonomist.inference.ray_engine import predict_with_ray
+        from taxonomist.inference.predictor import with_row_errors
+        from taxonomist.inference.ray_engine import predict_with_ray, read_ray_output
 
         summary = predict_with_ray(
             checkpoint,
@@ -348,13 +349,13 @@ def predict(
             address=address,
             progress=not quiet,
         )
-        if len(catalog.rejected):  # rows the shards never saw
-            catalog.rejected.to_csv(output / "rejected_rows.csv", index=False)
-            console.print(f"{len(catalog.rejected)} rows set aside: {output / 'rejected_rows.csv'}")
+        # The shards' errors with their lines, and the rows the shards never saw, as the local engine writes.
+        errors = read_ray_output(output, "errors")
+        summary = with_row_errors(summary, catalog, errors, output)
         console.print_json(json.dumps(summary.to_dict()))
         failure = summary.failure(cfg.predict.max_error_share)
         if failure:
-            raise JobFailed(failure.replace("errors.csv", "errors/"))
+            raise JobFailed(failure)
         return
     predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
     summary = predictor.predict_catalog(

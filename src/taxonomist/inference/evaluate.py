@@ -300,7 +300,7 @@ def evaluate_vlm(
     from taxonomist.metrics.captions import caption_scores
 
     if split not in ("val", "all"):
-        raise ValueError(f"split must be 'val' or 'all', got {split!r}")
+        raise ConfigError(f"--split must be 'val' or 'all' for this model, got {split!r}")
     train_examples, val_examples, _ = build_examples(cfg)
     examples = val_examples if split == "val" else [*train_examples, *val_examples]
     predictor = VLMPredictor.from_pretrained(model_dir, generate=cfg.generate)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -332,6 +333,22 @@ def row_errors(catalog: Catalog, errors: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("line", kind="stable", na_position="last").reset_index(drop=True)[
         ROW_ERROR_COLUMNS
     ]
+
+
+def with_row_errors(
+    summary: PredictSummary, catalog: Catalog, errors: pd.DataFrame, out_dir: str | os.PathLike
+) -> PredictSummary:
+    """For engines that only see the rows read (Ray shards, the VLM batch job): ``errors.csv`` in
+    ``out_dir`` rewritten with each row's line and the rows the reader set aside, and ``summary``
+    counting them too."""
+    table = row_errors(catalog, errors)
+    atomic_write_frame(table, Path(out_dir) / "errors.csv")
+    return dataclasses.replace(
+        summary,
+        rows=summary.rows + len(catalog.rejected),
+        errors=len(table),
+        error_reasons={str(r): int(n) for r, n in table["reason"].value_counts().items()},
+    )
 
 
 def meesho_frame(preds: Sequence[Prediction], schema) -> pd.DataFrame:
