@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +67,26 @@ def rows_digest(rows: pd.DataFrame) -> str:
     return hashlib.sha256(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes()).hexdigest()
 
 
+def resume_conflict(out_dir: Path, previous: dict, manifest: dict, finished: bool) -> str:
+    """One line for a rerun into the folder of another job: whether that job finished, what differs (in
+    words, not manifests) and how to start afresh."""
+    then, now = {**previous, **previous.get("settings", {})}, {**manifest, **manifest.get("settings", {})}
+    names = {"n_rows": "rows", "rows_sha256": "input rows", "model": "model", "fingerprint": "backbone"}
+    differences = []
+    for key in dict.fromkeys([*then, *now]):
+        if key in ("settings",) or then.get(key) == now.get(key):
+            continue
+        if key in ("rows_sha256", "model", "fingerprint") and key in then and key in now:
+            differences.append(f"other {names[key]}")
+        else:
+            differences.append(f"{names.get(key, key)} {then.get(key)!r} then, {now.get(key)!r} now")
+    state = "a finished job" if finished else "a partial job (not finished)"
+    return (
+        f"{out_dir} holds {state} with {', '.join(differences) or 'other settings'}; to start afresh, "
+        f"delete it (rm -r {shlex.quote(str(out_dir))}) and run the command again, or pass another --output"
+    )
+
+
 class ChunkedWriter:
     """Parts ``part-00000.parquet``… under ``out_dir/parts``, one per chunk of input rows.
 
@@ -93,10 +114,9 @@ class ChunkedWriter:
         if manifest_path.exists():
             previous = json.loads(manifest_path.read_text(encoding="utf-8"))
             if previous != manifest:
-                raise ResumeError(
-                    f"{self.out_dir} holds a partial run with other input or settings "
-                    f"({previous} != {manifest}); use another output folder or delete this one"
-                )
+                n_chunks = -(-int(previous.get("n_rows", 0)) // max(1, int(previous.get("chunk_size", 1))))
+                finished = all(self.part_path(k, "done").exists() for k in range(n_chunks))
+                raise ResumeError(resume_conflict(self.out_dir, previous, manifest, finished))
         else:
             atomic_write_text(manifest_path, json.dumps(manifest, indent=1))
 

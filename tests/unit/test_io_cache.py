@@ -49,7 +49,7 @@ def test_chunked_writer_resumes_without_duplicates(tmp_path: Path) -> None:
     for k in again.pending():
         again.write(k, {"rows": pd.DataFrame({"id": [ids[r] for r in again.chunk_rows(k)]})})
     assert again.read("rows")["id"].tolist() == ids
-    with pytest.raises(ResumeError, match="other input or settings"):
+    with pytest.raises(ResumeError, match="holds a finished job with m 1 then, 2 now; to start afresh"):
         ChunkedWriter(tmp_path, rows, 4, {"m": 2})
 
 
@@ -57,7 +57,7 @@ def test_chunked_writer_refuses_other_rows_of_the_same_length(tmp_path: Path) ->
     """Regression: only the row count was compared, so a rerun on new rows returned the old parts."""
     rows = pd.DataFrame({"id": ["a", "b", "c"], "path": ["a.jpg", "b.jpg", "c.jpg"]})
     ChunkedWriter(tmp_path, rows, 4, {"m": 1}).write(0, {"rows": rows[["id"]]})
-    with pytest.raises(ResumeError, match="other input or settings"):
+    with pytest.raises(ResumeError, match="holds a finished job with other input rows"):
         ChunkedWriter(tmp_path, rows.assign(id=["x", "y", "z"]), 4, {"m": 1})
-    with pytest.raises(ResumeError, match="other input or settings"):  # same ids, other images
+    with pytest.raises(ResumeError, match="holds a finished job with other input rows"):  # other images
         ChunkedWriter(tmp_path, rows.assign(path=["c.jpg", "b.jpg", "a.jpg"]), 4, {"m": 1})

@@ -113,7 +113,7 @@ def embed_images(
     computed, failed = {}, {}
     if todo:
         decode = _Decode([str(paths[r]) for r in todo.values()], backbone.preprocess, max_pixels, view)
-        with progress_bar("img", disable=not progress) as bar:
+        with progress_bar("image", disable=not progress) as bar:
             task = bar.add_task(description, total=len(todo))
             computed, failed = _encode(
                 decode, list(todo), backbone, cache, batch_size, num_workers, lambda k: bar.advance(task, k)

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from taxonomist.config import BackboneConfig, HeadsConfig, RunConfig
-from taxonomist.data.schema import Schema
+from taxonomist.data.schema import Schema, SchemaError
 from taxonomist.io import atomic_write
 from taxonomist.models.backbones import Backbone
+from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT, ListingHeads
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 
 FORMAT_VERSION = 1
@@ -50,6 +52,17 @@ class HeadsCheckpoint:
     logit_adjustment: dict[str, list[float]] = field(default_factory=dict)
     """Per attribute additive logit bias (prior correction that favours macro-F1); empty = none."""
     metrics: dict[str, Any] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=dict)
+    """Listing heads only (``heads.inputs`` has ``text``): the text settings (``TextConfig``), the
+    encoder's ``fingerprint`` and the text feature ``dim``; empty for image-only heads."""
+    temperatures_by_inputs: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Listing heads: temperatures per set of inputs a row has (``image``, ``text``); a row with both
+    uses ``temperatures``."""
+
+    @property
+    def inputs(self) -> list[str]:
+        """The modalities the heads were trained on: ``["image"]`` or ``["image", "text"]``."""
+        return list(self.heads.inputs)
 
     @classmethod
     def of(
@@ -74,7 +87,19 @@ class HeadsCheckpoint:
             **fitted,
         )
 
-    def build_model(self) -> AttributeHeads:
+    def build_model(self) -> AttributeHeads | ListingHeads:
+        if "text" in self.inputs:
+            return ListingHeads(
+                self.feature_dim,
+                int(self.text["dim"]),
+                allowed_masks(self.schema, self.categories),
+                hidden=self.heads.hidden,
+                category_dim=self.heads.category_dim,
+                dropout=self.heads.dropout,
+                fusion=self.text.get("fusion", "concat"),
+                lexical_dim=int(self.text.get("lexical_dim", 0)),
+                lexical_width=int(self.text.get("lexical_width", 128)),
+            )
         return AttributeHeads(
             self.feature_dim,
             allowed_masks(self.schema, self.categories),
@@ -86,7 +111,7 @@ class HeadsCheckpoint:
     def save(
         self,
         directory: str | os.PathLike,
-        model: AttributeHeads,
+        model: AttributeHeads | ListingHeads,
         backbone_state: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """``backbone_state``: weights that cannot be rebuilt from ``backbone.name`` (random init, tuned)."""
@@ -105,6 +130,9 @@ class HeadsCheckpoint:
             "logit_adjustment": self.logit_adjustment,
             "metrics": self.metrics,
         }
+        if self.text:
+            meta["text"] = self.text
+            meta["temperatures_by_inputs"] = self.temperatures_by_inputs
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
         if backbone_state is not None:
@@ -116,17 +144,39 @@ class HeadsCheckpoint:
         )
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> tuple[HeadsCheckpoint, AttributeHeads]:
+    def load(cls, directory: str | os.PathLike) -> tuple[HeadsCheckpoint, AttributeHeads | ListingHeads]:
         directory = Path(directory)
         meta_path = directory / META_FILE
         if not meta_path.is_file():
             raise CheckpointError(f"{directory}: not a taxonomist checkpoint (no {META_FILE})")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("format_version") != FORMAT_VERSION:
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{meta_path}: not valid JSON ({err}); was it edited?") from err
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            version = meta.get("format_version") if isinstance(meta, dict) else None
+            raise CheckpointError(f"{meta_path}: format version {version} is not supported")
+        # An edited file fails here with a key or type error deep inside; say which file instead.
+        try:
+            ckpt = cls._from_meta(meta, directory)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            if isinstance(err, CheckpointError | SchemaError):  # these name their own file
+                raise
+            what = f"no {err}" if isinstance(err, KeyError) else str(err)
+            raise CheckpointError(f"{meta_path}: not a valid checkpoint description ({what})") from err
+        model = ckpt.build_model()
+        weights = directory / WEIGHTS_FILE
+        try:
+            model.load_state_dict(_load_tensors(weights))
+        except RuntimeError as err:  # weights of another shape: files from two different runs
             raise CheckpointError(
-                f"{meta_path}: format version {meta.get('format_version')} is not supported"
-            )
-        ckpt = cls(
+                f"{weights}: does not fit {META_FILE} ({str(err).splitlines()[0]})"
+            ) from err
+        return ckpt, model.eval()
+
+    @classmethod
+    def _from_meta(cls, meta: dict[str, Any], directory: Path) -> HeadsCheckpoint:
+        return cls(
             backbone=BackboneConfig(**meta["backbone"]),
             preprocess=meta["preprocess"],
             fingerprint=meta["fingerprint"],
@@ -137,27 +187,57 @@ class HeadsCheckpoint:
             temperatures=meta.get("temperatures", {}),
             logit_adjustment=meta.get("logit_adjustment", {}),
             metrics=meta.get("metrics", {}),
+            text=meta.get("text", {}),
+            temperatures_by_inputs=meta.get("temperatures_by_inputs", {}),
         )
-        model = ckpt.build_model()
-        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-        return ckpt, model.eval()
 
     @staticmethod
     def backbone_state(directory: str | os.PathLike) -> dict[str, torch.Tensor] | None:
         path = Path(directory) / BACKBONE_FILE
-        return load_file(str(path)) if path.is_file() else None
+        return _load_tensors(path) if path.is_file() else None
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, or a :class:`CheckpointError` naming it (missing, truncated, not one)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing from the checkpoint")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); copy it again") from err
 
 
 def calibrated_probs(
-    logits: dict[str, torch.Tensor], ckpt: HeadsCheckpoint, *, adjust: bool = True
+    logits: dict[str, torch.Tensor],
+    ckpt: HeadsCheckpoint,
+    *,
+    adjust: bool = True,
+    present: torch.Tensor | None = None,
+    scale: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """softmax((logits + prior correction) / T): the confidences the checkpoint stands behind."""
+    """softmax((logits + prior correction) / T): the confidences the checkpoint stands behind.
+
+    ``present`` (listing heads: (n, 2) image/text flags) picks each row's temperature by the inputs it
+    had: a row predicted from its image alone is less sure than one with its title too. ``scale=False``
+    leaves the temperature out (T = 1), which evaluation reports show as "before".
+    """
     out = {}
     for attribute, z in logits.items():
         if adjust and attribute in ckpt.logit_adjustment:
             z = z + torch.tensor(ckpt.logit_adjustment[attribute], dtype=z.dtype, device=z.device)
         # The temperature is fitted on the adjusted logits, so it comes last.
-        out[attribute] = torch.softmax(z / ckpt.temperatures.get(attribute, 1.0), dim=-1)
+        t = ckpt.temperatures.get(attribute, 1.0) if scale else 1.0
+        if present is not None and scale:
+            t = torch.full((len(z), 1), t, dtype=z.dtype, device=z.device)
+            present = present.bool().to(z.device)
+            for key, has in (
+                ("image", present[:, HAS_IMAGE] & ~present[:, HAS_TEXT]),
+                ("text", ~present[:, HAS_IMAGE]),
+            ):
+                t_key = ckpt.temperatures_by_inputs.get(key, {}).get(attribute)
+                if t_key is not None:
+                    t[has] = t_key
+        out[attribute] = torch.softmax(z / t, dim=-1)
     return out
 
 

@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from taxonomist.config import FinetuneConfig, RunConfig
+from taxonomist.config import ConfigError, FinetuneConfig, RunConfig
 from taxonomist.data.catalog import CATEGORY, ID, Catalog, expand_path, load_catalog
 from taxonomist.data.images import ImageLoadError, load_image
 from taxonomist.data.labels import MISSING, encode_labels
@@ -258,6 +259,11 @@ class _Progress:
 def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> FinetuneReport:
     from accelerate.utils import set_seed
 
+    if "text" in cfg.heads.inputs:  # refused, not silently trained on the image alone
+        raise ConfigError(
+            "the finetune recipe trains image-only heads; listing heads (heads.inputs: [image, text]) "
+            "train with the heads recipe"
+        )
     fc = cfg.finetune
     output_dir = Path(output_dir)
     accelerator = _accelerator(fc)
@@ -546,6 +552,7 @@ def warm_start_heads(
 
     frozen = build_backbone(cfg.backbone).optimize_for_inference().to(resolve_device(cfg.embed.device))
     embedded = embed_catalog(catalog, frozen, cfg.embed, progress=progress)
+    catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in embedded.errors))
     train_set, _ = feature_set(train_frame, catalog, embedded, schema, categories)
     val_set, val_rows = feature_set(val_frame, catalog, embedded, schema, categories)
 

@@ -24,6 +24,7 @@ import copy
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from taxonomist.config import RunConfig
+from taxonomist.config import ConfigError, RunConfig
 from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path, load_catalog
 from taxonomist.data.labels import MISSING
 from taxonomist.data.policies import apply_policy, policy_options
@@ -261,6 +262,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
     backbone, backbone_state = embedding_backbone(cfg)
     start = time.perf_counter()
     embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
+    catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in embedded.errors))
     pool_catalog = catalog.subset(train_idx[parts.pool])
     views = [embed_catalog(pool_catalog, backbone, cfg.embed, progress=progress, view=v) for v in st.views]
     embed_seconds = time.perf_counter() - start
@@ -407,6 +409,11 @@ class SelfTrainingReport:
 
 def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> SelfTrainingReport:
     """Round 0 (supervised on the labeled rows), then ``cfg.self_training.rounds`` rounds; resumable."""
+    if "text" in cfg.heads.inputs:  # refused, not silently trained on the image alone
+        raise ConfigError(
+            "the self-training recipe trains image-only heads; listing heads (heads.inputs: [image, text]) "
+            "train with the heads recipe"
+        )
     st = cfg.self_training
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
