@@ -260,6 +260,8 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
     )
     with timed(seconds, "enrich_index"):  # the corpus (if any) is embedded once, timed apart
         model = build_model(cfg, encoder)
+    if not cfg.enrich.corpus:
+        del seconds["enrich_index"]
     losses: dict[str, list[float]] = {}
     methods = set(cfg.train.methods)
     if cfg.encoder.finetune_epochs > 0 and methods & {"heads", "retrieval"}:
