@@ -239,7 +239,7 @@ def _fit_seq2seq(
 
 
 def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True) -> TaxonomyTrainReport:
-    """Fit on the training part, choose the ensemble on dev, save, and score every method on dev."""
+    """Fit on the training part, choose the ensemble and brand threshold on dev, save, score on dev."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
