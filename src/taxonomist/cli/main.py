@@ -266,7 +266,8 @@ def evaluate(
     if report and output is not None:
         from taxonomist.report.evaluation import write_evaluation_report
 
-        console.print(f"report: {write_evaluation_report(evaluation, output, model=checkpoint.name)}")
+        page = write_evaluation_report(evaluation, output, model=checkpoint.name)
+        console.print(f"report: {page}", soft_wrap=True)  # a path to copy, never wrapped
 
 
 @app.command()
@@ -426,7 +427,7 @@ def inspect(
         progress=not quiet,
     )
     report.print(console)
-    console.print(f"report: {report.save(output)}")
+    console.print(f"report: {report.save(output)}", soft_wrap=True)
 
 
 @app.command()

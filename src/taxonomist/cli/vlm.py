@@ -134,7 +134,7 @@ def evaluate(
             from taxonomist.report.evaluation import write_evaluation_report
 
             page = write_evaluation_report(evaluation, output, model=model_dir.name)
-            console.print(f"report: {page}")
+            console.print(f"report: {page}", soft_wrap=True)
     if output is not None:
         console.print(f"evaluation: {output / 'evaluation.md'}")
 
