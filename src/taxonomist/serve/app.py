@@ -31,6 +31,7 @@ from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageLoadError
+from taxonomist.data.taxonomy import normalize_text
 from taxonomist.serve.batching import BatcherBusy, BatcherStopped, BatchTooLarge, MicroBatcher
 from taxonomist.serve.metrics import ServeMetrics
 from taxonomist.serve.model import ServedModel, load_model
@@ -44,6 +45,9 @@ DEFAULT_MAX_DECODES = 4
 _PART_OVERHEAD = 16 * 1024
 # Largest text field (a category or an id), as Starlette's default.
 _MAX_FIELD_BYTES = 1024 * 1024
+MAX_TITLE_CHARS = 2000
+"""Longest title a request may send (after normalisation): titles are a line, not a document, and the
+text encoder reads only its first tokens anyway."""
 # Methods beyond these become "other" in metric labels: each label value is a series kept forever.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -219,13 +223,15 @@ class _Service:
         self.decoding = decoding
         self.max_upload_bytes = max_upload_bytes
         self.max_images_per_request = max_images_per_request
-        max_fields = 2 * max_images_per_request  # a category and an id per image
+        max_fields = 3 * max_images_per_request  # a category, an id and a title per image
         self.max_fields = max_fields
         self.request_timeout_s = request_timeout_s
         # Starlette's multipart parser reports its limits as 400 with its own wording; they are limits too.
         self.form_limits = {
             "Too many files": f"too many images: at most {max_images_per_request} per request",
-            "Too many fields": f"too many form fields: at most {max_fields} (a category and an id per image)",
+            "Too many fields": (
+                f"too many form fields: at most {max_fields} (a category, an id and a title per image)"
+            ),
             "Part exceeded maximum size": f"a form field is over the limit of {_MAX_FIELD_BYTES} bytes",
         }
 
@@ -242,21 +248,23 @@ class _Service:
     def reject(self, outcome: str, count: int = 1) -> None:
         self.metrics.images.labels(outcome).inc(count)
 
-    def prepare(self, data: bytes, category: str, name: str) -> Any:
+    def prepare(self, data: bytes, category: str, name: str, title: str) -> Any:
         # Returned, not raised: every bad image of a request is reported at once.
         try:
+            if title:
+                return self.model.prepare(data, category, name=name, title=title)
             return self.model.prepare(data, category, name=name)
         except ImageLoadError as err:
             return err
 
     async def run(
-        self, uploads: list[UploadFile], names: list[str], categories: list[str]
+        self, uploads: list[UploadFile], names: list[str], categories: list[str], titles: list[str]
     ) -> list[dict[str, Any]]:
         datas = [await upload.read() for upload in uploads]
         prepared = await asyncio.gather(
             *(
-                to_thread.run_sync(self.prepare, d, c, n, limiter=self.decoding)
-                for d, c, n in zip(datas, categories, names, strict=True)
+                to_thread.run_sync(self.prepare, d, c, n, t, limiter=self.decoding)
+                for d, c, n, t in zip(datas, categories, names, titles, strict=True)
             )
         )
         problems = [(i, p) for i, p in enumerate(prepared) if isinstance(p, ImageLoadError)]
@@ -290,13 +298,21 @@ class _Service:
         ids: Annotated[
             list[str] | None, Form(alias="id", description="Optional: one id per image, echoed back.")
         ] = None,
+        title: Annotated[
+            list[str] | None,
+            Form(
+                description="Optional: one listing title per image (may be empty), read by models "
+                f"trained on image + text; at most {MAX_TITLE_CHARS} characters each."
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Predict every attribute of each image's category, with calibrated confidences."""
         n = len(image)
         request.state.images = n
         categories = self.check_request(image, category, ids)
+        titles = self.check_titles(title, n)
         names = [u.filename or str(i) for i, u in enumerate(image)]
-        results = await self.results(image, names, categories)
+        results = await self.results(image, names, categories, titles)
         self.metrics.images.labels("predicted").inc(n)
         return {
             "model": self.info,
@@ -348,13 +364,27 @@ class _Service:
             )
         return category * n if len(category) == 1 else category
 
+    def check_titles(self, title: list[str] | None, n: int) -> list[str]:
+        """One normalised title per image ("" where none was sent), if the model reads titles at all."""
+        titles = [normalize_text(t) for t in title] if title is not None else [""] * n
+        if len(titles) != n:
+            raise _unprocessable("title", f"send one title per image ({n}), not {len(titles)}")
+        too_long = [i for i, t in enumerate(titles) if len(t) > MAX_TITLE_CHARS]
+        if too_long:
+            raise _unprocessable("title", f"titles {too_long} are over {MAX_TITLE_CHARS} characters")
+        if any(titles) and not getattr(self.model, "reads_text", False):
+            raise _unprocessable(
+                "title", "this model was trained on images only and cannot read titles; leave them out"
+            )
+        return titles
+
     async def results(
-        self, image: list[UploadFile], names: list[str], categories: list[str]
+        self, image: list[UploadFile], names: list[str], categories: list[str], titles: list[str]
     ) -> list[dict[str, Any]]:
         """The batcher's answers, or the HTTP error that says why there are none."""
         n = len(image)
         try:
-            return await asyncio.wait_for(self.run(image, names, categories), self.request_timeout_s)
+            return await asyncio.wait_for(self.run(image, names, categories, titles), self.request_timeout_s)
         except asyncio.TimeoutError:
             self.reject("timeout", n)
             raise HTTPException(504, detail=f"no prediction within {self.request_timeout_s:g} s") from None
