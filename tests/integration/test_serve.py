@@ -182,9 +182,9 @@ def test_concurrent_requests_share_a_forward(checkpoint: Path, images: Path) -> 
         ),
         (
             [("1000.jpg", None)],
-            {"category": "Tops", "id": [str(k) for k in range(2 * MAX_IMAGES)]},
+            {"category": "Tops", "id": [str(k) for k in range(3 * MAX_IMAGES)]},
             413,
-            f"too many form fields: at most {2 * MAX_IMAGES}",
+            f"too many form fields: at most {3 * MAX_IMAGES}",  # a category, an id and a title per image
         ),
     ],
     ids=[
