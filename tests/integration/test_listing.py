@@ -74,7 +74,8 @@ def test_a_chunk_of_unreadable_images_only_is_reported_not_fatal(listing_run, tm
     out = tmp_path / "out"
     args = ["predict", str(ckpt), "-o", str(out), "--data", str(catalog.parent / "gone.csv"), "-q"]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2  # every row failed: the job says so, after writing its outputs
+    # Every row failed: the job says so (not a crash inside the text features), after writing its outputs.
+    assert "3 of 3 rows failed" in str(result.exception) + result.output
     assert len(pd.read_csv(out / "errors.csv")) == 3
 
 

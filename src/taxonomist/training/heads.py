@@ -122,7 +122,7 @@ def predict_logits(
 
 
 def fit_heads(
-    model: AttributeHeads,
+    model: AttributeHeads | ListingHeads,
     train: FeatureSet,
     val: FeatureSet,
     score: Callable[[dict[str, torch.Tensor]], float],
