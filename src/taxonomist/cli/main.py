@@ -24,6 +24,8 @@ from taxonomist.config import RunConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
+MAX_NOTES = 20
+"""Data-report notes printed after training; the rest stay in data_report.json."""
 app.add_typer(taxonomy_app, name="taxonomy", help="Titles → taxonomy path + brand.")
 app.add_typer(vlm_app, name="vlm", help="Vision-language models: attributes as constrained JSON, captions.")
 app.command()(serve)
@@ -40,6 +42,27 @@ def score_table(report, title: str) -> Table:
         )
     table.add_section()
     table.add_row("[bold]score[/bold]", "", "", f"[bold]{report.score:.4f}[/bold]", "")
+    return table
+
+
+def data_report_table(report) -> Table:
+    """The data step's counts and every note on what it left out, masked or found suspicious."""
+    table = Table(title=f"data ({report.source})", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    parts = " · ".join(f"{name} {n}" for name, n in report.parts.items())
+    table.add_row("rows", f"{report.rows_read} read · {report.rows_kept} kept ({parts})")
+    duplicates = report.split.get("duplicate_image_rows", 0)
+    if duplicates:
+        grouped = "kept in one part" if report.split.get("group_duplicate_images") else "NOT grouped"
+        table.add_row("duplicate images", f"{duplicates} rows share an image with another row ({grouped})")
+    notes = report.notes()
+    for note in notes[:MAX_NOTES]:
+        table.add_row("note", note)
+    if len(notes) > MAX_NOTES:
+        table.add_row("note", f"… and {len(notes) - MAX_NOTES} more in data_report.json")
+    if not notes:
+        table.add_row("note", "nothing dropped, masked or suspicious")
     return table
 
 
@@ -111,7 +134,11 @@ def train(
         )
         return
     result = train_heads(cfg, output, progress=not quiet)
-    console.print(score_table(result.report, f"validation ({result.n_val} rows)"))
+    if result.data is not None:
+        console.print(data_report_table(result.data))
+    console.print(score_table(result.report, f"dev ({result.n_dev} rows; picked epoch and temperatures)"))
+    if result.test_report is not None:
+        console.print(score_table(result.test_report, f"test ({result.n_test} rows; reported only)"))
     console.print(attribute_table(result.report))
     console.print(calibration_table(result.calibration))
     console.print(
@@ -172,7 +199,13 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    split: Annotated[str, typer.Option(help="'val' (the training run's split) or 'all' rows.")] = "val",
+    split: Annotated[
+        Literal["test", "dev", "all"],
+        typer.Option(
+            help="test: the part training held out from every choice; dev: the part its choices were made "
+            "on; all: every row."
+        ),
+    ] = "test",
     output: Annotated[Path | None, typer.Option(help="Write the report JSON/Markdown here.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -187,8 +220,9 @@ def evaluate(
     evaluation = run_evaluate(checkpoint, cfg, split=split, output=output, progress=not quiet)
     console.print(score_table(evaluation.report, f"{split} split"))
     console.print(attribute_table(evaluation.report))
-    if evaluation.unknown_category_note:
-        console.print(evaluation.unknown_category_note, style="yellow", markup=False, highlight=False)
+    for note in (evaluation.unknown_category_note, evaluation.split_note):
+        if note:
+            console.print(note, style="yellow", markup=False, highlight=False)
 
 
 @app.command()

@@ -11,7 +11,7 @@ import pandas as pd
 
 from taxonomist.config import RunConfig, VLMConfig
 from taxonomist.data.catalog import CATEGORY, ID, CatalogError, describe_counts, load_catalog
-from taxonomist.data.split import split_per_category
+from taxonomist.data.prepare import DATA_REPORT, DataReport, prepare_catalog
 from taxonomist.inference.embed import embed_catalog
 from taxonomist.inference.predictor import Predictor, wide_named_frame
 from taxonomist.inference.writers import atomic_write_text
@@ -19,6 +19,9 @@ from taxonomist.metrics import AttributeReport, attribute_score, expected_calibr
 from taxonomist.progress import progress_bar
 
 EXAMPLE_IDS = 5
+SPLITS = ("test", "dev", "all")
+"""What ``evaluate`` scores: the held-out test part (default), the dev part choices were made on, or
+every row."""
 
 
 @dataclass
@@ -31,6 +34,19 @@ class Evaluation:
     """Rows per category the model was not trained on."""
     unknown_examples: list[str] = field(default_factory=list)
     """Ids of some of those rows."""
+    split: str = "test"
+    split_matches_training: bool | None = None
+    """Whether the scored part has the ids training held out (from its ``data_report.json``); None for
+    ``all`` or a checkpoint without a data report."""
+
+    @property
+    def split_note(self) -> str | None:
+        if self.split_matches_training is not False:
+            return None
+        return (
+            f"the {self.split} part differs from the one the training run held out (other data or split "
+            "settings than the checkpoint's): some of these rows may have been trained on"
+        )
 
     @property
     def unknown_category_note(self) -> str | None:
@@ -44,6 +60,8 @@ class Evaluation:
     def to_dict(self) -> dict:
         return {
             **self.report.to_dict(),
+            "split": self.split,
+            "split_matches_training": self.split_matches_training,
             "unknown_category": {
                 "rows": sum(self.unknown_categories.values()),
                 "categories": self.unknown_categories,
@@ -56,17 +74,28 @@ def evaluate(
     checkpoint: str | Path,
     cfg: RunConfig,
     *,
-    split: str = "val",
+    split: str = "test",
     output: str | Path | None = None,
     progress: bool = True,
 ) -> Evaluation:
-    """Score the configured catalog's rows (its validation split, or all of them); rows of categories the
-    model does not know are left out before anything is embedded and reported in the result."""
-    if split not in ("val", "all"):
-        raise ValueError(f"split must be 'val' or 'all', got {split!r}")
-    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    """Score the configured catalog's rows: the training run's test part (default) or dev part, remade
+    by the same data step from the checkpoint's settings, or all rows. Rows of categories the model does
+    not know are left out before anything is embedded and reported in the result."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
-    # Before the split, so the known categories' validation rows are the ones the training run held out.
+    split_matches = None
+    if split == "all":
+        catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    else:
+        data = prepare_catalog(cfg)
+        catalog = data.catalog.subset(getattr(data.split, split))
+        if not len(catalog):
+            raise CatalogError(
+                f"{data.catalog.source}: the {split} part is empty (train.{split}_fraction="
+                f"{getattr(cfg.train, f'{split}_fraction')}); score --split dev or --split all instead"
+            )
+        split_matches = _same_part(Path(checkpoint), data.report, split)
     unknown = ~catalog.frame[CATEGORY].astype(str).isin(predictor.categories)
     unknown_rows = catalog.frame[unknown]
     unknown_categories = {str(c): int(n) for c, n in unknown_rows[CATEGORY].value_counts().items()}
@@ -77,9 +106,6 @@ def evaluate(
         )
     if unknown.any():
         catalog = catalog.subset(~unknown.to_numpy())
-    if split == "val":
-        _, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
-        catalog = catalog.subset(val_idx)
     embedded = embed_catalog(catalog, predictor.backbone, cfg.embed, progress=progress)
     good = np.flatnonzero(embedded.ok)
     frame = catalog.frame
@@ -96,25 +122,37 @@ def evaluate(
         attribute_score(frame, predicted, schema.categories),
         unknown_categories,
         unknown_rows[ID].astype(str).head(EXAMPLE_IDS).tolist(),
+        split,
+        split_matches,
     )
     if output is not None:
         output = Path(output)
         output.mkdir(parents=True, exist_ok=True)
         atomic_write_text(
-            output / "evaluation.json", json.dumps({"split": split, **evaluation.to_dict()}, indent=1)
+            output / "evaluation.json", json.dumps(evaluation.to_dict(), indent=1)
         )
         markdown = evaluation.report.to_markdown(include_pairs=True)
-        if evaluation.unknown_category_note:
-            markdown += f"\n{evaluation.unknown_category_note}\n"
+        for note in (evaluation.unknown_category_note, evaluation.split_note):
+            if note:
+                markdown += f"\n{note}\n"
         atomic_write_text(output / "evaluation.md", markdown)
     return evaluation
+
+
+def _same_part(checkpoint: Path, report: DataReport, split: str) -> bool | None:
+    """Whether ``report``'s part has the ids the training run's data report recorded for it."""
+    saved = checkpoint / DATA_REPORT
+    if not saved.is_file():
+        return None
+    recorded = DataReport.load(saved).split.get("ids", {}).get(split)
+    return recorded is None or recorded == report.split["ids"][split]
 
 
 def evaluate_vlm(
     model_dir: str | Path,
     cfg: VLMConfig,
     *,
-    split: str = "val",
+    split: str = "test",
     output: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
@@ -124,10 +162,10 @@ def evaluate_vlm(
     from taxonomist.metrics.captions import caption_scores
     from taxonomist.training.vlm_sft import build_examples
 
-    if split not in ("val", "all"):
-        raise ValueError(f"split must be 'val' or 'all', got {split!r}")
-    train_examples, val_examples, _ = build_examples(cfg)
-    examples = val_examples if split == "val" else [*train_examples, *val_examples]
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    train_examples, held_out, _ = build_examples(cfg, "dev" if split == "dev" else "test")
+    examples = held_out if split != "all" else [*train_examples, *held_out]
     predictor = VLMPredictor.from_pretrained(model_dir, generate=cfg.generate)
     items = list({e.id: e for e in examples}.values())  # caption data: several references per image
     results = []

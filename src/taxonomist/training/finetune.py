@@ -2,10 +2,11 @@
 
 Phase 1 trains everything on the rows kept by the missing-label policy, with separate learning rates for
 backbone and heads, AdamW, cosine-with-warmup or plateau schedules, clipping, accumulation, optional MMD
-between training and validation features, augmentation, and early stopping on the validation competition
-score. Every epoch is checkpointed (accelerate state) and a rerun resumes from the last one. Phase 2
-freezes everything but one attribute's head and trains it on every row labelled for that attribute,
-from cached shared features, so it costs seconds; a head is kept only if validation does not drop.
+between training and dev features, augmentation, and early stopping on the dev competition score (the
+shared data step's dev part; its test part is only scored by ``evaluate``). Every epoch is checkpointed
+(accelerate state) and a rerun resumes from the last one. Phase 2 freezes everything but one attribute's
+head and trains it on every row labelled for that attribute, from cached shared features, so it costs
+seconds; a head is kept only if its dev score does not drop.
 
 Data parallel through accelerate: ``torchrun --nproc_per_node N -m taxonomist.cli train --recipe finetune``
 (or ``accelerate launch``); ``finetune.batch_size`` is the global batch, split across processes.
@@ -29,12 +30,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from taxonomist.config import FinetuneConfig, RunConfig
-from taxonomist.data.catalog import CATEGORY, ID, Catalog, expand_path, load_catalog
+from taxonomist.data.catalog import CATEGORY, ID, Catalog
 from taxonomist.data.images import ImageLoadError, load_image
 from taxonomist.data.labels import MISSING, encode_labels
-from taxonomist.data.policies import apply_policy, policy_options
+from taxonomist.data.prepare import DATA_REPORT, prepare_catalog
 from taxonomist.data.schema import Schema
-from taxonomist.data.split import split_per_category
 from taxonomist.devices import resolve_device
 from taxonomist.inference.writers import atomic_write_text
 from taxonomist.metrics import attribute_score
@@ -224,23 +224,14 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.train.seed)
-    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
-    schema = Schema.load(expand_path(cfg.catalog.schema)) if cfg.catalog.schema else None
-    train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
-    full_train = catalog.frame.iloc[train_idx].reset_index(drop=True)
-    filled = apply_policy(
-        cfg.missing_labels.policy,
-        full_train,
-        catalog.attributes_by_category,
-        **policy_options(cfg.missing_labels),
-    )
-    val_frame = catalog.frame.iloc[val_idx].reset_index(drop=True)
-    if schema is None:
-        schema = Schema.infer(
-            pd.concat([filled.frame, val_frame]),
-            catalog.attributes_by_category,
-            attributes=catalog.attributes,
-        )
+    # Dev ("val" below) picks epochs and phase-2 heads; the test part is left to ``evaluate``.
+    data = prepare_catalog(cfg)
+    catalog, schema = data.catalog, data.schema
+    if main:
+        atomic_write_text(output_dir / DATA_REPORT, data.report.to_json())
+    full_train = data.part("train")
+    filled = data.policy
+    val_frame = data.part("dev")
     categories = list(schema.categories)
     backbone = build_backbone(cfg.backbone)
     if fc.gradient_checkpointing:

@@ -1,7 +1,7 @@
 """Recipe ``heads``: frozen backbone features (cached) → :class:`AttributeHeads`, trained in seconds.
 
-The loop keeps the epoch with the best validation score (the competition metric, not the loss) and
-stops when it has not improved for ``patience`` epochs.
+The loop keeps the epoch with the best dev score (the competition metric, not the loss) and stops when
+it has not improved for ``patience`` epochs; the test part is only scored.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ import pandas as pd
 import torch
 
 from taxonomist.config import RunConfig, TrainConfig
-from taxonomist.data.catalog import CATEGORY, ID, expand_path, load_catalog
+from taxonomist.data.catalog import CATEGORY, ID
 from taxonomist.data.images import write_errors
 from taxonomist.data.labels import MISSING, encode_labels
-from taxonomist.data.policies import apply_policy, policy_options
+from taxonomist.data.prepare import DATA_REPORT, PARTS, DataReport, prepare_catalog
 from taxonomist.data.schema import Schema
-from taxonomist.data.split import split_per_category
 from taxonomist.devices import resolve_device
 from taxonomist.inference.embed import embed_catalog
 from taxonomist.inference.writers import atomic_write_text
@@ -165,15 +164,20 @@ def fit_heads(
 class TrainReport:
     output_dir: str
     score: float
+    """Dev score: the split every choice was made on."""
     report: AttributeReport
     history: History
     calibration: dict[str, dict[str, float]]
     embed_seconds: float
     train_seconds: float
     n_train: int
-    n_val: int
+    n_dev: int
     image_errors: int
     policy: str
+    test_report: AttributeReport | None = None
+    """Test part, seen by no choice; None without a test part (``train.test_fraction=0``)."""
+    n_test: int = 0
+    data: DataReport | None = None
 
 
 def logits_to_frame(
@@ -216,33 +220,24 @@ def embedding_backbone(cfg: RunConfig) -> tuple[Backbone, dict[str, torch.Tensor
 
 
 def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> TrainReport:
+    """Heads on the training part; dev picks the epoch, prior correction and temperatures; test is only
+    scored. ``data_report.json`` says what the data step dropped, masked or found suspicious."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
-    schema = Schema.load(expand_path(cfg.catalog.schema)) if cfg.catalog.schema else None
-    train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
-    # The policy fills or drops training labels only: validation keeps the true (gappy) labels.
-    filled = apply_policy(
-        cfg.missing_labels.policy,
-        catalog.frame.iloc[train_idx],
-        catalog.attributes_by_category,
-        **policy_options(cfg.missing_labels),
-    )
-    if schema is None:
-        schema = Schema.infer(
-            pd.concat([filled.frame, catalog.frame.iloc[val_idx]]),
-            catalog.attributes_by_category,
-            attributes=catalog.attributes,
-        )
+    data = prepare_catalog(cfg)
+    catalog, schema = data.catalog, data.schema
     backbone, backbone_state = embedding_backbone(cfg)
     embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
     errors = embedded.errors
     write_errors(errors, output_dir / "image_errors.csv")
+    data.report.unreadable_images = {
+        name: int((~embedded.ok[getattr(data.split, name)]).sum()) for name in PARTS
+    }
+    atomic_write_text(output_dir / DATA_REPORT, data.report.to_json())
     categories = list(schema.categories)
-    train_set, _ = feature_set(filled.frame, catalog, embedded, schema, categories)
-    val_set, val_frame = feature_set(
-        catalog.frame.iloc[val_idx].reset_index(drop=True), catalog, embedded, schema, categories
-    )
+    train_set, _ = feature_set(data.train, catalog, embedded, schema, categories)
+    dev_set, dev_frame = feature_set(data.part("dev"), catalog, embedded, schema, categories)
+    test_set, test_frame = feature_set(data.part("test"), catalog, embedded, schema, categories)
     # Seeded here, not earlier: whether embedding ran (its DataLoader draws from the global RNG) or hit
     # the cache must not change the initial weights.
     torch.manual_seed(cfg.train.seed)
@@ -253,19 +248,19 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         category_dim=cfg.heads.category_dim,
         dropout=cfg.heads.dropout,
     )
-    val_ids, val_cats = val_frame[ID].tolist(), val_frame[CATEGORY].tolist()
 
     def score(logits: Mapping[str, torch.Tensor]) -> float:
-        pred = logits_to_frame(logits, val_ids, val_cats, schema)
-        return attribute_score(val_frame, pred, schema.categories).score
+        return part_report(logits, dev_frame, schema).score
 
-    history = fit_heads(model, train_set, val_set, score, cfg.train, progress=progress)
-    val_logits = predict_logits(model, val_set)
+    history = fit_heads(model, train_set, dev_set, score, cfg.train, progress=progress)
     adjustment = prior_adjustment(train_set, model, cfg.train.class_balance)
-    adjusted = {a: z + torch.tensor(adjustment[a]) if a in adjustment else z for a, z in val_logits.items()}
-    temperatures, calibration = calibrate(adjusted, val_set, model, enabled=cfg.train.calibrate)
-    report = attribute_score(
-        val_frame, logits_to_frame(adjusted, val_ids, val_cats, schema), schema.categories
+    dev_logits = shift(predict_logits(model, dev_set), adjustment)
+    temperatures, calibration = calibrate(dev_logits, dev_set, model, enabled=cfg.train.calibrate)
+    report = part_report(dev_logits, dev_frame, schema)
+    test_report = (
+        part_report(shift(predict_logits(model, test_set), adjustment), test_frame, schema)
+        if len(test_set)
+        else None
     )
     checkpoint = HeadsCheckpoint.of(
         cfg,
@@ -275,7 +270,13 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         embedded.features.shape[1],
         temperatures=temperatures,
         logit_adjustment=adjustment,
-        metrics={"val_score": report.score, "best_epoch": history.best_epoch, "calibration": calibration},
+        metrics={
+            "dev_score": report.score,
+            "test_score": None if test_report is None else test_report.score,
+            "selection_split": "dev",
+            "best_epoch": history.best_epoch,
+            "calibration": calibration,
+        },
     )
     checkpoint.save(output_dir, model, backbone_state)
     cfg.save(output_dir / "config.yaml")
@@ -288,26 +289,51 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         embedded.seconds,
         history.seconds,
         len(train_set),
-        len(val_set),
+        len(dev_set),
         len(errors),
-        filled.summary(),
+        data.policy.summary(),
+        test_report,
+        len(test_set),
+        data.report,
     )
     atomic_write_text(output_dir / "metrics.json", json.dumps(summary_dict(result), indent=1))
-    atomic_write_text(output_dir / "report.md", report.to_markdown(include_pairs=True))
+    markdown = report.to_markdown(include_pairs=True)
+    if test_report is not None:
+        markdown = f"## dev (chose epoch and temperatures)\n\n{markdown}\n## test (reported only)\n\n"
+        markdown += test_report.to_markdown(include_pairs=True)
+    atomic_write_text(output_dir / "report.md", markdown)
     return result
+
+
+def part_report(logits: Mapping[str, torch.Tensor], frame: pd.DataFrame, schema: Schema) -> AttributeReport:
+    """The competition score of ``logits`` on ``frame``'s rows (same order)."""
+    pred = logits_to_frame(logits, frame[ID].tolist(), frame[CATEGORY].tolist(), schema)
+    return attribute_score(frame, pred, schema.categories)
+
+
+def shift(
+    logits: Mapping[str, torch.Tensor], adjustment: Mapping[str, list[float]]
+) -> dict[str, torch.Tensor]:
+    """Logits plus the prior correction, where there is one."""
+    return {a: z + torch.tensor(adjustment[a]) if a in adjustment else z for a, z in logits.items()}
 
 
 def summary_dict(result: TrainReport) -> dict:
     return {
         "score": result.score,
+        "dev_score": result.score,
+        "test_score": None if result.test_report is None else result.test_report.score,
+        "selection_split": "dev",
         "report": result.report.to_dict(),
+        "test_report": None if result.test_report is None else result.test_report.to_dict(),
         "history": result.history.epochs,
         "best_epoch": result.history.best_epoch,
         "calibration": result.calibration,
         "embed_seconds": result.embed_seconds,
         "train_seconds": result.train_seconds,
         "n_train": result.n_train,
-        "n_val": result.n_val,
+        "n_dev": result.n_dev,
+        "n_test": result.n_test,
         "image_errors": result.image_errors,
         "policy": result.policy,
     }
