@@ -55,11 +55,17 @@ def test_train_writes_a_self_contained_checkpoint(trained: tuple[Path, Path, Pat
 
 
 def test_evaluate_matches_training_report(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Evaluate remakes the training run's parts: test by default, dev on request, same scores."""
     _, _, ckpt = trained
-    invoke("evaluate", str(ckpt), "--output", str(tmp_path / "eval"), "-q")
-    evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    trained_score = json.loads((ckpt / "metrics.json").read_text())["score"]
-    assert evaluation["score"] == pytest.approx(trained_score, abs=1e-6)
+    metrics = json.loads((ckpt / "metrics.json").read_text())
+    assert metrics["selection_split"] == "dev" and metrics["test_score"] is not None
+    for split, key in (("test", "test_score"), ("dev", "dev_score")):
+        invoke("evaluate", str(ckpt), "--split", split, "--output", str(tmp_path / split), "-q")
+        evaluation = json.loads((tmp_path / split / "evaluation.json").read_text())
+        assert evaluation["split"] == split and evaluation["split_matches_training"] is True
+        assert evaluation["score"] == pytest.approx(metrics[key], abs=1e-6)
+    report = json.loads((ckpt / "data_report.json").read_text())
+    assert report["parts"]["dev"] + report["parts"]["test"] + report["parts"]["train"] == 120
 
 
 def test_predict_layouts_are_valid_for_each_category(

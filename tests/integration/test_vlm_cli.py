@@ -48,7 +48,7 @@ train:
   max_steps: 1
   batch_size: 2
   grad_accumulation: 1
-  val_fraction: 0.34
+  dev_fraction: 0.34
   save_steps: 1
 generate:
   batch_size: 4

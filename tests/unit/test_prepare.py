@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from taxonomist.config import RunConfig
-from taxonomist.data.catalog import CATEGORY, ID, Catalog
+from taxonomist.data.catalog import CATEGORY, ID, Catalog, CatalogError
 from taxonomist.data.prepare import (
     DataReport,
     clean_labels,
@@ -145,3 +145,9 @@ def test_unknown_part_names_fail(name):
     data = prepare(catalog(colors(10)), group_duplicate_images=False)
     with pytest.raises(ValueError, match="unknown part"):
         data.part(name)
+
+
+def test_a_catalog_without_any_label_fails_naming_why():
+    rows = [{CATEGORY: "Bags", "color": None, "size": None}] * 5
+    with pytest.raises(CatalogError, match=r"no rows left to split.*Bags: no row of it has a label"):
+        prepare(catalog(rows), group_duplicate_images=False)

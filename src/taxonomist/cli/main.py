@@ -170,7 +170,7 @@ def self_train(
     )
     report = run_self_training(cfg, output, progress=not quiet)
     table = Table(title=f"self-training ({report.n_fit} labeled, {report.n_pool} unlabeled rows)")
-    for col in ("round", "dev score", "val score", "pseudo-labels", "precision", "supervised acc."):
+    for col in ("round", "dev score", "test score", "pseudo-labels", "precision", "supervised acc."):
         table.add_column(col, justify="right")
     for r in report.rounds:
         precision = r.get("pseudo_label_precision", {}).get("all")
@@ -178,7 +178,7 @@ def self_train(
         table.add_row(
             str(r["round"]),
             f"{r['dev_score']:.4f}",
-            f"{r['val_score']:.4f}",
+            f"{r['test_score']:.4f}",
             str(sum(r.get("n_pseudo", {}).values())),
             "" if precision is None else f"{precision:.4f}",
             "" if accuracy is None else f"{accuracy:.4f}",
@@ -335,7 +335,9 @@ def inspect(
     """Before training: rows, gaps, class balance, out-of-schema values, duplicates, unreadable images."""
     from taxonomist.data.catalog import expand_path, load_catalog
     from taxonomist.data.inspect import inspect_catalog
+    from taxonomist.data.prepare import DATA_REPORT, prepare_catalog
     from taxonomist.data.schema import Schema
+    from taxonomist.inference.writers import atomic_write_text
 
     cfg = resolve_config(config, overrides)
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
@@ -345,6 +347,10 @@ def inspect(
     )
     report.print(console)
     console.print(f"report: {report.save(output)}")
+    # What ``train`` would drop, mask or flag, split by split: the same data step, the same report.
+    data = prepare_catalog(cfg).report
+    console.print(data_report_table(data))
+    atomic_write_text(output / DATA_REPORT, data.to_json())
 
 
 @app.command()

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from taxonomist.config import RunConfig, VLMConfig
-from taxonomist.data.catalog import CATEGORY, ID, Catalog, expand_path, load_catalog
+from taxonomist.data.catalog import CATEGORY, ID, Catalog, CatalogError, expand_path, load_catalog
 from taxonomist.data.images import ImageLoadError, content_hash
 from taxonomist.data.policies import PolicyResult, apply_policy, policy_options
 from taxonomist.data.schema import Schema
@@ -295,6 +295,9 @@ def prepare(
             report.left_out_attributes.setdefault("(every category)", {})[attribute] = "no row has a label"
     kept = ~(unknown | no_labels).to_numpy()
     frame = frame[kept].reset_index(drop=True)
+    if len(catalog) and not len(frame):
+        reasons = "; ".join(f"{c}: {why}" for c, why in report.left_out_categories.items())
+        raise CatalogError(f"{catalog.source}: no rows left to split, every category is left out ({reasons})")
     groups = None
     if group_duplicate_images:
         groups = image_groups(catalog)[kept].reset_index(drop=True)
@@ -334,7 +337,9 @@ def prepare(
         "cells_filled": filled.filled,
     }
     if schema is None:
-        schema = Schema.infer(filled.frame, covers, attributes=catalog.attributes)
+        inferred = Schema.infer(filled.frame, covers, attributes=catalog.attributes)
+        # Categories in name order: the model's category indices do not hang on which row came first.
+        schema = Schema({c: inferred.categories[c] for c in covers if c in inferred.categories})
 
     report.dropped_rows = {reason: counts for reason, counts in dropped.items() if counts}
     report.masked_cells = _masked_cells(parts, declared, covers, schema if supplied else None, null_masked)

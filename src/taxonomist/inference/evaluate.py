@@ -128,9 +128,7 @@ def evaluate(
     if output is not None:
         output = Path(output)
         output.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            output / "evaluation.json", json.dumps(evaluation.to_dict(), indent=1)
-        )
+        atomic_write_text(output / "evaluation.json", json.dumps(evaluation.to_dict(), indent=1))
         markdown = evaluation.report.to_markdown(include_pairs=True)
         for note in (evaluation.unknown_category_note, evaluation.split_note):
             if note:
