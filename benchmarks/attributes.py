@@ -182,8 +182,37 @@ def main() -> None:
     # 1. Heads (embeds through the cache first; cold or warm, the embed time is reported separately).
     result = train(cfg, work / "ckpt", progress=True)
     print(result.report.to_markdown())
+    test = result.test_report
+    out = {
+        "dataset": "fashion-product-images (category = masterCategory, 4 categories with >= 500 rows)",
+        "backbone": f"{cfg.backbone.name} (frozen) + colour histogram"
+        if cfg.backbone.color_features
+        else cfg.backbone.name,
+        "selection_split": "dev",
+        "report_split": "test",
+        "test_score": test.score,
+        "dev_score": result.score,
+        "rows": {
+            "train": result.n_train,
+            "dev": result.n_dev,
+            "test": result.n_test,
+            "image_errors": result.image_errors,
+        },
+        "split": {k: v for k, v in result.data.split.items() if k != "ids"},
+        "score": test.score,
+        "per_attribute": _per_attribute(test),
+        "dev_per_attribute": _per_attribute(result.report),
+        "per_category": test.to_dict()["per_category"],
+        "calibration": result.calibration,
+        "train_seconds": result.train_seconds,
+        "best_epoch": result.history.best_epoch,
+        "embed_seconds": result.embed_seconds,
+        "machine": machine(),
+        "complete": False,
+    }
+    save(out)  # each stage lands on disk as it finishes: a cut-short run still records its figures
 
-    # 2. Baselines and ablation on the same split and the same cached features, scored on test.
+    # 2. Baselines on the same split and the same cached features, scored on test.
     data = prepare_catalog(cfg)
     catalog = data.catalog
     train_idx, test_idx = data.split.train, data.split.test
@@ -200,9 +229,15 @@ def main() -> None:
     probe_cnn, probe_cnn_attr = linear_probe(
         embedded.features[:, :-COLOR_FEATURE_DIM], catalog.frame, train_idx, test_idx, by_cat
     )
-    probe_seconds = time.perf_counter() - t0
-    no_color_cfg = load_config(args.config, ["backbone.color_features=false"])
-    no_color = train(no_color_cfg, work / "ckpt-no-color", progress=False)
+    out["baselines"] = {
+        "majority": majority,
+        "linear_probe": probe,
+        "linear_probe_per_attribute": probe_attr,
+        "linear_probe_cnn_only": probe_cnn,
+        "linear_probe_cnn_only_per_attribute": probe_cnn_attr,
+        "linear_probe_seconds": time.perf_counter() - t0,
+    }
+    save(out)
 
     # 3. Prediction throughput, cold cache, on test images: batched in a fresh process (so its
     # memory is its own), then a one-image-at-a-time loop over ``Predictor.predict``.
@@ -228,67 +263,36 @@ def main() -> None:
     single = test_catalog.subset(list(range(n_pred - args.single_images, n_pred)))
     single_paths = [str(p) for p in single.image_paths()]
     single_ips = single_image_loop(predictor, single_paths, single.frame[CATEGORY].tolist())
-    backbone_ips = backbone_throughput(predictor)
-
-    test = result.test_report
-    per_attr = dict(zip(test.per_attribute["attribute"], test.per_attribute["harmonic"], strict=True))
-    dev_per_attr = dict(
-        zip(result.report.per_attribute["attribute"], result.report.per_attribute["harmonic"], strict=True)
-    )
-    no_color_test = no_color.test_report
-    out = {
-        "dataset": "fashion-product-images (category = masterCategory, 4 categories with >= 500 rows)",
-        "backbone": f"{cfg.backbone.name} (frozen) + colour histogram"
-        if cfg.backbone.color_features
-        else cfg.backbone.name,
-        "selection_split": "dev",
-        "report_split": "test",
-        "test_score": test.score,
-        "dev_score": result.score,
-        "rows": {
-            "train": result.n_train,
-            "dev": result.n_dev,
-            "test": result.n_test,
-            "image_errors": result.image_errors,
-        },
-        "split": {k: v for k, v in data.report.split.items() if k != "ids"},
-        "score": test.score,
-        "per_attribute": per_attr,
-        "dev_per_attribute": dev_per_attr,
-        "per_category": test.to_dict()["per_category"],
-        "baselines": {
-            "majority": majority,
-            "linear_probe": probe,
-            "linear_probe_per_attribute": probe_attr,
-            "linear_probe_cnn_only": probe_cnn,
-            "linear_probe_cnn_only_per_attribute": probe_cnn_attr,
-            "heads_without_colour_features": no_color_test.score,
-            "heads_without_colour_features_per_attribute": dict(
-                zip(
-                    no_color_test.per_attribute["attribute"],
-                    no_color_test.per_attribute["harmonic"],
-                    strict=True,
-                )
-            ),
-            "linear_probe_seconds": probe_seconds,
-        },
-        "calibration": result.calibration,
-        "train_seconds": result.train_seconds,
-        "best_epoch": result.history.best_epoch,
-        "embed_seconds": result.embed_seconds,
+    out |= {
         "predict_images_per_s": batched_ips,
         "single_images_per_s": single_ips,
         "batched_vs_single": batched_ips / single_ips,
-        "backbone_images_per_s_by_batch": backbone_ips,
+        "backbone_images_per_s_by_batch": backbone_throughput(predictor),
         "predict_images": n_pred,
         "peak_rss_mib": peak_rss,
         "peak_tree_pss_mib": peak_pss,
-        "machine": machine(),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1))
+    save(out)
+
+    # 4. Ablation: the heads without the colour features (its own feature cache: embeds cold once).
+    no_color = train(load_config(args.config, ["backbone.color_features=false"]), work / "no-color")
+    out["baselines"] |= {
+        "heads_without_colour_features": no_color.test_report.score,
+        "heads_without_colour_features_per_attribute": _per_attribute(no_color.test_report),
+    }
+    out["complete"] = True
+    save(out)
     write_docs(out)
     print(json.dumps({k: v for k, v in out.items() if not isinstance(v, dict)}, indent=1))
+
+
+def save(out: dict) -> None:
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=1))
+
+
+def _per_attribute(report) -> dict[str, float]:
+    return dict(zip(report.per_attribute["attribute"], report.per_attribute["harmonic"], strict=True))
 
 
 def write_docs(r: dict) -> None:

@@ -67,7 +67,7 @@ def data_report_table(report) -> Table:
 
 
 def calibration_table(calibration: dict[str, dict[str, float]]) -> Table:
-    table = Table(title="calibration (validation; after = cross-fitted temperature)")
+    table = Table(title="calibration (dev; after = cross-fitted temperature)")
     for col in ("attribute", "T", "ECE before", "ECE after", "CE before", "CE after"):
         table.add_column(col, justify="left" if col == "attribute" else "right")
     for attribute, c in calibration.items():
