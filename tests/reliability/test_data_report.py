@@ -148,3 +148,16 @@ def test_values_seen_only_in_dev_are_reported_and_not_in_the_schema(tmp_path: Pa
     data = prepare_catalog(cfg)
     assert data.report.unseen_in_training == {"dev": {"color": {"Teal": 1}}}
     assert "Teal" not in data.schema.allowed("Tops", "color")
+
+
+def test_inspect_shows_the_same_report(tmp_path: Path) -> None:
+    rows = tops(30) + [{"type": "Hats", "color": "Red", "fit": "slim"}] * 3
+    rows[0]["color"] = "N/A"
+    cfg = config(tmp_path, write_catalog(tmp_path, rows), min_rows_per_category=10)
+    out = tmp_path / "inspect"
+    result = CliRunner().invoke(app, ["inspect", "-c", str(cfg), "-o", str(out), "--no-images", "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["dropped_rows"]["category_under_min_rows"] == {"Hats": 3}
+    assert [r["value"] for r in report["suspicious_labels"]] == ["N/A"]
+    assert "suspicious label (null_like) color='N/A'" in result.output
