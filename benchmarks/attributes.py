@@ -35,7 +35,7 @@ from taxonomist.config import load_config
 from taxonomist.data.catalog import CATEGORY, ID
 from taxonomist.data.prepare import prepare_catalog
 from taxonomist.devices import resolve_device
-from taxonomist.inference.embed import embed_catalog
+from taxonomist.features.embed import embed_catalog
 from taxonomist.inference.predictor import Predictor
 from taxonomist.metrics import attribute_score
 from taxonomist.models.build import build_backbone

@@ -260,7 +260,6 @@ def prepare(
     out before this step (for the report).
     """
     report = DataReport(source=catalog.source)
-    supplied = schema is not None
     over_limit = dict(over_limit or {})
     report.rows_read = len(catalog) + sum(catalog.dropped_categories.values()) + sum(over_limit.values())
     dropped: dict[str, dict[str, int]] = {
@@ -274,6 +273,58 @@ def prepare(
         normalize_variants=normalize_label_variants,
         max_length=max_label_length,
     )
+    catalog = dataclasses.replace(catalog, frame=frame)
+    declared, kept = _usable_rows(catalog, schema, report, dropped)
+    catalog = catalog.subset(kept)
+    groups = image_groups(catalog) if group_duplicate_images else None
+    split = split_train_dev_test(catalog.frame[CATEGORY], dev_fraction, test_fraction, seed, groups)
+    covers = (
+        {c: a for c, a in declared.items() if c in set(catalog.frame[CATEGORY])}
+        if schema is not None
+        else _trained_attributes(catalog.frame, split.train, declared, report)
+    )
+    late = ~catalog.frame[CATEGORY].astype(str).isin(list(covers)).to_numpy()
+    for category, n in _per_category(catalog.frame[late]).items():
+        dropped[NO_LABELS][category] = dropped[NO_LABELS].get(category, 0) + n
+    if late.any():
+        split = _keep_rows(split, ~late)
+        groups = None if groups is None else groups[~late].reset_index(drop=True)
+        catalog = catalog.subset(~late)
+    catalog = dataclasses.replace(catalog, attributes_by_category=covers)
+
+    parts = {name: catalog.frame.iloc[getattr(split, name)].reset_index(drop=True) for name in PARTS}
+    filled = apply_policy(policy, parts["train"], covers, **dict(policy_settings or {}))
+    dropped[POLICY] = _per_category(parts["train"][~parts["train"][ID].isin(filled.frame[ID])])
+    report.policy = {"policy": filled.policy, "rows_dropped": filled.dropped, "cells_filled": filled.filled}
+    supplied = schema
+    if schema is None:
+        inferred = Schema.infer(filled.frame, covers, attributes=catalog.attributes)
+        # Categories in name order: the model's category indices do not hang on which row came first.
+        schema = Schema({c: inferred.categories[c] for c in covers if c in inferred.categories})
+        report.unseen_in_training = {
+            name: unseen for name in ("dev", "test") if (unseen := _unseen(parts[name], schema))
+        }
+    report.dropped_rows = {reason: counts for reason, counts in dropped.items() if counts}
+    report.masked_cells = _masked_cells(parts, declared, covers, supplied, null_masked)
+    report.parts = {"train": len(filled.frame), "dev": len(split.dev), "test": len(split.test)}
+    report.rows_kept = sum(report.parts.values())
+    report.split = {
+        "dev_fraction": dev_fraction,
+        "test_fraction": test_fraction,
+        "seed": seed,
+        "group_duplicate_images": group_duplicate_images,
+        "duplicate_image_rows": _duplicate_rows(groups),
+        "ids": {name: _ids_digest(parts[name]) for name in PARTS},
+    }
+    return PreparedData(catalog, schema, split, filled, report)
+
+
+def _usable_rows(
+    catalog: Catalog, schema: Schema | None, report: DataReport, dropped: dict[str, dict[str, int]]
+) -> tuple[dict[str, list[str]], np.ndarray]:
+    """(attributes each category declares, mask of the rows kept): rows of categories outside a supplied
+    schema or without any label go, with their reasons in ``report`` and ``dropped``."""
+    frame = catalog.frame
     categories = frame[CATEGORY].astype(str)
     if schema is not None:
         declared = {c: schema.attributes_of(c) for c in schema.categories}
@@ -294,70 +345,30 @@ def prepare(
         if attribute not in covered:
             report.left_out_attributes.setdefault("(every category)", {})[attribute] = "no row has a label"
     kept = ~(unknown | no_labels).to_numpy()
-    frame = frame[kept].reset_index(drop=True)
-    if len(catalog) and not len(frame):
+    if len(frame) and not kept.any():
         reasons = "; ".join(f"{c}: {why}" for c, why in report.left_out_categories.items())
         raise CatalogError(f"{catalog.source}: no rows left to split, every category is left out ({reasons})")
-    groups = None
-    if group_duplicate_images:
-        groups = image_groups(catalog)[kept].reset_index(drop=True)
-    split = split_train_dev_test(frame[CATEGORY], dev_fraction, test_fraction, seed, groups)
-    train_rows = frame.iloc[split.train]
+    return declared, kept
 
-    # What the schema covers: a supplied schema as it is; else what the training rows carry labels for.
-    if schema is not None:
-        covers = {c: a for c, a in declared.items() if c in set(frame[CATEGORY])}
-    else:
-        covers = {}
-        for category in sorted(set(frame[CATEGORY].astype(str))):
-            rows = train_rows[train_rows[CATEGORY] == category]
-            covers[category] = _labelled(rows, declared.get(category, []))
-            for attribute in declared.get(category, []):
-                if attribute not in covers[category]:
-                    report.left_out_attributes.setdefault(category, {})[attribute] = (
-                        "no training row has a label for it"
-                    )
-            if not covers[category]:
-                report.left_out_categories[category] = "no training row has a label"
-        covers = {c: a for c, a in covers.items() if a}
-    late = ~frame[CATEGORY].astype(str).isin(list(covers)).to_numpy()
-    for category, n in _per_category(frame[late]).items():
-        dropped[NO_LABELS][category] = dropped[NO_LABELS].get(category, 0) + n
-    if late.any():
-        frame, split = _keep_rows(frame, split, ~late)
-    catalog = dataclasses.replace(catalog, frame=frame, attributes_by_category=covers)
 
-    parts = {name: frame.iloc[getattr(split, name)].reset_index(drop=True) for name in PARTS}
-    filled = apply_policy(policy, parts["train"], covers, **dict(policy_settings or {}))
-    policy_dropped = _per_category(parts["train"][~parts["train"][ID].isin(filled.frame[ID])])
-    dropped[POLICY] = policy_dropped
-    report.policy = {
-        "policy": filled.policy,
-        "rows_dropped": filled.dropped,
-        "cells_filled": filled.filled,
-    }
-    if schema is None:
-        inferred = Schema.infer(filled.frame, covers, attributes=catalog.attributes)
-        # Categories in name order: the model's category indices do not hang on which row came first.
-        schema = Schema({c: inferred.categories[c] for c in covers if c in inferred.categories})
-
-    report.dropped_rows = {reason: counts for reason, counts in dropped.items() if counts}
-    report.masked_cells = _masked_cells(parts, declared, covers, schema if supplied else None, null_masked)
-    if not supplied:
-        report.unseen_in_training = {
-            name: unseen for name in ("dev", "test") if (unseen := _unseen(parts[name], schema))
-        }
-    report.parts = {"train": len(filled.frame), "dev": len(split.dev), "test": len(split.test)}
-    report.rows_kept = sum(report.parts.values())
-    report.split = {
-        "dev_fraction": dev_fraction,
-        "test_fraction": test_fraction,
-        "seed": seed,
-        "group_duplicate_images": group_duplicate_images,
-        "duplicate_image_rows": _duplicate_rows(groups),
-        "ids": {name: _ids_digest(parts[name]) for name in PARTS},
-    }
-    return PreparedData(catalog, schema, split, filled, report)
+def _trained_attributes(
+    frame: pd.DataFrame, train: np.ndarray, declared: Mapping[str, Sequence[str]], report: DataReport
+) -> dict[str, list[str]]:
+    """Per category of ``frame`` (name order), the declared attributes some training row has a label for;
+    the rest, and categories left with none, are reported as left out."""
+    covers = {}
+    train_rows = frame.iloc[train]
+    for category in sorted(set(frame[CATEGORY].astype(str))):
+        rows = train_rows[train_rows[CATEGORY].astype(str) == category]
+        covers[category] = _labelled(rows, declared.get(category, []))
+        for attribute in declared.get(category, []):
+            if attribute not in covers[category]:
+                report.left_out_attributes.setdefault(category, {})[attribute] = (
+                    "no training row has a label for it"
+                )
+        if not covers[category]:
+            report.left_out_categories[category] = "no training row has a label"
+    return {c: a for c, a in covers.items() if a}
 
 
 def prepare_catalog(cfg: RunConfig | VLMConfig, catalog: Catalog | None = None) -> PreparedData:
@@ -407,10 +418,10 @@ def _labelled(rows: pd.DataFrame, attributes: Sequence[str]) -> list[str]:
     return [a for a in attributes if a in rows.columns and rows[a].notna().any()]
 
 
-def _keep_rows(frame: pd.DataFrame, split: Split, keep: np.ndarray) -> tuple[pd.DataFrame, Split]:
+def _keep_rows(split: Split, keep: np.ndarray) -> Split:
+    """``split`` renumbered for the rows ``keep`` leaves."""
     position = np.cumsum(keep) - 1
-    parts = [position[rows[keep[rows]]] for rows in (split.train, split.dev, split.test)]
-    return frame[keep].reset_index(drop=True), Split(*parts)
+    return Split(*(position[rows[keep[rows]]] for rows in (split.train, split.dev, split.test)))
 
 
 def _masked_cells(

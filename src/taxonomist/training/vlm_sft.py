@@ -1,7 +1,7 @@
 """Supervised fine-tuning of vision-language models with LoRA or QLoRA (peft + trl's ``SFTTrainer``).
 
-The defaults are seed 000's LLaMA-Factory recipe (LoRA on every linear layer of the language model,
-LoRA+ ratio 16, cosine schedule, warmup 0.1, batch 2 × accumulation 4); seed 004's QLoRA (4-bit NF4,
+The defaults are the LLaMA-Factory recipe for Qwen2-VL (LoRA on every linear layer of the language model,
+LoRA+ ratio 16, cosine schedule, warmup 0.1, batch 2 × accumulation 4); QLoRA captioning (4-bit NF4,
 paged AdamW 8-bit) is ``configs/vlm-qlora-caption.yaml``. The loss covers only the assistant's answer
 and its end-of-turn token, so the model learns to answer and to stop, not to repeat the prompt.
 
@@ -25,27 +25,23 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import pandas as pd
 import torch
 from PIL import Image
 
 from taxonomist.config import LoraSettings, VLMConfig, VLMTrainConfig
-from taxonomist.data.captions import read_coco_captions, read_product_captions
-from taxonomist.data.catalog import CATEGORY, ID
 from taxonomist.data.chat import (
     ChatExample,
-    attribute_examples,
-    caption_examples,
+    build_examples,
     check_token_budget,
     examples_to_records,
 )
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadError, load_image, write_errors
-from taxonomist.data.prepare import DATA_REPORT, PreparedData, prepare_catalog
+from taxonomist.data.prepare import DATA_REPORT, prepare_catalog
 from taxonomist.data.schema import Schema
-from taxonomist.devices import resolve_device
-from taxonomist.inference.writers import atomic_write_text
+from taxonomist.devices import resolve_device, resolve_precision
+from taxonomist.io import atomic_write_text
 from taxonomist.models.vlm import load_vlm, write_metadata
 
 IGNORE_INDEX = -100
@@ -56,53 +52,6 @@ log = logging.getLogger(__name__)
 
 
 # --- examples --------------------------------------------------------------------------------------------
-
-
-def build_examples(
-    cfg: VLMConfig, held_out: Literal["dev", "test"] = "dev", *, data: PreparedData | None = None
-) -> tuple[list[ChatExample], list[ChatExample], Schema | None]:
-    """(train, held-out, schema) chat examples of the configured task; the schema is None for captions.
-
-    Attributes come from the shared data step: ``held_out`` picks its dev part (eval loss, choices) or
-    its test part (only reported); the schema, and so the decoding grammar, holds training values only.
-    ``data``: that step's result when the caller already has it. Captions have one validation split,
-    returned for either."""
-    if cfg.task == "caption":
-        train, val = _caption_split(cfg)
-        schema = None
-    else:
-        train, val, schema = _attribute_split(cfg, held_out, data or prepare_catalog(cfg))
-    if cfg.train.limit is not None:
-        train = train[: cfg.train.limit]
-    return train, val, schema
-
-
-def _attribute_split(
-    cfg: VLMConfig, held_out: Literal["dev", "test"], data: PreparedData
-) -> tuple[list[ChatExample], list[ChatExample], Schema]:
-    catalog, schema = data.catalog, data.schema
-
-    def examples(frame: pd.DataFrame) -> list[ChatExample]:
-        paths = [catalog.image_path(i, c) for i, c in zip(frame[ID], frame[CATEGORY], strict=True)]
-        return attribute_examples(frame, schema, paths, cfg.prompt)[0]
-
-    return examples(data.train), examples(data.part(held_out)), schema
-
-
-def _caption_split(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExample]]:
-    """Train/val caption examples; ``captions.limit`` keeps the first N images of each split with all
-    their captions."""
-    data = cfg.captions
-    if data.dataset == "coco":
-        frame = read_coco_captions(data.path)
-    else:
-        frame = read_product_captions(data.path, val_fraction=cfg.train.dev_fraction, seed=cfg.train.seed)
-    if data.limit is not None:
-        # Per split, so a small smoke run still has images to validate on.
-        first = frame.drop_duplicates("id").groupby("split", sort=False)["id"].head(data.limit)
-        frame = frame[frame["id"].isin(first)]
-    is_train = frame["split"] == "train"
-    return caption_examples(frame[is_train], cfg.prompt), caption_examples(frame[~is_train], cfg.prompt)
 
 
 def readable_examples(examples: Sequence[ChatExample]) -> tuple[list[ChatExample], list[ImageError]]:
@@ -215,7 +164,7 @@ class ChatCollator:
 def lora_targets(model: torch.nn.Module, *, train_vision: bool) -> list[str]:
     """Full names of the linear layers to adapt: the language model's (plus the vision tower and
     projector with ``train_vision``), never the output head. peft's own ``all-linear`` would also adapt
-    the vision tower, which LLaMA-Factory (seed 000) keeps frozen."""
+    the vision tower, which LLaMA-Factory keeps frozen."""
     head = model.get_output_embeddings()
     names = {id(module): name for name, module in model.named_modules()}
     decoder = names[id(model.get_decoder())]  # "" when the model is its own decoder (text-only)
@@ -265,12 +214,9 @@ def loraplus_optimizer(model: torch.nn.Module, args: Any, ratio: float) -> torch
 
 
 def mixed_precision(setting: str, device: torch.device) -> tuple[bool, bool]:
-    """(bf16, fp16) for the trainer: ``auto`` = bf16 where the GPU has it, fp16 on older GPUs, none on CPU."""
-    if setting == "auto":
-        if device.type != "cuda":
-            return False, False
-        return (True, False) if torch.cuda.is_bf16_supported() else (False, True)
-    return setting == "bf16", setting == "fp16"
+    """(bf16, fp16) for the trainer's arguments."""
+    precision = resolve_precision(setting, device)
+    return precision == "bf16", precision == "fp16"
 
 
 def shared_trainer_args(cfg_cls: type, train: VLMTrainConfig, device: torch.device, progress: bool) -> dict:
