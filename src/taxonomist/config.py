@@ -92,9 +92,12 @@ class CatalogConfig:
     """Schema file (JSON/YAML); default: inferred from the training rows."""
     limit: PositiveInt | None = None
     """Use only the first N rows (after a seeded shuffle): quick demos and smoke runs."""
+    text_columns: list[str] = field(default_factory=list)
+    """Listing text columns (e.g. title, description; generic layout), normalised (NFKC, whitespace) and
+    joined into column ``text``; a missing or empty text is "". The listing heads (``heads.inputs``) and
+    the self-training recipe's title view read it. Empty = the catalog has no text."""
     text_column: str | None = None
-    """Listing text (e.g. the product title; generic layout), kept as column ``text``: the self-training
-    recipe's title view reads it. None = the catalog has no text."""
+    """Older spelling of a single ``text_columns`` entry; both may not be set."""
     null_like_as_missing: bool = False
     """Treat null-like label strings (``nan``, ``None``, ``null``, ``N/A``, ``-``, blank) as missing
     instead of as classes; they are reported in ``data_report.json`` either way."""
@@ -109,6 +112,16 @@ class CatalogConfig:
     items the catalog lacks are added."""
     encoding: str = "utf-8"
     """Text encoding of the catalog CSV, e.g. ``latin-1`` or ``cp1252`` for exports of older systems."""
+
+    def __post_init__(self) -> None:
+        if self.text_column is not None:
+            if self.text_columns and self.text_columns != [self.text_column]:
+                raise ConfigError(
+                    "catalog.text_column and catalog.text_columns are both set: name the columns in "
+                    "catalog.text_columns only"
+                )
+            self.text_columns = [self.text_column]
+            self.text_column = None
 
 
 @dataclass
@@ -150,6 +163,29 @@ class HeadsConfig:
     """Shared trunk widths (FC 512 → FC 256 by default)."""
     category_dim: PositiveInt = 16
     dropout: FractionBelowOne = 0.2
+    inputs: list[Literal["image", "text"]] = field(default_factory=lambda: ["image"])
+    """What the heads read: ``[image]`` (default), or ``[image, text]`` for listing heads that fuse the
+    catalog's text (``catalog.text_columns``, settings in ``text``) with the image features."""
+
+
+@dataclass
+class TextConfig:
+    """Text features of listing heads (``heads.inputs: [image, text]``)."""
+
+    encoder: str = "all-MiniLM-L6-v2"
+    """sentence-transformers id or directory; the default resolves to the offline PyPI package."""
+    max_length: PositiveInt = 64
+    batch_size: PositiveInt = 128
+    lexical: bool = True
+    """Add the lexical view: TF-IDF word 1–2-grams + char 2–5-grams through a learned n-gram bag."""
+    lexical_width: PositiveInt = 128
+    """Width of the lexical n-gram vectors."""
+    fusion: Literal["concat", "gated"] = "concat"
+    text_dropout: FractionBelowOne = 0.3
+    """Modality dropout: share of training rows whose text is hidden, so blank titles stay well served."""
+    image_dropout: FractionBelowOne = 0.0
+    """Share of training rows whose image is hidden; above 0, ``predict.allow_missing_image`` can
+    predict rows with an unreadable image from their text."""
 
 
 @dataclass
@@ -247,7 +283,7 @@ class SelfTrainingConfig:
     views: list[Literal["hflip"]] = field(default_factory=lambda: ["hflip"])
     """Augmented views predicted besides the original image."""
     text_view: bool = True
-    """Where the catalog has listing text (``catalog.text_column``), multiply each image view's
+    """Where the catalog has listing text (``catalog.text_columns``), multiply each image view's
     calibrated probabilities with those of a title classifier fit on the same labeled rows (and
     calibrated on dev) before selection: titles name attributes the image model gets wrong, so the
     teacher labels cells the student could not have labeled itself. The student stays image-only."""
@@ -266,6 +302,9 @@ class PredictConfig:
     """Written instead of a value whose confidence is below ``min_confidence``."""
     chunk_size: PositiveInt = 512
     """Rows per output part: the unit of resume after a crash."""
+    allow_missing_image: bool = False
+    """Listing heads trained with ``text.image_dropout`` > 0: rows whose image cannot be read are
+    predicted from their text (and still listed in the errors file) instead of skipped."""
     max_error_share: Probability = 0.5
     """A job whose share of failed rows (errors.csv) is above this ends with exit status 2 (its outputs
     are still written): most rows failing means a wrong image folder or file, not bad rows. A job where
@@ -279,6 +318,7 @@ class RunConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)

@@ -183,7 +183,7 @@ def self_train(
     quiet: QuietOpt = False,
 ) -> None:
     """Heads on a labeled fraction, then rounds of view-consistent, confident pseudo-labels (listing
-    titles join the teacher's views where catalog.text_column names them)."""
+    titles join the teacher's views where ``catalog.text_columns`` names them)."""
     from taxonomist.training.self_training import self_train as run_self_training
 
     cfg = resolve_config(
@@ -346,7 +346,7 @@ def predict(
             "predict.placeholder": placeholder,
         },
     )
-    catalog = load_for_prediction(cfg.catalog)
+    catalog = load_for_prediction(cfg.catalog, text="text" in cfg.heads.inputs)
     record_input(output, cfg.catalog, checkpoint)  # `review OUTPUT` finds images and titles through it
     if engine == "ray":
         from taxonomist.inference.predictor import with_row_errors
@@ -385,6 +385,7 @@ def predict(
         placeholder=cfg.predict.placeholder,
         chunk_size=cfg.predict.chunk_size,
         progress=not quiet,
+        allow_missing_image=cfg.predict.allow_missing_image,
     )
     console.print_json(json.dumps(summary.to_dict()))
     failure = summary.failure(cfg.predict.max_error_share)

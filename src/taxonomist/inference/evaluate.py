@@ -142,22 +142,7 @@ def evaluate(
     predicted are listed in ``errors.csv``."""
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)} for this checkpoint, got {split!r}")
-    split_matches = None
-    if split == "all":
-        source = load_catalog(without_training_filters(cfg.catalog), seed=cfg.train.seed, bad_rows="report")
-        part = None
-    else:
-        data = prepare_catalog(cfg)
-        source, part = data.catalog, getattr(data.split, split)
-        if not len(part):
-            raise CatalogError(
-                f"{source.source}: the {split} part is empty (train.{split}_fraction="
-                f"{getattr(cfg.train, f'{split}_fraction')}); score --split dev or --split all instead"
-            )
-        split_matches = _same_part(Path(checkpoint), data.report, split)
-    if not len(source):
-        what = f"all {len(source.rejected)} rows were set aside" if len(source.rejected) else "it has no rows"
-        raise CatalogError(f"{source.source}: nothing to evaluate ({what})")
+    source, part, split_matches = _rows_to_score(Path(checkpoint), cfg, split)
     predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
     catalog = source if part is None else source.subset(part)
     known = source
@@ -175,8 +160,12 @@ def evaluate(
     good = np.flatnonzero(embedded.ok)
     frame = catalog.frame
     cats = frame[CATEGORY].astype(str).to_numpy()
-    probs = predictor.predict_features(embedded.features[good], cats[good].tolist())
-    before = predictor.predict_features(embedded.features[good], cats[good].tolist(), calibrated=False)
+    text = None
+    if predictor.reads_text:  # listing heads: the catalog's text column (rows without one are blank)
+        texts = frame[TEXT].to_numpy()[good].tolist() if TEXT in frame.columns else None
+        text = predictor.text_features(texts, len(good))
+    probs = predictor.predict_features(embedded.features[good], cats[good].tolist(), text)
+    before = predictor.predict_features(embedded.features[good], cats[good].tolist(), text, calibrated=False)
     preds = predictor.decode(probs, frame[ID].to_numpy()[good].tolist(), cats[good].tolist())
     schema = predictor.schema
     predicted = wide_named_frame(preds, schema.attributes)
@@ -220,6 +209,29 @@ def evaluate(
     if output is not None:
         write_evaluation(evaluation, output)
     return evaluation
+
+
+def _rows_to_score(
+    checkpoint: Path, cfg: RunConfig, split: str
+) -> tuple[Catalog, np.ndarray | None, bool | None]:
+    """(rows read, positions of the part to score or None for all, whether that part is the one the
+    training run recorded)."""
+    if split == "all":
+        source = load_catalog(without_training_filters(cfg.catalog), seed=cfg.train.seed, bad_rows="report")
+        part, split_matches = None, None
+    else:
+        data = prepare_catalog(cfg)
+        source, part = data.catalog, getattr(data.split, split)
+        if not len(part):
+            raise CatalogError(
+                f"{source.source}: the {split} part is empty (train.{split}_fraction="
+                f"{getattr(cfg.train, f'{split}_fraction')}); score --split dev or --split all instead"
+            )
+        split_matches = _same_part(checkpoint, data.report, split)
+    if not len(source):
+        what = f"all {len(source.rejected)} rows were set aside" if len(source.rejected) else "it has no rows"
+        raise CatalogError(f"{source.source}: nothing to evaluate ({what})")
+    return source, part, split_matches
 
 
 def _same_part(checkpoint: Path, report: DataReport, split: str) -> bool | None:

@@ -179,7 +179,7 @@ def _contained(locate: ImageLocator, root: Path | None) -> ImageLocator:
 
 def titles_of(catalog: CatalogConfig) -> dict[str, str]:
     """id → listing title from the catalog's text column; empty where it has none or cannot be read."""
-    if not catalog.text_column:
+    if not catalog.text_columns:
         return {}
     reading = dataclasses.replace(
         catalog,
@@ -209,7 +209,7 @@ def create_review_app(
     """Build the review app over a ``predict`` output (folder or ``predictions_long.csv``).
 
     ``images``: a folder (ids map to files through ``image_template``), or the catalog (config) that was
-    predicted; with a catalog config the page shows titles (its ``text_column``) and the export uses the
+    predicted; with a catalog config the page shows titles (its ``text_columns``) and the export uses the
     catalog's own column names plus an image path. ``schema``: a checkpoint folder or schema file; it
     bounds corrections to the values the model can learn (default: the values seen in the predictions).
     ``threshold`` is the page's default "confidence below" filter.
