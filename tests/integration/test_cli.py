@@ -66,6 +66,16 @@ def test_evaluate_matches_training_report(trained: tuple[Path, Path, Path], tmp_
         assert evaluation["score"] == pytest.approx(metrics[key], abs=1e-6)
     report = json.loads((ckpt / "data_report.json").read_text())
     assert report["parts"]["dev"] + report["parts"]["test"] + report["parts"]["train"] == 120
+    out = invoke("evaluate", str(ckpt), "--report", "-q")
+    folder = ckpt / "evaluation-test"  # --report's default output
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    assert evaluation["score"] == pytest.approx(metrics["test_score"], abs=1e-6)
+    assert f"report: {folder / 'report.html'}" in out and "majority-class baseline" in out
+    scored = pd.read_csv(folder / "predictions.csv", dtype={"id": str})
+    assert {"label", "predicted", "confidence", "confidence_before", "correct", "path"} <= set(scored.columns)
+    # The scored rows agree with the score: every labelled (item, attribute) of the test part.
+    assert scored.groupby("attribute").size().sum() == sum(p["n"] for p in evaluation["pairs"])
+    assert (folder / "reliability.png").is_file() and (folder / "confusion_color.png").is_file()
 
 
 def test_predict_layouts_are_valid_for_each_category(

@@ -14,7 +14,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taxonomist.cli.options import ConfigOpt, ImagesOpt, JobFailed, QuietOpt, SetOpt, resolve_config
+from taxonomist.cli.options import (
+    ConfigOpt,
+    ImagesOpt,
+    JobFailed,
+    JobOutputOpt,
+    PredictDataOpt,
+    QuietOpt,
+    SetOpt,
+    resolve_config,
+)
 from taxonomist.cli.review import review
 from taxonomist.cli.serve import serve
 from taxonomist.cli.taxonomy import app as taxonomy_app
@@ -183,7 +192,7 @@ def self_train(
     quiet: QuietOpt = False,
 ) -> None:
     """Heads on a labeled fraction, then rounds of view-consistent, confident pseudo-labels (listing
-    titles join the teacher's views where ``catalog.text_columns`` names them)."""
+    titles join the teacher's views where catalog.text_columns names them)."""
     from taxonomist.training.self_training import self_train as run_self_training
 
     cfg = resolve_config(
@@ -291,10 +300,10 @@ def evaluate(
 @app.command()
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (resumable).")],
+    output: JobOutputOpt,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    data: Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")] = None,
+    data: PredictDataOpt = None,
     images: ImagesOpt = None,
     min_confidence: Annotated[
         float | None,

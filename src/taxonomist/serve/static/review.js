@@ -137,15 +137,21 @@ function show(k) {
   const choices = $("choices");
   choices.replaceChildren();
   $("typed-options").replaceChildren();
+  // The model's nine best values have keys; the rest are one "/" away, in the typed box's list.
   item.choices.forEach((value, n) => {
+    option($("typed-options"), value);
+    if (n >= 9) return;
     const li = document.createElement("li");
-    li.textContent = n < 9 ? `[${n + 1}] ${value}` : value;
+    const p = item.probabilities[value];
+    li.textContent = `[${n + 1}] ${value}` + (p === undefined ? "" : ` · ${p.toFixed(2)}`);
     li.classList.toggle("predicted", value === item.value);
     li.classList.toggle("chosen", item.decision?.value === value);
     li.addEventListener("click", () => exclusive(() => decide(item, value)));
     choices.append(li);
-    option($("typed-options"), value);
   });
+  const more = item.choices.length - 9;
+  $("more").textContent = more > 0 ? `and ${more} more: press / and type one` : "";
+  $("more").hidden = more <= 0;
   $("typed").value = "";
 }
 
