@@ -269,8 +269,8 @@ class SelfTrainingConfig:
     joins the unlabeled pool with its labels hidden (they only score pseudo-label precision). 1.0 = every
     label is used and the pool is only the rows that carry no label at all."""
     dev_fraction: OpenFraction = 0.25
-    """Share of the labeled rows held out to pick epochs, fit temperatures and the best round: the
-    validation split is only ever reported on."""
+    """Share of the labeled rows held out to pick epochs, fit temperatures and the best round: the data
+    step's test part is only ever reported on."""
     rounds: NonNegativeInt = 3
     """Self-training rounds after round 0 (supervised on the labeled rows alone)."""
     threshold: Probability = 0.9
