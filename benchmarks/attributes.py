@@ -33,8 +33,7 @@ from sklearn.preprocessing import StandardScaler
 from taxonomist.config import load_config
 from taxonomist.data.catalog import CATEGORY, ID, load_catalog
 from taxonomist.data.split import split_per_category
-from taxonomist.devices import resolve_device
-from taxonomist.inference.embed import embed_catalog
+from taxonomist.inference.embed import embed_catalog, runtime_backbone
 from taxonomist.inference.predictor import Predictor
 from taxonomist.metrics import attribute_score
 from taxonomist.models.build import build_backbone
@@ -185,7 +184,7 @@ def main() -> None:
     # 2. Baselines and ablation on the same split and the same cached features.
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
     train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
-    backbone = build_backbone(cfg.backbone).optimize_for_inference().to(resolve_device(cfg.embed.device))
+    backbone = runtime_backbone(build_backbone(cfg.backbone), cfg.embed)
     embedded = embed_catalog(catalog, backbone, cfg.embed, progress=False)
     ok = embedded.ok
     train_idx, val_idx = train_idx[ok[train_idx]], val_idx[ok[val_idx]]

@@ -12,6 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from taxonomist.cli.export import PrecisionDefaultOpt as PrecisionOpt
+from taxonomist.cli.export import PredictRuntimeOpt as RuntimeOpt
+from taxonomist.cli.export import export
 from taxonomist.cli.options import ConfigOpt, QuietOpt, SetOpt, resolve_config
 from taxonomist.cli.review import review
 from taxonomist.cli.serve import serve
@@ -28,6 +31,7 @@ app.add_typer(taxonomy_app, name="taxonomy", help="Titles → taxonomy path + br
 app.add_typer(vlm_app, name="vlm", help="Vision-language models: attributes as constrained JSON, captions.")
 app.command()(serve)
 app.command()(review)
+app.command()(export)
 
 
 def score_table(report, title: str) -> Table:
@@ -212,6 +216,8 @@ def predict(
     gpus_per_actor: Annotated[
         float | None, typer.Option(help="Default 1 where there are GPUs, else 0.")
     ] = None,
+    runtime: RuntimeOpt = "auto",
+    precision: PrecisionOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Predict attributes for every row of a catalog: Meesho layout + long layout with confidences.
@@ -256,10 +262,16 @@ def predict(
             placeholder=cfg.predict.placeholder,
             address=address,
             progress=not quiet,
+            runtime=runtime,
+            precision=precision,
         )
         console.print_json(json.dumps(summary.to_dict()))
         return
-    predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
+    predictor = Predictor.from_pretrained(
+        checkpoint, device=cfg.embed.device, runtime=runtime, precision=precision
+    )
+    if not quiet:
+        console.print(f"runtime: {predictor.runtime}")
     summary = predictor.predict_catalog(
         catalog,
         output,
@@ -276,13 +288,12 @@ def predict(
 def embed(config: ConfigOpt = None, overrides: SetOpt = None, quiet: QuietOpt = False) -> None:
     """Compute and cache backbone features for a catalog, so later training runs start warm."""
     from taxonomist.data.catalog import load_catalog
-    from taxonomist.devices import resolve_device
-    from taxonomist.inference.embed import embed_catalog
+    from taxonomist.inference.embed import embed_catalog, runtime_backbone
     from taxonomist.models.build import build_backbone
 
     cfg = resolve_config(config, overrides)
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
-    backbone = build_backbone(cfg.backbone).optimize_for_inference().to(resolve_device(cfg.embed.device))
+    backbone = runtime_backbone(build_backbone(cfg.backbone), cfg.embed)
     result = embed_catalog(catalog, backbone, cfg.embed, progress=not quiet)
     console.print(
         f"{len(catalog)} images: {result.cached} cached, {result.computed} computed, "
@@ -324,7 +335,8 @@ def bench(
     from taxonomist.inference.efficiency import measure_efficiency
     from taxonomist.inference.predictor import ImagesToLogits, Predictor
 
-    predictor = Predictor.from_pretrained(checkpoint)
+    # torch: FLOPs and parameter counts are read off the torch modules.
+    predictor = Predictor.from_pretrained(checkpoint, runtime="torch")
     model = ImagesToLogits(predictor)
     sizes = tuple(int(b) for b in batch_sizes.split(","))
     report = measure_efficiency(model, predictor.backbone.preprocess.size, batch_sizes=sizes, seconds=seconds)

@@ -46,6 +46,12 @@ def serve(
         int, typer.Option(help="Images decoded at once, whatever the requests: bounds decoding memory.")
     ] = 4,
     log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    runtime: Annotated[
+        str, typer.Option(help="auto (the fastest installed), torch, onnxruntime or openvino.")
+    ] = "auto",
+    precision: Annotated[
+        str | None, typer.Option(help="fp32, bf16 or int8; default: what the heads were fitted on.")
+    ] = None,
 ) -> None:
     """Serve a checkpoint over HTTP: POST /v1/predict (batched), /healthz, /readyz, /metrics, /docs."""
     try:
@@ -68,8 +74,10 @@ def serve(
             request_timeout_s=timeout,
             max_queue=max_queue,
             max_decodes=max_decodes,
+            runtime=runtime,
+            precision=precision,
         )
-    except ValueError as err:  # not a checkpoint, or a bad limit
+    except (ValueError, ImportError) as err:  # not a checkpoint, or a bad limit
         raise typer.BadParameter(str(err)) from err
     configure_logging(log_level)
     # Our middleware writes one JSON line per request, so uvicorn's own access log stays off.

@@ -65,7 +65,8 @@ def evaluate(
     if split not in ("val", "all"):
         raise ValueError(f"split must be 'val' or 'all', got {split!r}")
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
-    predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
+    # Scored on the numerics the heads were fitted on (and their warm feature cache).
+    predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device, runtime=None)
     # Before the split, so the known categories' validation rows are the ones the training run held out.
     unknown = ~catalog.frame[CATEGORY].astype(str).isin(predictor.categories)
     unknown_rows = catalog.frame[unknown]

@@ -18,11 +18,12 @@ from taxonomist.data.catalog import CATEGORY, ID, MEESHO_MAX_ATTRS, Catalog
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image, write_errors
 from taxonomist.data.schema import SchemaError
 from taxonomist.devices import module_device, resolve_device
-from taxonomist.inference.cache import FeatureCache
+from taxonomist.inference.cache import FeatureCache, default_cache_dir
 from taxonomist.inference.embed import embed_images
 from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.build import build_backbone
 from taxonomist.models.checkpoint import HeadsCheckpoint, calibrated_probs, checkpoint_version
+from taxonomist.models.runtime import exports_root, on_runtime
 from taxonomist.progress import progress_bar
 
 ImageInput = Image.Image | str | os.PathLike
@@ -75,24 +76,46 @@ class Predictor:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, *, optimize: bool = True, device: str | torch.device = "auto"
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | torch.device = "auto",
+        runtime: str | None = "auto",
+        precision: str | None = None,
     ) -> Predictor:
-        """``device``: auto (the GPU when there is one), cpu, cuda or cuda:N, for backbone and heads."""
+        """``device``: auto (the GPU when there is one), cpu, cuda or cuda:N, for backbone and heads.
+        ``runtime``: auto, torch, onnxruntime or openvino (see :mod:`taxonomist.models.runtime`), None
+        = the one the heads were fitted on; ``precision``: default the one the heads were fitted on. A runtime other than torch loads the
+        run's export, exporting into ``RUN/exports`` (or the cache when the run is read-only) first."""
         target = resolve_device(device)
         checkpoint, heads = HeadsCheckpoint.load(path)
         backbone = build_backbone(checkpoint.backbone)
         state = HeadsCheckpoint.backbone_state(path)
         if state is not None:
             backbone.load_state_dict(state)
-        if backbone.fingerprint() != checkpoint.fingerprint:
+        if backbone.fingerprint() != checkpoint.weights_fingerprint:
             raise RuntimeError(
                 f"{path}: backbone {checkpoint.backbone.name!r} now loads other weights or preprocessing "
-                f"(fingerprint {backbone.fingerprint()} != {checkpoint.fingerprint}); the heads were trained "
-                "on the old features"
+                f"(fingerprint {backbone.fingerprint()} != {checkpoint.weights_fingerprint}); the heads were "
+                "trained on the old features"
             )
-        if optimize:
-            backbone.optimize_for_inference()
-        return cls(checkpoint, heads.to(target), backbone.to(target).eval(), version=checkpoint_version(path))
+        version = checkpoint_version(path)
+        backbone, heads, _ = on_runtime(
+            backbone.to(target),
+            heads.to(target),
+            runtime=runtime or checkpoint.runtime,
+            precision=precision or checkpoint.precision,
+            device=target,
+            root=exports_root(path, default_cache_dir() / "exports" / version),
+            feature_dim=checkpoint.feature_dim,
+            extra={"checkpoint": version},
+        )
+        return cls(checkpoint, heads, backbone, version=version)
+
+    @property
+    def runtime(self) -> str:
+        """Where the backbone runs, e.g. ``openvino bf16`` or ``torch fp32``."""
+        return f"{getattr(self.backbone, 'runtime', 'torch')} {getattr(self.backbone, 'precision', 'fp32')}"
 
     @property
     def categories(self) -> list[str]:
@@ -219,6 +242,7 @@ class Predictor:
         settings = {
             "model": self.version,
             "fingerprint": self.checkpoint.fingerprint,
+            "features": self.backbone.fingerprint(),
             "min_confidence": min_confidence,
             "placeholder": placeholder,
         }
@@ -311,7 +335,7 @@ class ImagesToLogits(torch.nn.Module):
         super().__init__()
         self.backbone = predictor.backbone
         self.heads = predictor.heads
-        self.eval()  # an optimised backbone refuses train mode
+        self.eval()
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         category = torch.zeros(len(pixels), dtype=torch.long, device=pixels.device)

@@ -49,6 +49,15 @@ class HeadsCheckpoint:
     logit_adjustment: dict[str, list[float]] = field(default_factory=dict)
     """Per attribute additive logit bias (prior correction that favours macro-F1); empty = none."""
     metrics: dict[str, Any] = field(default_factory=dict)
+    runtime: str = "torch"
+    """Runtime and precision of the features the heads were fitted on; prediction keeps the precision."""
+    precision: str = "fp32"
+    weights_fingerprint: str = ""
+    """The torch backbone's own fingerprint (``fingerprint`` is the feature key: it adds runtime and
+    precision, except for torch fp32 where both are equal)."""
+
+    def __post_init__(self) -> None:
+        self.weights_fingerprint = self.weights_fingerprint or self.fingerprint
 
     @classmethod
     def of(
@@ -66,6 +75,9 @@ class HeadsCheckpoint:
             backbone=cfg.backbone,
             preprocess=backbone.preprocess.to_dict(),
             fingerprint=backbone.fingerprint(),
+            weights_fingerprint=backbone.source_fingerprint(),
+            runtime=getattr(backbone, "runtime", "torch"),
+            precision=getattr(backbone, "precision", "fp32"),
             feature_dim=feature_dim,
             schema=schema,
             categories=categories,
@@ -103,6 +115,11 @@ class HeadsCheckpoint:
             "temperatures": self.temperatures,
             "logit_adjustment": self.logit_adjustment,
             "metrics": self.metrics,
+            "features": {
+                "runtime": self.runtime,
+                "precision": self.precision,
+                "weights_fingerprint": self.weights_fingerprint,
+            },
         }
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         _atomic(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
@@ -134,6 +151,7 @@ class HeadsCheckpoint:
             temperatures=meta.get("temperatures", {}),
             logit_adjustment=meta.get("logit_adjustment", {}),
             metrics=meta.get("metrics", {}),
+            **meta.get("features", {}),
         )
         model = ckpt.build_model()
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))

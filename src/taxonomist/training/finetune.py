@@ -35,7 +35,6 @@ from taxonomist.data.labels import MISSING, encode_labels
 from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
-from taxonomist.devices import resolve_device
 from taxonomist.inference.writers import atomic_write_text
 from taxonomist.metrics import attribute_score
 from taxonomist.models.attention_head import AttentionHeads
@@ -426,10 +425,10 @@ def warm_start_heads(
     progress: bool,
 ) -> float:
     """LP-FT's first step: the heads recipe on cached features of the (still frozen) backbone."""
-    from taxonomist.inference.embed import embed_catalog
+    from taxonomist.inference.embed import embed_catalog, runtime_backbone
     from taxonomist.training.heads import feature_set, fit_heads
 
-    frozen = build_backbone(cfg.backbone).optimize_for_inference().to(resolve_device(cfg.embed.device))
+    frozen = runtime_backbone(build_backbone(cfg.backbone), cfg.embed)
     embedded = embed_catalog(catalog, frozen, cfg.embed, progress=progress)
     train_set, _ = feature_set(train_frame, catalog, embedded, schema, categories)
     val_set, val_rows = feature_set(val_frame, catalog, embedded, schema, categories)
