@@ -84,9 +84,10 @@ class Predictor:
         precision: str | None = None,
     ) -> Predictor:
         """``device``: auto (the GPU when there is one), cpu, cuda or cuda:N, for backbone and heads.
-        ``runtime``: auto, torch, onnxruntime or openvino (see :mod:`taxonomist.models.runtime`), None
-        = the one the heads were fitted on; ``precision``: default the one the heads were fitted on. A runtime other than torch loads the
-        run's export, exporting into ``RUN/exports`` (or the cache when the run is read-only) first."""
+        ``runtime``: auto, torch, onnxruntime or openvino (see :mod:`taxonomist.models.runtime`), None =
+        the one the heads were fitted on; ``precision``: default the heads' own. A runtime other than
+        torch loads the run's export, exporting into ``RUN/exports`` (or the cache when the run is
+        read-only) first."""
         target = resolve_device(device)
         checkpoint, heads = HeadsCheckpoint.load(path)
         backbone = build_backbone(checkpoint.backbone)
