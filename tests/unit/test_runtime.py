@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_backbones import FAMILIES
@@ -218,3 +219,23 @@ def test_openvino_int8_is_close_and_finite(lite: Backbone, lite_onnx: Path, tmp_
     exported, _, _ = rt.load_export(tmp_path / "e", lite)
     features = exported(x)
     assert torch.isfinite(features).all() and _cosine(features, expected) > 0.9
+
+
+def test_text_encoder_on_runtimes_matches_torch(tmp_path: Path) -> None:
+    from taxonomist.models.text import TextEncoder
+
+    titles = ["Acme red cotton kurta for women", "steel bottle 1l", "", "x" * 400]  # empty and truncated
+    reference = TextEncoder(batch_size=2)
+    expected = reference.encode(titles)
+    keys = {reference.fingerprint()}
+    for runtime, precision, atol in (
+        ("onnxruntime", "fp32", 1e-4),
+        ("openvino", "fp32", 1e-4),
+        ("openvino", "bf16", 0.03),
+    ):
+        encoder = TextEncoder(batch_size=2, runtime=runtime, precision=precision, export_root=tmp_path)
+        np.testing.assert_allclose(encoder.encode(titles), expected, atol=atol)
+        keys.add(encoder.fingerprint())
+    assert len(keys) == 4  # title-embedding caches never mix numerics
+    with pytest.raises(rt.RuntimeUnavailable, match="quantize"):
+        TextEncoder(runtime="onnxruntime", precision="int8")

@@ -123,6 +123,11 @@ def train(
         f"heads {result.train_seconds:.1f}s (best epoch {result.history.best_epoch}) · "
         f"image errors {result.image_errors} · checkpoint {output}"
     )
+    features = json.loads((output / "taxonomist.json").read_text(encoding="utf-8")).get("features", {})
+    console.print(
+        f"features computed on {features.get('runtime', 'torch')} {features.get('precision', 'fp32')} "
+        f"(embed.runtime={cfg.embed.runtime}); predict and serve use the same precision by default"
+    )
 
 
 @app.command("self-train")

@@ -22,9 +22,11 @@ from safetensors.torch import load_file, save_file
 from taxonomist.config import TaxonomyConfig, load_config
 from taxonomist.data.catalog import CatalogError
 from taxonomist.data.taxonomy import BRAND, ID, PATH_SEP, TITLE, Taxonomy, normalize_text
+from taxonomist.inference.cache import default_cache_dir
 from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.brand import BrandExtractor
 from taxonomist.models.checkpoint import checkpoint_digest
+from taxonomist.models.runtime import exports_root
 from taxonomist.models.taxonomy import (
     HierarchicalHeads,
     LexicalClassifier,
@@ -260,7 +262,14 @@ class TaxonomyPredictor:
         atomic_write_text(path / MANIFEST, json.dumps(manifest, indent=1))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, quantize: bool | None = None) -> TaxonomyPredictor:
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        quantize: bool | None = None,
+        runtime: str | None = None,
+        precision: str | None = None,
+    ) -> TaxonomyPredictor:
+        """``runtime``/``precision``: the encoder's (default: the run config's ``encoder`` settings)."""
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
@@ -276,6 +285,9 @@ class TaxonomyPredictor:
             max_length=config.encoder.max_length,
             batch_size=config.encoder.batch_size,
             quantize=config.encoder.quantize if quantize is None else quantize,
+            runtime=runtime or config.encoder.runtime,
+            precision=precision or config.encoder.precision,
+            export_root=exports_root(path, default_cache_dir() / "exports"),
         )
         brand = BrandExtractor.load(path / "brand")
         self = cls(

@@ -29,7 +29,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -125,9 +125,11 @@ def export_onnx(
     path: Path,
     input_names: Sequence[str],
     output_names: Sequence[str],
+    axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> None:
-    """``torch.onnx.export`` (TorchScript exporter, opset 17) with a dynamic batch axis everywhere."""
-    axes = {name: {0: "batch"} for name in (*input_names, *output_names)}
+    """``torch.onnx.export`` (TorchScript exporter, opset 17); ``axes``: dynamic axes, default the
+    batch axis of every input and output."""
+    axes = dict(axes or {name: {0: "batch"} for name in (*input_names, *output_names)})
     module.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints baked into the graph
@@ -215,10 +217,12 @@ def _quantize_onnxruntime(folder: Path, calibration: Sequence[np.ndarray]) -> No
     os.replace(folder / "backbone.int8.onnx", fp32)
 
 
-def _to_openvino(folder: Path, calibration: Sequence[np.ndarray] | None) -> None:
+def to_openvino(
+    folder: Path, calibration: Sequence[np.ndarray] | None, parts: Sequence[str] = ("backbone", "heads")
+) -> None:
     import openvino as ov
 
-    for part in ("backbone", "heads"):
+    for part in parts:
         if not (folder / f"{part}.onnx").is_file():
             continue
         model = ov.convert_model(str(folder / f"{part}.onnx"))
@@ -282,17 +286,36 @@ def export(
             "--calibrate` (it samples training rows) before predicting with it"
         )
     fingerprint = backbone.fingerprint()
+
+    def build(tmp: Path) -> None:
+        _export_fp32(backbone, heads, feature_dim, tmp, onnx_from)
+        if runtime == "onnxruntime" and precision == "int8":
+            _quantize_onnxruntime(tmp, calibration)
+        if runtime == "openvino":
+            to_openvino(tmp, calibration if precision == "int8" else None)
+
+    return build_once(folder, fingerprint, runtime, precision, build, extra=extra, replace=replace)
+
+
+def build_once(
+    folder: Path,
+    fingerprint: str,
+    runtime: str,
+    precision: str,
+    build: Callable[[Path], None],
+    *,
+    extra: Mapping[str, Any] | None = None,
+    replace: bool = False,
+) -> dict[str, Any]:
+    """Run ``build(tmp)`` and rename ``tmp`` to ``folder`` with its manifest, under ``folder``'s lock,
+    unless a finished export of ``fingerprint`` is there already (then return its manifest)."""
     with _locked(folder.parent / f".{folder.name}.lock"):
         manifest = read_manifest(folder)
         if manifest is not None and not replace and manifest.get("fingerprint") == fingerprint:
             return manifest
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            _export_fp32(backbone, heads, feature_dim, tmp, onnx_from)
-            if runtime == "onnxruntime" and precision == "int8":
-                _quantize_onnxruntime(tmp, calibration)
-            if runtime == "openvino":
-                _to_openvino(tmp, calibration if precision == "int8" else None)
+            build(tmp)
             variant = _digest(tmp) if precision == "int8" else ""
             manifest = {
                 "format_version": EXPORT_VERSION,
@@ -323,7 +346,7 @@ def install(candidate: Path, folder: Path) -> None:
 # --------------------------------------------------------------------------------------------- run
 
 
-class _Session:
+class Session:
     """One compiled graph; ``run`` maps named numpy inputs to the outputs, in graph order."""
 
     def __init__(self, path: Path, runtime: str, precision: str, threads: int | None) -> None:
@@ -360,7 +383,7 @@ class RuntimeBackbone(Backbone):
     keeps these features apart from torch's.
     """
 
-    def __init__(self, source: Backbone, session: _Session, key: str, runtime: str, precision: str) -> None:
+    def __init__(self, source: Backbone, session: Session, key: str, runtime: str, precision: str) -> None:
         super().__init__(
             source.name, source.preprocess, source.feature_dim, source.feature_map_dim, source.pooling
         )
@@ -401,7 +424,7 @@ class RuntimeBackbone(Backbone):
 class RuntimeHeads(torch.nn.Module):
     """Exported :class:`~taxonomist.models.heads.AttributeHeads`: ``(features, category)`` → logits."""
 
-    def __init__(self, session: _Session, attributes: Sequence[str]) -> None:
+    def __init__(self, session: Session, attributes: Sequence[str]) -> None:
         super().__init__()
         self.session = session
         self.attributes = list(attributes)
@@ -429,7 +452,7 @@ def load_export(
     ext = "onnx" if runtime == "onnxruntime" else "xml"
     backbone = RuntimeBackbone(
         source,
-        _Session(folder / f"backbone.{ext}", runtime, precision, threads),
+        Session(folder / f"backbone.{ext}", runtime, precision, threads),
         manifest["feature_key"],
         runtime,
         precision,
@@ -437,9 +460,7 @@ def load_export(
     if heads is None or not (folder / f"heads.{ext}").is_file():
         return backbone, None, manifest
     # Heads are a few small matmuls: run them in fp32 whatever the backbone's precision.
-    runtime_heads = RuntimeHeads(
-        _Session(folder / f"heads.{ext}", runtime, "fp32", threads), heads.attributes
-    )
+    runtime_heads = RuntimeHeads(Session(folder / f"heads.{ext}", runtime, "fp32", threads), heads.attributes)
     return backbone, runtime_heads, manifest
 
 
