@@ -221,11 +221,39 @@ def test_openvino_int8_is_close_and_finite(lite: Backbone, lite_onnx: Path, tmp_
     assert torch.isfinite(features).all() and _cosine(features, expected) > 0.9
 
 
-def test_text_encoder_on_runtimes_matches_torch(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tiny_sentence_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 1-layer BERT with MiniLM's tokenizer, mean pooling and normalisation, as sentence-transformers
+    saves it: the export path of all-MiniLM-L6-v2 in a fraction of the time."""
+    import transformers
+    from sentence_transformers import SentenceTransformer, models
+
+    from taxonomist.models.text import resolve_text_model
+
+    root = tmp_path_factory.mktemp("text")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(resolve_text_model("all-MiniLM-L6-v2"))
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=128,
+    )
+    transformers.BertModel(config).save_pretrained(root / "bert")
+    tokenizer.save_pretrained(root / "bert")
+    word = models.Transformer(str(root / "bert"), max_seq_length=64)
+    model = SentenceTransformer(modules=[word, models.Pooling(32, "mean"), models.Normalize()], device="cpu")
+    model.save(str(root / "st"))
+    return str(root / "st")
+
+
+def test_text_encoder_on_runtimes_matches_torch(tiny_sentence_model: str, tmp_path: Path) -> None:
     from taxonomist.models.text import TextEncoder
 
-    titles = ["Acme red cotton kurta for women", "steel bottle 1l", "", "x" * 400]  # empty and truncated
-    reference = TextEncoder(batch_size=2)
+    titles = ["Acme red cotton kurta for women", "steel bottle 1l", "", "x " * 400]  # empty and truncated
+    reference = TextEncoder(tiny_sentence_model, batch_size=2)
     expected = reference.encode(titles)
     keys = {reference.fingerprint()}
     for runtime, precision, atol in (
@@ -233,9 +261,11 @@ def test_text_encoder_on_runtimes_matches_torch(tmp_path: Path) -> None:
         ("openvino", "fp32", 1e-4),
         ("openvino", "bf16", 0.03),
     ):
-        encoder = TextEncoder(batch_size=2, runtime=runtime, precision=precision, export_root=tmp_path)
+        encoder = TextEncoder(
+            tiny_sentence_model, batch_size=2, runtime=runtime, precision=precision, export_root=tmp_path
+        )
         np.testing.assert_allclose(encoder.encode(titles), expected, atol=atol)
         keys.add(encoder.fingerprint())
     assert len(keys) == 4  # title-embedding caches never mix numerics
     with pytest.raises(rt.RuntimeUnavailable, match="quantize"):
-        TextEncoder(runtime="onnxruntime", precision="int8")
+        TextEncoder(tiny_sentence_model, runtime="onnxruntime", precision="int8")
