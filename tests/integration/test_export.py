@@ -99,3 +99,16 @@ def test_export_above_tolerance_is_refused(run: Path, monkeypatch: pytest.Monkey
     refused = json.loads((run / EXPORTS_DIR / "openvino-fp32.refused.json").read_text())
     assert refused["passed"] is False and refused["score_drop"] == pytest.approx(0.02)
     assert not list((run / EXPORTS_DIR).glob(".candidate-*"))
+
+
+def test_heads_fitted_on_a_runtime_record_its_numerics(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    _, config = tiny_run
+    output = invoke(
+        "train", "-c", str(config), "-o", str(tmp_path / "run"), "-q", "--set", "embed.runtime=onnxruntime"
+    )
+    assert "features computed on onnxruntime fp32" in output
+    meta = json.loads((tmp_path / "run" / "taxonomist.json").read_text())
+    assert meta["features"]["runtime"] == "onnxruntime"
+    # the checkpoint's fingerprint is the feature key: runtime and precision included
+    assert meta["fingerprint"] == f"{meta['features']['weights_fingerprint']}-onnxruntime-fp32"
+    assert Predictor.from_pretrained(tmp_path / "run", runtime=None).runtime == "onnxruntime fp32"

@@ -118,9 +118,18 @@ def test_bf16_and_int8_stay_close(lite: Backbone, lite_onnx: Path, tmp_path: Pat
         torch.testing.assert_close(exported(x)[:, 1280:], expected[:, 1280:])
 
 
-def test_int8_needs_calibration(lite: Backbone, tmp_path: Path) -> None:
+def test_int8_needs_calibration_once(lite: Backbone, lite_onnx: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="calibrat"):
         rt.export(tmp_path / "e", lite, None, 0, "onnxruntime", "int8")
+    calibration = [_pixels(lite, 4).numpy()]
+    rt.export(
+        tmp_path / "e", lite, None, 0, "onnxruntime", "int8", calibration=calibration, onnx_from=lite_onnx
+    )
+    # a finished int8 export loads without calibration images (as predict and serve do)
+    exported, _, _ = rt.on_runtime(
+        lite, None, runtime="onnxruntime", precision="int8", device="cpu", root=tmp_path
+    )
+    assert exported.fingerprint().startswith(f"{lite.fingerprint()}-onnxruntime-int8-")
 
 
 def test_feature_keys_per_runtime_and_precision() -> None:

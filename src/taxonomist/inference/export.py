@@ -242,4 +242,5 @@ def export_run(
         rt.install(candidate_dir, folder)
     finally:
         shutil.rmtree(candidate_dir, ignore_errors=True)
+        (root / f".{candidate_dir.name}.lock").unlink(missing_ok=True)
     return folder, manifest

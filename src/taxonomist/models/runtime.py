@@ -280,14 +280,14 @@ def export(
     """
     if runtime == "torch":
         raise ValueError("runtime torch runs the checkpoint itself; there is nothing to export")
-    if precision == "int8" and not calibration:
-        raise ValueError(
-            "int8 is calibrated on your own images: run `taxonomist export RUN --precision int8 "
-            "--calibrate` (it samples training rows) before predicting with it"
-        )
     fingerprint = backbone.fingerprint()
 
     def build(tmp: Path) -> None:
+        if precision == "int8" and not calibration:  # only when no finished int8 export is there
+            raise ValueError(
+                "int8 is calibrated on your own images: run `taxonomist export RUN --precision int8 "
+                "--calibrate N` (it samples training rows) before predicting with it"
+            )
         _export_fp32(backbone, heads, feature_dim, tmp, onnx_from)
         if runtime == "onnxruntime" and precision == "int8":
             _quantize_onnxruntime(tmp, calibration)
@@ -314,6 +314,7 @@ def build_once(
         if manifest is not None and not replace and manifest.get("fingerprint") == fingerprint:
             return manifest
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the export from other users of a shared run folder
         try:
             build(tmp)
             variant = _digest(tmp) if precision == "int8" else ""
