@@ -24,8 +24,8 @@ from taxonomist.config import RunConfig
 from taxonomist.data.catalog import CATEGORY, ID, load_catalog
 from taxonomist.data.images import ImageLoadError, load_image
 from taxonomist.data.split import split_per_category
-from taxonomist.inference.cache import FeatureCache, default_cache_dir
-from taxonomist.inference.embed import embed_images
+from taxonomist.features.cache import FeatureCache, default_cache_dir
+from taxonomist.features.embed import embed_images
 from taxonomist.inference.predictor import Predictor, wide_named_frame
 from taxonomist.metrics import attribute_score
 from taxonomist.models import runtime as rt
