@@ -189,7 +189,8 @@ def export_run(
     root = rt.exports_root(run_dir, default_cache_dir() / "exports" / reference.version)
     folder = root / f"{resolved}-{precision}"
     manifest = None if force else rt.read_manifest(folder)
-    if manifest is not None and manifest.get("fingerprint") == reference.backbone.fingerprint():
+    current = (reference.backbone.fingerprint(), reference.version)
+    if manifest is not None and (manifest.get("fingerprint"), manifest.get("checkpoint")) == current:
         return folder, manifest
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
     catalog = catalog.subset(catalog.frame[CATEGORY].astype(str).isin(reference.categories).to_numpy())
