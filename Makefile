@@ -12,6 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)" -e ".[dev]"
+	$(PY) tools/torchvision_cpu.py install  # CPU torch + PyPI's CUDA torchvision: see docs/vlm.md
 	touch $@
 
 install: $(VENV)/.installed
@@ -20,8 +21,9 @@ demo: install
 	$(VENV)/bin/taxonomist train --config configs/demo.yaml --output runs/demo
 
 test: install
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks tools
+	$(VENV)/bin/ruff format --check src tests benchmarks tools
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest -n 2 $(PYTEST_ARGS)
 
 bench: install

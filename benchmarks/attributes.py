@@ -33,7 +33,7 @@ from sklearn.preprocessing import StandardScaler
 from taxonomist.config import load_config
 from taxonomist.data.catalog import CATEGORY, ID, load_catalog
 from taxonomist.data.split import split_per_category
-from taxonomist.inference.embed import embed_catalog, runtime_backbone
+from taxonomist.features.embed import embed_catalog, runtime_backbone
 from taxonomist.inference.predictor import Predictor
 from taxonomist.metrics import attribute_score
 from taxonomist.models.build import build_backbone

@@ -29,8 +29,8 @@ from common import machine, replace_section
 from taxonomist.config import VLMConfig, load_config
 from taxonomist.data.catalog import load_catalog
 from taxonomist.data.split import split_per_category
+from taxonomist.improve.vlm_dpo import IMAGE_PATH, STATS_FILE, improve
 from taxonomist.models.vlm import random_vlm, write_metadata
-from taxonomist.training.vlm_dpo import IMAGE_PATH, STATS_FILE, improve
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "vlm-improve-fpi.json"

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 
+from taxonomist.io import atomic_write_text
+
 T = TypeVar("T")
 
 
@@ -85,7 +87,7 @@ class CatalogConfig:
     """Keep only these categories (empty = all)."""
     min_rows_per_category: NonNegativeInt = 500
     remaps: dict[str, dict[str, str]] = field(default_factory=dict)
-    """Per-category column copies before naming, e.g. ``{Sarees: {attr_1: attr_4}}`` (seed 000)."""
+    """Per-category column copies before naming, e.g. ``{Sarees: {attr_1: attr_4}}``."""
     schema: str | None = None
     """Schema file (JSON/YAML); default: inferred from the training rows."""
     limit: PositiveInt | None = None
@@ -93,6 +95,12 @@ class CatalogConfig:
     text_column: str | None = None
     """Listing text (e.g. the product title; generic layout), kept as column ``text``: the self-training
     recipe's title view reads it. None = the catalog has no text."""
+    corrections: str | None = None
+    """Reviewed labels (``taxonomist review``'s export: the catalog's id and category columns plus
+    attribute columns) merged over the catalog's: a decision wins over the original label, and reviewed
+    items the catalog lacks are added."""
+    encoding: str = "utf-8"
+    """Text encoding of the catalog CSV, e.g. ``latin-1`` or ``cp1252`` for exports of older systems."""
 
 
 @dataclass
@@ -138,7 +146,7 @@ class EmbedConfig:
 @dataclass
 class HeadsConfig:
     hidden: list[int] = field(default_factory=lambda: [512, 256])
-    """Shared trunk widths (seed 000: FC 512 → FC 256)."""
+    """Shared trunk widths (FC 512 → FC 256 by default)."""
     category_dim: PositiveInt = 16
     dropout: FractionBelowOne = 0.2
 
@@ -155,14 +163,15 @@ class TrainConfig:
     val_fraction: OpenFraction = 0.1
     seed: int = 0
     label_smoothing: FractionBelowOne = 0.0
-    class_balance: float = 0.0
-    """Prediction-time logit adjustment strength (0 = off, 1 = full prior correction); tuned on val if -1."""
+    class_balance: NonNegativeFloat = 0.0
+    """Prediction-time logit adjustment strength: ``-strength · log(class prior)`` lifts rare values
+    (0 = off, 1 = full prior correction)."""
     calibrate: bool = True
 
 
 @dataclass
 class FinetuneConfig:
-    """Recipe ``finetune``: the whole network trained end to end (seed 001), then phase 2 per head."""
+    """Recipe ``finetune``: the whole network trained end to end, then phase 2 per head."""
 
     warm_start: bool = True
     """Train the MLP heads on cached frozen features first, then fine-tune everything (LP-FT, Kumar et
@@ -171,8 +180,8 @@ class FinetuneConfig:
     """Keep BatchNorm running statistics fixed (layers in eval mode; affine weights still train): with
     small batches, batch statistics are noisy and shift the features the warm-started heads expect."""
     head: Literal["mlp", "attention"] = "mlp"
-    """mlp: the core's AttributeHeads on pooled features; attention: seed 001's spatial + channel
-    attention head on the backbone's feature map."""
+    """mlp: the core's AttributeHeads on pooled features; attention: a spatial + channel
+    attention head per attribute on the backbone's feature map."""
     epochs: PositiveInt = 5
     batch_size: PositiveInt = 32
     grad_accumulation: PositiveInt = 1
@@ -189,11 +198,11 @@ class FinetuneConfig:
     label_smoothing: FractionBelowOne = 0.1
     focal_gamma: NonNegativeFloat = 0.0
     mmd: bool = False
-    """Add an MMD term between training-batch and validation-batch pooled features (seed 001)."""
+    """Add an MMD term between training-batch and validation-batch pooled features."""
     mmd_weight: NonNegativeFloat = 0.1
-    """λ of the MMD term (seed 001's value)."""
+    """λ of the MMD term."""
     augment_p: Probability = 0.5
-    hue: float = 0.0
+    hue: Annotated[float, Range(0, 0.5)] = 0.0
     """Hue jitter (opt-in): hue shifts change colour labels, so they are off by default."""
     color_jitter: NonNegativeFloat = 0.2
     """Brightness, contrast and saturation jitter strength: they keep the hue, but shade labels ("Navy
@@ -245,12 +254,16 @@ class SelfTrainingConfig:
 
 @dataclass
 class PredictConfig:
-    min_confidence: NonNegativeFloat = 0.0
-    """Calibrated confidence a value needs to be written; above 1, every value becomes the placeholder."""
+    min_confidence: Probability = 0.0
+    """Calibrated confidence a value needs to be written; below it, the placeholder is written."""
     placeholder: str = ""
     """Written instead of a value whose confidence is below ``min_confidence``."""
     chunk_size: PositiveInt = 512
     """Rows per output part: the unit of resume after a crash."""
+    max_error_share: Probability = 0.5
+    """A job whose share of failed rows (errors.csv) is above this ends with exit status 2 (its outputs
+    are still written): most rows failing means a wrong image folder or file, not bad rows. A job where
+    every row failed always ends so."""
 
 
 @dataclass
@@ -269,10 +282,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
 
 
 @dataclass
@@ -370,17 +380,20 @@ class EnrichConfig:
     """Frozen encoder for the corpus search (kept apart from the fine-tuned one, so the cache holds)."""
 
 
+TaxonomyMethod = Literal["retrieval", "heads", "lexical", "seq2seq"]
+
+
 @dataclass
 class TaxonomyTrainConfig:
     val_fraction: OpenFraction = 0.1
     seed: int = 0
-    methods: list[str] = field(default_factory=lambda: ["retrieval", "heads", "lexical"])
+    methods: list[TaxonomyMethod] = field(default_factory=lambda: ["retrieval", "heads", "lexical"])
     """Methods to fit: retrieval, heads, lexical, seq2seq; the ensemble combines all of them."""
 
 
 @dataclass
 class TaxonomyPredictConfig:
-    method: str = "ensemble"
+    method: TaxonomyMethod | Literal["ensemble"] = "ensemble"
     """retrieval | heads | lexical | seq2seq | ensemble (the fitted methods combined)."""
     ensemble: Literal["soft", "vote"] = "soft"
     """soft: sum of path log-probabilities (seq2seq, which gives only its top path, is left out);
@@ -416,7 +429,7 @@ CAPTION_PROMPT = (
     "prominent. The caption must be in the present tense, maintain a neutral, factual tone (like a museum "
     "or news catalog entry), and avoid subjective opinions."
 )
-"""Seed 004's training prompt (OBSS captioning challenge)."""
+"""The OBSS captioning challenge's training prompt."""
 
 
 @dataclass
@@ -430,7 +443,7 @@ class VLMModelConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """auto: bfloat16 on a GPU that supports it, float16 on an older GPU, float32 on CPU."""
     quantization: Literal["none", "4bit"] = "none"
-    """4bit: NF4 with double quantization and bf16 compute (bitsandbytes, CUDA only): seed 004's QLoRA."""
+    """4bit: NF4 with double quantization and bf16 compute (bitsandbytes, CUDA only): QLoRA."""
     attn_implementation: str | None = None
     """e.g. sdpa or flash_attention_2; None = the transformers default."""
 
@@ -453,12 +466,12 @@ class PromptConfig:
 @dataclass
 class LoraSettings:
     r: PositiveInt = 8
-    alpha: int = 16
+    alpha: PositiveInt = 16
     dropout: FractionBelowOne = 0.05
     target_modules: str | list[str] = "all-linear"
     """all-linear = every linear layer of the language model (LLaMA-Factory's ``lora_target: all``)."""
-    loraplus_lr_ratio: float | None = 16.0
-    """LoRA+ (Hayou et al. 2024): B matrices learn this many times faster than A (seed 000); None = off."""
+    loraplus_lr_ratio: PositiveFloat | None = 16.0
+    """LoRA+ (Hayou et al. 2024): B matrices learn this many times faster than A; None = off."""
     train_vision: bool = False
     """Also adapt the vision tower's linear layers (LLaMA-Factory freezes it by default)."""
 
@@ -473,15 +486,15 @@ class VLMTrainConfig:
     grad_accumulation: PositiveInt = 4
     scheduler: str = "cosine"
     warmup_ratio: FractionBelowOne = 0.1
-    max_grad_norm: float = 1.0
+    max_grad_norm: NonNegativeFloat = 1.0
     weight_decay: NonNegativeFloat = 0.0
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """auto: bf16 where the GPU supports it, else fp16 on GPU, nothing on CPU."""
     optim: str = "adamw_torch"
-    """Any transformers optimizer name; seed 004's QLoRA uses paged_adamw_8bit."""
+    """Any transformers optimizer name; QLoRA runs use paged_adamw_8bit."""
     gradient_checkpointing: bool = False
     save_steps: PositiveInt = 200
-    save_total_limit: int = 2
+    save_total_limit: PositiveInt = 2
     logging_steps: PositiveInt = 10
     val_fraction: OpenFraction = 0.1
     seed: int = 0
@@ -521,7 +534,7 @@ class CaptionDataConfig:
 
 @dataclass
 class ImproveConfig:
-    """``vlm improve`` (seed 003): rounds of self-consistency on unlabeled images, then DPO with LoRA.
+    """``vlm improve``: rounds of self-consistency on unlabeled images, then DPO with LoRA.
 
     Per round: K sampled chains (one reasoning line, then the constrained JSON answer) per item, a majority
     vote per attribute, one (chosen, rejected) pair per item whose agreement reaches the threshold, DPO on a
@@ -574,10 +587,7 @@ class VLMConfig:
     improve: ImproveConfig = field(default_factory=ImproveConfig)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(dataclasses.asdict(self), sort_keys=False, allow_unicode=True), "utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(self), sort_keys=False, allow_unicode=True))
 
 
 def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
@@ -595,45 +605,14 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin is Annotated:
-        base, *constraints = typing.get_args(tp)
-        value = _coerce(base, value, where)
-        for constraint in constraints:
-            if isinstance(constraint, Range):
-                constraint.check(value, where)
-        return value
+    """``value`` checked (and, for numbers, converted) against the type hint ``tp``."""
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, f"{where}.")
-    if origin in (typing.Union, types.UnionType):
-        args = [arg for arg in typing.get_args(tp) if arg is not type(None)]
-        if value is None and len(args) < len(typing.get_args(tp)):
-            return None
-        errors = []
-        for arg in args:
-            try:
-                return _coerce(arg, value, where)
-            except ConfigError as err:
-                errors.append(err)
-        if len(errors) == 1:  # an optional setting: the one type's own message says what is wrong
-            raise errors[0]
-        raise ConfigError(f"{where}: {value!r} fits none of {tp} ({'; '.join(map(str, errors))})")
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
-        return value
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        _, vt = typing.get_args(tp)
-        return {str(k): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
+    origin = typing.get_origin(tp)
+    if origin in _GENERIC_COERCERS:
+        return _GENERIC_COERCERS[origin](tp, value, where)
     if tp is float:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
@@ -645,6 +624,60 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is Any:
         return value
     raise ConfigError(f"{where}: unsupported config type {tp}")
+
+
+def _coerce_annotated(tp: Any, value: Any, where: str) -> Any:
+    base, *constraints = typing.get_args(tp)
+    value = _coerce(base, value, where)
+    for constraint in constraints:
+        if isinstance(constraint, Range):
+            constraint.check(value, where)
+    return value
+
+
+def _coerce_union(tp: Any, value: Any, where: str) -> Any:
+    args = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+    if value is None and len(args) < len(typing.get_args(tp)):
+        return None
+    errors = []
+    for arg in args:
+        try:
+            return _coerce(arg, value, where)
+        except ConfigError as err:
+            errors.append(err)
+    if len(errors) == 1:  # an optional setting: the one type's own message says what is wrong
+        raise errors[0]
+    raise ConfigError(f"{where}: {value!r} fits none of {tp} ({'; '.join(map(str, errors))})")
+
+
+def _coerce_literal(tp: Any, value: Any, where: str) -> Any:
+    if value not in typing.get_args(tp):
+        raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+    return value
+
+
+def _coerce_list(tp: Any, value: Any, where: str) -> list:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    (item,) = typing.get_args(tp)
+    return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
+def _coerce_dict(tp: Any, value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    _, vt = typing.get_args(tp)
+    return {str(k): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
+
+
+_GENERIC_COERCERS = {
+    Annotated: _coerce_annotated,
+    typing.Union: _coerce_union,
+    types.UnionType: _coerce_union,
+    Literal: _coerce_literal,
+    list: _coerce_list,
+    dict: _coerce_dict,
+}
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+
+Precision = Literal["no", "bf16", "fp16"]
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -26,3 +30,23 @@ def module_device(module: torch.nn.Module) -> torch.device:
     """Where ``module``'s parameters live (CPU for a module without any)."""
     param = next(module.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+def resolve_precision(setting: str, device: str | torch.device) -> Precision:
+    """Mixed precision for a run: ``auto`` = bf16 on a GPU that has it, fp16 on older GPUs, ``no`` (fp32)
+    elsewhere; ``no``/``bf16``/``fp16`` as given."""
+    if setting != "auto":
+        if setting not in ("no", "bf16", "fp16"):
+            raise ValueError(f"unknown mixed precision {setting!r}: use auto, no, bf16 or fp16")
+        return setting  # type: ignore[return-value]
+    if torch.device(device).type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+PRECISION_DTYPES: dict[str, torch.dtype] = {
+    "no": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+"""The weights' dtype of each precision."""

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from taxonomist.cli.main import app
 from taxonomist.data.schema import SchemaError
 from taxonomist.inference.predictor import Predictor
-from taxonomist.inference.writers import ResumeError
+from taxonomist.io import ResumeError
 from taxonomist.models.checkpoint import checkpoint_version
 
 from .conftest import invoke
@@ -83,11 +83,20 @@ def test_predict_layouts_are_valid_for_each_category(
 
 
 def test_min_confidence_writes_placeholder(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """The placeholder replaces exactly the values less confident than the threshold (one in [0, 1]:
+    the median confidence, so both sides have values)."""
     _, _, ckpt = trained
+    invoke("predict", str(ckpt), "-o", str(tmp_path / "all"), "-q")
+    plain = pd.read_csv(tmp_path / "all" / "predictions_long.csv", dtype={"id": str})
+    threshold = float(plain["confidence"].median())
     out = tmp_path / "pred"
-    invoke("predict", str(ckpt), "-o", str(out), "--min-confidence", "1.01", "--placeholder", "unsure", "-q")
-    long = pd.read_csv(out / "predictions_long.csv")
-    assert set(long["value"]) == {"unsure"}
+    args = ["--min-confidence", str(threshold), "--placeholder", "unsure", "-q"]
+    invoke("predict", str(ckpt), "-o", str(out), *args)
+    long = pd.read_csv(out / "predictions_long.csv", dtype={"id": str})
+    unsure = long["value"] == "unsure"
+    assert (unsure == (long["confidence"] < threshold)).all()
+    assert unsure.any() and not unsure.all()
+    assert (long.loc[~unsure, "value"] == plain.loc[~unsure, "value"]).all()
 
 
 def test_bad_images_are_reported_not_fatal(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
@@ -257,16 +266,17 @@ def test_predict_refuses_to_resume_another_job(trained: tuple[Path, Path, Path],
     rows.iloc[:10].to_csv(first, index=False)
     rows.iloc[10:20].to_csv(second, index=False)
     out = tmp_path / "out"
-    invoke("predict", str(ckpt), "--data", str(first), "-o", str(out), "-q")
+    images = ["--images", str(catalog.parent)]  # the rows' images stay beside the original catalog
+    invoke("predict", str(ckpt), "--data", str(first), "-o", str(out), "-q", *images)
     first.write_text(second.read_text())  # same file name, other rows
-    with pytest.raises(ResumeError, match="other input or settings"):
-        invoke("predict", str(ckpt), "--data", str(first), "-o", str(out), "-q")
+    with pytest.raises(ResumeError, match="holds a finished job with other input rows; to start afresh"):
+        invoke("predict", str(ckpt), "--data", str(first), "-o", str(out), "-q", *images)
 
     retrained = tmp_path / "retrained"
     invoke("train", "-c", str(config), "-o", str(retrained), "-q", "--set", "train.epochs=1")
-    invoke("predict", str(ckpt), "--data", str(second), "-o", str(tmp_path / "b"), "-q")
-    with pytest.raises(ResumeError, match="other input or settings"):
-        invoke("predict", str(retrained), "--data", str(second), "-o", str(tmp_path / "b"), "-q")
+    invoke("predict", str(ckpt), "--data", str(second), "-o", str(tmp_path / "b"), "-q", *images)
+    with pytest.raises(ResumeError, match="holds a finished job with other model"):
+        invoke("predict", str(retrained), "--data", str(second), "-o", str(tmp_path / "b"), "-q", *images)
 
 
 def test_predict_resumes_whether_the_data_path_is_relative_or_absolute(

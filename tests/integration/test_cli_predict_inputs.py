@@ -108,10 +108,11 @@ def test_flag_values_are_taken_as_typed(trained: tuple[Path, Path], tmp_path: Pa
     image_root = f"catalog.image_root={catalog.parent}"
     for k, placeholder in enumerate(["0", "null", "?", "-", "N/A #tbd"]):
         out = tmp_path / f"pred{k}"
-        args = ["--min-confidence", "1.01", "--placeholder", placeholder, "--data", str(data)]
+        args = ["--min-confidence", "1", "--placeholder", placeholder, "--data", str(data)]
         invoke("predict", str(ckpt), "-o", str(out), "-q", "--set", image_root, *args)
         long = pd.read_csv(out / "predictions_long.csv", dtype=str, keep_default_na=False)
-        assert len(long) and set(long["value"]) == {placeholder}
+        unsure = long["confidence"].astype(float) < 1
+        assert unsure.any() and set(long.loc[unsure, "value"]) == {placeholder}
 
 
 def test_evaluate_skips_and_reports_unknown_categories(tops_only: tuple[Path, Path], tmp_path: Path) -> None:
@@ -142,5 +143,6 @@ def test_resume_conflict_is_one_line_not_a_traceback(trained: tuple[Path, Path],
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ})
     assert proc.returncode == 2, proc.stderr
     [line] = proc.stderr.strip().splitlines()
-    assert line.startswith(f"error: {out} holds a partial run with other input or settings")
+    assert line.startswith(f"error: {out} holds a partial job (not finished) with rows 1 then, 2 now")
+    assert f"rm -r {out}" in line
     assert "Traceback" not in proc.stdout + proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from taxonomist.data.catalog import load_catalog
 from taxonomist.serve.review import create_review_app, image_locator
 from taxonomist.serve.storage import ReviewStore, export_training_rows
 
-from .conftest import tiny_config
+from .conftest import make_catalog, tiny_config
 from .review_data import ReviewInputs, schema_of, write_review_inputs
 
 
@@ -169,6 +170,8 @@ def test_export_is_a_loadable_catalog(client: TestClient, inputs: ReviewInputs, 
     exported = pd.read_csv(io.StringIO(response.text), dtype=str)
     out = inputs.predictions.parent / "export.csv"
     assert export_training_rows(database_url, out) == len(exported)
+    # The page's export also names each item's image file, which the store alone cannot know.
+    assert all(Path(p).is_file() for p in exported.pop("image_path"))
     pd.testing.assert_frame_equal(pd.read_csv(out, dtype=str), exported)
     assert list(exported.columns[:2]) == ["id", "category"]
 
@@ -205,10 +208,11 @@ def test_partial_review_exports_every_attribute(
         query: pd.read_csv(io.StringIO(client.get(f"/api/export.csv{query}").text), dtype=str)
         for query in ("", "?include_accepted=false")
     }
-    assert [list(e.columns) for e in exports.values()] == [["id", "category", "color", "fit"]] * 2
+    columns = ["id", "category", "color", "fit", "image_path"]
+    assert [list(e.columns) for e in exports.values()] == [columns] * 2
     out = tmp_path / "partial.csv"
     assert export_training_rows(database_url, out, ["fit", "color"]) == 1
-    pd.testing.assert_frame_equal(pd.read_csv(out, dtype=str), exports[""])
+    pd.testing.assert_frame_equal(pd.read_csv(out, dtype=str), exports[""].drop(columns="image_path"))
 
     catalog = load_catalog(
         CatalogConfig(
@@ -302,3 +306,46 @@ def test_review_command_builds_the_app_from_a_checkpoint(
 
     missing = CliRunner().invoke(command, [str(inputs.checkpoint)])
     assert missing.exit_code == 2 and "predictions_long.csv" in missing.output
+
+
+def test_pending_pages_by_cursor_skip_nothing(client: TestClient, inputs: ReviewInputs) -> None:
+    """Deciding a page's rows shrinks the pending list; the next page must still start right after them."""
+    everything = [(i["id"], i["attribute"]) for i in page(client, status="pending")["items"]]
+    first = page(client, status="pending", limit=5)
+    for item in first["items"]:
+        decide(client, item["id"], item["attribute"])
+    second = page(client, status="pending", limit=5, after=first["next"])
+    assert [(i["id"], i["attribute"]) for i in second["items"]] == everything[5:10]
+    assert second["offset"] == 0 and second["total"] == len(everything) - 5
+    back = page(client, status="all", limit=5, before=second["items"][0]["cursor"])
+    assert [(i["id"], i["attribute"]) for i in back["items"]] == everything[:5]
+    assert client.get("/api/predictions", params={"after": "nonsense"}).status_code == 422
+
+
+def test_item_shows_top_values_title_and_other_attributes(
+    inputs: ReviewInputs, database_url: str, tmp_path: Path
+) -> None:
+    long = inputs.long.copy()
+    schema = schema_of(inputs)
+    # The model's ranking: the predicted value, then the schema's values in reverse order.
+    long["top"] = [
+        json.dumps([[v, 0.5]] + [[a, 0.1] for a in reversed(schema.allowed(c, a)) if a != v])
+        for c, a, v in zip(long["category"], long["attribute"], long["value"], strict=True)
+    ]
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    long.to_csv(predictions / "predictions_long.csv", index=False)
+    titled = make_catalog(tmp_path / "data", titles=True)
+    catalog = CatalogConfig(path=str(titled), id_column="sku", category_column="type", text_column="title")
+    app = create_review_app(predictions, catalog, schema=inputs.checkpoint, database_url=database_url)
+    with TestClient(app) as client:
+        item = page(client, category="Tops", attribute="color", limit=1)["items"][0]
+        allowed = schema.allowed("Tops", "color")
+        assert item["choices"] == [item["value"], *[v for v in reversed(allowed) if v != item["value"]]]
+        assert item["title"].startswith("Acme ")
+        assert [o["attribute"] for o in item["others"]] == ["fit"]
+        decide(client, item["id"], "color", item["choices"][1])
+        exported = pd.read_csv(io.StringIO(client.get("/api/export.csv").text), dtype=str)
+    # The catalog's own column names, so the export reads with the same catalog settings.
+    assert list(exported.columns) == ["sku", "type", "color", "fit", "image_path"]
+    assert exported.loc[0, "image_path"].endswith(f"images/{item['id']}.jpg")

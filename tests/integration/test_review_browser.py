@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
+from taxonomist.data.catalog import Catalog
+from taxonomist.inference.evaluate import Evaluation, scored_rows
+from taxonomist.metrics import attribute_score, majority_predictions
+from taxonomist.report.evaluation import write_evaluation_report
 from taxonomist.serve.review import create_review_app
 from taxonomist.serve.storage import ReviewStore, export_training_rows
 
+from ..unit.test_report import BY_CATEGORY, ROWS
 from .review_data import ReviewInputs, write_review_inputs
 
 pytestmark = pytest.mark.integration
@@ -139,3 +147,121 @@ def test_keyboard_review_reaches_database_and_export(
     exported = pd.read_csv(io.StringIO(exported_csv), dtype=str).set_index("id")
     assert exported.loc[second["id"], "fit"] == other and exported.loc[third["id"], "fit"] == typed
     assert export_training_rows(database_url, tmp_path / "rows.csv") == 3
+
+
+def _watch(page) -> list[str]:
+    """Console errors and uncaught exceptions of ``page``, collected as they happen."""
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return errors
+
+
+def _images_rendered(page) -> None:
+    broken = page.evaluate(
+        "[...document.images].filter(i => !i.hidden && !(i.complete && i.naturalWidth > 0)).map(i => i.alt)"
+    )
+    assert page.evaluate("document.images.length") > 0 and broken == []
+
+
+def _browser(pw, chromium: str):
+    return pw.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+
+
+def test_fast_repeated_keys_decide_once(chromium: str, server: tuple[str, ReviewInputs, str]) -> None:
+    """Two quick presses of "a" during a slow save accept one item, never the row drawn next."""
+    from playwright.sync_api import expect, sync_playwright
+
+    base, _, database_url = server
+    with sync_playwright() as pw:
+        browser = _browser(pw, chromium)
+        try:
+            page = browser.new_page()
+            errors = _watch(page)
+
+            def slow(route) -> None:
+                time.sleep(0.6)
+                route.continue_()
+
+            page.route("**/api/decisions", slow)
+            page.goto(base)
+            expect(page.locator("body[data-ready=true]")).to_be_attached()
+            first = page.locator("#rows tr.current td").first.inner_text()
+            second = page.locator("#rows tr").nth(1).locator("td").first.inner_text()
+            page.keyboard.press("a")
+            page.keyboard.press("a")
+            page.keyboard.press("j")  # also dropped: the save is still in flight
+            expect(page.locator("#rows tr").first.locator("td").last).to_have_text(re.compile("^accept: "))
+            expect(page.locator("#rows tr.current td").first).to_have_text(second)
+            expect(page.locator("body.busy")).to_have_count(0)
+            assert [k[0] for k in ReviewStore(database_url).decisions()] == [first]
+
+            # The item shows its image, title line and the other predicted attributes; "/" then Esc
+            # leaves the box empty, and the next key is a shortcut again.
+            _images_rendered(page)
+            page.keyboard.press("/")
+            page.keyboard.type("xyz")
+            page.keyboard.press("Escape")
+            assert page.input_value("#typed") == ""
+            page.keyboard.press("1")  # the model's first choice for this item
+            expect(page.locator("#rows tr").nth(1).locator("td").last).to_have_text(re.compile(": "))
+            assert len(ReviewStore(database_url).decisions()) == 2
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def test_docs_pages_render_offline(chromium: str, server: tuple[str, ReviewInputs, str]) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base, _, _ = server
+    with sync_playwright() as pw:
+        browser = _browser(pw, chromium)
+        try:
+            context = browser.new_context()
+            # Offline as far as the page can tell: any request off this server fails.
+            context.route(re.compile(r"^(?!http://127\.0\.0\.1).*"), lambda route: route.abort())
+            page = context.new_page()
+            errors = _watch(page)
+            page.goto(f"{base}/docs")
+            expect(page.locator(".swagger-ui .info .title")).to_contain_text("taxonomist review")
+            expect(page.locator(".opblock").first).to_be_visible()
+            page.goto(f"{base}/redoc")
+            expect(page.locator("h1").first).to_contain_text("taxonomist review")
+            assert errors == []
+        finally:
+            browser.close()
+
+
+def test_evaluation_report_renders(chromium: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for k, row in enumerate(ROWS):
+        Image.new("RGB", (40, 30), (40 * k, 100, 200)).save(images / f"{row[0]}.jpg")
+    frame = pd.DataFrame([r[:4] for r in ROWS], columns=["id", "category", "color", "sleeve"]).astype(object)
+    frame = frame.where(frame.notna(), None)
+    catalog = Catalog(frame, ["color", "sleeve"], tmp_path, "images/{id}.jpg", BY_CATEGORY)
+    predicted = pd.DataFrame([(r[0], r[1], r[4], r[5]) for r in ROWS], columns=frame.columns)
+    confidence = {a: np.array([r[6] for r in ROWS]) for a in ("color", "sleeve")}
+    evaluation = Evaluation(
+        attribute_score(frame, predicted, BY_CATEGORY),
+        rows=scored_rows(catalog, predicted, confidence, {a: c * 0.8 for a, c in confidence.items()}),
+        baseline=attribute_score(frame, majority_predictions(frame, frame, BY_CATEGORY), BY_CATEGORY),
+        temperatures={"color": 1.2},
+    )
+    page_path = write_evaluation_report(evaluation, tmp_path / "report")
+    with sync_playwright() as pw:
+        browser = _browser(pw, chromium)
+        try:
+            page = browser.new_page()
+            errors = _watch(page)
+            page.goto(page_path.as_uri())
+            expect(page.locator("h1")).to_contain_text("Evaluation")
+            page.wait_for_load_state("load")
+            _images_rendered(page)
+            assert page.locator(".card img").count() >= 2  # confident errors with thumbnails
+            assert errors == []
+        finally:
+            browser.close()

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -392,3 +393,17 @@ def test_cli_rejects_a_directory_that_is_no_checkpoint(tmp_path: Path) -> None:
     app.command()(serve)
     result = runner.invoke(app, [str(tmp_path)], env={"COLUMNS": "300"})
     assert result.exit_code == 2 and "not a taxonomist checkpoint" in result.output, result.output
+
+
+def test_docs_pages_load_nothing_from_the_network(client: TestClient) -> None:
+    """/docs and /redoc were blank offline: both loaded their scripts from a CDN."""
+    assert client.get("/", follow_redirects=False).headers["location"].endswith("docs")
+    for page in ("/docs", "/redoc"):
+        html = client.get(page).text
+        assert "cdn.jsdelivr" not in html and "fonts.googleapis" not in html
+        sources = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', html)
+        assert sources, html
+        for source in sources:
+            assert not source.startswith("http"), source
+            response = client.get(source)
+            assert response.status_code == 200 and len(response.content) > 10_000, source

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from taxonomist.cli.main import app
 from taxonomist.inference.taxonomy import TaxonomyCheckpointError, TaxonomyPredictor
-from taxonomist.inference.writers import ResumeError
+from taxonomist.io import ResumeError
 
 pytestmark = pytest.mark.integration
 
@@ -186,4 +186,5 @@ def test_unknown_method_is_a_clear_error(tmp_path: Path, tiny_encoder: Path) -> 
         app, [*args, "--set", f"encoder.name={tiny_encoder}", "--set", "train.methods=[knn]"]
     )
     assert result.exit_code != 0
-    assert "unknown taxonomy method" in str(result.exception)
+    # Refused when the config is read, before any data is loaded, naming the key and the choices.
+    assert "train.methods[0]: 'knn' is not one of" in result.output

@@ -71,10 +71,14 @@ def test_random_model_train_evaluate_predict(config: Path, tmp_path: Path) -> No
     assert metrics["global_step"] == 1 and (run / "merged").is_dir()
 
     # The top-level commands recognise a VLM run folder and use its saved config and split.
-    invoke("evaluate", str(run), "--output", str(tmp_path / "eval"), "-q")
+    out = invoke("evaluate", str(run), "--output", str(tmp_path / "eval"), "--report", "-q")
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert evaluation["task"] == "attributes" and evaluation["valid_fraction"] == 1.0
-    assert 0.0 <= evaluation["score"] <= 1.0
+    assert 0.0 <= evaluation["score"] <= 1.0 and evaluation["baseline_score"] is not None
+    # Tables and a Markdown summary instead of the raw JSON, and the same report as a heads checkpoint's.
+    assert "valid outputs 100.0%" in out and '"pairs"' not in out
+    assert "Valid outputs: 100.0%" in (tmp_path / "eval" / "evaluation.md").read_text()
+    assert "reliability.png" in (tmp_path / "eval" / "report.html").read_text()
 
     out = tmp_path / "pred"
     invoke("predict", str(run), "-o", str(out), "-q")

@@ -3,8 +3,7 @@ import torch
 from torch import nn
 
 from taxonomist.data.schema import Schema
-from taxonomist.models.attention_head import AttentionHeads, feature_map_channels
-from taxonomist.models.backbones.base import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from taxonomist.models.attention_head import AttentionHeads
 from taxonomist.models.heads import allowed_masks
 from taxonomist.training.losses import masked_cross_entropy
 
@@ -74,24 +73,3 @@ def test_gradients_reach_every_parameter() -> None:
 def test_width_must_split_into_groups() -> None:
     with pytest.raises(ValueError, match="divisible"):
         AttentionHeads(8, allowed_masks(SCHEMA, CATEGORIES), width=48)
-
-
-class TinyBackbone(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 24, 3, stride=4)
-        self.norm = nn.BatchNorm2d(24)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x))
-
-
-def test_feature_map_channels_runs_one_forward_and_keeps_the_mode() -> None:
-    backbone = TinyBackbone().train()
-    assert feature_map_channels(backbone, 32) == 24
-    assert backbone.training
-    assert backbone.norm.num_batches_tracked.item() == 0  # ran in eval: no running-stat update
-    with pytest.raises(ValueError, match="size is required"):
-        feature_map_channels(backbone)
-    backbone.preprocess = Preprocess(size=16, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    assert feature_map_channels(backbone) == 24  # size from the backbone's own preprocessing

@@ -20,9 +20,9 @@ from taxonomist.cli.main import app, main
 from taxonomist.cli.options import resolve_config
 from taxonomist.config import CatalogConfig, ConfigError, RunConfig, TaxonomyConfig, VLMConfig, load_config
 from taxonomist.data.catalog import CatalogError, load_catalog, load_for_prediction, read_generic
-from taxonomist.data.inspect import inspect_catalog
 from taxonomist.data.split import split_per_category
-from taxonomist.inference.writers import ResumeError
+from taxonomist.io import ResumeError
+from taxonomist.report.inspection import inspect_catalog
 
 runner = CliRunner()
 
@@ -40,8 +40,12 @@ def _plain(output: str) -> str:
     [
         ("predict.chunk_size=0", "predict.chunk_size must be ≥ 1, got 0"),
         ("predict.chunk_size=-4", "predict.chunk_size must be ≥ 1, got -4"),
-        ("predict.min_confidence=-0.5", "predict.min_confidence must be ≥ 0, got -0.5"),
-        ("predict.min_confidence=.nan", "predict.min_confidence must be a finite number ≥ 0, got nan"),
+        ("predict.min_confidence=-0.5", r"predict.min_confidence must be in \[0, 1\], got -0.5"),
+        ("predict.min_confidence=2", r"predict.min_confidence must be in \[0, 1\], got 2.0"),
+        (
+            "predict.min_confidence=.nan",
+            r"predict.min_confidence must be a finite number in \[0, 1\], got nan",
+        ),
         ("embed.batch_size=0", "embed.batch_size must be ≥ 1, got 0"),
         ("embed.num_workers=-1", "embed.num_workers must be ≥ 0, got -1"),
         ("train.epochs=0", "train.epochs must be ≥ 1, got 0"),
@@ -109,7 +113,7 @@ def test_flag_values_are_set_as_typed_not_parsed_as_yaml(placeholder: str) -> No
 
 
 def test_flag_values_are_still_checked() -> None:
-    with pytest.raises(typer.BadParameter, match=r"predict\.min_confidence must be ≥ 0, got -1\.0"):
+    with pytest.raises(typer.BadParameter, match=r"predict\.min_confidence must be in \[0, 1\], got -1\.0"):
         resolve_config(None, None, **{"predict.min_confidence": -1.0})
 
 
@@ -142,7 +146,7 @@ def _fake_checkpoint(root: Path, **catalog: object) -> Path:
     [
         (["--set", "predict.chunk_size=0"], "predict.chunk_size must be ≥ 1, got 0"),
         (["--set", "predict.chunk_size=-2"], "predict.chunk_size must be ≥ 1, got -2"),
-        (["--min-confidence", "-0.1"], "predict.min_confidence must be ≥ 0, got -0.1"),
+        (["--min-confidence", "-0.1"], "predict.min_confidence must be in [0, 1], got -0.1"),
     ],
 )
 def test_predict_refuses_bad_settings_before_any_work(tmp_path: Path, args: list[str], message: str) -> None:
@@ -293,7 +297,7 @@ def _duplicate_ids_config(tmp_path: Path) -> Path:
 def test_user_input_errors_end_as_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = _duplicate_ids_config(tmp_path)
     with pytest.raises(SystemExit) as exit_:
-        main(["inspect", "-c", str(config), "--no-images", "-q", "-o", str(tmp_path / "report")])
+        main(["embed", "-c", str(config), "-q"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err == f"error: {tmp_path / 'dup.csv'}: 1 duplicated ids, e.g. ['1']\n"
@@ -333,8 +337,8 @@ def test_bugs_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_python_dash_m_goes_through_the_same_handler(tmp_path: Path) -> None:
     config = _duplicate_ids_config(tmp_path)
-    cmd = [sys.executable, "-m", "taxonomist.cli", "inspect", "-c", str(config), "--no-images", "-q"]
-    proc = subprocess.run([*cmd, "-o", str(tmp_path / "r")], capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "taxonomist.cli", "embed", "-c", str(config), "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'dup.csv'}: 1 duplicated ids, e.g. ['1']"

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from taxonomist.config import ConfigError, RunConfig, load_config
+from taxonomist.config import ConfigError, RunConfig, TaxonomyConfig, load_config
 
 
 def test_defaults_round_trip(tmp_path: Path) -> None:
@@ -39,6 +39,9 @@ def test_file_then_overrides(tmp_path: Path) -> None:
         ("missing_labels.policy=guess", "is not one of"),
         ("heads.hidden=5", "expected a list"),
         ("noequals", "section.key=value"),
+        # -1 was documented as "tuned on validation" but added the log prior, favouring majority values.
+        ("train.class_balance=-1", r"train.class_balance must be ≥ 0, got -1"),
+        ("finetune.hue=0.7", r"finetune.hue must be in \[0, 0.5\]"),
     ],
 )
 def test_bad_overrides_name_the_key(override: str, message: str) -> None:
@@ -56,3 +59,11 @@ def test_override_with_data_dir_placeholder_stays_a_string() -> None:
     cfg = load_config(None, ["catalog.path={data_dir}/x.csv", "catalog.categories=[a, b]"])
     assert cfg.catalog.path == "{data_dir}/x.csv"
     assert cfg.catalog.categories == ["a", "b"]
+
+
+def test_taxonomy_method_names_are_checked_at_load() -> None:
+    with pytest.raises(ConfigError, match="'knn' is not one of"):
+        load_config(None, ["predict.method=knn"], cls=TaxonomyConfig)
+    with pytest.raises(ConfigError, match=r"train.methods\[1\]: 'svm' is not one of"):
+        load_config(None, ["train.methods=[heads, svm]"], cls=TaxonomyConfig)
+    assert load_config(None, ["predict.method=lexical"], cls=TaxonomyConfig).predict.method == "lexical"

@@ -4,8 +4,8 @@ import numpy as np
 from PIL import Image
 
 from taxonomist.config import BackboneConfig
-from taxonomist.inference.cache import FeatureCache
-from taxonomist.inference.embed import embed_images
+from taxonomist.features.cache import FeatureCache
+from taxonomist.features.embed import embed_images
 from taxonomist.models.build import build_backbone
 
 

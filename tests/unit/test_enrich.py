@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from taxonomist.models.enrich import SEPARATOR, Enricher
+from taxonomist.features.enrich import SEPARATOR, Enricher
 from taxonomist.models.text import TextEncoder
 
 

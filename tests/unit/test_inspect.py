@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import math
@@ -15,10 +16,10 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from taxonomist.data import inspect as inspect_module
 from taxonomist.data.catalog import Catalog, read_meesho
-from taxonomist.data.inspect import InspectReport, inspect_catalog
 from taxonomist.data.schema import Schema
+from taxonomist.report import images as images_module
+from taxonomist.report.inspection import InspectReport, inspect_catalog
 
 # id, category, color, sleeve, size, image: a colour to draw, "copy:<id>" (same bytes), "corrupt", "missing"
 ROWS = [
@@ -161,10 +162,10 @@ def test_in_process_with_progress_matches_workers(catalog: Catalog, report: Insp
 
 def test_spawned_workers_match_in_process(catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
     # The spawn path is what macOS, Windows and Jupyter get; its workers must import and agree.
-    monkeypatch.setattr(inspect_module, "_mp_context", lambda: multiprocessing.get_context("spawn"))
+    monkeypatch.setattr(images_module, "_mp_context", lambda: multiprocessing.get_context("spawn"))
     paths = [str(p) for p in catalog.image_paths()]
-    spawned = inspect_module.check_image_files(paths, num_workers=2, progress=False)
-    assert spawned == inspect_module.check_image_files(paths, num_workers=0, progress=False)
+    spawned = images_module.check_image_files(paths, num_workers=2, progress=False)
+    assert spawned == images_module.check_image_files(paths, num_workers=0, progress=False)
 
 
 def test_print_renders_every_section(report: InspectReport) -> None:
@@ -179,10 +180,14 @@ def test_save_writes_linked_files(report: InspectReport, tmp_path: Path) -> None
     index = report.save(tmp_path / "out")
     assert index == tmp_path / "out" / "index.html"
     page = index.read_text(encoding="utf-8")
-    images = re.findall(r"<img src='([^']+)'", page)
-    assert set(images) == {"missing_heatmap.png", "class_counts_shirts.png", "class_counts_shoes.png"}
-    for name in images:
+    # Self-contained: every figure is inlined, and the same PNG is also written beside the page.
+    inlined = re.findall(r'<img src="data:image/png;base64,([^"]+)"', page)
+    names = {"missing_heatmap.png", "class_counts_shirts.png", "class_counts_shoes.png"}
+    assert len(inlined) == len(names) and not re.findall(r'<img src="(?!data:)', page)
+    assert {base64.b64decode(b) for b in inlined} == {(index.parent / n).read_bytes() for n in names}
+    for name in names:
         assert (index.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in page and "https://" not in page
     for name in ("missing", "class_counts", "unreadable", "duplicates", "out_of_schema"):
         assert (index.parent / f"{name}.csv").is_file()
     assert set(pd.read_csv(index.parent / "unreadable.csv")["reason"]) == {"corrupt", "missing"}

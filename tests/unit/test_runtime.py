@@ -120,10 +120,17 @@ def test_bf16_and_int8_stay_close(lite: Backbone, lite_onnx: Path, tmp_path: Pat
 
 def test_int8_needs_calibration_once(lite: Backbone, lite_onnx: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="calibrat"):
-        rt.export(tmp_path / "e", lite, None, 0, "onnxruntime", "int8")
+        rt.export(tmp_path / "onnxruntime-int8", lite, None, 0, "onnxruntime", "int8")
     calibration = [_pixels(lite, 4).numpy()]
     rt.export(
-        tmp_path / "e", lite, None, 0, "onnxruntime", "int8", calibration=calibration, onnx_from=lite_onnx
+        tmp_path / "onnxruntime-int8",
+        lite,
+        None,
+        0,
+        "onnxruntime",
+        "int8",
+        calibration=calibration,
+        onnx_from=lite_onnx,
     )
     # a finished int8 export loads without calibration images (as predict and serve do)
     exported, _, _ = rt.on_runtime(
@@ -198,8 +205,12 @@ def test_export_resumes_and_builds_once_under_concurrency(
     rt.export(folder, lite, None, 0, "onnxruntime", "fp32")
     assert len(builds) == 1  # finished exports are reused
     (folder / rt.MANIFEST).unlink()  # a half export (no manifest) is rebuilt
-    rt.export(folder, lite, None, 0, "onnxruntime", "fp32")
+    rt.export(folder, lite, None, 0, "onnxruntime", "fp32", extra={"checkpoint": "v1"})
     assert len(builds) == 2
+    # heads retrained into the same run (same backbone, new checkpoint digest): exported again
+    rt.export(folder, lite, None, 0, "onnxruntime", "fp32", extra={"checkpoint": "v2"})
+    rt.export(folder, lite, None, 0, "onnxruntime", "fp32", extra={"checkpoint": "v2"})
+    assert len(builds) == 3
 
 
 def test_export_of_other_weights_is_refused(lite_onnx: Path) -> None:

@@ -17,8 +17,8 @@ from taxonomist.config import BackboneConfig, EmbedConfig, load_config
 from taxonomist.data.catalog import Catalog, load_catalog
 from taxonomist.data.labels import MISSING
 from taxonomist.data.split import split_per_category
-from taxonomist.inference.embed import embed_catalog, view_fingerprint
-from taxonomist.inference.writers import ResumeError
+from taxonomist.features.embed import embed_catalog, view_fingerprint
+from taxonomist.io import ResumeError
 from taxonomist.models.build import build_backbone
 from taxonomist.models.checkpoint import HeadsCheckpoint
 from taxonomist.training import self_training

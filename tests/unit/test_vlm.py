@@ -231,8 +231,8 @@ def test_caption_task_generates_text(model_dir, images, tmp_path):
 
 
 def test_torchvision_imports_next_to_cpu_torch_and_nms_works():
-    """transformers' Qwen2-VL processor needs torchvision; taxonomist's import hook makes PyPI's CUDA build
-    importable on CPU-only torch (and leaves a matching build alone)."""
+    """transformers' Qwen2-VL processor needs torchvision; the environment's hook (tools/torchvision_cpu.py)
+    makes PyPI's CUDA build importable on CPU-only torch (and leaves a matching build alone)."""
     torchvision = pytest.importorskip("torchvision")
     boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
     keep = torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)

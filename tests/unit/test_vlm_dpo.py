@@ -18,10 +18,7 @@ from safetensors.torch import load_file
 
 from taxonomist.config import GenerateConfig, ImproveConfig, PromptConfig, VLMConfig, VLMTrainConfig
 from taxonomist.data.schema import Schema
-from taxonomist.inference.vlm import Generation
-from taxonomist.inference.writers import ResumeError
-from taxonomist.models.vlm import random_vlm, write_metadata
-from taxonomist.training.vlm_dpo import (
+from taxonomist.improve.vlm_dpo import (
     Item,
     Pair,
     Sampled,
@@ -32,6 +29,9 @@ from taxonomist.training.vlm_dpo import (
     pair_statistics,
     round_items,
 )
+from taxonomist.inference.vlm import Generation
+from taxonomist.io import ResumeError
+from taxonomist.models.vlm import random_vlm, write_metadata
 
 SCHEMA = Schema(
     {

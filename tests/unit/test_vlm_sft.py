@@ -28,12 +28,11 @@ from taxonomist.config import (
     VLMTrainConfig,
     load_config,
 )
-from taxonomist.data.chat import TokenBudgetError, export_llamafactory, validate_llamafactory
+from taxonomist.data.chat import TokenBudgetError, build_examples, export_llamafactory, validate_llamafactory
 from taxonomist.models.vlm import load_vlm, random_vlm, read_metadata
 from taxonomist.training.vlm_sft import (
     IGNORE_INDEX,
     ChatCollator,
-    build_examples,
     lora_targets,
     loraplus_optimizer,
     readable_examples,

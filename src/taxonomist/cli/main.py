@@ -1,10 +1,12 @@
-"""``taxonomist`` command line: each command maps flags onto one typed library function."""
+"""taxonomist: product listings (images, titles) to catalog data. Each command maps its flags onto one
+typed library function; settings come from a YAML config (-c), --set section.key=value and the flags."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,7 +17,7 @@ from rich.table import Table
 from taxonomist.cli.export import PrecisionDefaultOpt as PrecisionOpt
 from taxonomist.cli.export import PredictRuntimeOpt as RuntimeOpt
 from taxonomist.cli.export import export
-from taxonomist.cli.options import ConfigOpt, QuietOpt, SetOpt, resolve_config
+from taxonomist.cli.options import ConfigOpt, ImagesOpt, JobFailed, QuietOpt, SetOpt, resolve_config
 from taxonomist.cli.review import review
 from taxonomist.cli.serve import serve
 from taxonomist.cli.taxonomy import app as taxonomy_app
@@ -80,29 +82,41 @@ def train(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     data: Annotated[str | None, typer.Option(help="Catalog file or folder (catalog.path).")] = None,
+    images: ImagesOpt = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone name or HF id/dir (backbone.name).")] = None,
-    policy: Annotated[str | None, typer.Option(help="Missing-label policy (missing_labels.policy).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="train.epochs")] = None,
+    policy: Annotated[
+        Literal["mask", "dynamic-fill", "similar-mode", "drop"] | None,
+        typer.Option(help="What to do with missing labels while training (missing_labels.policy)."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training rows (train.epochs).")] = None,
     limit: Annotated[int | None, typer.Option(help="Use N rows (catalog.limit).")] = None,
+    corrections: Annotated[
+        str | None,
+        typer.Option(
+            help="Reviewed labels (the CSV `taxonomist review` exports) merged over the catalog's; a "
+            "decision wins over the original label (catalog.corrections)."
+        ),
+    ] = None,
     recipe: Annotated[
-        str, typer.Option(help="heads (frozen backbone, cached features) | finetune (end to end, seed 001).")
+        Literal["heads", "finetune"],
+        typer.Option(help="heads: frozen backbone, cached features; finetune: the backbone trains too."),
     ] = "heads",
     quiet: QuietOpt = False,
 ) -> None:
     """Train an attribute model into a checkpoint directory that predict/evaluate/bench all read."""
     from taxonomist.training.heads import train as train_heads
 
-    if recipe not in ("heads", "finetune"):
-        raise typer.BadParameter(f"unknown recipe {recipe!r}; available: heads, finetune")
     cfg = resolve_config(
         config,
         overrides,
         **{
             "catalog.path": data,
+            "catalog.image_root": images,
             "backbone.name": backbone,
             "missing_labels.policy": policy,
             "train.epochs": epochs,
             "catalog.limit": limit,
+            "catalog.corrections": corrections,
         },
     )
     if recipe == "finetune":
@@ -137,18 +151,31 @@ def self_train(
     ),
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    rounds: Annotated[int | None, typer.Option(help="self_training.rounds")] = None,
-    labeled_fraction: Annotated[float | None, typer.Option(help="self_training.labeled_fraction")] = None,
+    rounds: Annotated[
+        int | None, typer.Option(help="Pseudo-labelling rounds after the first fit (self_training.rounds).")
+    ] = None,
+    labeled_fraction: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of rows whose labels are used; the rest count as unlabeled "
+            "(self_training.labeled_fraction)."
+        ),
+    ] = None,
+    images: ImagesOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Heads on a labeled fraction, then rounds of view-consistent, confident pseudo-labels (listing
-    titles join the teacher's views where ``catalog.text_column`` names them)."""
+    titles join the teacher's views where catalog.text_column names them)."""
     from taxonomist.training.self_training import self_train as run_self_training
 
     cfg = resolve_config(
         config,
         overrides,
-        **{"self_training.rounds": rounds, "self_training.labeled_fraction": labeled_fraction},
+        **{
+            "self_training.rounds": rounds,
+            "self_training.labeled_fraction": labeled_fraction,
+            "catalog.image_root": images,
+        },
     )
     report = run_self_training(cfg, output, progress=not quiet)
     table = Table(title=f"self-training ({report.n_fit} labeled, {report.n_pool} unlabeled rows)")
@@ -181,23 +208,65 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    split: Annotated[str, typer.Option(help="'val' (the training run's split) or 'all' rows.")] = "val",
-    output: Annotated[Path | None, typer.Option(help="Write the report JSON/Markdown here.")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="'val': the training run's validation split (the default); 'all': every row of the "
+            "catalog, with none of training's row filters (the default with --data)."
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for evaluation.json/.md, errors.csv and predictions.csv (the scored rows); with "
+            "--report, default CHECKPOINT/evaluation-SPLIT."
+        ),
+    ] = None,
+    data: Annotated[str | None, typer.Option(help="Labelled catalog to score (catalog.path).")] = None,
+    images: ImagesOpt = None,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="Also write report.html (self-contained): scores beside a majority baseline, confusion "
+            "matrices, reliability diagrams, per-class scores, most confident errors with images.",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Score a checkpoint with the competition metric on a labelled catalog (VLMs: see ``vlm evaluate``)."""
+    """Score a checkpoint with the competition metric on a labelled catalog (VLMs: see `vlm evaluate`).
+
+    Rows not scored as predicted (unreadable images, unknown categories, blank or repeated ids) are listed
+    with their line in errors.csv; the score is given with the unreadable images counted wrong and
+    without them."""
     from taxonomist.inference.evaluate import evaluate as run_evaluate
 
+    split = split or ("all" if data else "val")
+    if report and output is None:
+        output = checkpoint / f"evaluation-{split}"
     if is_vlm_dir(checkpoint):
-        vlm_evaluate(checkpoint, config, overrides, split, output, quiet)
+        if data or images:
+            raise typer.BadParameter("VLM folders: set the data in the config (vlm evaluate -c)")
+        vlm_evaluate(checkpoint, config, overrides, split, output, report, quiet)
         return
 
-    cfg = _checkpoint_config(checkpoint, config, overrides)
+    cfg = _checkpoint_config(
+        checkpoint, config, overrides, **{"catalog.path": data, "catalog.image_root": images}
+    )
     evaluation = run_evaluate(checkpoint, cfg, split=split, output=output, progress=not quiet)
     console.print(score_table(evaluation.report, f"{split} split"))
     console.print(attribute_table(evaluation.report))
-    if evaluation.unknown_category_note:
-        console.print(evaluation.unknown_category_note, style="yellow", markup=False, highlight=False)
+    if evaluation.baseline is not None:
+        console.print(f"majority-class baseline score {evaluation.baseline.score:.4f}")
+    for note in (evaluation.errors_note, evaluation.unknown_category_note):
+        if note:
+            console.print(note, style="yellow", markup=False, highlight=False)
+    if len(evaluation.errors) and output is None:
+        console.print("--output FOLDER writes them to errors.csv, with line numbers", style="yellow")
+    if report and output is not None:
+        from taxonomist.report.evaluation import write_evaluation_report
+
+        console.print(f"report: {write_evaluation_report(evaluation, output, model=checkpoint.name)}")
 
 
 @app.command()
@@ -207,8 +276,15 @@ def predict(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     data: Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")] = None,
-    min_confidence: Annotated[float | None, typer.Option(help="Below this, write the placeholder.")] = None,
-    placeholder: Annotated[str | None, typer.Option(help="predict.placeholder")] = None,
+    images: ImagesOpt = None,
+    min_confidence: Annotated[
+        float | None,
+        typer.Option(help="Between 0 and 1: a value less confident than this is written as the placeholder."),
+    ] = None,
+    placeholder: Annotated[
+        str | None,
+        typer.Option(help="Value written where confidence is below --min-confidence (predict.placeholder)."),
+    ] = None,
     engine: Annotated[
         Literal["local", "ray"], typer.Option(help="ray: sharded Parquet on Ray actors (docs/ray.md).")
     ] = "local",
@@ -227,15 +303,19 @@ def predict(
 ) -> None:
     """Predict attributes for every row of a catalog: Meesho layout + long layout with confidences.
 
-    Every row is predicted or reported in errors.csv: the training run's row filters (categories, minimum
-    rows, limit, remaps) do not apply, and rows of categories the model does not know are errors."""
+    Every row is predicted or reported in errors.csv with its line and reason: the training run's row
+    filters (categories, minimum rows, limit, remaps) do not apply; rows of categories the model does not
+    know, unreadable images, blank ids or categories and repeated ids are errors. Images are looked up
+    under --images (default: the catalog file's folder) as catalog.image_template. When every row, or more
+    than predict.max_error_share of them, failed, the command ends with exit status 2."""
     from taxonomist.data.catalog import load_for_prediction
+    from taxonomist.inference.inputs import record_input
     from taxonomist.inference.predictor import Predictor
 
     if is_vlm_dir(checkpoint):
         if engine != "local":
             raise typer.BadParameter("VLM folders predict with the local engine")
-        vlm_predict(checkpoint, output, config, overrides, data, quiet)
+        vlm_predict(checkpoint, output, config, overrides, data, quiet, images)
         return
 
     cfg = _checkpoint_config(
@@ -244,11 +324,13 @@ def predict(
         overrides,
         **{
             "catalog.path": data,
+            "catalog.image_root": images,
             "predict.min_confidence": min_confidence,
             "predict.placeholder": placeholder,
         },
     )
     catalog = load_for_prediction(cfg.catalog)
+    record_input(output, cfg.catalog, checkpoint)  # `review OUTPUT` finds images and titles through it
     if engine == "ray":
         from taxonomist.inference.ray_engine import predict_with_ray
 
@@ -270,7 +352,13 @@ def predict(
             runtime=runtime,
             precision=precision,
         )
+        if len(catalog.rejected):  # rows the shards never saw
+            catalog.rejected.to_csv(output / "rejected_rows.csv", index=False)
+            console.print(f"{len(catalog.rejected)} rows set aside: {output / 'rejected_rows.csv'}")
         console.print_json(json.dumps(summary.to_dict()))
+        failure = summary.failure(cfg.predict.max_error_share)
+        if failure:
+            raise JobFailed(failure.replace("errors.csv", "errors/"))
         return
     predictor = Predictor.from_pretrained(
         checkpoint, device=cfg.embed.device, runtime=runtime, precision=precision
@@ -287,16 +375,26 @@ def predict(
         progress=not quiet,
     )
     console.print_json(json.dumps(summary.to_dict()))
+    failure = summary.failure(cfg.predict.max_error_share)
+    if failure:
+        if summary.error_reasons.get("missing"):
+            failure += (
+                f"; images were looked for as {catalog.image_root or Path()}/{catalog.image_template}: "
+                "point --images at the folder they are in"
+            )
+        raise JobFailed(failure)
 
 
 @app.command()
-def embed(config: ConfigOpt = None, overrides: SetOpt = None, quiet: QuietOpt = False) -> None:
+def embed(
+    config: ConfigOpt = None, overrides: SetOpt = None, images: ImagesOpt = None, quiet: QuietOpt = False
+) -> None:
     """Compute and cache backbone features for a catalog, so later training runs start warm."""
     from taxonomist.data.catalog import load_catalog
-    from taxonomist.inference.embed import embed_catalog, runtime_backbone
+    from taxonomist.features.embed import embed_catalog, runtime_backbone
     from taxonomist.models.build import build_backbone
 
-    cfg = resolve_config(config, overrides)
+    cfg = resolve_config(config, overrides, **{"catalog.image_root": images})
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
     backbone = runtime_backbone(build_backbone(cfg.backbone), cfg.embed)
     result = embed_catalog(catalog, backbone, cfg.embed, progress=not quiet)
@@ -311,19 +409,26 @@ def inspect(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Report folder.")] = Path("runs/inspect"),
-    images: Annotated[bool, typer.Option(help="Also hash and decode every image.")] = True,
+    check_images: Annotated[
+        bool, typer.Option("--check-images/--no-images", help="Also hash and decode every image.")
+    ] = True,
+    images: ImagesOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Before training: rows, gaps, class balance, out-of-schema values, duplicates, unreadable images."""
     from taxonomist.data.catalog import expand_path, load_catalog
-    from taxonomist.data.inspect import inspect_catalog
     from taxonomist.data.schema import Schema
+    from taxonomist.report.inspection import inspect_catalog
 
-    cfg = resolve_config(config, overrides)
-    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    cfg = resolve_config(config, overrides, **{"catalog.image_root": images})
+    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed, bad_rows="report")
     schema = Schema.load(expand_path(cfg.catalog.schema)) if cfg.catalog.schema else None
     report = inspect_catalog(
-        catalog, schema=schema, check_images=images, num_workers=cfg.embed.num_workers, progress=not quiet
+        catalog,
+        schema=schema,
+        check_images=check_images,
+        num_workers=cfg.embed.num_workers,
+        progress=not quiet,
     )
     report.print(console)
     console.print(f"report: {report.save(output)}")
@@ -378,10 +483,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from taxonomist.data.schema import SchemaError
     from taxonomist.data.taxonomy import TaxonomyError
     from taxonomist.inference.taxonomy import TaxonomyCheckpointError
-    from taxonomist.inference.writers import ResumeError
+    from taxonomist.io import ResumeError
     from taxonomist.models.checkpoint import CheckpointError
 
     return (
+        JobFailed,
         ConfigError,
         CatalogError,
         SchemaError,
@@ -395,10 +501,33 @@ def user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+VERBOSE_ENV = "TAXONOMIST_VERBOSE"
+_QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # downloads and "Loading checkpoint shards"
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "DATASETS_VERBOSITY": "error",
+    "TQDM_DISABLE": "1",  # any other library's tqdm bar
+}
+_NOISY_MODULES = r"(torch|transformers|peft|trl|accelerate|sentence_transformers|datasets|sklearn)(\.|$)"
+
+
+def quiet_third_party() -> None:
+    """Other libraries' progress bars and warnings would drown taxonomist's own bar and one-line messages;
+    they stay quiet unless ``TAXONOMIST_VERBOSE=1`` (or the library's own variable) asks for them."""
+    if os.environ.get(VERBOSE_ENV, "").lower() in ("1", "true", "yes"):
+        return
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    warnings.filterwarnings("ignore", category=UserWarning, module=_NOISY_MODULES)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=_NOISY_MODULES)
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point (``taxonomist`` and ``python -m taxonomist.cli``): user-input errors end as
     ``error: <message>`` with exit status 2, like a usage error; anything else keeps its traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_third_party()
     try:
         app(args=args)
     except Exception as err:

@@ -11,12 +11,25 @@ from taxonomist.config import ConfigError, RunConfig, load_config
 
 T = TypeVar("T")
 
+
+class JobFailed(RuntimeError):
+    """A batch job that wrote its outputs but did not do its work (every row, or most, failed)."""
+
+
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config.")]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+ImagesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--images",
+        help="Folder the image paths (catalog.image_template, e.g. images/{id}.jpg) are relative to "
+        "(catalog.image_root). Default: the folder of the catalog file (meesho layout: the dataset folder).",
+    ),
+]
 
 
 def resolve_config(

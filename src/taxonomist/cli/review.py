@@ -41,25 +41,35 @@ def review(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
 ) -> None:
-    """Review predictions in the browser (j/k move, a accept, 1-9 or / to correct); GET /api/export.csv."""
+    """Review predictions in the browser (j/k move, a accept, 1-9 the model's top values, / type a value);
+    GET /api/export.csv. A folder written by `taxonomist predict` records its catalog and checkpoint, so
+    images, titles and allowed values need no more flags."""
     try:
         import uvicorn
 
+        from taxonomist.inference.inputs import recorded_input
         from taxonomist.serve.review import create_review_app
     except ImportError as err:
         raise typer.BadParameter(
             f"the review app needs extra packages ({err.name}): pip install 'taxonomist[review]'"
         ) from err
 
+    # What `taxonomist predict` recorded is the default; flags given here take precedence.
+    recorded, recorded_checkpoint = recorded_input(predictions) if predictions.is_dir() else (None, None)
     source = images
-    if source is None and (config is not None or checkpoint is not None):
+    if source is None and (config is not None or checkpoint is not None or data is not None):
         # The same catalog `taxonomist predict` read: the checkpoint's config, with flags on top.
-        saved = checkpoint / "config.yaml" if checkpoint is not None else None
+        base = checkpoint or recorded_checkpoint
+        saved = base / "config.yaml" if base is not None else None
         flags = [*(overrides or []), *([f"catalog.path={data}"] if data else [])]
         try:
             source = load_config(config or saved, flags).catalog
         except ConfigError as err:
             raise typer.BadParameter(str(err)) from err
+    if source is None:
+        source = recorded
+    if checkpoint is None and recorded_checkpoint is not None and recorded_checkpoint.is_dir():
+        checkpoint = recorded_checkpoint
     try:
         app = create_review_app(
             predictions,

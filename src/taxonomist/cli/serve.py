@@ -4,7 +4,7 @@ process; run more replicas behind a load balancer to scale out)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from PIL import Image
@@ -30,7 +30,7 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Interface to bind; 0.0.0.0 to accept remote clients.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(help="TCP port (0: any free one).", min=0, max=65535)] = 8000,
     max_batch_size: Annotated[
         int, typer.Option(help="Most images per model forward; 1 disables batching.")
     ] = 32,
@@ -41,11 +41,15 @@ def serve(
     max_pixels: Annotated[int, typer.Option(help=MAX_PIXELS_HELP)] = DEFAULT_MAX_PIXELS,
     max_images: Annotated[int, typer.Option(help="Most images in one request.")] = 16,
     timeout: Annotated[float, typer.Option(help="Seconds before a request gets 504.")] = 30.0,
-    max_queue: Annotated[int, typer.Option(help="Images waiting for a forward before 503.")] = 1024,
+    max_queue: Annotated[
+        int, typer.Option(help="Images waiting for a forward before 503; at least --max-images.")
+    ] = 1024,
     max_decodes: Annotated[
         int, typer.Option(help="Images decoded at once, whatever the requests: bounds decoding memory.")
     ] = 4,
-    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    log_level: Annotated[
+        Literal["debug", "info", "warning", "error"], typer.Option(help="Lowest level of log lines written.")
+    ] = "info",
     runtime: Annotated[
         str, typer.Option(help="auto (the fastest installed), torch, onnxruntime or openvino.")
     ] = "auto",

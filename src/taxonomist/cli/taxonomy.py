@@ -79,6 +79,13 @@ def evaluate(
     ] = None,
     layout: Annotated[str | None, typer.Option(help="flipkart | indoml")] = None,
     output: Annotated[Path | None, typer.Option(help="Write metrics JSON here.")] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for report.html (self-contained): scores per method and level, sibling "
+            "confusions, the surest wrong paths with titles, and predictions.csv."
+        ),
+    ] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Score every method of a checkpoint on labelled titles."""
@@ -104,6 +111,18 @@ def evaluate(
     if output:
         payload = {m: r.to_dict() for m, r in result["reports"].items()}
         output.write_text(json.dumps({"methods": payload, "titles_per_s": result["titles_per_s"]}, indent=1))
+    if report is not None:
+        from taxonomist.report.taxonomy import write_taxonomy_report
+
+        page = write_taxonomy_report(
+            titles.frame,
+            result["predictions"],
+            result["reports"],
+            titles.levels,
+            report,
+            model=checkpoint.name,
+        )
+        console.print(f"report: {page}")
 
 
 @app.command()

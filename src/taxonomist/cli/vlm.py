@@ -12,9 +12,10 @@ from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
-from taxonomist.cli.options import ConfigOpt, QuietOpt, SetOpt, resolve_config
-from taxonomist.config import VLMConfig
+from taxonomist.cli.options import ConfigOpt, ImagesOpt, JobFailed, QuietOpt, SetOpt, resolve_config
+from taxonomist.config import PredictConfig, VLMConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -43,8 +44,7 @@ def export(
     name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "taxonomist",
 ) -> None:
     """Catalog → chat examples → ShareGPT/Alpaca JSON + dataset_info.json (train as NAME, val as NAME_val)."""
-    from taxonomist.data.chat import export_llamafactory, validate_llamafactory
-    from taxonomist.training.vlm_sft import build_examples
+    from taxonomist.data.chat import build_examples, export_llamafactory, validate_llamafactory
 
     cfg = resolve_config(config, overrides, VLMConfig)
     train_examples, val_examples, _ = build_examples(cfg)
@@ -77,16 +77,57 @@ def evaluate(
     model_dir: Annotated[Path, typer.Argument(help="Run folder or model folder.")],
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    split: Annotated[str, typer.Option(help="'val' (the run's split) or 'all'.")] = "val",
-    output: Annotated[Path | None, typer.Option(help="Write evaluation.json here.")] = None,
+    split: Annotated[str, typer.Option(help="'val' (the run's held-out examples) or 'all'.")] = "val",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for evaluation.json/.md and predictions.csv; with --report, default "
+            "MODEL_DIR/evaluation-SPLIT."
+        ),
+    ] = None,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="Attributes: also write report.html (self-contained) with the same tables and figures as "
+            "a heads checkpoint's.",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Attributes: competition metric, validity, confidence ECE. Captions: BLEU-4, ROUGE-L, CIDEr, FGD."""
+    """Attributes: competition metric beside a majority baseline, validity, confidence ECE. Captions:
+    BLEU-4, ROUGE-L, CIDEr, FGD."""
     from taxonomist.inference.evaluate import evaluate_vlm
 
+    if report and output is None:
+        output = model_dir / f"evaluation-{split}"
     cfg = model_config(model_dir, config, overrides)
-    summary = evaluate_vlm(model_dir, cfg, split=split, output=output, progress=not quiet)
-    console.print_json(json.dumps(summary, default=str))
+    summary, evaluation = evaluate_vlm(model_dir, cfg, split=split, output=output, progress=not quiet)
+    if evaluation is None:
+        table = Table(title=f"captions ({summary['n']} images, {summary['failed']} failed)")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in summary.items():
+            if isinstance(value, int | float) and key not in ("n", "failed"):
+                table.add_row(key, f"{value:.4f}")
+        console.print(table)
+    else:
+        from taxonomist.cli.main import attribute_table, score_table
+
+        console.print(score_table(evaluation.report, f"{split} split"))
+        console.print(attribute_table(evaluation.report))
+        ece, baseline = summary.get("ece"), summary.get("baseline_score")
+        console.print(
+            f"valid outputs {summary['valid_fraction']:.1%} · ECE {'–' if ece is None else f'{ece:.4f}'} · "
+            f"majority-class baseline {'–' if baseline is None else f'{baseline:.4f}'}"
+        )
+        if report and output is not None:
+            from taxonomist.report.evaluation import write_evaluation_report
+
+            page = write_evaluation_report(evaluation, output, model=model_dir.name)
+            console.print(f"report: {page}")
+    if output is not None:
+        console.print(f"evaluation: {output / 'evaluation.md'}")
 
 
 @app.command()
@@ -97,14 +138,19 @@ def predict(
     overrides: SetOpt = None,
     data: Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")] = None,
     quiet: QuietOpt = False,
+    images: ImagesOpt = None,
 ) -> None:
     """Attributes (Meesho + long layouts with confidences) or captions for every catalog row; the training
-    run's row filters do not apply (see :func:`taxonomist.data.catalog.load_for_prediction`)."""
+    run's row filters do not apply. Rows with a blank id or category or a repeated id go to
+    rejected_rows.csv; when every row, or more than predict.max_error_share of them, failed, the command
+    ends with exit status 2."""
     from taxonomist.data.catalog import CATEGORY, ID, load_for_prediction
+    from taxonomist.inference.inputs import record_input
     from taxonomist.inference.vlm import VLMPredictor
 
-    cfg = model_config(model_dir, config, overrides, **{"catalog.path": data})
+    cfg = model_config(model_dir, config, overrides, **{"catalog.path": data, "catalog.image_root": images})
     catalog = load_for_prediction(cfg.catalog)
+    record_input(output, cfg.catalog, model_dir)
     predictor = VLMPredictor.from_pretrained(model_dir, generate=cfg.generate)
     categories = catalog.frame[CATEGORY].astype(str).tolist() if predictor.task == "attributes" else None
     summary = predictor.predict_file(
@@ -114,7 +160,13 @@ def predict(
         output,
         progress=not quiet,
     )
+    if len(catalog.rejected):
+        catalog.rejected.to_csv(output / "rejected_rows.csv", index=False)
+        console.print(f"{len(catalog.rejected)} rows set aside: {output / 'rejected_rows.csv'}")
     console.print_json(json.dumps(summary.to_dict()))
+    failure = summary.failure(PredictConfig().max_error_share)
+    if failure:
+        raise JobFailed(failure)
 
 
 @app.command()
@@ -129,15 +181,15 @@ def improve(
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Self-consistency rounds (seed 003): sample K reasoning chains per unlabeled image, vote, build
+    """Self-consistency rounds: sample K reasoning chains per unlabeled image, vote, build
     (chosen, rejected) pairs, DPO with LoRA, score on the validation split; resumable, best round kept."""
     import dataclasses
 
     from taxonomist.data.catalog import load_catalog
     from taxonomist.data.split import split_per_category
+    from taxonomist.improve.vlm_dpo import IMAGE_PATH
+    from taxonomist.improve.vlm_dpo import improve as run_improve
     from taxonomist.models.vlm import resolve_model_dir
-    from taxonomist.training.vlm_dpo import IMAGE_PATH
-    from taxonomist.training.vlm_dpo import improve as run_improve
 
     cfg = model_config(model_dir, config, overrides)
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)

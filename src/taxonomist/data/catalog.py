@@ -12,6 +12,7 @@ import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,13 @@ DATA_DIR_ENV = "TAXONOMIST_DATA_DIR"
 DEFAULT_DATA_DIR = "../shared/datasets"
 LISTED_CATEGORIES = 10
 """Categories named in a message before the rest are only counted."""
+REJECTED_COLUMNS = ["line", "id", "category", "reason", "detail"]
+"""A row read but not usable (blank id or category, duplicated id): ``line`` is its line in the file."""
+
+BadRows = Literal["raise", "report"]
+"""What a reader does with rows that have a blank id or category or repeat an id: refuse the file
+(training, where a row's labels must be unambiguous) or keep them aside in :attr:`Catalog.rejected`
+(predicting, evaluating, inspecting: the rest of the file is still worth doing)."""
 
 
 class CatalogError(ValueError):
@@ -41,6 +49,19 @@ def data_dir() -> Path:
 def expand_path(path: str | os.PathLike) -> Path:
     """Expand ``{data_dir}`` and ``~`` so configs stay portable across machines."""
     return Path(os.path.expanduser(str(path).replace("{data_dir}", str(data_dir()))))
+
+
+def not_found(what: str, path: str | os.PathLike) -> str:
+    """The message "<what> not found: <path>", naming TAXONOMIST_DATA_DIR where the path lies under the
+    data folder (the usual cause: ``{data_dir}`` resolved against another working directory than intended)."""
+    message = f"{what} not found: {path}"
+    root = data_dir()
+    if Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
+        message += (
+            f" ({{data_dir}} is {root}{'' if root.is_dir() else ', which does not exist'}: set "
+            f"{DATA_DIR_ENV} to the folder holding the datasets)"
+        )
+    return message
 
 
 class _Id(str):
@@ -69,6 +90,11 @@ class Catalog:
     dropped_categories: dict[str, int] = field(default_factory=dict)
     """Rows per category left out for having fewer than ``min_rows_per_category`` rows."""
     min_rows_per_category: int = 0
+    lines: list[int] | None = None
+    """Each row's line in the source file (the header is line 1; Parquet: the row number from 1), so
+    reports can point at it; None for frames built in memory."""
+    rejected: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REJECTED_COLUMNS))
+    """Rows the reader kept aside (see :data:`BadRows`), with line and reason."""
 
     def __post_init__(self) -> None:
         unknown_fields = template_fields(self.image_template) - {"id", "category"}
@@ -85,6 +111,8 @@ class Catalog:
             raise CatalogError(
                 f"{self.source or 'catalog'}: {len(dups)} duplicated ids, e.g. {dups.iloc[:5].tolist()}"
             )
+        if self.lines is not None and len(self.lines) != len(self.frame):
+            raise ValueError(f"{len(self.lines)} line numbers for {len(self.frame)} rows")
         if not self.attributes_by_category:
             self.attributes_by_category = {
                 str(c): [a for a in self.attributes if rows[a].notna().any()]
@@ -109,14 +137,32 @@ class Catalog:
     def image_paths(self) -> list[Path]:
         return [self.image_path(i, c) for i, c in zip(self.frame[ID], self.frame[CATEGORY], strict=True)]
 
+    def require_readable_images(self, readable: int, reasons: Mapping[str, int]) -> None:
+        """Refuse to go on when none of the rows' images could be read, saying how many were looked for,
+        why they failed and where: almost always a wrong image folder, not a catalog of bad files."""
+        if readable or not len(self):
+            return
+        why = ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
+        where = self.image_path("{id}", "{category}") if "{" in self.image_template else self.image_path("")
+        raise CatalogError(
+            f"{self.source or 'catalog'}: none of the {len(self)} images could be read ({why}); they were "
+            f"looked for as {where} (e.g. {self.image_paths()[0]}); point --images (catalog.image_root) at "
+            "the folder the image paths are relative to, or fix catalog.image_template"
+        )
+
     def infer_schema(self) -> Schema:
         return Schema.infer(self.frame, self.attributes_by_category, attributes=self.attributes)
 
+    def line_of(self, row: int) -> int | None:
+        return self.lines[row] if self.lines is not None else None
+
     def subset(self, mask_or_index) -> Catalog:
         """Same catalog restricted to some rows (a boolean mask or positional indices)."""
-        frame = (
-            self.frame.loc[mask_or_index] if _is_bool_mask(mask_or_index) else self.frame.iloc[mask_or_index]
+        positions = (
+            np.flatnonzero(np.asarray(mask_or_index)) if _is_bool_mask(mask_or_index) else mask_or_index
         )
+        frame = self.frame.iloc[positions]
+        lines = None if self.lines is None else np.asarray(self.lines)[positions].tolist()
         return Catalog(
             frame.reset_index(drop=True),
             list(self.attributes),
@@ -126,6 +172,8 @@ class Catalog:
             self.source,
             dict(self.dropped_categories),
             self.min_rows_per_category,
+            lines,
+            self.rejected.copy(),
         )
 
 
@@ -133,19 +181,78 @@ def _is_bool_mask(obj) -> bool:
     return np.asarray(obj).dtype == np.bool_
 
 
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """CSV or Parquet as strings, empty fields as missing (ids such as ``000123`` keep their zeros)."""
+def is_parquet(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in (".parquet", ".pq")
+
+
+def read_table(path: str | os.PathLike, encoding: str = "utf-8") -> pd.DataFrame:
+    """CSV or Parquet as strings, empty fields as missing (ids such as ``000123`` keep their zeros).
+
+    ``encoding``: the CSV's text encoding (Parquet stores UTF-8). A Parquet column of whole numbers with
+    gaps is stored as floats; it is read back as the integers it holds (id ``59263``, not ``59263.0``).
+    """
     path = expand_path(path)
     if not path.is_file():
-        raise CatalogError(f"catalog file not found: {path}")
+        raise CatalogError(not_found("catalog file", path))
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
+        if is_parquet(path):
             frame = pd.read_parquet(path)
+            integral = {c: "Int64" for c in frame.columns if _integral_floats(frame[c])}
+            frame = frame.astype(integral)
             return frame.astype({c: "string" for c in frame.columns}).astype(object).where(frame.notna())
         # keep_default_na=False: a label like "NA" (a brand) is data; only empty fields are missing.
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as err:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
+    except UnicodeDecodeError as err:
+        raise CatalogError(
+            f"{path}: not valid {encoding} text ({err}); set the file's encoding with "
+            "--set catalog.encoding=latin-1 (or cp1252, ...)"
+        ) from err
+    except LookupError as err:
+        raise CatalogError(f"catalog.encoding: {err}") from err
+    except (pd.errors.ParserError, OSError, ValueError) as err:
         raise CatalogError(f"{path}: cannot be read as a table ({err})") from err
+
+
+def _integral_floats(column: pd.Series) -> bool:
+    if not pd.api.types.is_float_dtype(column):
+        return False
+    values = column.dropna().to_numpy()
+    return bool(np.isfinite(values).all() and (values == np.round(values)).all() and len(values))
+
+
+def set_aside_bad_rows(
+    raw: pd.DataFrame, id_column: str, category_column: str, source: str, bad_rows: BadRows, first_line: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(usable rows, indexed by their line in the file; rejected rows as :data:`REJECTED_COLUMNS`).
+
+    A blank id or category makes a row unusable; of rows repeating an id, the first is kept. With
+    ``bad_rows="raise"`` a blank fails the whole file instead, naming the lines.
+    """
+    raw = raw.set_axis(pd.RangeIndex(first_line, first_line + len(raw)))
+    ids, cats = raw[id_column], raw[category_column]
+    blank_id = ids.isna() | (ids.astype(str).str.strip() == "")
+    blank_cat = cats.isna() | (cats.astype(str).str.strip() == "")
+    duplicate = ids.duplicated(keep="first") & ~blank_id
+    if bad_rows == "raise":  # repeated ids are refused by Catalog itself
+        bad = blank_id | blank_cat
+        if bad.any():
+            lines = raw.index[bad][:5].tolist()
+            raise CatalogError(f"{source}: {int(bad.sum())} rows without id or category, e.g. lines {lines}")
+        return raw, pd.DataFrame(columns=REJECTED_COLUMNS)
+    first = {}
+    for line, item_id in ids[~blank_id].items():
+        first.setdefault(item_id, line)
+    rejected = []
+    for line in raw.index[blank_id | blank_cat | duplicate]:
+        item_id, category = ids.at[line], cats.at[line]
+        if blank_id.at[line]:
+            reason, detail = "blank-id", f"no value in the id column {id_column!r}"
+        elif blank_cat.at[line]:
+            reason, detail = "blank-category", f"no value in the category column {category_column!r}"
+        else:
+            reason, detail = "duplicate-id", f"id {item_id!r} is also on line {first[item_id]}, which is used"
+        rejected.append((int(line), item_id, category, reason, detail))
+    return raw[~(blank_id | blank_cat | duplicate)], pd.DataFrame(rejected, columns=REJECTED_COLUMNS)
 
 
 def apply_remaps(frame: pd.DataFrame, remaps: Mapping[str, Mapping[str, str]], category_col: str) -> None:
@@ -164,7 +271,8 @@ def apply_remaps(frame: pd.DataFrame, remaps: Mapping[str, Mapping[str, str]], c
 def _finish(
     frame: pd.DataFrame, categories: Sequence[str] | None, min_rows: int, source: str
 ) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The category filters; also the rows per category that ``min_rows`` left out, for reports."""
+    """The category filters; also the rows per category that ``min_rows`` left out, for reports. The
+    frame keeps its index (the rows' lines)."""
     if categories:
         unknown = set(categories) - set(frame[CATEGORY].unique())
         if unknown:
@@ -179,8 +287,12 @@ def _finish(
             f"({describe_counts(dropped)}), so no rows are left; lower it to keep small categories, e.g. "
             f"--set catalog.min_rows_per_category={min(dropped.values())}"
         )
-    frame = frame[~frame[CATEGORY].isin(small.index)]
-    return frame.reset_index(drop=True), dropped
+    return frame[~frame[CATEGORY].isin(small.index)], dropped
+
+
+def _lines_and_frame(frame: pd.DataFrame) -> tuple[list[int], pd.DataFrame]:
+    """Split the line-number index (see :func:`set_aside_bad_rows`) off a frame."""
+    return [int(i) for i in frame.index], frame.reset_index(drop=True)
 
 
 def describe_counts(counts: Mapping[str, int], limit: int = LISTED_CATEGORIES) -> str:
@@ -203,15 +315,17 @@ def read_generic(
     min_rows_per_category: int = 0,
     text_column: str | None = None,
     labels: bool = True,
+    encoding: str = "utf-8",
+    bad_rows: BadRows = "raise",
 ) -> Catalog:
     """Any CSV/Parquet with an id column, a category column and named attribute columns.
 
     ``text_column`` (listing text such as a title) lands in column ``text``, missing text as "".
     ``labels=False`` reads no attribute columns at all (predicting needs none, and then a stray column
-    cannot clash with the names the id, category and text columns get).
+    cannot clash with the names the id, category and text columns get). ``bad_rows``: see :data:`BadRows`.
     """
     path = expand_path(path)
-    raw = read_table(path)
+    raw = read_table(path, encoding)
     named = ((id_column, ID), (category_column, CATEGORY), (text_column, TEXT))
     for col, what in named:
         if col is not None and col not in raw.columns:
@@ -240,16 +354,15 @@ def read_generic(
             )
     if remaps:
         apply_remaps(raw, remaps, category_column)
-    bad = raw[category_column].isna() | raw[id_column].isna()
-    if bad.any():
-        rows = (raw.index[bad][:5] + 2).tolist()  # +2: header line and 1-based numbering
-        raise CatalogError(f"{path}: {int(bad.sum())} rows without id or category, e.g. lines {rows}")
+    first_line = 1 if is_parquet(path) else 2  # CSV: after the header line
+    raw, rejected = set_aside_bad_rows(raw, id_column, category_column, str(path), bad_rows, first_line)
     frame = raw[[id_column, category_column, *attributes]].rename(
         columns={id_column: ID, category_column: CATEGORY}
     )
     if text_column is not None:
         frame[TEXT] = raw[text_column].fillna("").astype(str)
     frame, dropped = _finish(frame, categories, min_rows_per_category, str(path))
+    lines, frame = _lines_and_frame(frame)
     root = expand_path(image_root) if image_root is not None else path.parent
     return Catalog(
         frame,
@@ -259,6 +372,8 @@ def read_generic(
         source=str(path),
         dropped_categories=dropped,
         min_rows_per_category=min_rows_per_category,
+        lines=lines,
+        rejected=rejected,
     )
 
 
@@ -270,6 +385,8 @@ def read_meesho(
     remaps: Mapping[str, Mapping[str, str]] | None = None,
     categories: Sequence[str] | None = None,
     min_rows_per_category: int = 0,
+    bad_rows: BadRows = "raise",
+    encoding: str = "utf-8",
 ) -> Catalog:
     """Meesho Visual Taxonomy: ``{split}.csv`` (positional attr_k) + ``category_attributes.parquet``.
 
@@ -277,10 +394,11 @@ def read_meesho(
     learns "color" rather than "attr_1 of whichever category".
     """
     root = expand_path(root)
-    table = read_table(root / f"{split}.csv")
+    table = read_table(root / f"{split}.csv", encoding)
     names = read_meesho_attribute_names(root / "category_attributes.parquet")
     if "Category" not in table.columns or "id" not in table.columns:
         raise CatalogError(f"{root / f'{split}.csv'}: expected columns id, Category, len, attr_1..attr_10")
+    table, rejected = set_aside_bad_rows(table, "id", "Category", str(root / f"{split}.csv"), bad_rows, 2)
     positional = [f"attr_{k}" for k in range(1, MEESHO_MAX_ATTRS + 1)]
     for col in positional:
         if col not in table.columns:
@@ -301,6 +419,7 @@ def read_meesho(
     frame = pd.concat(parts).sort_index().reindex(columns=[ID, CATEGORY, *attributes])
     frame = frame.astype(object).where(frame.notna(), None)
     frame, dropped = _finish(frame, categories, min_rows_per_category, str(root / f"{split}.csv"))
+    lines, frame = _lines_and_frame(frame)
     kept = [c for c in names if c in set(frame[CATEGORY])]
     template = image_template or f"{split}_images/{{id:06d}}.jpg"
     return Catalog(
@@ -312,6 +431,8 @@ def read_meesho(
         source=str(root / f"{split}.csv"),
         dropped_categories=dropped,
         min_rows_per_category=min_rows_per_category,
+        lines=lines,
+        rejected=rejected,
     )
 
 
@@ -319,7 +440,7 @@ def read_meesho_attribute_names(path: str | os.PathLike) -> dict[str, list[str]]
     """category → attribute names in attr_k order, from ``category_attributes.parquet``."""
     path = expand_path(path)
     if not path.is_file():
-        raise CatalogError(f"Meesho attribute list not found: {path}")
+        raise CatalogError(not_found("Meesho attribute list", path))
     table = pd.read_parquet(path)
     need = {"Category", "Attribute_list"}
     if not need <= set(table.columns):
@@ -331,20 +452,24 @@ def template_fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
-def load_catalog(cfg: CatalogConfig, *, seed: int = 0, labels: bool = True) -> Catalog:
+def load_catalog(
+    cfg: CatalogConfig, *, seed: int = 0, labels: bool = True, bad_rows: BadRows = "raise"
+) -> Catalog:
     """The configured layout's reader, then the optional seeded row limit (for quick runs).
 
     ``labels=False``: the generic layout reads no attribute columns (see :func:`read_generic`).
+    ``bad_rows``: see :data:`BadRows`.
     """
     common = {
         "remaps": cfg.remaps or None,
         "categories": cfg.categories or None,
         "min_rows_per_category": cfg.min_rows_per_category,
+        "bad_rows": bad_rows,
     }
     if cfg.layout == "meesho":
         if cfg.text_column is not None:
             raise CatalogError("the meesho layout has no listing text: leave catalog.text_column unset")
-        catalog = read_meesho(cfg.path, image_template=cfg.image_template, **common)
+        catalog = read_meesho(cfg.path, image_template=cfg.image_template, encoding=cfg.encoding, **common)
     else:
         catalog = read_generic(
             cfg.path,
@@ -355,6 +480,7 @@ def load_catalog(cfg: CatalogConfig, *, seed: int = 0, labels: bool = True) -> C
             image_template=cfg.image_template or "images/{id}.jpg",
             text_column=cfg.text_column,
             labels=labels,
+            encoding=cfg.encoding,
             **common,
         )
     if cfg.image_root is not None and cfg.layout == "meesho":
@@ -362,11 +488,58 @@ def load_catalog(cfg: CatalogConfig, *, seed: int = 0, labels: bool = True) -> C
     if cfg.limit is not None and cfg.limit < len(catalog):
         keep = np.sort(np.random.default_rng(seed).permutation(len(catalog))[: cfg.limit])
         catalog = catalog.subset(keep)
+    if cfg.corrections and labels:
+        catalog = apply_corrections(catalog, cfg.corrections, *catalog_columns(cfg))
     return catalog
 
 
+def catalog_columns(cfg: CatalogConfig) -> tuple[str, str]:
+    """The id and category column names of the configured catalog file, as its own header spells them."""
+    return ("id", "Category") if cfg.layout == "meesho" else (cfg.id_column, cfg.category_column)
+
+
+def apply_corrections(
+    catalog: Catalog, path: str | os.PathLike, id_column: str, category_column: str
+) -> Catalog:
+    """``catalog`` with the reviewed labels of ``path`` merged in: each non-empty reviewed value replaces
+    the catalog's label; reviewed items the catalog lacks are appended (their images are found the same
+    way as the catalog's). Columns other than the catalog's attributes are ignored."""
+    table = read_table(path)
+    missing = [c for c in (id_column, category_column) if c not in table.columns]
+    if missing:
+        raise CatalogError(
+            f"{path}: corrections need the catalog's columns {missing} (as `taxonomist review` exports them)"
+        )
+    table = table.rename(columns={id_column: ID, category_column: CATEGORY})
+    if table[ID].duplicated().any():
+        dups = table.loc[table[ID].duplicated(), ID].head(5).tolist()
+        raise CatalogError(f"{path}: duplicated ids {dups}")
+    attributes = [a for a in catalog.attributes if a in table.columns]
+    frame = catalog.frame.set_index(catalog.frame[ID].astype(str), drop=False)
+    table = table.set_index(table[ID].astype(str), drop=False)
+    known = table.index.isin(frame.index)
+    for attribute in attributes:
+        given = table.loc[known, attribute].dropna()
+        frame.loc[given.index, attribute] = given
+    new = table.loc[~known, [ID, CATEGORY, *attributes]].reindex(columns=frame.columns)
+    unknown = sorted(set(new[CATEGORY]) - set(catalog.attributes_by_category))
+    if unknown:
+        raise CatalogError(f"{path}: corrections of categories the catalog does not have: {unknown}")
+    merged = pd.concat([frame, new]).reset_index(drop=True)
+    merged = merged.astype(object).where(merged.notna(), None)
+    return dataclasses.replace(catalog, frame=merged)
+
+
+def without_training_filters(cfg: CatalogConfig) -> CatalogConfig:
+    """``cfg`` without the choices that only make sense for training rows: the categories kept, the
+    minimum rows per category, the row limit. Applied to rows to predict or score they would leave rows
+    out silently."""
+    return dataclasses.replace(cfg, categories=[], min_rows_per_category=0, limit=None)
+
+
 def load_for_prediction(cfg: CatalogConfig) -> Catalog:
-    """Every row of ``cfg.path`` with only what predicting reads: id, category, image.
+    """Every row of ``cfg.path`` with only what predicting reads: id, category, image. Rows with a blank
+    id or category or a repeated id are set aside in :attr:`Catalog.rejected` (see :data:`BadRows`).
 
     A run's saved catalog settings carry its training-time choices: the categories it kept, its minimum
     rows per category, its row limit, per-category remaps, label and text columns. Applied to a file to
@@ -375,13 +548,6 @@ def load_for_prediction(cfg: CatalogConfig) -> Catalog:
     them as errors.
     """
     reading = dataclasses.replace(
-        cfg,
-        attributes=[],
-        categories=[],
-        min_rows_per_category=0,
-        remaps={},
-        schema=None,
-        limit=None,
-        text_column=None,
+        without_training_filters(cfg), attributes=[], remaps={}, schema=None, text_column=None
     )
-    return load_catalog(reading, labels=False)
+    return load_catalog(reading, labels=False, bad_rows="report")

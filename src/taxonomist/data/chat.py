@@ -19,9 +19,13 @@ from typing import Any, Literal
 import pandas as pd
 from PIL import Image
 
-from taxonomist.config import PromptConfig
-from taxonomist.data.catalog import CATEGORY, ID
+from taxonomist.config import PromptConfig, VLMConfig
+from taxonomist.data.captions import read_coco_captions, read_product_captions
+from taxonomist.data.catalog import CATEGORY, ID, expand_path, load_catalog
+from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
+from taxonomist.data.split import split_per_category
+from taxonomist.io import atomic_write_json
 
 IMAGE_TAG = "<image>"
 """LLaMA-Factory's image placeholder in ShareGPT/Alpaca text."""
@@ -136,11 +140,11 @@ def export_llamafactory(
             record["system"] = ex.system
         records.append(record)
     data_file = output_dir / f"{name}.json"
-    _atomic_json(data_file, records)
+    atomic_write_json(data_file, records, ensure_ascii=False, indent=1)
     info_file = output_dir / "dataset_info.json"
     info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
     info[name] = dataset_info_entry(data_file.name, formatting)
-    _atomic_json(info_file, info)
+    atomic_write_json(info_file, info, ensure_ascii=False, indent=1)
     return data_file
 
 
@@ -219,10 +223,61 @@ def validate_llamafactory(dataset_dir: str | os.PathLike) -> dict[str, int]:
     return counts
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-    tmp.replace(path)
+# --- a config's examples -----------------------------------------------------------------------------
+
+
+def build_examples(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExample], Schema | None]:
+    """(train, val, schema) chat examples of the configured task; the schema is None for captions."""
+    if cfg.task == "caption":
+        train, val = _caption_split(cfg)
+        schema = None
+    else:
+        train, val, schema = _attribute_split(cfg)
+    if cfg.train.limit is not None:
+        train = train[: cfg.train.limit]
+    return train, val, schema
+
+
+def _attribute_split(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExample], Schema]:
+    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
+    missing = cfg.missing_labels
+    # The policy fills or drops training labels only: validation keeps the true (gappy) labels.
+    filled = apply_policy(
+        missing.policy,
+        catalog.frame.iloc[train_idx],
+        catalog.attributes_by_category,
+        **policy_options(missing),
+    ).frame
+    val_frame = catalog.frame.iloc[val_idx].reset_index(drop=True)
+    if cfg.catalog.schema:
+        schema = Schema.load(expand_path(cfg.catalog.schema))
+    else:
+        schema = Schema.infer(
+            pd.concat([filled, val_frame]), catalog.attributes_by_category, attributes=catalog.attributes
+        )
+
+    def examples(frame: pd.DataFrame) -> list[ChatExample]:
+        paths = [catalog.image_path(i, c) for i, c in zip(frame[ID], frame[CATEGORY], strict=True)]
+        return attribute_examples(frame, schema, paths, cfg.prompt)[0]
+
+    return examples(filled), examples(val_frame), schema
+
+
+def _caption_split(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExample]]:
+    """Train/val caption examples; ``captions.limit`` keeps the first N images of each split with all
+    their captions."""
+    data = cfg.captions
+    if data.dataset == "coco":
+        frame = read_coco_captions(data.path)
+    else:
+        frame = read_product_captions(data.path, val_fraction=cfg.train.val_fraction, seed=cfg.train.seed)
+    if data.limit is not None:
+        # Per split, so a small smoke run still has images to validate on.
+        first = frame.drop_duplicates("id").groupby("split", sort=False)["id"].head(data.limit)
+        frame = frame[frame["id"].isin(first)]
+    is_train = frame["split"] == "train"
+    return caption_examples(frame[is_train], cfg.prompt), caption_examples(frame[~is_train], cfg.prompt)
 
 
 # --- sequence-length check ---------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import io
 import math
 import os
 import stat
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from typing import IO, Literal, get_args
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from taxonomist.io import atomic_write
 
 # Product photos are at most a few megapixels; 16.7 MP still covers a full-frame camera export, and the
 # decoded RGB buffer stays near 50 MB (16.7M px x 3 bytes), so a handful of loader workers cannot exhaust
@@ -127,10 +128,7 @@ def load_image(
             return _normalise(source, name, max_pixels)
     name = os.fsdecode(source)
     try:
-        st = os.stat(name)
-        if not stat.S_ISREG(st.st_mode):
-            # A FIFO or device would block or never end; a directory is no image either.
-            raise ImageLoadError(name, "unreadable", "not a regular file")
+        st = _check_regular_file(name)  # a directory is no image either
         if st.st_size == 0:
             raise ImageLoadError(name, "empty", "file has 0 bytes")
         with open(name, "rb") as fp:
@@ -162,14 +160,26 @@ def content_hash(path_or_bytes: str | os.PathLike[str] | bytes | bytearray | mem
         return digest.hexdigest()
     name = os.fsdecode(path_or_bytes)
     try:
+        _check_regular_file(name)
         with open(name, "rb") as fp:
             while chunk := fp.read(_HASH_CHUNK):
                 digest.update(chunk)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise ImageLoadError(name, "missing", exc.strerror or "no such file") from None
+    except ImageLoadError:
+        raise
     except OSError as exc:
         raise ImageLoadError(name, "unreadable", exc.strerror or str(exc)) from exc
     return digest.hexdigest()
+
+
+def _check_regular_file(name: str) -> os.stat_result:
+    """Stat ``name`` (following links) and refuse anything but a regular file: opening a FIFO blocks until
+    a writer comes, and a device such as ``/dev/zero`` never ends."""
+    st = os.stat(name)
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageLoadError(name, "unreadable", "not a regular file")
+    return st
 
 
 def write_errors(errors: Sequence[ImageError], path: str | os.PathLike[str]) -> None:
@@ -177,21 +187,17 @@ def write_errors(errors: Sequence[ImageError], path: str | os.PathLike[str]) -> 
     one, never half of it, even if the job dies mid-write."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fp:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as fp:
             writer = csv.writer(fp)
             writer.writerow(ERROR_COLUMNS)
             for err in errors:
                 writer.writerow([err.id, err.path, err.reason, err.detail])
             fp.flush()
             os.fsync(fp.fileno())
-        # mkstemp creates 0600; an error report is meant to be read by others.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(target, write)
 
 
 def read_errors(path: str | os.PathLike[str]) -> list[ImageError]:

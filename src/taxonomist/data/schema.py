@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from taxonomist.io import atomic_write_text
+
 
 class SchemaError(ValueError):
     """A category, attribute or value that the schema does not know."""
@@ -111,9 +113,7 @@ class Schema:
             if path.suffix in (".yaml", ".yml")
             else json.dumps(self.to_dict(), indent=1, ensure_ascii=False)
         )
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, text)
 
     @classmethod
     def load(cls, path: str | Path) -> Schema:

@@ -1,4 +1,4 @@
-"""Seeded per-category train/validation split (seed 001: 90/10 within each category)."""
+"""Seeded per-category train/validation split (90/10 within each category by default)."""
 
 from __future__ import annotations
 

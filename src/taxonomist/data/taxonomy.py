@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from taxonomist.io import atomic_write_json
+
 ID = "id"
 TITLE = "title"
 BRAND = "brand"
@@ -167,10 +169,7 @@ class Taxonomy:
         return cls(list(data["levels"]), paths, dict(zip(paths, (list(b) for b in brands), strict=True)))
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_json(path, self.to_dict(), ensure_ascii=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Taxonomy:

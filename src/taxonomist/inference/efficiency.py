@@ -1,6 +1,6 @@
 """Efficiency report for any image model: size, FLOPs, throughput, latency and peak memory.
 
-What a deployment decision needs beside the score (seed 001 reports weight MB, GPU MB and images/s).
+What a deployment decision needs beside the score: weight MB, memory MB and images/s.
 FLOPs come from ``torch.utils.flop_counter`` (matmuls and convolutions, a multiply-add counted as 2;
 elementwise ops are not counted). Timings run under ``torch.inference_mode`` after a warm-up, with a
 CUDA synchronize around every timed call on GPU, so queued kernels are not mistaken for finished ones.
@@ -125,17 +125,7 @@ def measure_efficiency(
                 model(inputs(1))
             throughput, batch1_times = {}, []
             for batch in sorted({1, *batch_sizes}):
-                x = inputs(batch)
-                for _ in range(warmup):
-                    model(x)
-                sync()
-                times: list[float] = []
-                deadline = time.perf_counter() + seconds
-                while len(times) < 3 or time.perf_counter() < deadline:
-                    start = time.perf_counter()
-                    model(x)
-                    sync()
-                    times.append(time.perf_counter() - start)
+                times = _call_times(model, inputs(batch), seconds, warmup, sync)
                 throughput[batch] = batch * len(times) / sum(times)
                 if batch == 1:
                     batch1_times = times
@@ -167,6 +157,21 @@ def measure_efficiency(
         memory_kind=memory_kind,
         throughput=throughput,
     )
+
+
+def _call_times(model: nn.Module, x: torch.Tensor, seconds: float, warmup: int, sync) -> list[float]:
+    """Seconds of each timed call: ``warmup`` untimed calls, then at least 3 over about ``seconds``."""
+    for _ in range(warmup):
+        model(x)
+    sync()
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < deadline:
+        start = time.perf_counter()
+        model(x)
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def _peak_rss_bytes() -> int:

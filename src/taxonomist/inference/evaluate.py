@@ -9,28 +9,65 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from taxonomist.config import RunConfig, VLMConfig
-from taxonomist.data.catalog import CATEGORY, ID, CatalogError, describe_counts, load_catalog
+from taxonomist.config import ConfigError, RunConfig, VLMConfig
+from taxonomist.data.catalog import (
+    CATEGORY,
+    ID,
+    TEXT,
+    Catalog,
+    CatalogError,
+    describe_counts,
+    load_catalog,
+    without_training_filters,
+)
+from taxonomist.data.images import REASONS as IMAGE_REASONS
+from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
-from taxonomist.inference.embed import embed_catalog
-from taxonomist.inference.predictor import Predictor, wide_named_frame
-from taxonomist.inference.writers import atomic_write_text
-from taxonomist.metrics import AttributeReport, attribute_score, expected_calibration_error
+from taxonomist.features.embed import embed_catalog
+from taxonomist.inference.predictor import ROW_ERROR_COLUMNS, Predictor, row_errors, wide_named_frame
+from taxonomist.io import atomic_write_frame, atomic_write_text
+from taxonomist.metrics import (
+    AttributeReport,
+    attribute_score,
+    expected_calibration_error,
+    majority_predictions,
+)
 from taxonomist.progress import progress_bar
 
 EXAMPLE_IDS = 5
+ROW_COLUMNS = [ID, CATEGORY, "attribute", "label", "predicted", "confidence", "confidence_before", "correct"]
+"""``Evaluation.rows``: one row per labelled (item, attribute); ``path`` and ``title`` follow where known."""
 
 
 @dataclass
 class Evaluation:
-    """A checkpoint's score, and the labelled rows left unscored because the model does not know their
-    category (like ``predict``'s unknown-category errors)."""
+    """A checkpoint's score, and every labelled row it could not score as predicted: rows the reader set
+    aside (blank id or category, repeated id), rows of categories the model does not know (like
+    ``predict``'s unknown-category errors) and rows whose image could not be read."""
 
     report: AttributeReport
+    """Every row of a known category; a row whose image failed counts as wrong, as a competition would."""
     unknown_categories: dict[str, int] = field(default_factory=dict)
     """Rows per category the model was not trained on."""
     unknown_examples: list[str] = field(default_factory=list)
     """Ids of some of those rows."""
+    split: str = "val"
+    rows: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ROW_COLUMNS))
+    """Every scored label beside its prediction (``ROW_COLUMNS``): what a report studies errors on."""
+    baseline: AttributeReport | None = None
+    """The majority-class baseline's score on the same rows."""
+    baseline_source: str = ""
+    """Which rows the majority classes were counted on."""
+    temperatures: dict[str, float] = field(default_factory=dict)
+    valid_fraction: float | None = None
+    """VLMs: the share of items whose output parsed into the schema."""
+    readable_report: AttributeReport | None = None
+    """The same rows less those whose image failed: the model's score where it could see; None when no
+    image could be read."""
+    errors: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ROW_ERROR_COLUMNS))
+    """Rows not scored as predicted, with their line in the file and why (``errors.csv``)."""
+    rows_read: int = 0
+    """Rows of the file (or split) evaluated, before any was left out."""
 
     @property
     def unknown_category_note(self) -> str | None:
@@ -41,9 +78,31 @@ class Evaluation:
             f"({describe_counts(self.unknown_categories)}), e.g. ids {self.unknown_examples}"
         )
 
+    @property
+    def error_reasons(self) -> dict[str, int]:
+        return {str(r): int(n) for r, n in self.errors["reason"].value_counts().items()}
+
+    @property
+    def errors_note(self) -> str | None:
+        """Both scores and what the rows in errors.csv were, in one line; None when every row counted."""
+        if not len(self.errors):
+            return None
+        unreadable = sum(n for r, n in self.error_reasons.items() if r in IMAGE_REASONS)
+        readable = "n/a" if self.readable_report is None else f"{self.readable_report.score:.4f}"
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.error_reasons.items(), key=lambda x: -x[1]))
+        return (
+            f"{len(self.errors)} of {self.rows_read} rows not scored as predicted ({reasons}); score "
+            f"{self.report.score:.4f} with the {unreadable} unreadable images counted wrong, {readable} "
+            "without them"
+        )
+
     def to_dict(self) -> dict:
         return {
             **self.report.to_dict(),
+            "baseline_score": None if self.baseline is None else self.baseline.to_dict()["score"],
+            "score_without_unreadable": None if self.readable_report is None else self.readable_report.score,
+            "rows": self.rows_read,
+            "errors": {"rows": len(self.errors), "reasons": self.error_reasons},
             "unknown_category": {
                 "rows": sum(self.unknown_categories.values()),
                 "categories": self.unknown_categories,
@@ -60,24 +119,32 @@ def evaluate(
     output: str | Path | None = None,
     progress: bool = True,
 ) -> Evaluation:
-    """Score the configured catalog's rows (its validation split, or all of them); rows of categories the
-    model does not know are left out before anything is embedded and reported in the result."""
+    """Score the configured catalog's rows: the training run's validation split (``val``, read with the
+    run's own row filters so the split is the one it held out) or every row of the file (``all``, with
+    no training-only filter). Rows of categories the model does not know are left out before anything is
+    embedded; they and every other row not scored as predicted are listed in ``errors.csv``."""
     if split not in ("val", "all"):
-        raise ValueError(f"split must be 'val' or 'all', got {split!r}")
-    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+        raise ConfigError(f"--split must be 'val' or 'all' for this checkpoint, got {split!r}")
+    reading = cfg.catalog if split == "val" else without_training_filters(cfg.catalog)
+    source = load_catalog(reading, seed=cfg.train.seed, bad_rows="report")
+    if not len(source):
+        what = f"all {len(source.rejected)} rows were set aside" if len(source.rejected) else "it has no rows"
+        raise CatalogError(f"{source.source}: nothing to evaluate ({what})")
     # Scored on the numerics the heads were fitted on (and their warm feature cache).
     predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device, runtime=None)
+    catalog = source
     # Before the split, so the known categories' validation rows are the ones the training run held out.
     unknown = ~catalog.frame[CATEGORY].astype(str).isin(predictor.categories)
     unknown_rows = catalog.frame[unknown]
     unknown_categories = {str(c): int(n) for c, n in unknown_rows[CATEGORY].value_counts().items()}
-    if len(catalog) and unknown.all():
+    if unknown.all():
         raise CatalogError(
             f"{catalog.source}: no rows of this model's categories {predictor.categories} to score "
             f"(the catalog has {describe_counts(unknown_categories)})"
         )
     if unknown.any():
         catalog = catalog.subset(~unknown.to_numpy())
+    known = catalog
     if split == "val":
         _, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
         catalog = catalog.subset(val_idx)
@@ -86,29 +153,134 @@ def evaluate(
     frame = catalog.frame
     cats = frame[CATEGORY].astype(str).to_numpy()
     probs = predictor.predict_features(embedded.features[good], cats[good].tolist())
+    before = predictor.predict_features(embedded.features[good], cats[good].tolist(), calibrated=False)
     preds = predictor.decode(probs, frame[ID].to_numpy()[good].tolist(), cats[good].tolist())
     schema = predictor.schema
     predicted = wide_named_frame(preds, schema.attributes)
     # Rows whose image failed get no prediction: they are scored as wrong, as a competition would.
     failed = frame.loc[~embedded.ok, [ID, CATEGORY]]
+    readable_report = attribute_score(frame[embedded.ok], predicted, schema.categories) if len(good) else None
     if len(failed):
         predicted = pd.concat([predicted, failed], ignore_index=True)
+    paths = dict(zip(source.ids, source.image_paths(), strict=True))
+    unknown_errors = [
+        {
+            "id": i,
+            "path": str(paths[i]),
+            "reason": "unknown-category",
+            "detail": f"category {c!r} is not one of this model's {predictor.categories}",
+        }
+        for i, c in zip(unknown_rows[ID], unknown_rows[CATEGORY], strict=True)
+    ]
+    errors = row_errors(source, pd.DataFrame([*unknown_errors, *(e.__dict__ for e in embedded.errors)]))
+    # The majority classes come from the rows the model was fitted on, where the split leaves any.
+    outside = ~known.frame[ID].isin(set(frame[ID]))
+    reference = known.frame[outside] if outside.any() else frame
     evaluation = Evaluation(
         attribute_score(frame, predicted, schema.categories),
         unknown_categories,
         unknown_rows[ID].astype(str).head(EXAMPLE_IDS).tolist(),
+        split=split,
+        rows=scored_rows(
+            catalog, predicted, _confidences(probs, good, len(frame)), _confidences(before, good, len(frame))
+        ),
+        baseline=attribute_score(
+            frame, majority_predictions(reference, frame, schema.categories), schema.categories
+        ),
+        baseline_source=f"{'the other' if outside.any() else 'the same'} {len(reference):,} rows",
+        temperatures=dict(predictor.checkpoint.temperatures),
+        readable_report=readable_report,
+        errors=errors,
+        rows_read=len(catalog) + len(unknown_rows) + len(source.rejected),
     )
     if output is not None:
-        output = Path(output)
-        output.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(
-            output / "evaluation.json", json.dumps({"split": split, **evaluation.to_dict()}, indent=1)
-        )
-        markdown = evaluation.report.to_markdown(include_pairs=True)
-        if evaluation.unknown_category_note:
-            markdown += f"\n{evaluation.unknown_category_note}\n"
-        atomic_write_text(output / "evaluation.md", markdown)
+        write_evaluation(evaluation, output)
     return evaluation
+
+
+def _confidences(probs: dict[str, np.ndarray], good: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """attribute → top-label confidence per catalog row (NaN where the image failed)."""
+    out = {}
+    for attribute, p in probs.items():
+        column = np.full(n, np.nan)
+        column[good] = p.max(axis=1)
+        out[attribute] = column
+    return out
+
+
+def scored_rows(
+    catalog: Catalog,
+    predicted: pd.DataFrame,
+    confidence: dict[str, np.ndarray],
+    confidence_before: dict[str, np.ndarray] | None = None,
+) -> pd.DataFrame:
+    """One row per labelled (item, attribute) of ``catalog``: label, prediction (empty where the image
+    failed), its confidence with and without temperature, whether it is right, the image path and, where
+    the catalog has listing text, the title."""
+    frame = catalog.frame
+    by_id = predicted.drop_duplicates(ID).set_index(predicted[ID].astype(str).drop_duplicates())
+    ids = frame[ID].astype(str)
+    paths = [str(p) for p in catalog.image_paths()]
+    parts = []
+    for attribute in catalog.attributes:
+        if attribute not in frame.columns:
+            continue
+        labelled = frame[attribute].notna().to_numpy()
+        applies = np.array(
+            [attribute in catalog.attributes_by_category.get(str(c), ()) for c in frame[CATEGORY]], dtype=bool
+        )
+        keep = labelled & applies
+        if not keep.any():
+            continue
+        pred = (
+            by_id[attribute].reindex(ids[keep]).to_numpy()
+            if attribute in by_id.columns
+            else np.full(int(keep.sum()), None, dtype=object)
+        )
+        part = pd.DataFrame(
+            {
+                ID: ids[keep].to_numpy(),
+                CATEGORY: frame.loc[keep, CATEGORY].astype(str).to_numpy(),
+                "attribute": attribute,
+                "label": frame.loc[keep, attribute].astype(str).to_numpy(),
+                "predicted": pd.Series(pred, dtype=object).where(pd.notna(pred), None).to_numpy(),
+                "confidence": confidence.get(attribute, np.full(len(frame), np.nan))[keep],
+                "confidence_before": (confidence_before or confidence).get(
+                    attribute, np.full(len(frame), np.nan)
+                )[keep],
+            }
+        )
+        part["correct"] = part["label"] == part["predicted"]
+        part["path"] = np.asarray(paths, dtype=object)[keep]
+        if TEXT in frame.columns:
+            part["title"] = frame.loc[keep, TEXT].astype(str).to_numpy()
+        parts.append(part)
+    if not parts:
+        return pd.DataFrame(columns=ROW_COLUMNS)
+    return pd.concat(parts, ignore_index=True)
+
+
+def write_evaluation(evaluation: Evaluation, output: str | Path, *, summary: dict | None = None) -> None:
+    """``evaluation.json`` (``summary``, default: the evaluation's numbers), ``evaluation.md`` and
+    ``predictions.csv`` (the scored rows) into ``output``."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    summary = summary or {"split": evaluation.split, **evaluation.to_dict()}
+    atomic_write_text(output / "evaluation.json", json.dumps(summary, indent=1, default=str))
+    markdown = evaluation.report.to_markdown(include_pairs=True)
+    if evaluation.baseline is not None:
+        markdown += (
+            f"\nMajority-class baseline ({evaluation.baseline_source}): score "
+            f"{evaluation.baseline.score:.4f}\n"
+        )
+    if evaluation.valid_fraction is not None:
+        markdown += f"\nValid outputs: {evaluation.valid_fraction:.1%}\n"
+    for note in (evaluation.errors_note, evaluation.unknown_category_note):
+        if note:
+            markdown += f"\n{note}\n"
+    atomic_write_text(output / "evaluation.md", markdown)
+    atomic_write_frame(evaluation.rows, output / "predictions.csv")
+    atomic_write_frame(evaluation.errors, output / "errors.csv")
 
 
 def evaluate_vlm(
@@ -118,12 +290,15 @@ def evaluate_vlm(
     split: str = "val",
     output: str | Path | None = None,
     progress: bool = True,
-) -> dict:
+) -> tuple[dict, Evaluation | None]:
     """Score a VLM on the held-out examples of its training config: the competition metric, validity and
-    calibration of per-attribute confidences (attributes), or BLEU-4/ROUGE-L/CIDEr/FGD (captions)."""
+    calibration of per-attribute confidences (attributes), or BLEU-4/ROUGE-L/CIDEr/FGD (captions).
+
+    Returns the summary (what ``evaluation.json`` holds) and, for attributes, the same
+    :class:`Evaluation` a heads checkpoint gets, so reports read both alike."""
+    from taxonomist.data.chat import build_examples
     from taxonomist.inference.vlm import VLMPredictor, to_predictions
     from taxonomist.metrics.captions import caption_scores
-    from taxonomist.training.vlm_sft import build_examples
 
     if split not in ("val", "all"):
         raise ValueError(f"split must be 'val' or 'all', got {split!r}")
@@ -143,6 +318,7 @@ def evaluate_vlm(
             bar.advance(task, len(chunk))
     ok = [r for r in results if r.best is not None and not r.best.error]
     summary: dict = {"split": split, "task": predictor.task, "n": len(items), "failed": len(items) - len(ok)}
+    evaluation = None
     if predictor.task == "caption":
         references: dict[str, list[str]] = {}
         for e in examples:
@@ -151,29 +327,71 @@ def evaluate_vlm(
         predictions = {r.id: r.best.text if r in ok else "" for r in results}  # type: ignore[union-attr]
         summary.update(caption_scores(predictions, references).to_dict())
     else:
-        schema = predictor.schema
-        assert schema is not None
-        truth = pd.DataFrame([{ID: e.id, CATEGORY: e.category, **json.loads(e.answer)} for e in items])
-        preds = to_predictions(ok)
-        predicted = wide_named_frame(preds, schema.attributes)
-        failed = truth.loc[~truth[ID].isin(predicted[ID]), [ID, CATEGORY]]
-        predicted = pd.concat([predicted, failed], ignore_index=True)
-        report = attribute_score(truth, predicted, schema.categories)
-        by_id = truth.set_index(ID)
-        confidence, correct = [], []
-        for p in preds:
-            for attribute, value in p.attributes.items():
-                label = by_id.at[p.id, attribute] if attribute in by_id.columns else None
-                if isinstance(label, str):
-                    confidence.append(value.confidence)
-                    correct.append(value.value == label)
+        assert predictor.schema is not None
+        evaluation = _vlm_attribute_evaluation(
+            items, train_examples, to_predictions(ok), predictor.schema, split, len(ok) / max(1, len(items))
+        )
+        scored = evaluation.rows[evaluation.rows["confidence"].notna()]
         summary.update(
-            report.to_dict(),
-            valid_fraction=len(ok) / max(1, len(items)),
-            ece=expected_calibration_error(np.array(confidence), np.array(correct)) if confidence else None,
+            evaluation.report.to_dict(),
+            valid_fraction=evaluation.valid_fraction,
+            ece=expected_calibration_error(scored["confidence"].to_numpy(), scored["correct"].to_numpy())
+            if len(scored)
+            else None,
+            baseline_score=evaluation.to_dict()["baseline_score"],
         )
     if output is not None:
         output = Path(output)
         output.mkdir(parents=True, exist_ok=True)
         atomic_write_text(output / "evaluation.json", json.dumps(summary, indent=1, default=str))
-    return summary
+        if evaluation is not None:
+            write_evaluation(evaluation, output, summary=summary)
+        else:
+            atomic_write_text(output / "evaluation.md", _caption_markdown(summary))
+    return summary, evaluation
+
+
+def _vlm_attribute_evaluation(
+    items: list, train_examples: list, preds: list, schema: Schema, split: str, valid: float
+) -> Evaluation:
+    """The VLM's attribute answers scored like a heads checkpoint's: the metric, the scored rows with
+    each value's confidence, and the majority baseline counted on the training examples."""
+    truth = pd.DataFrame([{ID: e.id, CATEGORY: e.category, **json.loads(e.answer)} for e in items])
+    truth = truth.reindex(columns=[ID, CATEGORY, *schema.attributes])
+    predicted = wide_named_frame(preds, schema.attributes)
+    failed = truth.loc[~truth[ID].isin(predicted[ID]), [ID, CATEGORY]]
+    predicted = pd.concat([predicted, failed], ignore_index=True)
+    train_truth = pd.DataFrame(
+        [{ID: e.id, CATEGORY: e.category, **json.loads(e.answer)} for e in train_examples]
+    )
+    reference = train_truth if len(train_truth) else truth
+    catalog = Catalog(
+        truth, list(schema.attributes), None, "{id}", {c: list(a) for c, a in schema.categories.items()}
+    )
+    confidence = {a: np.full(len(truth), np.nan) for a in schema.attributes}
+    row_of = {item_id: k for k, item_id in enumerate(truth[ID])}
+    for p in preds:
+        for attribute, value in p.attributes.items():
+            confidence[attribute][row_of[p.id]] = value.confidence
+    rows = scored_rows(catalog, predicted, confidence)
+    rows["path"] = rows[ID].map({e.id: e.image for e in items})
+    return Evaluation(
+        attribute_score(truth, predicted, schema.categories),
+        split=split,
+        rows=rows,
+        baseline=attribute_score(
+            truth, majority_predictions(reference, truth, schema.categories), schema.categories
+        ),
+        baseline_source=f"the {len(reference):,} training examples",
+        valid_fraction=valid,
+    )
+
+
+def _caption_markdown(summary: dict) -> str:
+    scores = {k: v for k, v in summary.items() if isinstance(v, int | float) and k not in ("n", "failed")}
+    lines = [
+        f"**Captions** ({summary['n']} images, {summary['failed']} failed; {summary['split']} split)",
+        "",
+    ]
+    lines += ["| metric | value |", "|---|---:|", *(f"| {k} | {v:.4f} |" for k, v in scores.items())]
+    return "\n".join(lines) + "\n"

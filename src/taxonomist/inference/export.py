@@ -24,8 +24,8 @@ from taxonomist.config import RunConfig
 from taxonomist.data.catalog import CATEGORY, ID, load_catalog
 from taxonomist.data.images import ImageLoadError, load_image
 from taxonomist.data.split import split_per_category
-from taxonomist.inference.cache import FeatureCache, default_cache_dir
-from taxonomist.inference.embed import embed_images
+from taxonomist.features.cache import FeatureCache, default_cache_dir
+from taxonomist.features.embed import embed_images
 from taxonomist.inference.predictor import Predictor, wide_named_frame
 from taxonomist.metrics import attribute_score
 from taxonomist.models import runtime as rt
@@ -189,7 +189,8 @@ def export_run(
     root = rt.exports_root(run_dir, default_cache_dir() / "exports" / reference.version)
     folder = root / f"{resolved}-{precision}"
     manifest = None if force else rt.read_manifest(folder)
-    if manifest is not None and manifest.get("fingerprint") == reference.backbone.fingerprint():
+    current = (reference.backbone.fingerprint(), reference.version)
+    if manifest is not None and (manifest.get("fingerprint"), manifest.get("checkpoint")) == current:
         return folder, manifest
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
     catalog = catalog.subset(catalog.frame[CATEGORY].astype(str).isin(reference.categories).to_numpy())

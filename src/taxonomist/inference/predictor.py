@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -15,12 +16,12 @@ from PIL import Image
 
 from taxonomist.config import EmbedConfig
 from taxonomist.data.catalog import CATEGORY, ID, MEESHO_MAX_ATTRS, Catalog
-from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image, write_errors
+from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from taxonomist.data.schema import SchemaError
 from taxonomist.devices import module_device, resolve_device
-from taxonomist.inference.cache import FeatureCache, default_cache_dir
-from taxonomist.inference.embed import embed_images
-from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
+from taxonomist.features.cache import FeatureCache, default_cache_dir
+from taxonomist.features.embed import embed_images
+from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.build import build_backbone
 from taxonomist.models.checkpoint import HeadsCheckpoint, calibrated_probs, checkpoint_version
 from taxonomist.models.runtime import exports_root, on_runtime
@@ -29,10 +30,16 @@ from taxonomist.progress import progress_bar
 ImageInput = Image.Image | str | os.PathLike
 
 
+TOP_K = 9
+"""Alternatives kept per predicted attribute: the review page's keys 1-9."""
+
+
 @dataclass(frozen=True)
 class AttributeValue:
     value: str
     confidence: float
+    alternatives: tuple[tuple[str, float], ...] = ()
+    """The model's most probable values with their probabilities, best first (the value included)."""
 
 
 @dataclass
@@ -40,6 +47,10 @@ class Prediction:
     id: str
     category: str
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
+
+
+ROW_ERROR_COLUMNS = ["id", "line", "path", "reason", "detail"]
+"""errors.csv of a batch job: every row not predicted, with its line in the input file and why."""
 
 
 @dataclass
@@ -50,10 +61,26 @@ class PredictSummary:
     errors: int
     resumed_chunks: int
     seconds: float
-    images_per_s: float
+    images_per_s: float | None
+    """Rows predicted in this run per second; None when this run predicted nothing (no figure to give)."""
+    error_reasons: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def failure(self, max_error_share: float) -> str | None:
+        """Why this job should count as failed (every row, or more than ``max_error_share`` of them, in
+        errors.csv), in one line; None when it did its work."""
+        if not self.rows or self.errors == 0:
+            return None
+        if self.predicted and self.errors / self.rows <= max_error_share:
+            return None
+        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.error_reasons.items(), key=lambda x: -x[1]))
+        share = "every row" if not self.predicted else f"more than {max_error_share:.0%} of the rows"
+        return (
+            f"{self.errors} of {self.rows} rows failed{f' ({reasons})' if reasons else ''}, {share}; see "
+            f"{Path(self.out_dir) / 'errors.csv'}"
+        )
 
 
 class Predictor:
@@ -130,13 +157,15 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_features(
-        self, features: np.ndarray | torch.Tensor, categories: Sequence[str]
+        self, features: np.ndarray | torch.Tensor, categories: Sequence[str], *, calibrated: bool = True
     ) -> dict[str, np.ndarray]:
-        """attribute → (n, n_values) calibrated probabilities (zeros where the attribute does not apply)."""
+        """attribute → (n, n_values) calibrated probabilities (zeros where the attribute does not apply);
+        ``calibrated=False``: without the fitted temperature, for reliability diagrams before/after."""
         device = module_device(self.heads)
         features = torch.as_tensor(features, dtype=torch.float32).to(device)
         logits = self.heads(features, self.category_indices(categories).to(device))
-        return {a: p.cpu().numpy() for a, p in calibrated_probs(logits, self.checkpoint).items()}
+        probs = calibrated_probs(logits, self.checkpoint, scale=calibrated)
+        return {a: p.cpu().numpy() for a, p in probs.items()}
 
     def decode(
         self,
@@ -148,13 +177,21 @@ class Predictor:
         placeholder: str = "",
     ) -> list[Prediction]:
         best = {a: (p.argmax(1), p.max(1)) for a, p in probs.items()}
+        # Sorted once per attribute; disallowed values (probability 0) never become alternatives.
+        ranked = {a: np.argsort(-p, axis=1, kind="stable")[:, :TOP_K] for a, p in probs.items()}
         out = []
         for row, (item_id, category) in enumerate(zip(ids, categories, strict=True)):
             pred = Prediction(str(item_id), category)
             for attribute in self.schema.attributes_of(category):
                 idx, conf = best[attribute][0][row], float(best[attribute][1][row])
                 value = self._vocab[attribute][idx] if conf >= min_confidence else placeholder
-                pred.attributes[attribute] = AttributeValue(value, conf)
+                p = probs[attribute][row]
+                top = tuple(
+                    (self._vocab[attribute][k], round(float(p[k]), 6))
+                    for k in ranked[attribute][row]
+                    if p[k] > 0
+                )
+                pred.attributes[attribute] = AttributeValue(value, conf, top)
             out.append(pred)
         return out
 
@@ -235,7 +272,10 @@ class Predictor:
         use_cache: bool = False,
         progress: bool = True,
     ) -> PredictSummary:
-        """Batch job: Meesho-layout and long-layout CSVs, errors file, resumable after a crash."""
+        """Batch job: Meesho-layout and long-layout CSVs, errors file, resumable after a crash.
+
+        errors.csv lists every row not predicted with its line in the input: the rows the catalog reader
+        set aside (blank id or category, repeated id), unknown categories and unreadable images."""
         embed = embed or EmbedConfig()
         start = time.perf_counter()
         out_dir = Path(out_dir)
@@ -255,8 +295,10 @@ class Predictor:
         todo = writer.pending()
         resumed = writer.n_chunks - len(todo)
         cache = FeatureCache(embed.cache_dir, self.backbone.fingerprint()) if use_cache else None
-        with progress_bar("chunk", disable=not progress) as bar:
-            task = bar.add_task("predict", total=writer.n_chunks, completed=resumed)
+        predicted_now = 0
+        done_before = len(frame) - sum(len(writer.chunk_rows(k)) for k in todo)
+        with progress_bar("row", disable=not progress) as bar:
+            task = bar.add_task("predict", total=len(frame), completed=done_before)
             for k in todo:
                 rows = writer.chunk_rows(k)
                 preds, errors = self.predict_chunk(
@@ -280,25 +322,41 @@ class Predictor:
                         ),
                     },
                 )
-                bar.advance(task)
+                predicted_now += len(preds)
+                bar.advance(task, len(rows))
         meesho = writer.read("meesho", empty=meesho_frame([], self.schema))
         long, errors = writer.read("long", empty=long_frame([])), writer.read("errors")
         atomic_write_frame(meesho, out_dir / "predictions.csv")
         atomic_write_frame(long, out_dir / "predictions_long.csv")
-        write_errors([ImageError(**r) for r in errors.to_dict("records")], out_dir / "errors.csv")
+        errors = row_errors(catalog, errors)
+        atomic_write_frame(errors, out_dir / "errors.csv")
         seconds = time.perf_counter() - start
-        done_rows = sum(len(writer.chunk_rows(k)) for k in todo)
         summary = PredictSummary(
             str(out_dir),
-            len(frame),
+            len(frame) + len(catalog.rejected),
             len(meesho),
             len(errors),
             resumed,
             seconds,
-            done_rows / seconds if seconds > 0 else 0.0,
+            predicted_now / seconds if predicted_now and seconds > 0 else None,
+            {str(r): int(n) for r, n in errors["reason"].value_counts().items()},
         )
         atomic_write_text(out_dir / "summary.json", pd.Series(summary.to_dict()).to_json(indent=1))
         return summary
+
+
+def row_errors(catalog: Catalog, errors: pd.DataFrame) -> pd.DataFrame:
+    """``errors`` (id, path, reason, detail of rows that were read) and the rows the reader set aside, as
+    one frame of :data:`ROW_ERROR_COLUMNS` in input order."""
+    line_by_id = dict(zip(catalog.frame[ID].astype(str), catalog.lines or [], strict=False))
+    errors = errors.reindex(columns=["id", "path", "reason", "detail"])
+    errors.insert(1, "line", [line_by_id.get(str(i)) for i in errors["id"]])
+    rejected = catalog.rejected.assign(path="")[ROW_ERROR_COLUMNS]
+    out = pd.concat([f for f in (errors, rejected) if len(f)], ignore_index=True) if len(rejected) else errors
+    out["line"] = out["line"].astype("Int64")
+    return out.sort_values("line", kind="stable", na_position="last").reset_index(drop=True)[
+        ROW_ERROR_COLUMNS
+    ]
 
 
 def meesho_frame(preds: Sequence[Prediction], schema) -> pd.DataFrame:
@@ -312,10 +370,21 @@ def meesho_frame(preds: Sequence[Prediction], schema) -> pd.DataFrame:
 
 
 def long_frame(preds: Sequence[Prediction]) -> pd.DataFrame:
+    """One row per (item, attribute) with its confidence; ``top``: the model's best values as JSON
+    ``[[value, probability], ...]`` (empty where the model gives none), which the review page offers."""
     rows = [
-        (p.id, p.category, a, v.value, round(v.confidence, 6)) for p in preds for a, v in p.attributes.items()
+        (
+            p.id,
+            p.category,
+            a,
+            v.value,
+            round(v.confidence, 6),
+            json.dumps([list(t) for t in v.alternatives], ensure_ascii=False) if v.alternatives else "",
+        )
+        for p in preds
+        for a, v in p.attributes.items()
     ]
-    return pd.DataFrame(rows, columns=["id", "category", "attribute", "value", "confidence"])
+    return pd.DataFrame(rows, columns=["id", "category", "attribute", "value", "confidence", "top"])
 
 
 def wide_named_frame(preds: Sequence[Prediction], attributes: Sequence[str]) -> pd.DataFrame:

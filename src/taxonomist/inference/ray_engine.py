@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
@@ -32,7 +31,14 @@ import pyarrow.parquet as pq
 from taxonomist.data.catalog import CATEGORY, ID, Catalog, read_table
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ERROR_COLUMNS
 from taxonomist.inference.predictor import Predictor, PredictSummary, long_frame
-from taxonomist.inference.writers import MANIFEST, ResumeError, atomic_write_text, rows_digest
+from taxonomist.io import (
+    MANIFEST,
+    ResumeError,
+    atomic_write,
+    atomic_write_text,
+    resume_conflict,
+    rows_digest,
+)
 from taxonomist.models.checkpoint import HeadsCheckpoint, checkpoint_version
 
 PATH = "path"
@@ -276,10 +282,9 @@ def _claim(output_dir: Path, manifest: dict) -> None:
     if path.exists():
         previous = json.loads(path.read_text(encoding="utf-8"))
         if previous != manifest:
-            raise ResumeError(
-                f"{output_dir} holds a run with other input or settings ({previous} != {manifest}); "
-                "use another output folder or delete this one"
-            )
+            shards = range(int(previous.get("n_shards", 0)))
+            finished = all(part_path(output_dir, "predictions", k).exists() for k in shards)
+            raise ResumeError(resume_conflict(output_dir, previous, manifest, finished))
     else:
         atomic_write_text(path, json.dumps(manifest, indent=1))
 
@@ -287,10 +292,5 @@ def _claim(output_dir: Path, manifest: dict) -> None:
 def _atomic_parquet(frame: pd.DataFrame, output_dir: Path, kind: Kind, shard: int) -> None:
     """A unique temporary name, then a rename: readers and resumes see a whole part or none, even if a
     retried shard writes the same part concurrently."""
-    path = part_path(output_dir, kind, shard)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(pa.Table.from_pandas(frame, schema=SCHEMAS[kind], preserve_index=False), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    table = pa.Table.from_pandas(frame, schema=SCHEMAS[kind], preserve_index=False)
+    atomic_write(part_path(output_dir, kind, shard), lambda tmp: pq.write_table(table, tmp))

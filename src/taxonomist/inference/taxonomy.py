@@ -22,8 +22,8 @@ from safetensors.torch import load_file, save_file
 from taxonomist.config import TaxonomyConfig, load_config
 from taxonomist.data.catalog import CatalogError
 from taxonomist.data.taxonomy import BRAND, ID, PATH_SEP, TITLE, Taxonomy, normalize_text
-from taxonomist.inference.cache import default_cache_dir
-from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
+from taxonomist.features.cache import default_cache_dir
+from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.brand import BrandExtractor
 from taxonomist.models.checkpoint import checkpoint_digest
 from taxonomist.models.runtime import exports_root
@@ -316,7 +316,7 @@ class TaxonomyPredictor:
 
             self.seq2seq = Seq2SeqTaxonomyModel.from_pretrained(str(path / "seq2seq"), taxonomy)
         if config.enrich.corpus:
-            from taxonomist.models.enrich import Enricher
+            from taxonomist.features.enrich import Enricher
 
             self.enricher = Enricher.from_config(config.enrich)
         return self

@@ -31,7 +31,7 @@ from taxonomist.inference.predictor import (
     long_frame,
     meesho_frame,
 )
-from taxonomist.inference.writers import ChunkedWriter, atomic_write_frame, atomic_write_text
+from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.checkpoint import checkpoint_digest
 from taxonomist.models.vlm import VLM, load_vlm, read_metadata, resolve_model_dir
 from taxonomist.progress import progress_bar
@@ -323,15 +323,18 @@ class VLMPredictor:
         writer = ChunkedWriter(out_dir, rows_in, cfg.chunk_size, settings)
         todo = writer.pending()
         resumed = writer.n_chunks - len(todo)
-        with progress_bar("chunk", disable=not progress) as bar:
-            task = bar.add_task(f"vlm {self.task}", total=writer.n_chunks, completed=resumed)
+        done_before = len(ids) - sum(len(writer.chunk_rows(k)) for k in todo)
+        predicted_now = 0
+        with progress_bar("image", disable=not progress) as bar:
+            task = bar.add_task(f"vlm {self.task}", total=len(ids), completed=done_before)
             for k in todo:
                 rows = list(writer.chunk_rows(k))
                 results = self.predict(
                     [image_paths[r] for r in rows], [categories[r] for r in rows], [ids[r] for r in rows]
                 )
                 writer.write(k, self.result_frames(results))
-                bar.advance(task)
+                predicted_now += sum(r.best is not None and not r.best.error for r in results)
+                bar.advance(task, len(rows))
         empty = self.result_frames([])
         errors = writer.read("errors")
         if self.task == "caption":
@@ -348,7 +351,6 @@ class VLMPredictor:
             out_dir / "errors.csv",
         )
         seconds = time.perf_counter() - start
-        done_rows = sum(len(writer.chunk_rows(k)) for k in todo)
         summary = PredictSummary(
             str(out_dir),
             len(ids),
@@ -356,7 +358,8 @@ class VLMPredictor:
             len(errors),
             resumed,
             seconds,
-            done_rows / seconds if seconds > 0 else 0.0,
+            predicted_now / seconds if predicted_now and seconds > 0 else None,
+            {str(r): int(n) for r, n in errors["reason"].value_counts().items()} if len(errors) else {},
         )
         atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_dict(), indent=1))
         return summary

@@ -1,6 +1,11 @@
 """Scores used to compare runs: the competition metric, cross-entropy and calibration."""
 
-from taxonomist.metrics.attributes import AttributeReport, attribute_score, cross_entropy
+from taxonomist.metrics.attributes import (
+    AttributeReport,
+    attribute_score,
+    cross_entropy,
+    majority_predictions,
+)
 from taxonomist.metrics.calibration import (
     apply_temperature,
     expected_calibration_error,
@@ -15,5 +20,6 @@ __all__ = [
     "cross_entropy",
     "expected_calibration_error",
     "fit_temperature",
+    "majority_predictions",
     "reliability_table",
 ]

@@ -125,6 +125,40 @@ def attribute_score(
     )
 
 
+def majority_predictions(
+    reference: pd.DataFrame,
+    rows: pd.DataFrame,
+    attributes_by_category: Mapping[str, Sequence[str]] | Any,
+) -> pd.DataFrame:
+    """The majority-class baseline: each row of ``rows`` gets, per attribute, the most frequent label of
+    its category in ``reference`` (ties: the first value in sorted order), in the wide named layout.
+
+    An attribute with no label in ``reference`` for that category stays empty (scored as wrong).
+    """
+    mapping = _as_mapping(attributes_by_category)
+    categories = rows["category"].astype(str)
+    out = pd.DataFrame({"id": rows["id"].to_numpy(), "category": categories.to_numpy()})
+    ref_categories = reference["category"].astype(str)
+    for attribute in dict.fromkeys(a for attrs in mapping.values() for a in attrs):
+        majority: dict[str, str] = {}
+        if attribute in reference.columns:
+            labelled = reference[attribute].notna()
+            counts = (
+                pd.DataFrame(
+                    {"c": ref_categories[labelled], "v": reference.loc[labelled, attribute].astype(str)}
+                )
+                .value_counts()
+                .rename("n")
+                .reset_index()
+                .sort_values(["c", "n", "v"], ascending=[True, False, True])
+            )
+            majority = dict(counts.drop_duplicates("c")[["c", "v"]].itertuples(index=False, name=None))
+        owners = {c for c, attrs in mapping.items() if attribute in attrs}
+        guesses = [majority.get(c) if c in owners else None for c in categories]
+        out[attribute] = pd.Series(guesses, index=out.index, dtype=object)
+    return out
+
+
 def harmonic_mean(micro: float, macro: float) -> float:
     """The competition's pair score; 0 rather than 0/0 when both F1s are 0."""
     total = micro + macro

@@ -1,8 +1,8 @@
-"""Seed 001's attention heads: per-attribute spatial and channel attention over a backbone's feature map.
+"""Attention heads: per-attribute spatial and channel attention over a backbone's feature map.
 
 Pooled features (what :class:`~taxonomist.models.heads.AttributeHeads` sees) average away *where* a
 sleeve, neckline or print is; these heads keep the spatial map so each attribute can weight the regions
-and channels that matter to it. Layout (seed 001): a shared 1×1 conv (GELU, dropout 0.1) maps the
+and channels that matter to it. Layout: a shared 1×1 conv (GELU, dropout 0.1) maps the
 backbone's ``C`` channels to 512, then each attribute has
 
 - a spatial-attention branch: two 3×3 grouped convs (groups=32) with GELU between them, squashed by a
@@ -73,7 +73,7 @@ class AttentionHeads(nn.Module):
 
     ``masks`` comes from :func:`~taxonomist.models.heads.allowed_masks`. ``category_dim`` > 0 appends
     a learned category embedding to each head's pooled vector (one model serves several categories);
-    0, the default, is seed 001's per-category layout, where only the masks know the category.
+    0, the default, is a per-category layout, where only the masks know the category.
     """
 
     def __init__(
@@ -131,30 +131,3 @@ class AttentionHeads(nn.Module):
 
     def forward(self, feature_map: torch.Tensor, category: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.classify(self.shared(feature_map), category)
-
-
-@torch.no_grad()
-def feature_map_channels(backbone: nn.Module, size: int | None = None) -> int:
-    """Channels of ``backbone.forward_features`` output, found by one dummy forward in eval mode.
-
-    ``Backbone.feature_map_dim`` declares this, but it is derived from configs; a forward pass is the
-    ground truth (and works for any module with ``forward_features``). ``size`` defaults to the
-    backbone's ``preprocess.size``. Training mode is restored afterwards.
-    """
-    if size is None:
-        preprocess = getattr(backbone, "preprocess", None)
-        if preprocess is None:
-            raise ValueError("size is required for a module without a preprocess")
-        size = preprocess.size
-    parameter = next(backbone.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        fmap = backbone.forward_features(torch.zeros(1, 3, size, size, device=device, dtype=dtype))
-    finally:
-        backbone.train(was_training)
-    if fmap.ndim != 4:
-        raise ValueError(f"forward_features must return (B, C, h, w), got shape {tuple(fmap.shape)}")
-    return int(fmap.shape[1])

@@ -32,7 +32,7 @@ import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from taxonomist.data.taxonomy import NO_BRAND, normalize_brand, normalize_text
-from taxonomist.inference.writers import atomic_write_bytes, atomic_write_text
+from taxonomist.io import atomic_write_bytes, atomic_write_text
 
 _DIGIT = re.compile(r"\d")
 

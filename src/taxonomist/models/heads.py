@@ -1,4 +1,4 @@
-"""Seed 000's attribute model: features ⊕ category embedding → shared MLP → one linear head per attribute.
+"""The attribute model: features ⊕ category embedding → shared MLP → one linear head per attribute.
 
 Every head's logits are masked to the values allowed for the row's category, in training and in
 prediction, so an invalid value can neither be learned nor predicted.

@@ -311,7 +311,13 @@ def build_once(
     unless a finished export of ``fingerprint`` is there already (then return its manifest)."""
     with _locked(folder.parent / f".{folder.name}.lock"):
         manifest = read_manifest(folder)
-        if manifest is not None and not replace and manifest.get("fingerprint") == fingerprint:
+        # The checkpoint digest (when given) also identifies the export: heads retrained into the same
+        # run folder on the same backbone must not be served from the old export.
+        identity = {
+            "fingerprint": fingerprint,
+            **{k: v for k, v in (extra or {}).items() if k == "checkpoint"},
+        }
+        if manifest is not None and not replace and all(manifest.get(k) == v for k, v in identity.items()):
             return manifest
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         tmp.chmod(0o755)  # mkdtemp's 0700 would hide the export from other users of a shared run folder

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from taxonomist.data.taxonomy import DEFAULT_LEVELS, NO_BRAND, PATH_SEP, Taxonomy, normalize_text
+from taxonomist.devices import resolve_device, resolve_precision
 from taxonomist.models.taxonomy import PathPrediction
 
 DEFAULT_SEQ2SEQ_MODEL = "google/flan-t5-small"
@@ -500,7 +501,7 @@ class Seq2SeqTaxonomyModel:
             )
             model = get_peft_model(model, config)
         if bf16 is None:
-            bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+            bf16 = resolve_precision("auto", resolve_device("auto")) == "bf16"
         args = Seq2SeqTrainingArguments(
             output_dir=str(output_dir),
             num_train_epochs=epochs,

@@ -18,7 +18,8 @@ from typing import Any, Literal
 import torch
 
 from taxonomist.config import VLMModelConfig
-from taxonomist.devices import resolve_device
+from taxonomist.devices import PRECISION_DTYPES, resolve_device, resolve_precision
+from taxonomist.io import atomic_write_json
 
 METADATA = "taxonomist_vlm.json"
 """Written beside the weights of every model taxonomist saves: task, schema, prompts and config."""
@@ -88,9 +89,7 @@ class VLM:
 def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
     if name != "auto":
         return getattr(torch, name)
-    if torch.device(device).type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return PRECISION_DTYPES[resolve_precision("auto", device)]
 
 
 def set_pixel_limits(processor: Any, min_pixels: int, max_pixels: int) -> None:
@@ -145,7 +144,7 @@ def load_vlm(
 
 
 def nf4_config(compute_dtype: torch.dtype) -> Any:
-    """Seed 004's QLoRA quantization: 4-bit NF4 with double quantization, bf16 compute."""
+    """QLoRA quantization: 4-bit NF4 with double quantization, bf16 compute."""
     if not torch.cuda.is_available():
         raise RuntimeError(
             "model.quantization=4bit needs a CUDA GPU (bitsandbytes); use model.quantization=none on CPU"
@@ -177,10 +176,7 @@ def resolve_model_dir(path: str | Path) -> Path:
 
 
 def write_metadata(path: str | Path, metadata: dict[str, Any]) -> None:
-    file = Path(path) / METADATA
-    tmp = file.with_name(file.name + ".tmp")
-    tmp.write_text(json.dumps(metadata, indent=1, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(file)
+    atomic_write_json(Path(path) / METADATA, metadata, indent=1, ensure_ascii=False)
 
 
 # --- random-weight models built from configs ---------------------------------------------------------

@@ -23,14 +23,15 @@ from typing import Annotated, Any
 from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageLoadError
-from taxonomist.serve.batching import BatcherBusy, BatcherStopped, MicroBatcher
+from taxonomist.serve.batching import BatcherBusy, BatcherStopped, BatchTooLarge, MicroBatcher
 from taxonomist.serve.metrics import ServeMetrics
 from taxonomist.serve.model import ServedModel, load_model
 
@@ -114,6 +115,12 @@ def create_app(
         max_queue=max_queue,
         max_decodes=max_decodes,
     )
+    if max_queue < max_images_per_request:
+        # Such a request could never be queued: it would be answered 503 "busy" for ever.
+        raise ValueError(
+            f"max_queue ({max_queue}) must be at least max_images_per_request ({max_images_per_request}), "
+            "or a full request could never be queued"
+        )
     if not request_timeout_s > 0:  # NaN included
         raise ValueError(f"request_timeout_s must be positive, got {request_timeout_s}")
     model = (
@@ -142,7 +149,9 @@ def create_app(
             await batcher.stop()
             log.info("stopped")
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from files installed with fastapi-offline: the default pages load their scripts
+    # from a CDN and stay blank on a machine without internet access.
+    app = FastAPIOffline(
         title="taxonomist",
         summary="Product image → catalog attributes with calibrated confidences.",
         description=f"Model `{model.info.name}` (version {model.info.version}); categories: "
@@ -157,6 +166,11 @@ def create_app(
         f"plus {_PART_OVERHEAD} bytes of form fields per image",
     )
     app.add_middleware(_ObserveRequests, metrics=metrics)
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("docs")
+
     # Starlette's multipart parser reports its limits as 400 with its own wording; they are limits too.
     form_limits = {
         "Too many files": f"too many images: at most {max_images_per_request} per request",
@@ -277,6 +291,9 @@ def create_app(
         except asyncio.TimeoutError:
             reject("timeout", n)
             raise HTTPException(504, detail=f"no prediction within {request_timeout_s:g} s") from None
+        except BatchTooLarge as err:
+            reject("too-large", n)
+            raise HTTPException(413, detail=str(err)) from None
         except BatcherBusy as err:
             reject("busy", n)
             raise HTTPException(503, detail=f"server busy: {err}", headers={"Retry-After": "1"}) from None

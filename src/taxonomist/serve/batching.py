@@ -25,6 +25,10 @@ class BatcherBusy(RuntimeError):
     """The queue is full: shed load now rather than answer after the client gave up."""
 
 
+class BatchTooLarge(ValueError):
+    """One submission holds more items than the queue may ever hold: waiting would never help."""
+
+
 class BatcherStopped(RuntimeError):
     """The batcher is not running (not started yet, or shutting down)."""
 
@@ -100,6 +104,10 @@ class MicroBatcher(Generic[T, R]):
         """
         if not self.running:
             raise BatcherStopped("batcher is not running")
+        if len(values) > self.max_queue:
+            raise BatchTooLarge(
+                f"{len(values)} images in one request, over the queue limit of {self.max_queue}"
+            )
         if len(self._pending) + len(values) > self.max_queue:
             raise BatcherBusy(f"{len(self._pending)} images already queued (limit {self.max_queue})")
         loop = asyncio.get_running_loop()

@@ -6,11 +6,19 @@ confident first, one row per (item, attribute), so a reviewer spends the time wh
 Images are served by item id only (``/api/image?id=``): the server maps the id to a file through the
 catalog's image template, so no client-given path ever reaches the file system. Decisions go to any
 SQLAlchemy database (:mod:`taxonomist.serve.storage`); ``/api/export.csv`` and
-:func:`~taxonomist.serve.storage.export_training_rows` write them in the generic catalog layout.
+:func:`~taxonomist.serve.storage.export_training_rows` write them in the generic catalog layout (with the
+catalog's own id and category column names and an image path, where the predicted catalog is known).
+
+Pages of a filtered list are addressed by a cursor, the (confidence, id, attribute) key of the last row
+seen, not by an offset: on the "pending" filter every decision shrinks the list, and an offset would skip
+as many rows as were decided.
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import json
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,18 +26,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numpy as np
 import pandas as pd
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from taxonomist.config import CatalogConfig
 from taxonomist.data.catalog import (
     CATEGORY,
     ID,
+    TEXT,
     Catalog,
+    CatalogError,
+    catalog_columns,
     format_image_path,
+    load_catalog,
     load_for_prediction,
     read_table,
 )
@@ -39,6 +53,8 @@ from taxonomist.serve.storage import DEFAULT_DATABASE_URL, Decision, ReviewStore
 STATIC = Path(__file__).parent / "static"
 PREDICTIONS_FILE = "predictions_long.csv"
 _COLUMNS = [ID, CATEGORY, "attribute", "value", "confidence"]
+IMAGE_PATH = "image_path"
+"""Export column with each reviewed item's image file."""
 
 ImageLocator = Callable[[str, str], Path]
 """(item id, category) → image file."""
@@ -52,6 +68,12 @@ class DecisionOut(BaseModel):
     decided_at: datetime
 
 
+class OtherAttribute(BaseModel):
+    attribute: str
+    value: str | None
+    confidence: float
+
+
 class ReviewItem(BaseModel):
     id: str
     category: str
@@ -61,13 +83,20 @@ class ReviewItem(BaseModel):
     )
     confidence: float
     allowed: list[str] = Field(description="Values a correction may pick, in schema order.")
+    choices: list[str] = Field(
+        description="The allowed values in the order keys 1-9 pick them: the model's most probable first."
+    )
+    title: str | None = Field(None, description="The listing's title, where the catalog has one.")
+    others: list[OtherAttribute] = Field(description="The item's other predicted attributes.")
+    cursor: str = Field(description="Pass as `after` (or `before`) to page from this row.")
     decision: DecisionOut | None = Field(description="The stored decision, if any.")
 
 
 class ItemsPage(BaseModel):
     total: int = Field(description="Predictions matching the filters.")
-    offset: int
+    offset: int = Field(description="Matching rows before this page's first.")
     items: list[ReviewItem]
+    next: str | None = Field(description="Cursor of the next page (`after`), none at the end.")
 
 
 class DecisionIn(BaseModel):
@@ -96,8 +125,11 @@ def load_predictions(path: str | os.PathLike) -> pd.DataFrame:
         raise ValueError(
             f"{path}: missing columns {missing}; expected the long layout of `taxonomist predict`"
         )
+    # ``top``: the model's best values as JSON (predictions of older versions lack it).
+    top = frame["top"] if "top" in frame.columns else pd.Series(None, index=frame.index, dtype=object)
     frame = frame[_COLUMNS].astype({"confidence": float})
     frame["value"] = frame["value"].astype(object).where(frame["value"].notna(), None)
+    frame["top"] = [[str(v) for v, _ in json.loads(t)] if isinstance(t, str) and t else [] for t in top]
     return frame.sort_values(["confidence", ID, "attribute"], kind="stable").reset_index(drop=True)
 
 
@@ -145,6 +177,26 @@ def _contained(locate: ImageLocator, root: Path | None) -> ImageLocator:
     return inside
 
 
+def titles_of(catalog: CatalogConfig) -> dict[str, str]:
+    """id → listing title from the catalog's text column; empty where it has none or cannot be read."""
+    if not catalog.text_column:
+        return {}
+    reading = dataclasses.replace(
+        catalog,
+        attributes=[],
+        categories=[],
+        min_rows_per_category=0,
+        remaps={},
+        limit=None,
+        corrections=None,
+    )
+    try:
+        frame = load_catalog(reading, labels=False).frame
+    except CatalogError:
+        return {}
+    return dict(zip(frame[ID].astype(str), frame[TEXT].astype(str), strict=True))
+
+
 def create_review_app(
     predictions: str | os.PathLike,
     images: str | os.PathLike | CatalogConfig | Catalog | None = None,
@@ -157,20 +209,27 @@ def create_review_app(
     """Build the review app over a ``predict`` output (folder or ``predictions_long.csv``).
 
     ``images``: a folder (ids map to files through ``image_template``), or the catalog (config) that was
-    predicted. ``schema``: a checkpoint folder or schema file; it bounds corrections to the values the
-    model can learn (default: the values seen in the predictions). ``threshold`` is the page's default
-    "confidence below" filter.
+    predicted; with a catalog config the page shows titles (its ``text_column``) and the export uses the
+    catalog's own column names plus an image path. ``schema``: a checkpoint folder or schema file; it
+    bounds corrections to the values the model can learn (default: the values seen in the predictions).
+    ``threshold`` is the page's default "confidence below" filter.
     """
     frame = load_predictions(predictions)
     loaded_schema = _load_schema(schema)
     allowed = allowed_values(frame, loaded_schema)
     # Every attribute the model predicts is an export column, reviewed or not.
     attributes = sorted({*frame["attribute"], *(loaded_schema.attributes if loaded_schema else ())})
+    titles = titles_of(images) if isinstance(images, CatalogConfig) else {}
+    columns = catalog_columns(images) if isinstance(images, CatalogConfig) else (ID, CATEGORY)
     locate = image_locator(images, image_template)
     store = ReviewStore(database_url)
     rows = frame.to_dict("records")
     position = {(r[ID], r["attribute"]): k for k, r in enumerate(rows)}
+    keys = [(r["confidence"], r[ID], r["attribute"]) for r in rows]  # sorted: the cursor order
     category_of = dict(zip(frame[ID], frame[CATEGORY], strict=True))
+    rows_of: dict[str, list[int]] = {}
+    for k, r in enumerate(rows):
+        rows_of.setdefault(r[ID], []).append(k)
     attributes_by_category = {
         str(c): list(dict.fromkeys(g["attribute"])) for c, g in frame.groupby(CATEGORY, sort=True)
     }
@@ -180,7 +239,7 @@ def create_review_app(
         yield
         store.close()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from installed files, not a CDN
         title="taxonomist review",
         summary="Accept or correct predicted attributes; export the decisions as training rows.",
         lifespan=lifespan,
@@ -190,13 +249,23 @@ def create_review_app(
     def item(k: int, decisions: dict[tuple[str, str], Decision]) -> ReviewItem:
         r = rows[k]
         decision = decisions.get((r[ID], r["attribute"]))
+        choices = allowed.get((r[CATEGORY], r["attribute"]), [])
+        first = [v for v in [*r["top"], r["value"]] if v in choices]
+        others = [rows[j] for j in rows_of[r[ID]] if j != k]
         return ReviewItem(
             id=r[ID],
             category=r[CATEGORY],
             attribute=r["attribute"],
             value=r["value"],
             confidence=r["confidence"],
-            allowed=allowed.get((r[CATEGORY], r["attribute"]), []),
+            allowed=choices,
+            choices=list(dict.fromkeys([*first, *choices])),
+            title=titles.get(r[ID]),
+            others=[
+                OtherAttribute(attribute=o["attribute"], value=o["value"], confidence=o["confidence"])
+                for o in sorted(others, key=lambda o: o["attribute"])
+            ],
+            cursor=_cursor(keys[k]),
             decision=DecisionOut(**decision.to_dict()) if decision else None,
         )
 
@@ -222,7 +291,11 @@ def create_review_app(
         attribute: str | None = None,
         below: Annotated[float | None, Query(description="Only confidences below this.")] = None,
         status: Literal["all", "pending", "reviewed"] = "all",
-        offset: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[
+            str | None, Query(description="Rows after this cursor (an item's `cursor`).")
+        ] = None,
+        before: Annotated[str | None, Query(description="The page of rows just before this cursor.")] = None,
+        offset: Annotated[int, Query(ge=0, description="Rows to skip (after any cursor).")] = 0,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> ItemsPage:
         """Predictions matching the filters, least confident first."""
@@ -238,8 +311,21 @@ def create_review_app(
             done = pd.Series([key in decisions for key in position], index=frame.index)
             mask &= done if status == "reviewed" else ~done
         hits = mask.to_numpy().nonzero()[0]
-        page = hits[offset : offset + limit]
-        return ItemsPage(total=len(hits), offset=offset, items=[item(int(k), decisions) for k in page])
+        start = 0
+        if after is not None:
+            start = int(np.searchsorted(hits, bisect.bisect_right(keys, _parse_cursor(after)), side="left"))
+        elif before is not None:
+            end = int(np.searchsorted(hits, bisect.bisect_left(keys, _parse_cursor(before)), side="left"))
+            start = max(0, end - limit)
+        start += offset
+        page = hits[start : start + limit]
+        more = start + limit < len(hits)
+        return ItemsPage(
+            total=len(hits),
+            offset=start,
+            items=[item(int(k), decisions) for k in page],
+            next=_cursor(keys[int(page[-1])]) if more and len(page) else None,
+        )
 
     @app.post("/api/decisions", response_model=ReviewItem, responses={404: {}, 422: {}})
     def decide(body: DecisionIn) -> ReviewItem:
@@ -275,11 +361,21 @@ def create_review_app(
             raise HTTPException(404, detail=f"image of {item_id!r} not found")
         return FileResponse(path)
 
+    def image_path(item_id: str) -> str | None:
+        try:
+            return str(locate(item_id, category_of[item_id])) if locate and item_id in category_of else None
+        except FileNotFoundError:
+            return None
+
     @app.get("/api/export.csv", response_class=Response)
     def export(include_accepted: bool = True) -> Response:
-        """Decisions as training rows (id, category, one column per attribute, empty where not reviewed)
-        for ``taxonomist train``."""
-        csv = store.training_frame(attributes, include_accepted=include_accepted).to_csv(index=False)
+        """Decisions as training rows for ``taxonomist train`` (or its ``--corrections``): the catalog's id
+        and category columns, one column per attribute (empty where not reviewed) and, where images are
+        known, ``image_path``."""
+        rows = store.training_frame(attributes, include_accepted=include_accepted)
+        if locate is not None:
+            rows[IMAGE_PATH] = [image_path(i) for i in rows[ID]]
+        csv = rows.rename(columns=dict(zip((ID, CATEGORY), columns, strict=True))).to_csv(index=False)
         return Response(
             csv,
             media_type="text/csv",
@@ -294,3 +390,16 @@ def _load_schema(schema: str | os.PathLike | Schema | None) -> Schema | None:
         return schema
     path = Path(schema)
     return Schema.load(path / "schema.json" if path.is_dir() else path)
+
+
+def _cursor(key: tuple[float, str, str]) -> str:
+    """A row's place in the list, (confidence, id, attribute), as a URL-safe string."""
+    return json.dumps([key[0], key[1], key[2]], separators=(",", ":"))
+
+
+def _parse_cursor(text: str) -> tuple[float, str, str]:
+    try:
+        confidence, item_id, attribute = json.loads(text)
+        return float(confidence), str(item_id), str(attribute)
+    except (ValueError, TypeError) as err:
+        raise HTTPException(422, detail=f"not a cursor: {text!r}") from err

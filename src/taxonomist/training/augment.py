@@ -29,8 +29,9 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 class BatchAugment(nn.Module):
     """Random flip, rotation, resized crop and colour jitter, each applied per image with probability ``p``.
 
-    ``image_p`` first picks which images are eligible at all (seed 001: each image has a 50% chance
-    of being augmented, so ``image_p=0.5``); the default 1.0 makes every image eligible. Parameters
+    ``image_p`` first picks which images are eligible at all (the reference fine-tuning recipe gives
+    each image a 50% chance of being augmented: ``image_p=0.5``); the default 1.0 makes every image
+    eligible. Parameters
     are drawn from torch's global RNG, so ``torch.manual_seed`` reproduces a run and each call (each
     epoch) differs. Rotation pads by repeating the border (product shots sit on a plain background;
     black corners would be a new colour). Identity in eval mode, like dropout. The batch is augmented

@@ -1,4 +1,4 @@
-"""Recipe ``finetune`` (seed 001): the backbone and the heads trained end to end, then phase 2.
+"""Recipe ``finetune``: the backbone and the heads trained end to end, then phase 2.
 
 Phase 1 trains everything on the rows kept by the missing-label policy, with separate learning rates for
 backbone and heads, AdamW, cosine-with-warmup or plateau schedules, clipping, accumulation, optional MMD
@@ -18,9 +18,11 @@ import json
 import math
 import shutil
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,7 +37,8 @@ from taxonomist.data.labels import MISSING, encode_labels
 from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
-from taxonomist.inference.writers import atomic_write_text
+from taxonomist.devices import resolve_precision
+from taxonomist.io import atomic_write, atomic_write_text
 from taxonomist.metrics import attribute_score
 from taxonomist.models.attention_head import AttentionHeads
 from taxonomist.models.backbones import Backbone, Preprocess
@@ -46,8 +49,11 @@ from taxonomist.progress import progress_bar
 from taxonomist.training.augment import BatchAugment
 from taxonomist.training.heads import logits_to_frame
 from taxonomist.training.losses import masked_cross_entropy, mmd_loss
+from taxonomist.training.schedule import warmup_cosine
 
 STATE_DIR = "state"
+PROGRESS_FILE = "finetune_progress.json"
+BEST_STATE_FILE = "best_state.pt"
 
 
 class ImageRows(Dataset):
@@ -207,22 +213,120 @@ def build_augment(fc: FinetuneConfig, preprocess: Preprocess) -> BatchAugment:
     )
 
 
+@dataclass
+class _Data:
+    """The recipe's rows: validation keeps its true labels, training rows went through the policy."""
+
+    catalog: Catalog
+    schema: Schema
+    categories: list[str]
+    full_train: pd.DataFrame
+    """Every training row, for phase 2 (which trains each head on all rows labelled for it)."""
+    train: pd.DataFrame
+    val: pd.DataFrame
+
+
+@dataclass
+class _Setup:
+    """Everything the epochs run with, already prepared by accelerate."""
+
+    accelerator: Any
+    model: Any
+    unwrapped: FinetuneModel
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    augment: BatchAugment
+    train_loader: Any
+    val_loader: Any
+    unlabeled: Any
+    steps_per_epoch: int
+    n_train: int
+    n_val: int
+    warm_score: float | None
+
+
+@dataclass
+class _Progress:
+    """What survives a kill: written after every epoch, read back by a rerun."""
+
+    next_epoch: int = 0
+    best_score: float = -1.0
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+
+
 def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> FinetuneReport:
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, set_seed
+    from accelerate.utils import set_seed
 
     fc = cfg.finetune
     output_dir = Path(output_dir)
-    accelerator = Accelerator(
-        mixed_precision=fc.mixed_precision if torch.cuda.is_available() else "no",
+    accelerator = _accelerator(fc)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(cfg.train.seed)
+    data = _prepare_data(cfg)
+    run = _set_up_model(cfg, data, accelerator, progress)
+    state = _resume(output_dir, accelerator)
+    resumed_from = state.next_epoch
+    seen_images, train_seconds = 0, 0.0
+    for epoch in range(state.next_epoch, fc.epochs):
+        if state.bad_epochs >= fc.patience:
+            break
+        start = time.perf_counter()
+        loss, images = _one_epoch(cfg, run, epoch, progress)
+        train_seconds += time.perf_counter() - start
+        seen_images += images
+        score, per_attr = _validate(run, data)
+        if fc.scheduler == "plateau":
+            run.scheduler.step(score)
+        _record_epoch(state, run, epoch, loss, score, per_attr, output_dir)
+
+    if state.best_state is not None:
+        run.unwrapped.load_state_dict(state.best_state)
+    phase1_score, phase1_attr = _validate(run, data)
+    kept: dict[str, bool] = {}
+    phase2_score, phase2_attr = phase1_score, phase1_attr
+    if fc.phase2_epochs > 0:
+        kept = _phase_two_kept(cfg, run, data, phase1_attr)
+        phase2_score, phase2_attr = _validate(run, data)
+    report = FinetuneReport(
+        str(output_dir),
+        phase1_score,
+        phase2_score,
+        phase1_attr,
+        phase2_attr,
+        kept,
+        state.history,
+        round(train_seconds, 2),
+        round(seen_images / max(train_seconds, 1e-9), 2),
+        run.n_train,
+        run.n_val,
+        resumed_from_epoch=resumed_from,
+        num_processes=accelerator.num_processes,
+        warm_start_score=run.warm_score,
+    )
+    if accelerator.is_main_process:
+        _save_checkpoint(run.unwrapped, cfg, data.schema, data.categories, output_dir, report)
+    accelerator.end_training()
+    return report
+
+
+def _accelerator(fc: FinetuneConfig) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    return Accelerator(
+        # fp16/bf16 autocast is for GPUs; on CPU the run stays fp32 whatever the setting.
+        mixed_precision=resolve_precision(fc.mixed_precision, "cuda") if torch.cuda.is_available() else "no",
         gradient_accumulation_steps=fc.grad_accumulation,
         cpu=not torch.cuda.is_available(),
         dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
-    main = accelerator.is_main_process
-    if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(cfg.train.seed)
+
+
+def _prepare_data(cfg: RunConfig) -> _Data:
+    """Load → split → missing-label policy (training rows only) → schema (given, or inferred)."""
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
     schema = Schema.load(expand_path(cfg.catalog.schema)) if cfg.catalog.schema else None
     train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
@@ -240,14 +344,18 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
             catalog.attributes_by_category,
             attributes=catalog.attributes,
         )
-    categories = list(schema.categories)
+    return _Data(catalog, schema, list(schema.categories), full_train, filled.frame, val_frame)
+
+
+def _set_up_model(cfg: RunConfig, data: _Data, accelerator: Any, progress: bool) -> _Setup:
+    """Backbone + heads (warm-started or standardised), loaders, optimizer and schedule, prepared."""
+    fc = cfg.finetune
     backbone = build_backbone(cfg.backbone)
     if fc.gradient_checkpointing:
         _enable_checkpointing(backbone)
-    heads = build_heads(cfg, backbone, schema, categories)
-    model = FinetuneModel(backbone, heads)
-    train_rows = ImageRows(catalog, filled.frame, schema, categories, backbone)
-    val_rows = ImageRows(catalog, val_frame, schema, categories, backbone)
+    model = FinetuneModel(backbone, build_heads(cfg, backbone, data.schema, data.categories))
+    train_rows = ImageRows(data.catalog, data.train, data.schema, data.categories, backbone)
+    val_rows = ImageRows(data.catalog, data.val, data.schema, data.categories, backbone)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     loader_args = {
         "collate_fn": _collate,
@@ -263,7 +371,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
     if not model.spatial and accelerator.is_main_process and fc.warm_start:
         # Fits the heads on cached features on the CPU, so before the model moves.
         warm_score = warm_start_heads(
-            model, catalog, filled.frame, val_frame, schema, categories, cfg, progress
+            model, data.catalog, data.train, data.val, data.schema, data.categories, cfg, progress
         )
     # Standardisation's forwards and the broadcast (NCCL takes only GPU tensors) run where training will.
     model.to(accelerator.device)
@@ -271,10 +379,11 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
         _standardize(model, train_loader, batches=max(1, 512 // fc.batch_size), device=accelerator.device)
     if accelerator.num_processes > 1:
         _broadcast_state(model)
-    backbone_params = list(model.backbone.parameters())
-    head_params = list(model.heads.parameters())
     optimizer = torch.optim.AdamW(
-        [{"params": backbone_params, "lr": fc.backbone_lr}, {"params": head_params, "lr": fc.heads_lr}],
+        [
+            {"params": list(model.backbone.parameters()), "lr": fc.backbone_lr},
+            {"params": list(model.heads.parameters()), "lr": fc.heads_lr},
+        ],
         weight_decay=fc.weight_decay,
     )
     steps_per_epoch = math.ceil(len(train_loader) / fc.grad_accumulation)
@@ -282,136 +391,144 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
         steps_per_epoch = min(steps_per_epoch, fc.max_steps_per_epoch)
     scheduler = _scheduler(optimizer, fc, steps_per_epoch)
     augment = build_augment(fc, backbone.preprocess).to(accelerator.device)
-    model, optimizer, train_loader, val_loader = accelerator.prepare(
+    prepared, optimizer, train_loader, val_loader = accelerator.prepare(
         model, optimizer, train_loader, val_loader
     )
     accelerator.register_for_checkpointing(scheduler)
-    unlabeled = iter(_cycle(val_loader)) if fc.mmd else None
-
-    state_dir = output_dir / STATE_DIR
-    progress_file = output_dir / "finetune_progress.json"
-    history: list[dict] = []
-    start_epoch, best_score, best_state, bad_epochs = 0, -1.0, None, 0
-    if progress_file.exists():
-        saved = json.loads(progress_file.read_text(encoding="utf-8"))
-        accelerator.load_state(str(state_dir / f"epoch-{saved['epoch']}"))
-        start_epoch, best_score, bad_epochs, history = (
-            saved["epoch"] + 1,
-            saved["best_score"],
-            saved["bad_epochs"],
-            saved["history"],
-        )
-        best_file = output_dir / "best_state.pt"
-        best_state = torch.load(best_file, weights_only=True) if best_file.exists() else None
-    resumed_from = start_epoch
-    seen_images, train_seconds = 0, 0.0
-    attributes = list(schema.attributes)
-    unwrapped = accelerator.unwrap_model(model)
-    for epoch in range(start_epoch, fc.epochs):
-        if bad_epochs >= fc.patience:
-            break
-        model.train()
-        if fc.freeze_batchnorm:
-            _freeze_batchnorm(model)
-        start = time.perf_counter()
-        losses, steps = [], 0
-        with progress_bar("batch", disable=not (progress and main)) as bar:
-            task = bar.add_task(
-                f"epoch {epoch + 1}/{fc.epochs}", total=steps_per_epoch * fc.grad_accumulation
-            )
-            for pixels, category, labels, ok, _index in train_loader:
-                with accelerator.accumulate(model):
-                    pixels = augment(pixels)
-                    logits, pooled = model(pixels, category)
-                    loss = _loss(cfg, logits, labels, ok)
-                    if unlabeled is not None:
-                        other, *_ = next(unlabeled)
-                        loss = loss + fc.mmd_weight * mmd_loss(
-                            pooled.float(), unwrapped.pooled(unwrapped.features(other)).float()
-                        )
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and fc.clip_grad_norm:
-                        accelerator.clip_grad_norm_(model.parameters(), fc.clip_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                if accelerator.sync_gradients:
-                    steps += 1
-                    if fc.scheduler == "cosine":
-                        scheduler.step()
-                losses.append(float(accelerator.gather(loss.detach()).mean()))
-                seen_images += len(pixels) * accelerator.num_processes
-                bar.advance(task)
-                if fc.max_steps_per_epoch and steps >= fc.max_steps_per_epoch:
-                    break
-        train_seconds += time.perf_counter() - start
-        score, per_attr, _ = _evaluate(model, val_loader, accelerator, val_frame, schema, attributes)
-        if fc.scheduler == "plateau":
-            scheduler.step(score)
-        improved = score > best_score
-        if improved:
-            best_score, bad_epochs = score, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in unwrapped.state_dict().items()}
-        else:
-            bad_epochs += 1
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": float(np.mean(losses)),
-                "val_score": score,
-                "per_attribute": per_attr,
-            }
-        )
-        accelerator.wait_for_everyone()
-        # A new folder per epoch, named in the progress file only once complete: a kill at any point
-        # leaves the last finished epoch's state intact.
-        accelerator.save_state(str(state_dir / f"epoch-{epoch}"))
-        if main:
-            if improved:
-                torch.save(best_state, output_dir / ".best_state.pt")
-                (output_dir / ".best_state.pt").replace(output_dir / "best_state.pt")
-            payload = {"epoch": epoch, "best_score": best_score, "bad_epochs": bad_epochs, "history": history}
-            atomic_write_text(progress_file, json.dumps(payload, indent=1))
-            for old in state_dir.glob("epoch-*"):
-                if old.name != f"epoch-{epoch}":
-                    shutil.rmtree(old, ignore_errors=True)
-        accelerator.wait_for_everyone()
-
-    if best_state is not None:
-        unwrapped.load_state_dict(best_state)
-    phase1_score, phase1_attr, _ = _evaluate(model, val_loader, accelerator, val_frame, schema, attributes)
-    kept: dict[str, bool] = {}
-    phase2_score, phase2_attr = phase1_score, phase1_attr
-    if fc.phase2_epochs > 0:
-        previous = phase_two(unwrapped, catalog, full_train, schema, categories, cfg, accelerator)
-        _, trained_attr, _ = _evaluate(model, val_loader, accelerator, val_frame, schema, attributes)
-        # Heads are independent given the frozen shared features: revert each one that got worse.
-        for attribute, state in previous.items():
-            kept[attribute] = trained_attr.get(attribute, 0.0) >= phase1_attr.get(attribute, 0.0)
-            if not kept[attribute]:
-                unwrapped.heads.heads[unwrapped.heads.attributes.index(attribute)].load_state_dict(state)
-        phase2_score, phase2_attr, _ = _evaluate(
-            model, val_loader, accelerator, val_frame, schema, attributes
-        )
-    report = FinetuneReport(
-        str(output_dir),
-        phase1_score,
-        phase2_score,
-        phase1_attr,
-        phase2_attr,
-        kept,
-        history,
-        round(train_seconds, 2),
-        round(seen_images / max(train_seconds, 1e-9), 2),
+    return _Setup(
+        accelerator,
+        prepared,
+        accelerator.unwrap_model(prepared),
+        optimizer,
+        scheduler,
+        augment,
+        train_loader,
+        val_loader,
+        iter(_cycle(val_loader)) if fc.mmd else None,
+        steps_per_epoch,
         len(train_rows),
         len(val_rows),
-        resumed_from_epoch=resumed_from,
-        num_processes=accelerator.num_processes,
-        warm_start_score=warm_score,
+        warm_score,
     )
-    if main:
-        _save_checkpoint(unwrapped, cfg, schema, categories, output_dir, report)
-    accelerator.end_training()
-    return report
+
+
+def _resume(output_dir: Path, accelerator: Any) -> _Progress:
+    """The last finished epoch's state and progress, or a fresh start."""
+    progress_file = output_dir / PROGRESS_FILE
+    if not progress_file.exists():
+        return _Progress()
+    saved = json.loads(progress_file.read_text(encoding="utf-8"))
+    accelerator.load_state(str(output_dir / STATE_DIR / f"epoch-{saved['epoch']}"))
+    best_file = output_dir / BEST_STATE_FILE
+    return _Progress(
+        saved["epoch"] + 1,
+        saved["best_score"],
+        saved["bad_epochs"],
+        saved["history"],
+        torch.load(best_file, weights_only=True) if best_file.exists() else None,
+    )
+
+
+def _one_epoch(cfg: RunConfig, run: _Setup, epoch: int, progress: bool) -> tuple[float, int]:
+    """One pass over the training rows (capped at ``max_steps_per_epoch`` optimizer steps): the mean
+    loss and the number of images seen by all processes."""
+    fc, accelerator, model = cfg.finetune, run.accelerator, run.model
+    model.train()
+    if fc.freeze_batchnorm:
+        _freeze_batchnorm(model)
+    losses, steps, images = [], 0, 0
+    show = progress and accelerator.is_main_process
+    with progress_bar("batch", disable=not show) as bar:
+        task = bar.add_task(
+            f"epoch {epoch + 1}/{fc.epochs}", total=run.steps_per_epoch * fc.grad_accumulation
+        )
+        for pixels, category, labels, ok, _index in run.train_loader:
+            with accelerator.accumulate(model):
+                loss = _step_loss(cfg, run, pixels, category, labels, ok)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and fc.clip_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), fc.clip_grad_norm)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
+            if accelerator.sync_gradients:
+                steps += 1
+                if fc.scheduler == "cosine":
+                    run.scheduler.step()
+            losses.append(float(accelerator.gather(loss.detach()).mean()))
+            images += len(pixels) * accelerator.num_processes
+            bar.advance(task)
+            if fc.max_steps_per_epoch and steps >= fc.max_steps_per_epoch:
+                break
+    return float(np.mean(losses)), images
+
+
+def _step_loss(
+    cfg: RunConfig, run: _Setup, pixels: torch.Tensor, category: torch.Tensor, labels: torch.Tensor, ok
+) -> torch.Tensor:
+    """Masked (focal) cross-entropy on augmented pixels, plus MMD to validation features if asked."""
+    logits, pooled = run.model(run.augment(pixels), category)
+    loss = _loss(cfg, logits, labels, ok)
+    if run.unlabeled is not None:
+        other, *_ = next(run.unlabeled)
+        features = run.unwrapped.pooled(run.unwrapped.features(other))
+        loss = loss + cfg.finetune.mmd_weight * mmd_loss(pooled.float(), features.float())
+    return loss
+
+
+def _validate(run: _Setup, data: _Data) -> tuple[float, dict]:
+    score, per_attr, _ = _evaluate(
+        run.model, run.val_loader, run.accelerator, data.val, data.schema, list(data.schema.attributes)
+    )
+    return score, per_attr
+
+
+def _record_epoch(
+    state: _Progress, run: _Setup, epoch: int, loss: float, score: float, per_attr: dict, output_dir: Path
+) -> None:
+    """Early-stopping bookkeeping, then the epoch's state on disk (a rerun resumes after it)."""
+    accelerator = run.accelerator
+    improved = score > state.best_score
+    if improved:
+        state.best_score, state.bad_epochs = score, 0
+        state.best_state = {k: v.detach().cpu().clone() for k, v in run.unwrapped.state_dict().items()}
+    else:
+        state.bad_epochs += 1
+    state.history.append({"epoch": epoch + 1, "loss": loss, "val_score": score, "per_attribute": per_attr})
+    accelerator.wait_for_everyone()
+    # A new folder per epoch, named in the progress file only once complete: a kill at any point
+    # leaves the last finished epoch's state intact.
+    state_dir = output_dir / STATE_DIR
+    accelerator.save_state(str(state_dir / f"epoch-{epoch}"))
+    if accelerator.is_main_process:
+        if improved:
+            atomic_write(output_dir / BEST_STATE_FILE, lambda tmp: torch.save(state.best_state, tmp))
+        payload = {
+            "epoch": epoch,
+            "best_score": state.best_score,
+            "bad_epochs": state.bad_epochs,
+            "history": state.history,
+        }
+        atomic_write_text(output_dir / PROGRESS_FILE, json.dumps(payload, indent=1))
+        for old in state_dir.glob("epoch-*"):
+            if old.name != f"epoch-{epoch}":
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _phase_two_kept(cfg: RunConfig, run: _Setup, data: _Data, phase1_attr: dict) -> dict[str, bool]:
+    """Phase 2, then each head that got worse on validation goes back to its phase-1 weights."""
+    model = run.unwrapped
+    previous = phase_two(
+        model, data.catalog, data.full_train, data.schema, data.categories, cfg, run.accelerator
+    )
+    _, trained_attr = _validate(run, data)
+    # Heads are independent given the frozen shared features: revert each one that got worse.
+    kept: dict[str, bool] = {}
+    for attribute, state in previous.items():
+        kept[attribute] = trained_attr.get(attribute, 0.0) >= phase1_attr.get(attribute, 0.0)
+        if not kept[attribute]:
+            model.heads.heads[model.heads.attributes.index(attribute)].load_state_dict(state)
+    return kept
 
 
 def warm_start_heads(
@@ -425,11 +542,12 @@ def warm_start_heads(
     progress: bool,
 ) -> float:
     """LP-FT's first step: the heads recipe on cached features of the (still frozen) backbone."""
-    from taxonomist.inference.embed import embed_catalog, runtime_backbone
+    from taxonomist.features.embed import embed_catalog, runtime_backbone
     from taxonomist.training.heads import feature_set, fit_heads
 
     frozen = runtime_backbone(build_backbone(cfg.backbone), cfg.embed)
     embedded = embed_catalog(catalog, frozen, cfg.embed, progress=progress)
+    catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in embedded.errors))
     train_set, _ = feature_set(train_frame, catalog, embedded, schema, categories)
     val_set, val_rows = feature_set(val_frame, catalog, embedded, schema, categories)
 
@@ -477,15 +595,9 @@ def _standardize(model: FinetuneModel, loader: DataLoader, batches: int, device:
 def _scheduler(optimizer: torch.optim.Optimizer, fc, steps_per_epoch: int):
     if fc.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=1)
-    total = max(1, fc.epochs * steps_per_epoch)
-    warmup = int(fc.warmup_epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return warmup_cosine(
+        optimizer, int(fc.warmup_epochs * steps_per_epoch), max(1, fc.epochs * steps_per_epoch)
+    )
 
 
 def _enable_checkpointing(backbone: Backbone) -> None:

@@ -10,6 +10,7 @@ import copy
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,8 @@ from taxonomist.data.labels import MISSING, encode_labels
 from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
-from taxonomist.inference.embed import embed_catalog, runtime_backbone
-from taxonomist.inference.writers import atomic_write_text
+from taxonomist.features.embed import embed_catalog, runtime_backbone
+from taxonomist.io import atomic_write_text
 from taxonomist.metrics import (
     AttributeReport,
     apply_temperature,
@@ -41,6 +42,7 @@ from taxonomist.models.checkpoint import HeadsCheckpoint
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 from taxonomist.progress import progress_bar
 from taxonomist.training.losses import masked_cross_entropy
+from taxonomist.training.schedule import warmup_cosine
 
 
 @dataclass
@@ -102,14 +104,7 @@ def fit_heads(
     steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
     warmup = min(steps_per_epoch * cfg.warmup_epochs, total // 2)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: (
-            (s + 1) / max(1, warmup)
-            if s < warmup
-            else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup)))
-        ),
-    )
+    schedule = warmup_cosine(optimizer, warmup, total)
     history = History()
     best_state = copy.deepcopy(model.state_dict())
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -237,6 +232,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
     embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
     errors = embedded.errors
     write_errors(errors, output_dir / "image_errors.csv")
+    catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in errors))
     categories = list(schema.categories)
     train_set, _ = feature_set(filled.frame, catalog, embedded, schema, categories)
     val_set, val_frame = feature_set(

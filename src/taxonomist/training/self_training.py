@@ -24,6 +24,7 @@ import copy
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,8 +39,8 @@ from taxonomist.data.labels import MISSING
 from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
-from taxonomist.inference.embed import embed_catalog
-from taxonomist.inference.writers import ResumeError, atomic_write_frame, atomic_write_text
+from taxonomist.features.embed import embed_catalog
+from taxonomist.io import ResumeError, atomic_write_frame, atomic_write_text
 from taxonomist.metrics import AttributeReport, apply_temperature, attribute_score, fit_temperature
 from taxonomist.models.checkpoint import HeadsCheckpoint
 from taxonomist.models.heads import AttributeHeads, allowed_masks
@@ -261,6 +262,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
     backbone, backbone_state = embedding_backbone(cfg)
     start = time.perf_counter()
     embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
+    catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in embedded.errors))
     pool_catalog = catalog.subset(train_idx[parts.pool])
     views = [embed_catalog(pool_catalog, backbone, cfg.embed, progress=progress, view=v) for v in st.views]
     embed_seconds = time.perf_counter() - start

@@ -20,7 +20,7 @@ from taxonomist.config import TaxonomyConfig
 from taxonomist.data.catalog import expand_path
 from taxonomist.data.taxonomy import BRAND, TITLE, Taxonomy, TitleDataset, read_flipkart, read_indoml
 from taxonomist.inference.taxonomy import DISTRIBUTION_METHODS, TaxonomyPredictor, path_key, prediction_frame
-from taxonomist.inference.writers import atomic_write_frame, atomic_write_text
+from taxonomist.io import atomic_write_frame, atomic_write_text
 from taxonomist.metrics.taxonomy import TaxonomyReport, invalid_paths, taxonomy_report
 from taxonomist.models.brand import BrandExtractor
 from taxonomist.models.taxonomy import (
@@ -205,7 +205,7 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
     )
     predictor = TaxonomyPredictor(taxonomy, encoder, cfg, BrandExtractor(cfg.brand.max_tokens))
     if cfg.enrich.corpus:
-        from taxonomist.models.enrich import Enricher
+        from taxonomist.features.enrich import Enricher
 
         with timed(seconds, "enrich_index"):
             predictor.enricher = Enricher.from_config(cfg.enrich)

@@ -1,7 +1,7 @@
 """Supervised fine-tuning of vision-language models with LoRA or QLoRA (peft + trl's ``SFTTrainer``).
 
-The defaults are seed 000's LLaMA-Factory recipe (LoRA on every linear layer of the language model,
-LoRA+ ratio 16, cosine schedule, warmup 0.1, batch 2 × accumulation 4); seed 004's QLoRA (4-bit NF4,
+The defaults are the LLaMA-Factory recipe for Qwen2-VL (LoRA on every linear layer of the language model,
+LoRA+ ratio 16, cosine schedule, warmup 0.1, batch 2 × accumulation 4); QLoRA captioning (4-bit NF4,
 paged AdamW 8-bit) is ``configs/vlm-qlora-caption.yaml``. The loss covers only the assistant's answer
 and its end-of-turn token, so the model learns to answer and to stop, not to repeat the prompt.
 
@@ -27,26 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from PIL import Image
 
 from taxonomist.config import LoraSettings, VLMConfig, VLMTrainConfig
-from taxonomist.data.captions import read_coco_captions, read_product_captions
-from taxonomist.data.catalog import CATEGORY, ID, expand_path, load_catalog
 from taxonomist.data.chat import (
     ChatExample,
-    attribute_examples,
-    caption_examples,
+    build_examples,
     check_token_budget,
     examples_to_records,
 )
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadError, load_image, write_errors
-from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
-from taxonomist.data.split import split_per_category
-from taxonomist.devices import resolve_device
-from taxonomist.inference.writers import atomic_write_text
+from taxonomist.devices import resolve_device, resolve_precision
+from taxonomist.io import atomic_write_text
 from taxonomist.models.vlm import load_vlm, write_metadata
 
 IGNORE_INDEX = -100
@@ -57,60 +51,6 @@ log = logging.getLogger(__name__)
 
 
 # --- examples --------------------------------------------------------------------------------------------
-
-
-def build_examples(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExample], Schema | None]:
-    """(train, val, schema) chat examples of the configured task; the schema is None for captions."""
-    if cfg.task == "caption":
-        train, val = _caption_split(cfg)
-        schema = None
-    else:
-        train, val, schema = _attribute_split(cfg)
-    if cfg.train.limit is not None:
-        train = train[: cfg.train.limit]
-    return train, val, schema
-
-
-def _attribute_split(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExample], Schema]:
-    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
-    train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
-    missing = cfg.missing_labels
-    # The policy fills or drops training labels only: validation keeps the true (gappy) labels.
-    filled = apply_policy(
-        missing.policy,
-        catalog.frame.iloc[train_idx],
-        catalog.attributes_by_category,
-        **policy_options(missing),
-    ).frame
-    val_frame = catalog.frame.iloc[val_idx].reset_index(drop=True)
-    if cfg.catalog.schema:
-        schema = Schema.load(expand_path(cfg.catalog.schema))
-    else:
-        schema = Schema.infer(
-            pd.concat([filled, val_frame]), catalog.attributes_by_category, attributes=catalog.attributes
-        )
-
-    def examples(frame: pd.DataFrame) -> list[ChatExample]:
-        paths = [catalog.image_path(i, c) for i, c in zip(frame[ID], frame[CATEGORY], strict=True)]
-        return attribute_examples(frame, schema, paths, cfg.prompt)[0]
-
-    return examples(filled), examples(val_frame), schema
-
-
-def _caption_split(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExample]]:
-    """Train/val caption examples; ``captions.limit`` keeps the first N images of each split with all
-    their captions."""
-    data = cfg.captions
-    if data.dataset == "coco":
-        frame = read_coco_captions(data.path)
-    else:
-        frame = read_product_captions(data.path, val_fraction=cfg.train.val_fraction, seed=cfg.train.seed)
-    if data.limit is not None:
-        # Per split, so a small smoke run still has images to validate on.
-        first = frame.drop_duplicates("id").groupby("split", sort=False)["id"].head(data.limit)
-        frame = frame[frame["id"].isin(first)]
-    is_train = frame["split"] == "train"
-    return caption_examples(frame[is_train], cfg.prompt), caption_examples(frame[~is_train], cfg.prompt)
 
 
 def readable_examples(examples: Sequence[ChatExample]) -> tuple[list[ChatExample], list[ImageError]]:
@@ -223,7 +163,7 @@ class ChatCollator:
 def lora_targets(model: torch.nn.Module, *, train_vision: bool) -> list[str]:
     """Full names of the linear layers to adapt: the language model's (plus the vision tower and
     projector with ``train_vision``), never the output head. peft's own ``all-linear`` would also adapt
-    the vision tower, which LLaMA-Factory (seed 000) keeps frozen."""
+    the vision tower, which LLaMA-Factory keeps frozen."""
     head = model.get_output_embeddings()
     names = {id(module): name for name, module in model.named_modules()}
     decoder = names[id(model.get_decoder())]  # "" when the model is its own decoder (text-only)
@@ -273,12 +213,9 @@ def loraplus_optimizer(model: torch.nn.Module, args: Any, ratio: float) -> torch
 
 
 def mixed_precision(setting: str, device: torch.device) -> tuple[bool, bool]:
-    """(bf16, fp16) for the trainer: ``auto`` = bf16 where the GPU has it, fp16 on older GPUs, none on CPU."""
-    if setting == "auto":
-        if device.type != "cuda":
-            return False, False
-        return (True, False) if torch.cuda.is_bf16_supported() else (False, True)
-    return setting == "bf16", setting == "fp16"
+    """(bf16, fp16) for the trainer's arguments."""
+    precision = resolve_precision(setting, device)
+    return precision == "bf16", precision == "fp16"
 
 
 def shared_trainer_args(cfg_cls: type, train: VLMTrainConfig, device: torch.device, progress: bool) -> dict:

@@ -1,9 +1,16 @@
 // Review page: keyboard-first accept/correct of predictions. Plain JS, no build step.
+//
+// Two rules keep key presses from landing on the wrong product:
+// - a decision names its item (id + attribute) when the key is pressed, never a row index;
+// - while a save (or a page load) is in flight, further keys are ignored, so pressing "a" twice quickly
+//   accepts one item, not that item and whichever row is drawn next.
+// Pages are fetched by cursor (the last row's confidence, id, attribute), so a "pending" list that shrinks
+// as items are decided never skips rows.
 "use strict";
 
 const PAGE = 50;
 const $ = (id) => document.getElementById(id);
-const state = { items: [], total: 0, offset: 0, current: -1, meta: null };
+const state = { items: [], total: 0, offset: 0, next: null, current: -1, meta: null, busy: false };
 
 async function api(path, options) {
   const response = await fetch(path, options);
@@ -12,6 +19,21 @@ async function api(path, options) {
     throw new Error(typeof body.detail === "string" ? body.detail : `${response.status} ${response.statusText}`);
   }
   return response.json();
+}
+
+// Runs one action at a time; actions arriving meanwhile are dropped (not queued).
+async function exclusive(action) {
+  if (state.busy) return;
+  state.busy = true;
+  document.body.classList.add("busy");
+  try {
+    await action();
+  } catch (err) {
+    fail(err);
+  } finally {
+    state.busy = false;
+    document.body.classList.remove("busy");
+  }
 }
 
 function option(select, value) {
@@ -28,11 +50,13 @@ function filters() {
   return params;
 }
 
-async function load(offset, select) {
+// cursor: {after} or {before} an item's cursor, or nothing for the first page.
+async function load(cursor, select) {
   const params = filters();
-  params.set("offset", offset);
+  if (cursor?.after) params.set("after", cursor.after);
+  if (cursor?.before) params.set("before", cursor.before);
   const page = await api(`api/predictions?${params}`);
-  Object.assign(state, { items: page.items, total: page.total, offset: page.offset });
+  Object.assign(state, { items: page.items, total: page.total, offset: page.offset, next: page.next });
   renderList();
   show(Math.min(select === "last" ? state.items.length - 1 : 0, state.items.length - 1));
 }
@@ -61,13 +85,17 @@ function renderList() {
     const row = document.createElement("tr");
     row.dataset.index = k;
     renderRow(row, item);
-    row.addEventListener("click", () => show(k));
+    row.addEventListener("click", () => { if (!state.busy) show(k); });
     body.append(row);
   });
   const end = state.offset + state.items.length;
   $("count").textContent = state.total
     ? `${state.offset + 1}–${end} of ${state.total} predictions`
     : "No predictions match the filters.";
+}
+
+function indexOf(id, attribute) {
+  return state.items.findIndex((i) => i.id === id && i.attribute === attribute);
 }
 
 function show(k) {
@@ -80,19 +108,31 @@ function show(k) {
   document.querySelector(`#rows tr[data-index="${k}"]`).scrollIntoView({ block: "nearest" });
   if (state.meta.images) $("image").src = `api/image?id=${encodeURIComponent(item.id)}`;
   $("image").hidden = !state.meta.images;
+  $("item-title").textContent = item.title ?? "";
+  $("item-title").hidden = !item.title;
   $("title").textContent = `${item.id} · ${item.category} · ${item.attribute}`;
   $("predicted").textContent = item.value ?? "—";
   $("confidence").textContent = item.confidence.toFixed(3);
   $("decision").textContent = item.decision ? `${item.decision.action}: ${item.decision.value}` : "none";
+  const others = $("others");
+  others.replaceChildren();
+  item.others.forEach((o) => {
+    const row = document.createElement("tr");
+    cell(row, o.attribute);
+    cell(row, o.value ?? "—");
+    cell(row, o.confidence.toFixed(2));
+    others.append(row);
+  });
+  $("others-box").hidden = !item.others.length;
   const choices = $("choices");
   choices.replaceChildren();
   $("typed-options").replaceChildren();
-  item.allowed.forEach((value, n) => {
+  item.choices.forEach((value, n) => {
     const li = document.createElement("li");
     li.textContent = n < 9 ? `[${n + 1}] ${value}` : value;
     li.classList.toggle("predicted", value === item.value);
     li.classList.toggle("chosen", item.decision?.value === value);
-    li.addEventListener("click", () => decide(value));
+    li.addEventListener("click", () => exclusive(() => decide(item, value)));
     choices.append(li);
     option($("typed-options"), value);
   });
@@ -102,64 +142,77 @@ function show(k) {
 async function move(step) {
   const next = state.current + step;
   if (next >= 0 && next < state.items.length) return show(next);
-  if (step > 0 && state.offset + state.items.length < state.total) return load(state.offset + PAGE, "first");
-  if (step < 0 && state.offset > 0) return load(Math.max(0, state.offset - PAGE), "last");
+  if (step > 0 && state.next) return load({ after: state.next }, "first");
+  if (step < 0 && state.offset > 0) return load({ before: state.items[0].cursor }, "last");
 }
 
-// value undefined = accept the prediction.
-async function decide(value) {
-  const item = state.items[state.current];
-  if (!item) return;
-  try {
-    const saved = await api("api/decisions", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ id: item.id, attribute: item.attribute, value }),
-    });
-    if (!item.decision) state.meta.reviewed += 1;
-    state.items[state.current] = saved;
-    renderRow(document.querySelector(`#rows tr[data-index="${state.current}"]`), saved);
-    showProgress();
-    await move(1);
-  } catch (err) {
-    fail(err);
-  }
+// value undefined = accept the prediction. The item is the one shown when the key was pressed.
+async function decide(item, value) {
+  const saved = await api("api/decisions", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ id: item.id, attribute: item.attribute, value }),
+  });
+  if (!item.decision) state.meta.reviewed += 1;
+  showProgress();
+  const k = indexOf(item.id, item.attribute);
+  if (k < 0) return; // the list was reloaded meanwhile; nothing on screen to update
+  state.items[k] = saved;
+  renderRow(document.querySelector(`#rows tr[data-index="${k}"]`), saved);
+  if (k === state.current) await move(1);
 }
 
 function showProgress() {
   $("progress").textContent = `${state.meta.reviewed} / ${state.meta.predictions} reviewed`;
 }
 
-function typedValue() {
+function typedValue(item) {
   const text = $("typed").value.trim().toLowerCase();
-  const allowed = state.items[state.current]?.allowed ?? [];
+  const allowed = item?.allowed ?? [];
   const prefixed = allowed.filter((v) => v.toLowerCase().startsWith(text));
   return allowed.find((v) => v.toLowerCase() === text) ?? (prefixed.length === 1 ? prefixed[0] : undefined);
 }
 
+function leaveTyped() {
+  $("typed").value = "";
+  $("typed").blur();
+}
+
 $("typed").addEventListener("keydown", (event) => {
-  if (event.key === "Escape") $("typed").blur();
+  if (event.key === "Escape") {
+    event.preventDefault();
+    leaveTyped();
+    return;
+  }
   if (event.key !== "Enter") return;
   event.preventDefault();
-  const value = typedValue();
+  const item = state.items[state.current];
+  const value = typedValue(item);
   if (value === undefined) {
     $("error").textContent = `"${$("typed").value}" is not one allowed value`;
     return;
   }
-  $("typed").blur();
-  decide(value);
+  leaveTyped();
+  exclusive(() => decide(item, value));
 });
 
 document.addEventListener("keydown", (event) => {
   if (event.target.closest("input, select") || event.ctrlKey || event.metaKey || event.altKey) return;
   const item = state.items[state.current];
-  if (event.key === "j" || event.key === "ArrowDown") move(1);
-  else if (event.key === "k" || event.key === "ArrowUp") move(-1);
-  else if (event.key === "a") decide(undefined);
-  else if (/^[1-9]$/.test(event.key) && item && Number(event.key) <= item.allowed.length) decide(item.allowed[Number(event.key) - 1]);
-  else if (event.key === "/") $("typed").focus();
-  else return;
+  let action;
+  if (event.key === "j" || event.key === "ArrowDown") action = () => move(1);
+  else if (event.key === "k" || event.key === "ArrowUp") action = () => move(-1);
+  else if (event.key === "a" && item) action = () => decide(item, undefined);
+  else if (/^[1-9]$/.test(event.key) && item && Number(event.key) <= item.choices.length) {
+    const value = item.choices[Number(event.key) - 1];
+    action = () => decide(item, value);
+  } else if (event.key === "/") {
+    event.preventDefault();
+    if (!state.busy) $("typed").focus();
+    return;
+  } else return;
   event.preventDefault();
+  exclusive(action);
 });
 
 async function start() {
@@ -170,8 +223,9 @@ async function start() {
   showProgress();
   // Focus leaves the control after a change, so the next key press is a shortcut again.
   ["category", "attribute", "below-on", "below", "status"].forEach((id) =>
-    $(id).addEventListener("change", (event) => { event.target.blur(); load(0, "first").catch(fail); }));
-  await load(0, "first");
+    $(id).addEventListener("change", (event) => { event.target.blur(); exclusive(() => load(null, "first")); }));
+  await exclusive(() => load(null, "first"));
+  document.body.dataset.ready = "true";
 }
 
 function fail(err) {

@@ -2,24 +2,18 @@
 images.
 
 ``inspect_catalog`` runs before any training, so everything here is cheap: label statistics are a few
-vectorised pandas group-bys, and images are only decoded and hashed (in parallel), never resized or batched.
-The report prints as rich tables and saves as JSON + CSV + PNG plots + an ``index.html`` to open in a browser.
+vectorised pandas group-bys, and images are only decoded and hashed (in parallel, :mod:`.images`), never
+resized or batched. The statistics are plain frames (:class:`InspectReport`); they print as rich tables and
+save as JSON + CSV + PNG plots + a self-contained ``index.html`` rendered from the shared report template.
 """
 
 from __future__ import annotations
 
-import html
-import io
 import json
 import math
-import multiprocessing
 import os
-import re
-import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,26 +21,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
-from taxonomist.data.catalog import CATEGORY, ID, Catalog, describe_counts
-from taxonomist.data.images import ImageLoadError, content_hash, load_image
+from taxonomist.data.catalog import CATEGORY, ID, REJECTED_COLUMNS, Catalog, describe_counts
 from taxonomist.data.schema import Schema
+from taxonomist.io import atomic_write_frame, atomic_write_text
+from taxonomist.report.images import check_image_files
+from taxonomist.report.plots import class_counts_png, missing_heatmap_png
+from taxonomist.report.render import save_png, unique_slugs, write_page
 
 TOP_N = 15
-HTML_MAX_ROWS = 500
-PLOT_TOP_VALUES = 20
 
 MISSING_COLUMNS = ["category", "attribute", "rows", "missing", "missing_rate"]
 CLASS_COUNT_COLUMNS = ["category", "attribute", "value", "count", "share"]
@@ -71,8 +56,9 @@ UNREADABLE_COLUMNS = ["id", "category", "path", "reason", "detail"]
 class InspectReport:
     """Everything ``taxonomist inspect`` found; tables are plain frames so callers can filter them further.
 
-    ``duplicate_ids`` is always 0 for a constructed :class:`Catalog` (its constructor rejects duplicated ids);
-    it is kept so the JSON has the same shape for frames checked some other way.
+    ``duplicate_ids`` counts the rows repeating an earlier row's id; such rows, and rows with a blank id or
+    category, are listed in ``rejected`` (line, id, category, reason, detail) when the catalog was read
+    with ``bad_rows="report"``.
     ``normalised_entropy`` is entropy / log(classes): 1 for perfectly balanced, towards 0 for one dominant
     class, NaN (null in JSON) with fewer than two classes, where balance means nothing.
     """
@@ -95,6 +81,7 @@ class InspectReport:
     dropped_categories: dict[str, int] = field(default_factory=dict)
     """Rows per category left out before inspection (fewer than ``min_rows_per_category``)."""
     min_rows_per_category: int = 0
+    rejected: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REJECTED_COLUMNS))
 
     # ---- derived figures -------------------------------------------------------------------------------
 
@@ -153,6 +140,7 @@ class InspectReport:
             "rows_per_category": dict(self.rows_per_category),
             "attributes_by_category": {c: list(a) for c, a in self.attributes_by_category.items()},
             "duplicate_ids": self.duplicate_ids,
+            "rejected_rows": _records(self.rejected),
             "dropped_categories": dict(self.dropped_categories),
             "min_rows_per_category": self.min_rows_per_category,
             "schema_given": self.schema_given,
@@ -193,6 +181,11 @@ class InspectReport:
         )
         if self.dropped_note:
             console.print(Text(self.dropped_note, style="yellow"))
+        if len(self.rejected):
+            reasons = describe_counts(self.rejected["reason"].value_counts().to_dict())
+            console.print(
+                Text(f"{len(self.rejected)} rows set aside ({reasons}): rejected.csv", style="yellow")
+            )
 
         per_category = pd.DataFrame(
             {
@@ -310,7 +303,7 @@ class InspectReport:
     # ---- files -----------------------------------------------------------------------------------------
 
     def save(self, out_dir: str | os.PathLike) -> Path:
-        """JSON, CSVs, PNG plots and an ``index.html`` tying them together; returns the HTML's path."""
+        """JSON, CSVs, PNG plots and a self-contained ``index.html`` (plots inlined); returns its path."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tables = {
@@ -318,94 +311,57 @@ class InspectReport:
             "class_counts.csv": self.class_counts,
             "imbalance.csv": self.imbalance,
             "unreadable.csv": self.unreadable,
+            "rejected.csv": self.rejected,
             "duplicates.csv": self.duplicates,
             "out_of_schema.csv": self.out_of_schema,
         }
         for name, frame in tables.items():
-            _atomic_write(out / name, frame.to_csv(index=False).encode("utf-8"))
+            atomic_write_frame(frame, out / name)
 
-        plots: dict[str, str] = {}
-        for category, name in _plot_names(list(self.rows_per_category)).items():
-            _atomic_write(out / name, _class_count_png(self, category))
-            plots[category] = name
-        heatmap = "missing_heatmap.png" if len(self.missing) else None
-        if heatmap:
-            _atomic_write(out / heatmap, _missing_heatmap_png(self))
+        plots: dict[str, dict[str, str]] = {}
+        for category, stem in unique_slugs(list(self.rows_per_category), "class_counts").items():
+            counts = self.class_counts[self.class_counts["category"] == category]
+            rates = self.missing[self.missing["category"] == category].set_index("attribute")["missing_rate"]
+            data = class_counts_png(
+                category,
+                self.attributes_by_category.get(category, []),
+                counts,
+                rates.to_dict(),
+                self.rows_per_category.get(category, 0),
+            )
+            plots[category] = save_png(out, f"{stem}.png", data)
+        heatmap = (
+            save_png(
+                out, "missing_heatmap.png", missing_heatmap_png(self.missing, list(self.rows_per_category))
+            )
+            if len(self.missing)
+            else None
+        )
 
         data = self.to_dict()
-        data["files"] = {"tables": list(tables), "class_count_plots": plots, "missing_heatmap": heatmap}
+        data["files"] = {
+            "tables": list(tables),
+            "class_count_plots": {c: p["file"] for c, p in plots.items()},
+            "missing_heatmap": heatmap["file"] if heatmap else None,
+        }
         text = json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False, default=_json_default)
-        _atomic_write(out / "report.json", text.encode("utf-8"))
-        index = out / "index.html"
-        _atomic_write(index, self._html(plots, heatmap).encode("utf-8"))
-        return index
-
-    def _html(self, plots: dict[str, str], heatmap: str | None) -> str:
-        esc = html.escape
-        parts = [
-            "<!doctype html><html><head><meta charset='utf-8'>",
-            f"<title>taxonomist inspect: {esc(self.source or 'catalog')}</title>",
-            "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}"
-            "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:2px 8px;"
-            "font-size:13px}th{background:#eee}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}"
-            ".note{color:#666}</style></head><body>",
-            f"<h1>Catalog inspection: {esc(self.source or 'catalog')}</h1>",
-        ]
-        summary = self.to_dict()
-        images = summary["images"]
-        facts = [
-            ("rows", f"{self.rows:,}"),
-            ("categories", str(len(self.rows_per_category))),
-            ("duplicate ids", str(self.duplicate_ids)),
-            ("images checked", f"{self.images_total:,}" if self.images_checked else "no"),
-        ]
-        if self.images_checked:
-            facts += [
-                ("unreadable images", f"{images['unreadable']:,}"),
-                ("duplicate-image groups", f"{images['duplicate_groups']:,}"),
-                ("groups with conflicting labels", f"{images['conflicting_groups']:,}"),
-            ]
-        parts.append("<ul>" + "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in facts) + "</ul>")
-        if self.dropped_note:
-            parts.append(f"<p class='note'>{esc(self.dropped_note)}</p>")
+        atomic_write_text(out / "report.json", text)
         per_category = pd.DataFrame(
             {"category": list(self.rows_per_category), "rows": list(self.rows_per_category.values())}
         )
-        parts += ["<h2>Rows per category</h2>", _html_table(per_category, "")]
-        parts.append("<h2>Missing labels</h2>")
-        if heatmap:
-            parts.append(f"<img src='{esc(heatmap)}' alt='missing rate heatmap'>")
-        worst = self.missing.sort_values("missing_rate", ascending=False, kind="stable")
-        parts.append(_html_table(worst, "missing.csv"))
-        parts.append("<h2>Class balance</h2>")
-        ranked = self.imbalance.sort_values(
-            "imbalance_ratio", ascending=False, na_position="last", kind="stable"
+        return write_page(
+            out / "index.html",
+            "inspect.html",
+            report=self,
+            summary=data,
+            per_category=per_category,
+            missing=self.missing.sort_values("missing_rate", ascending=False, kind="stable"),
+            imbalance=self.imbalance.sort_values(
+                "imbalance_ratio", ascending=False, na_position="last", kind="stable"
+            ),
+            plots=plots,
+            heatmap=heatmap,
         )
-        parts.append(_html_table(ranked, "imbalance.csv"))
-        for category, name in plots.items():
-            parts.append(
-                f"<h3>{esc(category)}</h3><img src='{esc(name)}' alt='class counts of {esc(category)}'>"
-            )
-        parts.append("<h2>Values outside the schema</h2>")
-        parts.append(
-            _html_table(self.out_of_schema, "out_of_schema.csv")
-            if self.schema_given
-            else "<p class='note'>no schema given</p>"
-        )
-        parts.append("<h2>Duplicate images</h2>")
-        parts.append(
-            _html_table(self.duplicates, "duplicates.csv")
-            if self.images_checked
-            else "<p class='note'>images not checked</p>"
-        )
-        parts.append("<h2>Unreadable images</h2>")
-        parts.append(
-            _html_table(self.unreadable, "unreadable.csv")
-            if self.images_checked
-            else "<p class='note'>images not checked</p>"
-        )
-        parts.append("<p class='note'>All numbers: <a href='report.json'>report.json</a></p></body></html>")
-        return "\n".join(parts)
 
 
 # ---- entry point ---------------------------------------------------------------------------------------
@@ -423,7 +379,7 @@ def inspect_catalog(
 
     ``num_workers`` > 1 decodes in that many worker processes (small JPEG decoding is Python-overhead
     bound, so threads would serialise on the GIL); 0 or 1 decodes in this process. See
-    :func:`_mp_context` for when a script needs an ``if __name__ == "__main__":`` guard.
+    ``taxonomist.report.images`` says when a script needs an ``if __name__ == "__main__":`` guard.
     """
     t0 = time.perf_counter()
     frame = catalog.frame
@@ -469,7 +425,8 @@ def inspect_catalog(
         class_counts=counts,
         imbalance=imbalance,
         out_of_schema=out_of_schema,
-        duplicate_ids=int(frame[ID].duplicated().sum()),
+        duplicate_ids=int(frame[ID].duplicated().sum())
+        + int((catalog.rejected["reason"] == "duplicate-id").sum()),
         duplicates=duplicates,
         unreadable=unreadable,
         images_checked=check_images,
@@ -478,6 +435,7 @@ def inspect_catalog(
         timings=timings,
         dropped_categories=dict(catalog.dropped_categories),
         min_rows_per_category=catalog.min_rows_per_category,
+        rejected=catalog.rejected.copy(),
     )
 
 
@@ -619,109 +577,7 @@ def _duplicates(frame: pd.DataFrame, hashes: Sequence[str | None], attributes: S
     return out[DUPLICATE_COLUMNS].reset_index(drop=True)
 
 
-# ---- images (parallel) ---------------------------------------------------------------------------------
-
-
-def check_image_files(
-    paths: Sequence[str], *, num_workers: int = 2, progress: bool = True
-) -> tuple[list[str | None], dict[int, tuple[str, str]]]:
-    """Decode and hash every path: (hash per path or None, position -> (reason, detail) of failures).
-
-    A path shared by several rows is checked once. Unreadable files get no hash, so a pile of empty or
-    truncated files does not show up as one big "duplicate" group.
-    """
-    unique = list(dict.fromkeys(paths))
-    results: dict[str, tuple[str | None, str | None, str]] = {}
-    chunk = max(8, min(256, len(unique) // max(1, num_workers * 16) or 1))
-    chunks = [unique[i : i + chunk] for i in range(0, len(unique), chunk)]
-    if num_workers <= 1 or len(chunks) <= 1:
-        with _progress(progress, len(unique)) as advance:
-            for part in chunks:
-                results.update(zip(part, _check_chunk(part), strict=True))
-                advance(len(part))
-    else:
-        # Submit before the progress bar starts its refresh thread: with fork, every worker is created
-        # on the first submits, and a fork taken while another thread holds a lock can deadlock.
-        with ProcessPoolExecutor(num_workers, mp_context=_mp_context()) as pool:
-            futures = {pool.submit(_check_chunk, part): part for part in chunks}
-            with _progress(progress, len(unique)) as advance:
-                for future in as_completed(futures):
-                    part = futures[future]
-                    results.update(zip(part, future.result(), strict=True))
-                    advance(len(part))
-    hashes: list[str | None] = []
-    failures: dict[int, tuple[str, str]] = {}
-    for i, path in enumerate(paths):
-        digest, reason, detail = results[path]
-        hashes.append(digest)
-        if reason is not None:
-            failures[i] = (reason, detail)
-    return hashes, failures
-
-
-def _mp_context() -> multiprocessing.context.BaseContext:
-    """fork where it is safe (Linux, no other Python thread alive): instant workers, no ``__main__`` guard.
-
-    Otherwise spawn (macOS, Windows, Jupyter kernels, a host with threads running), which needs the usual
-    ``if __name__ == "__main__":`` guard in scripts.
-    """
-    if sys.platform.startswith("linux") and threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
-def _check_chunk(paths: Sequence[str]) -> list[tuple[str | None, str | None, str]]:
-    """Worker body: (hash, None, "") for a good image, (None, reason, detail) for a bad one."""
-    out: list[tuple[str | None, str | None, str]] = []
-    for path in paths:
-        try:
-            load_image(path)
-            out.append((content_hash(path), None, ""))
-        except ImageLoadError as err:  # content_hash raises it too, e.g. a file deleted after decoding
-            out.append((None, err.reason, err.detail))
-    return out
-
-
-class _RateColumn(ProgressColumn):
-    """Images per second: the number that tells whether a 1M-row catalog is a coffee or a lunch."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("? img/s" if speed is None else f"{speed:,.0f} img/s", style="progress.data.speed")
-
-
-class _progress:
-    """Context manager yielding ``advance(n)``; a no-op without a bar so the loop code stays the same."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.bar = (
-            Progress(
-                TextColumn("[progress.description]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                _RateColumn(),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-            )
-            if enabled
-            else None
-        )
-        self.total = total
-
-    def __enter__(self) -> Callable[[int], None]:
-        if self.bar is None:
-            return lambda n: None
-        self.bar.start()
-        task = self.bar.add_task("checking images", total=self.total)
-        return lambda n: self.bar.advance(task, n)  # type: ignore[union-attr]
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
-# ---- output helpers ------------------------------------------------------------------------------------
+# ---- terminal and JSON helpers ------------------------------------------------------------------
 
 
 def _print_table(
@@ -759,19 +615,6 @@ def _fmt(value: Any, fmt: str | None) -> str:
     return fmt.format(value) if fmt else str(value)
 
 
-def _html_table(frame: pd.DataFrame, csv_name: str) -> str:
-    if not len(frame):
-        return "<p class='note'>none</p>"
-    shown = frame.head(HTML_MAX_ROWS)
-    body = shown.to_html(index=False, na_rep="", float_format=lambda x: f"{x:.4g}", border=0)
-    if len(frame) > len(shown):
-        body += (
-            f"<p class='note'>first {len(shown):,} of {len(frame):,} rows; all in "
-            f"<a href='{html.escape(csv_name)}'>{html.escape(csv_name)}</a></p>"
-        )
-    return body
-
-
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     clean = frame.astype(object).where(frame.notna(), None)
     return clean.to_dict(orient="records")
@@ -785,106 +628,3 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.bool_):
         return bool(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file + rename, so a reader (or a browser refresh) never sees half a report."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _plot_names(categories: Sequence[str]) -> dict[str, str]:
-    """Category → file name; categories like "Women Tops & Tunics" need a filesystem-safe, unique slug."""
-    names: dict[str, str] = {}
-    used: set[str] = set()
-    for i, category in enumerate(categories):
-        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", category).strip("._") or f"category_{i}"
-        base, n = slug, 2
-        while slug.lower() in used:
-            slug, n = f"{base}_{n}", n + 1
-        used.add(slug.lower())
-        names[category] = f"class_counts_{slug}.png"
-    return names
-
-
-def _figure(width: float, height: float) -> Any:
-    """An Agg-backed figure that never touches pyplot, so no global backend is switched or leaked."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return buf.getvalue()
-
-
-def _class_count_png(report: InspectReport, category: str) -> bytes:
-    attrs = report.attributes_by_category.get(category, [])
-    counts = report.class_counts[report.class_counts["category"] == category]
-    missing = report.missing[report.missing["category"] == category].set_index("attribute")["missing_rate"]
-    if not attrs:
-        fig = _figure(5, 1.5)
-        fig.text(0.5, 0.5, f"{category}: no attributes", ha="center", va="center")
-        return _png(fig)
-    ncols = min(3, len(attrs))
-    nrows = math.ceil(len(attrs) / ncols)
-    per_attr = {a: counts[counts["attribute"] == a].head(PLOT_TOP_VALUES) for a in attrs}
-    tallest = max(max((len(v) for v in per_attr.values()), default=1), 1)
-    fig = _figure(5.0 * ncols, nrows * (0.22 * tallest + 1.2))
-    for i, attr in enumerate(attrs):
-        ax = fig.add_subplot(nrows, ncols, i + 1)
-        part = per_attr[attr]
-        total = int(counts.loc[counts["attribute"] == attr, "value"].size)
-        rate = missing.get(attr, float("nan"))
-        shown = f"top {len(part)} of {total}" if total > len(part) else f"{total} classes"
-        rate_text = "<1%" if 0 < rate < 0.005 else f"{rate:.0%}"
-        ax.set_title(f"{attr} ({shown}, {rate_text} missing)", fontsize=9)
-        if not len(part):
-            ax.text(0.5, 0.5, "no labels", ha="center", va="center", transform=ax.transAxes)
-            ax.set_axis_off()
-            continue
-        labels = [v if len(v) <= 28 else v[:27] + "…" for v in part["value"].astype(str)]
-        bars = ax.barh(range(len(part)), part["count"].to_numpy(), color="tab:blue")
-        ax.bar_label(bars, labels=[f"{n:,}" for n in part["count"]], fontsize=6, padding=2)
-        ax.margins(x=0.15)  # room for the count labels of the longest bar
-        ax.set_yticks(range(len(part)), labels, fontsize=7)
-        ax.set_ylim(tallest - 0.5, -0.5)  # same bar thickness in every subplot, largest on top
-        ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle(f"{category}: {report.rows_per_category.get(category, 0):,} rows", fontsize=11)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _missing_heatmap_png(report: InspectReport) -> bytes:
-    categories = list(report.rows_per_category)
-    attributes = list(dict.fromkeys(report.missing["attribute"]))
-    matrix = (
-        report.missing.pivot_table(index="category", columns="attribute", values="missing_rate", dropna=False)
-        .reindex(index=categories, columns=attributes)
-        .to_numpy(dtype=float)
-    )
-    from matplotlib import colormaps
-
-    cmap = colormaps["Reds"].with_extremes(bad="lightgrey")
-    fig = _figure(max(4.0, 0.7 * len(attributes) + 3), max(2.5, 0.45 * len(categories) + 1.8))
-    ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(attributes)), attributes, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(categories)), categories, fontsize=8)
-    for (r, c), value in np.ndenumerate(matrix):
-        if not math.isnan(value):
-            colour = "white" if value > 0.6 else "black"
-            ax.text(c, r, f"{value:.0%}", ha="center", va="center", fontsize=7, color=colour)
-    fig.colorbar(image, ax=ax, label="missing rate (grey: does not apply)")
-    ax.set_title("Missing labels per category and attribute")
-    fig.tight_layout()
-    return _png(fig)

@@ -1,4 +1,4 @@
-"""Retrieval enrichment (seed 002): append the text of the nearest external-corpus products to a title.
+"""Retrieval enrichment: append the text of the nearest external-corpus products to a title.
 
 Short titles ("Netis WF2412") say little; the description of a similar product in another catalog
 ("wireless router, networking") gives every method more to go on. Corpus embeddings come from a frozen
@@ -16,7 +16,7 @@ import pandas as pd
 from taxonomist.config import EnrichConfig
 from taxonomist.data.catalog import expand_path
 from taxonomist.data.taxonomy import normalize_text
-from taxonomist.inference.cache import FeatureCache
+from taxonomist.features.cache import FeatureCache
 from taxonomist.models.text import TextEncoder
 
 SEPARATOR = " | "

@@ -21,7 +21,7 @@ from taxonomist.config import EmbedConfig
 from taxonomist.data.catalog import Catalog
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadError, content_hash, load_image
 from taxonomist.devices import module_device, resolve_device
-from taxonomist.inference.cache import FeatureCache, default_cache_dir
+from taxonomist.features.cache import FeatureCache, default_cache_dir
 from taxonomist.models.backbones import Backbone
 from taxonomist.models.runtime import on_runtime
 from taxonomist.progress import progress_bar
@@ -117,7 +117,32 @@ def embed_images(
     features = np.zeros((n, backbone.feature_dim), dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
     hashes, errors = hash_images(ids, paths)
-    # Identical images (same bytes) are encoded once.
+    hits, todo = _plan(hashes, cache)
+    if hits:
+        features[[r for r, _ in hits]] = cache.get([k for _, k in hits])
+        ok[[r for r, _ in hits]] = True
+    computed, failed = {}, {}
+    if todo:
+        decode = _Decode([str(paths[r]) for r in todo.values()], backbone.preprocess, max_pixels, view)
+        with progress_bar("image", disable=not progress) as bar:
+            task = bar.add_task(description, total=len(todo))
+            computed, failed = _encode(
+                decode, list(todo), backbone, cache, batch_size, num_workers, lambda k: bar.advance(task, k)
+            )
+    for row, key in enumerate(hashes):
+        if key in computed:
+            features[row] = computed[key]
+            ok[row] = True
+        elif key in failed:  # every row sharing the bad bytes gets its own record
+            errors.append(ImageError(str(ids[row]), str(paths[row]), *failed[key]))
+    return EmbedResult(features, ok, errors, len(hits), len(computed), time.perf_counter() - start)
+
+
+def _plan(
+    hashes: Sequence[str | None], cache: FeatureCache | None
+) -> tuple[list[tuple[int, str]], dict[str, int]]:
+    """(row, key) of the cached rows, and key → first row of those to encode: identical images (same
+    bytes) are encoded once."""
     todo: dict[str, int] = {}
     hits: list[tuple[int, str]] = []
     for row, key in enumerate(hashes):
@@ -127,50 +152,50 @@ def embed_images(
             hits.append((row, key))
         elif key not in todo:
             todo[key] = row
-    if hits:
-        features[[r for r, _ in hits]] = cache.get([k for _, k in hits])
-        ok[[r for r, _ in hits]] = True
-    keys = list(todo)
-    rows = [todo[k] for k in keys]
+    return hits, todo
+
+
+def _encode(
+    decode: _Decode,
+    keys: list[str],
+    backbone: Backbone,
+    cache: FeatureCache | None,
+    batch_size: int,
+    num_workers: int,
+    advance,
+) -> tuple[dict[str, np.ndarray], dict[str, tuple[str, str]]]:
+    """Features of ``decode``'s images by key, and (reason, detail) of those that failed; new features go
+    into the cache every ``_FLUSH_ROWS`` rows, so a killed run keeps most of its work."""
+    device = module_device(backbone)
+    loader = DataLoader(
+        decode,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+        pin_memory=device.type == "cuda",
+    )
+    backbone.eval()
     computed: dict[str, np.ndarray] = {}
+    failed: dict[str, tuple[str, str]] = {}
     pending_keys: list[str] = []
     pending: list[np.ndarray] = []
-    failed: dict[str, tuple[str, str]] = {}
-    if rows:
-        device = module_device(backbone)
-        loader = DataLoader(
-            _Decode([str(paths[r]) for r in rows], backbone.preprocess, max_pixels, view),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=_collate,
-            persistent_workers=False,
-            pin_memory=device.type == "cuda",
-        )
-        backbone.eval()
-        with progress_bar("img", disable=not progress) as bar:
-            task = bar.add_task(description, total=len(rows))
-            for idx, pixels, bad in loader:
-                for i, (reason, detail) in bad:
-                    failed[keys[i]] = (reason, detail)
-                if pixels is not None:
-                    out = backbone(pixels.to(device, non_blocking=True)).float().cpu().numpy()
-                    for i, vec in zip(idx, out, strict=True):
-                        computed[keys[i]] = vec
-                        pending_keys.append(keys[i])
-                        pending.append(vec)
-                    if cache is not None and len(pending) >= _FLUSH_ROWS:
-                        cache.put(pending_keys, np.stack(pending))
-                        pending_keys, pending = [], []
-                bar.advance(task, len(idx) + len(bad))
-        if cache is not None and pending:
-            cache.put(pending_keys, np.stack(pending))
-    for row, key in enumerate(hashes):
-        if key in computed:
-            features[row] = computed[key]
-            ok[row] = True
-        elif key in failed:  # every row sharing the bad bytes gets its own record
-            errors.append(ImageError(str(ids[row]), str(paths[row]), *failed[key]))
-    return EmbedResult(features, ok, errors, len(hits), len(computed), time.perf_counter() - start)
+    for idx, pixels, bad in loader:
+        for i, (reason, detail) in bad:
+            failed[keys[i]] = (reason, detail)
+        if pixels is not None:
+            out = backbone(pixels.to(device, non_blocking=True)).float().cpu().numpy()
+            for i, vec in zip(idx, out, strict=True):
+                computed[keys[i]] = vec
+                pending_keys.append(keys[i])
+                pending.append(vec)
+            if cache is not None and len(pending) >= _FLUSH_ROWS:
+                cache.put(pending_keys, np.stack(pending))
+                pending_keys, pending = [], []
+        advance(len(idx) + len(bad))
+    if cache is not None and pending:
+        cache.put(pending_keys, np.stack(pending))
+    return computed, failed
 
 
 def embed_catalog(

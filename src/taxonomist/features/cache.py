@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from taxonomist.io import atomic_write
+
 CACHE_ENV = "TAXONOMIST_CACHE"
 
 
@@ -65,7 +67,11 @@ class FeatureCache:
             (feats_file, np.asarray(features, dtype=np.float32)),
             (keys_file, np.asarray(keys)),
         ):
-            tmp = path.with_name(path.name + ".tmp.npy")
-            np.save(tmp, array, allow_pickle=False)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp, array=array: _save_npy(tmp, array))
         self._add_shard(keys_file)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    # Through a file object: given a name, np.save would append ".npy" to the temporary one.
+    with open(path, "wb") as fp:
+        np.save(fp, array, allow_pickle=False)

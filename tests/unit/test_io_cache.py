@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taxonomist.inference.cache import FeatureCache
-from taxonomist.inference.writers import ChunkedWriter, ResumeError
+from taxonomist.features.cache import FeatureCache
+from taxonomist.io import ChunkedWriter, ResumeError, atomic_write, atomic_write_text
 
 
 def test_cache_round_trip_and_reopen(tmp_path: Path) -> None:
@@ -24,6 +24,20 @@ def test_cache_ignores_half_written_shard(tmp_path: Path) -> None:
     assert len(FeatureCache(tmp_path, "fp")) == 0
 
 
+def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    atomic_write_text(target, "old")
+
+    def half_then_fail(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        atomic_write(target, half_then_fail)
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
 def test_chunked_writer_resumes_without_duplicates(tmp_path: Path) -> None:
     ids = [str(i) for i in range(10)]
     rows = pd.DataFrame({"id": ids, "path": [f"{i}.jpg" for i in ids]})
@@ -35,7 +49,7 @@ def test_chunked_writer_resumes_without_duplicates(tmp_path: Path) -> None:
     for k in again.pending():
         again.write(k, {"rows": pd.DataFrame({"id": [ids[r] for r in again.chunk_rows(k)]})})
     assert again.read("rows")["id"].tolist() == ids
-    with pytest.raises(ResumeError, match="other input or settings"):
+    with pytest.raises(ResumeError, match="holds a finished job with m 1 then, 2 now; to start afresh"):
         ChunkedWriter(tmp_path, rows, 4, {"m": 2})
 
 
@@ -43,7 +57,7 @@ def test_chunked_writer_refuses_other_rows_of_the_same_length(tmp_path: Path) ->
     """Regression: only the row count was compared, so a rerun on new rows returned the old parts."""
     rows = pd.DataFrame({"id": ["a", "b", "c"], "path": ["a.jpg", "b.jpg", "c.jpg"]})
     ChunkedWriter(tmp_path, rows, 4, {"m": 1}).write(0, {"rows": rows[["id"]]})
-    with pytest.raises(ResumeError, match="other input or settings"):
+    with pytest.raises(ResumeError, match="holds a finished job with other input rows"):
         ChunkedWriter(tmp_path, rows.assign(id=["x", "y", "z"]), 4, {"m": 1})
-    with pytest.raises(ResumeError, match="other input or settings"):  # same ids, other images
+    with pytest.raises(ResumeError, match="holds a finished job with other input rows"):  # other images
         ChunkedWriter(tmp_path, rows.assign(path=["c.jpg", "b.jpg", "a.jpg"]), 4, {"m": 1})

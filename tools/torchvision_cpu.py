@@ -1,23 +1,32 @@
-"""Make PyPI's CUDA-built torchvision importable next to a CPU-only torch.
+"""Environment fix: PyPI's CUDA-built torchvision importable next to a CPU-only torch.
 
-transformers' Qwen2-VL processor needs torchvision (its video processor), and PyPI only ships a CUDA
-build of torchvision 0.28, whose ``_C.so`` cannot load against the CPU torch wheel; its import then dies
+transformers imports torchvision whenever it is installed (the ``vlm`` extra installs it for the Qwen2-VL
+processors), and PyPI only ships a CUDA build of torchvision 0.28, whose ``_C.so`` cannot load against
+the CPU torch wheel: every transformers model import (peft, sentence-transformers, the VLMs) then dies
 with ``operator torchvision::nms does not exist``. When (and only when) ``_C.so`` fails to load, this
-module defines the ``nms``/``qnms`` op schemas with a pure-PyTorch CPU kernel before torchvision runs,
-so everything the processors use imports. On a CUDA machine ``_C.so`` loads and nothing is changed.
+hook defines the ``nms``/``qnms`` op schemas with a pure-PyTorch CPU kernel before torchvision runs. On
+a CUDA machine ``_C.so`` loads and nothing is changed.
 
-:func:`install_hook` is lazy (torch is imported only when something imports torchvision) and is called
-from ``taxonomist/__init__.py`` so the fix is in place before any code path can import torchvision.
-Adapted from the shim in the project's environment notes.
+It belongs to the environment, not to taxonomist: ``python tools/torchvision_cpu.py install`` (run by
+``make install`` on CPU-only torch with torchvision present) copies this file into site-packages with a
+``.pth`` line that installs the hook at interpreter start, so ``import peft`` works in any script and
+``import taxonomist`` changes nothing. The hook is lazy: torch is imported only when something imports
+torchvision. ``python tools/torchvision_cpu.py uninstall`` removes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.util
 import os
+import shutil
 import sys
+import sysconfig
+from pathlib import Path
 from typing import Any
+
+MODULE = "torchvision_cpu"
 
 _state: dict[str, Any] = {"done": False, "library": None}
 
@@ -48,7 +57,15 @@ def _nms_cpu(dets, scores, iou_threshold: float):
 
 def _define_missing_ops() -> None:
     _state["done"] = True
+    if "taxonomist._torchvision" in sys.modules:
+        # A taxonomist from before this fix installs its own hook on import; it defines the same ops,
+        # and a second registration of the namespace would fail, so leave the job to it.
+        return
     import torch
+
+    with contextlib.suppress(AttributeError, RuntimeError):
+        torch.ops.torchvision.nms  # noqa: B018 - already there (a real build, or defined by another hook)
+        return
 
     spec = importlib.util.find_spec("torchvision")
     if spec is None or not spec.submodule_search_locations:
@@ -105,3 +122,34 @@ def install_hook() -> None:
     """Fix torchvision's import when it happens; a no-op if it already happened."""
     if "torchvision" not in sys.modules and not any(isinstance(f, _Hook) for f in sys.meta_path):
         sys.meta_path.insert(0, _Hook())
+
+
+def _needed() -> bool:
+    """CPU-only torch with torchvision installed: the one environment where the import breaks."""
+    import torch
+
+    return torch.version.cuda is None and importlib.util.find_spec("torchvision") is not None
+
+
+def main(argv: list[str]) -> int:
+    site = Path(sysconfig.get_paths()["purelib"])
+    module, pth = site / f"{MODULE}.py", site / f"{MODULE}.pth"
+    command = argv[0] if argv else ""
+    if command == "install":
+        if not _needed():
+            print("torchvision_cpu: not needed here (CUDA torch, or no torchvision); nothing installed")
+            return 0
+        shutil.copyfile(__file__, module)
+        pth.write_text(f"import {MODULE}; {MODULE}.install_hook()\n", encoding="utf-8")
+        print(f"torchvision_cpu: hook installed in {site}")
+        return 0
+    if command == "uninstall":
+        for path in (module, pth):
+            path.unlink(missing_ok=True)
+        return 0
+    print("usage: python tools/torchvision_cpu.py install|uninstall", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""``vlm improve``: a VLM learns from unlabeled images by self-consistency and DPO (seed 003).
+"""``vlm improve``: a VLM learns from unlabeled images by self-consistency and DPO.
 
 Each round samples K chains per unlabeled item (one line of reasoning, then the JSON answer, constrained
 so it always parses), takes a majority vote per attribute, keeps items whose chains agree enough, and pairs
@@ -49,7 +49,7 @@ from taxonomist.data.images import load_image
 from taxonomist.data.schema import Schema
 from taxonomist.inference.predictor import wide_named_frame
 from taxonomist.inference.vlm import Generation, VLMPredictor, to_predictions
-from taxonomist.inference.writers import ResumeError, atomic_write_frame, atomic_write_text
+from taxonomist.io import ResumeError, atomic_write_frame, atomic_write_text
 from taxonomist.metrics import attribute_score
 from taxonomist.models.vlm import load_vlm, read_metadata, write_metadata
 from taxonomist.training.vlm_sft import ADAPTER, MERGED, add_lora, loraplus_optimizer, shared_trainer_args

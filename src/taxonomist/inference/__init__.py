@@ -1,0 +1,1 @@
+"""Predictors and batch jobs: a checkpoint in, predictions and their files out."""

@@ -1,0 +1,117 @@
+"""Catalog ingestion, by property: every row of any file is either read (id and category as written,
+its line known) or set aside with its line and reason, exactly once. And ``inspect`` reports bad rows
+instead of refusing the file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from taxonomist.data.catalog import CatalogError, read_generic, read_table
+from taxonomist.data.images import ImageLoadError, content_hash
+from taxonomist.features.embed import hash_images
+
+from .conftest import Tiny, write_rows
+
+# Ids as sellers type them: leading zeros, spaces inside, unicode, numbers that look like floats.
+ID_TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Zp"), blacklist_characters='"\r\n'),
+    min_size=0,
+    max_size=8,
+)
+IDS = st.one_of(ID_TEXT, st.sampled_from(["", " ", "007", "1.0", "NA", "nan", "None", "1e3"]))
+CATEGORIES = st.sampled_from(["Tops", "Bags", "", "  ", "NA"])
+
+
+def _strip_blank(value: str) -> bool:
+    return value.strip() == ""
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.tuples(IDS, CATEGORIES, st.sampled_from(["red", "", "N/A"])), max_size=25))
+def test_every_row_is_read_or_set_aside_once(tmp_path: Path, rows: list[tuple[str, str, str]]) -> None:
+    path = tmp_path / "catalog.csv"
+    frame = pd.DataFrame(rows, columns=["sku", "type", "color"])
+    frame.to_csv(path, index=False)
+    catalog = read_generic(
+        path, id_column="sku", category_column="type", attributes=["color"], bad_rows="report"
+    )
+    seen: dict[str, int] = {}
+    expected_kept, expected_rejected = [], []
+    for k, (item_id, category, _) in enumerate(rows):
+        line = k + 2
+        if _strip_blank(item_id):
+            expected_rejected.append((line, "blank-id"))
+        elif _strip_blank(category):
+            expected_rejected.append((line, "blank-category"))
+        elif item_id in seen:
+            expected_rejected.append((line, "duplicate-id"))
+        else:
+            expected_kept.append((line, item_id, category))
+        if not _strip_blank(item_id):
+            seen.setdefault(item_id, line)
+    kept = list(zip(catalog.lines, catalog.frame["id"], catalog.frame["category"], strict=True))
+    assert kept == expected_kept
+    assert list(zip(catalog.rejected["line"], catalog.rejected["reason"], strict=True)) == expected_rejected
+    assert len(catalog) + len(catalog.rejected) == len(rows)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ids=st.lists(st.one_of(st.none(), st.integers(0, 2**52)), min_size=1, max_size=20))
+def test_parquet_ids_stored_as_floats_come_back_as_integers(tmp_path: Path, ids: list[int | None]) -> None:
+    path = tmp_path / "ids.parquet"
+    pd.DataFrame({"id": pd.array(ids, dtype="float64")}).to_parquet(path, index=False)
+    read = [None if pd.isna(v) else v for v in read_table(path)["id"]]
+    assert read == [None if i is None else str(i) for i in ids]
+
+
+def test_fractional_parquet_floats_stay_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "sizes.parquet"
+    pd.DataFrame({"size": [38.5, 40.0, np.nan]}).to_parquet(path, index=False)
+    assert [None if pd.isna(v) else v for v in read_table(path)["size"]] == ["38.5", "40.0", None]
+
+
+def test_training_reads_still_refuse_blank_ids_naming_lines(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "c.csv", [{"sku": "1", "type": "Tops"}, {"sku": "", "type": "Tops"}])
+    with pytest.raises(CatalogError, match=r"1 rows without id or category, e\.g\. lines \[3\]"):
+        read_generic(path, id_column="sku", category_column="type", attributes=[])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
+def test_hashing_refuses_what_is_not_a_regular_file(tmp_path: Path, kind: str) -> None:
+    """Regression: content_hash opened a FIFO (blocks for a writer) or /dev/zero (never ends)."""
+    path = tmp_path / "x.jpg"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        os.symlink("/dev/zero", path)
+    else:
+        path.mkdir()
+    with pytest.raises(ImageLoadError, match="unreadable \\(not a regular file\\)"):
+        content_hash(path)
+    hashes, errors = hash_images(["7"], [path])
+    assert hashes == [None] and [(e.id, e.reason) for e in errors] == [("7", "unreadable")]
+
+
+def test_inspect_reports_repeated_ids_instead_of_refusing(cli, tiny: Tiny, tmp_path: Path) -> None:
+    rows = tiny.rows(6)
+    data = write_rows(tmp_path / "dup.csv", [*rows.to_dict("records"), rows.iloc[2].to_dict()])
+    out = tmp_path / "report"
+    args = ("--set", f"catalog.path={data}", "--images", tiny.images, "-q", "-o", out)
+    code, _, err = cli("inspect", "-c", tiny.config, *args)
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["duplicate_ids"] == 1 and report["rows"] == 6
+    assert [(r["line"], r["id"], r["reason"]) for r in report["rejected_rows"]] == [
+        (8, "1002", "duplicate-id")
+    ]
+    assert report["images"]["unreadable"] == 0
+    assert pd.read_csv(out / "rejected.csv", dtype=str)["line"].tolist() == ["8"]

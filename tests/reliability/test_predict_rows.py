@@ -1,0 +1,188 @@
+"""``predict``: every row is predicted or is a row of errors.csv with its line and reason; the job goes
+on past bad rows and fails loudly (exit 2, one line) when most rows fail."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from .conftest import Tiny, predicted_ids, read_errors, write_rows
+
+
+def _predict(cli, tiny: Tiny, data: Path, out: Path, *extra: str) -> tuple[int, str, str]:
+    return cli("predict", tiny.checkpoint, "-o", out, "--data", data, "--images", tiny.images, "-q", *extra)
+
+
+def test_a_repeated_id_is_reported_and_the_rest_predicted(cli, tiny: Tiny, tmp_path: Path) -> None:
+    rows = tiny.rows(6)[["sku", "type"]]
+    rows = pd.concat([rows, rows.iloc[[1]]], ignore_index=True)  # line 8 repeats line 3's id
+    data = write_rows(tmp_path / "dup.csv", rows)
+    code, _, err = _predict(cli, tiny, data, tmp_path / "out")
+    assert code == 0, err
+    assert predicted_ids(tmp_path / "out") == rows["sku"].iloc[:6].tolist()
+    errors = read_errors(tmp_path / "out")
+    assert errors[["id", "line", "reason"]].values.tolist() == [["1001", "8", "duplicate-id"]]
+    assert "also on line 3" in errors["detail"].iat[0]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "reason"),
+    [("sku", "", "blank-id"), ("sku", "   ", "blank-id"), ("type", "", "blank-category")],
+)
+def test_a_blank_id_or_category_is_a_row_error(
+    cli, tiny: Tiny, tmp_path: Path, column: str, value: str, reason: str
+) -> None:
+    rows = tiny.rows(5)[["sku", "type"]]
+    rows.loc[2, column] = value  # line 4
+    data = write_rows(tmp_path / "blank.csv", rows)
+    code, _, err = _predict(cli, tiny, data, tmp_path / "out")
+    assert code == 0, err
+    assert predicted_ids(tmp_path / "out") == rows["sku"].drop(index=2).tolist()
+    errors = read_errors(tmp_path / "out")
+    assert errors[["line", "reason"]].values.tolist() == [["4", reason]]
+
+
+def test_unknown_category_and_bad_image_rows_carry_their_line(cli, tiny: Tiny, tmp_path: Path) -> None:
+    rows = tiny.rows(6)[["sku", "type"]]
+    rows.loc[1, "type"] = "Shoes"  # line 3
+    rows.loc[4, "sku"] = "no-such-image"  # line 6
+    data = write_rows(tmp_path / "rows.csv", rows)
+    code, _, err = _predict(cli, tiny, data, tmp_path / "out")
+    assert code == 0, err
+    errors = read_errors(tmp_path / "out")
+    assert errors[["id", "line", "reason"]].values.tolist() == [
+        [rows.at[1, "sku"], "3", "unknown-category"],
+        ["no-such-image", "6", "missing"],
+    ]
+    assert predicted_ids(tmp_path / "out") == rows["sku"].drop(index=[1, 4]).tolist()
+
+
+def test_every_row_failing_exits_2_in_one_line_naming_where_images_were_looked_for(
+    cli, tiny: Tiny, tmp_path: Path
+) -> None:
+    """Regression (issue 19): 300 of 300 images not found exited 0 and reported a throughput."""
+    data = write_rows(tmp_path / "elsewhere" / "rows.csv", tiny.rows(5)[["sku", "type"]])
+    out = tmp_path / "out"
+    code, _, err = cli("predict", tiny.checkpoint, "-o", out, "--data", data, "-q")
+    assert code == 2
+    [line] = err.strip().splitlines()
+    assert line.startswith("error: 5 of 5 rows failed (missing: 5), every row; see ")
+    assert f"looked for as {data.parent}/images/{{id}}.jpg" in line and "--images" in line
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["predicted"] == 0 and summary["images_per_s"] is None
+    assert read_errors(out)["reason"].tolist() == ["missing"] * 5
+
+
+def test_more_than_the_allowed_share_failing_exits_2(cli, tiny: Tiny, tmp_path: Path) -> None:
+    rows = tiny.rows(4)[["sku", "type"]]
+    rows.loc[[0, 1, 2], "sku"] = ["gone-1", "gone-2", "gone-3"]
+    data = write_rows(tmp_path / "rows.csv", rows)
+    code, _, err = _predict(cli, tiny, data, tmp_path / "out")
+    assert code == 2 and "3 of 4 rows failed (missing: 3), more than 50% of the rows" in err
+    assert predicted_ids(tmp_path / "out") == [rows.at[3, "sku"]]  # outputs are still written
+    code, _, err = _predict(cli, tiny, data, tmp_path / "out2", "--set", "predict.max_error_share=0.8")
+    assert code == 0, err
+
+
+def test_images_flag_finds_images_of_a_catalog_kept_elsewhere(cli, tiny: Tiny, tmp_path: Path) -> None:
+    data = write_rows(tmp_path / "elsewhere" / "rows.csv", tiny.rows(4)[["sku", "type"]])
+    code, _, err = _predict(cli, tiny, data, tmp_path / "out")
+    assert code == 0, err
+    assert predicted_ids(tmp_path / "out") == tiny.rows(4)["sku"].tolist()
+    assert read_errors(tmp_path / "out").empty
+
+
+def test_parquet_float_ids_are_read_as_integers(cli, tiny: Tiny, tmp_path: Path) -> None:
+    """Regression: ids stored as floats (an integer column with a gap) became 1000.0 → missing image."""
+    rows = tiny.rows(4)[["sku", "type"]]
+    ids = [*rows["sku"].astype(float).tolist(), np.nan]
+    frame = pd.DataFrame({"sku": ids, "type": [*rows["type"], "Tops"]})
+    assert frame["sku"].dtype == np.float64
+    data = write_rows(tmp_path / "rows.parquet", frame)
+    code, _, err = _predict(cli, tiny, data, tmp_path / "out")
+    assert code == 0, err
+    assert predicted_ids(tmp_path / "out") == rows["sku"].tolist()
+    errors = read_errors(tmp_path / "out")
+    assert errors[["line", "reason"]].values.tolist() == [["5", "blank-id"]]  # Parquet: row number
+
+
+def test_latin1_catalog_reads_with_the_encoding_setting(cli, tiny: Tiny, tmp_path: Path) -> None:
+    rows = tiny.rows(3)[["sku", "type"]].assign(note="Café crème")
+    data = tmp_path / "latin1.csv"
+    data.write_bytes(rows.to_csv(index=False).encode("latin-1"))
+    code, _, err = _predict(cli, tiny, data, tmp_path / "bad")
+    assert code == 2
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"error: {data}: not valid utf-8 text") and "catalog.encoding=latin-1" in line
+    code, _, err = _predict(cli, tiny, data, tmp_path / "out", "--set", "catalog.encoding=latin-1")
+    assert code == 0, err
+    assert predicted_ids(tmp_path / "out") == rows["sku"].tolist()
+
+
+def test_an_unknown_encoding_is_one_line(cli, tiny: Tiny, tmp_path: Path) -> None:
+    data = write_rows(tmp_path / "rows.csv", tiny.rows(2)[["sku", "type"]])
+    code, _, err = _predict(cli, tiny, data, tmp_path / "out", "--set", "catalog.encoding=klingon")
+    assert code == 2 and err.strip().splitlines() == ["error: catalog.encoding: unknown encoding: klingon"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_named_as_an_image_is_a_row_error_not_a_hang(cli, tiny: Tiny, tmp_path: Path) -> None:
+    """Regression: hashing opened the FIFO and waited for a writer for ever."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = tiny.rows(4)[["sku", "type"]]
+    for sku in rows["sku"]:
+        os.symlink(tiny.images / "images" / f"{sku}.jpg", images / f"{sku}.jpg")
+    (images / f"{rows.at[1, 'sku']}.jpg").unlink()
+    os.mkfifo(images / f"{rows.at[1, 'sku']}.jpg")
+    (images / f"{rows.at[2, 'sku']}.jpg").unlink()
+    os.symlink("/dev/zero", images / f"{rows.at[2, 'sku']}.jpg")
+    data = write_rows(tmp_path / "rows.csv", rows)
+    code, _, err = cli("predict", tiny.checkpoint, "-o", tmp_path / "out", "--data", data, "-q")
+    assert code == 0, err
+    errors = read_errors(tmp_path / "out")
+    assert errors[["line", "reason", "detail"]].values.tolist() == [
+        ["3", "unreadable", "not a regular file"],
+        ["4", "unreadable", "not a regular file"],
+    ]
+    assert predicted_ids(tmp_path / "out") == rows["sku"].iloc[[0, 3]].tolist()
+
+
+def test_min_confidence_above_one_is_refused_before_any_work(cli, tiny: Tiny, tmp_path: Path) -> None:
+    """Regression: --min-confidence 2 was accepted and blanked every attribute."""
+    code, _, err = cli("predict", tiny.checkpoint, "-o", tmp_path / "out", "--min-confidence", "2", "-q")
+    assert code == 2 and "predict.min_confidence must be in [0, 1], got 2.0" in " ".join(err.split())
+    assert not (tmp_path / "out").exists()
+
+
+def test_rerun_into_a_finished_job_of_other_rows_says_so(cli, tiny: Tiny, tmp_path: Path) -> None:
+    first = write_rows(tmp_path / "a.csv", tiny.rows(3)[["sku", "type"]])
+    second = write_rows(tmp_path / "b.csv", tiny.rows(5)[["sku", "type"]])
+    out = tmp_path / "out"
+    assert _predict(cli, tiny, first, out)[0] == 0
+    code, _, err = _predict(cli, tiny, second, out)
+    assert code == 2
+    [line] = err.strip().splitlines()
+    assert line == (
+        f"error: {out} holds a finished job with rows 3 then, 5 now, other input rows; to start afresh, "
+        f"delete it (rm -r {out}) and run the command again, or pass another --output"
+    )
+
+
+def test_rerun_into_a_partial_job_says_it_is_partial(cli, tiny: Tiny, tmp_path: Path) -> None:
+    data = write_rows(tmp_path / "a.csv", tiny.rows(4)[["sku", "type"]])
+    out = tmp_path / "out"
+    assert _predict(cli, tiny, data, out, "--set", "predict.chunk_size=2")[0] == 0
+    (out / "parts" / "done-00001.parquet").unlink()  # as if killed during the second chunk
+    code, _, err = _predict(cli, tiny, data, out, "--set", "predict.chunk_size=2", "--placeholder", "?")
+    assert code == 2
+    assert f"{out} holds a partial job (not finished) with placeholder '' then, '?' now" in err
+    assert "{" not in err  # no manifest dicts
+    code, _, err = _predict(cli, tiny, data, out, "--set", "predict.chunk_size=2")
+    assert code == 0, err  # the same job resumes
+    assert predicted_ids(out) == tiny.rows(4)["sku"].tolist()

@@ -1,0 +1,61 @@
+"""catalog.corrections: reviewed labels merged over the catalog's, decisions winning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from taxonomist.config import CatalogConfig
+from taxonomist.data.catalog import CatalogError, load_catalog
+
+
+def _config(tmp_path: Path, corrections: pd.DataFrame) -> CatalogConfig:
+    pd.DataFrame(
+        {"sku": ["1", "2", "3"], "type": ["Tops", "Tops", "Bags"], "color": ["red", None, "blue"]}
+    ).to_csv(tmp_path / "catalog.csv", index=False)
+    corrections.to_csv(tmp_path / "reviewed.csv", index=False)
+    return CatalogConfig(
+        path=str(tmp_path / "catalog.csv"),
+        id_column="sku",
+        category_column="type",
+        attributes=["color"],
+        min_rows_per_category=0,
+        corrections=str(tmp_path / "reviewed.csv"),
+    )
+
+
+def test_decisions_win_and_new_items_are_added(tmp_path: Path) -> None:
+    reviewed = pd.DataFrame(
+        {
+            "sku": ["1", "2", "3", "9"],
+            "type": ["Tops", "Tops", "Bags", "Bags"],
+            "color": ["green", "blue", None, "red"],  # 3: not reviewed, keeps its label
+            "image_path": ["a", "b", "c", "d"],  # not an attribute: ignored
+        }
+    )
+    frame = load_catalog(_config(tmp_path, reviewed)).frame.set_index("id")
+    assert frame["color"].to_dict() == {"1": "green", "2": "blue", "3": "blue", "9": "red"}
+    assert frame.loc["9", "category"] == "Bags" and "image_path" not in frame.columns
+
+
+def test_corrections_must_name_the_catalog_columns(tmp_path: Path) -> None:
+    wrong = pd.DataFrame({"id": ["1"], "category": ["Tops"], "color": ["red"]})
+    with pytest.raises(CatalogError, match=r"catalog's columns \['sku', 'type'\]"):
+        load_catalog(_config(tmp_path, wrong))
+    unknown = pd.DataFrame({"sku": ["7"], "type": ["Hats"], "color": ["red"]})
+    with pytest.raises(CatalogError, match="Hats"):
+        load_catalog(_config(tmp_path, unknown))
+
+
+def test_missing_file_under_the_data_dir_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TAXONOMIST_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(CatalogError, match=r"TAXONOMIST_DATA_DIR.*datasets") as err:
+        load_catalog(CatalogConfig(path="{data_dir}/fashion/styles.csv"))
+    assert "does not exist" in str(err.value)
+    with pytest.raises(CatalogError) as elsewhere:
+        load_catalog(CatalogConfig(path=str(tmp_path / "styles.csv")))
+    assert "TAXONOMIST_DATA_DIR" not in str(elsewhere.value)

@@ -1,0 +1,164 @@
+"""Evaluation reports from known rows: baseline, per-class scores, confused pairs, confident errors, and a
+self-contained page whose every image is inlined."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from taxonomist.data.catalog import Catalog
+from taxonomist.inference.evaluate import Evaluation, scored_rows, write_evaluation
+from taxonomist.metrics import attribute_score, majority_predictions
+from taxonomist.report.evaluation import (
+    confident_errors,
+    confused_pairs,
+    per_class_scores,
+    write_evaluation_report,
+)
+
+BY_CATEGORY = {"shirts": ["color", "sleeve"], "shoes": ["color"]}
+# id, category, color label, sleeve label, predicted color, predicted sleeve, confidence
+ROWS = [
+    ("s1", "shirts", "red", "long", "red", "long", 0.9),
+    ("s2", "shirts", "red", "short", "blue", "short", 0.95),
+    ("s3", "shirts", "blue", "short", "blue", "long", 0.6),
+    ("s4", "shirts", "red", None, "red", "long", 0.7),
+    ("h1", "shoes", "black", None, "black", None, 0.8),
+    ("h2", "shoes", "white", None, "black", None, 0.55),
+]
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Catalog:
+    images = tmp_path / "images"
+    images.mkdir()
+    for k, row in enumerate(ROWS):
+        if row[0] != "h2":  # h2's image is missing: its card says so instead of a broken image
+            Image.new("RGB", (40, 30), (40 * k, 100, 200)).save(images / f"{row[0]}.jpg")
+    frame = pd.DataFrame([r[:4] for r in ROWS], columns=["id", "category", "color", "sleeve"]).astype(object)
+    frame = frame.where(frame.notna(), None)
+    frame["text"] = [f"title of {r[0]}" for r in ROWS]
+    return Catalog(frame, ["color", "sleeve"], tmp_path, "images/{id}.jpg", BY_CATEGORY, source="toy.csv")
+
+
+@pytest.fixture
+def evaluation(catalog: Catalog) -> Evaluation:
+    predicted = pd.DataFrame(
+        [(r[0], r[1], r[4], r[5]) for r in ROWS], columns=["id", "category", "color", "sleeve"]
+    )
+    confidence = {a: pd.Series([r[6] for r in ROWS]).to_numpy() for a in ("color", "sleeve")}
+    before = {a: c * 0.9 + 0.1 for a, c in confidence.items()}
+    frame = catalog.frame
+    reference = frame.iloc[:3]
+    return Evaluation(
+        attribute_score(frame, predicted, BY_CATEGORY),
+        split="val",
+        rows=scored_rows(catalog, predicted, confidence, before),
+        baseline=attribute_score(frame, majority_predictions(reference, frame, BY_CATEGORY), BY_CATEGORY),
+        baseline_source="the other 3 rows",
+        temperatures={"color": 1.5, "sleeve": 0.8},
+    )
+
+
+def test_majority_baseline_counts_the_reference_rows() -> None:
+    reference = pd.DataFrame(
+        {"id": ["a", "b", "c", "d"], "category": ["x", "x", "x", "y"], "color": ["red", "blue", "red", None]}
+    )
+    rows = pd.DataFrame({"id": ["1", "2"], "category": ["x", "y"]})
+    got = majority_predictions(reference, rows, {"x": ["color"], "y": ["color"]})
+    assert got["color"].tolist() == ["red", None]  # y has no labelled reference row: no guess
+
+
+def test_scored_rows_one_per_label(evaluation: Evaluation) -> None:
+    rows = evaluation.rows
+    # 6 colour labels + 3 sleeve labels (s4 has none; shoes have no sleeve)
+    assert len(rows) == 9
+    s2 = rows[(rows["id"] == "s2") & (rows["attribute"] == "color")].iloc[0]
+    assert (s2["label"], s2["predicted"], bool(s2["correct"]), s2["title"]) == (
+        "red",
+        "blue",
+        False,
+        "title of s2",
+    )
+    assert s2["path"].endswith("images/s2.jpg")
+
+
+def test_tables(evaluation: Evaluation) -> None:
+    rows = evaluation.rows
+    per_class = per_class_scores(rows).set_index(["attribute", "value"])
+    # color red: 3 labels, 2 predicted red (s1, s4), both right → precision 1, recall 2/3
+    assert per_class.loc[("color", "red"), "precision"] == pytest.approx(1.0)
+    assert per_class.loc[("color", "red"), "recall"] == pytest.approx(2 / 3)
+    assert per_class.loc[("color", "red"), "support"] == 3
+    pairs = confused_pairs(rows)
+    assert set(map(tuple, pairs[["attribute", "label", "predicted", "count"]].values.tolist())) == {
+        ("color", "red", "blue", 1),
+        ("color", "white", "black", 1),
+        ("sleeve", "short", "long", 1),
+    }
+    errors = confident_errors(rows)
+    assert [(e["id"], e["attribute"]) for e in errors] == [("s2", "color"), ("s3", "sleeve"), ("h2", "color")]
+    assert errors[0]["thumbnail"].startswith("data:image/jpeg;base64,")
+    assert errors[2]["thumbnail"] is None
+
+
+def test_report_is_self_contained(evaluation: Evaluation, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    write_evaluation(evaluation, out)
+    page_path = write_evaluation_report(evaluation, out, model="toy")
+    page = page_path.read_text(encoding="utf-8")
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert images and all(src.startswith("data:image/") for src in images)
+    for name in ("confusion_color.png", "confusion_sleeve.png", "reliability.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert base64.b64encode(data).decode() in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    for text in ("title of s2", "before temperature", "after temperature", "majority", "Most confused"):
+        assert text in page
+    assert len(pd.read_csv(out / "predictions.csv")) == 9
+    assert {"scores_category.csv", "per_class.csv", "confused_pairs.csv", "evaluation.md"} <= {
+        p.name for p in out.iterdir()
+    }
+
+
+def test_taxonomy_report_siblings_and_worst_errors(tmp_path: Path) -> None:
+    from taxonomist.metrics.taxonomy import taxonomy_report
+    from taxonomist.report.taxonomy import sibling_confusions, write_taxonomy_report
+
+    levels = ["group", "module"]
+    truth = pd.DataFrame(
+        {
+            "title": ["red shirt", "blue shirt", "black boot", "tan boot"],
+            "group": ["Clothing", "Clothing", "Shoes", "Shoes"],
+            "module": ["Shirts", "Shirts", "Boots", "Boots"],
+        }
+    )
+    pred = pd.DataFrame(
+        {
+            "group": ["Clothing", "Clothing", "Clothing", "Shoes"],
+            "module": ["Shirts", "Tees", "Tees", "Sandals"],
+            "group_confidence": [0.9, 0.9, 0.6, 0.8],
+            "module_confidence": [0.9, 0.7, 0.5, 0.95],
+        }
+    )
+    reports = {"heads": taxonomy_report(truth, pred, levels, brand=None)}
+    page = write_taxonomy_report(truth, pred.assign(method="heads"), reports, levels, tmp_path, model="toy")
+    rows = pd.read_csv(tmp_path / "predictions.csv")
+    assert rows["path_correct"].tolist() == [True, False, False, False]
+    siblings = sibling_confusions(rows, levels)
+    # The boot filed under Clothing is a top-level confusion; "Tees" for a shirt and "Sandals" for a
+    # boot had the right parent.
+    assert set(map(tuple, siblings[["level", "parent", "true", "predicted"]].values.tolist())) == {
+        ("group", "(root)", "Shoes", "Clothing"),
+        ("module", "Clothing", "Shirts", "Tees"),
+        ("module", "Shoes", "Boots", "Sandals"),
+    }
+    html = page.read_text(encoding="utf-8")
+    assert html.index("tan boot") < html.index("blue shirt")  # surest error first
+    assert 'src="data:image/png;base64,' in html and "https://" not in html
