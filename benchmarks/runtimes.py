@@ -423,7 +423,8 @@ def docs_section(r: dict) -> str:
                 "features stay close to fp32 (cosine ≥ 0.99 in the tests). Likely causes, not yet measured "
                 "apart: the heads standardise every feature by its training spread, which magnifies "
                 "reduced-precision error in low-variance dimensions, and a macro-F1 over small (category, "
-                "attribute) classes turns a few flipped rows into a visible change. Fitting the heads on the numerics they predict with "
+                "attribute) classes turns a few flipped rows into a visible change. Fitting the heads on "
+                "the numerics they predict with "
                 "(`embed.runtime: openvino`, `embed.precision: bf16`) keeps training and prediction on the "
                 "same features; use fp32 (score_delta_exact 0) where the score must not move."
             )
