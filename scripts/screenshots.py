@@ -101,6 +101,9 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "demo.yaml", help="Its config.")
     parser.add_argument("--rows", type=int, default=300, help="Rows to predict for the review page.")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img", help="Where the PNGs go.")
+    parser.add_argument(
+        "--reuse", action="store_true", help="Keep report, inspection and predictions already in the run."
+    )
     args = parser.parse_args()
     chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -110,15 +113,18 @@ def main() -> None:
     if not (run / "model.safetensors").is_file():
         taxonomist("train", "-c", str(args.config), "-o", str(run), "-q")
     report = run / "evaluation-val"
-    taxonomist("evaluate", str(run), "--report", "--output", str(report), "--set", TITLE, "-q")
-    taxonomist("inspect", "-c", str(args.config), "-o", str(run / "inspect"), "-q")
+    if not (args.reuse and (report / "report.html").is_file()):
+        taxonomist("evaluate", str(run), "--report", "--output", str(report), "--set", TITLE, "-q")
+    if not (args.reuse and (run / "inspect" / "index.html").is_file()):
+        taxonomist("inspect", "-c", str(args.config), "-o", str(run / "inspect"), "-q")
     sample, images = review_sample(run, args.rows)
     predictions = run / "review-predictions"
-    shutil.rmtree(predictions, ignore_errors=True)
-    taxonomist(
-        "predict", str(run), "-o", str(predictions), "--data", str(sample),
-        "--set", f"catalog.image_root={images}", "--set", TITLE, "-q",
-    )  # fmt: skip
+    if not (args.reuse and (predictions / "predictions_long.csv").is_file()):
+        shutil.rmtree(predictions, ignore_errors=True)
+        taxonomist(
+            "predict", str(run), "-o", str(predictions), "--data", str(sample),
+            "--set", f"catalog.image_root={images}", "--set", TITLE, "-q",
+        )  # fmt: skip
     database = run / "review-screenshot.db"
     database.unlink(missing_ok=True)
     server, base = serve_review(predictions, database)

@@ -92,15 +92,28 @@ class CatalogConfig:
     """Schema file (JSON/YAML); default: inferred from the training rows."""
     limit: PositiveInt | None = None
     """Use only the first N rows (after a seeded shuffle): quick demos and smoke runs."""
+    text_columns: list[str] = field(default_factory=list)
+    """Listing text columns (e.g. title, description; generic layout), normalised (NFKC, whitespace) and
+    joined into column ``text``; a missing or empty text is "". The listing heads (``heads.inputs``) and
+    the self-training recipe's title view read it. Empty = the catalog has no text."""
     text_column: str | None = None
-    """Listing text (e.g. the product title; generic layout), kept as column ``text``: the self-training
-    recipe's title view reads it. None = the catalog has no text."""
+    """Older spelling of a single ``text_columns`` entry; both may not be set."""
     corrections: str | None = None
     """Reviewed labels (``taxonomist review``'s export: the catalog's id and category columns plus
     attribute columns) merged over the catalog's: a decision wins over the original label, and reviewed
     items the catalog lacks are added."""
     encoding: str = "utf-8"
     """Text encoding of the catalog CSV, e.g. ``latin-1`` or ``cp1252`` for exports of older systems."""
+
+    def __post_init__(self) -> None:
+        if self.text_column is not None:
+            if self.text_columns and self.text_columns != [self.text_column]:
+                raise ConfigError(
+                    "catalog.text_column and catalog.text_columns are both set: name the columns in "
+                    "catalog.text_columns only"
+                )
+            self.text_columns = [self.text_column]
+            self.text_column = None
 
 
 @dataclass
@@ -149,6 +162,29 @@ class HeadsConfig:
     """Shared trunk widths (FC 512 → FC 256 by default)."""
     category_dim: PositiveInt = 16
     dropout: FractionBelowOne = 0.2
+    inputs: list[Literal["image", "text"]] = field(default_factory=lambda: ["image"])
+    """What the heads read: ``[image]`` (default), or ``[image, text]`` for listing heads that fuse the
+    catalog's text (``catalog.text_columns``, settings in ``text``) with the image features."""
+
+
+@dataclass
+class TextConfig:
+    """Text features of listing heads (``heads.inputs: [image, text]``)."""
+
+    encoder: str = "all-MiniLM-L6-v2"
+    """sentence-transformers id or directory; the default resolves to the offline PyPI package."""
+    max_length: PositiveInt = 64
+    batch_size: PositiveInt = 128
+    lexical: bool = True
+    """Add the lexical view: TF-IDF word 1–2-grams + char 2–5-grams through a learned n-gram bag."""
+    lexical_width: PositiveInt = 128
+    """Width of the lexical n-gram vectors."""
+    fusion: Literal["concat", "gated"] = "concat"
+    text_dropout: FractionBelowOne = 0.3
+    """Modality dropout: share of training rows whose text is hidden, so blank titles stay well served."""
+    image_dropout: FractionBelowOne = 0.0
+    """Share of training rows whose image is hidden; above 0, ``predict.allow_missing_image`` can
+    predict rows with an unreadable image from their text."""
 
 
 @dataclass
@@ -241,7 +277,7 @@ class SelfTrainingConfig:
     views: list[Literal["hflip"]] = field(default_factory=lambda: ["hflip"])
     """Augmented views predicted besides the original image."""
     text_view: bool = True
-    """Where the catalog has listing text (``catalog.text_column``), multiply each image view's
+    """Where the catalog has listing text (``catalog.text_columns``), multiply each image view's
     calibrated probabilities with those of a title classifier fit on the same labeled rows (and
     calibrated on dev) before selection: titles name attributes the image model gets wrong, so the
     teacher labels cells the student could not have labeled itself. The student stays image-only."""
@@ -260,6 +296,9 @@ class PredictConfig:
     """Written instead of a value whose confidence is below ``min_confidence``."""
     chunk_size: PositiveInt = 512
     """Rows per output part: the unit of resume after a crash."""
+    allow_missing_image: bool = False
+    """Listing heads trained with ``text.image_dropout`` > 0: rows whose image cannot be read are
+    predicted from their text (and still listed in the errors file) instead of skipped."""
     max_error_share: Probability = 0.5
     """A job whose share of failed rows (errors.csv) is above this ends with exit status 2 (its outputs
     are still written): most rows failing means a wrong image folder or file, not bad rows. A job where
@@ -273,6 +312,7 @@ class RunConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     self_training: SelfTrainingConfig = field(default_factory=SelfTrainingConfig)
@@ -349,15 +389,20 @@ class LexicalConfig:
 class BrandConfig:
     max_tokens: PositiveInt = 4
     """Longest title prefix considered as a brand."""
-    none_threshold: Probability = 0.9
-    """Predict "no brand" only when its probability is at least this (0.5 ≈ plain argmax). High by
-    default: an empty brand field in scraped catalogs mostly means "not recorded", so training
-    over-learns "none"; both brand and no-brand accuracy are reported."""
+    none_threshold: Probability | None = None
+    """Predict "no brand" only when its probability is at least this (0.5 ≈ plain argmax). None: chosen
+    on the dev split (the best item accuracy that keeps ``min_no_brand_accuracy``). An empty brand field
+    in scraped catalogs mostly means "not recorded", so training over-learns "none" and the threshold
+    lands high; both brand and no-brand accuracy are reported."""
+    min_no_brand_accuracy: Probability = 0.5
+    """When the threshold is chosen on dev: the share of dev rows without a brand that must still be
+    predicted as brandless."""
 
 
 @dataclass
 class Seq2SeqConfig:
-    enabled: bool = False
+    """The seq2seq generator, fitted when ``train.methods`` lists ``seq2seq``."""
+
     model: str = "google/flan-t5-small"
     epochs: PositiveInt = 3
     lr: PositiveFloat = 5e-4
@@ -385,7 +430,12 @@ TaxonomyMethod = Literal["retrieval", "heads", "lexical", "seq2seq"]
 
 @dataclass
 class TaxonomyTrainConfig:
-    val_fraction: OpenFraction = 0.1
+    dev_fraction: OpenFraction = 0.1
+    """Share of each category's rows that choose (the ensemble) and score ``taxonomy train``."""
+    test_fraction: FractionBelowOne = 0.1
+    """Share kept for ``taxonomy evaluate`` only: no choice ever sees these rows."""
+    stratify_depth: PositiveInt = 1
+    """Path levels whose categories the split keeps in proportion (1: the top level)."""
     seed: int = 0
     methods: list[TaxonomyMethod] = field(default_factory=lambda: ["retrieval", "heads", "lexical"])
     """Methods to fit: retrieval, heads, lexical, seq2seq; the ensemble combines all of them."""
@@ -395,9 +445,10 @@ class TaxonomyTrainConfig:
 class TaxonomyPredictConfig:
     method: TaxonomyMethod | Literal["ensemble"] = "ensemble"
     """retrieval | heads | lexical | seq2seq | ensemble (the fitted methods combined)."""
-    ensemble: Literal["soft", "vote"] = "soft"
+    ensemble: Literal["soft", "vote", "dev"] = "dev"
     """soft: sum of path log-probabilities (seq2seq, which gives only its top path, is left out);
-    vote: PRMAS's hierarchy-compliant hard vote over every method."""
+    vote: PRMAS's hierarchy-compliant hard vote over every method; dev: whichever of the two has the
+    better path accuracy on the dev split (soft on a tie)."""
     chunk_size: PositiveInt = 2048
 
 

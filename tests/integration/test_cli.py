@@ -56,10 +56,17 @@ def test_train_writes_a_self_contained_checkpoint(trained: tuple[Path, Path, Pat
 
 def test_evaluate_matches_training_report(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
     _, _, ckpt = trained
-    invoke("evaluate", str(ckpt), "--output", str(tmp_path / "eval"), "-q")
-    evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    out = invoke("evaluate", str(ckpt), "--report", "-q")
+    folder = ckpt / "evaluation-val"  # --report's default output
+    evaluation = json.loads((folder / "evaluation.json").read_text())
     trained_score = json.loads((ckpt / "metrics.json").read_text())["score"]
     assert evaluation["score"] == pytest.approx(trained_score, abs=1e-6)
+    assert f"report: {folder / 'report.html'}" in out and "majority-class baseline" in out
+    scored = pd.read_csv(folder / "predictions.csv", dtype={"id": str})
+    assert {"label", "predicted", "confidence", "confidence_before", "correct", "path"} <= set(scored.columns)
+    # The scored rows agree with the score: every labelled (item, attribute) of the validation split.
+    assert scored.groupby("attribute").size().sum() == sum(p["n"] for p in evaluation["pairs"])
+    assert (folder / "reliability.png").is_file() and (folder / "confusion_color.png").is_file()
 
 
 def test_predict_layouts_are_valid_for_each_category(

@@ -342,6 +342,7 @@ def test_item_shows_top_values_title_and_other_attributes(
         item = page(client, category="Tops", attribute="color", limit=1)["items"][0]
         allowed = schema.allowed("Tops", "color")
         assert item["choices"] == [item["value"], *[v for v in reversed(allowed) if v != item["value"]]]
+        assert item["probabilities"][item["value"]] == 0.5
         assert item["title"].startswith("Acme ")
         assert [o["attribute"] for o in item["others"]] == ["fit"]
         decide(client, item["id"], "color", item["choices"][1])

@@ -31,6 +31,7 @@ from ..unit.test_report import BY_CATEGORY, ROWS
 from .review_data import ReviewInputs, write_review_inputs
 
 pytestmark = pytest.mark.integration
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 
 @pytest.fixture
@@ -112,7 +113,7 @@ def test_keyboard_review_reaches_database_and_export(
             # A number key corrects to the n-th allowed value, then the page moves on.
             allowed = page.locator("#choices li").all_inner_texts()
             other = next(v for v in ("wide", "tall") if v != second["value"])
-            key = next(t[1] for t in allowed if t.endswith(f"] {other}"))
+            key = next(t[1] for t in allowed if t.split(" · ")[0].endswith(f"] {other}"))
             page.keyboard.press(key)
             expect(rows.nth(1).locator("td").last).to_have_text(f"correct: {other}")
             expect(page.locator("#rows tr.current td").first).to_have_text(unsure.iloc[2]["id"])
@@ -220,15 +221,29 @@ def test_docs_pages_render_offline(chromium: str, server: tuple[str, ReviewInput
         try:
             context = browser.new_context()
             # Offline as far as the page can tell: any request off this server fails.
-            context.route(re.compile(r"^(?!http://127\.0\.0\.1).*"), lambda route: route.abort())
+            left: list[str] = []
+
+            def refuse(route) -> None:
+                left.append(route.request.url)
+                route.abort()
+
+            context.route(re.compile(r"^(?!http://127\.0\.0\.1).*"), refuse)
             page = context.new_page()
             errors = _watch(page)
             page.goto(f"{base}/docs")
             expect(page.locator(".swagger-ui .info .title")).to_contain_text("taxonomist review")
             expect(page.locator(".opblock").first).to_be_visible()
+            page.wait_for_load_state("networkidle")  # leaving mid-fetch would log an aborted request
+            assert errors == [] and left == []
             page.goto(f"{base}/redoc")
             expect(page.locator("h1").first).to_contain_text("taxonomist review")
-            assert errors == []
+            expect(page.locator("[role=menu]").first).to_be_visible()
+            page.wait_for_load_state("networkidle")
+            # ReDoc's bundle always asks for its maker's logo; offline the img hides itself (onError), and
+            # the refused request is the only error the page logs.
+            assert set(left) <= {REDOC_LOGO}
+            # (its console line may arrive after this point: at most one per refused request)
+            assert set(errors) <= {"Failed to load resource: net::ERR_FAILED"} and len(errors) <= len(left)
         finally:
             browser.close()
 

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from taxonomist.cli.main import app
 from taxonomist.inference.taxonomy import TaxonomyCheckpointError, TaxonomyPredictor
 from taxonomist.io import ResumeError
+from taxonomist.training.taxonomy import NONE_THRESHOLDS
 
 pytestmark = pytest.mark.integration
 
@@ -109,6 +110,8 @@ def test_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> None:
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["methods"]) == {"retrieval", "heads", "lexical", "vote", "soft"}
+    assert metrics["ensemble"] in ("soft", "vote")  # chosen on dev, as is the brand threshold
+    assert metrics["brand_none_threshold"] in NONE_THRESHOLDS
     assert all(v == 0 for v in metrics["invalid_paths"].values())
     # Titles carry the category words, so even a tiny encoder gets most paths right.
     assert metrics["methods"]["soft"]["path_accuracy"] >= 0.8
@@ -171,12 +174,24 @@ def test_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> None:
     with pytest.raises(TaxonomyCheckpointError, match=r"'soft', 'vote'"):
         predictor.predict(["Kapo Polo"], method="bogus")
 
-    result = CliRunner().invoke(
-        app, ["taxonomy", "evaluate", str(run), "--output", str(tmp_path / "e.json"), "-q"]
+    # evaluate scores the run's test split by default; --split dev gives back train's own (dev) figures.
+    for split in ("dev", "test"):
+        out_json = tmp_path / f"{split}.json"
+        args = ["taxonomy", "evaluate", str(run), "--split", split, "--output", str(out_json), "-q"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+    dev = json.loads((tmp_path / "dev.json").read_text())
+    assert dev["split"] == "dev" and metrics["split"] == "dev"
+    assert dev["methods"]["soft"]["path_accuracy"] == pytest.approx(
+        metrics["methods"]["soft"]["path_accuracy"]
     )
-    assert result.exit_code == 0, result.output
-    evaluated = json.loads((tmp_path / "e.json").read_text())["methods"]
-    assert evaluated["soft"]["path_accuracy"] == pytest.approx(metrics["methods"]["soft"]["path_accuracy"])
+    test = json.loads((tmp_path / "test.json").read_text())
+    assert test["split"] == "test" and test["methods"]["soft"]["n_rows"] == metrics["n_test"]
+    result = CliRunner().invoke(
+        app, ["taxonomy", "evaluate", str(run), "--output", str(tmp_path / "default.json"), "-q"]
+    )
+    default = json.loads((tmp_path / "default.json").read_text())
+    assert (default["split"], default["methods"]) == ("test", test["methods"])
 
 
 def test_unknown_method_is_a_clear_error(tmp_path: Path, tiny_encoder: Path) -> None:
@@ -188,3 +203,47 @@ def test_unknown_method_is_a_clear_error(tmp_path: Path, tiny_encoder: Path) -> 
     assert result.exit_code != 0
     # Refused when the config is read, before any data is loaded, naming the key and the choices.
     assert "train.methods[0]: 'knn' is not one of" in result.output
+
+
+def test_model_fit_predict_save_load(tmp_path: Path, tiny_encoder: Path) -> None:
+    """The model is a plain fitted object: parts from plain arguments, learned state after ``fit`` only,
+    and a saved folder that predicts the same on its own."""
+    from taxonomist.data.taxonomy import read_flipkart
+    from taxonomist.models.brand import BrandExtractor
+    from taxonomist.models.taxonomy import LexicalClassifier, RetrievalClassifier
+    from taxonomist.models.taxonomy_model import HeadsClassifier, TaxonomyModel
+    from taxonomist.models.text import TextEncoder
+
+    make_products(80, 3).to_csv(tmp_path / "products.csv", index=False)
+    data = read_flipkart(tmp_path / "products.csv")
+    titles, paths, brands = data.frame["title"].tolist(), data.paths(), data.frame["brand"].tolist()
+    model = TaxonomyModel(
+        TextEncoder(str(tiny_encoder), max_length=32, batch_size=16, quantize=False),
+        BrandExtractor(max_tokens=3),
+        retrieval=RetrievalClassifier(k=3),
+        heads=HeadsClassifier(epochs=3, lr=1e-2),
+        lexical=LexicalClassifier(),
+        ensemble="vote",
+    )
+    assert not hasattr(model, "taxonomy_") and not hasattr(model.heads, "module_")
+    with pytest.raises(ValueError, match="not in the taxonomy"):
+        model.fit(titles, [("Toys", "Cars", "Trucks"), *paths[1:]], brands, data.taxonomy())
+    model.fit(titles, paths, brands, data.taxonomy())
+    assert model.methods == ["retrieval", "heads", "lexical"]
+    assert {"retrieval", "heads", "lexical", "brand"} <= set(model.fit_seconds_)
+    assert len(model.heads.losses_) == 3
+    pred = model.predict(titles[:6])
+    assert len(pred) == 6 and all(p in model.taxonomy_ for p in pred[data.levels].itertuples(index=False))
+
+    model.save(tmp_path / "model")
+    back = TaxonomyModel.load(tmp_path / "model")
+    assert back.ensemble == "vote" and back.methods == model.methods
+    pd.testing.assert_frame_equal(back.predict(titles[:6]), pred)
+    pd.testing.assert_frame_equal(back.predict(titles[:6], "lexical"), model.predict(titles[:6], "lexical"))
+
+    # A checkpoint of the earlier layout (settings in config.yaml, no format number) is refused clearly.
+    manifest = json.loads((tmp_path / "model" / "taxonomist.json").read_text())
+    del manifest["format"]
+    (tmp_path / "model" / "taxonomist.json").write_text(json.dumps(manifest))
+    with pytest.raises(TaxonomyCheckpointError, match="older taxonomist"):
+        TaxonomyModel.load(tmp_path / "model")

@@ -186,3 +186,19 @@ def test_rerun_into_a_partial_job_says_it_is_partial(cli, tiny: Tiny, tmp_path: 
     code, _, err = _predict(cli, tiny, data, out, "--set", "predict.chunk_size=2")
     assert code == 0, err  # the same job resumes
     assert predicted_ids(out) == tiny.rows(4)["sku"].tolist()
+
+
+@pytest.mark.timeout(300)
+def test_ray_engine_lists_set_aside_rows_with_lines_too(cli, tiny: Tiny, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    rows = tiny.rows(5)[["sku", "type"]]
+    rows = pd.concat([rows, rows.iloc[[0]]], ignore_index=True)  # line 7 repeats line 2
+    rows.loc[2, "sku"] = "no-such-image"  # line 4
+    data = write_rows(tmp_path / "rows.csv", rows)
+    code, _, err = _predict(cli, tiny, data, tmp_path / "out", "--engine", "ray", "--num-actors", "1")
+    assert code == 0, err
+    errors = read_errors(tmp_path / "out")
+    assert errors[["id", "line", "reason"]].values.tolist() == [
+        ["no-such-image", "4", "missing"],
+        [rows.at[0, "sku"], "7", "duplicate-id"],
+    ]

@@ -66,7 +66,7 @@ def test_out_of_range_settings_name_the_key(override: str, message: str) -> None
     ("cls", "override", "message"),
     [
         (TaxonomyConfig, "predict.chunk_size=0", "predict.chunk_size must be ≥ 1, got 0"),
-        (TaxonomyConfig, "train.val_fraction=1.2", r"train.val_fraction must be in \(0, 1\), got 1.2"),
+        (TaxonomyConfig, "train.dev_fraction=1.2", r"train.dev_fraction must be in \(0, 1\), got 1.2"),
         (VLMConfig, "generate.chunk_size=0", "generate.chunk_size must be ≥ 1, got 0"),
         (VLMConfig, "generate.top_p=0", r"generate.top_p must be in \(0, 1\], got 0.0"),
     ],

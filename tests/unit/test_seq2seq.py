@@ -16,15 +16,10 @@ pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
 from taxonomist.data.taxonomy import Taxonomy
-from taxonomist.models.seq2seq import (
-    DEFAULT_PROMPT,
-    Seq2SeqTaxonomyModel,
-    TargetTrie,
-    format_target,
-    parse_target,
-    random_t5,
-    train_unigram_tokenizer,
-)
+from taxonomist.models.path_trie import TargetTrie, format_target, parse_target
+from taxonomist.models.seq2seq import DEFAULT_PROMPT, Seq2SeqTaxonomyModel
+from taxonomist.training.seq2seq import fit_seq2seq
+from tests.tiny_seq2seq import generate_targets, prefix_allowed_tokens_fn, random_t5, train_unigram_tokenizer
 
 # peft 0.21 calls a transformers 5 method that is deprecated; nothing to fix on our side.
 pytestmark = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
@@ -167,7 +162,7 @@ def test_trie_matches_training_tokenization(t5_dir: Path, taxonomy: Taxonomy) ->
 def test_untrained_beams_are_all_valid_paths(t5_dir: Path, taxonomy: Taxonomy) -> None:
     model = Seq2SeqTaxonomyModel.from_pretrained(t5_dir, taxonomy)
     titles = _data()[0][:6]
-    outputs = model.generate_targets(titles, num_beams=4, num_return_sequences=4, batch_size=4)
+    outputs = generate_targets(model, titles, num_beams=4, num_return_sequences=4, batch_size=4)
     assert [len(o) for o in outputs] == [4] * len(titles)
     for texts in outputs:
         for text in texts:
@@ -183,7 +178,7 @@ def test_untrained_beams_are_all_valid_paths(t5_dir: Path, taxonomy: Taxonomy) -
             num_beams=3,
             num_return_sequences=3,
             max_new_tokens=model.max_new_tokens,
-            prefix_allowed_tokens_fn=model.prefix_allowed_tokens_fn(),
+            prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(model.trie),
         )
     for seq in sequences[:, 1:].tolist():
         assert model.trie.match(seq)[0] >= 0
@@ -236,10 +231,17 @@ def test_snap_when_no_complete_path(t5_dir: Path, taxonomy: Taxonomy, monkeypatc
 def test_fit_predict_save_load(t5_dir: Path, taxonomy: Taxonomy, tmp_path: Path) -> None:
     titles, paths, brands = _data()
     model = Seq2SeqTaxonomyModel.from_pretrained(t5_dir)  # no taxonomy: fit builds it
-    model.fit(
-        titles, paths, brands, tmp_path / "out", epochs=10, learning_rate=1e-2, batch_size=8, logging_steps=3
+    losses = fit_seq2seq(
+        model,
+        titles,
+        paths,
+        brands,
+        tmp_path / "out",
+        epochs=10,
+        learning_rate=1e-2,
+        batch_size=8,
+        logging_steps=3,
     )
-    losses = model.train_losses_
     assert len(losses) >= 5 and np.mean(losses[-3:]) < np.mean(losses[:3])
     assert model.taxonomy is not None and model.taxonomy.paths == taxonomy.paths
     _assert_valid(model, taxonomy, titles)
@@ -257,7 +259,7 @@ def test_fit_lora_merges_adapters(t5_dir: Path, taxonomy: Taxonomy, tmp_path: Pa
     titles, paths, brands = _data()
     model = Seq2SeqTaxonomyModel.from_pretrained(t5_dir, taxonomy, prompt="product: ")
     base = {k: v.clone() for k, v in model.model.state_dict().items()}
-    model.fit(titles, paths, brands, tmp_path, epochs=1, learning_rate=1e-2, batch_size=8, lora=True)
+    fit_seq2seq(model, titles, paths, brands, tmp_path, epochs=1, learning_rate=1e-2, batch_size=8, lora=True)
     state = model.model.state_dict()
     assert set(state) == set(base)  # merged: a plain checkpoint again
     assert any(not torch.equal(state[k], base[k]) for k in base if k.endswith(("q.weight", "v.weight")))
@@ -269,7 +271,7 @@ def test_decoder_only_model(gpt2_dir: Path, taxonomy: Taxonomy, tmp_path: Path) 
     titles, paths, brands = _data()
     model = Seq2SeqTaxonomyModel.from_pretrained(gpt2_dir, taxonomy)
     assert not model.is_encoder_decoder
-    for texts in model.generate_targets(titles[:4], num_beams=3, num_return_sequences=3):
+    for texts in generate_targets(model, titles[:4], num_beams=3, num_return_sequences=3):
         assert all(parse_target(t)[0] in taxonomy for t in texts)
-    model.fit(titles, paths, brands, tmp_path, epochs=2, learning_rate=1e-2, batch_size=8, lora=True)
+    fit_seq2seq(model, titles, paths, brands, tmp_path, epochs=2, learning_rate=1e-2, batch_size=8, lora=True)
     _assert_valid(model, taxonomy, titles[:6])

@@ -391,3 +391,57 @@ def test_derived_tree_arrays_are_shared_and_read_only(tax: Taxonomy) -> None:
         tax.path_node_ids()[0, 0] = 7
     with pytest.raises(ValueError, match="read-only"):
         tax.parent_ids(1)[0] = 7
+
+
+def test_split_titles_is_seeded_disjoint_and_keeps_categories() -> None:
+    """Train, dev and test never share a row, every top-level category is in each part in proportion,
+    and the same seed gives the same parts (``taxonomy evaluate`` rebuilds the run's test split)."""
+    from taxonomist.config import TaxonomyConfig
+    from taxonomist.data.taxonomy import TitleDataset
+    from taxonomist.training.taxonomy import split_part, split_titles
+
+    levels = ["supergroup", "group", "module"]
+    frame = pd.DataFrame(
+        [(f"t{i}", f"title {i}", "Men" if i % 4 else "Women", "Shoes", f"M{i % 7}", "") for i in range(200)],
+        columns=["id", "title", *levels, "brand"],
+    )
+    data = TitleDataset(frame, levels, frame.iloc[:0])
+    cfg = TaxonomyConfig()
+    cfg.train.dev_fraction, cfg.train.test_fraction = 0.1, 0.2
+    split = split_titles(data, cfg)
+    parts = [set(split.train), set(split.dev), set(split.test)]
+    assert sum(map(len, parts)) == 200 and set.union(*parts) == set(range(200))
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert (len(split.dev), len(split.test)) == (20, 40)
+    test = split_part(data, cfg, "test").frame
+    assert (test["supergroup"] == "Women").sum() == 10  # 20% of the 50 Women rows
+    again = split_titles(data, cfg)
+    assert np.array_equal(again.test, split.test) and np.array_equal(again.dev, split.dev)
+    cfg.train.seed = 1
+    assert not np.array_equal(split_titles(data, cfg).test, split.test)
+
+
+def test_none_threshold_chosen_on_dev_keeps_the_no_brand_floor() -> None:
+    """The dev-chosen "no brand" threshold maximises item accuracy only among thresholds that keep the
+    required share of brandless dev rows brandless."""
+    from taxonomist.data.taxonomy import TitleDataset
+    from taxonomist.models.taxonomy_model import TaxonomyModel
+    from taxonomist.training.taxonomy import NONE_THRESHOLDS, choose_none_threshold
+
+    levels = ["supergroup", "group", "module"]
+    titles = ["Printed Cotton Shirt"] * 30 + ["Kavo Solid Shirt"] * 10
+    brand = BrandExtractor().fit(titles, [""] * 30 + ["Kavo"] * 10)
+    tax = Taxonomy.from_paths([("Men", "Shirts", "Casual")])
+    model = TaxonomyModel(None, brand)  # type: ignore[arg-type]  # no encoder needed to pick brands
+    model.taxonomy_ = tax
+    # Dev: the same title twice, once with a brand (the best span) recorded and once really brandless.
+    span = brand.predict_with_confidence(["Printed Cotton Shirt"], none_threshold=1.01)[0][0]
+    dev = pd.DataFrame(
+        {"title": ["Printed Cotton Shirt", "Printed Cotton Shirt"], "brand": [span, ""]}
+    ).assign(supergroup="Men", group="Shirts", module="Casual")
+    data = TitleDataset(dev, levels, dev.iloc[:0])
+    predicted = dev[levels]
+    grid = (0.5, 1.01)  # 1.01: "no brand" never wins
+    assert choose_none_threshold(model, data, predicted, min_no_brand_accuracy=1.0, thresholds=grid) == 0.5
+    assert choose_none_threshold(model, data, predicted, min_no_brand_accuracy=0.0, thresholds=grid) == 1.01
+    assert choose_none_threshold(model, data, predicted, min_no_brand_accuracy=0.5) in NONE_THRESHOLDS

@@ -165,7 +165,7 @@ def self_train(
     quiet: QuietOpt = False,
 ) -> None:
     """Heads on a labeled fraction, then rounds of view-consistent, confident pseudo-labels (listing
-    titles join the teacher's views where catalog.text_column names them)."""
+    titles join the teacher's views where catalog.text_columns names them)."""
     from taxonomist.training.self_training import self_train as run_self_training
 
     cfg = resolve_config(
@@ -329,10 +329,11 @@ def predict(
             "predict.placeholder": placeholder,
         },
     )
-    catalog = load_for_prediction(cfg.catalog)
+    catalog = load_for_prediction(cfg.catalog, text="text" in cfg.heads.inputs)
     record_input(output, cfg.catalog, checkpoint)  # `review OUTPUT` finds images and titles through it
     if engine == "ray":
-        from taxonomist.inference.ray_engine import predict_with_ray
+        from taxonomist.inference.predictor import with_row_errors
+        from taxonomist.inference.ray_engine import predict_with_ray, read_ray_output
 
         summary = predict_with_ray(
             checkpoint,
@@ -352,13 +353,13 @@ def predict(
             runtime=runtime,
             precision=precision,
         )
-        if len(catalog.rejected):  # rows the shards never saw
-            catalog.rejected.to_csv(output / "rejected_rows.csv", index=False)
-            console.print(f"{len(catalog.rejected)} rows set aside: {output / 'rejected_rows.csv'}")
+        # The shards' errors with their lines, and the rows the shards never saw, as the local engine writes.
+        errors = read_ray_output(output, "errors")
+        summary = with_row_errors(summary, catalog, errors, output)
         console.print_json(json.dumps(summary.to_dict()))
         failure = summary.failure(cfg.predict.max_error_share)
         if failure:
-            raise JobFailed(failure.replace("errors.csv", "errors/"))
+            raise JobFailed(failure)
         return
     predictor = Predictor.from_pretrained(
         checkpoint, device=cfg.embed.device, runtime=runtime, precision=precision
@@ -373,6 +374,7 @@ def predict(
         placeholder=cfg.predict.placeholder,
         chunk_size=cfg.predict.chunk_size,
         progress=not quiet,
+        allow_missing_image=cfg.predict.allow_missing_image,
     )
     console.print_json(json.dumps(summary.to_dict()))
     failure = summary.failure(cfg.predict.max_error_share)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -53,7 +53,7 @@ def train(
     limit: Annotated[int | None, typer.Option(help="Use N rows (data.limit).")] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Fit retrieval, hierarchical heads (and seq2seq if configured) and score them on a validation split."""
+    """Fit retrieval, heads, lexical (and seq2seq if configured); choose the ensemble and score on dev."""
     from taxonomist.training.taxonomy import train as train_taxonomy
 
     cfg = resolve_config(
@@ -61,13 +61,13 @@ def train(
     )
     report = train_taxonomy(cfg, output, progress=not quiet)
     console.print(
-        reports_table(
-            report.reports, report.titles_per_s, report.invalid, f"validation ({report.n_val} titles)"
-        )
+        reports_table(report.reports, report.titles_per_s, report.invalid, f"dev ({report.n_dev} titles)")
     )
     console.print(
-        f"train titles {report.n_train} · skipped rows {report.skipped} · validation paths not in the "
-        f"taxonomy {report.val_unseen_paths} · seconds {report.train_seconds} · checkpoint {output}"
+        f"train titles {report.n_train} · test titles kept for `taxonomy evaluate` {report.n_test} · "
+        f"skipped rows {report.skipped} · dev paths not in the taxonomy {report.dev_unseen_paths} · "
+        f"chosen on dev: {report.ensemble} ensemble, brand none threshold {report.brand_none_threshold} · "
+        f"seconds {report.train_seconds} · checkpoint {output}"
     )
 
 
@@ -75,8 +75,11 @@ def train(
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
     data: Annotated[
-        str | None, typer.Option(help="Labelled titles (default: the run's validation split).")
+        str | None, typer.Option(help="Labelled titles (default: the run's own split, see --split).")
     ] = None,
+    split: Annotated[
+        Literal["test", "dev"], typer.Option(help="Which part of the run's split to score without --data.")
+    ] = "test",
     layout: Annotated[str | None, typer.Option(help="flipkart | indoml")] = None,
     output: Annotated[Path | None, typer.Option(help="Write metrics JSON here.")] = None,
     report: Annotated[
@@ -88,29 +91,31 @@ def evaluate(
     ] = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Score every method of a checkpoint on labelled titles."""
-    from taxonomist.inference.taxonomy import TaxonomyPredictor
-    from taxonomist.training.taxonomy import evaluate_predictor, load_titles, split_rows
+    """Score every method of a checkpoint on labelled titles (by default the run's untouched test split)."""
+    from taxonomist.config import load_config
+    from taxonomist.inference.taxonomy import load_model
+    from taxonomist.training.taxonomy import evaluate_model, load_titles, split_part
 
-    predictor = TaxonomyPredictor.from_pretrained(checkpoint)
-    cfg = predictor.config
+    model = load_model(checkpoint)
+    cfg = load_config(checkpoint / "config.yaml", cls=TaxonomyConfig)
     if data is None:
-        titles = load_titles(cfg)
-        _, val_rows = split_rows(len(titles.frame), cfg.train.val_fraction, cfg.train.seed)
-        titles = titles.subset(val_rows)
+        titles = split_part(load_titles(cfg), cfg, split)
+        what = f"{split} split, {len(titles.frame)} titles"
     else:
         cfg.data.path, cfg.data.limit = data, None
         cfg.data.layout = layout or cfg.data.layout  # type: ignore[assignment]
         titles = load_titles(cfg)
-    result = evaluate_predictor(predictor, titles, progress=not quiet)
-    console.print(
-        reports_table(
-            result["reports"], result["titles_per_s"], result["invalid"], f"{len(titles.frame)} titles"
-        )
-    )
+        what = f"{len(titles.frame)} titles"
+    result = evaluate_model(model, titles, progress=not quiet)
+    console.print(reports_table(result["reports"], result["titles_per_s"], result["invalid"], what))
     if output:
         payload = {m: r.to_dict() for m, r in result["reports"].items()}
-        output.write_text(json.dumps({"methods": payload, "titles_per_s": result["titles_per_s"]}, indent=1))
+        split_name = split if data is None else None
+        output.write_text(
+            json.dumps(
+                {"split": split_name, "methods": payload, "titles_per_s": result["titles_per_s"]}, indent=1
+            )
+        )
     if report is not None:
         from taxonomist.report.taxonomy import write_taxonomy_report
 
@@ -136,9 +141,14 @@ def predict(
     quiet: QuietOpt = False,
 ) -> None:
     """Predict a path and brand for every title; empty titles are skipped into errors.csv."""
-    from taxonomist.inference.taxonomy import TaxonomyPredictor
+    from taxonomist.config import load_config
+    from taxonomist.inference.taxonomy import DEFAULT_CHUNK_SIZE, TaxonomyPredictor
 
-    predictor = TaxonomyPredictor.from_pretrained(checkpoint)
+    run_config = checkpoint / "config.yaml"  # the training run's record, when the folder has it
+    chunk_size = (
+        load_config(run_config, cls=TaxonomyConfig).predict.chunk_size if run_config.is_file() else None
+    )
+    predictor = TaxonomyPredictor.from_pretrained(checkpoint, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE)
     summary = predictor.predict_file(
         data, output, title_column=title_column, id_column=id_column, method=method, progress=not quiet
     )

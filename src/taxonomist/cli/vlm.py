@@ -141,11 +141,14 @@ def predict(
     images: ImagesOpt = None,
 ) -> None:
     """Attributes (Meesho + long layouts with confidences) or captions for every catalog row; the training
-    run's row filters do not apply. Rows with a blank id or category or a repeated id go to
-    rejected_rows.csv; when every row, or more than predict.max_error_share of them, failed, the command
-    ends with exit status 2."""
+    run's row filters do not apply. Rows with a blank id or category or a repeated id are rows of
+    errors.csv too, each with its line; when every row, or more than predict.max_error_share of them,
+    failed, the command ends with exit status 2."""
+    import pandas as pd
+
     from taxonomist.data.catalog import CATEGORY, ID, load_for_prediction
     from taxonomist.inference.inputs import record_input
+    from taxonomist.inference.predictor import with_row_errors
     from taxonomist.inference.vlm import VLMPredictor
 
     cfg = model_config(model_dir, config, overrides, **{"catalog.path": data, "catalog.image_root": images})
@@ -160,9 +163,8 @@ def predict(
         output,
         progress=not quiet,
     )
-    if len(catalog.rejected):
-        catalog.rejected.to_csv(output / "rejected_rows.csv", index=False)
-        console.print(f"{len(catalog.rejected)} rows set aside: {output / 'rejected_rows.csv'}")
+    errors = pd.read_csv(output / "errors.csv", dtype=str, keep_default_na=False)
+    summary = with_row_errors(summary, catalog, errors, output)
     console.print_json(json.dumps(summary.to_dict()))
     failure = summary.failure(PredictConfig().max_error_share)
     if failure:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from taxonomist.config import CatalogConfig
 from taxonomist.data.schema import Schema
+from taxonomist.data.taxonomy import normalize_text
 
 ID = "id"
 CATEGORY = "category"
@@ -302,6 +303,12 @@ def describe_counts(counts: Mapping[str, int], limit: int = LISTED_CATEGORIES) -
     return text + (f" … and {len(ranked) - limit} more categories" if len(ranked) > limit else "")
 
 
+def join_texts(columns: pd.DataFrame) -> pd.Series:
+    """Each row's normalised non-empty texts joined with " | " (title | description); none → ""."""
+    parts = columns.map(normalize_text).to_numpy()
+    return pd.Series([" | ".join(t for t in row if t) for row in parts], index=columns.index, dtype=object)
+
+
 def read_generic(
     path: str | os.PathLike,
     *,
@@ -317,20 +324,23 @@ def read_generic(
     labels: bool = True,
     encoding: str = "utf-8",
     bad_rows: BadRows = "raise",
+    text_columns: Sequence[str] = (),
 ) -> Catalog:
     """Any CSV/Parquet with an id column, a category column and named attribute columns.
 
-    ``text_column`` (listing text such as a title) lands in column ``text``, missing text as "".
+    ``text_columns`` (listing text such as a title and a description; ``text_column``: one of them) are
+    normalised (:func:`normalize_text`) and joined into column ``text``, missing text as "".
     ``labels=False`` reads no attribute columns at all (predicting needs none, and then a stray column
     cannot clash with the names the id, category and text columns get). ``bad_rows``: see :data:`BadRows`.
     """
     path = expand_path(path)
     raw = read_table(path, encoding)
-    named = ((id_column, ID), (category_column, CATEGORY), (text_column, TEXT))
+    text_columns = list(dict.fromkeys([*([text_column] if text_column is not None else []), *text_columns]))
+    named = ((id_column, ID), (category_column, CATEGORY), *((c, TEXT) for c in text_columns))
     for col, what in named:
         if col is not None and col not in raw.columns:
             raise CatalogError(f"{path}: no {what} column {col!r} (columns: {list(raw.columns)})")
-    special = {id_column, category_column, text_column}
+    special = {id_column, category_column, *text_columns}
     inferred = labels and not attributes
     if not labels:
         attributes = []
@@ -359,8 +369,8 @@ def read_generic(
     frame = raw[[id_column, category_column, *attributes]].rename(
         columns={id_column: ID, category_column: CATEGORY}
     )
-    if text_column is not None:
-        frame[TEXT] = raw[text_column].fillna("").astype(str)
+    if text_columns:
+        frame[TEXT] = join_texts(raw[text_columns])
     frame, dropped = _finish(frame, categories, min_rows_per_category, str(path))
     lines, frame = _lines_and_frame(frame)
     root = expand_path(image_root) if image_root is not None else path.parent
@@ -467,8 +477,8 @@ def load_catalog(
         "bad_rows": bad_rows,
     }
     if cfg.layout == "meesho":
-        if cfg.text_column is not None:
-            raise CatalogError("the meesho layout has no listing text: leave catalog.text_column unset")
+        if cfg.text_columns:
+            raise CatalogError("the meesho layout has no listing text: leave catalog.text_columns unset")
         catalog = read_meesho(cfg.path, image_template=cfg.image_template, encoding=cfg.encoding, **common)
     else:
         catalog = read_generic(
@@ -478,7 +488,7 @@ def load_catalog(
             attributes=cfg.attributes,
             image_root=cfg.image_root,
             image_template=cfg.image_template or "images/{id}.jpg",
-            text_column=cfg.text_column,
+            text_columns=cfg.text_columns,
             labels=labels,
             encoding=cfg.encoding,
             **common,
@@ -537,7 +547,7 @@ def without_training_filters(cfg: CatalogConfig) -> CatalogConfig:
     return dataclasses.replace(cfg, categories=[], min_rows_per_category=0, limit=None)
 
 
-def load_for_prediction(cfg: CatalogConfig) -> Catalog:
+def load_for_prediction(cfg: CatalogConfig, *, text: bool = False) -> Catalog:
     """Every row of ``cfg.path`` with only what predicting reads: id, category, image. Rows with a blank
     id or category or a repeated id are set aside in :attr:`Catalog.rejected` (see :data:`BadRows`).
 
@@ -545,9 +555,13 @@ def load_for_prediction(cfg: CatalogConfig) -> Catalog:
     rows per category, its row limit, per-category remaps, label and text columns. Applied to a file to
     predict they would drop rows silently or fail on columns that file need not have, so only the settings
     that say how to read a row remain. Rows of categories a model does not know are kept: predictors report
-    them as errors.
+    them as errors. ``text``: keep the text columns (listing heads read them; image-only heads never do).
     """
     reading = dataclasses.replace(
-        without_training_filters(cfg), attributes=[], remaps={}, schema=None, text_column=None
+        without_training_filters(cfg),
+        attributes=[],
+        remaps={},
+        schema=None,
+        text_columns=cfg.text_columns if text else [],
     )
     return load_catalog(reading, labels=False, bad_rows="report")

@@ -127,19 +127,13 @@ def load_image(
         with _classified(name):
             return _normalise(source, name, max_pixels)
     name = os.fsdecode(source)
-    try:
+    # Only the filesystem's errors reach _file_errors: decoder errors are classified inside _decode.
+    with _file_errors(name):
         st = _check_regular_file(name)  # a directory is no image either
         if st.st_size == 0:
             raise ImageLoadError(name, "empty", "file has 0 bytes")
         with open(name, "rb") as fp:
             return _decode(fp, name, max_pixels)
-    except (FileNotFoundError, NotADirectoryError) as exc:
-        raise ImageLoadError(name, "missing", exc.strerror or "no such file") from None
-    except ImageLoadError:
-        raise
-    except OSError as exc:
-        # Only the filesystem can get here: decoder errors are classified inside _decode.
-        raise ImageLoadError(name, "unreadable", exc.strerror or str(exc)) from exc
 
 
 def load_image_bytes(
@@ -159,18 +153,25 @@ def content_hash(path_or_bytes: str | os.PathLike[str] | bytes | bytearray | mem
         digest.update(path_or_bytes)
         return digest.hexdigest()
     name = os.fsdecode(path_or_bytes)
-    try:
+    with _file_errors(name):
         _check_regular_file(name)
         with open(name, "rb") as fp:
             while chunk := fp.read(_HASH_CHUNK):
                 digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _file_errors(name: str) -> Iterator[None]:
+    """A file that cannot be read becomes an :class:`ImageLoadError`: ``missing`` or ``unreadable``."""
+    try:
+        yield
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise ImageLoadError(name, "missing", exc.strerror or "no such file") from None
     except ImageLoadError:
         raise
     except OSError as exc:
         raise ImageLoadError(name, "unreadable", exc.strerror or str(exc)) from exc
-    return digest.hexdigest()
 
 
 def _check_regular_file(name: str) -> os.stat_result:

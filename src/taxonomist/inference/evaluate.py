@@ -152,8 +152,12 @@ def evaluate(
     good = np.flatnonzero(embedded.ok)
     frame = catalog.frame
     cats = frame[CATEGORY].astype(str).to_numpy()
-    probs = predictor.predict_features(embedded.features[good], cats[good].tolist())
-    before = predictor.predict_features(embedded.features[good], cats[good].tolist(), calibrated=False)
+    text = None
+    if predictor.reads_text:  # listing heads: the catalog's text column (rows without one are blank)
+        texts = frame[TEXT].to_numpy()[good].tolist() if TEXT in frame.columns else None
+        text = predictor.text_features(texts, len(good))
+    probs = predictor.predict_features(embedded.features[good], cats[good].tolist(), text)
+    before = predictor.predict_features(embedded.features[good], cats[good].tolist(), text, calibrated=False)
     preds = predictor.decode(probs, frame[ID].to_numpy()[good].tolist(), cats[good].tolist())
     schema = predictor.schema
     predicted = wide_named_frame(preds, schema.attributes)
@@ -301,7 +305,7 @@ def evaluate_vlm(
     from taxonomist.metrics.captions import caption_scores
 
     if split not in ("val", "all"):
-        raise ValueError(f"split must be 'val' or 'all', got {split!r}")
+        raise ConfigError(f"--split must be 'val' or 'all' for this model, got {split!r}")
     train_examples, val_examples, _ = build_examples(cfg)
     examples = val_examples if split == "val" else [*train_examples, *val_examples]
     predictor = VLMPredictor.from_pretrained(model_dir, generate=cfg.generate)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -15,15 +16,18 @@ import torch
 from PIL import Image
 
 from taxonomist.config import EmbedConfig
-from taxonomist.data.catalog import CATEGORY, ID, MEESHO_MAX_ATTRS, Catalog
+from taxonomist.data.catalog import CATEGORY, ID, MEESHO_MAX_ATTRS, TEXT, Catalog
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from taxonomist.data.schema import SchemaError
+from taxonomist.data.taxonomy import normalize_text
 from taxonomist.devices import module_device, resolve_device
 from taxonomist.features.cache import FeatureCache, default_cache_dir
 from taxonomist.features.embed import embed_images
+from taxonomist.features.text import ListingText, TextFeatures, load_listing_text
 from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.build import build_backbone
 from taxonomist.models.checkpoint import HeadsCheckpoint, calibrated_probs, checkpoint_version
+from taxonomist.models.fusion import lexical_batch
 from taxonomist.models.runtime import exports_root, on_runtime
 from taxonomist.progress import progress_bar
 
@@ -86,10 +90,20 @@ class PredictSummary:
 class Predictor:
     """Frozen backbone + attribute heads + calibration, loaded from a checkpoint directory."""
 
-    def __init__(self, checkpoint: HeadsCheckpoint, heads, backbone, *, version: str = "") -> None:
+    def __init__(
+        self,
+        checkpoint: HeadsCheckpoint,
+        heads,
+        backbone,
+        *,
+        version: str = "",
+        text: ListingText | None = None,
+    ) -> None:
         """``version``: the checkpoint's content digest (set by :meth:`from_pretrained`); batch jobs
-        record it so a resume never mixes rows predicted by two models."""
+        record it so a resume never mixes rows predicted by two models. ``text``: the text features of
+        a listing checkpoint (``heads.inputs`` has ``text``)."""
         self.checkpoint = checkpoint
+        self.text = text
         self.version = version
         self.heads = heads
         self.backbone = backbone
@@ -128,9 +142,11 @@ class Predictor:
                 "trained on the old features"
             )
         version = checkpoint_version(path)
-        backbone, heads, _ = on_runtime(
+        # Listing heads (image + text) take more inputs than the exported graph: they stay on torch.
+        exported_heads = None if checkpoint.text else heads.to(target)
+        backbone, runtime_heads, _ = on_runtime(
             backbone.to(target),
-            heads.to(target),
+            exported_heads,
             runtime=runtime or checkpoint.runtime,
             precision=precision or checkpoint.precision,
             device=target,
@@ -138,12 +154,38 @@ class Predictor:
             feature_dim=checkpoint.feature_dim,
             extra={"checkpoint": version},
         )
-        return cls(checkpoint, heads, backbone, version=version)
+        text = load_listing_text(path, checkpoint, target) if checkpoint.text else None
+        return cls(checkpoint, runtime_heads or heads.to(target).eval(), backbone, version=version, text=text)
 
     @property
     def runtime(self) -> str:
         """Where the backbone runs, e.g. ``openvino bf16`` or ``torch fp32``."""
         return f"{getattr(self.backbone, 'runtime', 'torch')} {getattr(self.backbone, 'precision', 'fp32')}"
+
+    @property
+    def allows_missing_image(self) -> bool:
+        """Listing heads trained to predict from the text alone (``text.image_dropout`` > 0)."""
+        return self.reads_text and self.checkpoint.text.get("image_dropout", 0.0) > 0
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether the heads read listing text (the checkpoint was trained on image + text)."""
+        return self.text is not None
+
+    def text_features(self, texts: Sequence[str | None] | None, n: int) -> TextFeatures | None:
+        """``n`` rows' texts (normalised here; None = every row blank) → the text features of listing
+        heads; None for image-only heads.
+
+        Giving texts to image-only heads is an error: they would be ignored, silently."""
+        if not self.reads_text:
+            if texts is not None and any(normalize_text(t) for t in texts):
+                raise ValueError(
+                    "this checkpoint was trained on images only (heads.inputs: [image]); it cannot read "
+                    "listing text: leave the texts out, or train with heads.inputs: [image, text]"
+                )
+            return None
+        normal = [normalize_text(t) for t in texts] if texts is not None else [""] * n
+        return self.text.features(normal)
 
     @property
     def categories(self) -> list[str]:
@@ -157,14 +199,36 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_features(
-        self, features: np.ndarray | torch.Tensor, categories: Sequence[str], *, calibrated: bool = True
+        self,
+        features: np.ndarray | torch.Tensor,
+        categories: Sequence[str],
+        text: TextFeatures | None = None,
+        *,
+        has_image: np.ndarray | None = None,
+        calibrated: bool = True,
     ) -> dict[str, np.ndarray]:
         """attribute → (n, n_values) calibrated probabilities (zeros where the attribute does not apply);
-        ``calibrated=False``: without the fitted temperature, for reliability diagrams before/after."""
+        ``calibrated=False``: without the fitted temperature, for reliability diagrams before/after.
+
+        ``text`` (listing heads): :meth:`text_features` of the rows; None = no row has text.
+        ``has_image`` (listing heads): False for rows whose image could not be read (their features are
+        ignored)."""
         device = module_device(self.heads)
         features = torch.as_tensor(features, dtype=torch.float32).to(device)
-        logits = self.heads(features, self.category_indices(categories).to(device))
-        probs = calibrated_probs(logits, self.checkpoint, scale=calibrated)
+        category = self.category_indices(categories).to(device)
+        if not self.reads_text:
+            logits = self.heads(features, category)
+            probs = calibrated_probs(logits, self.checkpoint, scale=calibrated)
+            return {a: p.cpu().numpy() for a, p in probs.items()}
+        text = text if text is not None else self.text_features(None, len(features))
+        images = (
+            np.ones(len(features), dtype=bool) if has_image is None else np.asarray(has_image, dtype=bool)
+        )
+        present = torch.as_tensor(np.stack([images, text.present], axis=1))
+        lexical = lexical_batch(text.lexical, device) if text.lexical is not None else None
+        dense = torch.as_tensor(text.dense, dtype=torch.float32).to(device)
+        logits = self.heads(features, dense, category, present.to(device), lexical)
+        probs = calibrated_probs(logits, self.checkpoint, present=present, scale=calibrated)
         return {a: p.cpu().numpy() for a, p in probs.items()}
 
     def decode(
@@ -202,22 +266,29 @@ class Predictor:
         categories: Sequence[str],
         ids: Sequence[str] | None = None,
         *,
+        texts: Sequence[str | None] | None = None,
         min_confidence: float = 0.0,
         placeholder: str = "",
     ) -> list[Prediction]:
-        """In-memory prediction for a few images (PIL images or paths); raises on an unreadable image."""
-        for name, seq in (("images", images), ("categories", categories), ("ids", ids)):
+        """In-memory prediction for a few images (PIL images or paths); raises on an unreadable image.
+
+        ``texts``: the listings' titles for listing heads (None or "" where a listing has none); an
+        error for image-only heads."""
+        for name, seq in (("images", images), ("categories", categories), ("ids", ids), ("texts", texts)):
             if isinstance(seq, str | os.PathLike | Image.Image):
                 raise TypeError(f"{name} must be a list, got one {type(seq).__name__}: wrap it in [...]")
         ids = list(ids) if ids is not None else [str(i) for i in range(len(images))]
         if not len(images) == len(categories) == len(ids):
             raise ValueError(f"{len(images)} images, {len(categories)} categories and {len(ids)} ids")
+        if texts is not None and len(texts) != len(images):
+            raise ValueError(f"{len(images)} images and {len(texts)} texts")
         if not images:
             return []
         self.category_indices(categories)  # fail before any decoding
+        text = self.text_features(texts, len(images))
         # PIL images go through the same loader as files: same orientation, mode and size rules.
         pixels = torch.stack([self.backbone.preprocess(load_image(im)) for im in images])
-        probs = self.predict_features(self.backbone(pixels.to(self.device)), categories)
+        probs = self.predict_features(self.backbone(pixels.to(self.device)), categories, text)
         return self.decode(probs, ids, categories, min_confidence=min_confidence, placeholder=placeholder)
 
     def predict_chunk(
@@ -226,6 +297,8 @@ class Predictor:
         categories: Sequence[str],
         paths: Sequence[str | os.PathLike],
         *,
+        texts: Sequence[str] | None = None,
+        allow_missing_image: bool = False,
         cache: FeatureCache | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
@@ -234,7 +307,15 @@ class Predictor:
         placeholder: str = "",
     ) -> tuple[list[Prediction], list[ImageError]]:
         """One chunk of a batch job: rows with an unknown category and unreadable images become errors,
-        the rest predictions. Shared by the local and the Ray engine so both give the same numbers."""
+        the rest predictions. Shared by the local and the Ray engine so both give the same numbers.
+
+        Listing heads read ``texts``; with ``allow_missing_image`` a row whose image cannot be read is
+        still predicted, from its text (and still reported in the errors)."""
+        if allow_missing_image and not self.allows_missing_image:
+            raise ValueError(
+                "predict.allow_missing_image needs listing heads trained with text.image_dropout > 0; "
+                "this checkpoint never learned to predict without the image"
+            )
         rows, errors = [], []
         for r, category in enumerate(categories):
             if category in self._category_index:
@@ -252,9 +333,11 @@ class Predictor:
             max_pixels=max_pixels,
             progress=False,
         )
-        good = [rows[i] for i in np.flatnonzero(result.ok)]
+        keep = np.ones(len(rows), dtype=bool) if allow_missing_image else result.ok
+        good = [rows[i] for i in np.flatnonzero(keep)]
         good_ids, good_cats = [ids[r] for r in good], [categories[r] for r in good]
-        probs = self.predict_features(result.features[result.ok], good_cats)
+        text = self.text_features([texts[r] for r in good] if texts is not None else None, len(good))
+        probs = self.predict_features(result.features[keep], good_cats, text, has_image=result.ok[keep])
         preds = self.decode(
             probs, good_ids, good_cats, min_confidence=min_confidence, placeholder=placeholder
         )
@@ -271,11 +354,15 @@ class Predictor:
         chunk_size: int = 512,
         use_cache: bool = False,
         progress: bool = True,
+        allow_missing_image: bool = False,
     ) -> PredictSummary:
         """Batch job: Meesho-layout and long-layout CSVs, errors file, resumable after a crash.
 
         errors.csv lists every row not predicted with its line in the input: the rows the catalog reader
-        set aside (blank id or category, repeated id), unknown categories and unreadable images."""
+        set aside (blank id or category, repeated id), unknown categories and unreadable images.
+
+        Listing heads read the catalog's ``text`` column (a catalog without one: every row blank);
+        image-only heads never read it."""
         embed = embed or EmbedConfig()
         start = time.perf_counter()
         out_dir = Path(out_dir)
@@ -291,6 +378,11 @@ class Predictor:
         all_cats = frame[CATEGORY].astype(str).tolist()
         paths = catalog.image_paths()
         rows_in = pd.DataFrame({ID: all_ids, CATEGORY: all_cats, "path": [os.path.abspath(p) for p in paths]})
+        all_texts = None
+        if self.reads_text:  # a resumed job must have read the same texts
+            settings["allow_missing_image"] = allow_missing_image
+            all_texts = frame[TEXT].tolist() if TEXT in frame.columns else [""] * len(frame)
+            rows_in[TEXT] = all_texts
         writer = ChunkedWriter(out_dir, rows_in, chunk_size, settings)
         todo = writer.pending()
         resumed = writer.n_chunks - len(todo)
@@ -305,6 +397,8 @@ class Predictor:
                     [all_ids[r] for r in rows],
                     [all_cats[r] for r in rows],
                     [paths[r] for r in rows],
+                    texts=[all_texts[r] for r in rows] if all_texts is not None else None,
+                    allow_missing_image=allow_missing_image,
                     cache=cache,
                     batch_size=embed.batch_size,
                     num_workers=embed.num_workers,
@@ -357,6 +451,22 @@ def row_errors(catalog: Catalog, errors: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("line", kind="stable", na_position="last").reset_index(drop=True)[
         ROW_ERROR_COLUMNS
     ]
+
+
+def with_row_errors(
+    summary: PredictSummary, catalog: Catalog, errors: pd.DataFrame, out_dir: str | os.PathLike
+) -> PredictSummary:
+    """For engines that only see the rows read (Ray shards, the VLM batch job): ``errors.csv`` in
+    ``out_dir`` rewritten with each row's line and the rows the reader set aside, and ``summary``
+    counting them too."""
+    table = row_errors(catalog, errors)
+    atomic_write_frame(table, Path(out_dir) / "errors.csv")
+    return dataclasses.replace(
+        summary,
+        rows=summary.rows + len(catalog.rejected),
+        errors=len(table),
+        error_reasons={str(r): int(n) for r, n in table["reason"].value_counts().items()},
+    )
 
 
 def meesho_frame(preds: Sequence[Prediction], schema) -> pd.DataFrame:

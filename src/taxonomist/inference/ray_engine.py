@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from taxonomist.data.catalog import CATEGORY, ID, Catalog, read_table
+from taxonomist.data.catalog import CATEGORY, ID, TEXT, Catalog, read_table
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ERROR_COLUMNS
 from taxonomist.inference.predictor import Predictor, PredictSummary, long_frame
 from taxonomist.io import (
@@ -61,13 +61,16 @@ def read_rows(source: Catalog | str | os.PathLike) -> pd.DataFrame:
     table's folder. Paths are made absolute here because Ray workers do not share the driver's cwd.
     """
     if isinstance(source, Catalog):
-        return pd.DataFrame(
+        rows = pd.DataFrame(
             {
                 ID: source.frame[ID].astype(str).to_numpy(),
                 CATEGORY: source.frame[CATEGORY].astype(str).to_numpy(),
                 PATH: [os.path.abspath(p) for p in source.image_paths()],
             }
         )
+        if TEXT in source.frame.columns:  # listing heads read it; image-only heads never do
+            rows[TEXT] = source.frame[TEXT].astype(str).to_numpy()
+        return rows
     source = Path(source)
     files = sorted(source.glob("*.parquet")) if source.is_dir() else [source]
     if not files:
@@ -78,7 +81,7 @@ def read_rows(source: Catalog | str | os.PathLike) -> pd.DataFrame:
         missing = [c for c in ROW_COLUMNS if c not in table.columns]
         if missing:
             raise ValueError(f"{file}: missing columns {missing}; need {list(ROW_COLUMNS)}")
-        table = table[list(ROW_COLUMNS)].astype(str)
+        table = table[[*ROW_COLUMNS, *([TEXT] if TEXT in table.columns else [])]].fillna("").astype(str)
         table[PATH] = [os.path.abspath(file.parent / p) for p in table[PATH]]
         frames.append(table)
     return pd.concat(frames, ignore_index=True)
@@ -134,7 +137,14 @@ def predict_with_ray(
     checkpoint_dir = Path(checkpoint_dir).absolute()
     rows = read_rows(source)
     n_shards = -(-len(rows) // shard_rows)
-    HeadsCheckpoint.load(checkpoint_dir)  # a clear error before any Ray start-up if it is not one
+    checkpoint, _ = HeadsCheckpoint.load(checkpoint_dir)  # a clear error before any Ray start-up
+    columns = list(ROW_COLUMNS)
+    if "text" in checkpoint.inputs:
+        columns.append(TEXT)
+        if TEXT not in rows.columns:
+            rows[TEXT] = ""  # no titles: every listing predicted from its image
+    else:
+        rows = rows[columns]
     settings = {
         "model": checkpoint_version(checkpoint_dir),
         "min_confidence": min_confidence,
@@ -147,7 +157,7 @@ def predict_with_ray(
         items = [
             {
                 "shard": k,
-                **{c: rows[c].iloc[k * shard_rows : (k + 1) * shard_rows].tolist() for c in ROW_COLUMNS},
+                **{c: rows[c].iloc[k * shard_rows : (k + 1) * shard_rows].tolist() for c in columns},
             }
             for k in pending
         ]
@@ -213,11 +223,21 @@ class ShardPredictor:
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(
-            [self.predict_shard(*row) for row in batch[["shard", *ROW_COLUMNS]].itertuples(False)]
+            [
+                self.predict_shard(*row)
+                for row in batch[["shard", *ROW_COLUMNS, *([TEXT] if TEXT in batch else [])]].itertuples(
+                    False
+                )
+            ]
         )
 
     def predict_shard(
-        self, shard: int, ids: Sequence[str], categories: Sequence[str], paths: Sequence[str]
+        self,
+        shard: int,
+        ids: Sequence[str],
+        categories: Sequence[str],
+        paths: Sequence[str],
+        texts: Sequence[str] | None = None,
     ) -> dict:
         """``Predictor.predict_chunk`` (what the local engine runs) on one shard; errors part, then
         predictions part (the one that marks the shard finished)."""
@@ -228,6 +248,7 @@ class ShardPredictor:
             ids,
             categories,
             paths,
+            texts=[str(t) for t in texts] if texts is not None else None,
             batch_size=opts["batch_size"],
             num_workers=opts["decode_workers"],
             max_pixels=opts["max_pixels"],

@@ -23,6 +23,7 @@ from taxonomist.config import BackboneConfig, HeadsConfig, RunConfig
 from taxonomist.data.schema import Schema, SchemaError
 from taxonomist.io import atomic_write
 from taxonomist.models.backbones import Backbone
+from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT, ListingHeads
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 
 FORMAT_VERSION = 1
@@ -51,6 +52,12 @@ class HeadsCheckpoint:
     logit_adjustment: dict[str, list[float]] = field(default_factory=dict)
     """Per attribute additive logit bias (prior correction that favours macro-F1); empty = none."""
     metrics: dict[str, Any] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=dict)
+    """Listing heads only (``heads.inputs`` has ``text``): the text settings (``TextConfig``), the
+    encoder's ``fingerprint`` and the text feature ``dim``; empty for image-only heads."""
+    temperatures_by_inputs: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Listing heads: temperatures per set of inputs a row has (``image``, ``text``); a row with both
+    uses ``temperatures``."""
     runtime: str = "torch"
     """Runtime and precision of the features the heads were fitted on; prediction keeps the precision."""
     precision: str = "fp32"
@@ -60,6 +67,11 @@ class HeadsCheckpoint:
 
     def __post_init__(self) -> None:
         self.weights_fingerprint = self.weights_fingerprint or self.fingerprint
+
+    @property
+    def inputs(self) -> list[str]:
+        """The modalities the heads were trained on: ``["image"]`` or ``["image", "text"]``."""
+        return list(self.heads.inputs)
 
     @classmethod
     def of(
@@ -87,7 +99,19 @@ class HeadsCheckpoint:
             **fitted,
         )
 
-    def build_model(self) -> AttributeHeads:
+    def build_model(self) -> AttributeHeads | ListingHeads:
+        if "text" in self.inputs:
+            return ListingHeads(
+                self.feature_dim,
+                int(self.text["dim"]),
+                allowed_masks(self.schema, self.categories),
+                hidden=self.heads.hidden,
+                category_dim=self.heads.category_dim,
+                dropout=self.heads.dropout,
+                fusion=self.text.get("fusion", "concat"),
+                lexical_dim=int(self.text.get("lexical_dim", 0)),
+                lexical_width=int(self.text.get("lexical_width", 128)),
+            )
         return AttributeHeads(
             self.feature_dim,
             allowed_masks(self.schema, self.categories),
@@ -99,7 +123,7 @@ class HeadsCheckpoint:
     def save(
         self,
         directory: str | os.PathLike,
-        model: AttributeHeads,
+        model: AttributeHeads | ListingHeads,
         backbone_state: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """``backbone_state``: weights that cannot be rebuilt from ``backbone.name`` (random init, tuned)."""
@@ -123,6 +147,9 @@ class HeadsCheckpoint:
                 "weights_fingerprint": self.weights_fingerprint,
             },
         }
+        if self.text:
+            meta["text"] = self.text
+            meta["temperatures_by_inputs"] = self.temperatures_by_inputs
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
         if backbone_state is not None:
@@ -134,7 +161,7 @@ class HeadsCheckpoint:
         )
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> tuple[HeadsCheckpoint, AttributeHeads]:
+    def load(cls, directory: str | os.PathLike) -> tuple[HeadsCheckpoint, AttributeHeads | ListingHeads]:
         directory = Path(directory)
         meta_path = directory / META_FILE
         if not meta_path.is_file():
@@ -177,6 +204,8 @@ class HeadsCheckpoint:
             temperatures=meta.get("temperatures", {}),
             logit_adjustment=meta.get("logit_adjustment", {}),
             metrics=meta.get("metrics", {}),
+            text=meta.get("text", {}),
+            temperatures_by_inputs=meta.get("temperatures_by_inputs", {}),
             **meta.get("features", {}),
         )
 
@@ -197,18 +226,36 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def calibrated_probs(
-    logits: dict[str, torch.Tensor], ckpt: HeadsCheckpoint, *, adjust: bool = True, scale: bool = True
+    logits: dict[str, torch.Tensor],
+    ckpt: HeadsCheckpoint,
+    *,
+    adjust: bool = True,
+    present: torch.Tensor | None = None,
+    scale: bool = True,
 ) -> dict[str, torch.Tensor]:
     """softmax((logits + prior correction) / T): the confidences the checkpoint stands behind.
 
-    ``scale=False`` leaves the temperature out (T = 1), which evaluation reports show as "before"."""
+    ``present`` (listing heads: (n, 2) image/text flags) picks each row's temperature by the inputs it
+    had: a row predicted from its image alone is less sure than one with its title too. ``scale=False``
+    leaves the temperature out (T = 1), which evaluation reports show as "before".
+    """
     out = {}
     for attribute, z in logits.items():
         if adjust and attribute in ckpt.logit_adjustment:
             z = z + torch.tensor(ckpt.logit_adjustment[attribute], dtype=z.dtype, device=z.device)
         # The temperature is fitted on the adjusted logits, so it comes last.
-        temperature = ckpt.temperatures.get(attribute, 1.0) if scale else 1.0
-        out[attribute] = torch.softmax(z / temperature, dim=-1)
+        t = ckpt.temperatures.get(attribute, 1.0) if scale else 1.0
+        if present is not None and scale:
+            t = torch.full((len(z), 1), t, dtype=z.dtype, device=z.device)
+            present = present.bool().to(z.device)
+            for key, has in (
+                ("image", present[:, HAS_IMAGE] & ~present[:, HAS_TEXT]),
+                ("text", ~present[:, HAS_IMAGE]),
+            ):
+                t_key = ckpt.temperatures_by_inputs.get(key, {}).get(attribute)
+                if t_key is not None:
+                    t[has] = t_key
+        out[attribute] = torch.softmax(z / t, dim=-1)
     return out
 
 

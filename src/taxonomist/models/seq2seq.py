@@ -11,285 +11,23 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from taxonomist.data.taxonomy import DEFAULT_LEVELS, NO_BRAND, PATH_SEP, Taxonomy, normalize_text
-from taxonomist.devices import resolve_device, resolve_precision
+from taxonomist.data.taxonomy import NO_BRAND, Taxonomy, normalize_text
+from taxonomist.models.path_trie import TargetTrie, TrieLogitsProcessor, format_target, parse_target
 from taxonomist.models.taxonomy import PathPrediction
 
 DEFAULT_SEQ2SEQ_MODEL = "google/flan-t5-small"
 DEFAULT_PROMPT = "classify product: "
-BRAND_SEP = " |"
-"""Ends the path part of a target; the brand (if any) follows after one space."""
 CONFIG_NAME = "taxonomist_seq2seq.json"
 TAXONOMY_NAME = "taxonomy.json"
 CAUSAL_ANSWER = "\n"
 """Between title and target in a decoder-only prompt."""
-LORA_TARGETS = (("q", "v"), ("q_proj", "v_proj"), ("query", "value"), ("c_attn",), ("qkv_proj",))
-"""Attention projections LoRA adapts, by architecture family (T5, Llama/BART/Qwen, BERT, GPT-2, Phi-3)."""
-
-_FREE = -1
-_OFF = -2
-
-
-def format_target(path: Sequence[str], brand: str = NO_BRAND) -> str:
-    """``"Men > Shoes > Casual | Nike"``; without a brand ``"Men > Shoes > Casual |"``.
-
-    The path part always ends with ``" |"`` so its tokens are the same with or without a brand, which is
-    what lets one trie constrain every target. Reversible by :func:`parse_target` as long as no label
-    holds ``">"`` and no label ``"|"``.
-    """
-    text = PATH_SEP.join(normalize_text(x) for x in path) + BRAND_SEP
-    brand = normalize_text(brand)
-    return f"{text} {brand}" if brand else text
-
-
-def parse_target(text: str) -> tuple[tuple[str, ...], str]:
-    """``(path, brand)`` from generated text, tolerant of junk.
-
-    Splits on the first ``"|"`` (a missing one means no brand) and on every ``">"`` with or without
-    spaces; trailing empty levels are dropped, inner ones kept in place so :meth:`Taxonomy.snap` still
-    compares level by level.
-    """
-    path_text, _, brand = normalize_text(text).partition("|")
-    labels = [normalize_text(x) for x in path_text.split(">")]
-    while labels and not labels[-1]:
-        labels.pop()
-    return tuple(labels), normalize_text(brand)
-
-
-class TargetTrie:
-    """Token-id prefix tree over the path part of every target of a taxonomy.
-
-    Each path's tokens are those of ``format_target(path)`` tokenized alone; training targets start with
-    exactly these ids (see :meth:`Seq2SeqTaxonomyModel.encode_target`), so generation and training agree
-    even for SentencePiece tokenizers, which may split a prefix differently from the whole string. Past a
-    leaf (the path is complete) any non-special token or EOS is allowed: that is the brand.
-    """
-
-    def __init__(
-        self, taxonomy: Taxonomy, sequences: Sequence[Sequence[int]], free_ids: Sequence[int], eos_id: int
-    ) -> None:
-        if len(sequences) != len(taxonomy):
-            raise ValueError(f"{len(sequences)} token sequences for {len(taxonomy)} paths")
-        self.taxonomy = taxonomy
-        self.sequences = [list(s) for s in sequences]
-        self.eos_id = int(eos_id)
-        self.children: list[dict[int, int]] = [{}]
-        self.leaf: list[int] = [-1]
-        self._rep: list[int] = [-1]  # one path under the node, and how many levels all paths below share
-        self._common: list[int] = [taxonomy.depth]
-        collisions = []
-        for pid, seq in enumerate(self.sequences):
-            if not seq:
-                raise ValueError(f"path {taxonomy.paths[pid]} tokenizes to nothing")
-            node = 0
-            for tok in seq:
-                node = self._child(node, int(tok))
-                self._share(node, pid)
-            if self.leaf[node] >= 0:
-                collisions.append(taxonomy.paths[pid])
-            else:
-                self.leaf[node] = pid
-        # A leaf that is also an inner node ends the path there, so the longer paths below it are unreachable.
-        shadowed = [
-            taxonomy.paths[pid]
-            for pid, seq in enumerate(self.sequences)
-            if any(self.leaf[n] >= 0 for n in self._nodes(seq)[:-1])
-        ]
-        self.unreachable = collisions + shadowed
-        if self.unreachable:
-            warnings.warn(
-                f"{len(self.unreachable)} path(s) share their tokens with another path and cannot be "
-                f"generated (e.g. {self.unreachable[:3]}); the tokenizer maps their labels to the same ids",
-                stacklevel=2,
-            )
-        self.level_ends = [self._level_ends(seq) for seq in self.sequences]
-        self.max_len = max(len(s) for s in self.sequences)
-        self.free_ids = torch.as_tensor(sorted({*map(int, free_ids), self.eos_id}), dtype=torch.long)
-        self._free_list = self.free_ids.tolist()
-        self._child_ids = [torch.as_tensor(sorted(c), dtype=torch.long) for c in self.children]
-        self._eos = torch.as_tensor([self.eos_id], dtype=torch.long)
-
-    @classmethod
-    def build(cls, taxonomy: Taxonomy, tokenizer: Any, vocab_size: int | None = None) -> TargetTrie:
-        """The trie of ``taxonomy`` under ``tokenizer``; free: non-special ids below ``vocab_size``."""
-        texts = [format_target(p) for p in taxonomy.paths]
-        sequences = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        limit = min(len(tokenizer), vocab_size or len(tokenizer))
-        special = set(tokenizer.all_special_ids)
-        free = [i for i in range(limit) if i not in special]
-        if tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no EOS token; generation could not end after the brand")
-        return cls(taxonomy, sequences, free, tokenizer.eos_token_id)
-
-    def _child(self, node: int, tok: int) -> int:
-        nxt = self.children[node].get(tok)
-        if nxt is None:
-            nxt = len(self.children)
-            self.children[node][tok] = nxt
-            self.children.append({})
-            self.leaf.append(-1)
-            self._rep.append(-1)
-            self._common.append(self.taxonomy.depth)
-        return nxt
-
-    def _share(self, node: int, pid: int) -> None:
-        if self._rep[node] < 0:
-            self._rep[node] = pid
-            return
-        rep, path = self.taxonomy.paths[self._rep[node]], self.taxonomy.paths[pid]
-        shared = next((k for k in range(len(path)) if rep[k] != path[k]), len(path))
-        self._common[node] = min(self._common[node], shared)
-
-    def _nodes(self, seq: Sequence[int]) -> list[int]:
-        nodes, node = [], 0
-        for tok in seq:
-            node = self.children[node][int(tok)]
-            nodes.append(node)
-        return nodes
-
-    def _level_ends(self, seq: Sequence[int]) -> list[int]:
-        """Per level, how many tokens fix that level's node: the first trie node under which all paths agree.
-
-        The probability of that token prefix is the probability of the node (of every path below it), so
-        per-level confidences come out non-increasing along the path.
-        """
-        nodes = self._nodes(seq)
-        return [
-            next((i + 1 for i, n in enumerate(nodes) if self._common[n] >= k + 1), len(nodes))
-            for k in range(self.taxonomy.depth)
-        ]
-
-    def walk(self, tokens: Sequence[int]) -> int:
-        """The trie node after ``tokens``: -1 once a path is complete (brand part), -2 off the trie."""
-        node = 0
-        for tok in tokens:
-            if self.leaf[node] >= 0:
-                return _FREE
-            node = self.children[node].get(int(tok), _OFF)
-            if node == _OFF:
-                return _OFF
-        return _FREE if self.leaf[node] >= 0 else node
-
-    def allowed(self, tokens: Sequence[int]) -> torch.Tensor:
-        """Ids that may follow the generated ``tokens`` (never empty: off the trie only EOS)."""
-        return self.allowed_at(self.walk(tokens))
-
-    def allowed_at(self, node: int) -> torch.Tensor:
-        """Ids allowed at a node returned by :meth:`walk`."""
-        if node == _FREE:
-            return self.free_ids
-        return self._eos if node == _OFF else self._child_ids[node]
-
-    def match(self, tokens: Sequence[int]) -> tuple[int, int]:
-        """``(path_id, n_path_tokens)`` of the complete path ``tokens`` start with, or ``(-1, 0)``."""
-        node = 0
-        for i, tok in enumerate(tokens):
-            if self.leaf[node] >= 0:
-                return self.leaf[node], i
-            node = self.children[node].get(int(tok), _OFF)
-            if node == _OFF:
-                return -1, 0
-        return (self.leaf[node], len(tokens)) if self.leaf[node] >= 0 else (-1, 0)
-
-    def prefix_allowed_tokens_fn(self, start: int = 1) -> Callable[[int, torch.Tensor], list[int]]:
-        """For ``model.generate(prefix_allowed_tokens_fn=...)``: the first ``start`` ids are input.
-
-        ``start`` is 1 for encoder-decoder models (the decoder start token) and the padded prompt length
-        for decoder-only ones.
-        """
-
-        def allowed(batch_id: int, input_ids: torch.Tensor) -> list[int]:
-            node = self.walk(input_ids[start:].tolist())
-            return self._free_list if node == _FREE else self.allowed_at(node).tolist()
-
-        return allowed
-
-
-class TrieLogitsProcessor:
-    """Masks logits to the trie and renormalizes, recording the constrained log-probs of path tokens.
-
-    Renormalizing makes the scores a distribution over valid paths (then brand tokens), so the product of a
-    path's token probabilities is the probability of that path. The recorded log-probs, keyed by (batch
-    row, prefix), give each returned sequence's path score without ``output_scores`` (which holds a
-    vocabulary-sized tensor per step and beam).
-    """
-
-    def __init__(self, trie: TargetTrie, start: int, num_beams: int) -> None:
-        self.trie = trie
-        self.start = start
-        self.num_beams = num_beams
-        self.log_probs: dict[tuple[int, tuple[int, ...]], dict[int, float]] = {}
-        self._on_device: dict[int, torch.Tensor] = {}
-
-    def _allowed(self, node: int, device: torch.device) -> torch.Tensor:
-        """Allowed ids at ``node``, kept on the logits' device (one copy per node, not per row and step)."""
-        ids = self._on_device.get(node)
-        if ids is None:
-            ids = self._on_device[node] = self.trie.allowed_at(node).to(device)
-        return ids
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        mask = torch.full_like(scores, -math.inf)
-        generated = input_ids[:, self.start :].tolist()
-        nodes = [self.trie.walk(tokens) for tokens in generated]
-        for row, node in enumerate(nodes):
-            mask[row, self._allowed(node, scores.device)] = 0.0
-        masked = scores + mask
-        # An earlier processor may have banned every allowed token; the constraint wins (uniform over them).
-        dead = masked.amax(dim=-1, keepdim=True).isneginf()
-        log_probs = torch.log_softmax(torch.where(dead, mask, masked), dim=-1)
-        for row, (tokens, node) in enumerate(zip(generated, nodes, strict=True)):
-            if node >= 0:
-                values = log_probs[row, self._allowed(node, scores.device)].tolist()
-                keys = self.trie.allowed_at(node).tolist()
-                self.log_probs[(row // self.num_beams, tuple(tokens))] = dict(zip(keys, values, strict=True))
-        return log_probs
-
-    def path_log_probs(self, batch_index: int, tokens: Sequence[int]) -> np.ndarray:
-        """Per-token constrained log-probs of the path part ``tokens`` of row ``batch_index``."""
-        out = np.zeros(len(tokens))
-        for i, tok in enumerate(tokens):
-            step = self.log_probs.get((batch_index, tuple(int(t) for t in tokens[:i])), {})
-            out[i] = step.get(int(tok), -math.inf)
-        return out
-
-
-def _lora_targets(model: torch.nn.Module) -> list[str]:
-    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    for group in LORA_TARGETS:
-        if all(t in names for t in group):
-            return list(group)
-    raise ValueError(
-        f"no known attention projections for LoRA in {type(model).__name__}; tried {LORA_TARGETS}"
-    )
-
-
-class _PadCollator:
-    """Right-pads ``input_ids``/``attention_mask``/``labels`` (labels with -100, ignored by the loss)."""
-
-    def __init__(self, pad_id: int) -> None:
-        self.pad_id = pad_id
-
-    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(f["input_ids"]) for f in features)
-        label_width = max(len(f["labels"]) for f in features)
-
-        def pad(key: str, value: int, n: int) -> torch.Tensor:
-            return torch.tensor([f[key] + [value] * (n - len(f[key])) for f in features], dtype=torch.long)
-
-        return {
-            "input_ids": pad("input_ids", self.pad_id, width),
-            "attention_mask": pad("attention_mask", 0, width),
-            "labels": pad("labels", -100, label_width),
-        }
 
 
 class Seq2SeqTaxonomyModel:
@@ -317,7 +55,6 @@ class Seq2SeqTaxonomyModel:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.snapped_ = 0  # rows of the last predict() with no complete path, snapped (0 normally)
-        self.train_losses_: list[float] = []
         self._trie: TargetTrie | None = None
         self._taxonomy = taxonomy
 
@@ -429,110 +166,13 @@ class Seq2SeqTaxonomyModel:
         room = max(0, self.max_new_tokens - len(path_ids) - 1)
         return [*path_ids, *brand_ids[:room], self.tokenizer.eos_token_id]
 
-    def _features(self, title: str, path_id: int, brand: str) -> dict[str, list[int]]:
+    def example(self, title: str, path_id: int, brand: str) -> dict[str, list[int]]:
+        """One training example: input ids, attention mask and labels (-100 where the loss ignores)."""
         source, target = self.encode_source(title), self.encode_target(path_id, brand)
         if self.is_encoder_decoder:
             return {"input_ids": source, "attention_mask": [1] * len(source), "labels": target}
         ids = source + target
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": [-100] * len(source) + target}
-
-    # --- training -------------------------------------------------------------------------------------
-
-    def fit(
-        self,
-        titles: Sequence[str],
-        paths: Sequence[Sequence[str]],
-        brands: Sequence[str] | None,
-        output_dir: str | os.PathLike,
-        *,
-        epochs: float = 3,
-        learning_rate: float = 5e-4,
-        batch_size: int = 32,
-        lora: bool = False,
-        lora_rank: int = 8,
-        max_source_length: int | None = None,
-        max_target_length: int | None = None,
-        max_steps: int = -1,
-        logging_steps: int = 10,
-        seed: int = 0,
-        bf16: bool | None = None,
-    ) -> Seq2SeqTaxonomyModel:
-        """Fine-tune on (title → path | brand) with ``Seq2SeqTrainer``; saves only the final model.
-
-        Without a taxonomy, one is built from ``paths``/``brands``. With ``lora`` only LoRA adapters on the
-        attention projections train, and are merged into the weights afterwards, so the saved model loads
-        as a plain checkpoint. ``bf16`` None = on where the GPU supports it. Losses land in
-        :attr:`train_losses_`.
-        """
-        from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
-
-        brands = list(brands) if brands is not None else [NO_BRAND] * len(titles)
-        if not len(titles) == len(paths) == len(brands):
-            raise ValueError(f"{len(titles)} titles, {len(paths)} paths and {len(brands)} brands")
-        norm_paths = [tuple(normalize_text(x) for x in p) for p in paths]
-        if self._taxonomy is None:
-            depth = len(norm_paths[0]) if norm_paths else len(DEFAULT_LEVELS)
-            levels = (
-                DEFAULT_LEVELS if depth == len(DEFAULT_LEVELS) else [f"level_{k + 1}" for k in range(depth)]
-            )
-            self.taxonomy = Taxonomy.from_paths(norm_paths, levels, brands)
-        path_ids = [self._taxonomy.path_id(p) for p in norm_paths]  # type: ignore[union-attr]
-        missing = [p for p, i in zip(norm_paths, path_ids, strict=True) if i < 0]
-        if missing:
-            raise ValueError(f"{len(missing)} training paths are not in the taxonomy, e.g. {missing[:3]}")
-        self.max_source_length = max_source_length or self.max_source_length
-        self.max_target_length = max_target_length or self.max_target_length
-        dataset = [self._features(t, i, b) for t, i, b in zip(titles, path_ids, brands, strict=True)]
-
-        set_seed(seed)
-        model = self.model
-        if lora:
-            from peft import LoraConfig, TaskType, get_peft_model
-
-            targets = _lora_targets(model)
-            task = TaskType.SEQ_2_SEQ_LM if self.is_encoder_decoder else TaskType.CAUSAL_LM
-            config = LoraConfig(
-                task_type=task,
-                r=lora_rank,
-                lora_alpha=2 * lora_rank,
-                lora_dropout=0.05,
-                target_modules=targets,
-                fan_in_fan_out=targets == ["c_attn"],  # GPT-2's Conv1D stores weights transposed
-            )
-            model = get_peft_model(model, config)
-        if bf16 is None:
-            bf16 = resolve_precision("auto", resolve_device("auto")) == "bf16"
-        args = Seq2SeqTrainingArguments(
-            output_dir=str(output_dir),
-            num_train_epochs=epochs,
-            max_steps=max_steps,
-            learning_rate=learning_rate,
-            per_device_train_batch_size=batch_size,
-            logging_steps=logging_steps,
-            save_strategy="no",
-            eval_strategy="no",
-            report_to=[],
-            seed=seed,
-            bf16=bf16,
-            remove_unused_columns=False,
-            dataloader_num_workers=0,
-            dataloader_pin_memory=torch.cuda.is_available(),
-        )
-        trainer = Seq2SeqTrainer(
-            model=model,
-            args=args,
-            train_dataset=dataset,
-            data_collator=_PadCollator(self.tokenizer.pad_token_id),
-            processing_class=self.tokenizer,
-        )
-        trainer.train()
-        self.train_losses_ = [float(h["loss"]) for h in trainer.state.log_history if "loss" in h]
-        model = trainer.model
-        if lora:
-            model = model.merge_and_unload()
-        self.model = model.eval()
-        self.save(output_dir)
-        return self
 
     # --- prediction -----------------------------------------------------------------------------------
 
@@ -590,15 +230,6 @@ class Seq2SeqTaxonomyModel:
             self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         )
 
-    def generate_targets(
-        self, titles: Sequence[str], num_beams: int = 4, num_return_sequences: int = 1, batch_size: int = 32
-    ) -> list[list[str]]:
-        """Decoded target texts (``"a > b > c | brand"``), ``num_return_sequences`` per title, best first."""
-        return [
-            [self._decode(g) for g, _, _ in outs]
-            for outs in self._generate(titles, num_beams, num_return_sequences, batch_size)
-        ]
-
     def predict(
         self, titles: Sequence[str], num_beams: int = 4, batch_size: int = 32
     ) -> tuple[PathPrediction, list[str]]:
@@ -635,77 +266,3 @@ class Seq2SeqTaxonomyModel:
                 conf[i] = 0.0
                 self.snapped_ += 1
         return PathPrediction(path_ids, np.clip(conf, 0.0, 1.0)), brands
-
-    def prefix_allowed_tokens_fn(
-        self, prompt_length: int | None = None
-    ) -> Callable[[int, torch.Tensor], list[int]]:
-        """The trie constraint for a hand-made ``model.generate`` call (prompt length for causal models)."""
-        if self.is_encoder_decoder:
-            return self.trie.prefix_allowed_tokens_fn(1)
-        if prompt_length is None:
-            raise ValueError("decoder-only models need the padded prompt length")
-        return self.trie.prefix_allowed_tokens_fn(prompt_length)
-
-
-# -- random models for tests and offline benchmarks ----------------------------------------------------------
-_T5_SHAPES: dict[str, dict[str, int]] = {
-    "tiny": {"d_model": 32, "d_ff": 64, "d_kv": 16, "num_heads": 2, "num_layers": 1, "num_decoder_layers": 1},
-    "small": {
-        "d_model": 256,
-        "d_ff": 1024,
-        "d_kv": 32,
-        "num_heads": 8,
-        "num_layers": 3,
-        "num_decoder_layers": 3,
-    },
-}
-
-
-def train_unigram_tokenizer(corpus: Sequence[str], vocab_size: int) -> Any:
-    """A T5-style tokenizer (NFKC, Metaspace, Unigram; ``<pad>``=0, ``</s>``=1 appended, ``<unk>``=2)
-    trained on ``corpus``: the hub's SentencePiece models cannot be downloaded everywhere."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    specials = ["<pad>", "</s>", "<unk>"]
-    tok.train_from_iterator(
-        list(corpus),
-        trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>"),
-    )
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
-
-
-def random_t5(
-    output_dir: str | os.PathLike,
-    corpus: Sequence[str],
-    *,
-    size: str = "tiny",
-    vocab_size: int = 4000,
-    seed: int = 0,
-) -> Path:
-    """Save a random-weight T5 (``tiny``: d_model 32, 1+1 layers; ``small``: 256, 3+3) with a tokenizer
-    trained on ``corpus`` to ``output_dir``, loadable by :meth:`Seq2SeqTaxonomyModel.from_pretrained`."""
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    if size not in _T5_SHAPES:
-        raise ValueError(f"unknown T5 size {size!r}; choose from {sorted(_T5_SHAPES)}")
-    tokenizer = train_unigram_tokenizer(corpus, vocab_size)
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        **_T5_SHAPES[size],
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    torch.manual_seed(seed)
-    output_dir = Path(output_dir)
-    T5ForConditionalGeneration(config).save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    return output_dir

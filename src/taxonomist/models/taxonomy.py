@@ -60,6 +60,15 @@ class RetrievalClassifier:
         self.n_paths_ = len(taxonomy)
         return self
 
+    def save(self, path) -> None:
+        """The index rows and their paths (``.npz``); ``k`` and ``temperature`` are the caller's to keep."""
+        np.savez(path, embeddings=self.index_.reconstruct_n(0, self.index_.ntotal), path_ids=self.path_ids_)
+
+    @classmethod
+    def load(cls, path, taxonomy: Taxonomy, k: int = 10, temperature: float = 0.05) -> RetrievalClassifier:
+        data = np.load(path)
+        return cls(k, temperature).fit(data["embeddings"], data["path_ids"], taxonomy)
+
     def search(self, embeddings: np.ndarray, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         k = min(k or self.k, self.index_.ntotal)
         return self.index_.search(np.ascontiguousarray(embeddings, dtype=np.float32), k)

@@ -180,7 +180,7 @@ def _facts(evaluation: Evaluation, rows: pd.DataFrame) -> list[tuple[str, str]]:
         ("split", evaluation.split),
         ("items", f"{rows['id'].nunique():,}"),
         ("labels scored", f"{len(rows):,}"),
-        ("errors", f"{int((~rows['correct']).sum()):,}"),
+        ("wrong labels", f"{int((~rows['correct']).sum()):,}"),
     ]
     if evaluation.valid_fraction is not None:
         facts.append(("valid outputs", f"{evaluation.valid_fraction:.1%}"))

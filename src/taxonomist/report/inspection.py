@@ -352,6 +352,8 @@ class InspectReport:
         return write_page(
             out / "index.html",
             "inspect.html",
+            # The catalog's folder and file name: enough to recognise it, short enough for a heading.
+            name="/".join(Path(self.source).parts[-2:]) if self.source else "catalog",
             report=self,
             summary=data,
             per_category=per_category,

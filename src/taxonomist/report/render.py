@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -93,8 +94,10 @@ def html_table(
 def _cell(value: Any, digits: int) -> str:
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
-    if isinstance(value, float):
+    if isinstance(value, float | np.floating):
         return f"{value:.{digits}g}"
+    if isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_):
+        return f"{value:,}"
     return str(value)
 
 

@@ -31,6 +31,7 @@ from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageLoadError
+from taxonomist.data.taxonomy import normalize_text
 from taxonomist.serve.batching import BatcherBusy, BatcherStopped, BatchTooLarge, MicroBatcher
 from taxonomist.serve.metrics import ServeMetrics
 from taxonomist.serve.model import ServedModel, load_model
@@ -44,6 +45,9 @@ DEFAULT_MAX_DECODES = 4
 _PART_OVERHEAD = 16 * 1024
 # Largest text field (a category or an id), as Starlette's default.
 _MAX_FIELD_BYTES = 1024 * 1024
+MAX_TITLE_CHARS = 2000
+"""Longest title a request may send (after normalisation): titles are a line, not a document, and the
+text encoder reads only its first tokens anyway."""
 # Methods beyond these become "other" in metric labels: each label value is a series kept forever.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -136,7 +140,7 @@ def create_app(
     metrics = ServeMetrics(model.info, lambda: batcher.pending)
     batcher.on_batch = metrics.observe_batch
     decoding = CapacityLimiter(max_decodes)
-    max_fields = 2 * max_images_per_request  # a category and an id per image
+    max_fields = 3 * max_images_per_request  # a category, an id and a title per image
     max_body_bytes = max_images_per_request * (max_upload_bytes + _PART_OVERHEAD)
 
     @asynccontextmanager
@@ -190,19 +194,23 @@ def create_app(
     def reject(outcome: str, count: int = 1) -> None:
         metrics.images.labels(outcome).inc(count)
 
-    def prepare(data: bytes, category: str, name: str) -> Any:
+    def prepare(data: bytes, category: str, name: str, title: str) -> Any:
         # Returned, not raised: every bad image of a request is reported at once.
         try:
+            if title:
+                return model.prepare(data, category, name=name, title=title)
             return model.prepare(data, category, name=name)
         except ImageLoadError as err:
             return err
 
-    async def run(uploads: list[UploadFile], names: list[str], categories: list[str]) -> list[dict[str, Any]]:
+    async def run(
+        uploads: list[UploadFile], names: list[str], categories: list[str], titles: list[str]
+    ) -> list[dict[str, Any]]:
         datas = [await upload.read() for upload in uploads]
         prepared = await asyncio.gather(
             *(
-                to_thread.run_sync(prepare, d, c, n, limiter=decoding)
-                for d, c, n in zip(datas, categories, names, strict=True)
+                to_thread.run_sync(prepare, d, c, n, t, limiter=decoding)
+                for d, c, n, t in zip(datas, categories, names, titles, strict=True)
             )
         )
         problems = [(i, p) for i, p in enumerate(prepared) if isinstance(p, ImageLoadError)]
@@ -250,6 +258,13 @@ def create_app(
         ids: Annotated[
             list[str] | None, Form(alias="id", description="Optional: one id per image, echoed back.")
         ] = None,
+        title: Annotated[
+            list[str] | None,
+            Form(
+                description="Optional: one listing title per image (may be empty), read by models "
+                f"trained on image + text; at most {MAX_TITLE_CHARS} characters each."
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Predict every attribute of each image's category, with calibrated confidences."""
         n = len(image)
@@ -258,6 +273,16 @@ def create_app(
             raise _unprocessable("category", f"send 1 category or one per image ({n}), not {len(category)}")
         if ids is not None and len(ids) != n:
             raise _unprocessable("id", f"send one id per image ({n}), not {len(ids)}")
+        titles = [normalize_text(t) for t in title] if title is not None else [""] * n
+        if len(titles) != n:
+            raise _unprocessable("title", f"send one title per image ({n}), not {len(titles)}")
+        too_long = [i for i, t in enumerate(titles) if len(t) > MAX_TITLE_CHARS]
+        if too_long:
+            raise _unprocessable("title", f"titles {too_long} are over {MAX_TITLE_CHARS} characters")
+        if any(titles) and not getattr(model, "reads_text", False):
+            raise _unprocessable(
+                "title", "this model was trained on images only and cannot read titles; leave them out"
+            )
         categories = category * n if len(category) == 1 else category
         unknown = [(i, c) for i, c in enumerate(category) if c not in known]
         if unknown:
@@ -287,7 +312,7 @@ def create_app(
             )
         names = [u.filename or str(i) for i, u in enumerate(image)]
         try:
-            results = await asyncio.wait_for(run(image, names, categories), request_timeout_s)
+            results = await asyncio.wait_for(run(image, names, categories, titles), request_timeout_s)
         except asyncio.TimeoutError:
             reject("timeout", n)
             raise HTTPException(504, detail=f"no prediction within {request_timeout_s:g} s") from None

@@ -58,6 +58,7 @@ class ServedModel(Protocol):
 class _Prepared:
     pixels: torch.Tensor
     category: str
+    title: str = ""
 
 
 class AttributeModel:
@@ -96,17 +97,22 @@ class AttributeModel:
     def categories(self) -> Sequence[str]:
         return self.predictor.categories
 
-    def prepare(self, data: bytes, category: str, *, name: str) -> _Prepared:
+    @property
+    def reads_text(self) -> bool:
+        return self.predictor.reads_text
+
+    def prepare(self, data: bytes, category: str, *, name: str, title: str = "") -> _Prepared:
         # The same decoder and preprocessing as training and batch prediction: served pixels match.
         image = load_image_bytes(data, max_pixels=self.max_pixels, name=name)
-        return _Prepared(self.predictor.backbone.preprocess(image), category)
+        return _Prepared(self.predictor.backbone.preprocess(image), category, title)
 
     @torch.inference_mode()
     def predict_batch(self, items: Sequence[_Prepared]) -> list[dict[str, AttributeValue]]:
         categories = [item.category for item in items]
         pixels = torch.stack([item.pixels for item in items]).to(self.predictor.device, non_blocking=True)
         features = self.predictor.backbone(pixels)
-        probs = self.predictor.predict_features(features, categories)
+        text = self.predictor.text_features([item.title for item in items], len(items))
+        probs = self.predictor.predict_features(features, categories, text)
         ids = [str(i) for i in range(len(items))]
         return [p.attributes for p in self.predictor.decode(probs, ids, categories)]
 

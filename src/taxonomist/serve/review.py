@@ -86,6 +86,9 @@ class ReviewItem(BaseModel):
     choices: list[str] = Field(
         description="The allowed values in the order keys 1-9 pick them: the model's most probable first."
     )
+    probabilities: dict[str, float] = Field(
+        default_factory=dict, description="The model's probability of each of its most probable values."
+    )
     title: str | None = Field(None, description="The listing's title, where the catalog has one.")
     others: list[OtherAttribute] = Field(description="The item's other predicted attributes.")
     cursor: str = Field(description="Pass as `after` (or `before`) to page from this row.")
@@ -129,7 +132,9 @@ def load_predictions(path: str | os.PathLike) -> pd.DataFrame:
     top = frame["top"] if "top" in frame.columns else pd.Series(None, index=frame.index, dtype=object)
     frame = frame[_COLUMNS].astype({"confidence": float})
     frame["value"] = frame["value"].astype(object).where(frame["value"].notna(), None)
-    frame["top"] = [[str(v) for v, _ in json.loads(t)] if isinstance(t, str) and t else [] for t in top]
+    frame["top"] = [
+        {str(v): float(p) for v, p in json.loads(t)} if isinstance(t, str) and t else {} for t in top
+    ]
     return frame.sort_values(["confidence", ID, "attribute"], kind="stable").reset_index(drop=True)
 
 
@@ -179,7 +184,7 @@ def _contained(locate: ImageLocator, root: Path | None) -> ImageLocator:
 
 def titles_of(catalog: CatalogConfig) -> dict[str, str]:
     """id → listing title from the catalog's text column; empty where it has none or cannot be read."""
-    if not catalog.text_column:
+    if not catalog.text_columns:
         return {}
     reading = dataclasses.replace(
         catalog,
@@ -209,7 +214,7 @@ def create_review_app(
     """Build the review app over a ``predict`` output (folder or ``predictions_long.csv``).
 
     ``images``: a folder (ids map to files through ``image_template``), or the catalog (config) that was
-    predicted; with a catalog config the page shows titles (its ``text_column``) and the export uses the
+    predicted; with a catalog config the page shows titles (its ``text_columns``) and the export uses the
     catalog's own column names plus an image path. ``schema``: a checkpoint folder or schema file; it
     bounds corrections to the values the model can learn (default: the values seen in the predictions).
     ``threshold`` is the page's default "confidence below" filter.
@@ -250,7 +255,7 @@ def create_review_app(
         r = rows[k]
         decision = decisions.get((r[ID], r["attribute"]))
         choices = allowed.get((r[CATEGORY], r["attribute"]), [])
-        first = [v for v in [*r["top"], r["value"]] if v in choices]
+        first = [v for v in [*r["top"], r["value"]] if v in choices]  # the model's ranking first
         others = [rows[j] for j in rows_of[r[ID]] if j != k]
         return ReviewItem(
             id=r[ID],
@@ -260,6 +265,7 @@ def create_review_app(
             confidence=r["confidence"],
             allowed=choices,
             choices=list(dict.fromkeys([*first, *choices])),
+            probabilities=r["top"],
             title=titles.get(r[ID]),
             others=[
                 OtherAttribute(attribute=o["attribute"], value=o["value"], confidence=o["confidence"])

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from taxonomist.config import FinetuneConfig, RunConfig
+from taxonomist.config import ConfigError, FinetuneConfig, RunConfig
 from taxonomist.data.catalog import CATEGORY, ID, Catalog, expand_path, load_catalog
 from taxonomist.data.images import ImageLoadError, load_image
 from taxonomist.data.labels import MISSING, encode_labels
@@ -259,6 +259,11 @@ class _Progress:
 def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> FinetuneReport:
     from accelerate.utils import set_seed
 
+    if "text" in cfg.heads.inputs:  # refused, not silently trained on the image alone
+        raise ConfigError(
+            "the finetune recipe trains image-only heads; listing heads (heads.inputs: [image, text]) "
+            "train with the heads recipe"
+        )
     fc = cfg.finetune
     output_dir = Path(output_dir)
     accelerator = _accelerator(fc)

@@ -7,6 +7,7 @@ stops when it has not improved for ``patience`` epochs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -19,14 +20,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from taxonomist.config import RunConfig, TrainConfig
-from taxonomist.data.catalog import CATEGORY, ID, expand_path, load_catalog
+from taxonomist.config import ConfigError, RunConfig, TrainConfig
+from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path, load_catalog
 from taxonomist.data.images import write_errors
 from taxonomist.data.labels import MISSING, encode_labels
 from taxonomist.data.policies import apply_policy, policy_options
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
+from taxonomist.devices import resolve_device
 from taxonomist.features.embed import embed_catalog, runtime_backbone
+from taxonomist.features.text import LexicalView, ListingText, TextFeatures, text_cache
 from taxonomist.io import atomic_write_text
 from taxonomist.metrics import (
     AttributeReport,
@@ -39,7 +42,9 @@ from taxonomist.metrics import (
 from taxonomist.models.backbones import Backbone
 from taxonomist.models.build import build_backbone
 from taxonomist.models.checkpoint import HeadsCheckpoint
+from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT, ListingHeads, lexical_batch, modality_dropout
 from taxonomist.models.heads import AttributeHeads, allowed_masks
+from taxonomist.models.text import TextEncoder
 from taxonomist.progress import progress_bar
 from taxonomist.training.losses import masked_cross_entropy
 from taxonomist.training.schedule import warmup_cosine
@@ -47,11 +52,16 @@ from taxonomist.training.schedule import warmup_cosine
 
 @dataclass
 class FeatureSet:
-    """Features, category indices and encoded labels of one split."""
+    """Features, category indices and encoded labels of one split; listing heads add text features and
+    the (n, 2) image/text ``present`` flags."""
 
     features: torch.Tensor
     category: torch.Tensor
     labels: dict[str, torch.Tensor]
+    text: torch.Tensor | None = None
+    present: torch.Tensor | None = None
+    lexical: object = None
+    """Listing heads with a lexical view: its scipy CSR rows."""
 
     def __len__(self) -> int:
         return len(self.features)
@@ -75,14 +85,37 @@ class History:
     seconds: float = 0.0
 
 
+def heads_forward(
+    model: AttributeHeads | ListingHeads, data: FeatureSet, rows, present: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Logits of ``data``'s ``rows``; listing heads see ``present`` (default: the rows' own flags)."""
+    if isinstance(model, ListingHeads):
+        flags = data.present[rows] if present is None else present
+        lexical = None
+        if data.lexical is not None:
+            lexical = lexical_batch(data.lexical[rows if isinstance(rows, slice) else np.asarray(rows)])
+        return model(data.features[rows], data.text[rows], data.category[rows], flags, lexical)
+    return model(data.features[rows], data.category[rows])
+
+
 @torch.no_grad()
 def predict_logits(
-    model: AttributeHeads, data: FeatureSet, batch_size: int = 4096
+    model: AttributeHeads | ListingHeads,
+    data: FeatureSet,
+    batch_size: int = 4096,
+    *,
+    hide: str | None = None,
 ) -> dict[str, torch.Tensor]:
+    """``hide`` (listing heads): ``"text"`` or ``"image"``, scored as if every row lacked it."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {a: [] for a in model.attributes}
     for start in range(0, len(data), batch_size):
-        out = model(data.features[start : start + batch_size], data.category[start : start + batch_size])
+        rows = slice(start, start + batch_size)
+        present = None
+        if hide is not None:
+            present = data.present[rows].clone()
+            present[:, HAS_TEXT if hide == "text" else HAS_IMAGE] = False
+        out = heads_forward(model, data, rows, present)
         for a, v in out.items():
             parts[a].append(v)
     return {a: torch.cat(v) for a, v in parts.items()}
@@ -96,10 +129,20 @@ def fit_heads(
     cfg: TrainConfig,
     *,
     progress: bool = True,
+    text_dropout: float = 0.0,
+    image_dropout: float = 0.0,
 ) -> History:
-    """Train ``model`` in place; returns its history and leaves the best epoch's weights loaded."""
+    """Train ``model`` in place; returns its history and leaves the best epoch's weights loaded.
+
+    Listing heads train with modality dropout: each batch hides rows' text (``text_dropout``) and image
+    (``image_dropout``) at random, from a generator of its own so the image-only path draws as before."""
     torch.manual_seed(cfg.seed)
-    model.set_standardization(train.features)
+    listing = isinstance(model, ListingHeads)
+    if listing:
+        model.set_standardization(train.features, train.text, train.present)
+        hiding = torch.Generator().manual_seed(cfg.seed + 1)
+    else:
+        model.set_standardization(train.features)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
@@ -118,7 +161,12 @@ def fit_heads(
             running = 0.0
             for step in range(steps_per_epoch):
                 idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                logits = model(train.features[idx], train.category[idx])
+                present = (
+                    modality_dropout(train.present[idx], text_dropout, image_dropout, hiding)
+                    if listing
+                    else None
+                )
+                logits = heads_forward(model, train, idx, present)
                 loss = masked_cross_entropy(
                     logits, {a: v[idx] for a, v in train.labels.items()}, cfg.label_smoothing
                 )
@@ -200,6 +248,73 @@ def feature_set(
     return data, frame
 
 
+def attach_text(cfg: RunConfig, train: pd.DataFrame, *sets: tuple[FeatureSet, pd.DataFrame]) -> ListingText:
+    """Fit the text features on the ``train`` frame's texts and fill each feature set's text features
+    and image/text presence flags; returns the fitted text features."""
+    if TEXT not in train.columns:
+        raise ConfigError("heads.inputs has 'text' but the catalog has no text: set catalog.text_columns")
+    text = listing_text(cfg)
+    if text.lexical is not None:
+        text.lexical.fit(train[TEXT].tolist())
+    for data, frame in sets:
+        set_text(data, text.features(frame[TEXT].tolist()))
+    return text
+
+
+def listing_text(cfg: RunConfig) -> ListingText:
+    """The configured (unfitted) text features, embeddings cached beside the image features."""
+    encoder = TextEncoder(
+        cfg.text.encoder,
+        max_length=cfg.text.max_length,
+        batch_size=cfg.text.batch_size,
+        device=str(resolve_device(cfg.embed.device)),
+    )
+    lexical = LexicalView() if cfg.text.lexical else None
+    return ListingText(encoder, lexical, cache=text_cache(encoder, cfg.embed.cache_dir))
+
+
+def text_record(cfg: RunConfig, text: ListingText) -> dict:
+    """What a listing checkpoint records about its text features (the predictor rebuilds them)."""
+    return {
+        **dataclasses.asdict(cfg.text),
+        "fingerprint": text.encoder.fingerprint(),
+        "dim": text.dim,
+        "lexical_dim": text.lexical_dim,
+    }
+
+
+def set_text(data: FeatureSet, text: TextFeatures, has_image: np.ndarray | None = None) -> None:
+    """Attach text features; every row has its image unless ``has_image`` says otherwise."""
+    has_image = np.ones(len(text), dtype=bool) if has_image is None else has_image
+    data.text = torch.as_tensor(text.dense, dtype=torch.float32)
+    data.lexical = text.lexical
+    data.present = torch.as_tensor(np.stack([has_image, text.present], axis=1))
+
+
+def build_heads(
+    cfg: RunConfig, feature_dim: int, masks: Mapping[str, torch.Tensor], text: ListingText | None
+) -> AttributeHeads | ListingHeads:
+    if text is None:
+        return AttributeHeads(
+            feature_dim,
+            masks,
+            hidden=cfg.heads.hidden,
+            category_dim=cfg.heads.category_dim,
+            dropout=cfg.heads.dropout,
+        )
+    return ListingHeads(
+        feature_dim,
+        text.dim,
+        masks,
+        hidden=cfg.heads.hidden,
+        category_dim=cfg.heads.category_dim,
+        dropout=cfg.heads.dropout,
+        fusion=cfg.text.fusion,
+        lexical_dim=text.lexical_dim,
+        lexical_width=cfg.text.lexical_width,
+    )
+
+
 def embedding_backbone(cfg: RunConfig) -> tuple[Backbone, dict[str, torch.Tensor] | None]:
     """The frozen backbone the heads recipes embed with (on ``embed``'s device, runtime and precision),
     and the weights their checkpoint must carry: None for pretrained ones, which are rebuilt from their
@@ -234,31 +349,52 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
     write_errors(errors, output_dir / "image_errors.csv")
     catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in errors))
     categories = list(schema.categories)
-    train_set, _ = feature_set(filled.frame, catalog, embedded, schema, categories)
+    train_set, train_frame = feature_set(filled.frame, catalog, embedded, schema, categories)
     val_set, val_frame = feature_set(
         catalog.frame.iloc[val_idx].reset_index(drop=True), catalog, embedded, schema, categories
     )
+    text = None
+    if "text" in cfg.heads.inputs:
+        text = attach_text(cfg, train_frame, (train_set, train_frame), (val_set, val_frame))
     # Seeded here, not earlier: whether embedding ran (its DataLoader draws from the global RNG) or hit
     # the cache must not change the initial weights.
     torch.manual_seed(cfg.train.seed)
-    model = AttributeHeads(
-        embedded.features.shape[1],
-        allowed_masks(schema, categories),
-        hidden=cfg.heads.hidden,
-        category_dim=cfg.heads.category_dim,
-        dropout=cfg.heads.dropout,
-    )
+    model = build_heads(cfg, embedded.features.shape[1], allowed_masks(schema, categories), text)
     val_ids, val_cats = val_frame[ID].tolist(), val_frame[CATEGORY].tolist()
 
     def score(logits: Mapping[str, torch.Tensor]) -> float:
         pred = logits_to_frame(logits, val_ids, val_cats, schema)
         return attribute_score(val_frame, pred, schema.categories).score
 
-    history = fit_heads(model, train_set, val_set, score, cfg.train, progress=progress)
+    history = fit_heads(
+        model,
+        train_set,
+        val_set,
+        score,
+        cfg.train,
+        progress=progress,
+        text_dropout=cfg.text.text_dropout,
+        image_dropout=cfg.text.image_dropout,
+    )
     val_logits = predict_logits(model, val_set)
     adjustment = prior_adjustment(train_set, model, cfg.train.class_balance)
-    adjusted = {a: z + torch.tensor(adjustment[a]) if a in adjustment else z for a, z in val_logits.items()}
+
+    def adjust(logits: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {a: z + torch.tensor(adjustment[a]) if a in adjustment else z for a, z in logits.items()}
+
+    adjusted = adjust(val_logits)
     temperatures, calibration = calibrate(adjusted, val_set, model, enabled=cfg.train.calibrate)
+    by_inputs: dict[str, dict[str, float]] = {}
+    if text is not None:
+        # A row without its title (or image) is scored by the same heads but is less certain: its own
+        # temperature keeps those confidences calibrated too.
+        hidden = {"image": "text", **({"text": "image"} if cfg.text.image_dropout > 0 else {})}
+        for inputs, hide in hidden.items():
+            logits = adjust(predict_logits(model, val_set, hide=hide))
+            by_inputs[inputs], calibration_part = calibrate(
+                logits, val_set, model, enabled=cfg.train.calibrate
+            )
+            calibration = {**calibration, **{f"{a} ({inputs} only)": v for a, v in calibration_part.items()}}
     report = attribute_score(
         val_frame, logits_to_frame(adjusted, val_ids, val_cats, schema), schema.categories
     )
@@ -271,8 +407,12 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         temperatures=temperatures,
         logit_adjustment=adjustment,
         metrics={"val_score": report.score, "best_epoch": history.best_epoch, "calibration": calibration},
+        text=text_record(cfg, text) if text is not None else {},
+        temperatures_by_inputs=by_inputs,
     )
     checkpoint.save(output_dir, model, backbone_state)
+    if text is not None and text.lexical is not None:
+        text.lexical.save(output_dir)
     cfg.save(output_dir / "config.yaml")
     result = TrainReport(
         str(output_dir),

@@ -1,16 +1,20 @@
-"""Recipe ``taxonomy``: titles → (fine-tuned) sentence embeddings → kNN retrieval + hierarchical heads,
-a brand extractor, an optional seq2seq generator, and their hierarchy-compliant vote.
+"""Recipe ``taxonomy``: titles → (fine-tuned) sentence embeddings → kNN retrieval + hierarchical heads
++ TF-IDF lexical model, a brand extractor, an optional seq2seq generator, and their ensemble.
 
-The encoder is fine-tuned jointly with the heads (parent-masked cross-entropy per level), then the heads
-train on for a few cheap epochs over frozen embeddings, and the retrieval index holds the fine-tuned
-embeddings of the training titles. Everything is scored on a seeded validation split.
+The rows are split train / dev / test within each top-level category (seeded; sizes in
+``train.dev_fraction`` / ``train.test_fraction``). The encoder is fine-tuned jointly with the heads
+(parent-masked cross-entropy per level), then the heads train on for a few cheap epochs over frozen
+embeddings, and the retrieval index holds the fine-tuned embeddings of the training titles. Choices
+(the ensemble) are made on dev and the run is scored on dev; test is left for ``taxonomy evaluate``.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -18,22 +22,41 @@ import torch
 
 from taxonomist.config import TaxonomyConfig
 from taxonomist.data.catalog import expand_path
-from taxonomist.data.taxonomy import BRAND, TITLE, Taxonomy, TitleDataset, read_flipkart, read_indoml
-from taxonomist.inference.taxonomy import DISTRIBUTION_METHODS, TaxonomyPredictor, path_key, prediction_frame
+from taxonomist.data.split import Split, split_train_dev_test
+from taxonomist.data.taxonomy import (
+    BRAND,
+    TITLE,
+    Taxonomy,
+    TitleDataset,
+    normalize_brand,
+    normalize_text,
+    read_flipkart,
+    read_indoml,
+)
+from taxonomist.features.enrich import Enricher
 from taxonomist.io import atomic_write_frame, atomic_write_text
 from taxonomist.metrics.taxonomy import TaxonomyReport, invalid_paths, taxonomy_report
 from taxonomist.models.brand import BrandExtractor
+from taxonomist.models.seq2seq import Seq2SeqTaxonomyModel
 from taxonomist.models.taxonomy import (
-    HierarchicalHeads,
     LexicalClassifier,
     RetrievalClassifier,
     hierarchical_loss,
     hierarchical_vote,
-    level_parents,
     soft_vote,
+)
+from taxonomist.models.taxonomy_model import (
+    DISTRIBUTION_METHODS,
+    HeadsClassifier,
+    TaxonomyModel,
+    path_key,
+    path_targets,
+    prediction_frame,
 )
 from taxonomist.models.text import TextEncoder
 from taxonomist.progress import progress_bar, timed
+
+SplitName = Literal["train", "dev", "test"]
 
 
 def load_titles(cfg: TaxonomyConfig) -> TitleDataset:
@@ -45,28 +68,60 @@ def load_titles(cfg: TaxonomyConfig) -> TitleDataset:
     return data
 
 
-def split_rows(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded random split (train rows, validation rows)."""
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, round(n * val_fraction))
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+def split_titles(data: TitleDataset, cfg: TaxonomyConfig) -> Split:
+    """Seeded train / dev / test rows within each category of the first ``train.stratify_depth`` levels.
+
+    The top level (the default) keeps dev and test close to a random sample, rare paths included; the
+    full path would keep every path with fewer than about five rows out of both, which flatters them.
+    """
+    levels = data.levels[: cfg.train.stratify_depth]
+    strata = data.frame[levels].astype(str).agg(" > ".join, axis=1)
+    return split_train_dev_test(strata, cfg.train.dev_fraction, cfg.train.test_fraction, cfg.train.seed)
 
 
-def _targets(taxonomy: Taxonomy, data: TitleDataset) -> np.ndarray:
-    """``(n, depth)`` node ids per level; rows whose path is not in the taxonomy get -1."""
-    node_ids = taxonomy.path_node_ids()
-    path_ids = np.array([taxonomy.path_id(p) for p in data.paths()], dtype=np.int64)
-    out = np.full((len(path_ids), taxonomy.depth), -1, dtype=np.int64)
-    out[path_ids >= 0] = node_ids[path_ids[path_ids >= 0]]
-    return out
+def split_part(data: TitleDataset, cfg: TaxonomyConfig, part: SplitName) -> TitleDataset:
+    return data.subset(getattr(split_titles(data, cfg), part))
+
+
+def build_model(cfg: TaxonomyConfig, encoder: TextEncoder) -> TaxonomyModel:
+    """The config turned into an unfitted :class:`TaxonomyModel` (seq2seq comes from :func:`train`)."""
+    methods = set(cfg.train.methods)
+    return TaxonomyModel(
+        encoder,
+        BrandExtractor(cfg.brand.max_tokens),
+        retrieval=RetrievalClassifier(cfg.retrieval.k, cfg.retrieval.temperature)
+        if "retrieval" in methods
+        else None,
+        heads=_heads(cfg) if "heads" in methods else None,
+        lexical=LexicalClassifier(cfg.lexical.C, cfg.lexical.temperature) if "lexical" in methods else None,
+        seq2seq_beams=cfg.seq2seq.num_beams,
+        enricher=Enricher.from_config(cfg.enrich) if cfg.enrich.corpus else None,
+        enrich=cfg.to_dict()["enrich"] if cfg.enrich.corpus else None,
+        method=cfg.predict.method,
+        ensemble="soft" if cfg.predict.ensemble == "dev" else cfg.predict.ensemble,
+        brand_none_threshold=0.9 if cfg.brand.none_threshold is None else cfg.brand.none_threshold,
+    )
+
+
+def _heads(cfg: TaxonomyConfig) -> HeadsClassifier:
+    hc = cfg.heads
+    return HeadsClassifier(
+        hc.hidden,
+        hc.epochs,
+        hc.lr,
+        hc.batch_size,
+        hc.label_smoothing,
+        hc.scale,
+        hc.beam_width,
+        cfg.train.seed,
+    )
 
 
 def finetune_encoder(
     encoder: TextEncoder,
-    heads: HierarchicalHeads,
+    heads: HeadsClassifier,
     titles: list[str],
     targets: np.ndarray,
-    taxonomy: Taxonomy,
     cfg: TaxonomyConfig,
     progress: bool = True,
 ) -> list[float]:
@@ -76,25 +131,28 @@ def finetune_encoder(
     where they are fitted further and predict on cached embeddings.
     """
     device = torch.device(encoder.device)
-    heads.to(device)
-    parents = [p if p is None else p.to(device) for p in level_parents(taxonomy)]
-    ec, hc = cfg.encoder, cfg.heads
+    module = heads.module_.to(device)
+    parents = [p if p is None else p.to(device) for p in heads.parents_]
+    ec = cfg.encoder
     opt = torch.optim.AdamW(
         [
             {"params": encoder.transformer.parameters(), "lr": ec.finetune_lr},
-            {"params": heads.parameters(), "lr": hc.lr},
+            {"params": module.parameters(), "lr": heads.lr},
         ],
         weight_decay=0.01,
     )
     steps_per_epoch = -(-len(titles) // ec.finetune_batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[ec.finetune_lr, hc.lr], total_steps=ec.finetune_epochs * steps_per_epoch, pct_start=0.1
+        opt,
+        max_lr=[ec.finetune_lr, heads.lr],
+        total_steps=ec.finetune_epochs * steps_per_epoch,
+        pct_start=0.1,
     )
     rng = np.random.default_rng(cfg.train.seed)
     target_t = torch.from_numpy(targets).to(device)
     losses = []
     encoder.transformer.train()
-    heads.train()
+    module.train()
     with progress_bar("titles", disable=not progress) as bar:
         for epoch in range(ec.finetune_epochs):
             task = bar.add_task(f"fine-tune encoder {epoch + 1}/{ec.finetune_epochs}", total=len(titles))
@@ -103,10 +161,12 @@ def finetune_encoder(
             for start in range(0, len(order), ec.finetune_batch_size):
                 batch = order[start : start + ec.finetune_batch_size]
                 emb = encoder.mean_pool([titles[i] for i in batch])
-                loss = hierarchical_loss(heads(emb * hc.scale), target_t[batch], parents, hc.label_smoothing)
+                loss = hierarchical_loss(
+                    module(emb * heads.scale), target_t[batch], parents, heads.label_smoothing
+                )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_([*encoder.transformer.parameters(), *heads.parameters()], 1.0)
+                torch.nn.utils.clip_grad_norm_([*encoder.transformer.parameters(), *module.parameters()], 1.0)
                 opt.step()
                 schedule.step()
                 total += float(loss.detach()) * len(batch)
@@ -114,43 +174,7 @@ def finetune_encoder(
             losses.append(total / len(titles))
     encoder.transformer.eval()
     encoder.invalidate()
-    heads.cpu()
-    return losses
-
-
-def fit_heads(
-    heads: HierarchicalHeads,
-    embeddings: np.ndarray,
-    targets: np.ndarray,
-    taxonomy: Taxonomy,
-    cfg: TaxonomyConfig,
-) -> list[float]:
-    """Heads alone on frozen embeddings: seconds on CPU, so they can train to convergence."""
-    hc = cfg.heads
-    parents = level_parents(taxonomy)
-    x = torch.from_numpy(embeddings) * hc.scale
-    y = torch.from_numpy(targets)
-    opt = torch.optim.AdamW(heads.parameters(), lr=hc.lr, weight_decay=1e-4)
-    steps = hc.epochs * -(-len(x) // hc.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=hc.lr, total_steps=max(1, steps), pct_start=0.1
-    )
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    losses = []
-    heads.train()
-    for _ in range(hc.epochs):
-        order = torch.randperm(len(x), generator=gen)
-        total = 0.0
-        for start in range(0, len(x), hc.batch_size):
-            batch = order[start : start + hc.batch_size]
-            loss = hierarchical_loss(heads(x[batch]), y[batch], parents, hc.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            schedule.step()
-            total += float(loss.detach()) * len(batch)
-        losses.append(total / len(x))
-    heads.eval()
+    module.cpu()
     return losses
 
 
@@ -158,23 +182,32 @@ def fit_heads(
 class TaxonomyTrainReport:
     output_dir: Path
     reports: dict[str, TaxonomyReport]
-    """Validation report per method and for the ensemble."""
+    """Dev report per method and for both ensembles."""
     invalid: dict[str, int]
     titles_per_s: dict[str, float]
     train_seconds: dict[str, float]
     n_train: int
-    n_val: int
-    val_unseen_paths: int
+    n_dev: int
+    n_test: int
+    dev_unseen_paths: int
     skipped: int
+    ensemble: str
+    """The ensemble the model uses (chosen on dev when ``predict.ensemble`` is ``dev``)."""
+    brand_none_threshold: float
+    """The brand model's "none" threshold (chosen on dev when ``brand.none_threshold`` is unset)."""
     losses: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
             "output_dir": str(self.output_dir),
+            "split": "dev",
             "n_train": self.n_train,
-            "n_val": self.n_val,
-            "val_unseen_paths": self.val_unseen_paths,
+            "n_dev": self.n_dev,
+            "n_test": self.n_test,
+            "dev_unseen_paths": self.dev_unseen_paths,
             "skipped_rows": self.skipped,
+            "ensemble": self.ensemble,
+            "brand_none_threshold": self.brand_none_threshold,
             "train_seconds": self.train_seconds,
             "titles_per_s": self.titles_per_s,
             "invalid_paths": self.invalid,
@@ -183,91 +216,93 @@ class TaxonomyTrainReport:
         }
 
 
+def _fit_seq2seq(
+    cfg: TaxonomyConfig, taxonomy: Taxonomy, titles: list[str], data: TitleDataset, work: Path
+) -> tuple[Seq2SeqTaxonomyModel, list[float]]:
+    from taxonomist.training.seq2seq import fit_seq2seq
+
+    sc = cfg.seq2seq
+    model = Seq2SeqTaxonomyModel.from_pretrained(sc.model, taxonomy, prompt=sc.prompt)
+    losses = fit_seq2seq(
+        model,
+        titles,
+        data.paths(),
+        data.frame[BRAND].tolist(),
+        work,
+        epochs=sc.epochs,
+        learning_rate=sc.lr,
+        batch_size=sc.batch_size,
+        lora=sc.lora,
+        seed=cfg.train.seed,
+    )
+    return model, losses
+
+
 def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True) -> TaxonomyTrainReport:
+    """Fit on the training part, choose the ensemble on dev, save, and score every method on dev."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     torch.manual_seed(cfg.train.seed)
     data = load_titles(cfg)
-    train_rows, val_rows = split_rows(len(data.frame), cfg.train.val_fraction, cfg.train.seed)
-    train_data, val_data = data.subset(train_rows), data.subset(val_rows)
+    split = split_titles(data, cfg)
+    train_data, dev_data = data.subset(split.train), data.subset(split.dev)
     taxonomy = Taxonomy.load(expand_path(cfg.data.taxonomy)) if cfg.data.taxonomy else train_data.taxonomy()
     if taxonomy.levels != data.levels:
         raise ValueError(f"taxonomy levels {taxonomy.levels} differ from the data's {data.levels}")
-    train_targets = _targets(taxonomy, train_data)
+    train_targets = path_targets(taxonomy, train_data.paths())
     known = (train_targets >= 0).all(axis=1)
-    train_data = train_data.subset(np.flatnonzero(known))
-    train_targets = train_targets[known]
-    val_unseen = int((_targets(taxonomy, val_data) < 0).any(axis=1).sum())
+    train_data, train_targets = train_data.subset(np.flatnonzero(known)), train_targets[known]
+    dev_unseen = int((path_targets(taxonomy, dev_data.paths()) < 0).any(axis=1).sum())
 
     encoder = TextEncoder(
         cfg.encoder.name, cfg.encoder.max_length, cfg.encoder.batch_size, quantize=cfg.encoder.quantize
     )
-    predictor = TaxonomyPredictor(taxonomy, encoder, cfg, BrandExtractor(cfg.brand.max_tokens))
-    if cfg.enrich.corpus:
-        from taxonomist.features.enrich import Enricher
-
-        with timed(seconds, "enrich_index"):
-            predictor.enricher = Enricher.from_config(cfg.enrich)
-    train_titles = predictor.prepare(train_data.frame[TITLE].tolist())
+    with timed(seconds, "enrich_index"):  # the corpus (if any) is embedded once, timed apart
+        model = build_model(cfg, encoder)
     losses: dict[str, list[float]] = {}
-
-    methods = list(cfg.train.methods)
-    unknown = set(methods) - {"retrieval", "heads", "lexical", "seq2seq"}
-    if unknown:
-        raise ValueError(f"unknown taxonomy method(s) {sorted(unknown)}")
-    level_sizes = [len(n) for n in taxonomy.nodes]
-    heads = HierarchicalHeads(encoder.dim, level_sizes, cfg.heads.hidden)
-    if cfg.encoder.finetune_epochs > 0 and ("heads" in methods or "retrieval" in methods):
+    methods = set(cfg.train.methods)
+    if cfg.encoder.finetune_epochs > 0 and methods & {"heads", "retrieval"}:
         with timed(seconds, "finetune_encoder"):
-            losses["finetune"] = finetune_encoder(
-                encoder, heads, train_titles, train_targets, taxonomy, cfg, progress
-            )
-            predictor.encoder_finetuned = True
-    if "heads" in methods or "retrieval" in methods:
-        with timed(seconds, "embed_train"):
-            train_emb = encoder.encode(train_titles, show_progress=progress)
-    if "retrieval" in methods:
-        with timed(seconds, "retrieval"):
-            predictor.retrieval = RetrievalClassifier(cfg.retrieval.k, cfg.retrieval.temperature).fit(
-                train_emb, train_targets[:, -1], taxonomy
-            )
-    if "heads" in methods:
-        with timed(seconds, "heads"):
-            losses["heads"] = fit_heads(heads, train_emb, train_targets, taxonomy, cfg)
-            predictor.heads = heads
-    if "lexical" in methods:
-        with timed(seconds, "lexical"):
-            predictor.lexical = LexicalClassifier(cfg.lexical.C, cfg.lexical.temperature).fit(
-                train_titles, train_targets[:, -1], taxonomy
-            )
+            heads = model.heads or _heads(cfg)  # retrieval alone still fine-tunes through the heads' loss
+            heads.build(encoder.dim, taxonomy)
+            prepared = model.prepare(train_data.frame[TITLE].tolist())
+            losses["finetune"] = finetune_encoder(encoder, heads, prepared, train_targets, cfg, progress)
+            model.encoder_finetuned = True
     if "seq2seq" in methods:
-        from taxonomist.models.seq2seq import Seq2SeqTaxonomyModel
-
         with timed(seconds, "seq2seq"):
-            sc = cfg.seq2seq
-            model = Seq2SeqTaxonomyModel.from_pretrained(sc.model, taxonomy, prompt=sc.prompt)
-            model.fit(
-                train_titles,
-                train_data.paths(),
-                train_data.frame[BRAND].tolist(),
-                output_dir / "seq2seq-work",
-                epochs=sc.epochs,
-                learning_rate=sc.lr,
-                batch_size=sc.batch_size,
-                lora=sc.lora,
-                seed=cfg.train.seed,
+            prepared = model.prepare(train_data.frame[TITLE].tolist())
+            model.seq2seq, losses["seq2seq"] = _fit_seq2seq(
+                cfg, taxonomy, prepared, train_data, output_dir / "seq2seq-work"
             )
-            predictor.seq2seq = model
-    with timed(seconds, "brand"):
-        predictor.brand.fit(
-            train_data.frame[TITLE].tolist(),
-            train_data.frame[BRAND].tolist(),
-            [path_key(p) for p in train_data.paths()],
-        )
-    predictor.save(output_dir)
+    model.fit(
+        train_data.frame[TITLE].tolist(),
+        train_data.paths(),
+        train_data.frame[BRAND].tolist(),
+        taxonomy,
+        progress=progress,
+    )
+    seconds.update(model.fit_seconds_)
+    if model.heads is not None:
+        losses["heads"] = model.heads.losses_
 
-    result = evaluate_predictor(predictor, val_data, progress)
+    result = evaluate_model(model, dev_data, progress)
+    if cfg.predict.ensemble == "dev" and {"soft", "vote"} <= set(result["reports"]):
+        # Path accuracy decides; ties keep the soft ensemble.
+        soft, vote = (result["reports"][m].path_accuracy for m in ("soft", "vote"))
+        model.ensemble = "vote" if vote > soft else "soft"
+    if cfg.brand.none_threshold is None:
+        predicted = result["predictions"]
+        method = model.ensemble if model.method == "ensemble" else model.method
+        if method not in set(predicted["method"]):  # a single method: no ensemble rows
+            method = predicted["method"].iloc[0]
+        chosen = predicted[predicted["method"] == method]
+        model.brand_none_threshold = choose_none_threshold(
+            model, dev_data, chosen.reset_index(drop=True), cfg.brand.min_no_brand_accuracy
+        )
+        result = evaluate_model(model, dev_data, progress)  # dev figures of the model as saved
+    model.save(output_dir)
+    cfg.save(output_dir / "config.yaml")  # the run's record: `taxonomy evaluate` rebuilds its split
     report = TaxonomyTrainReport(
         output_dir=output_dir,
         reports=result["reports"],
@@ -275,43 +310,81 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
         titles_per_s=result["titles_per_s"],
         train_seconds={k: round(v, 2) for k, v in seconds.items()},
         n_train=len(train_data.frame),
-        n_val=len(val_data.frame),
-        val_unseen_paths=val_unseen,
+        n_dev=len(dev_data.frame),
+        n_test=len(split.test),
+        dev_unseen_paths=dev_unseen,
         skipped=len(data.skipped),
+        ensemble=model.ensemble,
+        brand_none_threshold=model.brand_none_threshold,
         losses=losses,
     )
-    atomic_write_frame(result["predictions"], output_dir / "val_predictions.csv")
+    atomic_write_frame(result["predictions"], output_dir / "dev_predictions.csv")
     atomic_write_text(output_dir / "metrics.json", json.dumps(report.to_dict(), indent=1))
     atomic_write_text(output_dir / "report.md", report_markdown(report))
     return report
 
 
-def evaluate_predictor(predictor: TaxonomyPredictor, data: TitleDataset, progress: bool = False) -> dict:
+NONE_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
+"""The brand "none" thresholds tried on dev."""
+
+
+def choose_none_threshold(
+    model: TaxonomyModel,
+    data: TitleDataset,
+    predicted: pd.DataFrame,
+    min_no_brand_accuracy: float,
+    thresholds: Sequence[float] = NONE_THRESHOLDS,
+) -> float:
+    """The "no brand" threshold with the best dev item accuracy (path and brand right, on branded rows)
+    among those that still call at least ``min_no_brand_accuracy`` of the brandless dev rows brandless.
+
+    ``predicted`` holds the model's dev paths (one row per title). Ties go to the lower threshold.
+    """
+    levels = model.taxonomy_.levels
+    titles = [normalize_text(t) for t in data.frame[TITLE]]
+    paths = [path_key(p) for p in predicted[levels].itertuples(index=False, name=None)]
+    truth = data.frame[BRAND].map(normalize_brand).to_numpy()
+    branded = truth != ""
+    path_ok = (predicted[levels].to_numpy() == data.frame[levels].to_numpy()).all(axis=1)
+    best, best_item = thresholds[0], -1.0
+    for threshold in thresholds:
+        brands, _ = model.brand.predict_with_confidence(titles, paths, none_threshold=threshold)
+        ok = np.array([normalize_brand(b) for b in brands]) == truth
+        if (~branded).any() and ok[~branded].mean() < min_no_brand_accuracy:
+            continue
+        item = float((ok & path_ok)[branded].mean()) if branded.any() else 0.0
+        if item > best_item:
+            best, best_item = threshold, item
+    return best
+
+
+def evaluate_model(model: TaxonomyModel, data: TitleDataset, progress: bool = False) -> dict:
     """Score every method and both ensembles on labelled titles.
 
     Titles/s per method is end to end on this batch: normalising (and enriching), encoding when the
     method needs embeddings, the method itself and the brand; an ensemble pays for all its members.
     """
     titles = data.frame[TITLE].tolist()
-    valid = set(predictor.taxonomy.paths)
+    taxonomy = model.taxonomy_
+    valid = set(taxonomy.paths)
     shared: dict[str, float] = {}
     with timed(shared, "prepare"):
-        prepared = predictor.prepare(titles)
+        prepared = model.prepare(titles)
     embeddings = None
-    if {"retrieval", "heads"} & set(predictor.methods):
+    if {"retrieval", "heads"} & set(model.methods):
         with timed(shared, "embed"):
-            embeddings = predictor.embed(prepared, show_progress=progress)
+            embeddings = model.embed(prepared, show_progress=progress)
     preds, scores, own = {}, {}, {}
-    for method in predictor.methods:
+    for method in model.methods:
         with timed(own, method):
-            p, s = predictor.method_outputs(prepared, [method], embeddings)
+            p, s = model.method_outputs(prepared, [method], embeddings)
         preds.update(p)
         scores.update(s)
     brand_seconds: dict[str, float] = {}
     outputs = {}
     for method, pred in preds.items():
         with timed(brand_seconds, method):
-            outputs[method] = predictor.predict_brands(titles, pred)
+            outputs[method] = model.predict_brands(titles, pred)
     shared["brand"] = float(np.mean(list(brand_seconds.values())))
 
     def cost(members: list[str], extra: float = 0.0) -> float:
@@ -323,20 +396,20 @@ def evaluate_predictor(predictor: TaxonomyPredictor, data: TitleDataset, progres
     if len(members) > 1:
         combine: dict[str, float] = {}
         with timed(combine, "vote"):
-            preds["vote"] = hierarchical_vote([preds[m] for m in members], predictor.taxonomy)
+            preds["vote"] = hierarchical_vote([preds[m] for m in members], taxonomy)
         seconds["vote"] = cost(members, combine["vote"])
         soft_members = [m for m in members if m in DISTRIBUTION_METHODS]
         if len(soft_members) > 1:
             with timed(combine, "soft"):
-                preds["soft"] = soft_vote([scores[m] for m in soft_members], predictor.taxonomy)
+                preds["soft"] = soft_vote([scores[m] for m in soft_members], taxonomy)
             seconds["soft"] = cost(soft_members, combine["soft"])
     for method in preds.keys() - outputs.keys():
-        outputs[method] = predictor.predict_brands(titles, preds[method])
+        outputs[method] = model.predict_brands(titles, preds[method])
     reports, invalid, frames = {}, {}, []
     for method, pred in preds.items():
-        frame = prediction_frame(pred, predictor.taxonomy, *outputs[method])
-        reports[method] = taxonomy_report(data.frame, frame, predictor.taxonomy.levels)
-        invalid[method] = invalid_paths(frame, predictor.taxonomy.levels, valid)
+        frame = prediction_frame(pred, taxonomy, *outputs[method])
+        reports[method] = taxonomy_report(data.frame, frame, taxonomy.levels)
+        invalid[method] = invalid_paths(frame, taxonomy.levels, valid)
         frames.append(frame.assign(method=method, title=titles))
     return {
         "reports": reports,
@@ -348,9 +421,12 @@ def evaluate_predictor(predictor: TaxonomyPredictor, data: TitleDataset, progres
 
 def report_markdown(report: TaxonomyTrainReport) -> str:
     lines = [
-        f"# Taxonomy run: {report.n_train} training / {report.n_val} validation titles",
+        f"# Taxonomy run: {report.n_train} training / {report.n_dev} dev titles "
+        f"({report.n_test} test titles kept for `taxonomist taxonomy evaluate`)",
         "",
-        f"Validation titles whose path is not in the taxonomy (cannot be right): {report.val_unseen_paths}.",
+        f"Dev titles whose path is not in the taxonomy (cannot be right): {report.dev_unseen_paths}. "
+        f"Chosen on dev: the {report.ensemble} ensemble, brand none threshold "
+        f"{report.brand_none_threshold}.",
         "",
         "| method | path acc | item acc | brand acc | hier. F1 | titles/s | invalid paths |",
         "|---|---:|---:|---:|---:|---:|---:|",

@@ -10,7 +10,7 @@
 
 const PAGE = 50;
 const $ = (id) => document.getElementById(id);
-const state = { items: [], total: 0, offset: 0, next: null, current: -1, meta: null, busy: false };
+const state = { items: [], total: 0, offset: 0, next: null, current: -1, meta: null, busy: false, reload: false };
 
 async function api(path, options) {
   const response = await fetch(path, options);
@@ -21,19 +21,29 @@ async function api(path, options) {
   return response.json();
 }
 
-// Runs one action at a time; actions arriving meanwhile are dropped (not queued).
+// Runs one action at a time; actions arriving meanwhile are dropped (not queued). A filter change is
+// never dropped: it sets state.reload, and the action in flight (or a new one) reloads the list after.
 async function exclusive(action) {
   if (state.busy) return;
   state.busy = true;
   document.body.classList.add("busy");
   try {
-    await action();
+    if (action) await action();
+    while (state.reload) {
+      state.reload = false;
+      await load(null, "first");
+    }
   } catch (err) {
     fail(err);
   } finally {
     state.busy = false;
     document.body.classList.remove("busy");
   }
+}
+
+function reloadList() {
+  state.reload = true;
+  exclusive(null);
 }
 
 function option(select, value) {
@@ -127,15 +137,21 @@ function show(k) {
   const choices = $("choices");
   choices.replaceChildren();
   $("typed-options").replaceChildren();
+  // The model's nine best values have keys; the rest are one "/" away, in the typed box's list.
   item.choices.forEach((value, n) => {
+    option($("typed-options"), value);
+    if (n >= 9) return;
     const li = document.createElement("li");
-    li.textContent = n < 9 ? `[${n + 1}] ${value}` : value;
+    const p = item.probabilities[value];
+    li.textContent = `[${n + 1}] ${value}` + (p === undefined ? "" : ` · ${p.toFixed(2)}`);
     li.classList.toggle("predicted", value === item.value);
     li.classList.toggle("chosen", item.decision?.value === value);
     li.addEventListener("click", () => exclusive(() => decide(item, value)));
     choices.append(li);
-    option($("typed-options"), value);
   });
+  const more = item.choices.length - 9;
+  $("more").textContent = more > 0 ? `and ${more} more: press / and type one` : "";
+  $("more").hidden = more <= 0;
   $("typed").value = "";
 }
 
@@ -223,8 +239,9 @@ async function start() {
   showProgress();
   // Focus leaves the control after a change, so the next key press is a shortcut again.
   ["category", "attribute", "below-on", "below", "status"].forEach((id) =>
-    $(id).addEventListener("change", (event) => { event.target.blur(); exclusive(() => load(null, "first")); }));
-  await exclusive(() => load(null, "first"));
+    $(id).addEventListener("change", (event) => { event.target.blur(); reloadList(); }));
+  state.reload = true;
+  await exclusive(null);
   document.body.dataset.ready = "true";
 }
 

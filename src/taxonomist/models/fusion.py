@@ -1,0 +1,151 @@
+"""Listing heads: image features ⊕ text features ⊕ category → masked heads, as in :class:`AttributeHeads`.
+
+Each modality is standardised and then multiplied by its presence flag, so a missing title (or an
+unreadable image, where allowed) is the all-zero "average" input; the flags themselves are inputs too,
+so the trunk knows which case it is in. Training drops modalities at random (modality dropout), which
+is what makes those all-zero rows a case the model has learned rather than an input it never saw.
+
+``fusion="concat"`` feeds everything to one trunk; ``"gated"`` projects each modality to the first trunk
+width and mixes the projections with per-row sigmoid gates computed from both, the flags and the
+category (one option measured against the other in ``benchmarks/multimodal.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from taxonomist.models.heads import NEG_INF
+
+Fusion = Literal["concat", "gated"]
+LexicalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+HAS_IMAGE, HAS_TEXT = 0, 1
+"""Columns of the ``present`` flags: whether a row has its image features and its text features."""
+
+
+class ListingHeads(nn.Module):
+    """Learned state: per-modality standardisation, category embedding, fusion, trunk, heads, masks."""
+
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        masks: Mapping[str, torch.Tensor],
+        *,
+        hidden: Sequence[int] = (512, 256),
+        category_dim: int = 16,
+        dropout: float = 0.2,
+        fusion: Fusion = "concat",
+        lexical_dim: int = 0,
+        lexical_width: int = 128,
+    ) -> None:
+        """``lexical_dim``: columns of the lexical view's sparse rows (0 = none), read through a bag of
+        ``lexical_width``-dimensional n-gram vectors weighted by TF-IDF."""
+        super().__init__()
+        if not hidden:
+            raise ValueError("listing heads need at least one hidden layer (heads.hidden)")
+        self.attributes = list(masks)
+        self.fusion = fusion
+        n_categories = next(iter(masks.values())).shape[0]
+        for name, dim in (("image", image_dim), ("text", text_dim)):
+            self.register_buffer(f"{name}_mean", torch.zeros(dim))
+            self.register_buffer(f"{name}_std", torch.ones(dim))
+        self.category_embedding = nn.Embedding(n_categories, category_dim)
+        self.lexical = nn.EmbeddingBag(lexical_dim, lexical_width, mode="sum") if lexical_dim else None
+        text_width = text_dim + (lexical_width if lexical_dim else 0)
+        first, rest = hidden[0], list(hidden[1:])
+        context = 2 + category_dim
+        if fusion == "concat":
+            self.fuse = nn.Linear(image_dim + text_width + context, first)
+        elif fusion == "gated":
+            self.image_proj = nn.Linear(image_dim, first)
+            self.text_proj = nn.Linear(text_width, first)
+            self.context_proj = nn.Linear(context, first)
+            self.gate = nn.Linear(2 * first + context, 2 * first)
+        else:
+            raise ValueError(f"fusion must be 'concat' or 'gated', got {fusion!r}")
+        layers: list[nn.Module] = [nn.LayerNorm(first), nn.GELU(), nn.Dropout(dropout)]
+        width = first
+        for h in rest:
+            layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.GELU(), nn.Dropout(dropout)]
+            width = h
+        self.trunk = nn.Sequential(*layers)
+        self.heads = nn.ModuleList(nn.Linear(width, m.shape[1]) for m in masks.values())
+        for i, mask in enumerate(masks.values()):
+            self.register_buffer(f"mask_{i}", mask.clone())
+
+    def set_standardization(self, image: torch.Tensor, text: torch.Tensor, present: torch.Tensor) -> None:
+        """Mean/std of each modality over the training rows that have it."""
+        for name, x, rows in (("image", image, present[:, HAS_IMAGE]), ("text", text, present[:, HAS_TEXT])):
+            x = x[rows.bool()] if rows.any() else x
+            getattr(self, f"{name}_mean").copy_(x.mean(0))
+            getattr(self, f"{name}_std").copy_(x.std(0).nan_to_num(1.0).clamp_min(1e-4))
+
+    def mask(self, attribute: str) -> torch.Tensor:
+        return getattr(self, f"mask_{self.attributes.index(attribute)}")
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        category: torch.Tensor,
+        present: torch.Tensor,
+        lexical: LexicalBatch | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``lexical``: the rows' sparse lexical features as (indices, offsets, weights), CSR-style."""
+        present = present.to(image.dtype)
+        xi = (image - self.image_mean) / self.image_std * present[:, HAS_IMAGE : HAS_IMAGE + 1]
+        xt = (text - self.text_mean) / self.text_std
+        if self.lexical is not None:
+            if lexical is None:
+                raise ValueError(
+                    "these heads read lexical features: pass lexical=(indices, offsets, weights)"
+                )
+            indices, offsets, weights = lexical
+            xt = torch.cat([xt, self.lexical(indices, offsets, per_sample_weights=weights)], dim=1)
+        xt = xt * present[:, HAS_TEXT : HAS_TEXT + 1]
+        context = torch.cat([present, self.category_embedding(category)], dim=1)
+        if self.fusion == "concat":
+            h = self.fuse(torch.cat([xi, xt, context], dim=1))
+        else:
+            pi, pt = self.image_proj(xi), self.text_proj(xt)
+            gi, gt = torch.sigmoid(self.gate(torch.cat([pi, pt, context], dim=1))).chunk(2, dim=1)
+            h = (
+                gi * pi * present[:, HAS_IMAGE : HAS_IMAGE + 1]
+                + gt * pt * present[:, HAS_TEXT : HAS_TEXT + 1]
+            )
+            h = h + self.context_proj(context)
+        x = self.trunk(h)
+        return {
+            a: head(x).masked_fill(~getattr(self, f"mask_{i}")[category], NEG_INF)
+            for i, (a, head) in enumerate(zip(self.attributes, self.heads, strict=True))
+        }
+
+
+def modality_dropout(
+    present: torch.Tensor, p_text: float, p_image: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Training-time copy of ``present`` with modalities hidden at random; a row keeps at least one
+    of the modalities it has (the image when both would go)."""
+    out = present.clone().bool()
+    draw = torch.rand(len(out), 2, generator=generator)
+    out[:, HAS_TEXT] &= draw[:, HAS_TEXT] >= p_text
+    out[:, HAS_IMAGE] &= draw[:, HAS_IMAGE] >= p_image
+    had = present.bool()
+    lost = ~out.any(1)
+    out[lost, HAS_IMAGE] = had[lost, HAS_IMAGE]
+    lost = ~out.any(1)
+    out[lost, HAS_TEXT] = had[lost, HAS_TEXT]
+    return out
+
+
+def lexical_batch(rows, device: torch.device | str = "cpu") -> LexicalBatch:
+    """Rows of a scipy CSR matrix as the (indices, offsets, weights) an ``EmbeddingBag`` reads."""
+    return (
+        torch.as_tensor(rows.indices, dtype=torch.long, device=device),
+        torch.as_tensor(rows.indptr[:-1], dtype=torch.long, device=device),
+        torch.as_tensor(rows.data, dtype=torch.float32, device=device),
+    )

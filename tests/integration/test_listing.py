@@ -1,0 +1,151 @@
+"""Listing heads end to end: train on image + title, predict (resumable) and evaluate with titles, and
+the image-only checkpoint's refusal of titles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from taxonomist.inference.predictor import Predictor
+
+from .conftest import invoke, make_catalog, tiny_config
+
+
+@pytest.fixture(scope="module")
+def listing_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("listing")
+    catalog = make_catalog(root / "data", titles=True)
+    cfg = tiny_config(catalog, root / "cache")
+    cfg["catalog"]["text_columns"] = ["title"]
+    cfg["heads"]["inputs"] = ["image", "text"]
+    cfg["text"] = {"lexical_width": 16, "image_dropout": 0.2}
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    invoke("train", "-c", str(config), "-o", str(root / "ckpt"), "--quiet")
+    return catalog, config, root / "ckpt"
+
+
+def test_a_listing_checkpoint_records_its_inputs_and_predicts_with_and_without_titles(listing_run) -> None:
+    catalog, _, ckpt = listing_run
+    predictor = Predictor.from_pretrained(ckpt)
+    assert predictor.checkpoint.inputs == ["image", "text"]
+    assert predictor.checkpoint.text["fingerprint"] == predictor.text.encoder.fingerprint()
+    image = str(catalog.parent / "images" / "1000.jpg")
+    for texts in (["Acme Red top"], [""], [None], None, ["🔥" * 5000]):
+        (pred,) = predictor.predict([image], ["Tops"], texts=texts)
+        assert set(pred.attributes) == {"color", "fit"}
+        assert all(0 <= v.confidence <= 1 for v in pred.attributes.values())
+
+
+def test_listing_predict_reads_titles_resumes_and_fills_in_for_missing_images(listing_run, tmp_path) -> None:
+    catalog, _, ckpt = listing_run
+    frame = pd.read_csv(catalog, dtype={"sku": str})
+    frame.loc[0, "sku"] = "missing-image"
+    frame.loc[1, "title"] = None
+    data = catalog.parent / "rows.csv"  # beside the images, which the catalog's path finds
+    frame.to_csv(data, index=False)
+    out = tmp_path / "out"
+    args = ("predict", str(ckpt), "-o", str(out), "--data", str(data), "--quiet")
+    invoke(*args)
+    long = pd.read_csv(out / "predictions_long.csv", dtype={"id": str})
+    assert "missing-image" not in set(long["id"])  # skipped and reported without allow_missing_image
+    assert set(long["id"]) == set(frame["sku"].astype(str)) - {"missing-image"}
+    invoke(*args)  # every chunk done: a rerun resumes, writing the same files
+    assert pd.read_csv(out / "predictions_long.csv", dtype={"id": str}).equals(long)
+    invoke(*args[:-1], "-o", str(tmp_path / "filled"), "--set", "predict.allow_missing_image=true")
+    filled = pd.read_csv(tmp_path / "filled" / "predictions_long.csv", dtype={"id": str})
+    assert "missing-image" in set(filled["id"])
+    errors = pd.read_csv(tmp_path / "filled" / "errors.csv", dtype={"id": str})
+    assert "missing-image" in set(errors["id"])  # still reported
+
+
+def test_a_chunk_of_unreadable_images_only_is_reported_not_fatal(listing_run, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from taxonomist.cli.main import app
+
+    catalog, _, ckpt = listing_run
+    frame = pd.read_csv(catalog, dtype={"sku": str}).head(3)
+    frame["sku"] = ["gone-1", "gone-2", "gone-3"]
+    frame.to_csv(catalog.parent / "gone.csv", index=False)
+    out = tmp_path / "out"
+    args = ["predict", str(ckpt), "-o", str(out), "--data", str(catalog.parent / "gone.csv"), "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2  # every row failed: the job says so, after writing its outputs
+    assert len(pd.read_csv(out / "errors.csv")) == 3
+
+
+def test_listing_evaluate_reads_titles(listing_run, tmp_path) -> None:
+    _, _, ckpt = listing_run
+    invoke("evaluate", str(ckpt), "--output", str(tmp_path), "--quiet")
+    assert (tmp_path / "evaluation.json").is_file()
+
+
+def test_an_image_only_checkpoint_refuses_titles(tiny_run, tmp_path) -> None:
+    catalog, config = tiny_run
+    invoke("train", "-c", str(config), "-o", str(tmp_path / "ckpt"), "--quiet")
+    predictor = Predictor.from_pretrained(tmp_path / "ckpt")
+    image = str(catalog.parent / "images" / "1000.jpg")
+    with pytest.raises(ValueError, match="trained on images only"):
+        predictor.predict([image], ["Tops"], texts=["Acme Red top"])
+    assert predictor.predict([image], ["Tops"], texts=[""])  # no text at all is no conflict
+
+
+def _post(checkpoint: Path, image: Path, **form: object):
+    from fastapi.testclient import TestClient
+
+    from taxonomist.serve import create_app
+
+    with TestClient(create_app(checkpoint, max_wait_ms=5)) as client:
+        files = [("image", ("1000.jpg", image.read_bytes(), "image/jpeg"))]
+        return client.post("/v1/predict", files=files, data={"category": "Tops", **form})
+
+
+def test_serve_reads_an_optional_title(listing_run) -> None:
+    catalog, _, ckpt = listing_run
+    image = catalog.parent / "images" / "1000.jpg"
+    with_title = _post(ckpt, image, title="Acme Red top")
+    assert with_title.status_code == 200, with_title.text
+    direct = Predictor.from_pretrained(ckpt).predict([str(image)], ["Tops"], texts=["Acme Red top"])[0]
+    served = with_title.json()["predictions"][0]["attributes"]
+    assert {a: v["value"] for a, v in served.items()} == {a: v.value for a, v in direct.attributes.items()}
+    assert _post(ckpt, image).status_code == 200  # no title: predicted from the image
+    too_long = _post(ckpt, image, title="x" * 5000)
+    assert too_long.status_code == 422 and "title" in too_long.text
+
+
+def test_serve_refuses_a_title_for_an_image_only_model(tiny_run, tmp_path) -> None:
+    catalog, config = tiny_run
+    invoke("train", "-c", str(config), "-o", str(tmp_path / "ckpt"), "--quiet")
+    image = catalog.parent / "images" / "1000.jpg"
+    refused = _post(tmp_path / "ckpt", image, title="Acme Red top")
+    assert refused.status_code == 422 and "images only" in refused.text
+    assert _post(tmp_path / "ckpt", image, title="").status_code == 200
+
+
+def test_image_only_heads_are_the_same_whether_or_not_the_catalog_has_text(tmp_path) -> None:
+    """Text in the catalog is read by listing heads only: image-only heads train to the same weights."""
+    from safetensors.torch import load_file
+
+    from taxonomist.training.heads import train
+
+    catalog = make_catalog(tmp_path / "data", titles=True)
+    weights = []
+    for name, columns in (("plain", []), ("titled", ["title"])):
+        cfg = tiny_config(catalog, tmp_path / "cache")
+        cfg["catalog"]["text_columns"] = columns
+        cfg["train"]["epochs"] = 5
+        train(_config(tmp_path / f"{name}.yaml", cfg), tmp_path / name, progress=False)
+        weights.append(load_file(str(tmp_path / name / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    assert all((weights[0][k] == weights[1][k]).all() for k in weights[0])
+
+
+def _config(path: Path, data: dict):
+    from taxonomist.config import load_config
+
+    path.write_text(yaml.safe_dump(data))
+    return load_config(path)

@@ -1,0 +1,227 @@
+"""Listing heads (image ⊕ text): what each modality can teach, modality dropout, blank and odd titles,
+text feature cache keys, and the catalog's text columns."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from taxonomist.config import CatalogConfig, ConfigError, TrainConfig, load_config
+from taxonomist.data.catalog import TEXT, CatalogError, load_catalog, read_generic
+from taxonomist.data.schema import Schema
+from taxonomist.features.text import LexicalView, TextFeatures, embed_texts, text_cache, text_key
+from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT, ListingHeads, modality_dropout
+from taxonomist.models.heads import AttributeHeads, allowed_masks
+from taxonomist.training.heads import FeatureSet, fit_heads, predict_logits, set_text
+
+N = 400
+WORDS = ["alpha", "bravo", "charlie", "delta"]
+
+
+def _schema() -> Schema:
+    return Schema({"Tops": {"label": ["no", "yes"]}})
+
+
+def _data(rule: str, seed: int) -> tuple[FeatureSet, np.ndarray]:
+    """Image bit in an 8-d feature, text bit in the title's word; ``rule`` picks what decides the label."""
+    rng = np.random.default_rng(seed)
+    image_bit, text_bit = rng.integers(0, 2, N), rng.integers(0, 2, N)
+    label = {"image": image_bit, "text": text_bit, "both": image_bit ^ text_bit}[rule]
+    features = rng.normal(size=(N, 8)).astype(np.float32)
+    features[:, 0] += 3 * (2 * image_bit - 1)
+    dense = rng.normal(size=(N, 4)).astype(np.float32)  # an uninformative "sentence embedding"
+    titles = [f"{WORDS[2 * t + rng.integers(0, 2)]} item {rng.integers(0, 50)}" for t in text_bit]
+    data = FeatureSet.build(features, np.zeros(N, dtype=np.int64), {"label": label})
+    return data, np.array(titles, dtype=object), dense
+
+
+def _listing_set(data: FeatureSet, titles, dense, lexical: LexicalView) -> FeatureSet:
+    set_text(data, TextFeatures(dense, lexical.transform(list(titles)), np.ones(len(titles), dtype=bool)))
+    return data
+
+
+def _accuracy(model, data: FeatureSet, **hide) -> float:
+    z = predict_logits(model, data, **hide)["label"]
+    return float((z.argmax(1) == data.labels["label"]).float().mean())
+
+
+def _train(rule: str, inputs: str, text_dropout: float = 0.0) -> tuple[object, FeatureSet]:
+    torch.manual_seed(0)
+    (train, titles, dense), (val, val_titles, val_dense) = _data(rule, 0), _data(rule, 1)
+    masks = allowed_masks(_schema(), ["Tops"])
+    cfg = TrainConfig(epochs=15, batch_size=64, lr=0.01, patience=15)
+    if inputs == "image":
+        model = AttributeHeads(8, masks, hidden=[32], category_dim=2, dropout=0.0)
+    else:
+        lexical = LexicalView().fit(list(titles))
+        train, val = (
+            _listing_set(train, titles, dense, lexical),
+            _listing_set(val, val_titles, val_dense, lexical),
+        )
+        model = ListingHeads(8, 4, masks, hidden=[32], category_dim=2, dropout=0.0, lexical_dim=lexical.dim)
+        if inputs == "text":  # a text-only model: every image hidden
+            for data in (train, val):
+                data.present[:, HAS_IMAGE] = False
+    score = lambda z: float((z["label"].argmax(1) == val.labels["label"]).float().mean())  # noqa: E731
+    fit_heads(model, train, val, score, cfg, progress=False, text_dropout=text_dropout)
+    return model, val
+
+
+@pytest.mark.parametrize("rule", ["image", "text", "both"])
+def test_fused_heads_learn_what_either_modality_or_only_both_together_decide(rule: str) -> None:
+    fused, val = _train(rule, "fused")
+    assert _accuracy(fused, val) > 0.95
+    image_only, image_val = _train(rule, "image")
+    text_only, text_val = _train(rule, "text")
+    image_acc, text_acc = _accuracy(image_only, image_val), _accuracy(text_only, text_val)
+    if rule == "both":  # the XOR of the two bits: neither view alone beats a coin
+        assert max(image_acc, text_acc) < 0.65
+    else:
+        assert (image_acc if rule == "image" else text_acc) > 0.95
+        assert (text_acc if rule == "image" else image_acc) < 0.65
+
+
+def test_modality_dropout_teaches_the_blank_title_case() -> None:
+    """The label is in the image; text names nothing useful. With text dropout the heads still answer
+    from the image when every title is blank."""
+    dropped, val = _train("image", "fused", text_dropout=0.5)
+    assert _accuracy(dropped, val, hide="text") > 0.95
+    assert _accuracy(dropped, val) > 0.95
+
+
+def test_modality_dropout_keeps_one_input_a_row_has() -> None:
+    present = torch.tensor([[True, True]] * 2000 + [[True, False]] * 500 + [[False, True]] * 500)
+    out = modality_dropout(present, 0.5, 0.5, torch.Generator().manual_seed(0))
+    assert not (out & ~present).any()  # never invents an input
+    assert out.any(1).all()
+    both = out[:2000]
+    assert 0.4 < both[:, HAS_TEXT].float().mean() < 0.6
+    assert out[2000:2500, HAS_IMAGE].all() and out[2500:, HAS_TEXT].all()
+
+
+def test_a_blank_title_is_the_same_input_whatever_its_features_say() -> None:
+    masks = allowed_masks(_schema(), ["Tops"])
+    model = ListingHeads(8, 4, masks, hidden=[16], category_dim=2, lexical_dim=10, lexical_width=4).eval()
+    image, category = torch.randn(3, 8), torch.zeros(3, dtype=torch.long)
+    present = torch.tensor([[True, False]] * 3)
+    bag = (torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2]), torch.ones(3))
+    empty = (torch.tensor([], dtype=torch.long), torch.tensor([0, 0, 0]), torch.tensor([]))
+    a = model(image, torch.randn(3, 4), category, present, bag)["label"]
+    b = model(image, torch.zeros(3, 4), category, present, empty)["label"]
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gated"])
+def test_both_fusions_give_finite_masked_logits(fusion: str) -> None:
+    schema = Schema({"Tops": {"label": ["no", "yes"]}, "Bags": {"size": ["s", "m"]}})
+    masks = allowed_masks(schema, ["Tops", "Bags"])
+    model = ListingHeads(8, 4, masks, hidden=[16, 8], category_dim=2, fusion=fusion).eval()
+    present = torch.tensor([[True, True], [True, False], [False, True]])
+    out = model(torch.randn(3, 8), torch.randn(3, 4), torch.tensor([0, 1, 0]), present)
+    assert torch.isfinite(out["label"]).all()
+    assert (out["label"][1] < -1e8).all()  # Bags have no label
+
+
+class _CountingEncoder:
+    """Stands in for the sentence encoder: a text's length and first code point, counting calls."""
+
+    dim = 2
+
+    def __init__(self, name: str = "fake") -> None:
+        self.name, self.calls = name, []
+
+    def fingerprint(self) -> str:
+        return self.name
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        return np.array([[len(t), ord(t[0])] for t in texts], dtype=np.float32)
+
+
+def test_text_embeddings_are_cached_by_encoder_and_text(tmp_path: Path) -> None:
+    encoder = _CountingEncoder()
+    cache = text_cache(encoder, tmp_path)
+    first = embed_texts(["red shirt", "", "red shirt", "blue bag"], encoder, cache=cache)
+    assert encoder.calls == [["red shirt", "blue bag"]]  # blanks are not encoded, duplicates once
+    assert (first[1] == 0).all() and (first[0] == first[2]).all()
+    again = embed_texts(["blue bag", "red shirt"], encoder, cache=text_cache(encoder, tmp_path))
+    assert len(encoder.calls) == 1
+    np.testing.assert_array_equal(again, first[[3, 0]])
+    other = _CountingEncoder("other-weights")
+    embed_texts(["red shirt"], other, cache=text_cache(other, tmp_path))
+    assert other.calls == [["red shirt"]]  # another encoder never reads these embeddings
+    assert text_key("red shirt") != text_key("red shirt ")
+
+
+def test_long_non_latin_and_emoji_titles(tmp_path: Path) -> None:
+    titles = ["Ｔｓｈｉｒｔ  ＲＥＤ", "कुर्ता लाल", "红色 连衣裙 👗🔥", "x" * 20000, "Tshirt RED"]
+    path = tmp_path / "c.csv"
+    pd.DataFrame({"id": range(5), "category": "Tops", "title": titles, "label": "a"}).to_csv(
+        path, index=False
+    )
+    catalog = read_generic(path, text_columns=["title"])
+    texts = catalog.frame[TEXT].tolist()
+    assert texts[0] == "Tshirt RED" == texts[4]  # NFKC folds full-width letters, spaces collapse
+    lexical = LexicalView().fit(texts)
+    rows = lexical.transform(texts)
+    assert rows.shape[0] == 5 and np.isfinite(rows.data).all()
+    assert rows[1].nnz > 0 and rows[2].nnz > 0  # Devanagari and CJK give n-grams too
+    encoder = _CountingEncoder()
+    out = embed_texts(texts, encoder, cache=text_cache(encoder, tmp_path))
+    assert out.shape == (5, 2) and len(encoder.calls[0]) == 4  # the folded duplicate is encoded once
+
+
+def test_text_columns_are_normalised_joined_and_may_be_blank(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    pd.DataFrame(
+        {
+            "id": [1, 2, 3],
+            "category": "Tops",
+            "title": ["Red\tshirt ", None, ""],
+            "description": ["cotton", "silk  scarf", None],
+            "label": "a",
+        }
+    ).to_csv(path, index=False)
+    catalog = read_generic(path, text_columns=["title", "description"], attributes=["label"])
+    assert catalog.frame[TEXT].tolist() == ["Red shirt | cotton", "silk scarf", ""]
+
+
+def test_text_column_is_the_older_spelling_of_text_columns() -> None:
+    assert CatalogConfig(text_column="title").text_columns == ["title"]
+    with pytest.raises(ConfigError, match="both set"):
+        CatalogConfig(text_column="title", text_columns=["description"])
+    cfg = load_config(values={"catalog.text_column": "productDisplayName"})
+    assert cfg.catalog.text_columns == ["productDisplayName"]
+
+
+def test_the_meesho_layout_has_no_text(tmp_path: Path) -> None:
+    cfg = CatalogConfig(path=str(tmp_path), layout="meesho", text_columns=["title"])
+    with pytest.raises(CatalogError, match="no listing text"):
+        load_catalog(cfg)
+
+
+def test_prediction_reading_keeps_text_only_for_listing_heads(tmp_path: Path) -> None:
+    from taxonomist.data.catalog import load_for_prediction
+
+    path = tmp_path / "c.csv"
+    pd.DataFrame({"id": [1], "category": "Tops", "title": ["Red shirt"]}).to_csv(path, index=False)
+    cfg = CatalogConfig(path=str(path), category_column="category", text_columns=["title"])
+    assert TEXT not in load_for_prediction(cfg).frame.columns
+    assert load_for_prediction(cfg, text=True).frame[TEXT].tolist() == ["Red shirt"]
+    assert dataclasses.replace(cfg, text_columns=[]).text_columns == []
+
+
+@pytest.mark.parametrize("recipe", ["finetune", "self_training"])
+def test_recipes_without_text_refuse_listing_heads(recipe: str, tmp_path: Path) -> None:
+    import importlib
+
+    module = importlib.import_module(f"taxonomist.training.{recipe}")
+    run = module.train if recipe == "finetune" else module.self_train
+    cfg = load_config(values={"heads.inputs": ["image", "text"]})
+    with pytest.raises(ConfigError, match="heads recipe"):
+        run(cfg, tmp_path)
