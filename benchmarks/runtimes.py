@@ -189,18 +189,18 @@ def _get(url: str) -> str:
 
 
 def bench_taxonomy(checkpoint: Path | None, args, work: Path) -> dict:
-    """Titles/s and path accuracy of taxonomy ``predict`` on its validation titles, per encoder runtime.
+    """Titles/s and path accuracy of taxonomy ``predict`` on its dev titles, per encoder runtime.
 
     The torch path is the checkpoint's own setting (dynamic int8 when ``encoder.quantize``), plus plain
     torch fp32; the runtimes run fp32 and OpenVINO bf16."""
     from taxonomist.config import TaxonomyConfig
     from taxonomist.inference.taxonomy import TaxonomyPredictor
-    from taxonomist.training.taxonomy import load_titles, split_rows
+    from taxonomist.training.taxonomy import load_titles, split_part
     from taxonomist.training.taxonomy import train as train_taxonomy
 
     if checkpoint is None:
         checkpoint = work / "taxonomy"
-        if not (checkpoint / "manifest.json").is_file():
+        if not (checkpoint / "taxonomist.json").is_file():
             overrides = [
                 "encoder.finetune_epochs=0",
                 "train.methods=[retrieval, heads]",
@@ -210,12 +210,10 @@ def bench_taxonomy(checkpoint: Path | None, args, work: Path) -> dict:
                 load_config(ROOT / "configs" / "taxonomy.yaml", overrides, cls=TaxonomyConfig), checkpoint
             )
     cfg = load_config(checkpoint / "config.yaml", cls=TaxonomyConfig)
-    data = load_titles(cfg)
-    _, val_rows = split_rows(len(data.frame), cfg.train.val_fraction, cfg.train.seed)
-    frame = data.frame.iloc[val_rows].reset_index(drop=True)
+    frame = split_part(load_titles(cfg), cfg, "dev").frame.reset_index(drop=True)
     titles = frame["title"].tolist()
     variants = [
-        ("torch (checkpoint setting)", "torch", "fp32", None),
+        ("torch (checkpoint setting)", "torch", "fp32", None),  # dynamic int8 when encoder.quantize
         ("torch-fp32", "torch", "fp32", False),
         ("onnxruntime-fp32", "onnxruntime", "fp32", None),
         ("openvino-fp32", "openvino", "fp32", None),

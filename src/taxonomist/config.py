@@ -346,12 +346,8 @@ class EncoderConfig:
     max_length: PositiveInt = 64
     batch_size: PositiveInt = 128
     quantize: bool = True
-    """Dynamic int8 Linear layers for CPU prediction on the torch runtime (about 2.4x faster)."""
-    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "auto"
-    """What runs the encoder in ``taxonomy predict``: auto = the fastest installed CPU runtime for the
-    precision (exported on first use into the run's ``exports`` folder), torch on a GPU."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """bf16 runs on OpenVINO (faster on CPUs with bf16 units; embeddings shift by ~1e-4 cosine)."""
+    """Dynamic int8 Linear layers for CPU prediction on the torch runtime (about 2.4x faster);
+    ``taxonomy predict`` runs the encoder on ONNX Runtime/OpenVINO by default, where it does not apply."""
     finetune_epochs: NonNegativeInt = 2
     """Epochs fine-tuning the encoder jointly with the heads (0 = frozen embeddings)."""
     finetune_lr: PositiveFloat = 5e-5
