@@ -246,7 +246,8 @@ def tiny_sentence_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 1-layer BERT with MiniLM's tokenizer, mean pooling and normalisation, as sentence-transformers
     saves it: the export path of all-MiniLM-L6-v2 in a fraction of the time."""
     import transformers
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
     from taxonomist.models.text import resolve_text_model
 
@@ -263,8 +264,8 @@ def tiny_sentence_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     )
     transformers.BertModel(config).save_pretrained(root / "bert")
     tokenizer.save_pretrained(root / "bert")
-    word = models.Transformer(str(root / "bert"), max_seq_length=64)
-    model = SentenceTransformer(modules=[word, models.Pooling(32, "mean"), models.Normalize()], device="cpu")
+    word = Transformer(str(root / "bert"), max_seq_length=64)
+    model = SentenceTransformer(modules=[word, Pooling(32, "mean"), Normalize()], device="cpu")
     model.save(str(root / "st"))
     return str(root / "st")
 
