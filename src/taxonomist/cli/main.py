@@ -17,7 +17,16 @@ from rich.table import Table
 from taxonomist.cli.export import PrecisionDefaultOpt as PrecisionOpt
 from taxonomist.cli.export import PredictRuntimeOpt as RuntimeOpt
 from taxonomist.cli.export import export
-from taxonomist.cli.options import ConfigOpt, ImagesOpt, JobFailed, QuietOpt, SetOpt, resolve_config
+from taxonomist.cli.options import (
+    ConfigOpt,
+    ImagesOpt,
+    JobFailed,
+    JobOutputOpt,
+    PredictDataOpt,
+    QuietOpt,
+    SetOpt,
+    resolve_config,
+)
 from taxonomist.cli.review import review
 from taxonomist.cli.serve import serve
 from taxonomist.cli.taxonomy import app as taxonomy_app
@@ -272,10 +281,10 @@ def evaluate(
 @app.command()
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (resumable).")],
+    output: JobOutputOpt,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    data: Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")] = None,
+    data: PredictDataOpt = None,
     images: ImagesOpt = None,
     min_confidence: Annotated[
         float | None,

@@ -22,6 +22,8 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+JobOutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder (resumable).")]
+PredictDataOpt = Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")]
 ImagesOpt = Annotated[
     str | None,
     typer.Option(

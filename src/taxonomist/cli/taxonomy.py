@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taxonomist.cli.options import ConfigOpt, QuietOpt, SetOpt, resolve_config
+from taxonomist.cli.options import ConfigOpt, JobOutputOpt, QuietOpt, SetOpt, resolve_config
 from taxonomist.config import TaxonomyConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -134,7 +134,7 @@ def evaluate(
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint directory.")],
     data: Annotated[Path, typer.Option(help="CSV/Parquet with a title column.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (resumable).")],
+    output: JobOutputOpt,
     title_column: Annotated[str, typer.Option(help="Column holding the titles.")] = "title",
     id_column: Annotated[str, typer.Option(help="Column holding row ids (default: row number).")] = "id",
     method: MethodOpt = None,

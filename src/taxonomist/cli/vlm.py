@@ -14,7 +14,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taxonomist.cli.options import ConfigOpt, ImagesOpt, JobFailed, QuietOpt, SetOpt, resolve_config
+from taxonomist.cli.options import (
+    ConfigOpt,
+    ImagesOpt,
+    JobFailed,
+    JobOutputOpt,
+    PredictDataOpt,
+    QuietOpt,
+    SetOpt,
+    resolve_config,
+)
 from taxonomist.config import PredictConfig, VLMConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -133,10 +142,10 @@ def evaluate(
 @app.command()
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="Run folder or model folder.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (resumable).")],
+    output: JobOutputOpt,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    data: Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")] = None,
+    data: PredictDataOpt = None,
     quiet: QuietOpt = False,
     images: ImagesOpt = None,
 ) -> None:

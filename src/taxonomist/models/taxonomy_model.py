@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from taxonomist.data.taxonomy import BRAND, PATH_SEP, Taxonomy, normalize_text
+from taxonomist.io import atomic_write_json
 from taxonomist.models.brand import BrandExtractor
 from taxonomist.models.seq2seq import Seq2SeqTaxonomyModel
 from taxonomist.models.taxonomy import (
@@ -398,9 +399,7 @@ class TaxonomyModel:
             "ensemble": self.ensemble,
             "brand_none_threshold": self.brand_none_threshold,
         }
-        tmp = path / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        os.replace(tmp, path / MANIFEST)
+        atomic_write_json(path / MANIFEST, manifest, indent=1)
 
     @classmethod
     @staticmethod

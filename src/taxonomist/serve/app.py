@@ -132,21 +132,25 @@ def create_app(
         if isinstance(checkpoint, (str, os.PathLike))
         else checkpoint
     )
-    info = asdict(model.info)
-    known = frozenset(model.categories)
     batcher: MicroBatcher[Any, dict] = MicroBatcher(
         model.predict_batch, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue
     )
-    metrics = ServeMetrics(model.info, lambda: batcher.pending)
-    batcher.on_batch = metrics.observe_batch
-    decoding = CapacityLimiter(max_decodes)
-    max_fields = 3 * max_images_per_request  # a category, an id and a title per image
-    max_body_bytes = max_images_per_request * (max_upload_bytes + _PART_OVERHEAD)
+    service = _Service(
+        model,
+        batcher,
+        CapacityLimiter(max_decodes),
+        max_upload_bytes=max_upload_bytes,
+        max_images_per_request=max_images_per_request,
+        request_timeout_s=request_timeout_s,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
-        log.info("ready", extra={"model": info, "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
+        log.info(
+            "ready",
+            extra={"model": service.info, "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
+        )
         try:
             yield
         finally:
@@ -165,58 +169,111 @@ def create_app(
     app.add_middleware(
         _LimitBody,
         path="/v1/predict",
-        limit=max_body_bytes,
+        limit=max_images_per_request * (max_upload_bytes + _PART_OVERHEAD),
         what=f"room for {max_images_per_request} image(s) of up to {max_upload_bytes} bytes, "
         f"plus {_PART_OVERHEAD} bytes of form fields per image",
     )
-    app.add_middleware(_ObserveRequests, metrics=metrics)
+    app.add_middleware(_ObserveRequests, metrics=service.metrics)
+    _add_routes(app, service)
+    return app
 
+
+def _add_routes(app: FastAPI, service: _Service) -> None:
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
         return RedirectResponse("docs")
 
-    # Starlette's multipart parser reports its limits as 400 with its own wording; they are limits too.
-    form_limits = {
-        "Too many files": f"too many images: at most {max_images_per_request} per request",
-        "Too many fields": f"too many form fields: at most {max_fields} (a category and an id per image)",
-        "Part exceeded maximum size": f"a form field is over the limit of {_MAX_FIELD_BYTES} bytes",
-    }
+    app.exception_handler(StarletteHTTPException)(service.form_limit_is_413)
+    app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        form_limits={
+            "max_files": service.max_images_per_request,
+            "max_fields": service.max_fields,
+            "max_part_size": _MAX_FIELD_BYTES,
+        },
+        responses={
+            413: {"description": "An image, a form field or the whole request is too large, or too many."},
+            422: {"description": "Not an image, too many pixels, unknown category, or a missing field."},
+            503: {"description": "Too many images queued; retry later."},
+            504: {"description": "The prediction took longer than the request timeout."},
+        },
+    )(service.predict)
+    app.get("/healthz")(service.healthz)
+    app.get("/readyz", responses={503: {"description": "The batch worker is not running."}})(service.readyz)
+    app.get("/metrics", response_class=Response)(service.prometheus_metrics)
 
-    @app.exception_handler(StarletteHTTPException)
-    async def form_limit_is_413(request: Request, exc: StarletteHTTPException) -> Response:
+
+class _Service:
+    """What the routes share: the model, its micro-batcher, the metrics and the request limits."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        batcher: MicroBatcher[Any, dict],
+        decoding: CapacityLimiter,
+        *,
+        max_upload_bytes: int,
+        max_images_per_request: int,
+        request_timeout_s: float,
+    ) -> None:
+        self.model = model
+        self.info = asdict(model.info)
+        self.known = frozenset(model.categories)
+        self.batcher = batcher
+        self.metrics = ServeMetrics(model.info, lambda: batcher.pending)
+        batcher.on_batch = self.metrics.observe_batch
+        self.decoding = decoding
+        self.max_upload_bytes = max_upload_bytes
+        self.max_images_per_request = max_images_per_request
+        max_fields = 3 * max_images_per_request  # a category, an id and a title per image
+        self.max_fields = max_fields
+        self.request_timeout_s = request_timeout_s
+        # Starlette's multipart parser reports its limits as 400 with its own wording; they are limits too.
+        self.form_limits = {
+            "Too many files": f"too many images: at most {max_images_per_request} per request",
+            "Too many fields": (
+                f"too many form fields: at most {max_fields} (a category, an id and a title per image)"
+            ),
+            "Part exceeded maximum size": f"a form field is over the limit of {_MAX_FIELD_BYTES} bytes",
+        }
+
+    async def form_limit_is_413(self, request: Request, exc: StarletteHTTPException) -> Response:
         cause = exc.__context__
         if isinstance(cause, MultiPartException):
-            detail = next((d for prefix, d in form_limits.items() if cause.message.startswith(prefix)), None)
+            detail = next(
+                (d for prefix, d in self.form_limits.items() if cause.message.startswith(prefix)), None
+            )
             if detail is not None:
                 exc = HTTPException(413, detail=detail)
         return await http_exception_handler(request, exc)
 
-    def reject(outcome: str, count: int = 1) -> None:
-        metrics.images.labels(outcome).inc(count)
+    def reject(self, outcome: str, count: int = 1) -> None:
+        self.metrics.images.labels(outcome).inc(count)
 
-    def prepare(data: bytes, category: str, name: str, title: str) -> Any:
+    def prepare(self, data: bytes, category: str, name: str, title: str) -> Any:
         # Returned, not raised: every bad image of a request is reported at once.
         try:
             if title:
-                return model.prepare(data, category, name=name, title=title)
-            return model.prepare(data, category, name=name)
+                return self.model.prepare(data, category, name=name, title=title)
+            return self.model.prepare(data, category, name=name)
         except ImageLoadError as err:
             return err
 
     async def run(
-        uploads: list[UploadFile], names: list[str], categories: list[str], titles: list[str]
+        self, uploads: list[UploadFile], names: list[str], categories: list[str], titles: list[str]
     ) -> list[dict[str, Any]]:
         datas = [await upload.read() for upload in uploads]
         prepared = await asyncio.gather(
             *(
-                to_thread.run_sync(prepare, d, c, n, t, limiter=decoding)
+                to_thread.run_sync(self.prepare, d, c, n, t, limiter=self.decoding)
                 for d, c, n, t in zip(datas, categories, names, titles, strict=True)
             )
         )
         problems = [(i, p) for i, p in enumerate(prepared) if isinstance(p, ImageLoadError)]
         if problems:
             for _, err in problems:
-                reject(err.reason)
+                self.reject(err.reason)
             raise HTTPException(
                 422,
                 detail=[
@@ -229,24 +286,10 @@ def create_app(
                     for i, err in problems
                 ],
             )
-        return await batcher.submit(prepared)
+        return await self.batcher.submit(prepared)
 
-    @app.post(
-        "/v1/predict",
-        response_model=PredictResponse,
-        form_limits={
-            "max_files": max_images_per_request,
-            "max_fields": max_fields,
-            "max_part_size": _MAX_FIELD_BYTES,
-        },
-        responses={
-            413: {"description": "An image, a form field or the whole request is too large, or too many."},
-            422: {"description": "Not an image, too many pixels, unknown category, or a missing field."},
-            503: {"description": "Too many images queued; retry later."},
-            504: {"description": "The prediction took longer than the request timeout."},
-        },
-    )
     async def predict(
+        self,
         request: Request,
         image: Annotated[
             list[UploadFile],
@@ -269,64 +312,13 @@ def create_app(
         """Predict every attribute of each image's category, with calibrated confidences."""
         n = len(image)
         request.state.images = n
-        if len(category) not in (1, n):
-            raise _unprocessable("category", f"send 1 category or one per image ({n}), not {len(category)}")
-        if ids is not None and len(ids) != n:
-            raise _unprocessable("id", f"send one id per image ({n}), not {len(ids)}")
-        titles = [normalize_text(t) for t in title] if title is not None else [""] * n
-        if len(titles) != n:
-            raise _unprocessable("title", f"send one title per image ({n}), not {len(titles)}")
-        too_long = [i for i, t in enumerate(titles) if len(t) > MAX_TITLE_CHARS]
-        if too_long:
-            raise _unprocessable("title", f"titles {too_long} are over {MAX_TITLE_CHARS} characters")
-        if any(titles) and not getattr(model, "reads_text", False):
-            raise _unprocessable(
-                "title", "this model was trained on images only and cannot read titles; leave them out"
-            )
-        categories = category * n if len(category) == 1 else category
-        unknown = [(i, c) for i, c in enumerate(category) if c not in known]
-        if unknown:
-            reject("unknown-category", n)
-            allowed = ", ".join(sorted(known))
-            raise HTTPException(
-                422,
-                detail=[
-                    {
-                        "type": "unknown-category",
-                        "loc": ["body", "category", i],
-                        "msg": f"category {c!r} is not one this model knows ({allowed})",
-                        "input": c,
-                    }
-                    for i, c in unknown
-                ],
-            )
-        too_big = [(i, u) for i, u in enumerate(image) if u.size is not None and u.size > max_upload_bytes]
-        if too_big:
-            reject("too-large", n)
-            raise HTTPException(
-                413,
-                detail="; ".join(
-                    f"image {i} ({u.filename!r}) has {u.size} bytes, over the limit of {max_upload_bytes}"
-                    for i, u in too_big
-                ),
-            )
+        categories = self.check_request(image, category, ids)
+        titles = self.check_titles(title, n)
         names = [u.filename or str(i) for i, u in enumerate(image)]
-        try:
-            results = await asyncio.wait_for(run(image, names, categories, titles), request_timeout_s)
-        except asyncio.TimeoutError:
-            reject("timeout", n)
-            raise HTTPException(504, detail=f"no prediction within {request_timeout_s:g} s") from None
-        except BatchTooLarge as err:
-            reject("too-large", n)
-            raise HTTPException(413, detail=str(err)) from None
-        except BatcherBusy as err:
-            reject("busy", n)
-            raise HTTPException(503, detail=f"server busy: {err}", headers={"Retry-After": "1"}) from None
-        except BatcherStopped as err:
-            raise HTTPException(503, detail=str(err)) from None
-        metrics.images.labels("predicted").inc(n)
+        results = await self.results(image, names, categories, titles)
+        self.metrics.images.labels("predicted").inc(n)
         return {
-            "model": info,
+            "model": self.info,
             "predictions": [
                 {
                     "id": item_id,
@@ -339,24 +331,88 @@ def create_app(
             ],
         }
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
+    def check_request(self, image: list[UploadFile], category: list[str], ids: list[str] | None) -> list[str]:
+        """Each image's category, once the counts, categories and sizes are within what is served."""
+        n = len(image)
+        if len(category) not in (1, n):
+            raise _unprocessable("category", f"send 1 category or one per image ({n}), not {len(category)}")
+        if ids is not None and len(ids) != n:
+            raise _unprocessable("id", f"send one id per image ({n}), not {len(ids)}")
+        unknown = [(i, c) for i, c in enumerate(category) if c not in self.known]
+        if unknown:
+            self.reject("unknown-category", n)
+            allowed = ", ".join(sorted(self.known))
+            raise HTTPException(
+                422,
+                detail=[
+                    {
+                        "type": "unknown-category",
+                        "loc": ["body", "category", i],
+                        "msg": f"category {c!r} is not one this model knows ({allowed})",
+                        "input": c,
+                    }
+                    for i, c in unknown
+                ],
+            )
+        limit = self.max_upload_bytes
+        too_big = [(i, u) for i, u in enumerate(image) if u.size is not None and u.size > limit]
+        if too_big:
+            self.reject("too-large", n)
+            raise HTTPException(
+                413,
+                detail="; ".join(
+                    f"image {i} ({u.filename!r}) has {u.size} bytes, over the limit of {limit}"
+                    for i, u in too_big
+                ),
+            )
+        return category * n if len(category) == 1 else category
+
+    def check_titles(self, title: list[str] | None, n: int) -> list[str]:
+        """One normalised title per image ("" where none was sent), if the model reads titles at all."""
+        titles = [normalize_text(t) for t in title] if title is not None else [""] * n
+        if len(titles) != n:
+            raise _unprocessable("title", f"send one title per image ({n}), not {len(titles)}")
+        too_long = [i for i, t in enumerate(titles) if len(t) > MAX_TITLE_CHARS]
+        if too_long:
+            raise _unprocessable("title", f"titles {too_long} are over {MAX_TITLE_CHARS} characters")
+        if any(titles) and not getattr(self.model, "reads_text", False):
+            raise _unprocessable(
+                "title", "this model was trained on images only and cannot read titles; leave them out"
+            )
+        return titles
+
+    async def results(
+        self, image: list[UploadFile], names: list[str], categories: list[str], titles: list[str]
+    ) -> list[dict[str, Any]]:
+        """The batcher's answers, or the HTTP error that says why there are none."""
+        n = len(image)
+        try:
+            return await asyncio.wait_for(self.run(image, names, categories, titles), self.request_timeout_s)
+        except asyncio.TimeoutError:
+            self.reject("timeout", n)
+            raise HTTPException(504, detail=f"no prediction within {self.request_timeout_s:g} s") from None
+        except BatchTooLarge as err:
+            self.reject("too-large", n)
+            raise HTTPException(413, detail=str(err)) from None
+        except BatcherBusy as err:
+            self.reject("busy", n)
+            raise HTTPException(503, detail=f"server busy: {err}", headers={"Retry-After": "1"}) from None
+        except BatcherStopped as err:
+            raise HTTPException(503, detail=str(err)) from None
+
+    async def healthz(self) -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "The batch worker is not running."}})
-    async def readyz() -> JSONResponse:
+    async def readyz(self) -> JSONResponse:
         """Readiness: the model is loaded and the batch worker runs."""
-        if batcher.running:
-            return JSONResponse({"status": "ready", "model": info})
+        if self.batcher.running:
+            return JSONResponse({"status": "ready", "model": self.info})
         return JSONResponse({"status": "not ready", "worker_running": False}, status_code=503)
 
-    @app.get("/metrics", response_class=Response)
-    async def prometheus_metrics() -> Response:
+    async def prometheus_metrics(self) -> Response:
         """Prometheus text format: requests by status, latency, batch sizes, image outcomes."""
-        return Response(metrics.render(), media_type=metrics.content_type)
-
-    return app
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
 
 def _check_limits(**limits: int) -> None:

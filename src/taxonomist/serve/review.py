@@ -219,30 +219,19 @@ def create_review_app(
     bounds corrections to the values the model can learn (default: the values seen in the predictions).
     ``threshold`` is the page's default "confidence below" filter.
     """
-    frame = load_predictions(predictions)
-    loaded_schema = _load_schema(schema)
-    allowed = allowed_values(frame, loaded_schema)
-    # Every attribute the model predicts is an export column, reviewed or not.
-    attributes = sorted({*frame["attribute"], *(loaded_schema.attributes if loaded_schema else ())})
-    titles = titles_of(images) if isinstance(images, CatalogConfig) else {}
-    columns = catalog_columns(images) if isinstance(images, CatalogConfig) else (ID, CATEGORY)
-    locate = image_locator(images, image_template)
-    store = ReviewStore(database_url)
-    rows = frame.to_dict("records")
-    position = {(r[ID], r["attribute"]): k for k, r in enumerate(rows)}
-    keys = [(r["confidence"], r[ID], r["attribute"]) for r in rows]  # sorted: the cursor order
-    category_of = dict(zip(frame[ID], frame[CATEGORY], strict=True))
-    rows_of: dict[str, list[int]] = {}
-    for k, r in enumerate(rows):
-        rows_of.setdefault(r[ID], []).append(k)
-    attributes_by_category = {
-        str(c): list(dict.fromkeys(g["attribute"])) for c, g in frame.groupby(CATEGORY, sort=True)
-    }
+    review = _Review(
+        load_predictions(predictions),
+        _load_schema(schema),
+        images,
+        image_template,
+        ReviewStore(database_url),
+        threshold,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        store.close()
+        review.store.close()
 
     app = FastAPIOffline(  # /docs and /redoc from installed files, not a CDN
         title="taxonomist review",
@@ -250,13 +239,55 @@ def create_review_app(
         lifespan=lifespan,
     )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.get("/", include_in_schema=False)(review.page)
+    app.get("/api/meta", response_model=Meta)(review.meta)
+    app.get("/api/predictions", response_model=ItemsPage)(review.predictions_page)
+    app.post("/api/decisions", response_model=ReviewItem, responses={404: {}, 422: {}})(review.decide)
+    app.get("/api/image", response_class=FileResponse, responses={404: {"description": "No such image."}})(
+        review.image
+    )
+    app.get("/api/export.csv", response_class=Response)(review.export)
+    return app
 
-    def item(k: int, decisions: dict[tuple[str, str], Decision]) -> ReviewItem:
-        r = rows[k]
+
+class _Review:
+    """The predictions under review, indexed for the page's filters and cursors, and the decisions."""
+
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        schema: Schema | None,
+        images: str | os.PathLike | CatalogConfig | Catalog | None,
+        image_template: str,
+        store: ReviewStore,
+        threshold: float,
+    ) -> None:
+        self.frame = frame
+        self.allowed = allowed_values(frame, schema)
+        # Every attribute the model predicts is an export column, reviewed or not.
+        self.attributes = sorted({*frame["attribute"], *(schema.attributes if schema else ())})
+        self.titles = titles_of(images) if isinstance(images, CatalogConfig) else {}
+        self.columns = catalog_columns(images) if isinstance(images, CatalogConfig) else (ID, CATEGORY)
+        self.locate = image_locator(images, image_template)
+        self.store = store
+        self.threshold = threshold
+        self.rows = frame.to_dict("records")
+        self.position = {(r[ID], r["attribute"]): k for k, r in enumerate(self.rows)}
+        self.keys = [(r["confidence"], r[ID], r["attribute"]) for r in self.rows]  # sorted: the cursor order
+        self.category_of = dict(zip(frame[ID], frame[CATEGORY], strict=True))
+        self.rows_of: dict[str, list[int]] = {}
+        for k, r in enumerate(self.rows):
+            self.rows_of.setdefault(r[ID], []).append(k)
+        self.attributes_by_category = {
+            str(c): list(dict.fromkeys(g["attribute"])) for c, g in frame.groupby(CATEGORY, sort=True)
+        }
+
+    def item(self, k: int, decisions: dict[tuple[str, str], Decision]) -> ReviewItem:
+        r = self.rows[k]
         decision = decisions.get((r[ID], r["attribute"]))
-        choices = allowed.get((r[CATEGORY], r["attribute"]), [])
+        choices = self.allowed.get((r[CATEGORY], r["attribute"]), [])
         first = [v for v in [*r["top"], r["value"]] if v in choices]  # the model's ranking first
-        others = [rows[j] for j in rows_of[r[ID]] if j != k]
+        others = [self.rows[j] for j in self.rows_of[r[ID]] if j != k]
         return ReviewItem(
             id=r[ID],
             category=r[CATEGORY],
@@ -266,33 +297,31 @@ def create_review_app(
             allowed=choices,
             choices=list(dict.fromkeys([*first, *choices])),
             probabilities=r["top"],
-            title=titles.get(r[ID]),
+            title=self.titles.get(r[ID]),
             others=[
                 OtherAttribute(attribute=o["attribute"], value=o["value"], confidence=o["confidence"])
                 for o in sorted(others, key=lambda o: o["attribute"])
             ],
-            cursor=_cursor(keys[k]),
+            cursor=_cursor(self.keys[k]),
             decision=DecisionOut(**decision.to_dict()) if decision else None,
         )
 
-    @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
+    def page(self) -> FileResponse:
         return FileResponse(STATIC / "review.html", media_type="text/html")
 
-    @app.get("/api/meta", response_model=Meta)
-    def meta() -> Meta:
+    def meta(self) -> Meta:
         """What the filters can offer, and how far the review has come."""
         return Meta(
-            categories=attributes_by_category,
-            attributes=sorted(frame["attribute"].unique()),
-            threshold=threshold,
-            images=locate is not None,
-            predictions=len(rows),
-            reviewed=sum(key in position for key in store.decisions()),
+            categories=self.attributes_by_category,
+            attributes=sorted(self.frame["attribute"].unique()),
+            threshold=self.threshold,
+            images=self.locate is not None,
+            predictions=len(self.rows),
+            reviewed=sum(key in self.position for key in self.store.decisions()),
         )
 
-    @app.get("/api/predictions", response_model=ItemsPage)
     def predictions_page(
+        self,
         category: str | None = None,
         attribute: str | None = None,
         below: Annotated[float | None, Query(description="Only confidences below this.")] = None,
@@ -305,6 +334,7 @@ def create_review_app(
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> ItemsPage:
         """Predictions matching the filters, least confident first."""
+        frame, keys = self.frame, self.keys
         mask = pd.Series(True, index=frame.index)
         if category:
             mask &= frame[CATEGORY] == category
@@ -312,9 +342,9 @@ def create_review_app(
             mask &= frame["attribute"] == attribute
         if below is not None:
             mask &= frame["confidence"] < below
-        decisions = store.decisions()
+        decisions = self.store.decisions()
         if status != "all":
-            done = pd.Series([key in decisions for key in position], index=frame.index)
+            done = pd.Series([key in decisions for key in self.position], index=frame.index)
             mask &= done if status == "reviewed" else ~done
         hits = mask.to_numpy().nonzero()[0]
         start = 0
@@ -329,66 +359,63 @@ def create_review_app(
         return ItemsPage(
             total=len(hits),
             offset=start,
-            items=[item(int(k), decisions) for k in page],
+            items=[self.item(int(k), decisions) for k in page],
             next=_cursor(keys[int(page[-1])]) if more and len(page) else None,
         )
 
-    @app.post("/api/decisions", response_model=ReviewItem, responses={404: {}, 422: {}})
-    def decide(body: DecisionIn) -> ReviewItem:
+    def decide(self, body: DecisionIn) -> ReviewItem:
         """Accept the prediction (no ``value``) or correct it to one of the allowed values."""
-        k = position.get((body.id, body.attribute))
+        k = self.position.get((body.id, body.attribute))
         if k is None:
             raise HTTPException(404, detail=f"no prediction for id {body.id!r}, attribute {body.attribute!r}")
-        r = rows[k]
+        r = self.rows[k]
         value = r["value"] if body.value is None else body.value
-        choices = allowed.get((r[CATEGORY], r["attribute"]), [])
+        choices = self.allowed.get((r[CATEGORY], r["attribute"]), [])
         if value not in choices:
             what = "the predicted value" if body.value is None else "value"
             raise HTTPException(
                 422, detail=f"{what} {value!r} is not allowed for {r[CATEGORY]}/{r['attribute']}: {choices}"
             )
-        decision = store.record(
+        decision = self.store.record(
             r[ID], r[CATEGORY], r["attribute"], value, predicted=r["value"], confidence=r["confidence"]
         )
-        return item(k, {(r[ID], r["attribute"]): decision})
+        return self.item(k, {(r[ID], r["attribute"]): decision})
 
-    @app.get("/api/image", response_class=FileResponse, responses={404: {"description": "No such image."}})
-    def image(item_id: Annotated[str, Query(alias="id")]) -> FileResponse:
+    def image(self, item_id: Annotated[str, Query(alias="id")]) -> FileResponse:
         """The image of a listed item, looked up by its id."""
-        if locate is None:
+        if self.locate is None:
             raise HTTPException(404, detail="the review app was started without images")
-        if item_id not in category_of:
+        if item_id not in self.category_of:
             raise HTTPException(404, detail=f"no prediction for id {item_id!r}")
         try:
-            path = locate(item_id, category_of[item_id])
+            path = self.locate(item_id, self.category_of[item_id])
         except FileNotFoundError as err:
             raise HTTPException(404, detail=str(err)) from None
         if not path.is_file():
             raise HTTPException(404, detail=f"image of {item_id!r} not found")
         return FileResponse(path)
 
-    def image_path(item_id: str) -> str | None:
+    def image_path(self, item_id: str) -> str | None:
+        if self.locate is None or item_id not in self.category_of:
+            return None
         try:
-            return str(locate(item_id, category_of[item_id])) if locate and item_id in category_of else None
+            return str(self.locate(item_id, self.category_of[item_id]))
         except FileNotFoundError:
             return None
 
-    @app.get("/api/export.csv", response_class=Response)
-    def export(include_accepted: bool = True) -> Response:
+    def export(self, include_accepted: bool = True) -> Response:
         """Decisions as training rows for ``taxonomist train`` (or its ``--corrections``): the catalog's id
         and category columns, one column per attribute (empty where not reviewed) and, where images are
         known, ``image_path``."""
-        rows = store.training_frame(attributes, include_accepted=include_accepted)
-        if locate is not None:
-            rows[IMAGE_PATH] = [image_path(i) for i in rows[ID]]
-        csv = rows.rename(columns=dict(zip((ID, CATEGORY), columns, strict=True))).to_csv(index=False)
+        rows = self.store.training_frame(self.attributes, include_accepted=include_accepted)
+        if self.locate is not None:
+            rows[IMAGE_PATH] = [self.image_path(i) for i in rows[ID]]
+        csv = rows.rename(columns=dict(zip((ID, CATEGORY), self.columns, strict=True))).to_csv(index=False)
         return Response(
             csv,
             media_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="review-training-rows.csv"'},
         )
-
-    return app
 
 
 def _load_schema(schema: str | os.PathLike | Schema | None) -> Schema | None:
