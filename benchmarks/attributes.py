@@ -34,8 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from taxonomist.config import load_config
 from taxonomist.data.catalog import CATEGORY, ID
 from taxonomist.data.prepare import prepare_catalog
-from taxonomist.devices import resolve_device
-from taxonomist.features.embed import embed_catalog
+from taxonomist.features.embed import embed_catalog, runtime_backbone
 from taxonomist.inference.predictor import Predictor
 from taxonomist.metrics import attribute_score
 from taxonomist.models.build import build_backbone
@@ -216,7 +215,7 @@ def main() -> None:
     data = prepare_catalog(cfg)
     catalog = data.catalog
     train_idx, test_idx = data.split.train, data.split.test
-    backbone = build_backbone(cfg.backbone).optimize_for_inference().to(resolve_device(cfg.embed.device))
+    backbone = runtime_backbone(build_backbone(cfg.backbone), cfg.embed)
     embedded = embed_catalog(catalog, backbone, cfg.embed, progress=False)
     ok = embedded.ok
     train_idx, test_idx = train_idx[ok[train_idx]], test_idx[ok[test_idx]]

@@ -155,6 +155,13 @@ class EmbedConfig:
     max_pixels: PositiveInt = 4096 * 4096
     device: str = "auto"
     """Where the backbone runs: auto (the GPU when there is one), cpu, cuda, cuda:N."""
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "torch"
+    """What computes the features heads are fitted on (training, ``embed``, ``evaluate``): auto = the
+    fastest installed one (ONNX Runtime / OpenVINO on CPU, torch on a GPU). torch by default, so
+    feature caches filled before runtimes existed stay valid; predict and serve default to auto."""
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
+    """fp32 = torch's numbers; bf16 = OpenVINO's bf16 (faster on CPUs with bf16 units, features differ
+    slightly, so they get their own cache entries); int8 needs ``taxonomist export --calibrate``."""
 
 
 @dataclass
@@ -352,7 +359,8 @@ class EncoderConfig:
     max_length: PositiveInt = 64
     batch_size: PositiveInt = 128
     quantize: bool = True
-    """Dynamic int8 Linear layers for CPU prediction (about 2.4x faster)."""
+    """Dynamic int8 Linear layers for CPU prediction on the torch runtime (about 2.4x faster);
+    ``taxonomy predict`` runs the encoder on ONNX Runtime/OpenVINO by default, where it does not apply."""
     finetune_epochs: NonNegativeInt = 2
     """Epochs fine-tuning the encoder jointly with the heads (0 = frozen embeddings)."""
     finetune_lr: PositiveFloat = 5e-5

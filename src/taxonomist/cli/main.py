@@ -14,6 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from taxonomist.cli.export import PrecisionDefaultOpt as PrecisionOpt
+from taxonomist.cli.export import PredictRuntimeOpt as RuntimeOpt
+from taxonomist.cli.export import export
 from taxonomist.cli.options import (
     ConfigOpt,
     ImagesOpt,
@@ -41,6 +44,7 @@ app.add_typer(taxonomy_app, name="taxonomy", help="Titles → taxonomy path + br
 app.add_typer(vlm_app, name="vlm", help="Vision-language models: attributes as constrained JSON, captions.")
 app.command()(serve)
 app.command()(review)
+app.command()(export)
 
 
 def score_table(report, title: str) -> Table:
@@ -168,6 +172,11 @@ def train(
         f"train rows {result.n_train} · {result.policy} · embed {result.embed_seconds:.1f}s · "
         f"heads {result.train_seconds:.1f}s (best epoch {result.history.best_epoch}) · "
         f"image errors {result.image_errors} · checkpoint {output}"
+    )
+    features = json.loads((output / "taxonomist.json").read_text(encoding="utf-8")).get("features", {})
+    console.print(
+        f"features computed on {features.get('runtime', 'torch')} {features.get('precision', 'fp32')} "
+        f"(embed.runtime={cfg.embed.runtime}); predict and serve use the same precision by default"
     )
 
 
@@ -326,6 +335,8 @@ def predict(
     gpus_per_actor: Annotated[
         float | None, typer.Option(help="Default 1 where there are GPUs, else 0.")
     ] = None,
+    runtime: RuntimeOpt = "auto",
+    precision: PrecisionOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Predict attributes for every row of a catalog: Meesho layout + long layout with confidences.
@@ -377,6 +388,8 @@ def predict(
             placeholder=cfg.predict.placeholder,
             address=address,
             progress=not quiet,
+            runtime=runtime,
+            precision=precision,
         )
         # The shards' errors with their lines, and the rows the shards never saw, as the local engine writes.
         errors = read_ray_output(output, "errors")
@@ -386,7 +399,11 @@ def predict(
         if failure:
             raise JobFailed(failure)
         return
-    predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
+    predictor = Predictor.from_pretrained(
+        checkpoint, device=cfg.embed.device, runtime=runtime, precision=precision
+    )
+    if not quiet:
+        console.print(f"runtime: {predictor.runtime}")
     summary = predictor.predict_catalog(
         catalog,
         output,
@@ -414,13 +431,12 @@ def embed(
 ) -> None:
     """Compute and cache backbone features for a catalog, so later training runs start warm."""
     from taxonomist.data.catalog import load_catalog
-    from taxonomist.devices import resolve_device
-    from taxonomist.features.embed import embed_catalog
+    from taxonomist.features.embed import embed_catalog, runtime_backbone
     from taxonomist.models.build import build_backbone
 
     cfg = resolve_config(config, overrides, **{"catalog.image_root": images})
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
-    backbone = build_backbone(cfg.backbone).optimize_for_inference().to(resolve_device(cfg.embed.device))
+    backbone = runtime_backbone(build_backbone(cfg.backbone), cfg.embed)
     result = embed_catalog(catalog, backbone, cfg.embed, progress=not quiet)
     console.print(
         f"{len(catalog)} images: {result.cached} cached, {result.computed} computed, "
@@ -479,7 +495,8 @@ def bench(
     from taxonomist.inference.efficiency import measure_efficiency
     from taxonomist.inference.predictor import ImagesToLogits, Predictor
 
-    predictor = Predictor.from_pretrained(checkpoint)
+    # torch: FLOPs and parameter counts are read off the torch modules.
+    predictor = Predictor.from_pretrained(checkpoint, runtime="torch")
     model = ImagesToLogits(predictor)
     sizes = tuple(int(b) for b in batch_sizes.split(","))
     report = measure_efficiency(model, predictor.backbone.preprocess.size, batch_sizes=sizes, seconds=seconds)

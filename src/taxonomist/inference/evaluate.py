@@ -143,7 +143,8 @@ def evaluate(
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)} for this checkpoint, got {split!r}")
     source, part, split_matches = _rows_to_score(Path(checkpoint), cfg, split)
-    predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
+    # Scored on the numerics the heads were fitted on (and their warm feature cache).
+    predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device, runtime=None)
     catalog = source if part is None else source.subset(part)
     known = source
     unknown = ~catalog.frame[CATEGORY].astype(str).isin(predictor.categories)

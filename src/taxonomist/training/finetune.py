@@ -36,7 +36,7 @@ from taxonomist.data.images import ImageLoadError, load_image
 from taxonomist.data.labels import MISSING, encode_labels
 from taxonomist.data.prepare import DATA_REPORT, DataReport, prepare_catalog
 from taxonomist.data.schema import Schema
-from taxonomist.devices import resolve_device, resolve_precision
+from taxonomist.devices import resolve_precision
 from taxonomist.io import atomic_write, atomic_write_text
 from taxonomist.metrics import attribute_score
 from taxonomist.models.attention_head import AttentionHeads
@@ -542,10 +542,10 @@ def warm_start_heads(
     progress: bool,
 ) -> float:
     """LP-FT's first step: the heads recipe on cached features of the (still frozen) backbone."""
-    from taxonomist.features.embed import embed_catalog
+    from taxonomist.features.embed import embed_catalog, runtime_backbone
     from taxonomist.training.heads import feature_set, fit_heads
 
-    frozen = build_backbone(cfg.backbone).optimize_for_inference().to(resolve_device(cfg.embed.device))
+    frozen = runtime_backbone(build_backbone(cfg.backbone), cfg.embed)
     embedded = embed_catalog(catalog, frozen, cfg.embed, progress=progress)
     catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in embedded.errors))
     train_set, _ = feature_set(train_frame, catalog, embedded, schema, categories)

@@ -27,7 +27,7 @@ from taxonomist.data.labels import MISSING, encode_labels
 from taxonomist.data.prepare import DATA_REPORT, PARTS, DataReport, prepare_catalog
 from taxonomist.data.schema import Schema
 from taxonomist.devices import resolve_device
-from taxonomist.features.embed import embed_catalog
+from taxonomist.features.embed import embed_catalog, runtime_backbone
 from taxonomist.features.text import LexicalView, ListingText, TextFeatures, text_cache
 from taxonomist.io import atomic_write_text
 from taxonomist.metrics import (
@@ -320,12 +320,12 @@ def build_heads(
 
 
 def embedding_backbone(cfg: RunConfig) -> tuple[Backbone, dict[str, torch.Tensor] | None]:
-    """The frozen backbone the heads recipes embed with (rewritten for inference, on ``embed.device``),
+    """The frozen backbone the heads recipes embed with (on ``embed``'s device, runtime and precision),
     and the weights their checkpoint must carry: None for pretrained ones, which are rebuilt from their
-    name; a copy taken before the rewrite for anything else."""
+    name; a copy for anything else."""
     backbone = build_backbone(cfg.backbone)
     state = None if cfg.backbone.pretrained else copy.deepcopy(backbone.state_dict())
-    return backbone.optimize_for_inference().to(resolve_device(cfg.embed.device)), state
+    return runtime_backbone(backbone, cfg.embed), state
 
 
 def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> TrainReport:
