@@ -80,14 +80,14 @@ def main() -> None:
     backbones = {}
     print("efficientnet-lite0 (pretrained) ...", flush=True)
     backbones["efficientnet-lite0 (pretrained)"] = measure(
-        create_backbone("efficientnet-lite0").optimize_for_inference(), args.batch_sizes, args.seconds
+        create_backbone("efficientnet-lite0"), args.batch_sizes, args.seconds
     )
     with tempfile.TemporaryDirectory() as tmp:
         for name, make_config in HF_CONFIGS.items():
             print(f"{name} ...", flush=True)
             path = Path(tmp) / name.split()[0]
             make_config().save_pretrained(path)
-            backbone = create_backbone(str(path), pretrained=False).optimize_for_inference()
+            backbone = create_backbone(str(path), pretrained=False)
             backbones[name] = measure(backbone, args.batch_sizes, args.seconds)
             del backbone
 
@@ -128,7 +128,7 @@ def write_docs(r: dict, batch_sizes: list[int]) -> None:
         "",
         f"`python benchmarks/batching_ceiling.py` on {r['machine']}, {r['torch_threads']} torch threads, "
         f"{r['seconds_per_point']:.0f} s per point, random input, eval mode after "
-        "`optimize_for_inference()`.",
+        "torch eager mode.",
         "",
         head + " | best batch ÷ batch 1 |",
         "| --- | ---: | ---: | " + " | ".join("---:" for _ in batch_sizes) + " | ---: |",

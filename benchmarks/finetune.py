@@ -80,6 +80,8 @@ def main() -> None:
         "device": machine(),
         "image_size": args.size,
         "epochs": args.epochs,
+        "report_split": "dev",
+        "selection_split": "dev",
         "n_train": tuned.n_train,
         "n_val": tuned.n_val,
         "score_frozen": frozen.score,
@@ -121,11 +123,13 @@ def write_docs(r: dict) -> None:
         HEADING,
         "",
         f"`{r['command']}` on {r['device']}: {r['dataset']} ({r['n_train']} train / {r['n_val']} "
-        f"validation rows, same per-category split for both), {r['image_size']} px, {r['epochs']} "
+        f"dev rows, same per-category split for both), {r['image_size']} px, {r['epochs']} "
         f"fine-tuning epochs (backbone lr {ft['backbone_lr']:g}, heads lr {ft['heads_lr']:g}, "
         f"{ft['scheduler']}, colour jitter {ft['color_jitter']:g}, augmentation p {ft['augment_p']:g}). "
-        "Score = the Meesho competition metric on the validation split, which also picks the frozen "
-        "heads' epoch, the fine-tuned epoch (early stopping) and which phase-2 heads are kept.",
+        f"Reported split: **{r['report_split']}**. Score = the Meesho competition metric on the dev part, "
+        "which also picks the frozen heads' epoch, the fine-tuned epoch (early stopping) and which phase-2 "
+        "heads are kept, so these figures are optimistic; `taxonomist evaluate RUN` scores a run's test "
+        "part, which no choice saw.",
         "",
         "| model | score |",
         "| --- | ---: |",

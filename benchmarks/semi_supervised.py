@@ -75,7 +75,7 @@ TRIED = [
 def round_row(r: dict) -> dict:
     return {
         "round": r["round"],
-        "score": r["val_score"],
+        "score": r["test_score"],
         "dev_score": r["dev_score"],
         "n_pseudo": sum(r.get("n_pseudo", {}).values()),
         "n_pseudo_per_attribute": r.get("n_pseudo", {}),
@@ -118,7 +118,7 @@ def main() -> None:
                 "labeled_fit": report.n_fit,
                 "labeled_dev": report.n_dev,
                 "unlabeled": report.n_pool,
-                "val": report.n_val,
+                "test": report.n_test,
             },
         }
         print(name, json.dumps([(r["round"], r["dev_score"], r["score"]) for r in rounds]), flush=True)
@@ -133,6 +133,8 @@ def main() -> None:
     )
     best = v["rounds"][v["best_round"]]["score"]
     out = {
+        "report_split": "test",
+        "selection_split": "dev (held-out labeled rows of the training part)",
         "dataset": "fashion-product-images (category = masterCategory, 4 categories with >= 500 rows)",
         "backbone": f"{full_cfg.backbone.name} (frozen) + colour histogram",
         "teacher": "image + mirrored image" + (" + title classifier" if v["text_view"] else ""),
@@ -188,7 +190,8 @@ def write_docs(r: dict) -> None:
         f"{r['labeled_fraction']:.0%} per category keep their labels ({s['labeled_fit']} to fit, "
         f"{s['labeled_dev']} held out as dev: epoch choice, temperature calibration, best round); the "
         f"other {s['unlabeled']} are the unlabeled pool, their labels hidden from training and used only "
-        f"to score pseudo-labels. Scores: competition metric on the {s['val']} validation rows.",
+        f"to score pseudo-labels. Scores: competition metric on the {s['test']} test rows of the shared "
+        "data step, which no choice saw (variant and round are picked on dev).",
         "",
         f"Variant picked on dev: **{r['variant']}**. Teacher: {teacher}. A pseudo-label (row, attribute) "
         "is kept where the teacher's two views (original and mirrored image"

@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -52,9 +53,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(checkpoint: Path, port: int, max_batch_size: int, max_wait_ms: float) -> subprocess.Popen:
+def start_server(
+    checkpoint: Path, port: int, max_batch_size: int, max_wait_ms: float, extra: Sequence[str] = ()
+) -> subprocess.Popen:
+    """``extra``: more ``taxonomist serve`` flags (e.g. ``--runtime openvino``)."""
     cmd = [sys.executable, "-c", SERVER, str(checkpoint), "--port", str(port), "--log-level", "warning"]
-    cmd += ["--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms)]
+    cmd += ["--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:

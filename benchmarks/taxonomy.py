@@ -102,7 +102,15 @@ def main() -> None:
         default=None,
         help="Only re-measure titles/s of this run's saved checkpoint (e.g. after a run shared the CPU).",
     )
+    parser.add_argument(
+        "--brand-only",
+        action="store_true",
+        help="Only the brand model, on true paths: threshold chosen on dev, accuracy on test (minutes).",
+    )
     args = parser.parse_args()
+    if args.brand_only:
+        brand_only(load_config(args.config, args.set, cls=TaxonomyConfig))
+        return
     if args.retime:
         retime(args.retime, args.config)
         return
@@ -228,6 +236,48 @@ def main() -> None:
     RESULTS.write_text(json.dumps(result, indent=1), encoding="utf-8")
     print(json.dumps({k: v for k, v in result.items() if k != "config"}, indent=1))
     write_docs(result)
+
+
+def brand_only(cfg: TaxonomyConfig) -> None:
+    """The brand model fitted on the training part with true paths, its "none" threshold chosen on dev by
+    the recipe's rule, brand accuracy printed for dev and test (the path methods are not trained)."""
+    from taxonomist.data.taxonomy import normalize_brand
+    from taxonomist.models.brand import BrandExtractor
+    from taxonomist.models.taxonomy_model import path_key
+    from taxonomist.training.taxonomy import NONE_THRESHOLDS
+
+    data = load_titles(cfg)
+    split = split_titles(data, cfg)
+    keys = [path_key(p) for p in data.paths()]
+
+    def part(rows):
+        frame = data.frame.iloc[rows]
+        return frame[TITLE].tolist(), frame["brand"].tolist(), [keys[i] for i in rows]
+
+    model = BrandExtractor(cfg.brand.max_tokens).fit(*part(split.train))
+
+    def score(rows, threshold: float) -> tuple[float, float]:
+        titles, brands, paths = part(rows)
+        pred, _ = model.predict_with_confidence(titles, paths, none_threshold=threshold)
+        truth = [normalize_brand(b) for b in brands]
+        ok = [normalize_brand(p) == t for p, t in zip(pred, truth, strict=True)]
+        branded = [o for o, t in zip(ok, truth, strict=True) if t]
+        brandless = [o for o, t in zip(ok, truth, strict=True) if not t]
+        return sum(branded) / max(1, len(branded)), sum(brandless) / max(1, len(brandless))
+
+    dev = {t: score(split.dev, t) for t in NONE_THRESHOLDS}
+    allowed = [t for t in NONE_THRESHOLDS if dev[t][1] >= cfg.brand.min_no_brand_accuracy]
+    chosen = max(allowed or NONE_THRESHOLDS[:1], key=lambda t: (dev[t][0], -t))
+    out = {
+        "selection_split": "dev",
+        "chosen_none_threshold": chosen,
+        "dev": {t: {"brand_accuracy": a, "no_brand_accuracy": n} for t, (a, n) in dev.items()},
+        "test": {
+            t: dict(zip(("brand_accuracy", "no_brand_accuracy"), score(split.test, t), strict=True))
+            for t in sorted({0.9, chosen})
+        },
+    }
+    print(json.dumps(out, indent=1))
 
 
 def retime(checkpoint: Path, config: str) -> None:

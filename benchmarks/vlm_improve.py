@@ -27,8 +27,7 @@ import torch
 from common import machine, replace_section
 
 from taxonomist.config import VLMConfig, load_config
-from taxonomist.data.catalog import load_catalog
-from taxonomist.data.split import split_per_category
+from taxonomist.data.prepare import prepare_catalog
 from taxonomist.improve.vlm_dpo import IMAGE_PATH, STATS_FILE, improve
 from taxonomist.models.vlm import random_vlm, write_metadata
 
@@ -59,9 +58,10 @@ def main() -> None:
     ]
     cfg = load_config(args.config, overrides, VLMConfig)
 
-    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    data = prepare_catalog(cfg)
+    catalog = data.catalog
     frame = catalog.frame.assign(**{IMAGE_PATH: [str(p) for p in catalog.image_paths()]})
-    train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
+    train_idx, val_idx = data.split.train, data.split.dev  # rounds are picked on dev
     rng = np.random.default_rng(cfg.improve.seed)
     pool = frame.iloc[rng.permutation(train_idx)[: args.pool * args.rounds]].reset_index(drop=True)
     val = frame.iloc[rng.permutation(val_idx)[: args.val]].reset_index(drop=True)
@@ -92,7 +92,8 @@ def main() -> None:
             row["stats"] = json.loads(stats_file.read_text(encoding="utf-8"))
         rounds.append(row)
     out = {
-        "dataset": "fashion-product-images: seeded slices of the training split (pool) and validation split",
+        "report_split": "dev",
+        "dataset": "fashion-product-images: seeded slices of the training part (pool) and dev part",
         "model": f"random-weight Qwen2-VL, {args.model} shapes" if random_weights else str(args.model),
         "random_weights": random_weights,
         "command_args": ["--model", args.model] + [x for o in args.set for x in ("--set", o)],
@@ -123,7 +124,8 @@ def write_docs(r: dict) -> None:
         f"round, K = {imp['samples_per_item']} chains each (temperature {imp['temperature']}, top-p "
         f"{imp['top_p']}), agreement threshold {imp['agreement_threshold']}, DPO ({imp['loss_type']}, "
         f"β = {imp['beta']}) with LoRA r = {r['lora']['r']}; every round scored on {r['val_items']} "
-        f"validation items. Run time {r['seconds']:.0f} s.",
+        "dev items (reported split: **dev**, which also picks the best round). "
+        f"Run time {r['seconds']:.0f} s.",
         "",
     ]
     if r["random_weights"]:

@@ -98,6 +98,14 @@ class CatalogConfig:
     the self-training recipe's title view read it. Empty = the catalog has no text."""
     text_column: str | None = None
     """Older spelling of a single ``text_columns`` entry; both may not be set."""
+    null_like_as_missing: bool = False
+    """Treat null-like label strings (``nan``, ``None``, ``null``, ``N/A``, ``-``, blank) as missing
+    instead of as classes; they are reported in ``data_report.json`` either way."""
+    normalize_label_variants: bool = False
+    """Merge case/whitespace variants of a value (``Black``, ``BLACK``, `` Black ``) into its most frequent
+    spelling; reported either way."""
+    max_label_length: PositiveInt = 100
+    """Labels longer than this (characters) are reported as suspicious."""
     corrections: str | None = None
     """Reviewed labels (``taxonomist review``'s export: the catalog's id and category columns plus
     attribute columns) merged over the catalog's: a decision wins over the original label, and reviewed
@@ -147,6 +155,13 @@ class EmbedConfig:
     max_pixels: PositiveInt = 4096 * 4096
     device: str = "auto"
     """Where the backbone runs: auto (the GPU when there is one), cpu, cuda, cuda:N."""
+    runtime: Literal["auto", "torch", "onnxruntime", "openvino"] = "torch"
+    """What computes the features heads are fitted on (training, ``embed``, ``evaluate``): auto = the
+    fastest installed one (ONNX Runtime / OpenVINO on CPU, torch on a GPU). torch by default, so
+    feature caches filled before runtimes existed stay valid; predict and serve default to auto."""
+    precision: Literal["fp32", "bf16", "int8"] = "fp32"
+    """fp32 = torch's numbers; bf16 = OpenVINO's bf16 (faster on CPUs with bf16 units, features differ
+    slightly, so they get their own cache entries); int8 needs ``taxonomist export --calibrate``."""
 
 
 @dataclass
@@ -188,8 +203,13 @@ class TrainConfig:
     weight_decay: NonNegativeFloat = 1e-4
     warmup_epochs: NonNegativeInt = 1
     patience: PositiveInt = 8
-    """Early stopping: epochs without a better validation score."""
-    val_fraction: OpenFraction = 0.1
+    """Early stopping: epochs without a better dev score."""
+    dev_fraction: OpenFraction = 0.1
+    """Share of each category held out as dev: it picks the epoch, temperatures and other choices."""
+    test_fraction: FractionBelowOne = 0.1
+    """Share of each category held out as test: never seen by a choice, only reported (0 = no test)."""
+    group_duplicate_images: bool = True
+    """Rows whose images are byte-identical land in the same part, so a copy never scores its twin."""
     seed: int = 0
     label_smoothing: FractionBelowOne = 0.0
     class_balance: NonNegativeFloat = 0.0
@@ -256,8 +276,8 @@ class SelfTrainingConfig:
     joins the unlabeled pool with its labels hidden (they only score pseudo-label precision). 1.0 = every
     label is used and the pool is only the rows that carry no label at all."""
     dev_fraction: OpenFraction = 0.25
-    """Share of the labeled rows held out to pick epochs, fit temperatures and the best round: the
-    validation split is only ever reported on."""
+    """Share of the labeled rows held out to pick epochs, fit temperatures and the best round: the data
+    step's test part is only ever reported on."""
     rounds: NonNegativeInt = 3
     """Self-training rounds after round 0 (supervised on the labeled rows alone)."""
     threshold: Probability = 0.9
@@ -339,7 +359,8 @@ class EncoderConfig:
     max_length: PositiveInt = 64
     batch_size: PositiveInt = 128
     quantize: bool = True
-    """Dynamic int8 Linear layers for CPU prediction (about 2.4x faster)."""
+    """Dynamic int8 Linear layers for CPU prediction on the torch runtime (about 2.4x faster);
+    ``taxonomy predict`` runs the encoder on ONNX Runtime/OpenVINO by default, where it does not apply."""
     finetune_epochs: NonNegativeInt = 2
     """Epochs fine-tuning the encoder jointly with the heads (0 = frozen embeddings)."""
     finetune_lr: PositiveFloat = 5e-5
@@ -535,7 +556,12 @@ class VLMTrainConfig:
     save_steps: PositiveInt = 200
     save_total_limit: PositiveInt = 2
     logging_steps: PositiveInt = 10
-    val_fraction: OpenFraction = 0.1
+    dev_fraction: OpenFraction = 0.1
+    """Attributes: share of each category held out as dev (eval loss); captions: the validation share."""
+    test_fraction: FractionBelowOne = 0.1
+    """Attributes: share of each category held out as test, only reported (``vlm evaluate``)."""
+    group_duplicate_images: bool = True
+    """Attributes: byte-identical images never straddle train, dev and test."""
     seed: int = 0
     limit: PositiveInt | None = None
     """Use only the first N training examples (after the split)."""
@@ -770,12 +796,26 @@ def load_config(
 ) -> T:
     """``base`` (e.g. a checkpoint's saved config), ``path`` layered on top of it section by section, then
     ``key=value`` overrides, then typed ``values``; every setting is checked against the schema."""
-    data = _read_yaml(base) if base is not None else {}
+    data = _legacy_split(_read_yaml(base), cls) if base is not None else {}
     if path is not None:
         data = layer(data, _read_yaml(path))
     data = apply_overrides(data, overrides or [])
     data = apply_values(data, values or {})
     return from_dict(cls, data)
+
+
+def _legacy_split(data: dict[str, Any], cls: type) -> dict[str, Any]:
+    """A run saved before the train/dev/test split named its one held-out share ``train.val_fraction``:
+    it becomes the dev share, with no test part, so such checkpoints still load (and nothing they trained
+    on is scored as test)."""
+    train = data.get("train")
+    if cls in (RunConfig, VLMConfig) and isinstance(train, dict) and "val_fraction" in train:
+        train = {k: v for k, v in train.items() if k != "val_fraction"}
+        data = {
+            **data,
+            "train": {"dev_fraction": data["train"]["val_fraction"], "test_fraction": 0.0, **train},
+        }
+    return data
 
 
 def layer(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -61,7 +61,15 @@ def tiny_config(catalog: Path, cache: Path, **train: object) -> dict:
         "backbone": {"name": "efficientnet-lite0", "pretrained": False, "size": 64},
         "embed": {"batch_size": 16, "num_workers": 0, "cache_dir": str(cache)},
         "heads": {"hidden": [32], "category_dim": 4, "dropout": 0.0},
-        "train": {"epochs": 30, "batch_size": 32, "lr": 0.01, "val_fraction": 0.25, "patience": 30, **train},
+        "train": {
+            "epochs": 30,
+            "batch_size": 32,
+            "lr": 0.01,
+            "dev_fraction": 0.25,
+            "test_fraction": 0.1,
+            "patience": 30,
+            **train,
+        },
         "predict": {"chunk_size": 16},
     }
 

@@ -55,16 +55,25 @@ def test_train_writes_a_self_contained_checkpoint(trained: tuple[Path, Path, Pat
 
 
 def test_evaluate_matches_training_report(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """Evaluate remakes the training run's parts: test by default, dev on request, same scores."""
     _, _, ckpt = trained
+    metrics = json.loads((ckpt / "metrics.json").read_text())
+    assert metrics["selection_split"] == "dev" and metrics["test_score"] is not None
+    for split, key in (("test", "test_score"), ("dev", "dev_score")):
+        invoke("evaluate", str(ckpt), "--split", split, "--output", str(tmp_path / split), "-q")
+        evaluation = json.loads((tmp_path / split / "evaluation.json").read_text())
+        assert evaluation["split"] == split and evaluation["split_matches_training"] is True
+        assert evaluation["score"] == pytest.approx(metrics[key], abs=1e-6)
+    report = json.loads((ckpt / "data_report.json").read_text())
+    assert report["parts"]["dev"] + report["parts"]["test"] + report["parts"]["train"] == 120
     out = invoke("evaluate", str(ckpt), "--report", "-q")
-    folder = ckpt / "evaluation-val"  # --report's default output
+    folder = ckpt / "evaluation-test"  # --report's default output
     evaluation = json.loads((folder / "evaluation.json").read_text())
-    trained_score = json.loads((ckpt / "metrics.json").read_text())["score"]
-    assert evaluation["score"] == pytest.approx(trained_score, abs=1e-6)
+    assert evaluation["score"] == pytest.approx(metrics["test_score"], abs=1e-6)
     assert f"report: {folder / 'report.html'}" in out and "majority-class baseline" in out
     scored = pd.read_csv(folder / "predictions.csv", dtype={"id": str})
     assert {"label", "predicted", "confidence", "confidence_before", "correct", "path"} <= set(scored.columns)
-    # The scored rows agree with the score: every labelled (item, attribute) of the validation split.
+    # The scored rows agree with the score: every labelled (item, attribute) of the test part.
     assert scored.groupby("attribute").size().sum() == sum(p["n"] for p in evaluation["pairs"])
     assert (folder / "reliability.png").is_file() and (folder / "confusion_color.png").is_file()
 

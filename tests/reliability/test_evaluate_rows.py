@@ -90,10 +90,11 @@ def test_a_fifo_image_is_listed_not_a_hang(cli, tiny: Tiny, tmp_path: Path) -> N
     assert errors[["line", "reason", "detail"]].values.tolist() == [["2", "unreadable", "not a regular file"]]
 
 
-def test_val_split_still_matches_training(cli, tiny: Tiny, tmp_path: Path) -> None:
-    """The default split reads the run's catalog with its own filters, so it is the held-out one."""
+def test_test_split_still_matches_training(cli, tiny: Tiny, tmp_path: Path) -> None:
+    """The default split (test) reads the run's catalog with its own filters and data step, so it is
+    the part training held out."""
     code, _, err = cli("evaluate", tiny.checkpoint, "--output", tmp_path / "eval", "-q")
     assert code == 0, err
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
-    trained = json.loads((tiny.checkpoint / "metrics.json").read_text())["score"]
+    trained = json.loads((tiny.checkpoint / "metrics.json").read_text())["test_score"]
     assert evaluation["score"] == pytest.approx(trained, abs=1e-6) and evaluation["errors"]["rows"] == 0

@@ -23,7 +23,6 @@ from taxonomist.models.backbones import (
     register_backbone,
 )
 from taxonomist.models.backbones.base import IMAGENET_MEAN, IMAGENET_STD
-from taxonomist.models.backbones.efficientnet_lite import fold_batchnorm, fold_same_padding
 from taxonomist.models.backbones.hf import CLIP_MEAN, CLIP_STD
 
 HALF = (0.5, 0.5, 0.5)
@@ -302,47 +301,6 @@ def test_efficientnet_lite0_pretrained_offline(lite0: Backbone) -> None:
     assert features.abs().sum() > 0
     # the classifier is dropped: it would only bloat checkpoints and fingerprints
     assert not any(key.startswith("model._fc") for key in lite0.state_dict())
-
-
-def test_efficientnet_optimize_for_inference_matches_eager(lite0: Backbone) -> None:
-    optimized = create_backbone("efficientnet-lite0")
-    torch.manual_seed(0)
-    x = torch.randn(10, 3, 224, 224)  # > one eval chunk of 8
-    with torch.no_grad():
-        eager = lite0(x)
-        eager_map = lite0.forward_features(x[:2])
-        single = torch.cat([lite0(x[i : i + 1]) for i in (0, 9)])
-        fingerprint = optimized.fingerprint()
-        assert optimized.optimize_for_inference() is optimized
-        torch.testing.assert_close(optimized(x), eager, atol=1e-4, rtol=0)
-        torch.testing.assert_close(optimized.forward_features(x[:2]), eager_map, atol=1e-4, rtol=0)
-    torch.testing.assert_close(single, eager[[0, 9]], atol=1e-5, rtol=0)  # chunking is exact
-    assert optimized.fingerprint() == fingerprint  # cached embeddings stay valid
-    with pytest.raises(RuntimeError, match="fresh backbone"):
-        optimized.train()
-
-
-def test_fold_same_padding_is_exact_at_any_size() -> None:
-    backbone = create_backbone("efficientnet-lite0", pretrained=False, size=64).eval()
-    x = torch.randn(2, 3, 96, 80)  # not the size the static padding was computed for
-    with torch.no_grad():
-        before = backbone(x)
-        pads = [m for m in backbone.modules() if isinstance(m, torch.nn.ZeroPad2d)]
-        folded = fold_same_padding(backbone.model)
-        assert 0 < folded < len(pads)  # stride-2 layers keep their asymmetric padding
-        assert fold_same_padding(backbone.model) == 0  # idempotent
-        torch.testing.assert_close(backbone(x), before, atol=1e-5, rtol=0)
-
-
-def test_fold_batchnorm_needs_eval() -> None:
-    backbone = create_backbone("efficientnet-lite0", pretrained=False, size=64)
-    with pytest.raises(RuntimeError, match="eval"):
-        fold_batchnorm(backbone.model.train())
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        before = backbone.eval()(x)
-        fold_batchnorm(fold_batchnorm(backbone.model))  # idempotent
-        torch.testing.assert_close(backbone(x), before, atol=1e-4, rtol=0)
 
 
 def test_efficientnet_size_override() -> None:

@@ -70,13 +70,13 @@ def test_third_party_noise_is_quiet_unless_asked(monkeypatch: pytest.MonkeyPatch
 
 
 def test_an_unknown_split_is_one_line(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`evaluate --split test` ended in a traceback."""
+    """`evaluate --split validation` (an unknown part) ended in a traceback."""
     from taxonomist.cli.main import main
     from taxonomist.config import RunConfig
 
     RunConfig().save(tmp_path / "config.yaml")
     with pytest.raises(SystemExit) as exit_:
-        main(["evaluate", str(tmp_path), "--split", "test", "-q"])
+        main(["evaluate", str(tmp_path), "--split", "validation", "-q"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --split must be 'val' or 'all'") and "Traceback" not in err
+    assert err.startswith("error: --split must be one of test, dev, all") and "Traceback" not in err

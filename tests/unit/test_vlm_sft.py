@@ -85,7 +85,8 @@ def make_config(catalog: Path, model_dir: Path, **train: object) -> VLMConfig:
                 "batch_size": 2,
                 "grad_accumulation": 1,
                 "lr": 1e-2,
-                "val_fraction": 0.25,
+                "dev_fraction": 0.25,
+                "group_duplicate_images": False,  # the solid-colour images repeat on purpose
                 "logging_steps": 1,
                 "warmup_ratio": 0.0,  # one step with warmup would run at learning rate 0
                 "merge": False,

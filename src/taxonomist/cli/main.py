@@ -14,6 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from taxonomist.cli.export import PrecisionDefaultOpt as PrecisionOpt
+from taxonomist.cli.export import PredictRuntimeOpt as RuntimeOpt
+from taxonomist.cli.export import export
 from taxonomist.cli.options import (
     ConfigOpt,
     ImagesOpt,
@@ -35,10 +38,13 @@ from taxonomist.config import RunConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
+MAX_NOTES = 20
+"""Data-report notes printed after training; the rest stay in data_report.json."""
 app.add_typer(taxonomy_app, name="taxonomy", help="Titles → taxonomy path + brand.")
 app.add_typer(vlm_app, name="vlm", help="Vision-language models: attributes as constrained JSON, captions.")
 app.command()(serve)
 app.command()(review)
+app.command()(export)
 
 
 def score_table(report, title: str) -> Table:
@@ -54,8 +60,29 @@ def score_table(report, title: str) -> Table:
     return table
 
 
+def data_report_table(report) -> Table:
+    """The data step's counts and every note on what it left out, masked or found suspicious."""
+    table = Table(title=f"data ({report.source})", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    parts = " · ".join(f"{name} {n}" for name, n in report.parts.items())
+    table.add_row("rows", f"{report.rows_read} read · {report.rows_kept} kept ({parts})")
+    duplicates = report.split.get("duplicate_image_rows", 0)
+    if duplicates:
+        grouped = "kept in one part" if report.split.get("group_duplicate_images") else "NOT grouped"
+        table.add_row("duplicate images", f"{duplicates} rows share an image with another row ({grouped})")
+    notes = report.notes()
+    for note in notes[:MAX_NOTES]:
+        table.add_row("note", note)
+    if len(notes) > MAX_NOTES:
+        table.add_row("note", f"… and {len(notes) - MAX_NOTES} more in data_report.json")
+    if not notes:
+        table.add_row("note", "nothing dropped, masked or suspicious")
+    return table
+
+
 def calibration_table(calibration: dict[str, dict[str, float]]) -> Table:
-    table = Table(title="calibration (validation; after = cross-fitted temperature)")
+    table = Table(title="calibration (dev; after = cross-fitted temperature)")
     for col in ("attribute", "T", "ECE before", "ECE after", "CE before", "CE after"):
         table.add_column(col, justify="left" if col == "attribute" else "right")
     for attribute, c in calibration.items():
@@ -134,13 +161,22 @@ def train(
         )
         return
     result = train_heads(cfg, output, progress=not quiet)
-    console.print(score_table(result.report, f"validation ({result.n_val} rows)"))
+    if result.data is not None:
+        console.print(data_report_table(result.data))
+    console.print(score_table(result.report, f"dev ({result.n_dev} rows; picked epoch and temperatures)"))
+    if result.test_report is not None:
+        console.print(score_table(result.test_report, f"test ({result.n_test} rows; reported only)"))
     console.print(attribute_table(result.report))
     console.print(calibration_table(result.calibration))
     console.print(
         f"train rows {result.n_train} · {result.policy} · embed {result.embed_seconds:.1f}s · "
         f"heads {result.train_seconds:.1f}s (best epoch {result.history.best_epoch}) · "
         f"image errors {result.image_errors} · checkpoint {output}"
+    )
+    features = json.loads((output / "taxonomist.json").read_text(encoding="utf-8")).get("features", {})
+    console.print(
+        f"features computed on {features.get('runtime', 'torch')} {features.get('precision', 'fp32')} "
+        f"(embed.runtime={cfg.embed.runtime}); predict and serve use the same precision by default"
     )
 
 
@@ -179,7 +215,7 @@ def self_train(
     )
     report = run_self_training(cfg, output, progress=not quiet)
     table = Table(title=f"self-training ({report.n_fit} labeled, {report.n_pool} unlabeled rows)")
-    for col in ("round", "dev score", "val score", "pseudo-labels", "precision", "supervised acc."):
+    for col in ("round", "dev score", "test score", "pseudo-labels", "precision", "supervised acc."):
         table.add_column(col, justify="right")
     for r in report.rounds:
         precision = r.get("pseudo_label_precision", {}).get("all")
@@ -187,7 +223,7 @@ def self_train(
         table.add_row(
             str(r["round"]),
             f"{r['dev_score']:.4f}",
-            f"{r['val_score']:.4f}",
+            f"{r['test_score']:.4f}",
             str(sum(r.get("n_pseudo", {}).values())),
             "" if precision is None else f"{precision:.4f}",
             "" if accuracy is None else f"{accuracy:.4f}",
@@ -211,8 +247,9 @@ def evaluate(
     split: Annotated[
         str | None,
         typer.Option(
-            help="'val': the training run's validation split (the default); 'all': every row of the "
-            "catalog, with none of training's row filters (the default with --data)."
+            help="'test': the part the training run held out from every choice (the default); 'dev': the "
+            "part its choices were made on; 'all': every row of the catalog, with none of training's row "
+            "filters (the default with --data)."
         ),
     ] = None,
     output: Annotated[
@@ -241,7 +278,7 @@ def evaluate(
     without them."""
     from taxonomist.inference.evaluate import evaluate as run_evaluate
 
-    split = split or ("all" if data else "val")
+    split = split or ("all" if data else "test")
     if report and output is None:
         output = checkpoint / f"evaluation-{split}"
     if is_vlm_dir(checkpoint):
@@ -258,7 +295,7 @@ def evaluate(
     console.print(attribute_table(evaluation.report))
     if evaluation.baseline is not None:
         console.print(f"majority-class baseline score {evaluation.baseline.score:.4f}")
-    for note in (evaluation.errors_note, evaluation.unknown_category_note):
+    for note in (evaluation.errors_note, evaluation.unknown_category_note, evaluation.split_note):
         if note:
             console.print(note, style="yellow", markup=False, highlight=False)
     if len(evaluation.errors) and output is None:
@@ -266,7 +303,8 @@ def evaluate(
     if report and output is not None:
         from taxonomist.report.evaluation import write_evaluation_report
 
-        console.print(f"report: {write_evaluation_report(evaluation, output, model=checkpoint.name)}")
+        page = write_evaluation_report(evaluation, output, model=checkpoint.name)
+        console.print(f"report: {page}", soft_wrap=True)  # a path to copy, never wrapped
 
 
 @app.command()
@@ -297,6 +335,8 @@ def predict(
     gpus_per_actor: Annotated[
         float | None, typer.Option(help="Default 1 where there are GPUs, else 0.")
     ] = None,
+    runtime: RuntimeOpt = "auto",
+    precision: PrecisionOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Predict attributes for every row of a catalog: Meesho layout + long layout with confidences.
@@ -348,6 +388,8 @@ def predict(
             placeholder=cfg.predict.placeholder,
             address=address,
             progress=not quiet,
+            runtime=runtime,
+            precision=precision,
         )
         # The shards' errors with their lines, and the rows the shards never saw, as the local engine writes.
         errors = read_ray_output(output, "errors")
@@ -357,7 +399,11 @@ def predict(
         if failure:
             raise JobFailed(failure)
         return
-    predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
+    predictor = Predictor.from_pretrained(
+        checkpoint, device=cfg.embed.device, runtime=runtime, precision=precision
+    )
+    if not quiet:
+        console.print(f"runtime: {predictor.runtime}")
     summary = predictor.predict_catalog(
         catalog,
         output,
@@ -385,13 +431,12 @@ def embed(
 ) -> None:
     """Compute and cache backbone features for a catalog, so later training runs start warm."""
     from taxonomist.data.catalog import load_catalog
-    from taxonomist.devices import resolve_device
-    from taxonomist.features.embed import embed_catalog
+    from taxonomist.features.embed import embed_catalog, runtime_backbone
     from taxonomist.models.build import build_backbone
 
     cfg = resolve_config(config, overrides, **{"catalog.image_root": images})
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
-    backbone = build_backbone(cfg.backbone).optimize_for_inference().to(resolve_device(cfg.embed.device))
+    backbone = runtime_backbone(build_backbone(cfg.backbone), cfg.embed)
     result = embed_catalog(catalog, backbone, cfg.embed, progress=not quiet)
     console.print(
         f"{len(catalog)} images: {result.cached} cached, {result.computed} computed, "
@@ -411,8 +456,10 @@ def inspect(
     quiet: QuietOpt = False,
 ) -> None:
     """Before training: rows, gaps, class balance, out-of-schema values, duplicates, unreadable images."""
-    from taxonomist.data.catalog import expand_path, load_catalog
+    from taxonomist.data.catalog import CatalogError, expand_path, load_catalog
+    from taxonomist.data.prepare import DATA_REPORT, prepare_catalog
     from taxonomist.data.schema import Schema
+    from taxonomist.io import atomic_write_text
     from taxonomist.report.inspection import inspect_catalog
 
     cfg = resolve_config(config, overrides, **{"catalog.image_root": images})
@@ -426,7 +473,15 @@ def inspect(
         progress=not quiet,
     )
     report.print(console)
-    console.print(f"report: {report.save(output)}")
+    console.print(f"report: {report.save(output)}", soft_wrap=True)
+    # What ``train`` would drop, mask or flag, split by split: the same data step, the same report.
+    try:
+        data = prepare_catalog(cfg).report
+    except CatalogError as err:  # e.g. duplicate ids, which inspect reports but train refuses
+        console.print(f"train would refuse this catalog: {err}", style="yellow", markup=False)
+        return
+    console.print(data_report_table(data))
+    atomic_write_text(output / DATA_REPORT, data.to_json())
 
 
 @app.command()
@@ -440,7 +495,8 @@ def bench(
     from taxonomist.inference.efficiency import measure_efficiency
     from taxonomist.inference.predictor import ImagesToLogits, Predictor
 
-    predictor = Predictor.from_pretrained(checkpoint)
+    # torch: FLOPs and parameter counts are read off the torch modules.
+    predictor = Predictor.from_pretrained(checkpoint, runtime="torch")
     model = ImagesToLogits(predictor)
     sizes = tuple(int(b) for b in batch_sizes.split(","))
     report = measure_efficiency(model, predictor.backbone.preprocess.size, batch_sizes=sizes, seconds=seconds)

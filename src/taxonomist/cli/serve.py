@@ -50,6 +50,12 @@ def serve(
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], typer.Option(help="Lowest level of log lines written.")
     ] = "info",
+    runtime: Annotated[
+        str, typer.Option(help="auto (the fastest installed), torch, onnxruntime or openvino.")
+    ] = "auto",
+    precision: Annotated[
+        str | None, typer.Option(help="fp32, bf16 or int8; default: what the heads were fitted on.")
+    ] = None,
 ) -> None:
     """Serve a checkpoint over HTTP: POST /v1/predict (batched), /healthz, /readyz, /metrics, /docs."""
     try:
@@ -72,8 +78,10 @@ def serve(
             request_timeout_s=timeout,
             max_queue=max_queue,
             max_decodes=max_decodes,
+            runtime=runtime,
+            precision=precision,
         )
-    except ValueError as err:  # not a checkpoint, or a bad limit
+    except (ValueError, ImportError) as err:  # not a checkpoint, or a bad limit
         raise typer.BadParameter(str(err)) from err
     configure_logging(log_level)
     # Our middleware writes one JSON line per request, so uvicorn's own access log stays off.

@@ -127,7 +127,7 @@ def evaluate(
             report,
             model=checkpoint.name,
         )
-        console.print(f"report: {page}")
+        console.print(f"report: {page}", soft_wrap=True)
 
 
 @app.command()

@@ -86,7 +86,10 @@ def evaluate(
     model_dir: Annotated[Path, typer.Argument(help="Run folder or model folder.")],
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    split: Annotated[str, typer.Option(help="'val' (the run's held-out examples) or 'all'.")] = "val",
+    split: Annotated[
+        Literal["test", "dev", "all"],
+        typer.Option(help="Attributes: test (held out from every choice), dev, or all rows; captions: val."),
+    ] = "test",
     output: Annotated[
         Path | None,
         typer.Option(
@@ -134,7 +137,7 @@ def evaluate(
             from taxonomist.report.evaluation import write_evaluation_report
 
             page = write_evaluation_report(evaluation, output, model=model_dir.name)
-            console.print(f"report: {page}")
+            console.print(f"report: {page}", soft_wrap=True)
     if output is not None:
         console.print(f"evaluation: {output / 'evaluation.md'}")
 
@@ -193,19 +196,20 @@ def improve(
     quiet: QuietOpt = False,
 ) -> None:
     """Self-consistency rounds: sample K reasoning chains per unlabeled image, vote, build
-    (chosen, rejected) pairs, DPO with LoRA, score on the validation split; resumable, best round kept."""
+    (chosen, rejected) pairs, DPO with LoRA, score on the dev part; resumable, best round kept."""
     import dataclasses
 
     from taxonomist.data.catalog import load_catalog
-    from taxonomist.data.split import split_per_category
+    from taxonomist.data.prepare import prepare_catalog
     from taxonomist.improve.vlm_dpo import IMAGE_PATH
     from taxonomist.improve.vlm_dpo import improve as run_improve
     from taxonomist.models.vlm import resolve_model_dir
 
     cfg = model_config(model_dir, config, overrides)
-    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+    data = prepare_catalog(cfg)
+    catalog = data.catalog
     frame = catalog.frame.assign(**{IMAGE_PATH: [str(p) for p in catalog.image_paths()]})
-    train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
+    train_idx, val_idx = data.split.train, data.split.dev  # rounds are chosen on dev, never on test
     if pool is None:
         # The training split's labels stay in the frame only to measure the vote, never to train.
         unlabeled = frame.iloc[train_idx].reset_index(drop=True)

@@ -537,7 +537,9 @@ def apply_corrections(
         raise CatalogError(f"{path}: corrections of categories the catalog does not have: {unknown}")
     merged = pd.concat([frame, new]).reset_index(drop=True)
     merged = merged.astype(object).where(merged.notna(), None)
-    return dataclasses.replace(catalog, frame=merged)
+    # Line numbers name rows of the catalog file; appended rows come from the corrections file instead.
+    lines = catalog.lines if len(new) == 0 else None
+    return dataclasses.replace(catalog, frame=merged, lines=lines)
 
 
 def without_training_filters(cfg: CatalogConfig) -> CatalogConfig:

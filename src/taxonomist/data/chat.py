@@ -21,10 +21,9 @@ from PIL import Image
 
 from taxonomist.config import PromptConfig, VLMConfig
 from taxonomist.data.captions import read_coco_captions, read_product_captions
-from taxonomist.data.catalog import CATEGORY, ID, expand_path, load_catalog
-from taxonomist.data.policies import apply_policy, policy_options
+from taxonomist.data.catalog import CATEGORY, ID
+from taxonomist.data.prepare import PreparedData, prepare_catalog
 from taxonomist.data.schema import Schema
-from taxonomist.data.split import split_per_category
 from taxonomist.io import atomic_write_json
 
 IMAGE_TAG = "<image>"
@@ -226,42 +225,35 @@ def validate_llamafactory(dataset_dir: str | os.PathLike) -> dict[str, int]:
 # --- a config's examples -----------------------------------------------------------------------------
 
 
-def build_examples(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExample], Schema | None]:
-    """(train, val, schema) chat examples of the configured task; the schema is None for captions."""
+def build_examples(
+    cfg: VLMConfig, held_out: Literal["dev", "test"] = "dev", *, data: PreparedData | None = None
+) -> tuple[list[ChatExample], list[ChatExample], Schema | None]:
+    """(train, held-out, schema) chat examples of the configured task; the schema is None for captions.
+
+    Attributes come from the shared data step: ``held_out`` picks its dev part (eval loss, choices) or
+    its test part (only reported); the schema, and so the decoding grammar, holds training values only.
+    ``data``: that step's result when the caller already has it. Captions have one validation split,
+    returned for either."""
     if cfg.task == "caption":
         train, val = _caption_split(cfg)
         schema = None
     else:
-        train, val, schema = _attribute_split(cfg)
+        train, val, schema = _attribute_split(cfg, held_out, data or prepare_catalog(cfg))
     if cfg.train.limit is not None:
         train = train[: cfg.train.limit]
     return train, val, schema
 
 
-def _attribute_split(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExample], Schema]:
-    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
-    train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
-    missing = cfg.missing_labels
-    # The policy fills or drops training labels only: validation keeps the true (gappy) labels.
-    filled = apply_policy(
-        missing.policy,
-        catalog.frame.iloc[train_idx],
-        catalog.attributes_by_category,
-        **policy_options(missing),
-    ).frame
-    val_frame = catalog.frame.iloc[val_idx].reset_index(drop=True)
-    if cfg.catalog.schema:
-        schema = Schema.load(expand_path(cfg.catalog.schema))
-    else:
-        schema = Schema.infer(
-            pd.concat([filled, val_frame]), catalog.attributes_by_category, attributes=catalog.attributes
-        )
+def _attribute_split(
+    cfg: VLMConfig, held_out: Literal["dev", "test"], data: PreparedData
+) -> tuple[list[ChatExample], list[ChatExample], Schema]:
+    catalog, schema = data.catalog, data.schema
 
     def examples(frame: pd.DataFrame) -> list[ChatExample]:
         paths = [catalog.image_path(i, c) for i, c in zip(frame[ID], frame[CATEGORY], strict=True)]
         return attribute_examples(frame, schema, paths, cfg.prompt)[0]
 
-    return examples(filled), examples(val_frame), schema
+    return examples(data.train), examples(data.part(held_out)), schema
 
 
 def _caption_split(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExample]]:
@@ -271,7 +263,7 @@ def _caption_split(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExample]
     if data.dataset == "coco":
         frame = read_coco_captions(data.path)
     else:
-        frame = read_product_captions(data.path, val_fraction=cfg.train.val_fraction, seed=cfg.train.seed)
+        frame = read_product_captions(data.path, val_fraction=cfg.train.dev_fraction, seed=cfg.train.seed)
     if data.limit is not None:
         # Per split, so a small smoke run still has images to validate on.
         first = frame.drop_duplicates("id").groupby("split", sort=False)["id"].head(data.limit)

@@ -1,4 +1,5 @@
-"""Seeded per-category train/validation split (90/10 within each category by default)."""
+"""Seeded per-category splits: train/dev/test for the attribute recipes (with duplicate groups), and the
+older train/validation split that caption data and self-training's labeled draw still use."""
 
 from __future__ import annotations
 

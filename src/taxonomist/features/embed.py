@@ -20,9 +20,10 @@ from torch.utils.data import DataLoader, Dataset
 from taxonomist.config import EmbedConfig
 from taxonomist.data.catalog import Catalog
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadError, content_hash, load_image
-from taxonomist.devices import module_device
-from taxonomist.features.cache import FeatureCache
+from taxonomist.devices import module_device, resolve_device
+from taxonomist.features.cache import FeatureCache, default_cache_dir
 from taxonomist.models.backbones import Backbone
+from taxonomist.models.runtime import on_runtime
 from taxonomist.progress import progress_bar
 
 _FLUSH_ROWS = 2048
@@ -30,6 +31,16 @@ _FLUSH_ROWS = 2048
 View = Literal["original", "hflip"]
 """Which version of each image is encoded: ``hflip`` (mirrored) gives self-training a second view
 whose prediction should agree with the original's, since no attribute here depends on left/right."""
+
+
+def runtime_backbone(backbone: Backbone, cfg: EmbedConfig) -> Backbone:
+    """``backbone`` on ``cfg``'s device, runtime and precision (exported once into the cache)."""
+    device = resolve_device(cfg.device)
+    root = Path(cfg.cache_dir or default_cache_dir()) / "exports" / backbone.fingerprint()
+    runtime, _, _ = on_runtime(
+        backbone.to(device), None, runtime=cfg.runtime, precision=cfg.precision, device=device, root=root
+    )
+    return runtime
 
 
 def view_fingerprint(backbone: Backbone, view: View = "original") -> str:

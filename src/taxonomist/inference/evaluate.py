@@ -21,8 +21,8 @@ from taxonomist.data.catalog import (
     without_training_filters,
 )
 from taxonomist.data.images import REASONS as IMAGE_REASONS
+from taxonomist.data.prepare import DATA_REPORT, DataReport, prepare_catalog
 from taxonomist.data.schema import Schema
-from taxonomist.data.split import split_per_category
 from taxonomist.features.embed import embed_catalog
 from taxonomist.inference.predictor import ROW_ERROR_COLUMNS, Predictor, row_errors, wide_named_frame
 from taxonomist.io import atomic_write_frame, atomic_write_text
@@ -35,6 +35,9 @@ from taxonomist.metrics import (
 from taxonomist.progress import progress_bar
 
 EXAMPLE_IDS = 5
+SPLITS = ("test", "dev", "all")
+"""What ``evaluate`` scores: the held-out test part (default), the dev part choices were made on, or
+every row."""
 ROW_COLUMNS = [ID, CATEGORY, "attribute", "label", "predicted", "confidence", "confidence_before", "correct"]
 """``Evaluation.rows``: one row per labelled (item, attribute); ``path`` and ``title`` follow where known."""
 
@@ -51,7 +54,7 @@ class Evaluation:
     """Rows per category the model was not trained on."""
     unknown_examples: list[str] = field(default_factory=list)
     """Ids of some of those rows."""
-    split: str = "val"
+    split: str = "test"
     rows: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=ROW_COLUMNS))
     """Every scored label beside its prediction (``ROW_COLUMNS``): what a report studies errors on."""
     baseline: AttributeReport | None = None
@@ -68,6 +71,18 @@ class Evaluation:
     """Rows not scored as predicted, with their line in the file and why (``errors.csv``)."""
     rows_read: int = 0
     """Rows of the file (or split) evaluated, before any was left out."""
+    split_matches_training: bool | None = None
+    """Whether the scored part has the ids training held out (from its ``data_report.json``); None for
+    ``all`` or a checkpoint without a data report."""
+
+    @property
+    def split_note(self) -> str | None:
+        if self.split_matches_training is not False:
+            return None
+        return (
+            f"the {self.split} part differs from the one the training run held out (other data or split "
+            "settings than the checkpoint's): some of these rows may have been trained on"
+        )
 
     @property
     def unknown_category_note(self) -> str | None:
@@ -102,6 +117,7 @@ class Evaluation:
             "baseline_score": None if self.baseline is None else self.baseline.to_dict()["score"],
             "score_without_unreadable": None if self.readable_report is None else self.readable_report.score,
             "rows": self.rows_read,
+            "split_matches_training": self.split_matches_training,
             "errors": {"rows": len(self.errors), "reasons": self.error_reasons},
             "unknown_category": {
                 "rows": sum(self.unknown_categories.values()),
@@ -115,24 +131,22 @@ def evaluate(
     checkpoint: str | Path,
     cfg: RunConfig,
     *,
-    split: str = "val",
+    split: str = "test",
     output: str | Path | None = None,
     progress: bool = True,
 ) -> Evaluation:
-    """Score the configured catalog's rows: the training run's validation split (``val``, read with the
-    run's own row filters so the split is the one it held out) or every row of the file (``all``, with
-    no training-only filter). Rows of categories the model does not know are left out before anything is
-    embedded; they and every other row not scored as predicted are listed in ``errors.csv``."""
-    if split not in ("val", "all"):
-        raise ConfigError(f"--split must be 'val' or 'all' for this checkpoint, got {split!r}")
-    reading = cfg.catalog if split == "val" else without_training_filters(cfg.catalog)
-    source = load_catalog(reading, seed=cfg.train.seed, bad_rows="report")
-    if not len(source):
-        what = f"all {len(source.rejected)} rows were set aside" if len(source.rejected) else "it has no rows"
-        raise CatalogError(f"{source.source}: nothing to evaluate ({what})")
-    predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device)
-    catalog = source
-    # Before the split, so the known categories' validation rows are the ones the training run held out.
+    """Score the configured catalog's rows: the training run's test part (``test``, the default) or dev
+    part (``dev``), remade by the shared data step from the run's own settings so the parts are the ones
+    it held out, or every row of the file (``all``, with no training-only filter). Rows of categories the
+    model does not know are left out before anything is embedded; they and every other row not scored as
+    predicted are listed in ``errors.csv``."""
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)} for this checkpoint, got {split!r}")
+    source, part, split_matches = _rows_to_score(Path(checkpoint), cfg, split)
+    # Scored on the numerics the heads were fitted on (and their warm feature cache).
+    predictor = Predictor.from_pretrained(checkpoint, device=cfg.embed.device, runtime=None)
+    catalog = source if part is None else source.subset(part)
+    known = source
     unknown = ~catalog.frame[CATEGORY].astype(str).isin(predictor.categories)
     unknown_rows = catalog.frame[unknown]
     unknown_categories = {str(c): int(n) for c, n in unknown_rows[CATEGORY].value_counts().items()}
@@ -143,10 +157,6 @@ def evaluate(
         )
     if unknown.any():
         catalog = catalog.subset(~unknown.to_numpy())
-    known = catalog
-    if split == "val":
-        _, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
-        catalog = catalog.subset(val_idx)
     embedded = embed_catalog(catalog, predictor.backbone, cfg.embed, progress=progress)
     good = np.flatnonzero(embedded.ok)
     frame = catalog.frame
@@ -195,10 +205,43 @@ def evaluate(
         readable_report=readable_report,
         errors=errors,
         rows_read=len(catalog) + len(unknown_rows) + len(source.rejected),
+        split_matches_training=split_matches,
     )
     if output is not None:
         write_evaluation(evaluation, output)
     return evaluation
+
+
+def _rows_to_score(
+    checkpoint: Path, cfg: RunConfig, split: str
+) -> tuple[Catalog, np.ndarray | None, bool | None]:
+    """(rows read, positions of the part to score or None for all, whether that part is the one the
+    training run recorded)."""
+    if split == "all":
+        source = load_catalog(without_training_filters(cfg.catalog), seed=cfg.train.seed, bad_rows="report")
+        part, split_matches = None, None
+    else:
+        data = prepare_catalog(cfg)
+        source, part = data.catalog, getattr(data.split, split)
+        if not len(part):
+            raise CatalogError(
+                f"{source.source}: the {split} part is empty (train.{split}_fraction="
+                f"{getattr(cfg.train, f'{split}_fraction')}); score --split dev or --split all instead"
+            )
+        split_matches = _same_part(checkpoint, data.report, split)
+    if not len(source):
+        what = f"all {len(source.rejected)} rows were set aside" if len(source.rejected) else "it has no rows"
+        raise CatalogError(f"{source.source}: nothing to evaluate ({what})")
+    return source, part, split_matches
+
+
+def _same_part(checkpoint: Path, report: DataReport, split: str) -> bool | None:
+    """Whether ``report``'s part has the ids the training run's data report recorded for it."""
+    saved = checkpoint / DATA_REPORT
+    if not saved.is_file():
+        return None
+    recorded = DataReport.load(saved).split.get("ids", {}).get(split)
+    return recorded is None or recorded == report.split["ids"][split]
 
 
 def _confidences(probs: dict[str, np.ndarray], good: np.ndarray, n: int) -> dict[str, np.ndarray]:
@@ -278,7 +321,7 @@ def write_evaluation(evaluation: Evaluation, output: str | Path, *, summary: dic
         )
     if evaluation.valid_fraction is not None:
         markdown += f"\nValid outputs: {evaluation.valid_fraction:.1%}\n"
-    for note in (evaluation.errors_note, evaluation.unknown_category_note):
+    for note in (evaluation.errors_note, evaluation.unknown_category_note, evaluation.split_note):
         if note:
             markdown += f"\n{note}\n"
     atomic_write_text(output / "evaluation.md", markdown)
@@ -290,7 +333,7 @@ def evaluate_vlm(
     model_dir: str | Path,
     cfg: VLMConfig,
     *,
-    split: str = "val",
+    split: str = "test",
     output: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[dict, Evaluation | None]:
@@ -303,10 +346,10 @@ def evaluate_vlm(
     from taxonomist.inference.vlm import VLMPredictor, to_predictions
     from taxonomist.metrics.captions import caption_scores
 
-    if split not in ("val", "all"):
-        raise ConfigError(f"--split must be 'val' or 'all' for this model, got {split!r}")
-    train_examples, val_examples, _ = build_examples(cfg)
-    examples = val_examples if split == "val" else [*train_examples, *val_examples]
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)} for this model, got {split!r}")
+    train_examples, held_out, _ = build_examples(cfg, "dev" if split == "dev" else "test")
+    examples = held_out if split != "all" else [*train_examples, *held_out]
     predictor = VLMPredictor.from_pretrained(model_dir, generate=cfg.generate)
     items = list({e.id: e for e in examples}.values())  # caption data: several references per image
     results = []

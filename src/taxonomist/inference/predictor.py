@@ -21,13 +21,14 @@ from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from taxonomist.data.schema import SchemaError
 from taxonomist.data.taxonomy import normalize_text
 from taxonomist.devices import module_device, resolve_device
-from taxonomist.features.cache import FeatureCache
+from taxonomist.features.cache import FeatureCache, default_cache_dir
 from taxonomist.features.embed import embed_images
 from taxonomist.features.text import ListingText, TextFeatures, load_listing_text
 from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.build import build_backbone
 from taxonomist.models.checkpoint import HeadsCheckpoint, calibrated_probs, checkpoint_version
 from taxonomist.models.fusion import lexical_batch
+from taxonomist.models.runtime import exports_root, on_runtime
 from taxonomist.progress import progress_bar
 
 ImageInput = Image.Image | str | os.PathLike
@@ -116,31 +117,50 @@ class Predictor:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, *, optimize: bool = True, device: str | torch.device = "auto"
+        cls,
+        path: str | os.PathLike,
+        *,
+        device: str | torch.device = "auto",
+        runtime: str | None = "auto",
+        precision: str | None = None,
     ) -> Predictor:
-        """``device``: auto (the GPU when there is one), cpu, cuda or cuda:N, for backbone and heads."""
+        """``device``: auto (the GPU when there is one), cpu, cuda or cuda:N, for backbone and heads.
+        ``runtime``: auto, torch, onnxruntime or openvino (see :mod:`taxonomist.models.runtime`), None =
+        the one the heads were fitted on; ``precision``: default the heads' own. A runtime other than
+        torch loads the run's export, exporting into ``RUN/exports`` (or the cache when the run is
+        read-only) first."""
         target = resolve_device(device)
         checkpoint, heads = HeadsCheckpoint.load(path)
         backbone = build_backbone(checkpoint.backbone)
         state = HeadsCheckpoint.backbone_state(path)
         if state is not None:
             backbone.load_state_dict(state)
-        if backbone.fingerprint() != checkpoint.fingerprint:
+        if backbone.fingerprint() != checkpoint.weights_fingerprint:
             raise RuntimeError(
                 f"{path}: backbone {checkpoint.backbone.name!r} now loads other weights or preprocessing "
-                f"(fingerprint {backbone.fingerprint()} != {checkpoint.fingerprint}); the heads were trained "
-                "on the old features"
+                f"(fingerprint {backbone.fingerprint()} != {checkpoint.weights_fingerprint}); the heads were "
+                "trained on the old features"
             )
-        if optimize:
-            backbone.optimize_for_inference()
-        text = load_listing_text(path, checkpoint, target) if checkpoint.text else None
-        return cls(
-            checkpoint,
-            heads.to(target),
-            backbone.to(target).eval(),
-            version=checkpoint_version(path),
-            text=text,
+        version = checkpoint_version(path)
+        # Listing heads (image + text) take more inputs than the exported graph: they stay on torch.
+        exported_heads = None if checkpoint.text else heads.to(target)
+        backbone, runtime_heads, _ = on_runtime(
+            backbone.to(target),
+            exported_heads,
+            runtime=runtime or checkpoint.runtime,
+            precision=precision or checkpoint.precision,
+            device=target,
+            root=exports_root(path, default_cache_dir() / "exports" / version),
+            feature_dim=checkpoint.feature_dim,
+            extra={"checkpoint": version},
         )
+        text = load_listing_text(path, checkpoint, target) if checkpoint.text else None
+        return cls(checkpoint, runtime_heads or heads.to(target).eval(), backbone, version=version, text=text)
+
+    @property
+    def runtime(self) -> str:
+        """Where the backbone runs, e.g. ``openvino bf16`` or ``torch fp32``."""
+        return f"{getattr(self.backbone, 'runtime', 'torch')} {getattr(self.backbone, 'precision', 'fp32')}"
 
     @property
     def allows_missing_image(self) -> bool:
@@ -350,6 +370,7 @@ class Predictor:
         settings = {
             "model": self.version,
             "fingerprint": self.checkpoint.fingerprint,
+            "features": self.backbone.fingerprint(),
             "min_confidence": min_confidence,
             "placeholder": placeholder,
         }
@@ -494,7 +515,7 @@ class ImagesToLogits(torch.nn.Module):
         super().__init__()
         self.backbone = predictor.backbone
         self.heads = predictor.heads
-        self.eval()  # an optimised backbone refuses train mode
+        self.eval()
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         category = torch.zeros(len(pixels), dtype=torch.long, device=pixels.device)

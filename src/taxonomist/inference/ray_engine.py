@@ -120,6 +120,8 @@ def predict_with_ray(
     placeholder: str = "",
     address: str | None = None,
     progress: bool = True,
+    runtime: str = "auto",
+    precision: str | None = None,
 ) -> PredictSummary:
     """Predict every row of ``source`` into sharded Parquet under ``output_dir``; resumable.
 
@@ -165,6 +167,8 @@ def predict_with_ray(
             "max_pixels": max_pixels,
             "min_confidence": min_confidence,
             "placeholder": placeholder,
+            "runtime": runtime,
+            "precision": precision,
         }
         with _ray(address) as ray:
             ray.data.DataContext.get_current().enable_progress_bars = progress
@@ -210,7 +214,10 @@ class ShardPredictor:
         # Ray hides all but the actor's own GPUs, so "cuda" is the one it was given; an actor given none
         # stays on the CPU even where the machine has GPUs.
         device = "cuda" if ray.get_gpu_ids() else "cpu"
-        self.predictor = Predictor.from_pretrained(checkpoint_dir, device=device)
+        # Every actor loads the run's export (the first to need it builds it, under a lock).
+        self.predictor = Predictor.from_pretrained(
+            checkpoint_dir, device=device, runtime=options["runtime"], precision=options["precision"]
+        )
         self.output_dir = Path(output_dir)
         self.options = options
 

@@ -19,8 +19,10 @@ import pandas as pd
 
 from taxonomist.data.catalog import CatalogError
 from taxonomist.data.taxonomy import BRAND, ID, TITLE, Taxonomy, normalize_text
+from taxonomist.features.cache import default_cache_dir
 from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.checkpoint import checkpoint_digest
+from taxonomist.models.runtime import exports_root
 from taxonomist.models.taxonomy_model import (
     CHECKPOINT_FILES,
     TaxonomyCheckpointError,
@@ -43,9 +45,17 @@ class TaxonomyPredictor:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, quantize: bool | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+        cls,
+        path: str | os.PathLike,
+        quantize: bool | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        *,
+        runtime: str = "auto",
+        precision: str = "fp32",
     ) -> TaxonomyPredictor:
-        return cls(load_model(path, quantize), checkpoint_digest(Path(path), CHECKPOINT_FILES), chunk_size)
+        """``runtime``/``precision``: the sentence encoder's (see :mod:`taxonomist.models.runtime`)."""
+        model = load_model(path, quantize, runtime=runtime, precision=precision)
+        return cls(model, checkpoint_digest(Path(path), CHECKPOINT_FILES), chunk_size)
 
     @property
     def taxonomy(self) -> Taxonomy:
@@ -109,8 +119,11 @@ class TaxonomyPredictor:
         return summary
 
 
-def load_model(path: str | os.PathLike, quantize: bool | None = None) -> TaxonomyModel:
-    """:meth:`TaxonomyModel.load`, with the retrieval enricher rebuilt from its saved settings."""
+def load_model(
+    path: str | os.PathLike, quantize: bool | None = None, *, runtime: str = "torch", precision: str = "fp32"
+) -> TaxonomyModel:
+    """:meth:`TaxonomyModel.load`, with the retrieval enricher rebuilt from its saved settings; an
+    encoder on another runtime is exported into the run's ``exports`` folder (or the cache)."""
     settings = TaxonomyModel.read_manifest(path)["enrich"]
     enricher = None
     if settings:
@@ -118,7 +131,9 @@ def load_model(path: str | os.PathLike, quantize: bool | None = None) -> Taxonom
         from taxonomist.features.enrich import Enricher
 
         enricher = Enricher.from_config(EnrichConfig(**settings))
-    return TaxonomyModel.load(path, quantize=quantize, enricher=enricher)
+    root = exports_root(path, default_cache_dir() / "exports")
+    encoder = {"runtime": runtime, "precision": precision, "export_root": root}
+    return TaxonomyModel.load(path, quantize=quantize, enricher=enricher, encoder=encoder)
 
 
 def _read_titles(path: Path, title_column: str, id_column: str) -> pd.DataFrame:

@@ -58,6 +58,15 @@ class HeadsCheckpoint:
     temperatures_by_inputs: dict[str, dict[str, float]] = field(default_factory=dict)
     """Listing heads: temperatures per set of inputs a row has (``image``, ``text``); a row with both
     uses ``temperatures``."""
+    runtime: str = "torch"
+    """Runtime and precision of the features the heads were fitted on; prediction keeps the precision."""
+    precision: str = "fp32"
+    weights_fingerprint: str = ""
+    """The torch backbone's own fingerprint (``fingerprint`` is the feature key: it adds runtime and
+    precision, except for torch fp32 where both are equal)."""
+
+    def __post_init__(self) -> None:
+        self.weights_fingerprint = self.weights_fingerprint or self.fingerprint
 
     @property
     def inputs(self) -> list[str]:
@@ -80,6 +89,9 @@ class HeadsCheckpoint:
             backbone=cfg.backbone,
             preprocess=backbone.preprocess.to_dict(),
             fingerprint=backbone.fingerprint(),
+            weights_fingerprint=backbone.source_fingerprint(),
+            runtime=getattr(backbone, "runtime", "torch"),
+            precision=getattr(backbone, "precision", "fp32"),
             feature_dim=feature_dim,
             schema=schema,
             categories=categories,
@@ -129,6 +141,11 @@ class HeadsCheckpoint:
             "temperatures": self.temperatures,
             "logit_adjustment": self.logit_adjustment,
             "metrics": self.metrics,
+            "features": {
+                "runtime": self.runtime,
+                "precision": self.precision,
+                "weights_fingerprint": self.weights_fingerprint,
+            },
         }
         if self.text:
             meta["text"] = self.text
@@ -189,6 +206,7 @@ class HeadsCheckpoint:
             metrics=meta.get("metrics", {}),
             text=meta.get("text", {}),
             temperatures_by_inputs=meta.get("temperatures_by_inputs", {}),
+            **meta.get("features", {}),
         )
 
     @staticmethod

@@ -88,9 +88,3 @@ class WithColorFeatures(Backbone):
 
     def forward_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.inner.forward_features(pixel_values)
-
-    def optimize_for_inference(self) -> Backbone:
-        self.fingerprint()
-        self.inner.optimize_for_inference()
-        self._fingerprint_state = None
-        return self.eval()

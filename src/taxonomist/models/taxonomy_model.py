@@ -422,9 +422,14 @@ class TaxonomyModel:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, quantize: bool | None = None, enricher: TitleEnricher | None = None
+        cls,
+        path: str | os.PathLike,
+        quantize: bool | None = None,
+        enricher: TitleEnricher | None = None,
+        encoder: dict[str, Any] | None = None,
     ) -> TaxonomyModel:
-        """A folder written by :meth:`save`; ``quantize`` overrides the saved int8-encoder switch.
+        """A folder written by :meth:`save`; ``quantize`` overrides the saved int8-encoder switch;
+        ``encoder``: more :class:`TextEncoder` options (``runtime``, ``precision``, ``export_root``).
 
         A model trained with enrichment needs its ``enricher`` rebuilt from ``read_manifest(path)["enrich"]``
         (:func:`taxonomist.inference.taxonomy.load_model` does that).
@@ -443,6 +448,7 @@ class TaxonomyModel:
             max_length=enc["max_length"],
             batch_size=enc["batch_size"],
             quantize=enc["quantize"] if quantize is None else quantize,
+            **(encoder or {}),
         )
         methods = manifest["methods"]
         self = cls(

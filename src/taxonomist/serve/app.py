@@ -99,6 +99,8 @@ def create_app(
     request_timeout_s: float = 30.0,
     max_queue: int = 1024,
     max_decodes: int = DEFAULT_MAX_DECODES,
+    runtime: str = "auto",
+    precision: str | None = None,
 ) -> FastAPI:
     """Load ``checkpoint`` (a directory, or any :class:`ServedModel`) and build the app around it.
 
@@ -107,7 +109,8 @@ def create_app(
     decode and rejected (422) beyond :func:`~taxonomist.data.images.pixel_limits`; at most
     ``max_decodes`` uploads are decoded at a time, which bounds the memory decoding takes. ``max_queue``
     images may wait for a forward before requests are shed with 503. Raises ``ValueError`` for a limit
-    that would refuse every request.
+    that would refuse every request. ``runtime``/``precision``: see
+    :meth:`~taxonomist.inference.predictor.Predictor.from_pretrained`.
     """
     _check_limits(
         max_upload_bytes=max_upload_bytes,
@@ -125,7 +128,7 @@ def create_app(
     if not request_timeout_s > 0:  # NaN included
         raise ValueError(f"request_timeout_s must be positive, got {request_timeout_s}")
     model = (
-        load_model(checkpoint, max_pixels=max_pixels)
+        load_model(checkpoint, max_pixels=max_pixels, runtime=runtime, precision=precision)
         if isinstance(checkpoint, (str, os.PathLike))
         else checkpoint
     )

@@ -33,6 +33,8 @@ class ModelInfo:
     backbone: str
     fingerprint: str
     """Backbone fingerprint (weights + preprocessing): the feature-cache key the heads were trained on."""
+    runtime: str = "torch fp32"
+    """What computes the answers, e.g. ``openvino bf16`` (see taxonomist.models.runtime)."""
 
 
 class ServedModel(Protocol):
@@ -70,8 +72,16 @@ class AttributeModel:
         self.max_pixels = max_pixels
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> AttributeModel:
-        predictor = Predictor.from_pretrained(directory)
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        runtime: str = "auto",
+        precision: str | None = None,
+    ) -> AttributeModel:
+        """``runtime``/``precision``: see :meth:`Predictor.from_pretrained` (auto: the fastest installed)."""
+        predictor = Predictor.from_pretrained(directory, runtime=runtime, precision=precision)
         ckpt = predictor.checkpoint
         info = ModelInfo(
             name=Path(directory).resolve().name,
@@ -79,6 +89,7 @@ class AttributeModel:
             kind="attribute-heads",
             backbone=ckpt.backbone.name,
             fingerprint=ckpt.fingerprint,
+            runtime=predictor.runtime,
         )
         return cls(predictor, info, max_pixels=max_pixels)
 
@@ -107,10 +118,16 @@ class AttributeModel:
 
 
 LOADERS: dict[str, Callable[..., ServedModel]] = {"attribute-heads": AttributeModel.load}
-"""Checkpoint ``kind`` → loader(directory, *, max_pixels)."""
+"""Checkpoint ``kind`` → loader(directory, *, max_pixels, runtime, precision)."""
 
 
-def load_model(directory: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ServedModel:
+def load_model(
+    directory: str | os.PathLike,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    runtime: str = "auto",
+    precision: str | None = None,
+) -> ServedModel:
     """Load whichever served family the checkpoint's manifest names."""
     meta = Path(directory) / META_FILE
     if not meta.is_file():
@@ -120,4 +137,4 @@ def load_model(directory: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PI
         raise CheckpointError(
             f"{directory}: cannot serve checkpoint kind {kind!r}; servable: {sorted(LOADERS)}"
         )
-    return LOADERS[kind](directory, max_pixels=max_pixels)
+    return LOADERS[kind](directory, max_pixels=max_pixels, runtime=runtime, precision=precision)

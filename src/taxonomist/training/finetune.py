@@ -2,10 +2,10 @@
 
 Phase 1 trains everything on the rows kept by the missing-label policy, with separate learning rates for
 backbone and heads, AdamW, cosine-with-warmup or plateau schedules, clipping, accumulation, optional MMD
-between training and validation features, augmentation, and early stopping on the validation competition
+between training and dev features, augmentation, and early stopping on the dev competition
 score. Every epoch is checkpointed (accelerate state) and a rerun resumes from the last one. Phase 2
 freezes everything but one attribute's head and trains it on every row labelled for that attribute,
-from cached shared features, so it costs seconds; a head is kept only if validation does not drop.
+from cached shared features, so it costs seconds; a head is kept only if its dev score does not drop.
 
 Data parallel through accelerate: ``torchrun --nproc_per_node N -m taxonomist.cli train --recipe finetune``
 (or ``accelerate launch``); ``finetune.batch_size`` is the global batch, split across processes.
@@ -31,13 +31,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from taxonomist.config import ConfigError, FinetuneConfig, RunConfig
-from taxonomist.data.catalog import CATEGORY, ID, Catalog, expand_path, load_catalog
+from taxonomist.data.catalog import CATEGORY, ID, Catalog
 from taxonomist.data.images import ImageLoadError, load_image
 from taxonomist.data.labels import MISSING, encode_labels
-from taxonomist.data.policies import apply_policy, policy_options
+from taxonomist.data.prepare import DATA_REPORT, DataReport, prepare_catalog
 from taxonomist.data.schema import Schema
-from taxonomist.data.split import split_per_category
-from taxonomist.devices import resolve_device, resolve_precision
+from taxonomist.devices import resolve_precision
 from taxonomist.io import atomic_write, atomic_write_text
 from taxonomist.metrics import attribute_score
 from taxonomist.models.attention_head import AttentionHeads
@@ -215,7 +214,7 @@ def build_augment(fc: FinetuneConfig, preprocess: Preprocess) -> BatchAugment:
 
 @dataclass
 class _Data:
-    """The recipe's rows: validation keeps its true labels, training rows went through the policy."""
+    """The recipe's rows: dev ("val") keeps its true labels, training rows went through the policy."""
 
     catalog: Catalog
     schema: Schema
@@ -270,7 +269,9 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.train.seed)
-    data = _prepare_data(cfg)
+    data, data_report = _prepare_data(cfg)
+    if accelerator.is_main_process:
+        atomic_write_text(output_dir / DATA_REPORT, data_report.to_json())
     run = _set_up_model(cfg, data, accelerator, progress)
     state = _resume(output_dir, accelerator)
     resumed_from = state.next_epoch
@@ -330,26 +331,20 @@ def _accelerator(fc: FinetuneConfig) -> Any:
     )
 
 
-def _prepare_data(cfg: RunConfig) -> _Data:
-    """Load → split → missing-label policy (training rows only) → schema (given, or inferred)."""
-    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
-    schema = Schema.load(expand_path(cfg.catalog.schema)) if cfg.catalog.schema else None
-    train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
-    full_train = catalog.frame.iloc[train_idx].reset_index(drop=True)
-    filled = apply_policy(
-        cfg.missing_labels.policy,
-        full_train,
-        catalog.attributes_by_category,
-        **policy_options(cfg.missing_labels),
+def _prepare_data(cfg: RunConfig) -> tuple[_Data, DataReport]:
+    """The shared data step: its dev part is this recipe's "val" (epochs, phase-2 heads); its test part
+    is left to ``evaluate``."""
+    prepared = prepare_catalog(cfg)
+    schema = prepared.schema
+    data = _Data(
+        prepared.catalog,
+        schema,
+        list(schema.categories),
+        prepared.part("train"),
+        prepared.train,
+        prepared.part("dev"),
     )
-    val_frame = catalog.frame.iloc[val_idx].reset_index(drop=True)
-    if schema is None:
-        schema = Schema.infer(
-            pd.concat([filled.frame, val_frame]),
-            catalog.attributes_by_category,
-            attributes=catalog.attributes,
-        )
-    return _Data(catalog, schema, list(schema.categories), full_train, filled.frame, val_frame)
+    return data, prepared.report
 
 
 def _set_up_model(cfg: RunConfig, data: _Data, accelerator: Any, progress: bool) -> _Setup:
@@ -547,10 +542,10 @@ def warm_start_heads(
     progress: bool,
 ) -> float:
     """LP-FT's first step: the heads recipe on cached features of the (still frozen) backbone."""
-    from taxonomist.features.embed import embed_catalog
+    from taxonomist.features.embed import embed_catalog, runtime_backbone
     from taxonomist.training.heads import feature_set, fit_heads
 
-    frozen = build_backbone(cfg.backbone).optimize_for_inference().to(resolve_device(cfg.embed.device))
+    frozen = runtime_backbone(build_backbone(cfg.backbone), cfg.embed)
     embedded = embed_catalog(catalog, frozen, cfg.embed, progress=progress)
     catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in embedded.errors))
     train_set, _ = feature_set(train_frame, catalog, embedded, schema, categories)

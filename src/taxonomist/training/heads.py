@@ -1,7 +1,7 @@
 """Recipe ``heads``: frozen backbone features (cached) → :class:`AttributeHeads`, trained in seconds.
 
-The loop keeps the epoch with the best validation score (the competition metric, not the loss) and
-stops when it has not improved for ``patience`` epochs.
+The loop keeps the epoch with the best dev score (the competition metric, not the loss) and stops when
+it has not improved for ``patience`` epochs; the test part is only scored.
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ import pandas as pd
 import torch
 
 from taxonomist.config import ConfigError, RunConfig, TrainConfig
-from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path, load_catalog
+from taxonomist.data.catalog import CATEGORY, ID, TEXT
 from taxonomist.data.images import write_errors
 from taxonomist.data.labels import MISSING, encode_labels
-from taxonomist.data.policies import apply_policy, policy_options
+from taxonomist.data.prepare import DATA_REPORT, PARTS, DataReport, prepare_catalog
 from taxonomist.data.schema import Schema
-from taxonomist.data.split import split_per_category
 from taxonomist.devices import resolve_device
-from taxonomist.features.embed import embed_catalog
+from taxonomist.features.embed import embed_catalog, runtime_backbone
 from taxonomist.features.text import LexicalView, ListingText, TextFeatures, text_cache
 from taxonomist.io import atomic_write_text
 from taxonomist.metrics import (
@@ -207,15 +206,20 @@ def fit_heads(
 class TrainReport:
     output_dir: str
     score: float
+    """Dev score: the split every choice was made on."""
     report: AttributeReport
     history: History
     calibration: dict[str, dict[str, float]]
     embed_seconds: float
     train_seconds: float
     n_train: int
-    n_val: int
+    n_dev: int
     image_errors: int
     policy: str
+    test_report: AttributeReport | None = None
+    """Test part, seen by no choice; None without a test part (``train.test_fraction=0``)."""
+    n_test: int = 0
+    data: DataReport | None = None
 
 
 def logits_to_frame(
@@ -316,87 +320,76 @@ def build_heads(
 
 
 def embedding_backbone(cfg: RunConfig) -> tuple[Backbone, dict[str, torch.Tensor] | None]:
-    """The frozen backbone the heads recipes embed with (rewritten for inference, on ``embed.device``),
+    """The frozen backbone the heads recipes embed with (on ``embed``'s device, runtime and precision),
     and the weights their checkpoint must carry: None for pretrained ones, which are rebuilt from their
-    name; a copy taken before the rewrite for anything else."""
+    name; a copy for anything else."""
     backbone = build_backbone(cfg.backbone)
     state = None if cfg.backbone.pretrained else copy.deepcopy(backbone.state_dict())
-    return backbone.optimize_for_inference().to(resolve_device(cfg.embed.device)), state
+    return runtime_backbone(backbone, cfg.embed), state
 
 
 def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> TrainReport:
+    """Heads on the training part; dev picks the epoch, prior correction and temperatures; test is only
+    scored. ``data_report.json`` says what the data step dropped, masked or found suspicious."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
-    schema = Schema.load(expand_path(cfg.catalog.schema)) if cfg.catalog.schema else None
-    train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
-    # The policy fills or drops training labels only: validation keeps the true (gappy) labels.
-    filled = apply_policy(
-        cfg.missing_labels.policy,
-        catalog.frame.iloc[train_idx],
-        catalog.attributes_by_category,
-        **policy_options(cfg.missing_labels),
-    )
-    if schema is None:
-        schema = Schema.infer(
-            pd.concat([filled.frame, catalog.frame.iloc[val_idx]]),
-            catalog.attributes_by_category,
-            attributes=catalog.attributes,
-        )
+    data = prepare_catalog(cfg)
+    catalog, schema = data.catalog, data.schema
     backbone, backbone_state = embedding_backbone(cfg)
     embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
     errors = embedded.errors
     write_errors(errors, output_dir / "image_errors.csv")
     catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in errors))
+    data.report.unreadable_images = {
+        name: int((~embedded.ok[getattr(data.split, name)]).sum()) for name in PARTS
+    }
+    atomic_write_text(output_dir / DATA_REPORT, data.report.to_json())
     categories = list(schema.categories)
-    train_set, train_frame = feature_set(filled.frame, catalog, embedded, schema, categories)
-    val_set, val_frame = feature_set(
-        catalog.frame.iloc[val_idx].reset_index(drop=True), catalog, embedded, schema, categories
-    )
+    train_set, train_frame = feature_set(data.train, catalog, embedded, schema, categories)
+    dev_set, dev_frame = feature_set(data.part("dev"), catalog, embedded, schema, categories)
+    test_set, test_frame = feature_set(data.part("test"), catalog, embedded, schema, categories)
     text = None
     if "text" in cfg.heads.inputs:
-        text = attach_text(cfg, train_frame, (train_set, train_frame), (val_set, val_frame))
+        text = attach_text(
+            cfg, train_frame, (train_set, train_frame), (dev_set, dev_frame), (test_set, test_frame)
+        )
     # Seeded here, not earlier: whether embedding ran (its DataLoader draws from the global RNG) or hit
     # the cache must not change the initial weights.
     torch.manual_seed(cfg.train.seed)
     model = build_heads(cfg, embedded.features.shape[1], allowed_masks(schema, categories), text)
-    val_ids, val_cats = val_frame[ID].tolist(), val_frame[CATEGORY].tolist()
 
     def score(logits: Mapping[str, torch.Tensor]) -> float:
-        pred = logits_to_frame(logits, val_ids, val_cats, schema)
-        return attribute_score(val_frame, pred, schema.categories).score
+        return part_report(logits, dev_frame, schema).score
 
     history = fit_heads(
         model,
         train_set,
-        val_set,
+        dev_set,
         score,
         cfg.train,
         progress=progress,
         text_dropout=cfg.text.text_dropout,
         image_dropout=cfg.text.image_dropout,
     )
-    val_logits = predict_logits(model, val_set)
     adjustment = prior_adjustment(train_set, model, cfg.train.class_balance)
-
-    def adjust(logits: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {a: z + torch.tensor(adjustment[a]) if a in adjustment else z for a, z in logits.items()}
-
-    adjusted = adjust(val_logits)
-    temperatures, calibration = calibrate(adjusted, val_set, model, enabled=cfg.train.calibrate)
+    dev_logits = shift(predict_logits(model, dev_set), adjustment)
+    temperatures, calibration = calibrate(dev_logits, dev_set, model, enabled=cfg.train.calibrate)
     by_inputs: dict[str, dict[str, float]] = {}
     if text is not None:
         # A row without its title (or image) is scored by the same heads but is less certain: its own
         # temperature keeps those confidences calibrated too.
         hidden = {"image": "text", **({"text": "image"} if cfg.text.image_dropout > 0 else {})}
         for inputs, hide in hidden.items():
-            logits = adjust(predict_logits(model, val_set, hide=hide))
+            logits = shift(predict_logits(model, dev_set, hide=hide), adjustment)
             by_inputs[inputs], calibration_part = calibrate(
-                logits, val_set, model, enabled=cfg.train.calibrate
+                logits, dev_set, model, enabled=cfg.train.calibrate
             )
             calibration = {**calibration, **{f"{a} ({inputs} only)": v for a, v in calibration_part.items()}}
-    report = attribute_score(
-        val_frame, logits_to_frame(adjusted, val_ids, val_cats, schema), schema.categories
+    report = part_report(dev_logits, dev_frame, schema)
+    test_report = (
+        part_report(shift(predict_logits(model, test_set), adjustment), test_frame, schema)
+        if len(test_set)
+        else None
     )
     checkpoint = HeadsCheckpoint.of(
         cfg,
@@ -406,7 +399,13 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         embedded.features.shape[1],
         temperatures=temperatures,
         logit_adjustment=adjustment,
-        metrics={"val_score": report.score, "best_epoch": history.best_epoch, "calibration": calibration},
+        metrics={
+            "dev_score": report.score,
+            "test_score": None if test_report is None else test_report.score,
+            "selection_split": "dev",
+            "best_epoch": history.best_epoch,
+            "calibration": calibration,
+        },
         text=text_record(cfg, text) if text is not None else {},
         temperatures_by_inputs=by_inputs,
     )
@@ -423,26 +422,51 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         embedded.seconds,
         history.seconds,
         len(train_set),
-        len(val_set),
+        len(dev_set),
         len(errors),
-        filled.summary(),
+        data.policy.summary(),
+        test_report,
+        len(test_set),
+        data.report,
     )
     atomic_write_text(output_dir / "metrics.json", json.dumps(summary_dict(result), indent=1))
-    atomic_write_text(output_dir / "report.md", report.to_markdown(include_pairs=True))
+    markdown = report.to_markdown(include_pairs=True)
+    if test_report is not None:
+        markdown = f"## dev (chose epoch and temperatures)\n\n{markdown}\n## test (reported only)\n\n"
+        markdown += test_report.to_markdown(include_pairs=True)
+    atomic_write_text(output_dir / "report.md", markdown)
     return result
+
+
+def part_report(logits: Mapping[str, torch.Tensor], frame: pd.DataFrame, schema: Schema) -> AttributeReport:
+    """The competition score of ``logits`` on ``frame``'s rows (same order)."""
+    pred = logits_to_frame(logits, frame[ID].tolist(), frame[CATEGORY].tolist(), schema)
+    return attribute_score(frame, pred, schema.categories)
+
+
+def shift(
+    logits: Mapping[str, torch.Tensor], adjustment: Mapping[str, list[float]]
+) -> dict[str, torch.Tensor]:
+    """Logits plus the prior correction, where there is one."""
+    return {a: z + torch.tensor(adjustment[a]) if a in adjustment else z for a, z in logits.items()}
 
 
 def summary_dict(result: TrainReport) -> dict:
     return {
         "score": result.score,
+        "dev_score": result.score,
+        "test_score": None if result.test_report is None else result.test_report.score,
+        "selection_split": "dev",
         "report": result.report.to_dict(),
+        "test_report": None if result.test_report is None else result.test_report.to_dict(),
         "history": result.history.epochs,
         "best_epoch": result.history.best_epoch,
         "calibration": result.calibration,
         "embed_seconds": result.embed_seconds,
         "train_seconds": result.train_seconds,
         "n_train": result.n_train,
-        "n_val": result.n_val,
+        "n_dev": result.n_dev,
+        "n_test": result.n_test,
         "image_errors": result.image_errors,
         "policy": result.policy,
     }

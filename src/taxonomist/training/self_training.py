@@ -14,8 +14,9 @@ retraining on them alone changes little; titles name values the image model miss
 every checkpoint, stays image-only.
 
 Held-out labeled rows ("dev") pick each round's epoch, fit its temperatures and pick the best round:
-the validation split is only reported on. Every round lands in ``out/round-k/`` (checkpoint, pseudo-labels,
-metrics) before ``progress.json`` names it done, so a rerun after a kill resumes at the next round.
+the test part of the shared data step is only reported on. Every round lands in ``out/round-k/``
+(checkpoint, pseudo-labels, metrics) before ``progress.json`` names it done, so a rerun after a kill
+resumes at the next round.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ import pandas as pd
 import torch
 
 from taxonomist.config import ConfigError, RunConfig
-from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path, load_catalog
+from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path
 from taxonomist.data.labels import MISSING
 from taxonomist.data.policies import apply_policy, policy_options
+from taxonomist.data.prepare import DATA_REPORT, DataReport, PreparedData, prepare_catalog
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
 from taxonomist.features.embed import embed_catalog
@@ -214,8 +216,8 @@ class SelfTrainingData:
     fit: FeatureSet
     dev: FeatureSet
     dev_frame: pd.DataFrame
-    val: FeatureSet
-    val_frame: pd.DataFrame
+    test: FeatureSet
+    test_frame: pd.DataFrame
     pool_frame: pd.DataFrame
     pool_views: list[FeatureSet]
     """Original view first; the pool's labels in there are the hidden ones: never trained on."""
@@ -224,19 +226,31 @@ class SelfTrainingData:
     """Calibrated title-classifier probabilities of the pool's rows; None = no text view."""
     text_report: dict | None = None
     """The title classifier's temperatures and accuracies (dev; pool, against the hidden labels)."""
+    data_report: DataReport | None = None
 
     def score(self, frame: pd.DataFrame, logits: Mapping[str, torch.Tensor]) -> AttributeReport:
         pred = logits_to_frame(logits, frame[ID].tolist(), frame[CATEGORY].tolist(), self.schema)
         return attribute_score(frame, pred, self.schema.categories)
 
 
+def training_rows(data: PreparedData) -> np.ndarray:
+    """Positional rows of ``data.catalog`` this recipe may learn from: every part but test."""
+    return np.sort(np.concatenate([data.split.train, data.split.dev]))
+
+
 def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
-    """Split, hide the pool's labels from training, embed every part (pool: every view) through the cache."""
+    """Split, hide the pool's labels from training, embed every part (pool: every view) through the cache.
+
+    The shared data step gives the test part (only reported) and the rows this recipe partitions into
+    labeled fit and dev rows and the unlabeled pool: its train and dev parts together, since a
+    semi-supervised run holds out dev rows from its own labeled budget.
+    """
     st = cfg.self_training
-    catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
-    train_idx, val_idx = split_per_category(catalog.frame, cfg.train.val_fraction, cfg.train.seed)
+    data = prepare_catalog(cfg)
+    catalog = data.catalog
+    train_idx = training_rows(data)
     train_frame = catalog.frame.iloc[train_idx].reset_index(drop=True)
-    val_frame = catalog.frame.iloc[val_idx].reset_index(drop=True)
+    test_frame = data.part("test")
     parts = partition(
         train_frame, catalog.attributes_by_category, st.labeled_fraction, st.dev_fraction, st.seed
     )
@@ -247,12 +261,12 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
         **policy_options(cfg.missing_labels),
     )
     dev_frame = train_frame.iloc[parts.dev].reset_index(drop=True)
-    # The vocabulary comes from the rows whose labels are known (as ``train`` does), never the hidden ones.
+    # The vocabulary comes from the labeled training rows only: never the hidden ones, never test.
     schema = (
         Schema.load(expand_path(cfg.catalog.schema))
         if cfg.catalog.schema
         else Schema.infer(
-            pd.concat([labeled.frame, dev_frame, val_frame]),
+            pd.concat([labeled.frame, dev_frame]),
             catalog.attributes_by_category,
             attributes=catalog.attributes,
         )
@@ -269,7 +283,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
 
     fit, fit_frame = feature_set(labeled.frame, catalog, embedded, schema, categories)
     dev, dev_frame = feature_set(dev_frame, catalog, embedded, schema, categories)
-    val, val_frame = feature_set(val_frame, catalog, embedded, schema, categories)
+    test, test_frame = feature_set(test_frame, catalog, embedded, schema, categories)
     readable = np.logical_and.reduce([embedded.ok[train_idx[parts.pool]], *(e.ok for e in views)])
     pool_frame = pool_catalog.frame[readable].reset_index(drop=True)
     pool_views = [feature_set(pool_frame, catalog, embedded, schema, categories)[0]] + [
@@ -292,13 +306,14 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
         fit,
         dev,
         dev_frame,
-        val,
-        val_frame,
+        test,
+        test_frame,
         pool_frame,
         pool_views,
         embed_seconds,
         pool_text,
         text_report,
+        data.report,
     )
 
 
@@ -362,7 +377,7 @@ class RoundModel:
 def train_round(
     cfg: RunConfig, data: SelfTrainingData, train_set: FeatureSet, teacher: RoundModel | None, progress: bool
 ) -> tuple[RoundModel, dict]:
-    """Heads on ``train_set``, epoch picked and temperatures fitted on dev; scores on dev and validation."""
+    """Heads on ``train_set``, epoch picked and temperatures fitted on dev; scores on dev and test."""
     torch.manual_seed(cfg.train.seed)
     model = data.checkpoint.build_model()
     if cfg.self_training.warm_start and teacher is not None:
@@ -378,12 +393,12 @@ def train_round(
     adjustment = prior_adjustment(train_set, model, cfg.train.class_balance)
     dev_logits = adjust(predict_logits(model, data.dev), adjustment)
     temperatures, _ = calibrate(dev_logits, data.dev, model, enabled=cfg.train.calibrate)
-    val_report = data.score(data.val_frame, adjust(predict_logits(model, data.val), adjustment))
+    test_report = data.score(data.test_frame, adjust(predict_logits(model, data.test), adjustment))
     record = {
         "dev_score": data.score(data.dev_frame, dev_logits).score,
-        "val_score": val_report.score,
-        "val_per_attribute": dict(
-            zip(val_report.per_attribute["attribute"], val_report.per_attribute["harmonic"], strict=True)
+        "test_score": test_report.score,
+        "test_per_attribute": dict(
+            zip(test_report.per_attribute["attribute"], test_report.per_attribute["harmonic"], strict=True)
         ),
         "n_train_rows": len(train_set),
         "best_epoch": history.best_epoch,
@@ -397,11 +412,11 @@ class SelfTrainingReport:
     rounds: list[dict]
     """Per round: scores, pseudo-label counts and precision, supervised accuracy on the same cells."""
     best_round: int
-    """Round with the best score on the held-out labeled rows (not on validation)."""
+    """Round with the best score on the held-out labeled rows (never on test)."""
     n_fit: int
     n_dev: int
     n_pool: int
-    n_val: int
+    n_test: int
     embed_seconds: float
     text_view: dict | None = None
     """The title classifier's temperatures and accuracies; None = the teacher read images only."""
@@ -419,6 +434,8 @@ def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True)
     out.mkdir(parents=True, exist_ok=True)
     state = load_progress(out / PROGRESS_FILE, resume_settings(cfg))
     data = prepare(cfg, progress=progress)
+    if data.data_report is not None:
+        atomic_write_text(out / DATA_REPORT, data.data_report.to_json())
     truth = {a: v.numpy() for a, v in data.pool_views[0].labels.items()}
     records: list[dict] = state["rounds"]
     teacher: RoundModel | None = None
@@ -452,7 +469,7 @@ def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True)
             record |= scores | {"seconds": time.perf_counter() - round_start}
             checkpoint = copy.copy(data.checkpoint)
             checkpoint.temperatures, checkpoint.logit_adjustment = current.temperatures, current.adjustment
-            checkpoint.metrics = {"val_score": record["val_score"], "dev_score": record["dev_score"]}
+            checkpoint.metrics = {"test_score": record["test_score"], "dev_score": record["dev_score"]}
             checkpoint.save(round_dir, current.model, data.backbone_state)
             cfg.save(round_dir / "config.yaml")
             atomic_write_text(round_dir / METRICS_FILE, json.dumps(record, indent=1))
@@ -472,7 +489,7 @@ def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True)
         len(data.fit),
         len(data.dev),
         len(data.pool_frame),
-        len(data.val),
+        len(data.test),
         data.embed_seconds,
         data.text_report,
     )

@@ -239,7 +239,7 @@ def _fit_seq2seq(
 
 
 def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True) -> TaxonomyTrainReport:
-    """Fit on the training part, choose the ensemble on dev, save, and score every method on dev."""
+    """Fit on the training part, choose the ensemble and brand threshold on dev, save, score on dev."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -260,6 +260,8 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
     )
     with timed(seconds, "enrich_index"):  # the corpus (if any) is embedded once, timed apart
         model = build_model(cfg, encoder)
+    if not cfg.enrich.corpus:
+        del seconds["enrich_index"]
     losses: dict[str, list[float]] = {}
     methods = set(cfg.train.methods)
     if cfg.encoder.finetune_epochs > 0 and methods & {"heads", "retrieval"}:

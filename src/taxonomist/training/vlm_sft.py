@@ -38,6 +38,7 @@ from taxonomist.data.chat import (
     examples_to_records,
 )
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadError, load_image, write_errors
+from taxonomist.data.prepare import DATA_REPORT, prepare_catalog
 from taxonomist.data.schema import Schema
 from taxonomist.devices import resolve_device, resolve_precision
 from taxonomist.io import atomic_write_text
@@ -333,7 +334,10 @@ def train_sft(cfg: VLMConfig, output_dir: str | Path, *, progress: bool = True) 
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    train_examples, val_examples, schema = build_examples(cfg)
+    data = prepare_catalog(cfg) if cfg.task == "attributes" else None
+    if data is not None:
+        atomic_write_text(output_dir / DATA_REPORT, data.report.to_json())
+    train_examples, val_examples, schema = build_examples(cfg, data=data)
     train_examples, errors = readable_examples(train_examples)
     val_examples, val_errors = readable_examples(val_examples)
     errors += val_errors

@@ -146,23 +146,11 @@ class Backbone(torch.nn.Module):
         """``(B, 3, H, W)`` -> ``(B, feature_map_dim, h, w)`` spatial map for attention heads."""
         raise NotImplementedError
 
-    def optimize_for_inference(self) -> Backbone:
-        """Make eval-mode CPU inference faster in place; families without a trick just switch to eval.
-
-        Outputs stay equal to eager within float tolerance, so the fingerprint (computed before any
-        rewrite) stays valid and cached embeddings remain usable.
-        """
-        self.eval()
-        self.fingerprint()
-        self._fingerprint_state = None  # rewritten weights must not trigger a re-hash
-        self.inference_only = True
-        return self
-
     def train(self, mode: bool = True) -> Backbone:
         if mode and self.inference_only:
             raise RuntimeError(
-                f"{self.name}: optimize_for_inference() rewrote the weights for inference; "
-                "create a fresh backbone to fine-tune"
+                f"{self.name}: this backbone runs an inference export; "
+                "create a fresh (torch) backbone to fine-tune"
             )
         return super().train(mode)
 
@@ -184,6 +172,10 @@ class Backbone(torch.nn.Module):
             self._fingerprint = self._hash_weights()
             self._fingerprint_state = state
         return self._fingerprint
+
+    def source_fingerprint(self) -> str:
+        """The fingerprint of the torch weights this backbone runs (a runtime export overrides it)."""
+        return self.fingerprint()
 
     def _fingerprint_inputs(self) -> tuple[Any, ...]:
         """Cheap proxy for everything hashed: tensor identities and in-place version counters."""

@@ -116,7 +116,7 @@ class HFBackbone(Backbone):
         prefix = hidden.shape[1] - h * w  # CLS, distillation and register tokens precede the patches
         if prefix < 0:
             raise RuntimeError(f"{self.name}: {hidden.shape[1]} tokens cannot form a {h}x{w} grid")
-        return hidden[:, prefix:].transpose(1, 2).reshape(len(hidden), -1, h, w)
+        return hidden[:, prefix:].transpose(1, 2).reshape(hidden.shape[0], -1, h, w)
 
     def _grid(self, height: int, width: int) -> tuple[int, int]:
         if self._patch_size is None:

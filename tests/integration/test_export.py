@@ -1,0 +1,114 @@
+"""``taxonomist export`` and runtime loading end to end on a tiny trained run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from taxonomist.cli.main import app
+from taxonomist.inference import export as export_module
+from taxonomist.inference.predictor import Predictor
+from taxonomist.models.runtime import EXPORTS_DIR, MANIFEST
+
+from .conftest import invoke
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def run(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _, config = tiny_run
+    ckpt = tmp_path_factory.mktemp("export") / "run"
+    invoke("train", "-c", str(config), "-o", str(ckpt), "-q")
+    return ckpt
+
+
+def _images(tiny_run: tuple[Path, Path]) -> tuple[list[Path], list[str]]:
+    images = tiny_run[0].parent / "images"
+    return [images / f"{1000 + i}.jpg" for i in range(6)], ["Tops", "Bags"] * 3
+
+
+def test_checkpoint_without_export_exports_on_first_load(run: Path, tiny_run: tuple[Path, Path]) -> None:
+    torch_predictor = Predictor.from_pretrained(run, runtime="torch")
+    fast = Predictor.from_pretrained(run, runtime="onnxruntime")
+    assert (run / EXPORTS_DIR / "onnxruntime-fp32" / MANIFEST).is_file()
+    assert fast.runtime == "onnxruntime fp32" and torch_predictor.runtime == "torch fp32"
+    # features never share a cache key across numerics; torch fp32 keeps the checkpoint's
+    assert torch_predictor.backbone.fingerprint() == torch_predictor.checkpoint.fingerprint
+    assert fast.backbone.fingerprint() != torch_predictor.backbone.fingerprint()
+    paths, categories = _images(tiny_run)
+    for a, b in zip(torch_predictor.predict(paths, categories), fast.predict(paths, categories), strict=True):
+        for attribute, value in a.attributes.items():
+            assert b.attributes[attribute].value == value.value
+            assert abs(b.attributes[attribute].confidence - value.confidence) < 1e-4
+
+
+def test_export_command_writes_a_parity_report(run: Path, tiny_run: tuple[Path, Path]) -> None:
+    output = invoke(
+        "export", str(run), "--runtime", "openvino", "--precision", "bf16", "--parity-rows", "40", "-q"
+    )
+    assert "openvino bf16" in output
+    manifest = json.loads((run / EXPORTS_DIR / "openvino-bf16" / MANIFEST).read_text())
+    parity = manifest["parity"]
+    assert parity["passed"] and parity["rows"] > 0
+    assert set(parity["per_attribute"]) == {"color", "fit"}
+    predictor = Predictor.from_pretrained(run, precision="bf16")  # auto picks the export's runtime
+    assert predictor.runtime == "openvino bf16"
+    assert len(predictor.predict(*_images(tiny_run))) == 6
+
+
+def test_int8_is_calibrated_and_checked(run: Path) -> None:
+    result = CliRunner().invoke(app, ["export", str(run), "--precision", "int8", "-q"])
+    assert result.exit_code != 0 and "--calibrate" in result.output
+    invoke(
+        "export",
+        str(run),
+        "--runtime",
+        "onnxruntime",
+        "--precision",
+        "int8",
+        "--calibrate",
+        "32",
+        "--tolerance",
+        "1",
+        "-q",
+    )
+    manifest = json.loads((run / EXPORTS_DIR / "onnxruntime-int8" / MANIFEST).read_text())
+    assert manifest["calibration_rows"] == 32 and manifest["parity"]["passed"]
+    assert manifest["feature_key"].split("-")[1:3] == ["onnxruntime", "int8"]
+
+
+def test_export_above_tolerance_is_refused(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = export_module.parity
+
+    def worse(*args: object, **kwargs: object) -> export_module.ParityReport:
+        report = real(*args, **kwargs)
+        report.export_score = report.torch_score - 0.02
+        return report
+
+    monkeypatch.setattr(export_module, "parity", worse)
+    result = CliRunner().invoke(
+        app, ["export", str(run), "--runtime", "openvino", "--precision", "fp32", "--parity-rows", "20", "-q"]
+    )
+    assert result.exit_code == 1
+    assert "export refused" in result.output and "tolerance 0.0050" in result.output
+    assert not (run / EXPORTS_DIR / "openvino-fp32").exists()  # nothing a loader could pick up
+    refused = json.loads((run / EXPORTS_DIR / "openvino-fp32.refused.json").read_text())
+    assert refused["passed"] is False and refused["score_drop"] == pytest.approx(0.02)
+    assert not list((run / EXPORTS_DIR).glob(".candidate-*"))
+
+
+def test_heads_fitted_on_a_runtime_record_its_numerics(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    _, config = tiny_run
+    output = invoke(
+        "train", "-c", str(config), "-o", str(tmp_path / "run"), "-q", "--set", "embed.runtime=onnxruntime"
+    )
+    assert "features computed on onnxruntime fp32" in output
+    meta = json.loads((tmp_path / "run" / "taxonomist.json").read_text())
+    assert meta["features"]["runtime"] == "onnxruntime"
+    # the checkpoint's fingerprint is the feature key: runtime and precision included
+    assert meta["fingerprint"] == f"{meta['features']['weights_fingerprint']}-onnxruntime-fp32"
+    assert Predictor.from_pretrained(tmp_path / "run", runtime=None).runtime == "onnxruntime fp32"
