@@ -19,7 +19,7 @@ from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT, ListingHeads, modality
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 from taxonomist.training.heads import FeatureSet, fit_heads, predict_logits, set_text
 
-N = 400
+N = 600
 WORDS = ["alpha", "bravo", "charlie", "delta"]
 
 
@@ -54,7 +54,7 @@ def _train(rule: str, inputs: str, text_dropout: float = 0.0) -> tuple[object, F
     torch.manual_seed(0)
     (train, titles, dense), (val, val_titles, val_dense) = _data(rule, 0), _data(rule, 1)
     masks = allowed_masks(_schema(), ["Tops"])
-    cfg = TrainConfig(epochs=15, batch_size=64, lr=0.01, patience=15)
+    cfg = TrainConfig(epochs=25, batch_size=64, lr=0.01, patience=25)
     if inputs == "image":
         model = AttributeHeads(8, masks, hidden=[32], category_dim=2, dropout=0.0)
     else:
