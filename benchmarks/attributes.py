@@ -252,6 +252,9 @@ def main() -> None:
             "catalog.category_column=category",
             f"catalog.image_root={test_catalog.image_root}",
             "catalog.min_rows_per_category=0",
+            # The rows are written with the frame's own column names; the image heads read no text.
+            "catalog.text_column=null",
+            "catalog.text_columns=[]",
         ],
     )
     cfg_pred.save(work / "predict.yaml")
