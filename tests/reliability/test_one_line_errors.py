@@ -88,7 +88,21 @@ def test_train_with_no_readable_image_says_where_it_looked(cli, tiny: Tiny, tmp_
 
 def test_serve_refuses_a_port_out_of_range(cli, tiny: Tiny) -> None:
     code, _, err = cli("serve", tiny.checkpoint, "--port", "99999")
-    assert code == 2 and "'--port': Input should be less than or equal to 65535" in " ".join(err.split())
+    assert code == 2 and "'--port': Input should be less than or equal to 65535" in _one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["predict"], "Missing argument 'checkpoint'"),
+        (["train", "--bogus"], "No such option: --bogus"),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_help(cli, args: list[str], message: str) -> None:
+    """Regression: click's usage errors printed a multi-line box instead of the CLI's one ``error:`` line."""
+    code, _, err = cli(*args)
+    line = _one_error_line(err)
+    assert code == 2 and message in line and f"see 'taxonomist {args[0]} --help'" in line
 
 
 def test_serve_refuses_a_queue_smaller_than_one_request(cli, tiny: Tiny) -> None:

@@ -304,7 +304,7 @@ def test_user_input_errors_end_as_one_line(tmp_path: Path, capsys: pytest.Captur
 
 
 def test_every_user_error_class_is_handled(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    def resume_conflict(args: list[str] | None = None) -> None:
+    def resume_conflict(args: list[str] | None = None, **_: object) -> None:
         raise ResumeError("out holds a partial run with other input or settings")
 
     monkeypatch.setattr(cli_main, "app", resume_conflict)
@@ -327,7 +327,7 @@ def test_every_user_error_class_is_handled(monkeypatch: pytest.MonkeyPatch, caps
 
 
 def test_bugs_keep_their_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
-    def bug(args: list[str] | None = None) -> None:
+    def bug(args: list[str] | None = None, **_: object) -> None:
         raise KeyError("a real bug")
 
     monkeypatch.setattr(cli_main, "app", bug)

@@ -579,9 +579,22 @@ def main(args: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_third_party()
     try:
-        app(args=args)
+        status = app(args=args, prog_name="taxonomist", standalone_mode=False)
+    except typer.Abort:  # Ctrl-C, as typer reports it
+        print("Aborted!", file=sys.stderr)
+        raise SystemExit(1) from None
+    except typer.TyperException as err:  # a bad flag, value or missing argument: one line, not a box
+        ctx = getattr(err, "ctx", None)
+        if type(err).__name__ == "NoArgsIsHelpError":  # a command group called bare: its help
+            print(err.format_message(), file=sys.stderr)
+        else:
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            print(f"error: {err.format_message()}{hint}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
     except Exception as err:
         if not isinstance(err, user_errors()):
             raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    if isinstance(status, int) and status:  # typer.Exit(code) returns its code outside standalone mode
+        raise SystemExit(status)
