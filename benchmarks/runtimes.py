@@ -23,11 +23,9 @@ Usage: ``python benchmarks/runtimes.py [--checkpoint RUN] [--taxonomy-checkpoint
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -35,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 from common import machine, replace_section
-from serve_load import batch_histogram, drive, free_port, load_images, start_server
+from serve_load import free_port, load_images, measure, start_server
 
 from taxonomist.config import load_config
 from taxonomist.data.catalog import CATEGORY, ID, expand_path
@@ -154,20 +152,9 @@ def bench_serve(checkpoint: Path, variants: list[str], args, category: str) -> d
         base = f"http://127.0.0.1:{port}"
         extra = ["--runtime", runtime, "--precision", precision]
         proc = start_server(checkpoint, port, 32, 10.0, extra)
-        try:
-            asyncio.run(drive(base, images, category, args.clients, 2.0))  # warm-up
-            before = batch_histogram(_get(f"{base}/metrics"))
-            start = time.perf_counter()
-            latencies, errors = asyncio.run(drive(base, images, category, args.clients, args.serve_seconds))
-            elapsed = time.perf_counter() - start
-            after = batch_histogram(_get(f"{base}/metrics"))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        latencies, errors, elapsed, before, after = measure(
+            proc, base, images, category, args.clients, args.serve_seconds
+        )
         ms = np.array(latencies) * 1000 if latencies else np.array([float("nan")])
         batches = after[1] - before[1]
         out[name] = {
@@ -179,12 +166,6 @@ def bench_serve(checkpoint: Path, variants: list[str], args, category: str) -> d
         }
         print(name, json.dumps(out[name]), flush=True)
     return out
-
-
-def _get(url: str) -> str:
-    import httpx
-
-    return httpx.get(url, timeout=30).text
 
 
 def bench_taxonomy(checkpoint: Path | None, args, work: Path) -> dict:

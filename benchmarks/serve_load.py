@@ -123,19 +123,23 @@ async def drive(
     return latencies, errors
 
 
-def run_once(
-    args: argparse.Namespace, images: list[tuple[str, bytes]], category: str, max_batch_size: int
-) -> dict:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = start_server(args.checkpoint, port, max_batch_size, args.max_wait_ms)
+def measure(
+    proc: subprocess.Popen,
+    base: str,
+    images: list[tuple[str, bytes]],
+    category: str,
+    clients: int,
+    seconds: float,
+) -> tuple[list[float], int, float, tuple, tuple]:
+    """Warm up, then drive ``clients`` for ``seconds``: (latencies, errors, elapsed seconds, batch histogram
+    before, after). The server is stopped whatever happens."""
     try:
-        asyncio.run(drive(base, images, category, args.clients, min(2.0, args.seconds)))  # warm-up
-        before = batch_histogram(httpx.get(f"{base}/metrics").text)
+        asyncio.run(drive(base, images, category, clients, min(2.0, seconds)))  # warm-up
+        before = batch_histogram(httpx.get(f"{base}/metrics", timeout=30).text)
         start = time.perf_counter()
-        latencies, errors = asyncio.run(drive(base, images, category, args.clients, args.seconds))
+        latencies, errors = asyncio.run(drive(base, images, category, clients, seconds))
         elapsed = time.perf_counter() - start
-        after = batch_histogram(httpx.get(f"{base}/metrics").text)
+        after = batch_histogram(httpx.get(f"{base}/metrics", timeout=30).text)
     finally:
         proc.terminate()
         try:
@@ -143,6 +147,18 @@ def run_once(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    return latencies, errors, elapsed, before, after
+
+
+def run_once(
+    args: argparse.Namespace, images: list[tuple[str, bytes]], category: str, max_batch_size: int
+) -> dict:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_server(args.checkpoint, port, max_batch_size, args.max_wait_ms)
+    latencies, errors, elapsed, before, after = measure(
+        proc, base, images, category, args.clients, args.seconds
+    )
     sizes, previous = {}, 0.0
     for le, count in after[0].items():  # cumulative buckets → batches with size in (previous bound, le]
         cumulative = count - before[0].get(le, 0.0)
