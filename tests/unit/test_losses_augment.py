@@ -60,6 +60,33 @@ def test_missing_labels_change_nothing() -> None:
     assert empty.item() == 0 and empty.requires_grad
 
 
+def test_data_parallel_shards_average_to_the_global_batch_gradient() -> None:
+    """Two shards with unequal labelled counts: DDP's mean of their gradients is the global one."""
+    torch.manual_seed(0)
+    logits = {"color": torch.randn(8, 3), "size": torch.randn(8, 2)}
+    labels = {
+        "color": torch.tensor([0, -1, 2, -1, 1, 1, 0, 2]),
+        "size": torch.tensor([1, -1, -1, -1, 0, 1, 1, 0]),
+    }
+
+    def grads(z: dict, y: dict, **kw) -> dict:
+        z = {a: t.clone().requires_grad_() for a, t in z.items()}
+        masked_cross_entropy(z, y, 0.1, gamma=2.0, **kw).backward()
+        return {a: t.grad for a, t in z.items()}
+
+    full = grads(logits, labels)
+    halves = [slice(0, 4), slice(4, 8)]
+    counts = [torch.tensor([(labels[a][h] != -1).sum() for a in labels]).float() for h in halves]
+    total = counts[0] + counts[1]
+    shard = [
+        grads({a: t[h] for a, t in logits.items()}, {a: t[h] for a, t in labels.items()},
+              sum_over_processes=lambda _c: total, num_processes=2)
+        for h in halves
+    ]  # fmt: skip
+    for a in logits:
+        assert torch.allclose(torch.cat([shard[0][a], shard[1][a]]) / 2, full[a], atol=1e-6)
+
+
 # --- MMD -------------------------------------------------------------------------------------------
 
 

@@ -150,10 +150,18 @@ def _collate(batch):
 
 
 def _loss(
-    cfg: RunConfig, logits: Mapping[str, torch.Tensor], labels: torch.Tensor, ok: torch.Tensor
+    cfg: RunConfig, logits: Mapping[str, torch.Tensor], labels: torch.Tensor, ok: torch.Tensor, accelerator
 ) -> torch.Tensor:
+    """Masked loss of the global batch: labelled counts are summed over the data-parallel processes."""
     targets = {a: torch.where(ok, labels[:, i], MISSING) for i, a in enumerate(logits)}
-    return masked_cross_entropy(logits, targets, cfg.finetune.label_smoothing, gamma=cfg.finetune.focal_gamma)
+    return masked_cross_entropy(
+        logits,
+        targets,
+        cfg.finetune.label_smoothing,
+        gamma=cfg.finetune.focal_gamma,
+        sum_over_processes=lambda t: accelerator.reduce(t, reduction="sum"),
+        num_processes=accelerator.num_processes,
+    )
 
 
 @dataclass
@@ -362,8 +370,16 @@ def _set_up_model(cfg: RunConfig, data: _Data, accelerator: Any, progress: bool)
         "num_workers": fc.num_workers,
         "persistent_workers": fc.num_workers > 0,
     }
+    # A partial last batch would be padded with repeated rows on several processes (accelerate's
+    # even batches), so 1 and N processes would train on different batches: it is dropped instead,
+    # as timm does, unless it is the only batch.
     train_loader = DataLoader(
-        train_rows, batch_size=fc.batch_size, shuffle=True, generator=generator, **loader_args
+        train_rows,
+        batch_size=fc.batch_size,
+        shuffle=True,
+        generator=generator,
+        drop_last=len(train_rows) > fc.batch_size,
+        **loader_args,
     )
     val_loader = DataLoader(val_rows, batch_size=fc.batch_size, **loader_args)
     warm_score = None
@@ -467,7 +483,7 @@ def _step_loss(
 ) -> torch.Tensor:
     """Masked (focal) cross-entropy on augmented pixels, plus MMD to validation features if asked."""
     logits, pooled = run.model(run.augment(pixels), category)
-    loss = _loss(cfg, logits, labels, ok)
+    loss = _loss(cfg, logits, labels, ok, run.accelerator)
     if run.unlabeled is not None:
         other, *_ = next(run.unlabeled)
         features = run.unwrapped.pooled(run.unwrapped.features(other))

@@ -8,7 +8,7 @@ All terms are computed in float32, so they stay finite under mixed precision (wh
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -30,6 +30,14 @@ def focal_cross_entropy(
     ``gamma`` = 0 is plain (label-smoothed) cross-entropy. Without any labelled row the result is a
     zero that keeps the graph. Masks instead of boolean indexing: no host sync on GPU.
     """
+    total, count = _focal_sum(logits, target, label_smoothing, gamma)
+    return total / count.clamp_min(1)
+
+
+def _focal_sum(
+    logits: torch.Tensor, target: torch.Tensor, label_smoothing: float, gamma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of the per-row focal loss over labelled rows, and their count."""
     keep = target != MISSING
     z = logits.float().clamp_min(NEG_INF)  # -inf (NEG_INF in half precision) would give NaN rows
     y = target.clamp_min(0)[:, None]
@@ -43,7 +51,7 @@ def focal_cross_entropy(
     if gamma:
         # Clamped: a row predicted with p == 1.0 exactly would give 0 ** gamma a NaN gradient for gamma < 1.
         nll = (1 - target_log_p.exp()).clamp_min(1e-12) ** gamma * nll
-    return torch.where(keep, nll, 0).sum() / keep.sum().clamp_min(1)
+    return torch.where(keep, nll, 0).sum(), keep.sum()
 
 
 def masked_cross_entropy(
@@ -52,17 +60,28 @@ def masked_cross_entropy(
     label_smoothing: float = 0.0,
     *,
     gamma: float = 0.0,
+    sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    num_processes: int = 1,
 ) -> torch.Tensor:
     """Mean over attributes that have a labelled row of :func:`focal_cross_entropy`.
 
     Same call as ``training.heads.masked_cross_entropy`` plus ``gamma``; an attribute without any
     label in the batch is left out of the mean rather than counted as zero.
+
+    Data-parallel: ``sum_over_processes`` (an all-reduce sum) makes each attribute's mean run over the
+    labelled rows of *every* process's batch, and the result is scaled by ``num_processes`` so that
+    DDP's averaging of gradients yields the gradient of the global batch's loss. A per-process mean
+    would weigh a row by how many labelled rows its own shard happened to get.
     """
-    losses = torch.stack(
-        [focal_cross_entropy(z, labels[a], label_smoothing, gamma) for a, z in logits.items()]
+    sums, counts = zip(
+        *(_focal_sum(z, labels[a], label_smoothing, gamma) for a, z in logits.items()), strict=True
     )
-    labelled = torch.stack([(labels[a] != MISSING).any() for a in logits])
-    return (losses * labelled).sum() / labelled.sum().clamp_min(1)
+    total, count = torch.stack(sums), torch.stack(counts).float()
+    if sum_over_processes is not None:
+        count = sum_over_processes(count)
+    per_attribute = total * num_processes / count.clamp_min(1)
+    labelled = count > 0
+    return (per_attribute * labelled).sum() / labelled.sum().clamp_min(1)
 
 
 def mmd_loss(
