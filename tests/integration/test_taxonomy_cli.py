@@ -150,6 +150,23 @@ def test_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> None:
     )
     assert again.exit_code == 0
     assert pd.read_csv(out / "predictions.csv", keep_default_na=False).equals(pred)
+    # The encoder's numerics are part of the job: int8 into the fp32 job's folder is refused, and in
+    # its own folder it runs on ONNX Runtime's dynamic int8 and gives valid paths.
+    int8 = ["--runtime", "onnxruntime", "--precision", "int8", "-q"]
+    mixed = CliRunner().invoke(
+        app, ["taxonomy", "predict", str(run), "--data", str(tmp_path / "new.csv"), "-o", str(out), *int8]
+    )
+    assert isinstance(mixed.exception, ResumeError), mixed.output
+    out8 = tmp_path / "pred8"
+    result = CliRunner().invoke(
+        app, ["taxonomy", "predict", str(run), "--data", str(tmp_path / "new.csv"), "-o", str(out8), *int8]
+    )
+    assert result.exit_code == 0, result.output
+    pred8 = pd.read_csv(out8 / "predictions.csv", keep_default_na=False)
+    assert pred8["id"].tolist() == ["a", "c"]
+    assert all(
+        p in predictor.taxonomy for p in pred8[["supergroup", "group", "module"]].itertuples(index=False)
+    )
     # Regression: other titles under the same file name were answered with the old parts.
     titles.assign(title=["Kapo Men's Polo Neck T-Shirt", "", "Telra Heels"]).to_csv(
         tmp_path / "new.csv", index=False

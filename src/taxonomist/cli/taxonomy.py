@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from taxonomist.cli.export import PredictRuntimeOpt
 from taxonomist.cli.options import ConfigOpt, JobOutputOpt, QuietOpt, SetOpt, resolve_config
 from taxonomist.config import TaxonomyConfig
 
@@ -20,6 +21,13 @@ MethodOpt = Annotated[
     str | None,
     typer.Option(
         help="retrieval | heads | lexical | seq2seq | ensemble | soft | vote (default: predict.method)."
+    ),
+]
+EncoderPrecisionOpt = Annotated[
+    Literal["fp32", "bf16", "int8"],
+    typer.Option(
+        help="The sentence encoder's numerics: fp32 (torch's), bf16 (OpenVINO) or int8 (ONNX Runtime "
+        "dynamic quantization, no calibration)."
     ),
 ]
 
@@ -89,6 +97,8 @@ def evaluate(
             "confusions, the surest wrong paths with titles, and predictions.csv."
         ),
     ] = None,
+    runtime: PredictRuntimeOpt = "auto",
+    precision: EncoderPrecisionOpt = "fp32",
     quiet: QuietOpt = False,
 ) -> None:
     """Score every method of a checkpoint on labelled titles (by default the run's untouched test split)."""
@@ -96,7 +106,7 @@ def evaluate(
     from taxonomist.inference.taxonomy import load_model
     from taxonomist.training.taxonomy import evaluate_model, load_titles, split_part
 
-    model = load_model(checkpoint)
+    model = load_model(checkpoint, runtime=runtime, precision=precision)
     cfg = load_config(checkpoint / "config.yaml", cls=TaxonomyConfig)
     if data is None:
         titles = split_part(load_titles(cfg), cfg, split)
@@ -138,6 +148,8 @@ def predict(
     title_column: Annotated[str, typer.Option(help="Column holding the titles.")] = "title",
     id_column: Annotated[str, typer.Option(help="Column holding row ids (default: row number).")] = "id",
     method: MethodOpt = None,
+    runtime: PredictRuntimeOpt = "auto",
+    precision: EncoderPrecisionOpt = "fp32",
     quiet: QuietOpt = False,
 ) -> None:
     """Predict a path and brand for every title; empty titles are skipped into errors.csv."""
@@ -148,7 +160,9 @@ def predict(
     chunk_size = (
         load_config(run_config, cls=TaxonomyConfig).predict.chunk_size if run_config.is_file() else None
     )
-    predictor = TaxonomyPredictor.from_pretrained(checkpoint, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE)
+    predictor = TaxonomyPredictor.from_pretrained(
+        checkpoint, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, runtime=runtime, precision=precision
+    )
     summary = predictor.predict_file(
         data, output, title_column=title_column, id_column=id_column, method=method, progress=not quiet
     )

@@ -90,7 +90,10 @@ class TaxonomyPredictor:
         atomic_write_frame(errors[[ID, "line", "reason", "file"]], output_dir / "errors.csv")
         good = frame[~bad].reset_index(drop=True)
         writer = ChunkedWriter(
-            output_dir, good[[ID, TITLE]], self.chunk_size, {"model": self.version, "method": method}
+            output_dir,
+            good[[ID, TITLE]],
+            self.chunk_size,
+            {"model": self.version, "method": method, "encoder": self.model.encoder.fingerprint()},
         )
         start = time.perf_counter()
         with progress_bar("titles", disable=not progress) as bar:

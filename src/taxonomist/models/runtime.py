@@ -217,9 +217,24 @@ def _quantize_onnxruntime(folder: Path, calibration: Sequence[np.ndarray]) -> No
     os.replace(folder / "backbone.int8.onnx", fp32)
 
 
+def quantize_dynamic_onnx(path: Path) -> None:
+    """ONNX Runtime's dynamic int8 quantization of ``path`` in place (for transformers: no calibration)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantized = path.with_suffix(".int8.onnx")
+    quantize_dynamic(str(path), str(quantized), per_channel=True, weight_type=QuantType.QInt8)
+    os.replace(quantized, path)
+
+
 def to_openvino(
-    folder: Path, calibration: Sequence[np.ndarray] | None, parts: Sequence[str] = ("backbone", "heads")
+    folder: Path,
+    calibration: Sequence[np.ndarray] | None,
+    parts: Sequence[str] = ("backbone", "heads"),
+    *,
+    compress_weights: bool = False,
 ) -> None:
+    """Convert ``folder``'s ONNX parts to OpenVINO IR; the backbone is statically quantized with NNCF on
+    ``calibration`` batches, or (``compress_weights``) gets int8 weights only, which needs no data."""
     import openvino as ov
 
     for part in parts:
@@ -230,6 +245,10 @@ def to_openvino(
             import nncf
 
             model = nncf.quantize(model, nncf.Dataset(list(calibration)), subset_size=len(calibration))
+        elif part == "backbone" and compress_weights:
+            import nncf
+
+            model = nncf.compress_weights(model)
         ov.save_model(model, str(folder / f"{part}.xml"), compress_to_fp16=False)
         (folder / f"{part}.onnx").unlink()
 

@@ -54,7 +54,9 @@ class TextEncoder:
     ``quantize=True`` applies torch's dynamic int8 quantization to the Linear layers (torch runtime
     only); ``runtime``/``precision`` run :meth:`encode` on ONNX Runtime or OpenVINO instead, exported on
     first use into ``export_root`` (default: the feature cache's ``exports`` folder). Both are
-    inference-time switches, never saved into weights.
+    inference-time switches, never saved into weights. Text int8 needs no calibration rows: ONNX
+    Runtime quantizes dynamically (int8 weights, activations quantized per batch), OpenVINO compresses
+    the weights to int8 (NNCF); ``auto`` picks ONNX Runtime.
     """
 
     def __init__(
@@ -80,8 +82,8 @@ class TextEncoder:
         self.batch_size = batch_size
         self.quantize = quantize
         self._inference_model: torch.nn.Module | None = None
-        if precision == "int8":
-            raise rt.RuntimeUnavailable("text encoders run fp32 or bf16 on a runtime; for int8 use quantize")
+        if precision == "int8" and runtime == "auto" and rt.is_installed("onnxruntime"):
+            runtime = "onnxruntime"  # dynamic int8, the usual choice for transformers (no calibration)
         self.runtime = rt.resolve_runtime(runtime, precision, self.device)
         self.precision = precision
         self.export_root = Path(export_root) if export_root else _default_export_root()
@@ -147,8 +149,10 @@ class TextEncoder:
                 rt.export_onnx(
                     module, tuple(sample[n] for n in names), tmp / "backbone.onnx", names, ["hidden"], axes
                 )
+                if self.runtime == "onnxruntime" and self.precision == "int8":
+                    rt.quantize_dynamic_onnx(tmp / "backbone.onnx")
                 if self.runtime == "openvino":
-                    rt.to_openvino(tmp, None, parts=("backbone",))
+                    rt.to_openvino(tmp, None, parts=("backbone",), compress_weights=self.precision == "int8")
 
             rt.build_once(folder, key, self.runtime, self.precision, build)
             ext = "onnx" if self.runtime == "onnxruntime" else "xml"
