@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from taxonomist.config import MissingLabelConfig
 from taxonomist.data.catalog import CATEGORY
 
 LEN = "len"
@@ -139,15 +138,6 @@ POLICIES: dict[str, Callable[..., PolicyResult]] = {
     "dynamic-fill": dynamic_fill,
     "similar-mode": similar_mode,
 }
-
-
-def policy_options(policy: MissingLabelConfig) -> dict:
-    """The keyword options of ``policy``'s missing-label function (this module)."""
-    if policy.policy == "similar-mode":
-        return {"max_nans": policy.max_nans}
-    if policy.policy == "dynamic-fill":
-        return {"fill_value": policy.fill_value}
-    return {}
 
 
 def apply_policy(

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from taxonomist.config import RunConfig, VLMConfig
+from taxonomist.config import MissingLabelConfig, RunConfig, VLMConfig
 from taxonomist.data.catalog import CATEGORY, ID, Catalog, CatalogError, expand_path, load_catalog
 from taxonomist.data.images import ImageLoadError, content_hash
-from taxonomist.data.policies import PolicyResult, apply_policy, policy_options
+from taxonomist.data.policies import PolicyResult, apply_policy
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import Split, split_train_dev_test
 
@@ -369,6 +369,16 @@ def _trained_attributes(
         if not covers[category]:
             report.left_out_categories[category] = "no training row has a label"
     return {c: a for c, a in covers.items() if a}
+
+
+def policy_options(policy: MissingLabelConfig) -> dict:
+    """The keyword options of ``policy``'s missing-label function (``data/policies.py``), so the
+    policies take plain arguments."""
+    if policy.policy == "similar-mode":
+        return {"max_nans": policy.max_nans}
+    if policy.policy == "dynamic-fill":
+        return {"fill_value": policy.fill_value}
+    return {}
 
 
 def prepare_catalog(cfg: RunConfig | VLMConfig, catalog: Catalog | None = None) -> PreparedData:

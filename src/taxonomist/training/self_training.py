@@ -37,8 +37,8 @@ import torch
 from taxonomist.config import ConfigError, RunConfig
 from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path
 from taxonomist.data.labels import MISSING
-from taxonomist.data.policies import apply_policy, policy_options
-from taxonomist.data.prepare import DATA_REPORT, DataReport, PreparedData, prepare_catalog
+from taxonomist.data.policies import apply_policy
+from taxonomist.data.prepare import DATA_REPORT, DataReport, PreparedData, policy_options, prepare_catalog
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
 from taxonomist.features.embed import embed_catalog
