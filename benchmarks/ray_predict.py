@@ -34,6 +34,7 @@ from common import machine, replace_section
 from taxonomist.config import load_config
 from taxonomist.data.catalog import load_catalog
 from taxonomist.data.images import read_errors
+from taxonomist.features.build import embed_options
 from taxonomist.inference.predictor import Predictor
 from taxonomist.inference.ray_engine import predict_with_ray, read_ray_output
 from taxonomist.training.heads import train
@@ -96,7 +97,7 @@ def main() -> None:
     t0 = time.perf_counter()
     predictor = Predictor.from_pretrained(checkpoint)
     local = predictor.predict_catalog(
-        catalog, work / "local", embed=cfg.embed, chunk_size=args.shard_rows, progress=False
+        catalog, work / "local", **embed_options(cfg.embed), chunk_size=args.shard_rows, progress=False
     )
     local_seconds = time.perf_counter() - t0
 

@@ -17,6 +17,7 @@ from taxonomist.config import BackboneConfig, EmbedConfig, load_config
 from taxonomist.data.catalog import Catalog, load_catalog
 from taxonomist.data.labels import MISSING
 from taxonomist.data.prepare import prepare_catalog
+from taxonomist.features.build import embed_options
 from taxonomist.features.embed import embed_catalog, view_fingerprint
 from taxonomist.io import ResumeError
 from taxonomist.models.build import build_backbone
@@ -117,12 +118,12 @@ def test_hflip_view_encodes_the_mirrored_image_and_is_cached_apart(tmp_path: Pat
     )
     backbone = build_backbone(BackboneConfig(pretrained=False, size=32, color_features=False))
     cfg = EmbedConfig(num_workers=0, cache_dir=str(tmp_path / "cache"))
-    original = embed_catalog(catalog, backbone, cfg, progress=False)
-    flipped = embed_catalog(catalog, backbone, cfg, progress=False, view="hflip")
+    original = embed_catalog(catalog, backbone, **embed_options(cfg), progress=False)
+    flipped = embed_catalog(catalog, backbone, **embed_options(cfg), progress=False, view="hflip")
     assert flipped.computed == 2  # the original view's cache entries are not the mirrored view's
     np.testing.assert_allclose(flipped.features, original.features[::-1], rtol=1e-4, atol=1e-12)
     assert view_fingerprint(backbone, "hflip") != view_fingerprint(backbone)
-    assert embed_catalog(catalog, backbone, cfg, progress=False, view="hflip").cached == 2
+    assert embed_catalog(catalog, backbone, **embed_options(cfg), progress=False, view="hflip").cached == 2
 
 
 @pytest.fixture(scope="module")

@@ -347,6 +347,7 @@ def predict(
     under --images (default: the catalog file's folder) as catalog.image_template. When every row, or more
     than predict.max_error_share of them, failed, the command ends with exit status 2."""
     from taxonomist.data.catalog import load_for_prediction
+    from taxonomist.features.build import embed_options
     from taxonomist.inference.inputs import record_input
     from taxonomist.inference.predictor import Predictor
 
@@ -407,7 +408,7 @@ def predict(
     summary = predictor.predict_catalog(
         catalog,
         output,
-        embed=cfg.embed,
+        **embed_options(cfg.embed),
         min_confidence=cfg.predict.min_confidence,
         placeholder=cfg.predict.placeholder,
         chunk_size=cfg.predict.chunk_size,
@@ -431,13 +432,14 @@ def embed(
 ) -> None:
     """Compute and cache backbone features for a catalog, so later training runs start warm."""
     from taxonomist.data.catalog import load_catalog
+    from taxonomist.features.build import embed_options, runtime_options
     from taxonomist.features.embed import embed_catalog, runtime_backbone
     from taxonomist.models.build import build_backbone
 
     cfg = resolve_config(config, overrides, **{"catalog.image_root": images})
     catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
-    backbone = runtime_backbone(build_backbone(cfg.backbone), cfg.embed)
-    result = embed_catalog(catalog, backbone, cfg.embed, progress=not quiet)
+    backbone = runtime_backbone(build_backbone(cfg.backbone), **runtime_options(cfg.embed))
+    result = embed_catalog(catalog, backbone, **embed_options(cfg.embed), progress=not quiet)
     console.print(
         f"{len(catalog)} images: {result.cached} cached, {result.computed} computed, "
         f"{len(result.errors)} errors in {result.seconds:.1f}s (backbone {backbone.fingerprint()})"

@@ -10,14 +10,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 import numpy as np
 import torch
 from PIL import ImageOps
 from torch.utils.data import DataLoader, Dataset
 
-from taxonomist.config import EmbedConfig
 from taxonomist.data.catalog import Catalog
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadError, content_hash, load_image
 from taxonomist.devices import module_device, resolve_device
@@ -33,14 +32,40 @@ View = Literal["original", "hflip"]
 whose prediction should agree with the original's, since no attribute here depends on left/right."""
 
 
-def runtime_backbone(backbone: Backbone, cfg: EmbedConfig) -> Backbone:
-    """``backbone`` on ``cfg``'s device, runtime and precision (exported once into the cache)."""
-    device = resolve_device(cfg.device)
-    root = Path(cfg.cache_dir or default_cache_dir()) / "exports" / backbone.fingerprint()
-    runtime, _, _ = on_runtime(
-        backbone.to(device), None, runtime=cfg.runtime, precision=cfg.precision, device=device, root=root
+class EmbedOptions(TypedDict):
+    """How :func:`embed_catalog` and a predictor's batch job decode and encode (``features/build.py``
+    fills it from the ``embed`` config section)."""
+
+    batch_size: int
+    num_workers: int
+    max_pixels: int
+    cache_dir: str | None
+
+
+class RuntimeOptions(TypedDict):
+    """Where :func:`runtime_backbone` runs a backbone."""
+
+    device: str
+    runtime: str
+    precision: str
+    cache_dir: str | None
+
+
+def runtime_backbone(
+    backbone: Backbone,
+    *,
+    device: str = "auto",
+    runtime: str = "torch",
+    precision: str = "fp32",
+    cache_dir: str | None = None,
+) -> Backbone:
+    """``backbone`` on ``device``, ``runtime`` and ``precision`` (exported once into the cache)."""
+    resolved = resolve_device(device)
+    root = Path(cache_dir or default_cache_dir()) / "exports" / backbone.fingerprint()
+    on, _, _ = on_runtime(
+        backbone.to(resolved), None, runtime=runtime, precision=precision, device=resolved, root=root
     )
-    return runtime
+    return on
 
 
 def view_fingerprint(backbone: Backbone, view: View = "original") -> str:
@@ -201,8 +226,11 @@ def _encode(
 def embed_catalog(
     catalog: Catalog,
     backbone: Backbone,
-    cfg: EmbedConfig,
     *,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    cache_dir: str | None = None,
     use_cache: bool = True,
     progress: bool = True,
     view: View = "original",
@@ -212,10 +240,10 @@ def embed_catalog(
         catalog.ids,
         catalog.image_paths(),
         backbone,
-        cache=FeatureCache(cfg.cache_dir, view_fingerprint(backbone, view)) if use_cache else None,
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        max_pixels=cfg.max_pixels,
+        cache=FeatureCache(cache_dir, view_fingerprint(backbone, view)) if use_cache else None,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        max_pixels=max_pixels,
         progress=progress,
         description="embed" if view == "original" else f"embed ({view})",
         view=view,

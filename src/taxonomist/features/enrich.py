@@ -8,12 +8,13 @@ encoder and are cached on disk by (encoder fingerprint, text hash), so a corpus 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from taxonomist.config import EnrichConfig
 from taxonomist.data.catalog import expand_path
 from taxonomist.data.taxonomy import normalize_text
 from taxonomist.features.cache import FeatureCache
@@ -61,8 +62,19 @@ class Enricher:
         self.index.add(np.ascontiguousarray(corpus, dtype=np.float32))
 
     @classmethod
-    def from_config(cls, cfg: EnrichConfig, cache_dir: str | None = None) -> Enricher:
-        path = expand_path(cfg.corpus or "")
+    def from_file(
+        cls,
+        corpus: str | os.PathLike,
+        *,
+        title_column: str = "title",
+        text_columns: Sequence[str] = ("description",),
+        encoder: str = "all-MiniLM-L6-v2",
+        k: int = 1,
+        max_chars: int = 200,
+        cache_dir: str | None = None,
+    ) -> Enricher:
+        """The corpus file's titles and their ``text_columns`` joined with ", ", searched by ``encoder``."""
+        path = expand_path(corpus)
         if not Path(path).is_file():
             raise FileNotFoundError(f"enrichment corpus not found: {path}")
         frame = (
@@ -70,17 +82,18 @@ class Enricher:
             if path.suffix == ".parquet"
             else pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines="skip")
         )
-        columns = [cfg.title_column, *cfg.text_columns]
+        columns = [title_column, *text_columns]
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise ValueError(
                 f"{path}: corpus column(s) {missing} not found; columns are {list(frame.columns)}"
             )
         frame = frame[columns].fillna("").astype(str)
-        frame = frame[frame[cfg.title_column].str.strip() != ""]
-        texts = frame[cfg.text_columns].agg(", ".join, axis=1).tolist()
-        encoder = TextEncoder(cfg.encoder, quantize=False)
-        return cls(frame[cfg.title_column].tolist(), texts, encoder, cfg.k, cfg.max_chars, cache_dir)
+        frame = frame[frame[title_column].str.strip() != ""]
+        texts = frame[list(text_columns)].agg(", ".join, axis=1).tolist()
+        return cls(
+            frame[title_column].tolist(), texts, TextEncoder(encoder, quantize=False), k, max_chars, cache_dir
+        )
 
     def enrich(self, titles: list[str]) -> list[str]:
         if not titles:

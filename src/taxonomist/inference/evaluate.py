@@ -23,6 +23,7 @@ from taxonomist.data.catalog import (
 from taxonomist.data.images import REASONS as IMAGE_REASONS
 from taxonomist.data.prepare import DATA_REPORT, DataReport, prepare_catalog
 from taxonomist.data.schema import Schema
+from taxonomist.features.build import embed_options
 from taxonomist.features.embed import embed_catalog
 from taxonomist.inference.predictor import ROW_ERROR_COLUMNS, Predictor, row_errors, wide_named_frame
 from taxonomist.io import atomic_write_frame, atomic_write_text
@@ -157,7 +158,7 @@ def evaluate(
         )
     if unknown.any():
         catalog = catalog.subset(~unknown.to_numpy())
-    embedded = embed_catalog(catalog, predictor.backbone, cfg.embed, progress=progress)
+    embedded = embed_catalog(catalog, predictor.backbone, **embed_options(cfg.embed), progress=progress)
     good = np.flatnonzero(embedded.ok)
     frame = catalog.frame
     cats = frame[CATEGORY].astype(str).to_numpy()

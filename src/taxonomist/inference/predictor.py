@@ -15,7 +15,6 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from taxonomist.config import EmbedConfig
 from taxonomist.data.catalog import CATEGORY, ID, MEESHO_MAX_ATTRS, TEXT, Catalog
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 from taxonomist.data.schema import SchemaError
@@ -348,7 +347,10 @@ class Predictor:
         catalog: Catalog,
         out_dir: str | os.PathLike,
         *,
-        embed: EmbedConfig | None = None,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        cache_dir: str | None = None,
         min_confidence: float = 0.0,
         placeholder: str = "",
         chunk_size: int = 512,
@@ -363,7 +365,6 @@ class Predictor:
 
         Listing heads read the catalog's ``text`` column (a catalog without one: every row blank);
         image-only heads never read it."""
-        embed = embed or EmbedConfig()
         start = time.perf_counter()
         out_dir = Path(out_dir)
         frame = catalog.frame
@@ -386,7 +387,7 @@ class Predictor:
         writer = ChunkedWriter(out_dir, rows_in, chunk_size, settings)
         todo = writer.pending()
         resumed = writer.n_chunks - len(todo)
-        cache = FeatureCache(embed.cache_dir, self.backbone.fingerprint()) if use_cache else None
+        cache = FeatureCache(cache_dir, self.backbone.fingerprint()) if use_cache else None
         predicted_now = 0
         done_before = len(frame) - sum(len(writer.chunk_rows(k)) for k in todo)
         with progress_bar("row", disable=not progress) as bar:
@@ -400,9 +401,9 @@ class Predictor:
                     texts=[all_texts[r] for r in rows] if all_texts is not None else None,
                     allow_missing_image=allow_missing_image,
                     cache=cache,
-                    batch_size=embed.batch_size,
-                    num_workers=embed.num_workers,
-                    max_pixels=embed.max_pixels,
+                    batch_size=batch_size,
+                    num_workers=num_workers,
+                    max_pixels=max_pixels,
                     min_confidence=min_confidence,
                     placeholder=placeholder,
                 )

@@ -130,10 +130,9 @@ def load_model(
     settings = TaxonomyModel.read_manifest(path)["enrich"]
     enricher = None
     if settings:
-        from taxonomist.config import EnrichConfig
-        from taxonomist.features.enrich import Enricher
+        from taxonomist.features.build import enricher_from_settings
 
-        enricher = Enricher.from_config(EnrichConfig(**settings))
+        enricher = enricher_from_settings(settings)
     root = exports_root(path, default_cache_dir() / "exports")
     encoder = {"runtime": runtime, "precision": precision, "export_root": root}
     return TaxonomyModel.load(path, quantize=quantize, enricher=enricher, encoder=encoder)

@@ -558,11 +558,12 @@ def warm_start_heads(
     progress: bool,
 ) -> float:
     """LP-FT's first step: the heads recipe on cached features of the (still frozen) backbone."""
+    from taxonomist.features.build import embed_options, runtime_options
     from taxonomist.features.embed import embed_catalog, runtime_backbone
     from taxonomist.training.heads import feature_set, fit_heads
 
-    frozen = runtime_backbone(build_backbone(cfg.backbone), cfg.embed)
-    embedded = embed_catalog(catalog, frozen, cfg.embed, progress=progress)
+    frozen = runtime_backbone(build_backbone(cfg.backbone), **runtime_options(cfg.embed))
+    embedded = embed_catalog(catalog, frozen, **embed_options(cfg.embed), progress=progress)
     catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in embedded.errors))
     train_set, _ = feature_set(train_frame, catalog, embedded, schema, categories)
     val_set, val_rows = feature_set(val_frame, catalog, embedded, schema, categories)

@@ -27,6 +27,7 @@ from taxonomist.data.labels import MISSING, encode_labels
 from taxonomist.data.prepare import DATA_REPORT, PARTS, DataReport, prepare_catalog
 from taxonomist.data.schema import Schema
 from taxonomist.devices import resolve_device
+from taxonomist.features.build import embed_options, runtime_options
 from taxonomist.features.embed import embed_catalog, runtime_backbone
 from taxonomist.features.text import LexicalView, ListingText, TextFeatures, text_cache
 from taxonomist.io import atomic_write_text
@@ -325,7 +326,7 @@ def embedding_backbone(cfg: RunConfig) -> tuple[Backbone, dict[str, torch.Tensor
     name; a copy for anything else."""
     backbone = build_backbone(cfg.backbone)
     state = None if cfg.backbone.pretrained else copy.deepcopy(backbone.state_dict())
-    return runtime_backbone(backbone, cfg.embed), state
+    return runtime_backbone(backbone, **runtime_options(cfg.embed)), state
 
 
 def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> TrainReport:
@@ -336,7 +337,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
     data = prepare_catalog(cfg)
     catalog, schema = data.catalog, data.schema
     backbone, backbone_state = embedding_backbone(cfg)
-    embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
+    embedded = embed_catalog(catalog, backbone, **embed_options(cfg.embed), progress=progress)
     errors = embedded.errors
     write_errors(errors, output_dir / "image_errors.csv")
     catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in errors))

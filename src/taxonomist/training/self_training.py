@@ -41,6 +41,7 @@ from taxonomist.data.policies import apply_policy
 from taxonomist.data.prepare import DATA_REPORT, DataReport, PreparedData, policy_options, prepare_catalog
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
+from taxonomist.features.build import embed_options
 from taxonomist.features.embed import embed_catalog
 from taxonomist.io import ResumeError, atomic_write_frame, atomic_write_text
 from taxonomist.metrics import AttributeReport, apply_temperature, attribute_score, fit_temperature
@@ -275,10 +276,13 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
 
     backbone, backbone_state = embedding_backbone(cfg)
     start = time.perf_counter()
-    embedded = embed_catalog(catalog, backbone, cfg.embed, progress=progress)
+    embedded = embed_catalog(catalog, backbone, **embed_options(cfg.embed), progress=progress)
     catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in embedded.errors))
     pool_catalog = catalog.subset(train_idx[parts.pool])
-    views = [embed_catalog(pool_catalog, backbone, cfg.embed, progress=progress, view=v) for v in st.views]
+    views = [
+        embed_catalog(pool_catalog, backbone, **embed_options(cfg.embed), progress=progress, view=v)
+        for v in st.views
+    ]
     embed_seconds = time.perf_counter() - start
 
     fit, fit_frame = feature_set(labeled.frame, catalog, embedded, schema, categories)

@@ -33,7 +33,7 @@ from taxonomist.data.taxonomy import (
     read_flipkart,
     read_indoml,
 )
-from taxonomist.features.enrich import Enricher
+from taxonomist.features.build import build_enricher
 from taxonomist.io import atomic_write_frame, atomic_write_text
 from taxonomist.metrics.taxonomy import TaxonomyReport, invalid_paths, taxonomy_report
 from taxonomist.models.brand import BrandExtractor
@@ -95,7 +95,7 @@ def build_model(cfg: TaxonomyConfig, encoder: TextEncoder) -> TaxonomyModel:
         heads=_heads(cfg) if "heads" in methods else None,
         lexical=LexicalClassifier(cfg.lexical.C, cfg.lexical.temperature) if "lexical" in methods else None,
         seq2seq_beams=cfg.seq2seq.num_beams,
-        enricher=Enricher.from_config(cfg.enrich) if cfg.enrich.corpus else None,
+        enricher=build_enricher(cfg.enrich) if cfg.enrich.corpus else None,
         enrich=cfg.to_dict()["enrich"] if cfg.enrich.corpus else None,
         method=cfg.predict.method,
         ensemble="soft" if cfg.predict.ensemble == "dev" else cfg.predict.ensemble,
