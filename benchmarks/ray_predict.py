@@ -32,8 +32,8 @@ import torch
 from common import machine, replace_section
 
 from taxonomist.config import load_config
-from taxonomist.data.catalog import load_catalog
 from taxonomist.data.images import read_errors
+from taxonomist.data.prepare import load_catalog
 from taxonomist.features.build import embed_options
 from taxonomist.inference.predictor import Predictor
 from taxonomist.inference.ray_engine import predict_with_ray, read_ray_output

@@ -29,8 +29,9 @@ import torch
 from common import machine, replace_section, sync
 
 from taxonomist.config import CatalogConfig, GenerateConfig, PromptConfig
-from taxonomist.data.catalog import CATEGORY, load_catalog
+from taxonomist.data.catalog import CATEGORY
 from taxonomist.data.images import load_image
+from taxonomist.data.prepare import load_catalog
 from taxonomist.inference.vlm import VLMPredictor
 from taxonomist.models.vlm import random_vlm, write_metadata
 

@@ -96,7 +96,7 @@ def test_phase_two_changes_only_the_heads(tmp_path: Path) -> None:
     """Backbone, trunk and standardisation stay bit-identical; each attribute's own head moves."""
     from accelerate import Accelerator
 
-    from taxonomist.data.catalog import load_catalog
+    from taxonomist.data.prepare import load_catalog
     from taxonomist.data.schema import Schema
     from taxonomist.models.build import build_backbone
 

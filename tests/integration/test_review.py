@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from taxonomist.cli.main import app as cli
 from taxonomist.config import CatalogConfig
-from taxonomist.data.catalog import load_catalog
+from taxonomist.data.prepare import catalog_columns, catalog_titles, load_catalog, load_for_prediction
 from taxonomist.serve.review import create_review_app, image_locator
 from taxonomist.serve.storage import ReviewStore, export_training_rows
 
@@ -141,7 +141,13 @@ def test_images_are_served_by_id_only(client: TestClient, inputs: ReviewInputs, 
 
 def test_images_from_a_catalog_config(inputs: ReviewInputs, database_url: str) -> None:
     config = CatalogConfig(path=str(inputs.catalog), id_column="sku", category_column="type")
-    app = create_review_app(inputs.predictions / "predictions_long.csv", config, database_url=database_url)
+    app = create_review_app(
+        inputs.predictions / "predictions_long.csv",
+        load_for_prediction(config),
+        titles=catalog_titles(config),
+        columns=catalog_columns(config),
+        database_url=database_url,
+    )
     with TestClient(app) as client:
         item_id = inputs.long["id"].iloc[-1]
         assert client.get("/api/image", params={"id": item_id}).status_code == 200
@@ -337,7 +343,14 @@ def test_item_shows_top_values_title_and_other_attributes(
     long.to_csv(predictions / "predictions_long.csv", index=False)
     titled = make_catalog(tmp_path / "data", titles=True)
     catalog = CatalogConfig(path=str(titled), id_column="sku", category_column="type", text_column="title")
-    app = create_review_app(predictions, catalog, schema=inputs.checkpoint, database_url=database_url)
+    app = create_review_app(
+        predictions,
+        load_for_prediction(catalog),
+        titles=catalog_titles(catalog),
+        columns=catalog_columns(catalog),
+        schema=inputs.checkpoint,
+        database_url=database_url,
+    )
     with TestClient(app) as client:
         item = page(client, category="Tops", attribute="color", limit=1)["items"][0]
         allowed = schema.allowed("Tops", "color")

@@ -19,7 +19,8 @@ from taxonomist.cli import main as cli_main
 from taxonomist.cli.main import app, main
 from taxonomist.cli.options import resolve_config
 from taxonomist.config import CatalogConfig, ConfigError, RunConfig, TaxonomyConfig, VLMConfig, load_config
-from taxonomist.data.catalog import CatalogError, load_catalog, load_for_prediction, read_generic
+from taxonomist.data.catalog import CatalogError, read_generic
+from taxonomist.data.prepare import load_catalog, load_for_prediction
 from taxonomist.data.split import split_per_category
 from taxonomist.io import ResumeError
 from taxonomist.report.inspection import inspect_catalog

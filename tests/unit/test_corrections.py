@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from taxonomist.config import CatalogConfig
-from taxonomist.data.catalog import CatalogError, load_catalog
+from taxonomist.data.catalog import CatalogError
+from taxonomist.data.prepare import load_catalog
 
 
 def _config(tmp_path: Path, corrections: pd.DataFrame) -> CatalogConfig:

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from taxonomist.config import CatalogConfig, ConfigError, TrainConfig, load_config
-from taxonomist.data.catalog import TEXT, CatalogError, load_catalog, read_generic
+from taxonomist.data.catalog import TEXT, CatalogError, read_generic
+from taxonomist.data.prepare import load_catalog
 from taxonomist.data.schema import Schema
 from taxonomist.features.text import LexicalView, TextFeatures, embed_texts, text_cache, text_key
 from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT, ListingHeads, modality_dropout
@@ -206,7 +207,7 @@ def test_the_meesho_layout_has_no_text(tmp_path: Path) -> None:
 
 
 def test_prediction_reading_keeps_text_only_for_listing_heads(tmp_path: Path) -> None:
-    from taxonomist.data.catalog import load_for_prediction
+    from taxonomist.data.prepare import load_for_prediction
 
     path = tmp_path / "c.csv"
     pd.DataFrame({"id": [1], "category": "Tops", "title": ["Red shirt"]}).to_csv(path, index=False)

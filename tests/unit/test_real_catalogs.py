@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from taxonomist.config import CatalogConfig
-from taxonomist.data.catalog import load_catalog
+from taxonomist.data.prepare import load_catalog
 from tests.conftest import require_dataset
 
 

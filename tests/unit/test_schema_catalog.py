@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from taxonomist.config import CatalogConfig
-from taxonomist.data.catalog import CatalogError, format_image_path, load_catalog, read_generic, read_meesho
+from taxonomist.data.catalog import CatalogError, format_image_path, read_generic, read_meesho
+from taxonomist.data.prepare import load_catalog
 from taxonomist.data.schema import Schema, SchemaError
 
 

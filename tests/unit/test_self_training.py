@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from taxonomist.cli.main import app
 from taxonomist.config import BackboneConfig, EmbedConfig, load_config
-from taxonomist.data.catalog import Catalog, load_catalog
+from taxonomist.data.catalog import Catalog
 from taxonomist.data.labels import MISSING
-from taxonomist.data.prepare import prepare_catalog
+from taxonomist.data.prepare import load_catalog, prepare_catalog
 from taxonomist.features.build import embed_options
 from taxonomist.features.embed import embed_catalog, view_fingerprint
 from taxonomist.io import ResumeError

@@ -346,9 +346,9 @@ def predict(
     know, unreadable images, blank ids or categories and repeated ids are errors. Images are looked up
     under --images (default: the catalog file's folder) as catalog.image_template. When every row, or more
     than predict.max_error_share of them, failed, the command ends with exit status 2."""
-    from taxonomist.data.catalog import load_for_prediction
+    from taxonomist.cli.inputs import record_input
+    from taxonomist.data.prepare import load_for_prediction
     from taxonomist.features.build import embed_options
-    from taxonomist.inference.inputs import record_input
     from taxonomist.inference.predictor import Predictor
 
     if is_vlm_dir(checkpoint):
@@ -431,7 +431,7 @@ def embed(
     config: ConfigOpt = None, overrides: SetOpt = None, images: ImagesOpt = None, quiet: QuietOpt = False
 ) -> None:
     """Compute and cache backbone features for a catalog, so later training runs start warm."""
-    from taxonomist.data.catalog import load_catalog
+    from taxonomist.data.prepare import load_catalog
     from taxonomist.features.build import embed_options, runtime_options
     from taxonomist.features.embed import embed_catalog, runtime_backbone
     from taxonomist.models.build import build_backbone
@@ -458,8 +458,8 @@ def inspect(
     quiet: QuietOpt = False,
 ) -> None:
     """Before training: rows, gaps, class balance, out-of-schema values, duplicates, unreadable images."""
-    from taxonomist.data.catalog import CatalogError, expand_path, load_catalog
-    from taxonomist.data.prepare import DATA_REPORT, prepare_catalog
+    from taxonomist.data.catalog import CatalogError, expand_path
+    from taxonomist.data.prepare import DATA_REPORT, load_catalog, prepare_catalog
     from taxonomist.data.schema import Schema
     from taxonomist.io import atomic_write_text
     from taxonomist.report.inspection import inspect_catalog

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from taxonomist.config import ConfigError, load_config
+from taxonomist.config import CatalogConfig, ConfigError, load_config
 
 
 def review(
@@ -47,7 +47,9 @@ def review(
     try:
         import uvicorn
 
-        from taxonomist.inference.inputs import recorded_input
+        from taxonomist.cli.inputs import recorded_input
+        from taxonomist.data.catalog import CATEGORY, ID
+        from taxonomist.data.prepare import catalog_columns, catalog_titles, load_for_prediction
         from taxonomist.serve.review import create_review_app
     except ImportError as err:
         raise typer.BadParameter(
@@ -70,10 +72,17 @@ def review(
         source = recorded
     if checkpoint is None and recorded_checkpoint is not None and recorded_checkpoint.is_dir():
         checkpoint = recorded_checkpoint
+    titles, columns = None, (ID, CATEGORY)
     try:
+        if isinstance(source, CatalogConfig):  # titles and the export's column names come with it
+            titles, columns = catalog_titles(source), catalog_columns(source)
+            # As `predict` does: labels and training-time row filters do not matter for finding images.
+            source = load_for_prediction(source)
         app = create_review_app(
             predictions,
             source,
+            titles=titles,
+            columns=columns,
             image_template=image_template,
             schema=checkpoint,
             database_url=database_url,

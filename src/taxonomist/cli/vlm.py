@@ -158,8 +158,9 @@ def predict(
     failed, the command ends with exit status 2."""
     import pandas as pd
 
-    from taxonomist.data.catalog import CATEGORY, ID, load_for_prediction
-    from taxonomist.inference.inputs import record_input
+    from taxonomist.cli.inputs import record_input
+    from taxonomist.data.catalog import CATEGORY, ID
+    from taxonomist.data.prepare import load_for_prediction
     from taxonomist.inference.predictor import with_row_errors
     from taxonomist.inference.vlm import VLMPredictor
 
@@ -199,8 +200,7 @@ def improve(
     (chosen, rejected) pairs, DPO with LoRA, score on the dev part; resumable, best round kept."""
     import dataclasses
 
-    from taxonomist.data.catalog import load_catalog
-    from taxonomist.data.prepare import prepare_catalog
+    from taxonomist.data.prepare import load_catalog, prepare_catalog
     from taxonomist.improve.vlm_dpo import IMAGE_PATH
     from taxonomist.improve.vlm_dpo import improve as run_improve
     from taxonomist.models.vlm import resolve_model_dir
@@ -241,7 +241,7 @@ def random_model(
 ) -> None:
     """A random-weight Qwen2-VL with a tokenizer trained on the config's schema and prompts: runs every
     VLM command offline (smoke tests, throughput benchmarks); its answers are valid but meaningless."""
-    from taxonomist.data.catalog import load_catalog
+    from taxonomist.data.prepare import load_catalog
     from taxonomist.models.vlm import random_vlm, write_metadata
 
     cfg = resolve_config(config, overrides, VLMConfig)

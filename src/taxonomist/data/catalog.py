@@ -17,7 +17,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from taxonomist.config import CatalogConfig
 from taxonomist.data.schema import Schema
 from taxonomist.data.taxonomy import normalize_text
 
@@ -462,50 +461,68 @@ def template_fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
-def load_catalog(
-    cfg: CatalogConfig, *, seed: int = 0, labels: bool = True, bad_rows: BadRows = "raise"
+def read_catalog(
+    path: str | os.PathLike,
+    *,
+    layout: Literal["generic", "meesho"] = "generic",
+    id_column: str = ID,
+    category_column: str = CATEGORY,
+    attributes: Sequence[str] = (),
+    image_root: str | os.PathLike | None = None,
+    image_template: str | None = None,
+    categories: Sequence[str] = (),
+    min_rows_per_category: int = 0,
+    remaps: Mapping[str, Mapping[str, str]] | None = None,
+    limit: int | None = None,
+    text_columns: Sequence[str] = (),
+    corrections: str | os.PathLike | None = None,
+    encoding: str = "utf-8",
+    seed: int = 0,
+    labels: bool = True,
+    bad_rows: BadRows = "raise",
 ) -> Catalog:
-    """The configured layout's reader, then the optional seeded row limit (for quick runs).
+    """``layout``'s reader, then the optional seeded row ``limit`` (for quick runs) and the reviewed
+    ``corrections``.
 
     ``labels=False``: the generic layout reads no attribute columns (see :func:`read_generic`).
     ``bad_rows``: see :data:`BadRows`.
     """
     common = {
-        "remaps": cfg.remaps or None,
-        "categories": cfg.categories or None,
-        "min_rows_per_category": cfg.min_rows_per_category,
+        "remaps": remaps or None,
+        "categories": categories or None,
+        "min_rows_per_category": min_rows_per_category,
         "bad_rows": bad_rows,
     }
-    if cfg.layout == "meesho":
-        if cfg.text_columns:
+    if layout == "meesho":
+        if text_columns:
             raise CatalogError("the meesho layout has no listing text: leave catalog.text_columns unset")
-        catalog = read_meesho(cfg.path, image_template=cfg.image_template, encoding=cfg.encoding, **common)
+        catalog = read_meesho(path, image_template=image_template, encoding=encoding, **common)
     else:
         catalog = read_generic(
-            cfg.path,
-            id_column=cfg.id_column,
-            category_column=cfg.category_column,
-            attributes=cfg.attributes,
-            image_root=cfg.image_root,
-            image_template=cfg.image_template or "images/{id}.jpg",
-            text_columns=cfg.text_columns,
+            path,
+            id_column=id_column,
+            category_column=category_column,
+            attributes=attributes,
+            image_root=image_root,
+            image_template=image_template or "images/{id}.jpg",
+            text_columns=text_columns,
             labels=labels,
-            encoding=cfg.encoding,
+            encoding=encoding,
             **common,
         )
-    if cfg.image_root is not None and cfg.layout == "meesho":
-        catalog.image_root = expand_path(cfg.image_root)
-    if cfg.limit is not None and cfg.limit < len(catalog):
-        keep = np.sort(np.random.default_rng(seed).permutation(len(catalog))[: cfg.limit])
+    if image_root is not None and layout == "meesho":
+        catalog.image_root = expand_path(image_root)
+    if limit is not None and limit < len(catalog):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(catalog))[:limit])
         catalog = catalog.subset(keep)
-    if cfg.corrections and labels:
-        catalog = apply_corrections(catalog, cfg.corrections, *catalog_columns(cfg))
+    if corrections and labels:
+        catalog = apply_corrections(catalog, corrections, *source_columns(layout, id_column, category_column))
     return catalog
 
 
-def catalog_columns(cfg: CatalogConfig) -> tuple[str, str]:
-    """The id and category column names of the configured catalog file, as its own header spells them."""
-    return ("id", "Category") if cfg.layout == "meesho" else (cfg.id_column, cfg.category_column)
+def source_columns(layout: str, id_column: str, category_column: str) -> tuple[str, str]:
+    """The id and category column names of a catalog file, as its own header spells them."""
+    return ("id", "Category") if layout == "meesho" else (id_column, category_column)
 
 
 def apply_corrections(
@@ -540,30 +557,3 @@ def apply_corrections(
     # Line numbers name rows of the catalog file; appended rows come from the corrections file instead.
     lines = catalog.lines if len(new) == 0 else None
     return dataclasses.replace(catalog, frame=merged, lines=lines)
-
-
-def without_training_filters(cfg: CatalogConfig) -> CatalogConfig:
-    """``cfg`` without the choices that only make sense for training rows: the categories kept, the
-    minimum rows per category, the row limit. Applied to rows to predict or score they would leave rows
-    out silently."""
-    return dataclasses.replace(cfg, categories=[], min_rows_per_category=0, limit=None)
-
-
-def load_for_prediction(cfg: CatalogConfig, *, text: bool = False) -> Catalog:
-    """Every row of ``cfg.path`` with only what predicting reads: id, category, image. Rows with a blank
-    id or category or a repeated id are set aside in :attr:`Catalog.rejected` (see :data:`BadRows`).
-
-    A run's saved catalog settings carry its training-time choices: the categories it kept, its minimum
-    rows per category, its row limit, per-category remaps, label and text columns. Applied to a file to
-    predict they would drop rows silently or fail on columns that file need not have, so only the settings
-    that say how to read a row remain. Rows of categories a model does not know are kept: predictors report
-    them as errors. ``text``: keep the text columns (listing heads read them; image-only heads never do).
-    """
-    reading = dataclasses.replace(
-        without_training_filters(cfg),
-        attributes=[],
-        remaps={},
-        schema=None,
-        text_columns=cfg.text_columns if text else [],
-    )
-    return load_catalog(reading, labels=False, bad_rows="report")

@@ -6,6 +6,9 @@ train/dev/test within each category: training rows fit, dev rows choose (epochs,
 thresholds), test rows are only reported on. The missing-label policy touches the training rows only, and
 an inferred schema's vocabulary comes from them alone: dev/test values it lacks are reported and score as
 wrong, as they would on new data.
+
+It is also the data layer's builder: the one module of ``data`` that reads config sections, turning the
+``catalog`` and ``missing_labels`` sections into the plain arguments of the readers and policies.
 """
 
 from __future__ import annotations
@@ -21,8 +24,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from taxonomist.config import MissingLabelConfig, RunConfig, VLMConfig
-from taxonomist.data.catalog import CATEGORY, ID, Catalog, CatalogError, expand_path, load_catalog
+from taxonomist.config import CatalogConfig, MissingLabelConfig, RunConfig, VLMConfig
+from taxonomist.data.catalog import (
+    CATEGORY,
+    ID,
+    TEXT,
+    BadRows,
+    Catalog,
+    CatalogError,
+    expand_path,
+    read_catalog,
+    source_columns,
+)
 from taxonomist.data.images import ImageLoadError, content_hash
 from taxonomist.data.policies import PolicyResult, apply_policy
 from taxonomist.data.schema import Schema
@@ -369,6 +382,87 @@ def _trained_attributes(
         if not covers[category]:
             report.left_out_categories[category] = "no training row has a label"
     return {c: a for c, a in covers.items() if a}
+
+
+def load_catalog(
+    cfg: CatalogConfig, *, seed: int = 0, labels: bool = True, bad_rows: BadRows = "raise"
+) -> Catalog:
+    """The ``catalog`` section's file through :func:`~taxonomist.data.catalog.read_catalog`: its layout's
+    reader, then the optional seeded row limit (for quick runs) and the reviewed corrections.
+
+    ``labels=False``: the generic layout reads no attribute columns. ``bad_rows``: see :data:`BadRows`.
+    """
+    return read_catalog(
+        cfg.path,
+        layout=cfg.layout,
+        id_column=cfg.id_column,
+        category_column=cfg.category_column,
+        attributes=cfg.attributes,
+        image_root=cfg.image_root,
+        image_template=cfg.image_template,
+        categories=cfg.categories,
+        min_rows_per_category=cfg.min_rows_per_category,
+        remaps=cfg.remaps,
+        limit=cfg.limit,
+        text_columns=cfg.text_columns,
+        corrections=cfg.corrections,
+        encoding=cfg.encoding,
+        seed=seed,
+        labels=labels,
+        bad_rows=bad_rows,
+    )
+
+
+def catalog_columns(cfg: CatalogConfig) -> tuple[str, str]:
+    """The id and category column names of the configured catalog file, as its own header spells them."""
+    return source_columns(cfg.layout, cfg.id_column, cfg.category_column)
+
+
+def without_training_filters(cfg: CatalogConfig) -> CatalogConfig:
+    """``cfg`` without the choices that only make sense for training rows: the categories kept, the
+    minimum rows per category, the row limit. Applied to rows to predict or score they would leave rows
+    out silently."""
+    return dataclasses.replace(cfg, categories=[], min_rows_per_category=0, limit=None)
+
+
+def load_for_prediction(cfg: CatalogConfig, *, text: bool = False) -> Catalog:
+    """Every row of ``cfg.path`` with only what predicting reads: id, category, image. Rows with a blank
+    id or category or a repeated id are set aside in :attr:`Catalog.rejected` (see :data:`BadRows`).
+
+    A run's saved catalog settings carry its training-time choices: the categories it kept, its minimum
+    rows per category, its row limit, per-category remaps, label and text columns. Applied to a file to
+    predict they would drop rows silently or fail on columns that file need not have, so only the settings
+    that say how to read a row remain. Rows of categories a model does not know are kept: predictors report
+    them as errors. ``text``: keep the text columns (listing heads read them; image-only heads never do).
+    """
+    reading = dataclasses.replace(
+        without_training_filters(cfg),
+        attributes=[],
+        remaps={},
+        schema=None,
+        text_columns=cfg.text_columns if text else [],
+    )
+    return load_catalog(reading, labels=False, bad_rows="report")
+
+
+def catalog_titles(cfg: CatalogConfig) -> dict[str, str]:
+    """id → listing title from the catalog's text column; empty where it has none or cannot be read."""
+    if not cfg.text_columns:
+        return {}
+    reading = dataclasses.replace(
+        cfg,
+        attributes=[],
+        categories=[],
+        min_rows_per_category=0,
+        remaps={},
+        limit=None,
+        corrections=None,
+    )
+    try:
+        frame = load_catalog(reading, labels=False).frame
+    except CatalogError:
+        return {}
+    return dict(zip(frame[ID].astype(str), frame[TEXT].astype(str), strict=True))
 
 
 def policy_options(policy: MissingLabelConfig) -> dict:

@@ -17,11 +17,15 @@ from taxonomist.data.catalog import (
     Catalog,
     CatalogError,
     describe_counts,
-    load_catalog,
-    without_training_filters,
 )
 from taxonomist.data.images import REASONS as IMAGE_REASONS
-from taxonomist.data.prepare import DATA_REPORT, DataReport, prepare_catalog
+from taxonomist.data.prepare import (
+    DATA_REPORT,
+    DataReport,
+    load_catalog,
+    prepare_catalog,
+    without_training_filters,
+)
 from taxonomist.data.schema import Schema
 from taxonomist.features.build import embed_options
 from taxonomist.features.embed import embed_catalog

@@ -17,10 +17,9 @@ as many rows as were decided.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -34,19 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
-from taxonomist.config import CatalogConfig
-from taxonomist.data.catalog import (
-    CATEGORY,
-    ID,
-    TEXT,
-    Catalog,
-    CatalogError,
-    catalog_columns,
-    format_image_path,
-    load_catalog,
-    load_for_prediction,
-    read_table,
-)
+from taxonomist.data.catalog import CATEGORY, ID, Catalog, format_image_path, read_table
 from taxonomist.data.schema import Schema
 from taxonomist.serve.storage import DEFAULT_DATABASE_URL, Decision, ReviewStore
 
@@ -151,14 +138,11 @@ def allowed_values(
 
 
 def image_locator(
-    images: str | os.PathLike | CatalogConfig | Catalog | None, image_template: str = "images/{id}.jpg"
+    images: str | os.PathLike | Catalog | None, image_template: str = "images/{id}.jpg"
 ) -> ImageLocator | None:
-    """How ids map to image files: a folder + template, or the catalog (config) that was predicted."""
+    """How ids map to image files: a folder + template, or the catalog that was predicted."""
     if images is None:
         return None
-    if isinstance(images, CatalogConfig):
-        # As `predict` does: labels and training-time row filters do not matter for finding images.
-        images = load_for_prediction(images)
     if isinstance(images, Catalog):
         return _contained(images.image_path, images.image_root)
     root = Path(images)
@@ -182,30 +166,12 @@ def _contained(locate: ImageLocator, root: Path | None) -> ImageLocator:
     return inside
 
 
-def titles_of(catalog: CatalogConfig) -> dict[str, str]:
-    """id → listing title from the catalog's text column; empty where it has none or cannot be read."""
-    if not catalog.text_columns:
-        return {}
-    reading = dataclasses.replace(
-        catalog,
-        attributes=[],
-        categories=[],
-        min_rows_per_category=0,
-        remaps={},
-        limit=None,
-        corrections=None,
-    )
-    try:
-        frame = load_catalog(reading, labels=False).frame
-    except CatalogError:
-        return {}
-    return dict(zip(frame[ID].astype(str), frame[TEXT].astype(str), strict=True))
-
-
 def create_review_app(
     predictions: str | os.PathLike,
-    images: str | os.PathLike | CatalogConfig | Catalog | None = None,
+    images: str | os.PathLike | Catalog | None = None,
     *,
+    titles: Mapping[str, str] | None = None,
+    columns: tuple[str, str] = (ID, CATEGORY),
     image_template: str = "images/{id}.jpg",
     schema: str | os.PathLike | Schema | None = None,
     database_url: str = DEFAULT_DATABASE_URL,
@@ -213,17 +179,19 @@ def create_review_app(
 ) -> FastAPI:
     """Build the review app over a ``predict`` output (folder or ``predictions_long.csv``).
 
-    ``images``: a folder (ids map to files through ``image_template``), or the catalog (config) that was
-    predicted; with a catalog config the page shows titles (its ``text_columns``) and the export uses the
-    catalog's own column names plus an image path. ``schema``: a checkpoint folder or schema file; it
-    bounds corrections to the values the model can learn (default: the values seen in the predictions).
-    ``threshold`` is the page's default "confidence below" filter.
+    ``images``: a folder (ids map to files through ``image_template``), or the catalog that was predicted
+    (``data.prepare.load_for_prediction``). ``titles`` (id → listing title) are shown on the page;
+    ``columns`` are the catalog file's own id and category column names, used by the export. ``schema``:
+    a checkpoint folder or schema file; it bounds corrections to the values the model can learn (default:
+    the values seen in the predictions). ``threshold`` is the page's default "confidence below" filter.
     """
     review = _Review(
         load_predictions(predictions),
         _load_schema(schema),
         images,
         image_template,
+        titles or {},
+        columns,
         ReviewStore(database_url),
         threshold,
     )
@@ -257,8 +225,10 @@ class _Review:
         self,
         frame: pd.DataFrame,
         schema: Schema | None,
-        images: str | os.PathLike | CatalogConfig | Catalog | None,
+        images: str | os.PathLike | Catalog | None,
         image_template: str,
+        titles: Mapping[str, str],
+        columns: tuple[str, str],
         store: ReviewStore,
         threshold: float,
     ) -> None:
@@ -266,8 +236,8 @@ class _Review:
         self.allowed = allowed_values(frame, schema)
         # Every attribute the model predicts is an export column, reviewed or not.
         self.attributes = sorted({*frame["attribute"], *(schema.attributes if schema else ())})
-        self.titles = titles_of(images) if isinstance(images, CatalogConfig) else {}
-        self.columns = catalog_columns(images) if isinstance(images, CatalogConfig) else (ID, CATEGORY)
+        self.titles = titles
+        self.columns = columns
         self.locate = image_locator(images, image_template)
         self.store = store
         self.threshold = threshold
