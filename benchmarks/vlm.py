@@ -33,6 +33,7 @@ from taxonomist.data.catalog import CATEGORY
 from taxonomist.data.images import load_image
 from taxonomist.data.prepare import load_catalog
 from taxonomist.inference.vlm import VLMPredictor
+from taxonomist.models.build import build_decoding
 from taxonomist.models.vlm import random_vlm, write_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ def main() -> None:
             {"task": "attributes", "schema": schema.to_dict(), "model": {"max_pixels": args.max_pixels}},
         )
         predictor = VLMPredictor.from_pretrained(
-            model_dir, generate=GenerateConfig(batch_size=args.batch_size)
+            model_dir, decoding=build_decoding(GenerateConfig(batch_size=args.batch_size))
         )
         model, tokenizer = predictor.vlm.model, predictor.vlm.tokenizer
         order = predictor.order_by_length(images)

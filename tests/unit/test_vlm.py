@@ -25,6 +25,7 @@ from taxonomist.data.chat import (
     export_llamafactory,
     validate_llamafactory,
 )
+from taxonomist.data.prepare import chat_prompts
 from taxonomist.data.schema import Schema
 from taxonomist.inference.constrained import (
     AnswerError,
@@ -33,7 +34,8 @@ from taxonomist.inference.constrained import (
     value_spans,
 )
 from taxonomist.inference.vlm import VLMPredictor
-from taxonomist.models.vlm import load_vlm, random_vlm, write_metadata
+from taxonomist.models.build import build_decoding, build_vlm
+from taxonomist.models.vlm import random_vlm, write_metadata
 
 SCHEMA = Schema(
     {
@@ -69,11 +71,13 @@ def images(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def predictor(model_dir) -> VLMPredictor:
-    return VLMPredictor.from_pretrained(model_dir, generate=GenerateConfig(batch_size=2, max_new_tokens=48))
+    return VLMPredictor.from_pretrained(
+        model_dir, decoding=build_decoding(GenerateConfig(batch_size=2, max_new_tokens=48))
+    )
 
 
 def test_pixel_caps_bound_image_tokens(model_dir, images):
-    vlm = load_vlm(VLMModelConfig(name=str(model_dir), max_pixels=MAX_PIXELS))
+    vlm = build_vlm(VLMModelConfig(name=str(model_dir), max_pixels=MAX_PIXELS))
     big = Image.new("RGB", (2000, 1500), "red")
     inputs = vlm.processor(
         text=["<|vision_start|><|image_pad|><|vision_end|>"], images=[big], return_tensors="pt"
@@ -87,7 +91,7 @@ def test_attribute_examples_omit_missing_labels_in_question_and_answer(images):
         {"id": ["a", "b", "c"], "category": ["Tops", "Tops", "Shoes"], "colour": ["red", None, None]}
     )
     frame["neck"] = ["round", "v-neck", None]
-    examples, skipped = attribute_examples(frame, SCHEMA, images[:3], PromptConfig())
+    examples, skipped = attribute_examples(frame, SCHEMA, images[:3], chat_prompts(PromptConfig()))
     assert skipped == 1  # row c has no label at all
     assert [e.answer for e in examples] == ['{"colour": "red", "neck": "round"}', '{"neck": "v-neck"}']
     assert "colour" not in examples[1].prompt and "neck" in examples[1].prompt
@@ -109,7 +113,7 @@ def test_llamafactory_export_validates_and_validator_catches_errors(tmp_path, im
 
 
 def test_token_budget_counts_exactly_and_names_the_example(model_dir, images):
-    vlm = load_vlm(VLMModelConfig(name=str(model_dir), max_pixels=MAX_PIXELS))
+    vlm = build_vlm(VLMModelConfig(name=str(model_dir), max_pixels=MAX_PIXELS))
     example = ChatExample("item-7", str(images[0]), "colour?", '{"colour": "red"}', "sys", "Tops")
     count = count_tokens(example, vlm.processor)
     text = vlm.processor.apply_chat_template(example.messages(), tokenize=False)
@@ -128,7 +132,7 @@ def test_parse_answer_rejects_invalid_and_incomplete_outputs():
 
 
 def test_value_confidence_is_the_product_of_the_value_tokens_probabilities(model_dir):
-    tokenizer = load_vlm(VLMModelConfig(name=str(model_dir))).tokenizer
+    tokenizer = build_vlm(VLMModelConfig(name=str(model_dir))).tokenizer
     text = '{"colour": "navy blue", "neck": "round"}'
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     logprobs = torch.log(torch.linspace(0.3, 0.9, len(ids)))
@@ -175,7 +179,7 @@ def test_batched_predictions_match_one_at_a_time(predictor, images):
 
 def test_unconstrained_invalid_output_is_an_error_record_not_a_crash(model_dir, images):
     free = VLMPredictor.from_pretrained(
-        model_dir, generate=GenerateConfig(max_new_tokens=8, constrained=False)
+        model_dir, decoding=build_decoding(GenerateConfig(max_new_tokens=8, constrained=False))
     )
     result = free.predict(images[:1], ["Tops"])[0]
     assert result.best is not None and result.best.error is not None
@@ -201,7 +205,7 @@ def test_unknown_category_is_reported_and_the_batch_goes_on(predictor, images):
 def test_predict_file_writes_core_layouts_and_resumes(predictor, images, tmp_path):
     ids = ["a", "b", "c", "d"]
     cats = ["Tops", "Shoes", "Tops", "Tops"]
-    predictor.generate_cfg.chunk_size = 2
+    predictor.decoding.chunk_size = 2
     try:
         first = predictor.predict_file(ids, images, cats, tmp_path, progress=False)
         assert (first.rows, first.predicted, first.errors) == (4, 3, 1)
@@ -217,14 +221,16 @@ def test_predict_file_writes_core_layouts_and_resumes(predictor, images, tmp_pat
         assert second.resumed_chunks == 1
         assert pd.read_csv(tmp_path / "predictions_long.csv").equals(long)
     finally:
-        predictor.generate_cfg.chunk_size = GenerateConfig().chunk_size
+        predictor.decoding.chunk_size = GenerateConfig().chunk_size
 
 
 def test_caption_task_generates_text(model_dir, images, tmp_path):
     caption_dir = tmp_path / "captioner"
     random_vlm(caption_dir, ["a red shirt on a white background"])
     write_metadata(caption_dir, {"task": "caption", "model": {"max_pixels": MAX_PIXELS}})
-    captioner = VLMPredictor.from_pretrained(caption_dir, generate=GenerateConfig(max_new_tokens=6))
+    captioner = VLMPredictor.from_pretrained(
+        caption_dir, decoding=build_decoding(GenerateConfig(max_new_tokens=6))
+    )
     summary = captioner.predict_file(["x", "y"], images[:2], [None, None], tmp_path / "out", progress=False)
     captions = pd.read_csv(tmp_path / "out" / "captions.csv", keep_default_na=False)
     assert summary.predicted == 2 and captions["id"].astype(str).tolist() == ["x", "y"]

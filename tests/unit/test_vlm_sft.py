@@ -28,8 +28,10 @@ from taxonomist.config import (
     VLMTrainConfig,
     load_config,
 )
-from taxonomist.data.chat import TokenBudgetError, build_examples, export_llamafactory, validate_llamafactory
-from taxonomist.models.vlm import load_vlm, random_vlm, read_metadata
+from taxonomist.data.chat import TokenBudgetError, export_llamafactory, validate_llamafactory
+from taxonomist.data.prepare import build_examples
+from taxonomist.models.build import build_vlm
+from taxonomist.models.vlm import random_vlm, read_metadata
 from taxonomist.training.vlm_sft import (
     IGNORE_INDEX,
     ChatCollator,
@@ -98,7 +100,7 @@ def make_config(catalog: Path, model_dir: Path, **train: object) -> VLMConfig:
 
 @pytest.fixture(scope="module")
 def processor(model_dir: Path):
-    return load_vlm(VLMModelConfig(name=str(model_dir), max_pixels=MAX_PIXELS), device="cpu").processor
+    return build_vlm(VLMModelConfig(name=str(model_dir), max_pixels=MAX_PIXELS), device="cpu").processor
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +192,7 @@ def test_unreadable_images_are_skipped_and_recorded(
 
 
 def test_lora_targets_skip_vision_tower_and_head(model_dir: Path) -> None:
-    model = load_vlm(VLMModelConfig(name=str(model_dir)), device="cpu").model
+    model = build_vlm(VLMModelConfig(name=str(model_dir)), device="cpu").model
     targets = lora_targets(model, train_vision=False)
     assert targets and all(".language_model." in t for t in targets)
     assert any(t.endswith("q_proj") for t in targets) and any(t.endswith("down_proj") for t in targets)
@@ -205,7 +207,7 @@ def test_loraplus_optimizer_gives_b_matrices_the_ratio(
     from peft import LoraConfig, get_peft_model
 
     cfg = make_config(catalog, model_dir)
-    model = load_vlm(cfg.model, device="cpu").model
+    model = build_vlm(cfg.model, device="cpu").model
     model = get_peft_model(model, LoraConfig(r=4, target_modules=lora_targets(model, train_vision=False)))
     optimizer = loraplus_optimizer(model, sft_args(cfg, tmp_path, device=torch.device("cpu")), 16.0)
     lr = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
@@ -237,7 +239,7 @@ def test_merged_model_loads_and_generates(trained) -> None:
     _, report = trained
     merged = Path(report.merged_dir)
     assert read_metadata(merged)["format"] == "merged"
-    vlm = load_vlm(VLMModelConfig(name=str(merged), max_pixels=MAX_PIXELS), device="cpu")
+    vlm = build_vlm(VLMModelConfig(name=str(merged), max_pixels=MAX_PIXELS), device="cpu")
     assert not any("lora" in n for n, _ in vlm.model.named_parameters())
     text = vlm.processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "colour?"}]}],
@@ -296,7 +298,7 @@ def test_qlora_step_and_merge(catalog: Path, model_dir: Path, tmp_path: Path) ->
     report = train_sft(cfg, tmp_path, progress=False)
     assert report.global_step == 1 and math.isfinite(report.train_loss or math.nan)
     assert read_metadata(report.merged_dir)["model"]["quantization"] == "none"
-    load_vlm(VLMModelConfig(name=str(report.merged_dir)))
+    build_vlm(VLMModelConfig(name=str(report.merged_dir)))
 
 
 @pytest.mark.parametrize(

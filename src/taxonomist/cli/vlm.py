@@ -53,7 +53,8 @@ def export(
     name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "taxonomist",
 ) -> None:
     """Catalog → chat examples → ShareGPT/Alpaca JSON + dataset_info.json (train as NAME, val as NAME_val)."""
-    from taxonomist.data.chat import build_examples, export_llamafactory, validate_llamafactory
+    from taxonomist.data.chat import export_llamafactory, validate_llamafactory
+    from taxonomist.data.prepare import build_examples
 
     cfg = resolve_config(config, overrides, VLMConfig)
     train_examples, val_examples, _ = build_examples(cfg)
@@ -163,11 +164,12 @@ def predict(
     from taxonomist.data.prepare import load_for_prediction
     from taxonomist.inference.predictor import with_row_errors
     from taxonomist.inference.vlm import VLMPredictor
+    from taxonomist.models.build import build_decoding
 
     cfg = model_config(model_dir, config, overrides, **{"catalog.path": data, "catalog.image_root": images})
     catalog = load_for_prediction(cfg.catalog)
     record_input(output, cfg.catalog, model_dir)
-    predictor = VLMPredictor.from_pretrained(model_dir, generate=cfg.generate)
+    predictor = VLMPredictor.from_pretrained(model_dir, decoding=build_decoding(cfg.generate))
     categories = catalog.frame[CATEGORY].astype(str).tolist() if predictor.task == "attributes" else None
     summary = predictor.predict_file(
         catalog.frame[ID].astype(str).tolist(),

@@ -19,10 +19,7 @@ from typing import Any, Literal
 import pandas as pd
 from PIL import Image
 
-from taxonomist.config import PromptConfig, VLMConfig
-from taxonomist.data.captions import read_coco_captions, read_product_captions
 from taxonomist.data.catalog import CATEGORY, ID
-from taxonomist.data.prepare import PreparedData, prepare_catalog
 from taxonomist.data.schema import Schema
 from taxonomist.io import atomic_write_json
 
@@ -30,6 +27,19 @@ IMAGE_TAG = "<image>"
 """LLaMA-Factory's image placeholder in ShareGPT/Alpaca text."""
 JSON_SEPARATORS = (", ", ": ")
 """The one JSON layout of answers, in training data and in the constrained decoder alike."""
+
+
+@dataclass(frozen=True)
+class ChatPrompts:
+    """The texts around every example: what a VLM is trained with and asked with (``data/prepare.py``
+    fills it from the ``prompt`` section or a model's saved prompts)."""
+
+    system: str
+    attributes: str
+    """User turn of the attribute task; ``{category}`` and ``{attributes}`` (comma-joined) are filled in."""
+    caption: str
+    reasoning: str
+    """Appended to the attribute prompt when sampling reasoning chains."""
 
 
 class TokenBudgetError(ValueError):
@@ -60,15 +70,15 @@ def answer_json(values: Mapping[str, str]) -> str:
     return json.dumps(dict(values), ensure_ascii=False, separators=JSON_SEPARATORS)
 
 
-def attribute_prompt(prompt: PromptConfig, category: str, attributes: Sequence[str]) -> str:
-    return prompt.attributes.format(category=category, attributes=", ".join(attributes))
+def attribute_prompt(prompts: ChatPrompts, category: str, attributes: Sequence[str]) -> str:
+    return prompts.attributes.format(category=category, attributes=", ".join(attributes))
 
 
 def attribute_examples(
     frame: pd.DataFrame,
     schema: Schema,
     image_paths: Sequence[str | os.PathLike],
-    prompt: PromptConfig,
+    prompts: ChatPrompts,
 ) -> tuple[list[ChatExample], int]:
     """One example per row that has at least one label; returns the examples and the rows skipped."""
     examples, skipped = [], 0
@@ -82,20 +92,20 @@ def attribute_examples(
             ChatExample(
                 id=str(row[ID]),
                 image=str(image),
-                prompt=attribute_prompt(prompt, category, list(values)),
+                prompt=attribute_prompt(prompts, category, list(values)),
                 answer=answer_json(values),
-                system=prompt.system,
+                system=prompts.system,
                 category=category,
             )
         )
     return examples, skipped
 
 
-def caption_examples(frame: pd.DataFrame, prompt: PromptConfig) -> list[ChatExample]:
+def caption_examples(frame: pd.DataFrame, prompts: ChatPrompts) -> list[ChatExample]:
     """Rows with ``id, image_path, caption`` (one row per reference caption) → caption examples."""
     return [
         ChatExample(
-            id=str(r["id"]), image=str(r["image_path"]), prompt=prompt.caption, answer=str(r["caption"])
+            id=str(r["id"]), image=str(r["image_path"]), prompt=prompts.caption, answer=str(r["caption"])
         )
         for r in frame.to_dict("records")
     ]
@@ -220,56 +230,6 @@ def validate_llamafactory(dataset_dir: str | os.PathLike) -> dict[str, int]:
                     raise ValueError(f"{at}: image {image} does not exist")
         counts[name] = len(records)
     return counts
-
-
-# --- a config's examples -----------------------------------------------------------------------------
-
-
-def build_examples(
-    cfg: VLMConfig, held_out: Literal["dev", "test"] = "dev", *, data: PreparedData | None = None
-) -> tuple[list[ChatExample], list[ChatExample], Schema | None]:
-    """(train, held-out, schema) chat examples of the configured task; the schema is None for captions.
-
-    Attributes come from the shared data step: ``held_out`` picks its dev part (eval loss, choices) or
-    its test part (only reported); the schema, and so the decoding grammar, holds training values only.
-    ``data``: that step's result when the caller already has it. Captions have one validation split,
-    returned for either."""
-    if cfg.task == "caption":
-        train, val = _caption_split(cfg)
-        schema = None
-    else:
-        train, val, schema = _attribute_split(cfg, held_out, data or prepare_catalog(cfg))
-    if cfg.train.limit is not None:
-        train = train[: cfg.train.limit]
-    return train, val, schema
-
-
-def _attribute_split(
-    cfg: VLMConfig, held_out: Literal["dev", "test"], data: PreparedData
-) -> tuple[list[ChatExample], list[ChatExample], Schema]:
-    catalog, schema = data.catalog, data.schema
-
-    def examples(frame: pd.DataFrame) -> list[ChatExample]:
-        paths = [catalog.image_path(i, c) for i, c in zip(frame[ID], frame[CATEGORY], strict=True)]
-        return attribute_examples(frame, schema, paths, cfg.prompt)[0]
-
-    return examples(data.train), examples(data.part(held_out)), schema
-
-
-def _caption_split(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExample]]:
-    """Train/val caption examples; ``captions.limit`` keeps the first N images of each split with all
-    their captions."""
-    data = cfg.captions
-    if data.dataset == "coco":
-        frame = read_coco_captions(data.path)
-    else:
-        frame = read_product_captions(data.path, val_fraction=cfg.train.dev_fraction, seed=cfg.train.seed)
-    if data.limit is not None:
-        # Per split, so a small smoke run still has images to validate on.
-        first = frame.drop_duplicates("id").groupby("split", sort=False)["id"].head(data.limit)
-        frame = frame[frame["id"].isin(first)]
-    is_train = frame["split"] == "train"
-    return caption_examples(frame[is_train], cfg.prompt), caption_examples(frame[~is_train], cfg.prompt)
 
 
 # --- sequence-length check ---------------------------------------------------------------------------

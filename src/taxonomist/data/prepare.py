@@ -8,7 +8,8 @@ an inferred schema's vocabulary comes from them alone: dev/test values it lacks 
 wrong, as they would on new data.
 
 It is also the data layer's builder: the one module of ``data`` that reads config sections, turning the
-``catalog`` and ``missing_labels`` sections into the plain arguments of the readers and policies.
+``catalog``, ``missing_labels`` and ``prompt`` sections into the plain arguments of the readers, the
+policies and the chat examples (and a VLM config into its train / held-out examples).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from taxonomist.config import CatalogConfig, MissingLabelConfig, RunConfig, VLMConfig
+from taxonomist.config import CatalogConfig, MissingLabelConfig, PromptConfig, RunConfig, VLMConfig
+from taxonomist.data.captions import read_coco_captions, read_product_captions
 from taxonomist.data.catalog import (
     CATEGORY,
     ID,
@@ -36,6 +38,7 @@ from taxonomist.data.catalog import (
     read_catalog,
     source_columns,
 )
+from taxonomist.data.chat import ChatExample, ChatPrompts, attribute_examples, caption_examples
 from taxonomist.data.images import ImageLoadError, content_hash
 from taxonomist.data.policies import PolicyResult, apply_policy
 from taxonomist.data.schema import Schema
@@ -505,6 +508,68 @@ def prepare_catalog(cfg: RunConfig | VLMConfig, catalog: Catalog | None = None) 
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
+
+
+def chat_prompts(cfg: PromptConfig) -> ChatPrompts:
+    """The ``prompt`` section as the chat examples' prompts."""
+    return ChatPrompts(
+        system=cfg.system, attributes=cfg.attributes, caption=cfg.caption, reasoning=cfg.reasoning
+    )
+
+
+def saved_prompts(settings: Mapping[str, Any]) -> ChatPrompts:
+    """A VLM folder's saved prompts (``taxonomist_vlm.json``), checked as the section; missing ones
+    take its defaults."""
+    return chat_prompts(PromptConfig(**settings))
+
+
+def build_examples(
+    cfg: VLMConfig, held_out: Literal["dev", "test"] = "dev", *, data: PreparedData | None = None
+) -> tuple[list[ChatExample], list[ChatExample], Schema | None]:
+    """(train, held-out, schema) chat examples of the configured task; the schema is None for captions.
+
+    Attributes come from the shared data step: ``held_out`` picks its dev part (eval loss, choices) or
+    its test part (only reported); the schema, and so the decoding grammar, holds training values only.
+    ``data``: that step's result when the caller already has it. Captions have one validation split,
+    returned for either."""
+    if cfg.task == "caption":
+        train, val = _caption_split(cfg)
+        schema = None
+    else:
+        train, val, schema = _attribute_split(cfg, held_out, data or prepare_catalog(cfg))
+    if cfg.train.limit is not None:
+        train = train[: cfg.train.limit]
+    return train, val, schema
+
+
+def _attribute_split(
+    cfg: VLMConfig, held_out: Literal["dev", "test"], data: PreparedData
+) -> tuple[list[ChatExample], list[ChatExample], Schema]:
+    catalog, schema = data.catalog, data.schema
+    prompts = chat_prompts(cfg.prompt)
+
+    def examples(frame: pd.DataFrame) -> list[ChatExample]:
+        paths = [catalog.image_path(i, c) for i, c in zip(frame[ID], frame[CATEGORY], strict=True)]
+        return attribute_examples(frame, schema, paths, prompts)[0]
+
+    return examples(data.train), examples(data.part(held_out)), schema
+
+
+def _caption_split(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExample]]:
+    """Train/val caption examples; ``captions.limit`` keeps the first N images of each split with all
+    their captions."""
+    data = cfg.captions
+    if data.dataset == "coco":
+        frame = read_coco_captions(data.path)
+    else:
+        frame = read_product_captions(data.path, val_fraction=cfg.train.dev_fraction, seed=cfg.train.seed)
+    if data.limit is not None:
+        # Per split, so a small smoke run still has images to validate on.
+        first = frame.drop_duplicates("id").groupby("split", sort=False)["id"].head(data.limit)
+        frame = frame[frame["id"].isin(first)]
+    is_train = frame["split"] == "train"
+    prompts = chat_prompts(cfg.prompt)
+    return caption_examples(frame[is_train], prompts), caption_examples(frame[~is_train], prompts)
 
 
 def _counts(counts: Mapping[str, int], limit: int = 5) -> str:

@@ -46,12 +46,14 @@ import torch
 from taxonomist.config import GenerateConfig, ImproveConfig, VLMConfig
 from taxonomist.data.catalog import CATEGORY, ID
 from taxonomist.data.images import load_image
+from taxonomist.data.prepare import chat_prompts
 from taxonomist.data.schema import Schema
 from taxonomist.inference.predictor import wide_named_frame
 from taxonomist.inference.vlm import Generation, VLMPredictor, to_predictions
 from taxonomist.io import ResumeError, atomic_write_frame, atomic_write_text
 from taxonomist.metrics import attribute_score
-from taxonomist.models.vlm import load_vlm, read_metadata, write_metadata
+from taxonomist.models.build import build_decoding, build_vlm
+from taxonomist.models.vlm import read_metadata, write_metadata
 from taxonomist.training.vlm_sft import ADAPTER, MERGED, add_lora, loraplus_optimizer, shared_trainer_args
 
 IMAGE_PATH = "image_path"
@@ -337,10 +339,16 @@ def load_policy(
     """A folder saved by taxonomist (its metadata gives schema and prompts), or a base model (hub id or
     folder without metadata) with ``cfg.model``, ``cfg.prompt`` and ``schema``."""
     if read_metadata(path):
-        predictor = VLMPredictor.from_pretrained(path, generate=generate)
+        predictor = VLMPredictor.from_pretrained(path, decoding=build_decoding(generate))
     else:
-        vlm = load_vlm(dataclasses.replace(cfg.model, name=str(path)))
-        predictor = VLMPredictor(vlm, task="attributes", prompt=cfg.prompt, generate=generate, schema=schema)
+        vlm = build_vlm(dataclasses.replace(cfg.model, name=str(path)))
+        predictor = VLMPredictor(
+            vlm,
+            task="attributes",
+            prompts=chat_prompts(cfg.prompt),
+            decoding=build_decoding(generate),
+            schema=schema,
+        )
     if schema is not None:
         predictor.schema = schema
     if predictor.task != "attributes" or predictor.schema is None:
@@ -352,7 +360,7 @@ def policy_metadata(path: str | Path, predictor: VLMPredictor, cfg: VLMConfig) -
     """The starting model's metadata (or one built from ``cfg`` for a base model), for the rounds' folders."""
     meta = read_metadata(path)
     if not meta:
-        meta = {"task": "attributes", "prompt": dataclasses.asdict(predictor.prompt)}
+        meta = {"task": "attributes", "prompt": dataclasses.asdict(predictor.prompts)}
         meta["model"] = dataclasses.asdict(dataclasses.replace(cfg.model, name=str(path)))
     assert predictor.schema is not None
     meta["schema"] = predictor.schema.to_dict()

@@ -347,15 +347,16 @@ def evaluate_vlm(
 
     Returns the summary (what ``evaluation.json`` holds) and, for attributes, the same
     :class:`Evaluation` a heads checkpoint gets, so reports read both alike."""
-    from taxonomist.data.chat import build_examples
+    from taxonomist.data.prepare import build_examples
     from taxonomist.inference.vlm import VLMPredictor, to_predictions
     from taxonomist.metrics.captions import caption_scores
+    from taxonomist.models.build import build_decoding
 
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)} for this model, got {split!r}")
     train_examples, held_out, _ = build_examples(cfg, "dev" if split == "dev" else "test")
     examples = held_out if split != "all" else [*train_examples, *held_out]
-    predictor = VLMPredictor.from_pretrained(model_dir, generate=cfg.generate)
+    predictor = VLMPredictor.from_pretrained(model_dir, decoding=build_decoding(cfg.generate))
     items = list({e.id: e for e in examples}.values())  # caption data: several references per image
     results = []
     step = cfg.generate.chunk_size

@@ -19,9 +19,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from taxonomist.config import GenerateConfig, PromptConfig, VLMModelConfig
-from taxonomist.data.chat import ChatExample, attribute_prompt, image_token_count
+from taxonomist.data.chat import ChatExample, ChatPrompts, attribute_prompt, image_token_count
 from taxonomist.data.images import ImageError, ImageLoadError, load_image, write_errors
+from taxonomist.data.prepare import saved_prompts
 from taxonomist.data.schema import Schema
 from taxonomist.inference.constrained import AnswerError, SchemaGrammars, parse_answer, value_confidences
 from taxonomist.inference.predictor import (
@@ -32,8 +32,8 @@ from taxonomist.inference.predictor import (
     meesho_frame,
 )
 from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
-from taxonomist.models.checkpoint import checkpoint_digest
-from taxonomist.models.vlm import VLM, load_vlm, read_metadata, resolve_model_dir
+from taxonomist.models.build import build_decoding, saved_vlm
+from taxonomist.models.vlm import VLM, Decoding, read_metadata, resolve_model_dir
 from taxonomist.progress import progress_bar
 
 ImageInput = Image.Image | str | os.PathLike
@@ -68,8 +68,8 @@ class VLMPredictor:
         vlm: VLM,
         *,
         task: str,
-        prompt: PromptConfig,
-        generate: GenerateConfig,
+        prompts: ChatPrompts,
+        decoding: Decoding,
         schema: Schema | None = None,
         version: str = "",
     ) -> None:
@@ -80,8 +80,8 @@ class VLMPredictor:
         self.vlm = vlm
         self.version = version
         self.task = task
-        self.prompt = prompt
-        self.generate_cfg = generate
+        self.prompts = prompts
+        self.decoding = decoding
         self.schema = schema
         self._grammars: SchemaGrammars | None = None
 
@@ -90,27 +90,21 @@ class VLMPredictor:
         cls,
         path: str | os.PathLike,
         *,
-        generate: GenerateConfig | None = None,
+        decoding: Decoding | None = None,
         device: torch.device | str | None = None,
     ) -> VLMPredictor:
         """A ``taxonomist vlm train`` output folder (its merged model, or adapter + base), or any model
-        folder with a ``taxonomist_vlm.json`` beside the weights."""
+        folder with a ``taxonomist_vlm.json`` beside the weights. ``decoding``: default, the ``generate``
+        section's defaults (``models.build.build_decoding``)."""
         path = resolve_model_dir(path)
         meta = read_metadata(path)
-        model_cfg = VLMModelConfig(**meta.get("model", {}))
-        if (path / "adapter_config.json").is_file():
-            vlm = load_vlm(model_cfg, device=device, adapter=path)
-            version = f"{model_cfg.name}+{checkpoint_digest(path)}"
-        else:
-            model_cfg.name = str(path)
-            vlm = load_vlm(model_cfg, device=device)
-            version = checkpoint_digest(path)
+        vlm, version = saved_vlm(path, meta.get("model", {}), device=device)
         schema = Schema.from_dict(meta["schema"]) if meta.get("schema") else None
         return cls(
             vlm,
             task=meta.get("task", "attributes"),
-            prompt=PromptConfig(**meta.get("prompt", {})),
-            generate=generate or GenerateConfig(),
+            prompts=saved_prompts(meta.get("prompt", {})),
+            decoding=decoding or build_decoding(),
             schema=schema,
             version=version,
         )
@@ -121,20 +115,20 @@ class VLMPredictor:
             assert self.schema is not None
             vocab = self.vlm.model.get_output_embeddings().weight.shape[0]
             self._grammars = SchemaGrammars(
-                self.vlm.tokenizer, vocab, self.schema, self.generate_cfg.reasoning_max_chars
+                self.vlm.tokenizer, vocab, self.schema, self.decoding.reasoning_max_chars
             )
         return self._grammars
 
     def example(self, category: str | None, *, reasoning: bool = False) -> ChatExample:
         if self.task == "caption":
-            text = self.prompt.caption
+            text = self.prompts.caption
         else:
             assert self.schema is not None and category is not None
-            text = attribute_prompt(self.prompt, category, self.schema.attributes_of(category))
+            text = attribute_prompt(self.prompts, category, self.schema.attributes_of(category))
             if reasoning:
-                text = f"{text} {self.prompt.reasoning}"
+                text = f"{text} {self.prompts.reasoning}"
         # Caption examples are trained without the (JSON-answer) system prompt: served the same way.
-        system = self.prompt.system if self.task == "attributes" else ""
+        system = self.prompts.system if self.task == "attributes" else ""
         return ChatExample(id="", image="", prompt=text, answer="", system=system, category=category)
 
     def inputs(
@@ -170,13 +164,13 @@ class VLMPredictor:
             unknown = sorted({str(c) for c in categories if c not in self.schema.categories})  # type: ignore[union-attr]
             if unknown:
                 raise ValueError(f"categories not in the model's schema: {unknown}")
-        cfg = self.generate_cfg
-        temperature = cfg.temperature if temperature is None else temperature
-        top_p = cfg.top_p if top_p is None else top_p
+        decoding = self.decoding
+        temperature = decoding.temperature if temperature is None else temperature
+        top_p = decoding.top_p if top_p is None else top_p
         model = self.vlm.model
         inputs = self.inputs(images, categories, reasoning=reasoning)
         kwargs: dict[str, Any] = {
-            "max_new_tokens": cfg.max_new_tokens,
+            "max_new_tokens": decoding.max_new_tokens,
             "num_return_sequences": num_samples,
             "output_scores": True,
             "return_dict_in_generate": True,
@@ -184,7 +178,7 @@ class VLMPredictor:
         }
         if temperature > 0:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-        constrained = self.task == "attributes" and cfg.constrained
+        constrained = self.task == "attributes" and decoding.constrained
         if constrained:
             rows = [c for c in categories for _ in range(num_samples)]
             kwargs["logits_processor"] = [self.grammars.logits_processor(rows, reasoning=reasoning)]  # type: ignore[arg-type]
@@ -278,7 +272,7 @@ class VLMPredictor:
                 results[k].error = ImageError.from_load_error(ids[k], err)
         good = list(loaded)
         order = [good[i] for i in self.order_by_length([loaded[k] for k in good])]
-        batch_size = batch_size or self.generate_cfg.batch_size
+        batch_size = batch_size or self.decoding.batch_size
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             generations = self.generate(
@@ -304,13 +298,13 @@ class VLMPredictor:
         """Batch job over many images: chunked atomic parts, resumable after a crash, errors kept."""
         start = time.perf_counter()
         out_dir = Path(out_dir)
-        cfg = self.generate_cfg
+        decoding = self.decoding
         settings = {
             "model": self.version,
             "task": self.task,
-            "constrained": cfg.constrained,
-            "max_new_tokens": cfg.max_new_tokens,
-            "temperature": cfg.temperature,
+            "constrained": decoding.constrained,
+            "max_new_tokens": decoding.max_new_tokens,
+            "temperature": decoding.temperature,
         }
         ids = [str(i) for i in ids]
         rows_in = pd.DataFrame(
@@ -320,7 +314,7 @@ class VLMPredictor:
                 "path": [os.path.abspath(p) for p in image_paths],
             }
         )
-        writer = ChunkedWriter(out_dir, rows_in, cfg.chunk_size, settings)
+        writer = ChunkedWriter(out_dir, rows_in, decoding.chunk_size, settings)
         todo = writer.pending()
         resumed = writer.n_chunks - len(todo)
         done_before = len(ids) - sum(len(writer.chunk_rows(k)) for k in todo)

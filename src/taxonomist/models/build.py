@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from taxonomist.config import BackboneConfig
+from taxonomist.config import BackboneConfig, GenerateConfig, VLMModelConfig
 from taxonomist.models.backbones import Backbone, create_backbone
+from taxonomist.models.checkpoint import checkpoint_digest
 from taxonomist.models.color import WithColorFeatures
+from taxonomist.models.vlm import VLM, Decoding, load_vlm
 
 
 def build_backbone(cfg: BackboneConfig) -> Backbone:
@@ -23,3 +27,45 @@ def build_backbone(cfg: BackboneConfig) -> Backbone:
             torch.manual_seed(0)
             backbone = create_backbone(cfg.name, **overrides)
     return WithColorFeatures(backbone) if cfg.color_features else backbone
+
+
+def build_vlm(
+    cfg: VLMModelConfig, *, device: torch.device | str | None = None, adapter: str | Path | None = None
+) -> VLM:
+    """The ``model`` section's vision-language model (see :func:`~taxonomist.models.vlm.load_vlm`)."""
+    return load_vlm(
+        cfg.name,
+        min_pixels=cfg.min_pixels,
+        max_pixels=cfg.max_pixels,
+        dtype=cfg.dtype,
+        quantization=cfg.quantization,
+        attn_implementation=cfg.attn_implementation,
+        device=device,
+        adapter=adapter,
+    )
+
+
+def saved_vlm(
+    path: Path, settings: Mapping[str, Any], *, device: torch.device | str | None = None
+) -> tuple[VLM, str]:
+    """(model, version) of a taxonomist VLM folder whose saved ``model`` section is ``settings``: an
+    adapter on its base model, or the folder's own (merged) weights."""
+    cfg = VLMModelConfig(**settings)
+    if (path / "adapter_config.json").is_file():
+        return build_vlm(cfg, device=device, adapter=path), f"{cfg.name}+{checkpoint_digest(path)}"
+    cfg.name = str(path)
+    return build_vlm(cfg, device=device), checkpoint_digest(path)
+
+
+def build_decoding(cfg: GenerateConfig | None = None) -> Decoding:
+    """The ``generate`` section (default: its defaults) as a VLM predictor's decoding settings."""
+    cfg = cfg or GenerateConfig()
+    return Decoding(
+        batch_size=cfg.batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        constrained=cfg.constrained,
+        reasoning_max_chars=cfg.reasoning_max_chars,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        chunk_size=cfg.chunk_size,
+    )

@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 import torch
 
-from taxonomist.config import VLMModelConfig
 from taxonomist.devices import PRECISION_DTYPES, resolve_device, resolve_precision
 from taxonomist.io import atomic_write_json
 
@@ -59,6 +58,23 @@ _SHAPES: dict[str, dict[str, Any]] = {
         "vision": {"depth": 32, "embed_dim": 1280, "num_heads": 16, "hidden_size": 1536},
     },
 }
+
+
+@dataclass
+class Decoding:
+    """How a VLM generates (``models/build.py`` fills it from the ``generate`` section)."""
+
+    batch_size: int
+    max_new_tokens: int
+    """Captions and unconstrained answers; constrained answers get what their longest valid answer takes."""
+    constrained: bool
+    """Attribute task: decode only JSON objects whose keys and values are valid for the category."""
+    reasoning_max_chars: int
+    temperature: float
+    """0 = greedy."""
+    top_p: float
+    chunk_size: int
+    """Rows per output part file of a batch job."""
 
 
 def require_transformers() -> None:
@@ -115,32 +131,38 @@ def load_processor(name: str, min_pixels: int, max_pixels: int) -> Any:
 
 
 def load_vlm(
-    cfg: VLMModelConfig,
+    name: str,
     *,
+    min_pixels: int,
+    max_pixels: int,
+    dtype: str = "auto",
+    quantization: str = "none",
+    attn_implementation: str | None = None,
     device: torch.device | str | None = None,
     adapter: str | Path | None = None,
 ) -> VLM:
-    """Load ``cfg.name`` (hub id or folder), optionally in 4-bit and with a LoRA adapter on top."""
+    """Load ``name`` (hub id or folder) with its processor's pixel caps, optionally in 4-bit
+    (``quantization="4bit"``) and with a LoRA adapter on top."""
     require_transformers()
     from transformers import AutoModelForImageTextToText
 
     device = resolve_device(device)
-    dtype = resolve_dtype(cfg.dtype, device)
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
-    if cfg.quantization == "4bit":
-        kwargs["quantization_config"] = nf4_config(dtype)
+    torch_dtype = resolve_dtype(dtype, device)
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if quantization == "4bit":
+        kwargs["quantization_config"] = nf4_config(torch_dtype)
         kwargs["device_map"] = {"": device.index or 0}
-    model = AutoModelForImageTextToText.from_pretrained(cfg.name, **kwargs)
-    if cfg.quantization == "none":
+    model = AutoModelForImageTextToText.from_pretrained(name, **kwargs)
+    if quantization == "none":
         model.to(device)
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))
     model.eval()
-    return VLM(model, load_processor(cfg.name, cfg.min_pixels, cfg.max_pixels))
+    return VLM(model, load_processor(name, min_pixels, max_pixels))
 
 
 def nf4_config(compute_dtype: torch.dtype) -> Any:

@@ -31,18 +31,14 @@ import torch
 from PIL import Image
 
 from taxonomist.config import LoraSettings, VLMConfig, VLMTrainConfig
-from taxonomist.data.chat import (
-    ChatExample,
-    build_examples,
-    check_token_budget,
-    examples_to_records,
-)
+from taxonomist.data.chat import ChatExample, check_token_budget, examples_to_records
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadError, load_image, write_errors
-from taxonomist.data.prepare import DATA_REPORT, prepare_catalog
+from taxonomist.data.prepare import DATA_REPORT, build_examples, prepare_catalog
 from taxonomist.data.schema import Schema
 from taxonomist.devices import resolve_device, resolve_precision
 from taxonomist.io import atomic_write_text
-from taxonomist.models.vlm import load_vlm, write_metadata
+from taxonomist.models.build import build_vlm
+from taxonomist.models.vlm import write_metadata
 
 IGNORE_INDEX = -100
 """Label of tokens the loss skips (PyTorch's cross-entropy ``ignore_index``)."""
@@ -345,7 +341,7 @@ def train_sft(cfg: VLMConfig, output_dir: str | Path, *, progress: bool = True) 
         raise ValueError(f"no training examples with a readable image ({len(errors)} image errors)")
     device = resolve_device()
     args = sft_args(cfg, output_dir, device=device, progress=progress)
-    vlm = load_vlm(cfg.model, device=device)
+    vlm = build_vlm(cfg.model, device=device)
     check_token_budget(
         [*train_examples, *val_examples], vlm.processor, cfg.train.max_length, max_pixels=cfg.model.max_pixels
     )
@@ -434,7 +430,7 @@ def merge_adapter(
     *,
     device: torch.device | str | None = None,
 ) -> Path:
-    """Base model + adapter → one plain model folder that :func:`load_vlm` reads like a hub model.
+    """Base model + adapter → one plain model folder that :func:`build_vlm` reads like a hub model.
 
     The base is reloaded unquantized (``model.dtype``; auto = bf16 on GPU) even after QLoRA: LoRA deltas
     cannot be folded into 4-bit weights without a lossy requantization, so the merged model is full
@@ -445,7 +441,7 @@ def merge_adapter(
         torch.cuda.empty_cache()
     merged_dir = Path(merged_dir)
     base = dataclasses.replace(cfg.model, quantization="none")
-    vlm = load_vlm(base, device=device, adapter=adapter_dir)
+    vlm = build_vlm(base, device=device, adapter=adapter_dir)
     vlm.model.merge_and_unload().save_pretrained(merged_dir)
     vlm.processor.save_pretrained(merged_dir)
     write_metadata(merged_dir, metadata(cfg, schema, MERGED))
