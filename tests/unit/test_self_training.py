@@ -20,8 +20,7 @@ from taxonomist.data.prepare import load_catalog, prepare_catalog
 from taxonomist.features.build import embed_options
 from taxonomist.features.embed import embed_catalog, view_fingerprint
 from taxonomist.io import ResumeError
-from taxonomist.models.build import build_backbone
-from taxonomist.models.checkpoint import HeadsCheckpoint
+from taxonomist.models.build import build_backbone, load_heads_checkpoint
 from taxonomist.training import self_training
 from taxonomist.training.self_training import (
     agreement_with_truth,
@@ -210,6 +209,6 @@ def test_title_view_teaches_the_image_student(tmp_path: Path) -> None:
     color_score = title_round["test_per_attribute"]["color"]
     assert color_score > image_round["test_per_attribute"]["color"] + 0.1
     # The student is the image heads alone: its checkpoint predicts from images, as round 0's does.
-    _, student = HeadsCheckpoint.load(tmp_path / "titles" / "round-1")
-    _, supervised = HeadsCheckpoint.load(tmp_path / "titles" / "round-0")
+    _, student = load_heads_checkpoint(tmp_path / "titles" / "round-1")
+    _, supervised = load_heads_checkpoint(tmp_path / "titles" / "round-0")
     assert student.state_dict().keys() == supervised.state_dict().keys()

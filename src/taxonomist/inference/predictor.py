@@ -24,7 +24,7 @@ from taxonomist.features.cache import FeatureCache, default_cache_dir
 from taxonomist.features.embed import embed_images
 from taxonomist.features.text import ListingText, TextFeatures, load_listing_text
 from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
-from taxonomist.models.build import build_backbone
+from taxonomist.models.build import checkpoint_backbone, load_heads_checkpoint
 from taxonomist.models.checkpoint import HeadsCheckpoint, calibrated_probs, checkpoint_version
 from taxonomist.models.fusion import lexical_batch
 from taxonomist.models.runtime import exports_root, on_runtime
@@ -129,14 +129,14 @@ class Predictor:
         torch loads the run's export, exporting into ``RUN/exports`` (or the cache when the run is
         read-only) first."""
         target = resolve_device(device)
-        checkpoint, heads = HeadsCheckpoint.load(path)
-        backbone = build_backbone(checkpoint.backbone)
+        checkpoint, heads = load_heads_checkpoint(path)
+        backbone = checkpoint_backbone(checkpoint)
         state = HeadsCheckpoint.backbone_state(path)
         if state is not None:
             backbone.load_state_dict(state)
         if backbone.fingerprint() != checkpoint.weights_fingerprint:
             raise RuntimeError(
-                f"{path}: backbone {checkpoint.backbone.name!r} now loads other weights or preprocessing "
+                f"{path}: backbone {checkpoint.backbone['name']!r} now loads other weights or preprocessing "
                 f"(fingerprint {backbone.fingerprint()} != {checkpoint.weights_fingerprint}); the heads were "
                 "trained on the old features"
             )

@@ -39,7 +39,8 @@ from taxonomist.io import (
     resume_conflict,
     rows_digest,
 )
-from taxonomist.models.checkpoint import HeadsCheckpoint, checkpoint_version
+from taxonomist.models.build import load_heads_checkpoint
+from taxonomist.models.checkpoint import checkpoint_version
 
 PATH = "path"
 ROW_COLUMNS = (ID, CATEGORY, PATH)
@@ -137,7 +138,7 @@ def predict_with_ray(
     checkpoint_dir = Path(checkpoint_dir).absolute()
     rows = read_rows(source)
     n_shards = -(-len(rows) // shard_rows)
-    checkpoint, _ = HeadsCheckpoint.load(checkpoint_dir)  # a clear error before any Ray start-up
+    checkpoint, _ = load_heads_checkpoint(checkpoint_dir)  # a clear error before any Ray start-up
     columns = list(ROW_COLUMNS)
     if "text" in checkpoint.inputs:
         columns.append(TEXT)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from taxonomist.config import BackboneConfig, HeadsConfig, RunConfig
 from taxonomist.data.schema import Schema, SchemaError
 from taxonomist.io import atomic_write
-from taxonomist.models.backbones import Backbone
 from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT, ListingHeads
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 
@@ -34,6 +32,10 @@ SCHEMA_FILE = "schema.json"
 PREDICTING_FILES = (META_FILE, WEIGHTS_FILE, SCHEMA_FILE, BACKBONE_FILE)
 """The files that decide a heads checkpoint's predictions (``config.yaml`` is a record, not an input)."""
 
+SectionCheck = Callable[[str, Mapping[str, Any]], dict[str, Any]]
+"""Checks a recorded config section (``backbone`` or ``heads``) by name and fills the keys it lacks:
+:func:`taxonomist.models.build.checked_section`, so that this module reads no config."""
+
 
 class CheckpointError(ValueError):
     """A directory that is not a readable taxonomist checkpoint."""
@@ -41,13 +43,15 @@ class CheckpointError(ValueError):
 
 @dataclass
 class HeadsCheckpoint:
-    backbone: BackboneConfig
+    backbone: dict[str, Any]
+    """The ``backbone`` section the features come from (``models.build.checkpoint_backbone`` rebuilds it)."""
     preprocess: dict[str, Any]
     fingerprint: str
     feature_dim: int
     schema: Schema
     categories: list[str]
-    heads: HeadsConfig
+    heads: dict[str, Any]
+    """The ``heads`` section: ``hidden``, ``category_dim``, ``dropout``, ``inputs``."""
     temperatures: dict[str, float] = field(default_factory=dict)
     logit_adjustment: dict[str, list[float]] = field(default_factory=dict)
     """Per attribute additive logit bias (prior correction that favours macro-F1); empty = none."""
@@ -71,33 +75,7 @@ class HeadsCheckpoint:
     @property
     def inputs(self) -> list[str]:
         """The modalities the heads were trained on: ``["image"]`` or ``["image", "text"]``."""
-        return list(self.heads.inputs)
-
-    @classmethod
-    def of(
-        cls,
-        cfg: RunConfig,
-        backbone: Backbone,
-        schema: Schema,
-        categories: list[str],
-        feature_dim: int,
-        **fitted: Any,
-    ) -> HeadsCheckpoint:
-        """What every recipe records about its backbone, schema and heads; ``fitted``: temperatures,
-        logit adjustment, metrics. Take ``backbone``'s fingerprint before any rewrite of its weights."""
-        return cls(
-            backbone=cfg.backbone,
-            preprocess=backbone.preprocess.to_dict(),
-            fingerprint=backbone.fingerprint(),
-            weights_fingerprint=backbone.source_fingerprint(),
-            runtime=getattr(backbone, "runtime", "torch"),
-            precision=getattr(backbone, "precision", "fp32"),
-            feature_dim=feature_dim,
-            schema=schema,
-            categories=categories,
-            heads=cfg.heads,
-            **fitted,
-        )
+        return list(self.heads["inputs"])
 
     def build_model(self) -> AttributeHeads | ListingHeads:
         if "text" in self.inputs:
@@ -105,9 +83,9 @@ class HeadsCheckpoint:
                 self.feature_dim,
                 int(self.text["dim"]),
                 allowed_masks(self.schema, self.categories),
-                hidden=self.heads.hidden,
-                category_dim=self.heads.category_dim,
-                dropout=self.heads.dropout,
+                hidden=self.heads["hidden"],
+                category_dim=self.heads["category_dim"],
+                dropout=self.heads["dropout"],
                 fusion=self.text.get("fusion", "concat"),
                 lexical_dim=int(self.text.get("lexical_dim", 0)),
                 lexical_width=int(self.text.get("lexical_width", 128)),
@@ -115,9 +93,9 @@ class HeadsCheckpoint:
         return AttributeHeads(
             self.feature_dim,
             allowed_masks(self.schema, self.categories),
-            hidden=self.heads.hidden,
-            category_dim=self.heads.category_dim,
-            dropout=self.heads.dropout,
+            hidden=self.heads["hidden"],
+            category_dim=self.heads["category_dim"],
+            dropout=self.heads["dropout"],
         )
 
     def save(
@@ -132,12 +110,12 @@ class HeadsCheckpoint:
         meta = {
             "format_version": FORMAT_VERSION,
             "kind": "attribute-heads",
-            "backbone": asdict(self.backbone),
+            "backbone": dict(self.backbone),
             "preprocess": self.preprocess,
             "fingerprint": self.fingerprint,
             "feature_dim": self.feature_dim,
             "categories": self.categories,
-            "heads": asdict(self.heads),
+            "heads": dict(self.heads),
             "temperatures": self.temperatures,
             "logit_adjustment": self.logit_adjustment,
             "metrics": self.metrics,
@@ -161,7 +139,10 @@ class HeadsCheckpoint:
         )
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> tuple[HeadsCheckpoint, AttributeHeads | ListingHeads]:
+    def load(
+        cls, directory: str | os.PathLike, check: SectionCheck
+    ) -> tuple[HeadsCheckpoint, AttributeHeads | ListingHeads]:
+        """``check`` reads the recorded sections (``models.build.load_heads_checkpoint`` passes it)."""
         directory = Path(directory)
         meta_path = directory / META_FILE
         if not meta_path.is_file():
@@ -175,7 +156,7 @@ class HeadsCheckpoint:
             raise CheckpointError(f"{meta_path}: format version {version} is not supported")
         # An edited file fails here with a key or type error deep inside; say which file instead.
         try:
-            ckpt = cls._from_meta(meta, directory)
+            ckpt = cls._from_meta(meta, directory, check)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             if isinstance(err, CheckpointError | SchemaError):  # these name their own file
                 raise
@@ -192,15 +173,15 @@ class HeadsCheckpoint:
         return ckpt, model.eval()
 
     @classmethod
-    def _from_meta(cls, meta: dict[str, Any], directory: Path) -> HeadsCheckpoint:
+    def _from_meta(cls, meta: dict[str, Any], directory: Path, check: SectionCheck) -> HeadsCheckpoint:
         return cls(
-            backbone=BackboneConfig(**meta["backbone"]),
+            backbone=check("backbone", meta["backbone"]),
             preprocess=meta["preprocess"],
             fingerprint=meta["fingerprint"],
             feature_dim=meta["feature_dim"],
             schema=Schema.load(directory / SCHEMA_FILE),
             categories=meta["categories"],
-            heads=HeadsConfig(**meta["heads"]),
+            heads=check("heads", meta["heads"]),
             temperatures=meta.get("temperatures", {}),
             logit_adjustment=meta.get("logit_adjustment", {}),
             metrics=meta.get("metrics", {}),

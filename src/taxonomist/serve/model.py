@@ -87,7 +87,7 @@ class AttributeModel:
             name=Path(directory).resolve().name,
             version=predictor.version,
             kind="attribute-heads",
-            backbone=ckpt.backbone.name,
+            backbone=ckpt.backbone["name"],
             fingerprint=ckpt.fingerprint,
             runtime=predictor.runtime,
         )

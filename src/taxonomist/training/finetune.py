@@ -41,8 +41,7 @@ from taxonomist.io import atomic_write, atomic_write_text
 from taxonomist.metrics import attribute_score
 from taxonomist.models.attention_head import AttentionHeads
 from taxonomist.models.backbones import Backbone, Preprocess
-from taxonomist.models.build import build_backbone
-from taxonomist.models.checkpoint import HeadsCheckpoint
+from taxonomist.models.build import build_backbone, heads_checkpoint
 from taxonomist.models.heads import NEG_INF, AttributeHeads, allowed_masks
 from taxonomist.progress import progress_bar
 from taxonomist.training.augment import BatchAugment
@@ -636,7 +635,7 @@ def _save_checkpoint(
     backbone_state = {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}
     fresh = build_backbone(cfg.backbone)
     fresh.load_state_dict(backbone_state)
-    checkpoint = HeadsCheckpoint.of(
+    checkpoint = heads_checkpoint(
         cfg,
         fresh,
         schema,

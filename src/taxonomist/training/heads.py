@@ -40,8 +40,7 @@ from taxonomist.metrics import (
     fit_temperature,
 )
 from taxonomist.models.backbones import Backbone
-from taxonomist.models.build import build_backbone
-from taxonomist.models.checkpoint import HeadsCheckpoint
+from taxonomist.models.build import build_backbone, heads_checkpoint
 from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT, ListingHeads, lexical_batch, modality_dropout
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 from taxonomist.models.text import TextEncoder
@@ -392,7 +391,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         if len(test_set)
         else None
     )
-    checkpoint = HeadsCheckpoint.of(
+    checkpoint = heads_checkpoint(
         cfg,
         backbone,
         schema,

@@ -45,6 +45,7 @@ from taxonomist.features.build import embed_options
 from taxonomist.features.embed import embed_catalog
 from taxonomist.io import ResumeError, atomic_write_frame, atomic_write_text
 from taxonomist.metrics import AttributeReport, apply_temperature, attribute_score, fit_temperature
+from taxonomist.models.build import heads_checkpoint, load_heads_checkpoint
 from taxonomist.models.checkpoint import HeadsCheckpoint
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 from taxonomist.models.text_attributes import TextAttributeClassifier
@@ -293,7 +294,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
     pool_views = [feature_set(pool_frame, catalog, embedded, schema, categories)[0]] + [
         feature_set(pool_frame, pool_catalog, e, schema, categories)[0] for e in views
     ]
-    checkpoint = HeadsCheckpoint.of(cfg, backbone, schema, categories, embedded.features.shape[1])
+    checkpoint = heads_checkpoint(cfg, backbone, schema, categories, embedded.features.shape[1])
     pool_text = text_report = None
     if st.text_view and TEXT in catalog.frame.columns:
         pool_text, text_report = text_view(
@@ -447,7 +448,7 @@ def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True)
     for k in range(st.rounds + 1):
         round_dir = out / f"round-{k}"
         if k < len(records):  # finished before a kill, or by an earlier run with fewer rounds
-            finished, model = HeadsCheckpoint.load(round_dir)
+            finished, model = load_heads_checkpoint(round_dir)
             current = RoundModel(model, finished.temperatures, finished.logit_adjustment)
         else:
             round_start = time.perf_counter()
