@@ -14,15 +14,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taxonomist.cli.export import PrecisionDefaultOpt as PrecisionOpt
-from taxonomist.cli.export import PredictRuntimeOpt as RuntimeOpt
 from taxonomist.cli.export import export
 from taxonomist.cli.options import (
     ConfigOpt,
     ImagesOpt,
     JobFailed,
     JobOutputOpt,
+    PrecisionDefaultOpt,
     PredictDataOpt,
+    PredictRuntimeOpt,
     QuietOpt,
     SetOpt,
     resolve_config,
@@ -335,8 +335,8 @@ def predict(
     gpus_per_actor: Annotated[
         float | None, typer.Option(help="Default 1 where there are GPUs, else 0.")
     ] = None,
-    runtime: RuntimeOpt = "auto",
-    precision: PrecisionOpt = None,
+    runtime: PredictRuntimeOpt = "auto",
+    precision: PrecisionDefaultOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Predict attributes for every row of a catalog: Meesho layout + long layout with confidences.

@@ -24,6 +24,15 @@ SetOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 JobOutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder (resumable).")]
 PredictDataOpt = Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")]
+PredictRuntimeOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto (the fastest installed: ONNX Runtime/OpenVINO on CPU), torch, onnxruntime, openvino."
+    ),
+]
+PrecisionDefaultOpt = Annotated[
+    str | None, typer.Option(help="fp32, bf16 or int8 (an int8 export must exist); default: the heads' own.")
+]
 ImagesOpt = Annotated[
     str | None,
     typer.Option(
