@@ -68,7 +68,7 @@ class ListingHeads(MaskedHeads):
             raise ValueError(f"fusion must be 'concat' or 'gated', got {fusion!r}")
         rest_layers, width = mlp_layers(first, rest, dropout)
         self.trunk = nn.Sequential(nn.LayerNorm(first), nn.GELU(), nn.Dropout(dropout), *rest_layers)
-        self.build_heads(width, masks)
+        self.set_linear_heads(width, masks)
 
     def set_standardization(self, image: torch.Tensor, text: torch.Tensor, present: torch.Tensor) -> None:
         """Mean/std of each modality over the training rows that have it."""
@@ -108,7 +108,7 @@ class ListingHeads(MaskedHeads):
                 + gt * pt * present[:, HAS_TEXT : HAS_TEXT + 1]
             )
             h = h + self.context_proj(context)
-        return self.masked_logits(self.trunk(h), category)
+        return self.masked_logits(category, self.trunk(h))
 
 
 def modality_dropout(

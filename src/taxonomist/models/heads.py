@@ -6,7 +6,7 @@ prediction, so an invalid value can neither be learned nor predicted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -40,22 +40,28 @@ def mlp_layers(width: int, hidden: Sequence[int], dropout: float) -> tuple[list[
 
 
 class MaskedHeads(nn.Module):
-    """One linear head per attribute over a trunk's output, its logits masked to the values the row's
-    category allows; subclasses build ``self.trunk`` and call :meth:`build_heads`."""
+    """One head per attribute, its logits masked to the values the row's category allows: the part the
+    attribute, listing and attention heads share. Subclasses build their heads and call :meth:`set_heads`."""
 
-    def build_heads(self, width: int, masks: Mapping[str, torch.Tensor]) -> None:
+    def set_heads(self, heads: Iterable[nn.Module], masks: Mapping[str, torch.Tensor]) -> None:
+        """``heads`` in ``masks``' attribute order."""
         self.attributes = list(masks)
         # Indexed, not keyed by name: attribute names may hold dots or spaces that module names cannot.
-        self.heads = nn.ModuleList(nn.Linear(width, m.shape[1]) for m in masks.values())
+        self.heads = nn.ModuleList(heads)
         for i, mask in enumerate(masks.values()):
             self.register_buffer(f"mask_{i}", mask.clone())
+
+    def set_linear_heads(self, width: int, masks: Mapping[str, torch.Tensor]) -> None:
+        """A linear head per attribute over a ``width``-wide trunk output."""
+        self.set_heads((nn.Linear(width, m.shape[1]) for m in masks.values()), masks)
 
     def mask(self, attribute: str) -> torch.Tensor:
         return getattr(self, f"mask_{self.attributes.index(attribute)}")
 
-    def masked_logits(self, x: torch.Tensor, category: torch.Tensor) -> dict[str, torch.Tensor]:
+    def masked_logits(self, category: torch.Tensor, *inputs: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Each head applied to ``inputs``, values outside the row's category set to :data:`NEG_INF`."""
         return {
-            a: head(x).masked_fill(~getattr(self, f"mask_{i}")[category], NEG_INF)
+            a: head(*inputs).masked_fill(~getattr(self, f"mask_{i}")[category], NEG_INF)
             for i, (a, head) in enumerate(zip(self.attributes, self.heads, strict=True))
         }
 
@@ -79,7 +85,7 @@ class AttributeHeads(MaskedHeads):
         self.category_embedding = nn.Embedding(n_categories, category_dim)
         layers, width = mlp_layers(in_dim + category_dim, hidden, dropout)
         self.trunk = nn.Sequential(*layers)
-        self.build_heads(width, masks)
+        self.set_linear_heads(width, masks)
 
     def set_standardization(self, features: torch.Tensor) -> None:
         """Fit input mean/std on training features: backbone and colour features differ in scale."""
@@ -89,5 +95,5 @@ class AttributeHeads(MaskedHeads):
     def forward(self, features: torch.Tensor, category: torch.Tensor) -> dict[str, torch.Tensor]:
         x = (features - self.feature_mean) / self.feature_std
         return self.masked_logits(
-            self.trunk(torch.cat([x, self.category_embedding(category)], dim=1)), category
+            category, self.trunk(torch.cat([x, self.category_embedding(category)], dim=1))
         )
