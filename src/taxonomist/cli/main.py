@@ -25,6 +25,7 @@ from taxonomist.cli.options import (
     PredictRuntimeOpt,
     QuietOpt,
     SetOpt,
+    end_job,
     resolve_config,
 )
 from taxonomist.cli.review import review
@@ -393,11 +394,7 @@ def predict(
         )
         # The shards' errors with their lines, and the rows the shards never saw, as the local engine writes.
         errors = read_ray_output(output, "errors")
-        summary = with_row_errors(summary, catalog, errors, output)
-        console.print_json(json.dumps(summary.to_dict()))
-        failure = summary.failure(cfg.predict.max_error_share)
-        if failure:
-            raise JobFailed(failure)
+        end_job(console, with_row_errors(summary, catalog, errors, output), cfg.predict.max_error_share)
         return
     predictor = Predictor.from_pretrained(
         checkpoint, device=cfg.embed.device, runtime=runtime, precision=precision
@@ -414,15 +411,11 @@ def predict(
         progress=not quiet,
         allow_missing_image=cfg.predict.allow_missing_image,
     )
-    console.print_json(json.dumps(summary.to_dict()))
-    failure = summary.failure(cfg.predict.max_error_share)
-    if failure:
-        if summary.error_reasons.get("missing"):
-            failure += (
-                f"; images were looked for as {catalog.image_root or Path()}/{catalog.image_template}: "
-                "point --images at the folder they are in"
-            )
-        raise JobFailed(failure)
+    missing_hint = (
+        f"; images were looked for as {catalog.image_root or Path()}/{catalog.image_template}: "
+        "point --images at the folder they are in"
+    )
+    end_job(console, summary, cfg.predict.max_error_share, missing_hint)
 
 
 @app.command()
