@@ -187,6 +187,14 @@ class TextConfig:
     """Add the lexical view: TF-IDF word 1–2-grams + char 2–5-grams through a learned n-gram bag."""
     lexical_width: PositiveInt = 128
     """Width of the lexical n-gram vectors."""
+    probe: bool = True
+    """Add the lexical probe's per-attribute probabilities (TF-IDF n-grams ⊕ category, one logistic
+    regression per attribute) to the text features, cross-fitted on the training rows."""
+    probe_folds: Annotated[int, Range(2)] = 5
+    """Folds of the probe's cross-fitting: each training row's probe features come from a model fitted
+    on the other folds."""
+    probe_c: PositiveFloat = 20.0
+    """Inverse regularisation of the probe's logistic regressions."""
     fusion: Literal["concat", "gated"] = "concat"
     text_dropout: FractionBelowOne = 0.3
     """Modality dropout: share of training rows whose text is hidden, so blank titles stay well served."""

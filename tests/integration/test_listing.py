@@ -32,7 +32,20 @@ def test_a_listing_checkpoint_records_its_inputs_and_predicts_with_and_without_t
     catalog, _, ckpt = listing_run
     predictor = Predictor.from_pretrained(ckpt)
     assert predictor.checkpoint.inputs == ["image", "text"]
-    assert predictor.checkpoint.text["fingerprint"] == predictor.text.encoder.fingerprint()
+    # The record names the encoder's weights; on CPU it encodes on ONNX Runtime fp32, beside the
+    # cross-fitted lexical probe saved with the heads, and answers as the torch encoder does.
+    assert predictor.checkpoint.text["fingerprint"] == predictor.text.encoder.weights_fingerprint()
+    assert predictor.text.encoder.runtime == "onnxruntime" and predictor.text.probe is not None
+    eager = Predictor.from_pretrained(ckpt, runtime="torch")
+    assert eager.text.encoder.runtime == "torch"
+    listing = ([str(catalog.parent / "images" / "1001.jpg")], ["Tops"])
+    fast, slow = (
+        predictor.predict(*listing, texts=["Acme Blue top"]),
+        eager.predict(*listing, texts=["Acme Blue top"]),
+    )
+    for a, v in slow[0].attributes.items():
+        assert fast[0].attributes[a].value == v.value
+        assert fast[0].attributes[a].confidence == pytest.approx(v.confidence, abs=1e-3)
     image = str(catalog.parent / "images" / "1000.jpg")
     for texts in (["Acme Red top"], [""], [None], None, ["🔥" * 5000]):
         (pred,) = predictor.predict([image], ["Tops"], texts=texts)

@@ -13,8 +13,16 @@ import torch
 
 from taxonomist.config import CatalogConfig, ConfigError, TrainConfig, load_config
 from taxonomist.data.catalog import TEXT, CatalogError, load_catalog, read_generic
+from taxonomist.data.labels import MISSING
 from taxonomist.data.schema import Schema
-from taxonomist.features.text import LexicalView, TextFeatures, embed_texts, text_cache, text_key
+from taxonomist.features.text import (
+    LexicalProbe,
+    LexicalView,
+    TextFeatures,
+    embed_texts,
+    text_cache,
+    text_key,
+)
 from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT, ListingHeads, modality_dropout
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 from taxonomist.training.heads import FeatureSet, fit_heads, predict_logits, set_text
@@ -225,3 +233,26 @@ def test_recipes_without_text_refuse_listing_heads(recipe: str, tmp_path: Path) 
     cfg = load_config(values={"heads.inputs": ["image", "text"]})
     with pytest.raises(ConfigError, match="heads recipe"):
         run(cfg, tmp_path)
+
+
+def test_lexical_probe_is_cross_fitted_and_saved(tmp_path: Path) -> None:
+    """A word that names the label in one row only: the final probe has learned it, but that row's
+    stacked feature comes from a model that never saw it, so it stays near the prior (no leak)."""
+
+    rng = np.random.default_rng(0)
+    texts = [f"item{i} {'red' if i % 2 else 'blue'} shirt" for i in range(60)]
+    labels = {"color": np.array([i % 2 for i in range(60)]), "tag": rng.integers(0, 3, 60)}
+    labels["color"][7] = MISSING  # unlabelled rows are features only
+    category = np.zeros(60, dtype=np.int64)
+    probe = LexicalProbe({"color": 2, "tag": 3}, 1, C=20.0, folds=5)
+    stacked = probe.fit_transform(texts, category, labels)
+    assert stacked.shape == (60, 5) and np.allclose(stacked[:, :2].sum(1), 1, atol=1e-5)
+    final = probe.transform(texts, category)
+    # The colour word generalises across folds; the row-unique "item{i}" token cannot.
+    assert (stacked[:, :2].argmax(1) == labels["color"])[labels["color"] != MISSING].mean() > 0.95
+    in_sample = final[np.arange(60), 2 + labels["tag"]]
+    held_out = stacked[np.arange(60), 2 + labels["tag"]]
+    assert in_sample.mean() > held_out.mean() + 0.2  # memorised ids, not there when cross-fitted
+    probe.save(tmp_path)
+    loaded = LexicalProbe.load(tmp_path, {"color": 2, "tag": 3}, 1)
+    np.testing.assert_allclose(loaded.transform(texts[:4], category[:4]), final[:4], rtol=1e-6)

@@ -3,8 +3,11 @@
 The sentence embedding generalises across wording; the lexical view (TF-IDF word 1–2-grams + char
 2–5-grams) keeps values named outright ("Navy Blue", "Tshirt", "T-Shirt"), which a small sentence
 encoder blurs. The heads read the lexical rows through a learned bag of n-gram vectors trained with
-everything else, so the listing model is one network fitted once (stacked per-attribute classifiers
-would need cross-fitting, as their outputs on their own training rows are overconfident).
+everything else. The lexical probe adds what a learned bag reads less well than a per-attribute linear
+model (colour words above all): the probabilities of one logistic regression per attribute over the
+same n-grams ⊕ category. They are stacked features, so they are cross-fitted: each training row gets
+them from models that never saw it (a model's outputs on its own training rows are overconfident, and
+heads fitted on those would trust the text too much on new rows).
 
 A blank text gives zero features; the row's text is then absent (``present``), the case modality
 dropout trained for.
@@ -23,14 +26,23 @@ import numpy as np
 
 from taxonomist.features.cache import FeatureCache
 from taxonomist.models.text import TextEncoder
+from taxonomist.models.text_attributes import TextAttributeClassifier
 
 LEXICAL_FILE = "lexical.skops"
+PROBE_FILE = "lexical_probe.skops"
 TRUSTED_TYPES = [
     "sklearn.feature_extraction.text.TfidfVectorizer",
     "sklearn.feature_extraction.text.TfidfTransformer",
     "numpy.float64",
     "numpy.int64",
     "builtins.getattr",
+]
+PROBE_TRUSTED_TYPES = [
+    *TRUSTED_TYPES,
+    "taxonomist.models.text_attributes.TextAttributeClassifier",
+    "sklearn.linear_model._logistic.LogisticRegression",
+    "numpy.int32",
+    "numpy.float32",
 ]
 """What a saved lexical view may contain beyond skops' defaults; anything else is refused on load."""
 
@@ -136,6 +148,85 @@ class LexicalView:
         return view
 
 
+class LexicalProbe:
+    """Per-attribute text probabilities (a :class:`TextAttributeClassifier`) as dense text features.
+
+    ``fit_transform`` returns cross-fitted features for the training rows (``folds`` models, each
+    scoring the rows it did not see) and keeps a model fitted on every row for :meth:`transform`.
+    """
+
+    def __init__(
+        self, n_values: dict[str, int], n_categories: int, *, C: float = 20.0, folds: int = 5
+    ) -> None:
+        self.n_values = dict(n_values)
+        self.n_categories = n_categories
+        self.C = C
+        self.folds = folds
+        self.model_: TextAttributeClassifier | None = None
+
+    @property
+    def dim(self) -> int:
+        return sum(self.n_values.values())
+
+    def _fit(self, texts: Sequence[str], category: np.ndarray, labels: dict[str, np.ndarray]):
+        return TextAttributeClassifier(C=self.C).fit(
+            texts, category, labels, self.n_values, self.n_categories
+        )
+
+    @staticmethod
+    def _stack(model: TextAttributeClassifier, texts: Sequence[str], category: np.ndarray) -> np.ndarray:
+        log_probs = model.log_probs(list(texts), np.asarray(category))
+        return np.exp(np.concatenate(list(log_probs.values()), axis=1)).astype(np.float32)
+
+    def fit_transform(
+        self, texts: Sequence[str], category: np.ndarray, labels: dict[str, np.ndarray], seed: int = 0
+    ) -> np.ndarray:
+        """Cross-fitted features of the training rows; then the final model on all of them."""
+        from sklearn.model_selection import KFold
+
+        texts, category = list(texts), np.asarray(category)
+        if len(texts) < 2:
+            raise ValueError(
+                f"the lexical probe is cross-fitted: it needs ≥ 2 training texts, got {len(texts)}"
+            )
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        folds = KFold(min(self.folds, len(texts)), shuffle=True, random_state=seed)
+        for fit_rows, held_rows in folds.split(texts):
+            model = self._fit(
+                [texts[i] for i in fit_rows], category[fit_rows], {a: v[fit_rows] for a, v in labels.items()}
+            )
+            out[held_rows] = self._stack(model, [texts[i] for i in held_rows], category[held_rows])
+        self.model_ = self._fit(texts, category, labels)
+        return out
+
+    def transform(self, texts: Sequence[str], category: np.ndarray) -> np.ndarray:
+        if self.model_ is None:
+            raise RuntimeError("the lexical probe is not fitted")
+        if not len(texts):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._stack(self.model_, texts, category)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        import skops.io
+
+        from taxonomist.io import atomic_write_bytes
+
+        if self.model_ is None:
+            raise RuntimeError("the lexical probe is not fitted")
+        atomic_write_bytes(Path(directory) / PROBE_FILE, skops.io.dumps(self.model_))
+
+    @classmethod
+    def load(
+        cls, directory: str | os.PathLike, n_values: dict[str, int], n_categories: int, **kw
+    ) -> LexicalProbe:
+        import skops.io
+
+        probe = cls(n_values, n_categories, **kw)
+        data = (Path(directory) / PROBE_FILE).read_bytes()
+        probe.model_ = skops.io.load(io.BytesIO(data), trusted=PROBE_TRUSTED_TYPES)
+        return probe
+
+
 @dataclass
 class TextFeatures:
     """Text features of n rows: sentence embeddings, lexical CSR rows (None without a lexical view),
@@ -150,25 +241,39 @@ class TextFeatures:
 
 
 class ListingText:
-    """Normalised listing texts → :class:`TextFeatures` for :class:`ListingHeads`."""
+    """Normalised listing texts → :class:`TextFeatures` for :class:`ListingHeads`: the sentence
+    embedding, then (with a probe) its per-attribute probabilities, as one dense row."""
 
     def __init__(
-        self, encoder: TextEncoder, lexical: LexicalView | None, *, cache: FeatureCache | None = None
+        self,
+        encoder: TextEncoder,
+        lexical: LexicalView | None,
+        *,
+        cache: FeatureCache | None = None,
+        probe: LexicalProbe | None = None,
     ) -> None:
         self.encoder = encoder
         self.lexical = lexical
         self.cache = cache
+        self.probe = probe
 
     @property
     def dim(self) -> int:
-        return self.encoder.dim
+        return self.encoder.dim + (self.probe.dim if self.probe is not None else 0)
 
     @property
     def lexical_dim(self) -> int:
         return self.lexical.dim if self.lexical is not None else 0
 
-    def features(self, texts: Sequence[str]) -> TextFeatures:
+    def features(
+        self, texts: Sequence[str], category: np.ndarray, *, probe_features: np.ndarray | None = None
+    ) -> TextFeatures:
+        """``category``: the rows' category indices (the probe reads them); ``probe_features``: the
+        probe's cross-fitted features of training rows, used instead of the fitted probe's."""
         dense = embed_texts(texts, self.encoder, cache=self.cache)
+        if self.probe is not None:
+            probed = probe_features if probe_features is not None else self.probe.transform(texts, category)
+            dense = np.concatenate([dense, probed], axis=1)
         lexical = self.lexical.transform(texts) if self.lexical is not None else None
         return TextFeatures(dense, lexical, np.array([bool(t) for t in texts], dtype=bool))
 
@@ -178,25 +283,38 @@ def load_listing_text(
     checkpoint,
     device: object = "cpu",
     cache_dir: str | os.PathLike | None = None,
+    runtime: str = "torch",
+    export_root: str | os.PathLike | None = None,
 ) -> ListingText:
-    """A listing checkpoint's text features: its encoder (checked against the recorded fingerprint) and
-    its lexical view. ``checkpoint``: the loaded ``HeadsCheckpoint``."""
+    """A listing checkpoint's text features: its encoder (checked against the recorded fingerprint),
+    its lexical view and probe. ``checkpoint``: the loaded ``HeadsCheckpoint``. ``runtime``: where the
+    encoder runs (fp32 only: the heads were fitted on fp32 embeddings)."""
     record = checkpoint.text
     encoder = TextEncoder(
         record["encoder"],
         max_length=record["max_length"],
         batch_size=record["batch_size"],
         device=str(device),
+        runtime=runtime,
+        export_root=export_root,
     )
-    if encoder.fingerprint() != record["fingerprint"]:
+    if encoder.weights_fingerprint() != record["fingerprint"]:
         raise RuntimeError(
             f"{directory}: text encoder {record['encoder']!r} now loads other weights (fingerprint "
-            f"{encoder.fingerprint()} != {record['fingerprint']}); the heads were trained on the old "
+            f"{encoder.weights_fingerprint()} != {record['fingerprint']}); the heads were trained on the old "
             "embeddings"
         )
     lexical = LexicalView.load(directory) if record.get("lexical") else None
+    probe = None
+    if record.get("probe"):
+        schema = checkpoint.schema
+        n_values = {a: len(schema.values(a)) for a in schema.attributes}
+        probe = LexicalProbe.load(directory, n_values, len(checkpoint.categories))
     text = ListingText(
-        encoder, lexical, cache=text_cache(encoder, cache_dir) if cache_dir is not None else None
+        encoder,
+        lexical,
+        cache=text_cache(encoder, cache_dir) if cache_dir is not None else None,
+        probe=probe,
     )
     if (text.dim, text.lexical_dim) != (record["dim"], record["lexical_dim"]):
         raise RuntimeError(

@@ -164,7 +164,7 @@ def evaluate(
     text = None
     if predictor.reads_text:  # listing heads: the catalog's text column (rows without one are blank)
         texts = frame[TEXT].to_numpy()[good].tolist() if TEXT in frame.columns else None
-        text = predictor.text_features(texts, len(good))
+        text = predictor.text_features(texts, cats[good].tolist())
     probs = predictor.predict_features(embedded.features[good], cats[good].tolist(), text)
     before = predictor.predict_features(embedded.features[good], cats[good].tolist(), text, calibrated=False)
     preds = predictor.decode(probs, frame[ID].to_numpy()[good].tolist(), cats[good].tolist())

@@ -144,17 +144,22 @@ class Predictor:
         version = checkpoint_version(path)
         # Listing heads (image + text) take more inputs than the exported graph: they stay on torch.
         exported_heads = None if checkpoint.text else heads.to(target)
+        runtime = runtime or checkpoint.runtime
+        root = exports_root(path, default_cache_dir() / "exports" / version)
         backbone, runtime_heads, _ = on_runtime(
             backbone.to(target),
             exported_heads,
-            runtime=runtime or checkpoint.runtime,
+            runtime=runtime,
             precision=precision or checkpoint.precision,
             device=target,
-            root=exports_root(path, default_cache_dir() / "exports" / version),
+            root=root,
             feature_dim=checkpoint.feature_dim,
             extra={"checkpoint": version},
         )
-        text = load_listing_text(path, checkpoint, target) if checkpoint.text else None
+        text = None
+        if checkpoint.text:  # the sentence encoder runs fp32 (its numerics when the heads were fitted)
+            text_runtime = "torch" if runtime == "torch" else "auto"
+            text = load_listing_text(path, checkpoint, target, runtime=text_runtime, export_root=root)
         return cls(checkpoint, runtime_heads or heads.to(target).eval(), backbone, version=version, text=text)
 
     @property
@@ -172,9 +177,11 @@ class Predictor:
         """Whether the heads read listing text (the checkpoint was trained on image + text)."""
         return self.text is not None
 
-    def text_features(self, texts: Sequence[str | None] | None, n: int) -> TextFeatures | None:
-        """``n`` rows' texts (normalised here; None = every row blank) → the text features of listing
-        heads; None for image-only heads.
+    def text_features(
+        self, texts: Sequence[str | None] | None, categories: Sequence[str]
+    ) -> TextFeatures | None:
+        """The texts of rows of ``categories`` (normalised here; None = every row blank) → the text
+        features of listing heads; None for image-only heads.
 
         Giving texts to image-only heads is an error: they would be ignored, silently."""
         if not self.reads_text:
@@ -184,8 +191,8 @@ class Predictor:
                     "listing text: leave the texts out, or train with heads.inputs: [image, text]"
                 )
             return None
-        normal = [normalize_text(t) for t in texts] if texts is not None else [""] * n
-        return self.text.features(normal)
+        normal = [normalize_text(t) for t in texts] if texts is not None else [""] * len(categories)
+        return self.text.features(normal, self.category_indices(categories).numpy())
 
     @property
     def categories(self) -> list[str]:
@@ -220,7 +227,7 @@ class Predictor:
             logits = self.heads(features, category)
             probs = calibrated_probs(logits, self.checkpoint, scale=calibrated)
             return {a: p.cpu().numpy() for a, p in probs.items()}
-        text = text if text is not None else self.text_features(None, len(features))
+        text = text if text is not None else self.text_features(None, categories)
         images = (
             np.ones(len(features), dtype=bool) if has_image is None else np.asarray(has_image, dtype=bool)
         )
@@ -285,7 +292,7 @@ class Predictor:
         if not images:
             return []
         self.category_indices(categories)  # fail before any decoding
-        text = self.text_features(texts, len(images))
+        text = self.text_features(texts, categories)
         # PIL images go through the same loader as files: same orientation, mode and size rules.
         pixels = torch.stack([self.backbone.preprocess(load_image(im)) for im in images])
         probs = self.predict_features(self.backbone(pixels.to(self.device)), categories, text)
@@ -336,7 +343,7 @@ class Predictor:
         keep = np.ones(len(rows), dtype=bool) if allow_missing_image else result.ok
         good = [rows[i] for i in np.flatnonzero(keep)]
         good_ids, good_cats = [ids[r] for r in good], [categories[r] for r in good]
-        text = self.text_features([texts[r] for r in good] if texts is not None else None, len(good))
+        text = self.text_features([texts[r] for r in good] if texts is not None else None, good_cats)
         probs = self.predict_features(result.features[keep], good_cats, text, has_image=result.ok[keep])
         preds = self.decode(
             probs, good_ids, good_cats, min_confidence=min_confidence, placeholder=placeholder

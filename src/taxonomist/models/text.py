@@ -103,15 +103,19 @@ class TextEncoder:
         return self.model[0].auto_model
 
     def fingerprint(self) -> str:
-        """Identity of the weights and settings: the key of cached title embeddings."""
+        """Identity of the weights, settings and numerics: the key of cached title embeddings."""
+        # torch keeps its key (caches filled before runtimes existed); other numerics get their own.
+        return rt.feature_key(self.weights_fingerprint(), self.runtime, self.precision)
+
+    def weights_fingerprint(self) -> str:
+        """Identity of the weights and settings alone, whatever runtime encodes with them."""
         digest = hashlib.sha256()
         digest.update(f"{self.name}|{self.max_length}|{self.quantize}".encode())
         for name, tensor in sorted(self.transformer.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
             digest.update(str(tuple(tensor.shape)).encode())
-        # torch keeps its key (caches filled before runtimes existed); other numerics get their own.
-        return rt.feature_key(digest.hexdigest()[:16], self.runtime, self.precision)
+        return digest.hexdigest()[:16]
 
     def mean_pool(self, texts: list[str]) -> torch.Tensor:
         """Differentiable embeddings (mean pooling + L2 norm, as all-MiniLM-L6-v2 was trained)."""

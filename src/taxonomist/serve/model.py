@@ -111,7 +111,7 @@ class AttributeModel:
         categories = [item.category for item in items]
         pixels = torch.stack([item.pixels for item in items]).to(self.predictor.device, non_blocking=True)
         features = self.predictor.backbone(pixels)
-        text = self.predictor.text_features([item.title for item in items], len(items))
+        text = self.predictor.text_features([item.title for item in items], categories)
         probs = self.predictor.predict_features(features, categories, text)
         ids = [str(i) for i in range(len(items))]
         return [p.attributes for p in self.predictor.decode(probs, ids, categories)]

@@ -28,7 +28,7 @@ from taxonomist.data.prepare import DATA_REPORT, PARTS, DataReport, prepare_cata
 from taxonomist.data.schema import Schema
 from taxonomist.devices import resolve_device
 from taxonomist.features.embed import embed_catalog, runtime_backbone
-from taxonomist.features.text import LexicalView, ListingText, TextFeatures, text_cache
+from taxonomist.features.text import LexicalProbe, LexicalView, ListingText, TextFeatures, text_cache
 from taxonomist.io import atomic_write_text
 from taxonomist.metrics import (
     AttributeReport,
@@ -252,20 +252,34 @@ def feature_set(
     return data, frame
 
 
-def attach_text(cfg: RunConfig, train: pd.DataFrame, *sets: tuple[FeatureSet, pd.DataFrame]) -> ListingText:
-    """Fit the text features on the ``train`` frame's texts and fill each feature set's text features
-    and image/text presence flags; returns the fitted text features."""
-    if TEXT not in train.columns:
+def attach_text(
+    cfg: RunConfig,
+    schema: Schema,
+    train: tuple[FeatureSet, pd.DataFrame],
+    *others: tuple[FeatureSet, pd.DataFrame],
+) -> ListingText:
+    """Fit the text features on the ``train`` part's texts (and labels, for the probe) and fill each
+    feature set's text features and image/text presence flags; returns the fitted text features.
+    Training rows get the probe's cross-fitted features, the other parts the final probe's."""
+    train_set, train_frame = train
+    if TEXT not in train_frame.columns:
         raise ConfigError("heads.inputs has 'text' but the catalog has no text: set catalog.text_columns")
-    text = listing_text(cfg)
+    text = listing_text(cfg, schema)
+    texts = train_frame[TEXT].tolist()
     if text.lexical is not None:
-        text.lexical.fit(train[TEXT].tolist())
-    for data, frame in sets:
-        set_text(data, text.features(frame[TEXT].tolist()))
+        text.lexical.fit(texts)
+    category = train_set.category.numpy()
+    probed = None
+    if text.probe is not None:
+        labels = {a: v.numpy() for a, v in train_set.labels.items()}
+        probed = text.probe.fit_transform(texts, category, labels, seed=cfg.train.seed)
+    set_text(train_set, text.features(texts, category, probe_features=probed))
+    for data, frame in others:
+        set_text(data, text.features(frame[TEXT].tolist(), data.category.numpy()))
     return text
 
 
-def listing_text(cfg: RunConfig) -> ListingText:
+def listing_text(cfg: RunConfig, schema: Schema) -> ListingText:
     """The configured (unfitted) text features, embeddings cached beside the image features."""
     encoder = TextEncoder(
         cfg.text.encoder,
@@ -274,14 +288,18 @@ def listing_text(cfg: RunConfig) -> ListingText:
         device=str(resolve_device(cfg.embed.device)),
     )
     lexical = LexicalView() if cfg.text.lexical else None
-    return ListingText(encoder, lexical, cache=text_cache(encoder, cfg.embed.cache_dir))
+    probe = None
+    if cfg.text.probe:
+        n_values = {a: len(schema.values(a)) for a in schema.attributes}
+        probe = LexicalProbe(n_values, len(schema.categories), C=cfg.text.probe_c, folds=cfg.text.probe_folds)
+    return ListingText(encoder, lexical, cache=text_cache(encoder, cfg.embed.cache_dir), probe=probe)
 
 
 def text_record(cfg: RunConfig, text: ListingText) -> dict:
     """What a listing checkpoint records about its text features (the predictor rebuilds them)."""
     return {
         **dataclasses.asdict(cfg.text),
-        "fingerprint": text.encoder.fingerprint(),
+        "fingerprint": text.encoder.weights_fingerprint(),
         "dim": text.dim,
         "lexical_dim": text.lexical_dim,
     }
@@ -361,7 +379,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
     text = None
     if "text" in cfg.heads.inputs:
         text = attach_text(
-            cfg, train_frame, (train_set, train_frame), (dev_set, dev_frame), (test_set, test_frame)
+            cfg, schema, (train_set, train_frame), (dev_set, dev_frame), (test_set, test_frame)
         )
     # Seeded here, not earlier: whether embedding ran (its DataLoader draws from the global RNG) or hit
     # the cache must not change the initial weights.
@@ -422,6 +440,8 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
     checkpoint.save(output_dir, model, backbone_state)
     if text is not None and text.lexical is not None:
         text.lexical.save(output_dir)
+    if text is not None and text.probe is not None:
+        text.probe.save(output_dir)
     cfg.save(output_dir / "config.yaml")
     result = TrainReport(
         str(output_dir),
