@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine, replace_section
+from common import machine, replace_section, score_row, score_table_head
 
 from taxonomist.config import RunConfig, load_config
 from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path, load_catalog, read_table
@@ -438,23 +438,24 @@ def write_docs(r: dict) -> None:
         "Every model is fitted on train, chooses on dev (epoch, C, fusion), and is scored on test. "
         f"Rows: {r['rows_used']}.",
         "",
-        "| model | score | " + " | ".join(order) + " |",
-        "| --- | ---: | " + " | ".join("---:" for _ in order) + " |",
-        _row("image-only heads", r["score_image_only"], r["per_attribute"]["image_only"], order),
-        _row(
+        *score_table_head(order),
+        score_row("image-only heads", r["score_image_only"], r["per_attribute"]["image_only"], order),
+        score_row(
             f"text-only probe (TF-IDF word 1–2 + char 2–5 ⊕ category, LR, C={r['text_only_probe']['C']:g})",
             r["score_text_only"],
             r["per_attribute"]["text_only"],
             order,
         ),
-        _row(f"listing heads ({r['fusion']} fusion)", r["score_fused"], r["per_attribute"]["fused"], order),
-        _row(
+        score_row(
+            f"listing heads ({r['fusion']} fusion)", r["score_fused"], r["per_attribute"]["fused"], order
+        ),
+        score_row(
             "listing heads, half the titles blank",
             r["score_fused_half_text"],
             r["per_attribute"]["fused_half_text"],
             order,
         ),
-        _row(
+        score_row(
             "listing heads, every title blank",
             r["score_fused_blank_text"],
             r["per_attribute"]["fused_blank_text"],
@@ -495,14 +496,6 @@ def write_docs(r: dict) -> None:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
-
-
-def _row(name: str, score: float, per_attr: dict, order: list[str]) -> str:
-    return (
-        f"| {name} | {score:.4f} | "
-        + " | ".join(f"{per_attr.get(a, float('nan')):.4f}" for a in order)
-        + " |"
-    )
 
 
 if __name__ == "__main__":

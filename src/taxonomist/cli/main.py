@@ -14,17 +14,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taxonomist.cli.export import PrecisionDefaultOpt as PrecisionOpt
-from taxonomist.cli.export import PredictRuntimeOpt as RuntimeOpt
 from taxonomist.cli.export import export
 from taxonomist.cli.options import (
     ConfigOpt,
     ImagesOpt,
     JobFailed,
     JobOutputOpt,
+    PrecisionDefaultOpt,
     PredictDataOpt,
+    PredictRuntimeOpt,
     QuietOpt,
     SetOpt,
+    end_job,
     resolve_config,
 )
 from taxonomist.cli.review import review
@@ -335,8 +336,8 @@ def predict(
     gpus_per_actor: Annotated[
         float | None, typer.Option(help="Default 1 where there are GPUs, else 0.")
     ] = None,
-    runtime: RuntimeOpt = "auto",
-    precision: PrecisionOpt = None,
+    runtime: PredictRuntimeOpt = "auto",
+    precision: PrecisionDefaultOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Predict attributes for every row of a catalog: Meesho layout + long layout with confidences.
@@ -393,11 +394,7 @@ def predict(
         )
         # The shards' errors with their lines, and the rows the shards never saw, as the local engine writes.
         errors = read_ray_output(output, "errors")
-        summary = with_row_errors(summary, catalog, errors, output)
-        console.print_json(json.dumps(summary.to_dict()))
-        failure = summary.failure(cfg.predict.max_error_share)
-        if failure:
-            raise JobFailed(failure)
+        end_job(console, with_row_errors(summary, catalog, errors, output), cfg.predict.max_error_share)
         return
     predictor = Predictor.from_pretrained(
         checkpoint, device=cfg.embed.device, runtime=runtime, precision=precision
@@ -414,15 +411,11 @@ def predict(
         progress=not quiet,
         allow_missing_image=cfg.predict.allow_missing_image,
     )
-    console.print_json(json.dumps(summary.to_dict()))
-    failure = summary.failure(cfg.predict.max_error_share)
-    if failure:
-        if summary.error_reasons.get("missing"):
-            failure += (
-                f"; images were looked for as {catalog.image_root or Path()}/{catalog.image_template}: "
-                "point --images at the folder they are in"
-            )
-        raise JobFailed(failure)
+    missing_hint = (
+        f"; images were looked for as {catalog.image_root or Path()}/{catalog.image_template}: "
+        "point --images at the folder they are in"
+    )
+    end_job(console, summary, cfg.predict.max_error_share, missing_hint)
 
 
 @app.command()

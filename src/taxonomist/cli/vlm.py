@@ -17,11 +17,11 @@ from rich.table import Table
 from taxonomist.cli.options import (
     ConfigOpt,
     ImagesOpt,
-    JobFailed,
     JobOutputOpt,
     PredictDataOpt,
     QuietOpt,
     SetOpt,
+    end_job,
     resolve_config,
 )
 from taxonomist.config import PredictConfig, VLMConfig
@@ -176,11 +176,7 @@ def predict(
         progress=not quiet,
     )
     errors = pd.read_csv(output / "errors.csv", dtype=str, keep_default_na=False)
-    summary = with_row_errors(summary, catalog, errors, output)
-    console.print_json(json.dumps(summary.to_dict()))
-    failure = summary.failure(PredictConfig().max_error_share)
-    if failure:
-        raise JobFailed(failure)
+    end_job(console, with_row_errors(summary, catalog, errors, output), PredictConfig().max_error_share)
 
 
 @app.command()
