@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from common import machine, replace_section, sync
+from common import machine, replace_section, score_row, score_table_head, sync
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -317,17 +317,16 @@ def write_docs(r: dict) -> None:
         "it lacks count as wrong); the baselines choose nothing. Every score in the table is on **test**, "
         f"which no choice saw: heads {r['test_score']:.4f} on test, {r['dev_score']:.4f} on dev.",
         "",
-        "| model (test) | score | " + " | ".join(order) + " |",
-        "| --- | ---: | " + " | ".join("---:" for _ in order) + " |",
-        _row("heads (frozen features + colour)", r["score"], r["per_attribute"], order),
-        _row(
+        *score_table_head(order, "model (test)"),
+        score_row("heads (frozen features + colour)", r["score"], r["per_attribute"], order),
+        score_row(
             "heads without colour features",
             b["heads_without_colour_features"],
             b["heads_without_colour_features_per_attribute"],
             order,
         ),
-        _row("linear probe (same features)", b["linear_probe"], b["linear_probe_per_attribute"], order),
-        _row(
+        score_row("linear probe (same features)", b["linear_probe"], b["linear_probe_per_attribute"], order),
+        score_row(
             "linear probe (CNN features only)",
             b["linear_probe_cnn_only"],
             b["linear_probe_cnn_only_per_attribute"],
@@ -366,14 +365,6 @@ def write_docs(r: dict) -> None:
         "",
     ]
     replace_section(DOCS, "## Image → attributes (fashion-product-images)", "\n".join(section))
-
-
-def _row(name: str, score: float, per_attr: dict, order: list[str]) -> str:
-    return (
-        f"| {name} | {score:.4f} | "
-        + " | ".join(f"{per_attr.get(a, float('nan')):.4f}" for a in order)
-        + " |"
-    )
 
 
 if __name__ == "__main__":

@@ -31,3 +31,20 @@ def machine() -> str:
     """What a result was measured on: CPU, cores, torch, and the GPU where torch sees one."""
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, {gpu}"
+
+
+def score_table_head(order: list[str], first: str = "model") -> list[str]:
+    """Header and rule of a docs score table: the model, its score, then one column per attribute."""
+    return [
+        f"| {first} | score | " + " | ".join(order) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in order) + " |",
+    ]
+
+
+def score_row(name: str, score: float, per_attr: dict, order: list[str]) -> str:
+    """One model's row of :func:`score_table_head`'s table (nan where it lacks an attribute)."""
+    return (
+        f"| {name} | {score:.4f} | "
+        + " | ".join(f"{per_attr.get(a, float('nan')):.4f}" for a in order)
+        + " |"
+    )

@@ -1,14 +1,15 @@
 """Benchmark: listing heads (image + title) against image-only heads and a strong title-only probe.
 
-On ``configs/fashion.yaml`` rows (text column productDisplayName), one seeded train/dev/test split
-(``split_train_dev_test`` per category, the split the heads recipe uses): every model is fitted on
-train, chooses its settings on dev, and is scored on the same test rows (those with a readable image).
+On ``configs/fashion.yaml`` rows (text column productDisplayName), the parts ``prepare_catalog`` makes
+for the heads recipe (seeded train/dev/test per category, identical images kept in one part, schema from
+the training rows): every model is fitted on train, chooses its settings on dev, and is scored on the
+same test rows (those with a readable image).
 
 - image-only: the heads recipe's model on frozen efficientnet-lite0 + colour features;
 - text-only: TF-IDF word 1–2-grams + char 2–5-grams ⊕ category, one logistic regression per attribute
   (``TextAttributeClassifier``), its C chosen on dev;
-- fused: listing heads (``heads.inputs: [image, text]``), concat and gated fusion both trained, the one
-  with the better dev score reported.
+- fused: listing heads (``heads.inputs: [image, text]``: sentence embedding, cross-fitted lexical probe,
+  n-gram bag), concat and gated fusion both trained, the one with the better dev score reported.
 
 Also: the same with the titles of a seeded random half of the test rows blanked, the fused model with
 every title blanked and with every image missing, per-attribute ECE after per-attribute temperature
@@ -31,13 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import machine, replace_section
+from common import machine, replace_section, score_row, score_table_head
 
 from taxonomist.config import RunConfig, load_config
-from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path, load_catalog, read_table
+from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path, read_table
 from taxonomist.data.labels import MISSING, encode_labels
-from taxonomist.data.schema import Schema
-from taxonomist.data.split import split_train_dev_test
+from taxonomist.data.prepare import prepare_catalog
 from taxonomist.features.embed import embed_catalog
 from taxonomist.features.text import TextFeatures
 from taxonomist.inference.predictor import Predictor
@@ -60,7 +60,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "multimodal-fpi.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
 HEADING = "## Listings: image + title → attributes (fashion-product-images)"
-DEV_FRACTION = TEST_FRACTION = 0.1
 PROBE_C = (5.0, 20.0, 60.0)
 
 
@@ -69,14 +68,9 @@ class Bench:
 
     def __init__(self, cfg: RunConfig) -> None:
         self.cfg = cfg
-        self.catalog = load_catalog(cfg.catalog, seed=cfg.train.seed)
+        data = prepare_catalog(cfg)  # the heads recipe's own parts and training-rows schema
+        self.catalog, self.schema, split = data.catalog, data.schema, data.split
         frame = self.catalog.frame
-        split = split_train_dev_test(frame[CATEGORY], DEV_FRACTION, TEST_FRACTION, cfg.train.seed)
-        self.schema = Schema.infer(
-            frame.iloc[np.concatenate([split.train, split.dev])],
-            self.catalog.attributes_by_category,
-            attributes=self.catalog.attributes,
-        )
         self.categories = list(self.schema.categories)
         index = {c: i for i, c in enumerate(self.categories)}
         self.category = np.array([index[c] for c in frame[CATEGORY]])
@@ -188,7 +182,8 @@ def main() -> None:
         "rows_used": f"first {args.head} rows of the catalog file" if args.head else "all",
         "arguments": {k: v for k, v in vars(args).items() if k != "config"},
         "split": {
-            "function": "taxonomist.data.split.split_train_dev_test(category, 0.1, 0.1, seed)",
+            "function": "taxonomist.data.prepare.prepare_catalog(cfg).split (train/dev/test per "
+            f"category, {cfg.train.dev_fraction}/{cfg.train.test_fraction}, identical images grouped)",
             "seed": cfg.train.seed,
             "rows": {"train": len(tr), "dev": len(dv), "test": len(te)},
             "image_errors": int((~ok).sum()),
@@ -293,9 +288,14 @@ def train_heads(
     fused_cfg = copy.deepcopy(cfg)
     fused_cfg.heads.inputs = ["image", "text"]
     start = time.perf_counter()
-    text = listing_text(fused_cfg)
-    text.lexical.fit([bench.texts[r] for r in tr])
-    all_text = text.features(bench.texts)
+    text = listing_text(fused_cfg, bench.schema)
+    train_texts = [bench.texts[r] for r in tr]
+    text.lexical.fit(train_texts)
+    probed = text.probe.fit_transform(
+        train_texts, bench.category[tr], {a: v[tr] for a, v in bench.labels.items()}, seed=cfg.train.seed
+    )
+    all_text = text.features(bench.texts, bench.category)
+    all_text.dense[tr, text.encoder.dim :] = probed  # training rows: their cross-fitted probe features
     text_seconds = time.perf_counter() - start
 
     def listing_set(rows: np.ndarray, blank_rows: np.ndarray | None = None) -> FeatureSet:
@@ -409,6 +409,7 @@ def measure_throughput(bench, cfg, heads, backbone, backbone_state, rows, n_imag
         checkpoint.save(work / name, model, backbone_state)
         if name == "fused":
             fused["text"].lexical.save(work / name)
+            fused["text"].probe.save(work / name)
     subset = bench.catalog.subset(rows[:n_images])
     best = {"image": 0.0, "fused": 0.0}
     for _ in range(rounds):
@@ -438,23 +439,24 @@ def write_docs(r: dict) -> None:
         "Every model is fitted on train, chooses on dev (epoch, C, fusion), and is scored on test. "
         f"Rows: {r['rows_used']}.",
         "",
-        "| model | score | " + " | ".join(order) + " |",
-        "| --- | ---: | " + " | ".join("---:" for _ in order) + " |",
-        _row("image-only heads", r["score_image_only"], r["per_attribute"]["image_only"], order),
-        _row(
+        *score_table_head(order),
+        score_row("image-only heads", r["score_image_only"], r["per_attribute"]["image_only"], order),
+        score_row(
             f"text-only probe (TF-IDF word 1–2 + char 2–5 ⊕ category, LR, C={r['text_only_probe']['C']:g})",
             r["score_text_only"],
             r["per_attribute"]["text_only"],
             order,
         ),
-        _row(f"listing heads ({r['fusion']} fusion)", r["score_fused"], r["per_attribute"]["fused"], order),
-        _row(
+        score_row(
+            f"listing heads ({r['fusion']} fusion)", r["score_fused"], r["per_attribute"]["fused"], order
+        ),
+        score_row(
             "listing heads, half the titles blank",
             r["score_fused_half_text"],
             r["per_attribute"]["fused_half_text"],
             order,
         ),
-        _row(
+        score_row(
             "listing heads, every title blank",
             r["score_fused_blank_text"],
             r["per_attribute"]["fused_blank_text"],
@@ -495,14 +497,6 @@ def write_docs(r: dict) -> None:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
-
-
-def _row(name: str, score: float, per_attr: dict, order: list[str]) -> str:
-    return (
-        f"| {name} | {score:.4f} | "
-        + " | ".join(f"{per_attr.get(a, float('nan')):.4f}" for a in order)
-        + " |"
-    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -29,6 +31,9 @@ from taxonomist.serve.storage import ReviewStore, export_training_rows
 
 from ..unit.test_report import BY_CATEGORY, ROWS
 from .review_data import ReviewInputs, write_review_inputs
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 pytestmark = pytest.mark.integration
 REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
@@ -80,64 +85,58 @@ def server(tmp_path: Path) -> Iterator[tuple[str, ReviewInputs, str]]:
 def test_keyboard_review_reaches_database_and_export(
     chromium: str, server: tuple[str, ReviewInputs, str], tmp_path: Path
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     base, inputs, database_url = server
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
-        try:
-            page = browser.new_page()
-            page.goto(base)
-            rows = page.locator("#rows tr")
-            expect(rows.first).to_be_visible()
+    with _browser(chromium) as browser:
+        page = browser.new_page()
+        page.goto(base)
+        rows = page.locator("#rows tr")
+        expect(rows.first).to_be_visible()
 
-            # Filter: uncertain "fit" predictions of Tops.
-            page.select_option("#category", "Tops")
-            page.select_option("#attribute", "fit")
-            unsure = inputs.long.query("category == 'Tops' and attribute == 'fit' and confidence < 0.5")
-            unsure = unsure.sort_values(["confidence", "id"], kind="stable")
-            expect(page.locator("#count")).to_have_text(f"1–{len(unsure)} of {len(unsure)} predictions")
-            expect(rows.first.locator("td").nth(2)).to_have_text("fit")
+        # Filter: uncertain "fit" predictions of Tops.
+        page.select_option("#category", "Tops")
+        page.select_option("#attribute", "fit")
+        unsure = inputs.long.query("category == 'Tops' and attribute == 'fit' and confidence < 0.5")
+        unsure = unsure.sort_values(["confidence", "id"], kind="stable")
+        expect(page.locator("#count")).to_have_text(f"1–{len(unsure)} of {len(unsure)} predictions")
+        expect(rows.first.locator("td").nth(2)).to_have_text("fit")
 
-            # j/k move; the image is fetched by id and loads.
-            page.keyboard.press("j")
-            page.keyboard.press("j")
-            page.keyboard.press("k")
-            second = unsure.iloc[1]
-            expect(page.locator("#rows tr.current td").first).to_have_text(second["id"])
-            expect(page.locator("#image")).to_have_attribute("src", f"api/image?id={second['id']}")
-            page.wait_for_function("document.getElementById('image').naturalWidth > 0")
+        # j/k move; the image is fetched by id and loads.
+        page.keyboard.press("j")
+        page.keyboard.press("j")
+        page.keyboard.press("k")
+        second = unsure.iloc[1]
+        expect(page.locator("#rows tr.current td").first).to_have_text(second["id"])
+        expect(page.locator("#image")).to_have_attribute("src", f"api/image?id={second['id']}")
+        page.wait_for_function("document.getElementById('image').naturalWidth > 0")
 
-            # A number key corrects to the n-th allowed value, then the page moves on.
-            allowed = page.locator("#choices li").all_inner_texts()
-            other = next(v for v in ("wide", "tall") if v != second["value"])
-            key = next(t[1] for t in allowed if t.split(" · ")[0].endswith(f"] {other}"))
-            page.keyboard.press(key)
-            expect(rows.nth(1).locator("td").last).to_have_text(f"correct: {other}")
-            expect(page.locator("#rows tr.current td").first).to_have_text(unsure.iloc[2]["id"])
+        # A number key corrects to the n-th allowed value, then the page moves on.
+        allowed = page.locator("#choices li").all_inner_texts()
+        other = next(v for v in ("wide", "tall") if v != second["value"])
+        key = next(t[1] for t in allowed if t.split(" · ")[0].endswith(f"] {other}"))
+        page.keyboard.press(key)
+        expect(rows.nth(1).locator("td").last).to_have_text(f"correct: {other}")
+        expect(page.locator("#rows tr.current td").first).to_have_text(unsure.iloc[2]["id"])
 
-            # Typing a value: "/" focuses the box, a unique prefix and Enter save it.
-            third = unsure.iloc[2]
-            typed = next(v for v in ("wide", "tall") if v != third["value"])
-            page.keyboard.press("/")
-            page.keyboard.type(typed[:2])
-            page.keyboard.press("Enter")
-            expect(rows.nth(2).locator("td").last).to_have_text(f"correct: {typed}")
+        # Typing a value: "/" focuses the box, a unique prefix and Enter save it.
+        third = unsure.iloc[2]
+        typed = next(v for v in ("wide", "tall") if v != third["value"])
+        page.keyboard.press("/")
+        page.keyboard.type(typed[:2])
+        page.keyboard.press("Enter")
+        expect(rows.nth(2).locator("td").last).to_have_text(f"correct: {typed}")
 
-            # "a" accepts the prediction of the next row.
-            page.keyboard.press("a")
-            fourth = unsure.iloc[3]
-            expect(rows.nth(3).locator("td").last).to_have_text(f"accept: {fourth['value']}")
-            expect(page.locator("#progress")).to_have_text(f"3 / {len(inputs.long)} reviewed")
+        # "a" accepts the prediction of the next row.
+        page.keyboard.press("a")
+        fourth = unsure.iloc[3]
+        expect(rows.nth(3).locator("td").last).to_have_text(f"accept: {fourth['value']}")
+        expect(page.locator("#progress")).to_have_text(f"3 / {len(inputs.long)} reviewed")
 
-            # The page's export link downloads the training rows.
-            with page.expect_download() as download:
-                page.click("#export")
-            exported_csv = Path(download.value.path()).read_text()
-        finally:
-            browser.close()
+        # The page's export link downloads the training rows.
+        with page.expect_download() as download:
+            page.click("#export")
+        exported_csv = Path(download.value.path()).read_text()
 
     decisions = ReviewStore(database_url).decisions()
     assert {k: (d.action, d.value) for k, d in decisions.items()} == {
@@ -165,91 +164,94 @@ def _images_rendered(page) -> None:
     assert page.evaluate("document.images.length") > 0 and broken == []
 
 
-def _browser(pw, chromium: str):
-    return pw.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+@contextmanager
+def _browser(chromium: str) -> Iterator[Browser]:
+    """Headless Chromium from ``chromium``, closed on the way out."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def test_fast_repeated_keys_decide_once(chromium: str, server: tuple[str, ReviewInputs, str]) -> None:
     """Two quick presses of "a" during a slow save accept one item, never the row drawn next."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     base, _, database_url = server
-    with sync_playwright() as pw:
-        browser = _browser(pw, chromium)
-        try:
-            page = browser.new_page()
-            errors = _watch(page)
+    with _browser(chromium) as browser:
+        page = browser.new_page()
+        errors = _watch(page)
 
-            def slow(route) -> None:
-                time.sleep(0.6)
-                route.continue_()
+        def slow(route) -> None:
+            time.sleep(0.6)
+            route.continue_()
 
-            page.route("**/api/decisions", slow)
-            page.goto(base)
-            expect(page.locator("body[data-ready=true]")).to_be_attached()
-            first = page.locator("#rows tr.current td").first.inner_text()
-            second = page.locator("#rows tr").nth(1).locator("td").first.inner_text()
-            page.keyboard.press("a")
-            page.keyboard.press("a")
-            page.keyboard.press("j")  # also dropped: the save is still in flight
-            expect(page.locator("#rows tr").first.locator("td").last).to_have_text(re.compile("^accept: "))
-            expect(page.locator("#rows tr.current td").first).to_have_text(second)
-            expect(page.locator("body.busy")).to_have_count(0)
-            assert [k[0] for k in ReviewStore(database_url).decisions()] == [first]
+        page.route("**/api/decisions", slow)
+        page.goto(base)
+        expect(page.locator("body[data-ready=true]")).to_be_attached()
+        first = page.locator("#rows tr.current td").first.inner_text()
+        second = page.locator("#rows tr").nth(1).locator("td").first.inner_text()
+        page.keyboard.press("a")
+        page.keyboard.press("a")
+        page.keyboard.press("j")  # also dropped: the save is still in flight
+        expect(page.locator("#rows tr").first.locator("td").last).to_have_text(re.compile("^accept: "))
+        expect(page.locator("#rows tr.current td").first).to_have_text(second)
+        expect(page.locator("body.busy")).to_have_count(0)
+        assert [k[0] for k in ReviewStore(database_url).decisions()] == [first]
 
-            # The item shows its image, title line and the other predicted attributes; "/" then Esc
-            # leaves the box empty, and the next key is a shortcut again.
-            _images_rendered(page)
-            page.keyboard.press("/")
-            page.keyboard.type("xyz")
-            page.keyboard.press("Escape")
-            assert page.input_value("#typed") == ""
-            page.keyboard.press("1")  # the model's first choice for this item
-            expect(page.locator("#rows tr").nth(1).locator("td").last).to_have_text(re.compile(": "))
-            assert len(ReviewStore(database_url).decisions()) == 2
-            assert errors == []
-        finally:
-            browser.close()
+        # The item shows its image, title line and the other predicted attributes; "/" then Esc
+        # leaves the box empty, and the next key is a shortcut again.
+        _images_rendered(page)
+        page.keyboard.press("/")
+        page.keyboard.type("xyz")
+        page.keyboard.press("Escape")
+        assert page.input_value("#typed") == ""
+        page.keyboard.press("1")  # the model's first choice for this item
+        expect(page.locator("#rows tr").nth(1).locator("td").last).to_have_text(re.compile(": "))
+        assert len(ReviewStore(database_url).decisions()) == 2
+        assert errors == []
 
 
 def test_docs_pages_render_offline(chromium: str, server: tuple[str, ReviewInputs, str]) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     base, _, _ = server
-    with sync_playwright() as pw:
-        browser = _browser(pw, chromium)
-        try:
-            context = browser.new_context()
-            # Offline as far as the page can tell: any request off this server fails.
-            left: list[str] = []
+    with _browser(chromium) as browser:
+        context = browser.new_context()
+        # Offline as far as the page can tell: any request off this server fails.
+        left: list[str] = []
 
-            def refuse(route) -> None:
-                left.append(route.request.url)
-                route.abort()
+        def refuse(route) -> None:
+            left.append(route.request.url)
+            route.abort()
 
-            context.route(re.compile(r"^(?!http://127\.0\.0\.1).*"), refuse)
-            page = context.new_page()
-            errors = _watch(page)
-            page.goto(f"{base}/docs")
-            expect(page.locator(".swagger-ui .info .title")).to_contain_text("taxonomist review")
-            expect(page.locator(".opblock").first).to_be_visible()
-            page.wait_for_load_state("networkidle")  # leaving mid-fetch would log an aborted request
-            assert errors == [] and left == []
-            page.goto(f"{base}/redoc")
-            expect(page.locator("h1").first).to_contain_text("taxonomist review")
-            expect(page.locator("[role=menu]").first).to_be_visible()
-            page.wait_for_load_state("networkidle")
-            # ReDoc's bundle always asks for its maker's logo; offline the img hides itself (onError), and
-            # the refused request is the only error the page logs.
-            assert set(left) <= {REDOC_LOGO}
-            # (its console line may arrive after this point: at most one per refused request)
-            assert set(errors) <= {"Failed to load resource: net::ERR_FAILED"} and len(errors) <= len(left)
-        finally:
-            browser.close()
+        context.route(re.compile(r"^(?!http://127\.0\.0\.1).*"), refuse)
+        page = context.new_page()
+        errors = _watch(page)
+        page.goto(f"{base}/docs")
+        expect(page.locator(".swagger-ui .info .title")).to_contain_text("taxonomist review")
+        expect(page.locator(".opblock").first).to_be_visible()
+        page.wait_for_load_state("networkidle")  # leaving mid-fetch would log an aborted request
+        assert errors == [] and left == []
+        page.goto(f"{base}/redoc")
+        expect(page.locator("h1").first).to_contain_text("taxonomist review")
+        expect(page.locator("[role=menu]").first).to_be_visible()
+        page.wait_for_load_state("networkidle")
+        # ReDoc's bundle always asks for its maker's logo; offline the img hides itself (onError), and
+        # the refused request is the only error the page logs.
+        assert set(left) <= {REDOC_LOGO}
+        # (its console line may arrive after this point: at most one per refused request)
+        assert set(errors) <= {"Failed to load resource: net::ERR_FAILED"} and len(errors) <= len(left)
 
 
 def test_evaluation_report_renders(chromium: str, tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     images = tmp_path / "images"
     images.mkdir()
@@ -267,16 +269,12 @@ def test_evaluation_report_renders(chromium: str, tmp_path: Path) -> None:
         temperatures={"color": 1.2},
     )
     page_path = write_evaluation_report(evaluation, tmp_path / "report")
-    with sync_playwright() as pw:
-        browser = _browser(pw, chromium)
-        try:
-            page = browser.new_page()
-            errors = _watch(page)
-            page.goto(page_path.as_uri())
-            expect(page.locator("h1")).to_contain_text("Evaluation")
-            page.wait_for_load_state("load")
-            _images_rendered(page)
-            assert page.locator(".card img").count() >= 2  # confident errors with thumbnails
-            assert errors == []
-        finally:
-            browser.close()
+    with _browser(chromium) as browser:
+        page = browser.new_page()
+        errors = _watch(page)
+        page.goto(page_path.as_uri())
+        expect(page.locator("h1")).to_contain_text("Evaluation")
+        page.wait_for_load_state("load")
+        _images_rendered(page)
+        assert page.locator(".card img").count() >= 2  # confident errors with thumbnails
+        assert errors == []

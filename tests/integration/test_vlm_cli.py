@@ -7,30 +7,24 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
 
 pytest.importorskip("trl")
 pytest.importorskip("xgrammar")
 
 
 from taxonomist.data.chat import validate_llamafactory
-from tests.conftest import require_dataset
+from tests.conftest import require_dataset, solid_colour_images
 
 from .conftest import invoke
 
 pytestmark = pytest.mark.integration
-COLOURS = {"red": (200, 30, 30), "blue": (30, 40, 200)}
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("catalog")
-    (root / "images").mkdir()
-    rows = []
-    for i in range(12):
-        colour = "red" if i % 2 == 0 else "blue"
-        Image.new("RGB", (56, 48), COLOURS[colour]).save(root / "images" / f"{i}.jpg")
-        rows.append({"id": i, "kind": "Tops" if i < 6 else "Bags", "colour": colour})
+    colours = solid_colour_images(root / "images", range(12), (56, 48))
+    rows = [{"id": i, "kind": "Tops" if i < 6 else "Bags", "colour": c} for i, c in enumerate(colours)]
     (root / "images" / "11.jpg").write_bytes(b"truncated")  # one bad image: reported, never fatal
     pd.DataFrame(rows).to_csv(root / "catalog.csv", index=False)
     config = root / "vlm.yaml"

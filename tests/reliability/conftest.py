@@ -4,8 +4,9 @@ stalling the suite. One tiny model is trained once per session."""
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,22 @@ class Tiny:
     def rows(self, n: int) -> pd.DataFrame:
         """The first ``n`` rows (sku, type, labels), as text."""
         return pd.read_csv(self.catalog, dtype=str, keep_default_na=False).head(n)
+
+    def image_folder(
+        self, folder: Path, skus: Iterable[str], *, fifos: Iterable[str] = (), dev_zero: Iterable[str] = ()
+    ) -> Path:
+        """``folder`` with a link to each sku's image, except that ``fifos`` are FIFOs and ``dev_zero``
+        links to /dev/zero: image files that are not regular files."""
+        folder.mkdir()
+        for sku in skus:
+            os.symlink(self.images / "images" / f"{sku}.jpg", folder / f"{sku}.jpg")
+        for sku in fifos:
+            (folder / f"{sku}.jpg").unlink()
+            os.mkfifo(folder / f"{sku}.jpg")
+        for sku in dev_zero:
+            (folder / f"{sku}.jpg").unlink()
+            os.symlink("/dev/zero", folder / f"{sku}.jpg")
+        return folder
 
     def copy_checkpoint(self, to: Path) -> Path:
         shutil.copytree(self.checkpoint, to)

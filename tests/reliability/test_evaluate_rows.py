@@ -76,13 +76,8 @@ def test_repeated_and_blank_ids_are_listed_and_the_rest_scored(cli, tiny: Tiny, 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_a_fifo_image_is_listed_not_a_hang(cli, tiny: Tiny, tmp_path: Path) -> None:
-    images = tmp_path / "images"
-    images.mkdir()
     rows = tiny.rows(6)
-    for sku in rows["sku"]:
-        os.symlink(tiny.images / "images" / f"{sku}.jpg", images / f"{sku}.jpg")
-    (images / f"{rows.at[0, 'sku']}.jpg").unlink()
-    os.mkfifo(images / f"{rows.at[0, 'sku']}.jpg")
+    tiny.image_folder(tmp_path / "images", rows["sku"], fifos=[rows.at[0, "sku"]])
     data = write_rows(tmp_path / "labelled.csv", rows)
     code, _, err = cli("evaluate", tiny.checkpoint, "--data", data, "--output", tmp_path / "eval", "-q")
     assert code == 0, err

@@ -133,15 +133,10 @@ def test_an_unknown_encoding_is_one_line(cli, tiny: Tiny, tmp_path: Path) -> Non
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_a_fifo_named_as_an_image_is_a_row_error_not_a_hang(cli, tiny: Tiny, tmp_path: Path) -> None:
     """Regression: hashing opened the FIFO and waited for a writer for ever."""
-    images = tmp_path / "images"
-    images.mkdir()
     rows = tiny.rows(4)[["sku", "type"]]
-    for sku in rows["sku"]:
-        os.symlink(tiny.images / "images" / f"{sku}.jpg", images / f"{sku}.jpg")
-    (images / f"{rows.at[1, 'sku']}.jpg").unlink()
-    os.mkfifo(images / f"{rows.at[1, 'sku']}.jpg")
-    (images / f"{rows.at[2, 'sku']}.jpg").unlink()
-    os.symlink("/dev/zero", images / f"{rows.at[2, 'sku']}.jpg")
+    tiny.image_folder(
+        tmp_path / "images", rows["sku"], fifos=[rows.at[1, "sku"]], dev_zero=[rows.at[2, "sku"]]
+    )
     data = write_rows(tmp_path / "rows.csv", rows)
     code, _, err = cli("predict", tiny.checkpoint, "-o", tmp_path / "out", "--data", data, "-q")
     assert code == 0, err

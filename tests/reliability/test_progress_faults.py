@@ -74,14 +74,9 @@ def test_predict_counts_rows_in_its_log(cli, tiny: Tiny, tmp_path: Path, monkeyp
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_train_goes_on_past_a_fifo_and_lists_it(cli, tiny: Tiny, tmp_path: Path) -> None:
-    images = tmp_path / "images"
-    images.mkdir()
     rows = tiny.rows(24)
-    for sku in rows["sku"]:
-        os.symlink(tiny.images / "images" / f"{sku}.jpg", images / f"{sku}.jpg")
     bad = rows.at[3, "sku"]
-    (images / f"{bad}.jpg").unlink()
-    os.mkfifo(images / f"{bad}.jpg")
+    tiny.image_folder(tmp_path / "images", rows["sku"], fifos=[bad])
     data = write_rows(tmp_path / "catalog.csv", rows)
     code, _, err = cli("train", "-c", tiny.config, "--data", data, "-o", tmp_path / "run", "-q")
     assert code == 0, err

@@ -41,21 +41,18 @@ from taxonomist.training.vlm_sft import (
     sft_args,
     train_sft,
 )
+from tests.conftest import solid_colour_images
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MAX_PIXELS = 28 * 28 * 16
-COLOURS = {"red": (200, 30, 30), "blue": (30, 40, 200)}
 
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """8 solid-colour products (Tops with colour + fit, Bags with colour) in the generic CSV layout."""
     root = tmp_path_factory.mktemp("catalog")
-    (root / "images").mkdir()
     rows = []
-    for i in range(8):
-        colour = "red" if i % 2 == 0 else "blue"
-        Image.new("RGB", (48, 40), COLOURS[colour]).save(root / "images" / f"{100 + i}.jpg")
+    for i, colour in enumerate(solid_colour_images(root / "images", range(100, 108), (48, 40))):
         category = "Tops" if i < 4 else "Bags"
         fit = ("slim" if i % 2 else "loose") if category == "Tops" and i != 3 else None
         rows.append({"sku": 100 + i, "type": category, "colour": colour, "fit": fit})

@@ -13,15 +13,6 @@ from taxonomist.cli.options import ConfigOpt, QuietOpt, SetOpt, resolve_config
 
 console = Console()
 
-PredictRuntimeOpt = Annotated[
-    str,
-    typer.Option(
-        help="auto (the fastest installed: ONNX Runtime/OpenVINO on CPU), torch, onnxruntime, openvino."
-    ),
-]
-PrecisionDefaultOpt = Annotated[
-    str | None, typer.Option(help="fp32, bf16 or int8 (an int8 export must exist); default: the heads' own.")
-]
 RuntimeOpt = Annotated[
     str,
     typer.Option(help="auto (the fastest installed for the precision), onnxruntime or openvino."),

@@ -14,21 +14,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taxonomist.cli.export import PrecisionDefaultOpt as PrecisionOpt
-from taxonomist.cli.export import PredictRuntimeOpt as RuntimeOpt
 from taxonomist.cli.export import export
 from taxonomist.cli.options import (
     ConfigOpt,
     ImagesOpt,
     JobFailed,
     JobOutputOpt,
+    PrecisionDefaultOpt,
     PredictDataOpt,
+    PredictRuntimeOpt,
     QuietOpt,
     SetOpt,
+    end_job,
     resolve_config,
 )
 from taxonomist.cli.review import review
 from taxonomist.cli.serve import serve
+from taxonomist.cli.tables import attribute_table, score_table, show_evaluation
 from taxonomist.cli.taxonomy import app as taxonomy_app
 from taxonomist.cli.vlm import app as vlm_app
 from taxonomist.cli.vlm import evaluate as vlm_evaluate
@@ -45,19 +47,6 @@ app.add_typer(vlm_app, name="vlm", help="Vision-language models: attributes as c
 app.command()(serve)
 app.command()(review)
 app.command()(export)
-
-
-def score_table(report, title: str) -> Table:
-    table = Table(title=title)
-    for col in ("category", "f1_micro", "f1_macro", "harmonic", "n_rows"):
-        table.add_column(col, justify="left" if col == "category" else "right")
-    for row in report.per_category.itertuples():
-        table.add_row(
-            row.category, f"{row.f1_micro:.4f}", f"{row.f1_macro:.4f}", f"{row.harmonic:.4f}", str(row.n_rows)
-        )
-    table.add_section()
-    table.add_row("[bold]score[/bold]", "", "", f"[bold]{report.score:.4f}[/bold]", "")
-    return table
 
 
 def data_report_table(report) -> Table:
@@ -94,15 +83,6 @@ def calibration_table(calibration: dict[str, dict[str, float]]) -> Table:
             f"{c['cross_entropy_before']:.4f}",
             f"{c['cross_entropy_after']:.4f}",
         )
-    return table
-
-
-def attribute_table(report) -> Table:
-    table = Table(title="per attribute")
-    for col in ("attribute", "accuracy", "harmonic", "n"):
-        table.add_column(col, justify="left" if col == "attribute" else "right")
-    for row in report.per_attribute.itertuples():
-        table.add_row(row.attribute, f"{row.accuracy:.4f}", f"{row.harmonic:.4f}", str(row.n))
     return table
 
 
@@ -291,20 +271,12 @@ def evaluate(
         checkpoint, config, overrides, **{"catalog.path": data, "catalog.image_root": images}
     )
     evaluation = run_evaluate(checkpoint, cfg, split=split, output=output, progress=not quiet)
-    console.print(score_table(evaluation.report, f"{split} split"))
-    console.print(attribute_table(evaluation.report))
+    notes = [evaluation.errors_note, evaluation.unknown_category_note, evaluation.split_note]
     if evaluation.baseline is not None:
-        console.print(f"majority-class baseline score {evaluation.baseline.score:.4f}")
-    for note in (evaluation.errors_note, evaluation.unknown_category_note, evaluation.split_note):
-        if note:
-            console.print(note, style="yellow", markup=False, highlight=False)
+        notes.insert(0, f"majority-class baseline score {evaluation.baseline.score:.4f}")
     if len(evaluation.errors) and output is None:
-        console.print("--output FOLDER writes them to errors.csv, with line numbers", style="yellow")
-    if report and output is not None:
-        from taxonomist.report.evaluation import write_evaluation_report
-
-        page = write_evaluation_report(evaluation, output, model=checkpoint.name)
-        console.print(f"report: {page}", soft_wrap=True)  # a path to copy, never wrapped
+        notes.append("--output FOLDER writes them to errors.csv, with line numbers")
+    show_evaluation(evaluation, split, [n for n in notes if n], output if report else None, checkpoint.name)
 
 
 @app.command()
@@ -335,8 +307,8 @@ def predict(
     gpus_per_actor: Annotated[
         float | None, typer.Option(help="Default 1 where there are GPUs, else 0.")
     ] = None,
-    runtime: RuntimeOpt = "auto",
-    precision: PrecisionOpt = None,
+    runtime: PredictRuntimeOpt = "auto",
+    precision: PrecisionDefaultOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Predict attributes for every row of a catalog: Meesho layout + long layout with confidences.
@@ -394,11 +366,7 @@ def predict(
         )
         # The shards' errors with their lines, and the rows the shards never saw, as the local engine writes.
         errors = read_ray_output(output, "errors")
-        summary = with_row_errors(summary, catalog, errors, output)
-        console.print_json(json.dumps(summary.to_dict()))
-        failure = summary.failure(cfg.predict.max_error_share)
-        if failure:
-            raise JobFailed(failure)
+        end_job(console, with_row_errors(summary, catalog, errors, output), cfg.predict.max_error_share)
         return
     predictor = Predictor.from_pretrained(
         checkpoint, device=cfg.embed.device, runtime=runtime, precision=precision
@@ -415,15 +383,11 @@ def predict(
         progress=not quiet,
         allow_missing_image=cfg.predict.allow_missing_image,
     )
-    console.print_json(json.dumps(summary.to_dict()))
-    failure = summary.failure(cfg.predict.max_error_share)
-    if failure:
-        if summary.error_reasons.get("missing"):
-            failure += (
-                f"; images were looked for as {catalog.image_root or Path()}/{catalog.image_template}: "
-                "point --images at the folder they are in"
-            )
-        raise JobFailed(failure)
+    missing_hint = (
+        f"; images were looked for as {catalog.image_root or Path()}/{catalog.image_template}: "
+        "point --images at the folder they are in"
+    )
+    end_job(console, summary, cfg.predict.max_error_share, missing_hint)
 
 
 @app.command()

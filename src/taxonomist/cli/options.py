@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+from rich.console import Console
 
 from taxonomist.config import ConfigError, RunConfig, load_config
+
+if TYPE_CHECKING:
+    from taxonomist.inference.predictor import PredictSummary
 
 T = TypeVar("T")
 
 
 class JobFailed(RuntimeError):
     """A batch job that wrote its outputs but did not do its work (every row, or most, failed)."""
+
+
+def end_job(
+    console: Console, summary: PredictSummary, max_error_share: float, missing_hint: str = ""
+) -> None:
+    """A predict job's summary as JSON, then :class:`JobFailed` (exit status 2) when every row, or more
+    than ``max_error_share`` of them, failed; ``missing_hint`` ends the message where images were missing."""
+    console.print_json(json.dumps(summary.to_dict()))
+    failure = summary.failure(max_error_share)
+    if failure:
+        if missing_hint and summary.error_reasons.get("missing"):
+            failure += missing_hint
+        raise JobFailed(failure)
 
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config.")]
@@ -24,6 +42,15 @@ SetOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 JobOutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder (resumable).")]
 PredictDataOpt = Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")]
+PredictRuntimeOpt = Annotated[
+    str,
+    typer.Option(
+        help="auto (the fastest installed: ONNX Runtime/OpenVINO on CPU), torch, onnxruntime, openvino."
+    ),
+]
+PrecisionDefaultOpt = Annotated[
+    str | None, typer.Option(help="fp32, bf16 or int8 (an int8 export must exist); default: the heads' own.")
+]
 ImagesOpt = Annotated[
     str | None,
     typer.Option(

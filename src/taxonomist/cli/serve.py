@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 import typer
 from PIL import Image
 
+from taxonomist.cli.options import PrecisionDefaultOpt, PredictRuntimeOpt
 from taxonomist.data.images import (
     DEFAULT_MAX_PIXELS,
     FULL_DECODE_FACTOR,
@@ -50,12 +51,8 @@ def serve(
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], typer.Option(help="Lowest level of log lines written.")
     ] = "info",
-    runtime: Annotated[
-        str, typer.Option(help="auto (the fastest installed), torch, onnxruntime or openvino.")
-    ] = "auto",
-    precision: Annotated[
-        str | None, typer.Option(help="fp32, bf16 or int8; default: what the heads were fitted on.")
-    ] = None,
+    runtime: PredictRuntimeOpt = "auto",
+    precision: PrecisionDefaultOpt = None,
 ) -> None:
     """Serve a checkpoint over HTTP: POST /v1/predict (batched), /healthz, /readyz, /metrics, /docs."""
     try:

@@ -10,8 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from taxonomist.cli.export import PredictRuntimeOpt
-from taxonomist.cli.options import ConfigOpt, JobOutputOpt, QuietOpt, SetOpt, resolve_config
+from taxonomist.cli.options import (
+    ConfigOpt,
+    JobOutputOpt,
+    PredictRuntimeOpt,
+    QuietOpt,
+    SetOpt,
+    resolve_config,
+)
 from taxonomist.config import TaxonomyConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)

@@ -17,13 +17,14 @@ from rich.table import Table
 from taxonomist.cli.options import (
     ConfigOpt,
     ImagesOpt,
-    JobFailed,
     JobOutputOpt,
     PredictDataOpt,
     QuietOpt,
     SetOpt,
+    end_job,
     resolve_config,
 )
+from taxonomist.cli.tables import show_evaluation
 from taxonomist.config import PredictConfig, VLMConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -125,20 +126,12 @@ def evaluate(
                 table.add_row(key, f"{value:.4f}")
         console.print(table)
     else:
-        from taxonomist.cli.main import attribute_table, score_table
-
-        console.print(score_table(evaluation.report, f"{split} split"))
-        console.print(attribute_table(evaluation.report))
         ece, baseline = summary.get("ece"), summary.get("baseline_score")
-        console.print(
+        line = (
             f"valid outputs {summary['valid_fraction']:.1%} · ECE {'–' if ece is None else f'{ece:.4f}'} · "
             f"majority-class baseline {'–' if baseline is None else f'{baseline:.4f}'}"
         )
-        if report and output is not None:
-            from taxonomist.report.evaluation import write_evaluation_report
-
-            page = write_evaluation_report(evaluation, output, model=model_dir.name)
-            console.print(f"report: {page}", soft_wrap=True)
+        show_evaluation(evaluation, split, [line], output if report else None, model_dir.name)
     if output is not None:
         console.print(f"evaluation: {output / 'evaluation.md'}")
 
@@ -179,11 +172,7 @@ def predict(
         progress=not quiet,
     )
     errors = pd.read_csv(output / "errors.csv", dtype=str, keep_default_na=False)
-    summary = with_row_errors(summary, catalog, errors, output)
-    console.print_json(json.dumps(summary.to_dict()))
-    failure = summary.failure(PredictConfig().max_error_share)
-    if failure:
-        raise JobFailed(failure)
+    end_job(console, with_row_errors(summary, catalog, errors, output), PredictConfig().max_error_share)
 
 
 @app.command()

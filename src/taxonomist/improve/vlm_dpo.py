@@ -54,7 +54,14 @@ from taxonomist.io import ResumeError, atomic_write_frame, atomic_write_text
 from taxonomist.metrics import attribute_score
 from taxonomist.models.build import build_decoding, build_vlm
 from taxonomist.models.vlm import read_metadata, write_metadata
-from taxonomist.training.vlm_sft import ADAPTER, MERGED, add_lora, loraplus_optimizer, shared_trainer_args
+from taxonomist.training.vlm_sft import (
+    ADAPTER,
+    MERGED,
+    add_lora,
+    loraplus_optimizer,
+    shared_trainer_args,
+    step_args,
+)
 
 IMAGE_PATH = "image_path"
 """Column of the pool and validation frames holding each item's image file."""
@@ -442,14 +449,8 @@ def dpo_args(cfg: VLMConfig, output_dir: Path, *, device: torch.device, progress
         output_dir=str(output_dir),
         beta=imp.beta,
         loss_type=[imp.loss_type],
-        learning_rate=imp.lr,
-        num_train_epochs=imp.epochs,
-        max_steps=imp.max_steps,
-        per_device_train_batch_size=imp.batch_size,
-        gradient_accumulation_steps=imp.grad_accumulation,
         save_strategy="no",
-        seed=imp.seed,
-        data_seed=imp.seed,
+        **step_args(imp),
         **shared_trainer_args(DPOConfig, cfg.train, device, progress),
     )
 

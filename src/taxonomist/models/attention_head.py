@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from taxonomist.models.heads import NEG_INF
+from taxonomist.models.heads import MaskedHeads
 
 
 class _AttentionHead(nn.Module):
@@ -68,7 +68,7 @@ class _AttentionHead(nn.Module):
         return self.classifier(pooled)
 
 
-class AttentionHeads(nn.Module):
+class AttentionHeads(MaskedHeads):
     """Shared 1×1 feature layer + one attention head per attribute, masked per category.
 
     ``masks`` comes from :func:`~taxonomist.models.heads.allowed_masks`. ``category_dim`` > 0 appends
@@ -92,30 +92,26 @@ class AttentionHeads(nn.Module):
         super().__init__()
         if width % groups or width % reduction:
             raise ValueError(f"width {width} must be divisible by groups {groups} and reduction {reduction}")
-        self.attributes = list(masks)
         n_categories = next(iter(masks.values())).shape[0]
         self.shared_layer = nn.Sequential(
             nn.Conv2d(in_channels, width, 1), nn.GELU(), nn.Dropout(feature_dropout)
         )
         self.category_embedding = nn.Embedding(n_categories, category_dim) if category_dim else None
-        # Indexed, not keyed by name: attribute names may hold dots or spaces that module names cannot.
-        self.heads = nn.ModuleList(
-            _AttentionHead(
-                width,
-                m.shape[1],
-                groups=groups,
-                reduction=reduction,
-                hidden=hidden,
-                extra_dim=category_dim,
-                dropout=dropout,
-            )
-            for m in masks.values()
+        self.set_heads(
+            (
+                _AttentionHead(
+                    width,
+                    m.shape[1],
+                    groups=groups,
+                    reduction=reduction,
+                    hidden=hidden,
+                    extra_dim=category_dim,
+                    dropout=dropout,
+                )
+                for m in masks.values()
+            ),
+            masks,
         )
-        for i, mask in enumerate(masks.values()):
-            self.register_buffer(f"mask_{i}", mask.clone())
-
-    def mask(self, attribute: str) -> torch.Tensor:
-        return getattr(self, f"mask_{self.attributes.index(attribute)}")
 
     def shared(self, feature_map: torch.Tensor) -> torch.Tensor:
         """``(B, C, h, w)`` backbone map → ``(B, width, h, w)``; its spatial mean suits an MMD term."""
@@ -124,10 +120,7 @@ class AttentionHeads(nn.Module):
     def classify(self, shared: torch.Tensor, category: torch.Tensor) -> dict[str, torch.Tensor]:
         """Masked logits per attribute from :meth:`shared` features (split out so both can be reused)."""
         extra = self.category_embedding(category) if self.category_embedding is not None else None
-        return {
-            a: head(shared, extra).masked_fill(~getattr(self, f"mask_{i}")[category], NEG_INF)
-            for i, (a, head) in enumerate(zip(self.attributes, self.heads, strict=True))
-        }
+        return self.masked_logits(category, shared, extra)
 
     def forward(self, feature_map: torch.Tensor, category: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.classify(self.shared(feature_map), category)

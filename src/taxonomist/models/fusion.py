@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from taxonomist.models.heads import NEG_INF
+from taxonomist.models.heads import MaskedHeads, mlp_layers
 
 Fusion = Literal["concat", "gated"]
 LexicalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -26,7 +26,7 @@ HAS_IMAGE, HAS_TEXT = 0, 1
 """Columns of the ``present`` flags: whether a row has its image features and its text features."""
 
 
-class ListingHeads(nn.Module):
+class ListingHeads(MaskedHeads):
     """Learned state: per-modality standardisation, category embedding, fusion, trunk, heads, masks."""
 
     def __init__(
@@ -47,7 +47,6 @@ class ListingHeads(nn.Module):
         super().__init__()
         if not hidden:
             raise ValueError("listing heads need at least one hidden layer (heads.hidden)")
-        self.attributes = list(masks)
         self.fusion = fusion
         n_categories = next(iter(masks.values())).shape[0]
         for name, dim in (("image", image_dim), ("text", text_dim)):
@@ -67,15 +66,9 @@ class ListingHeads(nn.Module):
             self.gate = nn.Linear(2 * first + context, 2 * first)
         else:
             raise ValueError(f"fusion must be 'concat' or 'gated', got {fusion!r}")
-        layers: list[nn.Module] = [nn.LayerNorm(first), nn.GELU(), nn.Dropout(dropout)]
-        width = first
-        for h in rest:
-            layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.GELU(), nn.Dropout(dropout)]
-            width = h
-        self.trunk = nn.Sequential(*layers)
-        self.heads = nn.ModuleList(nn.Linear(width, m.shape[1]) for m in masks.values())
-        for i, mask in enumerate(masks.values()):
-            self.register_buffer(f"mask_{i}", mask.clone())
+        rest_layers, width = mlp_layers(first, rest, dropout)
+        self.trunk = nn.Sequential(nn.LayerNorm(first), nn.GELU(), nn.Dropout(dropout), *rest_layers)
+        self.set_linear_heads(width, masks)
 
     def set_standardization(self, image: torch.Tensor, text: torch.Tensor, present: torch.Tensor) -> None:
         """Mean/std of each modality over the training rows that have it."""
@@ -83,9 +76,6 @@ class ListingHeads(nn.Module):
             x = x[rows.bool()] if rows.any() else x
             getattr(self, f"{name}_mean").copy_(x.mean(0))
             getattr(self, f"{name}_std").copy_(x.std(0).nan_to_num(1.0).clamp_min(1e-4))
-
-    def mask(self, attribute: str) -> torch.Tensor:
-        return getattr(self, f"mask_{self.attributes.index(attribute)}")
 
     def forward(
         self,
@@ -118,11 +108,7 @@ class ListingHeads(nn.Module):
                 + gt * pt * present[:, HAS_TEXT : HAS_TEXT + 1]
             )
             h = h + self.context_proj(context)
-        x = self.trunk(h)
-        return {
-            a: head(x).masked_fill(~getattr(self, f"mask_{i}")[category], NEG_INF)
-            for i, (a, head) in enumerate(zip(self.attributes, self.heads, strict=True))
-        }
+        return self.masked_logits(category, self.trunk(h))
 
 
 def modality_dropout(

@@ -6,7 +6,7 @@ prediction, so an invalid value can neither be learned nor predicted.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -29,7 +29,44 @@ def allowed_masks(schema: Schema, categories: Sequence[str]) -> dict[str, torch.
     return masks
 
 
-class AttributeHeads(nn.Module):
+def mlp_layers(width: int, hidden: Sequence[int], dropout: float) -> tuple[list[nn.Module], int]:
+    """Linear → LayerNorm → GELU → Dropout per hidden width, and the width they end on: the trunk of
+    both :class:`AttributeHeads` and the listing heads, so the two stay the same network."""
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.GELU(), nn.Dropout(dropout)]
+        width = h
+    return layers, width
+
+
+class MaskedHeads(nn.Module):
+    """One head per attribute, its logits masked to the values the row's category allows: the part the
+    attribute, listing and attention heads share. Subclasses build their heads and call :meth:`set_heads`."""
+
+    def set_heads(self, heads: Iterable[nn.Module], masks: Mapping[str, torch.Tensor]) -> None:
+        """``heads`` in ``masks``' attribute order."""
+        self.attributes = list(masks)
+        # Indexed, not keyed by name: attribute names may hold dots or spaces that module names cannot.
+        self.heads = nn.ModuleList(heads)
+        for i, mask in enumerate(masks.values()):
+            self.register_buffer(f"mask_{i}", mask.clone())
+
+    def set_linear_heads(self, width: int, masks: Mapping[str, torch.Tensor]) -> None:
+        """A linear head per attribute over a ``width``-wide trunk output."""
+        self.set_heads((nn.Linear(width, m.shape[1]) for m in masks.values()), masks)
+
+    def mask(self, attribute: str) -> torch.Tensor:
+        return getattr(self, f"mask_{self.attributes.index(attribute)}")
+
+    def masked_logits(self, category: torch.Tensor, *inputs: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Each head applied to ``inputs``, values outside the row's category set to :data:`NEG_INF`."""
+        return {
+            a: head(*inputs).masked_fill(~getattr(self, f"mask_{i}")[category], NEG_INF)
+            for i, (a, head) in enumerate(zip(self.attributes, self.heads, strict=True))
+        }
+
+
+class AttributeHeads(MaskedHeads):
     """Learned state: input standardisation, category embedding, trunk, heads, per-category masks."""
 
     def __init__(
@@ -42,34 +79,21 @@ class AttributeHeads(nn.Module):
         dropout: float = 0.2,
     ) -> None:
         super().__init__()
-        self.attributes = list(masks)
         n_categories = next(iter(masks.values())).shape[0]
         self.register_buffer("feature_mean", torch.zeros(in_dim))
         self.register_buffer("feature_std", torch.ones(in_dim))
         self.category_embedding = nn.Embedding(n_categories, category_dim)
-        layers: list[nn.Module] = []
-        width = in_dim + category_dim
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.LayerNorm(h), nn.GELU(), nn.Dropout(dropout)]
-            width = h
+        layers, width = mlp_layers(in_dim + category_dim, hidden, dropout)
         self.trunk = nn.Sequential(*layers)
-        # Indexed, not keyed by name: attribute names may hold dots or spaces that module names cannot.
-        self.heads = nn.ModuleList(nn.Linear(width, m.shape[1]) for m in masks.values())
-        for i, mask in enumerate(masks.values()):
-            self.register_buffer(f"mask_{i}", mask.clone())
+        self.set_linear_heads(width, masks)
 
     def set_standardization(self, features: torch.Tensor) -> None:
         """Fit input mean/std on training features: backbone and colour features differ in scale."""
         self.feature_mean.copy_(features.mean(0))
         self.feature_std.copy_(features.std(0).clamp_min(1e-4))
 
-    def mask(self, attribute: str) -> torch.Tensor:
-        return getattr(self, f"mask_{self.attributes.index(attribute)}")
-
     def forward(self, features: torch.Tensor, category: torch.Tensor) -> dict[str, torch.Tensor]:
         x = (features - self.feature_mean) / self.feature_std
-        x = self.trunk(torch.cat([x, self.category_embedding(category)], dim=1))
-        return {
-            a: head(x).masked_fill(~getattr(self, f"mask_{i}")[category], NEG_INF)
-            for i, (a, head) in enumerate(zip(self.attributes, self.heads, strict=True))
-        }
+        return self.masked_logits(
+            category, self.trunk(torch.cat([x, self.category_embedding(category)], dim=1))
+        )

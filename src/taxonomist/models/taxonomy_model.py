@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -91,33 +92,24 @@ def prediction_frame(
     return frame
 
 
+@dataclass(eq=False)
 class HeadsClassifier:
     """One head per level over (scaled) title embeddings, trained with the parent-masked loss; beam search
     over parent-conditional probabilities predicts, so every output is a path of the tree.
 
     :meth:`build` creates the network; the recipe may train it jointly with the encoder first, and
     :meth:`fit` then continues on frozen embeddings (seconds on CPU, so it can run to convergence).
+    Its fields are the settings; learned state (``module_``, ``parents_``, ``losses_``) is set by fitting.
     """
 
-    def __init__(
-        self,
-        hidden: int = 0,
-        epochs: int = 30,
-        lr: float = 3e-3,
-        batch_size: int = 256,
-        label_smoothing: float = 0.1,
-        scale: float = 8.0,
-        beam_width: int = 5,
-        seed: int = 0,
-    ) -> None:
-        self.hidden = hidden
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.label_smoothing = label_smoothing
-        self.scale = scale
-        self.beam_width = beam_width
-        self.seed = seed
+    hidden: int = 0
+    epochs: int = 30
+    lr: float = 3e-3
+    batch_size: int = 256
+    label_smoothing: float = 0.1
+    scale: float = 8.0
+    beam_width: int = 5
+    seed: int = 0
 
     def build(self, in_dim: int, taxonomy: Taxonomy) -> HierarchicalHeads:
         self.module_ = HierarchicalHeads(in_dim, [len(n) for n in taxonomy.nodes], self.hidden)
@@ -187,6 +179,7 @@ class TitleEnricher(Protocol):
     def enrich(self, titles: list[str]) -> list[str]: ...
 
 
+@dataclass(eq=False)
 class TaxonomyModel:
     """``fit(titles, paths, brands, taxonomy)`` then ``predict(titles)`` → levels, brand, confidences.
 
@@ -198,36 +191,23 @@ class TaxonomyModel:
     the methods (the recipe can pick it on the dev split).
     """
 
-    def __init__(
-        self,
-        encoder: TextEncoder,
-        brand: BrandExtractor,
-        *,
-        retrieval: RetrievalClassifier | None = None,
-        heads: HeadsClassifier | None = None,
-        lexical: LexicalClassifier | None = None,
-        seq2seq: Seq2SeqTaxonomyModel | None = None,
-        seq2seq_beams: int = 4,
-        enricher: TitleEnricher | None = None,
-        enrich: Mapping[str, Any] | None = None,
-        method: str = "ensemble",
-        ensemble: Literal["soft", "vote"] = "soft",
-        brand_none_threshold: float = 0.9,
-        encoder_finetuned: bool = False,
-    ) -> None:
-        self.encoder = encoder
-        self.brand = brand
-        self.retrieval = retrieval
-        self.heads = heads
-        self.lexical = lexical
-        self.seq2seq = seq2seq
-        self.seq2seq_beams = seq2seq_beams
-        self.enricher = enricher
-        self.enrich = dict(enrich) if enrich else None
-        self.method = method
-        self.ensemble = ensemble
-        self.brand_none_threshold = brand_none_threshold
-        self.encoder_finetuned = encoder_finetuned
+    encoder: TextEncoder
+    brand: BrandExtractor
+    _: KW_ONLY
+    retrieval: RetrievalClassifier | None = None
+    heads: HeadsClassifier | None = None
+    lexical: LexicalClassifier | None = None
+    seq2seq: Seq2SeqTaxonomyModel | None = None
+    seq2seq_beams: int = 4
+    enricher: TitleEnricher | None = None
+    enrich: Mapping[str, Any] | None = None
+    method: str = "ensemble"
+    ensemble: Literal["soft", "vote"] = "soft"
+    brand_none_threshold: float = 0.9
+    encoder_finetuned: bool = False
+
+    def __post_init__(self) -> None:
+        self.enrich = dict(self.enrich) if self.enrich else None
 
     @property
     def methods(self) -> list[str]:

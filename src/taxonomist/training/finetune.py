@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from taxonomist.config import ConfigError, FinetuneConfig, RunConfig
+from taxonomist.config import FinetuneConfig, RunConfig
 from taxonomist.data.catalog import CATEGORY, ID, Catalog
 from taxonomist.data.images import ImageLoadError, load_image
 from taxonomist.data.labels import MISSING, encode_labels
@@ -45,7 +45,7 @@ from taxonomist.models.build import build_backbone, heads_checkpoint
 from taxonomist.models.heads import NEG_INF, AttributeHeads, allowed_masks
 from taxonomist.progress import progress_bar
 from taxonomist.training.augment import BatchAugment
-from taxonomist.training.heads import logits_to_frame
+from taxonomist.training.heads import logits_to_frame, require_image_only
 from taxonomist.training.losses import masked_cross_entropy, mmd_loss
 from taxonomist.training.schedule import warmup_cosine
 
@@ -265,11 +265,7 @@ class _Progress:
 def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> FinetuneReport:
     from accelerate.utils import set_seed
 
-    if "text" in cfg.heads.inputs:  # refused, not silently trained on the image alone
-        raise ConfigError(
-            "the finetune recipe trains image-only heads; listing heads (heads.inputs: [image, text]) "
-            "train with the heads recipe"
-        )
+    require_image_only(cfg, "finetune")
     fc = cfg.finetune
     output_dir = Path(output_dir)
     accelerator = _accelerator(fc)

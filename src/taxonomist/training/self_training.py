@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from taxonomist.config import ConfigError, RunConfig
+from taxonomist.config import RunConfig
 from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path
 from taxonomist.data.labels import MISSING
 from taxonomist.data.policies import apply_policy
@@ -58,6 +58,7 @@ from taxonomist.training.heads import (
     logits_to_frame,
     predict_logits,
     prior_adjustment,
+    require_image_only,
 )
 
 PROGRESS_FILE = "progress.json"
@@ -429,11 +430,7 @@ class SelfTrainingReport:
 
 def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> SelfTrainingReport:
     """Round 0 (supervised on the labeled rows), then ``cfg.self_training.rounds`` rounds; resumable."""
-    if "text" in cfg.heads.inputs:  # refused, not silently trained on the image alone
-        raise ConfigError(
-            "the self-training recipe trains image-only heads; listing heads (heads.inputs: [image, text]) "
-            "train with the heads recipe"
-        )
+    require_image_only(cfg, "self-training")
     st = cfg.self_training
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

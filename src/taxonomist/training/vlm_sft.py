@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from taxonomist.config import LoraSettings, VLMConfig, VLMTrainConfig
+from taxonomist.config import ImproveConfig, LoraSettings, VLMConfig, VLMTrainConfig
 from taxonomist.data.chat import ChatExample, check_token_budget, examples_to_records
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadError, load_image, write_errors
 from taxonomist.data.prepare import DATA_REPORT, build_examples, prepare_catalog
@@ -215,6 +215,20 @@ def mixed_precision(setting: str, device: torch.device) -> tuple[bool, bool]:
     return precision == "bf16", precision == "fp16"
 
 
+def step_args(section: VLMTrainConfig | ImproveConfig) -> dict:
+    """The optimisation steps a config section sets (``train`` for SFT, ``improve`` for DPO): rate, epochs
+    or steps, batch, accumulation, and the seed for the trainer and its data order."""
+    return {
+        "learning_rate": section.lr,
+        "num_train_epochs": section.epochs,
+        "max_steps": section.max_steps,
+        "per_device_train_batch_size": section.batch_size,
+        "gradient_accumulation_steps": section.grad_accumulation,
+        "seed": section.seed,
+        "data_seed": section.seed,
+    }
+
+
 def shared_trainer_args(cfg_cls: type, train: VLMTrainConfig, device: torch.device, progress: bool) -> dict:
     """Trainer settings SFT and DPO both take from ``train`` (schedule, clipping, optimizer, precision)."""
     if not 0 <= train.warmup_ratio < 1:
@@ -249,20 +263,14 @@ def sft_args(cfg: VLMConfig, output_dir: Path, *, device: torch.device, progress
     train = cfg.train
     return SFTConfig(
         output_dir=str(output_dir / CHECKPOINTS),
-        learning_rate=train.lr,
-        num_train_epochs=train.epochs,
-        max_steps=train.max_steps,
-        per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=train.batch_size,
-        gradient_accumulation_steps=train.grad_accumulation,
         save_strategy="steps",
         save_steps=train.save_steps,
         save_total_limit=train.save_total_limit,
         eval_strategy="no",
-        seed=train.seed,
-        data_seed=train.seed,
         dataset_kwargs={"skip_prepare_dataset": True},
         dataloader_pin_memory=device.type == "cuda",
+        **step_args(train),
         **shared_trainer_args(SFTConfig, train, device, progress),
     )
 

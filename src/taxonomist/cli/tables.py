@@ -1,0 +1,46 @@
+"""Rich tables the commands print: scores per category and attribute, and one evaluation's summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def score_table(report, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("category", "f1_micro", "f1_macro", "harmonic", "n_rows"):
+        table.add_column(col, justify="left" if col == "category" else "right")
+    for row in report.per_category.itertuples():
+        table.add_row(
+            row.category, f"{row.f1_micro:.4f}", f"{row.f1_macro:.4f}", f"{row.harmonic:.4f}", str(row.n_rows)
+        )
+    table.add_section()
+    table.add_row("[bold]score[/bold]", "", "", f"[bold]{report.score:.4f}[/bold]", "")
+    return table
+
+
+def attribute_table(report) -> Table:
+    table = Table(title="per attribute")
+    for col in ("attribute", "accuracy", "harmonic", "n"):
+        table.add_column(col, justify="left" if col == "attribute" else "right")
+    for row in report.per_attribute.itertuples():
+        table.add_row(row.attribute, f"{row.accuracy:.4f}", f"{row.harmonic:.4f}", str(row.n))
+    return table
+
+
+def show_evaluation(evaluation, split: str, notes: list[str], report_dir: Path | None, model: str) -> None:
+    """An evaluation's score tables and notes, and (``report_dir``) its HTML report, as `evaluate` and
+    `vlm evaluate` print them."""
+    console.print(score_table(evaluation.report, f"{split} split"))
+    console.print(attribute_table(evaluation.report))
+    for note in notes:
+        console.print(note, style="yellow", markup=False, highlight=False)
+    if report_dir is not None:
+        from taxonomist.report.evaluation import write_evaluation_report
+
+        page = write_evaluation_report(evaluation, report_dir, model=model)
+        console.print(f"report: {page}", soft_wrap=True)  # a path to copy, never wrapped
