@@ -34,6 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from taxonomist.config import load_config
 from taxonomist.data.catalog import CATEGORY, ID
 from taxonomist.data.prepare import prepare_catalog
+from taxonomist.features.build import embed_options, runtime_options
 from taxonomist.features.embed import embed_catalog, runtime_backbone
 from taxonomist.inference.predictor import Predictor
 from taxonomist.metrics import attribute_score
@@ -105,12 +106,13 @@ def predict_subprocess(
     code = (
         "import json,sys;"
         "from taxonomist.config import load_config;"
-        "from taxonomist.data.catalog import load_catalog;"
+        "from taxonomist.data.prepare import load_catalog;"
+        "from taxonomist.features.build import embed_options;"
         "from taxonomist.inference.predictor import Predictor;"
         f"cfg=load_config({str(cfg_path)!r});cfg.catalog.attributes=[];"
         "cat=load_catalog(cfg.catalog);"
         f"p=Predictor.from_pretrained({str(checkpoint)!r});"
-        f"s=p.predict_catalog(cat,{str(out_dir)!r},embed=cfg.embed,progress=False);"
+        f"s=p.predict_catalog(cat,{str(out_dir)!r},**embed_options(cfg.embed),progress=False);"
         "print(json.dumps({'ips':s.images_per_s}))"
     )
     shutil.rmtree(out_dir, ignore_errors=True)  # cold: nothing to resume
@@ -215,8 +217,8 @@ def main() -> None:
     data = prepare_catalog(cfg)
     catalog = data.catalog
     train_idx, test_idx = data.split.train, data.split.test
-    backbone = runtime_backbone(build_backbone(cfg.backbone), cfg.embed)
-    embedded = embed_catalog(catalog, backbone, cfg.embed, progress=False)
+    backbone = runtime_backbone(build_backbone(cfg.backbone), **runtime_options(cfg.embed))
+    embedded = embed_catalog(catalog, backbone, **embed_options(cfg.embed), progress=False)
     ok = embedded.ok
     train_idx, test_idx = train_idx[ok[train_idx]], test_idx[ok[test_idx]]
     by_cat = catalog.attributes_by_category

@@ -38,11 +38,12 @@ from taxonomist.config import RunConfig, load_config
 from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path, read_table
 from taxonomist.data.labels import MISSING, encode_labels
 from taxonomist.data.prepare import prepare_catalog
+from taxonomist.features.build import embed_options
 from taxonomist.features.embed import embed_catalog
 from taxonomist.features.text import TextFeatures
 from taxonomist.inference.predictor import Predictor
 from taxonomist.metrics import apply_temperature, attribute_score, expected_calibration_error, fit_temperature
-from taxonomist.models.checkpoint import HeadsCheckpoint
+from taxonomist.models.build import heads_checkpoint
 from taxonomist.models.heads import NEG_INF, allowed_masks
 from taxonomist.training.heads import (
     FeatureSet,
@@ -162,7 +163,7 @@ def main() -> None:
     torch.manual_seed(0)
     bench = Bench(cfg)
     backbone, backbone_state = embedding_backbone(cfg)
-    embedded = embed_catalog(bench.catalog, backbone, cfg.embed, progress=True)
+    embedded = embed_catalog(bench.catalog, backbone, **embed_options(cfg.embed), progress=True)
     ok = embedded.ok
     tr, dv, te = (rows[ok[rows]] for rows in (bench.split.train, bench.split.dev, bench.split.test))
     blank = np.sort(np.random.default_rng(cfg.train.seed).permutation(len(te))[: len(te) // 2])
@@ -403,7 +404,7 @@ def measure_throughput(bench, cfg, heads, backbone, backbone_state, rows, n_imag
     ):
         run_cfg = fused["cfg"] if name == "fused" else cfg
         temperatures = fused["temperatures"]["all"] if name == "fused" else {}
-        checkpoint = HeadsCheckpoint.of(
+        checkpoint = heads_checkpoint(
             run_cfg, backbone, bench.schema, bench.categories, feature_dim, temperatures=temperatures, **extra
         )
         checkpoint.save(work / name, model, backbone_state)
@@ -415,7 +416,9 @@ def measure_throughput(bench, cfg, heads, backbone, backbone_state, rows, n_imag
     for _ in range(rounds):
         for name in best:
             predictor = Predictor.from_pretrained(work / name)
-            summary = predictor.predict_catalog(subset, work / f"out-{name}", embed=cfg.embed, progress=False)
+            summary = predictor.predict_catalog(
+                subset, work / f"out-{name}", **embed_options(cfg.embed), progress=False
+            )
             best[name] = max(best[name], summary.images_per_s)
             for p in (work / f"out-{name}").glob("*"):
                 if p.is_file():

@@ -39,6 +39,7 @@ from taxonomist.config import load_config
 from taxonomist.data.catalog import CATEGORY, ID, expand_path
 from taxonomist.data.images import load_image
 from taxonomist.data.prepare import prepare_catalog
+from taxonomist.features.build import embed_options
 from taxonomist.inference.export import export_run
 from taxonomist.inference.predictor import Predictor
 from taxonomist.metrics import attribute_score
@@ -132,7 +133,9 @@ def bench_predict(predictors: dict[str, Predictor], cfg, work: Path) -> tuple[di
     for name, predictor in predictors.items():
         folder = work / "predict" / name
         shutil.rmtree(folder, ignore_errors=True)
-        summary = predictor.predict_catalog(val, folder, embed=cfg.embed, use_cache=False, progress=False)
+        summary = predictor.predict_catalog(
+            val, folder, **embed_options(cfg.embed), use_cache=False, progress=False
+        )
         out[name] = {
             "rows": summary.rows,
             "seconds": summary.seconds,
