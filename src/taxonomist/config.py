@@ -524,6 +524,9 @@ class PromptConfig:
         "those keys."
     )
     """User turn of the attribute task; ``{category}`` and ``{attributes}`` (comma-joined) are filled in."""
+    title: str = 'Its listing title: "{title}".'
+    """Appended to the attribute prompt of a row whose catalog has text (``catalog.text_columns``):
+    the title is read with the image; rows without text get the prompt alone. Empty = never."""
     caption: str = CAPTION_PROMPT
     reasoning: str = (
         "First describe in one short sentence what you see that decides each attribute, then give the JSON."

@@ -13,6 +13,7 @@ pytest.importorskip("xgrammar")
 
 
 from taxonomist.data.chat import validate_llamafactory
+from taxonomist.models.vlm import read_metadata
 from tests.conftest import require_dataset, solid_colour_images
 
 from .conftest import invoke
@@ -24,7 +25,15 @@ pytestmark = pytest.mark.integration
 def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("catalog")
     colours = solid_colour_images(root / "images", range(12), (56, 48))
-    rows = [{"id": i, "kind": "Tops" if i < 6 else "Bags", "colour": c} for i, c in enumerate(colours)]
+    rows = [
+        {
+            "id": i,
+            "kind": "Tops" if i < 6 else "Bags",
+            "colour": c,
+            "title": f"Acme {c} item {i}" * (i % 4 > 0),
+        }
+        for i, c in enumerate(colours)
+    ]  # a quarter of the listings have no title
     (root / "images" / "11.jpg").write_bytes(b"truncated")  # one bad image: reported, never fatal
     pd.DataFrame(rows).to_csv(root / "catalog.csv", index=False)
     config = root / "vlm.yaml"
@@ -35,6 +44,7 @@ catalog:
   path: {root / "catalog.csv"}
   category_column: kind
   attributes: [colour]
+  text_columns: [title]
   min_rows_per_category: 1
 model:
   max_pixels: 12544
@@ -64,6 +74,9 @@ def test_random_model_train_evaluate_predict(config: Path, tmp_path: Path) -> No
     invoke("vlm", "train", "-c", str(config), "-o", str(run), "--model", str(model), "-q")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["global_step"] == 1 and (run / "merged").is_dir()
+    # Trained with listing titles in the prompt: both folders say so, so predict asks the same way.
+    for folder in ("adapter", "merged"):
+        assert "{title}" in read_metadata(run / folder)["prompt"]["title"]
 
     # The top-level commands recognise a VLM run folder and use its saved config and split.
     out = invoke("evaluate", str(run), "--output", str(tmp_path / "eval"), "--report", "-q")

@@ -260,3 +260,54 @@ def test_reasoning_grammar_never_allows_special_tokens(predictor):
     allowed = set(torch.nonzero(logits[0] > -math.inf).flatten().tolist())
     assert tokenizer.convert_tokens_to_ids("a") in allowed
     assert not allowed & set(tokenizer.all_special_ids)
+
+
+def test_titles_join_the_attribute_prompt_only_where_a_listing_has_one(images):
+    from taxonomist.data.catalog import TEXT
+
+    frame = pd.DataFrame({"id": ["a", "b"], "category": ["Tops", "Tops"], "colour": ["red", "blue"]})
+    frame[TEXT] = ["Acme Red Crew Tee", ""]
+    examples, _ = attribute_examples(frame, SCHEMA, images[:2], chat_prompts(PromptConfig()))
+    assert examples[0].title == "Acme Red Crew Tee" and '"Acme Red Crew Tee"' in examples[0].prompt
+    assert examples[1].title == "" and "title" not in examples[1].prompt
+    untitled, _ = attribute_examples(frame, SCHEMA, images[:2], chat_prompts(PromptConfig(title="")))
+    assert all(e.title == "" and "Acme" not in e.prompt for e in untitled)
+
+
+def test_a_model_is_asked_with_titles_only_if_it_was_trained_with_them(
+    model_dir, predictor, images, tmp_path
+):
+    import shutil
+
+    from taxonomist.data.prepare import saved_prompts
+    from taxonomist.io import ResumeError
+
+    # Saved before titles existed (or trained without any): the title never reaches the prompt.
+    assert saved_prompts({}).title == "" and predictor.prompts.title == ""
+    assert "Acme" not in predictor.example("Tops", title="Acme Red Tee").prompt
+    titled_dir = tmp_path / "titled"
+    shutil.copytree(model_dir, titled_dir)
+    write_metadata(
+        titled_dir,
+        {
+            "task": "attributes",
+            "schema": SCHEMA.to_dict(),
+            "model": {"max_pixels": MAX_PIXELS},
+            "prompt": {"title": PromptConfig().title},
+        },
+    )
+    titled = VLMPredictor.from_pretrained(
+        titled_dir, decoding=build_decoding(GenerateConfig(batch_size=2, max_new_tokens=48))
+    )
+    assert '"Acme Red Tee"' in titled.example("Tops", title="Acme Red Tee").prompt
+    results = titled.predict(images[:2], ["Tops", "Tops"], titles=["Acme  Red Tee ", None])
+    for result in results:  # constrained decoding: valid answers whatever the title says
+        assert set(result.best.values) <= {"colour", "neck"}
+        assert all(v in SCHEMA.values(a) for a, v in result.best.values.items())
+    with pytest.raises(ValueError, match="titles"):
+        titled.predict(images[:2], ["Tops", "Tops"], titles=["one"])
+    # The titles are part of a batch job: other titles into the same folder are refused, not resumed.
+    args = (["a", "b"], images[:2], ["Tops", "Tops"], tmp_path / "job")
+    titled.predict_file(*args, progress=False, titles=["Acme Red Tee", "Blue V-neck"])
+    with pytest.raises(ResumeError):
+        titled.predict_file(*args, progress=False, titles=["Other", "Titles"])

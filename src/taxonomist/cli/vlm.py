@@ -153,7 +153,7 @@ def predict(
     import pandas as pd
 
     from taxonomist.cli.inputs import record_input
-    from taxonomist.data.catalog import CATEGORY, ID
+    from taxonomist.data.catalog import CATEGORY, ID, TEXT
     from taxonomist.data.prepare import load_for_prediction
     from taxonomist.inference.predictor import with_row_errors
     from taxonomist.inference.vlm import VLMPredictor
@@ -164,12 +164,14 @@ def predict(
     record_input(output, cfg.catalog, model_dir)
     predictor = VLMPredictor.from_pretrained(model_dir, decoding=build_decoding(cfg.generate))
     categories = catalog.frame[CATEGORY].astype(str).tolist() if predictor.task == "attributes" else None
+    titled = predictor.task == "attributes" and predictor.prompts.title and TEXT in catalog.frame.columns
     summary = predictor.predict_file(
         catalog.frame[ID].astype(str).tolist(),
         catalog.image_paths(),
         categories or [None] * len(catalog),
         output,
         progress=not quiet,
+        titles=catalog.frame[TEXT].tolist() if titled else None,
     )
     errors = pd.read_csv(output / "errors.csv", dtype=str, keep_default_na=False)
     end_job(console, with_row_errors(summary, catalog, errors, output), PredictConfig().max_error_share)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import pandas as pd
 from PIL import Image
 
-from taxonomist.data.catalog import CATEGORY, ID
+from taxonomist.data.catalog import CATEGORY, ID, TEXT
 from taxonomist.data.schema import Schema
 from taxonomist.io import atomic_write_json
 
@@ -40,6 +40,8 @@ class ChatPrompts:
     caption: str
     reasoning: str
     """Appended to the attribute prompt when sampling reasoning chains."""
+    title: str = ""
+    """Appended to the attribute prompt of a listing with a title; ``{title}`` is filled in."""
 
 
 class TokenBudgetError(ValueError):
@@ -54,6 +56,8 @@ class ChatExample:
     answer: str
     system: str = ""
     category: str | None = None
+    title: str = ""
+    """The listing's title where the prompt includes it (evaluation asks the model the same way)."""
 
     def messages(self, *, with_answer: bool = True) -> list[dict[str, Any]]:
         """transformers chat-template messages (content parts), image first as Qwen's examples do."""
@@ -70,8 +74,12 @@ def answer_json(values: Mapping[str, str]) -> str:
     return json.dumps(dict(values), ensure_ascii=False, separators=JSON_SEPARATORS)
 
 
-def attribute_prompt(prompts: ChatPrompts, category: str, attributes: Sequence[str]) -> str:
-    return prompts.attributes.format(category=category, attributes=", ".join(attributes))
+def attribute_prompt(prompts: ChatPrompts, category: str, attributes: Sequence[str], title: str = "") -> str:
+    """The attribute question; with a (normalised) listing title, the title is part of it."""
+    text = prompts.attributes.format(category=category, attributes=", ".join(attributes))
+    if title and prompts.title:
+        text = f"{text} {prompts.title.format(title=title)}"
+    return text
 
 
 def attribute_examples(
@@ -84,6 +92,7 @@ def attribute_examples(
     examples, skipped = [], 0
     for row, image in zip(frame.to_dict("records"), image_paths, strict=True):
         category = str(row[CATEGORY])
+        title = str(row.get(TEXT) or "") if prompts.title else ""
         values = {a: str(row[a]) for a in schema.attributes_of(category) if a in row and not pd.isna(row[a])}
         if not values:
             skipped += 1
@@ -92,10 +101,11 @@ def attribute_examples(
             ChatExample(
                 id=str(row[ID]),
                 image=str(image),
-                prompt=attribute_prompt(prompts, category, list(values)),
+                prompt=attribute_prompt(prompts, category, list(values), title),
                 answer=answer_json(values),
                 system=prompts.system,
                 category=category,
+                title=title,
             )
         )
     return examples, skipped

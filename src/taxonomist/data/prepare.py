@@ -513,14 +513,18 @@ def prepare_catalog(cfg: RunConfig | VLMConfig, catalog: Catalog | None = None) 
 def chat_prompts(cfg: PromptConfig) -> ChatPrompts:
     """The ``prompt`` section as the chat examples' prompts."""
     return ChatPrompts(
-        system=cfg.system, attributes=cfg.attributes, caption=cfg.caption, reasoning=cfg.reasoning
+        system=cfg.system,
+        attributes=cfg.attributes,
+        caption=cfg.caption,
+        reasoning=cfg.reasoning,
+        title=cfg.title,
     )
 
 
 def saved_prompts(settings: Mapping[str, Any]) -> ChatPrompts:
     """A VLM folder's saved prompts (``taxonomist_vlm.json``), checked as the section; missing ones
-    take its defaults."""
-    return chat_prompts(PromptConfig(**settings))
+    take its defaults, but a folder saved before titles existed was trained without them."""
+    return chat_prompts(PromptConfig(**{"title": "", **settings}))
 
 
 def build_examples(

@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 
 from taxonomist.config import GenerateConfig, ImproveConfig, VLMConfig
-from taxonomist.data.catalog import CATEGORY, ID
+from taxonomist.data.catalog import CATEGORY, ID, TEXT
 from taxonomist.data.images import load_image
 from taxonomist.data.prepare import chat_prompts
 from taxonomist.data.schema import Schema
@@ -81,6 +81,8 @@ class Item:
     id: str
     category: str
     image: str
+    title: str = ""
+    """The listing's title; a model trained with titles samples and learns with them in its prompt."""
 
 
 class Vote(NamedTuple):
@@ -115,6 +117,7 @@ class Pair:
     """Attributes on which the chosen chain equals the vote."""
     rejected_matches: int
     agreement: float
+    title: str = ""
 
 
 def valid(generations: Sequence[Generation]) -> list[tuple[int, Generation]]:
@@ -164,6 +167,7 @@ def build_pair(item: Item, generations: Sequence[Generation], vote: Vote, thresh
         best,
         worst,
         vote.mean_agreement,
+        item.title,
     )
 
 
@@ -334,9 +338,10 @@ class ImproveReport:
 
 
 def items_of(frame: pd.DataFrame) -> list[Item]:
+    titles = frame[TEXT].fillna("").astype(str) if TEXT in frame.columns else [""] * len(frame)
     return [
-        Item(str(i), str(c), str(p))
-        for i, c, p in zip(frame[ID], frame[CATEGORY], frame[IMAGE_PATH], strict=True)
+        Item(str(i), str(c), str(p), t)
+        for i, c, p, t in zip(frame[ID], frame[CATEGORY], frame[IMAGE_PATH], titles, strict=True)
     ]
 
 
@@ -387,6 +392,7 @@ def sample(
         num_samples=improve.samples_per_item,
         reasoning=True,
         temperature=improve.temperature,
+        titles=[i.title for i in items],
     )
     return [r.generations for r in results]
 
@@ -423,7 +429,9 @@ def pair_dataset(pairs: Sequence[Pair], predictor: VLMPredictor) -> Any:
     records = [
         {
             IMAGE_PATH: p.image,
-            "prompt": predictor.example(p.category, reasoning=True).messages(with_answer=False),
+            "prompt": predictor.example(p.category, reasoning=True, title=p.title).messages(
+                with_answer=False
+            ),
             "chosen": [{"role": "assistant", "content": p.chosen}],
             "rejected": [{"role": "assistant", "content": p.rejected}],
         }
@@ -510,7 +518,11 @@ def evaluate(predictor: VLMPredictor, val: pd.DataFrame, *, reasoning: bool) -> 
     assert predictor.schema is not None
     items = items_of(val)
     results = predictor.predict(
-        [i.image for i in items], [i.category for i in items], [i.id for i in items], reasoning=reasoning
+        [i.image for i in items],
+        [i.category for i in items],
+        [i.id for i in items],
+        reasoning=reasoning,
+        titles=[i.title for i in items],
     )
     ok = [r for r in results if r.best is not None and not r.best.error]
     pred = wide_named_frame(to_predictions(ok), predictor.schema.attributes)

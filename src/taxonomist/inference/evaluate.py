@@ -365,7 +365,10 @@ def evaluate_vlm(
         for start in range(0, len(items), step):
             chunk = items[start : start + step]
             results += predictor.predict(
-                [e.image for e in chunk], [e.category for e in chunk], [e.id for e in chunk]
+                [e.image for e in chunk],
+                [e.category for e in chunk],
+                [e.id for e in chunk],
+                titles=[e.title for e in chunk],
             )
             bar.advance(task, len(chunk))
     ok = [r for r in results if r.best is not None and not r.best.error]

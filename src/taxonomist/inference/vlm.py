@@ -23,6 +23,7 @@ from taxonomist.data.chat import ChatExample, ChatPrompts, attribute_prompt, ima
 from taxonomist.data.images import ImageError, ImageLoadError, load_image, write_errors
 from taxonomist.data.prepare import saved_prompts
 from taxonomist.data.schema import Schema
+from taxonomist.data.taxonomy import normalize_text
 from taxonomist.inference.constrained import AnswerError, SchemaGrammars, parse_answer, value_confidences
 from taxonomist.inference.predictor import (
     AttributeValue,
@@ -119,12 +120,13 @@ class VLMPredictor:
             )
         return self._grammars
 
-    def example(self, category: str | None, *, reasoning: bool = False) -> ChatExample:
+    def example(self, category: str | None, *, reasoning: bool = False, title: str = "") -> ChatExample:
+        """The chat a row is asked with; ``title``: the listing's title (attributes task only)."""
         if self.task == "caption":
             text = self.prompts.caption
         else:
             assert self.schema is not None and category is not None
-            text = attribute_prompt(self.prompts, category, self.schema.attributes_of(category))
+            text = attribute_prompt(self.prompts, category, self.schema.attributes_of(category), title)
             if reasoning:
                 text = f"{text} {self.prompts.reasoning}"
         # Caption examples are trained without the (JSON-answer) system prompt: served the same way.
@@ -132,17 +134,23 @@ class VLMPredictor:
         return ChatExample(id="", image="", prompt=text, answer="", system=system, category=category)
 
     def inputs(
-        self, images: Sequence[Image.Image], categories: Sequence[str | None], *, reasoning: bool = False
+        self,
+        images: Sequence[Image.Image],
+        categories: Sequence[str | None],
+        *,
+        reasoning: bool = False,
+        titles: Sequence[str] | None = None,
     ) -> Any:
         """Model inputs of one batch: chat prompts, left-padded, with pixel values under the caps."""
         processor = self.vlm.processor
+        titles = titles if titles is not None else [""] * len(categories)
         texts = [
             processor.apply_chat_template(
-                self.example(c, reasoning=reasoning).messages(with_answer=False),
+                self.example(c, reasoning=reasoning, title=t).messages(with_answer=False),
                 add_generation_prompt=True,
                 tokenize=False,
             )
-            for c in categories
+            for c, t in zip(categories, titles, strict=True)
         ]
         processor.tokenizer.padding_side = "left"
         batch = processor(text=texts, images=list(images), padding=True, return_tensors="pt")
@@ -158,8 +166,10 @@ class VLMPredictor:
         reasoning: bool = False,
         temperature: float | None = None,
         top_p: float | None = None,
+        titles: Sequence[str] | None = None,
     ) -> list[list[Generation]]:
-        """One forward batch: ``num_samples`` generations per image (sampling when temperature > 0)."""
+        """One forward batch: ``num_samples`` generations per image (sampling when temperature > 0);
+        ``titles``: the listings' titles, asked with the image where given."""
         if self.task == "attributes":
             unknown = sorted({str(c) for c in categories if c not in self.schema.categories})  # type: ignore[union-attr]
             if unknown:
@@ -168,7 +178,7 @@ class VLMPredictor:
         temperature = decoding.temperature if temperature is None else temperature
         top_p = decoding.top_p if top_p is None else top_p
         model = self.vlm.model
-        inputs = self.inputs(images, categories, reasoning=reasoning)
+        inputs = self.inputs(images, categories, reasoning=reasoning, titles=titles)
         kwargs: dict[str, Any] = {
             "max_new_tokens": decoding.max_new_tokens,
             "num_return_sequences": num_samples,
@@ -244,13 +254,17 @@ class VLMPredictor:
         num_samples: int = 1,
         reasoning: bool = False,
         temperature: float | None = None,
+        titles: Sequence[str | None] | None = None,
     ) -> list[VLMResult]:
         """Results in input order; unreadable images and categories outside the schema come back with
-        ``error`` set and no generation."""
+        ``error`` set and no generation. ``titles``: the listings' titles (None or "" where none)."""
         ids = [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(images))]
         categories = list(categories) if categories is not None else [None] * len(images)
         if not len(ids) == len(categories) == len(images):
             raise ValueError(f"{len(images)} images, {len(categories)} categories and {len(ids)} ids differ")
+        titles = [normalize_text(t) for t in titles] if titles is not None else [""] * len(images)
+        if len(titles) != len(images):
+            raise ValueError(f"{len(images)} images and {len(titles)} titles differ")
         results = [VLMResult(i, c) for i, c in zip(ids, categories, strict=True)]
         loaded: dict[int, Image.Image] = {}
         for k, item in enumerate(images):
@@ -281,6 +295,7 @@ class VLMPredictor:
                 num_samples=num_samples,
                 reasoning=reasoning,
                 temperature=temperature,
+                titles=[titles[k] for k in batch],
             )
             for k, gens in zip(batch, generations, strict=True):
                 results[k].generations = gens
@@ -294,8 +309,10 @@ class VLMPredictor:
         out_dir: str | os.PathLike,
         *,
         progress: bool = True,
+        titles: Sequence[str | None] | None = None,
     ) -> PredictSummary:
-        """Batch job over many images: chunked atomic parts, resumable after a crash, errors kept."""
+        """Batch job over many images: chunked atomic parts, resumable after a crash, errors kept.
+        ``titles``: the listings' titles, asked with the images (part of the job's identity)."""
         start = time.perf_counter()
         out_dir = Path(out_dir)
         decoding = self.decoding
@@ -307,11 +324,13 @@ class VLMPredictor:
             "temperature": decoding.temperature,
         }
         ids = [str(i) for i in ids]
+        titles = [normalize_text(t) for t in titles] if titles is not None else [""] * len(ids)
         rows_in = pd.DataFrame(
             {
                 "id": ids,
                 "category": ["" if c is None else str(c) for c in categories],
                 "path": [os.path.abspath(p) for p in image_paths],
+                **({"title": titles} if any(titles) else {}),  # no-title jobs keep their digest
             }
         )
         writer = ChunkedWriter(out_dir, rows_in, decoding.chunk_size, settings)
@@ -324,7 +343,10 @@ class VLMPredictor:
             for k in todo:
                 rows = list(writer.chunk_rows(k))
                 results = self.predict(
-                    [image_paths[r] for r in rows], [categories[r] for r in rows], [ids[r] for r in rows]
+                    [image_paths[r] for r in rows],
+                    [categories[r] for r in rows],
+                    [ids[r] for r in rows],
+                    titles=[titles[r] for r in rows],
                 )
                 writer.write(k, self.result_frames(results))
                 predicted_now += sum(r.best is not None and not r.best.error for r in results)

@@ -38,7 +38,7 @@ from taxonomist.data.schema import Schema
 from taxonomist.devices import resolve_device, resolve_precision
 from taxonomist.io import atomic_write_text
 from taxonomist.models.build import build_vlm
-from taxonomist.models.vlm import write_metadata
+from taxonomist.models.vlm import read_metadata, write_metadata
 
 IGNORE_INDEX = -100
 """Label of tokens the loss skips (PyTorch's cross-entropy ``ignore_index``)."""
@@ -301,20 +301,23 @@ class SFTReport:
         return dataclasses.asdict(self)
 
 
-def metadata(cfg: VLMConfig, schema: Schema | None, kind: str) -> dict[str, Any]:
+def metadata(cfg: VLMConfig, schema: Schema | None, kind: str, *, titled: bool) -> dict[str, Any]:
     """What predict needs beside the weights: task, schema, prompts and the model settings.
 
     ``model`` is a :class:`VLMModelConfig` as a dict (its ``name`` is the base model); merged weights are
-    full precision, so a merged folder records ``quantization: none``.
+    full precision, so a merged folder records ``quantization: none``. ``titled``: whether training
+    prompts carried listing titles; if not, the saved title prompt is empty, so predict never asks a
+    model with titles it was not trained on.
     """
     model = dataclasses.asdict(cfg.model)
+    prompt = {**dataclasses.asdict(cfg.prompt), **({} if titled else {"title": ""})}
     if kind == MERGED:
         model["quantization"] = "none"
     return {
         "format": kind,
         "task": cfg.task,
         "schema": schema.to_dict() if schema is not None else None,
-        "prompt": dataclasses.asdict(cfg.prompt),
+        "prompt": prompt,
         "model": model,
         "base_model": cfg.model.name,
         "lora": dataclasses.asdict(cfg.lora),
@@ -385,7 +388,8 @@ def train_sft(cfg: VLMConfig, output_dir: str | Path, *, progress: bool = True) 
     adapter_dir = output_dir / ADAPTER
     model.save_pretrained(adapter_dir)
     vlm.processor.save_pretrained(adapter_dir)
-    write_metadata(adapter_dir, metadata(cfg, schema, ADAPTER))
+    titled = any(e.title for e in train_examples)
+    write_metadata(adapter_dir, metadata(cfg, schema, ADAPTER, titled=titled))
     cfg.save(output_dir / "config.yaml")
     errors += collator.errors
     write_errors(errors, output_dir / "image_errors.csv")
@@ -452,5 +456,6 @@ def merge_adapter(
     vlm = build_vlm(base, device=device, adapter=adapter_dir)
     vlm.model.merge_and_unload().save_pretrained(merged_dir)
     vlm.processor.save_pretrained(merged_dir)
-    write_metadata(merged_dir, metadata(cfg, schema, MERGED))
+    titled = bool(read_metadata(adapter_dir).get("prompt", {}).get("title"))
+    write_metadata(merged_dir, metadata(cfg, schema, MERGED, titled=titled))
     return merged_dir
