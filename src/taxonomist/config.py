@@ -797,6 +797,18 @@ def _is_float(text: str) -> bool:
     return any(c in text.lower() for c in ".e") and not text.strip().isalpha()
 
 
+def section_arguments(section: Any, target: Any, **given: Any) -> dict[str, Any]:
+    """Keyword arguments for ``target`` (a function or class) from the config ``section``: every field
+    whose name is one of ``target``'s parameters, then ``given``. This is what a builder does, once: a
+    section's names are the parameters' names, so none is forgotten or misspelled in a mapping by hand.
+    """
+    import inspect
+
+    names = set(inspect.signature(target).parameters)
+    fields = {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.name in names}
+    return {**fields, **given}
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,

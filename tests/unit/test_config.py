@@ -67,3 +67,16 @@ def test_taxonomy_method_names_are_checked_at_load() -> None:
     with pytest.raises(ConfigError, match=r"train.methods\[1\]: 'svm' is not one of"):
         load_config(None, ["train.methods=[heads, svm]"], cls=TaxonomyConfig)
     assert load_config(None, ["predict.method=lexical"], cls=TaxonomyConfig).predict.method == "lexical"
+
+
+def test_section_arguments_map_a_section_onto_a_signature_by_name() -> None:
+    from taxonomist.config import GenerateConfig, section_arguments
+    from taxonomist.models.vlm import Decoding
+
+    def reader(path: str, *, limit: int | None = None, seed: int = 0, other: str = "x") -> None: ...
+
+    cfg = load_config(values={"catalog.path": "a.csv", "catalog.limit": 7})
+    # Only the section's fields the target takes; the given ones win; the rest keep their defaults.
+    assert section_arguments(cfg.catalog, reader, seed=3) == {"path": "a.csv", "limit": 7, "seed": 3}
+    decoding = Decoding(**section_arguments(GenerateConfig(top_p=0.5), Decoding))
+    assert decoding.top_p == 0.5 and decoding.chunk_size == GenerateConfig().chunk_size

@@ -25,7 +25,14 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from taxonomist.config import CatalogConfig, MissingLabelConfig, PromptConfig, RunConfig, VLMConfig
+from taxonomist.config import (
+    CatalogConfig,
+    MissingLabelConfig,
+    PromptConfig,
+    RunConfig,
+    VLMConfig,
+    section_arguments,
+)
 from taxonomist.data.captions import read_coco_captions, read_product_captions
 from taxonomist.data.catalog import (
     CATEGORY,
@@ -395,25 +402,7 @@ def load_catalog(
 
     ``labels=False``: the generic layout reads no attribute columns. ``bad_rows``: see :data:`BadRows`.
     """
-    return read_catalog(
-        cfg.path,
-        layout=cfg.layout,
-        id_column=cfg.id_column,
-        category_column=cfg.category_column,
-        attributes=cfg.attributes,
-        image_root=cfg.image_root,
-        image_template=cfg.image_template,
-        categories=cfg.categories,
-        min_rows_per_category=cfg.min_rows_per_category,
-        remaps=cfg.remaps,
-        limit=cfg.limit,
-        text_columns=cfg.text_columns,
-        corrections=cfg.corrections,
-        encoding=cfg.encoding,
-        seed=seed,
-        labels=labels,
-        bad_rows=bad_rows,
-    )
+    return read_catalog(**section_arguments(cfg, read_catalog, seed=seed, labels=labels, bad_rows=bad_rows))
 
 
 def catalog_columns(cfg: CatalogConfig) -> tuple[str, str]:
@@ -512,13 +501,7 @@ def prepare_catalog(cfg: RunConfig | VLMConfig, catalog: Catalog | None = None) 
 
 def chat_prompts(cfg: PromptConfig) -> ChatPrompts:
     """The ``prompt`` section as the chat examples' prompts."""
-    return ChatPrompts(
-        system=cfg.system,
-        attributes=cfg.attributes,
-        caption=cfg.caption,
-        reasoning=cfg.reasoning,
-        title=cfg.title,
-    )
+    return ChatPrompts(**section_arguments(cfg, ChatPrompts))
 
 
 def saved_prompts(settings: Mapping[str, Any]) -> ChatPrompts:

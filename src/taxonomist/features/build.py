@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taxonomist.config import EmbedConfig, EnrichConfig
+from taxonomist.config import EmbedConfig, EnrichConfig, section_arguments
 from taxonomist.features.embed import EmbedOptions, RuntimeOptions
 from taxonomist.features.enrich import Enricher
 
@@ -28,13 +28,7 @@ def runtime_options(cfg: EmbedConfig) -> RuntimeOptions:
 def build_enricher(cfg: EnrichConfig, cache_dir: str | None = None) -> Enricher:
     """The retrieval enricher the ``enrich`` section describes (its corpus must be set)."""
     return Enricher.from_file(
-        cfg.corpus or "",
-        title_column=cfg.title_column,
-        text_columns=cfg.text_columns,
-        encoder=cfg.encoder,
-        k=cfg.k,
-        max_chars=cfg.max_chars,
-        cache_dir=cache_dir,
+        **section_arguments(cfg, Enricher.from_file, corpus=cfg.corpus or "", cache_dir=cache_dir)
     )
 
 

@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 
-from taxonomist.config import BackboneConfig, GenerateConfig, HeadsConfig, RunConfig, VLMModelConfig
+from taxonomist.config import (
+    BackboneConfig,
+    GenerateConfig,
+    HeadsConfig,
+    RunConfig,
+    VLMModelConfig,
+    section_arguments,
+)
 from taxonomist.data.schema import Schema
 from taxonomist.models.backbones import Backbone, create_backbone
 from taxonomist.models.checkpoint import HeadsCheckpoint, checkpoint_digest
@@ -83,16 +90,7 @@ def build_vlm(
     cfg: VLMModelConfig, *, device: torch.device | str | None = None, adapter: str | Path | None = None
 ) -> VLM:
     """The ``model`` section's vision-language model (see :func:`~taxonomist.models.vlm.load_vlm`)."""
-    return load_vlm(
-        cfg.name,
-        min_pixels=cfg.min_pixels,
-        max_pixels=cfg.max_pixels,
-        dtype=cfg.dtype,
-        quantization=cfg.quantization,
-        attn_implementation=cfg.attn_implementation,
-        device=device,
-        adapter=adapter,
-    )
+    return load_vlm(**section_arguments(cfg, load_vlm, device=device, adapter=adapter))
 
 
 def saved_vlm(
@@ -110,12 +108,4 @@ def saved_vlm(
 def build_decoding(cfg: GenerateConfig | None = None) -> Decoding:
     """The ``generate`` section (default: its defaults) as a VLM predictor's decoding settings."""
     cfg = cfg or GenerateConfig()
-    return Decoding(
-        batch_size=cfg.batch_size,
-        max_new_tokens=cfg.max_new_tokens,
-        constrained=cfg.constrained,
-        reasoning_max_chars=cfg.reasoning_max_chars,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        chunk_size=cfg.chunk_size,
-    )
+    return Decoding(**section_arguments(cfg, Decoding))
