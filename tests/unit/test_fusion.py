@@ -136,6 +136,31 @@ def test_both_fusions_give_finite_masked_logits(fusion: str) -> None:
     assert (out["label"][1] < -1e8).all()  # Bags have no label
 
 
+def test_the_probe_adds_its_weighted_log_probabilities_on_rows_with_text() -> None:
+    """Residual stacking: the heads start from the text probe's answer (weight 1) where a row has text
+    and ignore it where it has none; masked values stay masked."""
+    schema = Schema({"Tops": {"label": ["no", "yes"]}, "Bags": {"size": ["s", "m", "l"]}})
+    masks = allowed_masks(schema, ["Tops", "Bags"])  # label: 2 values, size: 3 values
+    torch.manual_seed(0)
+    model = ListingHeads(8, 4 + 5, masks, hidden=[16], category_dim=2, probe_offset=4).eval()
+    plain = ListingHeads(8, 4 + 5, masks, hidden=[16], category_dim=2).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if k != "probe_weight"})
+    probe = torch.tensor([[0.9, 0.1, 0.2, 0.3, 0.5], [0.2, 0.8, 0.6, 0.2, 0.2]])
+    text = torch.cat([torch.randn(2, 4), probe], dim=1)
+    image, category = torch.randn(2, 8), torch.tensor([0, 1])
+    with_text = torch.tensor([[True, True], [True, True]])
+    out, base = model(image, text, category, with_text), plain(image, text, category, with_text)
+    torch.testing.assert_close(out["label"][0], base["label"][0] + probe[0, :2].log())
+    torch.testing.assert_close(out["size"][1], base["size"][1] + probe[1, 2:].log())
+    assert (out["label"][1] < -1e8).all() and (out["size"][0] < -1e8).all()
+    without = torch.tensor([[True, False], [True, False]])
+    torch.testing.assert_close(
+        model(image, text, category, without)["label"], plain(image, text, category, without)["label"]
+    )
+    with pytest.raises(ValueError, match="probe"):
+        ListingHeads(8, 6, masks, hidden=[16], probe_offset=4)  # 5 probe columns do not fit
+
+
 class _CountingEncoder:
     """Stands in for the sentence encoder: a text's length and first code point, counting calls."""
 

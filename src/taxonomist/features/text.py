@@ -265,6 +265,11 @@ class ListingText:
     def lexical_dim(self) -> int:
         return self.lexical.dim if self.lexical is not None else 0
 
+    @property
+    def probe_offset(self) -> int | None:
+        """First column of the probe's probabilities in the dense text features (None: no probe)."""
+        return self.encoder.dim if self.probe is not None else None
+
     def features(
         self, texts: Sequence[str], category: np.ndarray, *, probe_features: np.ndarray | None = None
     ) -> TextFeatures:

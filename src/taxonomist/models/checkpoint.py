@@ -89,6 +89,7 @@ class HeadsCheckpoint:
                 fusion=self.text.get("fusion", "concat"),
                 lexical_dim=int(self.text.get("lexical_dim", 0)),
                 lexical_width=int(self.text.get("lexical_width", 128)),
+                probe_offset=self.text.get("probe_offset"),
             )
         return AttributeHeads(
             self.feature_dim,

@@ -5,6 +5,11 @@ unreadable image, where allowed) is the all-zero "average" input; the flags them
 so the trunk knows which case it is in. Training drops modalities at random (modality dropout), which
 is what makes those all-zero rows a case the model has learned rather than an input it never saw.
 
+With a lexical probe (per-attribute text probabilities among the text features, from column
+``probe_offset``), each attribute's logits also add its probe log-probabilities times a learned weight
+(1 at the start) on rows that have text: the heads start from the text model's answer and learn what the
+image and the rest change, instead of having to rebuild a strong text classifier from its outputs.
+
 ``fusion="concat"`` feeds everything to one trunk; ``"gated"`` projects each modality to the first trunk
 width and mixes the projections with per-row sigmoid gates computed from both, the flags and the
 category (one option measured against the other in ``benchmarks/multimodal.py``).
@@ -18,7 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from taxonomist.models.heads import MaskedHeads, mlp_layers
+from taxonomist.models.heads import NEG_INF, MaskedHeads, mlp_layers
 
 Fusion = Literal["concat", "gated"]
 LexicalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -41,9 +46,11 @@ class ListingHeads(MaskedHeads):
         fusion: Fusion = "concat",
         lexical_dim: int = 0,
         lexical_width: int = 128,
+        probe_offset: int | None = None,
     ) -> None:
         """``lexical_dim``: columns of the lexical view's sparse rows (0 = none), read through a bag of
-        ``lexical_width``-dimensional n-gram vectors weighted by TF-IDF."""
+        ``lexical_width``-dimensional n-gram vectors weighted by TF-IDF. ``probe_offset``: first text
+        column of the probe's probabilities (each attribute's values in ``masks`` order), or None."""
         super().__init__()
         if not hidden:
             raise ValueError("listing heads need at least one hidden layer (heads.hidden)")
@@ -69,6 +76,13 @@ class ListingHeads(MaskedHeads):
         rest_layers, width = mlp_layers(first, rest, dropout)
         self.trunk = nn.Sequential(nn.LayerNorm(first), nn.GELU(), nn.Dropout(dropout), *rest_layers)
         self.set_linear_heads(width, masks)
+        self.probe_offset = probe_offset
+        if probe_offset is not None:
+            if probe_offset + sum(m.shape[1] for m in masks.values()) > text_dim:
+                raise ValueError(
+                    f"the probe's columns from {probe_offset} do not fit {text_dim} text columns"
+                )
+            self.probe_weight = nn.Parameter(torch.ones(len(masks)))
 
     def set_standardization(self, image: torch.Tensor, text: torch.Tensor, present: torch.Tensor) -> None:
         """Mean/std of each modality over the training rows that have it."""
@@ -108,7 +122,27 @@ class ListingHeads(MaskedHeads):
                 + gt * pt * present[:, HAS_TEXT : HAS_TEXT + 1]
             )
             h = h + self.context_proj(context)
-        return self.masked_logits(category, self.trunk(h))
+        logits = self.masked_logits(category, self.trunk(h))
+        if self.probe_offset is None:
+            return logits
+        return self._add_probe(logits, text, category, present[:, HAS_TEXT : HAS_TEXT + 1])
+
+    def _add_probe(
+        self,
+        logits: dict[str, torch.Tensor],
+        text: torch.Tensor,
+        category: torch.Tensor,
+        has_text: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """Each attribute's logits plus its weighted probe log-probabilities, on rows with text."""
+        start, out = self.probe_offset, {}
+        for i, (attribute, z) in enumerate(logits.items()):
+            width = z.shape[1]
+            log_p = torch.log(text[:, start : start + width].float().clamp_min(1e-4)).to(z.dtype)
+            start += width
+            allowed = getattr(self, f"mask_{i}")[category]
+            out[attribute] = (z + self.probe_weight[i] * log_p * has_text).masked_fill(~allowed, NEG_INF)
+        return out
 
 
 def modality_dropout(

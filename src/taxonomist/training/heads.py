@@ -302,6 +302,7 @@ def text_record(cfg: RunConfig, text: ListingText) -> dict:
         "fingerprint": text.encoder.weights_fingerprint(),
         "dim": text.dim,
         "lexical_dim": text.lexical_dim,
+        "probe_offset": text.probe_offset,
     }
 
 
@@ -333,6 +334,7 @@ def build_heads(
         dropout=cfg.heads.dropout,
         fusion=cfg.text.fusion,
         lexical_dim=text.lexical_dim,
+        probe_offset=text.probe_offset,
         lexical_width=cfg.text.lexical_width,
     )
 
