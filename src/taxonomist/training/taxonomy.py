@@ -238,12 +238,21 @@ def _fit_seq2seq(
     return model, losses
 
 
-def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True) -> TaxonomyTrainReport:
-    """Fit on the training part, choose the ensemble and brand threshold on dev, save, score on dev."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    torch.manual_seed(cfg.train.seed)
+@dataclass
+class _Parts:
+    """The recipe's titles: the whole set, its split, the training part (paths in the taxonomy only) with
+    its node targets, dev, the taxonomy, and how many dev titles carry a path training never saw."""
+
+    data: TitleDataset
+    split: Split
+    train: TitleDataset
+    train_targets: np.ndarray
+    dev: TitleDataset
+    taxonomy: Taxonomy
+    dev_unseen: int
+
+
+def _prepare_titles(cfg: TaxonomyConfig) -> _Parts:
     data = load_titles(cfg)
     split = split_titles(data, cfg)
     train_data, dev_data = data.subset(split.train), data.subset(split.dev)
@@ -252,9 +261,22 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
         raise ValueError(f"taxonomy levels {taxonomy.levels} differ from the data's {data.levels}")
     train_targets = path_targets(taxonomy, train_data.paths())
     known = (train_targets >= 0).all(axis=1)
-    train_data, train_targets = train_data.subset(np.flatnonzero(known)), train_targets[known]
     dev_unseen = int((path_targets(taxonomy, dev_data.paths()) < 0).any(axis=1).sum())
+    return _Parts(
+        data,
+        split,
+        train_data.subset(np.flatnonzero(known)),
+        train_targets[known],
+        dev_data,
+        taxonomy,
+        dev_unseen,
+    )
 
+
+def _fit_model(
+    cfg: TaxonomyConfig, parts: _Parts, output_dir: Path, seconds: dict[str, float], progress: bool
+) -> tuple[TaxonomyModel, dict[str, list[float]]]:
+    """Build the model, fine-tune the encoder and seq2seq where asked, then fit every other part."""
     encoder = TextEncoder(
         cfg.encoder.name, cfg.encoder.max_length, cfg.encoder.batch_size, quantize=cfg.encoder.quantize
     )
@@ -264,31 +286,33 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
         del seconds["enrich_index"]
     losses: dict[str, list[float]] = {}
     methods = set(cfg.train.methods)
+    titles = parts.train.frame[TITLE].tolist()
     if cfg.encoder.finetune_epochs > 0 and methods & {"heads", "retrieval"}:
         with timed(seconds, "finetune_encoder"):
             heads = model.heads or _heads(cfg)  # retrieval alone still fine-tunes through the heads' loss
-            heads.build(encoder.dim, taxonomy)
-            prepared = model.prepare(train_data.frame[TITLE].tolist())
-            losses["finetune"] = finetune_encoder(encoder, heads, prepared, train_targets, cfg, progress)
+            heads.build(encoder.dim, parts.taxonomy)
+            prepared = model.prepare(titles)
+            losses["finetune"] = finetune_encoder(
+                encoder, heads, prepared, parts.train_targets, cfg, progress
+            )
             model.encoder_finetuned = True
     if "seq2seq" in methods:
         with timed(seconds, "seq2seq"):
-            prepared = model.prepare(train_data.frame[TITLE].tolist())
             model.seq2seq, losses["seq2seq"] = _fit_seq2seq(
-                cfg, taxonomy, prepared, train_data, output_dir / "seq2seq-work"
+                cfg, parts.taxonomy, model.prepare(titles), parts.train, output_dir / "seq2seq-work"
             )
     model.fit(
-        train_data.frame[TITLE].tolist(),
-        train_data.paths(),
-        train_data.frame[BRAND].tolist(),
-        taxonomy,
-        progress=progress,
+        titles, parts.train.paths(), parts.train.frame[BRAND].tolist(), parts.taxonomy, progress=progress
     )
     seconds.update(model.fit_seconds_)
     if model.heads is not None:
         losses["heads"] = model.heads.losses_
+    return model, losses
 
-    result = evaluate_model(model, dev_data, progress)
+
+def _choose_on_dev(cfg: TaxonomyConfig, model: TaxonomyModel, dev: TitleDataset, progress: bool) -> dict:
+    """The ensemble and the brand "none" threshold chosen on dev; returns the dev figures as saved."""
+    result = evaluate_model(model, dev, progress)
     if cfg.predict.ensemble == "dev" and {"soft", "vote"} <= set(result["reports"]):
         # Path accuracy decides; ties keep the soft ensemble.
         soft, vote = (result["reports"][m].path_accuracy for m in ("soft", "vote"))
@@ -300,9 +324,21 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
             method = predicted["method"].iloc[0]
         chosen = predicted[predicted["method"] == method]
         model.brand_none_threshold = choose_none_threshold(
-            model, dev_data, chosen.reset_index(drop=True), cfg.brand.min_no_brand_accuracy
+            model, dev, chosen.reset_index(drop=True), cfg.brand.min_no_brand_accuracy
         )
-        result = evaluate_model(model, dev_data, progress)  # dev figures of the model as saved
+        result = evaluate_model(model, dev, progress)  # dev figures of the model as saved
+    return result
+
+
+def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True) -> TaxonomyTrainReport:
+    """Fit on the training part, choose the ensemble and brand threshold on dev, save, score on dev."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    torch.manual_seed(cfg.train.seed)
+    parts = _prepare_titles(cfg)
+    model, losses = _fit_model(cfg, parts, output_dir, seconds, progress)
+    result = _choose_on_dev(cfg, model, parts.dev, progress)
     model.save(output_dir)
     cfg.save(output_dir / "config.yaml")  # the run's record: `taxonomy evaluate` rebuilds its split
     report = TaxonomyTrainReport(
@@ -311,11 +347,11 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
         invalid=result["invalid"],
         titles_per_s=result["titles_per_s"],
         train_seconds={k: round(v, 2) for k, v in seconds.items()},
-        n_train=len(train_data.frame),
-        n_dev=len(dev_data.frame),
-        n_test=len(split.test),
-        dev_unseen_paths=dev_unseen,
-        skipped=len(data.skipped),
+        n_train=len(parts.train.frame),
+        n_dev=len(parts.dev.frame),
+        n_test=len(parts.split.test),
+        dev_unseen_paths=parts.dev_unseen,
+        skipped=len(parts.data.skipped),
         ensemble=model.ensemble,
         brand_none_threshold=model.brand_none_threshold,
         losses=losses,
