@@ -296,7 +296,7 @@ def train_heads(
         train_texts, bench.category[tr], {a: v[tr] for a, v in bench.labels.items()}, seed=cfg.train.seed
     )
     all_text = text.features(bench.texts, bench.category)
-    all_text.dense[tr, text.encoder.dim :] = probed  # training rows: their cross-fitted probe features
+    all_text.dense[tr, text.probe_offset :] = probed  # training rows: their cross-fitted probe features
     text_seconds = time.perf_counter() - start
 
     def listing_set(rows: np.ndarray, blank_rows: np.ndarray | None = None) -> FeatureSet:

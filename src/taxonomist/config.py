@@ -6,6 +6,7 @@ Configs never enter modules: builders read these dataclasses and pass plain argu
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import types
 import typing
@@ -802,8 +803,6 @@ def section_arguments(section: Any, target: Any, **given: Any) -> dict[str, Any]
     whose name is one of ``target``'s parameters, then ``given``. This is what a builder does, once: a
     section's names are the parameters' names, so none is forgotten or misspelled in a mapping by hand.
     """
-    import inspect
-
     names = set(inspect.signature(target).parameters)
     fields = {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.name in names}
     return {**fields, **given}
