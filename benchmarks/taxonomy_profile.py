@@ -16,8 +16,7 @@ from taxonomist.config import TaxonomyConfig, load_config
 from taxonomist.inference.taxonomy import load_model
 from taxonomist.training.taxonomy import load_titles, split_part
 
-VARIANTS = [("torch", "fp32", True), ("torch", "fp32", False), ("openvino", "bf16", None)]
-VARIANTS += [("onnxruntime", "int8", None), ("onnxruntime", "fp32", None)]
+VARIANTS = [("torch", "fp32"), ("openvino", "bf16"), ("onnxruntime", "int8"), ("onnxruntime", "fp32")]
 
 
 def main() -> None:
@@ -26,8 +25,8 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(f"{args.run}/config.yaml", cls=TaxonomyConfig)
     titles = split_part(load_titles(cfg), cfg, "test").frame["title"].tolist()
-    for runtime, precision, quantize in VARIANTS:
-        model = load_model(args.run, quantize, runtime=runtime, precision=precision)
+    for runtime, precision in VARIANTS:
+        model = load_model(args.run, runtime=runtime, precision=precision)
         model.predict(titles[:64])  # warm-up, and the export on first use
         seconds = {}
         start = time.perf_counter()
@@ -41,7 +40,7 @@ def main() -> None:
         seconds["combine"], start = time.perf_counter() - start, time.perf_counter()
         model.predict_brands(titles, path)
         seconds["brand"] = time.perf_counter() - start
-        name = f"{runtime}-{precision}" + ("" if quantize is None else f" (dynamic int8: {quantize})")
+        name = f"{runtime}-{precision}"
         rate = len(titles) / sum(seconds.values())
         print(name, json.dumps({"titles_per_s": round(rate), **{k: round(v, 2) for k, v in seconds.items()}}))
 

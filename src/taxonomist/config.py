@@ -367,9 +367,6 @@ class EncoderConfig:
     """sentence-transformers id or directory; the default resolves to the offline PyPI package."""
     max_length: PositiveInt = 64
     batch_size: PositiveInt = 128
-    quantize: bool = True
-    """Dynamic int8 Linear layers for CPU prediction on the torch runtime (about 2.4x faster);
-    ``taxonomy predict`` runs the encoder on ONNX Runtime/OpenVINO by default, where it does not apply."""
     finetune_epochs: NonNegativeInt = 2
     """Epochs fine-tuning the encoder jointly with the heads (0 = frozen embeddings)."""
     finetune_lr: PositiveFloat = 5e-5

@@ -235,7 +235,7 @@ def test_model_fit_predict_save_load(tmp_path: Path, tiny_encoder: Path) -> None
     data = read_flipkart(tmp_path / "products.csv")
     titles, paths, brands = data.frame["title"].tolist(), data.paths(), data.frame["brand"].tolist()
     model = TaxonomyModel(
-        TextEncoder(str(tiny_encoder), max_length=32, batch_size=16, quantize=False),
+        TextEncoder(str(tiny_encoder), max_length=32, batch_size=16),
         BrandExtractor(max_tokens=3),
         retrieval=RetrievalClassifier(k=3),
         heads=HeadsClassifier(epochs=3, lr=1e-2),

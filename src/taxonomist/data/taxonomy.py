@@ -45,7 +45,8 @@ def normalize_text(text: object) -> str:
     if text is None or (isinstance(text, float) and np.isnan(text)):
         return ""
     text = unicodedata.normalize("NFKC", str(text))
-    text = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in text)
+    if not text.isprintable():  # rare: the per-character scan below is the slow part of prediction
+        text = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in text)
     return _SPACE.sub(" ", text).strip()
 
 

@@ -91,9 +91,7 @@ class Enricher:
         frame = frame[columns].fillna("").astype(str)
         frame = frame[frame[title_column].str.strip() != ""]
         texts = frame[list(text_columns)].agg(", ".join, axis=1).tolist()
-        return cls(
-            frame[title_column].tolist(), texts, TextEncoder(encoder, quantize=False), k, max_chars, cache_dir
-        )
+        return cls(frame[title_column].tolist(), texts, TextEncoder(encoder), k, max_chars, cache_dir)
 
     def enrich(self, titles: list[str]) -> list[str]:
         if not titles:

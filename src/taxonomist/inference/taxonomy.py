@@ -47,14 +47,13 @@ class TaxonomyPredictor:
     def from_pretrained(
         cls,
         path: str | os.PathLike,
-        quantize: bool | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         *,
         runtime: str = "auto",
         precision: str = "fp32",
     ) -> TaxonomyPredictor:
         """``runtime``/``precision``: the sentence encoder's (see :mod:`taxonomist.models.runtime`)."""
-        model = load_model(path, quantize, runtime=runtime, precision=precision)
+        model = load_model(path, runtime=runtime, precision=precision)
         return cls(model, checkpoint_digest(Path(path), CHECKPOINT_FILES), chunk_size)
 
     @property
@@ -122,9 +121,7 @@ class TaxonomyPredictor:
         return summary
 
 
-def load_model(
-    path: str | os.PathLike, quantize: bool | None = None, *, runtime: str = "torch", precision: str = "fp32"
-) -> TaxonomyModel:
+def load_model(path: str | os.PathLike, *, runtime: str = "torch", precision: str = "fp32") -> TaxonomyModel:
     """:meth:`TaxonomyModel.load`, with the retrieval enricher rebuilt from its saved settings; an
     encoder on another runtime is exported into the run's ``exports`` folder (or the cache)."""
     settings = TaxonomyModel.read_manifest(path)["enrich"]
@@ -135,7 +132,7 @@ def load_model(
         enricher = enricher_from_settings(settings)
     root = exports_root(path, default_cache_dir() / "exports")
     encoder = {"runtime": runtime, "precision": precision, "export_root": root}
-    return TaxonomyModel.load(path, quantize=quantize, enricher=enricher, encoder=encoder)
+    return TaxonomyModel.load(path, enricher=enricher, encoder=encoder)
 
 
 def _read_titles(path: Path, title_column: str, id_column: str) -> pd.DataFrame:

@@ -38,7 +38,8 @@ _DIGIT = re.compile(r"\d")
 
 
 def tokens(title: str) -> list[str]:
-    return normalize_text(title).split(" ") if normalize_text(title) else []
+    text = normalize_text(title)
+    return text.split(" ") if text else []
 
 
 @dataclass

@@ -367,7 +367,6 @@ class TaxonomyModel:
                 "dim": self.encoder.dim,
                 "max_length": self.encoder.max_length,
                 "batch_size": self.encoder.batch_size,
-                "quantize": self.encoder.quantize,
             },
             "retrieval": None
             if self.retrieval is None
@@ -404,11 +403,10 @@ class TaxonomyModel:
     def load(
         cls,
         path: str | os.PathLike,
-        quantize: bool | None = None,
         enricher: TitleEnricher | None = None,
         encoder: dict[str, Any] | None = None,
     ) -> TaxonomyModel:
-        """A folder written by :meth:`save`; ``quantize`` overrides the saved int8-encoder switch;
+        """A folder written by :meth:`save` (an older one's torch int8 switch is ignored: fp32);
         ``encoder``: more :class:`TextEncoder` options (``runtime``, ``precision``, ``export_root``).
 
         A model trained with enrichment needs its ``enricher`` rebuilt from ``read_manifest(path)["enrich"]``
@@ -427,7 +425,6 @@ class TaxonomyModel:
             str(path / "encoder") if enc["name"] == "encoder" else enc["name"],
             max_length=enc["max_length"],
             batch_size=enc["batch_size"],
-            quantize=enc["quantize"] if quantize is None else quantize,
             **(encoder or {}),
         )
         methods = manifest["methods"]

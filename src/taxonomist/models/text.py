@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,12 @@ def resolve_text_model(name: str) -> str:
     return name
 
 
+_STREAMS = 2
+"""OpenVINO streams for bulk encoding: on 2 cores, two one-thread streams encode titles 1.2-1.7x faster
+than one two-thread stream (small matrices leave threads waiting on each other)."""
+_STREAM_BATCH = 32
+
+
 class _TextGraph(torch.nn.Module):
     """The bare transformer called with keywords (transformers 5 moved its positional arguments)."""
 
@@ -51,8 +56,8 @@ class _TextGraph(torch.nn.Module):
 class TextEncoder:
     """Titles → normalised float32 embeddings, with optional fine-tuning and faster CPU inference.
 
-    ``quantize=True`` applies torch's dynamic int8 quantization to the Linear layers (torch runtime
-    only); ``runtime``/``precision`` run :meth:`encode` on ONNX Runtime or OpenVINO instead, exported on
+    ``runtime``/``precision`` run :meth:`encode` on ONNX Runtime or OpenVINO instead of eager torch
+    (plain fp32: its former dynamic-int8 switch went, the runtimes' int8 covers it), exported on
     first use into ``export_root`` (default: the feature cache's ``exports`` folder). Both are
     inference-time switches, never saved into weights. Text int8 needs no calibration rows: ONNX
     Runtime quantizes dynamically (int8 weights, activations quantized per batch), OpenVINO compresses
@@ -64,7 +69,6 @@ class TextEncoder:
         name: str = DEFAULT_TEXT_MODEL,
         max_length: int = 64,
         batch_size: int = 128,
-        quantize: bool = False,
         device: str | None = None,
         runtime: str = "torch",
         precision: str = "fp32",
@@ -80,10 +84,10 @@ class TextEncoder:
         self.model.max_seq_length = max_length
         self.max_length = max_length
         self.batch_size = batch_size
-        self.quantize = quantize
-        self._inference_model: torch.nn.Module | None = None
-        if precision == "int8" and runtime == "auto" and rt.is_installed("onnxruntime"):
+        if runtime == "auto" and precision == "int8" and rt.is_installed("onnxruntime"):
             runtime = "onnxruntime"  # dynamic int8, the usual choice for transformers (no calibration)
+        elif runtime == "auto" and self.device == "cpu" and rt.is_installed("openvino"):
+            runtime = "openvino"  # with two streams, the fastest fp32 and bf16 text encoder measured here
         self.runtime = rt.resolve_runtime(runtime, precision, self.device)
         self.precision = precision
         self.export_root = Path(export_root) if export_root else _default_export_root()
@@ -110,7 +114,8 @@ class TextEncoder:
     def weights_fingerprint(self) -> str:
         """Identity of the weights and settings alone, whatever runtime encodes with them."""
         digest = hashlib.sha256()
-        digest.update(f"{self.name}|{self.max_length}|{self.quantize}".encode())
+        # "|False" was the removed torch int8 switch: kept in the key so fp32 caches stay valid.
+        digest.update(f"{self.name}|{self.max_length}|False".encode())
         for name, tensor in sorted(self.transformer.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
@@ -126,17 +131,6 @@ class TextEncoder:
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
         return torch.nn.functional.normalize(pooled, dim=-1)
-
-    def _model_for_inference(self) -> torch.nn.Module:
-        if not self.quantize or self.device != "cpu":
-            return self.model
-        if self._inference_model is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._inference_model = torch.ao.quantization.quantize_dynamic(
-                    self.model, {torch.nn.Linear}, dtype=torch.qint8
-                )
-        return self._inference_model
 
     def _runtime_session(self) -> rt.Session:
         if self._session is None:
@@ -160,25 +154,32 @@ class TextEncoder:
 
             rt.build_once(folder, key, self.runtime, self.precision, build)
             ext = "onnx" if self.runtime == "onnxruntime" else "xml"
-            self._session = rt.Session(folder / f"backbone.{ext}", self.runtime, self.precision, None)
+            self._session = rt.Session(
+                folder / f"backbone.{ext}", self.runtime, self.precision, None, streams=_STREAMS
+            )
         return self._session
 
     def _encode_on_runtime(self, texts: list[str]) -> np.ndarray:
         session = self._runtime_session()
         names = list(self.tokenizer.model_input_names)
-        # Longest first in batches, like sentence-transformers: less padding per batch.
+        # Longest first in batches, like sentence-transformers: less padding per batch. With streams,
+        # smaller requests keep every stream busy (measured best at 32 titles on 2 cores).
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(texts), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            batch = self.tokenizer(
+        step = min(self.batch_size, _STREAM_BATCH) if session.streams > 1 else self.batch_size
+        blocks = [order[start : start + step] for start in range(0, len(texts), step)]
+        batches = [
+            self.tokenizer(
                 [texts[i] for i in rows],
                 padding=True,
                 truncation=True,
                 max_length=self.max_length,
                 return_tensors="np",
             )
-            (hidden,) = session.run({n: batch[n].astype(np.int64) for n in names})
+            for rows in blocks
+        ]
+        outputs = session.run_batches([{n: batch[n].astype(np.int64) for n in names} for batch in batches])
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for rows, batch, (hidden,) in zip(blocks, batches, outputs, strict=True):
             mask = batch["attention_mask"][..., None].astype(np.float32)
             pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1.0)
             out[rows] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
@@ -188,9 +189,8 @@ class TextEncoder:
         if self.runtime != "torch":
             return self._encode_on_runtime(list(texts))
         self.model.eval()
-        model = self._model_for_inference()
         with torch.inference_mode():
-            out = model.encode(
+            out = self.model.encode(
                 list(texts),
                 batch_size=self.batch_size,
                 normalize_embeddings=True,
@@ -200,8 +200,7 @@ class TextEncoder:
         return np.ascontiguousarray(out, dtype=np.float32).reshape(len(texts), self.dim)
 
     def invalidate(self) -> None:
-        """Drop the quantized copy and the runtime export's session after the weights changed."""
-        self._inference_model = None
+        """Drop the runtime export's session after the weights changed."""
         self._session = None
 
     def save(self, path: str | os.PathLike) -> None:

@@ -277,9 +277,7 @@ def _fit_model(
     cfg: TaxonomyConfig, parts: _Parts, output_dir: Path, seconds: dict[str, float], progress: bool
 ) -> tuple[TaxonomyModel, dict[str, list[float]]]:
     """Build the model, fine-tune the encoder and seq2seq where asked, then fit every other part."""
-    encoder = TextEncoder(
-        cfg.encoder.name, cfg.encoder.max_length, cfg.encoder.batch_size, quantize=cfg.encoder.quantize
-    )
+    encoder = TextEncoder(cfg.encoder.name, cfg.encoder.max_length, cfg.encoder.batch_size)
     with timed(seconds, "enrich_index"):  # the corpus (if any) is embedded once, timed apart
         model = build_model(cfg, encoder)
     if not cfg.enrich.corpus:
