@@ -202,6 +202,9 @@ class TextConfig:
     image_dropout: FractionBelowOne = 0.0
     """Share of training rows whose image is hidden; above 0, ``predict.allow_missing_image`` can
     predict rows with an unreadable image from their text."""
+    image_fallback: bool = True
+    """Also train image-only heads (the image recipe's, on the same rows) and score rows without text
+    with them: a blank title then scores as the image model does."""
 
 
 @dataclass

@@ -32,10 +32,10 @@ def test_a_listing_checkpoint_records_its_inputs_and_predicts_with_and_without_t
     catalog, _, ckpt = listing_run
     predictor = Predictor.from_pretrained(ckpt)
     assert predictor.checkpoint.inputs == ["image", "text"]
-    # The record names the encoder's weights; on CPU it encodes on ONNX Runtime fp32, beside the
+    # The record names the encoder's weights; on CPU it encodes on OpenVINO fp32, beside the
     # cross-fitted lexical probe saved with the heads, and answers as the torch encoder does.
     assert predictor.checkpoint.text["fingerprint"] == predictor.text.encoder.weights_fingerprint()
-    assert predictor.text.encoder.runtime == "onnxruntime" and predictor.text.probe is not None
+    assert predictor.text.encoder.runtime == "openvino" and predictor.text.probe is not None
     eager = Predictor.from_pretrained(ckpt, runtime="torch")
     assert eager.text.encoder.runtime == "torch"
     listing = ([str(catalog.parent / "images" / "1001.jpg")], ["Tops"])
@@ -138,6 +138,33 @@ def test_serve_refuses_a_title_for_an_image_only_model(tiny_run, tmp_path) -> No
     refused = _post(tmp_path / "ckpt", image, title="Acme Red top")
     assert refused.status_code == 422 and "images only" in refused.text
     assert _post(tmp_path / "ckpt", image, title="").status_code == 200
+
+
+def test_rows_without_a_title_get_what_the_image_recipe_predicts(listing_run, tmp_path) -> None:
+    """text.image_fallback (default): the listing checkpoint carries the heads the image recipe trains on
+    the same rows, and a blank title gets exactly their answer and confidence."""
+    from taxonomist.training.heads import train
+
+    catalog, config, ckpt = listing_run
+    cfg = yaml.safe_load(config.read_text())
+    cfg["heads"]["inputs"] = ["image"]
+    train(_config(tmp_path / "image.yaml", cfg), tmp_path / "image", progress=False)
+    image_only, listing = Predictor.from_pretrained(tmp_path / "image"), Predictor.from_pretrained(ckpt)
+    frame = pd.read_csv(catalog, dtype={"sku": str}).head(12)
+    paths = [str(catalog.parent / "images" / f"{sku}.jpg") for sku in frame["sku"]]
+    categories = frame["type"].tolist()
+    expected = image_only.predict(paths, categories)
+    for texts in (None, [""] * len(paths)):
+        for want, got in zip(expected, listing.predict(paths, categories, texts=texts), strict=True):
+            for attribute, value in want.attributes.items():
+                assert got.attributes[attribute].value == value.value
+                assert got.attributes[attribute].confidence == pytest.approx(value.confidence, abs=1e-5)
+    titled = listing.predict(paths, categories, texts=frame["title"].tolist())
+    assert any(  # with their titles, the fused heads answer (and their confidences differ)
+        got.attributes[a].confidence != pytest.approx(want.attributes[a].confidence, abs=1e-5)
+        for want, got in zip(expected, titled, strict=True)
+        for a in want.attributes
+    )
 
 
 def test_image_only_heads_are_the_same_whether_or_not_the_catalog_has_text(tmp_path) -> None:

@@ -125,6 +125,34 @@ def test_a_blank_title_is_the_same_input_whatever_its_features_say() -> None:
     torch.testing.assert_close(a, b)
 
 
+def test_rows_without_text_are_scored_by_the_frozen_image_fallback_heads() -> None:
+    masks = allowed_masks(_schema(), ["Tops"])
+    torch.manual_seed(0)
+    image_heads = AttributeHeads(8, masks, hidden=[16], category_dim=2, dropout=0.0).eval()
+    model = ListingHeads(8, 4, masks, hidden=[16], category_dim=2, dropout=0.0, image_fallback=True)
+    model.set_image_fallback(image_heads)
+    image, text, category = torch.randn(4, 8), torch.randn(4, 4), torch.zeros(4, dtype=torch.long)
+    present = torch.tensor([[True, True], [True, False], [False, True], [True, False]])
+    alone = image_heads(image, category)["label"]
+    out = model.eval()(image, text, category, present)["label"]
+    torch.testing.assert_close(out[[1, 3]], alone[[1, 3]])  # no title: the image heads' answer
+    assert not torch.allclose(out[[0, 2]], alone[[0, 2]])  # a title (or no image): the fused heads
+    # Training never routes through the fallback, and leaves its trained weights alone.
+    assert not torch.allclose(model.train()(image, text, category, present)["label"][1], alone[1])
+    assert not any(p.requires_grad for p in model.image_only.parameters())
+    with pytest.raises(ValueError, match="image_fallback"):
+        ListingHeads(8, 4, masks, hidden=[16]).set_image_fallback(image_heads)
+
+
+def test_the_fallback_leaves_the_fused_layers_initial_weights_as_they_were() -> None:
+    masks = allowed_masks(_schema(), ["Tops"])
+    torch.manual_seed(0)
+    plain = ListingHeads(8, 4, masks, hidden=[16], category_dim=2).state_dict()
+    torch.manual_seed(0)
+    with_fallback = ListingHeads(8, 4, masks, hidden=[16], category_dim=2, image_fallback=True).state_dict()
+    assert all(torch.equal(v, with_fallback[k]) for k, v in plain.items())
+
+
 @pytest.mark.parametrize("fusion", ["concat", "gated"])
 def test_both_fusions_give_finite_masked_logits(fusion: str) -> None:
     schema = Schema({"Tops": {"label": ["no", "yes"]}, "Bags": {"size": ["s", "m"]}})

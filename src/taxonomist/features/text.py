@@ -309,6 +309,7 @@ def load_listing_text(
             f"{encoder.weights_fingerprint()} != {record['fingerprint']}); the heads were trained on the old "
             "embeddings"
         )
+    encoder.load_runtime()
     lexical = LexicalView.load(directory) if record.get("lexical") else None
     probe = None
     if record.get("probe"):

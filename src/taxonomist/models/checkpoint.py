@@ -90,6 +90,7 @@ class HeadsCheckpoint:
                 lexical_dim=int(self.text.get("lexical_dim", 0)),
                 lexical_width=int(self.text.get("lexical_width", 128)),
                 probe_offset=self.text.get("probe_offset"),
+                image_fallback=bool(self.text.get("image_fallback", False)),
             )
         return AttributeHeads(
             self.feature_dim,

@@ -10,6 +10,11 @@ With a lexical probe (per-attribute text probabilities among the text features, 
 (1 at the start) on rows that have text: the heads start from the text model's answer and learn what the
 image and the rest change, instead of having to rebuild a strong text classifier from its outputs.
 
+With ``image_fallback``, the heads also hold image-only heads (:class:`AttributeHeads`, trained on their
+own by the image recipe and frozen): at prediction a row without text is scored by them, so a blank title
+costs nothing against the image model, where one trunk serving both cases gave up 0.03 of the score.
+Training never routes through them; modality dropout still teaches the trunk rows without text.
+
 ``fusion="concat"`` feeds everything to one trunk; ``"gated"`` projects each modality to the first trunk
 width and mixes the projections with per-row sigmoid gates computed from both, the flags and the
 category (one option measured against the other in ``benchmarks/multimodal.py``).
@@ -23,7 +28,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from taxonomist.models.heads import NEG_INF, MaskedHeads, mlp_layers
+from taxonomist.models.heads import NEG_INF, AttributeHeads, MaskedHeads, mlp_layers
 
 Fusion = Literal["concat", "gated"]
 LexicalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -47,10 +52,13 @@ class ListingHeads(MaskedHeads):
         lexical_dim: int = 0,
         lexical_width: int = 128,
         probe_offset: int | None = None,
+        image_fallback: bool = False,
     ) -> None:
         """``lexical_dim``: columns of the lexical view's sparse rows (0 = none), read through a bag of
         ``lexical_width``-dimensional n-gram vectors weighted by TF-IDF. ``probe_offset``: first text
-        column of the probe's probabilities (each attribute's values in ``masks`` order), or None."""
+        column of the probe's probabilities (each attribute's values in ``masks`` order), or None.
+        ``image_fallback``: hold image-only heads of the same shape for rows without text (set them with
+        :meth:`set_image_fallback`)."""
         super().__init__()
         if not hidden:
             raise ValueError("listing heads need at least one hidden layer (heads.hidden)")
@@ -83,6 +91,20 @@ class ListingHeads(MaskedHeads):
                     f"the probe's columns from {probe_offset} do not fit {text_dim} text columns"
                 )
             self.probe_weight = nn.Parameter(torch.ones(len(masks)))
+        # Built last, so the fused layers draw the same initial weights with or without it.
+        self.image_only = (
+            AttributeHeads(image_dim, masks, hidden=hidden, category_dim=category_dim, dropout=dropout)
+            if image_fallback
+            else None
+        )
+
+    def set_image_fallback(self, heads: AttributeHeads) -> None:
+        """Take trained image-only heads (same masks and sizes) as the scorer of rows without text; they
+        stay frozen while these heads train."""
+        if self.image_only is None:
+            raise ValueError("these heads were built without image_fallback")
+        self.image_only.load_state_dict(heads.state_dict())
+        self.image_only.requires_grad_(False)
 
     def set_standardization(self, image: torch.Tensor, text: torch.Tensor, present: torch.Tensor) -> None:
         """Mean/std of each modality over the training rows that have it."""
@@ -123,9 +145,15 @@ class ListingHeads(MaskedHeads):
             )
             h = h + self.context_proj(context)
         logits = self.masked_logits(category, self.trunk(h))
-        if self.probe_offset is None:
+        if self.probe_offset is not None:
+            logits = self._add_probe(logits, text, category, present[:, HAS_TEXT : HAS_TEXT + 1])
+        if self.image_only is None or self.training:
             return logits
-        return self._add_probe(logits, text, category, present[:, HAS_TEXT : HAS_TEXT + 1])
+        image_rows = (present[:, HAS_TEXT] == 0) & (present[:, HAS_IMAGE] > 0)
+        if not image_rows.any():
+            return logits
+        alone = self.image_only(image, category)
+        return {a: torch.where(image_rows[:, None], alone[a], z) for a, z in logits.items()}
 
     def _add_probe(
         self,

@@ -132,6 +132,12 @@ class TextEncoder:
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
         return torch.nn.functional.normalize(pooled, dim=-1)
 
+    def load_runtime(self) -> None:
+        """Export (first time) and compile the runtime graph now, not inside the first batch: a predict
+        job's rate, a server's first request. Nothing to do on torch."""
+        if self.runtime != "torch":
+            self._runtime_session()
+
     def _runtime_session(self) -> rt.Session:
         if self._session is None:
             key = self.fingerprint()

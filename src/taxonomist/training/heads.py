@@ -336,6 +336,7 @@ def build_heads(
         lexical_dim=text.lexical_dim,
         probe_offset=text.probe_offset,
         lexical_width=cfg.text.lexical_width,
+        image_fallback=cfg.text.image_fallback,
     )
 
 
@@ -356,6 +357,42 @@ def embedding_backbone(cfg: RunConfig) -> tuple[Backbone, dict[str, torch.Tensor
     backbone = build_backbone(cfg.backbone)
     state = None if cfg.backbone.pretrained else copy.deepcopy(backbone.state_dict())
     return runtime_backbone(backbone, **runtime_options(cfg.embed)), state
+
+
+def _fit(
+    cfg: RunConfig,
+    data: tuple[FeatureSet, FeatureSet],
+    masks: Mapping[str, torch.Tensor],
+    text: ListingText | None,
+    score: Callable[[dict[str, torch.Tensor]], float],
+    progress: bool,
+) -> tuple[AttributeHeads | ListingHeads, History]:
+    """The heads on ``data`` (train, dev); listing heads with an image fallback get the image recipe's
+    heads first, trained exactly as that recipe trains them."""
+    train_set, dev_set = data
+    dim = train_set.features.shape[1]
+    # Seeded here, not earlier: whether embedding ran (its DataLoader draws from the global RNG) or hit
+    # the cache must not change the initial weights.
+    torch.manual_seed(cfg.train.seed)
+    fallback = None
+    if text is not None and cfg.text.image_fallback:
+        fallback = build_heads(cfg, dim, masks, None)
+        fit_heads(fallback, train_set, dev_set, score, cfg.train, progress=progress)
+        torch.manual_seed(cfg.train.seed)
+    model = build_heads(cfg, dim, masks, text)
+    if fallback is not None:
+        model.set_image_fallback(fallback)
+    history = fit_heads(
+        model,
+        train_set,
+        dev_set,
+        score,
+        cfg.train,
+        progress=progress,
+        text_dropout=cfg.text.text_dropout,
+        image_dropout=cfg.text.image_dropout,
+    )
+    return model, history
 
 
 def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> TrainReport:
@@ -383,24 +420,12 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         text = attach_text(
             cfg, schema, (train_set, train_frame), (dev_set, dev_frame), (test_set, test_frame)
         )
-    # Seeded here, not earlier: whether embedding ran (its DataLoader draws from the global RNG) or hit
-    # the cache must not change the initial weights.
-    torch.manual_seed(cfg.train.seed)
-    model = build_heads(cfg, embedded.features.shape[1], allowed_masks(schema, categories), text)
 
     def score(logits: Mapping[str, torch.Tensor]) -> float:
         return part_report(logits, dev_frame, schema).score
 
-    history = fit_heads(
-        model,
-        train_set,
-        dev_set,
-        score,
-        cfg.train,
-        progress=progress,
-        text_dropout=cfg.text.text_dropout,
-        image_dropout=cfg.text.image_dropout,
-    )
+    masks = allowed_masks(schema, categories)
+    model, history = _fit(cfg, (train_set, dev_set), masks, text, score, progress)
     adjustment = prior_adjustment(train_set, model, cfg.train.class_balance)
     dev_logits = shift(predict_logits(model, dev_set), adjustment)
     temperatures, calibration = calibrate(dev_logits, dev_set, model, enabled=cfg.train.calibrate)
