@@ -353,8 +353,8 @@ def write_docs(r: dict) -> None:
         "",
         "Batched vs single: the backbone alone runs at "
         + ", ".join(f"{v:.0f} img/s at batch {k}" for k, v in r["backbone_images_per_s_by_batch"].items())
-        + " on this CPU, on the runtime `predict` takes by default (`--runtime auto`: ONNX Runtime fp32 for "
-        "heads fitted on fp32 features; `benchmarks/runtimes.py` compares every runtime with eager torch). "
+        + " on this CPU, on ONNX Runtime fp32, which `predict --runtime auto` took when this ran (it takes "
+        "OpenVINO fp32 since; `benchmarks/runtimes.py` compares every runtime with eager torch). "
         "The network itself gains little from batching on 2 cores, so the one-image loop runs "
         "it at nearly the same rate and the ≥ 5× target is not reachable here; it is a GPU-shaped target "
         "and stays open until measured on a lent GPU. The batched figure comes from its own run: sampling "

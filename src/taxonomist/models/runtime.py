@@ -53,7 +53,7 @@ SUPPORTED: dict[str, tuple[str, ...]] = {
 # Fastest first, measured on 2 AVX-512 (VNNI + BF16) cores, efficientnet-lite0 batch 32: ORT fp32 210
 # img/s vs OpenVINO f32 141; OpenVINO int8 and bf16 ahead of ORT int8 (benchmarks/runtimes.py).
 _CPU_ORDER: dict[str, tuple[str, ...]] = {
-    "fp32": ("onnxruntime", "openvino", "torch"),
+    "fp32": ("openvino", "onnxruntime", "torch"),
     "bf16": ("openvino",),
     "int8": ("openvino", "onnxruntime"),
 }

@@ -86,8 +86,6 @@ class TextEncoder:
         self.batch_size = batch_size
         if runtime == "auto" and precision == "int8" and rt.is_installed("onnxruntime"):
             runtime = "onnxruntime"  # dynamic int8, the usual choice for transformers (no calibration)
-        elif runtime == "auto" and self.device == "cpu" and rt.is_installed("openvino"):
-            runtime = "openvino"  # with two streams, the fastest fp32 and bf16 text encoder measured here
         self.runtime = rt.resolve_runtime(runtime, precision, self.device)
         self.precision = precision
         self.export_root = Path(export_root) if export_root else _default_export_root()
