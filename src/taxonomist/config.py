@@ -305,7 +305,9 @@ class SelfTrainingConfig:
     """Where the catalog has listing text (``catalog.text_columns``), multiply each image view's
     calibrated probabilities with those of a title classifier fit on the same labeled rows (and
     calibrated on dev) before selection: titles name attributes the image model gets wrong, so the
-    teacher labels cells the student could not have labeled itself. The student stays image-only."""
+    teacher labels cells the student could not have labeled itself. The student stays image-only. With
+    listing heads (``heads.inputs: [image, text]``) the student, and so the teacher, reads the title
+    itself and this view is not used."""
     warm_start: bool = False
     """Start each round's heads from the previous round's weights instead of a fresh (seeded) init. Off:
     on fashion-product-images it was no better on held-out labeled rows and carries the teacher's

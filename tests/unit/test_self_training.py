@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from taxonomist.cli.main import app
-from taxonomist.config import BackboneConfig, EmbedConfig, load_config
+from taxonomist.config import BackboneConfig, ConfigError, EmbedConfig, load_config
 from taxonomist.data.catalog import Catalog
 from taxonomist.data.labels import MISSING
 from taxonomist.data.prepare import load_catalog, prepare_catalog
@@ -212,3 +212,48 @@ def test_title_view_teaches_the_image_student(tmp_path: Path) -> None:
     _, student = load_heads_checkpoint(tmp_path / "titles" / "round-1")
     _, supervised = load_heads_checkpoint(tmp_path / "titles" / "round-0")
     assert student.state_dict().keys() == supervised.state_dict().keys()
+
+
+def test_the_fused_student_reads_titles_and_its_rounds_are_listing_checkpoints(tmp_path: Path) -> None:
+    """heads.inputs [image, text]: every round trains listing heads; the teacher (the fused model on each
+    image view with the title) labels colour cells the images alone cannot, and the round checkpoints
+    predict from a listing's title."""
+    from taxonomist.inference.predictor import Predictor
+
+    catalog = make_catalog(tmp_path / "data", n=240, titles=True)
+    raw = tiny_config(catalog, tmp_path / "cache", epochs=15, patience=15)
+    raw["catalog"]["text_columns"] = ["title"]
+    raw["backbone"]["color_features"] = False  # random features: the images alone hardly tell colours apart
+    raw["heads"]["inputs"] = ["image", "text"]
+    raw["text"] = {"lexical_width": 16, "probe_folds": 2}
+    raw["self_training"] = {"labeled_fraction": 0.4, "dev_fraction": 0.3, "threshold": 0.6, "rounds": 1}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    fused = self_train(load_config(path), tmp_path / "fused", progress=False)
+    images = self_train(
+        load_config(path, ["heads.inputs=[image]", "self_training.text_view=false"]),
+        tmp_path / "images",
+        progress=False,
+    )
+    assert (fused.student, images.student) == ("listing heads", "image heads")
+    assert fused.text_view is None  # the teacher reads the title itself: no separate title classifier
+    fused_round, image_round = fused.rounds[1], images.rounds[1]
+    assert fused_round["n_pseudo"]["color"] > image_round["n_pseudo"]["color"]
+    assert fused_round["pseudo_label_precision"]["color"] >= 0.95  # measured against the hidden labels
+    assert fused_round["test_per_attribute"]["color"] > image_round["test_per_attribute"]["color"] + 0.1
+    predictor = Predictor.from_pretrained(tmp_path / "fused" / "round-1")
+    assert predictor.checkpoint.inputs == ["image", "text"] and predictor.text.probe is not None
+    assert predictor.checkpoint.temperatures_by_inputs["image"]  # blank titles keep calibrated confidences
+    image = str(catalog.parent / "images" / "1000.jpg")
+    (blue,) = predictor.predict([image], ["Tops"], texts=["Acme Blue top"])
+    (red,) = predictor.predict([image], ["Tops"], texts=["Acme Red top"])
+    assert (blue.attributes["color"].value, red.attributes["color"].value) == ("blue", "red")
+    # A rerun resumes from the round checkpoints (listing heads loaded back with their text features).
+    again = self_train(load_config(path), tmp_path / "fused", progress=False)
+    assert again.rounds == fused.rounds
+
+
+def test_a_fused_student_refuses_warm_start(tmp_path: Path) -> None:
+    cfg = load_config(values={"heads.inputs": ["image", "text"], "self_training.warm_start": True})
+    with pytest.raises(ConfigError, match="warm_start"):
+        self_train(cfg, tmp_path)

@@ -194,7 +194,9 @@ def self_train(
         },
     )
     report = run_self_training(cfg, output, progress=not quiet)
-    table = Table(title=f"self-training ({report.n_fit} labeled, {report.n_pool} unlabeled rows)")
+    table = Table(
+        title=f"self-training {report.student} ({report.n_fit} labeled, {report.n_pool} unlabeled rows)"
+    )
     for col in ("round", "dev score", "test score", "pseudo-labels", "precision", "supervised acc."):
         table.add_column(col, justify="right")
     for r in report.rounds:

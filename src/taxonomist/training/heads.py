@@ -346,7 +346,7 @@ def require_image_only(cfg: RunConfig, recipe: str) -> None:
     if "text" in cfg.heads.inputs:
         raise ConfigError(
             f"the {recipe} recipe trains image-only heads; listing heads (heads.inputs: [image, text]) "
-            "train with the heads recipe"
+            "train with the heads and self-train recipes"
         )
 
 
@@ -359,7 +359,7 @@ def embedding_backbone(cfg: RunConfig) -> tuple[Backbone, dict[str, torch.Tensor
     return runtime_backbone(backbone, **runtime_options(cfg.embed)), state
 
 
-def _fit(
+def fit_recipe_heads(
     cfg: RunConfig,
     data: tuple[FeatureSet, FeatureSet],
     masks: Mapping[str, torch.Tensor],
@@ -367,8 +367,9 @@ def _fit(
     score: Callable[[dict[str, torch.Tensor]], float],
     progress: bool,
 ) -> tuple[AttributeHeads | ListingHeads, History]:
-    """The heads on ``data`` (train, dev); listing heads with an image fallback get the image recipe's
-    heads first, trained exactly as that recipe trains them."""
+    """The heads on ``data`` (train, dev), as the recipes train them (``text``: listing heads). Listing
+    heads with an image fallback get the image recipe's heads first, trained exactly as that recipe
+    trains them."""
     train_set, dev_set = data
     dim = train_set.features.shape[1]
     # Seeded here, not earlier: whether embedding ran (its DataLoader draws from the global RNG) or hit
@@ -425,21 +426,14 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         return part_report(logits, dev_frame, schema).score
 
     masks = allowed_masks(schema, categories)
-    model, history = _fit(cfg, (train_set, dev_set), masks, text, score, progress)
+    model, history = fit_recipe_heads(cfg, (train_set, dev_set), masks, text, score, progress)
     adjustment = prior_adjustment(train_set, model, cfg.train.class_balance)
     dev_logits = shift(predict_logits(model, dev_set), adjustment)
     temperatures, calibration = calibrate(dev_logits, dev_set, model, enabled=cfg.train.calibrate)
     by_inputs: dict[str, dict[str, float]] = {}
     if text is not None:
-        # A row without its title (or image) is scored by the same heads but is less certain: its own
-        # temperature keeps those confidences calibrated too.
-        hidden = {"image": "text", **({"text": "image"} if cfg.text.image_dropout > 0 else {})}
-        for inputs, hide in hidden.items():
-            logits = shift(predict_logits(model, dev_set, hide=hide), adjustment)
-            by_inputs[inputs], calibration_part = calibrate(
-                logits, dev_set, model, enabled=cfg.train.calibrate
-            )
-            calibration = {**calibration, **{f"{a} ({inputs} only)": v for a, v in calibration_part.items()}}
+        by_inputs, calibration_parts = input_temperatures(cfg, model, dev_set, adjustment)
+        calibration = {**calibration, **calibration_parts}
     report = part_report(dev_logits, dev_frame, schema)
     test_report = (
         part_report(shift(predict_logits(model, test_set), adjustment), test_frame, schema)
@@ -493,6 +487,23 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         markdown += test_report.to_markdown(include_pairs=True)
     atomic_write_text(output_dir / "report.md", markdown)
     return result
+
+
+def input_temperatures(
+    cfg: RunConfig, model: ListingHeads, dev_set: FeatureSet, adjustment: Mapping[str, list[float]]
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Listing heads: per-attribute temperatures of rows scored without their title (``"image"``) and,
+    with image dropout, without their image (``"text"``), fitted on dev, with their calibration records.
+
+    A row missing an input is scored by the same checkpoint but is less certain: its own temperature
+    keeps those confidences calibrated too."""
+    hidden = {"image": "text", **({"text": "image"} if cfg.text.image_dropout > 0 else {})}
+    by_inputs, calibration = {}, {}
+    for inputs, hide in hidden.items():
+        logits = shift(predict_logits(model, dev_set, hide=hide), adjustment)
+        by_inputs[inputs], part = calibrate(logits, dev_set, model, enabled=cfg.train.calibrate)
+        calibration.update({f"{a} ({inputs} only)": v for a, v in part.items()})
+    return by_inputs, calibration
 
 
 def part_report(logits: Mapping[str, torch.Tensor], frame: pd.DataFrame, schema: Schema) -> AttributeReport:

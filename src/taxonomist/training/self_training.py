@@ -10,8 +10,14 @@ Features are cached per view, so a round costs one heads training, not an embedd
 Where the catalog has listing text, the teacher also reads it (``self_training.text_view``): a title
 classifier fit on the same labeled rows gives a second, independent opinion, multiplied into each image
 view's probabilities. An image model's own confident cells are the ones it already gets right, so
-retraining on them alone changes little; titles name values the image model misses. The student, and
-every checkpoint, stays image-only.
+retraining on them alone changes little; titles name values the image model misses. The student is then
+the image heads alone.
+
+With listing heads (``heads.inputs: [image, text]``) the student is the fused model: every round trains
+listing heads (text features fitted on the labeled rows, as the heads recipe fits them on its training
+part) on labels ∪ pseudo-labels, and the teacher of the next round is that fused model read on each image
+view with the row's title. The separate title classifier is not used then: the teacher already reads the
+title, and multiplying the same evidence in twice would make it overconfident.
 
 Held-out labeled rows ("dev") pick each round's epoch, fit its temperatures and pick the best round:
 the test part of the shared data step is only reported on. Every round lands in ``out/round-k/``
@@ -27,14 +33,14 @@ import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from taxonomist.config import RunConfig
+from taxonomist.config import ConfigError, RunConfig
 from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path
 from taxonomist.data.labels import MISSING
 from taxonomist.data.policies import apply_policy
@@ -43,22 +49,27 @@ from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
 from taxonomist.features.build import embed_options
 from taxonomist.features.embed import embed_catalog
+from taxonomist.features.text import ListingText
 from taxonomist.io import ResumeError, atomic_write_frame, atomic_write_text
 from taxonomist.metrics import AttributeReport, apply_temperature, attribute_score, fit_temperature
 from taxonomist.models.build import heads_checkpoint, load_heads_checkpoint
 from taxonomist.models.checkpoint import HeadsCheckpoint
+from taxonomist.models.fusion import HAS_TEXT, ListingHeads
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 from taxonomist.models.text_attributes import TextAttributeClassifier
 from taxonomist.training.heads import (
     FeatureSet,
+    attach_text,
     calibrate,
     embedding_backbone,
     feature_set,
     fit_heads,
+    fit_recipe_heads,
+    input_temperatures,
     logits_to_frame,
     predict_logits,
     prior_adjustment,
-    require_image_only,
+    text_record,
 )
 
 PROGRESS_FILE = "progress.json"
@@ -102,18 +113,29 @@ def partition(
 
 
 def calibrated_probabilities(
-    model: AttributeHeads,
+    model: AttributeHeads | ListingHeads,
     data: FeatureSet,
     temperatures: Mapping[str, float],
     adjustment: Mapping[str, Sequence[float]],
+    image_only_temperatures: Mapping[str, float] | None = None,
 ) -> dict[str, np.ndarray]:
-    """attribute → (n, k) probabilities as the checkpoint predicts them; all zeros where it does not apply."""
+    """attribute → (n, k) probabilities as the checkpoint predicts them; all zeros where it does not apply.
+    Listing heads: rows without a title take ``image_only_temperatures`` where given."""
     out = {}
+    no_text = (
+        ~data.present[:, HAS_TEXT].bool().numpy()
+        if data.present is not None and image_only_temperatures
+        else np.zeros(len(data), dtype=bool)
+    )
     for attribute, z in predict_logits(model, data).items():
         if attribute in adjustment:
             z = z + torch.tensor(adjustment[attribute])
         allowed = model.mask(attribute)[data.category].numpy()
-        out[attribute] = apply_temperature(z.numpy(), temperatures.get(attribute, 1.0), allowed)
+        p = apply_temperature(z.numpy(), temperatures.get(attribute, 1.0), allowed)
+        if no_text.any():
+            t = image_only_temperatures.get(attribute, 1.0)
+            p[no_text] = apply_temperature(z.numpy()[no_text], t, allowed[no_text])
+        out[attribute] = p
     return out
 
 
@@ -195,10 +217,11 @@ def agreement_with_truth(
 
 
 def with_pseudo_labels(labeled: FeatureSet, pool: FeatureSet, codes: Mapping[str, np.ndarray]) -> FeatureSet:
-    """Labeled rows plus every pool row that got at least one pseudo-label (the others add nothing)."""
+    """Labeled rows plus every pool row that got at least one pseudo-label (the others add nothing);
+    listing features (text, presence flags, lexical rows) come along when the sets have them."""
     rows = np.flatnonzero(np.any([c != MISSING for c in codes.values()], axis=0))
     picked = torch.as_tensor(rows, dtype=torch.long)
-    return FeatureSet(
+    out = FeatureSet(
         torch.cat([labeled.features, pool.features[picked]]),
         torch.cat([labeled.category, pool.category[picked]]),
         {
@@ -206,6 +229,14 @@ def with_pseudo_labels(labeled: FeatureSet, pool: FeatureSet, codes: Mapping[str
             for a, v in labeled.labels.items()
         },
     )
+    if labeled.text is not None:
+        from scipy import sparse
+
+        out.text = torch.cat([labeled.text, pool.text[picked]])
+        out.present = torch.cat([labeled.present, pool.present[picked]])
+        if labeled.lexical is not None:
+            out.lexical = sparse.vstack([labeled.lexical, pool.lexical[rows]], format="csr")
+    return out
 
 
 @dataclass
@@ -230,6 +261,8 @@ class SelfTrainingData:
     text_report: dict | None = None
     """The title classifier's temperatures and accuracies (dev; pool, against the hidden labels)."""
     data_report: DataReport | None = None
+    text: ListingText | None = None
+    """Fitted text features of a fused student (listing heads); None = the image heads."""
 
     def score(self, frame: pd.DataFrame, logits: Mapping[str, torch.Tensor]) -> AttributeReport:
         pred = logits_to_frame(logits, frame[ID].tolist(), frame[CATEGORY].tolist(), self.schema)
@@ -295,9 +328,29 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
     pool_views = [feature_set(pool_frame, catalog, embedded, schema, categories)[0]] + [
         feature_set(pool_frame, pool_catalog, e, schema, categories)[0] for e in views
     ]
-    checkpoint = heads_checkpoint(cfg, backbone, schema, categories, embedded.features.shape[1])
+    text = None
+    if "text" in cfg.heads.inputs:
+        # Fitted on the labeled rows only (the probe cross-fitted there); every pool view shares the
+        # pool's title features, since a view changes the image, not the listing's text.
+        text = attach_text(
+            cfg, schema, (fit, fit_frame), (dev, dev_frame), (test, test_frame), (pool_views[0], pool_frame)
+        )
+        for view in pool_views[1:]:
+            view.text, view.present, view.lexical = (
+                pool_views[0].text,
+                pool_views[0].present,
+                pool_views[0].lexical,
+            )
+    checkpoint = heads_checkpoint(
+        cfg,
+        backbone,
+        schema,
+        categories,
+        embedded.features.shape[1],
+        text=text_record(cfg, text) if text is not None else {},
+    )
     pool_text = text_report = None
-    if st.text_view and TEXT in catalog.frame.columns:
+    if st.text_view and text is None and TEXT in catalog.frame.columns:
         pool_text, text_report = text_view(
             [(fit_frame, fit), (dev_frame, dev), (pool_frame, pool_views[0])],
             train_frame[TEXT],
@@ -320,6 +373,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
         pool_text,
         text_report,
         data.report,
+        text,
     )
 
 
@@ -372,33 +426,42 @@ def text_view(
 class RoundModel:
     """One round's heads with the calibration they are predicted with."""
 
-    model: AttributeHeads
+    model: AttributeHeads | ListingHeads
     temperatures: dict[str, float]
     adjustment: dict[str, list[float]]
+    temperatures_by_inputs: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Listing heads: temperatures of rows scored without their title (``"image"``)."""
 
     def probabilities(self, data: FeatureSet) -> dict[str, np.ndarray]:
-        return calibrated_probabilities(self.model, data, self.temperatures, self.adjustment)
+        return calibrated_probabilities(
+            self.model, data, self.temperatures, self.adjustment, self.temperatures_by_inputs.get("image")
+        )
 
 
 def train_round(
     cfg: RunConfig, data: SelfTrainingData, train_set: FeatureSet, teacher: RoundModel | None, progress: bool
 ) -> tuple[RoundModel, dict]:
-    """Heads on ``train_set``, epoch picked and temperatures fitted on dev; scores on dev and test."""
-    torch.manual_seed(cfg.train.seed)
-    model = data.checkpoint.build_model()
-    if cfg.self_training.warm_start and teacher is not None:
-        model.load_state_dict(teacher.model.state_dict())
-    history = fit_heads(
-        model,
-        train_set,
-        data.dev,
-        lambda z: data.score(data.dev_frame, z).score,
-        cfg.train,
-        progress=progress,
-    )
+    """Heads on ``train_set``, epoch picked and temperatures fitted on dev; scores on dev and test.
+    A fused student trains as the heads recipe trains listing heads (image fallback first)."""
+
+    def score(z: Mapping[str, torch.Tensor]) -> float:
+        return data.score(data.dev_frame, z).score
+
+    if data.text is not None:
+        masks = allowed_masks(data.schema, data.checkpoint.categories)
+        model, history = fit_recipe_heads(cfg, (train_set, data.dev), masks, data.text, score, progress)
+    else:
+        torch.manual_seed(cfg.train.seed)
+        model = data.checkpoint.build_model()
+        if cfg.self_training.warm_start and teacher is not None:
+            model.load_state_dict(teacher.model.state_dict())
+        history = fit_heads(model, train_set, data.dev, score, cfg.train, progress=progress)
     adjustment = prior_adjustment(train_set, model, cfg.train.class_balance)
     dev_logits = adjust(predict_logits(model, data.dev), adjustment)
     temperatures, _ = calibrate(dev_logits, data.dev, model, enabled=cfg.train.calibrate)
+    by_inputs: dict[str, dict[str, float]] = {}
+    if data.text is not None:
+        by_inputs, _ = input_temperatures(cfg, model, data.dev, adjustment)
     test_report = data.score(data.test_frame, adjust(predict_logits(model, data.test), adjustment))
     record = {
         "dev_score": data.score(data.dev_frame, dev_logits).score,
@@ -409,7 +472,7 @@ def train_round(
         "n_train_rows": len(train_set),
         "best_epoch": history.best_epoch,
     }
-    return RoundModel(model, temperatures, adjustment), record
+    return RoundModel(model, temperatures, adjustment, by_inputs), record
 
 
 @dataclass
@@ -425,13 +488,19 @@ class SelfTrainingReport:
     n_test: int
     embed_seconds: float
     text_view: dict | None = None
-    """The title classifier's temperatures and accuracies; None = the teacher read images only."""
+    """The title classifier's temperatures and accuracies; None = no separate title classifier."""
+    student: str = "image heads"
+    """What every round trains: ``"image heads"`` or ``"listing heads"`` (image + text, fused)."""
 
 
 def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> SelfTrainingReport:
     """Round 0 (supervised on the labeled rows), then ``cfg.self_training.rounds`` rounds; resumable."""
-    require_image_only(cfg, "self-training")
     st = cfg.self_training
+    if st.warm_start and "text" in cfg.heads.inputs:
+        raise ConfigError(
+            "self_training.warm_start applies to image heads; a fused student (heads.inputs: [image, "
+            "text]) trains fresh each round, its image fallback first"
+        )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = load_progress(out / PROGRESS_FILE, resume_settings(cfg))
@@ -446,7 +515,9 @@ def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True)
         round_dir = out / f"round-{k}"
         if k < len(records):  # finished before a kill, or by an earlier run with fewer rounds
             finished, model = load_heads_checkpoint(round_dir)
-            current = RoundModel(model, finished.temperatures, finished.logit_adjustment)
+            current = RoundModel(
+                model, finished.temperatures, finished.logit_adjustment, finished.temperatures_by_inputs
+            )
         else:
             round_start = time.perf_counter()
             train_set, record = data.fit, {"round": k}
@@ -469,12 +540,7 @@ def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True)
                 }
             current, scores = train_round(cfg, data, train_set, teacher, progress)
             record |= scores | {"seconds": time.perf_counter() - round_start}
-            checkpoint = copy.copy(data.checkpoint)
-            checkpoint.temperatures, checkpoint.logit_adjustment = current.temperatures, current.adjustment
-            checkpoint.metrics = {"test_score": record["test_score"], "dev_score": record["dev_score"]}
-            checkpoint.save(round_dir, current.model, data.backbone_state)
-            cfg.save(round_dir / "config.yaml")
-            atomic_write_text(round_dir / METRICS_FILE, json.dumps(record, indent=1))
+            save_round(round_dir, cfg, data, current, record)
             records.append(record)
             state["best_round"] = max(range(len(records)), key=lambda r: records[r]["dev_score"])
             atomic_write_text(out / PROGRESS_FILE, json.dumps(state, indent=1))
@@ -494,7 +560,25 @@ def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True)
         len(data.test),
         data.embed_seconds,
         data.text_report,
+        "image heads" if data.text is None else "listing heads",
     )
+
+
+def save_round(
+    round_dir: Path, cfg: RunConfig, data: SelfTrainingData, current: RoundModel, record: dict
+) -> None:
+    """One round's checkpoint (a listing checkpoint carries its fitted text features), config and metrics."""
+    checkpoint = copy.copy(data.checkpoint)
+    checkpoint.temperatures, checkpoint.logit_adjustment = current.temperatures, current.adjustment
+    checkpoint.temperatures_by_inputs = current.temperatures_by_inputs
+    checkpoint.metrics = {"test_score": record["test_score"], "dev_score": record["dev_score"]}
+    checkpoint.save(round_dir, current.model, data.backbone_state)
+    if data.text is not None and data.text.lexical is not None:
+        data.text.lexical.save(round_dir)
+    if data.text is not None and data.text.probe is not None:
+        data.text.probe.save(round_dir)
+    cfg.save(round_dir / "config.yaml")
+    atomic_write_text(round_dir / METRICS_FILE, json.dumps(record, indent=1))
 
 
 def adjust(
