@@ -182,3 +182,48 @@ def test_frozen_batchnorm_keeps_running_statistics() -> None:
     backbone(torch.randn(4, 3, 32, 32) * 5).sum().backward()
     assert torch.equal(bn.running_mean, before)
     assert bn.weight.grad is not None  # the affine part still trains
+
+
+def test_listing_heads_fine_tune_with_titles_and_predict_from_them(tmp_path: Path) -> None:
+    """heads.inputs [image, text]: the backbone trains under the fused heads; the checkpoint is a listing
+    checkpoint (no image fallback: its heads would read features fine-tuning moved), and the title
+    decides what the tiny random backbone cannot see."""
+    from taxonomist.inference.predictor import Predictor
+
+    catalog = make_catalog(tmp_path / "data", n=120, titles=True)
+    cfg = tiny_config(catalog, tmp_path / "cache", epochs=20, patience=20)
+    cfg["catalog"]["text_columns"] = ["title"]
+    cfg["backbone"]["color_features"] = False
+    cfg["heads"]["inputs"] = ["image", "text"]
+    cfg["text"] = {"lexical_width": 16, "probe_folds": 2}
+    cfg["finetune"] = {**FT, "max_steps_per_epoch": 2}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    result = _train(config, out)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 2 and metrics["phase2_kept"] == {}  # phase 2: image heads only
+    assert metrics["per_attribute_phase1"]["color"] > 0.9  # the titles name the colour
+    predictor = Predictor.from_pretrained(out)
+    assert predictor.checkpoint.inputs == ["image", "text"] and predictor.text.probe is not None
+    assert predictor.checkpoint.text["image_fallback"] is False
+    image = str(catalog.parent / "images" / "1000.jpg")
+    (blue,) = predictor.predict([image], ["Tops"], texts=["Acme Blue top"])
+    (red,) = predictor.predict([image], ["Tops"], texts=["Acme Red top"])
+    assert (blue.attributes["color"].value, red.attributes["color"].value) == ("blue", "red")
+    (blank,) = predictor.predict([image], ["Tops"], texts=[""])  # the trunk alone: still valid
+    assert set(blank.attributes) == {"color", "fit"}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [({"finetune.head": "attention"}, "finetune.head: mlp"), ({"finetune.warm_start": False}, "warm_start")],
+)
+def test_listing_fine_tuning_refuses_what_it_cannot_train(tmp_path: Path, values: dict, message: str) -> None:
+    from taxonomist.config import ConfigError
+    from taxonomist.training.finetune import train
+
+    cfg = load_config(values={"heads.inputs": ["image", "text"], **values})
+    with pytest.raises(ConfigError, match=message):
+        train(cfg, tmp_path)

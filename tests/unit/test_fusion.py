@@ -278,14 +278,6 @@ def test_prediction_reading_keeps_text_only_for_listing_heads(tmp_path: Path) ->
     assert dataclasses.replace(cfg, text_columns=[]).text_columns == []
 
 
-def test_the_finetune_recipe_refuses_listing_heads(tmp_path: Path) -> None:
-    from taxonomist.training.finetune import train
-
-    cfg = load_config(values={"heads.inputs": ["image", "text"]})
-    with pytest.raises(ConfigError, match="heads and self-train recipes"):
-        train(cfg, tmp_path)
-
-
 def test_lexical_probe_is_cross_fitted_and_saved(tmp_path: Path) -> None:
     """A word that names the label in one row only: the final probe has learned it, but that row's
     stacked feature comes from a model that never saw it, so it stays near the prior (no leak)."""

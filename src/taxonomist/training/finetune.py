@@ -7,6 +7,14 @@ score. Every epoch is checkpointed (accelerate state) and a rerun resumes from t
 freezes everything but one attribute's head and trains it on every row labelled for that attribute,
 from cached shared features, so it costs seconds; a head is kept only if its dev score does not drop.
 
+Listing heads (``heads.inputs: [image, text]``) fine-tune too: the title features (sentence embedding,
+lexical view, cross-fitted probe) are fitted once on the training rows and looked up per batch, the
+backbone is trained under the fused heads with modality dropout, and the checkpoint is a listing
+checkpoint. Two things differ from the heads recipe: there is no image fallback (its heads would read
+the frozen features that fine-tuning moves away from; rows without a title are scored by the fused
+trunk, which modality dropout trained for them), and phase 2 is skipped (the fused heads' attribute
+layers read the image and the title through one trunk, so there is no image-only shared part to cache).
+
 Data parallel through accelerate: ``torchrun --nproc_per_node N -m taxonomist.cli train --recipe finetune``
 (or ``accelerate launch``); ``finetune.batch_size`` is the global batch, split across processes.
 """
@@ -30,22 +38,24 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from taxonomist.config import FinetuneConfig, RunConfig
-from taxonomist.data.catalog import CATEGORY, ID, Catalog
+from taxonomist.config import ConfigError, FinetuneConfig, RunConfig
+from taxonomist.data.catalog import CATEGORY, ID, TEXT, Catalog
 from taxonomist.data.images import ImageLoadError, load_image
 from taxonomist.data.labels import MISSING, encode_labels
 from taxonomist.data.prepare import DATA_REPORT, DataReport, prepare_catalog
 from taxonomist.data.schema import Schema
 from taxonomist.devices import resolve_precision
+from taxonomist.features.text import ListingText, TextFeatures
 from taxonomist.io import atomic_write, atomic_write_text
 from taxonomist.metrics import attribute_score
 from taxonomist.models.attention_head import AttentionHeads
 from taxonomist.models.backbones import Backbone, Preprocess
 from taxonomist.models.build import build_backbone, heads_checkpoint
+from taxonomist.models.fusion import ListingHeads, lexical_batch, modality_dropout
 from taxonomist.models.heads import NEG_INF, AttributeHeads, allowed_masks
 from taxonomist.progress import progress_bar
 from taxonomist.training.augment import BatchAugment
-from taxonomist.training.heads import logits_to_frame, require_image_only
+from taxonomist.training.heads import listing_text, logits_to_frame, text_record
 from taxonomist.training.losses import masked_cross_entropy, mmd_loss
 from taxonomist.training.schedule import warmup_cosine
 
@@ -81,14 +91,33 @@ class ImageRows(Dataset):
         return pixels, self.category[i], torch.from_numpy(self.labels[i]), ok, i
 
 
-class FinetuneModel(nn.Module):
-    """Backbone + heads with one split point: ``shared`` (cached in phase 2) and ``head_logits``."""
+class RowText:
+    """A part's text features as tensors, looked up by dataset index for each batch."""
 
-    def __init__(self, backbone: Backbone, heads: AttributeHeads | AttentionHeads) -> None:
+    def __init__(self, features: TextFeatures) -> None:
+        self.dense = torch.as_tensor(features.dense, dtype=torch.float32)
+        self.present = torch.as_tensor(features.present, dtype=torch.bool)
+        self.lexical = features.lexical
+
+    def batch(self, index: torch.Tensor, device: torch.device) -> tuple:
+        """(dense, has_text, lexical batch or None) of the rows ``index``."""
+        rows = index.cpu().numpy()
+        lexical = None
+        if self.lexical is not None:
+            lexical = tuple(t.to(device) for t in lexical_batch(self.lexical[rows]))
+        return self.dense[rows].to(device), self.present[rows].to(device), lexical
+
+
+class FinetuneModel(nn.Module):
+    """Backbone + heads with one split point: ``shared`` (cached in phase 2) and ``head_logits``.
+    Listing heads read the batch's text features too (``text``: what :meth:`RowText.batch` gives)."""
+
+    def __init__(self, backbone: Backbone, heads: AttributeHeads | AttentionHeads | ListingHeads) -> None:
         super().__init__()
         self.backbone = backbone
         self.heads = heads
         self.spatial = isinstance(heads, AttentionHeads)
+        self.listing = isinstance(heads, ListingHeads)
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(pixels) if self.spatial else self.backbone(pixels)
@@ -114,16 +143,46 @@ class FinetuneModel(nn.Module):
         return out.masked_fill(~mask, NEG_INF)
 
     def forward(
-        self, pixels: torch.Tensor, category: torch.Tensor
+        self,
+        pixels: torch.Tensor,
+        category: torch.Tensor,
+        text: tuple | None = None,
+        present: torch.Tensor | None = None,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``present`` (listing heads): the (n, 2) image/text flags to use, e.g. after modality dropout;
+        default: every image present, text where the row has one."""
         features = self.features(pixels)
+        if self.listing:
+            dense, has_text, lexical = text
+            if present is None:
+                present = torch.stack([torch.ones_like(has_text), has_text], dim=1)
+            return self.heads(features, dense, category, present, lexical), features
         shared = self.shared(features, category)
         logits = {a: self.head_logits(i, shared, category) for i, a in enumerate(self.heads.attributes)}
         return logits, self.pooled(features)
 
 
-def build_heads(cfg: RunConfig, backbone: Backbone, schema: Schema, categories: list[str]) -> nn.Module:
+def build_heads(
+    cfg: RunConfig,
+    backbone: Backbone,
+    schema: Schema,
+    categories: list[str],
+    text: ListingText | None = None,
+) -> nn.Module:
     masks = allowed_masks(schema, categories)
+    if text is not None:
+        return ListingHeads(
+            backbone.feature_dim,
+            text.dim,
+            masks,
+            hidden=cfg.heads.hidden,
+            category_dim=cfg.heads.category_dim,
+            dropout=cfg.heads.dropout,
+            fusion=cfg.text.fusion,
+            lexical_dim=text.lexical_dim,
+            lexical_width=cfg.text.lexical_width,
+            probe_offset=text.probe_offset,
+        )
     if cfg.finetune.head == "attention":
         return AttentionHeads(
             backbone.feature_map_dim, masks, category_dim=cfg.heads.category_dim, dropout=cfg.heads.dropout
@@ -183,7 +242,7 @@ class FinetuneReport:
 
 
 def _evaluate(
-    model: FinetuneModel, loader, accelerator, val_frame, schema, attributes
+    model: FinetuneModel, loader, accelerator, val_frame, schema, attributes, text: RowText | None = None
 ) -> tuple[float, dict, dict]:
     """Validation score (competition metric) and per-attribute harmonic F1, gathered over processes."""
     model.eval()
@@ -191,7 +250,8 @@ def _evaluate(
     order: list[torch.Tensor] = []
     with torch.no_grad():
         for pixels, category, _labels, _ok, index in loader:
-            logits, _ = model(pixels, category)
+            rows_text = None if text is None else text.batch(index, pixels.device)
+            logits, _ = model(pixels, category, rows_text)
             logits = accelerator.gather_for_metrics(logits)
             order.append(accelerator.gather_for_metrics(index).cpu())
             for a in attributes:
@@ -230,6 +290,10 @@ class _Data:
     """Every training row, for phase 2 (which trains each head on all rows labelled for it)."""
     train: pd.DataFrame
     val: pd.DataFrame
+    text: ListingText | None = None
+    """Listing heads: the text features fitted on the training rows."""
+    train_text: RowText | None = None
+    val_text: RowText | None = None
 
 
 @dataclass
@@ -244,6 +308,8 @@ class _Setup:
     augment: BatchAugment
     train_loader: Any
     val_loader: Any
+    train_text: RowText | None
+    val_text: RowText | None
     unlabeled: Any
     steps_per_epoch: int
     n_train: int
@@ -265,7 +331,7 @@ class _Progress:
 def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> FinetuneReport:
     from accelerate.utils import set_seed
 
-    require_image_only(cfg, "finetune")
+    cfg = _listing_config(cfg)
     fc = cfg.finetune
     output_dir = Path(output_dir)
     accelerator = _accelerator(fc)
@@ -296,7 +362,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
     phase1_score, phase1_attr = _validate(run, data)
     kept: dict[str, bool] = {}
     phase2_score, phase2_attr = phase1_score, phase1_attr
-    if fc.phase2_epochs > 0:
+    if fc.phase2_epochs > 0 and not run.unwrapped.listing:
         kept = _phase_two_kept(cfg, run, data, phase1_attr)
         phase2_score, phase2_attr = _validate(run, data)
     report = FinetuneReport(
@@ -316,7 +382,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
         warm_start_score=run.warm_score,
     )
     if accelerator.is_main_process:
-        _save_checkpoint(run.unwrapped, cfg, data.schema, data.categories, output_dir, report)
+        _save_checkpoint(run.unwrapped, cfg, data, output_dir, report)
     accelerator.end_training()
     return report
 
@@ -334,9 +400,26 @@ def _accelerator(fc: FinetuneConfig) -> Any:
     )
 
 
+def _listing_config(cfg: RunConfig) -> RunConfig:
+    """Image heads: ``cfg`` as is. Listing heads: checked, and without the image fallback (see the
+    module docstring), so the checkpoint records heads that have none."""
+    if "text" not in cfg.heads.inputs:
+        return cfg
+    if cfg.finetune.head == "attention":
+        raise ConfigError("listing heads (heads.inputs: [image, text]) fine-tune with finetune.head: mlp")
+    if not cfg.finetune.warm_start:
+        raise ConfigError(
+            "listing heads fine-tune from heads fitted on frozen features (finetune.warm_start: true)"
+        )
+    cfg = copy.deepcopy(cfg)
+    cfg.text.image_fallback = False
+    return cfg
+
+
 def _prepare_data(cfg: RunConfig) -> tuple[_Data, DataReport]:
     """The shared data step: its dev part is this recipe's "val" (epochs, phase-2 heads); its test part
-    is left to ``evaluate``."""
+    is left to ``evaluate``. Listing heads: text features fitted on the training rows (the probe
+    cross-fitted there) and computed for the dev rows."""
     prepared = prepare_catalog(cfg)
     schema = prepared.schema
     data = _Data(
@@ -347,7 +430,28 @@ def _prepare_data(cfg: RunConfig) -> tuple[_Data, DataReport]:
         prepared.train,
         prepared.part("dev"),
     )
+    if "text" in cfg.heads.inputs:
+        _attach_row_text(cfg, data)
     return data, prepared.report
+
+
+def _attach_row_text(cfg: RunConfig, data: _Data) -> None:
+    if TEXT not in data.train.columns:
+        raise ConfigError("heads.inputs has 'text' but the catalog has no text: set catalog.text_columns")
+    text = listing_text(cfg, data.schema)
+    index = {c: i for i, c in enumerate(data.categories)}
+    texts = data.train[TEXT].tolist()
+    category = np.array([index[c] for c in data.train[CATEGORY]], dtype=np.int64)
+    if text.lexical is not None:
+        text.lexical.fit(texts)
+    probed = None
+    if text.probe is not None:
+        labels = encode_labels(data.train, data.schema)
+        probed = text.probe.fit_transform(texts, category, labels, seed=cfg.train.seed)
+    data.text = text
+    data.train_text = RowText(text.features(texts, category, probe_features=probed))
+    val_category = np.array([index[c] for c in data.val[CATEGORY]], dtype=np.int64)
+    data.val_text = RowText(text.features(data.val[TEXT].tolist(), val_category))
 
 
 def _set_up_model(cfg: RunConfig, data: _Data, accelerator: Any, progress: bool) -> _Setup:
@@ -356,7 +460,7 @@ def _set_up_model(cfg: RunConfig, data: _Data, accelerator: Any, progress: bool)
     backbone = build_backbone(cfg.backbone)
     if fc.gradient_checkpointing:
         _enable_checkpointing(backbone)
-    model = FinetuneModel(backbone, build_heads(cfg, backbone, data.schema, data.categories))
+    model = FinetuneModel(backbone, build_heads(cfg, backbone, data.schema, data.categories, data.text))
     train_rows = ImageRows(data.catalog, data.train, data.schema, data.categories, backbone)
     val_rows = ImageRows(data.catalog, data.val, data.schema, data.categories, backbone)
     generator = torch.Generator().manual_seed(cfg.train.seed)
@@ -381,9 +485,7 @@ def _set_up_model(cfg: RunConfig, data: _Data, accelerator: Any, progress: bool)
     # Heads set-up happens on the main process only; the broadcast below gives the others its result.
     if not model.spatial and accelerator.is_main_process and fc.warm_start:
         # Fits the heads on cached features on the CPU, so before the model moves.
-        warm_score = warm_start_heads(
-            model, data.catalog, data.train, data.val, data.schema, data.categories, cfg, progress
-        )
+        warm_score = warm_start_heads(model, data, cfg, progress)
     # Standardisation's forwards and the broadcast (NCCL takes only GPU tensors) run where training will.
     model.to(accelerator.device)
     if not model.spatial and accelerator.is_main_process and not fc.warm_start:
@@ -415,6 +517,8 @@ def _set_up_model(cfg: RunConfig, data: _Data, accelerator: Any, progress: bool)
         augment,
         train_loader,
         val_loader,
+        data.train_text,
+        data.val_text,
         iter(_cycle(val_loader)) if fc.mmd else None,
         steps_per_epoch,
         len(train_rows),
@@ -453,9 +557,9 @@ def _one_epoch(cfg: RunConfig, run: _Setup, epoch: int, progress: bool) -> tuple
         task = bar.add_task(
             f"epoch {epoch + 1}/{fc.epochs}", total=run.steps_per_epoch * fc.grad_accumulation
         )
-        for pixels, category, labels, ok, _index in run.train_loader:
+        for pixels, category, labels, ok, index in run.train_loader:
             with accelerator.accumulate(model):
-                loss = _step_loss(cfg, run, pixels, category, labels, ok)
+                loss = _step_loss(cfg, run, pixels, category, labels, ok, index)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and fc.clip_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), fc.clip_grad_norm)
@@ -474,10 +578,23 @@ def _one_epoch(cfg: RunConfig, run: _Setup, epoch: int, progress: bool) -> tuple
 
 
 def _step_loss(
-    cfg: RunConfig, run: _Setup, pixels: torch.Tensor, category: torch.Tensor, labels: torch.Tensor, ok
+    cfg: RunConfig,
+    run: _Setup,
+    pixels: torch.Tensor,
+    category: torch.Tensor,
+    labels: torch.Tensor,
+    ok: torch.Tensor,
+    index: torch.Tensor,
 ) -> torch.Tensor:
-    """Masked (focal) cross-entropy on augmented pixels, plus MMD to validation features if asked."""
-    logits, pooled = run.model(run.augment(pixels), category)
+    """Masked (focal) cross-entropy on augmented pixels, plus MMD to validation features if asked.
+    Listing heads read the rows' titles, hidden at random (modality dropout) as the heads recipe does."""
+    text = present = None
+    if run.train_text is not None:
+        text = run.train_text.batch(index, pixels.device)
+        flags = torch.stack([torch.ones_like(text[1]), text[1]], dim=1).cpu()
+        present = modality_dropout(flags, cfg.text.text_dropout, cfg.text.image_dropout).to(pixels.device)
+        # A hidden image is the all-zero "average" input; the backbone still runs (one batch shape).
+    logits, pooled = run.model(run.augment(pixels), category, text, present)
     loss = _loss(cfg, logits, labels, ok, run.accelerator)
     if run.unlabeled is not None:
         other, *_ = next(run.unlabeled)
@@ -488,7 +605,13 @@ def _step_loss(
 
 def _validate(run: _Setup, data: _Data) -> tuple[float, dict]:
     score, per_attr, _ = _evaluate(
-        run.model, run.val_loader, run.accelerator, data.val, data.schema, list(data.schema.attributes)
+        run.model,
+        run.val_loader,
+        run.accelerator,
+        data.val,
+        data.schema,
+        list(data.schema.attributes),
+        run.val_text,
     )
     return score, per_attr
 
@@ -542,33 +665,51 @@ def _phase_two_kept(cfg: RunConfig, run: _Setup, data: _Data, phase1_attr: dict)
     return kept
 
 
-def warm_start_heads(
-    model: FinetuneModel,
-    catalog: Catalog,
-    train_frame: pd.DataFrame,
-    val_frame: pd.DataFrame,
-    schema: Schema,
-    categories: list[str],
-    cfg: RunConfig,
-    progress: bool,
-) -> float:
-    """LP-FT's first step: the heads recipe on cached features of the (still frozen) backbone."""
+def warm_start_heads(model: FinetuneModel, data: _Data, cfg: RunConfig, progress: bool) -> float:
+    """LP-FT's first step: the heads recipe on cached features of the (still frozen) backbone (listing
+    heads: with the rows' text features and modality dropout, as the heads recipe trains them)."""
     from taxonomist.features.build import embed_options, runtime_options
     from taxonomist.features.embed import embed_catalog, runtime_backbone
     from taxonomist.training.heads import feature_set, fit_heads
 
+    catalog, schema, categories = data.catalog, data.schema, data.categories
     frozen = runtime_backbone(build_backbone(cfg.backbone), **runtime_options(cfg.embed))
     embedded = embed_catalog(catalog, frozen, **embed_options(cfg.embed), progress=progress)
     catalog.require_readable_images(int(embedded.ok.sum()), Counter(e.reason for e in embedded.errors))
-    train_set, _ = feature_set(train_frame, catalog, embedded, schema, categories)
-    val_set, val_rows = feature_set(val_frame, catalog, embedded, schema, categories)
+    train_set, _ = feature_set(data.train, catalog, embedded, schema, categories)
+    val_set, val_rows = feature_set(data.val, catalog, embedded, schema, categories)
+    if model.listing:
+        by_id = {item_id: row for row, item_id in enumerate(catalog.ids)}
+        for part, frame, text in (
+            (train_set, data.train, data.train_text),
+            (val_set, data.val, data.val_text),
+        ):
+            readable = embedded.ok[np.array([by_id[i] for i in frame[ID]], dtype=np.int64)]
+            _set_row_text(part, text, np.flatnonzero(readable))
 
     def score(logits: Mapping[str, torch.Tensor]) -> float:
         pred = logits_to_frame(logits, val_rows[ID].tolist(), val_rows[CATEGORY].tolist(), schema)
         return attribute_score(val_rows, pred, schema.categories).score
 
-    history = fit_heads(model.heads, train_set, val_set, score, cfg.train, progress=progress)
+    history = fit_heads(
+        model.heads,
+        train_set,
+        val_set,
+        score,
+        cfg.train,
+        progress=progress,
+        text_dropout=cfg.text.text_dropout if model.listing else 0.0,
+        image_dropout=cfg.text.image_dropout if model.listing else 0.0,
+    )
     return max(e["val_score"] for e in history.epochs)
+
+
+def _set_row_text(part, text: RowText, rows: np.ndarray) -> None:
+    """A feature set of the readable ``rows`` gets their text features (every image present)."""
+    part.text = text.dense[rows]
+    part.lexical = None if text.lexical is None else text.lexical[rows]
+    has_text = text.present[rows]
+    part.present = torch.stack([torch.ones_like(has_text), has_text], dim=1)
 
 
 def _broadcast_state(model: FinetuneModel) -> None:
@@ -624,21 +765,25 @@ def _enable_checkpointing(backbone: Backbone) -> None:
         )
 
 
-def _save_checkpoint(
-    model: FinetuneModel, cfg: RunConfig, schema: Schema, categories: list[str], output_dir: Path, report
-) -> None:
-    """The core checkpoint layout (heads + backbone.safetensors), so ``predict`` and ``evaluate`` work."""
+def _save_checkpoint(model: FinetuneModel, cfg: RunConfig, data: _Data, output_dir: Path, report) -> None:
+    """The core checkpoint layout (heads + backbone.safetensors), so ``predict`` and ``evaluate`` work;
+    a listing checkpoint also carries its fitted lexical view and probe."""
     backbone_state = {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}
     fresh = build_backbone(cfg.backbone)
     fresh.load_state_dict(backbone_state)
     checkpoint = heads_checkpoint(
         cfg,
         fresh,
-        schema,
-        categories,
+        data.schema,
+        data.categories,
         fresh.feature_dim,
         metrics={"val_score": report.score_phase2, "recipe": "finetune", "head": cfg.finetune.head},
+        text=text_record(cfg, data.text) if data.text is not None else {},
     )
+    if data.text is not None and data.text.lexical is not None:
+        data.text.lexical.save(output_dir)
+    if data.text is not None and data.text.probe is not None:
+        data.text.probe.save(output_dir)
     if model.spatial:
         checkpoint.save(output_dir, model.heads, backbone_state)  # predicting it needs forward_features
     else:

@@ -340,16 +340,6 @@ def build_heads(
     )
 
 
-def require_image_only(cfg: RunConfig, recipe: str) -> None:
-    """Recipes other than this one train image-only heads: listing heads are refused, not silently
-    trained on the image alone."""
-    if "text" in cfg.heads.inputs:
-        raise ConfigError(
-            f"the {recipe} recipe trains image-only heads; listing heads (heads.inputs: [image, text]) "
-            "train with the heads and self-train recipes"
-        )
-
-
 def embedding_backbone(cfg: RunConfig) -> tuple[Backbone, dict[str, torch.Tensor] | None]:
     """The frozen backbone the heads recipes embed with (on ``embed``'s device, runtime and precision),
     and the weights their checkpoint must carry: None for pretrained ones, which are rebuilt from their
