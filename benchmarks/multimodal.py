@@ -64,6 +64,22 @@ RESULTS = ROOT / "benchmarks" / "results" / "multimodal-fpi.json"
 DOCS = ROOT / "docs" / "benchmarks.md"
 HEADING = "## Listings: image + title → attributes (fashion-product-images)"
 PROBE_C = (5.0, 20.0, 60.0)
+# Explorations on this benchmark's split and features (listing heads retrained on the cached features of
+# the recorded run, concat fusion; the test score was printed beside dev, so these are not blind to it).
+# Only the last beat the recorded settings on dev by more than the 0.003 that seeds and epochs move it,
+# and it was not adopted: its dev gain comes from the per-attribute adjustment, which is chosen on dev
+# and overfitted it in 4 of the 5 single models.
+TRIED = [
+    "text_dropout 0 / 0.1 / 0.3 (kept): dev 0.8670 / 0.8641 / 0.8659, test 0.8472 / 0.8499 / 0.8567; "
+    "with the image fallback scoring blank titles, dropout only regularises (best epoch 1 / 4 / 8)",
+    "lr 5e-4 (2e-3 kept): dev 0.8613, test 0.8479; heads dropout 0.4 + weight decay 0.01: dev 0.8654, "
+    "test 0.8508",
+    "logit adjustment (−s · log prior) per attribute, s in {0, .25, .5, .75, 1} chosen on dev, on each "
+    "of the 5 single models: dev +0.001 to +0.006, test −0.010 to +0.001",
+    "mean probability of the three text-dropout models: dev 0.8655, test 0.8546; with the logit "
+    "adjustment above dev 0.8752, test 0.8573 (not adopted: three models for +0.0006 on test, and a dev "
+    "gain from an adjustment that did not carry to test on the single models)",
+]
 
 
 class Bench:
@@ -226,6 +242,7 @@ def main() -> None:
         },
         "predict_images": throughput["n"],
         "machine": machine(),
+        "tried": TRIED,
     }
     out["targets_met"] = targets(out)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -517,6 +534,12 @@ def write_docs(r: dict) -> None:
         + ". Training seconds: "
         + ", ".join(f"{k} {v:.0f}" for k, v in r["train_seconds"].items())
         + ".",
+        "",
+    ]
+    section += [
+        "Also tried (dev scores chosen on, test seen):",
+        "",
+        *[f"- {t}" for t in r.get("tried", TRIED)],
         "",
     ]
     replace_section(DOCS, HEADING, "\n".join(section))
