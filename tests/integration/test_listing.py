@@ -190,3 +190,14 @@ def _config(path: Path, data: dict):
 
     path.write_text(yaml.safe_dump(data))
     return load_config(path)
+
+
+def test_bench_reports_a_listing_checkpoint(listing_run, tmp_path) -> None:
+    """The efficiency report runs listing heads as for listings without a title (it crashed with a
+    TypeError: the heads were called with the image-heads signature)."""
+    import json
+
+    _, _, ckpt = listing_run
+    invoke("bench", str(ckpt), "-o", str(tmp_path), "--batch-sizes", "1,2", "--seconds", "0.2")
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["params_total"] > 0 and report["images_per_s_batch1"] > 0

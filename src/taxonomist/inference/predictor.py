@@ -26,7 +26,7 @@ from taxonomist.features.text import ListingText, TextFeatures, load_listing_tex
 from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.build import checkpoint_backbone, load_heads_checkpoint
 from taxonomist.models.checkpoint import HeadsCheckpoint, calibrated_probs, checkpoint_version
-from taxonomist.models.fusion import lexical_batch
+from taxonomist.models.fusion import ListingHeads, lexical_batch
 from taxonomist.models.runtime import exports_root, on_runtime
 from taxonomist.progress import progress_bar
 
@@ -516,7 +516,8 @@ def wide_named_frame(preds: Sequence[Prediction], attributes: Sequence[str]) -> 
 class ImagesToLogits(torch.nn.Module):
     """A checkpoint's backbone + heads as one module on preprocessed images (for efficiency reports).
 
-    Every image is given category 0: the category only selects masks, so the cost is the same.
+    Every image is given category 0: the category only selects masks, so the cost is the same. Listing
+    heads are run as for a listing without a title (the image path; the title encoder is not counted).
     """
 
     def __init__(self, predictor: Predictor) -> None:
@@ -526,5 +527,16 @@ class ImagesToLogits(torch.nn.Module):
         self.eval()
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        category = torch.zeros(len(pixels), dtype=torch.long, device=pixels.device)
-        return self.heads(self.backbone(pixels), category)
+        n, device = len(pixels), pixels.device
+        category = torch.zeros(n, dtype=torch.long, device=device)
+        features = self.backbone(pixels)
+        if not isinstance(self.heads, ListingHeads):
+            return self.heads(features, category)
+        text = torch.zeros(n, self.heads.text_mean.shape[0], device=device)
+        present = torch.tensor([[True, False]], device=device).expand(n, 2)
+        lexical = None
+        if self.heads.lexical is not None:
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            offsets = torch.zeros(n, dtype=torch.long, device=device)
+            lexical = (empty, offsets, torch.zeros(0, device=device))
+        return self.heads(features, text, category, present, lexical)
