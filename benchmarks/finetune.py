@@ -72,8 +72,12 @@ def main() -> None:
     tuned = train_finetune(cfg, work / "finetuned", progress=True)
     finetune_seconds = time.perf_counter() - start
 
+    # torch, as `taxonomist bench` does: FLOPs and parameters are read off the torch modules (on auto,
+    # OpenVINO ran the backbone and the FLOP counter saw nothing).
     efficiency = measure_efficiency(
-        ImagesToLogits(Predictor.from_pretrained(work / "finetuned")), args.size, batch_sizes=(1, 8, 32)
+        ImagesToLogits(Predictor.from_pretrained(work / "finetuned", runtime="torch")),
+        args.size,
+        batch_sizes=(1, 8, 32),
     ).to_dict()
     frozen_attr = dict(
         zip(frozen.report.per_attribute["attribute"], frozen.report.per_attribute["harmonic"], strict=True)
