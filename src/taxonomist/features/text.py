@@ -239,6 +239,11 @@ class TextFeatures:
     def __len__(self) -> int:
         return len(self.dense)
 
+    def take(self, rows: np.ndarray) -> TextFeatures:
+        """The features of ``rows`` (positions)."""
+        lexical = None if self.lexical is None else self.lexical[rows]
+        return TextFeatures(self.dense[rows], lexical, self.present[rows])
+
 
 class ListingText:
     """Normalised listing texts → :class:`TextFeatures` for :class:`ListingHeads`: the sentence
@@ -269,6 +274,14 @@ class ListingText:
     def probe_offset(self) -> int | None:
         """First column of the probe's probabilities in the dense text features (None: no probe)."""
         return self.encoder.dim if self.probe is not None else None
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """The fitted lexical view and probe, beside the heads (the encoder is recorded by name and
+        fingerprint in the checkpoint, not copied)."""
+        if self.lexical is not None:
+            self.lexical.save(directory)
+        if self.probe is not None:
+            self.probe.save(directory)
 
     def features(
         self, texts: Sequence[str], category: np.ndarray, *, probe_features: np.ndarray | None = None

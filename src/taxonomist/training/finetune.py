@@ -55,7 +55,8 @@ from taxonomist.models.fusion import ListingHeads, lexical_batch, modality_dropo
 from taxonomist.models.heads import NEG_INF, AttributeHeads, allowed_masks
 from taxonomist.progress import progress_bar
 from taxonomist.training.augment import BatchAugment
-from taxonomist.training.heads import listing_text, logits_to_frame, text_record
+from taxonomist.training.heads import build_heads as build_flat_heads
+from taxonomist.training.heads import fit_text, logits_to_frame, set_text, text_record
 from taxonomist.training.losses import masked_cross_entropy, mmd_loss
 from taxonomist.training.schedule import warmup_cosine
 
@@ -95,6 +96,7 @@ class RowText:
     """A part's text features as tensors, looked up by dataset index for each batch."""
 
     def __init__(self, features: TextFeatures) -> None:
+        self.features = features
         self.dense = torch.as_tensor(features.dense, dtype=torch.float32)
         self.present = torch.as_tensor(features.present, dtype=torch.bool)
         self.lexical = features.lexical
@@ -170,19 +172,8 @@ def build_heads(
     text: ListingText | None = None,
 ) -> nn.Module:
     masks = allowed_masks(schema, categories)
-    if text is not None:
-        return ListingHeads(
-            backbone.feature_dim,
-            text.dim,
-            masks,
-            hidden=cfg.heads.hidden,
-            category_dim=cfg.heads.category_dim,
-            dropout=cfg.heads.dropout,
-            fusion=cfg.text.fusion,
-            lexical_dim=text.lexical_dim,
-            lexical_width=cfg.text.lexical_width,
-            probe_offset=text.probe_offset,
-        )
+    if text is not None:  # as the heads recipe builds them (``_listing_config`` took the fallback off)
+        return build_flat_heads(cfg, backbone.feature_dim, masks, text)
     if cfg.finetune.head == "attention":
         return AttentionHeads(
             backbone.feature_map_dim, masks, category_dim=cfg.heads.category_dim, dropout=cfg.heads.dropout
@@ -436,22 +427,13 @@ def _prepare_data(cfg: RunConfig) -> tuple[_Data, DataReport]:
 
 
 def _attach_row_text(cfg: RunConfig, data: _Data) -> None:
-    if TEXT not in data.train.columns:
-        raise ConfigError("heads.inputs has 'text' but the catalog has no text: set catalog.text_columns")
-    text = listing_text(cfg, data.schema)
     index = {c: i for i, c in enumerate(data.categories)}
-    texts = data.train[TEXT].tolist()
     category = np.array([index[c] for c in data.train[CATEGORY]], dtype=np.int64)
-    if text.lexical is not None:
-        text.lexical.fit(texts)
-    probed = None
-    if text.probe is not None:
-        labels = encode_labels(data.train, data.schema)
-        probed = text.probe.fit_transform(texts, category, labels, seed=cfg.train.seed)
-    data.text = text
-    data.train_text = RowText(text.features(texts, category, probe_features=probed))
+    labels = encode_labels(data.train, data.schema)
+    data.text, train_features = fit_text(cfg, data.schema, data.train, category, labels)
+    data.train_text = RowText(train_features)
     val_category = np.array([index[c] for c in data.val[CATEGORY]], dtype=np.int64)
-    data.val_text = RowText(text.features(data.val[TEXT].tolist(), val_category))
+    data.val_text = RowText(data.text.features(data.val[TEXT].tolist(), val_category))
 
 
 def _set_up_model(cfg: RunConfig, data: _Data, accelerator: Any, progress: bool) -> _Setup:
@@ -685,7 +667,7 @@ def warm_start_heads(model: FinetuneModel, data: _Data, cfg: RunConfig, progress
             (val_set, data.val, data.val_text),
         ):
             readable = embedded.ok[np.array([by_id[i] for i in frame[ID]], dtype=np.int64)]
-            _set_row_text(part, text, np.flatnonzero(readable))
+            set_text(part, text.features.take(np.flatnonzero(readable)))  # every image present
 
     def score(logits: Mapping[str, torch.Tensor]) -> float:
         pred = logits_to_frame(logits, val_rows[ID].tolist(), val_rows[CATEGORY].tolist(), schema)
@@ -702,14 +684,6 @@ def warm_start_heads(model: FinetuneModel, data: _Data, cfg: RunConfig, progress
         image_dropout=cfg.text.image_dropout if model.listing else 0.0,
     )
     return max(e["val_score"] for e in history.epochs)
-
-
-def _set_row_text(part, text: RowText, rows: np.ndarray) -> None:
-    """A feature set of the readable ``rows`` gets their text features (every image present)."""
-    part.text = text.dense[rows]
-    part.lexical = None if text.lexical is None else text.lexical[rows]
-    has_text = text.present[rows]
-    part.present = torch.stack([torch.ones_like(has_text), has_text], dim=1)
 
 
 def _broadcast_state(model: FinetuneModel) -> None:
@@ -780,10 +754,8 @@ def _save_checkpoint(model: FinetuneModel, cfg: RunConfig, data: _Data, output_d
         metrics={"val_score": report.score_phase2, "recipe": "finetune", "head": cfg.finetune.head},
         text=text_record(cfg, data.text) if data.text is not None else {},
     )
-    if data.text is not None and data.text.lexical is not None:
-        data.text.lexical.save(output_dir)
-    if data.text is not None and data.text.probe is not None:
-        data.text.probe.save(output_dir)
+    if data.text is not None:
+        data.text.save(output_dir)
     if model.spatial:
         checkpoint.save(output_dir, model.heads, backbone_state)  # predicting it needs forward_features
     else:

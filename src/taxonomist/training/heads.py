@@ -262,21 +262,34 @@ def attach_text(
     feature set's text features and image/text presence flags; returns the fitted text features.
     Training rows get the probe's cross-fitted features, the other parts the final probe's."""
     train_set, train_frame = train
-    if TEXT not in train_frame.columns:
-        raise ConfigError("heads.inputs has 'text' but the catalog has no text: set catalog.text_columns")
-    text = listing_text(cfg, schema)
-    texts = train_frame[TEXT].tolist()
-    if text.lexical is not None:
-        text.lexical.fit(texts)
-    category = train_set.category.numpy()
-    probed = None
-    if text.probe is not None:
-        labels = {a: v.numpy() for a, v in train_set.labels.items()}
-        probed = text.probe.fit_transform(texts, category, labels, seed=cfg.train.seed)
-    set_text(train_set, text.features(texts, category, probe_features=probed))
+    labels = {a: v.numpy() for a, v in train_set.labels.items()}
+    text, features = fit_text(cfg, schema, train_frame, train_set.category.numpy(), labels)
+    set_text(train_set, features)
     for data, frame in others:
         set_text(data, text.features(frame[TEXT].tolist(), data.category.numpy()))
     return text
+
+
+def fit_text(
+    cfg: RunConfig,
+    schema: Schema,
+    frame: pd.DataFrame,
+    category: np.ndarray,
+    labels: Mapping[str, np.ndarray],
+) -> tuple[ListingText, TextFeatures]:
+    """The configured text features fitted on ``frame``'s texts (lexical view) and labels (the probe,
+    cross-fitted), and the features of those training rows: each gets the probe's probabilities from a
+    model that never saw it."""
+    if TEXT not in frame.columns:
+        raise ConfigError("heads.inputs has 'text' but the catalog has no text: set catalog.text_columns")
+    text = listing_text(cfg, schema)
+    texts = frame[TEXT].tolist()
+    if text.lexical is not None:
+        text.lexical.fit(texts)
+    probed = None
+    if text.probe is not None:
+        probed = text.probe.fit_transform(texts, category, dict(labels), seed=cfg.train.seed)
+    return text, text.features(texts, category, probe_features=probed)
 
 
 def listing_text(cfg: RunConfig, schema: Schema) -> ListingText:
@@ -449,10 +462,8 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         temperatures_by_inputs=by_inputs,
     )
     checkpoint.save(output_dir, model, backbone_state)
-    if text is not None and text.lexical is not None:
-        text.lexical.save(output_dir)
-    if text is not None and text.probe is not None:
-        text.probe.save(output_dir)
+    if text is not None:
+        text.save(output_dir)
     cfg.save(output_dir / "config.yaml")
     result = TrainReport(
         str(output_dir),

@@ -573,10 +573,8 @@ def save_round(
     checkpoint.temperatures_by_inputs = current.temperatures_by_inputs
     checkpoint.metrics = {"test_score": record["test_score"], "dev_score": record["dev_score"]}
     checkpoint.save(round_dir, current.model, data.backbone_state)
-    if data.text is not None and data.text.lexical is not None:
-        data.text.lexical.save(round_dir)
-    if data.text is not None and data.text.probe is not None:
-        data.text.probe.save(round_dir)
+    if data.text is not None:
+        data.text.save(round_dir)
     cfg.save(round_dir / "config.yaml")
     atomic_write_text(round_dir / METRICS_FILE, json.dumps(record, indent=1))
 
