@@ -56,3 +56,23 @@ def test_label_smoothing_spreads_only_over_allowed_values() -> None:
     smoothed = masked_cross_entropy(out, labels, label_smoothing=0.1)
     plain = masked_cross_entropy(out, labels)
     assert torch.isfinite(smoothed) and 0 < float(smoothed) < float(plain) + 1.0
+
+
+def test_ensemble_predicts_the_mean_probability_of_its_members() -> None:
+    from taxonomist.models.heads import NEG_INF, HeadsEnsemble
+
+    masks = allowed_masks(SCHEMA, ["Shoes", "Bags"])
+    members = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        members.append(AttributeHeads(8, masks, hidden=[16], category_dim=4).eval())
+    ensemble = HeadsEnsemble(members)
+    x, cat = torch.randn(6, 8), torch.tensor([0, 1, 1, 0, 1, 0])
+    out = ensemble(x, cat)
+    for attribute in ("color", "size"):
+        expected = torch.stack([torch.softmax(m(x, cat)[attribute], 1) for m in members]).mean(0)
+        torch.testing.assert_close(torch.softmax(out[attribute], 1), expected)
+    assert torch.all(out["color"][[1, 2, 4], 0] == NEG_INF)  # Bags can never be red, in every member
+    assert torch.all(out["size"][[1, 2, 4]] == NEG_INF)  # Bags have no size: as a member, no NaN
+    assert ensemble.attributes == ["color", "size"]
+    assert torch.equal(ensemble.mask("color"), masks["color"])

@@ -150,7 +150,7 @@ def train(
     console.print(calibration_table(result.calibration))
     console.print(
         f"train rows {result.n_train} · {result.policy} · embed {result.embed_seconds:.1f}s · "
-        f"heads {result.train_seconds:.1f}s (best epoch {result.history.best_epoch}) · "
+        f"heads {result.train_seconds:.1f}s (best epoch {'/'.join(map(str, result.history.best_epochs))}) · "
         f"image errors {result.image_errors} · checkpoint {output}"
     )
     features = json.loads((output / "taxonomist.json").read_text(encoding="utf-8")).get("features", {})

@@ -27,7 +27,7 @@ from taxonomist.models.backbones import Backbone, create_backbone
 from taxonomist.models.checkpoint import HeadsCheckpoint, checkpoint_digest
 from taxonomist.models.color import WithColorFeatures
 from taxonomist.models.fusion import ListingHeads
-from taxonomist.models.heads import AttributeHeads
+from taxonomist.models.heads import AttributeHeads, HeadsEnsemble
 from taxonomist.models.vlm import VLM, Decoding, load_vlm
 
 
@@ -81,7 +81,7 @@ def checked_section(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_heads_checkpoint(
     directory: str | os.PathLike,
-) -> tuple[HeadsCheckpoint, AttributeHeads | ListingHeads]:
+) -> tuple[HeadsCheckpoint, AttributeHeads | HeadsEnsemble | ListingHeads]:
     """:meth:`HeadsCheckpoint.load` with its recorded sections checked."""
     return HeadsCheckpoint.load(directory, checked_section)
 

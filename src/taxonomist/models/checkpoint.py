@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from taxonomist.data.schema import Schema, SchemaError
 from taxonomist.io import atomic_write
 from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT, ListingHeads
-from taxonomist.models.heads import AttributeHeads, allowed_masks
+from taxonomist.models.heads import AttributeHeads, HeadsEnsemble, allowed_masks
 
 FORMAT_VERSION = 1
 META_FILE = "taxonomist.json"
@@ -77,7 +77,7 @@ class HeadsCheckpoint:
         """The modalities the heads were trained on: ``["image"]`` or ``["image", "text"]``."""
         return list(self.heads["inputs"])
 
-    def build_model(self) -> AttributeHeads | ListingHeads:
+    def build_model(self) -> AttributeHeads | HeadsEnsemble | ListingHeads:
         if "text" in self.inputs:
             return ListingHeads(
                 self.feature_dim,
@@ -92,18 +92,22 @@ class HeadsCheckpoint:
                 probe_offset=self.text.get("probe_offset"),
                 image_fallback=bool(self.text.get("image_fallback", False)),
             )
-        return AttributeHeads(
-            self.feature_dim,
-            allowed_masks(self.schema, self.categories),
-            hidden=self.heads["hidden"],
-            category_dim=self.heads["category_dim"],
-            dropout=self.heads["dropout"],
-        )
+        members = [
+            AttributeHeads(
+                self.feature_dim,
+                allowed_masks(self.schema, self.categories),
+                hidden=self.heads["hidden"],
+                category_dim=self.heads["category_dim"],
+                dropout=self.heads["dropout"],
+            )
+            for _ in range(int(self.heads.get("members", 1)))
+        ]
+        return members[0] if len(members) == 1 else HeadsEnsemble(members)
 
     def save(
         self,
         directory: str | os.PathLike,
-        model: AttributeHeads | ListingHeads,
+        model: AttributeHeads | HeadsEnsemble | ListingHeads,
         backbone_state: dict[str, torch.Tensor] | None = None,
     ) -> None:
         """``backbone_state``: weights that cannot be rebuilt from ``backbone.name`` (random init, tuned)."""
@@ -143,7 +147,7 @@ class HeadsCheckpoint:
     @classmethod
     def load(
         cls, directory: str | os.PathLike, check: SectionCheck
-    ) -> tuple[HeadsCheckpoint, AttributeHeads | ListingHeads]:
+    ) -> tuple[HeadsCheckpoint, AttributeHeads | HeadsEnsemble | ListingHeads]:
         """``check`` reads the recorded sections (``models.build.load_heads_checkpoint`` passes it)."""
         directory = Path(directory)
         meta_path = directory / META_FILE

@@ -6,6 +6,7 @@ prediction, so an invalid value can neither be learned nor predicted.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -97,3 +98,34 @@ class AttributeHeads(MaskedHeads):
         return self.masked_logits(
             category, self.trunk(torch.cat([x, self.category_embedding(category)], dim=1))
         )
+
+
+class HeadsEnsemble(MaskedHeads):
+    """Attribute heads of one shape trained from different seeds; the prediction is their mean
+    probability (a deep ensemble, Lakshminarayanan et al. 2017).
+
+    Heads on frozen features train in about a minute, but where each one stops and which rare values it
+    finds vary from seed to seed, and macro-F1 counts every rare value: the mean of four lifted the
+    fashion-product-images test score by about 0.02 over a single seed (``benchmarks/attributes.py``).
+    The output is the log of the mean probability, masked like a member's logits, so temperatures,
+    prior correction and export take it as they take logits.
+    """
+
+    def __init__(self, members: Sequence[AttributeHeads]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two heads")
+        self.members = nn.ModuleList(members)
+        self.attributes = list(members[0].attributes)
+        for i, attribute in enumerate(self.attributes):
+            self.register_buffer(f"mask_{i}", members[0].mask(attribute).clone())
+
+    def forward(self, features: torch.Tensor, category: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = [member(features, category) for member in self.members]
+        log_n = math.log(len(outputs))
+        return {
+            a: (torch.logsumexp(torch.stack([torch.log_softmax(o[a], 1) for o in outputs]), 0) - log_n)
+            .clamp_min(NEG_INF)
+            .masked_fill(~getattr(self, f"mask_{i}")[category], NEG_INF)
+            for i, a in enumerate(self.attributes)
+        }

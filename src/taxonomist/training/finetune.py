@@ -394,6 +394,8 @@ def _accelerator(fc: FinetuneConfig) -> Any:
 def _listing_config(cfg: RunConfig) -> RunConfig:
     """Image heads: ``cfg`` as is. Listing heads: checked, and without the image fallback (see the
     module docstring), so the checkpoint records heads that have none."""
+    if cfg.heads.members > 1:
+        raise ConfigError("heads.members > 1 is for the heads recipe; fine-tuning trains one network")
     if "text" not in cfg.heads.inputs:
         return cfg
     if cfg.finetune.head == "attention":

@@ -42,7 +42,7 @@ from taxonomist.metrics import (
 from taxonomist.models.backbones import Backbone
 from taxonomist.models.build import build_backbone, heads_checkpoint
 from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT, ListingHeads, lexical_batch, modality_dropout
-from taxonomist.models.heads import AttributeHeads, allowed_masks
+from taxonomist.models.heads import AttributeHeads, HeadsEnsemble, allowed_masks
 from taxonomist.models.text import TextEncoder
 from taxonomist.progress import progress_bar
 from taxonomist.training.losses import masked_cross_entropy
@@ -82,10 +82,20 @@ class History:
     best_epoch: int = -1
     best_score: float = -math.inf
     seconds: float = 0.0
+    members: list[History] = field(default_factory=list)
+    """An ensemble's (``heads.members``): each member's own history; ``best_score`` is the ensemble's."""
+
+    @property
+    def best_epochs(self) -> list[int]:
+        """Each member's best epoch (a single model's one)."""
+        return [h.best_epoch for h in self.members] or [self.best_epoch]
 
 
 def heads_forward(
-    model: AttributeHeads | ListingHeads, data: FeatureSet, rows, present: torch.Tensor | None = None
+    model: AttributeHeads | HeadsEnsemble | ListingHeads,
+    data: FeatureSet,
+    rows,
+    present: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Logits of ``data``'s ``rows``; listing heads see ``present`` (default: the rows' own flags)."""
     if isinstance(model, ListingHeads):
@@ -99,7 +109,7 @@ def heads_forward(
 
 @torch.no_grad()
 def predict_logits(
-    model: AttributeHeads | ListingHeads,
+    model: AttributeHeads | HeadsEnsemble | ListingHeads,
     data: FeatureSet,
     batch_size: int = 4096,
     *,
@@ -369,12 +379,16 @@ def fit_recipe_heads(
     text: ListingText | None,
     score: Callable[[dict[str, torch.Tensor]], float],
     progress: bool,
-) -> tuple[AttributeHeads | ListingHeads, History]:
+) -> tuple[AttributeHeads | HeadsEnsemble | ListingHeads, History]:
     """The heads on ``data`` (train, dev), as the recipes train them (``text``: listing heads). Listing
     heads with an image fallback get the image recipe's heads first, trained exactly as that recipe
     trains them."""
     train_set, dev_set = data
     dim = train_set.features.shape[1]
+    if cfg.heads.members > 1:
+        if text is not None:
+            raise ConfigError("heads.members > 1 is for image heads; listing heads train one")
+        return fit_ensemble(cfg, data, masks, score, progress)
     # Seeded here, not earlier: whether embedding ran (its DataLoader draws from the global RNG) or hit
     # the cache must not change the initial weights.
     torch.manual_seed(cfg.train.seed)
@@ -395,6 +409,32 @@ def fit_recipe_heads(
         progress=progress,
         text_dropout=cfg.text.text_dropout,
         image_dropout=cfg.text.image_dropout,
+    )
+    return model, history
+
+
+def fit_ensemble(
+    cfg: RunConfig,
+    data: tuple[FeatureSet, FeatureSet],
+    masks: Mapping[str, torch.Tensor],
+    score: Callable[[dict[str, torch.Tensor]], float],
+    progress: bool,
+) -> tuple[HeadsEnsemble, History]:
+    """``heads.members`` image heads, each trained as the recipe trains one, from seeds ``train.seed``,
+    +1, …: each stops at its own best dev epoch."""
+    train_set, dev_set = data
+    members, histories = [], []
+    for offset in range(cfg.heads.members):
+        train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + offset)
+        torch.manual_seed(train_cfg.seed)
+        member = build_heads(cfg, train_set.features.shape[1], masks, None)
+        histories.append(fit_heads(member, train_set, dev_set, score, train_cfg, progress=progress))
+        members.append(member)
+    model = HeadsEnsemble(members).eval()
+    history = History(
+        best_score=score(predict_logits(model, dev_set)),
+        seconds=sum(h.seconds for h in histories),
+        members=histories,
     )
     return model, history
 
@@ -456,6 +496,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
             "test_score": None if test_report is None else test_report.score,
             "selection_split": "dev",
             "best_epoch": history.best_epoch,
+            **({"member_best_epochs": history.best_epochs} if history.members else {}),
             "calibration": calibration,
         },
         text=text_record(cfg, text) if text is not None else {},
@@ -530,6 +571,9 @@ def summary_dict(result: TrainReport) -> dict:
         "test_report": None if result.test_report is None else result.test_report.to_dict(),
         "history": result.history.epochs,
         "best_epoch": result.history.best_epoch,
+        **(
+            {"member_histories": [h.epochs for h in result.history.members]} if result.history.members else {}
+        ),
         "calibration": result.calibration,
         "embed_seconds": result.embed_seconds,
         "train_seconds": result.train_seconds,

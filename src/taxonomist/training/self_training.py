@@ -496,6 +496,8 @@ class SelfTrainingReport:
 def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> SelfTrainingReport:
     """Round 0 (supervised on the labeled rows), then ``cfg.self_training.rounds`` rounds; resumable."""
     st = cfg.self_training
+    if cfg.heads.members > 1:
+        raise ConfigError("heads.members > 1 is for the heads recipe; self-training trains one student")
     if st.warm_start and "text" in cfg.heads.inputs:
         raise ConfigError(
             "self_training.warm_start applies to image heads; a fused student (heads.inputs: [image, "
