@@ -81,3 +81,14 @@ def test_listing_heads_refuse_members_when_the_config_loads(ensemble_run: tuple[
     _, config, _ = ensemble_run
     with pytest.raises(ConfigError, match=r"heads\.members > 1"):
         load_config(config, ["heads.inputs=[image, text]"])
+
+
+def test_evaluate_scores_an_ensemble_run_as_training_reported(
+    ensemble_run: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    run, _, _ = ensemble_run
+    invoke("evaluate", str(run), "--report", "--output", str(tmp_path), "-q")
+    trained = json.loads((run / "metrics.json").read_text())["test_score"]
+    evaluated = json.loads((tmp_path / "evaluation.json").read_text())["score"]
+    assert evaluated == pytest.approx(trained, abs=1e-6)
+    assert (tmp_path / "report.html").is_file()
