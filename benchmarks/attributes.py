@@ -326,6 +326,7 @@ def batching_gain(r: dict) -> float:
 
 def write_docs(r: dict) -> None:
     order = list(r["per_attribute"])
+    e = r.get("ensemble")  # the heads.members row, when the run had one
     b = r["baselines"]
     section = [
         "## Image → attributes (fashion-product-images)",
@@ -347,7 +348,7 @@ def write_docs(r: dict) -> None:
             f" The {e['members']}-seed row: each seed's epoch on dev; {e['members']} seeds was set before "
             "this run, after an exploration on the cached features that printed test scores beside dev "
             "(single seeds 0.665-0.677, their mean probability 0.690)."
-            if (e := r.get("ensemble"))
+            if e
             else ""
         ),
         "",
@@ -362,7 +363,7 @@ def write_docs(r: dict) -> None:
                     order,
                 )
             ]
-            if (e := r.get("ensemble"))
+            if e
             else []
         ),
         score_row(
@@ -388,7 +389,7 @@ def write_docs(r: dict) -> None:
                 f"| the same, {e['members']} seeds (`heads.members`; dev {e['dev_score']:.4f}, best epochs "
                 f"{'/'.join(map(str, e['member_best_epochs']))}) | {e['train_seconds']:.1f} s | |"
             ]
-            if (e := r.get("ensemble"))
+            if e
             else []
         ),
         f"| predict, cold cache, batched (decode + encode + heads + write) | "

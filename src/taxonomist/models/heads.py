@@ -46,9 +46,13 @@ class MaskedHeads(nn.Module):
 
     def set_heads(self, heads: Iterable[nn.Module], masks: Mapping[str, torch.Tensor]) -> None:
         """``heads`` in ``masks``' attribute order."""
-        self.attributes = list(masks)
         # Indexed, not keyed by name: attribute names may hold dots or spaces that module names cannot.
         self.heads = nn.ModuleList(heads)
+        self.set_masks(masks)
+
+    def set_masks(self, masks: Mapping[str, torch.Tensor]) -> None:
+        """The attributes, in ``masks``' order, and each one's (n_categories, n_values) allowed values."""
+        self.attributes = list(masks)
         for i, mask in enumerate(masks.values()):
             self.register_buffer(f"mask_{i}", mask.clone())
 
@@ -116,9 +120,7 @@ class HeadsEnsemble(MaskedHeads):
         if len(members) < 2:
             raise ValueError("an ensemble needs at least two heads")
         self.members = nn.ModuleList(members)
-        self.attributes = list(members[0].attributes)
-        for i, attribute in enumerate(self.attributes):
-            self.register_buffer(f"mask_{i}", members[0].mask(attribute).clone())
+        self.set_masks({a: members[0].mask(a) for a in members[0].attributes})
 
     def forward(self, features: torch.Tensor, category: torch.Tensor) -> dict[str, torch.Tensor]:
         outputs = [member(features, category) for member in self.members]
