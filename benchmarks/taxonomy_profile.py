@@ -38,7 +38,7 @@ def main() -> None:
         seconds["methods"], start = time.perf_counter() - start, time.perf_counter()
         path = model.combine(preds, scores, how="soft")
         seconds["combine"], start = time.perf_counter() - start, time.perf_counter()
-        model.predict_brands(titles, path)
+        model.finish(titles, path)  # brand leaves, then brands
         seconds["brand"] = time.perf_counter() - start
         name = f"{runtime}-{precision}"
         rate = len(titles) / sum(seconds.values())

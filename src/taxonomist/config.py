@@ -477,6 +477,14 @@ class TaxonomyPredictConfig:
     """soft: sum of path log-probabilities (seq2seq, which gives only its top path, is left out);
     vote: PRMAS's hierarchy-compliant hard vote over every method; dev: whichever of the two has the
     better path accuracy on the dev split (soft on a tie)."""
+    leaf_templates: Literal["on", "off", "dev"] = "dev"
+    """Brand leaves: where most training leaves under a parent are "<the title's first words> <parent>"
+    (flipkart: Watches > Wrist Watches > Lamex Wrist Watches), predict that leaf from the title itself, so a
+    brand missing from training still gets its own leaf. dev: on if it raises dev path accuracy."""
+    leaf_template_share: OpenFraction = 0.5
+    """Share of a parent's training rows that must follow the pattern for its leaves to be built."""
+    leaf_template_min_rows: PositiveInt = 2
+    """Training rows a parent needs before its pattern is trusted."""
     chunk_size: PositiveInt = 2048
 
 

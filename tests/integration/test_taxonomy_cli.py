@@ -264,3 +264,85 @@ def test_model_fit_predict_save_load(tmp_path: Path, tiny_encoder: Path) -> None
     (tmp_path / "model" / "taxonomist.json").write_text(json.dumps(manifest))
     with pytest.raises(TaxonomyCheckpointError, match="older taxonomist"):
         TaxonomyModel.load(tmp_path / "model")
+
+
+def watch_products(brands: list[str], seed: int) -> pd.DataFrame:
+    """Flipkart's layout for watches: each brand has its own leaf, "<Brand> Wrist Watches"."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, brand in enumerate(brands):
+        kind = ("Analog", "Digital")[int(rng.integers(2))]
+        title, tree = (
+            f"{brand} {100 + i} {kind} Watch - For Men",
+            f"Watches >> Wrist Watches >> {brand} Wrist Watches",
+        )
+        if i % 3 == 0:  # shorts: leaves that are not brand leaves
+            title, tree = f"{brand} Solid Women's Shorts", "Clothing >> Women's Clothing >> Shorts"
+        rows.append(
+            {
+                "uniq_id": f"w{seed}-{i}",
+                "product_name": title,
+                "product_category_tree": json.dumps([tree]),
+                "brand": "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def test_brand_leaves_for_brands_never_seen(tmp_path: Path, tiny_encoder: Path) -> None:
+    """A watch of a brand missing from training gets its own leaf; the leaf counts as valid; the choice
+    is made on dev and survives save/load."""
+    from taxonomist.config import TaxonomyConfig
+    from taxonomist.data.taxonomy import read_flipkart
+    from taxonomist.models.brand import BrandExtractor
+    from taxonomist.models.leaf_templates import LeafTemplates
+    from taxonomist.models.taxonomy import LexicalClassifier
+    from taxonomist.models.taxonomy_model import TaxonomyModel
+    from taxonomist.models.text import TextEncoder
+    from taxonomist.training.taxonomy import _choose_on_dev, evaluate_model
+
+    watch_products(BRANDS, 0).to_csv(tmp_path / "train.csv", index=False)
+    unseen = [f"{b}x" for b in BRANDS[:12]]
+    watch_products(unseen, 1).to_csv(tmp_path / "dev.csv", index=False)
+    train, dev = read_flipkart(tmp_path / "train.csv"), read_flipkart(tmp_path / "dev.csv")
+
+    def fitted() -> TaxonomyModel:
+        model = TaxonomyModel(
+            TextEncoder(str(tiny_encoder), max_length=32, batch_size=16),
+            BrandExtractor(max_tokens=3),
+            lexical=LexicalClassifier(),
+            leaf_templates=LeafTemplates(),
+        )
+        return model.fit(
+            train.frame["title"].tolist(), train.paths(), train.frame["brand"].tolist(), train.taxonomy()
+        )
+
+    model = fitted()
+    assert model.leaf_templates.parents_ == {("Watches", "Wrist Watches"): 1.0}
+    pred = model.predict(["Zipox 7 Analog Watch - For Men"])
+    assert pred.loc[0, "module"] == "Zipox Wrist Watches"
+    assert model.is_valid(
+        "Zipox 7 Analog Watch - For Men", ("Watches", "Wrist Watches", "Zipox Wrist Watches")
+    )
+    assert not model.is_valid("Zipox 7 Analog Watch", ("Watches", "Wrist Watches", "Kapo Wrist Watches"))
+
+    # Dev decides: every dev watch is of an unseen brand, so the leaves raise dev path accuracy and stay.
+    cfg = TaxonomyConfig()
+    result = _choose_on_dev(cfg, model, dev, progress=False)
+    assert model.leaf_templates is not None
+    assert result["reports"]["lexical"].path_accuracy == 1.0 and result["invalid"]["lexical"] == 0
+    model.save(tmp_path / "model")
+    back = TaxonomyModel.load(tmp_path / "model")
+    pd.testing.assert_frame_equal(
+        back.predict(dev.frame["title"].tolist()), model.predict(dev.frame["title"].tolist())
+    )
+
+    # Dev of shorts alone: the leaves change nothing there, so the tie leaves them off.
+    shorts = dev.subset(np.flatnonzero(dev.frame["module"] == "Shorts"))
+    other = fitted()
+    without = evaluate_model(other, shorts)["reports"]["lexical"].path_accuracy
+    assert _choose_on_dev(cfg, other, shorts, progress=False)["reports"]["lexical"].path_accuracy == without
+    assert other.leaf_templates is None
+    other.save(tmp_path / "off")
+    assert not (tmp_path / "off" / "leaf_templates.json").exists()
+    assert TaxonomyModel.load(tmp_path / "off").leaf_templates is None

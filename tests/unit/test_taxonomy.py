@@ -190,7 +190,8 @@ def test_hierarchical_f1_partial_credit_needs_same_parent() -> None:
 
 def test_invalid_paths_counted(tax: Taxonomy) -> None:
     pred = pd.DataFrame([("Men", "Shoes", "Casual"), ("Men", "Bags", "Casual")], columns=["a", "b", "c"])
-    assert invalid_paths(pred, ["a", "b", "c"], set(tax.paths)) == 1
+    valid = set(tax.paths)
+    assert invalid_paths(pred, ["a", "b", "c"], ["t1", "t2"], lambda _, p: p in valid) == 1
 
 
 # -- parent masking and beam search -------------------------------------------------------------------------

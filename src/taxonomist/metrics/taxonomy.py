@@ -7,7 +7,7 @@ brand in scraped data usually means "not recorded", not "unbranded".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -117,6 +117,13 @@ def taxonomy_report(
     )
 
 
-def invalid_paths(pred: pd.DataFrame, levels: Sequence[str], valid: set[tuple[str, ...]]) -> int:
-    """How many predicted paths the taxonomy does not hold (must be zero for every method)."""
-    return int(sum(tuple(p) not in valid for p in pred[list(levels)].itertuples(index=False, name=None)))
+def invalid_paths(
+    pred: pd.DataFrame,
+    levels: Sequence[str],
+    titles: Sequence[str],
+    is_valid: Callable[[str, tuple[str, ...]], bool],
+) -> int:
+    """How many predicted paths are not valid for their title (must be zero for every method):
+    ``is_valid`` accepts the tree's paths and whatever else the model may rightly output."""
+    rows = pred[list(levels)].itertuples(index=False, name=None)
+    return int(sum(not is_valid(t, tuple(p)) for t, p in zip(titles, rows, strict=True)))

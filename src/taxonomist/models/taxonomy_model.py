@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from taxonomist.data.taxonomy import BRAND, PATH_SEP, Taxonomy, normalize_text
 from taxonomist.io import atomic_write_json
 from taxonomist.models.brand import BrandExtractor
+from taxonomist.models.leaf_templates import LeafTemplates
 from taxonomist.models.seq2seq import Seq2SeqTaxonomyModel
 from taxonomist.models.taxonomy import (
     HierarchicalHeads,
@@ -50,6 +51,7 @@ ENSEMBLES = ("ensemble", "soft", "vote")
 """Combinations of every method in a model: its own ensemble, or one named explicitly."""
 DISTRIBUTION_METHODS = ("retrieval", "heads", "lexical")
 """Methods that score every path (and can join the soft ensemble)."""
+LEAF_TEMPLATES = "leaf_templates.json"
 CHECKPOINT_FILES = (
     MANIFEST,
     "taxonomy.json",
@@ -57,6 +59,7 @@ CHECKPOINT_FILES = (
     "retrieval.npz",
     "brand.*",
     "lexical.*",
+    LEAF_TEMPLATES,
     "encoder/**/*",
     "seq2seq/**/*",
 )
@@ -81,13 +84,16 @@ def path_targets(taxonomy: Taxonomy, paths: Sequence[Sequence[str]]) -> np.ndarr
 
 
 def prediction_frame(
-    pred: PathPrediction, taxonomy: Taxonomy, brands: Sequence[str], brand_confidence: np.ndarray
+    paths: Sequence[Sequence[str]],
+    level_confidence: np.ndarray,
+    levels: Sequence[str],
+    brands: Sequence[str],
+    brand_confidence: np.ndarray,
 ) -> pd.DataFrame:
-    paths = pred.paths(taxonomy)
-    frame = pd.DataFrame({level: [p[k] for p in paths] for k, level in enumerate(taxonomy.levels)})
+    frame = pd.DataFrame({level: [p[k] for p in paths] for k, level in enumerate(levels)})
     frame[BRAND] = list(brands)
-    for k, level in enumerate(taxonomy.levels):
-        frame[f"{level}_confidence"] = pred.level_confidence[:, k].round(4)
+    for k, level in enumerate(levels):
+        frame[f"{level}_confidence"] = np.asarray(level_confidence)[:, k].round(4)
     frame["brand_confidence"] = np.round(brand_confidence, 4)
     return frame
 
@@ -198,6 +204,7 @@ class TaxonomyModel:
     heads: HeadsClassifier | None = None
     lexical: LexicalClassifier | None = None
     seq2seq: Seq2SeqTaxonomyModel | None = None
+    leaf_templates: LeafTemplates | None = None
     seq2seq_beams: int = 4
     enricher: TitleEnricher | None = None
     enrich: Mapping[str, Any] | None = None
@@ -259,6 +266,8 @@ class TaxonomyModel:
             lap("lexical")
         if self.seq2seq is not None and self.seq2seq.taxonomy is None:
             self.seq2seq.taxonomy = taxonomy
+        if self.leaf_templates is not None:
+            self.leaf_templates.fit([normalize_text(t) for t in titles], paths)
         self.brand.fit(list(titles), list(brands), [path_key(p) for p in paths])
         lap("brand")
         return self
@@ -331,15 +340,24 @@ class TaxonomyModel:
         methods = self.resolve_methods(method)
         preds, scores = self.method_outputs(self.prepare(titles), methods)
         pred = self.combine(preds, scores, how=method if method in ("soft", "vote") else None)
-        brands, brand_conf = self.predict_brands(titles, pred)
-        return prediction_frame(pred, self.taxonomy_, brands, brand_conf)
+        return self.finish(titles, pred)
 
-    def predict_brands(self, titles: Sequence[str], pred: PathPrediction) -> tuple[list[str], np.ndarray]:
-        """Brands given the predicted paths (a path may make a non-title brand label a candidate)."""
-        return self.brand.predict_with_confidence(
-            [normalize_text(t) for t in titles],
-            [path_key(p) for p in pred.paths(self.taxonomy_)],
-            none_threshold=self.brand_none_threshold,
+    def finish(self, titles: Sequence[str], pred: PathPrediction) -> pd.DataFrame:
+        """The output frame of predicted paths: brand leaves filled in (``leaf_templates``), then the
+        brand given each final path (a path may make a non-title brand label a candidate)."""
+        normalized = [normalize_text(t) for t in titles]
+        paths, confidence = pred.paths(self.taxonomy_), pred.level_confidence
+        if self.leaf_templates is not None:
+            paths, confidence, _ = self.leaf_templates.rewrite(normalized, paths, confidence)
+        brands, brand_conf = self.brand.predict_with_confidence(
+            normalized, [path_key(p) for p in paths], none_threshold=self.brand_none_threshold
+        )
+        return prediction_frame(paths, confidence, self.taxonomy_.levels, brands, brand_conf)
+
+    def is_valid(self, title: str, path: Sequence[str]) -> bool:
+        """A path of the tree, or a brand leaf of ``title`` under a templated parent."""
+        return self.taxonomy_.path_id(tuple(path)) >= 0 or (
+            self.leaf_templates is not None and self.leaf_templates.follows(normalize_text(title), path)
         )
 
     # -- persistence -----------------------------------------------------------------------------------
@@ -356,6 +374,8 @@ class TaxonomyModel:
             self.retrieval.save(path / "retrieval.npz")
         if self.lexical is not None:
             self.lexical.save(path / "lexical")
+        if self.leaf_templates is not None:
+            self.leaf_templates.save(path / LEAF_TEMPLATES)
         if self.seq2seq is not None:
             self.seq2seq.save(path / "seq2seq")
         manifest = {
@@ -450,6 +470,8 @@ class TaxonomyModel:
             )
         if "lexical" in methods:
             self.lexical = LexicalClassifier.load(path / "lexical")
+        if (path / LEAF_TEMPLATES).is_file():  # absent: the recipe left it off, or an older checkpoint
+            self.leaf_templates = LeafTemplates.load(path / LEAF_TEMPLATES)
         if "seq2seq" in methods:
             self.seq2seq = Seq2SeqTaxonomyModel.from_pretrained(str(path / "seq2seq"), taxonomy)
         return self

@@ -37,6 +37,7 @@ from taxonomist.features.build import build_enricher
 from taxonomist.io import atomic_write_frame, atomic_write_text
 from taxonomist.metrics.taxonomy import TaxonomyReport, invalid_paths, taxonomy_report
 from taxonomist.models.brand import BrandExtractor
+from taxonomist.models.leaf_templates import LeafTemplates
 from taxonomist.models.seq2seq import Seq2SeqTaxonomyModel
 from taxonomist.models.taxonomy import (
     LexicalClassifier,
@@ -51,7 +52,6 @@ from taxonomist.models.taxonomy_model import (
     TaxonomyModel,
     path_key,
     path_targets,
-    prediction_frame,
 )
 from taxonomist.models.text import TextEncoder
 from taxonomist.progress import progress_bar, timed
@@ -94,6 +94,9 @@ def build_model(cfg: TaxonomyConfig, encoder: TextEncoder) -> TaxonomyModel:
         else None,
         heads=_heads(cfg) if "heads" in methods else None,
         lexical=LexicalClassifier(cfg.lexical.C, cfg.lexical.temperature) if "lexical" in methods else None,
+        leaf_templates=None
+        if cfg.predict.leaf_templates == "off"
+        else LeafTemplates(cfg.predict.leaf_template_share, cfg.predict.leaf_template_min_rows),
         seq2seq_beams=cfg.seq2seq.num_beams,
         enricher=build_enricher(cfg.enrich) if cfg.enrich.corpus else None,
         enrich=cfg.to_dict()["enrich"] if cfg.enrich.corpus else None,
@@ -195,6 +198,8 @@ class TaxonomyTrainReport:
     """The ensemble the model uses (chosen on dev when ``predict.ensemble`` is ``dev``)."""
     brand_none_threshold: float
     """The brand model's "none" threshold (chosen on dev when ``brand.none_threshold`` is unset)."""
+    leaf_template_parents: int | None = None
+    """Parents whose brand leaves the model builds (None: brand leaves off, as set or chosen on dev)."""
     losses: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -208,6 +213,7 @@ class TaxonomyTrainReport:
             "skipped_rows": self.skipped,
             "ensemble": self.ensemble,
             "brand_none_threshold": self.brand_none_threshold,
+            "leaf_template_parents": self.leaf_template_parents,
             "train_seconds": self.train_seconds,
             "titles_per_s": self.titles_per_s,
             "invalid_paths": self.invalid,
@@ -309,8 +315,19 @@ def _fit_model(
 
 
 def _choose_on_dev(cfg: TaxonomyConfig, model: TaxonomyModel, dev: TitleDataset, progress: bool) -> dict:
-    """The ensemble and the brand "none" threshold chosen on dev; returns the dev figures as saved."""
+    """Brand leaves, the ensemble and the brand "none" threshold chosen on dev; returns the dev figures
+    as saved."""
     result = evaluate_model(model, dev, progress)
+    if cfg.predict.leaf_templates == "dev" and model.leaf_templates is not None:
+        # Path accuracy of the model's own method decides; ties leave the leaves as the tree has them.
+        method = model.ensemble if model.method == "ensemble" else model.method
+        method = method if method in result["reports"] else next(iter(result["reports"]))
+        templates, model.leaf_templates = model.leaf_templates, None
+        without = evaluate_model(model, dev, progress)
+        if result["reports"][method].path_accuracy > without["reports"][method].path_accuracy:
+            model.leaf_templates = templates
+        else:
+            result = without
     if cfg.predict.ensemble == "dev" and {"soft", "vote"} <= set(result["reports"]):
         # Path accuracy decides; ties keep the soft ensemble.
         soft, vote = (result["reports"][m].path_accuracy for m in ("soft", "vote"))
@@ -352,6 +369,7 @@ def train(cfg: TaxonomyConfig, output_dir: str | Path, *, progress: bool = True)
         skipped=len(parts.data.skipped),
         ensemble=model.ensemble,
         brand_none_threshold=model.brand_none_threshold,
+        leaf_template_parents=None if model.leaf_templates is None else len(model.leaf_templates.parents_),
         losses=losses,
     )
     atomic_write_frame(result["predictions"], output_dir / "dev_predictions.csv")
@@ -402,7 +420,6 @@ def evaluate_model(model: TaxonomyModel, data: TitleDataset, progress: bool = Fa
     """
     titles = data.frame[TITLE].tolist()
     taxonomy = model.taxonomy_
-    valid = set(taxonomy.paths)
     shared: dict[str, float] = {}
     with timed(shared, "prepare"):
         prepared = model.prepare(titles)
@@ -417,10 +434,10 @@ def evaluate_model(model: TaxonomyModel, data: TitleDataset, progress: bool = Fa
         preds.update(p)
         scores.update(s)
     brand_seconds: dict[str, float] = {}
-    outputs = {}
+    frames = {}
     for method, pred in preds.items():
-        with timed(brand_seconds, method):
-            outputs[method] = model.predict_brands(titles, pred)
+        with timed(brand_seconds, method):  # brand leaves and brands: what follows the paths
+            frames[method] = model.finish(titles, pred)
     shared["brand"] = float(np.mean(list(brand_seconds.values())))
 
     def cost(members: list[str], extra: float = 0.0) -> float:
@@ -439,19 +456,19 @@ def evaluate_model(model: TaxonomyModel, data: TitleDataset, progress: bool = Fa
             with timed(combine, "soft"):
                 preds["soft"] = soft_vote([scores[m] for m in soft_members], taxonomy)
             seconds["soft"] = cost(soft_members, combine["soft"])
-    for method in preds.keys() - outputs.keys():
-        outputs[method] = model.predict_brands(titles, preds[method])
-    reports, invalid, frames = {}, {}, []
-    for method, pred in preds.items():
-        frame = prediction_frame(pred, taxonomy, *outputs[method])
+    for method in preds.keys() - frames.keys():
+        frames[method] = model.finish(titles, preds[method])
+    reports, invalid = {}, {}
+    for method, frame in frames.items():
         reports[method] = taxonomy_report(data.frame, frame, taxonomy.levels)
-        invalid[method] = invalid_paths(frame, taxonomy.levels, valid)
-        frames.append(frame.assign(method=method, title=titles))
+        invalid[method] = invalid_paths(frame, taxonomy.levels, titles, model.is_valid)
     return {
         "reports": reports,
         "invalid": invalid,
         "titles_per_s": {m: round(len(titles) / max(s, 1e-9), 1) for m, s in seconds.items()},
-        "predictions": pd.concat(frames, ignore_index=True),
+        "predictions": pd.concat(
+            [f.assign(method=m, title=titles) for m, f in frames.items()], ignore_index=True
+        ),
     }
 
 
@@ -462,7 +479,12 @@ def report_markdown(report: TaxonomyTrainReport) -> str:
         "",
         f"Dev titles whose path is not in the taxonomy (cannot be right): {report.dev_unseen_paths}. "
         f"Chosen on dev: the {report.ensemble} ensemble, brand none threshold "
-        f"{report.brand_none_threshold}.",
+        f"{report.brand_none_threshold}, brand leaves "
+        + (
+            "off."
+            if report.leaf_template_parents is None
+            else f"on ({report.leaf_template_parents} parents name their leaves after the brand)."
+        ),
         "",
         "| method | path acc | item acc | brand acc | hier. F1 | titles/s | invalid paths |",
         "|---|---:|---:|---:|---:|---:|---:|",
