@@ -58,14 +58,13 @@ def test_unseen_brand_gets_its_own_leaf_known_spans_win(fitted: LeafTemplates) -
 def test_rewrite_changes_only_templated_parents_and_scales_confidence(fitted: LeafTemplates) -> None:
     paths = [(*WATCHES, "Sonata Wrist Watches"), ("Clothing", "Women's Clothing", "Shorts")]
     confidence = np.array([[0.9, 0.8, 0.4], [0.9, 0.9, 0.9]])
-    out, conf, changed = fitted.rewrite(["Gesture 8062 Analog Watch", "Gesture Shorts"], paths, confidence)
+    out, conf = fitted.rewrite(["Gesture 8062 Analog Watch", "Gesture Shorts"], paths, confidence)
     assert out == [(*WATCHES, "Gesture Wrist Watches"), paths[1]]
-    assert changed.tolist() == [True, False]
     assert conf[0].tolist() == pytest.approx([0.9, 0.8, 0.8 * 0.75])  # parent's times the parent's share
     assert conf[1].tolist() == [0.9, 0.9, 0.9] and confidence[0, 2] == 0.4  # input left as it was
-    # A predicted leaf that already is the title's brand leaf stays, unchanged.
-    _, _, same = fitted.rewrite(["Sonata 77 Watch"], paths[:1], confidence[:1])
-    assert not same.any()
+    # A predicted leaf that already is the title's brand leaf stays, its confidence too.
+    same, same_conf = fitted.rewrite(["Sonata 77 Watch"], paths[:1], confidence[:1])
+    assert same == paths[:1] and same_conf.tolist() == confidence[:1].tolist()
 
 
 def test_follows_says_which_unseen_paths_are_valid(fitted: LeafTemplates) -> None:

@@ -72,23 +72,21 @@ class LeafTemplates:
 
     def rewrite(
         self, titles: Sequence[str], paths: Sequence[TreePath], level_confidence: np.ndarray
-    ) -> tuple[list[TreePath], np.ndarray, np.ndarray]:
-        """Paths with brand leaves filled in, their per-level confidence and which rows changed.
+    ) -> tuple[list[TreePath], np.ndarray]:
+        """Paths with brand leaves filled in, and their per-level confidence.
 
         A changed leaf's confidence is the parent's times the parent's share of templated rows: the
         chance that the leaf follows the pattern, given the parent is right.
         """
         out, confidence = [], np.array(level_confidence, dtype=np.float64, copy=True)
-        changed = np.zeros(len(paths), dtype=bool)
         for i, (title, path) in enumerate(zip(titles, paths, strict=True)):
             parent = tuple(path[:-1])
-            leaf = self.leaf(title, parent) if len(path) >= 2 else None
+            leaf = self.leaf(title, parent)  # None for a parent fit never kept, () included
             if leaf is not None and leaf != path[-1]:
                 path = (*parent, leaf)
                 confidence[i, -1] = confidence[i, -2] * self.parents_[parent]
-                changed[i] = True
             out.append(tuple(path))
-        return out, confidence, changed
+        return out, confidence
 
     def follows(self, title: str, path: Sequence[str]) -> bool:
         """Whether ``path`` is a brand leaf of ``title`` (a valid output though the tree lacks it)."""

@@ -348,7 +348,7 @@ class TaxonomyModel:
         normalized = [normalize_text(t) for t in titles]
         paths, confidence = pred.paths(self.taxonomy_), pred.level_confidence
         if self.leaf_templates is not None:
-            paths, confidence, _ = self.leaf_templates.rewrite(normalized, paths, confidence)
+            paths, confidence = self.leaf_templates.rewrite(normalized, paths, confidence)
         brands, brand_conf = self.brand.predict_with_confidence(
             normalized, [path_key(p) for p in paths], none_threshold=self.brand_none_threshold
         )

@@ -314,14 +314,19 @@ def _fit_model(
     return model, losses
 
 
+def _own_method(model: TaxonomyModel, result: dict) -> str:
+    """The method ``model`` predicts with, among those ``result`` scored (a single method: no ensemble)."""
+    method = model.ensemble if model.method == "ensemble" else model.method
+    return method if method in result["reports"] else next(iter(result["reports"]))
+
+
 def _choose_on_dev(cfg: TaxonomyConfig, model: TaxonomyModel, dev: TitleDataset, progress: bool) -> dict:
     """Brand leaves, the ensemble and the brand "none" threshold chosen on dev; returns the dev figures
     as saved."""
     result = evaluate_model(model, dev, progress)
     if cfg.predict.leaf_templates == "dev" and model.leaf_templates is not None:
         # Path accuracy of the model's own method decides; ties leave the leaves as the tree has them.
-        method = model.ensemble if model.method == "ensemble" else model.method
-        method = method if method in result["reports"] else next(iter(result["reports"]))
+        method = _own_method(model, result)
         templates, model.leaf_templates = model.leaf_templates, None
         without = evaluate_model(model, dev, progress)
         if result["reports"][method].path_accuracy > without["reports"][method].path_accuracy:
@@ -334,10 +339,7 @@ def _choose_on_dev(cfg: TaxonomyConfig, model: TaxonomyModel, dev: TitleDataset,
         model.ensemble = "vote" if vote > soft else "soft"
     if cfg.brand.none_threshold is None:
         predicted = result["predictions"]
-        method = model.ensemble if model.method == "ensemble" else model.method
-        if method not in set(predicted["method"]):  # a single method: no ensemble rows
-            method = predicted["method"].iloc[0]
-        chosen = predicted[predicted["method"] == method]
+        chosen = predicted[predicted["method"] == _own_method(model, result)]
         model.brand_none_threshold = choose_none_threshold(
             model, dev, chosen.reset_index(drop=True), cfg.brand.min_no_brand_accuracy
         )
