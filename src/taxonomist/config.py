@@ -175,13 +175,10 @@ class HeadsConfig:
     """What the heads read: ``[image]`` (default), or ``[image, text]`` for listing heads that fuse the
     catalog's text (``catalog.text_columns``, settings in ``text``) with the image features."""
     members: PositiveInt = 1
-    """Image heads of the ``heads`` recipe: train this many from seeds ``train.seed``, +1, … and predict
-    their mean probability (a deep ensemble): more accurate (``benchmarks/attributes.py``) for this many
-    times the training seconds. Image heads only: listing heads, fine-tuning and self-training refuse it."""
-
-    def __post_init__(self) -> None:
-        if self.members > 1 and "text" in self.inputs:
-            raise ConfigError("heads.members > 1 is for image heads; listing heads train one")
+    """Heads of the ``heads`` recipe (image or listing): train this many from seeds ``train.seed``, +1, …
+    and predict their mean probability (a deep ensemble): more accurate (``benchmarks/attributes.py``,
+    ``benchmarks/multimodal.py``) for this many times the training seconds. Fine-tuning and
+    self-training refuse it."""
 
 
 @dataclass

@@ -77,12 +77,6 @@ def test_recipes_that_train_one_network_refuse_members(ensemble_run: tuple[Path,
         self_training.self_train(cfg, "unused")
 
 
-def test_listing_heads_refuse_members_when_the_config_loads(ensemble_run: tuple[Path, Path, Path]) -> None:
-    _, config, _ = ensemble_run
-    with pytest.raises(ConfigError, match=r"heads\.members > 1"):
-        load_config(config, ["heads.inputs=[image, text]"])
-
-
 def test_evaluate_scores_an_ensemble_run_as_training_reported(
     ensemble_run: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

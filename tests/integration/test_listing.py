@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from taxonomist.inference.predictor import Predictor
@@ -165,6 +166,57 @@ def test_rows_without_a_title_get_what_the_image_recipe_predicts(listing_run, tm
         for want, got in zip(expected, titled, strict=True)
         for a in want.attributes
     )
+
+
+def test_listing_members_train_from_their_own_seeds_and_share_the_image_fallback(
+    listing_run, tmp_path
+) -> None:
+    """heads.members for listing heads: one checkpoint of seeds 0, 1 predicting their mean probability;
+    a blank title still gets the image recipe's answer, and evaluate scores it as training reported."""
+    import json
+
+    from taxonomist.models.build import load_heads_checkpoint
+    from taxonomist.models.fusion import ListingEnsemble
+    from taxonomist.training.heads import train
+
+    catalog, config, single = listing_run
+    cfg = yaml.safe_load(config.read_text())
+    cfg["heads"]["members"] = 2
+    result = train(_config(tmp_path / "members.yaml", cfg), tmp_path / "members", progress=False)
+    assert len(result.history.best_epochs) == 2
+    checkpoint, model = load_heads_checkpoint(tmp_path / "members")
+    assert isinstance(model, ListingEnsemble) and checkpoint.heads["members"] == 2
+    first, second = (m.state_dict() for m in model.members)
+    assert not torch.equal(first["fuse.weight"], second["fuse.weight"])
+    assert all(torch.equal(v, second[k]) for k, v in first.items() if k.startswith("image_only."))
+    # Seed 0's member is the single run's model: same rows, seed and fallback.
+    _, alone = load_heads_checkpoint(single)
+    assert all(torch.equal(v, first[k]) for k, v in alone.state_dict().items())
+    frame = pd.read_csv(catalog, dtype={"sku": str}).head(8)
+    paths = [str(catalog.parent / "images" / f"{sku}.jpg") for sku in frame["sku"]]
+    categories = frame["type"].tolist()
+    ensemble, one = Predictor.from_pretrained(tmp_path / "members"), Predictor.from_pretrained(single)
+    blank = ensemble.predict(paths, categories, texts=[""] * len(paths))
+    for want, got in zip(one.predict(paths, categories, texts=[""] * len(paths)), blank, strict=True):
+        for attribute, value in want.attributes.items():
+            assert got.attributes[attribute].value == value.value
+            assert got.attributes[attribute].confidence == pytest.approx(value.confidence, abs=1e-5)
+    titled = ensemble.predict(paths, categories, texts=frame["title"].tolist())
+    assert all(0 <= v.confidence <= 1 for p in titled for v in p.attributes.values())
+    invoke("evaluate", str(tmp_path / "members"), "--output", str(tmp_path / "eval"), "-q")
+    trained = json.loads((tmp_path / "members" / "metrics.json").read_text())["test_score"]
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["score"] == pytest.approx(trained)
+    invoke(
+        "bench",
+        str(tmp_path / "members"),
+        "-o",
+        str(tmp_path / "bench"),
+        "--batch-sizes",
+        "1",
+        "--seconds",
+        "0.2",
+    )
+    assert json.loads((tmp_path / "bench" / "bench.json").read_text())["images_per_s_batch1"] > 0
 
 
 def test_image_only_heads_are_the_same_whether_or_not_the_catalog_has_text(tmp_path) -> None:

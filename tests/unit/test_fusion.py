@@ -24,7 +24,14 @@ from taxonomist.features.text import (
     text_cache,
     text_key,
 )
-from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT, ListingHeads, modality_dropout
+from taxonomist.models.fusion import (
+    HAS_IMAGE,
+    HAS_TEXT,
+    ListingEnsemble,
+    ListingHeads,
+    listing_heads,
+    modality_dropout,
+)
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 from taxonomist.training.heads import FeatureSet, fit_heads, predict_logits, set_text
 
@@ -142,6 +149,32 @@ def test_rows_without_text_are_scored_by_the_frozen_image_fallback_heads() -> No
     assert not any(p.requires_grad for p in model.image_only.parameters())
     with pytest.raises(ValueError, match="image_fallback"):
         ListingHeads(8, 4, masks, hidden=[16]).set_image_fallback(image_heads)
+
+
+def test_a_listing_ensemble_is_the_mean_probability_and_keeps_the_shared_fallback_answer() -> None:
+    schema = Schema({"Tops": {"label": ["no", "yes", "maybe"]}, "Bags": {"size": ["s", "m"]}})
+    masks = allowed_masks(schema, ["Tops", "Bags"])
+    torch.manual_seed(0)
+    image_heads = AttributeHeads(8, masks, hidden=[16], category_dim=2).eval()
+    members = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        member = ListingHeads(8, 4, masks, hidden=[16], category_dim=2, image_fallback=True)
+        member.set_image_fallback(image_heads)
+        members.append(member.eval())
+    ensemble = ListingEnsemble(members).eval()
+    image, text, category = torch.randn(4, 8), torch.randn(4, 4), torch.tensor([0, 0, 1, 0])
+    present = torch.tensor([[True, True], [True, False], [True, True], [False, True]])
+    out = ensemble(image, text, category, present)
+    expected = torch.stack([torch.softmax(m(image, text, category, present)["label"], 1) for m in members])
+    torch.testing.assert_close(torch.softmax(out["label"], 1), expected.mean(0))
+    # No title: every member answers with the shared image heads, so the ensemble does too.
+    torch.testing.assert_close(
+        torch.softmax(out["label"][1], 0), torch.softmax(image_heads(image, category)["label"][1], 0)
+    )
+    assert (out["label"][2] < -1e8).all()  # Bags have no label, in every member
+    assert listing_heads(ensemble) is members[0] and listing_heads(members[1]) is members[1]
+    assert listing_heads(image_heads) is None
 
 
 def test_the_fallback_leaves_the_fused_layers_initial_weights_as_they_were() -> None:

@@ -26,7 +26,7 @@ from taxonomist.features.text import ListingText, TextFeatures, load_listing_tex
 from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.build import checkpoint_backbone, load_heads_checkpoint
 from taxonomist.models.checkpoint import HeadsCheckpoint, calibrated_probs, checkpoint_version
-from taxonomist.models.fusion import ListingHeads, lexical_batch
+from taxonomist.models.fusion import lexical_batch, listing_heads
 from taxonomist.models.runtime import exports_root, on_runtime
 from taxonomist.progress import progress_bar
 
@@ -530,12 +530,13 @@ class ImagesToLogits(torch.nn.Module):
         n, device = len(pixels), pixels.device
         category = torch.zeros(n, dtype=torch.long, device=device)
         features = self.backbone(pixels)
-        if not isinstance(self.heads, ListingHeads):
+        listing = listing_heads(self.heads)
+        if listing is None:
             return self.heads(features, category)
-        text = torch.zeros(n, self.heads.text_mean.shape[0], device=device)
+        text = torch.zeros(n, listing.text_mean.shape[0], device=device)
         present = torch.tensor([[True, False]], device=device).expand(n, 2)
         lexical = None
-        if self.heads.lexical is not None:
+        if listing.lexical is not None:
             empty = torch.zeros(0, dtype=torch.long, device=device)
             offsets = torch.zeros(n, dtype=torch.long, device=device)
             lexical = (empty, offsets, torch.zeros(0, device=device))

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from taxonomist.data.schema import Schema, SchemaError
 from taxonomist.io import atomic_write
-from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT, ListingHeads
+from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT, ListingEnsemble, ListingHeads
 from taxonomist.models.heads import AttributeHeads, HeadsEnsemble, allowed_masks
 
 FORMAT_VERSION = 1
@@ -78,31 +78,27 @@ class HeadsCheckpoint:
         return list(self.heads["inputs"])
 
     def build_model(self) -> AttributeHeads | HeadsEnsemble | ListingHeads:
+        masks = allowed_masks(self.schema, self.categories)
+        shape = {k: self.heads[k] for k in ("hidden", "category_dim", "dropout")}
+        n = int(self.heads.get("members", 1))
         if "text" in self.inputs:
-            return ListingHeads(
-                self.feature_dim,
-                int(self.text["dim"]),
-                allowed_masks(self.schema, self.categories),
-                hidden=self.heads["hidden"],
-                category_dim=self.heads["category_dim"],
-                dropout=self.heads["dropout"],
-                fusion=self.text.get("fusion", "concat"),
-                lexical_dim=int(self.text.get("lexical_dim", 0)),
-                lexical_width=int(self.text.get("lexical_width", 128)),
-                probe_offset=self.text.get("probe_offset"),
-                image_fallback=bool(self.text.get("image_fallback", False)),
-            )
-        members = [
-            AttributeHeads(
-                self.feature_dim,
-                allowed_masks(self.schema, self.categories),
-                hidden=self.heads["hidden"],
-                category_dim=self.heads["category_dim"],
-                dropout=self.heads["dropout"],
-            )
-            for _ in range(int(self.heads.get("members", 1)))
-        ]
-        return members[0] if len(members) == 1 else HeadsEnsemble(members)
+            listing = [
+                ListingHeads(
+                    self.feature_dim,
+                    int(self.text["dim"]),
+                    masks,
+                    **shape,
+                    fusion=self.text.get("fusion", "concat"),
+                    lexical_dim=int(self.text.get("lexical_dim", 0)),
+                    lexical_width=int(self.text.get("lexical_width", 128)),
+                    probe_offset=self.text.get("probe_offset"),
+                    image_fallback=bool(self.text.get("image_fallback", False)),
+                )
+                for _ in range(n)
+            ]
+            return listing[0] if n == 1 else ListingEnsemble(listing)
+        members = [AttributeHeads(self.feature_dim, masks, **shape) for _ in range(n)]
+        return members[0] if n == 1 else HeadsEnsemble(members)
 
     def save(
         self,

@@ -18,6 +18,9 @@ Training never routes through them; modality dropout still teaches the trunk row
 ``fusion="concat"`` feeds everything to one trunk; ``"gated"`` projects each modality to the first trunk
 width and mixes the projections with per-row sigmoid gates computed from both, the flags and the
 category (one option measured against the other in ``benchmarks/multimodal.py``).
+
+:class:`ListingEnsemble` holds listing heads trained from several seeds (``heads.members``) and predicts
+their mean probability, as :class:`HeadsEnsemble` does for image heads.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from taxonomist.models.heads import NEG_INF, AttributeHeads, MaskedHeads, mlp_layers
+from taxonomist.models.heads import NEG_INF, AttributeHeads, HeadsEnsemble, MaskedHeads, mlp_layers
 
 Fusion = Literal["concat", "gated"]
 LexicalBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -171,6 +174,35 @@ class ListingHeads(MaskedHeads):
             allowed = getattr(self, f"mask_{i}")[category]
             out[attribute] = (z + self.probe_weight[i] * log_p * has_text).masked_fill(~allowed, NEG_INF)
         return out
+
+
+class ListingEnsemble(HeadsEnsemble):
+    """Listing heads of one shape from different seeds, their mean probability the prediction: single
+    listing heads differ by up to 0.01 in score from seed to seed, mostly in which rare values they find
+    (``benchmarks/multimodal.py``). Members share the image fallback, so a row without its title scores
+    exactly as the image heads do."""
+
+    def __init__(self, members: Sequence[ListingHeads]) -> None:
+        super().__init__(members)
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        category: torch.Tensor,
+        present: torch.Tensor,
+        lexical: LexicalBatch | None = None,
+    ) -> dict[str, torch.Tensor]:
+        outputs = [member(image, text, category, present, lexical) for member in self.members]
+        return self.mean_log_probs(outputs, category)
+
+
+def listing_heads(model: nn.Module) -> ListingHeads | None:
+    """The listing heads whose inputs ``model`` takes (an ensemble's first member), or None when it
+    reads image features only."""
+    if isinstance(model, ListingEnsemble):
+        return model.members[0]
+    return model if isinstance(model, ListingHeads) else None
 
 
 def modality_dropout(

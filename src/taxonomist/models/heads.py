@@ -115,7 +115,7 @@ class HeadsEnsemble(MaskedHeads):
     prior correction and export take it as they take logits.
     """
 
-    def __init__(self, members: Sequence[AttributeHeads]) -> None:
+    def __init__(self, members: Sequence[MaskedHeads]) -> None:
         super().__init__()
         if len(members) < 2:
             raise ValueError("an ensemble needs at least two heads")
@@ -123,7 +123,12 @@ class HeadsEnsemble(MaskedHeads):
         self.set_masks({a: members[0].mask(a) for a in members[0].attributes})
 
     def forward(self, features: torch.Tensor, category: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = [member(features, category) for member in self.members]
+        return self.mean_log_probs([member(features, category) for member in self.members], category)
+
+    def mean_log_probs(
+        self, outputs: Sequence[Mapping[str, torch.Tensor]], category: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The log of the members' mean probability, masked to ``category``'s values."""
         log_n = math.log(len(outputs))
         return {
             a: (torch.logsumexp(torch.stack([torch.log_softmax(o[a], 1) for o in outputs]), 0) - log_n)

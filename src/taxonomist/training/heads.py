@@ -41,7 +41,15 @@ from taxonomist.metrics import (
 )
 from taxonomist.models.backbones import Backbone
 from taxonomist.models.build import build_backbone, heads_checkpoint
-from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT, ListingHeads, lexical_batch, modality_dropout
+from taxonomist.models.fusion import (
+    HAS_IMAGE,
+    HAS_TEXT,
+    ListingEnsemble,
+    ListingHeads,
+    lexical_batch,
+    listing_heads,
+    modality_dropout,
+)
 from taxonomist.models.heads import AttributeHeads, HeadsEnsemble, allowed_masks
 from taxonomist.models.text import TextEncoder
 from taxonomist.progress import progress_bar
@@ -98,7 +106,7 @@ def heads_forward(
     present: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Logits of ``data``'s ``rows``; listing heads see ``present`` (default: the rows' own flags)."""
-    if isinstance(model, ListingHeads):
+    if listing_heads(model) is not None:
         flags = data.present[rows] if present is None else present
         lexical = None
         if data.lexical is not None:
@@ -380,15 +388,12 @@ def fit_recipe_heads(
     score: Callable[[dict[str, torch.Tensor]], float],
     progress: bool,
 ) -> tuple[AttributeHeads | HeadsEnsemble | ListingHeads, History]:
-    """The heads on ``data`` (train, dev), as the recipes train them (``text``: listing heads). Listing
-    heads with an image fallback get the image recipe's heads first, trained exactly as that recipe
-    trains them."""
+    """The heads on ``data`` (train, dev), as the recipes train them (``text``: listing heads), from
+    ``heads.members`` seeds ``train.seed``, +1, … (each stops at its own best dev epoch). Listing heads
+    with an image fallback get the image recipe's single heads first, trained exactly as that recipe
+    trains them, and every member shares them."""
     train_set, dev_set = data
     dim = train_set.features.shape[1]
-    if cfg.heads.members > 1:
-        if text is not None:
-            raise ConfigError("heads.members > 1 is for image heads; listing heads train one")
-        return fit_ensemble(cfg, data, masks, score, progress)
     # Seeded here, not earlier: whether embedding ran (its DataLoader draws from the global RNG) or hit
     # the cache must not change the initial weights.
     torch.manual_seed(cfg.train.seed)
@@ -396,41 +401,29 @@ def fit_recipe_heads(
     if text is not None and cfg.text.image_fallback:
         fallback = build_heads(cfg, dim, masks, None)
         fit_heads(fallback, train_set, dev_set, score, cfg.train, progress=progress)
-        torch.manual_seed(cfg.train.seed)
-    model = build_heads(cfg, dim, masks, text)
-    if fallback is not None:
-        model.set_image_fallback(fallback)
-    history = fit_heads(
-        model,
-        train_set,
-        dev_set,
-        score,
-        cfg.train,
-        progress=progress,
-        text_dropout=cfg.text.text_dropout,
-        image_dropout=cfg.text.image_dropout,
-    )
-    return model, history
-
-
-def fit_ensemble(
-    cfg: RunConfig,
-    data: tuple[FeatureSet, FeatureSet],
-    masks: Mapping[str, torch.Tensor],
-    score: Callable[[dict[str, torch.Tensor]], float],
-    progress: bool,
-) -> tuple[HeadsEnsemble, History]:
-    """``heads.members`` image heads, each trained as the recipe trains one, from seeds ``train.seed``,
-    +1, …: each stops at its own best dev epoch."""
-    train_set, dev_set = data
     members, histories = [], []
     for offset in range(cfg.heads.members):
         train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + offset)
         torch.manual_seed(train_cfg.seed)
-        member = build_heads(cfg, train_set.features.shape[1], masks, None)
-        histories.append(fit_heads(member, train_set, dev_set, score, train_cfg, progress=progress))
+        member = build_heads(cfg, dim, masks, text)
+        if fallback is not None:
+            member.set_image_fallback(fallback)
+        histories.append(
+            fit_heads(
+                member,
+                train_set,
+                dev_set,
+                score,
+                train_cfg,
+                progress=progress,
+                text_dropout=cfg.text.text_dropout,
+                image_dropout=cfg.text.image_dropout,
+            )
+        )
         members.append(member)
-    model = HeadsEnsemble(members).eval()
+    if len(members) == 1:
+        return members[0], histories[0]
+    model = (ListingEnsemble(members) if text is not None else HeadsEnsemble(members)).eval()
     history = History(
         best_score=score(predict_logits(model, dev_set)),
         seconds=sum(h.seconds for h in histories),
