@@ -229,9 +229,10 @@ class TrainConfig:
     """Rows whose images are byte-identical land in the same part, so a copy never scores its twin."""
     seed: int = 0
     label_smoothing: FractionBelowOne = 0.0
-    class_balance: NonNegativeFloat = 0.0
+    class_balance: NonNegativeFloat | Literal["dev"] = 0.0
     """Prediction-time logit adjustment strength: ``-strength · log(class prior)`` lifts rare values
-    (0 = off, 1 = full prior correction)."""
+    (0 = off, 1 = full prior correction); ``dev``: per attribute, the strength of 0, 0.25, … 1 that
+    scores best on dev (the heads recipe and self-training)."""
     calibrate: bool = True
 
 

@@ -219,6 +219,29 @@ def test_listing_members_train_from_their_own_seeds_and_share_the_image_fallback
     assert json.loads((tmp_path / "bench" / "bench.json").read_text())["images_per_s_batch1"] > 0
 
 
+def test_class_balance_chosen_on_dev_is_recorded_and_applied_at_prediction(listing_run, tmp_path) -> None:
+    import json
+
+    from taxonomist.models.build import load_heads_checkpoint
+    from taxonomist.training.heads import BALANCE_CHOICES, train
+
+    _, config, _ = listing_run
+    cfg = yaml.safe_load(config.read_text())
+    cfg["train"]["class_balance"] = "dev"
+    result = train(_config(tmp_path / "balance.yaml", cfg), tmp_path / "run", progress=False)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["class_balance"] == result.class_balance
+    assert set(result.class_balance) == {"color", "fit"}
+    assert any(s > 0 for s in result.class_balance.values())  # so evaluate below must apply one
+    assert set(result.class_balance.values()) <= set(BALANCE_CHOICES)
+    checkpoint, _ = load_heads_checkpoint(tmp_path / "run")
+    assert set(checkpoint.logit_adjustment) == {a for a, s in result.class_balance.items() if s > 0}
+    assert checkpoint.metrics["class_balance"] == result.class_balance
+    invoke("evaluate", str(tmp_path / "run"), "--output", str(tmp_path / "eval"), "-q")
+    evaluated = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["score"]
+    assert evaluated == pytest.approx(metrics["test_score"])
+
+
 def test_image_only_heads_are_the_same_whether_or_not_the_catalog_has_text(tmp_path) -> None:
     """Text in the catalog is read by listing heads only: image-only heads train to the same weights."""
     from safetensors.torch import load_file

@@ -76,3 +76,32 @@ def test_ensemble_predicts_the_mean_probability_of_its_members() -> None:
     assert torch.all(out["size"][[1, 2, 4]] == NEG_INF)  # Bags have no size: as a member, no NaN
     assert ensemble.attributes == ["color", "size"]
     assert torch.equal(ensemble.mask("color"), masks["color"])
+
+
+def test_class_balance_on_dev_picks_each_attributes_strength_and_the_weaker_on_a_tie() -> None:
+    import numpy as np
+
+    from taxonomist.training.heads import BALANCE_CHOICES, FeatureSet, balance_adjustment, predict_logits
+
+    masks = allowed_masks(SCHEMA, ["Shoes", "Bags"])
+    torch.manual_seed(0)
+    model = AttributeHeads(8, masks, hidden=[16], category_dim=4).eval()
+    rng = np.random.default_rng(0)
+    category = rng.integers(0, 2, 40)
+    labels = {"color": np.where(category == 0, rng.integers(0, 3, 40), 2), "size": rng.integers(-1, 2, 40)}
+    train = FeatureSet.build(rng.normal(size=(40, 8)), category, labels)
+    dev = FeatureSet.build(rng.normal(size=(12, 8)), category[:12], {a: v[:12] for a, v in labels.items()})
+    plain = predict_logits(model, dev)
+    fixed, half = balance_adjustment(0.5, train, dev, model, lambda z: 0.0)
+    target = plain["color"] + torch.tensor(fixed["color"])
+    # A score that wants colour corrected at strength 0.5 and is blind to size.
+    adjustment, chosen = balance_adjustment(
+        "dev", train, dev, model, lambda z: -float((z["color"] - target).abs().sum())
+    )
+    assert chosen == {"color": 0.5, "size": 0.0} and set(chosen.values()) <= set(BALANCE_CHOICES)
+    assert set(adjustment) == {"color"}  # a strength of 0 adds no correction
+    counts = torch.bincount(train.labels["color"], minlength=3).double() + 1
+    expected = (-0.5 * torch.log(counts / counts.sum())).float()
+    torch.testing.assert_close(torch.tensor(adjustment["color"]), expected)
+    assert half == {"color": 0.5, "size": 0.5}
+    assert balance_adjustment(0.0, train, dev, model, lambda z: 0.0) == ({}, {"color": 0.0, "size": 0.0})

@@ -60,6 +60,7 @@ from taxonomist.models.text_attributes import TextAttributeClassifier
 from taxonomist.training.heads import (
     FeatureSet,
     attach_text,
+    balance_adjustment,
     calibrate,
     embedding_backbone,
     feature_set,
@@ -68,7 +69,6 @@ from taxonomist.training.heads import (
     input_temperatures,
     logits_to_frame,
     predict_logits,
-    prior_adjustment,
     text_record,
 )
 
@@ -456,7 +456,7 @@ def train_round(
         if cfg.self_training.warm_start and teacher is not None:
             model.load_state_dict(teacher.model.state_dict())
         history = fit_heads(model, train_set, data.dev, score, cfg.train, progress=progress)
-    adjustment = prior_adjustment(train_set, model, cfg.train.class_balance)
+    adjustment, _ = balance_adjustment(cfg.train.class_balance, train_set, data.dev, model, score)
     dev_logits = adjust(predict_logits(model, data.dev), adjustment)
     temperatures, _ = calibrate(dev_logits, data.dev, model, enabled=cfg.train.calibrate)
     by_inputs: dict[str, dict[str, float]] = {}
