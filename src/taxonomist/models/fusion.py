@@ -182,9 +182,6 @@ class ListingEnsemble(HeadsEnsemble):
     (``benchmarks/multimodal.py``). Members share the image fallback, so a row without its title scores
     exactly as the image heads do."""
 
-    def __init__(self, members: Sequence[ListingHeads]) -> None:
-        super().__init__(members)
-
     def forward(
         self,
         image: torch.Tensor,
