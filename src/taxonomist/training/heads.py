@@ -611,7 +611,7 @@ def balance_adjustment(
     for attribute in model.attributes:
         best, chosen[attribute] = base, 0.0
         for s in BALANCE_CHOICES[1:]:
-            trial = score({**logits, attribute: logits[attribute] + torch.tensor(corrections[s][attribute])})
+            trial = score({**logits, **shift({attribute: logits[attribute]}, corrections[s])})
             if trial > best:
                 best, chosen[attribute] = trial, s
     adjustment = {a: corrections[s][a] for a, s in chosen.items() if s > 0}
