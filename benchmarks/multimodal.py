@@ -46,21 +46,25 @@ from taxonomist.features.build import embed_options
 from taxonomist.features.embed import embed_catalog
 from taxonomist.features.text import TextFeatures
 from taxonomist.inference.predictor import Predictor
-from taxonomist.metrics import apply_temperature, attribute_score, expected_calibration_error, fit_temperature
+from taxonomist.metrics import attribute_score, expected_calibration_error
 from taxonomist.models.build import heads_checkpoint
+from taxonomist.models.checkpoint import calibrated_probs, decision_scores
+from taxonomist.models.fusion import HAS_IMAGE, HAS_TEXT
 from taxonomist.models.heads import NEG_INF, allowed_masks
 from taxonomist.training.heads import (
     FeatureSet,
     balance_adjustment,
     build_heads,
+    calibrate,
     embedding_backbone,
     fit_heads,
     fit_recipe_heads,
+    input_temperatures,
     listing_text,
     logits_to_frame,
     predict_logits,
+    predict_probs,
     set_text,
-    shift,
     text_record,
 )
 
@@ -441,20 +445,30 @@ def train_heads(
     start = time.perf_counter()
     model, _ = fit_recipe_heads(fused_cfg, (train_set, dev_set), bench.masks, text, dev_score, False)
     reported_seconds = time.perf_counter() - start
+    # Calibrated as the recipe calibrates (temperatures on dev, per set of inputs); the prior correction
+    # then chooses each row's value from those probabilities.
+    temperatures, _ = calibrate(predict_logits(model, dev_set), dev_set, model)
+    by_inputs, _ = input_temperatures(fused_cfg, model, dev_set)
     adjustment, strengths = balance_adjustment(
-        fused_cfg.train.class_balance, train_set, dev_set, model, dev_score
+        fused_cfg.train.class_balance,
+        train_set,
+        predict_probs(model, dev_set, temperatures, by_inputs),
+        model,
+        dev_score,
     )
 
-    def logits(data: FeatureSet, hide: str | None = None) -> dict:
-        return shift(predict_logits(model, data, hide=hide), adjustment)
+    def probs(data: FeatureSet, hide: str | None = None) -> dict:
+        present = data.present.clone()
+        if hide is not None:
+            present[:, HAS_TEXT if hide == "text" else HAS_IMAGE] = False
+        logits = predict_logits(model, data, hide=hide)
+        return calibrated_probs(logits, temperatures, by_inputs=by_inputs, present=present)
+
+    def scored(rows: np.ndarray, data: FeatureSet, hide: str | None = None, correction: dict | None = None):
+        correction = adjustment if correction is None else correction
+        return bench.score(rows, decision_scores(probs(data, hide), correction))
 
     half_set = listing_set(te, blank)
-    temperatures = {
-        inputs: fit_temperatures(model, dev_set, logits(dev_set, hide))
-        for inputs, hide in (("all", None), ("image", "text"))
-    }
-    ece = test_ece(model, test_set, logits(test_set), temperatures)
-    ece_half = test_ece(model, half_set, logits(half_set), temperatures)
     out["fused"] = {
         "model": model,
         "cfg": fused_cfg,
@@ -463,15 +477,16 @@ def train_heads(
         "class_balance": strengths,
         "adjustment": adjustment,
         "temperatures": temperatures,
-        "dev": bench.score(dv, logits(dev_set)),
-        "members_plain": bench.score(te, predict_logits(model, test_set)),
-        "test": bench.score(te, logits(test_set)),
-        "half": bench.score(te, logits(half_set)),
-        "blank": bench.score(te, logits(test_set, "text")),
-        "blank_trunk": trunk_blank_score(bench, model, test_set, te, adjustment),
-        "no_image": bench.score(te, logits(test_set, "image")),
-        "ece": ece,
-        "ece_half": ece_half,
+        "temperatures_by_inputs": by_inputs,
+        "dev": scored(dv, dev_set),
+        "members_plain": scored(te, test_set, correction={}),
+        "test": scored(te, test_set),
+        "half": scored(te, half_set),
+        "blank": scored(te, test_set, "text"),
+        "blank_trunk": trunk_blank_score(model, lambda: scored(te, test_set, "text")),
+        "no_image": scored(te, test_set, "image"),
+        "ece": test_ece(test_set, probs(test_set), adjustment),
+        "ece_half": test_ece(half_set, probs(half_set), adjustment),
         "seconds": reported_seconds,
     }
     print(
@@ -488,47 +503,31 @@ def train_heads(
     return out
 
 
-def trunk_blank_score(bench: Bench, model, data: FeatureSet, rows: np.ndarray, adjustment: dict) -> object:
+def trunk_blank_score(model, score) -> object:
     """Every title blank, scored by the fused trunk itself (its image fallback set aside): what modality
-    dropout alone gives rows without text."""
+    dropout alone gives rows without text. ``score()`` scores the model with every title hidden."""
     members = getattr(model, "members", [model])
     fallbacks = [m.image_only for m in members]
     for m in members:
         m.image_only = None
     try:
-        return bench.score(rows, shift(predict_logits(model, data, hide="text"), adjustment))
+        return score()
     finally:
         for m, fallback in zip(members, fallbacks, strict=True):
             m.image_only = fallback
 
 
-def fit_temperatures(model, data: FeatureSet, logits: dict) -> dict:
-    """Per-attribute temperature on dev (as the recipe fits it) from that split's (adjusted) ``logits``."""
+def test_ece(data: FeatureSet, probs: dict, adjustment: dict) -> dict[str, float]:
+    """ECE per attribute on test rows: the probability of the value each row gets, as the predictor
+    reports it (each row's temperature chosen by the inputs it has)."""
     out = {}
-    for attribute, z in logits.items():
+    for attribute, choice in decision_scores(probs, adjustment).items():
         labels = data.labels[attribute].numpy()
-        if (labels != MISSING).sum() >= 2:
-            allowed = model.mask(attribute)[data.category].numpy()
-            out[attribute] = fit_temperature(z.numpy(), labels, allowed)
-    return out
-
-
-def test_ece(model, data: FeatureSet, logits: dict, temperatures: dict) -> dict[str, float]:
-    """ECE per attribute on test rows, each row's temperature chosen by whether it has its title."""
-    has_text = data.present[:, 1].numpy()
-    out = {}
-    for attribute, z in logits.items():
-        labels = data.labels[attribute].numpy()
-        allowed = model.mask(attribute)[data.category].numpy()
-        probs = np.zeros(z.shape, dtype=np.float64)
-        for key, where in (("all", has_text), ("image", ~has_text)):
-            if where.any():
-                t = temperatures[key].get(attribute, 1.0)
-                probs[where] = apply_temperature(z.numpy()[where], t, allowed[where])
+        chosen = choice.argmax(1).numpy()
+        confidence = probs[attribute].numpy()[np.arange(len(chosen)), chosen]
         scored = labels != MISSING
         if scored.sum():
-            correct = probs.argmax(1) == labels
-            out[attribute] = expected_calibration_error(probs.max(1)[scored], correct[scored])
+            out[attribute] = expected_calibration_error(confidence[scored], (chosen == labels)[scored])
     return out
 
 
@@ -545,12 +544,12 @@ def measure_throughput(bench, cfg, heads, backbone, backbone_state, rows, n_imag
             fused["model"],
             {
                 "text": text_record(fused["cfg"], fused["text"]),
-                "temperatures_by_inputs": {"image": fused["temperatures"]["image"]},
+                "temperatures_by_inputs": fused["temperatures_by_inputs"],
             },
         ),
     ):
         run_cfg = fused["cfg"] if name == "fused" else cfg
-        temperatures = fused["temperatures"]["all"] if name == "fused" else {}
+        temperatures = fused["temperatures"] if name == "fused" else {}
         adjustment = fused["adjustment"] if name == "fused" else {}
         checkpoint = heads_checkpoint(
             run_cfg,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -240,6 +241,27 @@ def test_class_balance_chosen_on_dev_is_recorded_and_applied_at_prediction(listi
     invoke("evaluate", str(tmp_path / "run"), "--output", str(tmp_path / "eval"), "-q")
     evaluated = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["score"]
     assert evaluated == pytest.approx(metrics["test_score"])
+
+    # The correction chooses values; the probabilities (and so the confidences) stay the calibrated ones.
+    predictor = Predictor.from_pretrained(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(64, checkpoint.feature_dim)).astype(np.float32)
+    categories = [predictor.categories[i % len(predictor.categories)] for i in range(64)]
+    probs = predictor.predict_features(features, categories)
+    corrected = predictor.decode(probs, [str(i) for i in range(64)], categories)
+    predictor.checkpoint.logit_adjustment = {}
+    assert all(
+        np.array_equal(p, probs[a]) for a, p in predictor.predict_features(features, categories).items()
+    )
+    plain = predictor.decode(probs, [str(i) for i in range(64)], categories)
+    changed = 0
+    for row, (with_it, without) in enumerate(zip(corrected, plain, strict=True)):
+        for attribute, value in with_it.attributes.items():
+            k = predictor.schema.values(attribute).index(value.value)
+            assert value.confidence == pytest.approx(float(probs[attribute][row, k]))
+            assert value.alternatives[0][0] == value.value
+            changed += value.value != without.attributes[attribute].value
+    assert changed  # the correction did choose differently somewhere
 
 
 def test_image_only_heads_are_the_same_whether_or_not_the_catalog_has_text(tmp_path) -> None:

@@ -91,17 +91,40 @@ def test_class_balance_on_dev_picks_each_attributes_strength_and_the_weaker_on_a
     labels = {"color": np.where(category == 0, rng.integers(0, 3, 40), 2), "size": rng.integers(-1, 2, 40)}
     train = FeatureSet.build(rng.normal(size=(40, 8)), category, labels)
     dev = FeatureSet.build(rng.normal(size=(12, 8)), category[:12], {a: v[:12] for a, v in labels.items()})
-    plain = predict_logits(model, dev)
-    fixed, half = balance_adjustment(0.5, train, dev, model, lambda z: 0.0)
-    target = plain["color"] + torch.tensor(fixed["color"])
-    # A score that wants colour corrected at strength 0.5 and is blind to size.
-    adjustment, chosen = balance_adjustment(
-        "dev", train, dev, model, lambda z: -float((z["color"] - target).abs().sum())
-    )
+    probs = {a: torch.softmax(z, 1) for a, z in predict_logits(model, dev).items()}
+    fixed, half = balance_adjustment(0.5, train, probs, model, lambda z: 0.0)
+    target = torch.log(probs["color"]) + torch.tensor(fixed["color"])
+    allowed = torch.isfinite(target)  # log 0 = -inf where a category rules a colour out
+    assert allowed.any() and not allowed.all()
+
+    def score(z: dict[str, torch.Tensor]) -> float:
+        """Wants colour corrected at strength 0.5; blind to size."""
+        return -float((z["color"] - target)[allowed].abs().sum())
+
+    adjustment, chosen = balance_adjustment("dev", train, probs, model, score)
     assert chosen == {"color": 0.5, "size": 0.0} and set(chosen.values()) <= set(BALANCE_CHOICES)
     assert set(adjustment) == {"color"}  # a strength of 0 adds no correction
     counts = torch.bincount(train.labels["color"], minlength=3).double() + 1
     expected = (-0.5 * torch.log(counts / counts.sum())).float()
     torch.testing.assert_close(torch.tensor(adjustment["color"]), expected)
     assert half == {"color": 0.5, "size": 0.5}
-    assert balance_adjustment(0.0, train, dev, model, lambda z: 0.0) == ({}, {"color": 0.0, "size": 0.0})
+    assert balance_adjustment(0.0, train, probs, model, lambda z: 0.0) == ({}, {"color": 0.0, "size": 0.0})
+
+
+def test_prior_correction_chooses_the_value_and_leaves_its_calibrated_probability() -> None:
+    from taxonomist.models.checkpoint import calibrated_probs, decision_scores
+    from taxonomist.models.heads import NEG_INF
+
+    logits = {"color": torch.tensor([[1.0, 0.2, NEG_INF], [0.0, 1.0, 2.0]])}
+    present = torch.tensor([[True, True], [True, False]])  # the second row has no title
+    probs = calibrated_probs(logits, {"color": 2.0}, by_inputs={"image": {"color": 4.0}}, present=present)
+    torch.testing.assert_close(probs["color"][0], torch.softmax(logits["color"][0] / 2.0, 0))
+    torch.testing.assert_close(probs["color"][1], torch.softmax(logits["color"][1] / 4.0, 0))
+    assert probs["color"][0, 2] == 0  # a value the category rules out
+
+    scores = decision_scores(probs, {"color": [0.0, 1.0, 0.0]})
+    assert scores["color"][0, 2] == -torch.inf
+    torch.testing.assert_close(scores["color"][:, 1], torch.log(probs["color"][:, 1]) + 1.0)
+    # The correction moves row 0 to the rarer value; its confidence is that value's own probability.
+    assert scores["color"].argmax(1).tolist() == [1, 1] and probs["color"].argmax(1).tolist() == [0, 2]
+    assert decision_scores(probs, {})["color"].argmax(1).tolist() == [0, 2]

@@ -173,6 +173,7 @@ def evaluate(
     probs = predictor.predict_features(embedded.features[good], cats[good].tolist(), text)
     before = predictor.predict_features(embedded.features[good], cats[good].tolist(), text, calibrated=False)
     preds = predictor.decode(probs, frame[ID].to_numpy()[good].tolist(), cats[good].tolist())
+    chosen = {a: order[:, 0] for a, order in predictor.ranked(probs).items()}
     schema = predictor.schema
     predicted = wide_named_frame(preds, schema.attributes)
     # Rows whose image failed get no prediction: they are scored as wrong, as a competition would.
@@ -200,7 +201,10 @@ def evaluate(
         unknown_rows[ID].astype(str).head(EXAMPLE_IDS).tolist(),
         split=split,
         rows=scored_rows(
-            catalog, predicted, _confidences(probs, good, len(frame)), _confidences(before, good, len(frame))
+            catalog,
+            predicted,
+            _confidences(probs, chosen, good, len(frame)),
+            _confidences(before, chosen, good, len(frame)),
         ),
         baseline=attribute_score(
             frame, majority_predictions(reference, frame, schema.categories), schema.categories
@@ -249,12 +253,17 @@ def _same_part(checkpoint: Path, report: DataReport, split: str) -> bool | None:
     return recorded is None or recorded == report.split["ids"][split]
 
 
-def _confidences(probs: dict[str, np.ndarray], good: np.ndarray, n: int) -> dict[str, np.ndarray]:
-    """attribute → top-label confidence per catalog row (NaN where the image failed)."""
+def _confidences(
+    probs: dict[str, np.ndarray], chosen: dict[str, np.ndarray], good: np.ndarray, n: int
+) -> dict[str, np.ndarray]:
+    """attribute → the probability of the value each catalog row got (NaN where the image failed).
+
+    ``chosen`` is the same for the calibrated and the uncalibrated ``probs``, so the reliability diagrams
+    before and after temperature judge the same predictions."""
     out = {}
     for attribute, p in probs.items():
         column = np.full(n, np.nan)
-        column[good] = p.max(axis=1)
+        column[good] = p[np.arange(len(p)), chosen[attribute]]
         out[attribute] = column
     return out
 

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,12 @@ from taxonomist.features.embed import embed_images
 from taxonomist.features.text import ListingText, TextFeatures, load_listing_text
 from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.build import checkpoint_backbone, load_heads_checkpoint
-from taxonomist.models.checkpoint import HeadsCheckpoint, calibrated_probs, checkpoint_version
+from taxonomist.models.checkpoint import (
+    HeadsCheckpoint,
+    calibrated_probs,
+    checkpoint_version,
+    decision_scores,
+)
 from taxonomist.models.fusion import lexical_batch, listing_heads
 from taxonomist.models.runtime import exports_root, on_runtime
 from taxonomist.progress import progress_bar
@@ -42,7 +47,7 @@ class AttributeValue:
     value: str
     confidence: float
     alternatives: tuple[tuple[str, float], ...] = ()
-    """The model's most probable values with their probabilities, best first (the value included)."""
+    """The values in the order the model ranks them (the value first), with their probabilities."""
 
 
 @dataclass
@@ -224,7 +229,7 @@ class Predictor:
         category = self.category_indices(categories).to(device)
         if not self.reads_text:
             logits = self.heads(features, category)
-            probs = calibrated_probs(logits, self.checkpoint, scale=calibrated)
+            probs = calibrated_probs(logits, self.checkpoint.temperatures if calibrated else {})
             return {a: p.cpu().numpy() for a, p in probs.items()}
         text = text if text is not None else self.text_features(None, categories)
         images = (
@@ -234,8 +239,22 @@ class Predictor:
         lexical = lexical_batch(text.lexical, device) if text.lexical is not None else None
         dense = torch.as_tensor(text.dense, dtype=torch.float32).to(device)
         logits = self.heads(features, dense, category, present.to(device), lexical)
-        probs = calibrated_probs(logits, self.checkpoint, present=present, scale=calibrated)
+        ckpt = self.checkpoint
+        probs = calibrated_probs(
+            logits,
+            ckpt.temperatures if calibrated else {},
+            by_inputs=ckpt.temperatures_by_inputs if calibrated else None,
+            present=present,
+        )
         return {a: p.cpu().numpy() for a, p in probs.items()}
+
+    def ranked(self, probs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """attribute → (n, k) value indices, best first by :func:`decision_scores`: column 0 is the value
+        each row gets. Without a prior correction that is the most probable value."""
+        scores = decision_scores(
+            {a: torch.from_numpy(p) for a, p in probs.items()}, self.checkpoint.logit_adjustment
+        )
+        return {a: np.argsort(-z.numpy(), axis=1, kind="stable") for a, z in scores.items()}
 
     def decode(
         self,
@@ -246,20 +265,18 @@ class Predictor:
         min_confidence: float = 0.0,
         placeholder: str = "",
     ) -> list[Prediction]:
-        best = {a: (p.argmax(1), p.max(1)) for a, p in probs.items()}
-        # Sorted once per attribute; disallowed values (probability 0) never become alternatives.
-        ranked = {a: np.argsort(-p, axis=1, kind="stable")[:, :TOP_K] for a, p in probs.items()}
+        """Each row's value, its calibrated probability as confidence, and up to ``TOP_K`` alternatives in
+        the order the values were ranked; disallowed values (probability 0) never become alternatives."""
+        ranked = self.ranked(probs)
         out = []
         for row, (item_id, category) in enumerate(zip(ids, categories, strict=True)):
             pred = Prediction(str(item_id), category)
             for attribute in self.schema.attributes_of(category):
-                idx, conf = best[attribute][0][row], float(best[attribute][1][row])
-                value = self._vocab[attribute][idx] if conf >= min_confidence else placeholder
-                p = probs[attribute][row]
+                p, order = probs[attribute][row], ranked[attribute][row]
+                conf = float(p[order[0]])
+                value = self._vocab[attribute][order[0]] if conf >= min_confidence else placeholder
                 top = tuple(
-                    (self._vocab[attribute][k], round(float(p[k]), 6))
-                    for k in ranked[attribute][row]
-                    if p[k] > 0
+                    (self._vocab[attribute][k], round(float(p[k]), 6)) for k in order[:TOP_K] if p[k] > 0
                 )
                 pred.attributes[attribute] = AttributeValue(value, conf, top)
             out.append(pred)

@@ -41,6 +41,7 @@ from taxonomist.metrics import (
 )
 from taxonomist.models.backbones import Backbone
 from taxonomist.models.build import build_backbone, heads_checkpoint
+from taxonomist.models.checkpoint import calibrated_probs, decision_scores
 from taxonomist.models.fusion import (
     HAS_IMAGE,
     HAS_TEXT,
@@ -465,16 +466,22 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
 
     masks = allowed_masks(schema, categories)
     model, history = fit_recipe_heads(cfg, (train_set, dev_set), masks, text, score, progress)
-    adjustment, strengths = balance_adjustment(cfg.train.class_balance, train_set, dev_set, model, score)
-    dev_logits = shift(predict_logits(model, dev_set), adjustment)
-    temperatures, calibration = calibrate(dev_logits, dev_set, model, enabled=cfg.train.calibrate)
+    temperatures, calibration = calibrate(
+        predict_logits(model, dev_set), dev_set, model, enabled=cfg.train.calibrate
+    )
     by_inputs: dict[str, dict[str, float]] = {}
     if text is not None:
-        by_inputs, calibration_parts = input_temperatures(cfg, model, dev_set, adjustment)
+        by_inputs, calibration_parts = input_temperatures(cfg, model, dev_set)
         calibration = {**calibration, **calibration_parts}
-    report = part_report(dev_logits, dev_frame, schema)
+    dev_probs = predict_probs(model, dev_set, temperatures, by_inputs)
+    adjustment, strengths = balance_adjustment(cfg.train.class_balance, train_set, dev_probs, model, score)
+    report = part_report(decision_scores(dev_probs, adjustment), dev_frame, schema)
     test_report = (
-        part_report(shift(predict_logits(model, test_set), adjustment), test_frame, schema)
+        part_report(
+            decision_scores(predict_probs(model, test_set, temperatures, by_inputs), adjustment),
+            test_frame,
+            schema,
+        )
         if len(test_set)
         else None
     )
@@ -529,7 +536,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
 
 
 def input_temperatures(
-    cfg: RunConfig, model: ListingHeads, dev_set: FeatureSet, adjustment: Mapping[str, list[float]]
+    cfg: RunConfig, model: ListingHeads, dev_set: FeatureSet
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Listing heads: per-attribute temperatures of rows scored without their title (``"image"``) and,
     with image dropout, without their image (``"text"``), fitted on dev, with their calibration records.
@@ -539,23 +546,28 @@ def input_temperatures(
     hidden = {"image": "text", **({"text": "image"} if cfg.text.image_dropout > 0 else {})}
     by_inputs, calibration = {}, {}
     for inputs, hide in hidden.items():
-        logits = shift(predict_logits(model, dev_set, hide=hide), adjustment)
+        logits = predict_logits(model, dev_set, hide=hide)
         by_inputs[inputs], part = calibrate(logits, dev_set, model, enabled=cfg.train.calibrate)
         calibration.update({f"{a} ({inputs} only)": v for a, v in part.items()})
     return by_inputs, calibration
+
+
+def predict_probs(
+    model: AttributeHeads | HeadsEnsemble | ListingHeads,
+    data: FeatureSet,
+    temperatures: Mapping[str, float],
+    by_inputs: Mapping[str, Mapping[str, float]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The calibrated probabilities a checkpoint with these temperatures predicts for ``data``."""
+    return calibrated_probs(
+        predict_logits(model, data), temperatures, by_inputs=by_inputs, present=data.present
+    )
 
 
 def part_report(logits: Mapping[str, torch.Tensor], frame: pd.DataFrame, schema: Schema) -> AttributeReport:
     """The competition score of ``logits`` on ``frame``'s rows (same order)."""
     pred = logits_to_frame(logits, frame[ID].tolist(), frame[CATEGORY].tolist(), schema)
     return attribute_score(frame, pred, schema.categories)
-
-
-def shift(
-    logits: Mapping[str, torch.Tensor], adjustment: Mapping[str, list[float]]
-) -> dict[str, torch.Tensor]:
-    """Logits plus the prior correction, where there is one."""
-    return {a: z + torch.tensor(adjustment[a]) if a in adjustment else z for a, z in logits.items()}
 
 
 def summary_dict(result: TrainReport) -> dict:
@@ -590,13 +602,13 @@ BALANCE_CHOICES = (0.0, 0.25, 0.5, 0.75, 1.0)
 def balance_adjustment(
     strength: float | str,
     train_set: FeatureSet,
-    dev_set: FeatureSet,
+    dev_probs: Mapping[str, torch.Tensor],
     model: AttributeHeads | HeadsEnsemble | ListingHeads,
     score: Callable[[dict[str, torch.Tensor]], float],
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
     """The prior correction and each attribute's strength: ``strength`` for every attribute, or with
-    ``"dev"`` the one of :data:`BALANCE_CHOICES` whose correction gives the best dev ``score`` for
-    that attribute (ties: the weaker).
+    ``"dev"`` the one of :data:`BALANCE_CHOICES` whose :func:`decision_scores` on the calibrated
+    ``dev_probs`` give the best dev ``score`` for that attribute (ties: the weaker).
 
     Per attribute, because macro-F1 gains from lifting rare values only where the heads under-predict
     them: on fashion-product-images dev picks 0 to 1 across the six attributes (``benchmarks/multimodal.py``).
@@ -604,14 +616,14 @@ def balance_adjustment(
     if strength != "dev":
         fixed = float(strength)
         return prior_adjustment(train_set, model, fixed), dict.fromkeys(model.attributes, fixed)
-    logits = predict_logits(model, dev_set)
+    scores = decision_scores(dev_probs, {})
     corrections = {s: prior_adjustment(train_set, model, s) for s in BALANCE_CHOICES}
-    base = score(logits)
+    base = score(scores)
     chosen = {}
     for attribute in model.attributes:
         best, chosen[attribute] = base, 0.0
         for s in BALANCE_CHOICES[1:]:
-            trial = score({**logits, **shift({attribute: logits[attribute]}, corrections[s])})
+            trial = score({**scores, **decision_scores({attribute: dev_probs[attribute]}, corrections[s])})
             if trial > best:
                 best, chosen[attribute] = trial, s
     adjustment = {a: corrections[s][a] for a, s in chosen.items() if s > 0}
@@ -633,7 +645,8 @@ def prior_adjustment(data: FeatureSet, model: AttributeHeads, strength: float) -
 def calibrate(
     logits: Mapping[str, torch.Tensor], data: FeatureSet, model: AttributeHeads, *, enabled: bool = True
 ) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """Temperature per attribute on validation; ECE before/after is cross-fitted on two halves.
+    """Temperature per attribute on validation; ECE before/after is cross-fitted on two halves and
+    measures the most probable value's probability (the prior correction is chosen afterwards).
 
     Reporting ECE on the rows the temperature was fitted on would flatter it, so each half is scored
     with the temperature fitted on the other half; the saved temperature uses all rows.

@@ -53,8 +53,8 @@ from taxonomist.features.text import ListingText
 from taxonomist.io import ResumeError, atomic_write_frame, atomic_write_text
 from taxonomist.metrics import AttributeReport, apply_temperature, attribute_score, fit_temperature
 from taxonomist.models.build import heads_checkpoint, load_heads_checkpoint
-from taxonomist.models.checkpoint import HeadsCheckpoint
-from taxonomist.models.fusion import HAS_TEXT, ListingHeads
+from taxonomist.models.checkpoint import HeadsCheckpoint, decision_scores
+from taxonomist.models.fusion import ListingHeads
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 from taxonomist.models.text_attributes import TextAttributeClassifier
 from taxonomist.training.heads import (
@@ -69,6 +69,7 @@ from taxonomist.training.heads import (
     input_temperatures,
     logits_to_frame,
     predict_logits,
+    predict_probs,
     text_record,
 )
 
@@ -116,26 +117,15 @@ def calibrated_probabilities(
     model: AttributeHeads | ListingHeads,
     data: FeatureSet,
     temperatures: Mapping[str, float],
-    adjustment: Mapping[str, Sequence[float]],
-    image_only_temperatures: Mapping[str, float] | None = None,
+    by_inputs: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """attribute → (n, k) probabilities as the checkpoint predicts them; all zeros where it does not apply.
-    Listing heads: rows without a title take ``image_only_temperatures`` where given."""
+    """attribute → (n, k) calibrated probabilities; all zeros where the attribute does not apply.
+
+    Without the prior correction: a pseudo-label is the most probable value, since the student's own
+    correction (chosen on dev) already lifts rare values at prediction."""
     out = {}
-    no_text = (
-        ~data.present[:, HAS_TEXT].bool().numpy()
-        if data.present is not None and image_only_temperatures
-        else np.zeros(len(data), dtype=bool)
-    )
-    for attribute, z in predict_logits(model, data).items():
-        if attribute in adjustment:
-            z = z + torch.tensor(adjustment[attribute])
-        allowed = model.mask(attribute)[data.category].numpy()
-        p = apply_temperature(z.numpy(), temperatures.get(attribute, 1.0), allowed)
-        if no_text.any():
-            t = image_only_temperatures.get(attribute, 1.0)
-            p[no_text] = apply_temperature(z.numpy()[no_text], t, allowed[no_text])
-        out[attribute] = p
+    for attribute, p in predict_probs(model, data, temperatures, by_inputs).items():
+        out[attribute] = p.numpy() * model.mask(attribute)[data.category].numpy()
     return out
 
 
@@ -433,9 +423,7 @@ class RoundModel:
     """Listing heads: temperatures of rows scored without their title (``"image"``)."""
 
     def probabilities(self, data: FeatureSet) -> dict[str, np.ndarray]:
-        return calibrated_probabilities(
-            self.model, data, self.temperatures, self.adjustment, self.temperatures_by_inputs.get("image")
-        )
+        return calibrated_probabilities(self.model, data, self.temperatures, self.temperatures_by_inputs)
 
 
 def train_round(
@@ -456,15 +444,17 @@ def train_round(
         if cfg.self_training.warm_start and teacher is not None:
             model.load_state_dict(teacher.model.state_dict())
         history = fit_heads(model, train_set, data.dev, score, cfg.train, progress=progress)
-    adjustment, _ = balance_adjustment(cfg.train.class_balance, train_set, data.dev, model, score)
-    dev_logits = adjust(predict_logits(model, data.dev), adjustment)
+    dev_logits = predict_logits(model, data.dev)
     temperatures, _ = calibrate(dev_logits, data.dev, model, enabled=cfg.train.calibrate)
     by_inputs: dict[str, dict[str, float]] = {}
     if data.text is not None:
-        by_inputs, _ = input_temperatures(cfg, model, data.dev, adjustment)
-    test_report = data.score(data.test_frame, adjust(predict_logits(model, data.test), adjustment))
+        by_inputs, _ = input_temperatures(cfg, model, data.dev)
+    dev_probs = predict_probs(model, data.dev, temperatures, by_inputs)
+    adjustment, _ = balance_adjustment(cfg.train.class_balance, train_set, dev_probs, model, score)
+    test_probs = predict_probs(model, data.test, temperatures, by_inputs)
+    test_report = data.score(data.test_frame, decision_scores(test_probs, adjustment))
     record = {
-        "dev_score": data.score(data.dev_frame, dev_logits).score,
+        "dev_score": data.score(data.dev_frame, decision_scores(dev_probs, adjustment)).score,
         "test_score": test_report.score,
         "test_per_attribute": dict(
             zip(test_report.per_attribute["attribute"], test_report.per_attribute["harmonic"], strict=True)
@@ -579,12 +569,6 @@ def save_round(
         data.text.save(round_dir)
     cfg.save(round_dir / "config.yaml")
     atomic_write_text(round_dir / METRICS_FILE, json.dumps(record, indent=1))
-
-
-def adjust(
-    logits: Mapping[str, torch.Tensor], adjustment: Mapping[str, Sequence[float]]
-) -> dict[str, torch.Tensor]:
-    return {a: z + torch.tensor(adjustment[a]) if a in adjustment else z for a, z in logits.items()}
 
 
 def write_pseudo_labels(
