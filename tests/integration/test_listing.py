@@ -242,18 +242,29 @@ def test_class_balance_chosen_on_dev_is_recorded_and_applied_at_prediction(listi
     evaluated = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["score"]
     assert evaluated == pytest.approx(metrics["test_score"])
 
+    # Rows without a title (or, trained with image dropout, without an image) get the strengths chosen
+    # for them on dev, every attribute its own.
+    assert cfg["text"]["image_dropout"] > 0
+    by_inputs = metrics["class_balance_by_inputs"]
+    assert set(by_inputs) == set(checkpoint.logit_adjustment_by_inputs) == {"image", "text"}
+    assert all(set(strengths) == {"color", "fit"} for strengths in by_inputs.values())
+
     # The correction chooses values; the probabilities (and so the confidences) stay the calibrated ones.
     predictor = Predictor.from_pretrained(tmp_path / "run")
     rng = np.random.default_rng(0)
     features = rng.normal(size=(64, checkpoint.feature_dim)).astype(np.float32)
     categories = [predictor.categories[i % len(predictor.categories)] for i in range(64)]
-    probs = predictor.predict_features(features, categories)
-    corrected = predictor.decode(probs, [str(i) for i in range(64)], categories)
-    predictor.checkpoint.logit_adjustment = {}
-    assert all(
-        np.array_equal(p, probs[a]) for a, p in predictor.predict_features(features, categories).items()
-    )
-    plain = predictor.decode(probs, [str(i) for i in range(64)], categories)
+    ids = [str(i) for i in range(64)]
+    text = predictor.text_features(["red slim shirt" if i % 4 else "" for i in range(64)], categories)
+    probs = predictor.predict_features(features, categories, text)
+    present = predictor.inputs_present(text, 64)
+    with pytest.raises(ValueError, match="pass present"):
+        predictor.decode(probs, ids, categories)  # which rows had a title decides their correction
+    corrected = predictor.decode(probs, ids, categories, present=present)
+    predictor.checkpoint.logit_adjustment, predictor.checkpoint.logit_adjustment_by_inputs = {}, {}
+    unchanged = predictor.predict_features(features, categories, text)
+    assert all(np.array_equal(p, probs[a]) for a, p in unchanged.items())
+    plain = predictor.decode(probs, ids, categories)
     changed = 0
     for row, (with_it, without) in enumerate(zip(corrected, plain, strict=True)):
         for attribute, value in with_it.attributes.items():

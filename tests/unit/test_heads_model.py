@@ -128,3 +128,20 @@ def test_prior_correction_chooses_the_value_and_leaves_its_calibrated_probabilit
     # The correction moves row 0 to the rarer value; its confidence is that value's own probability.
     assert scores["color"].argmax(1).tolist() == [1, 1] and probs["color"].argmax(1).tolist() == [0, 2]
     assert decision_scores(probs, {})["color"].argmax(1).tolist() == [0, 2]
+
+
+def test_rows_missing_an_input_take_the_correction_chosen_for_them() -> None:
+    from taxonomist.models.checkpoint import decision_scores
+
+    probs = {"color": torch.tensor([[0.5, 0.3, 0.2]] * 3), "size": torch.tensor([[0.6, 0.4]] * 3)}
+    present = torch.tensor([[True, True], [True, False], [False, True]])  # both, image only, text only
+    adjustment = {"color": [0.0, 1.0, 0.0], "size": [0.0, 1.0]}
+    by_inputs = {"image": {"color": [0.0, 0.0, 2.0]}}  # no size correction for rows without a title
+    scores = decision_scores(probs, adjustment, by_inputs=by_inputs, present=present)
+    log = {a: torch.log(p) for a, p in probs.items()}
+    torch.testing.assert_close(scores["color"][0], log["color"][0] + torch.tensor(adjustment["color"]))
+    torch.testing.assert_close(scores["color"][1], log["color"][1] + torch.tensor([0.0, 0.0, 2.0]))
+    torch.testing.assert_close(scores["size"][1], log["size"][1])
+    # "text" rows have no set of their own here: they keep the correction of rows with both inputs.
+    torch.testing.assert_close(scores["size"][2], log["size"][2] + torch.tensor(adjustment["size"]))
+    assert [int(z.argmax(1)[1]) for z in scores.values()] == [2, 0]

@@ -172,8 +172,9 @@ def evaluate(
         text = predictor.text_features(texts, cats[good].tolist())
     probs = predictor.predict_features(embedded.features[good], cats[good].tolist(), text)
     before = predictor.predict_features(embedded.features[good], cats[good].tolist(), text, calibrated=False)
-    preds = predictor.decode(probs, frame[ID].to_numpy()[good].tolist(), cats[good].tolist())
-    chosen = {a: order[:, 0] for a, order in predictor.ranked(probs).items()}
+    present = predictor.inputs_present(text, len(good))
+    preds = predictor.decode(probs, frame[ID].to_numpy()[good].tolist(), cats[good].tolist(), present=present)
+    chosen = {a: order[:, 0] for a, order in predictor.ranked(probs, present).items()}
     schema = predictor.schema
     predicted = wide_named_frame(preds, schema.attributes)
     # Rows whose image failed get no prediction: they are scored as wrong, as a competition would.

@@ -232,10 +232,7 @@ class Predictor:
             probs = calibrated_probs(logits, self.checkpoint.temperatures if calibrated else {})
             return {a: p.cpu().numpy() for a, p in probs.items()}
         text = text if text is not None else self.text_features(None, categories)
-        images = (
-            np.ones(len(features), dtype=bool) if has_image is None else np.asarray(has_image, dtype=bool)
-        )
-        present = torch.as_tensor(np.stack([images, text.present], axis=1))
+        present = torch.as_tensor(self.inputs_present(text, len(features), has_image))
         lexical = lexical_batch(text.lexical, device) if text.lexical is not None else None
         dense = torch.as_tensor(text.dense, dtype=torch.float32).to(device)
         logits = self.heads(features, dense, category, present.to(device), lexical)
@@ -248,11 +245,33 @@ class Predictor:
         )
         return {a: p.cpu().numpy() for a, p in probs.items()}
 
-    def ranked(self, probs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def inputs_present(
+        self, text: TextFeatures | None, n: int, has_image: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """Listing heads: (n, 2) image/text flags of the rows (``text`` None = no row has text,
+        ``has_image`` None = every image read); None for image-only heads."""
+        if not self.reads_text:
+            return None
+        texts = np.zeros(n, dtype=bool) if text is None else np.asarray(text.present, dtype=bool)
+        images = np.ones(n, dtype=bool) if has_image is None else np.asarray(has_image, dtype=bool)
+        return np.stack([images, texts], axis=1)
+
+    def ranked(
+        self, probs: Mapping[str, np.ndarray], present: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """attribute → (n, k) value indices, best first by :func:`decision_scores`: column 0 is the value
-        each row gets. Without a prior correction that is the most probable value."""
+        each row gets. Without a prior correction that is the most probable value.
+
+        ``present``: :meth:`inputs_present` of the rows, which listing heads with a correction per set
+        of inputs need (a row without its title is decided as the image heads alone would be)."""
+        by_inputs = self.checkpoint.logit_adjustment_by_inputs
+        if by_inputs and present is None:
+            raise ValueError("this checkpoint corrects rows by the inputs they have: pass present=")
         scores = decision_scores(
-            {a: torch.from_numpy(p) for a, p in probs.items()}, self.checkpoint.logit_adjustment
+            {a: torch.from_numpy(p) for a, p in probs.items()},
+            self.checkpoint.logit_adjustment,
+            by_inputs=by_inputs,
+            present=None if present is None else torch.as_tensor(present),
         )
         return {a: np.argsort(-z.numpy(), axis=1, kind="stable") for a, z in scores.items()}
 
@@ -262,12 +281,14 @@ class Predictor:
         ids: Sequence[str],
         categories: Sequence[str],
         *,
+        present: np.ndarray | None = None,
         min_confidence: float = 0.0,
         placeholder: str = "",
     ) -> list[Prediction]:
         """Each row's value, its calibrated probability as confidence, and up to ``TOP_K`` alternatives in
-        the order the values were ranked; disallowed values (probability 0) never become alternatives."""
-        ranked = self.ranked(probs)
+        the order the values were ranked; disallowed values (probability 0) never become alternatives.
+        ``present``: as for :meth:`ranked`."""
+        ranked = self.ranked(probs, present)
         out = []
         for row, (item_id, category) in enumerate(zip(ids, categories, strict=True)):
             pred = Prediction(str(item_id), category)
@@ -312,7 +333,10 @@ class Predictor:
         # PIL images go through the same loader as files: same orientation, mode and size rules.
         pixels = torch.stack([self.backbone.preprocess(load_image(im)) for im in images])
         probs = self.predict_features(self.backbone(pixels.to(self.device)), categories, text)
-        return self.decode(probs, ids, categories, min_confidence=min_confidence, placeholder=placeholder)
+        present = self.inputs_present(text, len(images))
+        return self.decode(
+            probs, ids, categories, present=present, min_confidence=min_confidence, placeholder=placeholder
+        )
 
     def predict_chunk(
         self,
@@ -362,7 +386,12 @@ class Predictor:
         text = self.text_features([texts[r] for r in good] if texts is not None else None, good_cats)
         probs = self.predict_features(result.features[keep], good_cats, text, has_image=result.ok[keep])
         preds = self.decode(
-            probs, good_ids, good_cats, min_confidence=min_confidence, placeholder=placeholder
+            probs,
+            good_ids,
+            good_cats,
+            present=self.inputs_present(text, len(good), result.ok[keep]),
+            min_confidence=min_confidence,
+            placeholder=placeholder,
         )
         return preds, errors + result.errors
 

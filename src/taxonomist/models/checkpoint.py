@@ -62,6 +62,9 @@ class HeadsCheckpoint:
     temperatures_by_inputs: dict[str, dict[str, float]] = field(default_factory=dict)
     """Listing heads: temperatures per set of inputs a row has (``image``, ``text``); a row with both
     uses ``temperatures``."""
+    logit_adjustment_by_inputs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """Listing heads with ``train.class_balance: dev``: the prior correction chosen for rows with those
+    inputs only (an attribute left out has none); a set not named here takes ``logit_adjustment``."""
     runtime: str = "torch"
     """Runtime and precision of the features the heads were fitted on; prediction keeps the precision."""
     precision: str = "fp32"
@@ -130,6 +133,7 @@ class HeadsCheckpoint:
         if self.text:
             meta["text"] = self.text
             meta["temperatures_by_inputs"] = self.temperatures_by_inputs
+            meta["logit_adjustment_by_inputs"] = self.logit_adjustment_by_inputs
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
         if backbone_state is not None:
@@ -189,6 +193,7 @@ class HeadsCheckpoint:
             metrics=meta.get("metrics", {}),
             text=meta.get("text", {}),
             temperatures_by_inputs=meta.get("temperatures_by_inputs", {}),
+            logit_adjustment_by_inputs=meta.get("logit_adjustment_by_inputs", {}),
             **meta.get("features", {}),
         )
 
@@ -208,6 +213,13 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({err}); copy it again") from err
 
 
+def input_rows(present: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Listing heads' (n, 2) image/text flags → the rows missing an input, by the inputs they have:
+    ``image`` (no title) and ``text`` (no readable image). Rows with both are in neither."""
+    present = present.bool()
+    return {"image": present[:, HAS_IMAGE] & ~present[:, HAS_TEXT], "text": ~present[:, HAS_IMAGE]}
+
+
 def calibrated_probs(
     logits: Mapping[str, torch.Tensor],
     temperatures: Mapping[str, float],
@@ -223,37 +235,45 @@ def calibrated_probs(
     not how likely each value is, so the probabilities stay calibrated with or without it.
     """
     out = {}
+    groups = input_rows(present) if present is not None and by_inputs else {}
     for attribute, z in logits.items():
         t = temperatures.get(attribute, 1.0)
-        if present is not None and by_inputs:
+        if groups:
             t = torch.full((len(z), 1), t, dtype=z.dtype, device=z.device)
-            present = present.bool().to(z.device)
-            for key, has in (
-                ("image", present[:, HAS_IMAGE] & ~present[:, HAS_TEXT]),
-                ("text", ~present[:, HAS_IMAGE]),
-            ):
+            for key, rows in groups.items():
                 t_key = by_inputs.get(key, {}).get(attribute)
                 if t_key is not None:
-                    t[has] = t_key
+                    t[rows.to(z.device)] = t_key
         out[attribute] = torch.softmax(z / t, dim=-1)
     return out
 
 
 def decision_scores(
-    probs: Mapping[str, torch.Tensor], adjustment: Mapping[str, Sequence[float]]
+    probs: Mapping[str, torch.Tensor],
+    adjustment: Mapping[str, Sequence[float]],
+    *,
+    by_inputs: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+    present: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """log p plus the prior correction (``-s · log prior``, where the checkpoint has one); -inf where a
     value is not allowed. A row's value is the argmax, its confidence that value's probability.
 
     The correction lifts rare values, which macro-F1 weighs as much as common ones, as a decision rule:
     applied before the temperature it would also skew the confidences, and four-seed listing heads with
-    it missed the 0.02 ECE target on season (``benchmarks/multimodal.py``)."""
+    it missed the 0.02 ECE target on season (``benchmarks/multimodal.py``). ``by_inputs`` and
+    ``present`` (listing heads) give rows missing an input the correction chosen for them: a row
+    without its title is decided as the image heads alone would be."""
+    groups = input_rows(present) if present is not None and by_inputs else {}
     out = {}
     for attribute, p in probs.items():
-        scores = torch.log(p)
+        bias = torch.zeros_like(p)
         if attribute in adjustment:
-            scores = scores + torch.tensor(adjustment[attribute], dtype=p.dtype, device=p.device)
-        out[attribute] = scores
+            bias[:] = torch.tensor(adjustment[attribute], dtype=p.dtype)
+        for key, rows in groups.items():
+            if key in by_inputs:
+                chosen = by_inputs[key].get(attribute)
+                bias[rows.to(p.device)] = 0.0 if chosen is None else torch.tensor(chosen, dtype=p.dtype)
+        out[attribute] = torch.log(p) + bias
     return out
 
 

@@ -114,7 +114,8 @@ class AttributeModel:
         text = self.predictor.text_features([item.title for item in items], categories)
         probs = self.predictor.predict_features(features, categories, text)
         ids = [str(i) for i in range(len(items))]
-        return [p.attributes for p in self.predictor.decode(probs, ids, categories)]
+        present = self.predictor.inputs_present(text, len(items))
+        return [p.attributes for p in self.predictor.decode(probs, ids, categories, present=present)]
 
 
 LOADERS: dict[str, Callable[..., ServedModel]] = {"attribute-heads": AttributeModel.load}

@@ -129,14 +129,20 @@ def predict_logits(
     parts: dict[str, list[torch.Tensor]] = {a: [] for a in model.attributes}
     for start in range(0, len(data), batch_size):
         rows = slice(start, start + batch_size)
-        present = None
-        if hide is not None:
-            present = data.present[rows].clone()
-            present[:, HAS_TEXT if hide == "text" else HAS_IMAGE] = False
+        present = None if hide is None else hidden_present(data.present[rows], hide)
         out = heads_forward(model, data, rows, present)
         for a, v in out.items():
             parts[a].append(v)
     return {a: torch.cat(v) for a, v in parts.items()}
+
+
+def hidden_present(present: torch.Tensor, hide: str | None) -> torch.Tensor:
+    """Listing heads' image/text flags with the ``hide`` input (``"text"`` or ``"image"``) removed."""
+    if hide is None:
+        return present
+    present = present.clone()
+    present[:, HAS_TEXT if hide == "text" else HAS_IMAGE] = False
+    return present
 
 
 def fit_heads(
@@ -241,6 +247,8 @@ class TrainReport:
     data: DataReport | None = None
     class_balance: dict[str, float] = field(default_factory=dict)
     """Each attribute's prior-correction strength (``train.class_balance``; with ``dev``, its choice)."""
+    class_balance_by_inputs: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Listing heads with ``class_balance: dev``: the strengths chosen for rows missing an input."""
 
 
 def logits_to_frame(
@@ -475,16 +483,19 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         calibration = {**calibration, **calibration_parts}
     dev_probs = predict_probs(model, dev_set, temperatures, by_inputs)
     adjustment, strengths = balance_adjustment(cfg.train.class_balance, train_set, dev_probs, model, score)
-    report = part_report(decision_scores(dev_probs, adjustment), dev_frame, schema)
-    test_report = (
-        part_report(
-            decision_scores(predict_probs(model, test_set, temperatures, by_inputs), adjustment),
-            test_frame,
-            schema,
+    adjustment_by_inputs, strengths_by_inputs = {}, {}
+    if text is not None:
+        fitted = (temperatures, by_inputs)
+        adjustment_by_inputs, strengths_by_inputs = input_corrections(
+            cfg, model, (train_set, dev_set), fitted, score
         )
-        if len(test_set)
-        else None
-    )
+
+    def decide(data: FeatureSet) -> dict[str, torch.Tensor]:
+        probs = predict_probs(model, data, temperatures, by_inputs)
+        return decision_scores(probs, adjustment, by_inputs=adjustment_by_inputs, present=data.present)
+
+    report = part_report(decide(dev_set), dev_frame, schema)
+    test_report = part_report(decide(test_set), test_frame, schema) if len(test_set) else None
     checkpoint = heads_checkpoint(
         cfg,
         backbone,
@@ -500,10 +511,12 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
             "best_epoch": history.best_epoch,
             **({"member_best_epochs": history.best_epochs} if history.members else {}),
             "class_balance": strengths,
+            **({"class_balance_by_inputs": strengths_by_inputs} if strengths_by_inputs else {}),
             "calibration": calibration,
         },
         text=text_record(cfg, text) if text is not None else {},
         temperatures_by_inputs=by_inputs,
+        logit_adjustment_by_inputs=adjustment_by_inputs,
     )
     checkpoint.save(output_dir, model, backbone_state)
     if text is not None:
@@ -525,6 +538,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         len(test_set),
         data.report,
         strengths,
+        strengths_by_inputs,
     )
     atomic_write_text(output_dir / "metrics.json", json.dumps(summary_dict(result), indent=1))
     markdown = report.to_markdown(include_pairs=True)
@@ -543,13 +557,39 @@ def input_temperatures(
 
     A row missing an input is scored by the same checkpoint but is less certain: its own temperature
     keeps those confidences calibrated too."""
-    hidden = {"image": "text", **({"text": "image"} if cfg.text.image_dropout > 0 else {})}
     by_inputs, calibration = {}, {}
-    for inputs, hide in hidden.items():
+    for inputs, hide in hidden_inputs(cfg).items():
         logits = predict_logits(model, dev_set, hide=hide)
         by_inputs[inputs], part = calibrate(logits, dev_set, model, enabled=cfg.train.calibrate)
         calibration.update({f"{a} ({inputs} only)": v for a, v in part.items()})
     return by_inputs, calibration
+
+
+def hidden_inputs(cfg: RunConfig) -> dict[str, str]:
+    """Listing heads: each set of inputs a row may be left with → the input hidden to score dev so."""
+    return {"image": "text", **({"text": "image"} if cfg.text.image_dropout > 0 else {})}
+
+
+def input_corrections(
+    cfg: RunConfig,
+    model: ListingHeads,
+    data: tuple[FeatureSet, FeatureSet],
+    fitted: tuple[Mapping[str, float], Mapping[str, Mapping[str, float]]],
+    score: Callable[[dict[str, torch.Tensor]], float],
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, float]]]:
+    """Listing heads with ``train.class_balance: dev``: the correction (and strengths) chosen on dev for
+    rows missing an input, as :func:`input_temperatures` does for temperatures; none otherwise.
+
+    A row without its title is scored by the image heads, which need their own strengths: the ones
+    chosen for titled rows lifted the fused model's blank-title score 0.025 above the image heads'."""
+    if cfg.train.class_balance != "dev":
+        return {}, {}
+    (train_set, dev_set), (temperatures, by_inputs) = data, fitted
+    adjustments, strengths = {}, {}
+    for inputs, hide in hidden_inputs(cfg).items():
+        probs = predict_probs(model, dev_set, temperatures, by_inputs, hide=hide)
+        adjustments[inputs], strengths[inputs] = balance_adjustment("dev", train_set, probs, model, score)
+    return adjustments, strengths
 
 
 def predict_probs(
@@ -557,11 +597,14 @@ def predict_probs(
     data: FeatureSet,
     temperatures: Mapping[str, float],
     by_inputs: Mapping[str, Mapping[str, float]] | None = None,
+    *,
+    hide: str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The calibrated probabilities a checkpoint with these temperatures predicts for ``data``."""
-    return calibrated_probs(
-        predict_logits(model, data), temperatures, by_inputs=by_inputs, present=data.present
-    )
+    """The calibrated probabilities a checkpoint with these temperatures predicts for ``data`` (with the
+    ``hide`` input removed from every row)."""
+    present = None if data.present is None else hidden_present(data.present, hide)
+    logits = predict_logits(model, data, hide=hide)
+    return calibrated_probs(logits, temperatures, by_inputs=by_inputs, present=present)
 
 
 def part_report(logits: Mapping[str, torch.Tensor], frame: pd.DataFrame, schema: Schema) -> AttributeReport:
@@ -592,6 +635,11 @@ def summary_dict(result: TrainReport) -> dict:
         "image_errors": result.image_errors,
         "policy": result.policy,
         "class_balance": result.class_balance,
+        **(
+            {"class_balance_by_inputs": result.class_balance_by_inputs}
+            if result.class_balance_by_inputs
+            else {}
+        ),
     }
 
 

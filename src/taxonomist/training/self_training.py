@@ -66,6 +66,7 @@ from taxonomist.training.heads import (
     feature_set,
     fit_heads,
     fit_recipe_heads,
+    input_corrections,
     input_temperatures,
     logits_to_frame,
     predict_logits,
@@ -421,6 +422,8 @@ class RoundModel:
     adjustment: dict[str, list[float]]
     temperatures_by_inputs: dict[str, dict[str, float]] = field(default_factory=dict)
     """Listing heads: temperatures of rows scored without their title (``"image"``)."""
+    adjustment_by_inputs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """Listing heads with ``train.class_balance: dev``: the correction of rows missing an input."""
 
     def probabilities(self, data: FeatureSet) -> dict[str, np.ndarray]:
         return calibrated_probabilities(self.model, data, self.temperatures, self.temperatures_by_inputs)
@@ -451,10 +454,18 @@ def train_round(
         by_inputs, _ = input_temperatures(cfg, model, data.dev)
     dev_probs = predict_probs(model, data.dev, temperatures, by_inputs)
     adjustment, _ = balance_adjustment(cfg.train.class_balance, train_set, dev_probs, model, score)
-    test_probs = predict_probs(model, data.test, temperatures, by_inputs)
-    test_report = data.score(data.test_frame, decision_scores(test_probs, adjustment))
+    by_inputs_adjustment: dict[str, dict[str, list[float]]] = {}
+    if data.text is not None:
+        fitted = (temperatures, by_inputs)
+        by_inputs_adjustment, _ = input_corrections(cfg, model, (train_set, data.dev), fitted, score)
+
+    def decide(part: FeatureSet) -> dict[str, torch.Tensor]:
+        probs = predict_probs(model, part, temperatures, by_inputs)
+        return decision_scores(probs, adjustment, by_inputs=by_inputs_adjustment, present=part.present)
+
+    test_report = data.score(data.test_frame, decide(data.test))
     record = {
-        "dev_score": data.score(data.dev_frame, decision_scores(dev_probs, adjustment)).score,
+        "dev_score": data.score(data.dev_frame, decide(data.dev)).score,
         "test_score": test_report.score,
         "test_per_attribute": dict(
             zip(test_report.per_attribute["attribute"], test_report.per_attribute["harmonic"], strict=True)
@@ -462,7 +473,7 @@ def train_round(
         "n_train_rows": len(train_set),
         "best_epoch": history.best_epoch,
     }
-    return RoundModel(model, temperatures, adjustment, by_inputs), record
+    return RoundModel(model, temperatures, adjustment, by_inputs, by_inputs_adjustment), record
 
 
 @dataclass
@@ -508,7 +519,11 @@ def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True)
         if k < len(records):  # finished before a kill, or by an earlier run with fewer rounds
             finished, model = load_heads_checkpoint(round_dir)
             current = RoundModel(
-                model, finished.temperatures, finished.logit_adjustment, finished.temperatures_by_inputs
+                model,
+                finished.temperatures,
+                finished.logit_adjustment,
+                finished.temperatures_by_inputs,
+                finished.logit_adjustment_by_inputs,
             )
         else:
             round_start = time.perf_counter()
@@ -563,6 +578,7 @@ def save_round(
     checkpoint = copy.copy(data.checkpoint)
     checkpoint.temperatures, checkpoint.logit_adjustment = current.temperatures, current.adjustment
     checkpoint.temperatures_by_inputs = current.temperatures_by_inputs
+    checkpoint.logit_adjustment_by_inputs = current.adjustment_by_inputs
     checkpoint.metrics = {"test_score": record["test_score"], "dev_score": record["dev_score"]}
     checkpoint.save(round_dir, current.model, data.backbone_state)
     if data.text is not None:
