@@ -101,8 +101,9 @@ def _accuracy(truth: pd.DataFrame, predicted: pd.DataFrame, attributes: list[str
 
 def _score(predictor: Predictor, features: np.ndarray, frame: pd.DataFrame) -> tuple[float, dict, Any]:
     cats = frame[CATEGORY].astype(str).tolist()
-    probs = predictor.predict_features(features, cats)
-    preds = predictor.decode(probs, frame[ID].astype(str).tolist(), cats)
+    probs = predictor.predict_features(features, cats)  # listing heads: as listings without a title
+    present = predictor.inputs_present(None, len(cats))
+    preds = predictor.decode(probs, frame[ID].astype(str).tolist(), cats, present=present)
     predicted = wide_named_frame(preds, predictor.schema.attributes)
     truth = frame.assign(**{ID: frame[ID].astype(str)})
     report = attribute_score(truth, predicted, predictor.schema.categories)
@@ -204,11 +205,13 @@ def export_run(
         chosen = rng.choice(train_idx, size=min(calibration_rows, len(train_idx)), replace=False)
         calibration = calibration_batches(reference, [paths[i] for i in chosen], cfg.train.seed)
     candidate_dir = root / f".candidate-{resolved}-{precision}-{os.getpid()}"
+    # Listing heads take more inputs than the exported graph: they stay on torch, as the predictor runs them.
+    heads = None if reference.reads_text else reference.heads
     try:
         manifest = rt.export(
             candidate_dir,
             reference.backbone,
-            reference.heads,
+            heads,
             reference.checkpoint.feature_dim,
             resolved,
             precision,
@@ -218,8 +221,14 @@ def export_run(
         )
         report = None
         if parity_rows > 0:
-            backbone, heads, _ = rt.load_export(candidate_dir, reference.backbone, reference.heads)
-            candidate = Predictor(reference.checkpoint, heads, backbone, version=reference.version)
+            backbone, exported, _ = rt.load_export(candidate_dir, reference.backbone, heads)
+            candidate = Predictor(
+                reference.checkpoint,
+                exported or reference.heads,
+                backbone,
+                version=reference.version,
+                text=reference.text,
+            )
             rows = (
                 val_idx if len(val_idx) <= parity_rows else np.sort(rng.choice(val_idx, parity_rows, False))
             )
