@@ -143,10 +143,11 @@ TRIED = [
     "values named in the title as a soft bonus (+β on the logit of each value the title names, β per "
     "attribute in {0, .5, 1, 2, 4} chosen on dev with the correction strengths; cached four-seed "
     "logits): dev 0.8792, test 0.8635 against 0.8631 without",
-    "throughput, checked after the recorded run: its two checkpoints timed again in a fresh process (best "
-    "of 2 rounds, the same 1000 test images) gave image 99.0, fused 88.9 img/s (ratio 0.90); the recorded "
-    "run's image-only 110.1 img/s is the fastest of the four measurements (92.9, 96.2, 99.0, 110.1) while "
-    "fused stayed at 83.8-88.9, so its 0.76 is this machine's noise on the image-only side",
+    "throughput of the earlier one-seed recorded run (ratio 0.76), checked after it: its two checkpoints "
+    "timed again in a fresh process (best of 2 rounds, the same 1000 test images) gave image 99.0, fused "
+    "88.9 img/s (ratio 0.90); that run's image-only 110.1 img/s is the fastest of the four measurements "
+    "(92.9, 96.2, 99.0, 110.1) while fused stayed at 83.8-88.9, so its 0.76 is this machine's noise on the "
+    "image-only side",
     "everything that rose on dev, together: the mean of the four seeds, the per-attribute prior adjustment "
     "chosen on dev and the named-colour rule: dev 0.8766, test 0.8660 (the mean alone 0.8574, with the "
     "adjustment 0.8634, with the colour rule 0.8599)",
@@ -688,9 +689,10 @@ def write_docs(r: dict) -> None:
         "",
         reported_setup(r),
         "Rows without a title are scored by the image-only heads the listing checkpoint carries "
-        "(`text.image_fallback`, on by default: the image recipe's heads, trained on the same rows), so "
-        "`blank_text_delta` is 0 without a prior correction (which applies to those rows too); the row "
-        "above shows what the fused trunk alone, trained with modality dropout, gives those rows. "
+        "(`text.image_fallback`, on by default: the image recipe's heads, trained on the same rows) and "
+        "decided with the strengths chosen on dev for rows without a title, the same the image-only heads "
+        "choose, so `blank_text_delta` is 0; the row above shows what the fused trunk alone, trained with "
+        "modality dropout, gives those rows. "
         "Fusion chosen on dev (one seed each, no correction): "
         + ", ".join(
             f"{k} {v:.4f} (test {r['fusion_test_scores'][k]:.4f})" for k, v in r["fusion_dev_scores"].items()
