@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -489,13 +489,13 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         adjustment_by_inputs, strengths_by_inputs = input_corrections(
             cfg, model, (train_set, dev_set), fitted, score
         )
-
-    def decide(data: FeatureSet) -> dict[str, torch.Tensor]:
-        probs = predict_probs(model, data, temperatures, by_inputs)
-        return decision_scores(probs, adjustment, by_inputs=adjustment_by_inputs, present=data.present)
-
-    report = part_report(decide(dev_set), dev_frame, schema)
-    test_report = part_report(decide(test_set), test_frame, schema) if len(test_set) else None
+    fitted = (temperatures, by_inputs, adjustment, adjustment_by_inputs)
+    report = part_report(predict_decisions(model, dev_set, *fitted), dev_frame, schema)
+    test_report = (
+        part_report(predict_decisions(model, test_set, *fitted), test_frame, schema)
+        if len(test_set)
+        else None
+    )
     checkpoint = heads_checkpoint(
         cfg,
         backbone,
@@ -605,6 +605,19 @@ def predict_probs(
     present = None if data.present is None else hidden_present(data.present, hide)
     logits = predict_logits(model, data, hide=hide)
     return calibrated_probs(logits, temperatures, by_inputs=by_inputs, present=present)
+
+
+def predict_decisions(
+    model: AttributeHeads | HeadsEnsemble | ListingHeads,
+    data: FeatureSet,
+    temperatures: Mapping[str, float],
+    by_inputs: Mapping[str, Mapping[str, float]],
+    adjustment: Mapping[str, Sequence[float]],
+    adjustment_by_inputs: Mapping[str, Mapping[str, Sequence[float]]],
+) -> dict[str, torch.Tensor]:
+    """The decision scores a checkpoint with this calibration gives ``data``'s rows (argmax = value)."""
+    probs = predict_probs(model, data, temperatures, by_inputs)
+    return decision_scores(probs, adjustment, by_inputs=adjustment_by_inputs, present=data.present)
 
 
 def part_report(logits: Mapping[str, torch.Tensor], frame: pd.DataFrame, schema: Schema) -> AttributeReport:

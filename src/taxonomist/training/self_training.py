@@ -53,7 +53,7 @@ from taxonomist.features.text import ListingText
 from taxonomist.io import ResumeError, atomic_write_frame, atomic_write_text
 from taxonomist.metrics import AttributeReport, apply_temperature, attribute_score, fit_temperature
 from taxonomist.models.build import heads_checkpoint, load_heads_checkpoint
-from taxonomist.models.checkpoint import HeadsCheckpoint, decision_scores
+from taxonomist.models.checkpoint import HeadsCheckpoint
 from taxonomist.models.fusion import ListingHeads
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 from taxonomist.models.text_attributes import TextAttributeClassifier
@@ -69,6 +69,7 @@ from taxonomist.training.heads import (
     input_corrections,
     input_temperatures,
     logits_to_frame,
+    predict_decisions,
     predict_logits,
     predict_probs,
     text_record,
@@ -458,14 +459,10 @@ def train_round(
     if data.text is not None:
         fitted = (temperatures, by_inputs)
         by_inputs_adjustment, _ = input_corrections(cfg, model, (train_set, data.dev), fitted, score)
-
-    def decide(part: FeatureSet) -> dict[str, torch.Tensor]:
-        probs = predict_probs(model, part, temperatures, by_inputs)
-        return decision_scores(probs, adjustment, by_inputs=by_inputs_adjustment, present=part.present)
-
-    test_report = data.score(data.test_frame, decide(data.test))
+    calibration = (temperatures, by_inputs, adjustment, by_inputs_adjustment)
+    test_report = data.score(data.test_frame, predict_decisions(model, data.test, *calibration))
     record = {
-        "dev_score": data.score(data.dev_frame, decide(data.dev)).score,
+        "dev_score": data.score(data.dev_frame, predict_decisions(model, data.dev, *calibration)).score,
         "test_score": test_report.score,
         "test_per_attribute": dict(
             zip(test_report.per_attribute["attribute"], test_report.per_attribute["harmonic"], strict=True)
