@@ -55,17 +55,15 @@ from taxonomist.models.checkpoint import decision_scores
 from taxonomist.models.heads import NEG_INF, allowed_masks
 from taxonomist.training.heads import (
     FeatureSet,
-    balance_adjustment,
     build_heads,
-    calibrate,
     embedding_backbone,
+    fit_calibration,
     fit_heads,
     fit_recipe_heads,
     hidden_present,
-    input_corrections,
-    input_temperatures,
     listing_text,
     logits_to_frame,
+    predict_decisions,
     predict_logits,
     predict_probs,
     set_text,
@@ -305,9 +303,9 @@ def main() -> None:
         "predict_images_per_s": throughput,
         "fusion": fused["fusion"],
         "members": fused["cfg"].heads.members,
-        "class_balance": fused["class_balance"],
-        "class_balance_by_inputs": fused["class_balance_by_inputs"],
-        "class_balance_image_only": heads["image"]["class_balance"],
+        "class_balance": fused["calibration"].strengths,
+        "class_balance_by_inputs": fused["calibration"].strengths_by_inputs,
+        "class_balance_image_only": heads["image"]["calibration"].strengths,
         "score_fused_one_seed": heads["test_by_fusion"][fused["fusion"]],
         "score_fused_members_without_class_balance": fused["members_plain"].score,
         "dev_score_fused": fused["dev"].score,
@@ -407,28 +405,17 @@ def train_heads(
     image_model, _, image_seconds = fit(cfg, (feature_set(tr), feature_set(dv)), None)
     # Decided as the recipe decides with the listing heads' train.class_balance: rows without a title
     # go to these very heads, so a blank title must score as the image-only model does.
-    image_dev = feature_set(dv)
-    image_temperatures, _ = calibrate(predict_logits(image_model, image_dev), image_dev, image_model)
-    image_adjustment, image_strengths = balance_adjustment(
-        listing[1],
-        feature_set(tr),
-        predict_probs(image_model, image_dev, image_temperatures),
-        image_model,
-        lambda z: bench.score(dv, z).score,
+    image_cfg = copy.deepcopy(cfg)
+    image_cfg.train.class_balance = listing[1]
+    image_fit = fit_calibration(
+        image_cfg, image_model, feature_set(tr), feature_set(dv), lambda z: bench.score(dv, z).score
     )
     out = {
         "image": {
             "model": image_model,
             "seconds": image_seconds,
-            "temperatures": image_temperatures,
-            "adjustment": image_adjustment,
-            "class_balance": image_strengths,
-            "test": bench.score(
-                te,
-                decision_scores(
-                    predict_probs(image_model, feature_set(te), image_temperatures), image_adjustment
-                ),
-            ),
+            "calibration": image_fit,
+            "test": bench.score(te, predict_decisions(image_model, feature_set(te), image_fit)),
         }
     }
     print(f"image-only test {out['image']['test'].score:.4f}", flush=True)
@@ -481,28 +468,18 @@ def train_heads(
     reported_seconds = time.perf_counter() - start
     # Calibrated as the recipe calibrates (temperatures on dev, per set of inputs); the prior correction
     # then chooses each row's value from those probabilities.
-    temperatures, _ = calibrate(predict_logits(model, dev_set), dev_set, model)
-    by_inputs, _ = input_temperatures(fused_cfg, model, dev_set)
-    adjustment, strengths = balance_adjustment(
-        fused_cfg.train.class_balance,
-        train_set,
-        predict_probs(model, dev_set, temperatures, by_inputs),
-        model,
-        dev_score,
-    )
-
-    fitted = (temperatures, by_inputs)
-    adjustment_by_inputs, strengths_by_inputs = input_corrections(
-        fused_cfg, model, (train_set, dev_set), fitted, dev_score
-    )
+    fitted = fit_calibration(fused_cfg, model, train_set, dev_set, dev_score)
 
     def decide(data: FeatureSet, hide: str | None = None, correction: dict | None = None) -> tuple:
-        """Each row's calibrated probabilities and decision scores, as the listing checkpoint gives them."""
-        probs = predict_probs(model, data, temperatures, by_inputs, hide=hide)
-        present = hidden_present(data.present, hide)
-        if correction is not None:  # this correction for every row
+        """Each row's calibrated probabilities and decision scores, as the listing checkpoint gives them
+        (``correction``: this one for every row instead)."""
+        probs = predict_probs(model, data, fitted.temperatures, fitted.temperatures_by_inputs, hide=hide)
+        if correction is not None:
             return probs, decision_scores(probs, correction)
-        return probs, decision_scores(probs, adjustment, by_inputs=adjustment_by_inputs, present=present)
+        present = hidden_present(data.present, hide)
+        return probs, decision_scores(
+            probs, fitted.adjustment, by_inputs=fitted.adjustment_by_inputs, present=present
+        )
 
     def scored(rows: np.ndarray, data: FeatureSet, hide: str | None = None, correction: dict | None = None):
         return bench.score(rows, decide(data, hide, correction)[1])
@@ -513,12 +490,7 @@ def train_heads(
         "cfg": fused_cfg,
         "text": text,
         "fusion": fusion,
-        "class_balance": strengths,
-        "class_balance_by_inputs": strengths_by_inputs,
-        "adjustment": adjustment,
-        "adjustment_by_inputs": adjustment_by_inputs,
-        "temperatures": temperatures,
-        "temperatures_by_inputs": by_inputs,
+        "calibration": fitted,
         "dev": scored(dv, dev_set),
         "members_plain": scored(te, test_set, correction={}),
         "test": scored(te, test_set),
@@ -531,7 +503,7 @@ def train_heads(
         "seconds": reported_seconds,
     }
     print(
-        f"fused, {fused_cfg.heads.members} seeds, class balance {strengths}: "
+        f"fused, {fused_cfg.heads.members} seeds, class balance {fitted.strengths}: "
         f"test {out['fused']['test'].score:.4f}",
         flush=True,
     )
@@ -583,24 +555,13 @@ def measure_throughput(bench, cfg, heads, backbone, backbone_state, rows, n_imag
         (
             "fused",
             fused["model"],
-            {
-                "text": text_record(fused["cfg"], fused["text"]),
-                "temperatures_by_inputs": fused["temperatures_by_inputs"],
-                "logit_adjustment_by_inputs": fused["adjustment_by_inputs"],
-            },
+            {"text": text_record(fused["cfg"], fused["text"])},
         ),
     ):
         run_cfg = fused["cfg"] if name == "fused" else cfg
-        temperatures, adjustment = heads[name]["temperatures"], heads[name]["adjustment"]
+        fitted = heads[name]["calibration"].checkpoint_fields()
         checkpoint = heads_checkpoint(
-            run_cfg,
-            backbone,
-            bench.schema,
-            bench.categories,
-            feature_dim,
-            temperatures=temperatures,
-            logit_adjustment=adjustment,
-            **extra,
+            run_cfg, backbone, bench.schema, bench.categories, feature_dim, **fitted, **extra
         )
         checkpoint.save(work / name, model, backbone_state)
         if name == "fused":

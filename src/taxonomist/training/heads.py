@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -474,27 +474,10 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
 
     masks = allowed_masks(schema, categories)
     model, history = fit_recipe_heads(cfg, (train_set, dev_set), masks, text, score, progress)
-    temperatures, calibration = calibrate(
-        predict_logits(model, dev_set), dev_set, model, enabled=cfg.train.calibrate
-    )
-    by_inputs: dict[str, dict[str, float]] = {}
-    if text is not None:
-        by_inputs, calibration_parts = input_temperatures(cfg, model, dev_set)
-        calibration = {**calibration, **calibration_parts}
-    dev_probs = predict_probs(model, dev_set, temperatures, by_inputs)
-    adjustment, strengths = balance_adjustment(cfg.train.class_balance, train_set, dev_probs, model, score)
-    adjustment_by_inputs, strengths_by_inputs = {}, {}
-    if text is not None:
-        fitted = (temperatures, by_inputs)
-        adjustment_by_inputs, strengths_by_inputs = input_corrections(
-            cfg, model, (train_set, dev_set), fitted, score
-        )
-    fitted = (temperatures, by_inputs, adjustment, adjustment_by_inputs)
-    report = part_report(predict_decisions(model, dev_set, *fitted), dev_frame, schema)
+    fitted = fit_calibration(cfg, model, train_set, dev_set, score)
+    report = part_report(predict_decisions(model, dev_set, fitted), dev_frame, schema)
     test_report = (
-        part_report(predict_decisions(model, test_set, *fitted), test_frame, schema)
-        if len(test_set)
-        else None
+        part_report(predict_decisions(model, test_set, fitted), test_frame, schema) if len(test_set) else None
     )
     checkpoint = heads_checkpoint(
         cfg,
@@ -502,21 +485,18 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         schema,
         categories,
         embedded.features.shape[1],
-        temperatures=temperatures,
-        logit_adjustment=adjustment,
         metrics={
             "dev_score": report.score,
             "test_score": None if test_report is None else test_report.score,
             "selection_split": "dev",
             "best_epoch": history.best_epoch,
             **({"member_best_epochs": history.best_epochs} if history.members else {}),
-            "class_balance": strengths,
-            **({"class_balance_by_inputs": strengths_by_inputs} if strengths_by_inputs else {}),
-            "calibration": calibration,
+            "class_balance": fitted.strengths,
+            **({"class_balance_by_inputs": fitted.strengths_by_inputs} if fitted.strengths_by_inputs else {}),
+            "calibration": fitted.report,
         },
         text=text_record(cfg, text) if text is not None else {},
-        temperatures_by_inputs=by_inputs,
-        logit_adjustment_by_inputs=adjustment_by_inputs,
+        **fitted.checkpoint_fields(),
     )
     checkpoint.save(output_dir, model, backbone_state)
     if text is not None:
@@ -527,7 +507,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         report.score,
         report,
         history,
-        calibration,
+        fitted.report,
         embedded.seconds,
         history.seconds,
         len(train_set),
@@ -537,8 +517,8 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
         test_report,
         len(test_set),
         data.report,
-        strengths,
-        strengths_by_inputs,
+        fitted.strengths,
+        fitted.strengths_by_inputs,
     )
     atomic_write_text(output_dir / "metrics.json", json.dumps(summary_dict(result), indent=1))
     markdown = report.to_markdown(include_pairs=True)
@@ -570,26 +550,58 @@ def hidden_inputs(cfg: RunConfig) -> dict[str, str]:
     return {"image": "text", **({"text": "image"} if cfg.text.image_dropout > 0 else {})}
 
 
-def input_corrections(
-    cfg: RunConfig,
-    model: ListingHeads,
-    data: tuple[FeatureSet, FeatureSet],
-    fitted: tuple[Mapping[str, float], Mapping[str, Mapping[str, float]]],
-    score: Callable[[dict[str, torch.Tensor]], float],
-) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, float]]]:
-    """Listing heads with ``train.class_balance: dev``: the correction (and strengths) chosen on dev for
-    rows missing an input, as :func:`input_temperatures` does for temperatures; none otherwise.
+@dataclass
+class Calibration:
+    """What dev fits after the heads: temperatures and the prior correction (listing heads: also per
+    set of inputs a row may be left with), the strengths chosen and the calibration records."""
 
-    A row without its title is scored by the image heads, which need their own strengths: the ones
-    chosen for titled rows lifted the fused model's blank-title score 0.025 above the image heads'."""
-    if cfg.train.class_balance != "dev":
-        return {}, {}
-    (train_set, dev_set), (temperatures, by_inputs) = data, fitted
-    adjustments, strengths = {}, {}
-    for inputs, hide in hidden_inputs(cfg).items():
-        probs = predict_probs(model, dev_set, temperatures, by_inputs, hide=hide)
-        adjustments[inputs], strengths[inputs] = balance_adjustment("dev", train_set, probs, model, score)
-    return adjustments, strengths
+    temperatures: dict[str, float]
+    adjustment: dict[str, list[float]]
+    strengths: dict[str, float]
+    report: dict[str, dict[str, float]]
+    temperatures_by_inputs: dict[str, dict[str, float]] = field(default_factory=dict)
+    adjustment_by_inputs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    strengths_by_inputs: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def checkpoint_fields(self) -> dict[str, dict]:
+        """The :class:`HeadsCheckpoint` fields a predictor needs to decide as dev was scored."""
+        return {
+            "temperatures": self.temperatures,
+            "logit_adjustment": self.adjustment,
+            "temperatures_by_inputs": self.temperatures_by_inputs,
+            "logit_adjustment_by_inputs": self.adjustment_by_inputs,
+        }
+
+
+def fit_calibration(
+    cfg: RunConfig,
+    model: AttributeHeads | HeadsEnsemble | ListingHeads,
+    train_set: FeatureSet,
+    dev_set: FeatureSet,
+    score: Callable[[dict[str, torch.Tensor]], float],
+) -> Calibration:
+    """Temperatures on dev (``train.calibrate``), then ``train.class_balance`` on the calibrated dev
+    probabilities. Listing heads fit both again for rows missing an input: a row without its title is
+    scored by the image heads, which need their own strengths (the titled rows' lifted the fused model's
+    blank-title score 0.025 above the image heads' on fashion-product-images)."""
+    temperatures, report = calibrate(
+        predict_logits(model, dev_set), dev_set, model, enabled=cfg.train.calibrate
+    )
+    out = Calibration(temperatures, {}, {}, report)
+    if listing_heads(model) is not None:
+        out.temperatures_by_inputs, parts = input_temperatures(cfg, model, dev_set)
+        out.report = {**report, **parts}
+    dev_probs = predict_probs(model, dev_set, temperatures, out.temperatures_by_inputs)
+    out.adjustment, out.strengths = balance_adjustment(
+        cfg.train.class_balance, train_set, dev_probs, model, score
+    )
+    if listing_heads(model) is not None and cfg.train.class_balance == "dev":
+        for inputs, hide in hidden_inputs(cfg).items():
+            probs = predict_probs(model, dev_set, temperatures, out.temperatures_by_inputs, hide=hide)
+            out.adjustment_by_inputs[inputs], out.strengths_by_inputs[inputs] = balance_adjustment(
+                "dev", train_set, probs, model, score
+            )
+    return out
 
 
 def predict_probs(
@@ -608,16 +620,13 @@ def predict_probs(
 
 
 def predict_decisions(
-    model: AttributeHeads | HeadsEnsemble | ListingHeads,
-    data: FeatureSet,
-    temperatures: Mapping[str, float],
-    by_inputs: Mapping[str, Mapping[str, float]],
-    adjustment: Mapping[str, Sequence[float]],
-    adjustment_by_inputs: Mapping[str, Mapping[str, Sequence[float]]],
+    model: AttributeHeads | HeadsEnsemble | ListingHeads, data: FeatureSet, fitted: Calibration
 ) -> dict[str, torch.Tensor]:
     """The decision scores a checkpoint with this calibration gives ``data``'s rows (argmax = value)."""
-    probs = predict_probs(model, data, temperatures, by_inputs)
-    return decision_scores(probs, adjustment, by_inputs=adjustment_by_inputs, present=data.present)
+    probs = predict_probs(model, data, fitted.temperatures, fitted.temperatures_by_inputs)
+    return decision_scores(
+        probs, fitted.adjustment, by_inputs=fitted.adjustment_by_inputs, present=data.present
+    )
 
 
 def part_report(logits: Mapping[str, torch.Tensor], frame: pd.DataFrame, schema: Schema) -> AttributeReport:

@@ -27,13 +27,13 @@ resumes at the next round.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import math
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,19 +58,16 @@ from taxonomist.models.fusion import ListingHeads
 from taxonomist.models.heads import AttributeHeads, allowed_masks
 from taxonomist.models.text_attributes import TextAttributeClassifier
 from taxonomist.training.heads import (
+    Calibration,
     FeatureSet,
     attach_text,
-    balance_adjustment,
-    calibrate,
     embedding_backbone,
     feature_set,
+    fit_calibration,
     fit_heads,
     fit_recipe_heads,
-    input_corrections,
-    input_temperatures,
     logits_to_frame,
     predict_decisions,
-    predict_logits,
     predict_probs,
     text_record,
 )
@@ -419,15 +416,11 @@ class RoundModel:
     """One round's heads with the calibration they are predicted with."""
 
     model: AttributeHeads | ListingHeads
-    temperatures: dict[str, float]
-    adjustment: dict[str, list[float]]
-    temperatures_by_inputs: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Listing heads: temperatures of rows scored without their title (``"image"``)."""
-    adjustment_by_inputs: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    """Listing heads with ``train.class_balance: dev``: the correction of rows missing an input."""
+    calibration: Calibration
 
     def probabilities(self, data: FeatureSet) -> dict[str, np.ndarray]:
-        return calibrated_probabilities(self.model, data, self.temperatures, self.temperatures_by_inputs)
+        fitted = self.calibration
+        return calibrated_probabilities(self.model, data, fitted.temperatures, fitted.temperatures_by_inputs)
 
 
 def train_round(
@@ -448,21 +441,10 @@ def train_round(
         if cfg.self_training.warm_start and teacher is not None:
             model.load_state_dict(teacher.model.state_dict())
         history = fit_heads(model, train_set, data.dev, score, cfg.train, progress=progress)
-    dev_logits = predict_logits(model, data.dev)
-    temperatures, _ = calibrate(dev_logits, data.dev, model, enabled=cfg.train.calibrate)
-    by_inputs: dict[str, dict[str, float]] = {}
-    if data.text is not None:
-        by_inputs, _ = input_temperatures(cfg, model, data.dev)
-    dev_probs = predict_probs(model, data.dev, temperatures, by_inputs)
-    adjustment, _ = balance_adjustment(cfg.train.class_balance, train_set, dev_probs, model, score)
-    by_inputs_adjustment: dict[str, dict[str, list[float]]] = {}
-    if data.text is not None:
-        fitted = (temperatures, by_inputs)
-        by_inputs_adjustment, _ = input_corrections(cfg, model, (train_set, data.dev), fitted, score)
-    calibration = (temperatures, by_inputs, adjustment, by_inputs_adjustment)
-    test_report = data.score(data.test_frame, predict_decisions(model, data.test, *calibration))
+    fitted = fit_calibration(cfg, model, train_set, data.dev, score)
+    test_report = data.score(data.test_frame, predict_decisions(model, data.test, fitted))
     record = {
-        "dev_score": data.score(data.dev_frame, predict_decisions(model, data.dev, *calibration)).score,
+        "dev_score": data.score(data.dev_frame, predict_decisions(model, data.dev, fitted)).score,
         "test_score": test_report.score,
         "test_per_attribute": dict(
             zip(test_report.per_attribute["attribute"], test_report.per_attribute["harmonic"], strict=True)
@@ -470,7 +452,7 @@ def train_round(
         "n_train_rows": len(train_set),
         "best_epoch": history.best_epoch,
     }
-    return RoundModel(model, temperatures, adjustment, by_inputs, by_inputs_adjustment), record
+    return RoundModel(model, fitted), record
 
 
 @dataclass
@@ -515,13 +497,15 @@ def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True)
         round_dir = out / f"round-{k}"
         if k < len(records):  # finished before a kill, or by an earlier run with fewer rounds
             finished, model = load_heads_checkpoint(round_dir)
-            current = RoundModel(
-                model,
+            fitted = Calibration(
                 finished.temperatures,
                 finished.logit_adjustment,
+                {},
+                {},
                 finished.temperatures_by_inputs,
                 finished.logit_adjustment_by_inputs,
             )
+            current = RoundModel(model, fitted)
         else:
             round_start = time.perf_counter()
             train_set, record = data.fit, {"round": k}
@@ -572,10 +556,7 @@ def save_round(
     round_dir: Path, cfg: RunConfig, data: SelfTrainingData, current: RoundModel, record: dict
 ) -> None:
     """One round's checkpoint (a listing checkpoint carries its fitted text features), config and metrics."""
-    checkpoint = copy.copy(data.checkpoint)
-    checkpoint.temperatures, checkpoint.logit_adjustment = current.temperatures, current.adjustment
-    checkpoint.temperatures_by_inputs = current.temperatures_by_inputs
-    checkpoint.logit_adjustment_by_inputs = current.adjustment_by_inputs
+    checkpoint = dataclasses.replace(data.checkpoint, **current.calibration.checkpoint_fields())
     checkpoint.metrics = {"test_score": record["test_score"], "dev_score": record["dev_score"]}
     checkpoint.save(round_dir, current.model, data.backbone_state)
     if data.text is not None:
