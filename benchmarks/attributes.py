@@ -152,8 +152,10 @@ def _tree_pss_mib(pid: int) -> float:
 
 def backbone_throughput(
     predictor: Predictor, batch_sizes=(1, 8, 32), seconds: float = 3.0
-) -> dict[int, float]:
-    """Images/s of the optimised backbone alone on random input: how much batching can buy here."""
+) -> dict[str, float]:
+    """Images/s of the optimised backbone alone on random input: how much batching can buy here. Keyed
+    by the batch size as text, as the results file stores it, so the docs read a fresh run and a reloaded
+    one alike."""
     size = predictor.backbone.preprocess.size
     out = {}
     with torch.inference_mode():
@@ -166,7 +168,7 @@ def backbone_throughput(
                 predictor.backbone(x)
                 n += bs
             sync()
-            out[bs] = n / (time.perf_counter() - start)
+            out[str(bs)] = n / (time.perf_counter() - start)
     return out
 
 
