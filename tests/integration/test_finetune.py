@@ -68,6 +68,15 @@ def test_finetune_trains_resumes_predicts_and_benches(tmp_path: Path) -> None:
             )
     assert metrics["images_per_s_train"] > 0
     assert (out / "backbone.safetensors").exists()
+    # Confidences are calibrated as the heads recipe's: a temperature per attribute fitted on dev from
+    # the fine-tuned network's logits. Without a prior correction the values are the argmax's.
+    from taxonomist.inference.predictor import Predictor
+
+    temperatures = Predictor.from_pretrained(out).checkpoint.temperatures
+    assert set(temperatures) == set(metrics["per_attribute_phase2"]) == set(metrics["calibration"])
+    assert all(t > 0 for t in temperatures.values())
+    assert metrics["class_balance"] == dict.fromkeys(temperatures, 0.0)
+    assert metrics["dev_score"] == pytest.approx(metrics["score_phase2"])
 
     pred = tmp_path / "pred"
     result = CliRunner().invoke(app, ["predict", str(out), "-o", str(pred), "-q"])
@@ -200,14 +209,18 @@ def test_listing_heads_fine_tune_with_titles_and_predict_from_them(tmp_path: Pat
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
-    result = _train(config, out)
+    result = _train(config, out, "train.class_balance=dev")
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 2 and metrics["phase2_kept"] == {}  # phase 2: image heads only
+    # Rows without a title get temperatures and prior-correction strengths fitted for them on dev.
+    assert set(metrics["class_balance_by_inputs"]) == {"image"}
+    assert {"color (image only)", "fit (image only)"} <= set(metrics["calibration"])
     assert metrics["per_attribute_phase1"]["color"] > 0.9  # the titles name the colour
     predictor = Predictor.from_pretrained(out)
     assert predictor.checkpoint.inputs == ["image", "text"] and predictor.text.probe is not None
     assert predictor.checkpoint.text["image_fallback"] is False
+    assert set(predictor.checkpoint.temperatures_by_inputs["image"]) == {"color", "fit"}
     image = str(catalog.parent / "images" / "1000.jpg")
     (blue,) = predictor.predict([image], ["Tops"], texts=["Acme Blue top"])
     (red,) = predictor.predict([image], ["Tops"], texts=["Acme Red top"])

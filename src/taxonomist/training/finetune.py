@@ -51,12 +51,23 @@ from taxonomist.metrics import attribute_score
 from taxonomist.models.attention_head import AttentionHeads
 from taxonomist.models.backbones import Backbone, Preprocess
 from taxonomist.models.build import build_backbone, heads_checkpoint
+from taxonomist.models.checkpoint import calibrated_probs, decision_scores
 from taxonomist.models.fusion import ListingHeads, lexical_batch, modality_dropout
 from taxonomist.models.heads import NEG_INF, AttributeHeads, allowed_masks
 from taxonomist.progress import progress_bar
 from taxonomist.training.augment import BatchAugment
+from taxonomist.training.heads import (
+    Calibration,
+    FeatureSet,
+    fit_calibration,
+    fit_text,
+    hidden_present,
+    logits_to_frame,
+    part_report,
+    set_text,
+    text_record,
+)
 from taxonomist.training.heads import build_heads as build_flat_heads
-from taxonomist.training.heads import fit_text, logits_to_frame, set_text, text_record
 from taxonomist.training.losses import masked_cross_entropy, mmd_loss
 from taxonomist.training.schedule import warmup_cosine
 
@@ -230,19 +241,36 @@ class FinetuneReport:
     resumed_from_epoch: int = 0
     num_processes: int = 1
     warm_start_score: float | None = None
+    dev_score: float | None = None
+    """Dev with the checkpoint's decision rule (temperatures, then ``train.class_balance``)."""
+    class_balance: dict[str, float] = field(default_factory=dict)
+    class_balance_by_inputs: dict[str, dict[str, float]] = field(default_factory=dict)
+    calibration: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def _evaluate(
-    model: FinetuneModel, loader, accelerator, val_frame, schema, attributes, text: RowText | None = None
+    model: FinetuneModel,
+    loader,
+    accelerator,
+    val_frame,
+    schema,
+    attributes,
+    text: RowText | None = None,
+    hide: str | None = None,
 ) -> tuple[float, dict, dict]:
-    """Validation score (competition metric) and per-attribute harmonic F1, gathered over processes."""
+    """Validation score (competition metric), per-attribute harmonic F1 and the logits, gathered over
+    processes. ``hide`` (listing heads): the input every row is scored without."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {a: [] for a in attributes}
     order: list[torch.Tensor] = []
     with torch.no_grad():
         for pixels, category, _labels, _ok, index in loader:
             rows_text = None if text is None else text.batch(index, pixels.device)
-            logits, _ = model(pixels, category, rows_text)
+            present = None
+            if hide is not None:
+                has_text = rows_text[1]
+                present = hidden_present(torch.stack([torch.ones_like(has_text), has_text], dim=1), hide)
+            logits, _ = model(pixels, category, rows_text, present)
             logits = accelerator.gather_for_metrics(logits)
             order.append(accelerator.gather_for_metrics(index).cpu())
             for a in attributes:
@@ -356,6 +384,7 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
     if fc.phase2_epochs > 0 and not run.unwrapped.listing:
         kept = _phase_two_kept(cfg, run, data, phase1_attr)
         phase2_score, phase2_attr = _validate(run, data)
+    fitted = _fit_calibration(cfg, run, data)
     report = FinetuneReport(
         str(output_dir),
         phase1_score,
@@ -371,9 +400,13 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
         resumed_from_epoch=resumed_from,
         num_processes=accelerator.num_processes,
         warm_start_score=run.warm_score,
+        dev_score=fitted.dev_score,
+        class_balance=fitted.calibration.strengths,
+        class_balance_by_inputs=fitted.calibration.strengths_by_inputs,
+        calibration=fitted.calibration.report,
     )
     if accelerator.is_main_process:
-        _save_checkpoint(run.unwrapped, cfg, data, output_dir, report)
+        _save_checkpoint(run.unwrapped, cfg, data, output_dir, report, fitted.calibration)
     accelerator.end_training()
     return report
 
@@ -600,6 +633,59 @@ def _validate(run: _Setup, data: _Data) -> tuple[float, dict]:
     return score, per_attr
 
 
+@dataclass
+class _Fitted:
+    calibration: Calibration
+    dev_score: float
+
+
+def _fit_calibration(cfg: RunConfig, run: _Setup, data: _Data) -> _Fitted:
+    """Temperatures and ``train.class_balance`` on dev, fitted as the heads recipe fits them but from the
+    fine-tuned network's own dev logits (its backbone moved, so no cached features would do)."""
+    index = {c: i for i, c in enumerate(data.categories)}
+
+    def labels_only(frame: pd.DataFrame, text: RowText | None) -> FeatureSet:
+        category = np.array([index[c] for c in frame[CATEGORY]], dtype=np.int64)
+        part = FeatureSet.build(np.empty((len(frame), 0)), category, encode_labels(frame, data.schema))
+        if text is not None:
+            part.present = torch.stack([torch.ones_like(text.present), text.present], dim=1)
+        return part
+
+    evaluated: dict[str | None, dict[str, torch.Tensor]] = {}  # one pass over dev's images per input set
+
+    def logits_of(hide: str | None) -> dict[str, torch.Tensor]:
+        if hide not in evaluated:
+            attributes = list(data.schema.attributes)
+            evaluated[hide] = _evaluate(
+                run.model,
+                run.val_loader,
+                run.accelerator,
+                data.val,
+                data.schema,
+                attributes,
+                run.val_text,
+                hide,
+            )[2]
+        return evaluated[hide]
+
+    def score(decisions: Mapping[str, torch.Tensor]) -> float:
+        return part_report(decisions, data.val, data.schema).score
+
+    dev_set = labels_only(data.val, run.val_text)
+    heads = run.unwrapped.heads
+    calibration = fit_calibration(cfg, heads, labels_only(data.train, None), dev_set, score, logits_of)
+    probs = calibrated_probs(
+        logits_of(None),
+        calibration.temperatures,
+        by_inputs=calibration.temperatures_by_inputs,
+        present=dev_set.present,
+    )
+    decisions = decision_scores(
+        probs, calibration.adjustment, by_inputs=calibration.adjustment_by_inputs, present=dev_set.present
+    )
+    return _Fitted(calibration, score(decisions))
+
+
 def _record_epoch(
     state: _Progress, run: _Setup, epoch: int, loss: float, score: float, per_attr: dict, output_dir: Path
 ) -> None:
@@ -741,7 +827,9 @@ def _enable_checkpointing(backbone: Backbone) -> None:
         )
 
 
-def _save_checkpoint(model: FinetuneModel, cfg: RunConfig, data: _Data, output_dir: Path, report) -> None:
+def _save_checkpoint(
+    model: FinetuneModel, cfg: RunConfig, data: _Data, output_dir: Path, report, calibration: Calibration
+) -> None:
     """The core checkpoint layout (heads + backbone.safetensors), so ``predict`` and ``evaluate`` work;
     a listing checkpoint also carries its fitted lexical view and probe."""
     backbone_state = {k: v.detach().cpu() for k, v in model.backbone.state_dict().items()}
@@ -753,8 +841,17 @@ def _save_checkpoint(model: FinetuneModel, cfg: RunConfig, data: _Data, output_d
         data.schema,
         data.categories,
         fresh.feature_dim,
-        metrics={"val_score": report.score_phase2, "recipe": "finetune", "head": cfg.finetune.head},
+        metrics={
+            "val_score": report.score_phase2,
+            "dev_score": report.dev_score,
+            "recipe": "finetune",
+            "head": cfg.finetune.head,
+            "class_balance": calibration.strengths,
+            **({"class_balance_by_inputs": calibration.strengths_by_inputs} if data.text is not None else {}),
+            "calibration": calibration.report,
+        },
         text=text_record(cfg, data.text) if data.text is not None else {},
+        **calibration.checkpoint_fields(),
     )
     if data.text is not None:
         data.text.save(output_dir)

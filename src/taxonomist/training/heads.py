@@ -39,6 +39,7 @@ from taxonomist.metrics import (
     expected_calibration_error,
     fit_temperature,
 )
+from taxonomist.models.attention_head import AttentionHeads
 from taxonomist.models.backbones import Backbone
 from taxonomist.models.build import build_backbone, heads_checkpoint
 from taxonomist.models.checkpoint import calibrated_probs, decision_scores
@@ -529,8 +530,12 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
     return result
 
 
+DevLogits = Callable[[str | None], dict[str, torch.Tensor]]
+"""Dev's logits with one input (``"text"``, ``"image"``) hidden from every row, or none (``None``)."""
+
+
 def input_temperatures(
-    cfg: RunConfig, model: ListingHeads, dev_set: FeatureSet
+    cfg: RunConfig, model: ListingHeads, dev_set: FeatureSet, logits_of: DevLogits
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Listing heads: per-attribute temperatures of rows scored without their title (``"image"``) and,
     with image dropout, without their image (``"text"``), fitted on dev, with their calibration records.
@@ -539,8 +544,7 @@ def input_temperatures(
     keeps those confidences calibrated too."""
     by_inputs, calibration = {}, {}
     for inputs, hide in hidden_inputs(cfg).items():
-        logits = predict_logits(model, dev_set, hide=hide)
-        by_inputs[inputs], part = calibrate(logits, dev_set, model, enabled=cfg.train.calibrate)
+        by_inputs[inputs], part = calibrate(logits_of(hide), dev_set, model, enabled=cfg.train.calibrate)
         calibration.update({f"{a} ({inputs} only)": v for a, v in part.items()})
     return by_inputs, calibration
 
@@ -575,29 +579,39 @@ class Calibration:
 
 def fit_calibration(
     cfg: RunConfig,
-    model: AttributeHeads | HeadsEnsemble | ListingHeads,
+    model: AttributeHeads | AttentionHeads | HeadsEnsemble | ListingHeads,
     train_set: FeatureSet,
     dev_set: FeatureSet,
     score: Callable[[dict[str, torch.Tensor]], float],
+    logits_of: DevLogits | None = None,
 ) -> Calibration:
     """Temperatures on dev (``train.calibrate``), then ``train.class_balance`` on the calibrated dev
     probabilities. Listing heads fit both again for rows missing an input: a row without its title is
     scored by the image heads, which need their own strengths (the titled rows' lifted the fused model's
-    blank-title score 0.025 above the image heads' on fashion-product-images)."""
-    temperatures, report = calibrate(
-        predict_logits(model, dev_set), dev_set, model, enabled=cfg.train.calibrate
-    )
+    blank-title score 0.025 above the image heads' on fashion-product-images).
+
+    ``logits_of(hide)``: dev's logits with that input hidden; by default ``model`` over ``dev_set``'s
+    features. The fine-tune recipe passes its whole network's, with a ``dev_set`` of labels only."""
+
+    def heads_logits(hide: str | None) -> dict[str, torch.Tensor]:
+        return predict_logits(model, dev_set, hide=hide)
+
+    logits_of = logits_of or heads_logits
+    logits = logits_of(None)
+    temperatures, report = calibrate(logits, dev_set, model, enabled=cfg.train.calibrate)
     out = Calibration(temperatures, {}, {}, report)
     if listing_heads(model) is not None:
-        out.temperatures_by_inputs, parts = input_temperatures(cfg, model, dev_set)
+        out.temperatures_by_inputs, parts = input_temperatures(cfg, model, dev_set, logits_of)
         out.report = {**report, **parts}
-    dev_probs = predict_probs(model, dev_set, temperatures, out.temperatures_by_inputs)
+    by_inputs = out.temperatures_by_inputs
+    dev_probs = calibrated_probs(logits, temperatures, by_inputs=by_inputs, present=dev_set.present)
     out.adjustment, out.strengths = balance_adjustment(
         cfg.train.class_balance, train_set, dev_probs, model, score
     )
     if listing_heads(model) is not None and cfg.train.class_balance == "dev":
         for inputs, hide in hidden_inputs(cfg).items():
-            probs = predict_probs(model, dev_set, temperatures, out.temperatures_by_inputs, hide=hide)
+            present = hidden_present(dev_set.present, hide)
+            probs = calibrated_probs(logits_of(hide), temperatures, by_inputs=by_inputs, present=present)
             out.adjustment_by_inputs[inputs], out.strengths_by_inputs[inputs] = balance_adjustment(
                 "dev", train_set, probs, model, score
             )
