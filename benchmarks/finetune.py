@@ -111,6 +111,9 @@ def main() -> None:
             }
             for a in tuned.per_attribute_phase1
         },
+        "calibration": tuned.calibration,
+        "class_balance": tuned.class_balance,
+        "dev_score_with_decision_rule": tuned.dev_score,
         "train_seconds": tuned.train_seconds,
         "finetune_run_seconds": round(finetune_seconds, 1),
         "frozen_run_seconds": round(frozen_seconds, 1),
@@ -127,6 +130,23 @@ def main() -> None:
         json.dumps({k: v for k, v in result.items() if k not in ("config", "history")}, indent=1, default=str)
     )
     write_docs(result, LISTING_HEADING if args.listing else HEADING)
+
+
+def calibration_lines(r: dict) -> list[str]:
+    """The fine-tuned checkpoint's temperatures and ECE (runs from before the recipe calibrated: none)."""
+    table = {a: v for a, v in r.get("calibration", {}).items() if "(" not in a}
+    if not table:
+        return []
+    return [
+        "",
+        "Calibration of the fine-tuned checkpoint (a temperature per attribute fitted on dev; ECE of the "
+        "most probable value, cross-fitted on dev's two halves): "
+        + ", ".join(
+            f"{a} {v['ece_before']:.3f} → {v['ece_after']:.3f} (T {v['temperature']:.2f})"
+            for a, v in table.items()
+        )
+        + f". Dev with the checkpoint's decision rule: {r['dev_score_with_decision_rule']:.4f}.",
+    ]
 
 
 def write_docs(r: dict, heading: str) -> None:
@@ -165,6 +185,7 @@ def write_docs(r: dict, heading: str) -> None:
             f"{v['phase2_delta']:+.4f} | {'yes' if v['phase2_kept'] else 'no'} |"
             for a, v in r["per_attribute"].items()
         ],
+        *calibration_lines(r),
         "",
         "| measure | value |",
         "| --- | ---: |",
