@@ -268,11 +268,13 @@ def decision_scores(
     for attribute, p in probs.items():
         bias = torch.zeros_like(p)
         if attribute in adjustment:
-            bias[:] = torch.tensor(adjustment[attribute], dtype=p.dtype)
+            bias[:] = torch.tensor(adjustment[attribute], dtype=p.dtype, device=p.device)
         for key, rows in groups.items():
             if key in by_inputs:
                 chosen = by_inputs[key].get(attribute)
-                bias[rows.to(p.device)] = 0.0 if chosen is None else torch.tensor(chosen, dtype=p.dtype)
+                bias[rows.to(p.device)] = (
+                    0.0 if chosen is None else torch.tensor(chosen, dtype=p.dtype, device=p.device)
+                )
         out[attribute] = torch.log(p) + bias
     return out
 

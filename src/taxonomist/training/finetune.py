@@ -51,7 +51,6 @@ from taxonomist.metrics import attribute_score
 from taxonomist.models.attention_head import AttentionHeads
 from taxonomist.models.backbones import Backbone, Preprocess
 from taxonomist.models.build import build_backbone, heads_checkpoint
-from taxonomist.models.checkpoint import calibrated_probs, decision_scores
 from taxonomist.models.fusion import ListingHeads, lexical_batch, modality_dropout
 from taxonomist.models.heads import NEG_INF, AttributeHeads, allowed_masks
 from taxonomist.progress import progress_bar
@@ -674,15 +673,7 @@ def _fit_calibration(cfg: RunConfig, run: _Setup, data: _Data) -> _Fitted:
     dev_set = labels_only(data.val, run.val_text)
     heads = run.unwrapped.heads
     calibration = fit_calibration(cfg, heads, labels_only(data.train, None), dev_set, score, logits_of)
-    probs = calibrated_probs(
-        logits_of(None),
-        calibration.temperatures,
-        by_inputs=calibration.temperatures_by_inputs,
-        present=dev_set.present,
-    )
-    decisions = decision_scores(
-        probs, calibration.adjustment, by_inputs=calibration.adjustment_by_inputs, present=dev_set.present
-    )
+    decisions = calibration.decisions(logits_of(None), dev_set.present)
     return _Fitted(calibration, score(decisions))
 
 

@@ -42,7 +42,7 @@ from taxonomist.metrics import (
 from taxonomist.models.attention_head import AttentionHeads
 from taxonomist.models.backbones import Backbone
 from taxonomist.models.build import build_backbone, heads_checkpoint
-from taxonomist.models.checkpoint import calibrated_probs, decision_scores
+from taxonomist.models.checkpoint import HeadsCheckpoint, calibrated_probs, decision_scores
 from taxonomist.models.fusion import (
     HAS_IMAGE,
     HAS_TEXT,
@@ -576,6 +576,27 @@ class Calibration:
             "logit_adjustment_by_inputs": self.adjustment_by_inputs,
         }
 
+    @classmethod
+    def of_checkpoint(cls, checkpoint: HeadsCheckpoint) -> Calibration:
+        """What a saved checkpoint decides with (its strengths and records are not needed for that)."""
+        return cls(
+            checkpoint.temperatures,
+            checkpoint.logit_adjustment,
+            {},
+            {},
+            checkpoint.temperatures_by_inputs,
+            checkpoint.logit_adjustment_by_inputs,
+        )
+
+    def decisions(
+        self, logits: Mapping[str, torch.Tensor], present: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The decision scores (argmax = value) of rows with these ``logits`` and input flags."""
+        probs = calibrated_probs(
+            logits, self.temperatures, by_inputs=self.temperatures_by_inputs, present=present
+        )
+        return decision_scores(probs, self.adjustment, by_inputs=self.adjustment_by_inputs, present=present)
+
 
 def fit_calibration(
     cfg: RunConfig,
@@ -637,10 +658,7 @@ def predict_decisions(
     model: AttributeHeads | HeadsEnsemble | ListingHeads, data: FeatureSet, fitted: Calibration
 ) -> dict[str, torch.Tensor]:
     """The decision scores a checkpoint with this calibration gives ``data``'s rows (argmax = value)."""
-    probs = predict_probs(model, data, fitted.temperatures, fitted.temperatures_by_inputs)
-    return decision_scores(
-        probs, fitted.adjustment, by_inputs=fitted.adjustment_by_inputs, present=data.present
-    )
+    return fitted.decisions(predict_logits(model, data), data.present)
 
 
 def part_report(logits: Mapping[str, torch.Tensor], frame: pd.DataFrame, schema: Schema) -> AttributeReport:

@@ -497,15 +497,7 @@ def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True)
         round_dir = out / f"round-{k}"
         if k < len(records):  # finished before a kill, or by an earlier run with fewer rounds
             finished, model = load_heads_checkpoint(round_dir)
-            fitted = Calibration(
-                finished.temperatures,
-                finished.logit_adjustment,
-                {},
-                {},
-                finished.temperatures_by_inputs,
-                finished.logit_adjustment_by_inputs,
-            )
-            current = RoundModel(model, fitted)
+            current = RoundModel(model, Calibration.of_checkpoint(finished))
         else:
             round_start = time.perf_counter()
             train_set, record = data.fit, {"round": k}
