@@ -176,7 +176,7 @@ TRIED = [
     "adjustment 0.8634, with the colour rule 0.8599)",
     "a partly fine-tuned image side (cheaper than the full fine-tune above): the last layers of "
     "efficientnet-lite0 trained with the image heads on cached 224 px inputs of block 14 (all training "
-    "rows, mirrored at random, BatchNorm frozen, heads warm-started on the frozen features, lr 3e-4, 4 "
+    "rows, mirrored at random, BatchNorm frozen, heads warm-started on the frozen features, heads lr 3e-4, 4 "
     "epochs; dev argmax against the same heads on the frozen features): block 15 + head convolution at "
     "lr 2e-4 dev 0.6742 against 0.6739; blocks 14-15 + head convolution at lr 5e-4 dev 0.6848 against "
     "0.6741 (3.5 min an epoch). Those features in the reported setting (4 seeds, correction chosen on "
