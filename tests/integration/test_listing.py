@@ -264,6 +264,10 @@ def test_class_balance_chosen_on_dev_is_recorded_and_applied_at_prediction(listi
     with pytest.raises(ValueError, match="pass present"):
         predictor.decode(probs, ids, categories)  # which rows had a title decides their correction
     corrected = predictor.decode(probs, ids, categories, present=present)
+    # The one-call path gives each row the correction of the inputs it has, as does a ranking reused.
+    assert predictor.predict_rows(features, categories, ids, text) == corrected
+    ranked = predictor.ranked(probs, present)
+    assert predictor.decode(probs, ids, categories, ranked=ranked) == corrected
     predictor.checkpoint.logit_adjustment, predictor.checkpoint.logit_adjustment_by_inputs = {}, {}
     unchanged = predictor.predict_features(features, categories, text)
     assert all(np.array_equal(p, probs[a]) for a, p in unchanged.items())

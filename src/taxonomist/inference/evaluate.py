@@ -172,9 +172,9 @@ def evaluate(
         text = predictor.text_features(texts, cats[good].tolist())
     probs = predictor.predict_features(embedded.features[good], cats[good].tolist(), text)
     before = predictor.predict_features(embedded.features[good], cats[good].tolist(), text, calibrated=False)
-    present = predictor.inputs_present(text, len(good))
-    preds = predictor.decode(probs, frame[ID].to_numpy()[good].tolist(), cats[good].tolist(), present=present)
-    chosen = {a: order[:, 0] for a, order in predictor.ranked(probs, present).items()}
+    ranked = predictor.ranked(probs, predictor.inputs_present(text, len(good)))
+    preds = predictor.decode(probs, frame[ID].to_numpy()[good].tolist(), cats[good].tolist(), ranked=ranked)
+    chosen = {a: order[:, 0] for a, order in ranked.items()}
     schema = predictor.schema
     predicted = wide_named_frame(preds, schema.attributes)
     # Rows whose image failed get no prediction: they are scored as wrong, as a competition would.

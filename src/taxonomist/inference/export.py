@@ -101,9 +101,8 @@ def _accuracy(truth: pd.DataFrame, predicted: pd.DataFrame, attributes: list[str
 
 def _score(predictor: Predictor, features: np.ndarray, frame: pd.DataFrame) -> tuple[float, dict, Any]:
     cats = frame[CATEGORY].astype(str).tolist()
-    probs = predictor.predict_features(features, cats)  # listing heads: as listings without a title
-    present = predictor.inputs_present(None, len(cats))
-    preds = predictor.decode(probs, frame[ID].astype(str).tolist(), cats, present=present)
+    # Listing heads: as listings without a title.
+    preds = predictor.predict_rows(features, cats, frame[ID].astype(str).tolist())
     predicted = wide_named_frame(preds, predictor.schema.attributes)
     truth = frame.assign(**{ID: frame[ID].astype(str)})
     report = attribute_score(truth, predicted, predictor.schema.categories)

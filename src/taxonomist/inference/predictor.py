@@ -282,13 +282,15 @@ class Predictor:
         categories: Sequence[str],
         *,
         present: np.ndarray | None = None,
+        ranked: Mapping[str, np.ndarray] | None = None,
         min_confidence: float = 0.0,
         placeholder: str = "",
     ) -> list[Prediction]:
         """Each row's value, its calibrated probability as confidence, and up to ``TOP_K`` alternatives in
         the order the values were ranked; disallowed values (probability 0) never become alternatives.
-        ``present``: as for :meth:`ranked`."""
-        ranked = self.ranked(probs, present)
+        ``present``: as for :meth:`ranked`; ``ranked``: that method's answer for these ``probs`` where the
+        caller already has it (it then decides the values, and ``present`` is not needed)."""
+        ranked = ranked if ranked is not None else self.ranked(probs, present)
         out = []
         for row, (item_id, category) in enumerate(zip(ids, categories, strict=True)):
             pred = Prediction(str(item_id), category)
@@ -302,6 +304,25 @@ class Predictor:
                 pred.attributes[attribute] = AttributeValue(value, conf, top)
             out.append(pred)
         return out
+
+    def predict_rows(
+        self,
+        features: np.ndarray | torch.Tensor,
+        categories: Sequence[str],
+        ids: Sequence[str],
+        text: TextFeatures | None = None,
+        *,
+        has_image: np.ndarray | None = None,
+        min_confidence: float = 0.0,
+        placeholder: str = "",
+    ) -> list[Prediction]:
+        """:meth:`predict_features` then :meth:`decode`, with the inputs each row had deciding its values:
+        the path every caller with backbone features takes (batch jobs, serving, export checks)."""
+        probs = self.predict_features(features, categories, text, has_image=has_image)
+        present = self.inputs_present(text, len(categories), has_image)
+        return self.decode(
+            probs, ids, categories, present=present, min_confidence=min_confidence, placeholder=placeholder
+        )
 
     @torch.inference_mode()
     def predict(
@@ -332,10 +353,9 @@ class Predictor:
         text = self.text_features(texts, categories)
         # PIL images go through the same loader as files: same orientation, mode and size rules.
         pixels = torch.stack([self.backbone.preprocess(load_image(im)) for im in images])
-        probs = self.predict_features(self.backbone(pixels.to(self.device)), categories, text)
-        present = self.inputs_present(text, len(images))
-        return self.decode(
-            probs, ids, categories, present=present, min_confidence=min_confidence, placeholder=placeholder
+        features = self.backbone(pixels.to(self.device))
+        return self.predict_rows(
+            features, categories, ids, text, min_confidence=min_confidence, placeholder=placeholder
         )
 
     def predict_chunk(
@@ -384,12 +404,12 @@ class Predictor:
         good = [rows[i] for i in np.flatnonzero(keep)]
         good_ids, good_cats = [ids[r] for r in good], [categories[r] for r in good]
         text = self.text_features([texts[r] for r in good] if texts is not None else None, good_cats)
-        probs = self.predict_features(result.features[keep], good_cats, text, has_image=result.ok[keep])
-        preds = self.decode(
-            probs,
-            good_ids,
+        preds = self.predict_rows(
+            result.features[keep],
             good_cats,
-            present=self.inputs_present(text, len(good), result.ok[keep]),
+            good_ids,
+            text,
+            has_image=result.ok[keep],
             min_confidence=min_confidence,
             placeholder=placeholder,
         )

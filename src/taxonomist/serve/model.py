@@ -112,10 +112,8 @@ class AttributeModel:
         pixels = torch.stack([item.pixels for item in items]).to(self.predictor.device, non_blocking=True)
         features = self.predictor.backbone(pixels)
         text = self.predictor.text_features([item.title for item in items], categories)
-        probs = self.predictor.predict_features(features, categories, text)
         ids = [str(i) for i in range(len(items))]
-        present = self.predictor.inputs_present(text, len(items))
-        return [p.attributes for p in self.predictor.decode(probs, ids, categories, present=present)]
+        return [p.attributes for p in self.predictor.predict_rows(features, categories, ids, text)]
 
 
 LOADERS: dict[str, Callable[..., ServedModel]] = {"attribute-heads": AttributeModel.load}
