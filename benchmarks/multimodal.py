@@ -215,6 +215,14 @@ TRIED = [
     "0.8638 / 0.8606, test 0.8460 / 0.8483 (the shared features at C 20: dev 0.8627, test 0.8430); a fit "
     "took 22 minutes with two sharing the 2 cores (the shared features: 8 minutes alone); not carried "
     "into the listing heads' cross-fitted probe (five such fits) for +0.001 on dev",
+    "the text probe's own probabilities mixed into the listing heads' decision scores (log-linear, a weight "
+    "per attribute in {0, .1 .. .5} chosen on dev; the recorded run's four-seed outputs): weights gender 0, "
+    "subCategory .1, articleType .5, baseColour .1, season 0, usage .1 give dev 0.8800, test 0.8620 "
+    "(0.8751 / 0.8630 without), the largest dev gain on this list and none of it on test; one weight for "
+    "all, .1 / .3 / .5: dev 0.8766 / 0.8708 / 0.8704, test 0.8628 / 0.8558 / 0.8485",
+    "Personal Care season, where test macro-F1 counts one rare value (5 Summer rows of 174; dev 3): the "
+    "recorded model ranks dev's Summer rows 11th, 33rd and 34th by their Summer probability, so no "
+    "threshold chosen on dev predicts Summer for any row, and the pair stays at 0.65-0.66 on both parts",
 ]
 
 
