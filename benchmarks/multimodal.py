@@ -218,7 +218,7 @@ TRIED = [
     "the text probe's own probabilities mixed into the listing heads' decision scores (log-linear, a weight "
     "per attribute in {0, .1 .. .5} chosen on dev; the recorded run's four-seed outputs): weights gender 0, "
     "subCategory .1, articleType .5, baseColour .1, season 0, usage .1 give dev 0.8800, test 0.8620 "
-    "(0.8751 / 0.8630 without), the largest dev gain on this list and none of it on test; one weight for "
+    "(0.8751 / 0.8630 without): +0.005 on dev, none of it on test; one weight for "
     "all, .1 / .3 / .5: dev 0.8766 / 0.8708 / 0.8704, test 0.8628 / 0.8558 / 0.8485",
     "Personal Care season, where test macro-F1 counts one rare value (5 Summer rows of 174; dev 3): the "
     "recorded model ranks dev's Summer rows 11th, 33rd and 34th by their Summer probability, so no "
