@@ -810,8 +810,12 @@ def _enable_checkpointing(backbone: Backbone) -> None:
     """Hugging Face backbones recompute activations in backward; other families do not support it."""
     inner = getattr(backbone, "inner", backbone)
     model = getattr(inner, "model", None)
-    if model is not None and hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable()
+    # Recent transformers renamed it activation checkpointing; the old name is a deprecated alias that
+    # will go in v6 (and then this check must not quietly fall through to "not supported").
+    names = ("activation_checkpointing_enable", "gradient_checkpointing_enable")
+    enable = next((getattr(model, n) for n in names if hasattr(model, n)), None)
+    if enable is not None:
+        enable()
     else:
         raise ValueError(
             f"{backbone.name}: gradient checkpointing is only available for Hugging Face backbones"
