@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("trl")
@@ -24,6 +25,7 @@ from taxonomist.improve.vlm_dpo import (
     Sampled,
     Vote,
     build_pair,
+    dpo_args,
     improve,
     majority_vote,
     pair_statistics,
@@ -168,6 +170,12 @@ def config(**improve: object) -> VLMConfig:
         train=VLMTrainConfig(warmup_ratio=0.0, logging_steps=1),
         generate=GenerateConfig(reasoning_max_chars=16),
     )
+
+
+def test_dpo_trainer_pins_loader_memory_only_with_an_accelerator(tmp_path):
+    """DPO once took its loader settings without SFT's pinning switch: every CPU round warned."""
+    args = dpo_args(config(), tmp_path, device=torch.device("cpu"), progress=False)
+    assert args.dataloader_pin_memory is False
 
 
 def test_one_round_samples_votes_pairs_trains_and_resumes(setup, tmp_path):

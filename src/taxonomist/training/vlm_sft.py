@@ -253,6 +253,7 @@ def shared_trainer_args(cfg_cls: type, train: VLMTrainConfig, device: torch.devi
         "remove_unused_columns": False,
         "report_to": "none",
         "disable_tqdm": not progress,
+        "dataloader_pin_memory": device.type == "cuda",  # pinning needs an accelerator
     }
 
 
@@ -269,7 +270,6 @@ def sft_args(cfg: VLMConfig, output_dir: Path, *, device: torch.device, progress
         save_total_limit=train.save_total_limit,
         eval_strategy="no",
         dataset_kwargs={"skip_prepare_dataset": True},
-        dataloader_pin_memory=device.type == "cuda",
         **step_args(train),
         **shared_trainer_args(SFTConfig, train, device, progress),
     )
