@@ -61,7 +61,10 @@ def fit_temperature(
 
     ``mask`` (n, k) marks the classes allowed per row; non-finite logits count as disallowed too. L-BFGS
     runs on log T, unconstrained (NLL is unimodal in log T), and the result is clamped to [0.05, 20]. Fewer
-    than 2 labeled rows give 1.0: one row says nothing about calibration.
+    than 2 labeled rows give 1.0: one row says nothing about calibration. So do rows that are all predicted
+    right: their NLL keeps falling as T -> 0, but they say nothing about how sure to be of a wrong answer,
+    and one-hot confidences would meet the first error elsewhere at ~100% (a small or easy attribute's dev
+    part, or one half of it in :func:`calibrate`'s cross-fitted report).
     """
     z, allowed = _logits_and_mask(logits, mask)
     y = _as_numpy(labels).astype(np.int64).reshape(-1)
@@ -76,6 +79,10 @@ def fit_temperature(
     bad = ~allowed[np.arange(len(y)), y]
     if bad.any():
         raise ValueError(f"{int(bad.sum())} labeled row(s) have a label the mask disallows (or a -inf logit)")
+    rivals = np.where(allowed, z, -np.inf)
+    rivals[np.arange(len(y)), y] = -np.inf
+    if (z[np.arange(len(y)), y] > rivals.max(1)).all():
+        return 1.0
 
     zt = torch.from_numpy(np.where(allowed, z, 0.0))
     disallowed = None if allowed.all() else torch.from_numpy(~allowed)
