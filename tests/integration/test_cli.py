@@ -70,6 +70,7 @@ def test_evaluate_matches_training_report(trained: tuple[Path, Path, Path], tmp_
     folder = ckpt / "evaluation-test"  # --report's default output
     evaluation = json.loads((folder / "evaluation.json").read_text())
     assert evaluation["score"] == pytest.approx(metrics["test_score"], abs=1e-6)
+    assert "scores_by_inputs" not in evaluation  # image-only heads: nothing to take away
     assert f"report: {folder / 'report.html'}" in out and "majority-class baseline" in out
     scored = pd.read_csv(folder / "predictions.csv", dtype={"id": str})
     assert {"label", "predicted", "confidence", "confidence_before", "correct", "path"} <= set(scored.columns)

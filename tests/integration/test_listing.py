@@ -3,6 +3,7 @@ the image-only checkpoint's refusal of titles."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -94,10 +95,32 @@ def test_a_chunk_of_unreadable_images_only_is_reported_not_fatal(listing_run, tm
     assert len(pd.read_csv(out / "errors.csv")) == 3
 
 
-def test_listing_evaluate_reads_titles(listing_run, tmp_path) -> None:
-    _, _, ckpt = listing_run
-    invoke("evaluate", str(ckpt), "--output", str(tmp_path), "--quiet")
-    assert (tmp_path / "evaluation.json").is_file()
+def test_listing_evaluate_reads_titles_and_scores_each_input_alone(listing_run, tmp_path) -> None:
+    """Issue 18: evaluate reports the fused model beside each input alone and the lexical probe, on the
+    same rows; the blank-title view is what predict gives those rows without their titles."""
+    from taxonomist.inference.predictor import wide_named_frame
+    from taxonomist.metrics import attribute_score
+
+    catalog, _, ckpt = listing_run
+    out = invoke("evaluate", str(ckpt), "--output", str(tmp_path), "--report", "--quiet")
+    assert "text, every image missing" in out
+    summary = json.loads((tmp_path / "evaluation.json").read_text())
+    views = summary["scores_by_inputs"]
+    assert list(views) == ["fused", "text_blanked", "image_missing", "text_probe"]
+    assert views["fused"]["score"] == pytest.approx(summary["score"])  # every image read
+    # Titles name the colour: the probe reads it; the shape (fit) is in the image only.
+    assert views["text_probe"]["per_attribute"]["color"] >= 0.9
+    assert "| text only: the lexical probe |" in (tmp_path / "evaluation.md").read_text()
+    assert "image, every text blanked" in (tmp_path / "report.html").read_text()
+
+    scored = set(pd.read_csv(tmp_path / "predictions.csv", dtype={"id": str})["id"])
+    frame = pd.read_csv(catalog, dtype={"sku": str}).rename(columns={"sku": "id", "type": "category"})
+    frame = frame[frame["id"].isin(scored)].reset_index(drop=True)
+    predictor = Predictor.from_pretrained(ckpt)
+    images = [str(catalog.parent / "images" / f"{i}.jpg") for i in frame["id"]]
+    preds = predictor.predict(images, frame["category"].tolist(), frame["id"].tolist(), texts=None)
+    blank = attribute_score(frame, wide_named_frame(preds, ["color", "fit"]), predictor.schema.categories)
+    assert views["text_blanked"]["score"] == pytest.approx(blank.score)
 
 
 def test_an_image_only_checkpoint_refuses_titles(tiny_run, tmp_path) -> None:

@@ -7,6 +7,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from taxonomist.inference.evaluate import INPUT_VIEWS
+
 console = Console()
 
 
@@ -32,11 +34,23 @@ def attribute_table(report) -> Table:
     return table
 
 
+def inputs_table(evaluation) -> Table:
+    """Listing heads: the same rows scored with both inputs, each alone, and by the lexical probe."""
+    table = Table(title="inputs (rows with a readable image; per attribute in evaluation.md)")
+    for col in ("inputs", "score"):
+        table.add_column(col, justify="left" if col == "inputs" else "right")
+    for view, report in evaluation.inputs.items():
+        table.add_row(INPUT_VIEWS[view], f"{report.score:.4f}")
+    return table
+
+
 def show_evaluation(evaluation, split: str, notes: list[str], report_dir: Path | None, model: str) -> None:
     """An evaluation's score tables and notes, and (``report_dir``) its HTML report, as `evaluate` and
     `vlm evaluate` print them."""
     console.print(score_table(evaluation.report, f"{split} split"))
     console.print(attribute_table(evaluation.report))
+    if evaluation.inputs:
+        console.print(inputs_table(evaluation))
     for note in notes:
         console.print(note, style="yellow", markup=False, highlight=False)
     if report_dir is not None:

@@ -29,6 +29,7 @@ from taxonomist.data.prepare import (
 from taxonomist.data.schema import Schema
 from taxonomist.features.build import embed_options
 from taxonomist.features.embed import embed_catalog
+from taxonomist.features.text import TextFeatures
 from taxonomist.inference.predictor import ROW_ERROR_COLUMNS, Predictor, row_errors, wide_named_frame
 from taxonomist.io import atomic_write_frame, atomic_write_text
 from taxonomist.metrics import (
@@ -43,6 +44,13 @@ EXAMPLE_IDS = 5
 SPLITS = ("test", "dev", "all")
 """What ``evaluate`` scores: the held-out test part (default), the dev part choices were made on, or
 every row."""
+INPUT_VIEWS = {
+    "fused": "image + text",
+    "text_blanked": "image, every text blanked",
+    "image_missing": "text, every image missing",
+    "text_probe": "text only: the lexical probe",
+}
+"""Listing heads' rows scored four ways (``Evaluation.inputs``): what each input adds, on the same rows."""
 ROW_COLUMNS = [ID, CATEGORY, "attribute", "label", "predicted", "confidence", "confidence_before", "correct"]
 """``Evaluation.rows``: one row per labelled (item, attribute); ``path`` and ``title`` follow where known."""
 
@@ -79,6 +87,9 @@ class Evaluation:
     split_matches_training: bool | None = None
     """Whether the scored part has the ids training held out (from its ``data_report.json``); None for
     ``all`` or a checkpoint without a data report."""
+    inputs: dict[str, AttributeReport] = field(default_factory=dict)
+    """Listing heads: the rows with a readable image scored with both inputs, with each taken away, and
+    by the checkpoint's lexical probe alone (:data:`INPUT_VIEWS`); empty for image-only heads."""
 
     @property
     def split_note(self) -> str | None:
@@ -129,6 +140,19 @@ class Evaluation:
                 "categories": self.unknown_categories,
                 "examples": self.unknown_examples,
             },
+            **({"scores_by_inputs": self.input_scores()} if self.inputs else {}),
+        }
+
+    def input_scores(self) -> dict[str, dict]:
+        """view → its score and per-attribute harmonic F1 (``inputs``)."""
+        return {
+            view: {
+                "score": report.score,
+                "per_attribute": dict(
+                    zip(report.per_attribute["attribute"], report.per_attribute["harmonic"], strict=True)
+                ),
+            }
+            for view, report in self.inputs.items()
         }
 
 
@@ -166,7 +190,7 @@ def evaluate(
     good = np.flatnonzero(embedded.ok)
     frame = catalog.frame
     cats = frame[CATEGORY].astype(str).to_numpy()
-    text = None
+    text = texts = None
     if predictor.reads_text:  # listing heads: the catalog's text column (rows without one are blank)
         texts = frame[TEXT].to_numpy()[good].tolist() if TEXT in frame.columns else None
         text = predictor.text_features(texts, cats[good].tolist())
@@ -217,9 +241,45 @@ def evaluate(
         rows_read=len(catalog) + len(unknown_rows) + len(source.rejected),
         split_matches_training=split_matches,
     )
+    if predictor.reads_text and readable_report is not None:
+        seen = frame.iloc[good].reset_index(drop=True)
+        evaluation.inputs = {
+            "fused": readable_report,
+            **input_views(predictor, embedded.features[good], seen, texts, text),
+        }
     if output is not None:
         write_evaluation(evaluation, output)
     return evaluation
+
+
+def input_views(
+    predictor: Predictor,
+    features: np.ndarray,
+    frame: pd.DataFrame,
+    texts: list[str] | None,
+    text: TextFeatures,
+) -> dict[str, AttributeReport]:
+    """Listing heads on ``frame``'s rows (their image ``features`` and ``text``) with every text blanked,
+    with every image missing, and the checkpoint's lexical probe alone (where it has one): whether the
+    fused model beats each input alone on the very rows it is scored on. A row without a title has no
+    input left once its image goes; it is predicted from its category alone, as the benchmark does."""
+    ids, cats = frame[ID].tolist(), frame[CATEGORY].astype(str).tolist()
+    schema = predictor.schema
+
+    def score(preds) -> AttributeReport:
+        return attribute_score(frame, wide_named_frame(preds, schema.attributes), schema.categories)
+
+    out = {
+        "text_blanked": score(predictor.predict_rows(features, cats, ids, None)),
+        "image_missing": score(
+            predictor.predict_rows(features, cats, ids, text, has_image=np.zeros(len(ids), dtype=bool))
+        ),
+    }
+    probe = predictor.probe_probs(texts, cats)
+    if probe is not None:
+        ranked = {a: np.argsort(-p, axis=1, kind="stable") for a, p in probe.items()}
+        out["text_probe"] = score(predictor.decode(probe, ids, cats, ranked=ranked))
+    return out
 
 
 def _rows_to_score(
@@ -336,12 +396,30 @@ def write_evaluation(evaluation: Evaluation, output: str | Path, *, summary: dic
         )
     if evaluation.valid_fraction is not None:
         markdown += f"\nValid outputs: {evaluation.valid_fraction:.1%}\n"
+    if evaluation.inputs:
+        markdown += "\n" + inputs_markdown(evaluation) + "\n"
     for note in (evaluation.errors_note, evaluation.unknown_category_note, evaluation.split_note):
         if note:
             markdown += f"\n{note}\n"
     atomic_write_text(output / "evaluation.md", markdown)
     atomic_write_frame(evaluation.rows, output / "predictions.csv")
     atomic_write_frame(evaluation.errors, output / "errors.csv")
+
+
+def inputs_markdown(evaluation: Evaluation) -> str:
+    """``Evaluation.inputs`` as a table: one row per view, its score and each attribute's."""
+    scores = evaluation.input_scores()
+    attributes = list(next(iter(scores.values()))["per_attribute"])
+    lines = [
+        "Inputs (rows with a readable image):",
+        "",
+        "| inputs | score | " + " | ".join(attributes) + " |",
+        "| --- | ---: |" + " ---: |" * len(attributes),
+    ]
+    for view, s in scores.items():
+        cells = " | ".join(f"{s['per_attribute'][a]:.4f}" for a in attributes)
+        lines.append(f"| {INPUT_VIEWS[view]} | {s['score']:.4f} | {cells} |")
+    return "\n".join(lines)
 
 
 def evaluate_vlm(

@@ -24,6 +24,7 @@ from taxonomist.features.cache import FeatureCache, default_cache_dir
 from taxonomist.features.embed import embed_images
 from taxonomist.features.text import ListingText, TextFeatures, load_listing_text
 from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
+from taxonomist.metrics import apply_temperature
 from taxonomist.models.build import checkpoint_backbone, load_heads_checkpoint
 from taxonomist.models.checkpoint import (
     HeadsCheckpoint,
@@ -32,6 +33,7 @@ from taxonomist.models.checkpoint import (
     decision_scores,
 )
 from taxonomist.models.fusion import lexical_batch, listing_heads
+from taxonomist.models.heads import allowed_masks
 from taxonomist.models.runtime import exports_root, on_runtime
 from taxonomist.progress import progress_bar
 
@@ -197,6 +199,21 @@ class Predictor:
             return None
         normal = [normalize_text(t) for t in texts] if texts is not None else [""] * len(categories)
         return self.text.features(normal, self.category_indices(categories).numpy())
+
+    def probe_probs(
+        self, texts: Sequence[str | None] | None, categories: Sequence[str]
+    ) -> dict[str, np.ndarray] | None:
+        """Listing heads with a lexical probe: attribute → (n, n_values) probabilities of that probe alone
+        (TF-IDF n-grams ⊕ category, fitted on the training rows), zero outside each row's category: the
+        text-only model the listing heads are measured against. None without a probe."""
+        probe = self.text.probe if self.reads_text else None
+        if probe is None:
+            return None
+        normal = [normalize_text(t) for t in texts] if texts is not None else [""] * len(categories)
+        index = self.category_indices(categories)
+        masks = allowed_masks(self.schema, self.categories)
+        log_probs = probe.model_.log_probs(normal, index.numpy())
+        return {a: apply_temperature(z, 1.0, masks[a][index].numpy()) for a, z in log_probs.items()}
 
     @property
     def categories(self) -> list[str]:

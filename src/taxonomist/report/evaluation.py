@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support
 
-from taxonomist.inference.evaluate import Evaluation
+from taxonomist.inference.evaluate import INPUT_VIEWS, Evaluation
 from taxonomist.io import atomic_write_frame
 from taxonomist.metrics import expected_calibration_error, reliability_table
 from taxonomist.report.plots import confusion_png, reliability_png
@@ -184,4 +184,5 @@ def _facts(evaluation: Evaluation, rows: pd.DataFrame) -> list[tuple[str, str]]:
     ]
     if evaluation.valid_fraction is not None:
         facts.append(("valid outputs", f"{evaluation.valid_fraction:.1%}"))
+    facts += [(INPUT_VIEWS[view], f"{r.score:.4f}") for view, r in evaluation.inputs.items()]
     return facts
