@@ -197,8 +197,9 @@ class Predictor:
                     "listing text: leave the texts out, or train with heads.inputs: [image, text]"
                 )
             return None
-        normal = [normalize_text(t) for t in texts] if texts is not None else [""] * len(categories)
-        return self.text.features(normal, self.category_indices(categories).numpy())
+        return self.text.features(
+            _normal_texts(texts, len(categories)), self.category_indices(categories).numpy()
+        )
 
     def probe_probs(
         self, texts: Sequence[str | None] | None, categories: Sequence[str]
@@ -209,10 +210,9 @@ class Predictor:
         probe = self.text.probe if self.reads_text else None
         if probe is None:
             return None
-        normal = [normalize_text(t) for t in texts] if texts is not None else [""] * len(categories)
         index = self.category_indices(categories)
         masks = allowed_masks(self.schema, self.categories)
-        log_probs = probe.model_.log_probs(normal, index.numpy())
+        log_probs = probe.model_.log_probs(_normal_texts(texts, len(categories)), index.numpy())
         return {a: apply_temperature(z, 1.0, masks[a][index].numpy()) for a, z in log_probs.items()}
 
     @property
@@ -586,6 +586,11 @@ def long_frame(preds: Sequence[Prediction]) -> pd.DataFrame:
         for a, v in p.attributes.items()
     ]
     return pd.DataFrame(rows, columns=["id", "category", "attribute", "value", "confidence", "top"])
+
+
+def _normal_texts(texts: Sequence[str | None] | None, n: int) -> list[str]:
+    """Listing texts as the text features and the probe read them (None = ``n`` blank rows)."""
+    return [normalize_text(t) for t in texts] if texts is not None else [""] * n
 
 
 def wide_named_frame(preds: Sequence[Prediction], attributes: Sequence[str]) -> pd.DataFrame:
