@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from taxonomist.data.catalog import read_generic
 from taxonomist.io import ResumeError
@@ -28,7 +29,7 @@ if importlib.util.find_spec("ray") is None:
 
 from taxonomist.inference.ray_engine import part_path, predict_with_ray, read_ray_output
 
-from .conftest import invoke
+from .conftest import invoke, make_catalog, tiny_config
 
 pytestmark = pytest.mark.integration
 KEY = ["id", "category", "attribute", "value"]
@@ -56,8 +57,8 @@ def ckpt(tiny_run: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) 
     return path
 
 
-def local_outputs(ckpt: Path, catalog_csv: Path, out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    invoke("predict", str(ckpt), "-o", str(out), "-q", "--data", str(catalog_csv))
+def local_outputs(ckpt: Path, catalog_csv: Path, out: Path, *args: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    invoke("predict", str(ckpt), "-o", str(out), "-q", "--data", str(catalog_csv), *args)
     long = pd.read_csv(out / "predictions_long.csv", dtype=str, keep_default_na=False)
     errors = pd.read_csv(out / "errors.csv", dtype=str, keep_default_na=False)
     return long.astype({"confidence": float}), errors
@@ -207,3 +208,45 @@ def test_bad_images_and_unknown_categories_are_reported(
     # The local errors.csv also gives each row's line in the input file; Ray shards do not know it.
     local_errors = local_errors.drop(columns="line").sort_values("id", ignore_index=True)
     pd.testing.assert_frame_equal(errors, local_errors)
+
+
+@pytest.fixture(scope="module")
+def listing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(checkpoint, catalog) of listing heads that can predict without the image: titles name the colour;
+    the catalog has a missing image and a blank title."""
+    root = tmp_path_factory.mktemp("ray-listing")
+    catalog = make_catalog(root / "data", titles=True)
+    cfg = tiny_config(catalog, root / "cache", epochs=10)
+    cfg["catalog"]["text_columns"] = ["title"]
+    cfg["heads"]["inputs"] = ["image", "text"]
+    cfg["text"] = {"lexical_width": 16, "image_dropout": 0.2}
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    invoke("train", "-c", str(config), "-o", str(root / "ckpt"), "-q")
+    frame = pd.read_csv(catalog, dtype=str)
+    frame.loc[0, "sku"], frame.loc[1, "title"] = "missing-image", None
+    frame.to_csv(catalog.parent / "rows.csv", index=False)
+    return root / "ckpt", catalog.parent / "rows.csv"
+
+
+def test_listing_heads_on_ray_read_titles_and_fill_in_missing_images(
+    ray_session: None, listing: tuple[Path, Path], tmp_path: Path
+):
+    """Issue 18: the Ray engine predicts what the local one does from image + title, and with
+    predict.allow_missing_image the row without an image too (still reported); a resume keeps the setting."""
+    ckpt, rows = listing
+    fill = ["--set", "predict.allow_missing_image=true"]
+    local_long, local_errors = local_outputs(ckpt, rows, tmp_path / "local", *fill)
+    assert "missing-image" in set(local_long["id"])
+    args = ["predict", str(ckpt), "-q", "--data", str(rows), "--engine", "ray", "--num-actors", "1", *fill]
+    invoke(*args, "-o", str(tmp_path / "ray"))
+    assert_same_predictions(read_ray_output(tmp_path / "ray"), local_long)
+    errors = pd.read_csv(tmp_path / "ray" / "errors.csv", dtype=str, keep_default_na=False)
+    pd.testing.assert_frame_equal(errors, local_errors)
+    summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    assert (summary["rows"], summary["predicted"], summary["errors"]) == (120, 120, 1)
+    catalog = read_generic(
+        rows, id_column="sku", category_column="type", labels=False, text_columns=["title"]
+    )
+    with pytest.raises(ResumeError, match="allow_missing_image True then, False now"):
+        predict_with_ray(ckpt, catalog, tmp_path / "ray", shard_rows=16, progress=False)

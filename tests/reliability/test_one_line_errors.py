@@ -72,6 +72,24 @@ def test_weights_of_another_shape(cli, tiny: Tiny, tmp_path: Path) -> None:
     assert code == 2 and "model.safetensors: does not fit taxonomist.json" in _one_error_line(err)
 
 
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_allow_missing_image_on_a_model_without_the_fallback(
+    cli, tiny: Tiny, tmp_path: Path, engine: str
+) -> None:
+    """Regression: the refusal was a traceback raised after the job folder was claimed, so the rerun
+    without the setting then failed as a conflicting partial job; and the Ray engine ignored it."""
+    data = write_rows(tmp_path / "rows.csv", tiny.rows(2)[["sku", "type"]])
+    out = tmp_path / "out"
+    args = ("predict", tiny.checkpoint, "-o", out, "--data", data, "--images", tiny.images, "-q")
+    args += ("--engine", engine, "--num-actors", "1") if engine == "ray" else ()
+    code, _, err = cli(*args, "--set", "predict.allow_missing_image=true")
+    assert code == 2 and "this checkpoint never learned to predict without the image" in _one_error_line(err)
+    assert not (out / "manifest.json").exists()
+    if engine == "local":  # a corrected rerun into the same folder (the Ray one is tested beside Ray)
+        code, _, err = cli(*args)
+        assert code == 0, err
+
+
 def test_train_with_no_readable_image_says_where_it_looked(cli, tiny: Tiny, tmp_path: Path) -> None:
     """Regression: ``torch.cat(): expected a non-empty list of Tensors``."""
     data = write_rows(tmp_path / "moved" / "catalog.csv", tiny.rows(8))

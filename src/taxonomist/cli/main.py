@@ -365,6 +365,7 @@ def predict(
             progress=not quiet,
             runtime=runtime,
             precision=precision,
+            allow_missing_image=cfg.predict.allow_missing_image,
         )
         # The shards' errors with their lines, and the rows the shards never saw, as the local engine writes.
         errors = read_ray_output(output, "errors")

@@ -27,6 +27,7 @@ from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.metrics import apply_temperature
 from taxonomist.models.build import checkpoint_backbone, load_heads_checkpoint
 from taxonomist.models.checkpoint import (
+    CheckpointError,
     HeadsCheckpoint,
     calibrated_probs,
     checkpoint_version,
@@ -174,11 +175,6 @@ class Predictor:
         return f"{getattr(self.backbone, 'runtime', 'torch')} {getattr(self.backbone, 'precision', 'fp32')}"
 
     @property
-    def allows_missing_image(self) -> bool:
-        """Listing heads trained to predict from the text alone (``text.image_dropout`` > 0)."""
-        return self.reads_text and self.checkpoint.text.get("image_dropout", 0.0) > 0
-
-    @property
     def reads_text(self) -> bool:
         """Whether the heads read listing text (the checkpoint was trained on image + text)."""
         return self.text is not None
@@ -192,7 +188,7 @@ class Predictor:
         Giving texts to image-only heads is an error: they would be ignored, silently."""
         if not self.reads_text:
             if texts is not None and any(normalize_text(t) for t in texts):
-                raise ValueError(
+                raise CheckpointError(
                     "this checkpoint was trained on images only (heads.inputs: [image]); it cannot read "
                     "listing text: leave the texts out, or train with heads.inputs: [image, text]"
                 )
@@ -395,11 +391,7 @@ class Predictor:
 
         Listing heads read ``texts``; with ``allow_missing_image`` a row whose image cannot be read is
         still predicted, from its text (and still reported in the errors)."""
-        if allow_missing_image and not self.allows_missing_image:
-            raise ValueError(
-                "predict.allow_missing_image needs listing heads trained with text.image_dropout > 0; "
-                "this checkpoint never learned to predict without the image"
-            )
+        self.checkpoint.check_allow_missing_image(allow_missing_image)
         rows, errors = [], []
         for r, category in enumerate(categories):
             if category in self._category_index:
@@ -455,6 +447,7 @@ class Predictor:
 
         Listing heads read the catalog's ``text`` column (a catalog without one: every row blank);
         image-only heads never read it."""
+        self.checkpoint.check_allow_missing_image(allow_missing_image)  # before the job folder is claimed
         start = time.perf_counter()
         out_dir = Path(out_dir)
         frame = catalog.frame

@@ -26,6 +26,7 @@ from typing import Literal
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from taxonomist.data.catalog import CATEGORY, ID, TEXT, Catalog, read_table
@@ -123,6 +124,7 @@ def predict_with_ray(
     progress: bool = True,
     runtime: str = "auto",
     precision: str | None = None,
+    allow_missing_image: bool = False,
 ) -> PredictSummary:
     """Predict every row of ``source`` into sharded Parquet under ``output_dir``; resumable.
 
@@ -130,6 +132,7 @@ def predict_with_ray(
     (or per ``num_cpus_per_actor`` CPUs), never more than the pending shards. ``decode_workers`` are
     image-decoding processes inside each actor (0 = decode in the actor). An already initialised Ray is
     used as is; otherwise this connects to ``address`` (None: a local Ray) and disconnects at the end.
+    ``allow_missing_image``: as for :meth:`Predictor.predict_catalog` (listing heads only).
     """
     if shard_rows < 1:
         raise ValueError(f"shard_rows must be positive, got {shard_rows}")
@@ -139,6 +142,7 @@ def predict_with_ray(
     rows = read_rows(source)
     n_shards = -(-len(rows) // shard_rows)
     checkpoint, _ = load_heads_checkpoint(checkpoint_dir)  # a clear error before any Ray start-up
+    checkpoint.check_allow_missing_image(allow_missing_image)
     columns = list(ROW_COLUMNS)
     if "text" in checkpoint.inputs:
         columns.append(TEXT)
@@ -152,6 +156,8 @@ def predict_with_ray(
         "placeholder": placeholder,
         "rows_sha256": rows_digest(rows),
     }
+    if "text" in checkpoint.inputs:  # as the local engine: a resumed job fills in the same rows
+        settings["allow_missing_image"] = allow_missing_image
     _claim(output_dir, {"n_rows": len(rows), "shard_rows": shard_rows, "n_shards": n_shards, **settings})
     pending = [k for k in range(n_shards) if not part_path(output_dir, "predictions", k).exists()]
     if pending:
@@ -170,6 +176,7 @@ def predict_with_ray(
             "placeholder": placeholder,
             "runtime": runtime,
             "precision": precision,
+            "allow_missing_image": allow_missing_image,
         }
         with _ray(address) as ray:
             ray.data.DataContext.get_current().enable_progress_bars = progress
@@ -187,12 +194,15 @@ def predict_with_ray(
                 num_gpus=gpus,
             ).materialize()
     errors = sum(pq.read_metadata(part_path(output_dir, "errors", k)).num_rows for k in range(n_shards))
+    # Rows with predictions, counted from the parts: with allow_missing_image a row can be in both.
+    parts = [part_path(output_dir, "predictions", k) for k in range(n_shards)]
+    predicted = sum(pc.count_distinct(pq.read_table(p, columns=["id"])["id"]).as_py() for p in parts)
     seconds = time.perf_counter() - start
     done_rows = sum(len(range(k * shard_rows, min((k + 1) * shard_rows, len(rows)))) for k in pending)
     summary = PredictSummary(
         str(output_dir),
         len(rows),
-        len(rows) - errors,
+        predicted,
         errors,
         n_shards - len(pending),
         seconds,
@@ -255,6 +265,7 @@ class ShardPredictor:
             max_pixels=opts["max_pixels"],
             min_confidence=opts["min_confidence"],
             placeholder=opts["placeholder"],
+            allow_missing_image=opts["allow_missing_image"],
         )
         errors = pd.DataFrame([e.__dict__ for e in errors], columns=list(ERROR_COLUMNS))
         _atomic_parquet(errors, self.output_dir, "errors", shard)

@@ -38,7 +38,8 @@ SectionCheck = Callable[[str, Mapping[str, Any]], dict[str, Any]]
 
 
 class CheckpointError(ValueError):
-    """A directory that is not a readable taxonomist checkpoint."""
+    """A directory that is not a readable taxonomist checkpoint, or a checkpoint asked for what it was
+    not trained to do (listing text for image-only heads, predicting without the image)."""
 
 
 @dataclass
@@ -79,6 +80,20 @@ class HeadsCheckpoint:
     def inputs(self) -> list[str]:
         """The modalities the heads were trained on: ``["image"]`` or ``["image", "text"]``."""
         return list(self.heads["inputs"])
+
+    @property
+    def predicts_without_image(self) -> bool:
+        """Listing heads trained to predict from the text alone (``text.image_dropout`` > 0)."""
+        return "text" in self.inputs and self.text.get("image_dropout", 0.0) > 0
+
+    def check_allow_missing_image(self, allow_missing_image: bool) -> None:
+        """Refuse ``predict.allow_missing_image`` for heads that never learned to predict without the
+        image; batch jobs call this before they write anything, so a corrected rerun is not blocked."""
+        if allow_missing_image and not self.predicts_without_image:
+            raise CheckpointError(
+                "predict.allow_missing_image needs listing heads trained with text.image_dropout > 0; "
+                "this checkpoint never learned to predict without the image (leave the setting false)"
+            )
 
     def build_model(self) -> AttributeHeads | HeadsEnsemble | ListingHeads:
         masks = allowed_masks(self.schema, self.categories)
