@@ -330,12 +330,24 @@ def _config(path: Path, data: dict):
     return load_config(path)
 
 
-def test_bench_reports_a_listing_checkpoint(listing_run, tmp_path) -> None:
-    """The efficiency report runs listing heads as for listings without a title (it crashed with a
-    TypeError: the heads were called with the image-heads signature)."""
-    import json
+def test_bench_reports_a_listing_checkpoint_per_listing(listing_run, tmp_path) -> None:
+    """The efficiency report counts a listing whole: its image and a title through the sentence encoder
+    (it counted the image side alone, a fifth of the parameters), or, with --title-tokens 0, listings
+    without a title (once a TypeError: the heads were called with the image-heads signature)."""
+    from typer.testing import CliRunner
+
+    from taxonomist.cli.main import app
 
     _, _, ckpt = listing_run
-    invoke("bench", str(ckpt), "-o", str(tmp_path), "--batch-sizes", "1,2", "--seconds", "0.2")
-    report = json.loads((tmp_path / "bench.json").read_text())
-    assert report["params_total"] > 0 and report["images_per_s_batch1"] > 0
+    args = ("bench", str(ckpt), "--batch-sizes", "1,2", "--seconds", "0.2")
+    invoke(*args, "-o", str(tmp_path / "titled"))
+    invoke(*args, "-o", str(tmp_path / "bare"), "--title-tokens", "0")
+    titled, bare = (json.loads((tmp_path / k / "bench.json").read_text()) for k in ("titled", "bare"))
+    assert titled["inputs"] == "image + title (16 tokens)" and titled["images_per_s_batch1"] > 0
+    assert bare["inputs"] == "image (listing heads, no title)" and bare["images_per_s_batch1"] > 0
+    encoder = Predictor.from_pretrained(ckpt, runtime="torch").text.encoder.model
+    assert titled["params_total"] - bare["params_total"] == sum(p.numel() for p in encoder.parameters())
+    assert titled["gflops_per_image"] > bare["gflops_per_image"]
+    assert "| inputs | image + title (16 tokens) |" in (tmp_path / "titled" / "bench.md").read_text()
+    result = CliRunner().invoke(app, [*args, "--title-tokens", "999"])
+    assert result.exit_code == 2 and "over the encoder's 64" in result.output

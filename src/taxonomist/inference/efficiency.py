@@ -46,6 +46,8 @@ class EfficiencyReport:
     memory_kind: str
     """``cpu-peak-rss`` (process peak resident set) or ``cuda-max-allocated`` (tensors on the GPU)."""
     throughput: dict[int, float]
+    inputs: str = "image"
+    """What each timed item is: ``image``, or ``image + title (16 tokens)`` for listing heads."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: throughput keys become strings."""
@@ -56,6 +58,7 @@ class EfficiencyReport:
     def to_markdown(self) -> str:
         rows = [
             ("device", self.device),
+            ("inputs", self.inputs),
             ("image size", f"{self.image_size}×{self.image_size}"),
             ("dtype", self.dtype),
             ("params_total", f"{self.params_total:,}"),
@@ -83,6 +86,7 @@ def measure_efficiency(
     device: str | torch.device | None = None,
     *,
     warmup: int = 3,
+    inputs: str = "image",
 ) -> EfficiencyReport:
     """Measure ``model`` called as ``model(images)`` on ``(B, 3, image_size, image_size)`` random inputs.
 
@@ -90,7 +94,8 @@ def measure_efficiency(
     about ``seconds`` (at least 3 calls) after ``warmup`` untimed calls; batch 1 is always measured, for
     latency. Inputs take the dtype of the model's first floating parameter. Memory: on CPU the process
     peak RSS (``getrusage``, a lifetime peak) and how much this run raised it; on CUDA the peak of
-    allocated tensor memory and its rise over what was allocated before the run.
+    allocated tensor memory and its rise over what was allocated before the run. ``inputs``: what the
+    model reads with each image (the report's label; a listing model brings its own title).
     """
     floating = [p for p in model.parameters() if p.is_floating_point()]
     if device is not None:
@@ -105,7 +110,7 @@ def measure_efficiency(
     was_training = model.training
     model.eval()
 
-    def inputs(batch: int) -> torch.Tensor:
+    def random_images(batch: int) -> torch.Tensor:
         return torch.randn(batch, 3, image_size, image_size, device=device, dtype=dtype)
 
     def sync() -> None:
@@ -122,10 +127,10 @@ def measure_efficiency(
         with torch.inference_mode():
             counter = FlopCounterMode(display=False)
             with counter:
-                model(inputs(1))
+                model(random_images(1))
             throughput, batch1_times = {}, []
             for batch in sorted({1, *batch_sizes}):
-                times = _call_times(model, inputs(batch), seconds, warmup, sync)
+                times = _call_times(model, random_images(batch), seconds, warmup, sync)
                 throughput[batch] = batch * len(times) / sum(times)
                 if batch == 1:
                     batch1_times = times
@@ -156,6 +161,7 @@ def measure_efficiency(
         memory_increase_mb=max(0, peak - memory_before) / _MB,
         memory_kind=memory_kind,
         throughput=throughput,
+        inputs=inputs,
     )
 
 

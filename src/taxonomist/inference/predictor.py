@@ -598,14 +598,40 @@ class ImagesToLogits(torch.nn.Module):
     """A checkpoint's backbone + heads as one module on preprocessed images (for efficiency reports).
 
     Every image is given category 0: the category only selects masks, so the cost is the same. Listing
-    heads are run as for a listing without a title (the image path; the title encoder is not counted).
+    heads read, with each image, a title of ``title_tokens`` tokens (special tokens included) through the
+    checkpoint's sentence encoder, so that the report counts the whole listing; ``title_tokens=0`` runs
+    them as for listings without a title (the encoder is then neither run nor counted). The lexical view
+    and probe (scikit-learn, outside torch) are never counted; their probe columns are left at zero.
     """
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, title_tokens: int = 0) -> None:
         super().__init__()
         self.backbone = predictor.backbone
         self.heads = predictor.heads
+        self.encoder = None
+        if listing_heads(self.heads) is not None and title_tokens > 0:
+            encoder = predictor.text.encoder
+            if title_tokens > encoder.max_length:
+                raise ValueError(f"title_tokens {title_tokens} is over the encoder's {encoder.max_length}")
+            self.encoder = encoder.model
+            self.encoder_dim = encoder.dim
+            # A fixed title of exactly ``title_tokens`` tokens: the cost depends on its length only.
+            tokens = encoder.tokenizer(
+                " ".join(["shirt"] * title_tokens),
+                truncation=True,
+                max_length=title_tokens,
+                return_tensors="pt",
+            )
+            self.register_buffer("input_ids", tokens["input_ids"], persistent=False)
+            self.register_buffer("attention_mask", tokens["attention_mask"], persistent=False)
         self.eval()
+
+    @property
+    def inputs(self) -> str:
+        """What one call per image reads, for the report."""
+        if self.encoder is not None:
+            return f"image + title ({self.input_ids.shape[1]} tokens)"
+        return "image" if listing_heads(self.heads) is None else "image (listing heads, no title)"
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         n, device = len(pixels), pixels.device
@@ -614,8 +640,14 @@ class ImagesToLogits(torch.nn.Module):
         listing = listing_heads(self.heads)
         if listing is None:
             return self.heads(features, category)
-        text = torch.zeros(n, listing.text_mean.shape[0], device=device)
-        present = torch.tensor([[True, False]], device=device).expand(n, 2)
+        text = torch.zeros(n, listing.text_mean.shape[0], device=device, dtype=features.dtype)
+        present = torch.tensor([[True, self.encoder is not None]], device=device).expand(n, 2)
+        if self.encoder is not None:
+            tokens = {
+                "input_ids": self.input_ids.expand(n, -1),
+                "attention_mask": self.attention_mask.expand(n, -1),
+            }
+            text[:, : self.encoder_dim] = self.encoder(tokens)["sentence_embedding"]
         lexical = None
         if listing.lexical is not None:
             empty = torch.zeros(0, dtype=torch.long, device=device)
