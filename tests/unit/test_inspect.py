@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import math
@@ -199,6 +200,66 @@ def test_save_writes_linked_files(report: InspectReport, tmp_path: Path) -> None
     assert not list(index.parent.glob("*.tmp")) and not list(index.parent.glob(".*"))
 
 
+def test_listing_text_coverage_repeats_and_what_it_names(catalog: Catalog, tmp_path: Path) -> None:
+    """Issue 18: before training listing heads, how much text there is and what it says of each label."""
+    from taxonomist.data.catalog import TEXT
+
+    titles = {
+        "s1": "Acme Red Long Sleeve Shirt",  # names red (its label)
+        "s2": "Acme Navy Blue Shirt",  # "Navy Blue" is no value here, so it names blue: not its label red
+        "s3": "Acme Navy Blue Shirt",  # same title as s2, labels differ (colour, sleeve)
+        "s4": "",  # no text
+        "s5": "red or blue shirt",  # names two values: neither is read
+        "s6": "Shirt",
+        "h1": "Black shoe size 42",  # names black and 42, both its labels
+        "h2": "Black shoe size 42",  # same title, labels agree (size missing: a gap, not a conflict)
+        "h3": "shoe",
+        "h4": "WHITE shoe, size 43",  # case-folded; 43 is not its label 42
+    }
+    frame = catalog.frame.assign(**{TEXT: catalog.frame["id"].map(titles)})
+    listing = dataclasses.replace(catalog, frame=frame)
+    report = inspect_catalog(listing, check_images=False, progress=False)
+    text = report.text.set_index("category")
+    assert text.loc["shirts", ["rows", "with_text", "repeated_rows", "repeated_conflicting"]].tolist() == [
+        6,
+        5,
+        2,
+        2,
+    ]
+    assert text.loc["shoes", ["rows", "with_text", "repeated_rows", "repeated_conflicting"]].tolist() == [
+        4,
+        4,
+        2,
+        0,
+    ]
+    assert text.loc["shirts", "text_share"] == pytest.approx(5 / 6)
+    assert text.loc["shirts", "median_words"] == 4 and text.loc["shoes", "median_words"] == 4
+
+    names = report.text_names.set_index(["category", "attribute"])
+    # shirts colour: labelled rows with text s1 s2 s3 s6 (s5 unlabelled): s1 names red, s2 and s3 blue.
+    assert names.loc[("shirts", "color"), ["labelled", "names_one", "agrees"]].tolist() == [4, 3, 2]
+    assert names.loc[("shirts", "sleeve"), ["labelled", "names_one", "agrees"]].tolist() == [5, 1, 1]
+    assert names.loc[("shoes", "size"), ["labelled", "names_one", "agrees"]].tolist() == [3, 2, 1]
+    assert names.loc[("shoes", "size"), "agree_rate"] == pytest.approx(0.5)
+
+    buf = io.StringIO()
+    report.print(Console(file=buf, width=200))
+    assert "Listing text" in buf.getvalue() and "What the text names" in buf.getvalue()
+    index = report.save(tmp_path / "out")
+    assert 'id="text"' in index.read_text(encoding="utf-8")
+    assert len(pd.read_csv(index.parent / "text_names.csv")) == 4
+    data = json.loads((index.parent / "report.json").read_text(encoding="utf-8"))
+    assert data["text"][0]["category"] == "shirts"
+
+
+def test_no_text_section_without_text(report: InspectReport, tmp_path: Path) -> None:
+    assert report.text is None and report.text_names is None
+    buf = io.StringIO()
+    report.print(Console(file=buf, width=200))
+    assert "Listing text" not in buf.getvalue()
+    assert json.loads((report.save(tmp_path) / ".." / "report.json").resolve().read_text())["text"] is None
+
+
 def test_real_meesho_labels(meesho_dir: Path) -> None:
     catalog = read_meesho(meesho_dir)
     report = inspect_catalog(catalog, schema=catalog.infer_schema(), check_images=False, progress=False)
@@ -211,3 +272,12 @@ def test_real_meesho_labels(meesho_dir: Path) -> None:
         (1 - report.missing["missing_rate"]).mul(report.missing["rows"]).round().sum()
     )
     assert not report.images_checked and report.unreadable.empty
+
+
+def test_a_longer_value_is_read_before_the_shorter_one_inside_it() -> None:
+    from taxonomist.report.inspection import _named_value
+
+    texts = pd.Series(["Navy Blue tee", "blue tee", "Bluetooth speaker", "navy blue and blue", "red or blue"])
+    named = _named_value(texts, ["Blue", "Navy Blue", "Red"]).tolist()
+    assert named[0] == "navy blue" and named[1] == "blue" and pd.isna(named[2])
+    assert pd.isna(named[3]) and pd.isna(named[4])  # two values named: neither is read

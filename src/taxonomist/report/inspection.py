@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from taxonomist.data.catalog import CATEGORY, ID, REJECTED_COLUMNS, Catalog, describe_counts
+from taxonomist.data.catalog import CATEGORY, ID, REJECTED_COLUMNS, TEXT, Catalog, describe_counts
 from taxonomist.data.schema import Schema
 from taxonomist.io import atomic_write_frame, atomic_write_text
 from taxonomist.report.images import check_image_files
@@ -50,6 +51,25 @@ IMBALANCE_COLUMNS = [
 OUT_OF_SCHEMA_COLUMNS = ["category", "attribute", "value", "count", "reason"]
 DUPLICATE_COLUMNS = ["group", "hash", "id", "category", "group_size", "label_conflict", "conflicting"]
 UNREADABLE_COLUMNS = ["id", "category", "path", "reason", "detail"]
+TEXT_COLUMNS = [
+    "category",
+    "rows",
+    "with_text",
+    "text_share",
+    "median_words",
+    "p90_words",
+    "repeated_rows",
+    "repeated_conflicting",
+]
+TEXT_NAMES_COLUMNS = [
+    "category",
+    "attribute",
+    "labelled",
+    "names_one",
+    "names_one_share",
+    "agrees",
+    "agree_rate",
+]
 
 
 @dataclass
@@ -82,6 +102,13 @@ class InspectReport:
     """Rows per category left out before inspection (fewer than ``min_rows_per_category``)."""
     min_rows_per_category: int = 0
     rejected: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REJECTED_COLUMNS))
+    text: pd.DataFrame | None = None
+    """Listing text (``catalog.text_columns``) per category: rows with text, words per text, texts
+    repeated within the category and how many of those repeats carry different labels; None without text."""
+    text_names: pd.DataFrame | None = None
+    """Per (category, attribute), among labelled rows with text: how many texts name exactly one of the
+    attribute's values (whole words, case-folded, the longest match kept) and how often that value is
+    the label: how much a title can tell each attribute. None without text."""
 
     # ---- derived figures -------------------------------------------------------------------------------
 
@@ -160,6 +187,8 @@ class InspectReport:
             "out_of_schema": _records(self.out_of_schema),
             "duplicate_groups": self.duplicate_group_list(),
             "unreadable": _records(self.unreadable),
+            "text": None if self.text is None else _records(self.text),
+            "text_names": None if self.text_names is None else _records(self.text_names),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
@@ -263,6 +292,8 @@ class InspectReport:
                 top,
                 empty="none, every label is allowed by the schema",
             )
+        if self.text is not None:
+            self._print_text(console, top)
         if not self.images_checked:
             return
         groups = pd.DataFrame(
@@ -300,6 +331,36 @@ class InspectReport:
             empty="none",
         )
 
+    def _print_text(self, console: Console, top: int) -> None:
+        _print_table(
+            console,
+            "Listing text",
+            self.text,
+            [
+                ("category", "category", None),
+                ("with_text", "with text", "{:,}"),
+                ("text_share", "share", "{:.1%}"),
+                ("median_words", "words (median)", "{:.0f}"),
+                ("p90_words", "words (p90)", "{:.0f}"),
+                ("repeated_rows", "repeated", "{:,}"),
+                ("repeated_conflicting", "repeated, labels differ", "{:,}"),
+            ],
+            top,
+        )
+        _print_table(
+            console,
+            "What the text names (least first)",
+            self.text_names.sort_values("names_one_share", kind="stable"),
+            [
+                ("category", "category", None),
+                ("attribute", "attribute", None),
+                ("labelled", "labelled with text", "{:,}"),
+                ("names_one_share", "names one value", "{:.1%}"),
+                ("agree_rate", "that value is the label", "{:.1%}"),
+            ],
+            top,
+        )
+
     # ---- files -----------------------------------------------------------------------------------------
 
     def save(self, out_dir: str | os.PathLike) -> Path:
@@ -315,6 +376,8 @@ class InspectReport:
             "duplicates.csv": self.duplicates,
             "out_of_schema.csv": self.out_of_schema,
         }
+        if self.text is not None:
+            tables |= {"text.csv": self.text, "text_names.csv": self.text_names}
         for name, frame in tables.items():
             atomic_write_frame(frame, out / name)
 
@@ -417,6 +480,10 @@ def inspect_catalog(
         )
         duplicates = _duplicates(frame, hashes, catalog.attributes)
         timings["images_s"] = time.perf_counter() - t1
+    text = text_names = None
+    if TEXT in frame.columns:
+        text = _listing_text(frame, catalog.attributes)
+        text_names = _text_names(frame, counts)
     timings["total_s"] = time.perf_counter() - t0
     return InspectReport(
         source=catalog.source,
@@ -438,6 +505,8 @@ def inspect_catalog(
         dropped_categories=dict(catalog.dropped_categories),
         min_rows_per_category=catalog.min_rows_per_category,
         rejected=catalog.rejected.copy(),
+        text=text,
+        text_names=text_names,
     )
 
 
@@ -542,6 +611,64 @@ def _out_of_schema(counts: pd.DataFrame, schema: Schema) -> pd.DataFrame:
         np.where(pair_known, "unknown value", "unknown attribute"),
     )
     return bad[OUT_OF_SCHEMA_COLUMNS].reset_index(drop=True)
+
+
+def _listing_text(frame: pd.DataFrame, attributes: Sequence[str]) -> pd.DataFrame:
+    texts = frame[TEXT].fillna("").astype(str)
+    has = texts != ""
+    labels = [a for a in attributes if a in frame.columns]
+    keyed = frame.loc[has, [CATEGORY, *labels]].assign(_text=texts[has])
+    groups = keyed.groupby([CATEGORY, "_text"], sort=False)
+    repeated = groups[CATEGORY].transform("size") > 1
+    # nunique drops missing labels: a repeat labelled once and left blank once is a gap, not a conflict.
+    differs = (
+        (groups[labels].transform("nunique") > 1).any(axis=1) if labels else pd.Series(False, keyed.index)
+    )
+    by = pd.DataFrame(
+        {
+            "category": frame[CATEGORY].astype(str),
+            "has": has,
+            "words": texts.str.split().str.len().where(has),
+            "repeated": repeated.reindex(frame.index, fill_value=False),
+            "conflicting": (repeated & differs).reindex(frame.index, fill_value=False),
+        }
+    ).groupby("category", sort=False)
+    out = by.agg(
+        rows=("has", "size"),
+        with_text=("has", "sum"),
+        median_words=("words", "median"),
+        p90_words=("words", lambda w: w.quantile(0.9)),
+        repeated_rows=("repeated", "sum"),
+        repeated_conflicting=("conflicting", "sum"),
+    ).reset_index()
+    out["text_share"] = out["with_text"] / out["rows"]
+    return out[TEXT_COLUMNS]
+
+
+def _text_names(frame: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
+    texts = frame[TEXT].fillna("").astype(str)
+    category = frame[CATEGORY].astype(str)
+    rows = []
+    for (cat, attr), values in counts.groupby(["category", "attribute"], sort=False)["value"]:
+        mask = (category == cat) & frame[attr].notna() & (texts != "")
+        labels = frame.loc[mask, attr].astype(str).str.casefold()
+        named = _named_value(texts[mask], values.tolist())
+        one = named.notna()
+        agrees = int((named[one] == labels[one]).sum())
+        n, k = int(mask.sum()), int(one.sum())
+        rows.append((cat, attr, n, k, k / n if n else np.nan, agrees, agrees / k if k else np.nan))
+    return pd.DataFrame(rows, columns=TEXT_NAMES_COLUMNS)
+
+
+def _named_value(texts: pd.Series, values: Sequence[str]) -> pd.Series:
+    """Each text's one named value (case-folded), NaN where it names none or several. Longer values are
+    tried first, so "Navy Blue" is read as that, not as "Blue"."""
+    folded = sorted({str(v).casefold() for v in values if str(v).strip()}, key=len, reverse=True)
+    if not folded:
+        return pd.Series(np.nan, index=texts.index, dtype=object)
+    pattern = r"(?<!\w)(" + "|".join(re.escape(v) for v in folded) + r")(?!\w)"
+    found = texts.str.casefold().str.findall(pattern).map(set)
+    return found.map(lambda s: next(iter(s)) if len(s) == 1 else np.nan)
 
 
 def _duplicates(frame: pd.DataFrame, hashes: Sequence[str | None], attributes: Sequence[str]) -> pd.DataFrame:
