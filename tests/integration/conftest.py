@@ -1,4 +1,5 @@
-"""A tiny synthetic catalog whose labels are learnable from the pixels, and a config for it."""
+"""A tiny synthetic catalog whose labels are learnable from the pixels, a config for it, and a tiny
+sentence encoder."""
 
 from __future__ import annotations
 
@@ -89,3 +90,42 @@ def invoke(*args: str) -> str:
     result = CliRunner().invoke(app, list(args), catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
+
+
+def tiny_sentence_encoder(root: Path, corpus: list[str]) -> Path:
+    """A 2-layer BERT built from a config with a WordPiece vocabulary trained on ``corpus``, saved as a
+    sentence-transformers folder under ``root``: loaded by path, it takes the same code path as a hub id."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordPiece
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+    from tokenizers.trainers import WordPieceTrainer
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
+    tok.pre_tokenizer = BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(corpus, WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(root / "hf")
+    tokenizer.save_pretrained(root / "hf")
+    word = Transformer(str(root / "hf"), max_seq_length=32)
+    pool = Pooling(word.get_embedding_dimension(), "mean")
+    SentenceTransformer(modules=[word, pool], device="cpu").save(str(root / "st"))
+    return root / "st"

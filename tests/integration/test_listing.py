@@ -351,3 +351,39 @@ def test_bench_reports_a_listing_checkpoint_per_listing(listing_run, tmp_path) -
     assert "| inputs | image + title (16 tokens) |" in (tmp_path / "titled" / "bench.md").read_text()
     result = CliRunner().invoke(app, [*args, "--title-tokens", "999"])
     assert result.exit_code == 2 and "over the encoder's 64" in result.output
+
+
+def test_any_sentence_transformers_folder_as_the_text_encoder(tmp_path) -> None:
+    """Issue 18: text.encoder takes any sentence-transformers model by id or folder (here a 2-layer BERT
+    folder, 32-dim); the checkpoint records it, and its embeddings are cached under its own key."""
+    from taxonomist.features.text import text_cache
+
+    from .conftest import tiny_sentence_encoder
+
+    catalog = make_catalog(tmp_path / "data", titles=True)
+    titles = pd.read_csv(catalog)["title"].tolist()
+    encoder = tiny_sentence_encoder(tmp_path / "encoder", titles)
+    cfg = tiny_config(catalog, tmp_path / "cache", epochs=5)
+    cfg["catalog"]["text_columns"] = ["title"]
+    cfg["heads"]["inputs"] = ["image", "text"]
+    cfg["text"] = {"encoder": str(encoder), "max_length": 32, "lexical_width": 16}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    invoke("train", "-c", str(config), "-o", str(tmp_path / "ckpt"), "-q")
+
+    predictor = Predictor.from_pretrained(tmp_path / "ckpt")
+    record = predictor.checkpoint.text
+    assert record["encoder"] == str(encoder) and predictor.text.encoder.dim == 32
+    assert record["dim"] == 32 + predictor.text.probe.dim  # the heads were built for this encoder
+    assert record["fingerprint"] == predictor.text.encoder.weights_fingerprint()
+    eager = Predictor.from_pretrained(tmp_path / "ckpt", runtime="torch")
+    # Training embedded each distinct title once (torch fp32), under this encoder's own key.
+    cache = text_cache(eager.text.encoder, tmp_path / "cache")
+    assert cache.dir.name == f"text-{record['fingerprint']}" and len(cache) == len(set(titles))
+    image = str(catalog.parent / "images" / "1000.jpg")
+    (fast,), (slow,) = (p.predict([image], ["Tops"], texts=["Acme Red top"]) for p in (predictor, eager))
+    for attribute, value in slow.attributes.items():
+        assert fast.attributes[attribute].value == value.value
+        assert fast.attributes[attribute].confidence == pytest.approx(value.confidence, abs=1e-3)
+    out = invoke("evaluate", str(tmp_path / "ckpt"), "--output", str(tmp_path / "eval"), "-q")
+    assert "text, every image missing" in out

@@ -1,7 +1,7 @@
 """``taxonomist taxonomy train | evaluate | predict`` end to end with a tiny sentence encoder.
 
-The encoder is a 2-layer BERT built from a config with a WordPiece vocabulary trained here, saved as a
-sentence-transformers folder and loaded by path: the same code path as a hub id.
+The encoder is a 2-layer BERT built from a config with a WordPiece vocabulary trained on the titles here,
+saved as a sentence-transformers folder and loaded by path: the same code path as a hub id.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from taxonomist.cli.main import app
 from taxonomist.inference.taxonomy import TaxonomyCheckpointError, TaxonomyPredictor
 from taxonomist.io import ResumeError
 from taxonomist.training.taxonomy import NONE_THRESHOLDS
+
+from .conftest import tiny_sentence_encoder
 
 pytestmark = pytest.mark.integration
 
@@ -55,42 +57,9 @@ def make_products(n: int, seed: int) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def tiny_encoder(tmp_path_factory) -> Path:
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordPiece
-    from tokenizers.pre_tokenizers import BertPreTokenizer
-    from tokenizers.trainers import WordPieceTrainer
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("tiny-encoder")
-    corpus = make_products(200, 0)["product_name"].tolist()
-    tok = Tokenizer(WordPiece(unk_token="[UNK]"))
-    tok.pre_tokenizer = BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(corpus, WordPieceTrainer(vocab_size=300, special_tokens=specials))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
+    return tiny_sentence_encoder(
+        tmp_path_factory.mktemp("tiny-encoder"), make_products(200, 0)["product_name"].tolist()
     )
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(root / "hf")
-    tokenizer.save_pretrained(root / "hf")
-    word = Transformer(str(root / "hf"), max_seq_length=32)
-    pool = Pooling(word.get_embedding_dimension(), "mean")
-    SentenceTransformer(modules=[word, pool], device="cpu").save(str(root / "st"))
-    return root / "st"
 
 
 def test_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> None:
