@@ -221,6 +221,7 @@ def test_predict_resumes_after_kill_9(trained: tuple[Path, Path, Path], tmp_path
     pd.testing.assert_frame_equal(a, b)
     assert b.groupby(["id", "attribute"]).size().max() == 1
     summary = json.loads((crashed / "summary.json").read_text())
+    assert "predicted_by_inputs" not in summary  # image-only heads: every row from its image
     if killed:
         assert 0 < done_before < 30 and summary["resumed_chunks"] == done_before
 

@@ -76,6 +76,10 @@ def test_listing_predict_reads_titles_resumes_and_fills_in_for_missing_images(li
     assert "missing-image" in set(filled["id"])
     errors = pd.read_csv(tmp_path / "filled" / "errors.csv", dtype={"id": str})
     assert "missing-image" in set(errors["id"])  # still reported
+    # What each predicted row was predicted from: the summary says how sparse the listings were.
+    summaries = {k: json.loads((tmp_path / k / "summary.json").read_text()) for k in ("out", "filled")}
+    assert summaries["out"]["predicted_by_inputs"] == {"image + text": 118, "image": 1, "text": 0}
+    assert summaries["filled"]["predicted_by_inputs"] == {"image + text": 118, "image": 1, "text": 1}
 
 
 def test_a_chunk_of_unreadable_images_only_is_reported_not_fatal(listing_run, tmp_path) -> None:

@@ -245,6 +245,12 @@ def test_listing_heads_on_ray_read_titles_and_fill_in_missing_images(
     pd.testing.assert_frame_equal(errors, local_errors)
     summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
     assert (summary["rows"], summary["predicted"], summary["errors"]) == (120, 120, 1)
+    local = json.loads((tmp_path / "local" / "summary.json").read_text())
+    assert (
+        summary["predicted_by_inputs"]
+        == local["predicted_by_inputs"]
+        == {"image + text": 118, "image": 1, "text": 1}
+    )
     catalog = read_generic(
         rows, id_column="sku", category_column="type", labels=False, text_columns=["title"]
     )

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,9 +75,15 @@ class PredictSummary:
     images_per_s: float | None
     """Rows predicted in this run per second; None when this run predicted nothing (no figure to give)."""
     error_reasons: dict[str, int] = field(default_factory=dict)
+    predicted_by_inputs: dict[str, int] | None = None
+    """Listing heads: predicted rows by what they were predicted from (``image + text``, ``image``,
+    ``text``: an unreadable image with ``allow_missing_image``); None for image-only heads."""
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        d = dict(self.__dict__)
+        if d["predicted_by_inputs"] is None:
+            del d["predicted_by_inputs"]
+        return d
 
     def failure(self, max_error_share: float) -> str | None:
         """Why this job should count as failed (every row, or more than ``max_error_share`` of them, in
@@ -508,6 +514,11 @@ class Predictor:
         atomic_write_frame(long, out_dir / "predictions_long.csv")
         errors = row_errors(catalog, errors)
         atomic_write_frame(errors, out_dir / "errors.csv")
+        by_inputs = None
+        if all_texts is not None:
+            by_inputs = predicted_by_inputs(
+                dict(zip(all_ids, all_texts, strict=True)), meesho[ID], errors[ID]
+            )
         seconds = time.perf_counter() - start
         summary = PredictSummary(
             str(out_dir),
@@ -518,8 +529,9 @@ class Predictor:
             seconds,
             predicted_now / seconds if predicted_now and seconds > 0 else None,
             {str(r): int(n) for r, n in errors["reason"].value_counts().items()},
+            by_inputs,
         )
-        atomic_write_text(out_dir / "summary.json", pd.Series(summary.to_dict()).to_json(indent=1))
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_dict(), indent=1))
         return summary
 
 
@@ -535,6 +547,20 @@ def row_errors(catalog: Catalog, errors: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values("line", kind="stable", na_position="last").reset_index(drop=True)[
         ROW_ERROR_COLUMNS
     ]
+
+
+def predicted_by_inputs(
+    texts: Mapping[str, str | None], predicted: Iterable[str], errors: Iterable[str]
+) -> dict[str, int]:
+    """Listing jobs: the predicted rows by what they were predicted from. ``texts``: id → listing text
+    of every row; ``predicted``, ``errors``: the ids with a prediction and those in the errors (a row in
+    both was predicted without its image)."""
+    failed = {str(i) for i in errors}
+    counts = {"image + text": 0, "image": 0, "text": 0}
+    for item in predicted:
+        item = str(item)
+        counts["text" if item in failed else "image + text" if normalize_text(texts[item]) else "image"] += 1
+    return counts
 
 
 def with_row_errors(

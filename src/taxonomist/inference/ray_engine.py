@@ -26,12 +26,11 @@ from typing import Literal
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from taxonomist.data.catalog import CATEGORY, ID, TEXT, Catalog, read_table
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ERROR_COLUMNS
-from taxonomist.inference.predictor import Predictor, PredictSummary, long_frame
+from taxonomist.inference.predictor import Predictor, PredictSummary, long_frame, predicted_by_inputs
 from taxonomist.io import (
     MANIFEST,
     ResumeError,
@@ -193,23 +192,33 @@ def predict_with_ray(
                 num_cpus=num_cpus_per_actor,
                 num_gpus=gpus,
             ).materialize()
-    errors = sum(pq.read_metadata(part_path(output_dir, "errors", k)).num_rows for k in range(n_shards))
+    error_ids = [i for k in range(n_shards) for i in _ids(part_path(output_dir, "errors", k))]
     # Rows with predictions, counted from the parts: with allow_missing_image a row can be in both.
-    parts = [part_path(output_dir, "predictions", k) for k in range(n_shards)]
-    predicted = sum(pc.count_distinct(pq.read_table(p, columns=["id"])["id"]).as_py() for p in parts)
+    predicted_ids = [i for k in range(n_shards) for i in _ids(part_path(output_dir, "predictions", k))]
+    by_inputs = None
+    if TEXT in columns:
+        by_inputs = predicted_by_inputs(
+            dict(zip(rows[ID].astype(str), rows[TEXT], strict=True)), predicted_ids, error_ids
+        )
     seconds = time.perf_counter() - start
     done_rows = sum(len(range(k * shard_rows, min((k + 1) * shard_rows, len(rows)))) for k in pending)
     summary = PredictSummary(
         str(output_dir),
         len(rows),
-        predicted,
-        errors,
+        len(predicted_ids),
+        len(error_ids),
         n_shards - len(pending),
         seconds,
         done_rows / seconds if seconds > 0 else 0.0,
+        predicted_by_inputs=by_inputs,
     )
     atomic_write_text(output_dir / "summary.json", json.dumps(summary.to_dict(), indent=1))
     return summary
+
+
+def _ids(part: Path) -> list[str]:
+    """The distinct ids of one shard's part, in order (a predictions part has a row per attribute)."""
+    return list(dict.fromkeys(pq.read_table(part, columns=["id"])["id"].to_pylist()))
 
 
 class ShardPredictor:
