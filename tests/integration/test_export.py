@@ -101,6 +101,20 @@ def test_export_above_tolerance_is_refused(run: Path, monkeypatch: pytest.Monkey
     assert not list((run / EXPORTS_DIR).glob(".candidate-*"))
 
 
+def test_a_listing_export_must_hold_its_score_with_titles_too() -> None:
+    """Listing heads are judged on both views: a drop with titles alone refuses the export, and says so."""
+    report = export_module.ParityReport(
+        "openvino", "int8", 100, 0.70, 0.699, 0.005, {}, 0.99, with_text={"torch": 0.90, "export": 0.88}
+    )
+    assert not report.passed
+    message = str(export_module.ExportRefused(report))
+    first = message.splitlines()[0]
+    assert "with text: 0.8800 vs torch 0.9000 (drop 0.0200)" in first and "without text" not in first
+    assert "| score (without text) | 0.7000 | 0.6990 |" in report.to_markdown()
+    report.with_text = {"torch": 0.90, "export": 0.899}
+    assert report.passed
+
+
 def test_heads_fitted_on_a_runtime_record_its_numerics(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
     _, config = tiny_run
     output = invoke(

@@ -268,9 +268,14 @@ def test_class_balance_chosen_on_dev_is_recorded_and_applied_at_prediction(listi
     invoke("evaluate", str(tmp_path / "run"), "--output", str(tmp_path / "eval"), "-q")
     evaluated = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["score"]
     assert evaluated == pytest.approx(metrics["test_score"])
-    # The export's parity check scores it too (as listings without a title).
+    # The export's parity check scores it too: as listings without a title, and with the rows' titles.
     output = invoke("export", str(tmp_path / "run"), "--runtime", "openvino", "--parity-rows", "20", "-q")
     assert "openvino fp32" in output
+    parity = json.loads((tmp_path / "run" / "exports" / "openvino-fp32" / "export.json").read_text())[
+        "parity"
+    ]
+    assert parity["passed"] and set(parity["with_text"]) == {"torch", "export"}
+    assert parity["with_text"]["torch"] > parity["torch_score"]  # the titles name the colour
 
     # Rows without a title (or, trained with image dropout, without an image) get the strengths chosen
     # for them on dev, every attribute its own.

@@ -21,11 +21,12 @@ import pandas as pd
 import torch
 
 from taxonomist.config import RunConfig
-from taxonomist.data.catalog import CATEGORY, ID
+from taxonomist.data.catalog import CATEGORY, ID, TEXT
 from taxonomist.data.images import ImageLoadError, load_image
 from taxonomist.data.prepare import prepare_catalog
 from taxonomist.features.cache import FeatureCache, default_cache_dir
 from taxonomist.features.embed import embed_images
+from taxonomist.features.text import TextFeatures
 from taxonomist.inference.predictor import Predictor, wide_named_frame
 from taxonomist.metrics import attribute_score
 from taxonomist.models import runtime as rt
@@ -38,9 +39,13 @@ class ExportRefused(RuntimeError):
     """The export scored more than the tolerance below torch; ``report`` says by how much, where."""
 
     def __init__(self, report: ParityReport) -> None:
+        drops = "; ".join(
+            f"{f'{name}: ' if name else ''}{export:.4f} vs torch {torch_:.4f} (drop {torch_ - export:.4f})"
+            for name, torch_, export in report.scores()
+            if torch_ - export > report.tolerance
+        )
         super().__init__(
-            f"export refused: score {report.export_score:.4f} vs torch {report.torch_score:.4f} "
-            f"(drop {report.score_drop:.4f} > tolerance {report.tolerance:.4f}) on {report.rows} "
+            f"export refused: score {drops} > tolerance {report.tolerance:.4f} on {report.rows} "
             "validation rows; calibrate on more rows (--calibrate) or use a higher precision\n"
             + report.to_markdown()
         )
@@ -49,7 +54,11 @@ class ExportRefused(RuntimeError):
 
 @dataclass
 class ParityReport:
-    """An export against the torch fp32 model on the same validation rows."""
+    """An export against the torch fp32 model on the same validation rows.
+
+    ``torch_score``/``export_score`` score the rows from their images alone (listing heads: as listings
+    without a title, the path the backbone weighs most); listing heads are also scored with the rows'
+    titles (``with_text``), as they will mostly be used. Both must stay within ``tolerance``."""
 
     runtime: str
     precision: str
@@ -61,14 +70,23 @@ class ParityReport:
     """attribute → {"torch": accuracy, "export": accuracy}."""
     min_feature_cosine: float
     calibration_rows: int = 0
+    with_text: dict[str, float] | None = None
+    """Listing heads: {"torch": score, "export": score} of the same rows with their titles."""
 
     @property
     def score_drop(self) -> float:
         return self.torch_score - self.export_score
 
+    def scores(self) -> list[tuple[str, float, float]]:
+        """(view, torch score, export score) of each view scored."""
+        out = [("without text" if self.with_text else "", self.torch_score, self.export_score)]
+        if self.with_text:
+            out.append(("with text", self.with_text["torch"], self.with_text["export"]))
+        return out
+
     @property
     def passed(self) -> bool:
-        return self.score_drop <= self.tolerance
+        return all(torch_ - export <= self.tolerance for _, torch_, export in self.scores())
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "score_drop": self.score_drop, "passed": self.passed}
@@ -77,10 +95,15 @@ class ParityReport:
         lines = [
             f"| {self.runtime} {self.precision} vs torch fp32, {self.rows} rows | torch | export |",
             "| --- | ---: | ---: |",
-            f"| score | {self.torch_score:.4f} | {self.export_score:.4f} |",
         ]
         lines += [
-            f"| accuracy {a} | {v['torch']:.4f} | {v['export']:.4f} |" for a, v in self.per_attribute.items()
+            f"| score{f' ({name})' if name else ''} | {torch_:.4f} | {export:.4f} |"
+            for name, torch_, export in self.scores()
+        ]
+        view = " (without text)" if self.with_text else ""
+        lines += [
+            f"| accuracy {a}{view} | {v['torch']:.4f} | {v['export']:.4f} |"
+            for a, v in self.per_attribute.items()
         ]
         lines.append(f"| min feature cosine | | {self.min_feature_cosine:.5f} |")
         return "\n".join(lines) + "\n"
@@ -99,10 +122,12 @@ def _accuracy(truth: pd.DataFrame, predicted: pd.DataFrame, attributes: list[str
     return out
 
 
-def _score(predictor: Predictor, features: np.ndarray, frame: pd.DataFrame) -> tuple[float, dict, Any]:
+def _score(
+    predictor: Predictor, features: np.ndarray, frame: pd.DataFrame, text: TextFeatures | None = None
+) -> tuple[float, dict, Any]:
     cats = frame[CATEGORY].astype(str).tolist()
-    # Listing heads: as listings without a title.
-    preds = predictor.predict_rows(features, cats, frame[ID].astype(str).tolist())
+    # Listing heads: as listings without a title unless ``text`` is given.
+    preds = predictor.predict_rows(features, cats, frame[ID].astype(str).tolist(), text)
     predicted = wide_named_frame(preds, predictor.schema.attributes)
     truth = frame.assign(**{ID: frame[ID].astype(str)})
     report = attribute_score(truth, predicted, predictor.schema.categories)
@@ -131,6 +156,14 @@ def parity(
     cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
     torch_score, torch_acc, _ = _score(reference, a, rows)
     export_score, export_acc, _ = _score(candidate, b, rows)
+    with_text = None
+    if reference.reads_text and TEXT in rows.columns:
+        # Both share the checkpoint's text features: only the image side differs.
+        text = reference.text_features(rows[TEXT].tolist(), rows[CATEGORY].astype(str).tolist())
+        with_text = {
+            "torch": _score(reference, a, rows, text)[0],
+            "export": _score(candidate, b, rows, text)[0],
+        }
     runtime = getattr(candidate.backbone, "runtime", "torch")
     return ParityReport(
         runtime=runtime,
@@ -143,6 +176,7 @@ def parity(
             k: {"torch": torch_acc[k], "export": export_acc.get(k, float("nan"))} for k in torch_acc
         },
         min_feature_cosine=float(cosine.min()) if len(cosine) else float("nan"),
+        with_text={k: float(v) for k, v in with_text.items()} if with_text else None,
     )
 
 
