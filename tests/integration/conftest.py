@@ -75,6 +75,16 @@ def tiny_config(catalog: Path, cache: Path, **train: object) -> dict:
     }
 
 
+def listing_config(catalog: Path, cache: Path, text: dict | None = None, **train: object) -> dict:
+    """:func:`tiny_config` for listing heads reading the catalog's ``title`` column (``make_catalog(...,
+    titles=True)``); ``text``: the text section, over a small lexical bag."""
+    cfg = tiny_config(catalog, cache, **train)
+    cfg["catalog"]["text_columns"] = ["title"]
+    cfg["heads"]["inputs"] = ["image", "text"]
+    cfg["text"] = {"lexical_width": 16, **(text or {})}
+    return cfg
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(catalog csv, config yaml) for a synthetic 120-product catalog, shared by a module's tests."""

@@ -18,7 +18,7 @@ from taxonomist.cli.main import app
 from taxonomist.config import load_config
 from taxonomist.training.finetune import FinetuneModel, build_heads, phase_two
 
-from .conftest import make_catalog, tiny_config
+from .conftest import listing_config, make_catalog, tiny_config
 
 pytestmark = pytest.mark.integration
 
@@ -200,11 +200,8 @@ def test_listing_heads_fine_tune_with_titles_and_predict_from_them(tmp_path: Pat
     from taxonomist.inference.predictor import Predictor
 
     catalog = make_catalog(tmp_path / "data", n=120, titles=True)
-    cfg = tiny_config(catalog, tmp_path / "cache", epochs=20, patience=20)
-    cfg["catalog"]["text_columns"] = ["title"]
+    cfg = listing_config(catalog, tmp_path / "cache", {"probe_folds": 2}, epochs=20, patience=20)
     cfg["backbone"]["color_features"] = False
-    cfg["heads"]["inputs"] = ["image", "text"]
-    cfg["text"] = {"lexical_width": 16, "probe_folds": 2}
     cfg["finetune"] = {**FT, "max_steps_per_epoch": 2}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))

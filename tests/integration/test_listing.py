@@ -14,17 +14,14 @@ import yaml
 
 from taxonomist.inference.predictor import Predictor
 
-from .conftest import invoke, make_catalog, tiny_config
+from .conftest import invoke, listing_config, make_catalog, tiny_config, tiny_sentence_encoder
 
 
 @pytest.fixture(scope="module")
 def listing_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("listing")
     catalog = make_catalog(root / "data", titles=True)
-    cfg = tiny_config(catalog, root / "cache")
-    cfg["catalog"]["text_columns"] = ["title"]
-    cfg["heads"]["inputs"] = ["image", "text"]
-    cfg["text"] = {"lexical_width": 16, "image_dropout": 0.2}
+    cfg = listing_config(catalog, root / "cache", {"image_dropout": 0.2})
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     invoke("train", "-c", str(config), "-o", str(root / "ckpt"), "--quiet")
@@ -367,15 +364,10 @@ def test_any_sentence_transformers_folder_as_the_text_encoder(tmp_path) -> None:
     folder, 32-dim); the checkpoint records it, and its embeddings are cached under its own key."""
     from taxonomist.features.text import text_cache
 
-    from .conftest import tiny_sentence_encoder
-
     catalog = make_catalog(tmp_path / "data", titles=True)
     titles = pd.read_csv(catalog)["title"].tolist()
     encoder = tiny_sentence_encoder(tmp_path / "encoder", titles)
-    cfg = tiny_config(catalog, tmp_path / "cache", epochs=5)
-    cfg["catalog"]["text_columns"] = ["title"]
-    cfg["heads"]["inputs"] = ["image", "text"]
-    cfg["text"] = {"encoder": str(encoder), "max_length": 32, "lexical_width": 16}
+    cfg = listing_config(catalog, tmp_path / "cache", {"encoder": str(encoder), "max_length": 32}, epochs=5)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     invoke("train", "-c", str(config), "-o", str(tmp_path / "ckpt"), "-q")

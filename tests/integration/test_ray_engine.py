@@ -29,7 +29,7 @@ if importlib.util.find_spec("ray") is None:
 
 from taxonomist.inference.ray_engine import part_path, predict_with_ray, read_ray_output
 
-from .conftest import invoke, make_catalog, tiny_config
+from .conftest import invoke, listing_config, make_catalog
 
 pytestmark = pytest.mark.integration
 KEY = ["id", "category", "attribute", "value"]
@@ -216,10 +216,7 @@ def listing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     the catalog has a missing image and a blank title."""
     root = tmp_path_factory.mktemp("ray-listing")
     catalog = make_catalog(root / "data", titles=True)
-    cfg = tiny_config(catalog, root / "cache", epochs=10)
-    cfg["catalog"]["text_columns"] = ["title"]
-    cfg["heads"]["inputs"] = ["image", "text"]
-    cfg["text"] = {"lexical_width": 16, "image_dropout": 0.2}
+    cfg = listing_config(catalog, root / "cache", {"image_dropout": 0.2}, epochs=10)
     config = root / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
     invoke("train", "-c", str(config), "-o", str(root / "ckpt"), "-q")

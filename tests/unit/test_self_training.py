@@ -29,7 +29,7 @@ from taxonomist.training.self_training import (
     select_pseudo_labels,
     self_train,
 )
-from tests.integration.conftest import make_catalog, tiny_config
+from tests.integration.conftest import listing_config, make_catalog, tiny_config
 
 M = MISSING
 
@@ -221,11 +221,8 @@ def test_the_fused_student_reads_titles_and_its_rounds_are_listing_checkpoints(t
     from taxonomist.inference.predictor import Predictor
 
     catalog = make_catalog(tmp_path / "data", n=240, titles=True)
-    raw = tiny_config(catalog, tmp_path / "cache", epochs=15, patience=15)
-    raw["catalog"]["text_columns"] = ["title"]
+    raw = listing_config(catalog, tmp_path / "cache", {"probe_folds": 2}, epochs=15, patience=15)
     raw["backbone"]["color_features"] = False  # random features: the images alone hardly tell colours apart
-    raw["heads"]["inputs"] = ["image", "text"]
-    raw["text"] = {"lexical_width": 16, "probe_folds": 2}
     raw["self_training"] = {"labeled_fraction": 0.4, "dev_fraction": 0.3, "threshold": 0.6, "rounds": 1}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
