@@ -143,7 +143,8 @@ def predict_with_ray(
     checkpoint, _ = load_heads_checkpoint(checkpoint_dir)  # a clear error before any Ray start-up
     checkpoint.check_allow_missing_image(allow_missing_image)
     columns = list(ROW_COLUMNS)
-    if "text" in checkpoint.inputs:
+    reads_text = "text" in checkpoint.inputs
+    if reads_text:
         columns.append(TEXT)
         if TEXT not in rows.columns:
             rows[TEXT] = ""  # no titles: every listing predicted from its image
@@ -155,7 +156,7 @@ def predict_with_ray(
         "placeholder": placeholder,
         "rows_sha256": rows_digest(rows),
     }
-    if "text" in checkpoint.inputs:  # as the local engine: a resumed job fills in the same rows
+    if reads_text:  # as the local engine: a resumed job fills in the same rows
         settings["allow_missing_image"] = allow_missing_image
     _claim(output_dir, {"n_rows": len(rows), "shard_rows": shard_rows, "n_shards": n_shards, **settings})
     pending = [k for k in range(n_shards) if not part_path(output_dir, "predictions", k).exists()]
@@ -196,7 +197,7 @@ def predict_with_ray(
     # Rows with predictions, counted from the parts: with allow_missing_image a row can be in both.
     predicted_ids = [i for k in range(n_shards) for i in _ids(part_path(output_dir, "predictions", k))]
     by_inputs = None
-    if TEXT in columns:
+    if reads_text:
         by_inputs = predicted_by_inputs(
             dict(zip(rows[ID].astype(str), rows[TEXT], strict=True)), predicted_ids, error_ids
         )

@@ -482,8 +482,9 @@ def inspect_catalog(
         timings["images_s"] = time.perf_counter() - t1
     text = text_names = None
     if TEXT in frame.columns:
-        text = _listing_text(frame, catalog.attributes)
-        text_names = _text_names(frame, counts)
+        texts = frame[TEXT].fillna("").astype(str)
+        text = _listing_text(frame, texts, catalog.attributes)
+        text_names = _text_names(frame, texts, counts)
     timings["total_s"] = time.perf_counter() - t0
     return InspectReport(
         source=catalog.source,
@@ -613,8 +614,7 @@ def _out_of_schema(counts: pd.DataFrame, schema: Schema) -> pd.DataFrame:
     return bad[OUT_OF_SCHEMA_COLUMNS].reset_index(drop=True)
 
 
-def _listing_text(frame: pd.DataFrame, attributes: Sequence[str]) -> pd.DataFrame:
-    texts = frame[TEXT].fillna("").astype(str)
+def _listing_text(frame: pd.DataFrame, texts: pd.Series, attributes: Sequence[str]) -> pd.DataFrame:
     has = texts != ""
     labels = [a for a in attributes if a in frame.columns]
     keyed = frame.loc[has, [CATEGORY, *labels]].assign(_text=texts[has])
@@ -645,8 +645,7 @@ def _listing_text(frame: pd.DataFrame, attributes: Sequence[str]) -> pd.DataFram
     return out[TEXT_COLUMNS]
 
 
-def _text_names(frame: pd.DataFrame, counts: pd.DataFrame) -> pd.DataFrame:
-    texts = frame[TEXT].fillna("").astype(str)
+def _text_names(frame: pd.DataFrame, texts: pd.Series, counts: pd.DataFrame) -> pd.DataFrame:
     category = frame[CATEGORY].astype(str)
     rows = []
     for (cat, attr), values in counts.groupby(["category", "attribute"], sort=False)["value"]:
