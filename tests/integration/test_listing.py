@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from taxonomist.inference.predictor import Predictor
+from taxonomist.models.runtime import EXPORTS_DIR, MANIFEST
 
 from .conftest import invoke, listing_config, make_catalog, tiny_config, tiny_sentence_encoder
 
@@ -268,9 +269,8 @@ def test_class_balance_chosen_on_dev_is_recorded_and_applied_at_prediction(listi
     # The export's parity check scores it too: as listings without a title, and with the rows' titles.
     output = invoke("export", str(tmp_path / "run"), "--runtime", "openvino", "--parity-rows", "20", "-q")
     assert "openvino fp32" in output
-    parity = json.loads((tmp_path / "run" / "exports" / "openvino-fp32" / "export.json").read_text())[
-        "parity"
-    ]
+    export = tmp_path / "run" / EXPORTS_DIR / "openvino-fp32" / MANIFEST
+    parity = json.loads(export.read_text())["parity"]
     assert parity["passed"] and set(parity["with_text"]) == {"torch", "export"}
     assert parity["with_text"]["torch"] > parity["torch_score"]  # the titles name the colour
 
