@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from taxonomist.inference.predictor import Predictor
+from taxonomist.models.checkpoint import CheckpointError
 from taxonomist.models.runtime import EXPORTS_DIR, MANIFEST
 
 from .conftest import invoke, listing_config, make_catalog, tiny_config, tiny_sentence_encoder
@@ -78,6 +79,15 @@ def test_listing_predict_reads_titles_resumes_and_fills_in_for_missing_images(li
     summaries = {k: json.loads((tmp_path / k / "summary.json").read_text()) for k in ("out", "filled")}
     assert summaries["out"]["predicted_by_inputs"] == {"image + text": 118, "image": 1, "text": 0}
     assert summaries["filled"]["predicted_by_inputs"] == {"image + text": 118, "image": 1, "text": 1}
+    # In memory, a listing without a photo (image None) gets what the batch job gave it.
+    (alone,) = Predictor.from_pretrained(ckpt).predict(
+        [None], [frame.loc[0, "type"]], texts=[frame.loc[0, "title"]]
+    )
+    batch = filled[filled["id"] == "missing-image"].set_index("attribute")
+    assert set(alone.attributes) == set(batch.index)
+    for attribute, v in alone.attributes.items():
+        assert v.value == batch.loc[attribute, "value"]
+        assert v.confidence == pytest.approx(batch.loc[attribute, "confidence"], abs=1e-4)
 
 
 def test_a_chunk_of_unreadable_images_only_is_reported_not_fatal(listing_run, tmp_path) -> None:
@@ -133,6 +143,8 @@ def test_an_image_only_checkpoint_refuses_titles(tiny_run, tmp_path) -> None:
     with pytest.raises(ValueError, match="trained on images only"):
         predictor.predict([image], ["Tops"], texts=["Acme Red top"])
     assert predictor.predict([image], ["Tops"], texts=[""])  # no text at all is no conflict
+    with pytest.raises(CheckpointError, match=r"images \[1\] are None.*never learned"):
+        predictor.predict([image, None], ["Tops", "Tops"])
 
 
 def _post(checkpoint: Path, image: Path, **form: object):

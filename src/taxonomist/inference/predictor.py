@@ -346,7 +346,7 @@ class Predictor:
     @torch.inference_mode()
     def predict(
         self,
-        images: Sequence[ImageInput],
+        images: Sequence[ImageInput | None],
         categories: Sequence[str],
         ids: Sequence[str] | None = None,
         *,
@@ -357,7 +357,9 @@ class Predictor:
         """In-memory prediction for a few images (PIL images or paths); raises on an unreadable image.
 
         ``texts``: the listings' titles for listing heads (None or "" where a listing has none); an
-        error for image-only heads."""
+        error for image-only heads. An image may be None (a listing without a photo yet) for listing
+        heads trained with ``text.image_dropout`` > 0: that row is predicted from its title alone, as
+        ``predict.allow_missing_image`` does in batch jobs."""
         for name, seq in (("images", images), ("categories", categories), ("ids", ids), ("texts", texts)):
             if isinstance(seq, str | os.PathLike | Image.Image):
                 raise TypeError(f"{name} must be a list, got one {type(seq).__name__}: wrap it in [...]")
@@ -368,13 +370,31 @@ class Predictor:
             raise ValueError(f"{len(images)} images and {len(texts)} texts")
         if not images:
             return []
+        has_image = np.array([im is not None for im in images])
+        if not has_image.all() and not self.checkpoint.predicts_without_image:
+            raise CheckpointError(
+                f"images {np.flatnonzero(~has_image).tolist()} are None, but this checkpoint never learned "
+                "to predict without the image (listing heads trained with text.image_dropout > 0 do)"
+            )
         self.category_indices(categories)  # fail before any decoding
         text = self.text_features(texts, categories)
-        # PIL images go through the same loader as files: same orientation, mode and size rules.
-        pixels = torch.stack([self.backbone.preprocess(load_image(im)) for im in images])
-        features = self.backbone(pixels.to(self.device))
+        features = torch.zeros(len(images), self.checkpoint.feature_dim, device=self.device)
+        if has_image.any():
+            # PIL images go through the same loader as files: same orientation, mode and size rules.
+            pixels = torch.stack(
+                [self.backbone.preprocess(load_image(im)) for im in images if im is not None]
+            )
+            features[torch.from_numpy(has_image).to(self.device)] = self.backbone(
+                pixels.to(self.device)
+            ).float()
         return self.predict_rows(
-            features, categories, ids, text, min_confidence=min_confidence, placeholder=placeholder
+            features,
+            categories,
+            ids,
+            text,
+            has_image=None if has_image.all() else has_image,
+            min_confidence=min_confidence,
+            placeholder=placeholder,
         )
 
     def predict_chunk(
