@@ -153,9 +153,6 @@ class Catalog:
     def infer_schema(self) -> Schema:
         return Schema.infer(self.frame, self.attributes_by_category, attributes=self.attributes)
 
-    def line_of(self, row: int) -> int | None:
-        return self.lines[row] if self.lines is not None else None
-
     def subset(self, mask_or_index) -> Catalog:
         """Same catalog restricted to some rows (a boolean mask or positional indices)."""
         positions = (
