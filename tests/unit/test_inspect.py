@@ -241,6 +241,19 @@ def test_listing_text_coverage_repeats_and_what_it_names(catalog: Catalog, tmp_p
     assert names.loc[("shirts", "sleeve"), ["labelled", "names_one", "agrees"]].tolist() == [5, 1, 1]
     assert names.loc[("shoes", "size"), ["labelled", "names_one", "agrees"]].tolist() == [3, 2, 1]
     assert names.loc[("shoes", "size"), "agree_rate"] == pytest.approx(0.5)
+    # The disagreements themselves, as label cells to review, spelled as the catalog spells its values.
+    conflicts = report.text_conflicts.set_index(["id", "attribute"])
+    assert sorted(conflicts.index) == [("h4", "size"), ("s2", "color")]
+    assert conflicts.loc[("s2", "color"), ["category", "label", "text_names"]].tolist() == [
+        "shirts",
+        "red",
+        "blue",
+    ]
+    assert conflicts.loc[("h4", "size"), ["label", "text_names", "text"]].tolist() == [
+        "42",
+        "43",
+        titles["h4"],
+    ]
 
     buf = io.StringIO()
     report.print(Console(file=buf, width=200))
@@ -248,12 +261,15 @@ def test_listing_text_coverage_repeats_and_what_it_names(catalog: Catalog, tmp_p
     index = report.save(tmp_path / "out")
     assert 'id="text"' in index.read_text(encoding="utf-8")
     assert len(pd.read_csv(index.parent / "text_names.csv")) == 4
+    assert len(pd.read_csv(index.parent / "text_conflicts.csv")) == 2
+    assert "The 2 label cells behind" in index.read_text(encoding="utf-8")
+    assert "text_conflicts.csv" in buf.getvalue()
     data = json.loads((index.parent / "report.json").read_text(encoding="utf-8"))
-    assert data["text"][0]["category"] == "shirts"
+    assert data["text"][0]["category"] == "shirts" and data["text_conflicts"] == 2
 
 
 def test_no_text_section_without_text(report: InspectReport, tmp_path: Path) -> None:
-    assert report.text is None and report.text_names is None
+    assert report.text is None and report.text_names is None and report.text_conflicts is None
     buf = io.StringIO()
     report.print(Console(file=buf, width=200))
     assert "Listing text" not in buf.getvalue()

@@ -70,6 +70,7 @@ TEXT_NAMES_COLUMNS = [
     "agrees",
     "agree_rate",
 ]
+TEXT_CONFLICT_COLUMNS = [ID, "category", "attribute", "label", "text_names", "text"]
 
 
 @dataclass
@@ -109,6 +110,11 @@ class InspectReport:
     """Per (category, attribute), among labelled rows with text: how many texts name exactly one of the
     attribute's values (whole words, case-folded, the longest match kept) and how often that value is
     the label: how much a title can tell each attribute. None without text."""
+    text_conflicts: pd.DataFrame | None = None
+    """The label cells behind ``text_names``' disagreements: rows whose text names exactly one value of
+    the attribute, another than the label (id, category, attribute, label, the named value, the text).
+    A review queue, not a list of errors: a catalogue may file articles by its own conventions (sandals
+    under Flats or Heels), and its models learn those from these rows too. None without text."""
 
     # ---- derived figures -------------------------------------------------------------------------------
 
@@ -189,6 +195,7 @@ class InspectReport:
             "unreadable": _records(self.unreadable),
             "text": None if self.text is None else _records(self.text),
             "text_names": None if self.text_names is None else _records(self.text_names),
+            "text_conflicts": None if self.text_conflicts is None else len(self.text_conflicts),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
@@ -360,6 +367,10 @@ class InspectReport:
             ],
             top,
         )
+        console.print(
+            f"{len(self.text_conflicts):,} label cells whose text names another value of the attribute "
+            "(to review, not all errors): text_conflicts.csv"
+        )
 
     # ---- files -----------------------------------------------------------------------------------------
 
@@ -377,7 +388,11 @@ class InspectReport:
             "out_of_schema.csv": self.out_of_schema,
         }
         if self.text is not None:
-            tables |= {"text.csv": self.text, "text_names.csv": self.text_names}
+            tables |= {
+                "text.csv": self.text,
+                "text_names.csv": self.text_names,
+                "text_conflicts.csv": self.text_conflicts,
+            }
         for name, frame in tables.items():
             atomic_write_frame(frame, out / name)
 
@@ -480,11 +495,11 @@ def inspect_catalog(
         )
         duplicates = _duplicates(frame, hashes, catalog.attributes)
         timings["images_s"] = time.perf_counter() - t1
-    text = text_names = None
+    text = text_names = text_conflicts = None
     if TEXT in frame.columns:
         texts = frame[TEXT].fillna("").astype(str)
         text = _listing_text(frame, texts, catalog.attributes)
-        text_names = _text_names(frame, texts, counts)
+        text_names, text_conflicts = _text_names(frame, texts, counts)
     timings["total_s"] = time.perf_counter() - t0
     return InspectReport(
         source=catalog.source,
@@ -508,6 +523,7 @@ def inspect_catalog(
         rejected=catalog.rejected.copy(),
         text=text,
         text_names=text_names,
+        text_conflicts=text_conflicts,
     )
 
 
@@ -645,9 +661,13 @@ def _listing_text(frame: pd.DataFrame, texts: pd.Series, attributes: Sequence[st
     return out[TEXT_COLUMNS]
 
 
-def _text_names(frame: pd.DataFrame, texts: pd.Series, counts: pd.DataFrame) -> pd.DataFrame:
+def _text_names(
+    frame: pd.DataFrame, texts: pd.Series, counts: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per category and attribute: how often a text names one value and that value is the label;
+    the label cells where it is another)."""
     category = frame[CATEGORY].astype(str)
-    rows = []
+    rows, conflicts = [], []
     for (cat, attr), values in counts.groupby(["category", "attribute"], sort=False)["value"]:
         mask = (category == cat) & frame[attr].notna() & (texts != "")
         labels = frame.loc[mask, attr].astype(str).str.casefold()
@@ -656,7 +676,26 @@ def _text_names(frame: pd.DataFrame, texts: pd.Series, counts: pd.DataFrame) -> 
         agrees = int((named[one] == labels[one]).sum())
         n, k = int(mask.sum()), int(one.sum())
         rows.append((cat, attr, n, k, k / n if n else np.nan, agrees, agrees / k if k else np.nan))
-    return pd.DataFrame(rows, columns=TEXT_NAMES_COLUMNS)
+        spelling = {str(v).casefold(): str(v) for v in values}
+        other = named.index[one & (named != labels)]
+        conflicts.append(
+            pd.DataFrame(
+                {
+                    ID: frame.loc[other, ID].astype(str),
+                    "category": cat,
+                    "attribute": attr,
+                    "label": frame.loc[other, attr].astype(str),
+                    "text_names": named[other].map(spelling),
+                    "text": texts[other],
+                },
+                columns=TEXT_CONFLICT_COLUMNS,
+            )
+        )
+    found = [c for c in conflicts if len(c)]
+    conflict_frame = (
+        pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=TEXT_CONFLICT_COLUMNS)
+    )
+    return pd.DataFrame(rows, columns=TEXT_NAMES_COLUMNS), conflict_frame
 
 
 def _named_value(texts: pd.Series, values: Sequence[str]) -> pd.Series:
