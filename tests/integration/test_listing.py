@@ -170,6 +170,48 @@ def test_serve_reads_an_optional_title(listing_run) -> None:
     assert too_long.status_code == 422 and "title" in too_long.text
 
 
+def _post_titles(checkpoint: Path, max_images_per_request: int = 16, **form: object):
+    from fastapi.testclient import TestClient
+
+    from taxonomist.serve import create_app
+
+    app = create_app(checkpoint, max_wait_ms=5, max_images_per_request=max_images_per_request)
+    with TestClient(app) as client:
+        return client.post("/v1/predict", data=form)
+
+
+def test_serve_predicts_listings_without_a_photo_from_their_titles(listing_run) -> None:
+    from taxonomist.serve.model import AttributeModel
+
+    catalog, _, ckpt = listing_run
+    titles, categories = ["Acme Red top", "Acme Blue bag"], ["Tops", "Bags"]
+    answer = _post_titles(ckpt, category=categories, title=titles, id=["t1", "b1"])
+    assert answer.status_code == 200, answer.text
+    direct = Predictor.from_pretrained(ckpt).predict([None, None], categories, texts=titles)
+    for served, want in zip(answer.json()["predictions"], direct, strict=True):
+        assert set(served["attributes"]) == set(want.attributes)
+        for a, v in want.attributes.items():
+            assert served["attributes"][a]["value"] == v.value
+            assert served["attributes"][a]["confidence"] == pytest.approx(v.confidence, abs=1e-4)
+    assert [p["id"] for p in answer.json()["predictions"]] == ["t1", "b1"]
+    # Listings with and without a photo batched into one forward get what each gets alone.
+    model = AttributeModel.load(ckpt)
+    image = (catalog.parent / "images" / "1000.jpg").read_bytes()
+    with_photo = model.prepare(image, "Tops", name="1000.jpg", title="Acme Red top")
+    mixed = model.predict_batch([with_photo, model.prepare_title("Bags", "Acme Blue bag")])
+    alone = model.predict_batch([with_photo]) + model.predict_batch(
+        [model.prepare_title("Bags", "Acme Blue bag")]
+    )
+    for got, want in zip(mixed, alone, strict=True):
+        assert {a: v.value for a, v in got.items()} == {a: v.value for a, v in want.items()}
+        assert all(got[a].confidence == pytest.approx(v.confidence, abs=1e-5) for a, v in want.items())
+    blank = _post_titles(ckpt, category="Tops", title=["Acme Red top", " "])
+    assert blank.status_code == 422 and "titles [1] are blank" in blank.text
+    assert _post_titles(ckpt, category="Tops").status_code == 422  # neither images nor titles
+    too_many = _post_titles(ckpt, max_images_per_request=1, category="Tops", title=titles)
+    assert too_many.status_code == 413 and "at most 1 per request" in too_many.text
+
+
 def test_serve_refuses_a_title_for_an_image_only_model(tiny_run, tmp_path) -> None:
     catalog, config = tiny_run
     invoke("train", "-c", str(config), "-o", str(tmp_path / "ckpt"), "--quiet")
@@ -177,6 +219,8 @@ def test_serve_refuses_a_title_for_an_image_only_model(tiny_run, tmp_path) -> No
     refused = _post(tmp_path / "ckpt", image, title="Acme Red top")
     assert refused.status_code == 422 and "images only" in refused.text
     assert _post(tmp_path / "ckpt", image, title="").status_code == 200
+    no_photo = _post_titles(tmp_path / "ckpt", category="Tops", title="Acme Red top")
+    assert no_photo.status_code == 422 and "needs an image per listing" in no_photo.text
 
 
 def test_rows_without_a_title_get_what_the_image_recipe_predicts(listing_run, tmp_path) -> None:

@@ -3,8 +3,9 @@
 Requests carry image bytes only, never server-side paths. Each upload is decoded and preprocessed in a
 request thread (a bad image fails its own request with 422), then queued for the
 :class:`~taxonomist.serve.batching.MicroBatcher`, which runs one forward for images from many
-concurrent requests. Probes: ``/healthz`` (process alive), ``/readyz`` (model loaded, batch worker
-running); ``/metrics`` in Prometheus text format; OpenAPI docs at ``/docs``.
+concurrent requests. Listing heads trained to predict without the image (``text.image_dropout`` > 0)
+also answer a request of titles and no image. Probes: ``/healthz`` (process alive), ``/readyz`` (model
+loaded, batch worker running); ``/metrics`` in Prometheus text format; OpenAPI docs at ``/docs``.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class AttributeOut(BaseModel):
 
 
 class PredictionOut(BaseModel):
-    id: str = Field(description="The `id` sent with the image, else its file name.")
+    id: str = Field(description="The `id` sent with the image, else its file name (title-only: its index).")
     category: str
     attributes: dict[str, AttributeOut] = Field(description="Every attribute of the category.")
 
@@ -85,7 +86,9 @@ class ModelOut(BaseModel):
 
 class PredictResponse(BaseModel):
     model: ModelOut
-    predictions: list[PredictionOut] = Field(description="One per uploaded image, in upload order.")
+    predictions: list[PredictionOut] = Field(
+        description="One per uploaded image (or per title, for a request without images), in order."
+    )
 
 
 def create_app(
@@ -251,7 +254,9 @@ class _Service:
     def reject(self, outcome: str, count: int = 1) -> None:
         self.metrics.images.labels(outcome).inc(count)
 
-    def prepare(self, data: bytes, category: str, name: str, title: str) -> Any:
+    def prepare(self, data: bytes | None, category: str, name: str, title: str) -> Any:
+        if data is None:  # a listing without a photo: its title alone
+            return self.model.prepare_title(category, title)
         # Returned, not raised: every bad image of a request is reported at once.
         try:
             if title:
@@ -263,7 +268,7 @@ class _Service:
     async def run(
         self, uploads: list[UploadFile], names: list[str], categories: list[str], titles: list[str]
     ) -> list[dict[str, Any]]:
-        datas = [await upload.read() for upload in uploads]
+        datas = [await upload.read() for upload in uploads] or [None] * len(names)
         prepared = await asyncio.gather(
             *(
                 to_thread.run_sync(self.prepare, d, c, n, t, limiter=self.decoding)
@@ -291,13 +296,17 @@ class _Service:
     async def predict(
         self,
         request: Request,
-        image: Annotated[
-            list[UploadFile],
-            File(description="One or more product images (JPEG, PNG, WebP, GIF, BMP, TIFF)."),
-        ],
         category: Annotated[
             list[str], Form(description="One category for all images, or one per image in upload order.")
         ],
+        image: Annotated[
+            list[UploadFile] | None,
+            File(
+                description="One or more product images (JPEG, PNG, WebP, GIF, BMP, TIFF). A model "
+                "trained to predict without the image (listing heads with text.image_dropout > 0) also "
+                "takes a request of titles and no image."
+            ),
+        ] = None,
         ids: Annotated[
             list[str] | None, Form(alias="id", description="Optional: one id per image, echoed back.")
         ] = None,
@@ -310,13 +319,14 @@ class _Service:
         ] = None,
     ) -> dict[str, Any]:
         """Predict every attribute of each image's category, with calibrated confidences."""
-        n = len(image)
-        request.state.images = n
-        categories = self.check_request(image, category, ids)
+        image = image or []
+        n = len(image) if image else self.check_title_only(title)
+        request.state.images = len(image)
+        categories = self.check_request(image, category, ids, n)
         titles = self.check_titles(title, n)
-        names = [u.filename or str(i) for i, u in enumerate(image)]
+        names = [u.filename or str(i) for i, u in enumerate(image)] or [str(i) for i in range(n)]
         results = await self.results(image, names, categories, titles)
-        self.metrics.images.labels("predicted").inc(n)
+        self.metrics.images.labels("predicted").inc(len(image))
         return {
             "model": self.info,
             "predictions": [
@@ -331,9 +341,33 @@ class _Service:
             ],
         }
 
-    def check_request(self, image: list[UploadFile], category: list[str], ids: list[str] | None) -> list[str]:
-        """Each image's category, once the counts, categories and sizes are within what is served."""
-        n = len(image)
+    def check_title_only(self, title: list[str] | None) -> int:
+        """How many listings a request without images holds, once the model can predict them from titles
+        alone and each has one."""
+        if not title:
+            raise _unprocessable("image", "send one or more images", "missing")
+        if not getattr(self.model, "predicts_without_image", False):
+            raise _unprocessable(
+                "image",
+                "this model needs an image per listing (listing heads trained with "
+                "text.image_dropout > 0 predict from the title alone)",
+                "image-required",
+            )
+        blank = [i for i, t in enumerate(title) if not normalize_text(t)]
+        if blank:
+            raise _unprocessable(
+                "title", f"titles {blank} are blank and no image was sent: nothing to read", "blank-title"
+            )
+        if len(title) > self.max_images_per_request:
+            raise HTTPException(
+                413, detail=f"too many listings: at most {self.max_images_per_request} per request"
+            )
+        return len(title)
+
+    def check_request(
+        self, image: list[UploadFile], category: list[str], ids: list[str] | None, n: int
+    ) -> list[str]:
+        """Each listing's category, once the counts, categories and sizes are within what is served."""
         if len(category) not in (1, n):
             raise _unprocessable("category", f"send 1 category or one per image ({n}), not {len(category)}")
         if ids is not None and len(ids) != n:
@@ -422,8 +456,8 @@ def _check_limits(**limits: int) -> None:
             raise ValueError(f"{setting} must be at least 1, got {value}")
 
 
-def _unprocessable(field: str, msg: str) -> HTTPException:
-    return HTTPException(422, detail=[{"type": "count-mismatch", "loc": ["body", field], "msg": msg}])
+def _unprocessable(field: str, msg: str, kind: str = "count-mismatch") -> HTTPException:
+    return HTTPException(422, detail=[{"type": kind, "loc": ["body", field], "msg": msg}])
 
 
 class _LimitBody:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, load_image_bytes
@@ -56,7 +57,8 @@ class ServedModel(Protocol):
 
 @dataclass(frozen=True)
 class _Prepared:
-    pixels: torch.Tensor
+    pixels: torch.Tensor | None
+    """None: a listing without a photo, predicted from its title."""
     category: str
     title: str = ""
 
@@ -101,6 +103,13 @@ class AttributeModel:
     def reads_text(self) -> bool:
         return self.predictor.reads_text
 
+    @property
+    def predicts_without_image(self) -> bool:
+        return self.predictor.checkpoint.predicts_without_image
+
+    def prepare_title(self, category: str, title: str) -> _Prepared:
+        return _Prepared(None, category, title)
+
     def prepare(self, data: bytes, category: str, *, name: str, title: str = "") -> _Prepared:
         # The same decoder and preprocessing as training and batch prediction: served pixels match.
         image = load_image_bytes(data, max_pixels=self.max_pixels, name=name)
@@ -109,11 +118,22 @@ class AttributeModel:
     @torch.inference_mode()
     def predict_batch(self, items: Sequence[_Prepared]) -> list[dict[str, AttributeValue]]:
         categories = [item.category for item in items]
-        pixels = torch.stack([item.pixels for item in items]).to(self.predictor.device, non_blocking=True)
-        features = self.predictor.backbone(pixels)
+        has_image = np.array([item.pixels is not None for item in items])
+        features = torch.zeros(
+            len(items), self.predictor.checkpoint.feature_dim, device=self.predictor.device
+        )
+        if has_image.any():
+            pixels = torch.stack([item.pixels for item in items if item.pixels is not None])
+            rows = torch.from_numpy(has_image).to(self.predictor.device)
+            features[rows] = self.predictor.backbone(
+                pixels.to(self.predictor.device, non_blocking=True)
+            ).float()
         text = self.predictor.text_features([item.title for item in items], categories)
         ids = [str(i) for i in range(len(items))]
-        return [p.attributes for p in self.predictor.predict_rows(features, categories, ids, text)]
+        preds = self.predictor.predict_rows(
+            features, categories, ids, text, has_image=None if has_image.all() else has_image
+        )
+        return [p.attributes for p in preds]
 
 
 LOADERS: dict[str, Callable[..., ServedModel]] = {"attribute-heads": AttributeModel.load}
