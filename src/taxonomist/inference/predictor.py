@@ -378,24 +378,31 @@ class Predictor:
             )
         self.category_indices(categories)  # fail before any decoding
         text = self.text_features(texts, categories)
-        features = torch.zeros(len(images), self.checkpoint.feature_dim, device=self.device)
-        if has_image.any():
-            # PIL images go through the same loader as files: same orientation, mode and size rules.
-            pixels = torch.stack(
-                [self.backbone.preprocess(load_image(im)) for im in images if im is not None]
-            )
-            features[torch.from_numpy(has_image).to(self.device)] = self.backbone(
-                pixels.to(self.device)
-            ).float()
+        # PIL images go through the same loader as files: same orientation, mode and size rules.
+        pixels = [None if im is None else self.backbone.preprocess(load_image(im)) for im in images]
+        features, has_image = self.pixel_features(pixels)
         return self.predict_rows(
             features,
             categories,
             ids,
             text,
-            has_image=None if has_image.all() else has_image,
+            has_image=has_image,
             min_confidence=min_confidence,
             placeholder=placeholder,
         )
+
+    @torch.inference_mode()
+    def pixel_features(self, pixels: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, np.ndarray | None]:
+        """One backbone forward over preprocessed images: (features, zeros where a listing has no image;
+        which rows had one, None where all did), as :meth:`predict_rows` takes them."""
+        has_image = np.array([p is not None for p in pixels])
+        if has_image.all():
+            return self.backbone(torch.stack(list(pixels)).to(self.device, non_blocking=True)), None
+        features = torch.zeros(len(pixels), self.checkpoint.feature_dim, device=self.device)
+        if has_image.any():
+            present = torch.stack([p for p in pixels if p is not None]).to(self.device, non_blocking=True)
+            features[torch.from_numpy(has_image).to(self.device)] = self.backbone(present).float()
+        return features, has_image
 
     def predict_chunk(
         self,

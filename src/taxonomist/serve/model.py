@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, load_image_bytes
@@ -118,21 +117,10 @@ class AttributeModel:
     @torch.inference_mode()
     def predict_batch(self, items: Sequence[_Prepared]) -> list[dict[str, AttributeValue]]:
         categories = [item.category for item in items]
-        has_image = np.array([item.pixels is not None for item in items])
-        features = torch.zeros(
-            len(items), self.predictor.checkpoint.feature_dim, device=self.predictor.device
-        )
-        if has_image.any():
-            pixels = torch.stack([item.pixels for item in items if item.pixels is not None])
-            rows = torch.from_numpy(has_image).to(self.predictor.device)
-            features[rows] = self.predictor.backbone(
-                pixels.to(self.predictor.device, non_blocking=True)
-            ).float()
+        features, has_image = self.predictor.pixel_features([item.pixels for item in items])
         text = self.predictor.text_features([item.title for item in items], categories)
         ids = [str(i) for i in range(len(items))]
-        preds = self.predictor.predict_rows(
-            features, categories, ids, text, has_image=None if has_image.all() else has_image
-        )
+        preds = self.predictor.predict_rows(features, categories, ids, text, has_image=has_image)
         return [p.attributes for p in preds]
 
 
