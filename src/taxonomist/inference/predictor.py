@@ -371,10 +371,10 @@ class Predictor:
         if not images:
             return []
         has_image = np.array([im is not None for im in images])
-        if not has_image.all() and not self.checkpoint.predicts_without_image:
-            raise CheckpointError(
-                f"images {np.flatnonzero(~has_image).tolist()} are None, but this checkpoint never learned "
-                "to predict without the image (listing heads trained with text.image_dropout > 0 do)"
+        if not has_image.all():
+            missing = np.flatnonzero(~has_image).tolist()
+            self.checkpoint.check_predicts_without_image(
+                f"images {missing} are None: predicting without them", "give each listing its image"
             )
         self.category_indices(categories)  # fail before any decoding
         text = self.text_features(texts, categories)

@@ -89,10 +89,15 @@ class HeadsCheckpoint:
     def check_allow_missing_image(self, allow_missing_image: bool) -> None:
         """Refuse ``predict.allow_missing_image`` for heads that never learned to predict without the
         image; batch jobs call this before they write anything, so a corrected rerun is not blocked."""
-        if allow_missing_image and not self.predicts_without_image:
+        if allow_missing_image:
+            self.check_predicts_without_image("predict.allow_missing_image", "leave the setting false")
+
+    def check_predicts_without_image(self, asked: str, remedy: str) -> None:
+        """Refuse what ``asked`` names (a prediction without the image) for heads never trained for it."""
+        if not self.predicts_without_image:
             raise CheckpointError(
-                "predict.allow_missing_image needs listing heads trained with text.image_dropout > 0; "
-                "this checkpoint never learned to predict without the image (leave the setting false)"
+                f"{asked} needs listing heads trained with text.image_dropout > 0; "
+                f"this checkpoint never learned to predict without the image ({remedy})"
             )
 
     def build_model(self) -> AttributeHeads | HeadsEnsemble | ListingHeads:
