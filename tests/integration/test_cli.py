@@ -64,6 +64,12 @@ def test_evaluate_matches_training_report(trained: tuple[Path, Path, Path], tmp_
         evaluation = json.loads((tmp_path / split / "evaluation.json").read_text())
         assert evaluation["split"] == split and evaluation["split_matches_training"] is True
         assert evaluation["score"] == pytest.approx(metrics[key], abs=1e-6)
+        interval = evaluation["score_interval"]
+        assert interval["value"] == pytest.approx(evaluation["score"])
+        assert interval["low"] <= interval["value"] <= interval["high"] and interval["low"] < interval["high"]
+        assert interval["level"] == 0.95 and interval["resamples"] == 1000
+    invoke("evaluate", str(ckpt), "--resamples", "0", "--output", str(tmp_path / "none"), "-q")
+    assert json.loads((tmp_path / "none" / "evaluation.json").read_text())["score_interval"] is None
     report = json.loads((ckpt / "data_report.json").read_text())
     assert report["parts"]["dev"] + report["parts"]["test"] + report["parts"]["train"] == 120
     out = invoke("evaluate", str(ckpt), "--report", "-q")
@@ -72,6 +78,7 @@ def test_evaluate_matches_training_report(trained: tuple[Path, Path, Path], tmp_
     assert evaluation["score"] == pytest.approx(metrics["test_score"], abs=1e-6)
     assert "scores_by_inputs" not in evaluation  # image-only heads: nothing to take away
     assert f"report: {folder / 'report.html'}" in out and "majority-class baseline" in out
+    assert "(95% CI" in out and "95% interval (bootstrap)" in (folder / "report.html").read_text()
     scored = pd.read_csv(folder / "predictions.csv", dtype={"id": str})
     assert {"label", "predicted", "confidence", "confidence_before", "correct", "path"} <= set(scored.columns)
     # The scored rows agree with the score: every labelled (item, attribute) of the test part.

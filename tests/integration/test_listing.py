@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from taxonomist.inference.evaluate import INPUT_VIEWS
 from taxonomist.inference.predictor import Predictor
 from taxonomist.models.checkpoint import CheckpointError
 from taxonomist.models.runtime import EXPORTS_DIR, MANIFEST
@@ -124,6 +125,17 @@ def test_listing_evaluate_reads_titles_and_scores_each_input_alone(listing_run, 
     assert views["text_probe"]["per_attribute"]["color"] >= 0.9
     assert "| text only: the lexical probe |" in (tmp_path / "evaluation.md").read_text()
     assert "image, every text blanked" in (tmp_path / "report.html").read_text()
+    # Each view's interval, and the fused model's gain over each other view on the same resamples.
+    for view, scores in views.items():
+        interval = scores["interval"]
+        assert interval["low"] <= scores["score"] <= interval["high"]
+        if view == "fused":
+            assert "fused_minus_this" not in scores
+            continue
+        gain = scores["fused_minus_this"]
+        assert gain["value"] == pytest.approx(views["fused"]["score"] - scores["score"])
+        assert gain["low"] <= gain["value"] <= gain["high"]
+        assert f"fused − {INPUT_VIEWS[view]}: {gain['value']:+.4f}" in " ".join(out.split())
 
     scored = set(pd.read_csv(tmp_path / "predictions.csv", dtype={"id": str})["id"])
     frame = pd.read_csv(catalog, dtype={"sku": str}).rename(columns={"sku": "id", "type": "category"})

@@ -251,6 +251,13 @@ def evaluate(
             "matrices, reliability diagrams, per-class scores, most confident errors with images.",
         ),
     ] = False,
+    resamples: Annotated[
+        int,
+        typer.Option(
+            help="Bootstrap resamples of the scored rows (within each category) for the score's 95% "
+            "interval, and for listing heads the paired interval of each input's gain; 0: none."
+        ),
+    ] = 1000,
     quiet: QuietOpt = False,
 ) -> None:
     """Score a checkpoint with the competition metric on a labelled catalog (VLMs: see `vlm evaluate`).
@@ -272,7 +279,9 @@ def evaluate(
     cfg = _checkpoint_config(
         checkpoint, config, overrides, **{"catalog.path": data, "catalog.image_root": images}
     )
-    evaluation = run_evaluate(checkpoint, cfg, split=split, output=output, progress=not quiet)
+    evaluation = run_evaluate(
+        checkpoint, cfg, split=split, output=output, progress=not quiet, resamples=resamples
+    )
     notes = [evaluation.errors_note, evaluation.unknown_category_note, evaluation.split_note]
     if evaluation.baseline is not None:
         notes.insert(0, f"majority-class baseline score {evaluation.baseline.score:.4f}")

@@ -37,11 +37,24 @@ def attribute_table(report) -> Table:
 def inputs_table(evaluation) -> Table:
     """Listing heads: the same rows scored with both inputs, each alone, and by the lexical probe."""
     table = Table(title="inputs (rows with a readable image; per attribute in evaluation.md)")
-    for col in ("inputs", "score"):
+    intervals = evaluation.input_intervals
+    level = f"{next(iter(intervals.values())).level:.0%} " if intervals else ""
+    for col in ("inputs", "score", *([f"{level}interval"] if intervals else [])):
         table.add_column(col, justify="left" if col == "inputs" else "right")
     for view, report in evaluation.inputs.items():
-        table.add_row(INPUT_VIEWS[view], f"{report.score:.4f}")
+        interval = intervals.get(view)
+        span = [] if interval is None else [f"{interval.low:.4f}–{interval.high:.4f}"]
+        table.add_row(INPUT_VIEWS[view], f"{report.score:.4f}", *span)
     return table
+
+
+def gain_lines(evaluation) -> list[str]:
+    """The fused model's gain over each other view, with its paired interval: one line each."""
+    return [
+        f"fused − {INPUT_VIEWS[view]}: {g.value:+.4f} ({g.level:.0%} paired interval {g.low:+.4f} to "
+        f"{g.high:+.4f})"
+        for view, g in evaluation.input_gains.items()
+    ]
 
 
 def show_evaluation(evaluation, split: str, notes: list[str], report_dir: Path | None, model: str) -> None:
@@ -49,8 +62,12 @@ def show_evaluation(evaluation, split: str, notes: list[str], report_dir: Path |
     `vlm evaluate` print them."""
     console.print(score_table(evaluation.report, f"{split} split"))
     console.print(attribute_table(evaluation.report))
+    if evaluation.interval_note:
+        console.print(evaluation.interval_note, highlight=False)
     if evaluation.inputs:
         console.print(inputs_table(evaluation))
+        for line in gain_lines(evaluation):
+            console.print(line, highlight=False)
     for note in notes:
         console.print(note, style="yellow", markup=False, highlight=False)
     if report_dir is not None:

@@ -38,6 +38,7 @@ from taxonomist.metrics import (
     expected_calibration_error,
     majority_predictions,
 )
+from taxonomist.metrics.bootstrap import RESAMPLES, Interval, bootstrap_scores
 from taxonomist.progress import progress_bar
 
 EXAMPLE_IDS = 5
@@ -90,6 +91,23 @@ class Evaluation:
     inputs: dict[str, AttributeReport] = field(default_factory=dict)
     """Listing heads: the rows with a readable image scored with both inputs, with each taken away, and
     by the checkpoint's lexical probe alone (:data:`INPUT_VIEWS`); empty for image-only heads."""
+    interval: Interval | None = None
+    """``report``'s score with its bootstrap interval (rows resampled within each category); None when
+    evaluated without resamples."""
+    input_intervals: dict[str, Interval] = field(default_factory=dict)
+    """Each of ``inputs``' scores with its interval, on the same resamples."""
+    input_gains: dict[str, Interval] = field(default_factory=dict)
+    """The fused score minus each other view's, with the paired interval of that difference: whether an
+    input's gain is more than the rows' sampling noise."""
+
+    @property
+    def interval_note(self) -> str | None:
+        if self.interval is None:
+            return None
+        return (
+            f"Score {self.interval} by a bootstrap of {self.interval.resamples} resamples of the scored rows "
+            "within each category"
+        )
 
     @property
     def split_note(self) -> str | None:
@@ -140,6 +158,7 @@ class Evaluation:
                 "categories": self.unknown_categories,
                 "examples": self.unknown_examples,
             },
+            "score_interval": None if self.interval is None else self.interval.to_dict(),
             **({"scores_by_inputs": self.input_scores()} if self.inputs else {}),
         }
 
@@ -150,6 +169,12 @@ class Evaluation:
                 "score": report.score,
                 "per_attribute": dict(
                     zip(report.per_attribute["attribute"], report.per_attribute["harmonic"], strict=True)
+                ),
+                **(
+                    {"interval": self.input_intervals[view].to_dict()} if view in self.input_intervals else {}
+                ),
+                **(
+                    {"fused_minus_this": self.input_gains[view].to_dict()} if view in self.input_gains else {}
                 ),
             }
             for view, report in self.inputs.items()
@@ -163,12 +188,16 @@ def evaluate(
     split: str = "test",
     output: str | Path | None = None,
     progress: bool = True,
+    resamples: int = RESAMPLES,
 ) -> Evaluation:
     """Score the configured catalog's rows: the training run's test part (``test``, the default) or dev
     part (``dev``), remade by the shared data step from the run's own settings so the parts are the ones
     it held out, or every row of the file (``all``, with no training-only filter). Rows of categories the
     model does not know are left out before anything is embedded; they and every other row not scored as
-    predicted are listed in ``errors.csv``."""
+    predicted are listed in ``errors.csv``. Scores come with a bootstrap interval over ``resamples``
+    resamples of the rows (0: none)."""
+    if resamples < 0:
+        raise ConfigError(f"--resamples must be 0 (no intervals) or more, got {resamples}")
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)} for this checkpoint, got {split!r}")
     source, part, split_matches = _rows_to_score(Path(checkpoint), cfg, split)
@@ -204,6 +233,7 @@ def evaluate(
     # Rows whose image failed get no prediction: they are scored as wrong, as a competition would.
     failed = frame.loc[~embedded.ok, [ID, CATEGORY]]
     readable_report = attribute_score(frame[embedded.ok], predicted, schema.categories) if len(good) else None
+    seen_predicted = predicted
     if len(failed):
         predicted = pd.concat([predicted, failed], ignore_index=True)
     paths = dict(zip(source.ids, source.image_paths(), strict=True))
@@ -241,15 +271,38 @@ def evaluate(
         rows_read=len(catalog) + len(unknown_rows) + len(source.rejected),
         split_matches_training=split_matches,
     )
+    if resamples:
+        evaluation.interval = bootstrap_scores(
+            frame, {"model": predicted}, schema.categories, resamples=resamples
+        ).interval("model")
     if predictor.reads_text and readable_report is not None:
         seen = frame.iloc[good].reset_index(drop=True)
-        evaluation.inputs = {
-            "fused": readable_report,
+        views = {
+            "fused": seen_predicted,
             **input_views(predictor, embedded.features[good], seen, texts, text),
         }
+        score_inputs(evaluation, seen, views, schema, resamples)
     if output is not None:
         write_evaluation(evaluation, output)
     return evaluation
+
+
+def score_inputs(
+    evaluation: Evaluation,
+    frame: pd.DataFrame,
+    views: dict[str, pd.DataFrame],
+    schema: Schema,
+    resamples: int,
+) -> None:
+    """``evaluation.inputs`` from each view's predictions of ``frame``'s rows and, with ``resamples``, every
+    view's interval and the fused model's paired gain over each other view (the same resamples for all)."""
+    evaluation.inputs = {
+        view: attribute_score(frame, pred, schema.categories) for view, pred in views.items()
+    }
+    if resamples:
+        boot = bootstrap_scores(frame, views, schema.categories, resamples=resamples)
+        evaluation.input_intervals = {view: boot.interval(view) for view in views}
+        evaluation.input_gains = {view: boot.difference("fused", view) for view in views if view != "fused"}
 
 
 def input_views(
@@ -258,27 +311,25 @@ def input_views(
     frame: pd.DataFrame,
     texts: list[str] | None,
     text: TextFeatures,
-) -> dict[str, AttributeReport]:
-    """Listing heads on ``frame``'s rows (their image ``features`` and ``text``) with every text blanked,
-    with every image missing, and the checkpoint's lexical probe alone (where it has one): whether the
-    fused model beats each input alone on the very rows it is scored on. A row without a title has no
-    input left once its image goes; it is predicted from its category alone, as the benchmark does."""
+) -> dict[str, pd.DataFrame]:
+    """Listing heads' predictions (wide named frames) of ``frame``'s rows (their image ``features`` and
+    ``text``) with every text blanked, with every image missing, and the checkpoint's lexical probe alone
+    (where it has one): whether the fused model beats each input alone on the very rows it is scored on.
+    A row without a title has no input left once its image goes; it is predicted from its category
+    alone, as the benchmark does."""
     ids, cats = frame[ID].tolist(), frame[CATEGORY].astype(str).tolist()
-    schema = predictor.schema
-
-    def score(preds) -> AttributeReport:
-        return attribute_score(frame, wide_named_frame(preds, schema.attributes), schema.categories)
-
+    attributes = predictor.schema.attributes
     out = {
-        "text_blanked": score(predictor.predict_rows(features, cats, ids, None)),
-        "image_missing": score(
-            predictor.predict_rows(features, cats, ids, text, has_image=np.zeros(len(ids), dtype=bool))
+        "text_blanked": wide_named_frame(predictor.predict_rows(features, cats, ids, None), attributes),
+        "image_missing": wide_named_frame(
+            predictor.predict_rows(features, cats, ids, text, has_image=np.zeros(len(ids), dtype=bool)),
+            attributes,
         ),
     }
     probe = predictor.probe_probs(texts, cats)
     if probe is not None:
         ranked = {a: np.argsort(-p, axis=1, kind="stable") for a, p in probe.items()}
-        out["text_probe"] = score(predictor.decode(probe, ids, cats, ranked=ranked))
+        out["text_probe"] = wide_named_frame(predictor.decode(probe, ids, cats, ranked=ranked), attributes)
     return out
 
 
@@ -389,6 +440,8 @@ def write_evaluation(evaluation: Evaluation, output: str | Path, *, summary: dic
     summary = summary or {"split": evaluation.split, **evaluation.to_dict()}
     atomic_write_text(output / "evaluation.json", json.dumps(summary, indent=1, default=str))
     markdown = evaluation.report.to_markdown(include_pairs=True)
+    if evaluation.interval_note:
+        markdown += f"\n{evaluation.interval_note}\n"
     if evaluation.baseline is not None:
         markdown += (
             f"\nMajority-class baseline ({evaluation.baseline_source}): score "
@@ -410,16 +463,29 @@ def inputs_markdown(evaluation: Evaluation) -> str:
     """``Evaluation.inputs`` as a table: one row per view, its score and each attribute's."""
     scores = evaluation.input_scores()
     attributes = list(next(iter(scores.values()))["per_attribute"])
+    intervals, gains = evaluation.input_intervals, evaluation.input_gains
+    extra = ["interval", "fused − this (paired interval)"] if intervals else []
     lines = [
         "Inputs (rows with a readable image):",
         "",
-        "| inputs | score | " + " | ".join(attributes) + " |",
-        "| --- | ---: |" + " ---: |" * len(attributes),
+        "| inputs | score | " + " | ".join([*extra, *attributes]) + " |",
+        "| --- | ---: |" + " ---: |" * (len(extra) + len(attributes)),
     ]
     for view, s in scores.items():
-        cells = " | ".join(f"{s['per_attribute'][a]:.4f}" for a in attributes)
-        lines.append(f"| {INPUT_VIEWS[view]} | {s['score']:.4f} | {cells} |")
+        cells = [f"{s['per_attribute'][a]:.4f}" for a in attributes]
+        if intervals:
+            gain = gains.get(view)
+            cells = [
+                _span(intervals[view]),
+                "" if gain is None else f"{gain.value:+.4f} {_span(gain)}",
+                *cells,
+            ]
+        lines.append(f"| {INPUT_VIEWS[view]} | {s['score']:.4f} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def _span(interval: Interval) -> str:
+    return f"[{interval.low:.4f}, {interval.high:.4f}]"
 
 
 def evaluate_vlm(
@@ -482,6 +548,7 @@ def evaluate_vlm(
             if len(scored)
             else None,
             baseline_score=evaluation.to_dict()["baseline_score"],
+            score_interval=evaluation.to_dict()["score_interval"],
         )
     if output is not None:
         output = Path(output)
@@ -527,6 +594,7 @@ def _vlm_attribute_evaluation(
         ),
         baseline_source=f"the {len(reference):,} training examples",
         valid_fraction=valid,
+        interval=bootstrap_scores(truth, {"model": predicted}, schema.categories).interval("model"),
     )
 
 

@@ -6,6 +6,7 @@ from taxonomist.metrics.attributes import (
     cross_entropy,
     majority_predictions,
 )
+from taxonomist.metrics.bootstrap import BootstrapScores, Interval, bootstrap_scores
 from taxonomist.metrics.calibration import (
     apply_temperature,
     expected_calibration_error,
@@ -15,8 +16,11 @@ from taxonomist.metrics.calibration import (
 
 __all__ = [
     "AttributeReport",
+    "BootstrapScores",
+    "Interval",
     "apply_temperature",
     "attribute_score",
+    "bootstrap_scores",
     "cross_entropy",
     "expected_calibration_error",
     "fit_temperature",

@@ -176,6 +176,11 @@ def _facts(evaluation: Evaluation, rows: pd.DataFrame) -> list[tuple[str, str]]:
     report, baseline = evaluation.report, evaluation.baseline
     facts = [
         ("score (mean harmonic F1)", f"{report.score:.4f}"),
+        *(
+            [(f"{i.level:.0%} interval (bootstrap)", f"{i.low:.4f} to {i.high:.4f}")]
+            if (i := evaluation.interval)
+            else []
+        ),
         ("majority baseline", "–" if baseline is None else f"{baseline.score:.4f}"),
         ("split", evaluation.split),
         ("items", f"{rows['id'].nunique():,}"),
@@ -184,5 +189,12 @@ def _facts(evaluation: Evaluation, rows: pd.DataFrame) -> list[tuple[str, str]]:
     ]
     if evaluation.valid_fraction is not None:
         facts.append(("valid outputs", f"{evaluation.valid_fraction:.1%}"))
-    facts += [(INPUT_VIEWS[view], f"{r.score:.4f}") for view, r in evaluation.inputs.items()]
+    for view, r in evaluation.inputs.items():
+        gain = evaluation.input_gains.get(view)
+        paired = (
+            ""
+            if gain is None
+            else f" (fused {gain.value:+.4f}, interval {gain.low:+.4f} to {gain.high:+.4f})"
+        )
+        facts.append((INPUT_VIEWS[view], f"{r.score:.4f}{paired}"))
     return facts
