@@ -9,7 +9,7 @@ kept alongside the headline score.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,52 +77,64 @@ def attribute_score(
     categories absent from the mapping are not scored. A pair whose category has no labeled row for the
     attribute is skipped and listed in ``skipped``; the score is NaN when every pair is skipped.
     """
-    mapping = _as_mapping(attributes_by_category)
-    truth, pred = _align(y_true, y_pred)
-    categories = truth["category"].astype(str)
 
     pair_rows: list[dict[str, Any]] = []
     skipped: list[tuple[str, str]] = []
-    for category, attributes in mapping.items():
-        in_category = (categories == str(category)).to_numpy()
-        for attribute in attributes:
-            if attribute not in truth.columns:
-                skipped.append((str(category), str(attribute)))
-                continue
-            true_col = truth[attribute]
-            rows = in_category & true_col.notna().to_numpy()
-            if not rows.any():
-                skipped.append((str(category), str(attribute)))
-                continue
-            t = true_col[rows].astype(str).to_numpy()
-            if attribute in pred.columns:
-                p_col = pred[attribute][rows]
-                p = np.where(p_col.isna().to_numpy(), NO_PREDICTION, p_col.astype(str).to_numpy())
-            else:
-                p = np.full(len(t), NO_PREDICTION, dtype=object)
-            micro = float(f1_score(t, p, average="micro", zero_division=0))
-            macro = float(f1_score(t, p, average="macro", zero_division=0))
-            pair_rows.append(
-                {
-                    "category": str(category),
-                    "attribute": str(attribute),
-                    "n": len(t),
-                    "f1_micro": micro,
-                    "f1_macro": macro,
-                    "harmonic": harmonic_mean(micro, macro),
-                    "accuracy": float(np.mean(t == p)),
-                }
-            )
+    for category, attribute, rows, t, p in scored_pairs(y_true, y_pred, attributes_by_category):
+        if rows is None:
+            skipped.append((category, attribute))
+            continue
+        micro = float(f1_score(t, p, average="micro", zero_division=0))
+        macro = float(f1_score(t, p, average="macro", zero_division=0))
+        pair_rows.append(
+            {
+                "category": str(category),
+                "attribute": str(attribute),
+                "n": len(t),
+                "f1_micro": micro,
+                "f1_macro": macro,
+                "harmonic": harmonic_mean(micro, macro),
+                "accuracy": float(np.mean(t == p)),
+            }
+        )
 
     pairs = pd.DataFrame(pair_rows, columns=PAIR_COLUMNS)
     score = float(pairs["harmonic"].mean()) if len(pairs) else math.nan
     return AttributeReport(
         score=score,
         pairs=pairs,
-        per_category=_per_category(pairs, categories),
+        per_category=_per_category(pairs, y_true["category"].astype(str)),
         per_attribute=_per_attribute(pairs),
         skipped=skipped,
     )
+
+
+def scored_pairs(
+    y_true: pd.DataFrame,
+    y_pred: pd.DataFrame,
+    attributes_by_category: Mapping[str, Sequence[str]] | Any,
+) -> Iterator[tuple[str, str, np.ndarray | None, np.ndarray | None, np.ndarray | None]]:
+    """Each (category, attribute) pair of the mapping as the metric reads it: (category, attribute, the
+    mask of ``y_true``'s rows that carry a label, their labels, their predictions with
+    :data:`NO_PREDICTION` for a null), or (category, attribute, None, None, None) for a pair without a
+    labelled row, which the metric skips."""
+    mapping = _as_mapping(attributes_by_category)
+    truth, pred = _align(y_true, y_pred)
+    categories = truth["category"].astype(str).to_numpy()
+    for category, attributes in mapping.items():
+        in_category = categories == str(category)
+        for attribute in attributes:
+            rows = in_category & truth[attribute].notna().to_numpy() if attribute in truth.columns else None
+            if rows is None or not rows.any():
+                yield str(category), str(attribute), None, None, None
+                continue
+            t = truth[attribute][rows].astype(str).to_numpy()
+            if attribute in pred.columns:
+                p_col = pred[attribute][rows]
+                p = np.where(p_col.isna().to_numpy(), NO_PREDICTION, p_col.astype(str).to_numpy())
+            else:
+                p = np.full(len(t), NO_PREDICTION, dtype=object)
+            yield str(category), str(attribute), rows, t, p
 
 
 def majority_predictions(

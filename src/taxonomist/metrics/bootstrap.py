@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from taxonomist.metrics.attributes import NO_PREDICTION, _align, _as_mapping
+from taxonomist.metrics.attributes import scored_pairs
 
 RESAMPLES = 1000
 LEVEL = 0.95
@@ -176,7 +176,7 @@ def weighted_scores(
         raise ValueError(f"weights must be (resamples, {len(y_true)} rows), got shape {weights.shape}")
     pair_scores = [
         _pair_harmonic(t, p, weights[:, rows])
-        for rows, t, p in _pairs(y_true, y_pred, attributes_by_category)
+        for rows, t, p in _labelled_pairs(y_true, y_pred, attributes_by_category)
     ]
     if not pair_scores:
         return np.full(len(weights), math.nan)
@@ -195,7 +195,8 @@ def jackknife_scores(
     measured on). A row changes only the pairs it is labelled in, and in each only the counts of its
     label and its prediction, so every leave-one-out score comes from the totals at once."""
     pairs = [
-        (rows, *_pair_leave_one_out(t, p)) for rows, t, p in _pairs(y_true, y_pred, attributes_by_category)
+        (rows, *_pair_leave_one_out(t, p))
+        for rows, t, p in _labelled_pairs(y_true, y_pred, attributes_by_category)
     ]
     if not pairs:
         return np.full(len(y_true), math.nan)
@@ -209,28 +210,12 @@ def jackknife_scores(
     return np.divide(total - changed, count, out=np.full(len(y_true), math.nan), where=count > 0)
 
 
-def _pairs(
+def _labelled_pairs(
     y_true: pd.DataFrame, y_pred: pd.DataFrame, attributes_by_category: Mapping[str, Sequence[str]] | Any
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Each scored (category, attribute) pair as (its labelled rows of ``y_true`` as a mask, their labels,
-    their predictions), as :func:`~taxonomist.metrics.attributes.attribute_score` reads them."""
-    mapping = _as_mapping(attributes_by_category)
-    truth, pred = _align(y_true, y_pred)
-    categories = truth["category"].astype(str).to_numpy()
-    for category, attributes in mapping.items():
-        in_category = categories == str(category)
-        for attribute in attributes:
-            if attribute not in truth.columns:
-                continue
-            rows = in_category & truth[attribute].notna().to_numpy()
-            if not rows.any():
-                continue
-            t = truth[attribute][rows].astype(str).to_numpy()
-            if attribute in pred.columns:
-                p_col = pred[attribute][rows]
-                p = np.where(p_col.isna().to_numpy(), NO_PREDICTION, p_col.astype(str).to_numpy())
-            else:
-                p = np.full(len(t), NO_PREDICTION, dtype=object)
+    """The pairs the metric scores, as (labelled rows' mask, labels, predictions)."""
+    for _, _, rows, t, p in scored_pairs(y_true, y_pred, attributes_by_category):
+        if rows is not None:
             yield rows, t, p
 
 
