@@ -43,7 +43,7 @@ def inputs_table(evaluation) -> Table:
         table.add_column(col, justify="left" if col == "inputs" else "right")
     for view, report in evaluation.inputs.items():
         interval = intervals.get(view)
-        span = [] if interval is None else [f"{interval.low:.4f}–{interval.high:.4f}"]
+        span = [] if interval is None else [interval.span()]
         table.add_row(INPUT_VIEWS[view], f"{report.score:.4f}", *span)
     return table
 
@@ -51,8 +51,7 @@ def inputs_table(evaluation) -> Table:
 def gain_lines(evaluation) -> list[str]:
     """The fused model's gain over each other view, with its paired interval: one line each."""
     return [
-        f"fused − {INPUT_VIEWS[view]}: {g.value:+.4f} ({g.level:.0%} paired interval {g.low:+.4f} to "
-        f"{g.high:+.4f})"
+        f"fused − {INPUT_VIEWS[view]}: {g.value:+.4f} ({g.level:.0%} paired interval {g.span(signed=True)})"
         for view, g in evaluation.input_gains.items()
     ]
 

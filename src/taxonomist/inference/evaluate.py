@@ -294,10 +294,14 @@ def score_inputs(
     schema: Schema,
     resamples: int,
 ) -> None:
-    """``evaluation.inputs`` from each view's predictions of ``frame``'s rows and, with ``resamples``, every
-    view's interval and the fused model's paired gain over each other view (the same resamples for all)."""
+    """``evaluation.inputs`` from each view's predictions of ``frame``'s rows, the readable ones (the fused
+    view's score is ``readable_report``) and, with ``resamples``, every view's interval and the fused
+    model's paired gain over each other view (the same resamples for all)."""
     evaluation.inputs = {
-        view: attribute_score(frame, pred, schema.categories) for view, pred in views.items()
+        view: evaluation.readable_report
+        if view == "fused"
+        else attribute_score(frame, pred, schema.categories)
+        for view, pred in views.items()
     }
     if resamples:
         boot = bootstrap_scores(frame, views, schema.categories, resamples=resamples)
@@ -476,16 +480,12 @@ def inputs_markdown(evaluation: Evaluation) -> str:
         if intervals:
             gain = gains.get(view)
             cells = [
-                _span(intervals[view]),
-                "" if gain is None else f"{gain.value:+.4f} {_span(gain)}",
+                intervals[view].span(),
+                "" if gain is None else f"{gain.value:+.4f} ({gain.span(signed=True)})",
                 *cells,
             ]
         lines.append(f"| {INPUT_VIEWS[view]} | {s['score']:.4f} | {' | '.join(cells)} |")
     return "\n".join(lines)
-
-
-def _span(interval: Interval) -> str:
-    return f"[{interval.low:.4f}, {interval.high:.4f}]"
 
 
 def evaluate_vlm(

@@ -88,8 +88,8 @@ def attribute_score(
         macro = float(f1_score(t, p, average="macro", zero_division=0))
         pair_rows.append(
             {
-                "category": str(category),
-                "attribute": str(attribute),
+                "category": category,
+                "attribute": attribute,
                 "n": len(t),
                 "f1_micro": micro,
                 "f1_macro": macro,

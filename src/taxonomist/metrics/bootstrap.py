@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,11 @@ RESAMPLES = 1000
 LEVEL = 0.95
 _BLOCK = 100
 """Resamples scored at once: bounds the (resamples x rows) count matrix on large parts."""
+_NORMAL = NormalDist()
+
+Pair = tuple[np.ndarray, np.ndarray, np.ndarray, int]
+"""One scored (category, attribute) pair: its labelled rows' mask, their labels' and predictions' codes
+over the pair's values, and how many values there are."""
 
 
 @dataclass(frozen=True)
@@ -44,16 +50,15 @@ class Interval:
     resamples: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "value": self.value,
-            "low": self.low,
-            "high": self.high,
-            "level": self.level,
-            "resamples": self.resamples,
-        }
+        return asdict(self)
+
+    def span(self, signed: bool = False) -> str:
+        """``low to high``, with their signs where ``signed`` (a difference)."""
+        form = "+.4f" if signed else ".4f"
+        return f"{self.low:{form}} to {self.high:{form}}"
 
     def __str__(self) -> str:
-        return f"{self.value:.4f} ({self.level:.0%} CI {self.low:.4f} to {self.high:.4f})"
+        return f"{self.value:.4f} ({self.level:.0%} CI {self.span()})"
 
 
 @dataclass(frozen=True)
@@ -94,27 +99,17 @@ def bca_interval(
         return math.nan, math.nan
     below = (np.sum(samples < value) + 0.5 * np.sum(samples == value)) / len(samples)
     edge = 0.5 / len(samples)
-    z0 = _normal_quantile(float(np.clip(below, edge, 1 - edge)))
+    z0 = _NORMAL.inv_cdf(float(np.clip(below, edge, 1 - edge)))
     spread = jackknife[np.isfinite(jackknife)]
     spread = spread.mean() - spread
     denominator = 6 * float(np.sum(spread**2)) ** 1.5
     accel = float(np.sum(spread**3)) / denominator if denominator > 0 else 0.0
     tail = (1 - level) / 2
     shares = []
-    for z in (_normal_quantile(tail), _normal_quantile(1 - tail)):
-        shares.append(_normal_cdf(z0 + (z0 + z) / (1 - accel * (z0 + z))))
+    for z in (_NORMAL.inv_cdf(tail), _NORMAL.inv_cdf(1 - tail)):
+        shares.append(_NORMAL.cdf(z0 + (z0 + z) / (1 - accel * (z0 + z))))
     low, high = np.quantile(samples, np.clip(shares, 0, 1))
     return float(low), float(high)
-
-
-def _normal_cdf(z: float) -> float:
-    return 0.5 * math.erfc(-z / math.sqrt(2))
-
-
-def _normal_quantile(p: float) -> float:
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(p)
 
 
 def bootstrap_scores(
@@ -135,14 +130,13 @@ def bootstrap_scores(
         raise ValueError(f"level must be between 0 and 1, got {level}")
     categories = y_true["category"].astype(str).to_numpy()
     blocks = list(resample_counts(categories, resamples, seed=seed))
-    ones = np.ones((1, len(categories)), dtype=np.float32)
+    ones = np.ones((1, len(categories)))
     scores, samples, jackknife = {}, {}, {}
     for name, y_pred in predictions.items():
-        scores[name] = float(weighted_scores(y_true, y_pred, attributes_by_category, ones)[0])
-        samples[name] = np.concatenate(
-            [weighted_scores(y_true, y_pred, attributes_by_category, w) for w in blocks]
-        )
-        jackknife[name] = jackknife_scores(y_true, y_pred, attributes_by_category)
+        pairs = _encoded_pairs(y_true, y_pred, attributes_by_category)  # read once, scored on every block
+        scores[name] = float(_weighted(pairs, ones)[0])
+        samples[name] = np.concatenate([_weighted(pairs, w) for w in blocks])
+        jackknife[name] = _jackknife(pairs, len(categories))
     return BootstrapScores(scores, samples, jackknife, level)
 
 
@@ -174,10 +168,11 @@ def weighted_scores(
     weights = np.asarray(weights, dtype=np.float64)
     if weights.ndim != 2 or weights.shape[1] != len(y_true):
         raise ValueError(f"weights must be (resamples, {len(y_true)} rows), got shape {weights.shape}")
-    pair_scores = [
-        _pair_harmonic(t, p, weights[:, rows])
-        for rows, t, p in _labelled_pairs(y_true, y_pred, attributes_by_category)
-    ]
+    return _weighted(_encoded_pairs(y_true, y_pred, attributes_by_category), weights)
+
+
+def _weighted(pairs: list[Pair], weights: np.ndarray) -> np.ndarray:
+    pair_scores = [_pair_harmonic(t, p, k, weights[:, rows]) for rows, t, p, k in pairs]
     if not pair_scores:
         return np.full(len(weights), math.nan)
     stacked = np.vstack(pair_scores)
@@ -194,42 +189,43 @@ def jackknife_scores(
     """The competition score with each row of ``y_true`` left out in turn (what the interval's skew is
     measured on). A row changes only the pairs it is labelled in, and in each only the counts of its
     label and its prediction, so every leave-one-out score comes from the totals at once."""
-    pairs = [
-        (rows, *_pair_leave_one_out(t, p))
-        for rows, t, p in _labelled_pairs(y_true, y_pred, attributes_by_category)
-    ]
+    return _jackknife(_encoded_pairs(y_true, y_pred, attributes_by_category), len(y_true))
+
+
+def _jackknife(pairs: list[Pair], n_rows: int) -> np.ndarray:
     if not pairs:
-        return np.full(len(y_true), math.nan)
-    total = sum(full for _, full, _ in pairs)
-    changed = np.zeros(len(y_true))
-    count = np.full(len(y_true), float(len(pairs)))
-    for rows, full, left in pairs:
+        return np.full(n_rows, math.nan)
+    scored = [(rows, *_pair_leave_one_out(t, p, k)) for rows, t, p, k in pairs]
+    total = sum(full for _, full, _ in scored)
+    changed = np.zeros(n_rows)
+    count = np.full(n_rows, float(len(scored)))
+    for rows, full, left in scored:
         gone = np.isnan(left)  # the pair's only label: the pair goes
         changed[rows] += np.where(gone, full, full - left)
         count[rows] -= gone
-    return np.divide(total - changed, count, out=np.full(len(y_true), math.nan), where=count > 0)
+    return np.divide(total - changed, count, out=np.full(n_rows, math.nan), where=count > 0)
 
 
-def _labelled_pairs(
+def _encoded_pairs(
     y_true: pd.DataFrame, y_pred: pd.DataFrame, attributes_by_category: Mapping[str, Sequence[str]] | Any
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The pairs the metric scores, as (labelled rows' mask, labels, predictions)."""
+) -> list[Pair]:
+    """The pairs the metric scores, their labels and predictions as codes over each pair's values."""
+    pairs = []
     for _, _, rows, t, p in scored_pairs(y_true, y_pred, attributes_by_category):
         if rows is not None:
-            yield rows, t, p
+            values, codes = np.unique(np.concatenate([t, p]), return_inverse=True)
+            pairs.append((rows, codes[: len(t)], codes[len(t) :], len(values)))
+    return pairs
 
 
-def _pair_leave_one_out(t: np.ndarray, p: np.ndarray) -> tuple[float, np.ndarray]:
+def _pair_leave_one_out(true_code: np.ndarray, pred_code: np.ndarray, k: int) -> tuple[float, np.ndarray]:
     """One pair's harmonic F1, and that with each of its rows left out (NaN: no label left)."""
-    values, codes = np.unique(np.concatenate([t, p]), return_inverse=True)
-    true_code, pred_code = codes[: len(t)], codes[len(t) :]
     hit = (true_code == pred_code).astype(float)
-    k = len(values)
     labelled = np.bincount(true_code, minlength=k).astype(float)
     occurs = labelled + np.bincount(pred_code, minlength=k)
     hits = np.bincount(true_code, weights=hit, minlength=k)
     f1 = np.divide(2 * hits, occurs, out=np.zeros(k), where=occurs > 0)
-    n = len(t)
+    n = len(true_code)
     full = float(_harmonic(hits.sum() / n, f1.sum() / np.count_nonzero(occurs)))
 
     def f1_after(occ: np.ndarray, hit_count: np.ndarray) -> np.ndarray:
@@ -257,13 +253,11 @@ def _harmonic(micro, macro):
     )
 
 
-def _pair_harmonic(t: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _pair_harmonic(true_code: np.ndarray, pred_code: np.ndarray, k: int, weights: np.ndarray) -> np.ndarray:
     """Harmonic mean of micro- and macro-F1 of one pair under each row of ``weights``; NaN where no
     label is counted. Macro-F1 averages over the values that occur as a label or a prediction in that
     resample (sklearn's default labels); micro-F1 is the accuracy, every row having one prediction."""
-    values, codes = np.unique(np.concatenate([t, p]), return_inverse=True)
-    true_code, pred_code = codes[: len(t)], codes[len(t) :]
-    eye = np.eye(len(values))
+    eye = np.eye(k)
     labelled = weights @ eye[true_code]
     predicted = weights @ eye[pred_code]
     hits = weights @ (eye[true_code] * (true_code == pred_code)[:, None])

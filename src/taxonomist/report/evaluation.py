@@ -176,11 +176,7 @@ def _facts(evaluation: Evaluation, rows: pd.DataFrame) -> list[tuple[str, str]]:
     report, baseline = evaluation.report, evaluation.baseline
     facts = [
         ("score (mean harmonic F1)", f"{report.score:.4f}"),
-        *(
-            [(f"{i.level:.0%} interval (bootstrap)", f"{i.low:.4f} to {i.high:.4f}")]
-            if (i := evaluation.interval)
-            else []
-        ),
+        *([(f"{i.level:.0%} interval (bootstrap)", i.span())] if (i := evaluation.interval) else []),
         ("majority baseline", "–" if baseline is None else f"{baseline.score:.4f}"),
         ("split", evaluation.split),
         ("items", f"{rows['id'].nunique():,}"),
@@ -191,10 +187,6 @@ def _facts(evaluation: Evaluation, rows: pd.DataFrame) -> list[tuple[str, str]]:
         facts.append(("valid outputs", f"{evaluation.valid_fraction:.1%}"))
     for view, r in evaluation.inputs.items():
         gain = evaluation.input_gains.get(view)
-        paired = (
-            ""
-            if gain is None
-            else f" (fused {gain.value:+.4f}, interval {gain.low:+.4f} to {gain.high:+.4f})"
-        )
+        paired = "" if gain is None else f" (fused {gain.value:+.4f}, interval {gain.span(signed=True)})"
         facts.append((INPUT_VIEWS[view], f"{r.score:.4f}{paired}"))
     return facts
