@@ -297,3 +297,48 @@ def test_text_encoder_on_runtimes_matches_torch(tiny_sentence_model: str, tmp_pa
     assert TextEncoder(tiny_sentence_model, runtime="auto", precision="int8").runtime == "onnxruntime"
     # fp32 and bf16: OpenVINO with two streams, the fastest text encoder measured on CPU.
     assert TextEncoder(tiny_sentence_model, runtime="auto", device="cpu").runtime == "openvino"
+
+
+# Sessions built, used from two threads at once and dropped, round after round: the serve batcher's life.
+_SESSION_CHURN = """
+import gc, sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+import numpy as np
+from taxonomist.models import runtime as rt
+path, rounds = Path(sys.argv[1]), int(sys.argv[2])
+batches = [{"x": np.full((64, 256), i, dtype=np.float32)} for i in range(8)]
+for _ in range(rounds):
+    session = rt.Session(path, "openvino", "fp32", None, streams=2)
+    with ThreadPoolExecutor(2) as pool:
+        for outputs in pool.map(session.run_batches, [batches] * 4):
+            assert [float(out[0][0, 0]) for out in outputs] == [float(i) for i in range(8)]
+    del session
+    gc.collect()
+"""
+
+
+@pytest.mark.integration
+def test_openvino_sessions_survive_being_dropped_after_run_batches(tmp_path: Path) -> None:
+    """run_batches once used AsyncInferQueue, whose Python callback, still running on OpenVINO's thread
+    after wait_all, could hold the session's last reference: the compiled model then joined its own
+    thread and the process aborted ("Resource deadlock avoided"; seen once in the suite, in serve). This
+    churn aborted in 4 of 5 runs before the fix (27 s each), and each batch's outputs must stay its own."""
+    import subprocess
+    import sys
+
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    x = ops.parameter([-1, 256], np.float32, name="x")
+    y = x
+    for _ in range(6):  # enough work per request for the requests to overlap
+        y = ops.matmul(y, ops.constant(np.full((256, 256), 1 / 256, np.float32)), False, False)
+    ov.save_model(ov.Model([ops.relu(y)], [x]), tmp_path / "m.xml")
+    run = subprocess.run(
+        [sys.executable, "-c", _SESSION_CHURN, str(tmp_path / "m.xml"), "150"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]

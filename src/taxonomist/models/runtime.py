@@ -422,18 +422,27 @@ class Session:
         """:meth:`run` over many inputs, in order; OpenVINO's streams run them concurrently."""
         if self.runtime == "onnxruntime" or self.streams == 1:
             return [self.run(batch) for batch in batches]
-        import openvino as ov
-
+        # Requests collected in turn with wait() on this thread, two per stream so that a stream never
+        # idles while the next in turn is awaited. Not AsyncInferQueue: its Python callback runs on
+        # OpenVINO's threads and can hold the last reference to this session, whose compiled model then
+        # joins its own thread ("Resource deadlock avoided", abort).
+        requests = [self._ov.create_infer_request() for _ in range(min(2 * self.streams, len(batches)))]
+        running: list[int | None] = [None] * len(requests)
         results: list[list[np.ndarray]] = [[] for _ in batches]
 
-        def done(request, index: int) -> None:
-            results[index] = [request.get_tensor(output).data.copy() for output in self._ov.outputs]
+        def collect(slot: int) -> None:
+            request, index = requests[slot], running[slot]
+            if index is not None:
+                request.wait()
+                results[index] = [request.get_tensor(output).data.copy() for output in self._ov.outputs]
 
-        queue = ov.AsyncInferQueue(self._ov, self.streams)
-        queue.set_callback(done)
         for index, batch in enumerate(batches):
-            queue.start_async(dict(batch), index)
-        queue.wait_all()
+            slot = index % len(requests)
+            collect(slot)
+            requests[slot].start_async(dict(batch))
+            running[slot] = index
+        for slot in range(len(requests)):
+            collect(slot)
         return results
 
 
