@@ -224,26 +224,27 @@ def _pair_leave_one_out(true_code: np.ndarray, pred_code: np.ndarray, k: int) ->
     labelled = np.bincount(true_code, minlength=k).astype(float)
     occurs = labelled + np.bincount(pred_code, minlength=k)
     hits = np.bincount(true_code, weights=hit, minlength=k)
-    f1 = np.divide(2 * hits, occurs, out=np.zeros(k), where=occurs > 0)
+    f1 = _f1(hits, occurs)
     n = len(true_code)
     full = float(_harmonic(hits.sum() / n, f1.sum() / np.count_nonzero(occurs)))
-
-    def f1_after(occ: np.ndarray, hit_count: np.ndarray) -> np.ndarray:
-        return np.divide(2 * hit_count, occ, out=np.zeros(len(occ)), where=occ > 0)
-
     same = true_code == pred_code
     # Leaving a row out takes one from its label's and its prediction's occurrences (two from one value
     # when they agree) and, where they agree, one hit.
     occ_t = occurs[true_code] - 1 - same
-    new_t = f1_after(occ_t, hits[true_code] - hit)
+    new_t = _f1(hits[true_code] - hit, occ_t)
     occ_p = occurs[pred_code] - 1
-    new_p = np.where(same, 0.0, f1_after(occ_p, hits[pred_code]))
+    new_p = np.where(same, 0.0, _f1(hits[pred_code], occ_p))
     f1_sum = f1.sum() - f1[true_code] + new_t - np.where(same, 0.0, f1[pred_code] - new_p)
     present = np.count_nonzero(occurs) - (occ_t == 0) - np.where(same, 0, occ_p == 0)
     macro = np.divide(f1_sum, present, out=np.zeros(n), where=present > 0)
     micro = np.divide(hits.sum() - hit, n - 1, out=np.zeros(n), where=n > 1)
     left = _harmonic(micro, macro)
     return full, np.where(n > 1, left, math.nan)
+
+
+def _f1(hits: np.ndarray, occurs: np.ndarray) -> np.ndarray:
+    """Each value's F1 from its hits and its occurrences as a label or a prediction (0 where none)."""
+    return np.divide(2 * hits, occurs, out=np.zeros(np.shape(hits)), where=occurs > 0)
 
 
 def _harmonic(micro, macro):
@@ -262,7 +263,7 @@ def _pair_harmonic(true_code: np.ndarray, pred_code: np.ndarray, k: int, weights
     predicted = weights @ eye[pred_code]
     hits = weights @ (eye[true_code] * (true_code == pred_code)[:, None])
     occurs = labelled + predicted
-    f1 = np.divide(2 * hits, occurs, out=np.zeros_like(hits), where=occurs > 0)
+    f1 = _f1(hits, occurs)
     present = (occurs > 0).sum(1)
     n = labelled.sum(1)
     macro = np.divide(f1.sum(1), present, out=np.zeros(len(weights)), where=present > 0)
