@@ -680,7 +680,7 @@ def train_heads(
     out["predictions"].update(
         {name: bench.predict(te, decide(data, hide)[1]) for name, (data, hide) in views.items()}
     )
-    reports = {name: bench.report(te, pred) for name, pred in out["predictions"].items()}
+    reports = {name: bench.report(te, out["predictions"][name]) for name in views}
     out["fused"] = {
         "model": model,
         "cfg": fused_cfg,

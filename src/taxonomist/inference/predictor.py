@@ -397,7 +397,7 @@ class Predictor:
         which rows had one, None where all did), as :meth:`predict_rows` takes them."""
         has_image = np.array([p is not None for p in pixels])
         if has_image.all():
-            return self.backbone(torch.stack(list(pixels)).to(self.device, non_blocking=True)), None
+            return self.backbone(torch.stack(list(pixels)).to(self.device, non_blocking=True)).float(), None
         features = torch.zeros(len(pixels), self.checkpoint.feature_dim, device=self.device)
         if has_image.any():
             present = torch.stack([p for p in pixels if p is not None]).to(self.device, non_blocking=True)
