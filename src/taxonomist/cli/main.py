@@ -12,7 +12,9 @@ from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from taxonomist.cli.export import export
 from taxonomist.cli.options import (
@@ -51,7 +53,7 @@ app.command()(export)
 
 def data_report_table(report) -> Table:
     """The data step's counts and every note on what it left out, masked or found suspicious."""
-    table = Table(title=f"data ({report.source})", show_header=False)
+    table = Table(title=f"data ({escape(str(report.source))})", show_header=False)
     table.add_column("what")
     table.add_column("value", overflow="fold")
     parts = " · ".join(f"{name} {n}" for name, n in report.parts.items())
@@ -62,7 +64,7 @@ def data_report_table(report) -> Table:
         table.add_row("duplicate images", f"{duplicates} rows share an image with another row ({grouped})")
     notes = report.notes()
     for note in notes[:MAX_NOTES]:
-        table.add_row("note", note)
+        table.add_row("note", Text(note))  # notes name categories and values: data, not markup
     if len(notes) > MAX_NOTES:
         table.add_row("note", f"… and {len(notes) - MAX_NOTES} more in data_report.json")
     if not notes:
@@ -76,7 +78,7 @@ def calibration_table(calibration: dict[str, dict[str, float]]) -> Table:
         table.add_column(col, justify="left" if col == "attribute" else "right")
     for attribute, c in calibration.items():
         table.add_row(
-            attribute,
+            Text(attribute),
             f"{c['temperature']:.2f}",
             f"{c['ece_before']:.4f}",
             f"{c['ece_after']:.4f}",

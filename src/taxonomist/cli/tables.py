@@ -6,6 +6,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from taxonomist.inference.evaluate import INPUT_VIEWS
 
@@ -17,8 +18,12 @@ def score_table(report, title: str) -> Table:
     for col in ("category", "f1_micro", "f1_macro", "harmonic", "n_rows"):
         table.add_column(col, justify="left" if col == "category" else "right")
     for row in report.per_category.itertuples():
-        table.add_row(
-            row.category, f"{row.f1_micro:.4f}", f"{row.f1_macro:.4f}", f"{row.harmonic:.4f}", str(row.n_rows)
+        table.add_row(  # names are data, never markup: "Kurtas [women]" prints as it is
+            Text(str(row.category)),
+            f"{row.f1_micro:.4f}",
+            f"{row.f1_macro:.4f}",
+            f"{row.harmonic:.4f}",
+            str(row.n_rows),
         )
     table.add_section()
     table.add_row("[bold]score[/bold]", "", "", f"[bold]{report.score:.4f}[/bold]", "")
@@ -30,7 +35,7 @@ def attribute_table(report) -> Table:
     for col in ("attribute", "accuracy", "harmonic", "n"):
         table.add_column(col, justify="left" if col == "attribute" else "right")
     for row in report.per_attribute.itertuples():
-        table.add_row(row.attribute, f"{row.accuracy:.4f}", f"{row.harmonic:.4f}", str(row.n))
+        table.add_row(Text(str(row.attribute)), f"{row.accuracy:.4f}", f"{row.harmonic:.4f}", str(row.n))
     return table
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -212,7 +213,7 @@ class InspectReport:
             else "images not checked"
         )
         console.print(
-            f"[bold]{self.source or 'catalog'}[/]: {self.rows:,} rows, "
+            f"[bold]{escape(str(self.source or 'catalog'))}[/]: {self.rows:,} rows, "
             f"{len(self.rows_per_category)} categories, {self.duplicate_ids} duplicate ids; {images}"
         )
         if self.dropped_note:
@@ -768,7 +769,7 @@ def _print_table(
     for _, header, fmt in columns:
         table.add_column(header, justify="right" if fmt else "left", overflow="fold")
     for row in frame.head(top).to_dict(orient="records"):
-        table.add_row(*(_fmt(row[key], fmt) for key, _, fmt in columns))
+        table.add_row(*(Text(_fmt(row[key], fmt)) for key, _, fmt in columns))  # data, never markup
     console.print(table)
 
 
