@@ -20,6 +20,7 @@ from taxonomist.report.evaluation import (
     per_class_scores,
     write_evaluation_report,
 )
+from taxonomist.report.plots import class_counts_png, confusion_png
 
 BY_CATEGORY = {"shirts": ["color", "sleeve"], "shoes": ["color"]}
 # id, category, color label, sleeve label, predicted color, predicted sleeve, confidence
@@ -162,3 +163,13 @@ def test_taxonomy_report_siblings_and_worst_errors(tmp_path: Path) -> None:
     html = page.read_text(encoding="utf-8")
     assert html.index("tan boot") < html.index("blue shirt")  # surest error first
     assert 'src="data:image/png;base64,' in html and "https://" not in html
+
+
+@pytest.mark.parametrize("values", [["$", "$$", "$$$"], ["under $10", "$10_$20"], ["$5-$10", "$10-$20"]])
+def test_figures_draw_dollar_values_as_text(values: list[str]) -> None:
+    """Price tiers are labels, not mathtext: "$" / "$$" used to raise in matplotlib's parser."""
+    truth = values * 3
+    predicted = values[1:] + values[:1] + values * 2
+    assert confusion_png("price [$]", truth, predicted).startswith(b"\x89PNG")
+    counts = pd.DataFrame({"attribute": "price", "value": values, "count": [5, 3, 1][: len(values)]})
+    assert class_counts_png("$ deals", ["price"], counts, {"price": 0.0}, 9).startswith(b"\x89PNG")

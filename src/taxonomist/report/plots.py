@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,21 @@ CONFUSION_TOP = 12
 OTHER = "(other)"
 
 
+def _plain_text(draw: Callable[..., bytes]) -> Callable[..., bytes]:
+    """Labels and titles are catalog data: a "$" is a price tier, never mathtext, which garbles
+    "$5-$10" and raises on "$" / "$$"."""
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs) -> bytes:
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return wrapper
+
+
+@_plain_text
 def class_counts_png(
     category: str,
     attributes: Sequence[str],
@@ -59,6 +75,7 @@ def class_counts_png(
     return png(fig)
 
 
+@_plain_text
 def missing_heatmap_png(missing: pd.DataFrame, categories: Sequence[str]) -> bytes:
     """Missing-label rate per (category, attribute); grey where the attribute does not apply."""
     attributes = list(dict.fromkeys(missing["attribute"]))
@@ -85,6 +102,7 @@ def missing_heatmap_png(missing: pd.DataFrame, categories: Sequence[str]) -> byt
     return png(fig)
 
 
+@_plain_text
 def confusion_png(
     title: str, labels: Sequence[str], predicted: Sequence[str], top: int = CONFUSION_TOP
 ) -> bytes:
@@ -127,6 +145,7 @@ def confusion_png(
     return png(fig)
 
 
+@_plain_text
 def reliability_png(
     curves: Mapping[str, Mapping[str, pd.DataFrame]], eces: Mapping[str, Mapping[str, float]]
 ) -> bytes:
@@ -163,6 +182,7 @@ def reliability_png(
     return png(fig)
 
 
+@_plain_text
 def level_accuracy_png(levels: Sequence[str], methods: Mapping[str, Sequence[float]]) -> bytes:
     """Accuracy per taxonomy level, one bar group per level and one bar per method."""
     fig = figure(max(4.5, 1.2 * len(levels) + 2), 3.2)
