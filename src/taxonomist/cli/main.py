@@ -284,12 +284,21 @@ def evaluate(
     evaluation = run_evaluate(
         checkpoint, cfg, split=split, output=output, progress=not quiet, resamples=resamples
     )
-    notes = [evaluation.errors_note, evaluation.unknown_category_note, evaluation.split_note]
+    notes = list(evaluation.notes)
     if evaluation.baseline is not None:
         notes.insert(0, f"majority-class baseline score {evaluation.baseline.score:.4f}")
     if len(evaluation.errors) and output is None:
         notes.append("--output FOLDER writes them to errors.csv, with line numbers")
-    show_evaluation(evaluation, split, [n for n in notes if n], output if report else None, checkpoint.name)
+    show_evaluation(evaluation, split, notes, output if report else None, checkpoint.name)
+    failure = evaluation.failure(cfg.predict.max_error_share)
+    if failure:
+        where = f"; see {output / 'errors.csv'}" if output is not None else ""
+        hint = (
+            "; point --images at the folder the images are in"
+            if evaluation.error_reasons.get("missing")
+            else ""
+        )
+        raise JobFailed(failure + where + hint)
 
 
 @app.command()

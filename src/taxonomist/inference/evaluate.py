@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,10 @@ class Evaluation:
     input_gains: dict[str, Interval] = field(default_factory=dict)
     """The fused score minus each other view's, with the paired interval of that difference: whether an
     input's gain is more than the rows' sampling noise."""
+    unscored_labels: dict[str, int] = field(default_factory=dict)
+    """Labels per "category / attribute" pair the model's schema does not have (a file labels an attribute
+    the training rows never gave that category): the metric cannot score them, so they are counted here
+    and left out of every table, instead of read as errors."""
 
     @property
     def interval_note(self) -> str | None:
@@ -128,6 +133,21 @@ class Evaluation:
         )
 
     @property
+    def unscored_note(self) -> str | None:
+        if not self.unscored_labels:
+            return None
+        return (
+            f"left out {sum(self.unscored_labels.values())} labels of attributes this model does not "
+            f"predict for their category ({describe_counts(self.unscored_labels)})"
+        )
+
+    @property
+    def notes(self) -> list[str]:
+        """What the score leaves out or should be read with, one line each."""
+        notes = (self.errors_note, self.unknown_category_note, self.unscored_note, self.split_note)
+        return [n for n in notes if n]
+
+    @property
     def error_reasons(self) -> dict[str, int]:
         return {str(r): int(n) for r, n in self.errors["reason"].value_counts().items()}
 
@@ -145,6 +165,21 @@ class Evaluation:
             "without them"
         )
 
+    def failure(self, max_error_share: float) -> str | None:
+        """Why this evaluation did not measure the model (no image readable, or more than
+        ``max_error_share`` of the scored rows' images not), in one line, as a failed ``predict`` job
+        says it: a mistyped --images otherwise reads as a score of 0. None when it did."""
+        unreadable = {r: n for r, n in self.error_reasons.items() if r in IMAGE_REASONS}
+        failed = sum(unreadable.values())
+        scored = int(self.report.per_category["n_rows"].sum())
+        if not failed or (self.readable_report is not None and failed / max(scored, 1) <= max_error_share):
+            return None
+        share = "all" if self.readable_report is None else f"more than {max_error_share:.0%}"
+        return (
+            f"the images of {failed} of the {scored} scored rows could not be read "
+            f"({describe_counts(unreadable)}), {share} of them; the score counts them wrong"
+        )
+
     def to_dict(self) -> dict:
         return {
             **self.report.to_dict(),
@@ -158,6 +193,7 @@ class Evaluation:
                 "categories": self.unknown_categories,
                 "examples": self.unknown_examples,
             },
+            "unscored_labels": self.unscored_labels,
             "score_interval": None if self.interval is None else self.interval.to_dict(),
             **({"scores_by_inputs": self.input_scores()} if self.inputs else {}),
         }
@@ -260,6 +296,7 @@ def evaluate(
             predicted,
             _confidences(probs, chosen, good, len(frame)),
             _confidences(before, chosen, good, len(frame)),
+            applies=schema.categories,
         ),
         baseline=attribute_score(
             frame, majority_predictions(reference, frame, schema.categories), schema.categories
@@ -270,6 +307,7 @@ def evaluate(
         errors=errors,
         rows_read=len(catalog) + len(unknown_rows) + len(source.rejected),
         split_matches_training=split_matches,
+        unscored_labels=unscored_labels(frame, catalog.attributes, schema.categories),
     )
     if resamples:
         evaluation.interval = bootstrap_scores(
@@ -384,16 +422,33 @@ def _confidences(
     return out
 
 
+def unscored_labels(
+    frame: pd.DataFrame, attributes: Sequence[str], applies: Mapping[str, Sequence[str]]
+) -> dict[str, int]:
+    """Labels per "category / attribute" of ``frame`` that ``applies`` (the model's schema) has no pair
+    for, so no metric scores them."""
+    out = {}
+    for category, rows in frame.groupby(frame[CATEGORY].astype(str), sort=True):
+        for attribute in attributes:
+            n = int(rows[attribute].notna().sum()) if attribute in rows.columns else 0
+            if n and attribute not in applies.get(category, ()):
+                out[f"{category} / {attribute}"] = n
+    return out
+
+
 def scored_rows(
     catalog: Catalog,
     predicted: pd.DataFrame,
     confidence: dict[str, np.ndarray],
     confidence_before: dict[str, np.ndarray] | None = None,
+    applies: Mapping[str, Sequence[str]] | None = None,
 ) -> pd.DataFrame:
-    """One row per labelled (item, attribute) of ``catalog``: label, prediction (empty where the image
-    failed), its confidence with and without temperature, whether it is right, the image path and, where
-    the catalog has listing text, the title."""
+    """One row per labelled (item, attribute) of ``catalog`` that ``applies`` (default: the catalog's own
+    attributes per category; evaluate passes the model's schema, the pairs the metric scores): label,
+    prediction (empty where the image failed), its confidence with and without temperature, whether it
+    is right, the image path and, where the catalog has listing text, the title."""
     frame = catalog.frame
+    applies = catalog.attributes_by_category if applies is None else applies
     by_id = predicted.drop_duplicates(ID).set_index(predicted[ID].astype(str).drop_duplicates())
     ids = frame[ID].astype(str)
     paths = [str(p) for p in catalog.image_paths()]
@@ -402,10 +457,8 @@ def scored_rows(
         if attribute not in frame.columns:
             continue
         labelled = frame[attribute].notna().to_numpy()
-        applies = np.array(
-            [attribute in catalog.attributes_by_category.get(str(c), ()) for c in frame[CATEGORY]], dtype=bool
-        )
-        keep = labelled & applies
+        in_schema = np.array([attribute in applies.get(str(c), ()) for c in frame[CATEGORY]], dtype=bool)
+        keep = labelled & in_schema
         if not keep.any():
             continue
         pred = (
@@ -455,9 +508,8 @@ def write_evaluation(evaluation: Evaluation, output: str | Path, *, summary: dic
         markdown += f"\nValid outputs: {evaluation.valid_fraction:.1%}\n"
     if evaluation.inputs:
         markdown += "\n" + inputs_markdown(evaluation) + "\n"
-    for note in (evaluation.errors_note, evaluation.unknown_category_note, evaluation.split_note):
-        if note:
-            markdown += f"\n{note}\n"
+    for note in evaluation.notes:
+        markdown += f"\n{note}\n"
     atomic_write_text(output / "evaluation.md", markdown)
     atomic_write_frame(evaluation.rows, output / "predictions.csv")
     atomic_write_frame(evaluation.errors, output / "errors.csv")
