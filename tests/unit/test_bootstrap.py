@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -177,3 +179,16 @@ def test_bad_arguments_are_named() -> None:
         bootstrap_scores(truth, preds, SCHEMA, level=95)
     with pytest.raises(ValueError, match=r"weights must be \(resamples, 20 rows\)"):
         weighted_scores(truth, preds["good"], SCHEMA, np.ones(20))
+
+
+def test_a_single_labelled_row_gives_its_score_without_warnings() -> None:
+    """Regression: with every leave-one-out set empty, BCa's acceleration took the mean of an empty
+    array and printed numpy RuntimeWarnings in the middle of `evaluate`'s output."""
+    truth = pd.DataFrame({"id": ["a"], "category": ["A"], "c": ["x"]})
+    for predicted, score in (("x", 1.0), ("y", 0.0)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            interval = bootstrap_scores(
+                truth, {"m": truth.assign(c=predicted)}, {"A": ["c"]}, resamples=50
+            ).interval("m")
+        assert (interval.value, interval.low, interval.high, interval.resamples) == (score, score, score, 50)

@@ -48,6 +48,7 @@ class Interval:
     high: float
     level: float
     resamples: int
+    """How many resamples gave a score (a resample without any labelled row gives none)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,7 +85,7 @@ class BootstrapScores:
 
     def _interval(self, value: float, samples: np.ndarray, jackknife: np.ndarray) -> Interval:
         low, high = bca_interval(value, samples, jackknife, self.level)
-        return Interval(value, low, high, self.level, len(samples))
+        return Interval(value, low, high, self.level, int(np.isfinite(samples).sum()))
 
 
 def bca_interval(
@@ -100,8 +101,8 @@ def bca_interval(
     below = (np.sum(samples < value) + 0.5 * np.sum(samples == value)) / len(samples)
     edge = 0.5 / len(samples)
     z0 = _NORMAL.inv_cdf(float(np.clip(below, edge, 1 - edge)))
-    spread = jackknife[np.isfinite(jackknife)]
-    spread = spread.mean() - spread
+    spread = jackknife[np.isfinite(jackknife)]  # none: every leave-one-out set was unscorable
+    spread = spread.mean() - spread if len(spread) else spread
     denominator = 6 * float(np.sum(spread**2)) ** 1.5
     accel = float(np.sum(spread**3)) / denominator if denominator > 0 else 0.0
     tail = (1 - level) / 2
