@@ -315,3 +315,6 @@ def test_brand_leaves_for_brands_never_seen(tmp_path: Path, tiny_encoder: Path) 
     other.save(tmp_path / "off")
     assert not (tmp_path / "off" / "leaf_templates.json").exists()
     assert TaxonomyModel.load(tmp_path / "off").leaf_templates is None
+    # Regression: saved over the folder of the run with leaves, the earlier leaf_templates.json came back.
+    other.save(tmp_path / "model")
+    assert TaxonomyModel.load(tmp_path / "model").leaf_templates is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -446,3 +448,11 @@ def test_none_threshold_chosen_on_dev_keeps_the_no_brand_floor() -> None:
     assert choose_none_threshold(model, data, predicted, min_no_brand_accuracy=1.0, thresholds=grid) == 0.5
     assert choose_none_threshold(model, data, predicted, min_no_brand_accuracy=0.0, thresholds=grid) == 1.01
     assert choose_none_threshold(model, data, predicted, min_no_brand_accuracy=0.5) in NONE_THRESHOLDS
+
+
+def test_read_manifest_is_a_plain_staticmethod() -> None:
+    """Regression: ``@classmethod`` stacked over ``@staticmethod`` is a TypeError on Python 3.13 (which
+    pyproject allows), so no taxonomy checkpoint would load there."""
+    from taxonomist.models.taxonomy_model import TaxonomyModel
+
+    assert isinstance(inspect.getattr_static(TaxonomyModel, "read_manifest"), staticmethod)

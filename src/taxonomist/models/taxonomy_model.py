@@ -376,6 +376,8 @@ class TaxonomyModel:
             self.lexical.save(path / "lexical")
         if self.leaf_templates is not None:
             self.leaf_templates.save(path / LEAF_TEMPLATES)
+        else:  # a retrained model in an earlier run's folder must not pick that run's templates up
+            (path / LEAF_TEMPLATES).unlink(missing_ok=True)
         if self.seq2seq is not None:
             self.seq2seq.save(path / "seq2seq")
         manifest = {
@@ -393,6 +395,7 @@ class TaxonomyModel:
             else {"k": self.retrieval.k, "temperature": self.retrieval.temperature},
             "heads": None if self.heads is None else self.heads.settings(),
             "seq2seq_beams": self.seq2seq_beams,
+            "leaf_templates": self.leaf_templates is not None,
             "enrich": self.enrich,
             "method": self.method,
             "ensemble": self.ensemble,
@@ -400,7 +403,6 @@ class TaxonomyModel:
         }
         atomic_write_json(path / MANIFEST, manifest, indent=1)
 
-    @classmethod
     @staticmethod
     def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         """The checkpoint's settings (``enrich`` among them), checked to be a taxonomy model's."""
@@ -470,7 +472,8 @@ class TaxonomyModel:
             )
         if "lexical" in methods:
             self.lexical = LexicalClassifier.load(path / "lexical")
-        if (path / LEAF_TEMPLATES).is_file():  # absent: the recipe left it off, or an older checkpoint
+        # The manifest decides (a file can be a stale one); a manifest without the key predates it.
+        if manifest.get("leaf_templates", (path / LEAF_TEMPLATES).is_file()):
             self.leaf_templates = LeafTemplates.load(path / LEAF_TEMPLATES)
         if "seq2seq" in methods:
             self.seq2seq = Seq2SeqTaxonomyModel.from_pretrained(str(path / "seq2seq"), taxonomy)
