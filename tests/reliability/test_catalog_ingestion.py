@@ -55,12 +55,25 @@ def test_every_row_is_read_or_set_aside_once(tmp_path: Path, rows: list[tuple[st
             expected_rejected.append((line, "duplicate-id"))
         else:
             expected_kept.append((line, item_id, category))
-        if not _strip_blank(item_id):
-            seen.setdefault(item_id, line)
+            seen[item_id] = line
     kept = list(zip(catalog.lines, catalog.frame["id"], catalog.frame["category"], strict=True))
     assert kept == expected_kept
     assert list(zip(catalog.rejected["line"], catalog.rejected["reason"], strict=True)) == expected_rejected
     assert len(catalog) + len(catalog.rejected) == len(rows)
+
+
+def test_a_rejected_row_does_not_claim_its_id(tmp_path: Path) -> None:
+    """Regression: a blank-category row counted as the first of its id, so the valid row after it was
+    rejected as a duplicate "of" the unused row and no row of that id was predicted."""
+    rows = [("1001", ""), ("1001", "Bags"), ("1000", "Tops"), ("1001", "Tops")]
+    path = write_rows(tmp_path / "c.csv", pd.DataFrame(rows, columns=["sku", "type"]))
+    catalog = read_generic(path, id_column="sku", category_column="type", labels=False, bad_rows="report")
+    assert list(zip(catalog.lines, catalog.ids, strict=True)) == [(3, "1001"), (4, "1000")]
+    rejected = catalog.rejected[["line", "reason", "detail"]].values.tolist()
+    assert rejected == [
+        [2, "blank-category", "no value in the category column 'type'"],
+        [5, "duplicate-id", "id '1001' is also on line 3, which is used"],
+    ]
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -222,14 +222,16 @@ def set_aside_bad_rows(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(usable rows, indexed by their line in the file; rejected rows as :data:`REJECTED_COLUMNS`).
 
-    A blank id or category makes a row unusable; of rows repeating an id, the first is kept. With
+    A blank id or category makes a row unusable; of the usable rows repeating an id, the first is kept
+    (a rejected row never claims its id, so a valid row after it is still used). With
     ``bad_rows="raise"`` a blank fails the whole file instead, naming the lines.
     """
     raw = raw.set_axis(pd.RangeIndex(first_line, first_line + len(raw)))
     ids, cats = raw[id_column], raw[category_column]
     blank_id = ids.isna() | (ids.astype(str).str.strip() == "")
     blank_cat = cats.isna() | (cats.astype(str).str.strip() == "")
-    duplicate = ids.duplicated(keep="first") & ~blank_id
+    usable = ~(blank_id | blank_cat)
+    duplicate = ids.where(usable).duplicated(keep="first") & usable
     if bad_rows == "raise":  # repeated ids are refused by Catalog itself
         bad = blank_id | blank_cat
         if bad.any():
@@ -237,7 +239,7 @@ def set_aside_bad_rows(
             raise CatalogError(f"{source}: {int(bad.sum())} rows without id or category, e.g. lines {lines}")
         return raw, pd.DataFrame(columns=REJECTED_COLUMNS)
     first = {}
-    for line, item_id in ids[~blank_id].items():
+    for line, item_id in ids[usable].items():
         first.setdefault(item_id, line)
     rejected = []
     for line in raw.index[blank_id | blank_cat | duplicate]:
