@@ -85,6 +85,20 @@ def test_parquet_ids_stored_as_floats_come_back_as_integers(tmp_path: Path, ids:
     assert read == [None if i is None else str(i) for i in ids]
 
 
+def test_parquet_integer_ids_with_a_gap_keep_every_digit(tmp_path: Path) -> None:
+    """Regression: an int64 column with an empty cell went through float64, so ids above 2**53 were
+    rounded: two products became one "duplicate-id" and a third id was rewritten."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = [9007199254740993, 9007199254740992, None, 1234567890123456789]
+    path = tmp_path / "ids.parquet"
+    pq.write_table(pa.table({"sku": pa.array(ids, pa.int64()), "type": ["Tops"] * 4}), path)
+    catalog = read_generic(path, id_column="sku", category_column="type", labels=False, bad_rows="report")
+    assert catalog.ids == ["9007199254740993", "9007199254740992", "1234567890123456789"]
+    assert catalog.rejected[["line", "reason"]].values.tolist() == [[3, "blank-id"]]
+
+
 def test_fractional_parquet_floats_stay_as_written(tmp_path: Path) -> None:
     path = tmp_path / "sizes.parquet"
     pd.DataFrame({"size": [38.5, 40.0, np.nan]}).to_parquet(path, index=False)

@@ -185,15 +185,17 @@ def is_parquet(path: str | os.PathLike) -> bool:
 def read_table(path: str | os.PathLike, encoding: str = "utf-8") -> pd.DataFrame:
     """CSV or Parquet as strings, empty fields as missing (ids such as ``000123`` keep their zeros).
 
-    ``encoding``: the CSV's text encoding (Parquet stores UTF-8). A Parquet column of whole numbers with
-    gaps is stored as floats; it is read back as the integers it holds (id ``59263``, not ``59263.0``).
+    ``encoding``: the CSV's text encoding (Parquet stores UTF-8). Parquet integer columns are read as
+    nullable integers, never through float64, which would round ids above 2**53 when a cell is empty. A
+    float column of whole numbers (an integer column that went through pandas with a gap) is read back as
+    the integers it holds (id ``59263``, not ``59263.0``).
     """
     path = expand_path(path)
     if not path.is_file():
         raise CatalogError(not_found("catalog file", path))
     try:
         if is_parquet(path):
-            frame = pd.read_parquet(path)
+            frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
             integral = {c: "Int64" for c in frame.columns if _integral_floats(frame[c])}
             frame = frame.astype(integral)
             return frame.astype({c: "string" for c in frame.columns}).astype(object).where(frame.notna())
@@ -213,8 +215,9 @@ def read_table(path: str | os.PathLike, encoding: str = "utf-8") -> pd.DataFrame
 def _integral_floats(column: pd.Series) -> bool:
     if not pd.api.types.is_float_dtype(column):
         return False
-    values = column.dropna().to_numpy()
-    return bool(np.isfinite(values).all() and (values == np.round(values)).all() and len(values))
+    values = column.dropna().to_numpy(dtype=float)
+    whole = np.isfinite(values).all() and (values == np.round(values)).all() and (abs(values) < 2**63).all()
+    return bool(whole and len(values))
 
 
 def set_aside_bad_rows(
