@@ -85,6 +85,39 @@ def test_parquet_ids_stored_as_floats_come_back_as_integers(tmp_path: Path, ids:
     assert read == [None if i is None else str(i) for i in ids]
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_csv_rows_carry_the_line_they_start_on(tmp_path: Path, newline: str) -> None:
+    """Regression: lines were the row position + 2, so a quoted title over three lines or a blank line
+    shifted every later line in errors.csv and in the "also on line N" details."""
+    text = [
+        "sku,type,title",
+        '1000,Tops,"a',
+        "multiline",
+        'title"',
+        "1001,Bags,x",
+        "",
+        "1002,Tops,y",
+        "   ",
+        "1003,,blank cat",
+        '1004,Tops,"""quoted"", then',
+        '"',
+        "1001,Bags,dup",
+    ]
+    path = tmp_path / "c.csv"
+    path.write_bytes(newline.join(["", *text, ""]).encode())  # a blank line before the header, too
+    catalog = read_generic(path, id_column="sku", category_column="type", labels=False, bad_rows="report")
+    assert list(zip(catalog.lines, catalog.ids, strict=True)) == [
+        (3, "1000"),
+        (6, "1001"),
+        (8, "1002"),
+        (11, "1004"),
+    ]
+    assert catalog.rejected[["line", "reason", "detail"]].values.tolist() == [
+        [10, "blank-category", "no value in the category column 'type'"],
+        [13, "duplicate-id", "id '1001' is also on line 6, which is used"],
+    ]
+
+
 def test_parquet_integer_ids_with_a_gap_keep_every_digit(tmp_path: Path) -> None:
     """Regression: an int64 column with an empty cell went through float64, so ids above 2**53 were
     rounded: two products became one "duplicate-id" and a third id was rewritten."""

@@ -6,10 +6,11 @@ with named columns) is resolved here, once.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import os
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -91,8 +92,9 @@ class Catalog:
     """Rows per category left out for having fewer than ``min_rows_per_category`` rows."""
     min_rows_per_category: int = 0
     lines: list[int] | None = None
-    """Each row's line in the source file (the header is line 1; Parquet: the row number from 1), so
-    reports can point at it; None for frames built in memory."""
+    """The line each row starts on in the source file (a CSV's header is line 1, unless blank lines
+    precede it; Parquet: the row number from 1), so reports can point at it; None for frames built in
+    memory."""
     rejected: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REJECTED_COLUMNS))
     """Rows the reader kept aside (see :data:`BadRows`), with line and reason."""
 
@@ -212,6 +214,47 @@ def read_table(path: str | os.PathLike, encoding: str = "utf-8") -> pd.DataFrame
         raise CatalogError(f"{path}: cannot be read as a table ({err})") from err
 
 
+def read_lined_table(path: str | os.PathLike, encoding: str = "utf-8") -> pd.DataFrame:
+    """:func:`read_table` indexed by each row's line in the file, for messages and errors.csv: a CSV
+    row's is the physical line it starts on (quoted fields may span lines, blank lines are skipped, so
+    the row position is not enough); a Parquet row's is its row number from 1."""
+    frame = read_table(path, encoding)
+    path = expand_path(path)
+    if is_parquet(path):
+        return frame.set_axis(pd.RangeIndex(1, len(frame) + 1))
+    lines = _csv_record_lines(path, encoding)
+    if len(lines) != len(frame):  # pandas and the csv module split the file differently
+        raise CatalogError(
+            f"{path}: cannot tell which line each row starts on ({len(frame)} rows read, {len(lines)} "
+            "records found); check the file's quoting"
+        )
+    return frame.set_axis(pd.Index(lines))
+
+
+def _csv_record_lines(path: Path, encoding: str) -> list[int]:
+    """The line each data record of a CSV starts on, skipping the lines ``pd.read_csv`` skips: blank or
+    whitespace-only lines (outside quotes). The first record left is the header."""
+    with path.open(encoding=encoding, newline="") as file:
+        last = [""]
+
+        def remember() -> Iterator[str]:
+            for line in file:
+                last[0] = line
+                yield line
+
+        reader = csv.reader(remember())
+        starts, end = [], 0
+        limit = csv.field_size_limit(2**31 - 1)  # a long description is one field, not an error
+        try:
+            for _ in reader:
+                start, end = end + 1, reader.line_num
+                if start < end or last[0].strip(" \t\r\n"):
+                    starts.append(start)
+        finally:
+            csv.field_size_limit(limit)
+    return starts[1:]
+
+
 def _integral_floats(column: pd.Series) -> bool:
     if not pd.api.types.is_float_dtype(column):
         return False
@@ -221,15 +264,15 @@ def _integral_floats(column: pd.Series) -> bool:
 
 
 def set_aside_bad_rows(
-    raw: pd.DataFrame, id_column: str, category_column: str, source: str, bad_rows: BadRows, first_line: int
+    raw: pd.DataFrame, id_column: str, category_column: str, source: str, bad_rows: BadRows
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(usable rows, indexed by their line in the file; rejected rows as :data:`REJECTED_COLUMNS`).
+    """(usable rows; rejected rows as :data:`REJECTED_COLUMNS`). ``raw`` is indexed by each row's line in
+    the file (:func:`read_lined_table`), and the usable rows keep that index.
 
     A blank id or category makes a row unusable; of the usable rows repeating an id, the first is kept
     (a rejected row never claims its id, so a valid row after it is still used). With
     ``bad_rows="raise"`` a blank fails the whole file instead, naming the lines.
     """
-    raw = raw.set_axis(pd.RangeIndex(first_line, first_line + len(raw)))
     ids, cats = raw[id_column], raw[category_column]
     blank_id = ids.isna() | (ids.astype(str).str.strip() == "")
     blank_cat = cats.isna() | (cats.astype(str).str.strip() == "")
@@ -335,7 +378,7 @@ def read_generic(
     cannot clash with the names the id, category and text columns get). ``bad_rows``: see :data:`BadRows`.
     """
     path = expand_path(path)
-    raw = read_table(path, encoding)
+    raw = read_lined_table(path, encoding)
     text_columns = list(dict.fromkeys([*([text_column] if text_column is not None else []), *text_columns]))
     named = ((id_column, ID), (category_column, CATEGORY), *((c, TEXT) for c in text_columns))
     for col, what in named:
@@ -365,8 +408,7 @@ def read_generic(
             )
     if remaps:
         apply_remaps(raw, remaps, category_column)
-    first_line = 1 if is_parquet(path) else 2  # CSV: after the header line
-    raw, rejected = set_aside_bad_rows(raw, id_column, category_column, str(path), bad_rows, first_line)
+    raw, rejected = set_aside_bad_rows(raw, id_column, category_column, str(path), bad_rows)
     frame = raw[[id_column, category_column, *attributes]].rename(
         columns={id_column: ID, category_column: CATEGORY}
     )
@@ -405,11 +447,11 @@ def read_meesho(
     learns "color" rather than "attr_1 of whichever category".
     """
     root = expand_path(root)
-    table = read_table(root / f"{split}.csv", encoding)
+    table = read_lined_table(root / f"{split}.csv", encoding)
     names = read_meesho_attribute_names(root / "category_attributes.parquet")
     if "Category" not in table.columns or "id" not in table.columns:
         raise CatalogError(f"{root / f'{split}.csv'}: expected columns id, Category, len, attr_1..attr_10")
-    table, rejected = set_aside_bad_rows(table, "id", "Category", str(root / f"{split}.csv"), bad_rows, 2)
+    table, rejected = set_aside_bad_rows(table, "id", "Category", str(root / f"{split}.csv"), bad_rows)
     positional = [f"attr_{k}" for k in range(1, MEESHO_MAX_ATTRS + 1)]
     for col in positional:
         if col not in table.columns:
