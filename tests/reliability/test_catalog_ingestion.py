@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from taxonomist.data.catalog import CatalogError, read_generic, read_table
+from taxonomist.data.catalog import Catalog, CatalogError, read_generic, read_table
 from taxonomist.data.images import ImageLoadError, content_hash
 from taxonomist.features.embed import hash_images
 
@@ -83,6 +83,24 @@ def test_parquet_ids_stored_as_floats_come_back_as_integers(tmp_path: Path, ids:
     pd.DataFrame({"id": pd.array(ids, dtype="float64")}).to_parquet(path, index=False)
     read = [None if pd.isna(v) else v for v in read_table(path)["id"]]
     assert read == [None if i is None else str(i) for i in ids]
+
+
+def test_training_reads_refuse_an_id_the_image_template_cannot_take(tmp_path: Path) -> None:
+    path = write_rows(tmp_path / "c.csv", [{"sku": "1", "type": "Tops"}, {"sku": "SKU-7", "type": "Tops"}])
+    with pytest.raises(CatalogError, match=r"1 rows with a bad id, e\.g\. line 3: id 'SKU-7' is not a whole"):
+        read_generic(
+            path, id_column="sku", category_column="type", labels=False, image_template="{id:06d}.jpg"
+        )
+
+
+def test_no_readable_image_names_a_numeric_template_as_written(tmp_path: Path) -> None:
+    """Regression: the message filled ``{id:06d}`` in with the text "{id}" and crashed instead."""
+    frame = pd.DataFrame({"id": ["7", "8"], "category": ["Tops", "Tops"]})
+    catalog = Catalog(frame, [], tmp_path, "train_images/{id:06d}.jpg", source="c.csv")
+    with pytest.raises(
+        CatalogError, match=r"looked for as .*/train_images/\{id:06d\}\.jpg \(e\.g\. .*/000007"
+    ):
+        catalog.require_readable_images(0, {"missing": 2})
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])

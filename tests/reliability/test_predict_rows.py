@@ -47,6 +47,35 @@ def test_a_blank_id_or_category_is_a_row_error(
     assert errors[["line", "reason"]].values.tolist() == [["4", reason]]
 
 
+def test_an_id_the_image_template_cannot_take_is_a_row_error(cli, tiny: Tiny, tmp_path: Path) -> None:
+    """Regression: one id such as SKU-7 under a ``{id:04d}`` template ended the whole job in a traceback."""
+    rows = tiny.rows(5)[["sku", "type"]]
+    rows.loc[2, "sku"] = "SKU-7"  # line 4
+    rows.loc[3, "sku"] = "1003.0"  # line 5: Excel's float
+    data = write_rows(tmp_path / "rows.csv", rows)
+    template = "--set", "catalog.image_template=images/{id:04d}.jpg"
+    code, _, err = _predict(
+        cli, tiny, data, tmp_path / "out", *template, "--set", "predict.max_error_share=1"
+    )
+    assert code == 0, err
+    assert predicted_ids(tmp_path / "out") == rows["sku"].iloc[[0, 1, 4]].tolist()
+    errors = read_errors(tmp_path / "out")
+    assert errors[["id", "line", "reason", "detail"]].values.tolist() == [
+        [
+            "SKU-7",
+            "4",
+            "bad-id",
+            "id 'SKU-7' is not a whole number, which {id:04d} needs (image_template 'images/{id:04d}.jpg')",
+        ],
+        [
+            "1003.0",
+            "5",
+            "bad-id",
+            "id '1003.0' is not a whole number, which {id:04d} needs (image_template 'images/{id:04d}.jpg')",
+        ],
+    ]
+
+
 def test_unknown_category_and_bad_image_rows_carry_their_line(cli, tiny: Tiny, tmp_path: Path) -> None:
     rows = tiny.rows(6)[["sku", "type"]]
     rows.loc[1, "type"] = "Shoes"  # line 3

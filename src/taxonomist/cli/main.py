@@ -337,9 +337,10 @@ def predict(
 
     Every row is predicted or reported in errors.csv with its line and reason: the training run's row
     filters (categories, minimum rows, limit, remaps) do not apply; rows of categories the model does not
-    know, unreadable images, blank ids or categories and repeated ids are errors. Images are looked up
-    under --images (default: the catalog file's folder) as catalog.image_template. When every row, or more
-    than predict.max_error_share of them, failed, the command ends with exit status 2."""
+    know, unreadable images, blank ids or categories, ids the image template cannot take and repeated ids
+    are errors. Images are looked up under --images (default: the catalog file's folder) as
+    catalog.image_template. When every row, or more than predict.max_error_share of them, failed, the
+    command ends with exit status 2."""
     from taxonomist.cli.inputs import record_input
     from taxonomist.data.prepare import load_for_prediction
     from taxonomist.features.build import embed_options

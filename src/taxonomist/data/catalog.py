@@ -30,12 +30,14 @@ DEFAULT_DATA_DIR = "../shared/datasets"
 LISTED_CATEGORIES = 10
 """Categories named in a message before the rest are only counted."""
 REJECTED_COLUMNS = ["line", "id", "category", "reason", "detail"]
-"""A row read but not usable (blank id or category, duplicated id): ``line`` is its line in the file."""
+"""A row read but not usable (blank id or category, an id the image template cannot take, duplicated id):
+``line`` is its line in the file."""
 
 BadRows = Literal["raise", "report"]
-"""What a reader does with rows that have a blank id or category or repeat an id: refuse the file
-(training, where a row's labels must be unambiguous) or keep them aside in :attr:`Catalog.rejected`
-(predicting, evaluating, inspecting: the rest of the file is still worth doing)."""
+"""What a reader does with rows that have a blank id or category, an id the image template cannot take
+(``SKU-7`` for ``{id:06d}``) or a repeated id: refuse the file (training, where a row's labels must be
+unambiguous) or keep them aside in :attr:`Catalog.rejected` (predicting, evaluating, inspecting: the
+rest of the file is still worth doing)."""
 
 
 class CatalogError(ValueError):
@@ -70,12 +72,31 @@ class _Id(str):
 
     def __format__(self, spec: str) -> str:
         if spec and spec[-1] in "dxXob":
-            return format(int(self), spec)
+            try:
+                number = int(self)
+            except ValueError:
+                raise CatalogError(
+                    f"id {str(self)!r} is not a whole number, which {{id:{spec}}} needs"
+                ) from None
+            return format(number, spec)
         return super().__format__(spec)
 
 
 def format_image_path(template: str, item_id: str, category: str = "") -> str:
+    """``template`` filled in for one row; a :class:`CatalogError` where the id does not fit it."""
     return template.format(id=_Id(item_id), category=category)
+
+
+def _template_misfits(ids: pd.Series, categories: pd.Series, template: str) -> dict[int, str]:
+    """line → why ``template`` cannot be filled in with that row's id (``SKU-7`` for ``{id:06d}``), so
+    such a row is one bad row, not a crash of the job that builds every image path."""
+    misfits = {}
+    for line, item_id, category in zip(ids.index, ids, categories, strict=True):
+        try:
+            format_image_path(template, item_id, category)
+        except CatalogError as err:
+            misfits[line] = f"{err} (image_template {template!r})"
+    return misfits
 
 
 @dataclass
@@ -145,7 +166,8 @@ class Catalog:
         if readable or not len(self):
             return
         why = ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items(), key=lambda x: -x[1]))
-        where = self.image_path("{id}", "{category}") if "{" in self.image_template else self.image_path("")
+        # The template as written: filling it in with "{id}" fails for a numeric field such as {id:06d}.
+        where = self.image_root / self.image_template if self.image_root is not None else self.image_template
         raise CatalogError(
             f"{self.source or 'catalog'}: none of the {len(self)} images could be read ({why}); they were "
             f"looked for as {where} (e.g. {self.image_paths()[0]}); point --images (catalog.image_root) at "
@@ -264,40 +286,55 @@ def _integral_floats(column: pd.Series) -> bool:
 
 
 def set_aside_bad_rows(
-    raw: pd.DataFrame, id_column: str, category_column: str, source: str, bad_rows: BadRows
+    raw: pd.DataFrame,
+    id_column: str,
+    category_column: str,
+    source: str,
+    bad_rows: BadRows,
+    image_template: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(usable rows; rejected rows as :data:`REJECTED_COLUMNS`). ``raw`` is indexed by each row's line in
     the file (:func:`read_lined_table`), and the usable rows keep that index.
 
-    A blank id or category makes a row unusable; of the usable rows repeating an id, the first is kept
-    (a rejected row never claims its id, so a valid row after it is still used). With
-    ``bad_rows="raise"`` a blank fails the whole file instead, naming the lines.
+    A blank id or category, or an id ``image_template`` cannot take (``SKU-7`` for ``{id:06d}``), makes
+    a row unusable; of the usable rows repeating an id, the first is kept (a rejected row never claims
+    its id, so a valid row after it is still used). With ``bad_rows="raise"`` such a row fails the whole
+    file instead, naming the lines.
     """
     ids, cats = raw[id_column], raw[category_column]
     blank_id = ids.isna() | (ids.astype(str).str.strip() == "")
     blank_cat = cats.isna() | (cats.astype(str).str.strip() == "")
-    usable = ~(blank_id | blank_cat)
+    misfits = _template_misfits(ids[~(blank_id | blank_cat)], cats[~(blank_id | blank_cat)], image_template)
+    bad_id = raw.index.isin(list(misfits))
+    usable = ~(blank_id | blank_cat | bad_id)
     duplicate = ids.where(usable).duplicated(keep="first") & usable
     if bad_rows == "raise":  # repeated ids are refused by Catalog itself
-        bad = blank_id | blank_cat
-        if bad.any():
-            lines = raw.index[bad][:5].tolist()
-            raise CatalogError(f"{source}: {int(bad.sum())} rows without id or category, e.g. lines {lines}")
+        blank = blank_id | blank_cat
+        if blank.any():
+            lines = raw.index[blank][:5].tolist()
+            raise CatalogError(
+                f"{source}: {int(blank.sum())} rows without id or category, e.g. lines {lines}"
+            )
+        if misfits:
+            line, why = next(iter(misfits.items()))
+            raise CatalogError(f"{source}: {len(misfits)} rows with a bad id, e.g. line {line}: {why}")
         return raw, pd.DataFrame(columns=REJECTED_COLUMNS)
     first = {}
     for line, item_id in ids[usable].items():
         first.setdefault(item_id, line)
     rejected = []
-    for line in raw.index[blank_id | blank_cat | duplicate]:
+    for line in raw.index[~usable | duplicate]:
         item_id, category = ids.at[line], cats.at[line]
         if blank_id.at[line]:
             reason, detail = "blank-id", f"no value in the id column {id_column!r}"
         elif blank_cat.at[line]:
             reason, detail = "blank-category", f"no value in the category column {category_column!r}"
+        elif line in misfits:
+            reason, detail = "bad-id", misfits[line]
         else:
             reason, detail = "duplicate-id", f"id {item_id!r} is also on line {first[item_id]}, which is used"
         rejected.append((int(line), item_id, category, reason, detail))
-    return raw[~(blank_id | blank_cat | duplicate)], pd.DataFrame(rejected, columns=REJECTED_COLUMNS)
+    return raw[usable & ~duplicate], pd.DataFrame(rejected, columns=REJECTED_COLUMNS)
 
 
 def apply_remaps(frame: pd.DataFrame, remaps: Mapping[str, Mapping[str, str]], category_col: str) -> None:
@@ -408,7 +445,7 @@ def read_generic(
             )
     if remaps:
         apply_remaps(raw, remaps, category_column)
-    raw, rejected = set_aside_bad_rows(raw, id_column, category_column, str(path), bad_rows)
+    raw, rejected = set_aside_bad_rows(raw, id_column, category_column, str(path), bad_rows, image_template)
     frame = raw[[id_column, category_column, *attributes]].rename(
         columns={id_column: ID, category_column: CATEGORY}
     )
@@ -451,7 +488,10 @@ def read_meesho(
     names = read_meesho_attribute_names(root / "category_attributes.parquet")
     if "Category" not in table.columns or "id" not in table.columns:
         raise CatalogError(f"{root / f'{split}.csv'}: expected columns id, Category, len, attr_1..attr_10")
-    table, rejected = set_aside_bad_rows(table, "id", "Category", str(root / f"{split}.csv"), bad_rows)
+    template = image_template or f"{split}_images/{{id:06d}}.jpg"
+    table, rejected = set_aside_bad_rows(
+        table, "id", "Category", str(root / f"{split}.csv"), bad_rows, template
+    )
     positional = [f"attr_{k}" for k in range(1, MEESHO_MAX_ATTRS + 1)]
     for col in positional:
         if col not in table.columns:
@@ -474,7 +514,6 @@ def read_meesho(
     frame, dropped = _finish(frame, categories, min_rows_per_category, str(root / f"{split}.csv"))
     lines, frame = _lines_and_frame(frame)
     kept = [c for c in names if c in set(frame[CATEGORY])]
-    template = image_template or f"{split}_images/{{id:06d}}.jpg"
     return Catalog(
         frame,
         attributes,
