@@ -196,6 +196,8 @@ def test_rerun_into_a_finished_job_of_other_rows_says_so(cli, tiny: Tiny, tmp_pa
         f"error: {out} holds a finished job with rows 3 then, 5 now, other input rows; to start afresh, "
         f"delete it (rm -r {out}) and run the command again, or pass another --output"
     )
+    # Regression: the refused rerun had already replaced input.json, which `review OUT` reads.
+    assert json.loads((out / "input.json").read_text())["catalog"]["path"] == str(first.resolve())
 
 
 def test_rerun_into_a_partial_job_says_it_is_partial(cli, tiny: Tiny, tmp_path: Path) -> None:

@@ -364,7 +364,6 @@ def predict(
         },
     )
     catalog = load_for_prediction(cfg.catalog, text="text" in cfg.heads.inputs)
-    record_input(output, cfg.catalog, checkpoint)  # `review OUTPUT` finds images and titles through it
     if engine == "ray":
         from taxonomist.inference.predictor import with_row_errors
         from taxonomist.inference.ray_engine import predict_with_ray, read_ray_output
@@ -388,6 +387,7 @@ def predict(
             precision=precision,
             allow_missing_image=cfg.predict.allow_missing_image,
         )
+        record_input(output, cfg.catalog, checkpoint)  # only once the folder was accepted as this job's
         # The shards' errors with their lines, and the rows the shards never saw, as the local engine writes.
         errors = read_ray_output(output, "errors")
         end_job(console, with_row_errors(summary, catalog, errors, output), cfg.predict.max_error_share)
@@ -407,6 +407,9 @@ def predict(
         progress=not quiet,
         allow_missing_image=cfg.predict.allow_missing_image,
     )
+    # `review OUTPUT` finds images, titles and the schema through it; written only after the folder's
+    # manifest accepted this job, so a refused rerun leaves the finished job's record as it was.
+    record_input(output, cfg.catalog, checkpoint)
     missing_hint = (
         f"; images were looked for as {catalog.image_root or Path()}/{catalog.image_template}: "
         "point --images at the folder they are in"

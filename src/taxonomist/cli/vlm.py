@@ -161,7 +161,6 @@ def predict(
 
     cfg = model_config(model_dir, config, overrides, **{"catalog.path": data, "catalog.image_root": images})
     catalog = load_for_prediction(cfg.catalog)
-    record_input(output, cfg.catalog, model_dir)
     predictor = VLMPredictor.from_pretrained(model_dir, decoding=build_decoding(cfg.generate))
     categories = catalog.frame[CATEGORY].astype(str).tolist() if predictor.task == "attributes" else None
     titled = predictor.task == "attributes" and predictor.prompts.title and TEXT in catalog.frame.columns
@@ -173,6 +172,7 @@ def predict(
         progress=not quiet,
         titles=catalog.frame[TEXT].tolist() if titled else None,
     )
+    record_input(output, cfg.catalog, model_dir)  # once the folder's manifest accepted this job
     errors = pd.read_csv(output / "errors.csv", dtype=str, keep_default_na=False)
     end_job(console, with_row_errors(summary, catalog, errors, output), PredictConfig().max_error_share)
 
