@@ -184,6 +184,18 @@ def test_min_confidence_above_one_is_refused_before_any_work(cli, tiny: Tiny, tm
     assert not (tmp_path / "out").exists()
 
 
+def test_an_output_path_that_is_a_file_is_one_line(cli, tiny: Tiny, tmp_path: Path) -> None:
+    """Regression: ``-o`` naming an existing file ended in a FileExistsError traceback."""
+    data = write_rows(tmp_path / "a.csv", tiny.rows(2)[["sku", "type"]])
+    out = tmp_path / "out.csv"
+    out.write_text("keep me")
+    code, _, err = _predict(cli, tiny, data, out)
+    assert code == 2
+    [line] = err.strip().splitlines()
+    assert line.startswith("error: Invalid value for '--output'") and f"'{out}' is a file" in line
+    assert out.read_text() == "keep me"
+
+
 def test_rerun_into_a_finished_job_of_other_rows_says_so(cli, tiny: Tiny, tmp_path: Path) -> None:
     first = write_rows(tmp_path / "a.csv", tiny.rows(3)[["sku", "type"]])
     second = write_rows(tmp_path / "b.csv", tiny.rows(5)[["sku", "type"]])

@@ -40,7 +40,10 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-JobOutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output folder (resumable).")]
+JobOutputOpt = Annotated[
+    Path, typer.Option("--output", "-o", file_okay=False, help="Output folder (resumable).")
+]
+"""``file_okay=False``: an existing file there is a usage error naming it, not a FileExistsError later."""
 PredictDataOpt = Annotated[str | None, typer.Option(help="Catalog to predict (catalog.path).")]
 PredictRuntimeOpt = Annotated[
     str,
