@@ -184,6 +184,27 @@ def test_min_confidence_above_one_is_refused_before_any_work(cli, tiny: Tiny, tm
     assert not (tmp_path / "out").exists()
 
 
+def test_a_resumed_job_says_its_reused_failed_rows_were_not_retried(cli, tiny: Tiny, tmp_path: Path) -> None:
+    """Regression: after the missing images were copied in, the same command served the old "missing"
+    rows from the finished chunks again, with nothing saying they were not looked at."""
+    rows = tiny.rows(3)[["sku", "type"]]
+    (tmp_path / "photos").mkdir()
+    images = tiny.image_folder(tmp_path / "photos" / "images", rows["sku"].iloc[:1])
+    data = write_rows(tmp_path / "rows.csv", rows)
+    out = tmp_path / "out"
+    args = ("predict", tiny.checkpoint, "-o", out, "--data", data, "--images", images.parent, "-q")
+    code, _, err = cli(*args)
+    assert code == 2 and "reused" not in err
+    for sku in rows["sku"].iloc[1:]:
+        os.symlink(tiny.images / "images" / f"{sku}.jpg", images / f"{sku}.jpg")
+    code, _, err = cli(*args)
+    assert code == 2
+    [line] = err.strip().splitlines()
+    assert "2 of 3 rows failed (missing: 2)" in line
+    assert "1 chunks were reused from an earlier run, whose failed rows are not tried again" in line
+    assert f"rm -r {out}" in line
+
+
 def test_an_output_path_that_is_a_file_is_one_line(cli, tiny: Tiny, tmp_path: Path) -> None:
     """Regression: ``-o`` naming an existing file ended in a FileExistsError traceback."""
     data = write_rows(tmp_path / "a.csv", tiny.rows(2)[["sku", "type"]])

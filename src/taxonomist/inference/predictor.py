@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -87,16 +88,24 @@ class PredictSummary:
 
     def failure(self, max_error_share: float) -> str | None:
         """Why this job should count as failed (every row, or more than ``max_error_share`` of them, in
-        errors.csv), in one line; None when it did its work."""
+        errors.csv), in one line; None when it did its work. A resumed job says so: its reused chunks'
+        failed rows were not tried again, so fixing the images and rerunning alone changes nothing."""
         if not self.rows or self.errors == 0:
             return None
         if self.predicted and self.errors / self.rows <= max_error_share:
             return None
         reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.error_reasons.items(), key=lambda x: -x[1]))
         share = "every row" if not self.predicted else f"more than {max_error_share:.0%} of the rows"
+        resumed = ""
+        if self.resumed_chunks:
+            resumed = (
+                f"; {self.resumed_chunks} chunks were reused from an earlier run, whose failed rows are not "
+                f"tried again: to retry them, delete {self.out_dir} (rm -r {shlex.quote(self.out_dir)}) "
+                "and run the command again"
+            )
         return (
             f"{self.errors} of {self.rows} rows failed{f' ({reasons})' if reasons else ''}, {share}; see "
-            f"{Path(self.out_dir) / 'errors.csv'}"
+            f"{Path(self.out_dir) / 'errors.csv'}{resumed}"
         )
 
 
