@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from taxonomist.config import CatalogConfig
-from taxonomist.data.catalog import CatalogError, format_image_path, read_generic, read_meesho
+from taxonomist.data.catalog import CatalogError, format_image_path, read_catalog, read_generic, read_meesho
 from taxonomist.data.prepare import load_catalog
 from taxonomist.data.schema import Schema, SchemaError
 
@@ -121,3 +121,19 @@ def test_meesho_reader_names_positional_columns(meesho_dir: Path) -> None:
     assert (row["color"], row["neck"], row["sleeve_length"]) == ("multicolor", "polo", "short sleeves")
     assert row["border"] is None
     assert str(cat.image_path("1")).endswith("train_images/000001.jpg")
+
+
+def test_meesho_layout_reads_the_csv_it_is_given(tmp_path: Path) -> None:
+    """Regression: ``--data <meesho>/test.csv`` opened ``test.csv/train.csv``, and the folder silently
+    read the training rows, so a Meesho model could not predict the competition's test split."""
+    pd.DataFrame({"Category": ["Tops"], "Attribute_list": [["color"]]}).to_parquet(
+        tmp_path / "category_attributes.parquet"
+    )
+    pd.DataFrame({"id": [1], "Category": ["Tops"], "len": [1], "attr_1": ["red"]}).to_csv(
+        tmp_path / "train.csv", index=False
+    )
+    pd.DataFrame({"id": [7, 8], "Category": ["Tops", "Tops"]}).to_csv(tmp_path / "test.csv", index=False)
+    test = read_catalog(tmp_path / "test.csv", layout="meesho", bad_rows="report")
+    assert test.source == str(tmp_path / "test.csv") and test.ids == ["7", "8"]
+    assert test.image_paths()[0] == tmp_path / "test_images" / "000007.jpg"
+    assert read_catalog(tmp_path, layout="meesho").ids == ["1"]  # the folder: its train.csv

@@ -568,7 +568,8 @@ def read_catalog(
     ``corrections``.
 
     ``labels=False``: the generic layout reads no attribute columns (see :func:`read_generic`).
-    ``bad_rows``: see :data:`BadRows`.
+    ``bad_rows``: see :data:`BadRows`. The meesho layout takes the dataset folder (its ``train.csv``) or
+    one of its CSVs, such as ``test.csv``, whose stem names the split (images under ``test_images/``).
     """
     common = {
         "remaps": remaps or None,
@@ -579,7 +580,9 @@ def read_catalog(
     if layout == "meesho":
         if text_columns:
             raise CatalogError("the meesho layout has no listing text: leave catalog.text_columns unset")
-        catalog = read_meesho(path, image_template=image_template, encoding=encoding, **common)
+        path = expand_path(path)
+        root, split = (path.parent, path.stem) if path.suffix.lower() == ".csv" else (path, "train")
+        catalog = read_meesho(root, split=split, image_template=image_template, encoding=encoding, **common)
     else:
         catalog = read_generic(
             path,
