@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from taxonomist.cli.main import app
+from taxonomist.data.catalog import CatalogError
 from taxonomist.inference.taxonomy import TaxonomyCheckpointError, TaxonomyPredictor
 from taxonomist.io import ResumeError
 from taxonomist.training.taxonomy import NONE_THRESHOLDS
@@ -137,13 +138,29 @@ def test_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> None:
         p in predictor.taxonomy for p in pred8[["supergroup", "group", "module"]].itertuples(index=False)
     )
     # Regression: other titles under the same file name were answered with the old parts.
-    titles.assign(title=["Kapo Men's Polo Neck T-Shirt", "", "Telra Heels"]).to_csv(
+    titles.assign(title=["", "Kapo Men's Polo Neck T-Shirt", "Telra Heels"]).to_csv(
         tmp_path / "new.csv", index=False
     )
     stale = CliRunner().invoke(
         app, ["taxonomy", "predict", str(run), "--data", str(tmp_path / "new.csv"), "-o", str(out), "-q"]
     )
     assert isinstance(stale.exception, ResumeError), stale.output
+    # Regression: the refused job's errors.csv replaced the finished one's.
+    assert pd.read_csv(out / "errors.csv")["id"].tolist() == ["b"]
+    # Regression: a latin-1 CSV and a Parquet file not named .parquet ended in UnicodeDecodeError tracebacks.
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("id,title\nx,Café Analog Watch\n".encode("latin-1"))
+    refused = CliRunner().invoke(
+        app, ["taxonomy", "predict", str(run), "--data", str(latin), "-o", str(tmp_path / "l")]
+    )
+    assert isinstance(refused.exception, CatalogError) and "--encoding latin-1" in str(refused.exception)
+    for data, extra in ((latin, ["--encoding", "latin-1"]), (tmp_path / "titles.pq", [])):
+        if data.suffix == ".pq":
+            titles.to_parquet(data)
+        out_other = tmp_path / f"pred-{data.name}"
+        args = ["taxonomy", "predict", str(run), "--data", str(data), "-o", str(out_other), "-q", *extra]
+        assert CliRunner().invoke(app, args).exit_code == 0
+        assert len(pd.read_csv(out_other / "predictions.csv")) == (1 if data == latin else 2)
     # Only empty titles: zero predictions, but the file keeps its header.
     titles.assign(title="").to_csv(tmp_path / "empty.csv", index=False)
     none = CliRunner().invoke(

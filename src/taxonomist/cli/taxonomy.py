@@ -156,6 +156,7 @@ def predict(
     method: MethodOpt = None,
     runtime: PredictRuntimeOpt = "auto",
     precision: EncoderPrecisionOpt = "fp32",
+    encoding: Annotated[str, typer.Option(help="The CSV's text encoding (latin-1, cp1252, ...).")] = "utf-8",
     quiet: QuietOpt = False,
 ) -> None:
     """Predict a path and brand for every title; empty titles are skipped into errors.csv."""
@@ -170,6 +171,12 @@ def predict(
         checkpoint, chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, runtime=runtime, precision=precision
     )
     summary = predictor.predict_file(
-        data, output, title_column=title_column, id_column=id_column, method=method, progress=not quiet
+        data,
+        output,
+        title_column=title_column,
+        id_column=id_column,
+        method=method,
+        progress=not quiet,
+        encoding=encoding,
     )
     console.print_json(json.dumps(summary))

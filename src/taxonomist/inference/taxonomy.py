@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from taxonomist.data.catalog import CatalogError
+from taxonomist.data.catalog import CatalogError, read_lined_table
 from taxonomist.data.taxonomy import BRAND, ID, TITLE, Taxonomy, normalize_text
 from taxonomist.features.cache import default_cache_dir
 from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
@@ -76,24 +75,27 @@ class TaxonomyPredictor:
         id_column: str = ID,
         method: str | None = None,
         progress: bool = True,
+        encoding: str = "utf-8",
     ) -> dict:
-        """CSV/Parquet of titles → ``predictions.csv`` in chunks that survive a crash and resume."""
+        """CSV/Parquet of titles → ``predictions.csv`` in chunks that survive a crash and resume;
+        ``encoding``: a CSV's text encoding."""
         input_path = Path(input_path)
-        frame = _read_titles(input_path, title_column, id_column)
-        bad = frame[TITLE] == ""
+        frame = _read_titles(input_path, title_column, id_column, encoding)
+        bad = (frame[TITLE] == "").to_numpy()
         method = method or self.model.method
         self.model.resolve_methods(method)  # an unknown method fails before anything is written
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        errors = frame[bad].assign(line=np.flatnonzero(bad) + 2, reason="empty title", file=str(input_path))
-        atomic_write_frame(errors[[ID, "line", "reason", "file"]], output_dir / "errors.csv")
         good = frame[~bad].reset_index(drop=True)
+        # The manifest check comes first: a refused rerun must leave the finished job's files alone.
         writer = ChunkedWriter(
             output_dir,
             good[[ID, TITLE]],
             self.chunk_size,
             {"model": self.version, "method": method, "encoder": self.model.encoder.fingerprint()},
         )
+        errors = frame[bad].assign(line=frame.index[bad], reason="empty title", file=str(input_path))
+        atomic_write_frame(errors[[ID, "line", "reason", "file"]], output_dir / "errors.csv")
         start = time.perf_counter()
         with progress_bar("titles", disable=not progress) as bar:
             task = bar.add_task("predict", total=len(good))
@@ -135,15 +137,19 @@ def load_model(path: str | os.PathLike, *, runtime: str = "torch", precision: st
     return TaxonomyModel.load(path, enricher=enricher, encoder=encoder)
 
 
-def _read_titles(path: Path, title_column: str, id_column: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise FileNotFoundError(f"titles file not found: {path}")
-    raw = (
-        pd.read_parquet(path)
-        if path.suffix == ".parquet"
-        else pd.read_csv(path, dtype=str, keep_default_na=False)
-    )
+def _read_titles(path: Path, title_column: str, id_column: str, encoding: str) -> pd.DataFrame:
+    """id and normalised title per row, indexed by the row's line in the file (for errors.csv)."""
+    try:
+        raw = read_lined_table(path, encoding)
+    except CatalogError as err:
+        if isinstance(err.__cause__, UnicodeDecodeError):
+            raise CatalogError(
+                f"{path}: not valid {encoding} text ({err.__cause__}); give the file's encoding with "
+                "--encoding latin-1 (or cp1252, ...)"
+            ) from err
+        raise
     if title_column not in raw.columns:
         raise CatalogError(f"{path}: no title column {title_column!r}; columns are {list(raw.columns)}")
-    ids = raw[id_column].astype(str) if id_column in raw.columns else pd.Series(raw.index.astype(str))
-    return pd.DataFrame({ID: ids.to_numpy(), TITLE: raw[title_column].map(normalize_text).to_numpy()})
+    ids = raw[id_column].astype(str) if id_column in raw.columns else pd.Series(range(len(raw))).astype(str)
+    titles = raw[title_column].map(normalize_text)
+    return pd.DataFrame({ID: ids.to_numpy(), TITLE: titles.to_numpy()}, index=raw.index)
