@@ -743,9 +743,18 @@ def _coerce_union(tp: Any, value: Any, where: str) -> Any:
     raise ConfigError(f"{where}: {value!r} fits none of {tp} ({'; '.join(map(str, errors))})")
 
 
+_YAML_BOOL_WORDS = {True: ("on", "yes", "true", "y"), False: ("off", "no", "false", "n")}
+"""What YAML 1.1 reads as a bool: a choice spelled so (``leaf_templates: off``) arrives as one."""
+
+
 def _coerce_literal(tp: Any, value: Any, where: str) -> Any:
-    if value not in typing.get_args(tp):
-        raise ConfigError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+    choices = typing.get_args(tp)
+    if isinstance(value, bool) and value not in choices:
+        value = next(
+            (c for c in choices if isinstance(c, str) and c.lower() in _YAML_BOOL_WORDS[value]), value
+        )
+    if value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}")
     return value
 
 

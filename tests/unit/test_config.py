@@ -80,3 +80,16 @@ def test_section_arguments_map_a_section_onto_a_signature_by_name() -> None:
     assert section_arguments(cfg.catalog, reader, seed=3) == {"path": "a.csv", "limit": 7, "seed": 3}
     decoding = Decoding(**section_arguments(GenerateConfig(top_p=0.5), Decoding))
     assert decoding.top_p == 0.5 and decoding.chunk_size == GenerateConfig().chunk_size
+
+
+def test_choices_spelled_like_yaml_booleans_are_read_as_written(tmp_path: Path) -> None:
+    """Regression: YAML 1.1 reads on/off/no as booleans, so the documented ``predict.leaf_templates: off``
+    and ``finetune.mixed_precision: no`` were refused from --set and from a file alike."""
+    for value in ("on", "off", "dev"):
+        cfg = load_config(None, [f"predict.leaf_templates={value}"], cls=TaxonomyConfig)
+        assert cfg.predict.leaf_templates == value
+    (tmp_path / "c.yaml").write_text("predict:\n  leaf_templates: off\n")
+    assert load_config(tmp_path / "c.yaml", cls=TaxonomyConfig).predict.leaf_templates == "off"
+    assert load_config(None, ["finetune.mixed_precision=no"]).finetune.mixed_precision == "no"
+    with pytest.raises(ConfigError, match=r"True is not one of \['concat', 'gated'\]"):
+        load_config(None, ["text.fusion=yes"])
