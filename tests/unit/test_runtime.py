@@ -299,6 +299,32 @@ def test_text_encoder_on_runtimes_matches_torch(tiny_sentence_model: str, tmp_pa
     assert TextEncoder(tiny_sentence_model, runtime="auto", device="cpu").runtime == "openvino"
 
 
+def test_a_text_encoder_not_mean_pooled_encodes_with_torch_and_has_its_own_fingerprint(
+    tiny_sentence_model: str, tmp_path: Path
+) -> None:
+    """The runtime path mean-pools the bare transformer's output: for a CLS-pooled model (BAAI/bge-*'s
+    layout) it computed other embeddings than training's torch did, under the same fingerprint."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+    from taxonomist.models.text import TextEncoder
+
+    word = Transformer(str(Path(tiny_sentence_model).parent / "bert"), max_seq_length=64)
+    cls_pooled = tmp_path / "st"  # the mean-pooled model's name, so only the layout differs
+    SentenceTransformer(modules=[word, Pooling(32, "cls"), Normalize()], device="cpu").save(str(cls_pooled))
+    titles = ["Acme red cotton kurta for women", "steel bottle 1l", "a much longer title " * 5]
+    expected = TextEncoder(str(cls_pooled)).encode(titles)
+    with pytest.warns(UserWarning, match="Pooling\\(cls\\)"):
+        asked = TextEncoder(str(cls_pooled), runtime="openvino", export_root=tmp_path / "exports")
+    assert (asked.runtime, asked.precision) == ("torch", "fp32")
+    np.testing.assert_allclose(asked.encode(titles), expected, atol=1e-6)
+    auto = TextEncoder(str(cls_pooled), runtime="auto", device="cpu")  # the predictor's default: no warning
+    assert auto.runtime == "torch"
+    mean_pooled = TextEncoder(tiny_sentence_model)
+    mean_pooled.name = str(cls_pooled)
+    assert mean_pooled.weights_fingerprint() != auto.weights_fingerprint()
+
+
 # Sessions built, used from two threads at once and dropped, round after round: the serve batcher's life.
 _SESSION_CHURN = """
 import gc, sys

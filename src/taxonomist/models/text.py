@@ -6,13 +6,18 @@ the FAISS index and the heads expect.
 
 Prediction can run on an inference runtime (:mod:`taxonomist.models.runtime`): the bare transformer is
 exported (``torch.onnx``; OpenVINO converts that graph) and mean pooling + normalisation, which
-sentence-transformers does in torch, run outside it in numpy, so the embedding is the same function.
+sentence-transformers does in torch, run outside it in numpy. That is the same function only for a model
+made of a transformer, mean pooling and an optional Normalize (MiniLM's layout); any other model (CLS or
+max pooling, a Dense layer: BAAI/bge-*, for example) encodes with torch whatever runtime is asked, so
+prediction computes the embedding training did.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +93,16 @@ class TextEncoder:
         self.batch_size = batch_size
         if runtime == "auto" and precision == "int8" and rt.is_installed("onnxruntime"):
             runtime = "onnxruntime"  # dynamic int8, the usual choice for transformers (no calibration)
-        self.runtime = rt.resolve_runtime(runtime, precision, self.device)
+        resolved = rt.resolve_runtime(runtime, precision, self.device)
+        if resolved != "torch" and not self.mean_pooled:
+            if runtime != "auto" or precision != "fp32":
+                warnings.warn(
+                    f"text encoder {name!r} is {self.layout()}, not a transformer with mean pooling: "
+                    f"it encodes with torch fp32, not {resolved} {precision}",
+                    stacklevel=2,
+                )
+            resolved, precision = "torch", "fp32"
+        self.runtime = resolved
         self.precision = precision
         self.export_root = Path(export_root) if export_root else _default_export_root()
         self._session: rt.Session | None = None
@@ -106,20 +120,50 @@ class TextEncoder:
         """The underlying Hugging Face model, for fine-tuning."""
         return self.model[0].auto_model
 
+    @property
+    def mean_pooled(self) -> bool:
+        """Whether the model is a transformer, mean pooling and optionally Normalize: the one layout the
+        runtime path (bare transformer + mean pooling in numpy) computes exactly."""
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
+        modules = list(self.model)
+        return (
+            len(modules) in (2, 3)
+            and isinstance(modules[0], Transformer)
+            and isinstance(modules[1], Pooling)
+            and modules[1].pooling_mode == "mean"
+            and all(isinstance(m, Normalize) for m in modules[2:])
+        )
+
+    def layout(self) -> str:
+        """The model's modules, e.g. ``Transformer → Pooling(cls)``, for messages."""
+        return " → ".join(
+            f"{type(m).__name__}({m.pooling_mode})" if hasattr(m, "pooling_mode") else type(m).__name__
+            for m in self.model
+        )
+
     def fingerprint(self) -> str:
         """Identity of the weights, settings and numerics: the key of cached title embeddings."""
         # torch keeps its key (caches filled before runtimes existed); other numerics get their own.
         return rt.feature_key(self.weights_fingerprint(), self.runtime, self.precision)
 
     def weights_fingerprint(self) -> str:
-        """Identity of the weights and settings alone, whatever runtime encodes with them."""
+        """Identity of the weights and settings alone, whatever runtime encodes with them.
+
+        Beyond the transformer, the modules after it (pooling mode, Dense weights...) are part of the
+        embedding: any layout but mean pooling adds their config and weights, so the same transformer
+        pooled another way gets other cached embeddings and fails a checkpoint's check. The mean-pooled
+        layout keeps its former key, so existing caches and checkpoints stay valid.
+        """
         digest = hashlib.sha256()
         # "|False" was the removed torch int8 switch: kept in the key so fp32 caches stay valid.
         digest.update(f"{self.name}|{self.max_length}|False".encode())
-        for name, tensor in sorted(self.transformer.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
-            digest.update(str(tuple(tensor.shape)).encode())
+        _hash_tensors(digest, self.transformer.state_dict())
+        if not self.mean_pooled:
+            for index, module in enumerate(list(self.model)[1:], start=1):
+                config = json.dumps(module.get_config_dict(), sort_keys=True, default=str)
+                digest.update(f"{index}|{type(module).__name__}|{config}".encode())
+                _hash_tensors(digest, module.state_dict())
         return digest.hexdigest()[:16]
 
     def mean_pool(self, texts: list[str]) -> torch.Tensor:
@@ -210,6 +254,14 @@ class TextEncoder:
 
     def save(self, path: str | os.PathLike) -> None:
         self.model.save(str(Path(path)))
+
+
+def _hash_tensors(digest: hashlib._Hash, state: dict[str, torch.Tensor]) -> None:
+    """Add each tensor's name, shape and first 4096 bytes to ``digest`` (enough to tell weights apart)."""
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
+        digest.update(str(tuple(tensor.shape)).encode())
 
 
 def _default_export_root() -> Path:
