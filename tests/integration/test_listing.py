@@ -61,6 +61,7 @@ def test_listing_predict_reads_titles_resumes_and_fills_in_for_missing_images(li
     frame = pd.read_csv(catalog, dtype={"sku": str})
     frame.loc[0, "sku"] = "missing-image"
     frame.loc[1, "title"] = None
+    frame.loc[2, ["sku", "title"]] = ["missing-both", None]
     data = catalog.parent / "rows.csv"  # beside the images, which the catalog's path finds
     frame.to_csv(data, index=False)
     out = tmp_path / "out"
@@ -68,18 +69,22 @@ def test_listing_predict_reads_titles_resumes_and_fills_in_for_missing_images(li
     invoke(*args)
     long = pd.read_csv(out / "predictions_long.csv", dtype={"id": str})
     assert "missing-image" not in set(long["id"])  # skipped and reported without allow_missing_image
-    assert set(long["id"]) == set(frame["sku"].astype(str)) - {"missing-image"}
+    assert set(long["id"]) == set(frame["sku"].astype(str)) - {"missing-image", "missing-both"}
     invoke(*args)  # every chunk done: a rerun resumes, writing the same files
     assert pd.read_csv(out / "predictions_long.csv", dtype={"id": str}).equals(long)
     invoke(*args[:-1], "-o", str(tmp_path / "filled"), "--set", "predict.allow_missing_image=true")
     filled = pd.read_csv(tmp_path / "filled" / "predictions_long.csv", dtype={"id": str})
     assert "missing-image" in set(filled["id"])
-    errors = pd.read_csv(tmp_path / "filled" / "errors.csv", dtype={"id": str})
-    assert "missing-image" in set(errors["id"])  # still reported
+    errors = pd.read_csv(tmp_path / "filled" / "errors.csv", dtype={"id": str}).set_index("id")
+    assert "missing-image" in errors.index  # still reported
+    # Neither image nor title: nothing to predict from, so an error row only, never a guess.
+    assert "missing-both" not in set(filled["id"])
+    assert errors.loc["missing-both", "detail"].endswith("the title is blank too: not predicted")
+    assert "blank" not in errors.loc["missing-image", "detail"]
     # What each predicted row was predicted from: the summary says how sparse the listings were.
     summaries = {k: json.loads((tmp_path / k / "summary.json").read_text()) for k in ("out", "filled")}
-    assert summaries["out"]["predicted_by_inputs"] == {"image + text": 118, "image": 1, "text": 0}
-    assert summaries["filled"]["predicted_by_inputs"] == {"image + text": 118, "image": 1, "text": 1}
+    assert summaries["out"]["predicted_by_inputs"] == {"image + text": 117, "image": 1, "text": 0}
+    assert summaries["filled"]["predicted_by_inputs"] == {"image + text": 117, "image": 1, "text": 1}
     # In memory, a listing without a photo (image None) gets what the batch job gave it.
     (alone,) = Predictor.from_pretrained(ckpt).predict(
         [None], [frame.loc[0, "type"]], texts=[frame.loc[0, "title"]]
@@ -89,6 +94,37 @@ def test_listing_predict_reads_titles_resumes_and_fills_in_for_missing_images(li
     for attribute, v in alone.attributes.items():
         assert v.value == batch.loc[attribute, "value"]
         assert v.confidence == pytest.approx(batch.loc[attribute, "confidence"], abs=1e-4)
+    with pytest.raises(ValueError, match=r"listings \[1\] have no image and a blank title"):
+        Predictor.from_pretrained(ckpt).predict(
+            [None, None], [frame.loc[0, "type"]] * 2, texts=[frame.loc[0, "title"], " "]
+        )
+
+
+def test_evaluate_leaves_rows_without_a_title_unpredicted_once_the_image_goes(listing_run) -> None:
+    """The text-only views of evaluate once scored a title-less row from its category alone: now it is
+    unpredicted (scored wrong) there, like an unreadable image; with its image it is predicted."""
+    from taxonomist.data.catalog import CATEGORY, ID
+    from taxonomist.inference.evaluate import input_views
+
+    catalog, _, ckpt = listing_run
+    predictor = Predictor.from_pretrained(ckpt)
+    frame = pd.read_csv(catalog, dtype={"sku": str}).head(4).rename(columns={"sku": ID, "type": CATEGORY})
+    texts = frame["title"].tolist()
+    texts[1] = ""
+    text = predictor.text_features(texts, frame[CATEGORY].tolist())
+    features = np.ones((4, predictor.checkpoint.feature_dim), dtype=np.float32)
+    views = input_views(predictor, features, frame, texts, text)
+    assert set(views) == {"text_blanked", "image_missing", "text_probe"}
+    unpredicted = {
+        name: view.set_index(ID).loc[frame[ID], ["color", "fit"]].isna().all(axis=1).tolist()
+        for name, view in views.items()
+    }
+    assert unpredicted["text_blanked"] == [False] * 4
+    assert unpredicted["image_missing"] == unpredicted["text_probe"] == [False, True, False, False]
+    untitled = input_views(
+        predictor, features, frame, [""] * 4, predictor.text_features(None, frame[CATEGORY].tolist())
+    )
+    assert all(view[["color", "fit"]].isna().all(axis=None) for view in list(untitled.values())[1:])
 
 
 def test_a_chunk_of_unreadable_images_only_is_reported_not_fatal(listing_run, tmp_path) -> None:

@@ -221,6 +221,10 @@ class Predictor:
         probe = self.text.probe if self.reads_text else None
         if probe is None:
             return None
+        if not len(categories):  # no titled row to score (sklearn refuses zero rows)
+            return {
+                a: np.zeros((0, len(self.schema.values(a))), dtype=np.float32) for a in self.schema.attributes
+            }
         index = self.category_indices(categories)
         masks = allowed_masks(self.schema, self.categories)
         log_probs = probe.model_.log_probs(_normal_texts(texts, len(categories)), index.numpy())
@@ -368,7 +372,9 @@ class Predictor:
         ``texts``: the listings' titles for listing heads (None or "" where a listing has none); an
         error for image-only heads. An image may be None (a listing without a photo yet) for listing
         heads trained with ``text.image_dropout`` > 0: that row is predicted from its title alone, as
-        ``predict.allow_missing_image`` does in batch jobs."""
+        ``predict.allow_missing_image`` does in batch jobs. A row with neither is refused (ValueError),
+        as serve refuses it: the heads would answer from its category alone, with confidences no
+        calibration covered."""
         for name, seq in (("images", images), ("categories", categories), ("ids", ids), ("texts", texts)):
             if isinstance(seq, str | os.PathLike | Image.Image):
                 raise TypeError(f"{name} must be a list, got one {type(seq).__name__}: wrap it in [...]")
@@ -385,6 +391,12 @@ class Predictor:
             self.checkpoint.check_predicts_without_image(
                 f"images {missing} are None: predicting without them", "give each listing its image"
             )
+            blank = [r for r in missing if texts is None or not normalize_text(texts[r])]
+            if blank:
+                raise ValueError(
+                    f"listings {blank} have no image and a blank title: nothing to read (give each its "
+                    "image or its title)"
+                )
         self.category_indices(categories)  # fail before any decoding
         text = self.text_features(texts, categories)
         # PIL images go through the same loader as files: same orientation, mode and size rules.
@@ -432,7 +444,8 @@ class Predictor:
         the rest predictions. Shared by the local and the Ray engine so both give the same numbers.
 
         Listing heads read ``texts``; with ``allow_missing_image`` a row whose image cannot be read is
-        still predicted, from its text (and still reported in the errors)."""
+        still predicted from its text (and still reported in the errors), unless its text is blank too:
+        that row is only an error, its detail saying so, never predicted from its category alone."""
         self.checkpoint.check_allow_missing_image(allow_missing_image)
         rows, errors = [], []
         for r, category in enumerate(categories):
@@ -451,7 +464,19 @@ class Predictor:
             max_pixels=max_pixels,
             progress=False,
         )
-        keep = np.ones(len(rows), dtype=bool) if allow_missing_image else result.ok
+        keep, image_errors = result.ok, result.errors
+        if allow_missing_image:
+            titled = np.array(
+                [texts is not None and bool(normalize_text(texts[r])) for r in rows], dtype=bool
+            )
+            keep = result.ok | titled
+            unread = {ids[rows[i]] for i in np.flatnonzero(~keep)}
+            image_errors = [
+                dataclasses.replace(e, detail=f"{e.detail}; the title is blank too: not predicted")
+                if e.id in unread
+                else e
+                for e in image_errors
+            ]
         good = [rows[i] for i in np.flatnonzero(keep)]
         good_ids, good_cats = [ids[r] for r in good], [categories[r] for r in good]
         text = self.text_features([texts[r] for r in good] if texts is not None else None, good_cats)
@@ -464,7 +489,7 @@ class Predictor:
             min_confidence=min_confidence,
             placeholder=placeholder,
         )
-        return preds, errors + result.errors
+        return preds, errors + image_errors
 
     def predict_catalog(
         self,
