@@ -431,6 +431,35 @@ def test_image_only_heads_are_the_same_whether_or_not_the_catalog_has_text(tmp_p
         weights.append(load_file(str(tmp_path / name / "model.safetensors")))
     assert weights[0].keys() == weights[1].keys()
     assert all((weights[0][k] == weights[1][k]).all() for k in weights[0])
+    # Nor do they need the text column to score or predict a file (a self-train student's config names it).
+    no_title = tmp_path / "data" / "no_title.csv"
+    pd.read_csv(catalog, dtype={"sku": str}).drop(columns=["title"]).to_csv(no_title, index=False)
+    out = invoke("evaluate", str(tmp_path / "titled"), "--data", str(no_title), "--quiet")
+    assert "text column" not in out
+    invoke("predict", str(tmp_path / "titled"), "-o", str(tmp_path / "p"), "--data", str(no_title), "-q")
+
+
+def test_a_catalog_without_its_text_column_is_predicted_and_scored_from_the_images(
+    listing_run, tmp_path
+) -> None:
+    """A listing checkpoint given a file without the title column reads every title as blank, says so,
+    and predicts what it predicts for blank titles (the image recipe's answer), in predict and evaluate."""
+    catalog, _, ckpt = listing_run
+    frame = pd.read_csv(catalog, dtype={"sku": str}).head(20)
+    data = catalog.parent / "no_title.csv"
+    frame.drop(columns=["title"]).to_csv(data, index=False)
+    note = "no text column 'title': every listing is predicted from its image"
+    out = invoke("predict", str(ckpt), "-o", str(tmp_path / "p"), "--data", str(data), "--quiet")
+    assert note in " ".join(out.split())
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert summary["predicted_by_inputs"] == {"image + text": 0, "image": 20, "text": 0}
+    predicted = pd.read_csv(tmp_path / "p" / "predictions_long.csv", dtype={"id": str})
+    images = [str(catalog.parent / "images" / f"{i}.jpg") for i in frame["sku"]]
+    blank = Predictor.from_pretrained(ckpt).predict(images, frame["type"].tolist(), frame["sku"].tolist())
+    assert predicted["value"].tolist() == [v.value for p in blank for v in p.attributes.values()]
+    out = invoke("evaluate", str(ckpt), "--data", str(data), "--output", str(tmp_path / "e"), "--quiet")
+    assert note in " ".join(out.split())
+    assert note in (tmp_path / "e" / "evaluation.md").read_text()
 
 
 def _config(path: Path, data: dict):

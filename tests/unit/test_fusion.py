@@ -311,6 +311,25 @@ def test_prediction_reading_keeps_text_only_for_listing_heads(tmp_path: Path) ->
     assert dataclasses.replace(cfg, text_columns=[]).text_columns == []
 
 
+def test_a_missing_text_column_reads_blank_for_prediction_but_fails_training_reads(tmp_path: Path) -> None:
+    from taxonomist.data.prepare import load_for_prediction
+
+    path = tmp_path / "c.csv"
+    pd.DataFrame({"id": [1, 2], "category": "Tops", "title": ["Red shirt", None]}).to_csv(path, index=False)
+    cfg = CatalogConfig(path=str(path), category_column="category", text_columns=["title", "description"])
+    with pytest.raises(CatalogError, match="no text column 'description'"):
+        load_catalog(cfg)  # training rows: a missing column is a mistake
+    partial = load_for_prediction(cfg, text=True)
+    assert partial.frame[TEXT].tolist() == ["Red shirt", ""]
+    assert partial.text_note.endswith(
+        "no text column 'description': the listing text is read from ['title'] alone"
+    )
+    blank = load_for_prediction(dataclasses.replace(cfg, text_columns=["description"]), text=True)
+    assert blank.frame[TEXT].tolist() == ["", ""]
+    assert blank.subset([1]).text_note.endswith("every listing is predicted from its image")
+    assert load_for_prediction(cfg).text_note is None  # image-only heads never read text
+
+
 def test_lexical_probe_is_cross_fitted_and_saved(tmp_path: Path) -> None:
     """A word that names the label in one row only: the final probe has learned it, but that row's
     stacked feature comes from a model that never saw it, so it stays near the prior (no leak)."""

@@ -364,6 +364,8 @@ def predict(
         },
     )
     catalog = load_for_prediction(cfg.catalog, text="text" in cfg.heads.inputs)
+    if catalog.text_note:
+        console.print(f"note: {catalog.text_note}", style="yellow", markup=False, soft_wrap=True)
     if engine == "ray":
         from taxonomist.inference.predictor import with_row_errors
         from taxonomist.inference.ray_engine import predict_with_ray, read_ray_output

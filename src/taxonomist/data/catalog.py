@@ -118,6 +118,9 @@ class Catalog:
     memory."""
     rejected: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=REJECTED_COLUMNS))
     """Rows the reader kept aside (see :data:`BadRows`), with line and reason."""
+    text_note: str | None = None
+    """Where a read for prediction found named text columns missing (``text_optional``): one line for
+    the user saying what the listings are predicted from instead."""
 
     def __post_init__(self) -> None:
         unknown_fields = template_fields(self.image_template) - {"id", "category"}
@@ -195,6 +198,7 @@ class Catalog:
             self.min_rows_per_category,
             lines,
             self.rejected.copy(),
+            self.text_note,
         )
 
 
@@ -406,17 +410,31 @@ def read_generic(
     encoding: str = "utf-8",
     bad_rows: BadRows = "raise",
     text_columns: Sequence[str] = (),
+    text_optional: bool = False,
 ) -> Catalog:
     """Any CSV/Parquet with an id column, a category column and named attribute columns.
 
     ``text_columns`` (listing text such as a title and a description; ``text_column``: one of them) are
     normalised (:func:`normalize_text`) and joined into column ``text``, missing text as "".
+    ``text_optional``: a text column the file lacks reads as blank in every row instead of an error, noted
+    in :attr:`Catalog.text_note`; for rows to predict or score, which a listing model can read without
+    titles (blank titles: from the image), never for training rows, where a missing column is a mistake.
     ``labels=False`` reads no attribute columns at all (predicting needs none, and then a stray column
     cannot clash with the names the id, category and text columns get). ``bad_rows``: see :data:`BadRows`.
     """
     path = expand_path(path)
     raw = read_lined_table(path, encoding)
     text_columns = list(dict.fromkeys([*([text_column] if text_column is not None else []), *text_columns]))
+    absent = [c for c in text_columns if c not in raw.columns] if text_optional else []
+    text_note = None
+    if absent:
+        text_columns = [c for c in text_columns if c not in absent]
+        rest = (
+            f"the listing text is read from {text_columns} alone"
+            if text_columns
+            else "every listing is predicted from its image"
+        )
+        text_note = f"{path}: no text column {', '.join(map(repr, absent))}: {rest}"
     named = ((id_column, ID), (category_column, CATEGORY), *((c, TEXT) for c in text_columns))
     for col, what in named:
         if col is not None and col not in raw.columns:
@@ -451,6 +469,8 @@ def read_generic(
     )
     if text_columns:
         frame[TEXT] = join_texts(raw[text_columns])
+    elif absent:
+        frame[TEXT] = ""
     frame, dropped = _finish(frame, categories, min_rows_per_category, str(path))
     lines, frame = _lines_and_frame(frame)
     root = expand_path(image_root) if image_root is not None else path.parent
@@ -464,6 +484,7 @@ def read_generic(
         min_rows_per_category=min_rows_per_category,
         lines=lines,
         rejected=rejected,
+        text_note=text_note,
     )
 
 
@@ -563,6 +584,7 @@ def read_catalog(
     seed: int = 0,
     labels: bool = True,
     bad_rows: BadRows = "raise",
+    text_optional: bool = False,
 ) -> Catalog:
     """``layout``'s reader, then the optional seeded row ``limit`` (for quick runs) and the reviewed
     ``corrections``.
@@ -570,6 +592,7 @@ def read_catalog(
     ``labels=False``: the generic layout reads no attribute columns (see :func:`read_generic`).
     ``bad_rows``: see :data:`BadRows`. The meesho layout takes the dataset folder (its ``train.csv``) or
     one of its CSVs, such as ``test.csv``, whose stem names the split (images under ``test_images/``).
+    ``text_optional``: see :func:`read_generic`.
     """
     common = {
         "remaps": remaps or None,
@@ -592,6 +615,7 @@ def read_catalog(
             image_root=image_root,
             image_template=image_template or "images/{id}.jpg",
             text_columns=text_columns,
+            text_optional=text_optional,
             labels=labels,
             encoding=encoding,
             **common,

@@ -395,14 +395,25 @@ def _trained_attributes(
 
 
 def load_catalog(
-    cfg: CatalogConfig, *, seed: int = 0, labels: bool = True, bad_rows: BadRows = "raise"
+    cfg: CatalogConfig,
+    *,
+    seed: int = 0,
+    labels: bool = True,
+    bad_rows: BadRows = "raise",
+    text_optional: bool = False,
 ) -> Catalog:
     """The ``catalog`` section's file through :func:`~taxonomist.data.catalog.read_catalog`: its layout's
     reader, then the optional seeded row limit (for quick runs) and the reviewed corrections.
 
     ``labels=False``: the generic layout reads no attribute columns. ``bad_rows``: see :data:`BadRows`.
+    ``text_optional``: text columns the file lacks read as blank (rows to predict or score only; see
+    :func:`~taxonomist.data.catalog.read_generic`).
     """
-    return read_catalog(**section_arguments(cfg, read_catalog, seed=seed, labels=labels, bad_rows=bad_rows))
+    return read_catalog(
+        **section_arguments(
+            cfg, read_catalog, seed=seed, labels=labels, bad_rows=bad_rows, text_optional=text_optional
+        )
+    )
 
 
 def catalog_columns(cfg: CatalogConfig) -> tuple[str, str]:
@@ -425,7 +436,8 @@ def load_for_prediction(cfg: CatalogConfig, *, text: bool = False) -> Catalog:
     rows per category, its row limit, per-category remaps, label and text columns. Applied to a file to
     predict they would drop rows silently or fail on columns that file need not have, so only the settings
     that say how to read a row remain. Rows of categories a model does not know are kept: predictors report
-    them as errors. ``text``: keep the text columns (listing heads read them; image-only heads never do).
+    them as errors. ``text``: keep the text columns (listing heads read them; image-only heads never do);
+    a file without them reads as blank titles, said in :attr:`Catalog.text_note`.
     """
     reading = dataclasses.replace(
         without_training_filters(cfg),
@@ -434,7 +446,7 @@ def load_for_prediction(cfg: CatalogConfig, *, text: bool = False) -> Catalog:
         schema=None,
         text_columns=cfg.text_columns if text else [],
     )
-    return load_catalog(reading, labels=False, bad_rows="report")
+    return load_catalog(reading, labels=False, bad_rows="report", text_optional=True)
 
 
 def catalog_titles(cfg: CatalogConfig) -> dict[str, str]:
@@ -467,11 +479,17 @@ def policy_options(policy: MissingLabelConfig) -> dict:
     return {}
 
 
-def prepare_catalog(cfg: RunConfig | VLMConfig, catalog: Catalog | None = None) -> PreparedData:
-    """The data step with a run's settings: its catalog (loaded here unless given), split, policy, schema."""
+def prepare_catalog(
+    cfg: RunConfig | VLMConfig, catalog: Catalog | None = None, *, text_optional: bool = False
+) -> PreparedData:
+    """The data step with a run's settings: its catalog (loaded here unless given), split, policy, schema.
+
+    ``text_optional`` (evaluation, never training): text columns the file lacks read as blank."""
     over_limit: dict[str, int] = {}
     if catalog is None:
-        full = load_catalog(dataclasses.replace(cfg.catalog, limit=None), seed=cfg.train.seed)
+        full = load_catalog(
+            dataclasses.replace(cfg.catalog, limit=None), seed=cfg.train.seed, text_optional=text_optional
+        )
         catalog = full
         limit = cfg.catalog.limit
         if limit is not None and limit < len(full):

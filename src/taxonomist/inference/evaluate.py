@@ -104,6 +104,8 @@ class Evaluation:
     """Labels per "category / attribute" pair the model's schema does not have (a file labels an attribute
     the training rows never gave that category): the metric cannot score them, so they are counted here
     and left out of every table, instead of read as errors."""
+    text_note: str | None = None
+    """Listing heads scored on a file without their text column(s): what the rows were predicted from."""
 
     @property
     def interval_note(self) -> str | None:
@@ -144,7 +146,13 @@ class Evaluation:
     @property
     def notes(self) -> list[str]:
         """What the score leaves out or should be read with, one line each."""
-        notes = (self.errors_note, self.unknown_category_note, self.unscored_note, self.split_note)
+        notes = (
+            self.text_note,
+            self.errors_note,
+            self.unknown_category_note,
+            self.unscored_note,
+            self.split_note,
+        )
         return [n for n in notes if n]
 
     @property
@@ -305,6 +313,7 @@ def evaluate(
         temperatures=dict(predictor.checkpoint.temperatures),
         readable_report=readable_report,
         errors=errors,
+        text_note=source.text_note if predictor.reads_text else None,
         rows_read=len(catalog) + len(unknown_rows) + len(source.rejected),
         split_matches_training=split_matches,
         unscored_labels=unscored_labels(frame, catalog.attributes, schema.categories),
@@ -395,11 +404,15 @@ def _rows_to_score(
 ) -> tuple[Catalog, np.ndarray | None, bool | None]:
     """(rows read, positions of the part to score or None for all, whether that part is the one the
     training run recorded)."""
+    # Scoring reads text columns the file lacks as blank titles (Catalog.text_note says so): an image-only
+    # checkpoint never reads them, and listing heads predict a blank title from the image.
     if split == "all":
-        source = load_catalog(without_training_filters(cfg.catalog), seed=cfg.train.seed, bad_rows="report")
+        source = load_catalog(
+            without_training_filters(cfg.catalog), seed=cfg.train.seed, bad_rows="report", text_optional=True
+        )
         part, split_matches = None, None
     else:
-        data = prepare_catalog(cfg)
+        data = prepare_catalog(cfg, text_optional=True)
         source, part = data.catalog, getattr(data.split, split)
         if not len(part):
             raise CatalogError(
