@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from taxonomist.data.labels import MISSING
+from taxonomist.features.text import LexicalProbe
 from taxonomist.models.text_attributes import UNSEEN_LOG_PROB, TextAttributeClassifier
 from taxonomist.training.self_training import with_text_view
 
@@ -62,3 +64,29 @@ def test_category_is_a_feature() -> None:
     category = np.repeat([0, 1], 20)
     model = TextAttributeClassifier().fit(texts, category, {"kind": category}, {"kind": 2}, n_categories=2)
     assert model.log_probs(["Plain item"] * 2, np.array([0, 1]))["kind"].argmax(1).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("n_titled", [0, 1, 3])
+def test_the_cross_fitted_probe_trains_with_few_or_no_titles(n_titled: int) -> None:
+    """Folds without a titled row (or whose titles share no n-gram) once stopped training with sklearn's
+    "empty vocabulary": such a fold's model reads the category alone."""
+    n = 200
+    rng = np.random.default_rng(0)
+    texts = [""] * n
+    for i in rng.choice(n, n_titled, replace=False):
+        texts[i] = f"Acme Red top {i}"
+    category = np.arange(n) % 2
+    labels = {"color": np.where(category == 0, 0, rng.integers(1, 3, n))}
+    features = LexicalProbe({"color": 3}, 2).fit_transform(texts, category, labels)
+    assert features.shape == (n, 3) and np.isfinite(features).all()
+    np.testing.assert_allclose(features.sum(1), 1.0, atol=1e-5)
+    assert (features[category == 0].argmax(1) == 0).all()  # the category still speaks
+
+
+def test_titles_without_words_leave_the_word_ngrams_out() -> None:
+    texts = ["!!", "?", "", "--"] * 5
+    model = TextAttributeClassifier().fit(
+        texts, np.zeros(20, dtype=np.int64), {"c": np.arange(20) % 2}, {"c": 2}, 1
+    )
+    assert model.words_ is None and model.chars_ is not None
+    assert np.isfinite(model.log_probs(["!!", "new title"], np.zeros(2, dtype=np.int64))["c"]).all()

@@ -10,18 +10,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from taxonomist.data.labels import MISSING
+
+if TYPE_CHECKING:
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
 UNSEEN_LOG_PROB = math.log(1e-4)
 """Log-probability of a value no labeled text had: unlikely, but finite, so calibration and products of
 views stay defined when a held-out row has that value."""
 
 
+MIN_DF_TEXTS = 20
+"""Below this many non-blank vocabulary texts an n-gram need appear in one text only (``min_df=1``), as
+:class:`~taxonomist.features.text.LexicalView` does: with a few titles, ``min_df=2`` prunes every n-gram."""
+
+
 class TextAttributeClassifier:
-    """``fit`` on labeled texts (label codes, ``MISSING`` = none), then ``log_probs`` per attribute."""
+    """``fit`` on labeled texts (label codes, ``MISSING`` = none), then ``log_probs`` per attribute.
+
+    Few or no titles are a case to handle, not an error: the lexical probe is fitted per cross-fitting
+    fold, and a catalog with titles on a few rows leaves folds with none. A vectorizer that finds no
+    n-gram (no non-blank text, or only punctuation) is left out, and the model reads the category alone:
+    every row then gets its category's learned value distribution, what a blank title gets from a model
+    with a vocabulary. Training goes on with text features that say nothing, rather than stopping on sklearn's
+    "empty vocabulary".
+    """
 
     def __init__(self, C: float = 20.0, max_iter: int = 3000) -> None:
         self.C = C
@@ -34,8 +51,8 @@ class TextAttributeClassifier:
             (np.ones(len(category)), (np.arange(len(category)), np.asarray(category))),
             shape=(len(category), self.n_categories_),
         )
-        parts = [self.chars_.transform(texts), self.words_.transform(texts), onehot]
-        return sparse.hstack(parts).tocsr()
+        parts = [v.transform(texts) for v in (self.chars_, self.words_) if v is not None]
+        return sparse.hstack([*parts, onehot]).tocsr()
 
     def fit(
         self,
@@ -54,11 +71,13 @@ class TextAttributeClassifier:
 
         texts = list(texts)
         self.n_categories_ = n_categories
-        self.chars_ = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2)
-        self.words_ = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2))
         vocabulary = list(vocabulary_texts) if vocabulary_texts is not None else texts
-        self.chars_.fit(vocabulary)
-        self.words_.fit(vocabulary)
+        min_df = 2 if sum(bool(t) for t in vocabulary) >= MIN_DF_TEXTS else 1
+        self.chars_ = _fitted(
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=min_df),
+            vocabulary,
+        )
+        self.words_ = _fitted(TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2)), vocabulary)
         x = self._features(texts, category)
         self.n_values_ = dict(n_values)
         self.models_: dict[str, object] = {}
@@ -89,3 +108,14 @@ class TextAttributeClassifier:
                 z[:] = 0.0
             out[attribute] = z
         return out
+
+
+def _fitted(vectorizer: TfidfVectorizer, texts: list[str]) -> TfidfVectorizer | None:
+    """``vectorizer`` fitted on ``texts``; None where they hold no n-gram it keeps (sklearn's "empty
+    vocabulary" / "no terms remain"), so the classifier reads the category alone."""
+    if not any(texts):
+        return None
+    try:
+        return vectorizer.fit(texts)
+    except ValueError:
+        return None
