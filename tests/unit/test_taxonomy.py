@@ -52,6 +52,13 @@ def test_normalize_text() -> None:
     assert normalize_text("  Ｗｏｍｅｎ's\tShoes\n ") == "Women's Shoes"  # full-width folded by NFKC
     assert normalize_text("a\u200b b\x00c") == "a\u200b b c" or normalize_text("a\x00b") == "a b"
     assert normalize_text(None) == "" and normalize_text(float("nan")) == ""
+    # pandas' and numpy's missing values are no title, not the titles "<NA>", "nan" and "NaT".
+    assert [normalize_text(v) for v in (pd.NA, np.float32("nan"), pd.NaT, np.datetime64("NaT"))] == [""] * 4
+    assert normalize_text(pd.Series(["Red top", None], dtype="string").tolist()[1]) == ""
+    assert normalize_text(b" Red\ttop ") == "Red top" and normalize_text("café".encode()) == "café"
+    with pytest.raises(ValueError, match="must be UTF-8"):
+        normalize_text("café".encode("latin-1"))
+    assert normalize_text(0) == "0" and normalize_text(np.float64(1.5)) == "1.5"
     assert normalize_brand(" FabHomeDecor ") == normalize_brand("fabhomedecor")
 
 

@@ -41,13 +41,30 @@ def normalize_text(text: object) -> str:
 
     NFKC folds full-width and compatibility characters that scraped catalogs mix in, so the same title
     embeds (and caches) the same way whichever way it was typed.
+
+    Any scalar missing value (None, NaN of any float type, ``pd.NA``, ``NaT``: what a "string" column's
+    ``tolist()`` holds) is "", never the text "<NA>" or "nan", which would read as a title. Bytes are
+    decoded as UTF-8, not written as "b'...'"; other bytes raise ValueError rather than embed mojibake.
     """
-    if text is None or (isinstance(text, float) and np.isnan(text)):
-        return ""
+    if not isinstance(text, str):
+        if isinstance(text, bytes | bytearray):
+            text = _decoded(bytes(text))
+        elif text is None or (pd.api.types.is_scalar(text) and pd.isna(text)):
+            return ""
     text = unicodedata.normalize("NFKC", str(text))
     if not text.isprintable():  # rare: the per-character scan below is the slow part of prediction
         text = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in text)
     return _SPACE.sub(" ", text).strip()
+
+
+def _decoded(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"a text given as bytes must be UTF-8: {data[:40]!r} is not ({err.reason} at byte {err.start}); "
+            "decode it to str first"
+        ) from None
 
 
 def normalize_brand(brand: object) -> str:
