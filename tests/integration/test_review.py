@@ -363,3 +363,42 @@ def test_item_shows_top_values_title_and_other_attributes(
     # The catalog's own column names, so the export reads with the same catalog settings.
     assert list(exported.columns) == ["sku", "type", "color", "fit", "image_path"]
     assert exported.loc[0, "image_path"].endswith(f"images/{item['id']}.jpg")
+
+
+def test_a_shared_database_exports_only_this_review_s_decisions(
+    inputs: ReviewInputs, database_url: str, tmp_path: Path
+) -> None:
+    """Regression: with one database for the reviews of two runs (``review.db`` in the working folder by
+    default), a page's export held the other run's decisions, which ``train --corrections`` then added as
+    rows with another product's image or none."""
+    other = pd.read_csv(inputs.predictions / "predictions_long.csv", dtype=str).assign(id=lambda f: "other-" + f["id"])
+    other_path = tmp_path / "other" / "predictions_long.csv"
+    other_path.parent.mkdir()
+    other.to_csv(other_path, index=False)
+    apps = {
+        name: create_review_app(
+            path, inputs.catalog.parent, schema=inputs.checkpoint, database_url=database_url
+        )
+        for name, path in (("this", inputs.predictions), ("other", other_path))
+    }
+    with TestClient(apps["other"]) as client:
+        item = page(client, limit=1)["items"][0]
+        decide(client, item["id"], item["attribute"])
+    with TestClient(apps["this"]) as client:
+        assert client.get("/api/meta").json()["reviewed"] == 0
+        exported = pd.read_csv(io.StringIO(client.get("/api/export.csv").text), dtype=str)
+    assert exported.empty
+    assert export_training_rows(database_url, tmp_path / "all.csv") == 1  # the store's own export: all
+
+
+def test_repeated_id_attribute_rows_are_refused_by_name(inputs: ReviewInputs, tmp_path: Path) -> None:
+    """Regression: a file repeating an (id, attribute) row (joined from two runs) served pages whose
+    "pending" and "reviewed" filters failed with a 500; a decision could only reach one of the rows."""
+    rows = pd.read_csv(inputs.predictions / "predictions_long.csv", dtype=str)
+    path = tmp_path / "joined.csv"
+    pd.concat([rows, rows.head(2)]).to_csv(path, index=False)
+    first = rows.iloc[0]
+    with pytest.raises(
+        ValueError, match=r"4 rows repeat an \(id, attribute\) pair, e.g. \[\('" + first["id"]
+    ):
+        create_review_app(path, inputs.catalog.parent, schema=inputs.checkpoint, database_url="sqlite://")

@@ -117,6 +117,14 @@ def load_predictions(path: str | os.PathLike) -> pd.DataFrame:
         )
     # ``top``: the model's best values as JSON (predictions of older versions lack it).
     top = frame["top"] if "top" in frame.columns else pd.Series(None, index=frame.index, dtype=object)
+    repeated = frame.duplicated([ID, "attribute"], keep=False)
+    if repeated.any():  # a decision is keyed by (id, attribute): it could not tell such rows apart
+        examples = frame.loc[repeated, [ID, "attribute"]].drop_duplicates().head(3)
+        raise ValueError(
+            f"{path}: {int(repeated.sum())} rows repeat an (id, attribute) pair, e.g. "
+            f"{list(examples.itertuples(index=False, name=None))}; review needs one prediction per id and "
+            "attribute (a file joined from several predict runs? keep one row of each)"
+        )
     frame = frame[_COLUMNS].astype({"confidence": float})
     frame["value"] = frame["value"].astype(object).where(frame["value"].notna(), None)
     frame["top"] = [
@@ -377,7 +385,9 @@ class _Review:
         """Decisions as training rows for ``taxonomist train`` (or its ``--corrections``): the catalog's id
         and category columns, one column per attribute (empty where not reviewed) and, where images are
         known, ``image_path``."""
-        rows = self.store.training_frame(self.attributes, include_accepted=include_accepted)
+        rows = self.store.training_frame(
+            self.attributes, include_accepted=include_accepted, keys=self.position
+        )
         if self.locate is not None:
             rows[IMAGE_PATH] = [self.image_path(i) for i in rows[ID]]
         csv = rows.rename(columns=dict(zip((ID, CATEGORY), self.columns, strict=True))).to_csv(index=False)

@@ -8,7 +8,7 @@ and corrected rows can be told apart and audited without the predictions file.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
 from taxonomist.data.catalog import CATEGORY, ID
+from taxonomist.io import atomic_write_frame
 
 DEFAULT_DATABASE_URL = "sqlite:///review.db"
 ACCEPT = "accept"
@@ -115,16 +116,26 @@ class ReviewStore:
             return {(r.item_id, r.attribute): _public(r) for r in rows}
 
     def training_frame(
-        self, attributes: Iterable[str] = (), *, include_accepted: bool = True
+        self,
+        attributes: Iterable[str] = (),
+        *,
+        include_accepted: bool = True,
+        keys: Container[tuple[str, str]] | None = None,
     ) -> pd.DataFrame:
         """Generic catalog layout: id, category, one column per attribute (empty = not reviewed).
 
         ``attributes`` are the model's (its schema's or predictions'): each gets a column even before
         anyone reviewed it, so a partial review still loads with the training config's attribute list.
         Accepted predictions are confirmed labels too, so they are exported unless ``include_accepted``
-        is false (then only corrections, the rows the model got wrong).
+        is false (then only corrections, the rows the model got wrong). ``keys``: only the decisions on
+        these (id, attribute) pairs (a review page's predictions: a database shared by the reviews of
+        several runs holds the others' too), or every decision (None).
         """
-        decisions = [d for d in self.decisions().values() if include_accepted or d.action == CORRECT]
+        decisions = [
+            d
+            for key, d in self.decisions().items()
+            if (include_accepted or d.action == CORRECT) and (keys is None or key in keys)
+        ]
         columns = sorted({*attributes, *(d.attribute for d in decisions)})
         rows: dict[str, dict[str, str]] = {}
         for d in decisions:
@@ -163,7 +174,6 @@ def export_training_rows(
         frame = store.training_frame(attributes, include_accepted=include_accepted)
     finally:
         store.close()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out_path, index=False)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_frame(frame, out_path)
     return len(frame)
