@@ -410,3 +410,24 @@ def test_docs_pages_load_nothing_from_the_network(client: TestClient) -> None:
             assert not source.startswith("http"), source
             response = client.get(source)
             assert response.status_code == 200 and len(response.content) > 10_000, source
+
+
+def test_an_image_sent_as_a_text_field_is_named_and_not_echoed(client: TestClient, images: Path) -> None:
+    """Regression: ``curl -F 'image=<shirt.jpg'`` (a text part, not a file) got pydantic's "Expected
+    UploadFile" and the whole upload back as escaped text, about twice its size."""
+    body = (next(images.glob("*.jpg"))).read_bytes().decode("latin-1")
+    response = client.post("/v1/predict", data={"image": body, "category": "Tops"})
+    assert response.status_code == 422
+    assert len(response.content) < 1000
+    [error] = response.json()["detail"]
+    assert error["msg"] == "image must be a file upload (curl -F image=@photo.jpg), not a text field"
+    assert_healthy(client, images)
+
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_a_non_finite_upload_limit_is_one_line(checkpoint: Path, value: str) -> None:
+    """Regression: ``--max-upload-mb inf`` crashed with an OverflowError traceback."""
+    app = typer.Typer()
+    app.command()(serve)
+    result = runner.invoke(app, [str(checkpoint), "--max-upload-mb", value], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "--max-upload-mb must be a finite number of MiB" in result.output

@@ -3,6 +3,7 @@ process; run more replicas behind a load balancer to scale out)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -64,6 +65,8 @@ def serve(
             f"serving needs extra packages ({err.name}): pip install 'taxonomist[serve]'"
         ) from err
 
+    if not math.isfinite(max_upload_mb):  # int() of inf/nan would fail with a traceback below
+        raise typer.BadParameter(f"--max-upload-mb must be a finite number of MiB, got {max_upload_mb}")
     try:
         app = create_app(
             checkpoint,

@@ -23,7 +23,9 @@ from typing import Annotated, Any
 
 from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
@@ -181,12 +183,26 @@ def create_app(
     return app
 
 
+async def _validation_error_without_input(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 less each error's ``input``: an image sent as a text field (``curl -F 'image=<f.jpg'``
+    instead of ``@``) came back whole as escaped text, twice the upload's size, under a pydantic message."""
+    errors = []
+    for error in exc.errors():
+        error = {k: v for k, v in error.items() if k not in ("input", "ctx", "url")}
+        if "Expected UploadFile" in str(error.get("msg", "")):
+            field = next((str(x) for x in error.get("loc", ()) if x not in ("body",)), "image")
+            error["msg"] = f"{field} must be a file upload (curl -F {field}=@photo.jpg), not a text field"
+        errors.append(error)
+    return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+
+
 def _add_routes(app: FastAPI, service: _Service) -> None:
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
         return RedirectResponse("docs")
 
     app.exception_handler(StarletteHTTPException)(service.form_limit_is_413)
+    app.exception_handler(RequestValidationError)(_validation_error_without_input)
     app.post(
         "/v1/predict",
         response_model=PredictResponse,
