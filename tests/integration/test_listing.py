@@ -521,3 +521,9 @@ def test_any_sentence_transformers_folder_as_the_text_encoder(tmp_path) -> None:
         assert fast.attributes[attribute].confidence == pytest.approx(value.confidence, abs=1e-3)
     out = invoke("evaluate", str(tmp_path / "ckpt"), "--output", str(tmp_path / "eval"), "-q")
     assert "text, every image missing" in out
+    # Regression: the checkpoint held the encoder's path alone, so it broke once that folder moved.
+    encoder.rename(tmp_path / "moved")
+    (again,) = Predictor.from_pretrained(tmp_path / "ckpt").predict([image], ["Tops"], texts=["Acme Red top"])
+    assert {a: v.value for a, v in again.attributes.items()} == {
+        a: v.value for a, v in fast.attributes.items()
+    }

@@ -30,6 +30,8 @@ from taxonomist.models.text_attributes import TextAttributeClassifier
 
 LEXICAL_FILE = "lexical.skops"
 PROBE_FILE = "lexical_probe.skops"
+ENCODER_COPY = "text_encoder"
+"""A listing checkpoint's copy of a text encoder that was loaded from a local folder."""
 TRUSTED_TYPES = [
     "sklearn.feature_extraction.text.TfidfVectorizer",
     "sklearn.feature_extraction.text.TfidfTransformer",
@@ -276,8 +278,12 @@ class ListingText:
         return self.encoder.dim if self.probe is not None else None
 
     def save(self, directory: str | os.PathLike) -> None:
-        """The fitted lexical view and probe, beside the heads (the encoder is recorded by name and
-        fingerprint in the checkpoint, not copied)."""
+        """The fitted lexical view and probe, beside the heads. The encoder is recorded by name and
+        fingerprint in the checkpoint; one loaded from a local folder is copied in as well
+        (:data:`ENCODER_COPY`), since that folder may move or be gone where the checkpoint is used. Hub
+        ids and the offline MiniLM package load as they did in training."""
+        if Path(self.encoder.name).is_dir():
+            self.encoder.model.save(str(Path(directory) / ENCODER_COPY))
         if self.lexical is not None:
             self.lexical.save(directory)
         if self.probe is not None:
@@ -308,8 +314,10 @@ def load_listing_text(
     its lexical view and probe. ``checkpoint``: the loaded ``HeadsCheckpoint``. ``runtime``: where the
     encoder runs (fp32 only: the heads were fitted on fp32 embeddings)."""
     record = checkpoint.text
+    copy = Path(directory) / ENCODER_COPY
     encoder = TextEncoder(
         record["encoder"],
+        path=copy if copy.is_dir() else None,
         max_length=record["max_length"],
         batch_size=record["batch_size"],
         device=str(device),

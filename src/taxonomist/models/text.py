@@ -80,14 +80,17 @@ class TextEncoder:
         runtime: str = "torch",
         precision: str = "fp32",
         export_root: str | os.PathLike | None = None,
+        path: str | os.PathLike | None = None,
     ) -> None:
+        """``path``: a folder to load the weights from instead of ``name`` (a checkpoint's copy of a
+        local encoder); ``name`` stays the model's identity in its fingerprint."""
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as err:  # pragma: no cover - depends on the install
             raise ImportError("text models need the [text] extra: pip install 'taxonomist[text]'") from err
         self.name = name
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = SentenceTransformer(resolve_text_model(name), device=self.device)
+        self.model = SentenceTransformer(str(path or resolve_text_model(name)), device=self.device)
         self.model.max_seq_length = max_length
         self.max_length = max_length
         self.batch_size = batch_size
