@@ -114,6 +114,20 @@ def test_null_like_tokens_and_case_variants_are_flagged(tmp_path: Path) -> None:
     assert {("case_or_whitespace_variant", "BLACK"), ("case_or_whitespace_variant", " Black ")} <= flagged
 
 
+def test_category_whitespace_folds_and_case_variants_are_flagged(tmp_path: Path) -> None:
+    """Regression: "Tops", "Tops " and "tops" became three categories, each with a third of the rows,
+    and the data report said nothing (it flagged such variants in label values only)."""
+    rows = tops(30)
+    for i, spelling in enumerate(["Tops ", " Tops", "Tops\t", "tops", "tops"]):
+        rows[i]["type"] = spelling
+    cfg = load_config(config(tmp_path, write_catalog(tmp_path, rows)))
+    data = prepare_catalog(cfg)
+    assert data.catalog.frame["category"].value_counts().to_dict() == {"Tops": 28, "tops": 2}
+    [flag] = [r for r in data.report.to_dict()["suspicious_labels"] if r["attribute"] == "category"]
+    assert (flag["kind"], flag["value"], flag["rows"]) == ("case_or_whitespace_variant", "tops", 2)
+    assert "case variant of 'Tops'" in flag["action"]
+
+
 def test_null_like_tokens_and_variants_are_cleaned_when_asked(tmp_path: Path) -> None:
     rows = tops(30)
     for i, value in enumerate(["nan", "None", "N/A", "BLACK", " Black "]):

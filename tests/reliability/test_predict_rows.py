@@ -261,3 +261,17 @@ def test_ray_engine_lists_set_aside_rows_with_lines_too(cli, tiny: Tiny, tmp_pat
         ["no-such-image", "4", "missing"],
         [rows.at[0, "sku"], "7", "duplicate-id"],
     ]
+
+
+def test_a_category_in_another_case_is_named_with_its_match(cli, tiny: Tiny, tmp_path: Path) -> None:
+    """Categories match exactly, but surrounding whitespace folds and a case slip gets a hint."""
+    rows = tiny.rows(4)[["sku", "type"]]
+    known = rows.loc[0, "type"]
+    rows.loc[0, "type"] = f" {known}  "  # line 2: predicted
+    rows.loc[1, "type"] = known.upper()  # line 3: an error naming the match
+    data = write_rows(tmp_path / "rows.csv", rows)
+    code, _, err = _predict(cli, tiny, data, tmp_path / "out")
+    assert code == 0, err
+    assert predicted_ids(tmp_path / "out") == rows["sku"].drop(index=1).tolist()
+    [detail] = read_errors(tmp_path / "out")["detail"]
+    assert detail.endswith(f"; did you mean {known!r}?")

@@ -461,6 +461,8 @@ def read_generic(
                 f"{path}: an attribute column is named {name!r}, the name the {name} column {col!r} gets; "
                 f"rename it or {fix}"
             )
+    # "Tops " and "Tops" from an export are one category (the same rule as titles: whitespace runs fold).
+    raw[category_column] = [" ".join(c.split()) if isinstance(c, str) else c for c in raw[category_column]]
     if remaps:
         apply_remaps(raw, remaps, category_column)
     raw, rejected = set_aside_bad_rows(raw, id_column, category_column, str(path), bad_rows, image_template)

@@ -189,6 +189,8 @@ def clean_labels(
     out = frame.copy()
     found: list[dict[str, Any]] = []
     masked: dict[str, int] = {}
+    if CATEGORY in out.columns:
+        found.extend(_category_variants(out[CATEGORY]))
     for attribute in attributes:
         if attribute not in out.columns:
             continue
@@ -232,6 +234,19 @@ def clean_labels(
                 action = f"kept; longer than catalog.max_label_length={max_length}"
                 found.append(_record("over_long", attribute, shown, real[value], action))
     return out, found, masked
+
+
+def _category_variants(categories: pd.Series) -> list[dict[str, Any]]:
+    """Categories that differ only in case ("Tops", "tops"): flagged, never merged, since categories
+    are matched exactly (whitespace is folded when the catalog is read)."""
+    counts = categories.astype(str).value_counts()
+    found = []
+    for _, group in counts.groupby([c.casefold() for c in counts.index], sort=True):
+        canonical = sorted(group.index, key=lambda v: (-group[v], v))[0]
+        for variant in group.index.drop(canonical):
+            action = f"case variant of {canonical!r}: trained and predicted as a category of its own"
+            found.append(_record("case_or_whitespace_variant", CATEGORY, variant, group[variant], action))
+    return found
 
 
 def _record(kind: str, attribute: str, value: str, rows: int, action: str) -> dict[str, Any]:

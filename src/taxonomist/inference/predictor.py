@@ -453,6 +453,8 @@ class Predictor:
                 rows.append(r)
             else:  # reported and skipped, like a bad image
                 detail = f"category {category!r} is not one of this model's {self.categories}"
+                near = [c for c in self.categories if c.casefold() == str(category).casefold()]
+                detail += f"; did you mean {near[0]!r}?" if near else ""
                 errors.append(ImageError(ids[r], str(paths[r]), "unknown-category", detail))
         result = embed_images(
             [ids[r] for r in rows],
