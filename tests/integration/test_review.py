@@ -371,7 +371,8 @@ def test_a_shared_database_exports_only_this_review_s_decisions(
     """Regression: with one database for the reviews of two runs (``review.db`` in the working folder by
     default), a page's export held the other run's decisions, which ``train --corrections`` then added as
     rows with another product's image or none."""
-    other = pd.read_csv(inputs.predictions / "predictions_long.csv", dtype=str).assign(id=lambda f: "other-" + f["id"])
+    other = pd.read_csv(inputs.predictions / "predictions_long.csv", dtype=str)
+    other["id"] = "other-" + other["id"]
     other_path = tmp_path / "other" / "predictions_long.csv"
     other_path.parent.mkdir()
     other.to_csv(other_path, index=False)
