@@ -173,3 +173,24 @@ def test_figures_draw_dollar_values_as_text(values: list[str]) -> None:
     assert confusion_png("price [$]", truth, predicted).startswith(b"\x89PNG")
     counts = pd.DataFrame({"attribute": "price", "value": values, "count": [5, 3, 1][: len(values)]})
     assert class_counts_png("$ deals", ["price"], counts, {"price": 0.0}, 9).startswith(b"\x89PNG")
+
+
+def test_interval_note_warns_when_a_category_has_too_few_rows_to_resample() -> None:
+    """A category's rows are resampled within it, so one with a single row never varies: the interval
+    then looks far tighter than its pairs' coin flips are."""
+    from taxonomist.metrics.bootstrap import bootstrap_scores
+
+    truth = pd.DataFrame(
+        {"id": [str(i) for i in range(12)], "category": ["shirts"] * 10 + ["hats", "socks"], "color": "red"}
+    )
+    predicted = truth.assign(color=["red", "blue"] * 5 + ["red", "blue"])
+    mapping = {"shirts": ["color"], "hats": ["color"], "socks": ["color"]}
+    interval = bootstrap_scores(truth, {"m": predicted}, mapping, resamples=50).interval("m")
+    evaluation = Evaluation(attribute_score(truth, predicted, mapping), interval=interval)
+    assert evaluation.interval_note.endswith(
+        "; categories with fewer than 5 rows (hats: 1, socks: 1) keep nearly the same rows in every "
+        "resample, so the interval understates how much their pairs could move"
+    )
+    big = truth.assign(category="shirts")
+    evaluation = Evaluation(attribute_score(big, predicted, {"shirts": ["color"]}), interval=interval)
+    assert evaluation.interval_note.endswith("within each category")

@@ -53,6 +53,8 @@ INPUT_VIEWS = {
     "text_probe": "text only: the lexical probe",
 }
 """Listing heads' rows scored four ways (``Evaluation.inputs``): what each input adds, on the same rows."""
+FEW_ROWS = 5
+"""Below this many scored rows a category's resamples hardly differ (one row: never)."""
 ROW_COLUMNS = [ID, CATEGORY, "attribute", "label", "predicted", "confidence", "confidence_before", "correct"]
 """``Evaluation.rows``: one row per labelled (item, attribute); ``path`` and ``title`` follow where known."""
 
@@ -111,10 +113,19 @@ class Evaluation:
     def interval_note(self) -> str | None:
         if self.interval is None:
             return None
-        return (
+        note = (
             f"Score {self.interval} by a bootstrap of {self.interval.resamples} resamples of the scored rows "
             "within each category"
         )
+        per_category = self.report.per_category
+        tiny = per_category[per_category["n_rows"] < FEW_ROWS]
+        if len(tiny):  # resampled within themselves, their few rows barely vary: the interval is too narrow
+            counts = describe_counts(dict(zip(tiny["category"], tiny["n_rows"], strict=True)))
+            note += (
+                f"; categories with fewer than {FEW_ROWS} rows ({counts}) keep nearly the same rows in every "
+                "resample, so the interval understates how much their pairs could move"
+            )
+        return note
 
     @property
     def split_note(self) -> str | None:
