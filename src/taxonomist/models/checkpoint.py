@@ -129,9 +129,15 @@ class HeadsCheckpoint:
         model: AttributeHeads | HeadsEnsemble | ListingHeads,
         backbone_state: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """``backbone_state``: weights that cannot be rebuilt from ``backbone.name`` (random init, tuned)."""
+        """``backbone_state``: weights that cannot be rebuilt from ``backbone.name`` (random init, tuned).
+
+        Saving over an earlier checkpoint: its description goes first and comes back last, so a crash in
+        between leaves a folder that does not load (rather than new weights beside the old temperatures
+        and corrections), and a backbone file this model does not have is removed, not loaded with it.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        (directory / META_FILE).unlink(missing_ok=True)
         meta = {
             "format_version": FORMAT_VERSION,
             "kind": "attribute-heads",
@@ -159,6 +165,8 @@ class HeadsCheckpoint:
         if backbone_state is not None:
             tensors = {k: v.detach().contiguous() for k, v in backbone_state.items()}
             atomic_write(directory / BACKBONE_FILE, lambda p: save_file(tensors, str(p)))
+        else:
+            (directory / BACKBONE_FILE).unlink(missing_ok=True)
         self.schema.save(directory / SCHEMA_FILE)
         atomic_write(
             directory / META_FILE, lambda p: p.write_text(json.dumps(meta, indent=1), encoding="utf-8")
@@ -172,7 +180,9 @@ class HeadsCheckpoint:
         directory = Path(directory)
         meta_path = directory / META_FILE
         if not meta_path.is_file():
-            raise CheckpointError(f"{directory}: not a taxonomist checkpoint (no {META_FILE})")
+            unfinished = (directory / WEIGHTS_FILE).is_file()
+            why = "its save did not finish: train again" if unfinished else "not a taxonomist checkpoint"
+            raise CheckpointError(f"{directory}: {why} (no {META_FILE})")
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
