@@ -13,6 +13,7 @@ pytest.importorskip("xgrammar")
 
 
 from taxonomist.data.chat import validate_llamafactory
+from taxonomist.inference.vlm import VLMPredictor
 from taxonomist.models.vlm import read_metadata
 from tests.conftest import require_dataset, solid_colour_images
 
@@ -64,7 +65,9 @@ generate:
     return config
 
 
-def test_random_model_train_evaluate_predict(config: Path, tmp_path: Path) -> None:
+def test_random_model_train_evaluate_predict(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     model = tmp_path / "random"
     invoke("vlm", "random-model", "-c", str(config), "-o", str(model))
     invoke("vlm", "export", "-c", str(config), "-o", str(tmp_path / "lf"))
@@ -89,7 +92,18 @@ def test_random_model_train_evaluate_predict(config: Path, tmp_path: Path) -> No
     assert "reliability.png" in (tmp_path / "eval" / "report.html").read_text()
 
     out = tmp_path / "pred"
+    # Regression: predict read the catalog without its text column, so listings were asked untitled.
+    asked = []
+    predict_file = VLMPredictor.predict_file
+
+    def spy(self, *args, titles=None, **kwargs):
+        asked.append(titles)
+        return predict_file(self, *args, titles=titles, **kwargs)
+
+    monkeypatch.setattr(VLMPredictor, "predict_file", spy)
     invoke("predict", str(run), "-o", str(out), "-q")
+    catalog_titles = pd.read_csv(config.parent / "catalog.csv", keep_default_na=False)["title"]
+    assert asked == [catalog_titles.tolist()]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rows"] == 12 and summary["errors"] == 1
     long = pd.read_csv(out / "predictions_long.csv")

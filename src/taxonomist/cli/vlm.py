@@ -160,10 +160,13 @@ def predict(
     from taxonomist.models.build import build_decoding
 
     cfg = model_config(model_dir, config, overrides, **{"catalog.path": data, "catalog.image_root": images})
-    catalog = load_for_prediction(cfg.catalog)
     predictor = VLMPredictor.from_pretrained(model_dir, decoding=build_decoding(cfg.generate))
+    asks_title = predictor.task == "attributes" and bool(predictor.prompts.title)
+    catalog = load_for_prediction(cfg.catalog, text=asks_title)  # asked as the model was trained
+    if catalog.text_note:
+        console.print(f"note: {catalog.text_note}", style="yellow", markup=False, soft_wrap=True)
     categories = catalog.frame[CATEGORY].astype(str).tolist() if predictor.task == "attributes" else None
-    titled = predictor.task == "attributes" and predictor.prompts.title and TEXT in catalog.frame.columns
+    titled = asks_title and TEXT in catalog.frame.columns
     summary = predictor.predict_file(
         catalog.frame[ID].astype(str).tolist(),
         catalog.image_paths(),
