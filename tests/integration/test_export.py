@@ -81,6 +81,45 @@ def test_int8_is_calibrated_and_checked(run: Path) -> None:
     assert manifest["feature_key"].split("-")[1:3] == ["onnxruntime", "int8"]
 
 
+def test_export_checks_an_export_it_did_not_check_itself(run: Path, tmp_path: Path) -> None:
+    """Regression: export returned any existing export of the checkpoint as it was: one built unchecked
+    on a predictor's first load, or int8 calibrated on other rows or checked at a looser tolerance."""
+    import shutil
+
+    own = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns(EXPORTS_DIR))
+    Predictor.from_pretrained(own, runtime="onnxruntime")  # exported on first load, no parity check
+    manifest = own / EXPORTS_DIR / "onnxruntime-fp32" / MANIFEST
+    assert "parity" not in json.loads(manifest.read_text())
+    invoke("export", str(own), "--runtime", "onnxruntime", "--parity-rows", "20", "-q")
+    assert json.loads(manifest.read_text())["parity"]["passed"]
+    int8 = [
+        "export",
+        str(own),
+        "--runtime",
+        "onnxruntime",
+        "--precision",
+        "int8",
+        "--parity-rows",
+        "20",
+        "-q",
+    ]
+    invoke(*int8, "--calibrate", "8", "--tolerance", "1")
+    invoke(*int8, "--calibrate", "16", "--tolerance", "1")
+    int8_manifest = json.loads((own / EXPORTS_DIR / "onnxruntime-int8" / MANIFEST).read_text())
+    assert int8_manifest["calibration_rows"] == 16
+
+
+def test_a_run_fitted_on_bf16_exports_against_torch_fp32(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """Regression: export and bench loaded the torch reference at the heads' own bf16, which torch does
+    not run here: "runtime torch does not run bf16", a runtime nobody asked for."""
+    _, config = tiny_run
+    ckpt = tmp_path / "bf16"
+    bf16 = ["--set", "embed.runtime=openvino", "--set", "embed.precision=bf16", "--set", "train.epochs=2"]
+    invoke("train", "-c", str(config), "-o", str(ckpt), "-q", *bf16)
+    invoke("export", str(ckpt), "--runtime", "openvino", "--precision", "bf16", "--parity-rows", "20", "-q")
+    assert json.loads((ckpt / EXPORTS_DIR / "openvino-bf16" / MANIFEST).read_text())["parity"]["passed"]
+
+
 def test_export_above_tolerance_is_refused(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     real = export_module.parity
 

@@ -501,7 +501,7 @@ def bench(
     from taxonomist.inference.predictor import ImagesToLogits, Predictor
 
     # torch: FLOPs and parameter counts are read off the torch modules.
-    predictor = Predictor.from_pretrained(checkpoint, runtime="torch")
+    predictor = Predictor.from_pretrained(checkpoint, runtime="torch", precision="fp32")
     try:
         model = ImagesToLogits(predictor, title_tokens=title_tokens)
     except ValueError as err:

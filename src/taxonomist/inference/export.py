@@ -193,6 +193,20 @@ def calibration_batches(predictor: Predictor, paths: list[str], seed: int) -> li
     return [stacked[i : i + _CALIBRATION_BATCH] for i in range(0, len(stacked), _CALIBRATION_BATCH)]
 
 
+def _answers(
+    manifest: dict[str, Any], calibration_rows: int | None, parity_rows: int, tolerance: float
+) -> bool:
+    """Whether an existing export is the one asked for: int8 calibrated on as many rows, and (unless the
+    check is skipped) checked against torch within ``tolerance``. An export ``predict`` or ``serve`` built
+    on first load has no check; one checked at a looser tolerance does not pass a tighter one."""
+    if calibration_rows is not None and manifest.get("calibration_rows") != calibration_rows:
+        return False
+    if parity_rows <= 0:
+        return True
+    checked = manifest.get("parity")
+    return checked is not None and checked["tolerance"] <= tolerance
+
+
 def export_run(
     run_dir: str | os.PathLike,
     cfg: RunConfig,
@@ -219,12 +233,17 @@ def export_run(
         raise ValueError(
             "int8 needs calibration images from your training rows: pass --calibrate N (e.g. 256)"
         )
-    reference = Predictor.from_pretrained(run_dir, device="cpu", runtime="torch")
+    # The reference is torch fp32 whatever numerics the heads were fitted on (a bf16 run included).
+    reference = Predictor.from_pretrained(run_dir, device="cpu", runtime="torch", precision="fp32")
     root = rt.exports_root(run_dir, default_cache_dir() / "exports" / reference.version)
     folder = root / f"{resolved}-{precision}"
     manifest = None if force else rt.read_manifest(folder)
     current = (reference.backbone.fingerprint(), reference.version)
-    if manifest is not None and (manifest.get("fingerprint"), manifest.get("checkpoint")) == current:
+    if (
+        manifest is not None
+        and (manifest.get("fingerprint"), manifest.get("checkpoint")) == current
+        and _answers(manifest, calibration_rows if precision == "int8" else None, parity_rows, tolerance)
+    ):
         return folder, manifest
     # Calibration images from the training part, parity on the dev part: the run's own split.
     data = prepare_catalog(cfg)
