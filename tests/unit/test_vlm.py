@@ -144,10 +144,29 @@ def test_value_confidence_is_the_product_of_the_value_tokens_probabilities(model
     starts = [0, *ends[:-1]]
     lo, hi = spans["colour"]
     expected = math.prod(
-        float(torch.exp(logprobs[t])) for t in range(len(ids)) if starts[t] < hi and ends[t] > lo
+        float(torch.exp(logprobs[t])) for t in range(len(ids)) if starts[t] <= hi and ends[t] > lo
     )
     assert conf["colour"] == pytest.approx(expected)
     assert 0 < conf["neck"] <= 1
+
+
+def test_a_value_that_is_a_prefix_of_another_gets_its_own_probability(model_dir):
+    """Regression: the token closing a value was left out, and it is where "navy" and "navy blue" part,
+    so "navy" got P(navy) + P(navy blue): here 1.0 and 0.7 for two exclusive answers of 0.3 and 0.7."""
+    tokenizer = build_vlm(VLMModelConfig(name=str(model_dir))).tokenizer
+    confidences = {}
+    for value in ("navy", "navy blue"):
+        text = json.dumps({"colour": value})
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        pieces = [tokenizer.decode([i]) for i in ids]
+        after_navy = {'"': 0.3, " blue": 0.7}  # the model's split after "navy"; every other step is sure
+        probs = [
+            after_navy.get(p, 1.0) if k and pieces[k - 1] == "navy" else 1.0 for k, p in enumerate(pieces)
+        ]
+        assert "navy" in pieces  # the tokenizer writes the shared prefix as one token
+        logprobs = torch.log(torch.tensor(probs))
+        confidences[value] = value_confidences(text, {"colour": value}, ids, logprobs, tokenizer)["colour"]
+    assert confidences == pytest.approx({"navy": 0.3, "navy blue": 0.7})
 
 
 def test_constrained_outputs_are_always_valid_greedy_and_sampled(predictor, images):

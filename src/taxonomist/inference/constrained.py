@@ -171,12 +171,14 @@ def value_confidences(
     token_logprobs: torch.Tensor,
     tokenizer: Any,
 ) -> dict[str, float]:
-    """exp(sum of log-probs of the tokens that write each value): its probability under the (masked)
-    distribution the tokens were drawn from, given the text before it."""
+    """exp(sum of log-probs of the tokens that write each value and the one that closes it): its
+    probability under the (masked) distribution the tokens were drawn from, given the text before it.
+    The closing token counts because that is where "Grey" and "Grey Melange" part: without it the
+    shorter value would get the probability of both. Structure after it is forced by the grammar."""
     ends = token_char_ends(tokenizer, token_ids)
     starts = [0, *ends[:-1]]
     out = {}
     for attribute, (lo, hi) in value_spans(text, values).items():
-        picked = [t for t, (s, e) in enumerate(zip(starts, ends, strict=True)) if s < hi and e > lo]
+        picked = [t for t, (s, e) in enumerate(zip(starts, ends, strict=True)) if s <= hi and e > lo]
         out[attribute] = float(torch.exp(token_logprobs[picked].sum())) if picked else 0.0
     return out
