@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from taxonomist.cli.main import app
 from taxonomist.config import load_config
+from taxonomist.io import ResumeError
 from taxonomist.training.finetune import FinetuneModel, build_heads, phase_two
 
 from .conftest import listing_config, make_catalog, tiny_config
@@ -59,6 +60,9 @@ def test_finetune_trains_resumes_predicts_and_benches(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["resumed_from_epoch"] == 1 and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    # Regression: a rerun with other settings took the saved epochs as its own and trained nothing.
+    result = _train(config, out, "finetune.epochs=3", "finetune.backbone_lr=0.01")
+    assert isinstance(result.exception, ResumeError) and "other settings" in str(result.exception)
     # Phase 2 keeps a head only if its attribute did not get worse.
     for attribute, kept in metrics["phase2_kept"].items():
         if kept:

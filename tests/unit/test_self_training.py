@@ -183,6 +183,11 @@ def test_rounds_write_artifacts_and_a_rerun_resumes_after_the_last_finished_roun
     cfg.self_training.threshold = 0.99
     with pytest.raises(ResumeError):
         self_train(cfg, out, progress=False)
+    # Regression: the text and embed settings were left out, so rounds of another title model resumed.
+    cfg.self_training.threshold = 0.6
+    cfg.text.fusion = "gated"
+    with pytest.raises(ResumeError):
+        self_train(cfg, out, progress=False)
 
 
 def test_title_view_teaches_the_image_student(tmp_path: Path) -> None:

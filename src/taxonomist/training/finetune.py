@@ -46,7 +46,7 @@ from taxonomist.data.prepare import DATA_REPORT, DataReport, prepare_catalog
 from taxonomist.data.schema import Schema
 from taxonomist.devices import resolve_precision
 from taxonomist.features.text import ListingText, TextFeatures
-from taxonomist.io import atomic_write, atomic_write_text
+from taxonomist.io import ResumeError, atomic_write, atomic_write_text
 from taxonomist.metrics import attribute_score
 from taxonomist.models.attention_head import AttentionHeads
 from taxonomist.models.backbones import Backbone, Preprocess
@@ -63,6 +63,7 @@ from taxonomist.training.heads import (
     hidden_present,
     logits_to_frame,
     part_report,
+    resume_settings,
     set_text,
     text_record,
 )
@@ -344,6 +345,8 @@ class _Progress:
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
     best_state: dict[str, torch.Tensor] | None = None
+    settings: dict = field(default_factory=dict)
+    """The settings the epochs ran with (:func:`resume_settings`)."""
 
 
 def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> FinetuneReport:
@@ -360,7 +363,8 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
     if accelerator.is_main_process:
         atomic_write_text(output_dir / DATA_REPORT, data_report.to_json())
     run = _set_up_model(cfg, data, accelerator, progress)
-    state = _resume(output_dir, accelerator)
+    settings = resume_settings(cfg, "finetune", free=("epochs",))
+    state = _resume(output_dir, accelerator, settings)
     resumed_from = state.next_epoch
     seen_images, train_seconds = 0, 0.0
     for epoch in range(state.next_epoch, fc.epochs):
@@ -543,12 +547,18 @@ def _set_up_model(cfg: RunConfig, data: _Data, accelerator: Any, progress: bool)
     )
 
 
-def _resume(output_dir: Path, accelerator: Any) -> _Progress:
-    """The last finished epoch's state and progress, or a fresh start."""
+def _resume(output_dir: Path, accelerator: Any, settings: dict) -> _Progress:
+    """The last finished epoch's state and progress, or a fresh start; epochs run with other settings
+    (``settings``: :func:`resume_settings`) are refused, not continued as if they were this run's."""
     progress_file = output_dir / PROGRESS_FILE
     if not progress_file.exists():
-        return _Progress()
+        return _Progress(settings=settings)
     saved = json.loads(progress_file.read_text(encoding="utf-8"))
+    if saved.get("settings", settings) != settings:  # files of older versions recorded none
+        raise ResumeError(
+            f"{output_dir} holds fine-tuning epochs run with other settings; use another output folder "
+            "or delete this one (a longer finetune.epochs alone resumes)"
+        )
     accelerator.load_state(str(output_dir / STATE_DIR / f"epoch-{saved['epoch']}"))
     best_file = output_dir / BEST_STATE_FILE
     return _Progress(
@@ -557,6 +567,7 @@ def _resume(output_dir: Path, accelerator: Any) -> _Progress:
         saved["bad_epochs"],
         saved["history"],
         torch.load(best_file, weights_only=True) if best_file.exists() else None,
+        settings,
     )
 
 
@@ -702,6 +713,7 @@ def _record_epoch(
             "best_score": state.best_score,
             "bad_epochs": state.bad_epochs,
             "history": state.history,
+            "settings": state.settings,
         }
         atomic_write_text(output_dir / PROGRESS_FILE, json.dumps(payload, indent=1))
         for old in state_dir.glob("epoch-*"):

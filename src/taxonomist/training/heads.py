@@ -338,6 +338,24 @@ def listing_text(cfg: RunConfig, schema: Schema) -> ListingText:
     return ListingText(encoder, lexical, cache=text_cache(encoder, cfg.embed.cache_dir), probe=probe)
 
 
+RESULT_SECTIONS = ("catalog", "missing_labels", "backbone", "embed", "heads", "text", "train")
+"""Config sections whose settings shape a recipe's results (with the recipe's own section)."""
+_NOT_RESULTS = {"embed": ("batch_size", "num_workers", "cache_dir", "device")}
+"""Settings of those sections that change how fast a result comes, not the result."""
+
+
+def resume_settings(cfg: RunConfig, own: str, free: tuple[str, ...] = ()) -> dict:
+    """What must match for a run's finished part to be reused when it is resumed: the settings that
+    shape results (:data:`RESULT_SECTIONS` and the recipe's ``own`` section, bar its ``free`` keys,
+    such as a longer schedule), as they read back from JSON."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k in (*RESULT_SECTIONS, own)}
+    skip = {**_NOT_RESULTS, own: free}
+    settings = {
+        k: {f: v for f, v in section.items() if f not in skip.get(k, ())} for k, section in settings.items()
+    }
+    return json.loads(json.dumps(settings))
+
+
 def text_record(cfg: RunConfig, text: ListingText) -> dict:
     """What a listing checkpoint records about its text features (the predictor rebuilds them)."""
     return {

@@ -69,6 +69,7 @@ from taxonomist.training.heads import (
     logits_to_frame,
     predict_decisions,
     predict_probs,
+    resume_settings,
     text_record,
 )
 
@@ -485,7 +486,7 @@ def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True)
         )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = load_progress(out / PROGRESS_FILE, resume_settings(cfg))
+    state = load_progress(out / PROGRESS_FILE, resume_settings(cfg, "self_training", free=("rounds",)))
     data = prepare(cfg, progress=progress)
     if data.data_report is not None:
         atomic_write_text(out / DATA_REPORT, data.data_report.to_json())
@@ -582,14 +583,6 @@ def write_pseudo_labels(
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_frame(pd.concat(parts, ignore_index=True), path)
-
-
-def resume_settings(cfg: RunConfig) -> dict:
-    """What must match for finished rounds to be reused: what shapes their results, bar the round count."""
-    sections = ("catalog", "missing_labels", "backbone", "heads", "train", "self_training")
-    settings = {k: v for k, v in cfg.to_dict().items() if k in sections}
-    settings["self_training"] = {k: v for k, v in settings["self_training"].items() if k != "rounds"}
-    return json.loads(json.dumps(settings))  # as it reads back from progress.json
 
 
 def load_progress(path: Path, settings: dict) -> dict:
