@@ -167,7 +167,7 @@ class EmbedConfig:
 
 @dataclass
 class HeadsConfig:
-    hidden: list[int] = field(default_factory=lambda: [512, 256])
+    hidden: list[PositiveInt] = field(default_factory=lambda: [512, 256])
     """Shared trunk widths (FC 512 → FC 256 by default)."""
     category_dim: PositiveInt = 16
     dropout: FractionBelowOne = 0.2
@@ -179,6 +179,13 @@ class HeadsConfig:
     and predict their mean probability (a deep ensemble): more accurate (``benchmarks/attributes.py``,
     ``benchmarks/multimodal.py``) for this many times the training seconds. Fine-tuning and
     self-training refuse it."""
+
+    def __post_init__(self) -> None:
+        # [] trained image heads and [text] still read the images: say what the heads can read instead.
+        if sorted(self.inputs) not in (["image"], ["image", "text"]):
+            raise ConfigError(
+                f"heads.inputs must be [image] or [image, text] (the image is always read), got {self.inputs}"
+            )
 
 
 @dataclass

@@ -93,3 +93,21 @@ def test_choices_spelled_like_yaml_booleans_are_read_as_written(tmp_path: Path) 
     assert load_config(None, ["finetune.mixed_precision=no"]).finetune.mixed_precision == "no"
     with pytest.raises(ConfigError, match=r"True is not one of \['concat', 'gated'\]"):
         load_config(None, ["text.fusion=yes"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("heads.hidden=[0]", r"heads.hidden\[0\] must be ≥ 1, got 0"),
+        ("heads.hidden=[32, -4]", r"heads.hidden\[1\] must be ≥ 1"),
+        ("heads.inputs=[]", r"heads.inputs must be \[image\] or \[image, text\]"),
+        ("heads.inputs=[text]", r"heads.inputs must be \[image\] or \[image, text\]"),
+        ("heads.inputs=[image, image]", r"heads.inputs must be \[image\] or \[image, text\]"),
+    ],
+)
+def test_heads_that_would_train_something_else_are_refused(override: str, message: str) -> None:
+    """Regression: hidden [0] trained heads that ignore their input (dev 0.50 against 0.86), a negative
+    width failed deep inside torch, inputs [] trained image heads and [text] still read the images."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+    assert load_config(None, ["heads.inputs=[text, image]"]).heads.inputs == ["text", "image"]
