@@ -14,7 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from taxonomist.cli.main import app
-from taxonomist.config import load_config
+from taxonomist.config import ConfigError, load_config
+from taxonomist.data.catalog import CatalogError
 from taxonomist.data.prepare import prepare_catalog
 
 pytestmark = pytest.mark.timeout(300)
@@ -175,3 +176,22 @@ def test_inspect_shows_the_same_report(tmp_path: Path) -> None:
     assert report["dropped_rows"]["category_under_min_rows"] == {"Hats": 3}
     assert [r["value"] for r in report["suspicious_labels"]] == ["N/A"]
     assert "suspicious label (null_like) color='N/A'" in result.output
+
+
+def test_a_dev_part_that_rounds_to_empty_names_its_setting(tmp_path: Path) -> None:
+    """Regression: dev_fraction 0.01 on 30 rows ended in "torch.cat(): expected a non-empty list"."""
+    cfg = load_config(config(tmp_path, write_catalog(tmp_path, tops(30))), ["train.dev_fraction=0.01"])
+    with pytest.raises(
+        ConfigError, match=r"train.dev_fraction=0.01 gives no category a dev row \(Tops: 30\)"
+    ):
+        prepare_catalog(cfg)
+
+
+def test_a_policy_that_empties_a_category_says_so(tmp_path: Path) -> None:
+    """Regression: drop removed every Tops training row (each lacked a label) and training failed with a
+    bare KeyError: 'Tops'."""
+    gaps = [{**row, "fit": None} if i % 2 else {**row, "color": None} for i, row in enumerate(tops(30))]
+    rows = gaps + [{"type": "Bags", "color": "Red", "fit": "slim"} for _ in range(30)]
+    cfg = load_config(config(tmp_path, write_catalog(tmp_path, rows)), ["missing_labels.policy=drop"])
+    with pytest.raises(CatalogError, match=r"policy=drop left no training row of \['Tops'\]"):
+        prepare_catalog(cfg)

@@ -27,6 +27,7 @@ import pandas as pd
 
 from taxonomist.config import (
     CatalogConfig,
+    ConfigError,
     MissingLabelConfig,
     PromptConfig,
     RunConfig,
@@ -41,6 +42,7 @@ from taxonomist.data.catalog import (
     BadRows,
     Catalog,
     CatalogError,
+    describe_counts,
     expand_path,
     read_catalog,
     source_columns,
@@ -330,8 +332,21 @@ def prepare(
         catalog = catalog.subset(~late)
     catalog = dataclasses.replace(catalog, attributes_by_category=covers)
 
+    if not len(split.dev):  # it picks the epoch and fits the temperatures: nothing trains without it
+        sizes = describe_counts(_per_category(catalog.frame))
+        raise ConfigError(
+            f"{catalog.source}: train.dev_fraction={dev_fraction} gives no category a dev row ({sizes}); "
+            "raise it"
+        )
     parts = {name: catalog.frame.iloc[getattr(split, name)].reset_index(drop=True) for name in PARTS}
     filled = apply_policy(policy, parts["train"], covers, **dict(policy_settings or {}))
+    emptied = sorted(set(covers) - set(filled.frame[CATEGORY].astype(str)))
+    if emptied:
+        raise CatalogError(
+            f"{catalog.source}: missing_labels.policy={filled.policy} left no training row of "
+            f"{emptied} (every one lacked a label it needs); use missing_labels.policy=mask, which keeps "
+            "rows with gaps"
+        )
     dropped[POLICY] = _per_category(parts["train"][~parts["train"][ID].isin(filled.frame[ID])])
     report.policy = {"policy": filled.policy, "rows_dropped": filled.dropped, "cells_filled": filled.filled}
     supplied = schema
