@@ -111,6 +111,9 @@ def test_resume_recomputes_only_missing_shards(
     summary = run_ray(ckpt, inputs, out)
     with pytest.raises(ResumeError, match="holds a finished job with shard_rows 32 then, 16 now"):
         predict_with_ray(ckpt, inputs, out, shard_rows=16, progress=False)
+    # Regression: the runtime was not part of the job, so a resume mixed shards of two numerics.
+    with pytest.raises(ResumeError, match="numerics 'auto fp32' then, 'openvino bf16' now"):
+        run_ray(ckpt, inputs, out, runtime="openvino", precision="bf16")
     assert summary.resumed_chunks == 3 and summary.rows == 120
     assert {k for k, p in parts.items() if p.stat().st_mtime_ns != mtimes[k]} == {2}
     again = read_ray_output(out)

@@ -155,6 +155,9 @@ def predict_with_ray(
         "min_confidence": min_confidence,
         "placeholder": placeholder,
         "rows_sha256": rows_digest(rows),
+        # The numerics asked for, as the local engine's feature key records them: a resumed job's shards
+        # must not come from two runtimes.
+        "numerics": f"{runtime} {precision or checkpoint.precision}",
     }
     if reads_text:  # as the local engine: a resumed job fills in the same rows
         settings["allow_missing_image"] = allow_missing_image
