@@ -27,7 +27,7 @@ if importlib.util.find_spec("ray") is None:
         pytest.fail(MESSAGE, pytrace=False)  # CI must run these, never skip them
     pytest.skip(MESSAGE, allow_module_level=True)
 
-from taxonomist.inference.ray_engine import part_path, predict_with_ray, read_ray_output
+from taxonomist.inference.ray_engine import part_path, predict_with_ray, read_ray_output, read_rows
 
 from .conftest import invoke, listing_config, make_catalog
 
@@ -256,3 +256,32 @@ def test_listing_heads_on_ray_read_titles_and_fill_in_missing_images(
     )
     with pytest.raises(ResumeError, match="allow_missing_image True then, False now"):
         predict_with_ray(ckpt, catalog, tmp_path / "ray", shard_rows=16, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("ids", "categories", "message"),
+    [
+        (["1000", "1000", "1002"], ["Tops"] * 3, r"2 rows of the row table have an id another row has too"),
+        (["1000", " ", "1002"], ["Tops"] * 3, r"1 rows of the row table have a blank id or category"),
+        (["1000", "1001", "1002"], ["Tops", "", "Tops"], r"have a blank id or category"),
+    ],
+)
+def test_a_row_table_with_bad_ids_is_refused_by_name(
+    tmp_path: Path, ids: list[str], categories: list[str], message: str
+) -> None:
+    """Regression: a repeated id was predicted twice from two images and a blank id was predicted; the
+    summary counted neither right."""
+    table = tmp_path / "rows.csv"
+    pd.DataFrame({"id": ids, "category": categories, "path": ["a.jpg", "b.jpg", "c.jpg"]}).to_csv(
+        table, index=False
+    )
+    with pytest.raises(ValueError, match=message):
+        read_rows(table)
+
+
+def test_a_row_table_folds_category_whitespace_as_a_catalog_does(tmp_path: Path) -> None:
+    table = tmp_path / "rows.csv"
+    pd.DataFrame({"id": ["1", "2"], "category": ["Tops ", " Tops"], "path": ["a.jpg", "b.jpg"]}).to_csv(
+        table, index=False
+    )
+    assert read_rows(table)["category"].tolist() == ["Tops", "Tops"]

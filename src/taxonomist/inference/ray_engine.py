@@ -84,8 +84,29 @@ def read_rows(source: Catalog | str | os.PathLike) -> pd.DataFrame:
             raise ValueError(f"{file}: missing columns {missing}; need {list(ROW_COLUMNS)}")
         table = table[[*ROW_COLUMNS, *([TEXT] if TEXT in table.columns else [])]].fillna("").astype(str)
         table[PATH] = [os.path.abspath(file.parent / p) for p in table[PATH]]
-        frames.append(table)
-    return pd.concat(frames, ignore_index=True)
+        table[CATEGORY] = [" ".join(c.split()) for c in table[CATEGORY]]  # as the catalog reader folds it
+        frames.append(table.assign(**{_FILE: str(file)}))
+    rows = pd.concat(frames, ignore_index=True)
+    _refuse_bad_ids(rows)
+    return rows.drop(columns=_FILE)
+
+
+_FILE = "_file"
+
+
+def _refuse_bad_ids(rows: pd.DataFrame) -> None:
+    """A row table is written by a pipeline, one row per item: a blank id or category, or an id twice
+    (which would be predicted twice, from two images), is that pipeline's bug, so the job stops before
+    it starts, naming the rows (a catalog file's bad rows are errors.csv rows instead)."""
+    blank = (rows[ID].str.strip() == "") | (rows[CATEGORY] == "")
+    repeated = rows[ID].duplicated(keep=False) & ~blank
+    for bad, what in ((blank, "a blank id or category"), (repeated, "an id another row has too")):
+        if bad.any():
+            examples = rows.loc[bad, [_FILE, ID]].head(3).itertuples(index=False, name=None)
+            raise ValueError(
+                f"{int(bad.sum())} rows of the row table have {what}, e.g. (file, id) {list(examples)}; "
+                "a row table needs one row per item (a catalog file reports such rows in errors.csv)"
+            )
 
 
 def part_path(output_dir: str | os.PathLike, kind: Kind, shard: int) -> Path:
