@@ -35,6 +35,17 @@ def test_groups_never_straddle_parts_even_across_strata():
     assert set(part) == {0, 1, 2}
 
 
+def test_a_stratum_whose_groups_another_placed_still_keeps_a_training_row():
+    """Regression: when every image of a small category was shared with rows a larger category had put
+    in dev or test, the small one got no training row and dropped out of the model."""
+    strata = pd.Series(["A"] * 10 + ["B"] * 2)
+    groups = pd.Series([f"g{i}" for i in range(10)] + ["g0", "g1"])
+    for seed in range(20):
+        part = parts(split_train_dev_test(strata, 0.2, 0.2, seed=seed, groups=groups), len(strata))
+        assert (part[10:] == 0).any(), f"seed {seed}: B has no training row"
+        assert part[10] == part[0] and part[11] == part[1]  # groups still never straddle parts
+
+
 @pytest.mark.parametrize(("dev", "test"), [(-0.1, 0.1), (0.5, 0.5), (0.1, 1.0)])
 def test_bad_fractions_are_refused(dev, test):
     with pytest.raises(ValueError, match="fraction"):

@@ -85,5 +85,7 @@ def split_train_dev_test(
             )
             part[g] = target
             filled[target] += len(by_group[g])
+        if not any(part[g] == 0 for g in ranked):  # other strata put every group of this one in dev/test
+            part[min(ranked, key=lambda g: (len(by_group[g]), order[g]))] = 0  # whole, so nothing leaks
     row_part = part[keys]
     return Split(*(np.flatnonzero(row_part == p) for p in (0, 1, 2)))
