@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from taxonomist.cli.main import app
+from taxonomist.cli.main import app, main
 from taxonomist.inference import export as export_module
 from taxonomist.inference.predictor import Predictor
 from taxonomist.models.runtime import EXPORTS_DIR, MANIFEST
@@ -118,6 +118,22 @@ def test_a_run_fitted_on_bf16_exports_against_torch_fp32(tiny_run: tuple[Path, P
     invoke("train", "-c", str(config), "-o", str(ckpt), "-q", *bf16)
     invoke("export", str(ckpt), "--runtime", "openvino", "--precision", "bf16", "--parity-rows", "20", "-q")
     assert json.loads((ckpt / EXPORTS_DIR / "openvino-bf16" / MANIFEST).read_text())["parity"]["passed"]
+
+
+def test_export_without_readable_dev_images_says_so(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: with no dev image readable both scores were NaN, and the refusal advised calibrating
+    on more rows (an fp32 export included) and wrote a refused.json."""
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    args = ["export", str(run), "--runtime", "openvino", "--force", "--parity-rows", "20", "-q"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--set", f"catalog.image_root={empty}"])
+    assert exit_.value.code == 2
+    message = " ".join(capsys.readouterr().err.split())
+    assert "none of the 20 dev images could be read (missing: 20)" in message
+    assert not (run / EXPORTS_DIR / "openvino-fp32.refused.json").exists()
 
 
 def test_export_above_tolerance_is_refused(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:

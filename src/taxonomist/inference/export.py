@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import pandas as pd
 import torch
 
 from taxonomist.config import RunConfig
-from taxonomist.data.catalog import CATEGORY, ID, TEXT
+from taxonomist.data.catalog import CATEGORY, ID, TEXT, describe_counts
 from taxonomist.data.images import ImageLoadError, load_image
 from taxonomist.data.prepare import prepare_catalog
 from taxonomist.features.cache import FeatureCache, default_cache_dir
@@ -151,6 +152,12 @@ def parity(
     ref = embed_images(ids, paths, reference.backbone, cache=cache, description="parity (torch)", **common)
     new = embed_images(ids, paths, candidate.backbone, description="parity (export)", **common)
     ok = ref.ok & new.ok
+    if not ok.any():  # nothing to compare: not a precision problem, so no refusal report either
+        reasons = describe_counts(Counter(e.reason for e in ref.errors or new.errors))
+        raise ValueError(
+            f"parity check: none of the {len(ids)} dev images could be read ({reasons}), e.g. {paths[0]}; "
+            "point catalog.image_root at the run's images (--set catalog.image_root=FOLDER)"
+        )
     rows = frame[ok].reset_index(drop=True)
     a, b = ref.features[ok], new.features[ok]
     cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
