@@ -259,3 +259,16 @@ def test_a_fused_student_refuses_warm_start(tmp_path: Path) -> None:
     cfg = load_config(values={"heads.inputs": ["image", "text"], "self_training.warm_start": True})
     with pytest.raises(ConfigError, match="warm_start"):
         self_train(cfg, tmp_path)
+
+
+def test_the_data_report_counts_the_rows_self_training_fits_on(config: Path, tmp_path: Path) -> None:
+    """Regression: the report described the shared split (train 95 / dev 40, 9 dropped) while the recipe
+    fits on its own labeled part, whose policy drops were counted nowhere."""
+    cfg = load_config(config, ["missing_labels.policy=drop", "self_training.rounds=0", "train.epochs=2"])
+    report = self_train(cfg, tmp_path / "run", progress=False)
+    written = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert set(written["parts"]) == {"fit", "dev", "pool", "test"}
+    assert written["parts"]["fit"] == report.n_fit
+    assert written["policy"]["policy"] == "drop" and written["policy"]["rows_dropped"] > 0
+    dropped = written["dropped_rows"]["missing_label_policy"]
+    assert sum(dropped.values()) == written["policy"]["rows_dropped"]

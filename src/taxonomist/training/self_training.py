@@ -43,8 +43,15 @@ import torch
 from taxonomist.config import ConfigError, RunConfig
 from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path
 from taxonomist.data.labels import MISSING
-from taxonomist.data.policies import apply_policy
-from taxonomist.data.prepare import DATA_REPORT, DataReport, PreparedData, policy_options, prepare_catalog
+from taxonomist.data.policies import PolicyResult, apply_policy
+from taxonomist.data.prepare import (
+    DATA_REPORT,
+    POLICY,
+    DataReport,
+    PreparedData,
+    policy_options,
+    prepare_catalog,
+)
 from taxonomist.data.schema import Schema
 from taxonomist.data.split import split_per_category
 from taxonomist.features.build import embed_options
@@ -286,6 +293,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
         catalog.attributes_by_category,
         **policy_options(cfg.missing_labels),
     )
+    report = _self_training_report(data.report, labeled, train_frame.iloc[parts.fit], parts, len(test_frame))
     dev_frame = train_frame.iloc[parts.dev].reset_index(drop=True)
     # The vocabulary comes from the labeled training rows only: never the hidden ones, never test.
     schema = (
@@ -362,8 +370,25 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
         embed_seconds,
         pool_text,
         text_report,
-        data.report,
+        report,
         text,
+    )
+
+
+def _self_training_report(
+    shared: DataReport, labeled: PolicyResult, fit_rows: pd.DataFrame, parts: Partition, n_test: int
+) -> DataReport:
+    """The shared data step's report with this recipe's own parts (it re-partitions train and dev into
+    labeled fit rows, dev rows and the pool) and its own policy counts, on the fit rows it trains on."""
+    gone = fit_rows[~fit_rows[ID].isin(labeled.frame[ID])][CATEGORY].astype(str).value_counts()
+    dropped = {reason: counts for reason, counts in shared.dropped_rows.items() if reason != POLICY}
+    if len(gone):
+        dropped[POLICY] = {str(c): int(n) for c, n in gone.items()}
+    return dataclasses.replace(
+        shared,
+        parts={"fit": len(labeled.frame), "dev": len(parts.dev), "pool": len(parts.pool), "test": n_test},
+        policy={"policy": labeled.policy, "rows_dropped": labeled.dropped, "cells_filled": labeled.filled},
+        dropped_rows=dropped,
     )
 
 
