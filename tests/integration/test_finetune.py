@@ -181,6 +181,13 @@ def test_finetune_resumes_after_kill_9(tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["resumed_from_epoch"] == 1
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+    # Regression: the resumed epochs drew epoch 0's batch order again (the sampler's generator was
+    # recreated from the seed), so a crash changed the result (by 5% here); now they are the uninterrupted
+    # run's, up to the thread count the killed run used (OMP_NUM_THREADS=1).
+    assert _train(config, tmp_path / "whole").exit_code == 0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    resumed_losses = [e["loss"] for e in metrics["epochs"][1:]]
+    assert resumed_losses == pytest.approx([e["loss"] for e in whole["epochs"][1:]], rel=5e-3)
 
 
 def test_frozen_batchnorm_keeps_running_statistics() -> None:

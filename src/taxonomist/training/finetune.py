@@ -484,6 +484,7 @@ def _set_up_model(cfg: RunConfig, data: _Data, accelerator: Any, progress: bool)
     train_rows = ImageRows(data.catalog, data.train, data.schema, data.categories, backbone)
     val_rows = ImageRows(data.catalog, data.val, data.schema, data.categories, backbone)
     generator = torch.Generator().manual_seed(cfg.train.seed)
+    accelerator.register_for_checkpointing(_SamplerState(generator))
     loader_args = {
         "collate_fn": _collate,
         "num_workers": fc.num_workers,
@@ -547,6 +548,20 @@ def _set_up_model(cfg: RunConfig, data: _Data, accelerator: Any, progress: bool)
     )
 
 
+class _SamplerState:
+    """The training sampler's generator as accelerate checkpoints it with each epoch, so a resumed run
+    draws the batches the uninterrupted one would have (recreated from the seed, it repeated epoch 0's)."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
 def _resume(output_dir: Path, accelerator: Any, settings: dict) -> _Progress:
     """The last finished epoch's state and progress, or a fresh start; epochs run with other settings
     (``settings``: :func:`resume_settings`) are refused, not continued as if they were this run's."""
@@ -554,10 +569,10 @@ def _resume(output_dir: Path, accelerator: Any, settings: dict) -> _Progress:
     if not progress_file.exists():
         return _Progress(settings=settings)
     saved = json.loads(progress_file.read_text(encoding="utf-8"))
-    if saved.get("settings", settings) != settings:  # files of older versions recorded none
+    if saved.get("settings") != settings:  # older versions recorded none (nor the sampler's state)
         raise ResumeError(
-            f"{output_dir} holds fine-tuning epochs run with other settings; use another output folder "
-            "or delete this one (a longer finetune.epochs alone resumes)"
+            f"{output_dir} holds fine-tuning epochs run with other settings (or by an older taxonomist); "
+            "use another output folder or delete this one (a longer finetune.epochs alone resumes)"
         )
     accelerator.load_state(str(output_dir / STATE_DIR / f"epoch-{saved['epoch']}"))
     best_file = output_dir / BEST_STATE_FILE
