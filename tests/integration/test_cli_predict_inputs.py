@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from taxonomist.cli.main import main
+
 from .conftest import invoke
 
 pytestmark = pytest.mark.integration
@@ -146,3 +148,49 @@ def test_resume_conflict_is_one_line_not_a_traceback(trained: tuple[Path, Path],
     assert line.startswith(f"error: {out} holds a partial job (not finished) with rows 1 then, 2 now")
     assert f"rm -r {out}" in line
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_labels_outside_the_schema_are_counted_not_scored_as_wrong(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Regression: a ``fit`` label on Bags rows (a pair the model's schema lacks) was left out of the
+    score without a word, while the report's label counts, per-class F1 and predictions.csv read it as
+    an error."""
+    catalog, ckpt = trained
+    rows = pd.read_csv(catalog, dtype=str).head(12)
+    rows.loc[rows["type"] == "Bags", "fit"] = "tall"
+    data = tmp_path / "labelled.csv"
+    rows.to_csv(data, index=False)
+    out = tmp_path / "eval"
+    output = invoke(
+        "evaluate", str(ckpt), "--data", str(data), "--images", str(catalog.parent), "--output", str(out)
+    )
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert evaluation["unscored_labels"] == {"Bags / fit": 6}
+    scored = pd.read_csv(out / "predictions.csv", dtype=str)
+    assert not ((scored["category"] == "Bags") & (scored["attribute"] == "fit")).any()
+    assert len(scored) == sum(p["n"] for p in evaluation["pairs"])
+    note = "left out 6 labels of attributes this model does not predict for their category (Bags / fit: 6)"
+    assert note in " ".join(output.split())
+    assert note in (out / "evaluation.md").read_text()
+
+
+def test_evaluate_without_readable_images_exits_2(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: with --images at an empty folder, evaluate printed score 0.0000 and exited 0, which a
+    CI job records as a result; predict fails such a job with status 2."""
+    catalog, ckpt = trained
+    out = tmp_path / "eval"
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    args = ["evaluate", str(ckpt), "--data", str(catalog), "--images", str(empty), "--output", str(out), "-q"]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    message = " ".join(capsys.readouterr().err.split())
+    assert message.startswith(
+        "error: the images of 120 of the 120 scored rows could not be read (missing: 120), all of them"
+    )
+    assert "point --images at the folder" in message
+    assert (out / "evaluation.json").is_file() and (out / "errors.csv").is_file()  # written first
