@@ -136,6 +136,35 @@ def test_csv_rows_carry_the_line_they_start_on(tmp_path: Path, newline: str) -> 
     ]
 
 
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_a_row_with_more_fields_than_the_header_is_one_bad_row(tmp_path: Path, newline: str) -> None:
+    """Regression: one row with an unquoted comma (extra fields) refused the whole file, so one bad row
+    stopped a predict job; training still refuses it, naming the line."""
+    text = [
+        "sku,type,title",
+        "1000,Tops,a",
+        "1001,Bags,extra, field",
+        '1002,Tops,"two',
+        'lines"',
+        "1003,Bags,",
+    ]
+    path = tmp_path / "c.csv"
+    path.write_bytes(newline.join([*text, ""]).encode())
+    catalog = read_generic(
+        path, id_column="sku", category_column="type", text_column="title", labels=False, bad_rows="report"
+    )
+    assert list(zip(catalog.lines, catalog.ids, catalog.frame["text"], strict=True)) == [
+        (2, "1000", "a"),
+        (4, "1002", "two lines"),
+        (6, "1003", ""),
+    ]
+    assert catalog.rejected[["line", "reason", "detail"]].values.tolist() == [
+        [3, "malformed-row", "4 fields, the header has 3"]
+    ]
+    with pytest.raises(CatalogError, match=r"1 rows have more fields than the header's 3, e.g. line 3 \(4\)"):
+        read_generic(path, id_column="sku", category_column="type", labels=False)
+
+
 def test_parquet_integer_ids_with_a_gap_keep_every_digit(tmp_path: Path) -> None:
     """Regression: an int64 column with an empty cell went through float64, so ids above 2**53 were
     rounded: two products became one "duplicate-id" and a third id was rewritten."""

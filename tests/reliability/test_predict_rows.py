@@ -275,3 +275,19 @@ def test_a_category_in_another_case_is_named_with_its_match(cli, tiny: Tiny, tmp
     assert predicted_ids(tmp_path / "out") == rows["sku"].drop(index=1).tolist()
     [detail] = read_errors(tmp_path / "out")["detail"]
     assert detail.endswith(f"; did you mean {known!r}?")
+
+
+def test_a_row_with_an_unquoted_comma_is_an_errors_row(cli, tiny: Tiny, tmp_path: Path) -> None:
+    """Regression: pandas' "Expected 2 fields in line 3, saw 4" refused the whole file."""
+    rows = tiny.rows(4)[["sku", "type"]]
+    lines = ["sku,type", *(f"{s},{t}" for s, t in rows.itertuples(index=False))]
+    lines[2] += ",stray, text"  # line 3
+    data = tmp_path / "rows.csv"
+    data.write_text("\n".join(lines) + "\n")
+    code, _, err = _predict(cli, tiny, data, tmp_path / "out")
+    assert code == 0, err
+    assert predicted_ids(tmp_path / "out") == rows["sku"].drop(index=1).tolist()
+    errors = read_errors(tmp_path / "out")
+    assert errors[["line", "reason", "detail"]].values.tolist() == [
+        ["3", "malformed-row", "4 fields, the header has 2"]
+    ]

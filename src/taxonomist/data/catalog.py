@@ -240,26 +240,65 @@ def read_table(path: str | os.PathLike, encoding: str = "utf-8") -> pd.DataFrame
         raise CatalogError(f"{path}: cannot be read as a table ({err})") from err
 
 
-def read_lined_table(path: str | os.PathLike, encoding: str = "utf-8") -> pd.DataFrame:
+def read_lined_table(
+    path: str | os.PathLike, encoding: str = "utf-8", *, skip_malformed: bool = False
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`read_table` indexed by each row's line in the file, for messages and errors.csv: a CSV
     row's is the physical line it starts on (quoted fields may span lines, blank lines are skipped, so
-    the row position is not enough); a Parquet row's is its row number from 1."""
-    frame = read_table(path, encoding)
+    the row position is not enough); a Parquet row's is its row number from 1.
+
+    Also returns the CSV records with more fields than the header (an unquoted comma in a title) as
+    :data:`REJECTED_COLUMNS` rows, reason ``malformed-row``, when ``skip_malformed`` (reads for
+    prediction: one bad row never stops the job); otherwise such a record fails the file, naming it.
+    """
     path = expand_path(path)
-    if is_parquet(path):
-        return frame.set_axis(pd.RangeIndex(1, len(frame) + 1))
-    lines = _csv_record_lines(path, encoding)
+    none = pd.DataFrame(columns=REJECTED_COLUMNS)
+    if path.is_file() and is_parquet(path):
+        frame = read_table(path, encoding)
+        return frame.set_axis(pd.RangeIndex(1, len(frame) + 1)), none
+    records = _csv_records(path, encoding) if path.is_file() else []
+    width = records[0][1] if records else 0
+    over = [(line, n) for line, n in records[1:] if n > width]
+    if over and not skip_malformed:
+        line, n = over[0]
+        raise CatalogError(
+            f"{path}: {len(over)} rows have more fields than the header's {width}, e.g. line {line} ({n}); "
+            "quote fields that hold commas"
+        )
+    if over:
+        frame, lines = _frame_without(path, encoding, {line for line, _ in over})
+        malformed = pd.DataFrame(
+            [
+                {"line": line, "reason": MALFORMED, "detail": f"{n} fields, the header has {width}"}
+                for line, n in over
+            ],
+            columns=REJECTED_COLUMNS,
+        )
+        return frame.set_axis(pd.Index(lines)), malformed
+    frame = read_table(path, encoding)
+    lines = [line for line, _ in records[1:]]
     if len(lines) != len(frame):  # pandas and the csv module split the file differently
         raise CatalogError(
             f"{path}: cannot tell which line each row starts on ({len(frame)} rows read, {len(lines)} "
             "records found); check the file's quoting"
         )
-    return frame.set_axis(pd.Index(lines))
+    return frame.set_axis(pd.Index(lines)), none
 
 
-def _csv_record_lines(path: Path, encoding: str) -> list[int]:
-    """The line each data record of a CSV starts on, skipping the lines ``pd.read_csv`` skips: blank or
-    whitespace-only lines (outside quotes). The first record left is the header."""
+MALFORMED = "malformed-row"
+
+
+def _with_malformed(rejected: pd.DataFrame, malformed: pd.DataFrame) -> pd.DataFrame:
+    """Rows set aside, in line order, with the records that could not be read as rows."""
+    if not len(malformed):
+        return rejected
+    both = pd.concat([rejected, malformed], ignore_index=True) if len(rejected) else malformed
+    return both.sort_values("line", kind="stable").reset_index(drop=True)
+
+
+def _csv_scan(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
+    """(line it starts on, fields) of each record of a CSV, the header first, skipping the lines
+    ``pd.read_csv`` skips: blank or whitespace-only lines (outside quotes)."""
     with path.open(encoding=encoding, newline="") as file:
         last = [""]
 
@@ -269,16 +308,42 @@ def _csv_record_lines(path: Path, encoding: str) -> list[int]:
                 yield line
 
         reader = csv.reader(remember())
-        starts, end = [], 0
+        end = 0
         limit = csv.field_size_limit(2**31 - 1)  # a long description is one field, not an error
         try:
-            for _ in reader:
+            for fields in reader:
                 start, end = end + 1, reader.line_num
                 if start < end or last[0].strip(" \t\r\n"):
-                    starts.append(start)
+                    yield start, fields
+        except UnicodeDecodeError as err:
+            raise CatalogError(
+                f"{path}: not valid {encoding} text ({err}); set the file's encoding with "
+                "--set catalog.encoding=latin-1 (or cp1252, ...)"
+            ) from err
+        except csv.Error as err:
+            raise CatalogError(f"{path}: cannot be read as a table (line {end + 1}: {err})") from err
         finally:
             csv.field_size_limit(limit)
-    return starts[1:]
+
+
+def _csv_records(path: Path, encoding: str) -> list[tuple[int, int]]:
+    """(line it starts on, number of fields) of each record, the header first."""
+    return [(line, len(fields)) for line, fields in _csv_scan(path, encoding)]
+
+
+def _frame_without(path: Path, encoding: str, skipped: set[int]) -> tuple[pd.DataFrame, list[int]]:
+    """The CSV's rows less the records starting on ``skipped`` lines, as :func:`read_table` reads rows
+    (text, empty fields missing, short rows padded), and each kept row's line: pandas cannot leave
+    out a record it cannot parse and still say where the others start."""
+    scanned = _csv_scan(path, encoding)
+    _, header = next(scanned)
+    header = [header[0].removeprefix("\ufeff"), *header[1:]] if header else header
+    rows, lines = [], []
+    for line, fields in scanned:
+        if line not in skipped:
+            rows.append([f if f != "" else np.nan for f in fields] + [np.nan] * (len(header) - len(fields)))
+            lines.append(line)
+    return pd.DataFrame(rows, columns=header, dtype=object), lines
 
 
 def _integral_floats(column: pd.Series) -> bool:
@@ -423,7 +488,7 @@ def read_generic(
     cannot clash with the names the id, category and text columns get). ``bad_rows``: see :data:`BadRows`.
     """
     path = expand_path(path)
-    raw = read_lined_table(path, encoding)
+    raw, malformed = read_lined_table(path, encoding, skip_malformed=bad_rows == "report")
     text_columns = list(dict.fromkeys([*([text_column] if text_column is not None else []), *text_columns]))
     absent = [c for c in text_columns if c not in raw.columns] if text_optional else []
     text_note = None
@@ -466,6 +531,7 @@ def read_generic(
     if remaps:
         apply_remaps(raw, remaps, category_column)
     raw, rejected = set_aside_bad_rows(raw, id_column, category_column, str(path), bad_rows, image_template)
+    rejected = _with_malformed(rejected, malformed)
     frame = raw[[id_column, category_column, *attributes]].rename(
         columns={id_column: ID, category_column: CATEGORY}
     )
@@ -507,7 +573,7 @@ def read_meesho(
     learns "color" rather than "attr_1 of whichever category".
     """
     root = expand_path(root)
-    table = read_lined_table(root / f"{split}.csv", encoding)
+    table, malformed = read_lined_table(root / f"{split}.csv", encoding, skip_malformed=bad_rows == "report")
     names = read_meesho_attribute_names(root / "category_attributes.parquet")
     if "Category" not in table.columns or "id" not in table.columns:
         raise CatalogError(f"{root / f'{split}.csv'}: expected columns id, Category, len, attr_1..attr_10")
@@ -515,6 +581,7 @@ def read_meesho(
     table, rejected = set_aside_bad_rows(
         table, "id", "Category", str(root / f"{split}.csv"), bad_rows, template
     )
+    rejected = _with_malformed(rejected, malformed)
     positional = [f"attr_{k}" for k in range(1, MEESHO_MAX_ATTRS + 1)]
     for col in positional:
         if col not in table.columns:

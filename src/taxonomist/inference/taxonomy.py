@@ -140,7 +140,7 @@ def load_model(path: str | os.PathLike, *, runtime: str = "torch", precision: st
 def _read_titles(path: Path, title_column: str, id_column: str, encoding: str) -> pd.DataFrame:
     """id and normalised title per row, indexed by the row's line in the file (for errors.csv)."""
     try:
-        raw = read_lined_table(path, encoding)
+        raw, _ = read_lined_table(path, encoding)  # a malformed record fails the file, naming it
     except CatalogError as err:
         if isinstance(err.__cause__, UnicodeDecodeError):
             raise CatalogError(
