@@ -299,7 +299,11 @@ def _with_malformed(rejected: pd.DataFrame, malformed: pd.DataFrame) -> pd.DataF
 def _csv_scan(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
     """(line it starts on, fields) of each record of a CSV, the header first, skipping the lines
     ``pd.read_csv`` skips: blank or whitespace-only lines (outside quotes)."""
-    with path.open(encoding=encoding, newline="") as file:
+    try:
+        file = path.open(encoding=encoding, newline="")
+    except LookupError as err:
+        raise CatalogError(f"catalog.encoding: {err}") from err
+    with file:
         last = [""]
 
         def remember() -> Iterator[str]:
