@@ -275,3 +275,17 @@ def test_decoder_only_model(gpt2_dir: Path, taxonomy: Taxonomy, tmp_path: Path) 
         assert all(parse_target(t)[0] in taxonomy for t in texts)
     fit_seq2seq(model, titles, paths, brands, tmp_path, epochs=2, learning_rate=1e-2, batch_size=8, lora=True)
     _assert_valid(model, taxonomy, titles[:6])
+
+
+def test_paths_the_tokenizer_cannot_tell_apart_stop_training_by_name(t5_dir: Path, tmp_path: Path) -> None:
+    """Regression: two labels the tokenizer reads as the same tokens (<unk> for CJK here) or a '|' inside
+    a label made some paths unreachable; training only warned, taught their rows tokens the decoder reads
+    as another path, and prediction could never return them."""
+    paths = [("Home", "家具", "Chairs"), ("Home", "厨房", "Chairs"), ("Bags", "Tote", "Canvas")]
+    titles = ["a chair", "another chair", "a tote"]
+    model = Seq2SeqTaxonomyModel.from_pretrained(t5_dir)
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(ValueError, match=r"could never be predicted \(1 training rows"),
+    ):
+        fit_seq2seq(model, titles, paths, None, tmp_path / "out", epochs=1)

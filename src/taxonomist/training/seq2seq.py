@@ -84,6 +84,16 @@ def fit_seq2seq(
     missing = [p for p, i in zip(norm_paths, path_ids, strict=True) if i < 0]
     if missing:
         raise ValueError(f"{len(missing)} training paths are not in the taxonomy, e.g. {missing[:3]}")
+    unreachable = set(model.trie.unreachable)
+    if unreachable:  # their rows would be taught tokens the decoder reads back as another path
+        rows = sum(p in unreachable for p in norm_paths)
+        raise ValueError(
+            f"{len(unreachable)} taxonomy paths spell the same tokens as another path under this model's "
+            f"tokenizer, so they could never be predicted ({rows} training rows carry them), e.g. "
+            f"{sorted(unreachable)[:3]}: labels with characters the tokenizer does not know (CJK or "
+            "Devanagari for flan-t5: use a multilingual model such as an mT5), or with '>' or '|' in them "
+            "(rename those labels)"
+        )
     model.max_source_length = max_source_length or model.max_source_length
     model.max_target_length = max_target_length or model.max_target_length
     dataset = [model.example(t, i, b) for t, i, b in zip(titles, path_ids, brands, strict=True)]
