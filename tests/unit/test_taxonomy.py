@@ -463,3 +463,10 @@ def test_read_manifest_is_a_plain_staticmethod() -> None:
     from taxonomist.models.taxonomy_model import TaxonomyModel
 
     assert isinstance(inspect.getattr_static(TaxonomyModel, "read_manifest"), staticmethod)
+
+
+def test_scoring_no_rows_says_so() -> None:
+    """Regression: an empty frame failed inside sklearn with "Found empty input array"."""
+    empty = pd.DataFrame(columns=["supergroup", "group", "module", "brand"])
+    with pytest.raises(ValueError, match="no rows to score"):
+        taxonomy_report(empty, empty, ["supergroup", "group", "module"])

@@ -80,6 +80,8 @@ def taxonomy_report(
     """Score predicted paths (and brands) against the truth; frames align by position."""
     if len(true) != len(pred):
         raise ValueError(f"{len(true)} true rows but {len(pred)} predicted rows")
+    if not len(true):  # sklearn would say "Found empty input array", naming nothing
+        raise ValueError("no rows to score: the taxonomy report needs at least one labelled title")
     levels = list(levels)
     t_levels = true[levels].astype(str).to_numpy()
     p_levels = pred[levels].astype(str).to_numpy()
