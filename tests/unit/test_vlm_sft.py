@@ -306,3 +306,36 @@ def test_shipped_configs_load(name: str, task: str, quantization: str) -> None:
     cfg = load_config(CONFIGS / name, cls=VLMConfig)
     assert cfg.task == task and cfg.model.quantization == quantization
     assert isinstance(cfg.lora, LoraSettings)
+
+
+def test_training_answers_hold_only_values_a_supplied_schema_allows(tmp_path: Path) -> None:
+    """Regression: labels outside a supplied schema were reported masked but stayed in the SFT answers,
+    teaching values constrained decoding never lets the model write."""
+    from taxonomist.data.prepare import prepare_catalog
+    from taxonomist.data.schema import Schema
+
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i in range(20):
+        Image.new("RGB", (40, 40), (i * 10, 30, 30)).save(tmp_path / "images" / f"{i}.jpg")
+        rows.append({"sku": i, "type": "Tops", "colour": ["red", "blue"][i % 2] if i % 5 else "Crimson-typo"})
+    pd.DataFrame(rows).to_csv(tmp_path / "c.csv", index=False)
+    Schema({"Tops": {"colour": ["red", "blue"]}}).save(tmp_path / "schema.json")
+    catalog = CatalogConfig(
+        path=str(tmp_path / "c.csv"),
+        id_column="sku",
+        category_column="type",
+        attributes=["colour"],
+        min_rows_per_category=0,
+        schema=str(tmp_path / "schema.json"),
+    )
+    cfg = VLMConfig(
+        catalog=catalog,
+        train=VLMTrainConfig(dev_fraction=0.2, test_fraction=0.0, group_duplicate_images=False),
+    )
+    data = prepare_catalog(cfg)
+    assert (data.train["colour"] == "Crimson-typo").any()  # the training part has such labels
+    train, _, _ = build_examples(cfg, data=data)
+    answers = [json.loads(e.answer) for e in train]
+    assert all(answers) and {a["colour"] for a in answers} == {"red", "blue"}
+    assert len(train) == int((data.train["colour"] != "Crimson-typo").sum())  # label-less rows: no example

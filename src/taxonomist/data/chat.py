@@ -87,13 +87,21 @@ def attribute_examples(
     schema: Schema,
     image_paths: Sequence[str | os.PathLike],
     prompts: ChatPrompts,
+    *,
+    in_schema_only: bool = False,
 ) -> tuple[list[ChatExample], int]:
-    """One example per row that has at least one label; returns the examples and the rows skipped."""
+    """One example per row that has at least one label; returns the examples and the rows skipped.
+
+    ``in_schema_only`` (training examples): a label the schema does not allow is left out of the
+    answer, as the heads mask it: the model would be taught a value constrained decoding never lets it
+    write. Held-out rows keep theirs, scored as wrong as the heads' evaluation does."""
     examples, skipped = [], 0
     for row, image in zip(frame.to_dict("records"), image_paths, strict=True):
         category = str(row[CATEGORY])
         title = str(row.get(TEXT) or "") if prompts.title else ""
         values = {a: str(row[a]) for a in schema.attributes_of(category) if a in row and not pd.isna(row[a])}
+        if in_schema_only:
+            values = {a: v for a, v in values.items() if schema.is_valid(category, a, v)}
         if not values:
             skipped += 1
             continue

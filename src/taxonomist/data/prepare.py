@@ -583,11 +583,11 @@ def _attribute_split(
     catalog, schema = data.catalog, data.schema
     prompts = chat_prompts(cfg.prompt)
 
-    def examples(frame: pd.DataFrame) -> list[ChatExample]:
+    def examples(frame: pd.DataFrame, training: bool) -> list[ChatExample]:
         paths = [catalog.image_path(i, c) for i, c in zip(frame[ID], frame[CATEGORY], strict=True)]
-        return attribute_examples(frame, schema, paths, prompts)[0]
+        return attribute_examples(frame, schema, paths, prompts, in_schema_only=training)[0]
 
-    return examples(data.train), examples(data.part(held_out)), schema
+    return examples(data.train, True), examples(data.part(held_out), False), schema
 
 
 def _caption_split(cfg: VLMConfig) -> tuple[list[ChatExample], list[ChatExample]]:
