@@ -30,6 +30,7 @@ from taxonomist.improve.vlm_dpo import (
     majority_vote,
     pair_statistics,
     round_items,
+    usable_pool,
 )
 from taxonomist.inference.vlm import Generation
 from taxonomist.io import ResumeError
@@ -245,3 +246,17 @@ def test_one_round_samples_votes_pairs_trains_and_resumes(setup, tmp_path):
     assert resumed.resumed_rounds == 1 and resumed.rounds[1].trained
     assert (round_dir / "chains.parquet").stat().st_mtime_ns == chains_stamp
     assert (round_dir / "pairs.jsonl").read_text() == pairs_text
+
+
+def test_a_pool_file_loses_the_run_s_held_out_rows_and_unknown_categories() -> None:
+    """Regression: --pool with the whole catalog let DPO train on the dev rows that pick the best round
+    (and the test rows), and a row of a category the model does not know crashed every rerun."""
+    pool = pd.DataFrame(
+        {"id": ["1", "2", "3", "4", "5"], "category": ["Tops", "Tops", "Shoes", "Bags", "Tops"]}
+    )
+    kept, notes = usable_pool(pool, held_out_ids=["2", "3"], categories=["Tops", "Shoes"])
+    assert kept["id"].tolist() == ["1", "5"]
+    assert notes == [
+        "left 2 pool rows out: their ids are in the run's dev or test part",
+        "left 1 pool rows out: categories the model does not know {'Bags': 1}",
+    ]

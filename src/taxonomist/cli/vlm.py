@@ -196,8 +196,11 @@ def improve(
     (chosen, rejected) pairs, DPO with LoRA, score on the dev part; resumable, best round kept."""
     import dataclasses
 
+    import numpy as np
+
+    from taxonomist.data.catalog import ID
     from taxonomist.data.prepare import load_catalog, prepare_catalog
-    from taxonomist.improve.vlm_dpo import IMAGE_PATH
+    from taxonomist.improve.vlm_dpo import IMAGE_PATH, usable_pool
     from taxonomist.improve.vlm_dpo import improve as run_improve
     from taxonomist.models.vlm import resolve_model_dir
 
@@ -215,6 +218,10 @@ def improve(
         )
         pool_catalog = load_catalog(pool_cfg)
         unlabeled = pool_catalog.frame.assign(**{IMAGE_PATH: [str(p) for p in pool_catalog.image_paths()]})
+        held_out = frame[ID].iloc[np.concatenate([data.split.dev, data.split.test])].astype(str)
+        unlabeled, notes = usable_pool(unlabeled, held_out.tolist(), list(data.schema.categories))
+        for note in notes:
+            console.print(f"note: {note}", style="yellow", markup=False, soft_wrap=True)
     report = run_improve(
         cfg,
         resolve_model_dir(model_dir),

@@ -337,6 +337,23 @@ class ImproveReport:
         return dataclasses.asdict(self)
 
 
+def usable_pool(
+    pool: pd.DataFrame, held_out_ids: Sequence[str], categories: Sequence[str]
+) -> tuple[pd.DataFrame, list[str]]:
+    """``pool`` less the rows DPO must not train on: ids of the run's dev and test parts (dev picks the
+    best round; training on its images would flatter it) and rows of categories the model has no
+    schema for (their prompts cannot be asked). Returns the rows kept and a note per kind left out."""
+    held = pool[ID].astype(str).isin(set(map(str, held_out_ids)))
+    unknown = ~held & ~pool[CATEGORY].astype(str).isin(list(categories))
+    notes = []
+    if held.any():
+        notes.append(f"left {int(held.sum())} pool rows out: their ids are in the run's dev or test part")
+    if unknown.any():
+        counts = pool.loc[unknown, CATEGORY].astype(str).value_counts().to_dict()
+        notes.append(f"left {int(unknown.sum())} pool rows out: categories the model does not know {counts}")
+    return pool[~(held | unknown)].reset_index(drop=True), notes
+
+
 def items_of(frame: pd.DataFrame) -> list[Item]:
     titles = frame[TEXT].fillna("").astype(str) if TEXT in frame.columns else [""] * len(frame)
     return [
