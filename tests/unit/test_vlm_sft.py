@@ -149,6 +149,11 @@ def test_build_examples_caption_task(tmp_path: Path, model_dir: Path) -> None:
     assert train[0].prompt == cfg.prompt.caption
     cfg.captions.limit = None
     assert len(build_examples(cfg)[1]) == 2
+    # Regression: the dataset entry mapped a system column caption records do not have, so `vlm export`
+    # of every caption config failed its own validation.
+    for formatting in ("sharegpt", "alpaca"):
+        export_llamafactory(train, tmp_path / formatting, formatting=formatting)
+        assert validate_llamafactory(tmp_path / formatting) == {"taxonomist": 2}
 
 
 def test_collator_trains_only_the_answer_and_end_token(catalog: Path, model_dir: Path, processor) -> None:

@@ -145,7 +145,8 @@ def export_llamafactory(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    records = []
+    examples, records = list(examples), []
+    system = any(ex.system for ex in examples)  # caption examples have none: no column to map then
     for ex in examples:
         image = str(Path(ex.image).resolve())
         if formatting == "sharegpt":
@@ -163,24 +164,29 @@ def export_llamafactory(
                 "output": ex.answer,
                 "images": [image],
             }
-        if ex.system:
+        if system:
             record["system"] = ex.system
         records.append(record)
     data_file = output_dir / f"{name}.json"
     atomic_write_json(data_file, records, ensure_ascii=False, indent=1)
     info_file = output_dir / "dataset_info.json"
     info = json.loads(info_file.read_text(encoding="utf-8")) if info_file.is_file() else {}
-    info[name] = dataset_info_entry(data_file.name, formatting)
+    info[name] = dataset_info_entry(data_file.name, formatting, system=system)
     atomic_write_json(info_file, info, ensure_ascii=False, indent=1)
     return data_file
 
 
-def dataset_info_entry(file_name: str, formatting: Literal["sharegpt", "alpaca"]) -> dict[str, Any]:
+def dataset_info_entry(
+    file_name: str, formatting: Literal["sharegpt", "alpaca"], *, system: bool = True
+) -> dict[str, Any]:
+    """LLaMA-Factory's dataset_info entry; ``system``: whether the records have a system prompt (a
+    mapped column the records lack fails LLaMA-Factory's loader, and this module's validation)."""
+    with_system = {"system": "system"} if system else {}
     if formatting == "sharegpt":
         return {
             "file_name": file_name,
             "formatting": "sharegpt",
-            "columns": {"messages": "messages", "images": "images", "system": "system"},
+            "columns": {"messages": "messages", "images": "images", **with_system},
             "tags": {
                 "role_tag": "role",
                 "content_tag": "content",
@@ -195,7 +201,7 @@ def dataset_info_entry(file_name: str, formatting: Literal["sharegpt", "alpaca"]
             "prompt": "instruction",
             "query": "input",
             "response": "output",
-            "system": "system",
+            **with_system,
             "images": "images",
         },
     }
