@@ -236,6 +236,11 @@ def test_one_round_samples_votes_pairs_trains_and_resumes(setup, tmp_path):
     assert (round_dir / "metrics.json").stat().st_mtime_ns == stamp
     with pytest.raises(ResumeError, match="improve"):
         improve(config(beta=0.5), model_dir, pool, val, out, progress=False)
+    # Regression: decoding and training settings were not part of the run, so these resumed too.
+    unconstrained = config()
+    unconstrained.generate.constrained = False
+    with pytest.raises(ResumeError, match=r"\['generate'\]"):
+        improve(unconstrained, model_dir, pool, val, out, progress=False)
 
     # Killed after sampling: the round reruns from its saved chains, which give the same pairs.
     progress["rounds"] = progress["rounds"][:1]

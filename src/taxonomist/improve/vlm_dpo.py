@@ -605,6 +605,12 @@ def improve(
         "model": str(model_dir),
         "improve": {k: v for k, v in dataclasses.asdict(imp).items() if k != "rounds"},
         "lora": dataclasses.asdict(cfg.lora),
+        # What shapes the chains and the DPO steps too (not how many are batched at once).
+        "generate": {
+            k: v for k, v in dataclasses.asdict(cfg.generate).items() if k not in ("batch_size", "chunk_size")
+        },
+        "train": dataclasses.asdict(cfg.train),
+        "prompt": dataclasses.asdict(cfg.prompt),
         "pool": _digest(pool[ID]),
         "val": _digest(val[ID]),
     }
