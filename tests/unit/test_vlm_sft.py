@@ -30,6 +30,7 @@ from taxonomist.config import (
 )
 from taxonomist.data.chat import TokenBudgetError, export_llamafactory, validate_llamafactory
 from taxonomist.data.prepare import build_examples
+from taxonomist.io import ResumeError
 from taxonomist.models.build import build_vlm
 from taxonomist.models.vlm import random_vlm, read_metadata
 from taxonomist.training.vlm_sft import (
@@ -258,6 +259,12 @@ def test_rerun_resumes_from_the_last_checkpoint(
 ) -> None:
     _, first = trained  # a one-step run leaves checkpoint-1 behind
     shutil.copytree(Path(first.output_dir) / "checkpoints", tmp_path / "checkpoints")
+    shutil.copy(Path(first.output_dir) / "run.json", tmp_path / "run.json")
+    # Regression: checkpoints trained with other settings were restored and saved under the new ones.
+    with pytest.raises(ResumeError, match="trained with other settings or training rows"):
+        train_sft(
+            make_config(catalog, model_dir, save_steps=1, max_steps=2, lr=1e-3), tmp_path, progress=False
+        )
     cfg = make_config(catalog, model_dir, save_steps=1, max_steps=2)
     second = train_sft(cfg, tmp_path, progress=False)
     assert second.resumed_from is not None and Path(second.resumed_from).name == "checkpoint-1"

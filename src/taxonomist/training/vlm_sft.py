@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
 import json
 import logging
 import time
@@ -36,7 +37,7 @@ from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadErro
 from taxonomist.data.prepare import DATA_REPORT, build_examples, prepare_catalog
 from taxonomist.data.schema import Schema
 from taxonomist.devices import resolve_device, resolve_precision
-from taxonomist.io import atomic_write_text
+from taxonomist.io import ResumeError, atomic_write_text
 from taxonomist.models.build import build_vlm
 from taxonomist.models.vlm import read_metadata, write_metadata
 
@@ -380,6 +381,7 @@ def train_sft(cfg: VLMConfig, output_dir: str | Path, *, progress: bool = True) 
     if not progress:
         trainer.remove_callback(PrinterCallback)  # without a progress bar, transformers prints every log
     resume = last_checkpoint(output_dir)
+    _claim_run(output_dir, cfg, train_examples, resumed=resume is not None)
     start = time.perf_counter()
     train_loss = _train_or_restore(trainer, resume)
     seconds = time.perf_counter() - start
@@ -413,6 +415,35 @@ def train_sft(cfg: VLMConfig, output_dir: str | Path, *, progress: bool = True) 
         report.merged_dir = str(merge_adapter(cfg, adapter_dir, output_dir / MERGED, schema, device=device))
     atomic_write_text(output_dir / "metrics.json", json.dumps(report.to_dict(), indent=1))
     return report
+
+
+_FREE_ON_RESUME = ("epochs", "max_steps", "save_steps", "save_total_limit", "logging_steps", "merge")
+RUN_FILE = "run.json"
+"""What a run folder's checkpoints were trained from: settings and a digest of the training examples."""
+
+
+def _claim_run(output_dir: Path, cfg: VLMConfig, examples: Sequence[ChatExample], *, resumed: bool) -> None:
+    """Record what this run trains from, or (resuming) refuse checkpoints trained from anything else:
+    restored under another config, the adapter would be saved with a schema and prompts it never saw.
+    Only the schedule's length (train.epochs, train.max_steps) may change on a resume, beside what
+    does not shape the weights (how often it saves and logs, the merge after it, decoding)."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("generate", "improve")}
+    settings["train"] = {k: v for k, v in settings["train"].items() if k not in _FREE_ON_RESUME}
+    digest = hashlib.sha256(
+        json.dumps([(e.id, e.image, e.prompt, e.answer) for e in examples]).encode()
+    ).hexdigest()[:16]
+    identity = json.loads(json.dumps({"settings": settings, "examples": digest}, default=str))
+    path = output_dir / RUN_FILE
+    if resumed:
+        recorded = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        if recorded != identity:
+            what = "an older taxonomist" if recorded is None else "other settings or training rows"
+            raise ResumeError(
+                f"{output_dir} holds checkpoints trained with {what}; use another output folder or "
+                "delete this one (a longer train.epochs or train.max_steps alone resumes)"
+            )
+    else:
+        atomic_write_text(path, json.dumps(identity, indent=1))
 
 
 def _train_or_restore(trainer: Any, checkpoint: str | None) -> float | None:
