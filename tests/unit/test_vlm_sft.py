@@ -28,7 +28,12 @@ from taxonomist.config import (
     VLMTrainConfig,
     load_config,
 )
-from taxonomist.data.chat import TokenBudgetError, export_llamafactory, validate_llamafactory
+from taxonomist.data.chat import (
+    TokenBudgetError,
+    export_llamafactory,
+    readable_examples,
+    validate_llamafactory,
+)
 from taxonomist.data.prepare import build_examples
 from taxonomist.io import ResumeError
 from taxonomist.models.build import build_vlm
@@ -38,7 +43,6 @@ from taxonomist.training.vlm_sft import (
     ChatCollator,
     lora_targets,
     loraplus_optimizer,
-    readable_examples,
     sft_args,
     train_sft,
 )
@@ -351,3 +355,27 @@ def test_training_answers_hold_only_values_a_supplied_schema_allows(tmp_path: Pa
     answers = [json.loads(e.answer) for e in train]
     assert all(answers) and {a["colour"] for a in answers} == {"red", "blue"}
     assert len(train) == int((data.train["colour"] != "Crimson-typo").sum())  # label-less rows: no example
+
+
+def test_export_leaves_out_an_example_whose_image_is_missing(
+    catalog: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    """Regression: one missing image made `vlm export` fail its own validation, where `vlm train` skips
+    such a row."""
+    from typer.testing import CliRunner
+
+    from taxonomist.cli.main import app
+
+    rows = pd.read_csv(catalog, dtype=str)
+    rows.loc[0, "sku"] = "999"  # no image 999.jpg
+    edited = catalog.parent / "missing_one.csv"
+    rows.to_csv(edited, index=False)
+    cfg = make_config(edited, model_dir)
+    cfg.save(tmp_path / "vlm.yaml")
+    result = CliRunner().invoke(
+        app, ["vlm", "export", "-c", str(tmp_path / "vlm.yaml"), "-o", str(tmp_path / "lf")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "left out 999: missing image" in " ".join(result.output.split())
+    counts = validate_llamafactory(tmp_path / "lf")
+    assert sum(counts.values()) == len(rows) - 1

@@ -54,11 +54,19 @@ def export(
     name: Annotated[str, typer.Option(help="Dataset name in dataset_info.json.")] = "taxonomist",
 ) -> None:
     """Catalog → chat examples → ShareGPT/Alpaca JSON + dataset_info.json (train as NAME, val as NAME_val)."""
-    from taxonomist.data.chat import export_llamafactory, validate_llamafactory
+    from taxonomist.data.chat import export_llamafactory, readable_examples, validate_llamafactory
     from taxonomist.data.prepare import build_examples
 
     cfg = resolve_config(config, overrides, VLMConfig)
     train_examples, val_examples, _ = build_examples(cfg)
+    # As `vlm train` does: an example whose image cannot be read is left out and counted, not fatal.
+    (train_examples, train_errors), (val_examples, val_errors) = map(
+        readable_examples, (train_examples, val_examples)
+    )
+    for error in (train_errors + val_errors)[:5]:
+        console.print(f"left out {error.id}: {error.reason} image {error.path}", markup=False, soft_wrap=True)
+    if len(train_errors) + len(val_errors) > 5:
+        console.print(f"… {len(train_errors) + len(val_errors)} examples left out in all", markup=False)
     export_llamafactory(train_examples, output, name=name, formatting=formatting)
     export_llamafactory(val_examples, output, name=f"{name}_val", formatting=formatting)
     counts = validate_llamafactory(output)

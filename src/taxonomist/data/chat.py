@@ -20,6 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from taxonomist.data.catalog import CATEGORY, ID, TEXT
+from taxonomist.data.images import ImageError
 from taxonomist.data.schema import Schema
 from taxonomist.io import atomic_write_json
 
@@ -127,6 +128,24 @@ def caption_examples(frame: pd.DataFrame, prompts: ChatPrompts) -> list[ChatExam
         )
         for r in frame.to_dict("records")
     ]
+
+
+def readable_examples(examples: Sequence[ChatExample]) -> tuple[list[ChatExample], list[ImageError]]:
+    """Drop examples whose image header cannot be read (missing, not an image): a cheap pre-filter, so
+    epochs and the token budget count only usable rows. Files that open but fail to decode are caught
+    later by :class:`ChatCollator`."""
+    kept, errors = [], []
+    for example in examples:
+        try:
+            with Image.open(example.image) as image:
+                image.size  # noqa: B018 - reading the header is the check
+        except FileNotFoundError as err:
+            errors.append(ImageError(example.id, example.image, "missing", err.strerror or "no such file"))
+        except (OSError, Image.DecompressionBombError) as err:
+            errors.append(ImageError(example.id, example.image, "unreadable", str(err)))
+        else:
+            kept.append(example)
+    return kept, errors
 
 
 # --- LLaMA-Factory export ----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from taxonomist.config import ImproveConfig, LoraSettings, VLMConfig, VLMTrainConfig
-from taxonomist.data.chat import ChatExample, check_token_budget, examples_to_records
+from taxonomist.data.chat import ChatExample, check_token_budget, examples_to_records, readable_examples
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadError, load_image, write_errors
 from taxonomist.data.prepare import DATA_REPORT, build_examples, prepare_catalog
 from taxonomist.data.schema import Schema
@@ -49,24 +49,6 @@ log = logging.getLogger(__name__)
 
 
 # --- examples --------------------------------------------------------------------------------------------
-
-
-def readable_examples(examples: Sequence[ChatExample]) -> tuple[list[ChatExample], list[ImageError]]:
-    """Drop examples whose image header cannot be read (missing, not an image): a cheap pre-filter, so
-    epochs and the token budget count only usable rows. Files that open but fail to decode are caught
-    later by :class:`ChatCollator`."""
-    kept, errors = [], []
-    for example in examples:
-        try:
-            with Image.open(example.image) as image:
-                image.size  # noqa: B018 - reading the header is the check
-        except FileNotFoundError as err:
-            errors.append(ImageError(example.id, example.image, "missing", err.strerror or "no such file"))
-        except (OSError, Image.DecompressionBombError) as err:
-            errors.append(ImageError(example.id, example.image, "unreadable", str(err)))
-        else:
-            kept.append(example)
-    return kept, errors
 
 
 # --- batches ---------------------------------------------------------------------------------------------
