@@ -147,6 +147,11 @@ def test_captions_through_the_same_commands(config: Path, tmp_path: Path) -> Non
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert evaluation["task"] == "caption" and evaluation["n"] >= 1
     assert {"bleu4", "rouge_l", "cider", "fgd"} <= set(evaluation)
+    # Regression: a one-image validation split (captions.limit=1) failed in FGD's covariance.
+    one = ["--set", "captions.limit=1", "--set", "generate.max_new_tokens=8", "-q"]
+    invoke("evaluate", str(run), "--output", str(tmp_path / "eval1"), *one)
+    single = json.loads((tmp_path / "eval1" / "evaluation.json").read_text())
+    assert single["n"] == 1 and single["fgd"] is None and single["bleu4"] is not None
     out = tmp_path / "pred"
     invoke("predict", str(run), "-o", str(out), "--set", "generate.max_new_tokens=8", "-q")
     captions = pd.read_csv(out / "captions.csv", keep_default_na=False)

@@ -612,7 +612,8 @@ def evaluate_vlm(
             references.setdefault(e.id, []).append(e.answer)
         # A failed image gets an empty caption: scored, not dropped, as a challenge would.
         predictions = {r.id: r.best.text if r in ok else "" for r in results}  # type: ignore[union-attr]
-        summary.update(caption_scores(predictions, references).to_dict())
+        # FGD fits a covariance: a one-image split (a smoke run) gets the other scores, FGD none.
+        summary.update(caption_scores(predictions, references, fgd=len(references) >= 2).to_dict())
     else:
         assert predictor.schema is not None
         evaluation = _vlm_attribute_evaluation(
