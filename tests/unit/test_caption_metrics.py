@@ -201,6 +201,11 @@ def test_read_product_captions(fashion_dir: Path) -> None:
     assert all(Path(p).is_file() for p in frame["image_path"][:20])
     head = frame.head(3)
     assert references_by_id(head) == {i: [c] for i, c in zip(head["id"], head["caption"], strict=True)}
+    # Regression: 79 val images were byte-identical to training images; no digest spans both parts now.
+    from taxonomist.data.images import content_hash
+
+    digests = frame.assign(digest=[content_hash(p) for p in frame["image_path"]])
+    assert digests.groupby("digest")["split"].nunique().max() == 1
 
 
 def test_reader_errors_name_file_and_line(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from taxonomist.data.catalog import CATEGORY, CatalogError, expand_path, read_table
-from taxonomist.data.split import split_per_category
+from taxonomist.data.catalog import CatalogError, expand_path, read_table
+from taxonomist.data.images import content_hash
+from taxonomist.data.split import split_train_dev_test
 
 CAPTION_COLUMNS = ("id", "image_path", "caption", "split")
 
@@ -43,8 +44,8 @@ def read_product_captions(
 
     Rows without a display name (6 in the shared copy) are left out: there is nothing to score against.
     The folder has no split, so ``split`` comes from the seeded per-category split the training code uses
-    (:func:`~taxonomist.data.split.split_per_category`, grouped by ``masterCategory``): val keeps every
-    category's share, and the same seed gives the same val ids.
+    (:func:`~taxonomist.data.split.split_train_dev_test` over ``masterCategory``, byte-identical images
+    kept in one part): val keeps about every category's share, and the same seed gives the same val ids.
     """
     root = expand_path(root)
     path = root / "styles.csv"
@@ -53,15 +54,23 @@ def read_product_captions(
         raise CatalogError(f"{path}: no productDisplayName column (columns: {list(raw.columns)})")
     names = raw["productDisplayName"].str.strip()
     raw = raw.assign(productDisplayName=names)[names.notna() & (names != "")]
-    _, val = split_per_category(
-        raw.rename(columns={"masterCategory": CATEGORY}), val_fraction=val_fraction, seed=seed
+    paths = [root / "images" / f"{i}.jpg" for i in raw["id"]]
+    # Byte-identical photos (the catalogue reuses some, often with the same name) stay in one part, or
+    # val would score captions of images training saw.
+    groups = pd.Series([content_hash(p) if p.is_file() else f"no image {p}" for p in paths])
+    parts = split_train_dev_test(
+        raw["masterCategory"].astype(str),
+        dev_fraction=val_fraction,
+        test_fraction=0.0,
+        seed=seed,
+        groups=groups,
     )
     split = np.full(len(raw), "train", dtype=object)
-    split[val] = "val"
+    split[parts.dev] = "val"
     return pd.DataFrame(
         {
             "id": raw["id"].to_numpy(),
-            "image_path": [str(root / "images" / f"{i}.jpg") for i in raw["id"]],
+            "image_path": [str(p) for p in paths],
             "caption": raw["productDisplayName"].to_numpy(),
             "split": split,
         }
