@@ -6,6 +6,7 @@ with named columns) is resolved here, once.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import os
@@ -221,14 +222,26 @@ def read_table(path: str | os.PathLike, encoding: str = "utf-8") -> pd.DataFrame
     path = expand_path(path)
     if not path.is_file():
         raise CatalogError(not_found("catalog file", path))
+    with _text_errors(path, encoding):
+        try:
+            if is_parquet(path):
+                frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
+                integral = {c: "Int64" for c in frame.columns if _integral_floats(frame[c])}
+                frame = frame.astype(integral)
+                return frame.astype({c: "string" for c in frame.columns}).astype(object).where(frame.notna())
+            # keep_default_na=False: a label like "NA" (a brand) is data; only empty fields are missing.
+            return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
+        except UnicodeDecodeError:
+            raise  # a ValueError, but _text_errors words it
+        except (pd.errors.ParserError, OSError, ValueError) as err:
+            raise CatalogError(f"{path}: cannot be read as a table ({err})") from err
+
+
+@contextlib.contextmanager
+def _text_errors(path: Path, encoding: str) -> Iterator[None]:
+    """A CSV's decoding failures, whichever parser reads it, as one line saying how to set the encoding."""
     try:
-        if is_parquet(path):
-            frame = pd.read_parquet(path, dtype_backend="numpy_nullable")
-            integral = {c: "Int64" for c in frame.columns if _integral_floats(frame[c])}
-            frame = frame.astype(integral)
-            return frame.astype({c: "string" for c in frame.columns}).astype(object).where(frame.notna())
-        # keep_default_na=False: a label like "NA" (a brand) is data; only empty fields are missing.
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding=encoding)
+        yield
     except UnicodeDecodeError as err:
         raise CatalogError(
             f"{path}: not valid {encoding} text ({err}); set the file's encoding with "
@@ -236,8 +249,6 @@ def read_table(path: str | os.PathLike, encoding: str = "utf-8") -> pd.DataFrame
         ) from err
     except LookupError as err:
         raise CatalogError(f"catalog.encoding: {err}") from err
-    except (pd.errors.ParserError, OSError, ValueError) as err:
-        raise CatalogError(f"{path}: cannot be read as a table ({err})") from err
 
 
 def read_lined_table(
@@ -299,11 +310,7 @@ def _with_malformed(rejected: pd.DataFrame, malformed: pd.DataFrame) -> pd.DataF
 def _csv_scan(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
     """(line it starts on, fields) of each record of a CSV, the header first, skipping the lines
     ``pd.read_csv`` skips: blank or whitespace-only lines (outside quotes)."""
-    try:
-        file = path.open(encoding=encoding, newline="")
-    except LookupError as err:
-        raise CatalogError(f"catalog.encoding: {err}") from err
-    with file:
+    with _text_errors(path, encoding), path.open(encoding=encoding, newline="") as file:
         last = [""]
 
         def remember() -> Iterator[str]:
@@ -319,11 +326,6 @@ def _csv_scan(path: Path, encoding: str) -> Iterator[tuple[int, list[str]]]:
                 start, end = end + 1, reader.line_num
                 if start < end or last[0].strip(" \t\r\n"):
                     yield start, fields
-        except UnicodeDecodeError as err:
-            raise CatalogError(
-                f"{path}: not valid {encoding} text ({err}); set the file's encoding with "
-                "--set catalog.encoding=latin-1 (or cp1252, ...)"
-            ) from err
         except csv.Error as err:
             raise CatalogError(f"{path}: cannot be read as a table (line {end + 1}: {err})") from err
         finally:
