@@ -84,6 +84,10 @@ class ModelOut(BaseModel):
     kind: str
     backbone: str
     fingerprint: str = Field(description="Backbone weights + preprocessing fingerprint.")
+    runtime: str = Field(
+        description="What computed the answers, e.g. `openvino fp32`: the same weights may run on another "
+        "runtime or precision, with slightly different confidences."
+    )
 
 
 class PredictResponse(BaseModel):
