@@ -337,7 +337,9 @@ def test_slow_prediction_gives_504_and_worker_survives(checkpoint: Path, images:
         response = client.post("/v1/predict", files=upload(jpg(images, 1000)), data={"category": "Tops"})
         assert response.status_code == 504 and "no prediction within 0.1 s" in response.text
         assert client.get("/readyz").status_code == 200
-        assert 'taxonomist_images_total{outcome="timeout"} 1.0' in client.get("/metrics").text
+        metrics = client.get("/metrics").text
+        assert 'taxonomist_images_total{outcome="timeout"} 1.0' in metrics
+        assert 'taxonomist_listings_total{outcome="timeout"} 1.0' in metrics
 
 
 def test_probes_docs_metrics_and_logs(
@@ -354,7 +356,7 @@ def test_probes_docs_metrics_and_logs(
     [record] = [r for r in caplog.records if getattr(r, "request_id", None) == "req-42"]
     line = json.loads(JsonFormatter().format(record))
     assert line["msg"] == "request" and line["status"] == 422 and line["path"] == "/v1/predict"
-    assert line["images"] == 1 and line["ms"] > 0
+    assert line["images"] == line["listings"] == 1 and line["ms"] > 0
 
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["model"]["kind"] == "attribute-heads"

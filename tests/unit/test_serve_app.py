@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from taxonomist.inference.predictor import AttributeValue
 from taxonomist.serve import create_app
@@ -20,6 +22,9 @@ class TitleListings:
     reads_text = True
     predicts_without_image = True
 
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+
     def prepare(self, data: bytes, category: str, *, name: str, title: str = "") -> tuple[str, str]:
         return category, title
 
@@ -27,6 +32,7 @@ class TitleListings:
         return category, title
 
     def predict_batch(self, items: Sequence[tuple[str, str]]) -> list[dict[str, AttributeValue]]:
+        time.sleep(self.delay_s)
         return [{"color": AttributeValue("red", 0.9)} for _ in items]
 
 
@@ -41,3 +47,31 @@ def test_predictions_name_the_runtime_that_answered(client: TestClient) -> None:
     assert answer.status_code == 200, answer.text
     assert answer.json()["model"]["runtime"] == "openvino fp32"
     assert answer.json()["model"] == client.get("/readyz").json()["model"]
+
+
+def outcomes(client: TestClient) -> dict[tuple[str, str], float]:
+    """(counter, outcome) -> count, for the listing and image outcome counters."""
+    return {
+        (s.name, s.labels["outcome"]): s.value
+        for family in text_string_to_metric_families(client.get("/metrics").text)
+        for s in family.samples
+        if s.name in ("taxonomist_listings_total", "taxonomist_images_total")
+    }
+
+
+def test_title_only_listings_are_counted_as_listings_not_images(client: TestClient) -> None:
+    titles = {"category": "Tops", "title": ["Acme red top", "Acme blue top", "Acme green top"]}
+    assert client.post("/v1/predict", data=titles).status_code == 200
+    assert client.post("/v1/predict", data={**titles, "category": "Hats"}).status_code == 422
+    counts = outcomes(client)
+    assert counts[("taxonomist_listings_total", "predicted")] == 3
+    assert counts[("taxonomist_listings_total", "unknown-category")] == 3
+    assert counts.get(("taxonomist_images_total", "predicted"), 0) == 0
+    assert counts.get(("taxonomist_images_total", "unknown-category"), 0) == 0
+
+
+def test_a_title_only_request_that_times_out_counts_its_listings() -> None:
+    with TestClient(create_app(TitleListings(delay_s=0.5), request_timeout_s=0.1)) as client:
+        late = client.post("/v1/predict", data={"category": "Tops", "title": ["Acme red top", "Acme bag"]})
+        assert late.status_code == 504
+        assert outcomes(client)[("taxonomist_listings_total", "timeout")] == 2

@@ -271,8 +271,11 @@ class _Service:
                 exc = HTTPException(413, detail=detail)
         return await http_exception_handler(request, exc)
 
-    def reject(self, outcome: str, count: int = 1) -> None:
-        self.metrics.images.labels(outcome).inc(count)
+    def count(self, outcome: str, listings: int, images: bool) -> None:
+        """Every listing counts in ``taxonomist_listings``; only those sent with an image (a request has
+        all or none) in ``taxonomist_images``, which title-only listings would otherwise inflate."""
+        self.metrics.listings.labels(outcome).inc(listings)
+        self.metrics.images.labels(outcome).inc(listings if images else 0)
 
     def prepare(self, data: bytes | None, category: str, name: str, title: str) -> Any:
         if data is None:  # a listing without a photo: its title alone
@@ -298,7 +301,7 @@ class _Service:
         problems = [(i, p) for i, p in enumerate(prepared) if isinstance(p, ImageLoadError)]
         if problems:
             for _, err in problems:
-                self.reject(err.reason)
+                self.count(err.reason, 1, images=True)
             raise HTTPException(
                 422,
                 detail=[
@@ -342,11 +345,12 @@ class _Service:
         image = image or []
         n = len(image) if image else self.check_title_only(title)
         request.state.images = len(image)
+        request.state.listings = n
         categories = self.check_request(image, category, ids, n)
         titles = self.check_titles(title, n)
         names = [u.filename or str(i) for i, u in enumerate(image)] or [str(i) for i in range(n)]
         results = await self.results(image, names, categories, titles)
-        self.metrics.images.labels("predicted").inc(len(image))
+        self.count("predicted", n, images=bool(image))
         return {
             "model": self.info,
             "predictions": [
@@ -394,7 +398,7 @@ class _Service:
             raise _unprocessable("id", f"send one id per image ({n}), not {len(ids)}")
         unknown = [(i, c) for i, c in enumerate(category) if c not in self.known]
         if unknown:
-            self.reject("unknown-category", n)
+            self.count("unknown-category", n, images=bool(image))
             allowed = ", ".join(sorted(self.known))
             raise HTTPException(
                 422,
@@ -411,7 +415,7 @@ class _Service:
         limit = self.max_upload_bytes
         too_big = [(i, u) for i, u in enumerate(image) if u.size is not None and u.size > limit]
         if too_big:
-            self.reject("too-large", n)
+            self.count("too-large", n, images=True)
             raise HTTPException(
                 413,
                 detail="; ".join(
@@ -439,17 +443,17 @@ class _Service:
         self, image: list[UploadFile], names: list[str], categories: list[str], titles: list[str]
     ) -> list[dict[str, Any]]:
         """The batcher's answers, or the HTTP error that says why there are none."""
-        n = len(image)
+        n, sent = len(names), bool(image)
         try:
             return await asyncio.wait_for(self.run(image, names, categories, titles), self.request_timeout_s)
         except asyncio.TimeoutError:
-            self.reject("timeout", n)
+            self.count("timeout", n, images=sent)
             raise HTTPException(504, detail=f"no prediction within {self.request_timeout_s:g} s") from None
         except BatchTooLarge as err:
-            self.reject("too-large", n)
+            self.count("too-large", n, images=sent)
             raise HTTPException(413, detail=str(err)) from None
         except BatcherBusy as err:
-            self.reject("busy", n)
+            self.count("busy", n, images=sent)
             raise HTTPException(503, detail=f"server busy: {err}", headers={"Retry-After": "1"}) from None
         except BatcherStopped as err:
             raise HTTPException(503, detail=str(err)) from None
@@ -465,7 +469,7 @@ class _Service:
         return JSONResponse({"status": "not ready", "worker_running": False}, status_code=503)
 
     async def prometheus_metrics(self) -> Response:
-        """Prometheus text format: requests by status, latency, batch sizes, image outcomes."""
+        """Prometheus text format: requests by status, latency, batch sizes, listing and image outcomes."""
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
 
@@ -559,5 +563,6 @@ class _ObserveRequests:
                     "status": status,
                     "ms": round(seconds * 1000, 2),
                     "images": state.get("images"),
+                    "listings": state.get("listings"),
                 },
             )

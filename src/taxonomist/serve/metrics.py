@@ -35,13 +35,22 @@ class ServeMetrics:
         )
         self.images = Counter(
             "taxonomist_images",
-            "Uploaded images by outcome: predicted, or the reason they were rejected.",
+            "Uploaded images by outcome: predicted, or the reason they were rejected. Listings sent without "
+            "an image (a title alone) are not images: see taxonomist_listings.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.listings = Counter(
+            "taxonomist_listings",
+            "Listings (one per image, or per title in a request without images) by outcome: predicted, or "
+            "the reason they were rejected. Counts title-only listings, which taxonomist_images does not.",
             ["outcome"],
             registry=self.registry,
         )
         self.batch_size = Histogram(
             "taxonomist_batch_size",
-            "Images per model forward (above 1 means requests were batched together).",
+            "Listings (images, or titles alone) per model forward (above 1 means requests were batched "
+            "together).",
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
@@ -52,7 +61,9 @@ class ServeMetrics:
             registry=self.registry,
         )
         Gauge(
-            "taxonomist_queue_images", "Images waiting for a model forward.", registry=self.registry
+            "taxonomist_queue_images",
+            "Listings (images, or titles alone) waiting for a model forward.",
+            registry=self.registry,
         ).set_function(queued)
         Info("taxonomist_model", "The served checkpoint.", registry=self.registry).info(
             {k: str(v) for k, v in asdict(info).items()}
