@@ -60,3 +60,15 @@ def test_missing_file_under_the_data_dir_names_the_variable(
     with pytest.raises(CatalogError) as elsewhere:
         load_catalog(CatalogConfig(path=str(tmp_path / "styles.csv")))
     assert "TAXONOMIST_DATA_DIR" not in str(elsewhere.value)
+
+
+def test_a_correction_under_another_category_than_its_items_is_refused_by_line(tmp_path: Path) -> None:
+    # Item 3 is a bag in the catalog: a "Tops" colour (from an export of an older catalog) is not its to take.
+    moved = pd.DataFrame({"sku": ["1", "3"], "type": ["Tops", "Tops"], "color": ["green", "white"]})
+    with pytest.raises(
+        CatalogError, match=r"1 corrections .* line 3 \(id '3'\) says 'Tops', the catalog 'Bags'"
+    ):
+        load_catalog(_config(tmp_path, moved))
+    unnamed = pd.DataFrame({"sku": ["3"], "type": [None], "color": ["white"]})
+    with pytest.raises(CatalogError, match=r"line 2 \(id '3'\) says None, the catalog 'Bags'"):
+        load_catalog(_config(tmp_path, unnamed))

@@ -715,8 +715,10 @@ def apply_corrections(
 ) -> Catalog:
     """``catalog`` with the reviewed labels of ``path`` merged in: each non-empty reviewed value replaces
     the catalog's label; reviewed items the catalog lacks are appended (their images are found the same
-    way as the catalog's). Columns other than the catalog's attributes are ignored."""
-    table = read_table(path)
+    way as the catalog's). Columns other than the catalog's attributes are ignored. A reviewed item must
+    keep the category the catalog gives it: its values were picked from that category's allowed values,
+    so one under another category (an export from an older catalog) fails the merge, naming its line."""
+    table, _ = read_lined_table(path)
     missing = [c for c in (id_column, category_column) if c not in table.columns]
     if missing:
         raise CatalogError(
@@ -728,8 +730,23 @@ def apply_corrections(
         raise CatalogError(f"{path}: duplicated ids {dups}")
     attributes = [a for a in catalog.attributes if a in table.columns]
     frame = catalog.frame.set_index(catalog.frame[ID].astype(str), drop=False)
+    lines = table.index
     table = table.set_index(table[ID].astype(str), drop=False)
     known = table.index.isin(frame.index)
+    moved = [
+        f"line {line} (id {item!r}) says {given if isinstance(given, str) else None!r}, "
+        f"the catalog {frame.at[item, CATEGORY]!r}"
+        for line, item, given in zip(
+            lines[known], table.index[known], table.loc[known, CATEGORY], strict=True
+        )
+        if given != frame.at[item, CATEGORY]
+    ]
+    if moved:
+        raise CatalogError(
+            f"{path}: {len(moved)} corrections name another category than the catalog's row of their id, "
+            f"so their values may not be allowed there: {'; '.join(moved[:5])}; correct their category "
+            "or leave them out"
+        )
     for attribute in attributes:
         given = table.loc[known, attribute].dropna()
         frame.loc[given.index, attribute] = given
