@@ -72,3 +72,12 @@ def test_a_correction_under_another_category_than_its_items_is_refused_by_line(t
     unnamed = pd.DataFrame({"sku": ["3"], "type": [None], "color": ["white"]})
     with pytest.raises(CatalogError, match=r"line 2 \(id '3'\) says None, the catalog 'Bags'"):
         load_catalog(_config(tmp_path, unnamed))
+
+
+def test_a_correction_folds_its_category_like_the_catalog(tmp_path: Path) -> None:
+    # "Tops " in a hand-edited file is the catalog's "Tops", as it would be in the catalog itself.
+    spaced = pd.DataFrame({"sku": ["1", "9"], "type": ["Tops ", " Bags"], "color": ["green", "black"]})
+    catalog = load_catalog(_config(tmp_path, spaced))
+    frame = catalog.frame.set_index("id")
+    assert frame.loc["1", "color"] == "green"
+    assert frame.loc["9", "category"] == "Bags"

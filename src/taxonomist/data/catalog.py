@@ -412,6 +412,11 @@ def set_aside_bad_rows(
     return raw[usable & ~duplicate], pd.DataFrame(rejected, columns=REJECTED_COLUMNS)
 
 
+def fold_categories(categories: pd.Series) -> list[object]:
+    """ "Tops " and "Tops" from an export are one category (the same rule as titles: whitespace runs fold)."""
+    return [" ".join(c.split()) if isinstance(c, str) else c for c in categories]
+
+
 def apply_remaps(frame: pd.DataFrame, remaps: Mapping[str, Mapping[str, str]], category_col: str) -> None:
     """Per-category column copies, in place: ``{"Sarees": {"attr_1": "attr_4"}}`` sets attr_1 from attr_4."""
     for category, mapping in remaps.items():
@@ -532,8 +537,7 @@ def read_generic(
                 f"{path}: an attribute column is named {name!r}, the name the {name} column {col!r} gets; "
                 f"rename it or {fix}"
             )
-    # "Tops " and "Tops" from an export are one category (the same rule as titles: whitespace runs fold).
-    raw[category_column] = [" ".join(c.split()) if isinstance(c, str) else c for c in raw[category_column]]
+    raw[category_column] = fold_categories(raw[category_column])
     if remaps:
         apply_remaps(raw, remaps, category_column)
     raw, rejected = set_aside_bad_rows(raw, id_column, category_column, str(path), bad_rows, image_template)
@@ -725,6 +729,7 @@ def apply_corrections(
             f"{path}: corrections need the catalog's columns {missing} (as `taxonomist review` exports them)"
         )
     table = table.rename(columns={id_column: ID, category_column: CATEGORY})
+    table[CATEGORY] = fold_categories(table[CATEGORY])
     if table[ID].duplicated().any():
         dups = table.loc[table[ID].duplicated(), ID].head(5).tolist()
         raise CatalogError(f"{path}: duplicated ids {dups}")
