@@ -237,6 +237,9 @@ def test_model_fit_predict_save_load(tmp_path: Path, tiny_encoder: Path) -> None
     assert len(model.heads.losses_) == 3
     pred = model.predict(titles[:6])
     assert len(pred) == 6 and all(p in model.taxonomy_ for p in pred[data.levels].itertuples(index=False))
+    # Regression: no titles raised (kNN search's shape error, TF-IDF's); now no rows, the same columns.
+    for method in [*model.methods, "soft", "vote"]:
+        pd.testing.assert_frame_equal(model.predict([], method), pred.iloc[:0])
 
     model.save(tmp_path / "model")
     back = TaxonomyModel.load(tmp_path / "model")

@@ -90,8 +90,9 @@ def prediction_frame(
     brands: Sequence[str],
     brand_confidence: np.ndarray,
 ) -> pd.DataFrame:
-    frame = pd.DataFrame({level: [p[k] for p in paths] for k, level in enumerate(levels)})
-    frame[BRAND] = list(brands)
+    # dtype=str: a frame of no rows has text columns like any other, not float ones.
+    frame = pd.DataFrame({level: [p[k] for p in paths] for k, level in enumerate(levels)}, dtype=str)
+    frame[BRAND] = pd.Series(list(brands), dtype=str)
     for k, level in enumerate(levels):
         frame[f"{level}_confidence"] = np.asarray(level_confidence)[:, k].round(4)
     frame["brand_confidence"] = np.round(brand_confidence, 4)
@@ -338,6 +339,10 @@ class TaxonomyModel:
         """One row per title: levels, brand, per-level and brand confidence. Paths are always valid."""
         method = method or self.method
         methods = self.resolve_methods(method)
+        if not len(titles):  # kNN search and TF-IDF refuse a batch of no rows
+            return self.finish(
+                titles, PathPrediction(np.zeros(0, np.int64), np.zeros((0, self.taxonomy_.depth)))
+            )
         preds, scores = self.method_outputs(self.prepare(titles), methods)
         pred = self.combine(preds, scores, how=method if method in ("soft", "vote") else None)
         return self.finish(titles, pred)
