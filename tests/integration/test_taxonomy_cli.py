@@ -120,6 +120,13 @@ def test_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> None:
     )
     assert again.exit_code == 0
     assert pd.read_csv(out / "predictions.csv", keep_default_na=False).equals(pred)
+    # Regression: a misspelled --id-column fell back to row numbers, which then passed for the file's ids.
+    typo = ["--data", str(tmp_path / "new.csv"), "-o", str(tmp_path / "typo"), "--id-column", "sku", "-q"]
+    refused = CliRunner().invoke(app, ["taxonomy", "predict", str(run), *typo])
+    assert isinstance(refused.exception, CatalogError), refused.output
+    assert (
+        str(refused.exception) == f"{tmp_path / 'new.csv'}: no id column 'sku'; columns are ['id', 'title']"
+    )
     # The encoder's numerics are part of the job: int8 into the fp32 job's folder is refused, and in
     # its own folder it runs on ONNX Runtime's dynamic int8 and gives valid paths.
     int8 = ["--runtime", "onnxruntime", "--precision", "int8", "-q"]

@@ -152,7 +152,10 @@ def predict(
     data: Annotated[Path, typer.Option(help="CSV/Parquet with a title column.")],
     output: JobOutputOpt,
     title_column: Annotated[str, typer.Option(help="Column holding the titles.")] = "title",
-    id_column: Annotated[str, typer.Option(help="Column holding row ids (default: row number).")] = "id",
+    id_column: Annotated[
+        str | None,
+        typer.Option(help="Column holding row ids; must exist (default: the 'id' column, else row number)."),
+    ] = None,
     method: MethodOpt = None,
     runtime: PredictRuntimeOpt = "auto",
     precision: EncoderPrecisionOpt = "fp32",

@@ -72,12 +72,13 @@ class TaxonomyPredictor:
         output_dir: str | os.PathLike,
         *,
         title_column: str = TITLE,
-        id_column: str = ID,
+        id_column: str | None = None,
         method: str | None = None,
         progress: bool = True,
         encoding: str = "utf-8",
     ) -> dict:
         """CSV/Parquet of titles → ``predictions.csv`` in chunks that survive a crash and resume;
+        ``id_column``: the rows' ids (must exist; None: the ``id`` column, else the row number);
         ``encoding``: a CSV's text encoding."""
         input_path = Path(input_path)
         frame = _read_titles(input_path, title_column, id_column, encoding)
@@ -137,7 +138,7 @@ def load_model(path: str | os.PathLike, *, runtime: str = "torch", precision: st
     return TaxonomyModel.load(path, enricher=enricher, encoder=encoder)
 
 
-def _read_titles(path: Path, title_column: str, id_column: str, encoding: str) -> pd.DataFrame:
+def _read_titles(path: Path, title_column: str, id_column: str | None, encoding: str) -> pd.DataFrame:
     """id and normalised title per row, indexed by the row's line in the file (for errors.csv)."""
     try:
         raw, _ = read_lined_table(path, encoding)  # a malformed record fails the file, naming it
@@ -150,6 +151,10 @@ def _read_titles(path: Path, title_column: str, id_column: str, encoding: str) -
         raise
     if title_column not in raw.columns:
         raise CatalogError(f"{path}: no title column {title_column!r}; columns are {list(raw.columns)}")
-    ids = raw[id_column].astype(str) if id_column in raw.columns else pd.Series(range(len(raw))).astype(str)
+    # A named id column that is missing (a typo) fails: row numbers in its place would pass for ids.
+    if id_column is not None and id_column not in raw.columns:
+        raise CatalogError(f"{path}: no id column {id_column!r}; columns are {list(raw.columns)}")
+    id_column = id_column or (ID if ID in raw.columns else None)
+    ids = raw[id_column].astype(str) if id_column else pd.Series(range(len(raw))).astype(str)
     titles = raw[title_column].map(normalize_text)
     return pd.DataFrame({ID: ids.to_numpy(), TITLE: titles.to_numpy()}, index=raw.index)
