@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import re
+import unicodedata
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from taxonomist.data.taxonomy import (
     Taxonomy,
@@ -50,7 +54,7 @@ def tax() -> Taxonomy:
 
 def test_normalize_text() -> None:
     assert normalize_text("  Ｗｏｍｅｎ's\tShoes\n ") == "Women's Shoes"  # full-width folded by NFKC
-    assert normalize_text("a\u200b b\x00c") == "a\u200b b c" or normalize_text("a\x00b") == "a b"
+    assert normalize_text("a\u200b b\x00c") == "a b c"  # zero-width space and NUL: noise, as spaces
     assert normalize_text(None) == "" and normalize_text(float("nan")) == ""
     # pandas' and numpy's missing values are no title, not the titles "<NA>", "nan" and "NaT".
     assert [normalize_text(v) for v in (pd.NA, np.float32("nan"), pd.NaT, np.datetime64("NaT"))] == [""] * 4
@@ -60,6 +64,38 @@ def test_normalize_text() -> None:
         normalize_text("café".encode("latin-1"))
     assert normalize_text(0) == "0" and normalize_text(np.float64(1.5)) == "1.5"
     assert normalize_brand(" FabHomeDecor ") == normalize_brand("fabhomedecor")
+
+
+@pytest.mark.parametrize(
+    ("raw", "normal"),
+    [
+        (
+            "\U0001f468\u200d\U0001f469\u200d\U0001f467",
+            "\U0001f468\u200d\U0001f469\u200d\U0001f467",
+        ),  # one emoji
+        ("\u0915\u094d\u200d\u0937", "\u0915\u094d\u200d\u0937"),  # Devanagari half form: a ZWJ spelling
+        ("\u0928\u094d\u200c\u0939", "\u0928\u094d\u200c\u0939"),  # ZWNJ keeps the virama visible
+        ("\u2764\ufe0f Kurta", "\u2764\ufe0f Kurta"),  # a variation selector (Mn) picks emoji style
+        ("\u200d", ""),  # joiners that join nothing are dropped: still a blank title
+        (" \u200c Kurta\u200d \x07", "Kurta"),
+        ("a\x00\u200db\u00ad", "a b"),  # controls and other format characters stay noise
+    ],
+)
+def test_normalize_text_keeps_joiners_within_words(raw: str, normal: str) -> None:
+    """Regression: ZWJ/ZWNJ (category Cf) were spaces, splitting emoji sequences and Indic words."""
+    assert normalize_text(raw) == normal
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.characters(codec="ascii"))
+    | st.text().filter(lambda t: not {"\u200c", "\u200d"} & set(t))
+)
+def test_normalize_text_without_joiners_is_unchanged(text: str) -> None:
+    """ASCII titles, and any title without a joiner, normalise exactly as before joiners were kept."""
+    nfkc = unicodedata.normalize("NFKC", text)
+    before = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in nfkc)
+    assert normalize_text(text) == re.sub(r"\s+", " ", before).strip()
 
 
 def test_tree_nodes_are_keyed_by_prefix(tax: Taxonomy) -> None:

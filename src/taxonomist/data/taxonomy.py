@@ -30,6 +30,10 @@ FLIPKART_SEP = ">>"
 DEFAULT_LEVELS = ("supergroup", "group", "module")
 
 _SPACE = re.compile(r"\s+")
+_JOINERS = frozenset("\u200c\u200d")
+"""ZWNJ and ZWJ: format characters that spell Indic words and join emoji sequences, so kept."""
+_LOOSE_JOINERS = re.compile(r"(?<!\S)[\u200c\u200d]+|[\u200c\u200d]+(?!\S)")
+"""A joiner at a word's edge joins nothing: dropped, so a title of joiners alone is still blank."""
 
 
 class TaxonomyError(ValueError):
@@ -37,7 +41,8 @@ class TaxonomyError(ValueError):
 
 
 def normalize_text(text: object) -> str:
-    """Canonical form of a title or label: NFKC, no control characters, single spaces, trimmed.
+    """Canonical form of a title or label: NFKC, control and format characters as spaces (but ZWJ and
+    ZWNJ within a word, which are spelling), single spaces, trimmed.
 
     NFKC folds full-width and compatibility characters that scraped catalogs mix in, so the same title
     embeds (and caches) the same way whichever way it was typed.
@@ -53,7 +58,8 @@ def normalize_text(text: object) -> str:
             return ""
     text = unicodedata.normalize("NFKC", str(text))
     if not text.isprintable():  # rare: the per-character scan below is the slow part of prediction
-        text = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in text)
+        text = "".join(" " if unicodedata.category(c)[0] == "C" and c not in _JOINERS else c for c in text)
+        text = _LOOSE_JOINERS.sub("", text)
     return _SPACE.sub(" ", text).strip()
 
 
