@@ -185,6 +185,22 @@ def test_constrained_outputs_are_always_valid_greedy_and_sampled(predictor, imag
     assert len(sampled[0].generations) == 4
 
 
+def test_confidence_is_the_models_whichever_way_it_was_sampled(predictor, images, monkeypatch):
+    """Regression: confidences came from the scores sampling drew from, after temperature, top-p (which
+    renormalises over the nucleus: inflated) and the generation_config's repetition penalty. With top-p
+    so small that sampling always takes the likeliest token, the samples are greedy's answers token for
+    token, and their confidences must be greedy's: the model's, masked by the grammar alone."""
+    pictures, categories = [Image.open(p) for p in images[:3]], ["Tops", "Shoes", "Tops"]
+    greedy = predictor.generate(pictures, categories)
+    monkeypatch.setattr(predictor.vlm.model.generation_config, "repetition_penalty", 1.05)  # Qwen's
+    sampled = predictor.generate(pictures, categories, num_samples=2, temperature=0.5, top_p=1e-6)
+    for (best,), samples in zip(greedy, sampled, strict=True):
+        for sample in samples:
+            assert (sample.text, sample.n_tokens) == (best.text, best.n_tokens)
+            assert sample.confidences == pytest.approx(best.confidences, rel=1e-4)
+            assert all(c < 1.0 for c in sample.confidences.values())
+
+
 def test_batched_predictions_match_one_at_a_time(predictor, images):
     batched = predictor.predict(images[:3], ["Tops", "Shoes", "Tops"], batch_size=3)
     single = [

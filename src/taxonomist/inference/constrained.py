@@ -2,10 +2,11 @@
 
 Per category, the schema becomes a JSON Schema (keys = the category's attributes in schema order, each an
 ``enum`` of its allowed values, no other keys) that xgrammar compiles against the tokenizer once; at every
-step the logits of tokens that would leave the grammar are set to -inf. Because the masked distribution is
-what is sampled from, the probability of each value's tokens under it is the model's confidence in that
-value among the allowed ones. An optional free-text prefix (one line of reasoning) serves
-self-consistency sampling: the answer after it still always parses.
+step the logits of tokens that would leave the grammar are set to -inf. A value's confidence is the
+probability of its tokens under the model's own distribution with that mask applied (the raw logits, not
+the temperature-, top-p- or penalty-processed scores sampling drew from): the model's confidence in that
+value among the allowed ones, whichever way it was decoded. An optional free-text prefix (one line of
+reasoning) serves self-consistency sampling: the answer after it still always parses.
 """
 
 from __future__ import annotations
@@ -105,10 +106,62 @@ class SchemaGrammars:
         answer = len(json.dumps(longest, ensure_ascii=False, separators=JSON_SEPARATORS).encode())
         return answer + 1 + (self.reasoning_max_chars + 1 if reasoning else 0)
 
-    def logits_processor(self, categories: Sequence[str], *, reasoning: bool = False) -> Any:
+    def logits_processor(self, categories: Sequence[str], *, reasoning: bool = False) -> GrammarMask:
         """A fresh processor for one ``generate`` call; row i follows ``categories[i]``'s grammar."""
+        return GrammarMask([self.compiled(c, reasoning=reasoning) for c in categories])
+
+
+class GrammarMask:
+    """The ``generate`` logits processor of one call: row i may only continue its grammar.
+
+    Unlike xgrammar's own HF processor it keeps each step's token bitmask (one bit per token), so
+    :meth:`log_probs` can apply the same mask to the model's raw logits, and it masks a copy: in place, as
+    the first processor it would also mask the raw logits ``generate`` returns.
+    """
+
+    def __init__(self, grammars: Sequence[Any]) -> None:
         xgr = _xgrammar()
-        return xgr.contrib.hf.LogitsProcessor([self.compiled(c, reasoning=reasoning) for c in categories])
+        self.matchers = [xgr.GrammarMatcher(g) for g in grammars]
+        self.vocab_size = grammars[0].tokenizer_info.vocab_size
+        self.bitmasks: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if len(input_ids) != len(self.matchers):
+            raise ValueError(f"{len(input_ids)} rows to mask, {len(self.matchers)} grammars")
+        bitmask = _xgrammar().allocate_token_bitmask(len(self.matchers), self.vocab_size)
+        for row, matcher in enumerate(self.matchers):
+            # After the first step, the matcher takes the token sampled from the last step's mask first.
+            accepted = (
+                not self.bitmasks or matcher.is_terminated() or matcher.accept_token(int(input_ids[row, -1]))
+            )
+            if not accepted:
+                raise RuntimeError(f"row {row}: the sampled token {int(input_ids[row, -1])} left its grammar")
+            if not matcher.is_terminated():  # a finished row stays all-allowed: generate pads it
+                matcher.fill_next_token_bitmask(bitmask, row)
+        self.bitmasks.append(bitmask)
+        return self.masked(scores, len(self.bitmasks) - 1)
+
+    def masked(self, logits: torch.Tensor, step: int) -> torch.Tensor:
+        """A copy of one step's ``(rows, vocab)`` logits with the grammar's disallowed tokens at -inf."""
+        device = logits.device if logits.device.type == "cuda" else torch.device("cpu")  # xgrammar: cuda, cpu
+        out = logits.to(device, copy=True)
+        _xgrammar().apply_token_bitmask_inplace(out, self.bitmasks[step].to(device))
+        return out.to(logits.device)
+
+    def log_probs(self, logits: Sequence[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+        """``(rows, steps)`` log-probability of each generated token under the masked raw logits."""
+        return torch.stack(
+            [_token_log_probs(self.masked(step, t), tokens[:, t]) for t, step in enumerate(logits)], dim=1
+        )
+
+
+def token_log_probs(logits: Sequence[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    """``(rows, steps)`` log-probability of each generated token under the raw logits (no grammar)."""
+    return torch.stack([_token_log_probs(step, tokens[:, t]) for t, step in enumerate(logits)], dim=1)
+
+
+def _token_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.float(), dim=-1).gather(1, tokens[:, None]).squeeze(1)
 
 
 def answer_text(text: str) -> str:
@@ -172,7 +225,7 @@ def value_confidences(
     tokenizer: Any,
 ) -> dict[str, float]:
     """exp(sum of log-probs of the tokens that write each value and the one that closes it): its
-    probability under the (masked) distribution the tokens were drawn from, given the text before it.
+    probability under the model's (grammar-masked) distribution, given the text before it.
     The closing token counts because that is where "Grey" and "Grey Melange" part: without it the
     shorter value would get the probability of both. Structure after it is forced by the grammar."""
     ends = token_char_ends(tokenizer, token_ids)

@@ -24,7 +24,13 @@ from taxonomist.data.images import ImageError, ImageLoadError, load_image, write
 from taxonomist.data.prepare import saved_prompts
 from taxonomist.data.schema import Schema
 from taxonomist.data.taxonomy import normalize_text
-from taxonomist.inference.constrained import AnswerError, SchemaGrammars, parse_answer, value_confidences
+from taxonomist.inference.constrained import (
+    AnswerError,
+    SchemaGrammars,
+    parse_answer,
+    token_log_probs,
+    value_confidences,
+)
 from taxonomist.inference.predictor import (
     AttributeValue,
     Prediction,
@@ -182,27 +188,29 @@ class VLMPredictor:
         kwargs: dict[str, Any] = {
             "max_new_tokens": decoding.max_new_tokens,
             "num_return_sequences": num_samples,
-            "output_scores": True,
+            # Raw logits, not the scores sampling drew from: a confidence must not depend on temperature,
+            # top-p or a repetition penalty in the model's generation_config (Qwen's is 1.05).
+            "output_logits": True,
             "return_dict_in_generate": True,
             "do_sample": temperature > 0,
         }
         if temperature > 0:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-        constrained = self.task == "attributes" and decoding.constrained
-        if constrained:
+        grammar = None
+        if self.task == "attributes" and decoding.constrained:
             rows = [c for c in categories for _ in range(num_samples)]
-            kwargs["logits_processor"] = [self.grammars.logits_processor(rows, reasoning=reasoning)]  # type: ignore[arg-type]
+            grammar = self.grammars.logits_processor(rows, reasoning=reasoning)  # type: ignore[arg-type]
+            kwargs["logits_processor"] = [grammar]
             kwargs["max_new_tokens"] = max(
                 self.grammars.max_new_tokens(c, reasoning=reasoning) for c in set(categories)
             )  # type: ignore[arg-type]
         out = model.generate(**inputs, **kwargs)
         tokens = out.sequences[:, inputs["input_ids"].shape[1] :]
-        logprobs = torch.stack(
-            [
-                torch.log_softmax(step.float(), dim=-1).gather(1, tokens[:, t : t + 1]).squeeze(1)
-                for t, step in enumerate(out.scores)
-            ],
-            dim=1,
+        # The grammar's mask (where there is one) stays: a value's confidence is among the allowed ones.
+        logprobs = (
+            grammar.log_probs(out.logits, tokens)
+            if grammar is not None
+            else token_log_probs(out.logits, tokens)
         ).cpu()
         tokens = tokens.cpu()
         results: list[list[Generation]] = []
