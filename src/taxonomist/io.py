@@ -14,10 +14,11 @@ import json
 import os
 import shlex
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 PARTS_DIR = "parts"
@@ -60,6 +61,21 @@ def atomic_write_frame(frame: pd.DataFrame, path: str | os.PathLike) -> None:
         atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
     else:
         atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def replace_rows(
+    old: pd.DataFrame, new: pd.DataFrame, ids: Collection[str], order: Sequence[str]
+) -> pd.DataFrame:
+    """``old`` (a part, by ``id``) with the rows of ``ids`` replaced by ``new``'s rows, in the ``order`` of
+    the part's ids: a row is never there twice, and replacing again from the result gives the same part."""
+    kept = old[~old["id"].astype(str).isin(ids)]
+    frames = [f for f in (kept, new) if len(f)]
+    if not frames:
+        return new
+    merged = pd.concat(frames, ignore_index=True)
+    position = {item: r for r, item in enumerate(order)}
+    rank = merged["id"].astype(str).map(position).to_numpy()
+    return merged.iloc[np.argsort(rank, kind="stable")].reset_index(drop=True)
 
 
 def rows_digest(rows: pd.DataFrame) -> str:
@@ -143,6 +159,15 @@ class ChunkedWriter:
         atomic_write_frame(
             pd.DataFrame({"id": [self.ids[r] for r in self.chunk_rows(k)]}), self.part_path(k, "done")
         )
+
+    def replace(self, k: int, frames: dict[str, pd.DataFrame], ids: Collection[str]) -> None:
+        """A finished chunk's parts rewritten with the rows of ``ids`` replaced by ``frames``' rows, in the
+        order given: the caller puts last the part whose rows make a rerun replace them again (a batch
+        job's errors), so a crash halfway leaves them to be replaced again, and the chunk stays finished."""
+        order = [self.ids[r] for r in self.chunk_rows(k)]
+        for kind, frame in frames.items():
+            old = pd.read_parquet(self.part_path(k, kind))
+            atomic_write_frame(replace_rows(old, frame, ids, order), self.part_path(k, kind))
 
     def read(self, kind: str, empty: pd.DataFrame | None = None) -> pd.DataFrame:
         """All chunks' ``kind`` rows in input order; ``empty`` (the columns) where there are none, so an

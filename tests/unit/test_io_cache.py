@@ -53,6 +53,17 @@ def test_chunked_writer_resumes_without_duplicates(tmp_path: Path) -> None:
         ChunkedWriter(tmp_path, rows, 4, {"m": 2})
 
 
+def test_chunked_writer_replaces_rows_of_a_finished_chunk_in_its_order(tmp_path: Path) -> None:
+    rows = pd.DataFrame({"id": ["a", "b", "c"], "path": ["a.jpg", "b.jpg", "c.jpg"]})
+    writer = ChunkedWriter(tmp_path, rows, 4, {"m": 1})
+    writer.write(0, {"out": pd.DataFrame({"id": ["a", "c"]}), "errors": pd.DataFrame({"id": ["b", "c"]})})
+    for _ in range(2):  # replacing again (a rerun after a crash halfway) gives the same parts
+        writer.replace(0, {"out": pd.DataFrame({"id": ["b"]}), "errors": pd.DataFrame({"id": []})}, {"b"})
+        assert writer.read("out")["id"].tolist() == ["a", "b", "c"]
+        assert writer.read("errors")["id"].tolist() == ["c"]
+        assert writer.pending() == []
+
+
 def test_chunked_writer_refuses_other_rows_of_the_same_length(tmp_path: Path) -> None:
     """Regression: only the row count was compared, so a rerun on new rows returned the old parts."""
     rows = pd.DataFrame({"id": ["a", "b", "c"], "path": ["a.jpg", "b.jpg", "c.jpg"]})
