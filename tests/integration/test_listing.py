@@ -100,6 +100,34 @@ def test_listing_predict_reads_titles_resumes_and_fills_in_for_missing_images(li
         )
 
 
+def test_a_rerun_predicts_a_row_from_its_image_once_the_image_is_there(listing_run, tmp_path) -> None:
+    """With allow_missing_image a row without its image is predicted from its title and reported; once
+    the image is copied in, the same command predicts it from both: the row once, and no longer an error."""
+    catalog, _, ckpt = listing_run
+    frame = pd.read_csv(catalog, dtype={"sku": str}).head(6)
+    (tmp_path / "images").mkdir()
+    for sku in frame["sku"].iloc[1:]:
+        (tmp_path / "images" / f"{sku}.jpg").symlink_to(catalog.parent / "images" / f"{sku}.jpg")
+    data = tmp_path / "rows.csv"
+    frame.to_csv(data, index=False)
+    out = tmp_path / "out"
+    args = ("predict", str(ckpt), "-o", str(out), "--data", str(data), "--images", str(tmp_path), "--quiet")
+    args += ("--set", "predict.allow_missing_image=true", "--set", "predict.chunk_size=4")
+    invoke(*args)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["predicted_by_inputs"] == {"image + text": 5, "image": 0, "text": 1}
+    sku = frame.at[0, "sku"]
+    (tmp_path / "images" / f"{sku}.jpg").symlink_to(catalog.parent / "images" / f"{sku}.jpg")
+    invoke(*args)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["predicted_by_inputs"] == {"image + text": 6, "image": 0, "text": 0}
+    assert (summary["errors"], summary["retried_rows"], summary["recovered_rows"]) == (0, 1, 1)
+    assert pd.read_csv(out / "errors.csv").empty
+    long = pd.read_csv(out / "predictions_long.csv", dtype={"id": str})
+    assert not long.duplicated(["id", "attribute"]).any()
+    assert list(dict.fromkeys(long["id"])) == frame["sku"].tolist()
+
+
 def test_evaluate_views_predict_every_row_the_fused_model_scores(listing_run) -> None:
     """Every view scores the same rows: a title-less row with its image gone is predicted from its
     category alone (leaving it unpredicted would add a zero-F1 "no prediction" class to macro-F1)."""

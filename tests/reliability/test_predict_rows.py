@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from taxonomist import io
+
 from .conftest import Tiny, predicted_ids, read_errors, write_rows
 
 
@@ -184,25 +186,75 @@ def test_min_confidence_above_one_is_refused_before_any_work(cli, tiny: Tiny, tm
     assert not (tmp_path / "out").exists()
 
 
-def test_a_resumed_job_says_its_reused_failed_rows_were_not_retried(cli, tiny: Tiny, tmp_path: Path) -> None:
+def test_a_rerun_after_the_images_were_fixed_recovers_their_rows(cli, tiny: Tiny, tmp_path: Path) -> None:
     """Regression: after the missing images were copied in, the same command served the old "missing"
-    rows from the finished chunks again, with nothing saying they were not looked at."""
+    rows from the finished chunks again. Only rows whose image failed are retried: a row of an unknown
+    category or a blank one stays an error."""
+    rows = tiny.rows(7)[["sku", "type"]]
+    rows.loc[3, "type"] = "Shoes"  # line 5: unknown-category, its image there
+    rows.loc[6, "type"] = ""  # line 8: blank-category, its image there
+    missing = rows["sku"].iloc[[1, 2, 4]].tolist()  # lines 3, 4 and 6; line 6 stays missing
+    (tmp_path / "photos").mkdir()
+    images = tiny.image_folder(tmp_path / "photos" / "images", rows["sku"].drop(index=[1, 2, 4]))
+    data = write_rows(tmp_path / "rows.csv", rows)
+    out = tmp_path / "out"
+    args = ("predict", tiny.checkpoint, "-o", out, "--data", data, "--images", images.parent, "-q")
+    chunks = ("--set", "predict.chunk_size=2")
+    code, _, err = cli(*args, *chunks)
+    assert code == 2 and "tried again" not in err
+    reasons = ["missing", "missing", "unknown-category", "missing", "blank-category"]
+    assert read_errors(out)["reason"].tolist() == reasons
+    for sku in missing[:2]:
+        os.symlink(tiny.images / "images" / f"{sku}.jpg", images / f"{sku}.jpg")
+    code, _, err = cli(*args, *chunks)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["resumed_chunks"], summary["retried_rows"], summary["recovered_rows"]) == (3, 3, 2)
+    assert predicted_ids(out) == rows["sku"].iloc[[0, 1, 2, 5]].tolist()  # input order, each once
+    errors = read_errors(out)
+    assert errors[["id", "line", "reason"]].values.tolist() == [
+        [rows.at[3, "sku"], "5", "unknown-category"],
+        [missing[2], "6", "missing"],
+        [rows.at[6, "sku"], "8", "blank-category"],
+    ]
+    # The same outputs as a fresh run with the images there.
+    code, _, err = cli(*args[:3], tmp_path / "fresh", *args[4:], *chunks)
+    assert code == 0, err
+    for name in ("predictions.csv", "errors.csv"):
+        fresh = pd.read_csv(tmp_path / "fresh" / name, dtype=str, keep_default_na=False)
+        pd.testing.assert_frame_equal(pd.read_csv(out / name, dtype=str, keep_default_na=False), fresh)
+    long, fresh = (
+        pd.read_csv(d / "predictions_long.csv", dtype={"id": str}) for d in (out, tmp_path / "fresh")
+    )
+    assert not long.duplicated(["id", "attribute"]).any()
+    pd.testing.assert_frame_equal(long.drop(columns="top"), fresh.drop(columns="top"), atol=1e-5)
+    # The image still missing is retried on every rerun, and still reported.
+    assert cli(*args, *chunks)[0] == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["retried_rows"], summary["recovered_rows"], summary["errors"]) == (1, 0, 3)
+    assert read_errors(out)["id"].tolist() == errors["id"].tolist()
+
+
+def test_a_failing_rerun_says_the_rows_whose_image_failed_were_tried_again(
+    cli, tiny: Tiny, tmp_path: Path
+) -> None:
     rows = tiny.rows(3)[["sku", "type"]]
     (tmp_path / "photos").mkdir()
-    images = tiny.image_folder(tmp_path / "photos" / "images", rows["sku"].iloc[:1])
+    images = tiny.image_folder(tmp_path / "photos" / "images", [])
     data = write_rows(tmp_path / "rows.csv", rows)
     out = tmp_path / "out"
     args = ("predict", tiny.checkpoint, "-o", out, "--data", data, "--images", images.parent, "-q")
     code, _, err = cli(*args)
-    assert code == 2 and "reused" not in err
-    for sku in rows["sku"].iloc[1:]:
-        os.symlink(tiny.images / "images" / f"{sku}.jpg", images / f"{sku}.jpg")
+    assert code == 2 and "tried again" not in err
+    sku = rows.at[0, "sku"]
+    os.symlink(tiny.images / "images" / f"{sku}.jpg", images / f"{sku}.jpg")
     code, _, err = cli(*args)
     assert code == 2
     [line] = err.strip().splitlines()
     assert "2 of 3 rows failed (missing: 2)" in line
-    assert "1 chunks were reused from an earlier run, whose failed rows are not tried again" in line
-    assert f"rm -r {out}" in line
+    assert "; 3 rows whose image had failed in an earlier run were tried again (1 recovered)" in line
+    assert "not tried again" not in line and "rm -r" not in line
+    assert predicted_ids(out) == [sku]
 
 
 def test_an_output_path_that_is_a_file_is_one_line(cli, tiny: Tiny, tmp_path: Path) -> None:
@@ -291,3 +343,42 @@ def test_a_row_with_an_unquoted_comma_is_an_errors_row(cli, tiny: Tiny, tmp_path
     assert errors[["line", "reason", "detail"]].values.tolist() == [
         ["3", "malformed-row", "4 fields, the header has 2"]
     ]
+
+
+class Killed(BaseException):
+    """A kill at one write, raised past every handler as SIGKILL would end the process."""
+
+
+def test_a_rerun_killed_while_it_retries_leaves_a_folder_the_next_run_finishes(
+    cli, tiny: Tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = tiny.rows(4)[["sku", "type"]]
+    (tmp_path / "photos").mkdir()
+    images = tiny.image_folder(tmp_path / "photos" / "images", rows["sku"].iloc[[0, 3]])
+    data = write_rows(tmp_path / "rows.csv", rows)
+    out = tmp_path / "out"
+    args = ("predict", tiny.checkpoint, "-o", out, "--data", data, "--images", images.parent, "-q")
+    args += ("--set", "predict.chunk_size=2")
+    assert cli(*args)[0] == 0  # 2 of 4 missing: the allowed share
+    for sku in rows["sku"].iloc[[1, 2]]:
+        os.symlink(tiny.images / "images" / f"{sku}.jpg", images / f"{sku}.jpg")
+    write = io.atomic_write_frame
+
+    def killed_at_errors(frame: pd.DataFrame, path: Path) -> None:
+        if Path(path).name.startswith("errors-"):
+            raise Killed
+        write(frame, path)
+
+    monkeypatch.setattr(io, "atomic_write_frame", killed_at_errors)
+    with pytest.raises(Killed):  # the first chunk's predictions rewritten, its errors not yet
+        cli(*args)
+    monkeypatch.undo()
+    parts, sku = out / "parts", rows.at[1, "sku"]
+    assert sku in set(pd.read_parquet(parts / "meesho-00000.parquet")["id"])
+    assert sku in set(pd.read_parquet(parts / "errors-00000.parquet")["id"])
+    assert cli(*args)[0] == 0
+    assert predicted_ids(out) == rows["sku"].tolist() and read_errors(out).empty
+    long = pd.read_csv(out / "predictions_long.csv", dtype={"id": str})
+    assert not long.duplicated(["id", "attribute"]).any()
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["retried_rows"], summary["recovered_rows"]) == (2, 2)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shlex
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ import torch
 from PIL import Image
 
 from taxonomist.data.catalog import CATEGORY, ID, MEESHO_MAX_ATTRS, TEXT, Catalog
-from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from taxonomist.data.images import DEFAULT_MAX_PIXELS, REASONS, ImageError, load_image
 from taxonomist.data.schema import SchemaError
 from taxonomist.data.taxonomy import normalize_text
 from taxonomist.devices import module_device, resolve_device
@@ -64,6 +63,11 @@ class Prediction:
 ROW_ERROR_COLUMNS = ["id", "line", "path", "reason", "detail"]
 """errors.csv of a batch job: every row not predicted, with its line in the input file and why."""
 
+RETRIED_REASONS = frozenset(REASONS)
+"""The errors a rerun of a batch job tries again in its finished chunks: an image's (missing, unreadable,
+...), which the user can fix without changing the input rows. A row's own errors (an unknown category)
+would come back the same, so they stay as the chunk has them."""
+
 
 @dataclass
 class PredictSummary:
@@ -79,6 +83,11 @@ class PredictSummary:
     predicted_by_inputs: dict[str, int] | None = None
     """Listing heads: predicted rows by what they were predicted from (``image + text``, ``image``,
     ``text``: an unreadable image with ``allow_missing_image``); None for image-only heads."""
+    retried_rows: int = 0
+    """Rows of chunks finished by an earlier run tried again because their image had failed (see
+    :data:`RETRIED_REASONS`): the user may have fixed the images since."""
+    recovered_rows: int = 0
+    """Of the retried rows, those no longer in errors.csv."""
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -88,24 +97,23 @@ class PredictSummary:
 
     def failure(self, max_error_share: float) -> str | None:
         """Why this job should count as failed (every row, or more than ``max_error_share`` of them, in
-        errors.csv), in one line; None when it did its work. A resumed job says so: its reused chunks'
-        failed rows were not tried again, so fixing the images and rerunning alone changes nothing."""
+        errors.csv), in one line; None when it did its work. A rerun that retried rows whose image had
+        failed says how many came back, so a user who fixed the images sees that they were looked at."""
         if not self.rows or self.errors == 0:
             return None
         if self.predicted and self.errors / self.rows <= max_error_share:
             return None
         reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.error_reasons.items(), key=lambda x: -x[1]))
         share = "every row" if not self.predicted else f"more than {max_error_share:.0%} of the rows"
-        resumed = ""
-        if self.resumed_chunks:
-            resumed = (
-                f"; {self.resumed_chunks} chunks were reused from an earlier run, whose failed rows are not "
-                f"tried again: to retry them, delete {self.out_dir} (rm -r {shlex.quote(self.out_dir)}) "
-                "and run the command again"
+        retried = ""
+        if self.retried_rows:
+            retried = (
+                f"; {self.retried_rows} rows whose image had failed in an earlier run were tried again "
+                f"({self.recovered_rows} recovered)"
             )
         return (
             f"{self.errors} of {self.rows} rows failed{f' ({reasons})' if reasons else ''}, {share}; see "
-            f"{Path(self.out_dir) / 'errors.csv'}{resumed}"
+            f"{Path(self.out_dir) / 'errors.csv'}{retried}"
         )
 
 
@@ -509,7 +517,9 @@ class Predictor:
         progress: bool = True,
         allow_missing_image: bool = False,
     ) -> PredictSummary:
-        """Batch job: Meesho-layout and long-layout CSVs, errors file, resumable after a crash.
+        """Batch job: Meesho-layout and long-layout CSVs, errors file, resumable after a crash. A rerun
+        also retries the rows of finished chunks whose image failed (:data:`RETRIED_REASONS`), replacing
+        their rows in the chunk's parts, so fixing the images and rerunning the command recovers them.
 
         errors.csv lists every row not predicted with its line in the input: the rows the catalog reader
         set aside (blank id or category, repeated id), unknown categories and unreadable images.
@@ -537,15 +547,14 @@ class Predictor:
             all_texts = frame[TEXT].tolist() if TEXT in frame.columns else [""] * len(frame)
             rows_in[TEXT] = all_texts
         writer = ChunkedWriter(out_dir, rows_in, chunk_size, settings)
-        todo = writer.pending()
-        resumed = writer.n_chunks - len(todo)
+        resumed = writer.n_chunks - len(writer.pending())
+        jobs, retry = chunks_to_predict(writer, all_ids)
         cache = FeatureCache(cache_dir, self.backbone.fingerprint()) if use_cache else None
         predicted_now = 0
-        done_before = len(frame) - sum(len(writer.chunk_rows(k)) for k in todo)
+        done_before = len(frame) - sum(len(rows) for _, rows in jobs)
         with progress_bar("row", disable=not progress) as bar:
             task = bar.add_task("predict", total=len(frame), completed=done_before)
-            for k in todo:
-                rows = writer.chunk_rows(k)
+            for k, rows in jobs:
                 preds, errors = self.predict_chunk(
                     [all_ids[r] for r in rows],
                     [all_cats[r] for r in rows],
@@ -559,16 +568,17 @@ class Predictor:
                     min_confidence=min_confidence,
                     placeholder=placeholder,
                 )
-                writer.write(
-                    k,
-                    {
-                        "meesho": meesho_frame(preds, self.schema),
-                        "long": long_frame(preds),
-                        "errors": pd.DataFrame(
-                            [e.__dict__ for e in errors], columns=["id", "path", "reason", "detail"]
-                        ),
-                    },
-                )
+                frames = {
+                    "meesho": meesho_frame(preds, self.schema),
+                    "long": long_frame(preds),
+                    "errors": pd.DataFrame(
+                        [e.__dict__ for e in errors], columns=["id", "path", "reason", "detail"]
+                    ),
+                }
+                if k in retry:  # errors last (see ChunkedWriter.replace)
+                    writer.replace(k, frames, retry[k])
+                else:
+                    writer.write(k, frames)
                 predicted_now += len(preds)
                 bar.advance(task, len(rows))
         meesho = writer.read("meesho", empty=meesho_frame([], self.schema))
@@ -583,6 +593,7 @@ class Predictor:
                 dict(zip(all_ids, all_texts, strict=True)), meesho[ID], errors[ID]
             )
         seconds = time.perf_counter() - start
+        retried = set().union(*retry.values())
         summary = PredictSummary(
             str(out_dir),
             len(frame) + len(catalog.rejected),
@@ -593,9 +604,30 @@ class Predictor:
             predicted_now / seconds if predicted_now and seconds > 0 else None,
             {str(r): int(n) for r, n in errors["reason"].value_counts().items()},
             by_inputs,
+            retried_rows=len(retried),
+            recovered_rows=len(retried - set(errors[ID].astype(str))),
         )
         atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_dict(), indent=1))
         return summary
+
+
+def retried_ids(errors: pd.DataFrame) -> set[str]:
+    """The ids in a finished chunk's ``errors`` part that a rerun tries again (:data:`RETRIED_REASONS`)."""
+    return set(errors.loc[errors["reason"].isin(RETRIED_REASONS), "id"].astype(str))
+
+
+def chunks_to_predict(
+    writer: ChunkedWriter, ids: Sequence[str]
+) -> tuple[list[tuple[int, list[int]]], dict[int, set[str]]]:
+    """A batch job's work on a rerun: (chunk, rows to predict) of each pending chunk, then of each finished
+    chunk with rows whose image failed (``ids``: every row's id); and those retried ids by chunk."""
+    retry = {}
+    for k in range(writer.n_chunks):
+        if writer.done(k) and (failed := retried_ids(pd.read_parquet(writer.part_path(k, "errors")))):
+            retry[k] = failed
+    jobs = [(k, list(writer.chunk_rows(k))) for k in writer.pending()]
+    jobs += [(k, [r for r in writer.chunk_rows(k) if ids[r] in failed]) for k, failed in retry.items()]
+    return jobs, retry
 
 
 def row_errors(catalog: Catalog, errors: pd.DataFrame) -> pd.DataFrame:
