@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -257,6 +258,25 @@ def test_predict_file_writes_core_layouts_and_resumes(predictor, images, tmp_pat
         assert pd.read_csv(tmp_path / "predictions_long.csv").equals(long)
     finally:
         predictor.decoding.chunk_size = GenerateConfig().chunk_size
+
+
+def test_predict_file_rerun_retries_a_row_whose_image_was_missing(predictor, images, tmp_path):
+    """Regression: the rerun served the finished chunk's "missing" row again after the image came."""
+    late = tmp_path / "late.jpg"
+    paths, out = [images[0], late, images[2]], tmp_path / "out"
+    predictor.decoding.chunk_size = 2
+    try:
+        first = predictor.predict_file(["a", "b", "c"], paths, ["Tops"] * 3, out, progress=False)
+        assert (first.predicted, first.error_reasons) == (2, {"missing": 1})
+        shutil.copy(images[1], late)
+        second = predictor.predict_file(["a", "b", "c"], paths, ["Tops"] * 3, out, progress=False)
+    finally:
+        predictor.decoding.chunk_size = GenerateConfig().chunk_size
+    assert (second.predicted, second.errors, second.retried_rows, second.recovered_rows) == (3, 0, 1, 1)
+    long = pd.read_csv(out / "predictions_long.csv", dtype={"id": str})
+    assert not long.duplicated(["id", "attribute"]).any()
+    assert list(dict.fromkeys(long["id"])) == ["a", "b", "c"]
+    assert pd.read_csv(out / "predictions.csv", dtype={"id": str})["id"].tolist() == ["a", "b", "c"]
 
 
 def test_caption_task_generates_text(model_dir, images, tmp_path):

@@ -35,6 +35,7 @@ from taxonomist.inference.predictor import (
     AttributeValue,
     Prediction,
     PredictSummary,
+    chunks_to_predict,
     long_frame,
     meesho_frame,
 )
@@ -319,7 +320,8 @@ class VLMPredictor:
         progress: bool = True,
         titles: Sequence[str | None] | None = None,
     ) -> PredictSummary:
-        """Batch job over many images: chunked atomic parts, resumable after a crash, errors kept.
+        """Batch job over many images: chunked atomic parts, resumable after a crash, errors kept; a rerun
+        retries the rows of finished chunks whose image failed, as the heads' batch job does.
         ``titles``: the listings' titles, asked with the images (part of the job's identity)."""
         start = time.perf_counter()
         out_dir = Path(out_dir)
@@ -342,21 +344,24 @@ class VLMPredictor:
             }
         )
         writer = ChunkedWriter(out_dir, rows_in, decoding.chunk_size, settings)
-        todo = writer.pending()
-        resumed = writer.n_chunks - len(todo)
-        done_before = len(ids) - sum(len(writer.chunk_rows(k)) for k in todo)
+        resumed = writer.n_chunks - len(writer.pending())
+        jobs, retry = chunks_to_predict(writer, ids)
+        done_before = len(ids) - sum(len(rows) for _, rows in jobs)
         predicted_now = 0
         with progress_bar("image", disable=not progress) as bar:
             task = bar.add_task(f"vlm {self.task}", total=len(ids), completed=done_before)
-            for k in todo:
-                rows = list(writer.chunk_rows(k))
+            for k, rows in jobs:
                 results = self.predict(
                     [image_paths[r] for r in rows],
                     [categories[r] for r in rows],
                     [ids[r] for r in rows],
                     titles=[titles[r] for r in rows],
                 )
-                writer.write(k, self.result_frames(results))
+                frames = self.result_frames(results)
+                if k in retry:
+                    writer.replace(k, frames, retry[k])
+                else:
+                    writer.write(k, frames)
                 predicted_now += sum(r.best is not None and not r.best.error for r in results)
                 bar.advance(task, len(rows))
         empty = self.result_frames([])
@@ -375,6 +380,7 @@ class VLMPredictor:
             out_dir / "errors.csv",
         )
         seconds = time.perf_counter() - start
+        retried = set().union(*retry.values())
         summary = PredictSummary(
             str(out_dir),
             len(ids),
@@ -384,29 +390,32 @@ class VLMPredictor:
             seconds,
             predicted_now / seconds if predicted_now and seconds > 0 else None,
             {str(r): int(n) for r, n in errors["reason"].value_counts().items()} if len(errors) else {},
+            retried_rows=len(retried),
+            recovered_rows=len(retried - set(errors["id"].astype(str) if len(errors) else ())),
         )
         atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_dict(), indent=1))
         return summary
 
     def result_frames(self, results: Sequence[VLMResult]) -> dict[str, pd.DataFrame]:
-        """One chunk's output frames; a generation that failed to parse is an error row too."""
+        """One chunk's output frames, errors last (see ``ChunkedWriter.replace``); a generation that failed
+        to parse is an error row too."""
         errors = [r.error.__dict__ for r in results if r.error is not None]
         errors += [
             {"id": r.id, "path": "", "reason": "invalid_output", "detail": r.best.error}
             for r in results
             if r.best is not None and r.best.error
         ]
-        frames = {"errors": pd.DataFrame(errors, columns=["id", "path", "reason", "detail"])}
         ok = [r for r in results if r.best is not None and not r.best.error]
         if self.task == "caption":
-            frames["captions"] = pd.DataFrame(
-                [(r.id, r.best.text) for r in ok if r.best is not None], columns=["id", "caption"]
-            )
-            return frames
-        preds = to_predictions(ok)
-        frames["meesho"] = meesho_frame(preds, self.schema)
-        frames["long"] = long_frame(preds)
-        return frames
+            frames = {
+                "captions": pd.DataFrame(
+                    [(r.id, r.best.text) for r in ok if r.best is not None], columns=["id", "caption"]
+                )
+            }
+        else:
+            preds = to_predictions(ok)
+            frames = {"meesho": meesho_frame(preds, self.schema), "long": long_frame(preds)}
+        return {**frames, "errors": pd.DataFrame(errors, columns=["id", "path", "reason", "detail"])}
 
 
 def to_predictions(results: Sequence[VLMResult]) -> list[Prediction]:
