@@ -382,3 +382,32 @@ def test_a_rerun_killed_while_it_retries_leaves_a_folder_the_next_run_finishes(
     assert not long.duplicated(["id", "attribute"]).any()
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["retried_rows"], summary["recovered_rows"]) == (2, 2)
+
+
+@pytest.mark.timeout(300)
+def test_ray_engine_retries_the_rows_whose_images_were_fixed(cli, tiny: Tiny, tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    from taxonomist.inference.ray_engine import read_ray_output
+
+    rows = tiny.rows(5)[["sku", "type"]]
+    rows.loc[3, "type"] = "Shoes"  # line 5: unknown-category, not retried
+    (tmp_path / "photos").mkdir()
+    images = tiny.image_folder(tmp_path / "photos" / "images", rows["sku"].drop(index=[1, 2]))
+    data = write_rows(tmp_path / "rows.csv", rows)
+    out = tmp_path / "out"
+    args = ("predict", tiny.checkpoint, "-o", out, "--data", data, "--images", images.parent, "-q")
+    args += ("--engine", "ray", "--num-actors", "1", "--set", "predict.chunk_size=2")
+    assert cli(*args)[0] == 2  # 3 of 5 failed
+    sku = rows.at[1, "sku"]
+    os.symlink(tiny.images / "images" / f"{sku}.jpg", images / f"{sku}.jpg")
+    code, _, err = cli(*args)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["resumed_chunks"], summary["retried_rows"], summary["recovered_rows"]) == (3, 2, 1)
+    long = read_ray_output(out)
+    assert not long.duplicated(["id", "attribute"]).any()
+    assert list(dict.fromkeys(long["id"])) == rows["sku"].iloc[[0, 1, 4]].tolist()
+    assert read_errors(out)[["id", "line", "reason"]].values.tolist() == [
+        [rows.at[2, "sku"], "4", "missing"],
+        [rows.at[3, "sku"], "5", "unknown-category"],
+    ]

@@ -4,7 +4,9 @@ The input rows (id, category, image path) are cut into fixed shards of ``shard_r
 shard goes to an actor that loaded the model once; the actor decodes, predicts and writes the shard's
 Parquet parts itself (to storage every node sees), atomically. A shard whose predictions part exists is
 finished, so a rerun after a crash, a preempted node or Ctrl-C only computes the missing shards and never
-duplicates rows. Ray retrying a shard is just as harmless: the rewrite replaces the part whole.
+duplicates rows. Ray retrying a shard is just as harmless: the rewrite replaces the part whole. A rerun
+also retries the rows of finished shards whose image failed (``RETRIED_REASONS``), replacing their rows
+in both parts, as the local engine does.
 
 Layout of ``output_dir``::
 
@@ -30,12 +32,19 @@ import pyarrow.parquet as pq
 
 from taxonomist.data.catalog import CATEGORY, ID, TEXT, Catalog, read_table
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ERROR_COLUMNS
-from taxonomist.inference.predictor import Predictor, PredictSummary, long_frame, predicted_by_inputs
+from taxonomist.inference.predictor import (
+    Predictor,
+    PredictSummary,
+    long_frame,
+    predicted_by_inputs,
+    retried_ids,
+)
 from taxonomist.io import (
     MANIFEST,
     ResumeError,
     atomic_write,
     atomic_write_text,
+    replace_rows,
     resume_conflict,
     rows_digest,
 )
@@ -184,13 +193,17 @@ def predict_with_ray(
         settings["allow_missing_image"] = allow_missing_image
     _claim(output_dir, {"n_rows": len(rows), "shard_rows": shard_rows, "n_shards": n_shards, **settings})
     pending = [k for k in range(n_shards) if not part_path(output_dir, "predictions", k).exists()]
-    if pending:
+    finished = sorted(set(range(n_shards)) - set(pending))
+    retry = {k: retried_ids(pd.read_parquet(part_path(output_dir, "errors", k))) for k in finished}
+    retry = {k: ids for k, ids in retry.items() if ids}
+    if pending or retry:
         items = [
             {
                 "shard": k,
+                "retry": sorted(retry.get(k, ())),
                 **{c: rows[c].iloc[k * shard_rows : (k + 1) * shard_rows].tolist() for c in columns},
             }
-            for k in pending
+            for k in [*pending, *retry]
         ]
         options = {
             "batch_size": batch_size,
@@ -213,7 +226,7 @@ def predict_with_ray(
                 fn_constructor_args=(str(checkpoint_dir), str(output_dir), options),
                 batch_size=1,
                 batch_format="pandas",
-                compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(pending)))),
+                compute=ray.data.ActorPoolStrategy(size=max(1, min(actors, len(items)))),
                 num_cpus=num_cpus_per_actor,
                 num_gpus=gpus,
             ).materialize()
@@ -226,6 +239,7 @@ def predict_with_ray(
             dict(zip(rows[ID].astype(str), rows[TEXT], strict=True)), predicted_ids, error_ids
         )
     seconds = time.perf_counter() - start
+    retried = set().union(*retry.values())
     done_rows = sum(len(range(k * shard_rows, min((k + 1) * shard_rows, len(rows)))) for k in pending)
     summary = PredictSummary(
         str(output_dir),
@@ -234,8 +248,10 @@ def predict_with_ray(
         len(error_ids),
         n_shards - len(pending),
         seconds,
-        done_rows / seconds if seconds > 0 else 0.0,
+        (done_rows + len(retried)) / seconds if seconds > 0 else 0.0,
         predicted_by_inputs=by_inputs,
+        retried_rows=len(retried),
+        recovered_rows=len(retried - set(error_ids)),
     )
     atomic_write_text(output_dir / "summary.json", json.dumps(summary.to_dict(), indent=1))
     return summary
@@ -249,8 +265,9 @@ def _ids(part: Path) -> list[str]:
 class ShardPredictor:
     """Ray Data callable class: one per actor, so the model loads once and then serves many shards.
 
-    Each call gets whole shards (one row each: shard number + its ids, categories, paths), writes their
-    parts and returns one small stats row per shard, never the predictions themselves.
+    Each call gets whole shards (one row each: shard number, the ids to retry of a finished shard, its
+    ids, categories, paths), writes their parts and returns one small stats row per shard, never the
+    predictions themselves.
     """
 
     def __init__(self, checkpoint_dir: str, output_dir: str, options: dict) -> None:
@@ -269,10 +286,10 @@ class ShardPredictor:
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(
             [
-                self.predict_shard(*row)
-                for row in batch[["shard", *ROW_COLUMNS, *([TEXT] if TEXT in batch else [])]].itertuples(
-                    False
+                self.predict_shard(
+                    r["shard"], r[ID], r[CATEGORY], r[PATH], r.get(TEXT), retry=[str(i) for i in r["retry"]]
                 )
+                for r in batch.to_dict("records")
             ]
         )
 
@@ -283,17 +300,23 @@ class ShardPredictor:
         categories: Sequence[str],
         paths: Sequence[str],
         texts: Sequence[str] | None = None,
+        *,
+        retry: Sequence[str] = (),
     ) -> dict:
         """``Predictor.predict_chunk`` (what the local engine runs) on one shard; errors part, then
-        predictions part (the one that marks the shard finished)."""
+        predictions part (the one that marks the shard finished). ``retry``: the ids of a finished shard
+        to predict again; their rows replace theirs in both parts, predictions first: while the errors
+        part lists a row, a rerun retries it, so a crash mid-retry is made good by the next run."""
         start = time.perf_counter()
         ids, categories, paths = [str(v) for v in ids], [str(v) for v in categories], [str(v) for v in paths]
+        retried = set(retry)
+        rows = [r for r, item in enumerate(ids) if item in retried] if retry else range(len(ids))
         opts = self.options
         preds, errors = self.predictor.predict_chunk(
-            ids,
-            categories,
-            paths,
-            texts=[str(t) for t in texts] if texts is not None else None,
+            [ids[r] for r in rows],
+            [categories[r] for r in rows],
+            [paths[r] for r in rows],
+            texts=[str(texts[r]) for r in rows] if texts is not None else None,
             batch_size=opts["batch_size"],
             num_workers=opts["decode_workers"],
             max_pixels=opts["max_pixels"],
@@ -301,13 +324,23 @@ class ShardPredictor:
             placeholder=opts["placeholder"],
             allow_missing_image=opts["allow_missing_image"],
         )
-        errors = pd.DataFrame([e.__dict__ for e in errors], columns=list(ERROR_COLUMNS))
-        _atomic_parquet(errors, self.output_dir, "errors", shard)
-        _atomic_parquet(long_frame(preds), self.output_dir, "predictions", shard)
+        frames: dict[Kind, pd.DataFrame] = {
+            "errors": pd.DataFrame([e.__dict__ for e in errors], columns=list(ERROR_COLUMNS)),
+            "predictions": long_frame(preds),
+        }
+        if retry:  # predictions first, as said above
+            frames = {
+                kind: replace_rows(
+                    pd.read_parquet(part_path(self.output_dir, kind, shard)), frames[kind], retry, ids
+                )
+                for kind in ("predictions", "errors")
+            }
+        for kind, frame in frames.items():
+            _atomic_parquet(frame, self.output_dir, kind, shard)
         return {
             "shard": shard,
-            "rows": len(ids),
-            "errors": len(errors),
+            "rows": len(rows),
+            "errors": len(frames["errors"]),
             "seconds": time.perf_counter() - start,
         }
 
