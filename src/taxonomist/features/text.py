@@ -324,11 +324,12 @@ def load_listing_text(
         runtime=runtime,
         export_root=export_root,
     )
-    if encoder.weights_fingerprint() != record["fingerprint"]:
+    # A checkpoint written before the scheme was recorded holds a scheme-1 fingerprint.
+    loaded = encoder.weights_fingerprint(record.get("fingerprint_scheme", 1))
+    if loaded != record["fingerprint"]:
         raise RuntimeError(
             f"{directory}: text encoder {record['encoder']!r} now loads other weights (fingerprint "
-            f"{encoder.weights_fingerprint()} != {record['fingerprint']}); the heads were trained on the old "
-            "embeddings"
+            f"{loaded} != {record['fingerprint']}); the heads were trained on the old embeddings"
         )
     encoder.load_runtime()
     lexical = LexicalView.load(directory) if record.get("lexical") else None

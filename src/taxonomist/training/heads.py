@@ -53,7 +53,7 @@ from taxonomist.models.fusion import (
     modality_dropout,
 )
 from taxonomist.models.heads import AttributeHeads, HeadsEnsemble, allowed_masks
-from taxonomist.models.text import TextEncoder
+from taxonomist.models.text import FINGERPRINT_SCHEME, TextEncoder
 from taxonomist.progress import progress_bar
 from taxonomist.training.losses import masked_cross_entropy
 from taxonomist.training.schedule import warmup_cosine
@@ -361,6 +361,7 @@ def text_record(cfg: RunConfig, text: ListingText) -> dict:
     return {
         **dataclasses.asdict(cfg.text),
         "fingerprint": text.encoder.weights_fingerprint(),
+        "fingerprint_scheme": FINGERPRINT_SCHEME,
         "dim": text.dim,
         "lexical_dim": text.lexical_dim,
         "probe_offset": text.probe_offset,
