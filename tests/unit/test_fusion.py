@@ -120,6 +120,48 @@ def test_modality_dropout_keeps_one_input_a_row_has() -> None:
     assert out[2000:2500, HAS_IMAGE].all() and out[2500:, HAS_TEXT].all()
 
 
+def _with_rows_missing(data: FeatureSet, absent: int, n: int, label: int) -> FeatureSet:
+    """``data`` and, after its rows, copies of its first ``n`` without input ``absent``, all labelled
+    ``label``."""
+    from scipy import sparse
+
+    rows = torch.arange(n)
+    present = data.present[rows].clone()
+    present[:, absent] = False
+    return FeatureSet(
+        torch.cat([data.features, data.features[rows]]),
+        torch.cat([data.category, data.category[rows]]),
+        {"label": torch.cat([data.labels["label"], torch.full((n,), label)])},
+        torch.cat([data.text, data.text[rows]]),
+        torch.cat([data.present, present]),
+        sparse.vstack([data.lexical, data.lexical[:n]], format="csr"),
+    )
+
+
+@pytest.mark.parametrize(("view", "absent"), [("text", HAS_TEXT), ("image", HAS_IMAGE)])
+def test_rows_left_with_no_input_have_no_say_in_that_views_calibration(view: str, absent: int) -> None:
+    """Dev is scored once with every image hidden ("text" only) and once with every title hidden: a row
+    without a title has nothing left in the first, and prediction refuses such a row. Its category-only
+    guess used to pull the text-only temperature (and prior correction) towards its own answers."""
+    from taxonomist.training.heads import fit_calibration
+
+    model, val = _train(view, "fused", text_dropout=0.3)  # the label is in the view's input
+    cfg = load_config(values={"text.image_dropout": 0.3, "train.class_balance": "dev"})
+
+    def fitted(dev: FeatureSet):
+        def score(z: dict[str, torch.Tensor], rows: np.ndarray | None = None) -> float:
+            keep = torch.arange(len(dev)) if rows is None else torch.as_tensor(rows)
+            return float((z["label"][keep].argmax(1) == dev.labels["label"][keep]).float().mean())
+
+        return fit_calibration(cfg, model, val, dev, score)
+
+    base, more = fitted(val), fitted(_with_rows_missing(val, absent, 400, 1))
+    assert base.temperatures_by_inputs[view]["label"] < 5  # a view that answers, not a flat one
+    assert more.temperatures_by_inputs[view] == base.temperatures_by_inputs[view]
+    assert more.strengths_by_inputs[view] == base.strengths_by_inputs[view]
+    assert more.adjustment_by_inputs.get(view) == base.adjustment_by_inputs.get(view)
+
+
 def test_a_blank_title_is_the_same_input_whatever_its_features_say() -> None:
     masks = allowed_masks(_schema(), ["Tops"])
     model = ListingHeads(8, 4, masks, hidden=[16], category_dim=2, lexical_dim=10, lexical_width=4).eval()

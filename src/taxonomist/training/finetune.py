@@ -693,8 +693,8 @@ def _fit_calibration(cfg: RunConfig, run: _Setup, data: _Data) -> _Fitted:
             )[2]
         return evaluated[hide]
 
-    def score(decisions: Mapping[str, torch.Tensor]) -> float:
-        return part_report(decisions, data.val, data.schema).score
+    def score(decisions: Mapping[str, torch.Tensor], rows: np.ndarray | None = None) -> float:
+        return part_report(decisions, data.val, data.schema, rows).score
 
     dev_set = labels_only(data.val, run.val_text)
     heads = run.unwrapped.heads

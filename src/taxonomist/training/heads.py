@@ -14,7 +14,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -74,6 +76,18 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return len(self.features)
+
+    def take(self, rows: np.ndarray) -> FeatureSet:
+        """The split's ``rows`` (positions) alone."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return FeatureSet(
+            self.features[index],
+            self.category[index],
+            {a: v[index] for a, v in self.labels.items()},
+            None if self.text is None else self.text[index],
+            None if self.present is None else self.present[index],
+            None if self.lexical is None else self.lexical[rows],
+        )
 
     @classmethod
     def build(
@@ -489,8 +503,8 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> T
             cfg, schema, (train_set, train_frame), (dev_set, dev_frame), (test_set, test_frame)
         )
 
-    def score(logits: Mapping[str, torch.Tensor]) -> float:
-        return part_report(logits, dev_frame, schema).score
+    def score(logits: Mapping[str, torch.Tensor], rows: np.ndarray | None = None) -> float:
+        return part_report(logits, dev_frame, schema, rows).score
 
     masks = allowed_masks(schema, categories)
     model, history = fit_recipe_heads(cfg, (train_set, dev_set), masks, text, score, progress)
@@ -553,6 +567,12 @@ DevLogits = Callable[[str | None], dict[str, torch.Tensor]]
 """Dev's logits with one input (``"text"``, ``"image"``) hidden from every row, or none (``None``)."""
 
 
+class DevScore(Protocol):
+    """Dev's competition score of every dev row's decision scores; ``rows``: of those positions alone."""
+
+    def __call__(self, decisions: Mapping[str, torch.Tensor], rows: np.ndarray | None = None) -> float: ...
+
+
 def input_temperatures(
     cfg: RunConfig, model: ListingHeads, dev_set: FeatureSet, logits_of: DevLogits
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
@@ -563,7 +583,9 @@ def input_temperatures(
     keeps those confidences calibrated too."""
     by_inputs, calibration = {}, {}
     for inputs, hide in hidden_inputs(cfg).items():
-        by_inputs[inputs], part = calibrate(logits_of(hide), dev_set, model, enabled=cfg.train.calibrate)
+        rows = view_rows(dev_set.present, hide)
+        logits = {a: z[torch.as_tensor(rows)] for a, z in logits_of(hide).items()}
+        by_inputs[inputs], part = calibrate(logits, dev_set.take(rows), model, enabled=cfg.train.calibrate)
         calibration.update({f"{a} ({inputs} only)": v for a, v in part.items()})
     return by_inputs, calibration
 
@@ -571,6 +593,13 @@ def input_temperatures(
 def hidden_inputs(cfg: RunConfig) -> dict[str, str]:
     """Listing heads: each set of inputs a row may be left with → the input hidden to score dev so."""
     return {"image": "text", **({"text": "image"} if cfg.text.image_dropout > 0 else {})}
+
+
+def view_rows(present: torch.Tensor, hide: str) -> np.ndarray:
+    """Positions of the dev rows still holding an input once ``hide`` is taken away. A row left with
+    none (no title, its image hidden) is refused at prediction, so its category-only guess has no say in
+    that view's temperatures or prior correction."""
+    return np.flatnonzero(hidden_present(present, hide).any(dim=1).numpy())
 
 
 @dataclass
@@ -622,7 +651,7 @@ def fit_calibration(
     model: AttributeHeads | AttentionHeads | HeadsEnsemble | ListingHeads,
     train_set: FeatureSet,
     dev_set: FeatureSet,
-    score: Callable[[dict[str, torch.Tensor]], float],
+    score: DevScore,
     logits_of: DevLogits | None = None,
 ) -> Calibration:
     """Temperatures on dev (``train.calibrate``), then ``train.class_balance`` on the calibrated dev
@@ -650,10 +679,13 @@ def fit_calibration(
     )
     if listing_heads(model) is not None and cfg.train.class_balance == "dev":
         for inputs, hide in hidden_inputs(cfg).items():
+            rows = view_rows(dev_set.present, hide)
+            if not len(rows):
+                continue
             present = hidden_present(dev_set.present, hide)
             probs = calibrated_probs(logits_of(hide), temperatures, by_inputs=by_inputs, present=present)
             out.adjustment_by_inputs[inputs], out.strengths_by_inputs[inputs] = balance_adjustment(
-                "dev", train_set, probs, model, score
+                "dev", train_set, probs, model, partial(score, rows=rows)
             )
     return out
 
@@ -680,8 +712,14 @@ def predict_decisions(
     return fitted.decisions(predict_logits(model, data), data.present)
 
 
-def part_report(logits: Mapping[str, torch.Tensor], frame: pd.DataFrame, schema: Schema) -> AttributeReport:
-    """The competition score of ``logits`` on ``frame``'s rows (same order)."""
+def part_report(
+    logits: Mapping[str, torch.Tensor], frame: pd.DataFrame, schema: Schema, rows: np.ndarray | None = None
+) -> AttributeReport:
+    """The competition score of ``logits`` on ``frame``'s rows (same order); ``rows``: of those positions
+    alone."""
+    if rows is not None:
+        logits = {a: z[torch.as_tensor(rows)] for a, z in logits.items()}
+        frame = frame.iloc[rows].reset_index(drop=True)
     pred = logits_to_frame(logits, frame[ID].tolist(), frame[CATEGORY].tolist(), schema)
     return attribute_score(frame, pred, schema.categories)
 

@@ -58,7 +58,7 @@ from taxonomist.features.build import embed_options
 from taxonomist.features.embed import embed_catalog
 from taxonomist.features.text import ListingText
 from taxonomist.io import ResumeError, atomic_write_frame, atomic_write_text
-from taxonomist.metrics import AttributeReport, apply_temperature, attribute_score, fit_temperature
+from taxonomist.metrics import AttributeReport, apply_temperature, fit_temperature
 from taxonomist.models.build import heads_checkpoint, load_heads_checkpoint
 from taxonomist.models.checkpoint import HeadsCheckpoint
 from taxonomist.models.fusion import ListingHeads
@@ -73,7 +73,7 @@ from taxonomist.training.heads import (
     fit_calibration,
     fit_heads,
     fit_recipe_heads,
-    logits_to_frame,
+    part_report,
     predict_decisions,
     predict_probs,
     resume_settings,
@@ -261,9 +261,11 @@ class SelfTrainingData:
     text: ListingText | None = None
     """Fitted text features of a fused student (listing heads); None = the image heads."""
 
-    def score(self, frame: pd.DataFrame, logits: Mapping[str, torch.Tensor]) -> AttributeReport:
-        pred = logits_to_frame(logits, frame[ID].tolist(), frame[CATEGORY].tolist(), self.schema)
-        return attribute_score(frame, pred, self.schema.categories)
+    def score(
+        self, frame: pd.DataFrame, logits: Mapping[str, torch.Tensor], rows: np.ndarray | None = None
+    ) -> AttributeReport:
+        """The competition score of ``logits`` on ``frame``'s rows; ``rows``: of those positions alone."""
+        return part_report(logits, frame, self.schema, rows)
 
 
 def training_rows(data: PreparedData) -> np.ndarray:
@@ -455,8 +457,8 @@ def train_round(
     """Heads on ``train_set``, epoch picked and temperatures fitted on dev; scores on dev and test.
     A fused student trains as the heads recipe trains listing heads (image fallback first)."""
 
-    def score(z: Mapping[str, torch.Tensor]) -> float:
-        return data.score(data.dev_frame, z).score
+    def score(z: Mapping[str, torch.Tensor], rows: np.ndarray | None = None) -> float:
+        return data.score(data.dev_frame, z, rows).score
 
     if data.text is not None:
         masks = allowed_masks(data.schema, data.checkpoint.categories)
