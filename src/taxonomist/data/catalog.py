@@ -11,7 +11,7 @@ import csv
 import dataclasses
 import os
 import string
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -464,10 +464,16 @@ def describe_counts(counts: Mapping[str, int], limit: int = LISTED_CATEGORIES) -
     return text + (f" … and {len(ranked) - limit} more categories" if len(ranked) > limit else "")
 
 
+def join_text(parts: Iterable[object]) -> str:
+    """One listing's text columns, in the catalog's order, as its model reads them: the normalised
+    non-empty texts joined with " | " (title | description); none → "". Training and every predicting
+    path (``Predictor.predict``, serve) join with this, so a model sees the text it learned from."""
+    return " | ".join(t for t in map(normalize_text, parts) if t)
+
+
 def join_texts(columns: pd.DataFrame) -> pd.Series:
-    """Each row's normalised non-empty texts joined with " | " (title | description); none → ""."""
-    parts = columns.map(normalize_text).to_numpy()
-    return pd.Series([" | ".join(t for t in row if t) for row in parts], index=columns.index, dtype=object)
+    """:func:`join_text` of each row of ``columns``."""
+    return pd.Series([join_text(row) for row in columns.to_numpy()], index=columns.index, dtype=object)
 
 
 def read_generic(

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from taxonomist.data.catalog import CATEGORY, ID, MEESHO_MAX_ATTRS, TEXT, Catalog
+from taxonomist.data.catalog import CATEGORY, ID, MEESHO_MAX_ATTRS, TEXT, Catalog, join_text
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, REASONS, ImageError, load_image
 from taxonomist.data.schema import SchemaError
 from taxonomist.data.taxonomy import normalize_text
@@ -39,6 +39,8 @@ from taxonomist.models.runtime import exports_root, on_runtime
 from taxonomist.progress import progress_bar
 
 ImageInput = Image.Image | str | os.PathLike
+ListingTexts = Sequence[str | None] | Mapping[str, Sequence[str | None]] | None
+"""What :meth:`Predictor.predict` reads as listing text: titles, or one list per text column."""
 
 
 TOP_K = 9
@@ -201,6 +203,37 @@ class Predictor:
     def reads_text(self) -> bool:
         """Whether the heads read listing text (the checkpoint was trained on image + text)."""
         return self.text is not None
+
+    @property
+    def text_columns(self) -> list[str]:
+        """The catalog columns listing heads learned from, joined (:func:`join_text`) in this order;
+        empty for image-only heads and for listing checkpoints older than this record."""
+        return list(self.checkpoint.text.get("text_columns", [])) if self.reads_text else []
+
+    def listing_texts(self, texts: ListingTexts, n: int) -> Sequence[str | None] | None:
+        """``texts`` as :meth:`predict` takes them → one listing text per row, joined from the
+        checkpoint's columns as training joined them. A plain list is refused for a model of several
+        columns: it would be read as their join, and a title alone is not what that model learned from."""
+        if not isinstance(texts, Mapping):
+            columns = self.text_columns
+            if texts is not None and len(columns) > 1:
+                raise ValueError(
+                    f"this checkpoint read its listing text from the columns {columns}, joined: pass "
+                    f"texts={{{', '.join(f'{c!r}: [...]' for c in columns)}}}, one list per column (a column "
+                    "may be left out or hold None where a listing has none)"
+                )
+            return texts
+        # Image-only heads take the mapping as it is: text_features refuses any text in it.
+        columns = self.text_columns if self.reads_text else list(texts)
+        unknown = [c for c in texts if c not in columns]
+        if unknown:
+            known = f"its columns are {columns}" if columns else "it records no text columns: pass one list"
+            raise ValueError(f"texts names columns {unknown} this checkpoint did not learn from; {known}")
+        for column, values in texts.items():
+            if isinstance(values, str) or len(values) != n:
+                got = "one string" if isinstance(values, str) else f"{len(values)} texts"
+                raise ValueError(f"texts[{column!r}] must be a list of {n} texts, one per image; got {got}")
+        return [join_text(texts[c][row] if c in texts else None for c in columns) for row in range(n)]
 
     def text_features(
         self, texts: Sequence[str | None] | None, categories: Sequence[str]
@@ -371,15 +404,19 @@ class Predictor:
         categories: Sequence[str],
         ids: Sequence[str] | None = None,
         *,
-        texts: Sequence[str | None] | None = None,
+        texts: ListingTexts = None,
         min_confidence: float = 0.0,
         placeholder: str = "",
     ) -> list[Prediction]:
         """In-memory prediction for a few images (PIL images or paths); raises on an unreadable image.
 
-        ``texts``: the listings' titles for listing heads (None or "" where a listing has none); an
-        error for image-only heads. An image may be None (a listing without a photo yet) for listing
-        heads trained with ``text.image_dropout`` > 0: that row is predicted from its title alone, as
+        ``texts``: the listings' text for listing heads (None or "" where a listing has none), an error
+        for image-only heads: a list of titles for a model of one text column (``catalog.text_columns``,
+        :attr:`text_columns`), and for a model of several a mapping column → one text per image, e.g.
+        ``{"title": [...], "description": [...]}``, joined as training joined them.
+
+        An image may be None (a listing without a photo yet) for listing heads trained with
+        ``text.image_dropout`` > 0: that row is predicted from its text alone, as
         ``predict.allow_missing_image`` does in batch jobs. A row with neither is refused (ValueError),
         as serve refuses it: the heads would answer from its category alone, with confidences no
         calibration covered."""
@@ -389,8 +426,9 @@ class Predictor:
         ids = list(ids) if ids is not None else [str(i) for i in range(len(images))]
         if not len(images) == len(categories) == len(ids):
             raise ValueError(f"{len(images)} images, {len(categories)} categories and {len(ids)} ids")
-        if texts is not None and len(texts) != len(images):
+        if texts is not None and not isinstance(texts, Mapping) and len(texts) != len(images):
             raise ValueError(f"{len(images)} images and {len(texts)} texts")
+        texts = self.listing_texts(texts, len(images))
         if not images:
             return []
         has_image = np.array([im is not None for im in images])

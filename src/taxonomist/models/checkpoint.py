@@ -59,7 +59,8 @@ class HeadsCheckpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
     text: dict[str, Any] = field(default_factory=dict)
     """Listing heads only (``heads.inputs`` has ``text``): the text settings (``TextConfig``), the
-    encoder's ``fingerprint`` (and its ``fingerprint_scheme``: absent = 1) and the text feature ``dim``;
+    encoder's ``fingerprint`` (and its ``fingerprint_scheme``: absent = 1), the text feature ``dim`` and
+    the catalog's ``text_columns`` the listing text was joined from (absent before they were recorded);
     empty for image-only heads."""
     temperatures_by_inputs: dict[str, dict[str, float]] = field(default_factory=dict)
     """Listing heads: temperatures per set of inputs a row has (``image``, ``text``); a row with both

@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from taxonomist.data.catalog import join_text
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageLoadError
 from taxonomist.data.taxonomy import normalize_text
 from taxonomist.serve.batching import BatcherBusy, BatcherStopped, BatchTooLarge, MicroBatcher
@@ -49,8 +50,9 @@ _PART_OVERHEAD = 16 * 1024
 # Largest text field (a category or an id), as Starlette's default.
 _MAX_FIELD_BYTES = 1024 * 1024
 MAX_TITLE_CHARS = 2000
-"""Longest title a request may send (after normalisation): titles are a line, not a document, and the
-text encoder reads only its first tokens anyway."""
+"""Longest title (or other text field) a request may send (after normalisation): titles are a line, not
+a document, and the text encoder reads only its first tokens anyway."""
+_FORM_FIELDS = frozenset({"image", "category", "id", "title"})
 # Methods beyond these become "other" in metric labels: each label value is a series kept forever.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -172,7 +174,8 @@ def create_app(
         title="taxonomist",
         summary="Product image → catalog attributes with calibrated confidences.",
         description=f"Model `{model.info.name}` (version {model.info.version}); categories: "
-        + ", ".join(f"`{c}`" for c in model.categories),
+        + ", ".join(f"`{c}`" for c in model.categories)
+        + service.text_fields_doc(),
         lifespan=lifespan,
     )
     app.add_middleware(
@@ -249,17 +252,37 @@ class _Service:
         self.decoding = decoding
         self.max_upload_bytes = max_upload_bytes
         self.max_images_per_request = max_images_per_request
-        max_fields = 3 * max_images_per_request  # a category, an id and a title per image
+        self.columns = list(getattr(model, "text_columns", []))
+        self.text_fields = ["title", *self.columns[1:]]
+        """A form field per text column the model learned from, in their order: ``title`` for the first
+        (the only one of most models), the column's own name for each further one."""
+        taken = [c for c in self.text_fields[1:] if c in _FORM_FIELDS]
+        if taken:
+            raise ValueError(
+                f"cannot serve text columns {taken}: their form fields would be named like the request's "
+                f"own fields ({sorted(_FORM_FIELDS)}); train with the columns renamed"
+            )
+        max_fields = (2 + len(self.text_fields)) * max_images_per_request
         self.max_fields = max_fields
         self.request_timeout_s = request_timeout_s
+        per_image = "a category, an id and a title" + "".join(f", {f}" for f in self.text_fields[1:])
         # Starlette's multipart parser reports its limits as 400 with its own wording; they are limits too.
         self.form_limits = {
             "Too many files": f"too many images: at most {max_images_per_request} per request",
-            "Too many fields": (
-                f"too many form fields: at most {max_fields} (a category, an id and a title per image)"
-            ),
+            "Too many fields": f"too many form fields: at most {max_fields} ({per_image} per image)",
             "Part exceeded maximum size": f"a form field is over the limit of {_MAX_FIELD_BYTES} bytes",
         }
+
+    def text_fields_doc(self) -> str:
+        """The app description's note on a model of several text columns: what to send besides ``title``."""
+        if len(self.columns) < 2:
+            return ""
+        columns = ", ".join(f"`{c}`" for c in self.columns)
+        fields = ", ".join(f"`{c}`" for c in self.text_fields[1:])
+        return (
+            f". Listing text: this model learned from the columns {columns} joined: send `title` as "
+            f"`{self.columns[0]}` and the form fields {fields}, one per listing each (may be empty)"
+        )
 
     async def form_limit_is_413(self, request: Request, exc: StarletteHTTPException) -> Response:
         cause = exc.__context__
@@ -337,17 +360,26 @@ class _Service:
             list[str] | None,
             Form(
                 description="Optional: one listing title per image (may be empty), read by models "
-                f"trained on image + text; at most {MAX_TITLE_CHARS} characters each."
+                f"trained on image + text; at most {MAX_TITLE_CHARS} characters each. A model trained on "
+                "several text columns (catalog.text_columns) reads this as its first column and takes "
+                "each further one as a form field of the column's name, validated alike (see above)."
             ),
         ] = None,
     ) -> dict[str, Any]:
         """Predict every attribute of each image's category, with calibrated confidences."""
         image = image or []
-        n = len(image) if image else self.check_title_only(title)
+        form = await request.form()
+        fields = {"title": title, **{f: self.text_field(form.getlist(f), f) for f in self.text_fields[1:]}}
+        n = len(image) if image else self.check_title_only(fields)
         request.state.images = len(image)
         request.state.listings = n
         categories = self.check_request(image, category, ids, n)
-        titles = self.check_titles(title, n)
+        titles = self.check_titles(fields, n)
+        blank = [i for i, t in enumerate(titles) if not t]
+        if not image and blank:
+            raise _unprocessable(
+                "title", f"titles {blank} are blank and no image was sent: nothing to read", "blank-title"
+            )
         names = [u.filename or str(i) for i, u in enumerate(image)] or [str(i) for i in range(n)]
         results = await self.results(image, names, categories, titles)
         self.count("predicted", n, images=bool(image))
@@ -365,10 +397,18 @@ class _Service:
             ],
         }
 
-    def check_title_only(self, title: list[str] | None) -> int:
-        """How many listings a request without images holds, once the model can predict them from titles
-        alone and each has one."""
-        if not title:
+    @staticmethod
+    def text_field(values: list[Any], name: str) -> list[str] | None:
+        """A further text column's form values (None: not sent); a file sent under its name is refused."""
+        if any(not isinstance(v, str) for v in values):
+            raise _unprocessable(name, f"{name} must be a text field, not a file upload", "not-text")
+        return values or None
+
+    def check_title_only(self, fields: dict[str, list[str] | None]) -> int:
+        """How many listings a request without images holds (as many as it sends titles, or texts of
+        another column), once the model can predict them from their text alone."""
+        sent = [values for values in fields.values() if values]
+        if not sent:
             raise _unprocessable("image", "send one or more images", "missing")
         if not getattr(self.model, "predicts_without_image", False):
             raise _unprocessable(
@@ -377,16 +417,11 @@ class _Service:
                 "text.image_dropout > 0 predict from the title alone)",
                 "image-required",
             )
-        blank = [i for i, t in enumerate(title) if not normalize_text(t)]
-        if blank:
-            raise _unprocessable(
-                "title", f"titles {blank} are blank and no image was sent: nothing to read", "blank-title"
-            )
-        if len(title) > self.max_images_per_request:
+        if len(sent[0]) > self.max_images_per_request:
             raise HTTPException(
                 413, detail=f"too many listings: at most {self.max_images_per_request} per request"
             )
-        return len(title)
+        return len(sent[0])
 
     def check_request(
         self, image: list[UploadFile], category: list[str], ids: list[str] | None, n: int
@@ -425,14 +460,19 @@ class _Service:
             )
         return category * n if len(category) == 1 else category
 
-    def check_titles(self, title: list[str] | None, n: int) -> list[str]:
-        """One normalised title per image ("" where none was sent), if the model reads titles at all."""
-        titles = [normalize_text(t) for t in title] if title is not None else [""] * n
-        if len(titles) != n:
-            raise _unprocessable("title", f"send one title per image ({n}), not {len(titles)}")
-        too_long = [i for i, t in enumerate(titles) if len(t) > MAX_TITLE_CHARS]
-        if too_long:
-            raise _unprocessable("title", f"titles {too_long} are over {MAX_TITLE_CHARS} characters")
+    def check_titles(self, fields: dict[str, list[str] | None], n: int) -> list[str]:
+        """One listing text per image ("" where none was sent), if the model reads text at all: each text
+        field normalised, counted and capped, then joined as training joined the model's columns."""
+        columns = []
+        for name, values in fields.items():
+            texts = [normalize_text(t) for t in values] if values is not None else [""] * n
+            if len(texts) != n:
+                raise _unprocessable(name, f"send one {name} per image ({n}), not {len(texts)}")
+            too_long = [i for i, t in enumerate(texts) if len(t) > MAX_TITLE_CHARS]
+            if too_long:
+                raise _unprocessable(name, f"{name} texts {too_long} are over {MAX_TITLE_CHARS} characters")
+            columns.append(texts)
+        titles = [join_text(row) for row in zip(*columns, strict=True)]
         if any(titles) and not getattr(self.model, "reads_text", False):
             raise _unprocessable(
                 "title", "this model was trained on images only and cannot read titles; leave them out"

@@ -103,6 +103,11 @@ class AttributeModel:
         return self.predictor.reads_text
 
     @property
+    def text_columns(self) -> list[str]:
+        """The columns the listing text was joined from in training (serve takes one form field each)."""
+        return self.predictor.text_columns
+
+    @property
     def predicts_without_image(self) -> bool:
         return self.predictor.checkpoint.predicts_without_image
 

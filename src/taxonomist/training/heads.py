@@ -376,6 +376,7 @@ def text_record(cfg: RunConfig, text: ListingText) -> dict:
         **dataclasses.asdict(cfg.text),
         "fingerprint": text.encoder.weights_fingerprint(),
         "fingerprint_scheme": FINGERPRINT_SCHEME,
+        "text_columns": list(cfg.catalog.text_columns),
         "dim": text.dim,
         "lexical_dim": text.lexical_dim,
         "probe_offset": text.probe_offset,
