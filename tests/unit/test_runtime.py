@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -213,6 +215,40 @@ def test_export_resumes_and_builds_once_under_concurrency(
     rt.export(folder, lite, None, 0, "onnxruntime", "fp32", extra={"checkpoint": "v2"})
     rt.export(folder, lite, None, 0, "onnxruntime", "fp32", extra={"checkpoint": "v2"})
     assert len(builds) == 3
+
+
+def test_a_reader_never_sees_an_export_half_replaced(
+    lite: Backbone, lite_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: ``load_export`` read without the lock while ``install`` removed the old export and
+    renamed the new one in, so a predict starting during ``export --force`` found no export at all."""
+    folder, candidate = tmp_path / "onnxruntime-fp32", tmp_path / "candidate"
+    for path, checkpoint in ((folder, "old"), (candidate, "new")):
+        shutil.copytree(lite_onnx, path)
+        manifest = json.loads((path / rt.MANIFEST).read_text())
+        (path / rt.MANIFEST).write_text(json.dumps({**manifest, "checkpoint": checkpoint}))
+    loaded: list[object] = []
+
+    def read() -> None:
+        try:
+            loaded.append(rt.load_export(folder, lite)[2]["checkpoint"])
+        except Exception as err:
+            loaded.append(err)
+
+    readers = []
+    real_rmtree = shutil.rmtree
+
+    def rmtree_then_read(path: Path, *args: object, **kwargs: object) -> None:
+        real_rmtree(path, *args, **kwargs)
+        if Path(path) == folder:  # the old export is gone, the new one not yet renamed in: a reader now
+            readers.append(threading.Thread(target=read))
+            readers[0].start()
+            readers[0].join(timeout=1)  # unlocked it reads at once; locked it waits for the install
+
+    monkeypatch.setattr(rt.shutil, "rmtree", rmtree_then_read)
+    rt.install(candidate, folder)
+    readers[0].join()
+    assert loaded == ["new"]
 
 
 def test_export_of_other_weights_is_refused(lite_onnx: Path) -> None:

@@ -14,8 +14,9 @@ Features of different numerics never share a cache entry: :func:`feature_key` ex
 fingerprint with runtime and precision, except for torch fp32 whose key stays the bare fingerprint.
 
 An export is a folder (``backbone.onnx``/``.xml``, ``heads.onnx``/``.xml``, ``export.json`` written
-last) built in a temporary folder and renamed into place under a lock file, so two processes that
-load the same checkpoint at once build it once and never read half of one.
+last) built in a temporary folder and renamed into place under its lock file, held exclusively, so two
+processes that load the same checkpoint at once build it once; readers compile it under the same lock
+held shared, so none reads half of one while ``export --force`` replaces it.
 """
 
 from __future__ import annotations
@@ -268,15 +269,32 @@ def _digest(folder: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def lock_file(folder: Path) -> Path:
+    return folder.parent / f".{folder.name}.lock"
+
+
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def locked(folder: Path, *, shared: bool = False) -> Iterator[None]:
+    """``folder``'s lock: exclusive to build or replace it, shared to read it, so that a reader compiles
+    the whole old export or the whole new one, never one half removed. A reader of a folder it cannot
+    lock (read-only, e.g. a mounted image) reads unlocked: nobody can replace what nobody can write."""
+    path = lock_file(folder)
+    try:
+        if not shared:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # Read-only: flock needs no write access, so every user of a shared run folder locks this file.
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    except OSError:
+        if not shared:
+            raise
+        fd = None
+    try:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -335,7 +353,7 @@ def build_once(
 ) -> dict[str, Any]:
     """Run ``build(tmp)`` and rename ``tmp`` to ``folder`` with its manifest, under ``folder``'s lock,
     unless a finished export of ``fingerprint`` is there already (then return its manifest)."""
-    with _locked(folder.parent / f".{folder.name}.lock"):
+    with locked(folder):
         manifest = read_manifest(folder)
         # The checkpoint digest (when given) also identifies the export: heads retrained into the same
         # run folder on the same backbone must not be served from the old export.
@@ -370,7 +388,7 @@ def build_once(
 
 def install(candidate: Path, folder: Path) -> None:
     """Move a finished, checked export into place (replacing an older one) under ``folder``'s lock."""
-    with _locked(folder.parent / f".{folder.name}.lock"):
+    with locked(folder):
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(candidate, folder)
@@ -508,7 +526,15 @@ class RuntimeHeads(torch.nn.Module):
 def load_export(
     folder: Path, source: Backbone, heads: torch.nn.Module | None = None, *, threads: int | None = None
 ) -> tuple[RuntimeBackbone, RuntimeHeads | None, dict[str, Any]]:
-    """Compile a finished export folder; ``source``: the torch backbone it was exported from."""
+    """Compile a finished export folder; ``source``: the torch backbone it was exported from. Under the
+    folder's shared lock: ``export --force`` may be installing a new one meanwhile."""
+    with locked(folder, shared=True):
+        return _load_export(folder, source, heads, threads)
+
+
+def _load_export(
+    folder: Path, source: Backbone, heads: torch.nn.Module | None, threads: int | None
+) -> tuple[RuntimeBackbone, RuntimeHeads | None, dict[str, Any]]:
     manifest = read_manifest(folder)
     if manifest is None:
         raise FileNotFoundError(f"{folder}: no finished export ({MANIFEST} missing)")

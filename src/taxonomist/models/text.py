@@ -238,9 +238,10 @@ class TextEncoder:
 
             rt.build_once(folder, key, self.runtime, self.precision, build)
             ext = "onnx" if self.runtime == "onnxruntime" else "xml"
-            self._session = rt.Session(
-                folder / f"backbone.{ext}", self.runtime, self.precision, None, streams=_STREAMS
-            )
+            with rt.locked(folder, shared=True):  # compiled whole, never while it is being replaced
+                self._session = rt.Session(
+                    folder / f"backbone.{ext}", self.runtime, self.precision, None, streams=_STREAMS
+                )
         return self._session
 
     def _encode_on_runtime(self, texts: list[str]) -> np.ndarray:
