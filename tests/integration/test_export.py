@@ -145,6 +145,8 @@ def test_export_above_tolerance_is_refused(run: Path, monkeypatch: pytest.Monkey
         return report
 
     monkeypatch.setattr(export_module, "parity", worse)
+    stale = run / EXPORTS_DIR / ".candidate-openvino-fp32-4194305"  # of an export killed midway
+    (stale / "export").mkdir(parents=True)
     result = CliRunner().invoke(
         app, ["export", str(run), "--runtime", "openvino", "--precision", "fp32", "--parity-rows", "20", "-q"]
     )
@@ -153,7 +155,8 @@ def test_export_above_tolerance_is_refused(run: Path, monkeypatch: pytest.Monkey
     assert not (run / EXPORTS_DIR / "openvino-fp32").exists()  # nothing a loader could pick up
     refused = json.loads((run / EXPORTS_DIR / "openvino-fp32.refused.json").read_text())
     assert refused["passed"] is False and refused["score_drop"] == pytest.approx(0.02)
-    assert not list((run / EXPORTS_DIR).glob(".candidate-*"))
+    assert not list((run / EXPORTS_DIR).glob(".candidate-*"))  # neither its own nor the stale one
+    assert not list((run / EXPORTS_DIR).glob("..candidate-*"))  # nor their lock files
 
 
 def test_a_listing_export_must_hold_its_score_with_titles_too() -> None:

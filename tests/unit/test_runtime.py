@@ -206,6 +206,7 @@ def test_export_resumes_and_builds_once_under_concurrency(
         t.join()
     assert len(builds) == 1
     assert sorted(p.name for p in folder.iterdir()) == ["backbone.onnx", "export.json"]
+    assert not (tmp_path / ".onnxruntime-fp32.crashed").exists()  # the build under the lock removed it
     rt.export(folder, lite, None, 0, "onnxruntime", "fp32")
     assert len(builds) == 1  # finished exports are reused
     (folder / rt.MANIFEST).unlink()  # a half export (no manifest) is rebuilt
@@ -249,6 +250,22 @@ def test_a_reader_never_sees_an_export_half_replaced(
     rt.install(candidate, folder)
     readers[0].join()
     assert loaded == ["new"]
+
+
+def test_stale_private_folders_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    """Regression: an export killed midway (kill -9) left its candidate folder, a whole export, for good.
+    The next one removes what no live process holds, and nothing a live process is working in."""
+    dead, live = tmp_path / ".candidate-openvino-int8-11", tmp_path / ".candidate-openvino-int8-12"
+    (dead / "export").mkdir(parents=True)
+    rt.lock_file(dead).touch()
+    (tmp_path / "..candidate-openvino-int8-11.k2x9q0ab").mkdir()  # its candidate's build, killed midway
+    (tmp_path / "..candidate-onnxruntime-fp32-13.lock").touch()  # killed before its folder was made
+    (tmp_path / "openvino-int8").mkdir()  # an installed export: not private, never touched
+    with rt.private_folder(live):
+        (live / "export").mkdir()
+        rt.remove_stale(tmp_path, ".candidate-")
+        assert (live / "export").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["openvino-int8"]
 
 
 def test_export_of_other_weights_is_refused(lite_onnx: Path) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from taxonomist.metrics import attribute_score
 from taxonomist.models import runtime as rt
 
 PARITY_FILE = "parity.json"
+_CANDIDATE = ".candidate-"
 _CALIBRATION_BATCH = 16
 
 
@@ -263,10 +263,14 @@ def export_run(
     if precision == "int8":
         chosen = rng.choice(train_idx, size=min(calibration_rows, len(train_idx)), replace=False)
         calibration = calibration_batches(reference, [paths[i] for i in chosen], cfg.train.seed)
-    candidate_dir = root / f".candidate-{resolved}-{precision}-{os.getpid()}"
+    # Built and checked in a folder of this process's own, so that the next export can tell the folders
+    # of exports killed midway and remove them.
+    rt.remove_stale(root, _CANDIDATE)
+    work = root / f"{_CANDIDATE}{resolved}-{precision}-{os.getpid()}"
+    candidate_dir = work / "export"
     # Listing heads take more inputs than the exported graph: they stay on torch, as the predictor runs them.
     heads = None if reference.reads_text else reference.heads
-    try:
+    with rt.private_folder(work):
         manifest = rt.export(
             candidate_dir,
             reference.backbone,
@@ -311,7 +315,4 @@ def export_run(
             manifest["parity"] = report.to_dict()
             (candidate_dir / rt.MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         rt.install(candidate_dir, folder)
-    finally:
-        shutil.rmtree(candidate_dir, ignore_errors=True)
-        (root / f".{candidate_dir.name}.lock").unlink(missing_ok=True)
     return folder, manifest

@@ -27,6 +27,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -273,28 +274,89 @@ def lock_file(folder: Path) -> Path:
     return folder.parent / f".{folder.name}.lock"
 
 
-@contextlib.contextmanager
-def locked(folder: Path, *, shared: bool = False) -> Iterator[None]:
-    """``folder``'s lock: exclusive to build or replace it, shared to read it, so that a reader compiles
-    the whole old export or the whole new one, never one half removed. A reader of a folder it cannot
-    lock (read-only, e.g. a mounted image) reads unlocked: nobody can replace what nobody can write."""
-    path = lock_file(folder)
-    try:
-        if not shared:
-            path.parent.mkdir(parents=True, exist_ok=True)
+def _lock(path: Path, how: int) -> int | None:
+    """A descriptor holding ``path``'s flock, None where ``LOCK_NB`` found it held. A lock file is removed
+    only by its holder (:func:`remove_locked`): whoever locked the removed file meanwhile sees that and
+    locks the file now at ``path``, so two never hold one name at once."""
+    while True:
         # Read-only: flock needs no write access, so every user of a shared run folder locks this file.
         fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-    except OSError:
-        if not shared:
-            raise
-        fd = None
+        try:
+            fcntl.flock(fd, how)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _lockable(path: Path) -> bool:
+    return os.access(path, os.R_OK) if path.exists() else os.access(path.parent, os.W_OK | os.X_OK)
+
+
+@contextlib.contextmanager
+def locked(folder: Path, *, shared: bool = False, wait: bool = True) -> Iterator[bool]:
+    """``folder``'s lock: exclusive to build, replace or remove it, shared to read it, so that a reader
+    compiles the whole old export or the whole new one, never one half removed. ``wait=False`` yields
+    False at once where another process holds it. A reader of a folder it cannot lock (read-only, e.g. a
+    mounted image) reads unlocked: nobody can replace what nobody can write."""
+    path = lock_file(folder)
+    if shared and not _lockable(path):
+        yield True
+        return
+    if not shared:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd = _lock(path, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
     try:
-        if fd is not None:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        yield
+        yield fd is not None
     finally:
         if fd is not None:
             os.close(fd)  # releases the lock
+
+
+def _remove_builds(folder: Path) -> None:
+    """Remove the temporary folders (``.NAME.*``) that builds of ``folder`` killed midway left; only under
+    its lock, which every build holds throughout."""
+    for path in folder.parent.glob(f".{folder.name}.*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_locked(folder: Path) -> None:
+    """Remove ``folder``, what builds of it left and its lock file; only while holding its lock."""
+    _remove_builds(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+    lock_file(folder).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def private_folder(folder: Path) -> Iterator[Path]:
+    """``folder``, made and held under its lock while the block runs, then removed with it: a process's
+    own work, which :func:`remove_stale` removes once that process is killed midway."""
+    with locked(folder):
+        try:
+            folder.mkdir(exist_ok=True)
+            yield folder
+        finally:
+            remove_locked(folder)
+
+
+def remove_stale(root: Path, prefix: str) -> None:
+    """Remove the private folders ``root/PREFIX*`` whose lock nobody holds, with their builds and lock
+    files: what processes killed midway (kill -9, out of memory) left, a disk leak of whole exports. A
+    live process holds its folder's lock from before creating it until it is removed, so its work is
+    never touched, wherever that process runs."""
+    pattern = re.compile(rf"\.?({re.escape(prefix)}[^.]*)")  # the folder, its lock file, its builds
+    entries = root.iterdir() if root.is_dir() else ()
+    names = {m.group(1) for path in entries if (m := pattern.match(path.name))}
+    for name in names:
+        with locked(root / name, wait=False) as free:
+            if free:
+                remove_locked(root / name)
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -354,6 +416,7 @@ def build_once(
     """Run ``build(tmp)`` and rename ``tmp`` to ``folder`` with its manifest, under ``folder``'s lock,
     unless a finished export of ``fingerprint`` is there already (then return its manifest)."""
     with locked(folder):
+        _remove_builds(folder)
         manifest = read_manifest(folder)
         # The checkpoint digest (when given) also identifies the export: heads retrained into the same
         # run folder on the same backbone must not be served from the old export.
