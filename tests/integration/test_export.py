@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from taxonomist.cli.main import app, main
 from taxonomist.inference import export as export_module
+from taxonomist.inference import predictor as predictor_module
 from taxonomist.inference.predictor import Predictor
 from taxonomist.models.runtime import EXPORTS_DIR, MANIFEST
 
@@ -58,6 +60,22 @@ def test_export_command_writes_a_parity_report(run: Path, tiny_run: tuple[Path, 
     predictor = Predictor.from_pretrained(run, precision="bf16")  # auto picks the export's runtime
     assert predictor.runtime == "openvino bf16"
     assert len(predictor.predict(*_images(tiny_run))) == 6
+
+
+def test_auto_on_a_gpu_predicts_bf16_heads_on_the_cpu_and_says_so(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a GPU, auto at the heads' bf16 runs OpenVINO on the CPU (torch runs fp32 only; the heads keep
+    their numerics). It did so silently, with the heads and the module it exports from moved to the GPU
+    (a first export then traced there and failed)."""
+    monkeypatch.setattr(predictor_module, "resolve_device", lambda spec: torch.device("cuda"))
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match=r"precision bf16 runs on the CPU \(openvino\), not on cuda"):
+        output = invoke(
+            "predict", str(run), "-o", str(out), "--precision", "bf16", "--set", "embed.device=cuda"
+        )
+    assert "runtime: openvino bf16 on cpu" in output
+    assert json.loads((out / "summary.json").read_text())["predicted"] > 0
 
 
 def test_int8_is_calibrated_and_checked(run: Path) -> None:

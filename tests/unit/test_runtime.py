@@ -6,6 +6,7 @@ import json
 import shutil
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,6 +162,22 @@ def test_auto_picks_the_fastest_installed(monkeypatch: pytest.MonkeyPatch) -> No
     assert rt.resolve_runtime("auto", "fp32", "cpu") == "onnxruntime"
     monkeypatch.setattr(rt, "is_installed", lambda r: r == "torch")
     assert rt.resolve_runtime("auto", "fp32", "cpu") == "torch"
+
+
+def test_auto_on_a_gpu_keeps_a_lower_precision_on_the_cpu_and_says_so() -> None:
+    """Torch runs fp32 only: heads fitted on bf16 or int8 features keep those numerics on a CPU runtime,
+    with a warning rather than a GPU silently left idle."""
+    for precision in ("bf16", "int8"):
+        with pytest.warns(
+            UserWarning, match=rf"precision {precision} runs on the CPU \(openvino\), not on cuda"
+        ):
+            assert rt.runtime_device("auto", precision, torch.device("cuda")) == (
+                "openvino",
+                torch.device("cpu"),
+            )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert rt.runtime_device("auto", "fp32", torch.device("cuda")) == ("torch", torch.device("cuda"))
 
 
 def test_missing_runtime_names_its_package(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -398,7 +398,7 @@ def predict(
         checkpoint, device=cfg.embed.device, runtime=runtime, precision=precision
     )
     if not quiet:
-        console.print(f"runtime: {predictor.runtime}")
+        console.print(f"runtime: {predictor.runtime} on {predictor.device}")
     summary = predictor.predict_catalog(
         catalog,
         output,

@@ -22,7 +22,7 @@ from taxonomist.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageLoadErro
 from taxonomist.devices import module_device, resolve_device
 from taxonomist.features.cache import FeatureCache, default_cache_dir
 from taxonomist.models.backbones import Backbone
-from taxonomist.models.runtime import on_runtime
+from taxonomist.models.runtime import on_runtime, runtime_device
 from taxonomist.progress import progress_bar
 
 _FLUSH_ROWS = 2048
@@ -60,10 +60,10 @@ def runtime_backbone(
     cache_dir: str | None = None,
 ) -> Backbone:
     """``backbone`` on ``device``, ``runtime`` and ``precision`` (exported once into the cache)."""
-    resolved = resolve_device(device)
+    resolved, target = runtime_device(runtime, precision, resolve_device(device))
     root = Path(cache_dir or default_cache_dir()) / "exports" / backbone.fingerprint()
     on, _, _ = on_runtime(
-        backbone.to(resolved), None, runtime=runtime, precision=precision, device=resolved, root=root
+        backbone.to(target), None, runtime=resolved, precision=precision, device=target, root=root
     )
     return on
 

@@ -35,7 +35,7 @@ from taxonomist.models.checkpoint import (
 )
 from taxonomist.models.fusion import lexical_batch, listing_heads
 from taxonomist.models.heads import allowed_masks
-from taxonomist.models.runtime import exports_root, on_runtime
+from taxonomist.models.runtime import exports_root, on_runtime, runtime_device
 from taxonomist.progress import progress_bar
 
 ImageInput = Image.Image | str | os.PathLike
@@ -161,8 +161,10 @@ class Predictor:
         the one the heads were fitted on; ``precision``: default the heads' own. A runtime other than
         torch loads the run's export, exporting into ``RUN/exports`` (or the cache when the run is
         read-only) first."""
-        target = resolve_device(device)
         checkpoint, heads = load_heads_checkpoint(path)
+        precision = precision or checkpoint.precision
+        # A runtime other than torch runs on the CPU: so do the heads and text encoder around it.
+        resolved, target = runtime_device(runtime or checkpoint.runtime, precision, resolve_device(device))
         backbone = checkpoint_backbone(checkpoint)
         state = HeadsCheckpoint.backbone_state(path)
         if state is not None:
@@ -176,13 +178,12 @@ class Predictor:
         version = checkpoint_version(path)
         # Listing heads (image + text) take more inputs than the exported graph: they stay on torch.
         exported_heads = None if checkpoint.text else heads.to(target)
-        runtime = runtime or checkpoint.runtime
         root = exports_root(path, default_cache_dir() / "exports" / version)
         backbone, runtime_heads, _ = on_runtime(
             backbone.to(target),
             exported_heads,
-            runtime=runtime,
-            precision=precision or checkpoint.precision,
+            runtime=resolved,
+            precision=precision,
             device=target,
             root=root,
             feature_dim=checkpoint.feature_dim,
@@ -190,7 +191,7 @@ class Predictor:
         )
         text = None
         if checkpoint.text:  # the sentence encoder runs fp32 (its numerics when the heads were fitted)
-            text_runtime = "torch" if runtime == "torch" else "auto"
+            text_runtime = "torch" if resolved == "torch" else "auto"
             text = load_listing_text(path, checkpoint, target, runtime=text_runtime, export_root=root)
         return cls(checkpoint, runtime_heads or heads.to(target).eval(), backbone, version=version, text=text)
 

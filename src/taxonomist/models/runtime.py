@@ -5,7 +5,8 @@ weights (measured in benchmarks/runtimes.py), so prediction exports them through
 exporters (``torch.onnx.export`` with the TorchScript exporter, opset 17; OpenVINO's ``convert_model``)
 and runs them there. Nothing here writes graphs by hand.
 
-``runtime``: ``auto`` (torch on a GPU; on CPU the fastest installed runtime for the precision),
+``runtime``: ``auto`` (torch on a GPU at fp32; otherwise the fastest installed CPU runtime for the
+precision, on a GPU machine too, with a warning: torch runs fp32 only),
 ``torch``, ``onnxruntime`` or ``openvino``. ``precision``: ``fp32`` (outputs equal torch's within float
 rounding), ``bf16`` (OpenVINO on CPUs with bf16 units) or ``int8`` (post-training static quantization,
 calibrated on the user's own images: ONNX Runtime's ``quantize_static`` or NNCF for OpenVINO).
@@ -87,6 +88,14 @@ def resolve_runtime(runtime: str, precision: str, device: torch.device | str = "
         if not candidates:
             needed = " or ".join(PACKAGES[r] for r in _CPU_ORDER[precision] if r in PACKAGES)
             raise RuntimeUnavailable(f"precision {precision} needs {needed}: pip install {needed.split()[0]}")
+        if on_gpu:
+            # Intended: torch runs fp32 only, and heads fitted on bf16 or int8 features get those numerics
+            # from the CPU runtime, not other ones from the GPU. Said, as the GPU is left idle.
+            warnings.warn(
+                f"runtime auto: precision {precision} runs on the CPU ({candidates[0]}), not on {device}, "
+                "where torch runs fp32 only; ask for precision fp32 to run on the GPU",
+                stacklevel=2,
+            )
         return candidates[0]
     if not is_installed(runtime):
         raise RuntimeUnavailable(
@@ -102,6 +111,13 @@ def resolve_runtime(runtime: str, precision: str, device: torch.device | str = "
     if on_gpu and runtime != "torch":
         raise ValueError(f"runtime {runtime} runs on the CPU here; on {device} use runtime torch or auto")
     return runtime
+
+
+def runtime_device(runtime: str, precision: str, device: torch.device) -> tuple[str, torch.device]:
+    """:func:`resolve_runtime`, and where it runs: ``device`` for torch, the CPU for the others (so the
+    modules they are exported from and the torch parts around them go there too)."""
+    resolved = resolve_runtime(runtime, precision, device)
+    return resolved, device if resolved == "torch" else torch.device("cpu")
 
 
 def feature_key(fingerprint: str, runtime: str, precision: str, variant: str = "") -> str:
