@@ -72,8 +72,8 @@ def main() -> None:
     tuned = train_finetune(cfg, work / "finetuned", progress=True)
     finetune_seconds = time.perf_counter() - start
 
-    # torch, as `taxonomist bench` does: FLOPs and parameters are read off the torch modules (on auto,
-    # OpenVINO ran the backbone and the FLOP counter saw nothing).
+    # torch: FLOPs and parameters are read off the torch modules (on auto, OpenVINO ran the backbone and
+    # the FLOP counter saw nothing); `taxonomist bench` counts there too, and times predict's runtime.
     efficiency = measure_efficiency(
         ImagesToLogits(Predictor.from_pretrained(work / "finetuned", runtime="torch")),
         args.size,

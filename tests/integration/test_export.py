@@ -78,6 +78,25 @@ def test_auto_on_a_gpu_predicts_bf16_heads_on_the_cpu_and_says_so(
     assert json.loads((out / "summary.json").read_text())["predicted"] > 0
 
 
+def test_bench_times_the_runtime_predict_runs(run: Path, tmp_path: Path) -> None:
+    """Regression: bench timed eager torch, while predict and serve run OpenVINO by default on CPU, and
+    its report did not say which. It takes predict's choices, and counts on torch either way."""
+    import shutil
+
+    # A copy: the export auto makes on first load is not the other tests' to find.
+    run = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns(EXPORTS_DIR))
+    args = ["bench", str(run), "--batch-sizes", "1", "--seconds", "0.1"]
+    output = invoke(*args, "-o", str(tmp_path / "auto"))
+    invoke(*args, "-o", str(tmp_path / "torch"), "--runtime", "torch")
+    auto, eager = (json.loads((tmp_path / k / "bench.json").read_text()) for k in ("auto", "torch"))
+    assert auto["runtime"] == Predictor.from_pretrained(run).runtime == "openvino fp32"
+    assert eager["runtime"] == "torch fp32"
+    assert auto["params_total"] == eager["params_total"] > 0
+    assert auto["gflops_per_image"] == eager["gflops_per_image"] > 0
+    assert "| runtime | openvino fp32 |" in (tmp_path / "auto" / "bench.md").read_text()
+    assert "timed on openvino fp32" in output
+
+
 def test_int8_is_calibrated_and_checked(run: Path) -> None:
     result = CliRunner().invoke(app, ["export", str(run), "--precision", "int8", "-q"])
     assert result.exit_code != 0 and "--calibrate" in result.output

@@ -503,6 +503,8 @@ def test_bench_reports_a_listing_checkpoint_per_listing(listing_run, tmp_path) -
     invoke(*args, "-o", str(tmp_path / "bare"), "--title-tokens", "0")
     titled, bare = (json.loads((tmp_path / k / "bench.json").read_text()) for k in ("titled", "bare"))
     assert titled["inputs"] == "image + title (16 tokens)" and titled["images_per_s_batch1"] > 0
+    # timed as predict runs it, the title encoder included
+    assert titled["runtime"] == "openvino fp32, title encoder openvino fp32"
     assert bare["inputs"] == "image (listing heads, no title)" and bare["images_per_s_batch1"] > 0
     encoder = Predictor.from_pretrained(ckpt, runtime="torch").text.encoder.model
     assert titled["params_total"] - bare["params_total"] == sum(p.numel() for p in encoder.parameters())

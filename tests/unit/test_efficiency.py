@@ -70,3 +70,29 @@ def test_dict_is_json_ready_and_markdown_names_every_field(report: EfficiencyRep
         if key not in ("throughput", "image_size", "best_batch_size", "memory_kind"):
             assert f"| {key} |" in markdown, key
     assert "images/s @ batch 4" in markdown
+
+
+class _Calls(nn.Module):
+    """Calls ``net``, counting calls; ``hidden``: ``net`` out of torch's sight, as a runtime's graph is."""
+
+    def __init__(self, net: nn.Module, hidden: bool = False) -> None:
+        super().__init__()
+        self.calls = 0
+        self.net = [net] if hidden else net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return (self.net[0] if isinstance(self.net, list) else self.net)(x)
+
+
+def test_a_runtime_module_is_timed_and_the_torch_one_counted() -> None:
+    """``bench`` times the runtime predict runs, whose graphs torch cannot count: the torch module gives
+    params and FLOPs, the timed one the timings, and the report names what was timed."""
+    net = tiny_net()
+    counted, timed = _Calls(net), _Calls(net, hidden=True)
+    report = measure_efficiency(
+        counted, 16, batch_sizes=(1,), seconds=0.01, warmup=1, timed=timed, runtime="openvino bf16"
+    )
+    assert counted.calls == 1 and timed.calls >= 4  # the FLOP count; one warm-up and 3 timed calls
+    assert report.params_total == sum(p.numel() for p in net.parameters()) and report.gflops_per_image > 0
+    assert report.runtime == "openvino bf16" and "| runtime | openvino bf16 |" in report.to_markdown()

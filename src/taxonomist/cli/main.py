@@ -493,28 +493,47 @@ def bench(
             "average, 13 at the 90th percentile); 0 = listings without a title.",
         ),
     ] = 16,
+    runtime: PredictRuntimeOpt = "auto",
+    precision: PrecisionDefaultOpt = None,
 ) -> None:
     """Efficiency report: params, weight MB, GFLOPs/image, images/s (batch 1, best), latency, memory.
 
-    A listing checkpoint is measured per listing: its image and a title through its sentence encoder."""
+    Timed on the runtime and precision predict and serve run (the same choices, default auto at the
+    heads' precision); params, weight MB and GFLOPs are counted on the torch fp32 modules. A listing
+    checkpoint is measured per listing: its image and a title through its sentence encoder."""
     from taxonomist.inference.efficiency import measure_efficiency
     from taxonomist.inference.predictor import ImagesToLogits, Predictor
 
-    # torch: FLOPs and parameter counts are read off the torch modules.
-    predictor = Predictor.from_pretrained(checkpoint, runtime="torch", precision="fp32")
+    predictor = Predictor.from_pretrained(checkpoint, runtime=runtime, precision=precision)
+    # A runtime's graphs hold nothing torch can count: the torch modules give params and FLOPs.
+    counted = predictor
+    if predictor.runtime != "torch fp32":
+        counted = Predictor.from_pretrained(checkpoint, device="cpu", runtime="torch", precision="fp32")
     try:
-        model = ImagesToLogits(predictor, title_tokens=title_tokens)
+        timed = ImagesToLogits(predictor, title_tokens=title_tokens)
+        model = timed if counted is predictor else ImagesToLogits(counted, title_tokens=title_tokens)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--title-tokens") from None
     sizes = tuple(int(b) for b in batch_sizes.split(","))
     report = measure_efficiency(
-        model, predictor.backbone.preprocess.size, batch_sizes=sizes, seconds=seconds, inputs=model.inputs
+        model,
+        predictor.backbone.preprocess.size,
+        batch_sizes=sizes,
+        seconds=seconds,
+        inputs=timed.inputs,
+        timed=timed,
+        runtime=timed.runtime,
     )
     output = output or checkpoint
     output.mkdir(parents=True, exist_ok=True)
     (output / "bench.json").write_text(json.dumps(report.to_dict(), indent=1), encoding="utf-8")
     (output / "bench.md").write_text(report.to_markdown() + "\n", encoding="utf-8")
     console.print(report.to_markdown())
+    console.print(
+        f"timed on {report.runtime}, as predict runs it (--runtime, --precision); params, weight MB and "
+        "GFLOPs counted on torch fp32",
+        markup=False,
+    )
 
 
 def _checkpoint_config(

@@ -48,6 +48,9 @@ class EfficiencyReport:
     throughput: dict[int, float]
     inputs: str = "image"
     """What each timed item is: ``image``, or ``image + title (16 tokens)`` for listing heads."""
+    runtime: str = "torch"
+    """What the timings ran on, e.g. ``openvino bf16``; params, weight MB and GFLOPs are always counted on
+    the torch modules."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: throughput keys become strings."""
@@ -58,6 +61,7 @@ class EfficiencyReport:
     def to_markdown(self) -> str:
         rows = [
             ("device", self.device),
+            ("runtime", self.runtime),
             ("inputs", self.inputs),
             ("image size", f"{self.image_size}×{self.image_size}"),
             ("dtype", self.dtype),
@@ -87,6 +91,8 @@ def measure_efficiency(
     *,
     warmup: int = 3,
     inputs: str = "image",
+    timed: nn.Module | None = None,
+    runtime: str = "torch",
 ) -> EfficiencyReport:
     """Measure ``model`` called as ``model(images)`` on ``(B, 3, image_size, image_size)`` random inputs.
 
@@ -96,22 +102,25 @@ def measure_efficiency(
     peak RSS (``getrusage``, a lifetime peak) and how much this run raised it; on CUDA the peak of
     allocated tensor memory and its rise over what was allocated before the run. ``inputs``: what the
     model reads with each image (the report's label; a listing model brings its own title).
+
+    ``timed``: the module timed instead of ``model``, e.g. the same network on an inference runtime,
+    whose graphs hold no parameters or FLOPs torch can count: ``model`` then gives only those.
+    ``runtime``: what ``timed`` runs on, for the report.
     """
-    floating = [p for p in model.parameters() if p.is_floating_point()]
+    timed = model if timed is None else timed
     if device is not None:
-        device = torch.device(device)
-        model = model.to(device)
-    else:
-        device = floating[0].device if floating else torch.device("cpu")
-    dtype = floating[0].dtype if floating else torch.float32
+        timed = timed.to(torch.device(device))
+    device, dtype = _placement(timed)
     on_cuda = device.type == "cuda"
     params = list(model.parameters())
     tensors = params + list(model.buffers())
-    was_training = model.training
-    model.eval()
+    modules = [model] if timed is model else [model, timed]
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
 
-    def random_images(batch: int) -> torch.Tensor:
-        return torch.randn(batch, 3, image_size, image_size, device=device, dtype=dtype)
+    def random_images(batch: int, where: tuple[torch.device, torch.dtype] = (device, dtype)) -> torch.Tensor:
+        return torch.randn(batch, 3, image_size, image_size, device=where[0], dtype=where[1])
 
     def sync() -> None:
         if on_cuda:
@@ -127,15 +136,16 @@ def measure_efficiency(
         with torch.inference_mode():
             counter = FlopCounterMode(display=False)
             with counter:
-                model(random_images(1))
+                model(random_images(1, _placement(model)))
             throughput, batch1_times = {}, []
             for batch in sorted({1, *batch_sizes}):
-                times = _call_times(model, random_images(batch), seconds, warmup, sync)
+                times = _call_times(timed, random_images(batch), seconds, warmup, sync)
                 throughput[batch] = batch * len(times) / sum(times)
                 if batch == 1:
                     batch1_times = times
     finally:
-        model.train(was_training)
+        for m, mode in zip(modules, was_training, strict=True):
+            m.train(mode)
     if on_cuda:
         peak = torch.cuda.max_memory_allocated(device)
         memory_kind = "cuda-max-allocated"
@@ -162,7 +172,14 @@ def measure_efficiency(
         memory_kind=memory_kind,
         throughput=throughput,
         inputs=inputs,
+        runtime=runtime,
     )
+
+
+def _placement(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Device and dtype of ``module``'s first floating parameter (CPU, float32 without one)."""
+    floating = next((p for p in module.parameters() if p.is_floating_point()), None)
+    return (floating.device, floating.dtype) if floating is not None else (torch.device("cpu"), torch.float32)
 
 
 def _call_times(model: nn.Module, x: torch.Tensor, seconds: float, warmup: int, sync) -> list[float]:

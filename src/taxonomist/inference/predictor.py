@@ -755,20 +755,25 @@ def wide_named_frame(preds: Sequence[Prediction], attributes: Sequence[str]) -> 
 
 
 class ImagesToLogits(torch.nn.Module):
-    """A checkpoint's backbone + heads as one module on preprocessed images (for efficiency reports).
+    """A checkpoint's backbone + heads as one module on preprocessed images (for efficiency reports), on
+    the predictor's runtime.
 
     Every image is given category 0: the category only selects masks, so the cost is the same. Listing
     heads read, with each image, a title of ``title_tokens`` tokens (special tokens included) through the
     checkpoint's sentence encoder, so that the report counts the whole listing; ``title_tokens=0`` runs
-    them as for listings without a title (the encoder is then neither run nor counted). The lexical view
-    and probe (scikit-learn, outside torch) are never counted; their probe columns are left at zero.
+    them as for listings without a title (the encoder is then neither run nor counted). An encoder on an
+    inference runtime reads the title as text, as prediction hands it over. The lexical view and probe
+    (scikit-learn, outside torch) are never counted; their probe columns are left at zero.
     """
 
     def __init__(self, predictor: Predictor, title_tokens: int = 0) -> None:
         super().__init__()
         self.backbone = predictor.backbone
         self.heads = predictor.heads
+        self.runtime = predictor.runtime
+        """Where one call runs, for the report: the predictor's runtime, and the title encoder's."""
         self.encoder = None
+        self._text_encoder = None
         if listing_heads(self.heads) is not None and title_tokens > 0:
             encoder = predictor.text.encoder
             if title_tokens > encoder.max_length:
@@ -784,6 +789,10 @@ class ImagesToLogits(torch.nn.Module):
             )
             self.register_buffer("input_ids", tokens["input_ids"], persistent=False)
             self.register_buffer("attention_mask", tokens["attention_mask"], persistent=False)
+            if encoder.runtime != "torch":
+                self._text_encoder = encoder
+                self._title = encoder.tokenizer.decode(tokens["input_ids"][0], skip_special_tokens=True)
+            self.runtime += f", title encoder {encoder.runtime} {encoder.precision}"
         self.eval()
 
     @property
@@ -802,7 +811,9 @@ class ImagesToLogits(torch.nn.Module):
             return self.heads(features, category)
         text = torch.zeros(n, listing.text_mean.shape[0], device=device, dtype=features.dtype)
         present = torch.tensor([[True, self.encoder is not None]], device=device).expand(n, 2)
-        if self.encoder is not None:
+        if self._text_encoder is not None:
+            text[:, : self.encoder_dim] = torch.from_numpy(self._text_encoder.encode([self._title] * n))
+        elif self.encoder is not None:
             tokens = {
                 "input_ids": self.input_ids.expand(n, -1),
                 "attention_mask": self.attention_mask.expand(n, -1),
