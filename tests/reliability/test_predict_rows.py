@@ -235,6 +235,26 @@ def test_a_rerun_after_the_images_were_fixed_recovers_their_rows(cli, tiny: Tiny
     assert read_errors(out)["id"].tolist() == errors["id"].tolist()
 
 
+def test_a_recovered_row_counts_though_a_set_aside_row_shares_its_id(cli, tiny: Tiny, tmp_path: Path) -> None:
+    """Regression: recovered_rows subtracted every errors.csv id, the reader's set-aside rows included,
+    so a recovered row whose id a later duplicate line repeats counted as still failing."""
+    rows = tiny.rows(4)[["sku", "type"]]
+    rows = pd.concat([rows, rows.iloc[[1]]], ignore_index=True)  # line 6 repeats line 3's id
+    (tmp_path / "photos").mkdir()
+    images = tiny.image_folder(tmp_path / "photos" / "images", rows["sku"].iloc[[0, 2, 3]])
+    data = write_rows(tmp_path / "rows.csv", rows)
+    out = tmp_path / "out"
+    args = ("predict", tiny.checkpoint, "-o", out, "--data", data, "--images", images.parent, "-q")
+    assert cli(*args)[0] == 0
+    os.symlink(tiny.images / "images" / f"{rows.at[1, 'sku']}.jpg", images / f"{rows.at[1, 'sku']}.jpg")
+    code, _, err = cli(*args)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["retried_rows"], summary["recovered_rows"]) == (1, 1)
+    assert predicted_ids(out) == rows["sku"].iloc[:4].tolist()
+    assert read_errors(out)[["line", "reason"]].values.tolist() == [["6", "duplicate-id"]]
+
+
 def test_a_failing_rerun_says_the_rows_whose_image_failed_were_tried_again(
     cli, tiny: Tiny, tmp_path: Path
 ) -> None:

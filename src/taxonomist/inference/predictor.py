@@ -622,6 +622,8 @@ class Predictor:
                 bar.advance(task, len(rows))
         meesho = writer.read("meesho", empty=meesho_frame([], self.schema))
         long, errors = writer.read("long", empty=long_frame([])), writer.read("errors")
+        # The predicted rows' own failures: the rows the reader set aside may share a retried row's id.
+        still_failing = set(errors[ID].astype(str)) if len(errors) else set()
         atomic_write_frame(meesho, out_dir / "predictions.csv")
         atomic_write_frame(long, out_dir / "predictions_long.csv")
         errors = row_errors(catalog, errors)
@@ -644,7 +646,7 @@ class Predictor:
             {str(r): int(n) for r, n in errors["reason"].value_counts().items()},
             by_inputs,
             retried_rows=len(retried),
-            recovered_rows=len(retried - set(errors[ID].astype(str))),
+            recovered_rows=len(retried - still_failing),
         )
         atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_dict(), indent=1))
         return summary
