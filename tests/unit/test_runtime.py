@@ -269,6 +269,30 @@ def test_a_reader_never_sees_an_export_half_replaced(
     assert loaded == ["new"]
 
 
+def test_locks_take_descriptors_nfs_can_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: every lock was taken on a read-only descriptor. NFS emulates flock with fcntl locks,
+    which need a descriptor open for writing to lock exclusively, so builds failed on the shared run
+    folders Ray's docs ask for. A reader of a lock file it may not write still locks it shared."""
+    import fcntl
+    import os
+
+    real_flock = fcntl.flock
+
+    def nfs_flock(fd: int, how: int) -> None:
+        writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+        if how & fcntl.LOCK_EX and not writable:
+            raise OSError(9, "Bad file descriptor")
+        real_flock(fd, how)
+
+    monkeypatch.setattr(rt.fcntl, "flock", nfs_flock)
+    folder = tmp_path / "openvino-fp32"
+    with rt.locked(folder) as held:
+        assert held
+    rt.lock_file(folder).chmod(0o444)
+    with rt.locked(folder, shared=True) as held:
+        assert held
+
+
 def test_stale_private_folders_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
     """Regression: an export killed midway (kill -9) left its candidate folder, a whole export, for good.
     The next one removes what no live process holds, and nothing a live process is working in."""

@@ -295,8 +295,14 @@ def _lock(path: Path, how: int) -> int | None:
     only by its holder (:func:`remove_locked`): whoever locked the removed file meanwhile sees that and
     locks the file now at ``path``, so two never hold one name at once."""
     while True:
-        # Read-only: flock needs no write access, so every user of a shared run folder locks this file.
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+        try:
+            # Writable where it can be: NFS emulates flock with fcntl locks, and an exclusive one needs a
+            # descriptor open for writing there (a shared one, reading).
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError:
+            if how & fcntl.LOCK_EX:
+                raise
+            fd = os.open(path, os.O_RDONLY)  # a reader of a lock file it may not write: shared needs no more
         try:
             fcntl.flock(fd, how)
         except BlockingIOError:
