@@ -93,7 +93,7 @@ def test_a_checkpoint_with_the_older_fingerprint_loads_and_predicts_the_same(tmp
     assert predict() == expected
     meta["text"]["fingerprint"] = loaded.weights_fingerprint()  # a scheme-2 key read as scheme 1
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(RuntimeError, match="now loads other weights"):
+    with pytest.raises(RuntimeError, match="now loads other weights or another tokenizer"):
         predict()
 
 
@@ -154,6 +154,11 @@ def test_predict_takes_each_text_column_of_a_model_trained_on_several(two_column
     ):
         with pytest.raises(ValueError, match=message):
             predictor.predict(image, ["Tops"], texts=texts)
+    # Regression: columns of a sorted or filtered frame (pandas Series with labels) were read by label.
+    frame = pd.DataFrame(columns).iloc[::-1]
+    assert predictor.listing_texts({c: frame[c] for c in columns}, 3) == joined[::-1]
+    kept = frame.iloc[:1]
+    assert predictor.listing_texts({c: kept[c] for c in columns}, 1) == [""]
     # A checkpoint from before the columns were recorded reads a list as the whole listing text.
     meta_path = ckpt / META_FILE
     saved = meta_path.read_text()

@@ -234,7 +234,9 @@ class Predictor:
             if isinstance(values, str) or len(values) != n:
                 got = "one string" if isinstance(values, str) else f"{len(values)} texts"
                 raise ValueError(f"texts[{column!r}] must be a list of {n} texts, one per image; got {got}")
-        return [join_text(texts[c][row] if c in texts else None for c in columns) for row in range(n)]
+        # By position, as a plain list is read: a pandas Series from a sorted or filtered frame has labels.
+        values = {c: list(texts[c]) for c in columns if c in texts}
+        return [join_text(values[c][row] if c in values else None for c in columns) for row in range(n)]
 
     def text_features(
         self, texts: Sequence[str | None] | None, categories: Sequence[str]
