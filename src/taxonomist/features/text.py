@@ -328,8 +328,9 @@ def load_listing_text(
     loaded = encoder.weights_fingerprint(record.get("fingerprint_scheme", 1))
     if loaded != record["fingerprint"]:
         raise RuntimeError(
-            f"{directory}: text encoder {record['encoder']!r} now loads other weights (fingerprint "
-            f"{loaded} != {record['fingerprint']}); the heads were trained on the old embeddings"
+            f"{directory}: text encoder {record['encoder']!r} now loads other weights or another "
+            f"tokenizer (fingerprint {loaded} != {record['fingerprint']}); the heads were trained on the "
+            "old embeddings"
         )
     encoder.load_runtime()
     lexical = LexicalView.load(directory) if record.get("lexical") else None
