@@ -123,6 +123,10 @@ class CatalogConfig:
                 )
             self.text_columns = [self.text_column]
             self.text_column = None
+        repeated = sorted({c for c in self.text_columns if self.text_columns.count(c) > 1})
+        if repeated:
+            # The catalog reads a column once, so the checkpoint's record of its columns would not match.
+            raise ConfigError(f"catalog.text_columns names {repeated} more than once: name each column once")
 
 
 @dataclass

@@ -111,3 +111,10 @@ def test_heads_that_would_train_something_else_are_refused(override: str, messag
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
     assert load_config(None, ["heads.inputs=[text, image]"]).heads.inputs == ["text", "image"]
+
+
+def test_a_text_column_named_twice_is_refused() -> None:
+    """Regression: the catalog read ``[title, title]`` once while the checkpoint recorded the column
+    twice, so predict joined "title | title" and serve refused to start."""
+    with pytest.raises(ConfigError, match=r"catalog.text_columns names \['title'\] more than once"):
+        load_config(values={"catalog.text_columns": ["title", "description", "title"]})
