@@ -645,8 +645,11 @@ def train_heads(
     fused_cfg.text.fusion = fusion
     fused_cfg.heads.members, fused_cfg.train.class_balance = listing
 
-    def dev_score(z: dict) -> float:
-        return bench.score(dv, z).score
+    def dev_score(z: dict, rows: np.ndarray | None = None) -> float:
+        """The recipe's dev score (``DevScore``): of every dev row, or of the positions ``rows`` alone."""
+        if rows is None:
+            return bench.score(dv, z).score
+        return bench.score(dv[rows], {a: v[torch.as_tensor(rows)] for a, v in z.items()}).score
 
     # The recipe's own training: the image fallback (the same heads as image_model above), then members.
     start = time.perf_counter()
