@@ -473,6 +473,7 @@ def test_a_catalog_without_its_text_column_is_predicted_and_scored_from_the_imag
     assert note in " ".join(out.split())
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert summary["predicted_by_inputs"] == {"image + text": 0, "image": 20, "text": 0}
+    assert summary["text_note"] == f"{data}: {note}"
     predicted = pd.read_csv(tmp_path / "p" / "predictions_long.csv", dtype={"id": str})
     images = [str(catalog.parent / "images" / f"{i}.jpg") for i in frame["sku"]]
     blank = Predictor.from_pretrained(ckpt).predict(images, frame["type"].tolist(), frame["sku"].tolist())

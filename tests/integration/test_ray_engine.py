@@ -29,7 +29,7 @@ if importlib.util.find_spec("ray") is None:
 
 from taxonomist.inference.ray_engine import part_path, predict_with_ray, read_ray_output, read_rows
 
-from .conftest import invoke, listing_config, make_catalog
+from .conftest import invoke, listing_config, make_catalog, tiny_sentence_encoder
 
 pytestmark = pytest.mark.integration
 KEY = ["id", "category", "attribute", "value"]
@@ -284,4 +284,129 @@ def test_a_row_table_folds_category_whitespace_as_a_catalog_does(tmp_path: Path)
     pd.DataFrame({"id": ["1", "2"], "category": ["Tops ", " Tops"], "path": ["a.jpg", "b.jpg"]}).to_csv(
         table, index=False
     )
-    assert read_rows(table)["category"].tolist() == ["Tops", "Tops"]
+    rows, note = read_rows(table)
+    assert rows["category"].tolist() == ["Tops", "Tops"] and note is None
+
+
+@pytest.fixture(scope="module")
+def two_columns(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(checkpoint, catalog) of listing heads that learned from ``title | description`` (a tiny sentence
+    encoder keeps it quick)."""
+    root = tmp_path_factory.mktemp("ray-columns")
+    catalog = make_catalog(root / "data", titles=True)
+    frame = pd.read_csv(catalog, dtype=str)
+    frame["description"] = [
+        f"{t.split()[1].lower()} cotton" if i % 3 else None for i, t in enumerate(frame["title"])
+    ]
+    frame.to_csv(catalog, index=False)
+    encoder = tiny_sentence_encoder(root / "encoder", [*frame["title"], "red blue green cotton"])
+    cfg = listing_config(catalog, root / "cache", {"encoder": str(encoder), "max_length": 32}, epochs=3)
+    cfg["catalog"]["text_columns"] = ["title", "description"]
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    invoke("train", "-c", str(root / "config.yaml"), "-o", str(root / "ckpt"), "-q")
+    return root / "ckpt", catalog
+
+
+def row_table(catalog: Path, folder: Path, *columns: str) -> pd.DataFrame:
+    """The catalog's rows as a row table (id, category, path relative to ``folder``) with ``columns``."""
+    rows = pd.read_csv(catalog, dtype=str).rename(columns={"sku": "id", "type": "category"})
+    rows["path"] = [os.path.relpath(catalog.parent / "images" / f"{i}.jpg", folder) for i in rows["id"]]
+    return rows[["id", "category", "path", *columns]]
+
+
+def test_a_row_table_is_read_from_the_text_columns_of_the_checkpoint(
+    ray_session: None, two_columns: tuple[Path, Path], tmp_path: Path
+):
+    """Regression: a row table kept only a 'text' column, so one with the catalog's title and description
+    was predicted from images alone, silently; its columns are now joined as training joined them."""
+    ckpt, catalog = two_columns
+    local_long, _ = local_outputs(ckpt, catalog, tmp_path / "local")
+    local = json.loads((tmp_path / "local" / "summary.json").read_text())
+    row_table(catalog, tmp_path, "title", "description").to_parquet(tmp_path / "rows.parquet")
+    summary = run_ray(ckpt, tmp_path / "rows.parquet", tmp_path / "ray")
+    assert_same_predictions(read_ray_output(tmp_path / "ray"), local_long)
+    assert (
+        summary.predicted_by_inputs
+        == local["predicted_by_inputs"]
+        == {"image + text": 120, "image": 0, "text": 0}
+    )
+    assert summary.text_note is None and "text_note" not in local
+    # Shards lacking a column read it as blank, and the summary says so.
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    table = row_table(catalog, shards, "title", "description")
+    table.iloc[:16].to_parquet(shards / "rows-0.parquet")
+    table.iloc[16:32].drop(columns="description").to_parquet(shards / "rows-1.parquet")
+    summary = run_ray(ckpt, shards, tmp_path / "ray-shards")
+    assert summary.text_note == (
+        f"{shards}: no text column 'description' (absent from 1 of 2 files): those rows read it as blank"
+    )
+    ray_long = read_ray_output(tmp_path / "ray-shards")
+    whole = table["id"][:16]  # the first file's rows have both columns, as the local engine read them
+    assert_same_predictions(
+        ray_long[ray_long["id"].isin(whole)], local_long[local_long["id"].isin(whole)].reset_index(drop=True)
+    )
+    json_note = json.loads((tmp_path / "ray-shards" / "summary.json").read_text())["text_note"]
+    assert json_note == summary.text_note
+
+
+def test_a_text_column_is_refused_for_a_model_of_several_text_columns(
+    two_columns: tuple[Path, Path], tmp_path: Path
+):
+    """A title alone in 'text' is not what the model learned from, as Predictor.predict refuses it."""
+    ckpt, catalog = two_columns
+    row_table(catalog, tmp_path, "title").rename(columns={"title": "text"}).to_csv(
+        tmp_path / "rows.csv", index=False
+    )
+    with pytest.raises(
+        ValueError, match=r"rows.csv: a 'text' column, but .* columns \['title', 'description'\], joined"
+    ):
+        run_ray(ckpt, tmp_path / "rows.csv", tmp_path / "ray")
+    assert not (tmp_path / "ray").exists()
+
+
+@pytest.mark.parametrize(
+    ("text_columns", "columns", "texts", "note"),
+    [
+        (None, ["title", "text"], None, None),  # image-only heads read no text
+        ([], ["text"], ["listing text", ""], None),  # a checkpoint recording no columns reads 'text' whole
+        ([], [], ["", ""], "no text column 'text': every listing is predicted from its image"),
+        (["title"], ["text"], ["listing text", ""], None),
+        (["title"], ["title", "text"], ["Acme Red top", ""], None),  # the named column, normalised
+        (
+            ["title", "description"],
+            ["title", "text"],
+            ["Acme Red top", ""],
+            "no text column 'description': the listing text is read from ['title'] alone",
+        ),
+        (
+            ["title", "description"],
+            [],
+            ["", ""],
+            "no text column 'title', 'description': every listing is predicted from its image",
+        ),
+    ],
+)
+def test_a_row_table_reads_the_listing_text_the_checkpoint_learned_from(
+    tmp_path: Path,
+    text_columns: list[str] | None,
+    columns: list[str],
+    texts: list[str] | None,
+    note: str | None,
+) -> None:
+    table = pd.DataFrame(
+        {
+            "id": ["1", "2"],
+            "category": ["Tops"] * 2,
+            "path": ["a.jpg", "b.jpg"],
+            "title": ["Acme  Red top", None],
+            "text": ["listing text", None],
+        }
+    )
+    table[["id", "category", "path", *columns]].to_parquet(tmp_path / "rows.parquet")
+    rows, got = read_rows(tmp_path / "rows.parquet", text_columns)
+    if texts is None:
+        assert "text" not in rows.columns
+    else:
+        assert rows["text"].tolist() == texts
+    assert got == (f"{tmp_path / 'rows.parquet'}: {note}" if note else None)

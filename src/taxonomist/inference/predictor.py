@@ -90,11 +90,14 @@ class PredictSummary:
     :data:`RETRIED_REASONS`): the user may have fixed the images since."""
     recovered_rows: int = 0
     """Of the retried rows, those no longer in errors.csv."""
+    text_note: str | None = None
+    """Listing heads on rows without (some of) their text columns: what the rows were predicted from."""
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
-        if d["predicted_by_inputs"] is None:
-            del d["predicted_by_inputs"]
+        for optional in ("predicted_by_inputs", "text_note"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
     def failure(self, max_error_share: float) -> str | None:
@@ -209,7 +212,7 @@ class Predictor:
     def text_columns(self) -> list[str]:
         """The catalog columns listing heads learned from, joined (:func:`join_text`) in this order;
         empty for image-only heads and for listing checkpoints older than this record."""
-        return list(self.checkpoint.text.get("text_columns", [])) if self.reads_text else []
+        return self.checkpoint.text_columns if self.reads_text else []
 
     def listing_texts(self, texts: ListingTexts, n: int) -> Sequence[str | None] | None:
         """``texts`` as :meth:`predict` takes them → one listing text per row, joined from the
@@ -649,6 +652,7 @@ class Predictor:
             by_inputs,
             retried_rows=len(retried),
             recovered_rows=len(retried - still_failing),
+            text_note=catalog.text_note if self.reads_text else None,
         )
         atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_dict(), indent=1))
         return summary

@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from taxonomist.data.catalog import CATEGORY, ID, TEXT, Catalog, read_table
+from taxonomist.data.catalog import CATEGORY, ID, TEXT, Catalog, join_texts, read_table
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ERROR_COLUMNS
 from taxonomist.inference.predictor import (
     Predictor,
@@ -63,12 +63,22 @@ SCHEMAS = {
 Kind = Literal["predictions", "errors"]
 
 
-def read_rows(source: Catalog | str | os.PathLike) -> pd.DataFrame:
-    """id, category, absolute image path (all text), in input order: what the shards are cut from.
+def read_rows(
+    source: Catalog | str | os.PathLike, text_columns: Sequence[str] | None = None
+) -> tuple[pd.DataFrame, str | None]:
+    """id, category, absolute image path (all text) and, for listing heads, ``text``, in input order: what
+    the shards are cut from; and a note where the rows lack listing text columns (else None).
 
     ``source`` is a :class:`Catalog`, or a CSV/Parquet table (or a folder of Parquet shards, read in
     file name order) with columns ``id``, ``category`` and ``path``; relative paths are relative to the
     table's folder. Paths are made absolute here because Ray workers do not share the driver's cwd.
+
+    ``text_columns``: None for image-only heads (no text read), else the checkpoint's
+    :attr:`~taxonomist.models.checkpoint.HeadsCheckpoint.text_columns`. A catalog brings its joined ``text``
+    (and its ``text_note``). A table's text is joined from those columns as training joined them
+    (:func:`join_texts`; any of them, a missing one blank); only where it has none of them, a ``text``
+    column is the whole listing text, as for checkpoints that record no columns, but never for a model of
+    several columns, which did not learn from one text (as :meth:`Predictor.predict` refuses it).
     """
     if isinstance(source, Catalog):
         rows = pd.DataFrame(
@@ -78,26 +88,67 @@ def read_rows(source: Catalog | str | os.PathLike) -> pd.DataFrame:
                 PATH: [os.path.abspath(p) for p in source.image_paths()],
             }
         )
-        if TEXT in source.frame.columns:  # listing heads read it; image-only heads never do
-            rows[TEXT] = source.frame[TEXT].astype(str).to_numpy()
-        return rows
+        if text_columns is None:  # image-only heads never read text
+            return rows, None
+        texts = source.frame[TEXT].astype(str).to_numpy() if TEXT in source.frame.columns else ""
+        return rows.assign(**{TEXT: texts}), source.text_note
     source = Path(source)
     files = sorted(source.glob("*.parquet")) if source.is_dir() else [source]
     if not files:
         raise FileNotFoundError(f"{source}: no *.parquet shards in this folder")
     frames = []
+    lacking: dict[str, int] = {}  # text column → files without it
     for file in files:
         table = read_table(file)
         missing = [c for c in ROW_COLUMNS if c not in table.columns]
         if missing:
             raise ValueError(f"{file}: missing columns {missing}; need {list(ROW_COLUMNS)}")
-        table = table[[*ROW_COLUMNS, *([TEXT] if TEXT in table.columns else [])]].fillna("").astype(str)
-        table[PATH] = [os.path.abspath(file.parent / p) for p in table[PATH]]
-        table[CATEGORY] = [" ".join(c.split()) for c in table[CATEGORY]]  # as the catalog reader folds it
-        frames.append(table.assign(**{_FILE: str(file)}))
+        rows = table[list(ROW_COLUMNS)].fillna("").astype(str)
+        rows[PATH] = [os.path.abspath(file.parent / p) for p in rows[PATH]]
+        rows[CATEGORY] = [" ".join(c.split()) for c in rows[CATEGORY]]  # as the catalog reader folds it
+        if text_columns is not None:
+            rows[TEXT], absent = _listing_text(table, text_columns, file)
+            for column in absent:
+                lacking[column] = lacking.get(column, 0) + 1
+        frames.append(rows.assign(**{_FILE: str(file)}))
     rows = pd.concat(frames, ignore_index=True)
     _refuse_bad_ids(rows)
-    return rows.drop(columns=_FILE)
+    return rows.drop(columns=_FILE), _text_note(source, list(text_columns or [TEXT]), lacking, len(files))
+
+
+def _listing_text(table: pd.DataFrame, columns: Sequence[str], file: Path) -> tuple[pd.Series, list[str]]:
+    """One file's listing texts (see :func:`read_rows`) and the text columns it lacks."""
+    named = [c for c in columns if c in table.columns]
+    if named:
+        return join_texts(table[named]), [c for c in columns if c not in named]
+    if TEXT not in table.columns:
+        return pd.Series("", index=table.index), list(columns or [TEXT])
+    if len(columns) > 1:
+        raise ValueError(
+            f"{file}: a 'text' column, but this checkpoint read its listing text from the columns "
+            f"{list(columns)}, joined: give the row table those columns instead (any may be left out, or "
+            "blank where a listing has none)"
+        )
+    return table[TEXT].fillna("").astype(str), []
+
+
+def _text_note(source: Path, columns: list[str], lacking: dict[str, int], n_files: int) -> str | None:
+    """What a row table without (some of) the text columns is predicted from, in one line, as the
+    catalog reader says it for a file to predict (:attr:`Catalog.text_note`)."""
+    if not lacking:
+        return None
+    names = ", ".join(
+        repr(c) + (f" (absent from {lacking[c]} of {n_files} files)" if lacking[c] < n_files else "")
+        for c in columns
+        if c in lacking
+    )
+    if any(n < n_files for n in lacking.values()):
+        rest = "those rows read it as blank"
+    elif len(lacking) < len(columns):
+        rest = f"the listing text is read from {[c for c in columns if c not in lacking]} alone"
+    else:
+        rest = "every listing is predicted from its image"
+    return f"{source}: no text column {names}: {rest}"
 
 
 _FILE = "_file"
@@ -168,18 +219,11 @@ def predict_with_ray(
     start = time.perf_counter()
     output_dir = Path(output_dir).absolute()
     checkpoint_dir = Path(checkpoint_dir).absolute()
-    rows = read_rows(source)
-    n_shards = -(-len(rows) // shard_rows)
     checkpoint, _ = load_heads_checkpoint(checkpoint_dir)  # a clear error before any Ray start-up
     checkpoint.check_allow_missing_image(allow_missing_image)
-    columns = list(ROW_COLUMNS)
     reads_text = "text" in checkpoint.inputs
-    if reads_text:
-        columns.append(TEXT)
-        if TEXT not in rows.columns:
-            rows[TEXT] = ""  # no titles: every listing predicted from its image
-    else:
-        rows = rows[columns]
+    rows, text_note = read_rows(source, checkpoint.text_columns if reads_text else None)
+    n_shards = -(-len(rows) // shard_rows)
     settings = {
         "model": checkpoint_version(checkpoint_dir),
         "min_confidence": min_confidence,
@@ -201,7 +245,7 @@ def predict_with_ray(
             {
                 "shard": k,
                 "retry": sorted(retry.get(k, ())),
-                **{c: rows[c].iloc[k * shard_rows : (k + 1) * shard_rows].tolist() for c in columns},
+                **{c: rows[c].iloc[k * shard_rows : (k + 1) * shard_rows].tolist() for c in rows.columns},
             }
             for k in [*pending, *retry]
         ]
@@ -252,6 +296,7 @@ def predict_with_ray(
         predicted_by_inputs=by_inputs,
         retried_rows=len(retried),
         recovered_rows=len(retried - set(error_ids)),
+        text_note=text_note,
     )
     atomic_write_text(output_dir / "summary.json", json.dumps(summary.to_dict(), indent=1))
     return summary

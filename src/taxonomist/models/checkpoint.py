@@ -84,6 +84,12 @@ class HeadsCheckpoint:
         return list(self.heads["inputs"])
 
     @property
+    def text_columns(self) -> list[str]:
+        """The catalog columns listing heads learned from, joined in this order; empty for image-only heads
+        and for listing checkpoints older than this record (their text is one whole listing text)."""
+        return list(self.text.get("text_columns", []))
+
+    @property
     def predicts_without_image(self) -> bool:
         """Listing heads trained to predict from the text alone (``text.image_dropout`` > 0)."""
         return "text" in self.inputs and self.text.get("image_dropout", 0.0) > 0
