@@ -628,7 +628,7 @@ class Predictor:
         meesho = writer.read("meesho", empty=meesho_frame([], self.schema))
         long, errors = writer.read("long", empty=long_frame([])), writer.read("errors")
         # The predicted rows' own failures: the rows the reader set aside may share a retried row's id.
-        still_failing = set(errors[ID].astype(str)) if len(errors) else set()
+        counts = retry_counts(retry, errors[ID] if len(errors) else ())
         atomic_write_frame(meesho, out_dir / "predictions.csv")
         atomic_write_frame(long, out_dir / "predictions_long.csv")
         errors = row_errors(catalog, errors)
@@ -639,7 +639,6 @@ class Predictor:
                 dict(zip(all_ids, all_texts, strict=True)), meesho[ID], errors[ID]
             )
         seconds = time.perf_counter() - start
-        retried = set().union(*retry.values())
         summary = PredictSummary(
             str(out_dir),
             len(frame) + len(catalog.rejected),
@@ -650,8 +649,7 @@ class Predictor:
             predicted_now / seconds if predicted_now and seconds > 0 else None,
             {str(r): int(n) for r, n in errors["reason"].value_counts().items()},
             by_inputs,
-            retried_rows=len(retried),
-            recovered_rows=len(retried - still_failing),
+            **counts,
             text_note=catalog.text_note if self.reads_text else None,
         )
         atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_dict(), indent=1))
@@ -661,6 +659,13 @@ class Predictor:
 def retried_ids(errors: pd.DataFrame) -> set[str]:
     """The ids in a finished chunk's ``errors`` part that a rerun tries again (:data:`RETRIED_REASONS`)."""
     return set(errors.loc[errors["reason"].isin(RETRIED_REASONS), "id"].astype(str))
+
+
+def retry_counts(retry: Mapping[int, set[str]], failing: Iterable[object]) -> dict[str, int]:
+    """:class:`PredictSummary`'s ``retried_rows`` and ``recovered_rows`` of a job that retried ``retry``
+    (ids by chunk or shard), ``failing``: the ids its predicted rows' errors part holds afterwards."""
+    retried = set().union(*retry.values())
+    return {"retried_rows": len(retried), "recovered_rows": len(retried - {str(i) for i in failing})}
 
 
 def chunks_to_predict(

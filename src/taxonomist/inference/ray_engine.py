@@ -38,6 +38,7 @@ from taxonomist.inference.predictor import (
     long_frame,
     predicted_by_inputs,
     retried_ids,
+    retry_counts,
 )
 from taxonomist.io import (
     MANIFEST,
@@ -283,7 +284,7 @@ def predict_with_ray(
             dict(zip(rows[ID].astype(str), rows[TEXT], strict=True)), predicted_ids, error_ids
         )
     seconds = time.perf_counter() - start
-    retried = set().union(*retry.values())
+    counts = retry_counts(retry, error_ids)
     done_rows = sum(len(range(k * shard_rows, min((k + 1) * shard_rows, len(rows)))) for k in pending)
     summary = PredictSummary(
         str(output_dir),
@@ -292,10 +293,9 @@ def predict_with_ray(
         len(error_ids),
         n_shards - len(pending),
         seconds,
-        (done_rows + len(retried)) / seconds if seconds > 0 else 0.0,
+        (done_rows + counts["retried_rows"]) / seconds if seconds > 0 else 0.0,
         predicted_by_inputs=by_inputs,
-        retried_rows=len(retried),
-        recovered_rows=len(retried - set(error_ids)),
+        **counts,
         text_note=text_note,
     )
     atomic_write_text(output_dir / "summary.json", json.dumps(summary.to_dict(), indent=1))

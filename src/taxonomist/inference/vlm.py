@@ -38,6 +38,7 @@ from taxonomist.inference.predictor import (
     chunks_to_predict,
     long_frame,
     meesho_frame,
+    retry_counts,
 )
 from taxonomist.io import ChunkedWriter, atomic_write_frame, atomic_write_text
 from taxonomist.models.build import build_decoding, saved_vlm
@@ -380,7 +381,6 @@ class VLMPredictor:
             out_dir / "errors.csv",
         )
         seconds = time.perf_counter() - start
-        retried = set().union(*retry.values())
         summary = PredictSummary(
             str(out_dir),
             len(ids),
@@ -390,8 +390,7 @@ class VLMPredictor:
             seconds,
             predicted_now / seconds if predicted_now and seconds > 0 else None,
             {str(r): int(n) for r, n in errors["reason"].value_counts().items()} if len(errors) else {},
-            retried_rows=len(retried),
-            recovered_rows=len(retried - set(errors["id"].astype(str) if len(errors) else ())),
+            **retry_counts(retry, errors["id"] if len(errors) else ()),
         )
         atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_dict(), indent=1))
         return summary
