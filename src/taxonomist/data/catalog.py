@@ -464,6 +464,20 @@ def describe_counts(counts: Mapping[str, int], limit: int = LISTED_CATEGORIES) -
     return text + (f" … and {len(ranked) - limit} more categories" if len(ranked) > limit else "")
 
 
+def missing_text_note(
+    source: object, absent: Sequence[str], kept: Sequence[str], *, partly: bool = False
+) -> str:
+    """The one line that says what listings lacking text columns (``absent``, as they are to be named) are
+    predicted from: the ``kept`` columns, or the image; ``partly``: only some rows lack them."""
+    if partly:
+        rest = "those rows read it as blank"
+    elif kept:
+        rest = f"the listing text is read from {list(kept)} alone"
+    else:
+        rest = "every listing is predicted from its image"
+    return f"{source}: no text column {', '.join(absent)}: {rest}"
+
+
 def join_text(parts: Iterable[object]) -> str:
     """One listing's text columns, in the catalog's order, as its model reads them: the normalised
     non-empty texts joined with " | " (title | description); none → "". Training and every predicting
@@ -511,12 +525,7 @@ def read_generic(
     text_note = None
     if absent:
         text_columns = [c for c in text_columns if c not in absent]
-        rest = (
-            f"the listing text is read from {text_columns} alone"
-            if text_columns
-            else "every listing is predicted from its image"
-        )
-        text_note = f"{path}: no text column {', '.join(map(repr, absent))}: {rest}"
+        text_note = missing_text_note(path, list(map(repr, absent)), text_columns)
     named = ((id_column, ID), (category_column, CATEGORY), *((c, TEXT) for c in text_columns))
     for col, what in named:
         if col is not None and col not in raw.columns:

@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from taxonomist.data.catalog import CATEGORY, ID, TEXT, Catalog, join_texts, read_table
+from taxonomist.data.catalog import CATEGORY, ID, TEXT, Catalog, join_texts, missing_text_note, read_table
 from taxonomist.data.images import DEFAULT_MAX_PIXELS, ERROR_COLUMNS
 from taxonomist.inference.predictor import (
     Predictor,
@@ -138,18 +138,13 @@ def _text_note(source: Path, columns: list[str], lacking: dict[str, int], n_file
     catalog reader says it for a file to predict (:attr:`Catalog.text_note`)."""
     if not lacking:
         return None
-    names = ", ".join(
+    names = [
         repr(c) + (f" (absent from {lacking[c]} of {n_files} files)" if lacking[c] < n_files else "")
         for c in columns
         if c in lacking
-    )
-    if any(n < n_files for n in lacking.values()):
-        rest = "those rows read it as blank"
-    elif len(lacking) < len(columns):
-        rest = f"the listing text is read from {[c for c in columns if c not in lacking]} alone"
-    else:
-        rest = "every listing is predicted from its image"
-    return f"{source}: no text column {names}: {rest}"
+    ]
+    kept = [c for c in columns if c not in lacking]
+    return missing_text_note(source, names, kept, partly=any(n < n_files for n in lacking.values()))
 
 
 _FILE = "_file"
