@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from taxonomist.data.catalog import expand_path
+from taxonomist.data.catalog import expand_path, read_lined_table
 from taxonomist.data.taxonomy import normalize_text
 from taxonomist.features.cache import FeatureCache
 from taxonomist.models.text import TextEncoder
@@ -73,15 +73,15 @@ class Enricher:
         max_chars: int = 200,
         cache_dir: str | None = None,
     ) -> Enricher:
-        """The corpus file's titles and their ``text_columns`` joined with ", ", searched by ``encoder``."""
+        """The corpus file's titles and their ``text_columns`` joined with ", ", searched by ``encoder``.
+
+        A row with more fields than the header fails the file, naming its line; rows without a title
+        cannot be searched, so they are left out with a warning that counts them and names their lines.
+        """
         path = expand_path(corpus)
         if not Path(path).is_file():
             raise FileNotFoundError(f"enrichment corpus not found: {path}")
-        frame = (
-            pd.read_parquet(path)
-            if path.suffix == ".parquet"
-            else pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines="skip")
-        )
+        frame, _ = read_lined_table(path)
         columns = [title_column, *text_columns]
         missing = [c for c in columns if c not in frame.columns]
         if missing:
@@ -89,8 +89,18 @@ class Enricher:
                 f"{path}: corpus column(s) {missing} not found; columns are {list(frame.columns)}"
             )
         frame = frame[columns].fillna("").astype(str)
-        frame = frame[frame[title_column].str.strip() != ""]
-        texts = frame[list(text_columns)].agg(", ".join, axis=1).tolist()
+        titled = frame[title_column].str.strip() != ""
+        if not titled.any():
+            raise ValueError(f"{path}: no corpus row has a {title_column!r} to search by")
+        if not titled.all():
+            lines = frame.index[~titled].tolist()
+            warnings.warn(
+                f"{path}: {len(lines)} of {len(frame)} corpus rows have no {title_column!r} and are left "
+                f"out of the enrichment search, e.g. lines {lines[:5]}",
+                stacklevel=2,
+            )
+        frame = frame[titled]
+        texts = [", ".join(row) for row in frame[list(text_columns)].to_numpy()]
         return cls(frame[title_column].tolist(), texts, TextEncoder(encoder), k, max_chars, cache_dir)
 
     def enrich(self, titles: list[str]) -> list[str]:
