@@ -109,13 +109,20 @@ def _collate(items):
     return [i for i, _ in good], pixels, bad
 
 
-def hash_images(ids: Sequence[str], paths: Sequence[str | Path]) -> tuple[list[str | None], list[ImageError]]:
-    """Content hashes (None where the file cannot be read) and the errors for those."""
+def hash_images(
+    ids: Sequence[str], paths: Sequence[str | Path], max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[list[str | None], list[ImageError]]:
+    """Cache keys (None where the file cannot be read) and the errors for those.
+
+    A key is the content hash, with ``max_pixels`` appended when it is not the default: an image over
+    the cap is shrunk before preprocessing, so another cap gives other features for the same bytes.
+    """
+    suffix = "" if max_pixels == DEFAULT_MAX_PIXELS else f"@{max_pixels}"
     hashes: list[str | None] = []
     errors = []
     for item_id, path in zip(ids, paths, strict=True):
         try:
-            hashes.append(content_hash(path))
+            hashes.append(content_hash(path) + suffix)
         except ImageLoadError as err:
             hashes.append(None)
             errors.append(ImageError.from_load_error(str(item_id), err))
@@ -141,7 +148,7 @@ def embed_images(
     n = len(paths)
     features = np.zeros((n, backbone.feature_dim), dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
-    hashes, errors = hash_images(ids, paths)
+    hashes, errors = hash_images(ids, paths, max_pixels)
     hits, todo = _plan(hashes, cache)
     if hits:
         features[[r for r, _ in hits]] = cache.get([k for _, k in hits])
