@@ -217,3 +217,12 @@ def test_reader_errors_name_file_and_line(tmp_path: Path) -> None:
     pd.DataFrame({"id": ["1"], "masterCategory": ["Apparel"]}).to_csv(tmp_path / "styles.csv", index=False)
     with pytest.raises(CatalogError, match=r"styles\.csv: no productDisplayName column"):
         read_product_captions(tmp_path)
+
+
+def test_reader_errors_name_the_line_a_row_starts_on(tmp_path: Path) -> None:
+    # A caption spanning two lines and a blank line: the empty field is on line 5, not row 3 + header.
+    (tmp_path / "captions.csv").write_text(
+        'image,caption,split\n1.jpg,"a dog\nrunning on grass",train\n\n2.jpg,,val\n'
+    )
+    with pytest.raises(CatalogError, match=r"1 empty 'caption' fields, e\.g\. lines \[5\]"):
+        read_coco_captions(tmp_path)

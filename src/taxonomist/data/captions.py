@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from taxonomist.data.catalog import CatalogError, expand_path, read_table
+from taxonomist.data.catalog import CatalogError, expand_path, read_lined_table
 from taxonomist.data.images import content_hash
 from taxonomist.data.split import split_train_dev_test
 
@@ -26,7 +26,7 @@ def read_coco_captions(root: str | os.PathLike) -> pd.DataFrame:
     """
     root = expand_path(root)
     path = root / "captions.csv"
-    raw = _required(read_table(path), path, ["image", "caption", "split"])
+    raw = _required(path, ["image", "caption", "split"])
     return pd.DataFrame(
         {
             "id": raw["image"].map(lambda name: Path(name).stem),
@@ -49,7 +49,7 @@ def read_product_captions(
     """
     root = expand_path(root)
     path = root / "styles.csv"
-    raw = _required(read_table(path), path, ["id", "masterCategory"])
+    raw = _required(path, ["id", "masterCategory"])
     if "productDisplayName" not in raw.columns:
         raise CatalogError(f"{path}: no productDisplayName column (columns: {list(raw.columns)})")
     names = raw["productDisplayName"].str.strip()
@@ -85,14 +85,17 @@ def references_by_id(frame: pd.DataFrame) -> dict[str, list[str]]:
     return {str(i): list(rows) for i, rows in frame.groupby("id", sort=False)["caption"]}
 
 
-def _required(raw: pd.DataFrame, path: Path, columns: list[str]) -> pd.DataFrame:
-    """``raw`` after checking the columns exist and have no empty fields (named by line and column)."""
+def _required(path: Path, columns: list[str]) -> pd.DataFrame:
+    """The table at ``path`` after checking the columns exist and have no empty fields (named by the
+    line each row starts on: a quoted caption may span lines, and blank lines are skipped)."""
+    raw, _ = read_lined_table(path)
     absent = [c for c in columns if c not in raw.columns]
     if absent:
         raise CatalogError(f"{path}: missing columns {absent} (columns: {list(raw.columns)})")
     for column in columns:
         empty = raw.index[raw[column].isna()]
         if len(empty):
-            lines = (empty[:5] + 2).tolist()  # +2: header line and 1-based numbering
-            raise CatalogError(f"{path}: {len(empty)} empty {column!r} fields, e.g. lines {lines}")
-    return raw
+            raise CatalogError(
+                f"{path}: {len(empty)} empty {column!r} fields, e.g. lines {empty[:5].tolist()}"
+            )
+    return raw.reset_index(drop=True)
