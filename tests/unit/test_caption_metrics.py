@@ -33,6 +33,18 @@ def test_tokenizer_lowercases_splits_clitics_and_drops_punctuation() -> None:
     assert tokenize_caption("") == []
 
 
+def test_tokenizer_keeps_combining_marks_in_their_word() -> None:
+    # Devanagari vowel signs and viramas, Thai tone marks, a decomposed accent are not \w in Python.
+    assert tokenize_caption("लाल सूती कुर्ती") == ["लाल", "सूती", "कुर्ती"]
+    assert tokenize_caption("เสื้อ สีแดง") == ["เสื้อ", "สีแดง"]
+    assert tokenize_caption("cafe\u0301 latte") == ["cafe\u0301", "latte"]
+    hindi = _scores({"a": "लाल सूती साड़ी", "b": "काली जींस"}, {"a": ["लाल सूती कुर्ती"], "b": ["नीली जींस"]})
+    english = _scores(
+        {"a": "red cotton saree", "b": "black jeans"}, {"a": ["red cotton kurti"], "b": ["blue jeans"]}
+    )
+    assert hindi == english  # the same words matching in the same places score the same
+
+
 def test_identical_caption_scores_one() -> None:
     sentence = "A dog runs across the green park."
     report = _scores({"x": sentence}, {"x": [sentence]})

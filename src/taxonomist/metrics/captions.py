@@ -21,7 +21,10 @@ biased upwards.
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
+import unicodedata
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
@@ -33,9 +36,6 @@ if TYPE_CHECKING:
 
 CAPTIONS_EXTRA = "pip install 'taxonomist[vlm]'"
 
-# PTBTokenizer's token pattern, approximately: words keep inner hyphens, dots, slashes and apostrophes
-# ("t-shirt", "3.5", "and/or"); every other non-space character is a token of its own.
-_TOKEN = re.compile(r"\w+(?:[-./']\w+)*|[^\w\s]")
 # PTB splits these clitics off ("don't" -> "do n't", "dog's" -> "dog 's").
 _CLITIC = re.compile(r"^(.+?)(n't|'s|'re|'ve|'ll|'d|'m)$")
 # The punctuation pycocoevalcap's PTBTokenizer drops after tokenizing, plus the raw forms of the brackets and
@@ -43,6 +43,20 @@ _CLITIC = re.compile(r"^(.+?)(n't|'s|'re|'ve|'ll|'d|'m)$")
 _DROPPED = frozenset(
     ["''", "'", "``", "`", ".", "?", "!", ",", ":", "-", "--", "...", ";", "(", ")", "{", "}", '"']
 )
+
+
+@functools.cache
+def _token_pattern() -> re.Pattern[str]:
+    """PTBTokenizer's token pattern, approximately: words keep inner hyphens, dots, slashes and apostrophes
+    ("t-shirt", "3.5", "and/or"); every other non-space character is a token of its own.
+
+    Combining marks (Unicode category M) stay with the character before them: Python's ``\\w`` leaves them
+    out, which would cut Hindi or Thai words (vowel signs, viramas) and decomposed accents into letters.
+    """
+    marks = "".join(chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)).startswith("M"))
+    mark = f"[{marks}]"
+    word = rf"(?:\w|{mark})"
+    return re.compile(rf"\w{word}*(?:[-./']{word}+)*|[^\w\s]{mark}*")
 
 
 def tokenize_caption(text: str) -> list[str]:
@@ -53,7 +67,7 @@ def tokenize_caption(text: str) -> list[str]:
     final dot, square brackets stay), which moves scores slightly against published numbers, not rankings.
     """
     tokens: list[str] = []
-    for token in _TOKEN.findall(text.lower()):
+    for token in _token_pattern().findall(text.lower()):
         match = _CLITIC.match(token)
         parts = match.groups() if match else (token,)
         tokens.extend(p for p in parts if p not in _DROPPED)
