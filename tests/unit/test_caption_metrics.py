@@ -203,9 +203,10 @@ def test_read_coco_captions(coco_dir: Path) -> None:
 
 
 def test_read_product_captions(fashion_dir: Path) -> None:
-    frame = read_product_captions(fashion_dir)
-    assert tuple(frame.columns) == CAPTION_COLUMNS
     # 32,441 styles, 6 without a productDisplayName (dataset README).
+    with pytest.warns(UserWarning, match="6 rows without a productDisplayName"):
+        frame = read_product_captions(fashion_dir)
+    assert tuple(frame.columns) == CAPTION_COLUMNS
     assert len(frame) == 32441 - 6
     assert frame["id"].is_unique
     assert (frame["caption"].str.len() > 0).all()
@@ -238,3 +239,17 @@ def test_reader_errors_name_the_line_a_row_starts_on(tmp_path: Path) -> None:
     )
     with pytest.raises(CatalogError, match=r"1 empty 'caption' fields, e\.g\. lines \[5\]"):
         read_coco_captions(tmp_path)
+
+
+def test_product_rows_without_a_name_are_counted_and_named(tmp_path: Path) -> None:
+    styles = {
+        "id": ["1", "2", "3", "4"],
+        "masterCategory": "Apparel",
+        "productDisplayName": ["Red top", "", " ", "Jeans"],
+    }
+    pd.DataFrame(styles).to_csv(tmp_path / "styles.csv", index=False)
+    with pytest.warns(
+        UserWarning, match=r"styles\.csv: 2 rows without a productDisplayName .* lines \[3, 4\]"
+    ):
+        frame = read_product_captions(tmp_path)
+    assert frame["caption"].tolist() == ["Red top", "Jeans"]

@@ -7,6 +7,7 @@ COCO images have several captions (rows share an id); a product has one, its dis
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ def read_coco_captions(root: str | os.PathLike) -> pd.DataFrame:
             "caption": raw["caption"],
             "split": raw["split"],
         }
-    )
+    ).reset_index(drop=True)
 
 
 def read_product_captions(
@@ -42,7 +43,8 @@ def read_product_captions(
 ) -> pd.DataFrame:
     """fashion-product-images: ``styles.csv``'s ``productDisplayName`` as the caption of ``images/{id}.jpg``.
 
-    Rows without a display name (6 in the shared copy) are left out: there is nothing to score against.
+    Rows without a display name (6 in the shared copy) have nothing to score against: they are left out,
+    with a warning that counts them and names their lines.
     The folder has no split, so ``split`` comes from the seeded per-category split the training code uses
     (:func:`~taxonomist.data.split.split_train_dev_test` over ``masterCategory``, byte-identical images
     kept in one part): val keeps about every category's share, and the same seed gives the same val ids.
@@ -53,7 +55,15 @@ def read_product_captions(
     if "productDisplayName" not in raw.columns:
         raise CatalogError(f"{path}: no productDisplayName column (columns: {list(raw.columns)})")
     names = raw["productDisplayName"].str.strip()
-    raw = raw.assign(productDisplayName=names)[names.notna() & (names != "")]
+    named = names.notna() & (names != "")
+    if not named.all():
+        lines = raw.index[~named].tolist()
+        warnings.warn(
+            f"{path}: {len(lines)} rows without a productDisplayName are left out (no caption to score "
+            f"against), e.g. lines {lines[:5]}",
+            stacklevel=2,
+        )
+    raw = raw.assign(productDisplayName=names)[named]
     paths = [root / "images" / f"{i}.jpg" for i in raw["id"]]
     # Byte-identical photos (the catalogue reuses some, often with the same name) stay in one part, or
     # val would score captions of images training saw.
@@ -86,8 +96,8 @@ def references_by_id(frame: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def _required(path: Path, columns: list[str]) -> pd.DataFrame:
-    """The table at ``path`` after checking the columns exist and have no empty fields (named by the
-    line each row starts on: a quoted caption may span lines, and blank lines are skipped)."""
+    """The table at ``path``, indexed by the line each row starts on (a quoted caption may span lines,
+    blank lines are skipped), after checking the columns exist and have no empty fields."""
     raw, _ = read_lined_table(path)
     absent = [c for c in columns if c not in raw.columns]
     if absent:
@@ -98,4 +108,4 @@ def _required(path: Path, columns: list[str]) -> pd.DataFrame:
             raise CatalogError(
                 f"{path}: {len(empty)} empty {column!r} fields, e.g. lines {empty[:5].tolist()}"
             )
-    return raw.reset_index(drop=True)
+    return raw
