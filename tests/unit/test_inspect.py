@@ -297,3 +297,17 @@ def test_a_longer_value_is_read_before_the_shorter_one_inside_it() -> None:
     named = _named_value(texts, ["Blue", "Navy Blue", "Red"]).tolist()
     assert named[0] == "navy blue" and named[1] == "blue" and pd.isna(named[2])
     assert pd.isna(named[3]) and pd.isna(named[4])  # two values named: neither is read
+
+
+def test_save_with_a_category_name_too_long_for_a_file_name(tmp_path: Path) -> None:
+    """A 300-character category named a 300-character figure file, which the filesystem refused."""
+    long_a, long_b = "Women Tops & Tunics " * 15, "Women Tops & Tunics " * 15 + "plus"
+    frame = pd.DataFrame({"id": ["1", "2"], "category": [long_a, long_b], "color": ["red", "blue"]})
+    by_category = {long_a: ["color"], long_b: ["color"]}
+    catalog = Catalog(frame, ["color"], tmp_path, "images/{id}.jpg", by_category, source="long.csv")
+    report = inspect_catalog(catalog, check_images=False, progress=False)
+    out = report.save(tmp_path / "out").parent
+    files = json.loads((out / "report.json").read_text(encoding="utf-8"))["files"]["class_count_plots"]
+    assert set(files) == {long_a, long_b} and len(set(files.values())) == 2  # still one file each
+    for name in files.values():
+        assert len(name) < 128 and (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -23,6 +23,9 @@ from PIL import Image
 from taxonomist.io import atomic_write_bytes, atomic_write_text
 
 HTML_MAX_ROWS = 500
+SLUG_MAX_CHARS = 80
+"""A figure's file name keeps this much of its category or attribute name: a file name may hold 255 bytes,
+and the prefix, a uniqueness suffix and the atomic write's temporary name need the rest."""
 
 _ENV = jinja2.Environment(
     loader=jinja2.PackageLoader("taxonomist.report", "templates"),
@@ -102,8 +105,9 @@ def _cell(value: Any, digits: int) -> str:
 
 
 def slug(name: str, fallback: str) -> str:
-    """A filesystem-safe file name part for a category or attribute such as "Women Tops & Tunics"."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or fallback
+    """A filesystem-safe file name part for a category or attribute such as "Women Tops & Tunics", cut to
+    :data:`SLUG_MAX_CHARS` (:func:`unique_slugs` tells apart names that then read the same)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:SLUG_MAX_CHARS].strip("._") or fallback
 
 
 def unique_slugs(names: Sequence[str], prefix: str) -> dict[str, str]:
