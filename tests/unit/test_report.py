@@ -175,6 +175,25 @@ def test_figures_draw_dollar_values_as_text(values: list[str]) -> None:
     assert class_counts_png("$ deals", ["price"], counts, {"price": 0.0}, 9).startswith(b"\x89PNG")
 
 
+def test_missing_rates_never_round_to_none_or_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 label in 400 rows drew "100% missing" beside its bar, and 1 gap in 400 "0%" in the heatmap."""
+    from taxonomist.report import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "png", lambda fig: drawn.append(fig) or b"")
+    counts = pd.DataFrame({"attribute": ["a", "b"], "value": ["x", "y"], "count": [1, 399]})
+    plots.class_counts_png("c", ["a", "b"], counts, {"a": 399 / 400, "b": 1 / 400}, 400)
+    assert [ax.get_title() for ax in drawn[0].axes] == [
+        "a (1 classes, >99% missing)",
+        "b (1 classes, <1% missing)",
+    ]
+    missing = pd.DataFrame({"category": "c", "attribute": ["a", "b"], "missing_rate": [399 / 400, 1 / 400]})
+    plots.missing_heatmap_png(missing, ["c"])
+    assert [t.get_text() for t in drawn[1].axes[0].texts] == [">99%", "<1%"]
+    plots.class_counts_png("empty", ["a"], counts.iloc[:0], {"a": float("nan")}, 0)  # not "nan% missing"
+    assert drawn[2].axes[0].get_title() == "a (0 classes, no rows)"
+
+
 def test_interval_note_warns_when_a_category_has_too_few_rows_to_resample() -> None:
     """A category's rows are resampled within it, so one with a single row never varies: the interval
     then looks far tighter than its pairs' coin flips are."""

@@ -57,8 +57,8 @@ def class_counts_png(
         total = int((counts["attribute"] == attr).sum())
         rate = missing_rate.get(attr, float("nan"))
         shown = f"top {len(part)} of {total}" if total > len(part) else f"{total} classes"
-        rate_text = "<1%" if 0 < rate < 0.005 else f"{rate:.0%}"
-        ax.set_title(f"{attr} ({shown}, {rate_text} missing)", fontsize=9)
+        rate_text = "no rows" if math.isnan(rate) else f"{_percent(rate)} missing"
+        ax.set_title(f"{attr} ({shown}, {rate_text})", fontsize=9)
         if not len(part):
             ax.text(0.5, 0.5, "no labels", ha="center", va="center", transform=ax.transAxes)
             ax.set_axis_off()
@@ -95,7 +95,7 @@ def missing_heatmap_png(missing: pd.DataFrame, categories: Sequence[str]) -> byt
     for (r, c), value in np.ndenumerate(matrix):
         if not math.isnan(value):
             colour = "white" if value > 0.6 else "black"
-            ax.text(c, r, f"{value:.0%}", ha="center", va="center", fontsize=7, color=colour)
+            ax.text(c, r, _percent(value), ha="center", va="center", fontsize=7, color=colour)
     fig.colorbar(image, ax=ax, label="missing rate (grey: does not apply)")
     ax.set_title("Missing labels per category and attribute")
     fig.tight_layout()
@@ -198,6 +198,16 @@ def level_accuracy_png(levels: Sequence[str], methods: Mapping[str, Sequence[flo
     ax.legend(fontsize=8)
     fig.tight_layout()
     return png(fig)
+
+
+def _percent(rate: float) -> str:
+    """A share as a whole percent that never rounds a few rows away: 0.3% reads "<1%", not "0%", and
+    99.7% reads ">99%", not "100%"."""
+    if 0 < rate < 0.005:
+        return "<1%"
+    if 0.995 <= rate < 1:
+        return ">99%"
+    return f"{rate:.0%}"
 
 
 def _short(text: str, limit: int = 28) -> str:
