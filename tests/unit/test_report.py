@@ -4,6 +4,7 @@ self-contained page whose every image is inlined."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from pathlib import Path
 
@@ -126,6 +127,20 @@ def test_report_is_self_contained(evaluation: Evaluation, tmp_path: Path) -> Non
     assert {"scores_category.csv", "per_class.csv", "confused_pairs.csv", "evaluation.md"} <= {
         p.name for p in out.iterdir()
     }
+
+
+def test_report_of_a_file_without_a_scored_label(catalog: Catalog, tmp_path: Path) -> None:
+    """Evaluating a file whose rows carry no label the model scores (e.g. an unlabelled test file) gives
+    no scored rows: the page used to crash with KeyError 'predicted' instead of saying so."""
+    unlabelled = dataclasses.replace(catalog, frame=catalog.frame.assign(color=None, sleeve=None))
+    predicted = unlabelled.frame[["id", "category"]].assign(color="red", sleeve="long")
+    confidence = {a: pd.Series([0.9] * len(ROWS)).to_numpy() for a in ("color", "sleeve")}
+    rows = scored_rows(unlabelled, predicted, confidence)
+    assert rows.empty
+    evaluation = Evaluation(attribute_score(unlabelled.frame, predicted, BY_CATEGORY), rows=rows)
+    page = write_evaluation_report(evaluation, tmp_path).read_text(encoding="utf-8")
+    assert "<b>0</b>labels scored" in page and "no confidences to assess" in page
+    assert confused_pairs(rows).empty and confident_errors(rows) == []
 
 
 def test_taxonomy_report_siblings_and_worst_errors(tmp_path: Path) -> None:

@@ -117,7 +117,10 @@ def per_class_scores(rows: pd.DataFrame) -> pd.DataFrame:
 def confused_pairs(rows: pd.DataFrame) -> pd.DataFrame:
     """(attribute, label, predicted) of the errors, most frequent first, with the share of that label's
     rows that went to that wrong value."""
-    wrong = rows[~rows["correct"]].assign(predicted=lambda f: f["predicted"].fillna("(no prediction)"))
+    # astype(bool): an empty frame's object column would otherwise index columns, not rows.
+    wrong = rows[~rows["correct"].astype(bool)].assign(
+        predicted=lambda f: f["predicted"].fillna("(no prediction)")
+    )
     columns = ["attribute", "label", "predicted", "count", "share_of_label"]
     if not len(wrong):
         return pd.DataFrame(columns=columns)
@@ -131,7 +134,7 @@ def confused_pairs(rows: pd.DataFrame) -> pd.DataFrame:
 
 def confident_errors(rows: pd.DataFrame, limit: int = CONFIDENT_ERRORS) -> list[dict[str, Any]]:
     """The wrong predictions the model was surest of, each with a thumbnail of its image when readable."""
-    wrong = rows[~rows["correct"] & rows["predicted"].notna()]
+    wrong = rows[~rows["correct"].astype(bool) & rows["predicted"].notna()]
     wrong = wrong.sort_values(["confidence", "id"], ascending=[False, True]).head(limit)
     out = []
     for row in wrong.to_dict("records"):
