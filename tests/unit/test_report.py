@@ -8,6 +8,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -127,6 +128,26 @@ def test_report_is_self_contained(evaluation: Evaluation, tmp_path: Path) -> Non
     assert {"scores_category.csv", "per_class.csv", "confused_pairs.csv", "evaluation.md"} <= {
         p.name for p in out.iterdir()
     }
+
+
+def test_reliability_legend_ece_is_that_of_the_points_drawn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The diagrams were drawn on 10 bins and the ECE in their legends counted on 15: on a model whose
+    gap changes sign the legend read 0.064 where the points drawn give 0.054."""
+    from taxonomist.report import evaluation as report_module
+
+    drawn = {}
+    monkeypatch.setattr(
+        report_module, "reliability_png", lambda curves, eces: drawn.update(eces=eces, c=curves)
+    )
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.3, 1, 500)
+    rows = pd.DataFrame(
+        {"attribute": "a", "confidence": confidence, "correct": rng.random(500) < confidence}
+    ).assign(confidence_before=confidence)
+    report_module._calibration(rows, {})
+    points = drawn["c"]["a"]["model confidence"].query("count > 0")
+    gap = (points["accuracy"] - points["confidence"]).abs()
+    assert drawn["eces"]["a"]["model confidence"] == pytest.approx((gap * points["count"]).sum() / 500)
 
 
 def test_report_of_a_file_without_a_scored_label(catalog: Catalog, tmp_path: Path) -> None:

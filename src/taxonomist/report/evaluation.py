@@ -25,6 +25,9 @@ CONFIDENT_ERRORS = 24
 CONFUSED_PAIRS = 25
 PER_CLASS_ROWS = 15
 REPORT_FILE = "report.html"
+RELIABILITY_BINS = 15
+"""Bins of the reliability diagrams and of the ECE in their legends, so the ECE is that of the points
+drawn; 15 as in training's ``ece_before`` / ``ece_after``."""
 
 
 def write_evaluation_report(evaluation: Evaluation, out_dir: str | Path, *, model: str = "") -> Path:
@@ -165,8 +168,8 @@ def _calibration(scored: pd.DataFrame, temperatures: dict[str, float]) -> tuple[
             row["temperature"] = temperatures[str(name)]
         for variant, column in variants.items():
             confidence = np.clip(part[column].to_numpy(dtype=float), 0, 1)
-            curves[str(name)][variant] = reliability_table(confidence, correct, n_bins=10)
-            eces[str(name)][variant] = expected_calibration_error(confidence, correct)
+            curves[str(name)][variant] = reliability_table(confidence, correct, RELIABILITY_BINS)
+            eces[str(name)][variant] = expected_calibration_error(confidence, correct, RELIABILITY_BINS)
             row[f"ECE {variant}"] = eces[str(name)][variant]
             row[f"mean confidence {variant}"] = float(confidence.mean())
         table.append(row)
