@@ -96,3 +96,19 @@ def test_a_runtime_module_is_timed_and_the_torch_one_counted() -> None:
     assert counted.calls == 1 and timed.calls >= 4  # the FLOP count; one warm-up and 3 timed calls
     assert report.params_total == sum(p.numel() for p in net.parameters()) and report.gflops_per_image > 0
     assert report.runtime == "openvino bf16" and "| runtime | openvino bf16 |" in report.to_markdown()
+
+
+def test_batch_sizes_below_one_are_refused() -> None:
+    """Batch 0 timed empty calls and reported "images/s @ batch 0 | 0.0"; -1 failed inside torch."""
+    with pytest.raises(ValueError, match=r"at least 1, got \[0\]"):
+        measure_efficiency(tiny_net(), 16, batch_sizes=(0, 4), seconds=0.01)
+
+
+@pytest.mark.parametrize("sizes", ["1,8,", "0,8", "one"])
+def test_bench_names_bad_batch_sizes_before_loading_the_checkpoint(sizes: str, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from taxonomist.cli.main import app
+
+    result = CliRunner().invoke(app, ["bench", str(tmp_path), "--batch-sizes", sizes])
+    assert result.exit_code == 2 and "--batch-sizes" in result.output, result.output

@@ -504,6 +504,16 @@ def bench(
     from taxonomist.inference.efficiency import measure_efficiency
     from taxonomist.inference.predictor import ImagesToLogits, Predictor
 
+    try:  # before the checkpoint is loaded: a typo should not wait for it
+        sizes = tuple(int(b) for b in batch_sizes.split(","))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{batch_sizes!r} is not a comma-separated list of whole numbers", param_hint="--batch-sizes"
+        ) from None
+    if min(sizes) < 1:
+        raise typer.BadParameter(
+            f"batch sizes must be at least 1, got {batch_sizes!r}", param_hint="--batch-sizes"
+        )
     predictor = Predictor.from_pretrained(checkpoint, runtime=runtime, precision=precision)
     # A runtime's graphs hold nothing torch can count: the torch modules give params and FLOPs.
     counted = predictor
@@ -514,7 +524,6 @@ def bench(
         model = timed if counted is predictor else ImagesToLogits(counted, title_tokens=title_tokens)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--title-tokens") from None
-    sizes = tuple(int(b) for b in batch_sizes.split(","))
     report = measure_efficiency(
         model,
         predictor.backbone.preprocess.size,

@@ -107,6 +107,9 @@ def measure_efficiency(
     whose graphs hold no parameters or FLOPs torch can count: ``model`` then gives only those.
     ``runtime``: what ``timed`` runs on, for the report.
     """
+    bad = [b for b in batch_sizes if b < 1]
+    if bad:  # batch 0 timed empty calls and reported 0 images/s; a negative one failed inside torch
+        raise ValueError(f"batch sizes must be at least 1, got {bad}")
     timed = model if timed is None else timed
     if device is not None:
         timed = timed.to(torch.device(device))
