@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 import re
 from pathlib import Path
 
@@ -148,6 +149,25 @@ def test_reliability_legend_ece_is_that_of_the_points_drawn(monkeypatch: pytest.
     points = drawn["c"]["a"]["model confidence"].query("count > 0")
     gap = (points["accuracy"] - points["confidence"]).abs()
     assert drawn["eces"]["a"]["model confidence"] == pytest.approx((gap * points["count"]).sum() / 500)
+
+
+def test_error_thumbnails_show_the_image_as_the_model_saw_it(tmp_path: Path) -> None:
+    """The cards drew a phone photo sideways (its EXIF orientation ignored) and a transparent product on
+    black, where the model reads it upright and on white."""
+    from taxonomist.report.render import thumbnail_uri
+
+    def thumbnail(path: Path) -> Image.Image:
+        return Image.open(io.BytesIO(base64.b64decode(thumbnail_uri(path).split(",", 1)[1])))
+
+    photo = Image.new("RGB", (40, 20), (200, 0, 0))
+    exif = photo.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    photo.save(tmp_path / "photo.jpg", exif=exif)
+    Image.new("RGBA", (20, 20), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    assert thumbnail(tmp_path / "photo.jpg").size == (20, 40)
+    assert thumbnail(tmp_path / "clear.png").getpixel((5, 5)) == (255, 255, 255)
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    assert thumbnail_uri(tmp_path / "broken.jpg") is None and thumbnail_uri(tmp_path / "none.jpg") is None
 
 
 def test_report_of_a_file_without_a_scored_label(catalog: Catalog, tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 import jinja2
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from taxonomist.data.images import ImageLoadError, load_image
 from taxonomist.io import atomic_write_bytes, atomic_write_text
 
 HTML_MAX_ROWS = 500
@@ -51,15 +51,15 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
 
 
 def thumbnail_uri(path: str | Path, size: int = 160) -> str | None:
-    """A small JPEG of an image file as a data URI; None when the file cannot be read."""
+    """A small JPEG of an image file as a data URI, as the model saw it (upright by its EXIF orientation,
+    transparency on white, a large JPEG decoded reduced); None when the file cannot be read."""
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((size, size))
-            buf = io.BytesIO()
-            image.save(buf, format="JPEG", quality=85)
-    except (OSError, ValueError):
+        image = load_image(path)
+    except ImageLoadError:
         return None
+    image.thumbnail((size, size))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
     return data_uri(buf.getvalue(), "image/jpeg")
 
 
