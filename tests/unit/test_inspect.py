@@ -311,3 +311,19 @@ def test_save_with_a_category_name_too_long_for_a_file_name(tmp_path: Path) -> N
     assert set(files) == {long_a, long_b} and len(set(files.values())) == 2  # still one file each
     for name in files.values():
         assert len(name) < 128 and (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_page_says_which_rows_were_set_aside(tmp_path: Path) -> None:
+    """The terminal said "2 rows set aside (...): rejected.csv"; the page said nothing of them."""
+    from taxonomist.data.catalog import read_generic
+
+    (tmp_path / "data.csv").write_text("id,cat,color\n1,Tops,red\n2,Tops,blue\n2,Tops,red\n3,,red\n")
+    catalog = read_generic(
+        tmp_path / "data.csv", category_column="cat", attributes=["color"], bad_rows="report"
+    )
+    report = inspect_catalog(catalog, check_images=False, progress=False)
+    note = "2 rows set aside (blank-category: 1, duplicate-id: 1): rejected.csv"
+    assert note in report.save(tmp_path / "out").read_text(encoding="utf-8")
+    buf = io.StringIO()
+    report.print(Console(file=buf, width=200))
+    assert note in buf.getvalue()

@@ -132,6 +132,14 @@ class InspectReport:
         )
 
     @property
+    def rejected_note(self) -> str | None:
+        """How many rows the reader set aside and why (``rejected.csv``); None when none were."""
+        if not len(self.rejected):
+            return None
+        reasons = describe_counts(self.rejected["reason"].value_counts().to_dict())
+        return f"{len(self.rejected)} rows set aside ({reasons}): rejected.csv"
+
+    @property
     def duplicate_groups(self) -> int:
         return int(self.duplicates["group"].nunique()) if len(self.duplicates) else 0
 
@@ -218,11 +226,8 @@ class InspectReport:
         )
         if self.dropped_note:
             console.print(Text(self.dropped_note, style="yellow"))
-        if len(self.rejected):
-            reasons = describe_counts(self.rejected["reason"].value_counts().to_dict())
-            console.print(
-                Text(f"{len(self.rejected)} rows set aside ({reasons}): rejected.csv", style="yellow")
-            )
+        if self.rejected_note:
+            console.print(Text(self.rejected_note, style="yellow"))
 
         per_category = pd.DataFrame(
             {
