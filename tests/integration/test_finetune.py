@@ -105,6 +105,17 @@ def test_attention_head_recipe_with_mmd(tmp_path: Path) -> None:
     assert 0 <= metrics["score_phase2"] <= 1
 
 
+def test_mmd_trains_past_a_validation_batch_of_one_row(tmp_path: Path) -> None:
+    """Regression: 20 validation rows in batches of 19 left a last batch of one row, and the unbiased
+    MMD's ValueError stopped training at the second step."""
+    from taxonomist.data.prepare import prepare_catalog
+
+    config = _config(tmp_path, mmd=True, batch_size=19, phase2_epochs=0, epochs=1)
+    assert len(prepare_catalog(load_config(config)).split.dev) == 20
+    result = _train(config, tmp_path / "run")
+    assert result.exit_code == 0, repr(result.exception)
+
+
 def test_phase_two_changes_only_the_heads(tmp_path: Path) -> None:
     """Backbone, trunk and standardisation stay bit-identical; each attribute's own head moves."""
     from accelerate import Accelerator

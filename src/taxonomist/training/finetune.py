@@ -27,7 +27,7 @@ import math
 import shutil
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -540,7 +540,7 @@ def _set_up_model(cfg: RunConfig, data: _Data, accelerator: Any, progress: bool)
         val_loader,
         data.train_text,
         data.val_text,
-        iter(_cycle(val_loader)) if fc.mmd else None,
+        _mmd_batches(val_loader) if fc.mmd else None,
         steps_per_epoch,
         len(train_rows),
         len(val_rows),
@@ -806,9 +806,17 @@ def _freeze_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
-def _cycle(loader):
+def _mmd_batches(loader: DataLoader) -> Iterator:
+    """Cycles ``loader`` past batches of one row (a partial last one): the unbiased MMD needs two rows,
+    and validation rows one past a multiple of the batch size stopped training with a ValueError."""
     while True:
-        yield from loader
+        usable = False
+        for batch in loader:
+            if len(batch[0]) > 1:
+                usable = True
+                yield batch
+        if not usable:
+            raise ConfigError("finetune.mmd needs validation batches of at least 2 rows: raise batch_size")
 
 
 def _standardize(model: FinetuneModel, loader: DataLoader, batches: int, device: torch.device) -> None:
