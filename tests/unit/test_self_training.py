@@ -106,6 +106,21 @@ def test_partition_is_disjoint_and_rows_without_labels_join_the_pool() -> None:
     assert everything.pool.tolist() == [38, 39]
 
 
+def test_partition_draws_a_category_s_only_labeled_row() -> None:
+    """Regression: 40% of one row rounds to none, so the row was hidden in the pool; the schema, inferred
+    from the drawn rows, then lacked the category and self-train failed with a KeyError on its name."""
+    frame = pd.DataFrame(
+        {
+            "id": [str(i) for i in range(23)],
+            "category": ["A"] * 20 + ["C"] * 3,
+            "color": ["red"] * 21 + [None, None],
+        }
+    )
+    parts = partition(frame, {"A": ["color"], "C": ["color"]}, 0.4, 0.3, seed=0)
+    assert 20 in parts.fit.tolist() and {21, 22} <= set(parts.pool.tolist())
+    assert len(parts.fit) + len(parts.dev) == 8 + 1
+
+
 def test_hflip_view_encodes_the_mirrored_image_and_is_cached_apart(tmp_path: Path) -> None:
     img = np.full((32, 32, 3), 255, dtype=np.uint8)
     img[:, :8] = (200, 20, 20)  # an asymmetric product: mirroring it changes the pixels

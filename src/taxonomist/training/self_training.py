@@ -101,7 +101,8 @@ def partition(
     dev_fraction: float,
     seed: int,
 ) -> Partition:
-    """Seeded per-category draw of the labeled rows; rows with no label at all always join the pool."""
+    """Seeded per-category draw of the labeled rows (at least one per category that has any); rows with
+    no label at all always join the pool."""
     if not 0 < labeled_fraction <= 1:
         raise ValueError(f"labeled_fraction must be in (0, 1], got {labeled_fraction}")
     unlabeled = np.ones(len(frame), dtype=bool)
@@ -113,8 +114,13 @@ def partition(
     labeled = np.flatnonzero(~unlabeled)
     hidden = np.array([], dtype=np.int64)
     if labeled_fraction < 1:
-        kept, chosen = split_per_category(frame.iloc[labeled], labeled_fraction, seed)
-        hidden, labeled = labeled[kept], labeled[chosen]
+        drawn = np.zeros(len(labeled), dtype=bool)
+        drawn[split_per_category(frame.iloc[labeled], labeled_fraction, seed)[1]] = True
+        # A category's only labeled row is drawn, not hidden: the schema is inferred from the drawn rows,
+        # so hiding it left the category without heads and its pool and test rows failed to encode.
+        categories = frame[CATEGORY].to_numpy()[labeled]
+        drawn |= ~np.isin(categories, categories[drawn])
+        hidden, labeled = labeled[~drawn], labeled[drawn]
     fit, dev = split_per_category(frame.iloc[labeled], dev_fraction, seed)
     pool = np.sort(np.concatenate([hidden, np.flatnonzero(unlabeled)]))
     return Partition(labeled[fit], labeled[dev], pool)
