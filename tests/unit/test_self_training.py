@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from taxonomist.cli.main import app
 from taxonomist.config import BackboneConfig, ConfigError, EmbedConfig, load_config
-from taxonomist.data.catalog import Catalog
+from taxonomist.data.catalog import Catalog, CatalogError
 from taxonomist.data.labels import MISSING
 from taxonomist.data.prepare import load_catalog, prepare_catalog
 from taxonomist.features.build import embed_options
@@ -287,3 +287,29 @@ def test_the_data_report_counts_the_rows_self_training_fits_on(config: Path, tmp
     assert written["policy"]["policy"] == "drop" and written["policy"]["rows_dropped"] > 0
     dropped = written["dropped_rows"]["missing_label_policy"]
     assert sum(dropped.values()) == written["policy"]["rows_dropped"]
+
+
+def test_a_policy_that_empties_a_category_s_fit_rows_is_refused_by_name(tmp_path: Path) -> None:
+    """Regression: ``drop`` removed the one drawn Hats row (it lacks ``fit``) and, with no Hats dev row,
+    the inferred schema lacked the category: prepare failed with ``KeyError: 'Hats'`` instead of saying
+    which policy emptied which category, as the shared data step does for its train part."""
+    path = make_catalog(tmp_path / "data")
+    frame = pd.read_csv(path, dtype=str)
+    hats = frame.iloc[:6].assign(
+        sku=[str(5000 + i) for i in range(6)],
+        type="Hats",
+        color=["red", "blue", None, None, None, None],
+        fit=["wide", None, "tall", None, None, None],
+    )
+    for old, new in zip(frame["sku"].iloc[:6], hats["sku"], strict=True):
+        (tmp_path / "data" / "images" / f"{new}.jpg").write_bytes(
+            (tmp_path / "data" / "images" / f"{old}.jpg").read_bytes()
+        )
+    pd.concat([frame, hats]).to_csv(path, index=False)
+    raw = tiny_config(path, tmp_path / "cache")
+    raw["self_training"] = {"labeled_fraction": 0.4, "dev_fraction": 0.3, "seed": 0}
+    raw["missing_labels"] = {"policy": "drop"}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    with pytest.raises(CatalogError, match=r"policy=drop left no labeled fit row of \['Hats'\]"):
+        self_training.prepare(load_config(config), progress=False)

@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 from taxonomist.config import ConfigError, RunConfig
-from taxonomist.data.catalog import CATEGORY, ID, TEXT, expand_path
+from taxonomist.data.catalog import CATEGORY, ID, TEXT, CatalogError, expand_path
 from taxonomist.data.labels import MISSING
 from taxonomist.data.policies import PolicyResult, apply_policy
 from taxonomist.data.prepare import (
@@ -301,6 +301,15 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
         catalog.attributes_by_category,
         **policy_options(cfg.missing_labels),
     )
+    # As the shared data step refuses for its train part: a category without a fit row has no heads
+    # to fit (without a dev row, none at all, and encoding its pool and test rows failed on its name).
+    emptied = sorted(set(train_frame[CATEGORY].iloc[parts.fit].astype(str)) - set(labeled.frame[CATEGORY]))
+    if emptied:
+        raise CatalogError(
+            f"{catalog.source}: missing_labels.policy={labeled.policy} left no labeled fit row of {emptied} "
+            "(every drawn one lacked a label it needs); use missing_labels.policy=mask, which keeps rows "
+            "with gaps, or raise self_training.labeled_fraction"
+        )
     report = _self_training_report(data.report, labeled, train_frame.iloc[parts.fit], parts, len(test_frame))
     dev_frame = train_frame.iloc[parts.dev].reset_index(drop=True)
     # The vocabulary comes from the labeled training rows only: never the hidden ones, never test.
