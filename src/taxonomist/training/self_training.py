@@ -343,6 +343,14 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
     pool_views = [feature_set(pool_frame, catalog, embedded, schema, categories)[0]] + [
         feature_set(pool_frame, pool_catalog, e, schema, categories)[0] for e in views
     ]
+    # feature_set leaves out rows whose image could not be read (a pool row: in any view); the report
+    # counts them per part, or the parts it names would hold rows that no round ever saw.
+    report.unreadable_images = {
+        "fit": len(labeled.frame) - len(fit),
+        "dev": len(parts.dev) - len(dev),
+        "pool": len(parts.pool) - len(pool_frame),
+        "test": report.parts["test"] - len(test),
+    }
     text = None
     if "text" in cfg.heads.inputs:
         # Fitted on the labeled rows only (the probe cross-fitted there); every pool view shares the
