@@ -270,6 +270,14 @@ def test_the_fused_student_reads_titles_and_its_rounds_are_listing_checkpoints(t
     assert again.rounds == fused.rounds
 
 
+def test_a_labeled_draw_too_small_to_hold_out_dev_rows_is_refused(config: Path) -> None:
+    """Regression: 2% of the training rows drew one labeled row per category, none was left for dev, and
+    the first round failed in torch.cat on the empty dev part."""
+    cfg = load_config(config, ["self_training.labeled_fraction=0.02"])
+    with pytest.raises(ConfigError, match=r"hold out for dev \(labeled rows drawn: Bags: 1, Tops: 1\)"):
+        self_training.prepare(cfg, progress=False)
+
+
 def test_a_fused_student_refuses_warm_start(tmp_path: Path) -> None:
     cfg = load_config(values={"heads.inputs": ["image", "text"], "self_training.warm_start": True})
     with pytest.raises(ConfigError, match="warm_start"):

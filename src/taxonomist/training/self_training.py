@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 
 from taxonomist.config import ConfigError, RunConfig
-from taxonomist.data.catalog import CATEGORY, ID, TEXT, CatalogError, expand_path
+from taxonomist.data.catalog import CATEGORY, ID, TEXT, CatalogError, describe_counts, expand_path
 from taxonomist.data.labels import MISSING
 from taxonomist.data.policies import PolicyResult, apply_policy
 from taxonomist.data.prepare import (
@@ -295,6 +295,13 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
     parts = partition(
         train_frame, catalog.attributes_by_category, st.labeled_fraction, st.dev_fraction, st.seed
     )
+    # Dev picks each round's epoch and fits its temperatures: nothing trains without it.
+    if not len(parts.dev):
+        drawn = describe_counts(train_frame[CATEGORY].iloc[parts.fit].astype(str).value_counts().to_dict())
+        raise ConfigError(
+            f"self_training.labeled_fraction={st.labeled_fraction} and dev_fraction={st.dev_fraction} leave "
+            f"no labeled row to hold out for dev (labeled rows drawn: {drawn}); raise them"
+        )
     labeled = apply_policy(
         cfg.missing_labels.policy,
         train_frame.iloc[parts.fit],
