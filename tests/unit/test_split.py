@@ -50,3 +50,18 @@ def test_a_stratum_whose_groups_another_placed_still_keeps_a_training_row():
 def test_bad_fractions_are_refused(dev, test):
     with pytest.raises(ValueError, match="fraction"):
         split_train_dev_test(pd.Series(["a"] * 10), dev, test)
+
+
+def test_rows_without_a_group_key_are_each_a_group_of_their_own():
+    """Regression: a missing key factorized to -1, which indexed the last group: every keyless row was
+    joined to it, so 4 of 8 rows went to a 25% test part."""
+    strata = pd.Series(list("aaaabbbb"))
+    groups = pd.Series(["x", "y", None, None, "z", "w", None, "q"])
+    for seed in range(5):
+        split = split_train_dev_test(strata, 0.25, 0.25, seed=seed, groups=groups)
+        assert [len(p) for p in (split.train, split.dev, split.test)] == [4, 2, 2], f"seed {seed}"
+
+
+def test_rows_of_a_missing_stratum_land_in_a_part():
+    """Regression: groupby dropped the missing stratum, so its rows were in no part, silently."""
+    parts(split_train_dev_test(pd.Series(["a", "a", None, "b", "b", "b"]), 0.2, 0.2, seed=0), 6)

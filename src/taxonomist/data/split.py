@@ -50,8 +50,9 @@ def split_train_dev_test(
     """Seeded train/dev/test split within each stratum (e.g. the category).
 
     Rows sharing a ``groups`` key (e.g. an image digest) always land in the same part, so identical
-    items never straddle the split; parts are filled group by group, so their sizes are approximate
-    when groups are large. Every non-empty stratum keeps at least one training row.
+    items never straddle the split (a row without a key shares it with none); parts are filled group by
+    group, so their sizes are approximate when groups are large. Every non-empty stratum keeps at least
+    one training row.
     """
     for name, value in (("dev_fraction", dev_fraction), ("test_fraction", test_fraction)):
         if not 0 <= value < 1:
@@ -61,10 +62,16 @@ def split_train_dev_test(
     if not len(strata):
         raise CatalogError("no rows to split into train, dev and test parts: the selection is empty")
     keys = pd.factorize(groups if groups is not None else pd.Series(np.arange(len(strata))))[0]
+    # A missing group key (factorized to -1) is shared with no row: each such row is a group of its own,
+    # where -1 indexed the last group and joined all of them to it, quotas uncounted.
+    alone = keys < 0
+    keys[alone] = keys.max() + 1 + np.arange(alone.sum())
     rng = np.random.default_rng(seed)
     order = rng.permutation(keys.max() + 1)  # a random rank per group
     part = np.full(keys.max() + 1, -1)  # 0 train, 1 dev, 2 test; -1 not yet placed
-    for rows in pd.Series(np.asarray(strata)).groupby(np.asarray(strata), sort=True).indices.values():
+    # dropna=False: rows of a missing stratum form one, rather than being left out of every part.
+    by_stratum = pd.Series(np.asarray(strata)).groupby(np.asarray(strata), sort=True, dropna=False)
+    for rows in by_stratum.indices.values():
         by_group = pd.Series(rows).groupby(keys[rows]).apply(list)
         ranked = sorted(by_group.index, key=lambda g: order[g])
         quota = {2: round(len(rows) * test_fraction), 1: round(len(rows) * dev_fraction)}
