@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from taxonomist.data.split import split_train_dev_test
+from taxonomist.data.split import split_per_category, split_train_dev_test
 
 
 def parts(split, n):
@@ -65,3 +65,9 @@ def test_rows_without_a_group_key_are_each_a_group_of_their_own():
 def test_rows_of_a_missing_stratum_land_in_a_part():
     """Regression: groupby dropped the missing stratum, so its rows were in no part, silently."""
     parts(split_train_dev_test(pd.Series(["a", "a", None, "b", "b", "b"]), 0.2, 0.2, seed=0), 6)
+
+
+def test_split_per_category_keeps_rows_of_a_missing_category():
+    """Regression: groupby dropped the missing category, so its row was in neither part, silently."""
+    train, val = split_per_category(pd.DataFrame({"category": ["a", "a", None, "b"]}), 0.5, seed=0)
+    assert sorted([*train, *val]) == [0, 1, 2, 3]

@@ -21,7 +21,7 @@ def split_per_category(
         raise CatalogError("no rows to split into training and validation parts: the selection is empty")
     rng = np.random.default_rng(seed)
     train, val = [], []
-    for _, rows in frame.groupby(CATEGORY, sort=True).indices.items():
+    for rows in frame.groupby(CATEGORY, sort=True, dropna=False).indices.values():  # a missing one too
         rows = rng.permutation(rows)
         n_val = round(len(rows) * val_fraction)
         if len(rows) >= 2:
