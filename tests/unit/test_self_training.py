@@ -338,3 +338,19 @@ def test_the_data_report_counts_rows_left_out_for_an_unreadable_image(tmp_path: 
     seen = {"fit": len(data.fit), "dev": len(data.dev), "pool": len(data.pool_frame), "test": len(data.test)}
     assert sum(report.unreadable_images.values()) == 20
     assert {p: report.parts[p] - report.unreadable_images[p] for p in seen} == seen
+
+
+def test_an_empty_pool_and_test_part_run_every_round(tmp_path: Path) -> None:
+    """Regression: with every row labeled and labeled_fraction 1.0 the pool is empty (as documented), and
+    with train.test_fraction 0 so is the test part; predicting either failed in torch.cat on no batch."""
+    path = make_catalog(tmp_path / "data")
+    frame = pd.read_csv(path, dtype=str)
+    frame.assign(color=frame["color"].fillna("red")).to_csv(path, index=False)
+    raw = tiny_config(path, tmp_path / "cache", epochs=2, patience=2, test_fraction=0.0)
+    raw["self_training"] = {"labeled_fraction": 1.0, "dev_fraction": 0.3, "rounds": 1}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    report = self_train(load_config(config), tmp_path / "run", progress=False)
+    assert (report.n_pool, report.n_test) == (0, 0)
+    assert report.rounds[1]["n_pseudo"] == {"color": 0, "fit": 0}
+    assert pd.read_parquet(tmp_path / "run" / "round-1" / "pseudo_labels.parquet").empty

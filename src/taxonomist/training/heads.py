@@ -142,7 +142,8 @@ def predict_logits(
     """``hide`` (listing heads): ``"text"`` or ``"image"``, scored as if every row lacked it."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {a: [] for a in model.attributes}
-    for start in range(0, len(data), batch_size):
+    # At least one (maybe empty) batch: no rows (an empty pool or test part) give (0, k) logits.
+    for start in range(0, max(len(data), 1), batch_size):
         rows = slice(start, start + batch_size)
         present = None if hide is None else hidden_present(data.present[rows], hide)
         out = heads_forward(model, data, rows, present)
