@@ -340,17 +340,22 @@ def test_the_data_report_counts_rows_left_out_for_an_unreadable_image(tmp_path: 
     assert {p: report.parts[p] - report.unreadable_images[p] for p in seen} == seen
 
 
-def test_an_empty_pool_and_test_part_run_every_round(tmp_path: Path) -> None:
+@pytest.mark.parametrize("titles", [False, True])
+def test_an_empty_pool_and_test_part_run_every_round(tmp_path: Path, titles: bool) -> None:
     """Regression: with every row labeled and labeled_fraction 1.0 the pool is empty (as documented), and
-    with train.test_fraction 0 so is the test part; predicting either failed in torch.cat on no batch."""
-    path = make_catalog(tmp_path / "data")
+    with train.test_fraction 0 so is the test part; predicting either failed in torch.cat on no batch,
+    and the title view's classifier failed in sklearn's tf-idf on no pool text."""
+    path = make_catalog(tmp_path / "data", titles=titles)
     frame = pd.read_csv(path, dtype=str)
     frame.assign(color=frame["color"].fillna("red")).to_csv(path, index=False)
     raw = tiny_config(path, tmp_path / "cache", epochs=2, patience=2, test_fraction=0.0)
+    if titles:
+        raw["catalog"]["text_column"] = "title"
     raw["self_training"] = {"labeled_fraction": 1.0, "dev_fraction": 0.3, "rounds": 1}
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
     report = self_train(load_config(config), tmp_path / "run", progress=False)
     assert (report.n_pool, report.n_test) == (0, 0)
+    assert (report.text_view is not None) == titles
     assert report.rounds[1]["n_pseudo"] == {"color": 0, "fit": 0}
     assert pd.read_parquet(tmp_path / "run" / "round-1" / "pseudo_labels.parquet").empty

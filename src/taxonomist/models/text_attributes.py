@@ -95,6 +95,8 @@ class TextAttributeClassifier:
     def log_probs(self, texts: Sequence[str], category: np.ndarray) -> dict[str, np.ndarray]:
         """attribute → (n, k) log-probabilities over the attribute's values; an attribute without labels
         gives all zeros (no opinion). Restricting to the category's values is left to the caller."""
+        if not len(texts):  # sklearn's tf-idf refuses zero rows (an empty self-training pool)
+            return {attribute: np.zeros((0, k)) for attribute, k in self.n_values_.items()}
         x = self._features(list(texts), category)
         out = {}
         for attribute, k in self.n_values_.items():
