@@ -100,3 +100,21 @@ def test_a_full_queue_sheds_load() -> None:
         await batcher.stop()
 
     asyncio.run(main())
+
+
+def test_a_failed_forward_fails_only_the_submission_that_broke_it() -> None:
+    """Regression: one request's bad item failed every request that shared its forward (all 500)."""
+
+    async def main() -> list[list[int]]:
+        rec = Recorder(fail_on=7)
+        batcher = MicroBatcher(rec, max_batch_size=8, max_wait_ms=200)
+        await batcher.start()
+        good, bad, more = await asyncio.gather(
+            batcher.submit([1]), batcher.submit([7, 8]), batcher.submit([2, 3]), return_exceptions=True
+        )
+        await batcher.stop()
+        assert good == [10] and more == [20, 30]
+        assert isinstance(bad, ValueError) and "bad item 7" in str(bad)
+        return rec.batches
+
+    assert asyncio.run(main()) == [[1, 7, 8, 2, 3], [1], [7, 8], [2, 3]]

@@ -38,6 +38,8 @@ class _Item(Generic[T, R]):
     value: T
     future: asyncio.Future[R]
     enqueued: float
+    submission: object
+    """Shared by the items of one :meth:`MicroBatcher.submit` call (one request)."""
 
 
 class MicroBatcher(Generic[T, R]):
@@ -112,7 +114,8 @@ class MicroBatcher(Generic[T, R]):
             raise BatcherBusy(f"{len(self._pending)} images already queued (limit {self.max_queue})")
         loop = asyncio.get_running_loop()
         now = loop.time()
-        items = [_Item(v, loop.create_future(), now) for v in values]
+        submission = object()
+        items = [_Item(v, loop.create_future(), now, submission) for v in values]
         self._pending.extend(items)
         assert self._arrived is not None
         self._arrived.set()
@@ -144,23 +147,43 @@ class MicroBatcher(Generic[T, R]):
                 await self._run(loop, batch)
 
     async def _run(self, loop: asyncio.AbstractEventLoop, batch: list[_Item[T, R]]) -> None:
+        try:
+            await self._answer(loop, batch)
+        except asyncio.CancelledError:
+            _fail(batch, BatcherStopped("server is shutting down"))
+            raise
+
+    async def _answer(self, loop: asyncio.AbstractEventLoop, batch: list[_Item[T, R]]) -> None:
+        """One forward for ``batch``. Should it fail on items of several submissions, each submission is
+        run again alone: one request's bad input fails that request, not every request that shared its
+        forward."""
+        try:
+            results = await self._forward(loop, batch)
+        except Exception as exc:  # one failed forward fails its own items, never the worker
+            submissions: dict[object, list[_Item[T, R]]] = {}
+            for item in batch:
+                if not item.future.done():
+                    submissions.setdefault(item.submission, []).append(item)
+            if len(submissions) < 2:
+                _fail(batch, exc)
+                return
+            for items in submissions.values():
+                await self._answer(loop, items)
+            return
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+
+    async def _forward(self, loop: asyncio.AbstractEventLoop, batch: list[_Item[T, R]]) -> Sequence[R]:
         start = time.perf_counter()
         try:
             results = await loop.run_in_executor(self._executor, self.run_batch, [i.value for i in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
-        except asyncio.CancelledError:
-            _fail(batch, BatcherStopped("server is shutting down"))
-            raise
-        except Exception as exc:  # one failed forward fails its own items, never the worker
-            _fail(batch, exc)
-            return
+            return results
         finally:
             if self.on_batch is not None:
                 self.on_batch(len(batch), time.perf_counter() - start)
-        for item, result in zip(batch, results, strict=True):
-            if not item.future.done():
-                item.future.set_result(result)
 
 
 def _fail(items: Iterable[_Item], exc: BaseException) -> None:
