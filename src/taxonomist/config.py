@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -793,6 +794,18 @@ _GENERIC_COERCERS = {
 }
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 reads a number without a dot (``lr: 1e-3``) as a string, which a float setting would then
+    refuse; as YAML 1.2 does, read it as the number meant, in files and overrides alike."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``train.epochs=5`` style overrides; values are parsed as YAML (``[a, b]``, ``null``, ``1e-3``)."""
     for item in overrides:
@@ -800,10 +813,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml.load(raw, Loader=_YamlLoader) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw  # not YAML (e.g. "{data_dir}/x.csv"): the plain string the user typed
-        _set_key(data, key.strip(), float(value) if isinstance(value, str) and _is_float(value) else value)
+        _set_key(data, key.strip(), value)
     return data
 
 
@@ -823,15 +836,6 @@ def _set_key(data: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"cannot set {key!r}: {part!r} is not a section")
     node[leaf] = value
-
-
-def _is_float(text: str) -> bool:
-    """YAML 1.1 reads ``1e-3`` as a string; accept it as the number a user meant."""
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return any(c in text.lower() for c in ".e") and not text.strip().isalpha()
 
 
 def section_arguments(section: Any, target: Any, **given: Any) -> dict[str, Any]:
@@ -891,7 +895,7 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_YamlLoader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML ({err})") from err
     if not isinstance(data, dict):

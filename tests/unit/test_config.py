@@ -118,3 +118,14 @@ def test_a_text_column_named_twice_is_refused() -> None:
     twice, so predict joined "title | title" and serve refused to start."""
     with pytest.raises(ConfigError, match=r"catalog.text_columns names \['title'\] more than once"):
         load_config(values={"catalog.text_columns": ["title", "description", "title"]})
+
+
+def test_numbers_without_a_dot_are_numbers_in_a_file_as_in_an_override(tmp_path: Path) -> None:
+    """Regression: YAML 1.1 reads ``1e-3`` as a string, so ``lr: 1e-3`` in a config file was refused
+    ("expected a number, got '1e-3'") though ``--set train.lr=1e-3`` worked."""
+    (tmp_path / "c.yaml").write_text("train:\n  lr: 1e-3\n  weight_decay: 5E+2\nheads:\n  dropout: 2e-1\n")
+    cfg = load_config(tmp_path / "c.yaml", ["finetune.backbone_lr=1.5e-4"])
+    assert cfg.finetune.backbone_lr == 1.5e-4
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.heads.dropout) == (1e-3, 500.0, 0.2)
+    with pytest.raises(ConfigError, match=r"finetune.backbone_lr must be > 0, got -0.0001"):
+        load_config(tmp_path / "c.yaml", ["finetune.backbone_lr=-1e-4"])
