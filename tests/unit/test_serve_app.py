@@ -75,3 +75,21 @@ def test_a_title_only_request_that_times_out_counts_its_listings() -> None:
         late = client.post("/v1/predict", data={"category": "Tops", "title": ["Acme red top", "Acme bag"]})
         assert late.status_code == 504
         assert outcomes(client)[("taxonomist_listings_total", "timeout")] == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"json": {"category": "Tops", "title": ["Acme red top"]}}, "not application/json"),
+        ({"content": b"Tops", "headers": {"content-type": "text/plain"}}, "not text/plain"),
+        ({}, "not a body without a content type"),
+    ],
+)
+def test_a_body_that_is_no_form_is_415_naming_its_content_type(
+    client: TestClient, body: dict, named: str
+) -> None:
+    """Regression: a JSON body was answered 422 "category: Field required", though it held a category."""
+    answer = client.post("/v1/predict", **body)
+    assert answer.status_code == 415, answer.text
+    assert answer.json()["detail"].startswith("send the request as multipart/form-data")
+    assert answer.json()["detail"].endswith(named)

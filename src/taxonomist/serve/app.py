@@ -22,7 +22,7 @@ from dataclasses import asdict
 from typing import Annotated, Any
 
 from anyio import CapacityLimiter, to_thread
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -53,6 +53,7 @@ MAX_TITLE_CHARS = 2000
 """Longest title (or other text field) a request may send (after normalisation): titles are a line, not
 a document, and the text encoder reads only its first tokens anyway."""
 _FORM_FIELDS = frozenset({"image", "category", "id", "title"})
+_FORM_TYPES = frozenset({"multipart/form-data", "application/x-www-form-urlencoded"})
 # Methods beyond these become "other" in metric labels: each label value is a series kept forever.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -213,6 +214,7 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
     app.post(
         "/v1/predict",
         response_model=PredictResponse,
+        dependencies=[Depends(_form_body)],
         form_limits={
             "max_files": service.max_images_per_request,
             "max_fields": service.max_fields,
@@ -220,6 +222,7 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
         },
         responses={
             413: {"description": "An image, a form field or the whole request is too large, or too many."},
+            415: {"description": "The body is not a form (multipart/form-data, or urlencoded for titles)."},
             422: {"description": "Not an image, too many pixels, unknown category, or a missing field."},
             503: {"description": "Too many images queued; retry later."},
             504: {"description": "The prediction took longer than the request timeout."},
@@ -518,6 +521,18 @@ def _check_limits(**limits: int) -> None:
     for setting, value in limits.items():
         if value < 1:
             raise ValueError(f"{setting} must be at least 1, got {value}")
+
+
+def _form_body(request: Request) -> None:
+    """415 for a body that is no form: a JSON body was answered "category: Field required", though the
+    request held a category, and never said that the server reads form fields only."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in _FORM_TYPES:
+        raise HTTPException(
+            415,
+            detail=f"send the request as multipart/form-data (curl -F category=... -F image=@photo.jpg), "
+            f"not {media or 'a body without a content type'}",
+        )
 
 
 def _unprocessable(field: str, msg: str, kind: str = "count-mismatch") -> HTTPException:
