@@ -93,3 +93,26 @@ def test_a_body_that_is_no_form_is_415_naming_its_content_type(
     assert answer.status_code == 415, answer.text
     assert answer.json()["detail"].startswith("send the request as multipart/form-data")
     assert answer.json()["detail"].endswith(named)
+
+
+class FailingListings(TitleListings):
+    """Raises on the title "boom", as a model may on an input it cannot handle."""
+
+    def predict_batch(self, items: Sequence[tuple[str, str]]) -> list[dict[str, AttributeValue]]:
+        if any(title == "boom" for _, title in items):
+            raise RuntimeError("cannot handle this one")
+        return super().predict_batch(items)
+
+
+def test_a_model_error_is_a_json_500_and_its_listings_are_counted() -> None:
+    """Regression: the model's exception gave a plain-text 500 and its listings were counted nowhere."""
+    with TestClient(create_app(FailingListings(), max_wait_ms=1)) as client:
+        answer = client.post("/v1/predict", data={"category": "Tops", "title": ["boom", "Acme bag"]})
+        assert answer.status_code == 500
+        assert answer.json() == {
+            "detail": "prediction failed: the model raised an error (see the server log)"
+        }
+        assert client.post("/v1/predict", data={"category": "Tops", "title": ["Acme top"]}).status_code == 200
+        counts = outcomes(client)
+        assert counts[("taxonomist_listings_total", "error")] == 2
+        assert counts[("taxonomist_listings_total", "predicted")] == 1

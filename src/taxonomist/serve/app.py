@@ -222,6 +222,7 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
         },
         responses={
             413: {"description": "An image, a form field or the whole request is too large, or too many."},
+            500: {"description": "The model failed on this request's listings (the server log says why)."},
             415: {"description": "The body is not a form (multipart/form-data, or urlencoded for titles)."},
             422: {"description": "Not an image, too many pixels, unknown category, or a missing field."},
             503: {"description": "Too many images queued; retry later."},
@@ -500,6 +501,14 @@ class _Service:
             raise HTTPException(503, detail=f"server busy: {err}", headers={"Retry-After": "1"}) from None
         except BatcherStopped as err:
             raise HTTPException(503, detail=str(err)) from None
+        except HTTPException:
+            raise
+        except Exception:
+            # The model raised: a plain-text 500 came back, and the listings were counted nowhere.
+            log.exception("prediction failed", extra={"listings": n})
+            self.count("error", n, images=sent)
+            detail = "prediction failed: the model raised an error (see the server log)"
+            raise HTTPException(500, detail=detail) from None
 
     async def healthz(self) -> dict[str, str]:
         """Liveness: the process answers."""
