@@ -118,3 +118,22 @@ def test_a_failed_forward_fails_only_the_submission_that_broke_it() -> None:
         return rec.batches
 
     assert asyncio.run(main()) == [[1, 7, 8, 2, 3], [1], [7, 8], [2, 3]]
+
+
+def test_a_cancelled_request_frees_its_place_in_the_queue_at_once() -> None:
+    """Regression: a timed-out request's items stayed queued until the worker reached them, so while one
+    forward ran, new requests were shed as busy because of items nobody waited for."""
+
+    async def main() -> None:
+        batcher = MicroBatcher(Recorder(delay=0.3), max_batch_size=1, max_wait_ms=0, max_queue=2)
+        await batcher.start()
+        first = asyncio.create_task(batcher.submit([1]))
+        await asyncio.sleep(0.05)  # 1 is in its forward
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(batcher.submit([2, 3]), 0.05)
+        assert batcher.pending == 0
+        assert await batcher.submit([4]) == [40]
+        assert await first == [10]
+        await batcher.stop()
+
+    asyncio.run(main())

@@ -120,7 +120,15 @@ class MicroBatcher(Generic[T, R]):
         assert self._arrived is not None
         self._arrived.set()
         # gather cancels the futures if this coroutine is cancelled; the worker skips cancelled items.
-        return list(await asyncio.gather(*(item.future for item in items)))
+        try:
+            return list(await asyncio.gather(*(item.future for item in items)))
+        except asyncio.CancelledError:
+            # Out of the queue now: left there until the worker got to them, they counted against
+            # max_queue, so new requests were shed as busy while nothing but dead items waited.
+            kept = [item for item in self._pending if item.submission is not submission]
+            self._pending.clear()
+            self._pending.extend(kept)
+            raise
 
     async def _loop(self) -> None:
         assert self._arrived is not None
