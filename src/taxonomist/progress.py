@@ -33,6 +33,10 @@ INTERVAL_ENV = "TAXONOMIST_PROGRESS_INTERVAL"
 DEFAULT_INTERVAL_S = 10.0
 
 
+class ProgressSettingError(ValueError):
+    """``$TAXONOMIST_PROGRESS_INTERVAL`` is no positive number of seconds: a setting, not a bug."""
+
+
 class _Rate(TextColumn):
     def __init__(self, unit: str) -> None:
         super().__init__("")
@@ -73,8 +77,18 @@ def progress_bar(
             transient=False,
         )
     if interval is None:
-        interval = float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL_S))
+        interval = _interval_from_env()
     return PlainProgress(unit, interval=interval, stream=stream, console=console)
+
+
+def _interval_from_env() -> float:
+    raw = os.environ.get(INTERVAL_ENV, "").strip()
+    try:
+        return float(raw) if raw else DEFAULT_INTERVAL_S
+    except ValueError:  # "30s" ended a job in a traceback that did not name the variable
+        raise ProgressSettingError(
+            f"{INTERVAL_ENV} must be a positive number of seconds, got {raw!r}"
+        ) from None
 
 
 class PlainProgress(Progress):
@@ -82,7 +96,7 @@ class PlainProgress(Progress):
 
     def __init__(self, unit: str, *, interval: float, stream: TextIO | None, console: Console) -> None:
         if not interval > 0:
-            raise ValueError(f"{INTERVAL_ENV} must be a positive number of seconds, got {interval}")
+            raise ProgressSettingError(f"{INTERVAL_ENV} must be a positive number of seconds, got {interval}")
         super().__init__(console=console, disable=True)
         self.unit = unit
         self.interval = interval

@@ -345,3 +345,26 @@ def test_python_dash_m_goes_through_the_same_handler(tmp_path: Path) -> None:
         f"error: {tmp_path / 'dup.csv'}: 1 duplicated ids, e.g. ['1']"
     ]
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("value", ["30s", "0"])
+def test_a_bad_progress_interval_is_one_line_naming_the_variable(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Regression: TAXONOMIST_PROGRESS_INTERVAL=30s ended a job, once its first loop began, in a traceback
+    ("could not convert string to float: '30s'") that did not name the variable."""
+    from taxonomist.progress import progress_bar
+
+    def command_with_a_loop(args: list[str] | None = None, **_: object) -> None:
+        with progress_bar("row", console=Console(file=None, force_terminal=False)):
+            pass
+
+    monkeypatch.setenv("TAXONOMIST_PROGRESS_INTERVAL", value)
+    monkeypatch.setattr(cli_main, "app", command_with_a_loop)
+    with pytest.raises(SystemExit) as exit_:
+        main([])
+    assert exit_.value.code == 2
+    expected = repr(value) if value == "30s" else float(value)
+    assert capsys.readouterr().err == (
+        f"error: TAXONOMIST_PROGRESS_INTERVAL must be a positive number of seconds, got {expected}\n"
+    )

@@ -573,6 +573,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from taxonomist.inference.taxonomy import TaxonomyCheckpointError
     from taxonomist.io import ResumeError
     from taxonomist.models.checkpoint import CheckpointError
+    from taxonomist.progress import ProgressSettingError
 
     return (
         JobFailed,
@@ -584,6 +585,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
         TaxonomyCheckpointError,
         ResumeError,
         ImageLoadError,
+        ProgressSettingError,
         FileNotFoundError,
         NotADirectoryError,
     )
