@@ -137,3 +137,10 @@ def test_a_cancelled_request_frees_its_place_in_the_queue_at_once() -> None:
         await batcher.stop()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("wait", [float("inf"), float("nan"), -1.0])
+def test_a_wait_that_is_no_finite_duration_is_refused(wait: float) -> None:
+    """Regression: inf was taken, and a lone request then waited for company until its timeout (504)."""
+    with pytest.raises(ValueError, match=f"max_wait_ms must be a finite number, not negative, got {wait}"):
+        MicroBatcher(Recorder(), max_wait_ms=wait)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -62,8 +63,8 @@ class MicroBatcher(Generic[T, R]):
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
-        if max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must not be negative, got {max_wait_ms}")
+        if not 0 <= max_wait_ms < math.inf:  # inf: a lone request waited for company until it timed out
+            raise ValueError(f"max_wait_ms must be a finite number, not negative, got {max_wait_ms}")
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
