@@ -712,6 +712,8 @@ def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     """``value`` checked (and, for numbers, converted) against the type hint ``tp``."""
     if dataclasses.is_dataclass(tp):
+        if value is None:  # a section whose settings are all commented out: its defaults
+            value = {}
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, f"{where}.")
@@ -832,7 +834,9 @@ def _set_key(data: dict[str, Any], key: str, value: Any) -> None:
     node = data
     *parents, leaf = key.split(".")
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or a section left empty in the file
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise ConfigError(f"cannot set {key!r}: {part!r} is not a section")
     node[leaf] = value
@@ -886,6 +890,8 @@ def layer(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in top.items():
         below = merged.get(key)
+        if isinstance(below, dict) and value is None:  # a section left empty: nothing of it changes
+            continue
         merged[key] = {**below, **value} if isinstance(below, dict) and isinstance(value, dict) else value
     return merged
 

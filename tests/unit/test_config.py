@@ -129,3 +129,14 @@ def test_numbers_without_a_dot_are_numbers_in_a_file_as_in_an_override(tmp_path:
     assert (cfg.train.lr, cfg.train.weight_decay, cfg.heads.dropout) == (1e-3, 500.0, 0.2)
     with pytest.raises(ConfigError, match=r"finetune.backbone_lr must be > 0, got -0.0001"):
         load_config(tmp_path / "c.yaml", ["finetune.backbone_lr=-1e-4"])
+
+
+def test_a_section_left_empty_in_a_file_keeps_its_settings(tmp_path: Path) -> None:
+    """Regression: a section whose settings are all commented out (``train:`` alone) reads as null, and
+    was refused ("train: expected a mapping, got None"); an override into it said "'train' is not a
+    section"."""
+    (tmp_path / "base.yaml").write_text("train:\n  epochs: 7\n")
+    (tmp_path / "c.yaml").write_text("train:\n#  epochs: 3\ncatalog:\n")
+    assert load_config(tmp_path / "c.yaml").train == RunConfig().train
+    assert load_config(tmp_path / "c.yaml", ["train.epochs=3"]).train.epochs == 3
+    assert load_config(tmp_path / "c.yaml", base=tmp_path / "base.yaml").train.epochs == 7
