@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from taxonomist.inference.predictor import AttributeValue
+from taxonomist.models.checkpoint import CheckpointError
 from taxonomist.serve import create_app
 from taxonomist.serve.model import ModelInfo
 
@@ -116,3 +119,17 @@ def test_a_model_error_is_a_json_500_and_its_listings_are_counted() -> None:
         counts = outcomes(client)
         assert counts[("taxonomist_listings_total", "error")] == 2
         assert counts[("taxonomist_listings_total", "predicted")] == 1
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [("{not json", "not valid JSON"), ("[1]", "not a checkpoint manifest (a JSON object)")],
+)
+def test_an_edited_manifest_is_refused_naming_its_file(tmp_path: Path, manifest: str, message: str) -> None:
+    """Regression: serve read taxonomist.json itself, so a broken one failed unnamed ("Expecting property
+    name ...: line 1 column 2") or, for JSON other than an object, in an AttributeError traceback."""
+    (tmp_path / "taxonomist.json").write_text(manifest)
+    with pytest.raises(
+        CheckpointError, match=f"^{re.escape(str(tmp_path / 'taxonomist.json'))}: {re.escape(message)}"
+    ):
+        create_app(tmp_path)

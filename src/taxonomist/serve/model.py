@@ -144,7 +144,13 @@ def load_model(
     meta = Path(directory) / META_FILE
     if not meta.is_file():
         raise CheckpointError(f"{directory}: not a taxonomist checkpoint (no {META_FILE})")
-    kind = json.loads(meta.read_text(encoding="utf-8")).get("kind")
+    try:  # an edited manifest failed here unnamed ("Expecting value: line 1"), or in a traceback
+        manifest = json.loads(meta.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{meta}: not valid JSON ({err}); was it edited?") from err
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{meta}: not a checkpoint manifest (a JSON object); was it edited?")
+    kind = manifest.get("kind")
     if kind not in LOADERS:
         raise CheckpointError(
             f"{directory}: cannot serve checkpoint kind {kind!r}; servable: {sorted(LOADERS)}"
