@@ -754,7 +754,8 @@ def _coerce_union(tp: Any, value: Any, where: str) -> Any:
             errors.append(err)
     if len(errors) == 1:  # an optional setting: the one type's own message says what is wrong
         raise errors[0]
-    raise ConfigError(f"{where}: {value!r} fits none of {tp} ({'; '.join(map(str, errors))})")
+    # Each alternative's own words, not the hint's repr (typing.Union[typing.Annotated[float, Range(..)]]).
+    raise ConfigError(f"{where}: {value!r} fits none of its forms ({'; or '.join(map(str, errors))})")
 
 
 _YAML_BOOL_WORDS = {True: ("on", "yes", "true", "y"), False: ("off", "no", "false", "n")}

@@ -140,3 +140,14 @@ def test_a_section_left_empty_in_a_file_keeps_its_settings(tmp_path: Path) -> No
     assert load_config(tmp_path / "c.yaml").train == RunConfig().train
     assert load_config(tmp_path / "c.yaml", ["train.epochs=3"]).train.epochs == 3
     assert load_config(tmp_path / "c.yaml", base=tmp_path / "base.yaml").train.epochs == 7
+
+
+def test_a_value_of_no_allowed_form_is_told_without_python_type_hints() -> None:
+    """Regression: the message held the hint's repr, ``typing.Union[typing.Annotated[float, Range(low=0,
+    high=None, low_open=False, high_open=False)], typing.Literal['dev']]``."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.class_balance=abc"])
+    assert str(err.value) == (
+        "train.class_balance: 'abc' fits none of its forms (train.class_balance: expected a number, got "
+        "'abc'; or train.class_balance: 'abc' is not one of ['dev'])"
+    )
