@@ -133,3 +133,23 @@ def test_an_edited_manifest_is_refused_naming_its_file(tmp_path: Path, manifest:
         CheckpointError, match=f"^{re.escape(str(tmp_path / 'taxonomist.json'))}: {re.escape(message)}"
     ):
         create_app(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({"data": {"category": "Tops", "title": "Acme red top", "Title": "Acme red top"}}, "Title"),
+        ({"data": {"category": "Tops", "title": "Acme red top"}, "files": {"images": b"\xff"}}, "images"),
+    ],
+)
+def test_a_form_field_the_server_does_not_read_is_refused(client: TestClient, form: dict, field: str) -> None:
+    """Regression: unknown fields were ignored, so an image sent as ``images`` was answered from the title
+    alone, and a title sent as ``Title`` from the image alone, as if they had not been sent."""
+    answer = client.post("/v1/predict", **form)
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["detail"]
+    assert error["type"] == "unknown-field" and error["loc"] == ["body", field]
+    assert (
+        error["msg"]
+        == f"unknown form field {field!r}; this server reads ['category', 'id', 'image', 'title']"
+    )

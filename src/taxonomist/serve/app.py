@@ -16,7 +16,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -224,7 +224,9 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
             413: {"description": "An image, a form field or the whole request is too large, or too many."},
             500: {"description": "The model failed on this request's listings (the server log says why)."},
             415: {"description": "The body is not a form (multipart/form-data, or urlencoded for titles)."},
-            422: {"description": "Not an image, too many pixels, unknown category, or a missing field."},
+            422: {
+                "description": "Not an image, too many pixels, unknown category, a missing or unknown field."
+            },
             503: {"description": "Too many images queued; retry later."},
             504: {"description": "The prediction took longer than the request timeout."},
         },
@@ -373,6 +375,7 @@ class _Service:
         """Predict every attribute of each image's category, with calibrated confidences."""
         image = image or []
         form = await request.form()
+        self.check_fields(form.keys())
         fields = {"title": title, **{f: self.text_field(form.getlist(f), f) for f in self.text_fields[1:]}}
         n = len(image) if image else self.check_title_only(fields)
         request.state.images = len(image)
@@ -400,6 +403,24 @@ class _Service:
                 for item_id, c, attrs in zip(ids or names, categories, results, strict=True)
             ],
         }
+
+    def check_fields(self, sent: Iterable[str]) -> None:
+        """422 for a form field the server does not read: ``images=@x.jpg`` was answered from the title
+        alone and ``Title=...`` from the image alone, as if the field had not been sent."""
+        known = _FORM_FIELDS | set(self.text_fields)
+        unknown = sorted(set(sent) - known)
+        if unknown:
+            raise HTTPException(
+                422,
+                detail=[
+                    {
+                        "type": "unknown-field",
+                        "loc": ["body", name],
+                        "msg": f"unknown form field {name!r}; this server reads {sorted(known)}",
+                    }
+                    for name in unknown
+                ],
+            )
 
     @staticmethod
     def text_field(values: list[Any], name: str) -> list[str] | None:
