@@ -905,6 +905,8 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_YamlLoader) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML ({err})") from err
+    except UnicodeDecodeError as err:  # a file saved as latin-1 or cp1252 ended in a traceback
+        raise ConfigError(f"{path}: not UTF-8 text ({err}); save it as UTF-8") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     return data

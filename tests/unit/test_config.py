@@ -151,3 +151,10 @@ def test_a_value_of_no_allowed_form_is_told_without_python_type_hints() -> None:
         "train.class_balance: 'abc' fits none of its forms (train.class_balance: expected a number, got "
         "'abc'; or train.class_balance: 'abc' is not one of ['dev'])"
     )
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    """Regression: a config saved as latin-1 (a path with "é") ended in a UnicodeDecodeError traceback."""
+    (tmp_path / "c.yaml").write_bytes("catalog:\n  path: /data/café/styles.csv\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=f"^{tmp_path / 'c.yaml'}: not UTF-8 text .*; save it as UTF-8$"):
+        load_config(tmp_path / "c.yaml")
