@@ -367,7 +367,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+        atomic_write_text(path, _dump_yaml(self.to_dict()))
 
 
 @dataclass
@@ -692,7 +692,7 @@ class VLMConfig:
     improve: ImproveConfig = field(default_factory=ImproveConfig)
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(path, yaml.safe_dump(dataclasses.asdict(self), sort_keys=False, allow_unicode=True))
+        atomic_write_text(path, _dump_yaml(dataclasses.asdict(self)))
 
 
 def from_dict(cls: type, data: dict[str, Any] | None, where: str = "") -> Any:
@@ -802,11 +802,22 @@ class _YamlLoader(yaml.SafeLoader):
     refuse; as YAML 1.2 does, read it as the number meant, in files and overrides alike."""
 
 
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+class _YamlDumper(yaml.SafeDumper):
+    """Quotes a string that :class:`_YamlLoader` would read as a number (``"1e-3"``), so that a saved
+    config reads back the same."""
+
+
+for _yaml in (_YamlLoader, _YamlDumper):
+    _yaml.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+
+
+def _dump_yaml(data: Any) -> str:
+    """``data`` as a YAML config: keys in their order, text as written."""
+    return yaml.dump(data, Dumper=_YamlDumper, sort_keys=False, allow_unicode=True)
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

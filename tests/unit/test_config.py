@@ -158,3 +158,11 @@ def test_a_config_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_bytes("catalog:\n  path: /data/café/styles.csv\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=f"^{tmp_path / 'c.yaml'}: not UTF-8 text .*; save it as UTF-8$"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_text_that_reads_as_a_number_is_saved_quoted(tmp_path: Path) -> None:
+    """Regression: once ``1e-3`` read as a number, a saved placeholder or column named ``1e-3`` came back
+    as one (the checkpoint's config then failed to load: "expected str, got 0.001")."""
+    cfg = load_config(values={"predict.placeholder": "1e-3", "catalog.id_column": "2E5"})
+    cfg.save(tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
