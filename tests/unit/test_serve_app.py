@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -153,3 +154,33 @@ def test_a_form_field_the_server_does_not_read_is_refused(client: TestClient, fo
         error["msg"]
         == f"unknown form field {field!r}; this server reads ['category', 'id', 'image', 'title']"
     )
+
+
+class SlowDecodes(TitleListings):
+    """Counts the uploads being prepared (decoded) at the same time; each takes a while."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+
+    def prepare(self, data: bytes, category: str, *, name: str, title: str = "") -> tuple[str, str]:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(0.3)
+        with self.lock:
+            self.now -= 1
+        return category, title
+
+
+def test_a_timed_out_request_keeps_its_decode_slot_until_the_decode_ends() -> None:
+    """Regression: a request's timeout freed its decode slot while its thread went on decoding, so under
+    timeouts more uploads were decoded at once (and held in memory) than max_decodes allows."""
+    model = SlowDecodes()
+    with TestClient(create_app(model, max_decodes=1, request_timeout_s=0.1)) as client:
+        for _ in range(3):
+            answer = client.post("/v1/predict", data={"category": "Tops"}, files={"image": b"\xff"})
+            assert answer.status_code == 504, answer.text
+        time.sleep(0.4)  # the first decode ends
+    assert model.most == 1

@@ -317,15 +317,29 @@ class _Service:
         except ImageLoadError as err:
             return err
 
+    async def decode(self, data: bytes | None, category: str, name: str, title: str) -> Any:
+        """:meth:`prepare` in a thread, ``max_decodes`` at a time. A decode keeps its slot until its thread
+        ends, even when its request timed out first: the slot used to be freed at the timeout while the
+        thread went on decoding, so timeouts let more decodes run at once, and hold more memory, than
+        ``max_decodes`` allows."""
+        slot = object()
+        await self.decoding.acquire_on_behalf_of(slot)
+        work = asyncio.ensure_future(to_thread.run_sync(self.prepare, data, category, name, title))
+
+        def done(task: asyncio.Future[Any]) -> None:
+            self.decoding.release_on_behalf_of(slot)
+            if not task.cancelled():
+                task.exception()  # retrieved: a request that timed out no longer awaits it
+
+        work.add_done_callback(done)
+        return await asyncio.shield(work)
+
     async def run(
         self, uploads: list[UploadFile], names: list[str], categories: list[str], titles: list[str]
     ) -> list[dict[str, Any]]:
         datas = [await upload.read() for upload in uploads] or [None] * len(names)
         prepared = await asyncio.gather(
-            *(
-                to_thread.run_sync(self.prepare, d, c, n, t, limiter=self.decoding)
-                for d, c, n, t in zip(datas, categories, names, titles, strict=True)
-            )
+            *(self.decode(d, c, n, t) for d, c, n, t in zip(datas, categories, names, titles, strict=True))
         )
         problems = [(i, p) for i, p in enumerate(prepared) if isinstance(p, ImageLoadError)]
         if problems:
