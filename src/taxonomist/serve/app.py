@@ -222,11 +222,11 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
         },
         responses={
             413: {"description": "An image, a form field or the whole request is too large, or too many."},
-            500: {"description": "The model failed on this request's listings (the server log says why)."},
             415: {"description": "The body is not a form (multipart/form-data, or urlencoded for titles)."},
             422: {
                 "description": "Not an image, too many pixels, unknown category, a missing or unknown field."
             },
+            500: {"description": "The model failed on this request's listings (the server log says why)."},
             503: {"description": "Too many images queued; retry later."},
             504: {"description": "The prediction took longer than the request timeout."},
         },
