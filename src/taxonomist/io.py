@@ -51,8 +51,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any, **dumps_kwargs: Any) -> None:
-    """``data`` as JSON (``dumps_kwargs`` as for :func:`json.dumps`)."""
-    atomic_write_text(path, json.dumps(data, **dumps_kwargs))
+    """``data`` as JSON (``dumps_kwargs`` as for :func:`json.dumps`). A NaN or infinity is refused unless
+    ``allow_nan=True`` is passed: ``json.dumps`` writes them as ``NaN``, which is not JSON and which strict
+    readers (``jq``, browsers) reject, so a score that is undefined must be written as ``None``."""
+    atomic_write_text(path, json.dumps(data, **{"allow_nan": False, **dumps_kwargs}))
 
 
 def atomic_write_frame(frame: pd.DataFrame, path: str | os.PathLike) -> None:

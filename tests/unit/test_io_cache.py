@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from taxonomist.features.cache import FeatureCache
-from taxonomist.io import ChunkedWriter, ResumeError, atomic_write, atomic_write_text
+from taxonomist.io import ChunkedWriter, ResumeError, atomic_write, atomic_write_json, atomic_write_text
 
 
 def test_cache_round_trip_and_reopen(tmp_path: Path) -> None:
@@ -36,6 +36,15 @@ def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path
         atomic_write(target, half_then_fail)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_json_writer_refuses_nan_and_keeps_the_old_file(tmp_path: Path) -> None:
+    """Regression: a NaN score was written as ``NaN``, which is not JSON; strict readers refuse the file."""
+    target = tmp_path / "metrics.json"
+    atomic_write_json(target, {"score": None})
+    with pytest.raises(ValueError, match="JSON compliant"):
+        atomic_write_json(target, {"score": float("nan")}, indent=1)
+    assert target.read_text() == '{"score": null}'
 
 
 def test_chunked_writer_resumes_without_duplicates(tmp_path: Path) -> None:

@@ -278,6 +278,18 @@ def test_a_labeled_draw_too_small_to_hold_out_dev_rows_is_refused(config: Path) 
         self_training.prepare(cfg, progress=False)
 
 
+def test_the_cli_table_leaves_the_test_score_blank_without_a_test_part(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run without a test part records its test score as None; the table printed it with ``:.4f``."""
+    rounds = [{"round": 0, "dev_score": 0.5, "test_score": None}]
+    report = self_training.SelfTrainingReport(str(tmp_path), rounds, 0, 4, 2, 0, 0, 0.0)
+    monkeypatch.setattr(self_training, "self_train", lambda *a, **k: report)
+    result = CliRunner().invoke(app, ["self-train", "-c", str(config), "-o", str(tmp_path), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "0.5000" in result.output
+
+
 def test_a_fused_student_refuses_warm_start(tmp_path: Path) -> None:
     cfg = load_config(values={"heads.inputs": ["image", "text"], "self_training.warm_start": True})
     with pytest.raises(ConfigError, match="warm_start"):
@@ -359,3 +371,11 @@ def test_an_empty_pool_and_test_part_run_every_round(tmp_path: Path, titles: boo
     assert (report.text_view is not None) == titles
     assert report.rounds[1]["n_pseudo"] == {"color": 0, "fit": 0}
     assert pd.read_parquet(tmp_path / "run" / "round-1" / "pseudo_labels.parquet").empty
+    # Regression: no test part scored NaN, written as ``NaN`` (not JSON); the heads recipe writes null.
+    strict = {"parse_constant": lambda name: pytest.fail(f"{name} is not JSON")}
+    progress = json.loads((tmp_path / "run" / "progress.json").read_text(), **strict)
+    for k in (0, 1):
+        metrics = json.loads((tmp_path / "run" / f"round-{k}" / "metrics.json").read_text(), **strict)
+        meta = json.loads((tmp_path / "run" / f"round-{k}" / "taxonomist.json").read_text(), **strict)
+        assert metrics["test_score"] is None and meta["metrics"]["test_score"] is None
+        assert progress["rounds"][k]["test_score"] is None

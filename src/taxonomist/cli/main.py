@@ -207,7 +207,7 @@ def self_train(
         table.add_row(
             str(r["round"]),
             f"{r['dev_score']:.4f}",
-            f"{r['test_score']:.4f}",
+            "" if r["test_score"] is None else f"{r['test_score']:.4f}",
             str(sum(r.get("n_pseudo", {}).values())),
             "" if precision is None else f"{precision:.4f}",
             "" if accuracy is None else f"{accuracy:.4f}",

@@ -57,7 +57,7 @@ from taxonomist.data.split import split_per_category
 from taxonomist.features.build import embed_options
 from taxonomist.features.embed import embed_catalog
 from taxonomist.features.text import ListingText
-from taxonomist.io import ResumeError, atomic_write_frame, atomic_write_text
+from taxonomist.io import ResumeError, atomic_write_frame, atomic_write_json, atomic_write_text
 from taxonomist.metrics import AttributeReport, apply_temperature, fit_temperature
 from taxonomist.models.build import heads_checkpoint, load_heads_checkpoint
 from taxonomist.models.checkpoint import HeadsCheckpoint
@@ -500,11 +500,16 @@ def train_round(
             model.load_state_dict(teacher.model.state_dict())
         history = fit_heads(model, train_set, data.dev, score, cfg.train, progress=progress)
     fitted = fit_calibration(cfg, model, train_set, data.dev, score)
-    test_report = data.score(data.test_frame, predict_decisions(model, data.test, fitted))
+    # No test part (train.test_fraction=0) has no test score: None, as the heads recipe writes, not NaN.
+    test_report = None
+    if len(data.test):
+        test_report = data.score(data.test_frame, predict_decisions(model, data.test, fitted))
     record = {
         "dev_score": data.score(data.dev_frame, predict_decisions(model, data.dev, fitted)).score,
-        "test_score": test_report.score,
-        "test_per_attribute": dict(
+        "test_score": None if test_report is None else test_report.score,
+        "test_per_attribute": None
+        if test_report is None
+        else dict(
             zip(test_report.per_attribute["attribute"], test_report.per_attribute["harmonic"], strict=True)
         ),
         "n_train_rows": len(train_set),
@@ -581,7 +586,7 @@ def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True)
             save_round(round_dir, cfg, data, current, record)
             records.append(record)
             state["best_round"] = max(range(len(records)), key=lambda r: records[r]["dev_score"])
-            atomic_write_text(out / PROGRESS_FILE, json.dumps(state, indent=1))
+            atomic_write_json(out / PROGRESS_FILE, state, indent=1)
         if k == 0:
             supervised = {
                 a: np.where(p.sum(1) > 0, p.argmax(1), MISSING)
@@ -612,7 +617,7 @@ def save_round(
     if data.text is not None:
         data.text.save(round_dir)
     cfg.save(round_dir / "config.yaml")
-    atomic_write_text(round_dir / METRICS_FILE, json.dumps(record, indent=1))
+    atomic_write_json(round_dir / METRICS_FILE, record, indent=1)
 
 
 def write_pseudo_labels(
