@@ -174,6 +174,23 @@ def test_dynamic_fill_beyond_len_gets_fill_value(catalog: Catalog) -> None:
     assert not (long_rows[attrs].to_numpy() == "NA_").any()
 
 
+def test_dynamic_fill_reads_categorical_label_columns() -> None:
+    """Regression: writing the mode or ``fill_value`` into a pandas categorical column raised TypeError
+    (cannot setitem a new category); the result must equal that of the same labels as plain strings."""
+    labels = {"color": ["red", "red", None], "fit": [None, "slim", None]}
+    plain = pd.DataFrame({"category": ["t"] * 3, "len": ["2", "2", "1"], **labels})
+    categorical = plain.astype({a: "category" for a in labels})
+    result = dynamic_fill(categorical, {"t": list(labels)})
+    expected = dynamic_fill(plain, {"t": list(labels)})
+    assert result.frame[list(labels)].astype(object).values.tolist() == [
+        ["red", "slim"],
+        ["red", "slim"],
+        ["red", "no"],
+    ]
+    assert result.filled == expected.filled == 3
+    pd.testing.assert_frame_equal(result.frame.astype(object), expected.frame.astype(object))
+
+
 def test_similar_mode_full_catalog(catalog: Catalog) -> None:
     frame, abc = catalog.frame, catalog.attributes_by_category
     before = frame.copy()

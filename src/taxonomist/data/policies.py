@@ -78,6 +78,8 @@ def dynamic_fill(
             beyond = missing & ~within
             if mode is None:
                 within, beyond = np.zeros_like(missing), missing
+            if isinstance(out[attr].dtype, pd.CategoricalDtype):  # the fill may be a value it lacks
+                out[attr] = out[attr].astype(object)
             out.loc[rows[within], attr] = mode
             out.loc[rows[beyond], attr] = fill_value
             filled += int(missing.sum())
