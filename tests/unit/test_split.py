@@ -52,6 +52,13 @@ def test_bad_fractions_are_refused(dev, test):
         split_train_dev_test(pd.Series(["a"] * 10), dev, test)
 
 
+@pytest.mark.parametrize("n_groups", [2, 6])
+def test_groups_of_another_length_than_strata_are_refused(n_groups):
+    """Regression: six group keys for four rows returned positions 4 and 5, rows that do not exist."""
+    with pytest.raises(ValueError, match=f"groups has {n_groups} rows, strata 4"):
+        split_train_dev_test(pd.Series(["a"] * 4), 0.25, 0.25, groups=pd.Series(range(n_groups)) % 4)
+
+
 def test_rows_without_a_group_key_are_each_a_group_of_their_own():
     """Regression: a missing key factorized to -1, which indexed the last group: every keyless row was
     joined to it, so 4 of 8 rows went to a 25% test part."""

@@ -61,6 +61,8 @@ def split_train_dev_test(
         raise ValueError(f"dev_fraction + test_fraction must be below 1, got {dev_fraction + test_fraction}")
     if not len(strata):
         raise CatalogError("no rows to split into train, dev and test parts: the selection is empty")
+    if groups is not None and len(groups) != len(strata):  # else rows past the shorter one get parts
+        raise ValueError(f"groups has {len(groups)} rows, strata {len(strata)}: one key per row is needed")
     keys = pd.factorize(groups if groups is not None else pd.Series(np.arange(len(strata))))[0]
     # A missing group key (factorized to -1) is shared with no row: each such row is a group of its own,
     # where -1 indexed the last group and joined all of them to it, quotas uncounted.
