@@ -112,3 +112,36 @@ def test_bench_names_bad_batch_sizes_before_loading_the_checkpoint(sizes: str, t
 
     result = CliRunner().invoke(app, ["bench", str(tmp_path), "--batch-sizes", sizes])
     assert result.exit_code == 2 and "--batch-sizes" in result.output, result.output
+
+
+def test_a_bench_killed_while_writing_keeps_the_old_results(
+    report: EfficiencyReport, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: bench wrote bench.json and bench.md in place, so a run killed mid-write left half a
+    file; each is now written beside and renamed into place, so the old one stays until the new is whole."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from taxonomist.cli.main import app
+    from taxonomist.inference import efficiency, predictor
+
+    loaded = SimpleNamespace(
+        runtime="torch fp32", backbone=SimpleNamespace(preprocess=SimpleNamespace(size=16))
+    )
+    monkeypatch.setattr(predictor.Predictor, "from_pretrained", lambda *a, **k: loaded)
+    monkeypatch.setattr(
+        predictor, "ImagesToLogits", lambda *a, **k: SimpleNamespace(inputs="image", runtime="torch")
+    )
+    monkeypatch.setattr(efficiency, "measure_efficiency", lambda *a, **k: report)
+    for name in ("bench.json", "bench.md"):
+        (tmp_path / name).write_text("old")
+
+    def killed(*args: object) -> None:
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr("taxonomist.io.os.replace", killed)
+    result = CliRunner().invoke(app, ["bench", str(tmp_path), "--batch-sizes", "1"])
+    assert [(tmp_path / name).read_text() for name in ("bench.json", "bench.md")] == ["old", "old"]
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["bench.json", "bench.md"]  # no temporaries
+    assert isinstance(result.exception, OSError), result.output

@@ -503,6 +503,7 @@ def bench(
     checkpoint is measured per listing: its image and a title through its sentence encoder."""
     from taxonomist.inference.efficiency import measure_efficiency
     from taxonomist.inference.predictor import ImagesToLogits, Predictor
+    from taxonomist.io import atomic_write_json, atomic_write_text
 
     try:  # before the checkpoint is loaded: a typo should not wait for it
         sizes = tuple(int(b) for b in batch_sizes.split(","))
@@ -535,8 +536,8 @@ def bench(
     )
     output = output or checkpoint
     output.mkdir(parents=True, exist_ok=True)
-    (output / "bench.json").write_text(json.dumps(report.to_dict(), indent=1), encoding="utf-8")
-    (output / "bench.md").write_text(report.to_markdown() + "\n", encoding="utf-8")
+    atomic_write_json(output / "bench.json", report.to_dict(), indent=1)
+    atomic_write_text(output / "bench.md", report.to_markdown() + "\n")
     console.print(report.to_markdown())
     console.print(
         f"timed on {report.runtime}, as predict runs it (--runtime, --precision); params, weight MB and "
