@@ -146,6 +146,25 @@ def test_duplicate_images_and_label_conflicts(report: InspectReport) -> None:
     assert (report.duplicate_groups, report.conflicting_groups, report.redundant_images) == (2, 1, 2)
 
 
+def test_an_attribute_name_holding_the_separator_stays_one_name(tmp_path: Path) -> None:
+    """Regression: conflicting attributes were joined with ";" and split again, so "size;fit" came back as
+    ['size', 'fit']. The CSV keeps ``a;b`` for plain names and quotes only a name holding the separator."""
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (16, 12), (200, 0, 0)).save(tmp_path / "images" / "a1.jpg", format="JPEG")
+    shutil.copyfile(tmp_path / "images" / "a1.jpg", tmp_path / "images" / "a2.jpg")
+    frame = pd.DataFrame(
+        {"id": ["a1", "a2"], "category": "tops", "color": ["red", "blue"], "size;fit": ["S", "M"]}
+    )
+    attributes = ["color", "size;fit"]
+    catalog = Catalog(frame, attributes, tmp_path, "images/{id}.jpg", {"tops": attributes}, source="toy.csv")
+    report = inspect_catalog(catalog, num_workers=1, progress=False)
+    assert [g["conflicting"] for g in report.duplicate_group_list()] == [["color", "size;fit"]]
+    index = report.save(tmp_path / "out")
+    assert pd.read_csv(index.parent / "duplicates.csv")["conflicting"].tolist() == ['color;"size;fit"'] * 2
+    data = json.loads((index.parent / "report.json").read_text(encoding="utf-8"))
+    assert data["duplicate_groups"][0]["conflicting"] == ["color", "size;fit"]
+
+
 def test_unreadable_images(report: InspectReport) -> None:
     got = dict(zip(report.unreadable["id"], report.unreadable["reason"], strict=True))
     assert got == {"s5": "corrupt", "s6": "missing"}

@@ -9,6 +9,8 @@ save as JSON + CSV + PNG plots + a self-contained ``index.html`` rendered from t
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -166,7 +168,7 @@ class InspectReport:
                     "ids": [str(i) for i in rows["id"]],
                     "categories": sorted({str(c) for c in rows["category"]}),
                     "label_conflict": bool(rows["label_conflict"].iloc[0]),
-                    "conflicting": conflicting.split(";") if conflicting else [],
+                    "conflicting": _split_names(conflicting),
                 }
             )
         return groups
@@ -724,7 +726,7 @@ def _duplicates(frame: pd.DataFrame, hashes: Sequence[str | None], attributes: S
     # nunique drops missing labels: one copy labelled and one unlabelled is a gap, not a conflict.
     differs = rows.groupby("hash", sort=False)[[CATEGORY, *attributes]].nunique() > 1
     names = differs.columns.to_numpy()
-    conflicting = pd.Series([";".join(names[m]) for m in differs.to_numpy()], index=differs.index)
+    conflicting = pd.Series([_join_names(names[m]) for m in differs.to_numpy()], index=differs.index)
     size = rows.groupby("hash", sort=False)[ID].transform("size")
     # Group 1 is the most actionable: groups whose labels conflict first, then the biggest.
     order = (
@@ -748,6 +750,18 @@ def _duplicates(frame: pd.DataFrame, hashes: Sequence[str | None], attributes: S
     out["label_conflict"] = out["conflicting"] != ""
     out = out.sort_values(["group"], kind="stable")
     return out[DUPLICATE_COLUMNS].reset_index(drop=True)
+
+
+def _join_names(names: Sequence[str]) -> str:
+    """``color;size``, as duplicates.csv reads; a name holding ``;`` or ``"`` is quoted by CSV rules
+    (``"size;fit"``), so :func:`_split_names` gives it back whole rather than as two attributes."""
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=";", lineterminator="").writerow(names)
+    return buf.getvalue()
+
+
+def _split_names(text: str) -> list[str]:
+    return next(csv.reader([text], delimiter=";")) if text else []
 
 
 # ---- terminal and JSON helpers ------------------------------------------------------------------
