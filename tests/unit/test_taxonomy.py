@@ -227,6 +227,17 @@ def test_taxonomy_report_hand_computed() -> None:
     assert r.hierarchical_f1 == pytest.approx(8 / 12)
 
 
+@pytest.mark.parametrize("side", ["true", "predicted"])
+def test_taxonomy_report_names_the_row_missing_a_level(side: str) -> None:
+    """Regression: a missing level (None) reached sklearn's f1_score, which failed sorting str and float.
+    No title reader keeps such a row, so a caller's frame is refused, naming the level and row."""
+    good = pd.DataFrame({"g": ["x", "y"], "m": ["p", "q"]})
+    holed = pd.DataFrame({"g": ["x", "y"], "m": ["p", None]})
+    true, pred = (holed, good) if side == "true" else (good, holed)
+    with pytest.raises(ValueError, match=rf"{side} level 'm' is missing in row 1 \(1 of 2 rows"):
+        taxonomy_report(true, pred, ["g", "m"], brand=None)
+
+
 def test_hierarchical_f1_partial_credit_needs_same_parent() -> None:
     assert hierarchical_f1([("A", "B")], [("A", "B")]) == 1.0
     assert hierarchical_f1([("A", "B")], [("C", "B")]) == 0.0  # same label under another parent

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
 
@@ -83,6 +84,15 @@ def taxonomy_report(
     if not len(true):  # sklearn would say "Found empty input array", naming nothing
         raise ValueError("no rows to score: the taxonomy report needs at least one labelled title")
     levels = list(levels)
+    for side, frame in (("true", true), ("predicted", pred)):
+        # The title readers give every kept row all its levels; a missing one failed in sklearn's sort.
+        missing = frame[levels].isna().to_numpy()
+        if missing.any():
+            row, k = np.argwhere(missing)[0]
+            raise ValueError(
+                f"{side} level {levels[k]!r} is missing in row {row} ({int(missing.any(axis=1).sum())} of "
+                f"{len(frame)} rows miss a level): every scored row needs a label at every level"
+            )
     t_levels = true[levels].astype(str).to_numpy()
     p_levels = pred[levels].astype(str).to_numpy()
     level_ok = t_levels == p_levels
