@@ -313,6 +313,38 @@ def test_long_non_latin_and_emoji_titles(tmp_path: Path) -> None:
     assert out.shape == (5, 2) and len(encoder.calls[0]) == 4  # the folded duplicate is encoded once
 
 
+NON_LATIN = [
+    "लाल सूती कुर्ती",
+    "नीली सूती कुर्ती",
+    "เสื้อยืด สีแดง",
+    "เสื้อยืด สีฟ้า",
+    "cafe\u0301 noir",
+    "cafe\u0301 blanc",
+]
+"""Hindi (vowel signs, a virama), Thai (vowel and tone marks) and a decomposed accent: Python's ``\\w``
+matches none of these marks."""
+
+
+def test_lexical_words_keep_their_combining_marks() -> None:
+    """The word n-grams once cut these words at every mark: "कुर्ती" became the letters क, र, त."""
+    words = LexicalView(min_df=1).fit(NON_LATIN).vectorizers[1].vocabulary_
+    assert {"कुर्ती", "लाल सूती", "เสื้อยืด", "สีแดง", "cafe\u0301", "cafe\u0301 noir"} <= set(words)
+    assert not {"क", "र", "त", "ด"} & set(words)
+
+
+def test_a_lexical_view_saved_with_the_old_word_pattern_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint's view tokenizes as it was fitted: its vocabulary holds the old pattern's tokens."""
+    monkeypatch.setattr("taxonomist.features.text.word_pattern", lambda _: r"(?u)\b\w+\b")
+    old = LexicalView(min_df=1).fit(NON_LATIN)
+    old.save(tmp_path)
+    monkeypatch.undo()
+    loaded = LexicalView.load(tmp_path)
+    assert loaded.vectorizers[1].token_pattern == r"(?u)\b\w+\b"
+    assert (loaded.transform(NON_LATIN) != old.transform(NON_LATIN)).nnz == 0
+
+
 def test_text_columns_are_normalised_joined_and_may_be_blank(tmp_path: Path) -> None:
     path = tmp_path / "c.csv"
     pd.DataFrame(

@@ -90,3 +90,15 @@ def test_titles_without_words_leave_the_word_ngrams_out() -> None:
     )
     assert model.words_ is None and model.chars_ is not None
     assert np.isfinite(model.log_probs(["!!", "new title"], np.zeros(2, dtype=np.int64))["c"]).all()
+
+
+def test_word_ngrams_keep_non_latin_words() -> None:
+    """sklearn's default word pattern dropped Hindi and Thai words, or kept fragments ("เส", "อย"): a
+    vowel sign or tone mark is not ``\\w``."""
+    texts = ["लाल सूती कुर्ती", "नीली सूती कुर्ती", "เสื้อยืด สีแดง", "เสื้อยืด สีฟ้า", "Navy Blue Shirt"] * 2
+    model = TextAttributeClassifier().fit(
+        texts, np.zeros(10, dtype=np.int64), {"c": np.arange(10) % 2}, {"c": 2}, 1
+    )
+    words = set(model.words_.vocabulary_)
+    assert {"लाल", "कुर्ती", "सूती कुर्ती", "เสื้อยืด", "สีแดง", "navy blue"} <= words
+    assert not {"เส", "อย"} & words

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from taxonomist.data.tokens import word_pattern
 from taxonomist.features.cache import FeatureCache
 from taxonomist.models.text import TextEncoder
 from taxonomist.models.text_attributes import TextAttributeClassifier
@@ -117,7 +118,7 @@ class LexicalView:
         self.vectorizers = [
             TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=min_df),
             TfidfVectorizer(
-                sublinear_tf=True, ngram_range=(1, 2), min_df=min_df, token_pattern=r"(?u)\b\w+\b"
+                sublinear_tf=True, ngram_range=(1, 2), min_df=min_df, token_pattern=word_pattern(1)
             ),
         ]
         for vectorizer in self.vectorizers:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from taxonomist.data.labels import MISSING
+from taxonomist.data.tokens import word_pattern
 
 if TYPE_CHECKING:
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -77,7 +78,9 @@ class TextAttributeClassifier:
             TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=min_df),
             vocabulary,
         )
-        self.words_ = _fitted(TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2)), vocabulary)
+        self.words_ = _fitted(
+            TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), token_pattern=word_pattern(2)), vocabulary
+        )
         x = self._features(texts, category)
         self.n_values_ = dict(n_values)
         self.models_: dict[str, object] = {}
