@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,6 +27,7 @@ from taxonomist.data.taxonomy import (
 from taxonomist.metrics.taxonomy import hierarchical_f1, invalid_paths, taxonomy_report
 from taxonomist.models.brand import BrandExtractor
 from taxonomist.models.taxonomy import (
+    LEGACY_TOKEN_PATTERN,
     LexicalClassifier,
     PathPrediction,
     RetrievalClassifier,
@@ -517,3 +520,35 @@ def test_scoring_no_rows_says_so() -> None:
     empty = pd.DataFrame(columns=["supergroup", "group", "module", "brand"])
     with pytest.raises(ValueError, match="no rows to score"):
         taxonomy_report(empty, empty, ["supergroup", "group", "module"])
+
+
+HINDI_TITLES = [f"{w} {i}" for i in range(6) for w in ("कमलों वाली साड़ी", "सूती कुर्ती", "चमड़े का जूता")]
+"""Hindi titles: sklearn's default word pattern dropped "कुर्ती" (its vowel signs and virama are not
+``\\w``) and kept the fragment "कमल" of "कमलों"."""
+
+
+def test_lexical_classifier_reads_whole_non_latin_words(tax: Taxonomy, tmp_path: Path) -> None:
+    model = LexicalClassifier().fit(HINDI_TITLES, np.tile(np.arange(3), 6), tax)
+    assert {"कमलों", "कुर्ती", "सूती कुर्ती"} <= set(model.words_.vocabulary_)
+    assert "कमल" not in model.words_.vocabulary_
+    model.save(tmp_path / "lex")
+    assert LexicalClassifier.load(tmp_path / "lex").words_.token_pattern == model.words_.token_pattern
+
+
+def test_a_lexical_classifier_saved_without_its_word_pattern_keeps_the_old_one(
+    tax: Taxonomy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files saved before the pattern was recorded: their vocabulary holds the old pattern's tokens."""
+    monkeypatch.setattr("taxonomist.models.taxonomy.word_pattern", lambda _: LEGACY_TOKEN_PATTERN)
+    old = LexicalClassifier().fit(HINDI_TITLES, np.tile(np.arange(3), 6), tax)
+    monkeypatch.undo()
+    assert "कमल" in old.words_.vocabulary_
+    old.save(tmp_path / "lex")
+    vocab_file = tmp_path / "lex.vocab.json"
+    vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
+    del vocab["token_pattern"]
+    vocab_file.write_text(json.dumps(vocab), encoding="utf-8")
+    loaded = LexicalClassifier.load(tmp_path / "lex")
+    assert loaded.words_.token_pattern == LEGACY_TOKEN_PATTERN
+    test = ["कमलों वाली साड़ी", "सूती कुर्ती"]
+    np.testing.assert_array_equal(loaded.path_log_probs(test), old.path_log_probs(test))

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from taxonomist.data.taxonomy import Taxonomy
+from taxonomist.data.tokens import word_pattern
 
 NEG_INF = -1e9
 _SEARCH_BLOCK = 2048
@@ -271,6 +272,11 @@ def soft_vote(log_probs: Sequence[np.ndarray], taxonomy: Taxonomy) -> PathPredic
     return prediction_from_log_probs(np.sum(np.stack(log_probs), axis=0), taxonomy)
 
 
+LEGACY_TOKEN_PATTERN = r"(?u)\b\w\w+\b"
+"""sklearn's default word pattern, which a lexical classifier saved without its pattern was fitted with:
+it keeps tokenizing that way, as its vocabulary expects."""
+
+
 class LexicalClassifier:
     """TF-IDF (character 2–5-grams + words) → linear SVM over the taxonomy's paths.
 
@@ -284,13 +290,18 @@ class LexicalClassifier:
         self.temperature = temperature
         self.prune = prune
 
-    def _vectorizers(self, char_vocab=None, word_vocab=None):
+    def _vectorizers(self, char_vocab=None, word_vocab=None, token_pattern: str | None = None):
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         chars = TfidfVectorizer(
             analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2, vocabulary=char_vocab
         )
-        words = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), vocabulary=word_vocab)
+        words = TfidfVectorizer(
+            sublinear_tf=True,
+            ngram_range=(1, 2),
+            vocabulary=word_vocab,
+            token_pattern=token_pattern or word_pattern(2),
+        )
         return chars, words
 
     def _features(self, titles: Sequence[str]):
@@ -336,7 +347,11 @@ class LexicalClassifier:
             word_idf=self.words_.idf_,
             params=np.array([self.C, self.temperature, self.prune, self.n_paths_]),
         )
-        vocab = {"chars": _vocab(self.chars_), "words": _vocab(self.words_)}
+        vocab = {
+            "chars": _vocab(self.chars_),
+            "words": _vocab(self.words_),
+            "token_pattern": self.words_.token_pattern,
+        }
         with open(f"{path}.vocab.json", "w", encoding="utf-8") as fh:
             json.dump(vocab, fh, ensure_ascii=False)
 
@@ -349,7 +364,9 @@ class LexicalClassifier:
         self = cls(C=c, temperature=temperature, prune=prune)
         with open(f"{path}.vocab.json", encoding="utf-8") as fh:
             vocab = json.load(fh)
-        self.chars_, self.words_ = self._vectorizers(vocab["chars"], vocab["words"])
+        self.chars_, self.words_ = self._vectorizers(
+            vocab["chars"], vocab["words"], vocab.get("token_pattern", LEGACY_TOKEN_PATTERN)
+        )
         self.chars_.idf_, self.words_.idf_ = data["char_idf"], data["word_idf"]
         self.classes_, self.intercept_ = data["classes"], data["intercept"]
         self.coef_ = sparse.load_npz(f"{path}.coef.npz").tocsr()
