@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import functools
 import re
-import sys
-import unicodedata
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from taxonomist.data.tokens import combining_marks
 
 if TYPE_CHECKING:
     from taxonomist.models.text import TextEncoder
@@ -53,8 +53,7 @@ def _token_pattern() -> re.Pattern[str]:
     Combining marks (Unicode category M) stay with the character before them: Python's ``\\w`` leaves them
     out, which would cut Hindi or Thai words (vowel signs, viramas) and decomposed accents into letters.
     """
-    marks = "".join(chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)).startswith("M"))
-    mark = f"[{marks}]"
+    mark = f"[{combining_marks()}]"
     word = rf"(?:\w|{mark})"
     return re.compile(rf"\w{word}*(?:[-./']{word}+)*|[^\w\s]{mark}*")
 
