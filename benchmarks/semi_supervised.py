@@ -223,12 +223,15 @@ def write_docs(r: dict) -> None:
         if r["text_view"]
         else "the image heads on the original and the mirrored image"
     )
+    # Self-training draws its labels and its pool from the shared train + dev parts (training_rows).
+    pooled = s["labeled_fit"] + s["labeled_dev"] + s["unlabeled"]
     lines = [
         HEADING,
         "",
         f"`python benchmarks/semi_supervised.py` on {r['device']}; results in "
         "`benchmarks/results/semi-supervised-fpi.json`. Same seeded train/dev/test split and frozen "
-        f"features as the image → attributes benchmark. Of the {s['train_split']} training rows, "
+        f"features as the image → attributes benchmark. Of the {pooled} rows of the shared train and dev "
+        f"parts ({s['train_split']} + {pooled - s['train_split']}), "
         f"{r['labeled_fraction']:.0%} per category keep their labels ({s['labeled_fit']} to fit, "
         f"{s['labeled_dev']} held out as dev: epoch choice, temperature calibration, best round); the "
         f"other {s['unlabeled']} are the unlabeled pool, their labels hidden from training and used only "
