@@ -63,7 +63,7 @@ def tiny_encoder(tmp_path_factory) -> Path:
     )
 
 
-def test_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> None:
+def test_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     make_products(160, 1).to_csv(tmp_path / "products.csv", index=False)
     run = tmp_path / "run"
     sets = [
@@ -202,6 +202,17 @@ def test_train_predict_evaluate(tmp_path: Path, tiny_encoder: Path) -> None:
     )
     default = json.loads((tmp_path / "default.json").read_text())
     assert (default["split"], default["methods"]) == ("test", test["methods"])
+
+    # Regression: --output was written in place, so a run killed mid-write left half a file; it is now
+    # renamed into place whole, and the earlier scores stay until then.
+    def killed(*args: object) -> None:
+        raise OSError("killed before the rename")
+
+    monkeypatch.setattr("taxonomist.io.os.replace", killed)
+    result = CliRunner().invoke(app, ["taxonomy", "evaluate", str(run), "--output", str(out_json), "-q"])
+    assert isinstance(result.exception, OSError), result.output
+    assert json.loads(out_json.read_text()) == test
+    assert not list(tmp_path.glob(".test.json.*"))  # no temporary left beside it
 
 
 def test_unknown_method_is_a_clear_error(tmp_path: Path, tiny_encoder: Path) -> None:

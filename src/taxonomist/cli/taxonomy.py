@@ -19,6 +19,7 @@ from taxonomist.cli.options import (
     resolve_config,
 )
 from taxonomist.config import TaxonomyConfig
+from taxonomist.io import atomic_write_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -127,10 +128,11 @@ def evaluate(
     if output:
         payload = {m: r.to_dict() for m, r in result["reports"].items()}
         split_name = split if data is None else None
-        output.write_text(
+        atomic_write_text(
+            output,
             json.dumps(
                 {"split": split_name, "methods": payload, "titles_per_s": result["titles_per_s"]}, indent=1
-            )
+            ),
         )
     if report is not None:
         from taxonomist.report.taxonomy import write_taxonomy_report
