@@ -820,18 +820,73 @@ def _dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_YamlDumper, sort_keys=False, allow_unicode=True)
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``train.epochs=5`` style overrides; values are parsed as YAML (``[a, b]``, ``null``, ``1e-3``)."""
+def apply_overrides(data: dict[str, Any], overrides: list[str], cls: type) -> dict[str, Any]:
+    """``train.epochs=5`` style overrides (``--set``) on ``cls``'s settings; :func:`_override_value` says
+    how a value is read."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
-        try:
-            value = yaml.load(raw, Loader=_YamlLoader) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw  # not YAML (e.g. "{data_dir}/x.csv"): the plain string the user typed
-        _set_key(data, key.strip(), value)
+        key = key.strip()
+        _set_key(data, key, _override_value(key, raw, _setting_type(cls, key)))
     return data
+
+
+def _override_value(key: str, raw: str, tp: Any) -> Any:
+    """The value of ``key=raw``. A text setting (``str``, ``str | None``) takes ``raw`` as typed, since YAML
+    would change text silently (``N/A #tbd`` → ``N/A``) or refuse it (``0``, ``yes``, ``-``, ``?``); a value
+    wholly in quotes is the text inside them, ``null`` clears an optional one, and ``[a, b]`` is a list for
+    a setting that takes one. Any other setting reads ``raw`` as YAML (``[a, b]``, ``null``, ``1e-3``),
+    where a comment would be dropped silently, so one is refused."""
+    loader = _YamlLoader(raw)
+    try:
+        node = loader.get_single_node()
+        value = loader.construct_document(node) if node is not None else ""
+        rest = raw[node.end_mark.index :].strip() if node is not None else ""
+    except yaml.YAMLError:  # not YAML (e.g. "{data_dir}/x.csv"): the plain text the user typed
+        node, value, rest = None, raw, ""
+    finally:
+        loader.dispose()
+    forms = _forms(tp)
+    if str in forms:
+        if node is None or rest:
+            return raw
+        if isinstance(node, yaml.ScalarNode) and node.style in ("'", '"'):
+            return value
+        if value is None and type(None) in forms:
+            return value
+        if isinstance(node, yaml.SequenceNode) and node.flow_style and list in forms:  # [a, b], not "- a"
+            return value
+        return raw
+    if rest and tp is not None:  # an unknown key: from_dict's error names it
+        raise ConfigError(
+            f"override {key}={raw!r}: {rest!r} would be dropped as a YAML comment; leave it out"
+        )
+    return value
+
+
+def _setting_type(cls: type, key: str) -> Any:
+    """The type hint of the dotted setting ``key`` in ``cls``; None for a key it does not have."""
+    tp: Any = cls
+    for part in key.split("."):
+        if dataclasses.is_dataclass(tp):
+            tp = typing.get_type_hints(tp, include_extras=True).get(part)
+        elif typing.get_origin(tp) is dict:
+            tp = typing.get_args(tp)[1]
+        else:
+            return None
+    return tp
+
+
+def _forms(tp: Any) -> set[Any]:
+    """The forms a setting of type ``tp`` takes: ``PositiveInt | None`` → ``{int, NoneType}``, a list or a
+    mapping of anything → ``list`` or ``dict``."""
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _forms(typing.get_args(tp)[0])
+    if origin in (typing.Union, types.UnionType):
+        return {form for arg in typing.get_args(tp) for form in _forms(arg)}
+    return {origin or tp}
 
 
 def apply_values(data: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
@@ -877,7 +932,7 @@ def load_config(
     data = _legacy_split(_read_yaml(base), cls) if base is not None else {}
     if path is not None:
         data = layer(data, _read_yaml(path))
-    data = apply_overrides(data, overrides or [])
+    data = apply_overrides(data, overrides or [], cls)
     data = apply_values(data, values or {})
     return from_dict(cls, data)
 

@@ -166,3 +166,46 @@ def test_text_that_reads_as_a_number_is_saved_quoted(tmp_path: Path) -> None:
     cfg = load_config(values={"predict.placeholder": "1e-3", "catalog.id_column": "2E5"})
     cfg.save(tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("N/A #tbd", "N/A #tbd"),  # was "N/A": YAML read the rest as a comment
+        ("-", "-"),  # was refused as [None]
+        ("?", "?"),  # was refused as {None: None}
+        ("0", "0"),  # was refused: "expected str, got 0"
+        ("yes", "yes"),  # was refused: "expected str, got True"
+        ("null", "null"),  # the setting takes no None: the text typed
+        ("a: b", "a: b"),
+        ("'x #y'", "x #y"),  # quotes: the text inside them
+        ("", ""),
+    ],
+)
+def test_a_text_override_is_the_text_typed(value: str, expected: str) -> None:
+    assert load_config(None, [f"predict.placeholder={value}"]).predict.placeholder == expected
+
+
+def test_an_optional_text_override_keeps_null_quotes_and_hashes() -> None:
+    """``str | None``: ``null`` clears it, ``'null'`` is the text, and a path keeps what follows ``#``."""
+    assert load_config(None, ["catalog.image_root=null"]).catalog.image_root is None
+    assert load_config(None, ["catalog.image_root='null'"]).catalog.image_root == "null"
+    assert load_config(None, ["catalog.image_root=/x #1/"]).catalog.image_root == "/x #1/"
+    assert load_config(None, ["catalog.remaps.color.Navy=0"]).catalog.remaps == {"color": {"Navy": "0"}}
+
+
+def test_a_text_or_list_override_reads_a_list_only_in_brackets() -> None:
+    from taxonomist.config import VLMConfig
+
+    assert load_config(None, ["lora.target_modules=[q, v]"], VLMConfig).lora.target_modules == ["q", "v"]
+    assert load_config(None, ["lora.target_modules=-"], VLMConfig).lora.target_modules == "-"
+
+
+@pytest.mark.parametrize(
+    "override", ["train.epochs=3 #x", "heads.hidden=[64] # c", "missing_labels.policy=mask #x"]
+)
+def test_a_comment_in_a_typed_override_is_refused_not_dropped(override: str) -> None:
+    """``3 #x`` was read as 3; the user typed more than that, so it is an error naming the key."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^override {key}=.* would be dropped as a YAML comment"):
+        load_config(None, [override])

@@ -37,8 +37,16 @@ def end_job(
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML run config.")]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override a config value: section.key=value (repeatable)."),
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override a config value: section.key=value (repeatable). The value is read as YAML (5, 1e-3, "
+        "true, null, \\[a, b]), but a text setting takes it as typed (N/A #tbd, 0, yes) and a value in "
+        "quotes ('null') as the text inside them.",
+    ),
 ]
+"""A text setting takes the value as typed: YAML would drop ``#`` comments and turn ``0`` or ``yes`` into a
+number or bool (see :func:`taxonomist.config.apply_overrides`)."""
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 JobOutputOpt = Annotated[
     Path, typer.Option("--output", "-o", file_okay=False, help="Output folder (resumable).")

@@ -23,7 +23,10 @@ def review(
         Path | None, typer.Option("--config", "-c", help="YAML run config whose catalog finds the images.")
     ] = None,
     overrides: Annotated[
-        list[str] | None, typer.Option("--set", "-s", help="Override a config value: section.key=value.")
+        list[str] | None,
+        typer.Option(
+            "--set", "-s", help="Override a config value: section.key=value, as --set does elsewhere."
+        ),
     ] = None,
     data: Annotated[str | None, typer.Option(help="Catalog that was predicted (catalog.path).")] = None,
     images: Annotated[
