@@ -278,20 +278,23 @@ def test_decodes_at_once_are_bounded(checkpoint: Path, images: Path) -> None:
     assert model.most == 2
 
 
+AT_LEAST_1 = "Input should be greater than or equal to 1"
 LIMITS = [
-    ("max_pixels", 0, "--max-pixels"),
-    ("max_upload_bytes", 0, "--max-upload-mb"),
-    ("max_images_per_request", 0, "--max-images"),
-    ("request_timeout_s", 0, "--timeout"),
-    ("request_timeout_s", -1, "--timeout"),
-    ("max_queue", 0, "--max-queue"),
-    ("max_decodes", 0, "--max-decodes"),
+    ("max_pixels", 0, "--max-pixels", AT_LEAST_1),
+    ("max_upload_bytes", 0, "--max-upload-mb", "Input should be at least one byte (1/1048576 MiB), got 0.0"),
+    ("max_images_per_request", 0, "--max-images", AT_LEAST_1),
+    ("request_timeout_s", 0, "--timeout", "Input should be greater than 0, got 0.0"),
+    ("request_timeout_s", -1, "--timeout", "Input should be greater than 0, got -1.0"),
+    ("max_queue", 0, "--max-queue", AT_LEAST_1),
+    ("max_decodes", 0, "--max-decodes", AT_LEAST_1),
+    ("max_batch_size", 0, "--max-batch-size", AT_LEAST_1),
+    ("max_wait_ms", -1, "--max-wait-ms", "Input should be greater than or equal to 0"),
 ]
 
 
-@pytest.mark.parametrize(("setting", "value", "flag"), LIMITS)
+@pytest.mark.parametrize(("setting", "value", "flag", "message"), LIMITS)
 def test_limits_that_refuse_every_request_are_refused(
-    checkpoint: Path, setting: str, value: int, flag: str, monkeypatch: pytest.MonkeyPatch
+    checkpoint: Path, setting: str, value: int, flag: str, message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Each of these used to start a server that said ready and then answered every request 4xx or 5xx.
     with pytest.raises(ValueError, match=f"^{setting} must be"):
@@ -303,7 +306,9 @@ def test_limits_that_refuse_every_request_are_refused(
     app = typer.Typer()
     app.command()(serve)
     result = runner.invoke(app, [str(checkpoint), flag, str(value)], env={"COLUMNS": "300"})
-    assert result.exit_code == 2 and f"{setting} must be" in result.output, result.output
+    # The flag typed, in its own units: the CLI once said "max_upload_bytes ..., got -1048576".
+    assert result.exit_code == 2 and f"Invalid value for '{flag}': {message}" in result.output, result.output
+    assert setting not in result.output, result.output
 
 
 def test_max_pixels_help_states_the_real_rule() -> None:
@@ -432,4 +437,5 @@ def test_a_non_finite_upload_limit_is_one_line(checkpoint: Path, value: str) -> 
     app = typer.Typer()
     app.command()(serve)
     result = runner.invoke(app, [str(checkpoint), "--max-upload-mb", value], env={"COLUMNS": "300"})
-    assert result.exit_code == 2 and "--max-upload-mb must be a finite number of MiB" in result.output
+    message = f"Invalid value for '--max-upload-mb': Input should be a finite number, got {value}"
+    assert result.exit_code == 2 and message in result.output, result.output

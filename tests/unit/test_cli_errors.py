@@ -145,6 +145,32 @@ def _fake_checkpoint(root: Path, **catalog: object) -> Path:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        # Was "max_upload_bytes must be at least 1, got -1048576": a parameter and a unit never typed.
+        (
+            ["--max-upload-mb", "-1"],
+            "'--max-upload-mb': Input should be at least one byte (1/1048576 MiB), got -1.0",
+        ),
+        (
+            ["--max-upload-mb", "1e-7"],
+            "'--max-upload-mb': Input should be at least one byte (1/1048576 MiB), got 1e-07",
+        ),
+        (["--max-upload-mb", "inf"], "'--max-upload-mb': Input should be a finite number, got inf"),
+        (["--timeout", "nan"], "'--timeout': Input should be a finite number, got nan"),
+        (["--max-wait-ms", "inf"], "'--max-wait-ms': Input should be a finite number, got inf"),
+        (["--max-queue", "3", "--max-images", "5"], "--max-queue (3) must be at least --max-images (5)"),
+    ],
+)
+def test_serve_limits_name_the_flag_and_the_value_typed(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = runner.invoke(app, ["serve", str(tmp_path), *args], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and message in _plain(result.output), result.output
+    assert "max_upload_bytes" not in result.output and "max_queue" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
         (["--set", "predict.chunk_size=0"], "predict.chunk_size must be ≥ 1, got 0"),
         (["--set", "predict.chunk_size=-2"], "predict.chunk_size must be ≥ 1, got -2"),
         (["--min-confidence", "-0.1"], "predict.min_confidence must be in [0, 1], got -0.1"),
