@@ -184,3 +184,31 @@ def test_a_timed_out_request_keeps_its_decode_slot_until_the_decode_ends() -> No
             assert answer.status_code == 504, answer.text
         time.sleep(0.4)  # the first decode ends
     assert model.most == 1
+
+
+URLENCODED = {"content-type": "application/x-www-form-urlencoded"}
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        b"%ff%fe",  # not UTF-8 at all: Starlette made it "\ufffd\ufffd" and it was predicted
+        b"caf%E9",  # latin-1: "caf\ufffd"
+        b"Acme+red+top&title=%C0%AF",  # an overlong "/", in the second title
+    ],
+)
+def test_form_text_that_is_not_utf8_is_422_naming_the_field(client: TestClient, title: bytes) -> None:
+    answer = client.post("/v1/predict", content=b"category=Tops&title=" + title, headers=URLENCODED)
+    assert answer.status_code == 422, answer.text
+    [error] = answer.json()["detail"]
+    assert error["type"] == "not-utf8" and error["loc"] == ["body", "title"], error
+    assert "not UTF-8" in error["msg"], error
+
+
+@pytest.mark.parametrize("title", ["café crème top", "Acme 红色 上衣", "Acme top 👕"])
+def test_utf8_form_text_is_still_served(client: TestClient, title: str) -> None:
+    for body in ({"category": "Tops", "title": [title]}, {"category": "Tops", "title": title}):
+        answer = client.post("/v1/predict", data=body)
+        assert answer.status_code == 200, answer.text
+    files = {"category": (None, "Tops"), "title": (None, title)}
+    assert client.post("/v1/predict", files=files).status_code == 200

@@ -224,7 +224,8 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
             413: {"description": "An image, a form field or the whole request is too large, or too many."},
             415: {"description": "The body is not a form (multipart/form-data, or urlencoded for titles)."},
             422: {
-                "description": "Not an image, too many pixels, unknown category, a missing or unknown field."
+                "description": "Not an image, too many pixels, unknown category, a missing or unknown field, "
+                "text that is not UTF-8."
             },
             500: {"description": "The model failed on this request's listings (the server log says why)."},
             503: {"description": "Too many images queued; retry later."},
@@ -379,7 +380,7 @@ class _Service:
         title: Annotated[
             list[str] | None,
             Form(
-                description="Optional: one listing title per image (may be empty), read by models "
+                description="Optional: one listing title per image (may be empty, UTF-8), read by models "
                 f"trained on image + text; at most {MAX_TITLE_CHARS} characters each. A model trained on "
                 "several text columns (catalog.text_columns) reads this as its first column and takes "
                 "each further one as a form field of the column's name, validated alike (see above)."
@@ -507,6 +508,16 @@ class _Service:
             texts = [normalize_text(t) for t in values] if values is not None else [""] * n
             if len(texts) != n:
                 raise _unprocessable(name, f"send one {name} per image ({n}), not {len(texts)}")
+            # Starlette reads a urlencoded %ff or %E9 (latin-1) as U+FFFD and serves what is left; a real
+            # title has no use for the character, so it marks text that was not UTF-8, refused by name.
+            garbled = [i for i, t in enumerate(texts) if "\ufffd" in t]
+            if garbled:
+                raise _unprocessable(
+                    name,
+                    f"{name} texts {garbled} hold U+FFFD, the mark of bytes that were not UTF-8; "
+                    "send form text as UTF-8",
+                    "not-utf8",
+                )
             too_long = [i for i, t in enumerate(texts) if len(t) > MAX_TITLE_CHARS]
             if too_long:
                 raise _unprocessable(name, f"{name} texts {too_long} are over {MAX_TITLE_CHARS} characters")
