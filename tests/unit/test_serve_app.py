@@ -212,3 +212,33 @@ def test_utf8_form_text_is_still_served(client: TestClient, title: str) -> None:
         assert answer.status_code == 200, answer.text
     files = {"category": (None, "Tops"), "title": (None, title)}
     assert client.post("/v1/predict", files=files).status_code == 200
+
+
+class EchoTitles(TitleListings):
+    """Answers each listing's title as its value: what the model was given to read."""
+
+    def predict_batch(self, items: Sequence[tuple[str, str]]) -> list[dict[str, AttributeValue]]:
+        return [{"title": AttributeValue(title, 0.9)} for _, title in items]
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "title"),
+    [
+        # curl -d sends text unescaped: Starlette read its UTF-8 as latin-1 and served "cafÃ©".
+        ("category=Tops&title=café crème".encode(), "application/x-www-form-urlencoded", "café crème"),
+        ("category=Tops&title=红色".encode(), "application/x-www-form-urlencoded; charset=UTF-8", "红色"),
+        (b"category=Tops&title=caf%C3%A9", "application/x-www-form-urlencoded", "café"),
+        # A charset declared other than UTF-8 is left to Starlette, which reads latin-1.
+        (b"category=Tops&title=caf\xe9", "application/x-www-form-urlencoded; charset=iso-8859-1", "café"),
+    ],
+)
+def test_urlencoded_text_is_read_as_utf8(body: bytes, content_type: str, title: str) -> None:
+    with TestClient(create_app(EchoTitles(), max_wait_ms=1)) as client:
+        answer = client.post("/v1/predict", content=body, headers={"content-type": content_type})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"][0]["attributes"]["title"]["value"] == title
+
+
+def test_unescaped_urlencoded_bytes_that_are_not_utf8_are_422(client: TestClient) -> None:
+    answer = client.post("/v1/predict", content=b"category=Tops&title=\xff\xfe", headers=URLENCODED)
+    assert answer.status_code == 422 and answer.json()["detail"][0]["type"] == "not-utf8", answer.text

@@ -179,6 +179,7 @@ def create_app(
         + service.text_fields_doc(),
         lifespan=lifespan,
     )
+    app.add_middleware(_Utf8Urlencoded, path="/v1/predict")
     app.add_middleware(
         _LimitBody,
         path="/v1/predict",
@@ -625,6 +626,50 @@ class _LimitBody:
             return message
 
         await self.app(scope, limited, send)
+
+
+class _Utf8Urlencoded:
+    """Reads the raw non-ASCII bytes of a urlencoded body as UTF-8, as the WHATWG form decoding does:
+    Starlette reads them as latin-1, so ``curl -d title=café`` (which sends UTF-8 unescaped) was served
+    as "cafÃ©". They are percent-escaped before Starlette parses the body, so UTF-8 reads as the text sent
+    and other bytes as U+FFFD, which the text checks refuse. A body that declares another charset is left
+    as it is. Runs inside :class:`_LimitBody`, which bounds the body this buffers."""
+
+    def __init__(self, app: ASGIApp, *, path: str) -> None:
+        self.app = app
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        media, _, params = dict(scope.get("headers", [])).get(b"content-type", b"").partition(b";")
+        charset = re.search(rb"charset\s*=\s*\"?([\w-]+)", params, re.IGNORECASE)
+        if (
+            scope["type"] != "http"
+            or scope["path"] != self.path
+            or media.strip().lower() != b"application/x-www-form-urlencoded"
+            or (charset is not None and charset[1].lower() not in (b"utf-8", b"utf8"))
+        ):
+            await self.app(scope, receive, send)
+            return
+        read = False
+
+        async def escaped() -> Message:
+            # Read from within the route, so that _LimitBody's 413 is answered by the app's handlers.
+            nonlocal read
+            if read:
+                return await receive()
+            body = bytearray()
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return message
+                body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    break
+            read = True
+            quoted = re.sub(rb"[\x80-\xff]", lambda m: b"%%%02X" % m[0][0], bytes(body))
+            return {"type": "http.request", "body": quoted, "more_body": False}
+
+        await self.app(scope, escaped, send)
 
 
 class _ObserveRequests:
