@@ -30,6 +30,7 @@ from taxonomist.data.prepare import chat_prompts
 from taxonomist.data.schema import Schema
 from taxonomist.inference.constrained import (
     AnswerError,
+    SchemaGrammars,
     parse_answer,
     value_confidences,
     value_spans,
@@ -315,6 +316,27 @@ def test_reasoning_grammar_never_allows_special_tokens(predictor):
     allowed = set(torch.nonzero(logits[0] > -math.inf).flatten().tolist())
     assert tokenizer.convert_tokens_to_ids("a") in allowed
     assert not allowed & set(tokenizer.all_special_ids)
+
+
+def test_grammar_writes_every_value_exactly_including_non_ascii_and_escapes(predictor):
+    """Regression: xgrammar read the "\\xe9" it wrote for "é" with the hex digit after it ("\\xe9c" =
+    U+0E9C), so "écru" could never be written and "ຜru" could: an invalid answer under constrained
+    decoding. Every value must be accepted exactly as training writes it, and nothing else."""
+    import xgrammar as xgr
+
+    values = ["écru", "Größe", "ü/x", "a\nb", 'q"x', "back\\slash", "日本", "😀", "\x7f1"]
+    schema = Schema({"Tops": {"Größe": values, "one": ["only"]}})
+    vocab = predictor.vlm.model.get_output_embeddings().weight.shape[0]
+    grammars = SchemaGrammars(predictor.vlm.tokenizer, vocab, schema)
+
+    def accepts(text: str) -> bool:
+        matcher = xgr.GrammarMatcher(grammars.compiled("Tops"))
+        return matcher.accept_string(text) and matcher.accept_token(predictor.vlm.tokenizer.eos_token_id)
+
+    for value in values:
+        assert accepts(answer_json({"Größe": value, "one": "only"})), value
+    assert not accepts(answer_json({"Größe": "\u0e9cru", "one": "only"}))
+    assert not accepts(answer_json({"Größe": "écr", "one": "only"}))
 
 
 def test_titles_join_the_attribute_prompt_only_where_a_listing_has_one(images):

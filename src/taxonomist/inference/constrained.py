@@ -1,7 +1,7 @@
 """Schema-constrained decoding: a VLM can only write a JSON object valid for the row's category.
 
-Per category, the schema becomes a JSON Schema (keys = the category's attributes in schema order, each an
-``enum`` of its allowed values, no other keys) that xgrammar compiles against the tokenizer once; at every
+Per category, the schema becomes a grammar (keys = the category's attributes in schema order, each one of
+its allowed values, no other keys) that xgrammar compiles against the tokenizer once; at every
 step the logits of tokens that would leave the grammar are set to -inf. A value's confidence is the
 probability of its tokens under the model's own distribution with that mask applied (the raw logits, not
 the temperature-, top-p- or penalty-processed scores sampling drew from): the model's confidence in that
@@ -12,6 +12,7 @@ reasoning) serves self-consistency sampling: the answer after it still always pa
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -25,14 +26,32 @@ class AnswerError(ValueError):
     """Generated text that is not a valid answer for the category (unconstrained decoding only)."""
 
 
-def category_json_schema(schema: Schema, category: str) -> dict[str, Any]:
-    attributes = schema.attributes_of(category)
-    return {
-        "type": "object",
-        "properties": {a: {"enum": list(schema.allowed(category, a))} for a in attributes},
-        "required": attributes,
-        "additionalProperties": False,
-    }
+# xgrammar (0.2.9) writes a character of U+007F-U+00FF in a literal as \xNN and reads it back with every
+# hex digit that follows: "écru" became "\xe9cru", read as U+0E9C + "ru", so "écru" could not be written
+# and "ຜru" could. A character of that range is its own literal here, so no hex digit follows its escape.
+_HEX_ESCAPED = re.compile("([\x7f-\xff])")
+
+
+def _literal(text: str) -> str:
+    """``text`` as a sequence of EBNF string literals."""
+    parts = [p for p in _HEX_ESCAPED.split(text) if p]
+    return " ".join('"' + p.replace("\\", "\\\\").replace('"', '\\"') + '"' for p in parts)
+
+
+def category_ebnf(schema: Schema, category: str) -> str:
+    """The category's answers as a grammar: every attribute in schema order, each one of its allowed
+    values, written exactly as the training answers are (``answer_json``: JSON_SEPARATORS, no other
+    whitespace, non-ASCII as is). A fixed layout: with free whitespace greedy decoding can loop on spaces."""
+    fields = []
+    for i, attribute in enumerate(schema.attributes_of(category)):
+        key = (JSON_SEPARATORS[0] if i else "") + _json(attribute) + JSON_SEPARATORS[1]
+        values = " | ".join(f"({_literal(_json(v))})" for v in schema.allowed(category, attribute))
+        fields.append(f"{_literal(key)} ({values})")
+    return f'root ::= "{{" {" ".join(fields)} "}}"'
+
+
+def _json(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _xgrammar() -> Any:
@@ -78,14 +97,7 @@ class SchemaGrammars:
         key = (category, reasoning)
         if key not in self._compiled:
             xgr = _xgrammar()
-            # any_whitespace=False: the answer layout is fixed (JSON_SEPARATORS, as in training data); with
-            # free whitespace greedy decoding can loop on spaces forever.
-            answer = xgr.Grammar.from_json_schema(
-                json.dumps(category_json_schema(self.schema, category)),
-                any_whitespace=False,
-                separators=JSON_SEPARATORS,
-                strict_mode=True,
-            )
+            answer = xgr.Grammar.from_ebnf(category_ebnf(self.schema, category))
             if reasoning:
                 # Printable ASCII without braces: one token per character at most, so the token budget
                 # below is a true bound, and the answer's opening brace cannot appear early.
