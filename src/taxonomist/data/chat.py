@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,11 +76,20 @@ def answer_json(values: Mapping[str, str]) -> str:
     return json.dumps(dict(values), ensure_ascii=False, separators=JSON_SEPARATORS)
 
 
+_CHAT_MARKER = re.compile(r"<\|+")
+"""The opening of Qwen's chat tokens (``<|im_end|>``, ``<|image_pad|>``, ...)."""
+
+
 def attribute_prompt(prompts: ChatPrompts, category: str, attributes: Sequence[str], title: str = "") -> str:
-    """The attribute question; with a (normalised) listing title, the title is part of it."""
+    """The attribute question; with a (normalised) listing title, the title is part of it.
+
+    The tokenizer reads chat tokens inside the prompt text as the tokens themselves, so a title holding
+    ``<|im_end|>`` would end the user turn (and could write the assistant's answer), and one holding
+    ``<|image_pad|>`` would fail its whole batch (more image tokens than images). Their ``<|`` is cut to
+    ``<``: what is left reads as the text it was and can form no chat token."""
     text = prompts.attributes.format(category=category, attributes=", ".join(attributes))
     if title and prompts.title:
-        text = f"{text} {prompts.title.format(title=title)}"
+        text = f"{text} {prompts.title.format(title=_CHAT_MARKER.sub('<', title))}"
     return text
 
 
