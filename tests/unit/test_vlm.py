@@ -223,6 +223,18 @@ def test_unconstrained_invalid_output_is_an_error_record_not_a_crash(model_dir, 
     assert result.best.error.startswith("invalid_output")
 
 
+def test_an_opened_image_is_answered_as_its_file_is(predictor, tmp_path):
+    """Regression: an image passed opened was only convert("RGB")-ed, so a transparent background turned
+    black (training and file paths make it white) and the same product got another answer."""
+    path = tmp_path / "cutout.png"
+    image = Image.new("RGBA", (120, 90), (0, 0, 0, 0))
+    image.paste((200, 30, 30, 255), (30, 20, 90, 70))
+    image.save(path)
+    from_file, from_image = predictor.predict([path, Image.open(path)], ["Tops", "Tops"], batch_size=1)
+    assert from_image.best.values == from_file.best.values
+    assert from_image.best.confidences == pytest.approx(from_file.best.confidences)
+
+
 def test_bad_image_is_recorded_and_the_batch_goes_on(predictor, images):
     results = predictor.predict([images[0], images[3]], ["Tops", "Tops"], ids=["ok", "broken"])
     assert results[0].best is not None and results[0].error is None

@@ -241,11 +241,6 @@ class VLMPredictor:
         confidences = value_confidences(text, values, ids, logprobs, tokenizer)
         return Generation(text, values, confidences, n_tokens=n)
 
-    def _load(self, item: ImageInput) -> Image.Image:
-        if isinstance(item, Image.Image):
-            return item.convert("RGB")
-        return load_image(item)
-
     def order_by_length(self, images: Sequence[Image.Image]) -> list[int]:
         """Row order that groups similar image-token counts, so batches carry little padding."""
         processor = self.vlm.processor
@@ -291,7 +286,9 @@ class VLMPredictor:
                 results[k].error = ImageError(ids[k], path, "unknown-category", detail)
                 continue
             try:
-                loaded[k] = self._load(item)
+                # An opened image gets its file's treatment (upright, transparency on white), as in
+                # training: a plain convert("RGB") turned transparent areas black.
+                loaded[k] = load_image(item)
             except ImageLoadError as err:
                 results[k].error = ImageError.from_load_error(ids[k], err)
         good = list(loaded)
