@@ -128,7 +128,9 @@ def test_token_budget_counts_exactly_and_names_the_example(model_dir, images):
 
 def test_parse_answer_rejects_invalid_and_incomplete_outputs():
     assert parse_answer('thinking\n{"colour": "red"}', SCHEMA, "Shoes") == {"colour": "red"}
-    for bad in ['{"colour": "blue"}', '{"colour": "red", "size": "9"}', "{}", "red", '["red"]']:
+    # A repeated key: json keeps the last value, its confidence would come from the first one's tokens.
+    repeated = '{"colour": "red", "colour": "black"}'
+    for bad in ['{"colour": "blue"}', '{"colour": "red", "size": "9"}', "{}", "red", '["red"]', repeated]:
         with pytest.raises(AnswerError):
             parse_answer(bad, SCHEMA, "Shoes")
 

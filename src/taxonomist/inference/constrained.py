@@ -188,7 +188,7 @@ def answer_text(text: str) -> str:
 def parse_answer(text: str, schema: Schema, category: str) -> dict[str, str]:
     """The attribute values of ``text``; :class:`AnswerError` on anything invalid for the category."""
     try:
-        values = json.loads(answer_text(text).strip())
+        values = json.loads(answer_text(text).strip(), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
         raise AnswerError(f"not JSON ({err.msg}): {text[:80]!r}") from err
     if not isinstance(values, dict):
@@ -202,6 +202,16 @@ def parse_answer(text: str, schema: Schema, category: str) -> dict[str, str]:
     if missing:
         raise AnswerError(f"missing attributes {missing} for category {category!r}")
     return out
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: json keeps the last of a repeated key, while its confidence
+    (:func:`value_spans`) would be read from the first value's tokens."""
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise AnswerError(f"attributes written more than once: {repeated}")
+    return dict(pairs)
 
 
 def value_spans(text: str, values: Mapping[str, str]) -> dict[str, tuple[int, int]]:
