@@ -294,6 +294,23 @@ def test_predict_file_rerun_retries_a_row_whose_image_was_missing(predictor, ima
     assert pd.read_csv(out / "predictions.csv", dtype={"id": str})["id"].tolist() == ["a", "b", "c"]
 
 
+def test_predict_file_refuses_to_resume_sampling_with_another_top_p(predictor, images, tmp_path, monkeypatch):
+    """Regression: top_p was not part of a batch job's identity, so a sampled job resumed under another
+    top_p mixed rows drawn from two distributions without a word."""
+    from dataclasses import replace
+
+    from taxonomist.io import ResumeError
+
+    args = (["a", "b"], images[:2], ["Tops", "Tops"], tmp_path)
+    sampling = replace(predictor.decoding, chunk_size=1, temperature=1.0, top_p=0.9)
+    monkeypatch.setattr(predictor, "decoding", sampling)
+    predictor.predict_file(*args, progress=False)
+    (tmp_path / "parts" / "done-00001.parquet").unlink()  # a crash before the second chunk
+    monkeypatch.setattr(predictor, "decoding", replace(sampling, top_p=0.1))
+    with pytest.raises(ResumeError):
+        predictor.predict_file(*args, progress=False)
+
+
 def test_caption_task_generates_text(model_dir, images, tmp_path):
     caption_dir = tmp_path / "captioner"
     random_vlm(caption_dir, ["a red shirt on a white background"])

@@ -330,6 +330,8 @@ class VLMPredictor:
             "constrained": decoding.constrained,
             "max_new_tokens": decoding.max_new_tokens,
             "temperature": decoding.temperature,
+            # Sampling draws from the top-p nucleus; greedy ignores it (and keeps its jobs' digest).
+            **({"top_p": decoding.top_p} if decoding.temperature > 0 else {}),
         }
         ids = [str(i) for i in ids]
         titles = [normalize_text(t) for t in titles] if titles is not None else [""] * len(ids)
