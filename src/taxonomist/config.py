@@ -650,7 +650,8 @@ class ImproveConfig:
     rounds: NonNegativeInt = 3
     samples_per_item: PositiveInt = 6
     """K chains sampled per item."""
-    temperature: NonNegativeFloat = 0.8
+    temperature: PositiveFloat = 0.8
+    """Above 0: K chains decoded greedily would be one chain K times (and generate refuses them)."""
     top_p: PositiveFraction = 0.95
     agreement_threshold: Probability = 0.6
     """Keep an item when the majority's share of its valid chains, averaged over the item's attributes,

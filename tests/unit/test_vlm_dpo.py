@@ -173,6 +173,15 @@ def config(**improve: object) -> VLMConfig:
     )
 
 
+def test_improve_refuses_greedy_sampling_up_front():
+    """Regression: improve.temperature=0 was accepted, and the run failed in round 1, after round 0's
+    evaluation, when generate refused K greedy chains per item (K identical chains vote nothing)."""
+    from taxonomist.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"improve\.temperature must be > 0"):
+        load_config(None, ["improve.temperature=0"], VLMConfig)
+
+
 def test_dpo_trainer_pins_loader_memory_only_with_an_accelerator(tmp_path):
     """DPO once took its loader settings without SFT's pinning switch: every CPU round warned."""
     args = dpo_args(config(), tmp_path, device=torch.device("cpu"), progress=False)
