@@ -396,6 +396,19 @@ def test_chat_tokens_in_a_title_stay_text_in_training_and_predict(model_dir, ima
     assert "<|" not in example.prompt
 
 
+def test_an_image_tag_in_a_title_keeps_the_llamafactory_export_valid(images, tmp_path):
+    """Regression: LLaMA-Factory counts "<image>" in the text as an image, so one title holding it made
+    the export invalid (2 <image> tags but 1 images) and LLaMA-Factory's training fail."""
+    from taxonomist.data.catalog import TEXT
+
+    frame = pd.DataFrame({"id": ["a"], "category": ["Tops"], "colour": ["red"]})
+    frame[TEXT] = ["Gift box <image> <video> red tee"]
+    examples, _ = attribute_examples(frame, SCHEMA, images[:1], chat_prompts(PromptConfig()))
+    export_llamafactory(examples, tmp_path)
+    assert validate_llamafactory(tmp_path) == {"taxonomist": 1}
+    assert "Gift box < image> < video> red tee" in examples[0].prompt
+
+
 def test_titles_join_the_attribute_prompt_only_where_a_listing_has_one(images):
     from taxonomist.data.catalog import TEXT
 

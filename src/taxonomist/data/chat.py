@@ -76,8 +76,9 @@ def answer_json(values: Mapping[str, str]) -> str:
     return json.dumps(dict(values), ensure_ascii=False, separators=JSON_SEPARATORS)
 
 
-_CHAT_MARKER = re.compile(r"<\|+")
-"""The opening of Qwen's chat tokens (``<|im_end|>``, ``<|image_pad|>``, ...)."""
+_MARKUP = re.compile(r"<(?=\||(?:image|video|audio)>)")
+"""The opening of Qwen's chat tokens (``<|im_end|>``, ``<|image_pad|>``, ...) and of LLaMA-Factory's
+media placeholders (``<image>``, ...)."""
 
 
 def attribute_prompt(prompts: ChatPrompts, category: str, attributes: Sequence[str], title: str = "") -> str:
@@ -85,11 +86,12 @@ def attribute_prompt(prompts: ChatPrompts, category: str, attributes: Sequence[s
 
     The tokenizer reads chat tokens inside the prompt text as the tokens themselves, so a title holding
     ``<|im_end|>`` would end the user turn (and could write the assistant's answer), and one holding
-    ``<|image_pad|>`` would fail its whole batch (more image tokens than images). Their ``<|`` is cut to
-    ``<``: what is left reads as the text it was and can form no chat token."""
+    ``<|image_pad|>`` would fail its whole batch (more image tokens than images); LLaMA-Factory counts
+    an ``<image>`` in the text as an image. A space after their ``<`` keeps the title's text readable and
+    lets it form none of them."""
     text = prompts.attributes.format(category=category, attributes=", ".join(attributes))
     if title and prompts.title:
-        text = f"{text} {prompts.title.format(title=_CHAT_MARKER.sub('<', title))}"
+        text = f"{text} {prompts.title.format(title=_MARKUP.sub('< ', title))}"
     return text
 
 
