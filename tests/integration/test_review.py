@@ -403,3 +403,25 @@ def test_repeated_id_attribute_rows_are_refused_by_name(inputs: ReviewInputs, tm
         ValueError, match=r"4 rows repeat an \(id, attribute\) pair, e.g. \[\('" + first["id"]
     ):
         create_review_app(path, inputs.catalog.parent, schema=inputs.checkpoint, database_url="sqlite://")
+
+
+def test_an_id_the_image_template_cannot_take_is_no_image_not_a_failed_export(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "000012.jpg").write_bytes(b"\xff\xd8\xff")
+    predictions = tmp_path / "predictions_long.csv"
+    predictions.write_text(
+        "id,category,attribute,value,confidence\n12,Tops,color,red,0.1\nSKU-7,Tops,color,red,0.2\n"
+    )
+    app = create_review_app(predictions, images, image_template="{id:06d}.jpg", database_url="sqlite://")
+    with TestClient(app) as client:
+        assert client.get("/api/image", params={"id": "12"}).status_code == 200
+        misfit = client.get("/api/image", params={"id": "SKU-7"})
+        assert misfit.status_code == 404 and "not a whole number" in misfit.json()["detail"]
+        decide(client, "12", "color")
+        decide(client, "SKU-7", "color")
+        export = client.get("/api/export.csv")
+        assert export.status_code == 200, export.text
+    rows = pd.read_csv(io.StringIO(export.text), dtype=str, keep_default_na=False).set_index("id")
+    assert rows.loc["12", "image_path"] == str((images / "000012.jpg").resolve())
+    assert rows.loc["SKU-7", "image_path"] == ""

@@ -33,7 +33,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
-from taxonomist.data.catalog import CATEGORY, ID, Catalog, format_image_path, read_table
+from taxonomist.data.catalog import CATEGORY, ID, Catalog, CatalogError, format_image_path, read_table
 from taxonomist.data.schema import Schema
 from taxonomist.serve.storage import DEFAULT_DATABASE_URL, Decision, ReviewStore
 
@@ -367,7 +367,7 @@ class _Review:
             raise HTTPException(404, detail=f"no prediction for id {item_id!r}")
         try:
             path = self.locate(item_id, self.category_of[item_id])
-        except FileNotFoundError as err:
+        except (FileNotFoundError, CatalogError) as err:  # outside the root; an id the template cannot take
             raise HTTPException(404, detail=str(err)) from None
         if not path.is_file():
             raise HTTPException(404, detail=f"image of {item_id!r} not found")
@@ -378,7 +378,7 @@ class _Review:
             return None
         try:
             return str(self.locate(item_id, self.category_of[item_id]))
-        except FileNotFoundError:
+        except (FileNotFoundError, CatalogError):  # one such id leaves its cell empty, not the export failed
             return None
 
     def export(self, include_accepted: bool = True) -> Response:
