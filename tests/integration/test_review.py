@@ -314,6 +314,26 @@ def test_review_command_builds_the_app_from_a_checkpoint(
     assert missing.exit_code == 2 and "predictions_long.csv" in missing.output
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [("review.db", "expected an SQLAlchemy URL"), ("sqlite:///{tmp}/no-such-folder/r.db", "cannot open")],
+)
+def test_a_bad_database_url_is_a_usage_error_naming_it(
+    inputs: ReviewInputs, tmp_path: Path, url: str, message: str
+) -> None:
+    import typer
+
+    from taxonomist.cli.review import review
+
+    command = typer.Typer()
+    command.command()(review)
+    url = url.format(tmp=tmp_path)
+    result = CliRunner().invoke(command, [str(inputs.predictions), "--database-url", url])
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.replace("│", " ").split())
+    assert message in output and url.rsplit("/", 1)[-1] in output
+
+
 def test_pending_pages_by_cursor_skip_nothing(client: TestClient, inputs: ReviewInputs) -> None:
     """Deciding a page's rows shrinks the pending list; the next page must still start right after them."""
     everything = [(i["id"], i["attribute"]) for i in page(client, status="pending")["items"]]

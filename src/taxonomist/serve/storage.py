@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from sqlalchemy import DateTime, Float, String, create_engine, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
@@ -75,8 +75,21 @@ class ReviewStore:
     """Creates its table on first use; safe to use from many threads (one session per call)."""
 
     def __init__(self, database_url: str = DEFAULT_DATABASE_URL) -> None:
-        self.engine = make_engine(database_url)
-        _Base.metadata.create_all(self.engine)
+        """A URL that does not parse or a database that cannot be opened is a ValueError naming the URL
+        (the CLI words it as a bad parameter), not SQLAlchemy's traceback."""
+        try:
+            self.engine = make_engine(database_url)
+        except ArgumentError as err:  # e.g. a bare file name: review.db
+            raise ValueError(
+                f"database URL {database_url!r}: {err}; expected an SQLAlchemy URL such as "
+                "sqlite:///review.db (a file) or postgresql://host/db"
+            ) from err
+        try:
+            _Base.metadata.create_all(self.engine)
+        except OperationalError as err:  # a missing folder, an unreachable server
+            self.engine.dispose()
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise ValueError(f"cannot open the review database {where}: {err.orig}") from err
 
     def record(
         self,
