@@ -445,3 +445,23 @@ def test_an_id_the_image_template_cannot_take_is_no_image_not_a_failed_export(tm
     rows = pd.read_csv(io.StringIO(export.text), dtype=str, keep_default_na=False).set_index("id")
     assert rows.loc["12", "image_path"] == str((images / "000012.jpg").resolve())
     assert rows.loc["SKU-7", "image_path"] == ""
+
+
+def test_a_save_from_a_stale_page_does_not_overwrite_a_decision_made_meanwhile(
+    client: TestClient, database_url: str
+) -> None:
+    """Two tabs show the same undecided item; the second save must not silently replace the first."""
+    item = page(client, category="Tops", attribute="fit", limit=1)["items"][0]
+    other = next(v for v in item["allowed"] if v != item["value"])
+    shown = {"id": item["id"], "attribute": "fit", "replaces": None}
+    assert client.post("/api/decisions", json={**shown, "value": other}).status_code == 200  # tab A
+    stale = client.post("/api/decisions", json=shown)  # tab B accepts, not having seen tab A's correction
+    assert stale.status_code == 409
+    detail = stale.json()["detail"]
+    assert f"now correct {other!r}" in detail and f"{item['value']!r} was not saved" in detail
+    assert stale.json()["item"]["decision"]["value"] == other
+    assert ReviewStore(database_url).decisions()[(item["id"], "fit")].value == other
+    # Having seen it, the reviewer may replace it; without `replaces` the last save wins, as before.
+    seen = client.post("/api/decisions", json={**shown, "replaces": other})
+    assert seen.status_code == 200 and seen.json()["decision"]["action"] == "accept"
+    assert decide(client, item["id"], "fit", other)["decision"]["action"] == "correct"

@@ -218,6 +218,41 @@ def test_fast_repeated_keys_decide_once(chromium: str, server: tuple[str, Review
         assert errors == []
 
 
+def test_a_second_tab_does_not_overwrite_what_the_first_decided(
+    chromium: str, server: tuple[str, ReviewInputs, str]
+) -> None:
+    """Tab B, loaded before tab A's correction, accepts the same item: refused, shown, and kept."""
+    from playwright.sync_api import expect
+
+    base, _, database_url = server
+    with _browser(chromium) as browser:
+        tabs = [browser.new_page(), browser.new_page()]
+        errors = [_watch(tab) for tab in tabs]
+        for tab in tabs:
+            tab.goto(base)
+            expect(tab.locator("body[data-ready=true]")).to_be_attached()
+        a, b = tabs
+        item_id = a.locator("#rows tr.current td").first.inner_text()
+        a.keyboard.press("2")  # the model's second choice: a correction
+        row = a.locator("#rows tr").first.locator("td").last
+        expect(row).to_have_text(re.compile("^correct: "))
+        corrected = row.inner_text()
+        b.keyboard.press("a")
+        expect(b.locator("#error")).to_contain_text("decided meanwhile")
+        expect(b.locator("#rows tr").first.locator("td").last).to_have_text(corrected)
+        expect(b.locator("#decision")).to_have_text(corrected)
+        expect(b.locator("#rows tr.current td").first).to_have_text(item_id)  # still on the item
+        (decision,) = ReviewStore(database_url).decisions().values()
+        assert f"correct: {decision.value}" == corrected
+        # Now that tab B shows the correction, "a" replaces it on purpose.
+        b.keyboard.press("a")
+        expect(b.locator("#rows tr").first.locator("td").last).to_have_text(re.compile("^accept: "))
+        assert [d.action for d in ReviewStore(database_url).decisions().values()] == ["accept"]
+        expect(b.locator("#progress")).to_contain_text("1 / ")
+        # The browser logs the refused request itself; the page's script raised nothing.
+        assert errors[0] == [] and [e for e in errors[1] if "status of 409" not in e] == []
+
+
 def test_docs_pages_render_offline(chromium: str, server: tuple[str, ReviewInputs, str]) -> None:
     from playwright.sync_api import expect
 

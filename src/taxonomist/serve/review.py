@@ -28,14 +28,14 @@ from typing import Annotated, Literal
 import numpy as np
 import pandas as pd
 from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from taxonomist.data.catalog import CATEGORY, ID, Catalog, CatalogError, format_image_path, read_table
 from taxonomist.data.schema import Schema
-from taxonomist.serve.storage import DEFAULT_DATABASE_URL, Decision, ReviewStore
+from taxonomist.serve.storage import DEFAULT_DATABASE_URL, Decision, DecisionConflict, ReviewStore
 
 STATIC = Path(__file__).parent / "static"
 PREDICTIONS_FILE = "predictions_long.csv"
@@ -93,6 +93,12 @@ class DecisionIn(BaseModel):
     id: str
     attribute: str
     value: str | None = Field(None, description="The correct value; leave out to accept the prediction.")
+    replaces: str | None = Field(
+        None,
+        description="The value of the decision the page showed (null: none). When given, a decision made "
+        "meanwhile by someone else (another tab, another reviewer) is not overwritten: 409 with the "
+        "current `item`. Leave out to replace whatever is stored.",
+    )
 
 
 class Meta(BaseModel):
@@ -218,7 +224,9 @@ def create_review_app(
     app.get("/", include_in_schema=False)(review.page)
     app.get("/api/meta", response_model=Meta)(review.meta)
     app.get("/api/predictions", response_model=ItemsPage)(review.predictions_page)
-    app.post("/api/decisions", response_model=ReviewItem, responses={404: {}, 422: {}})(review.decide)
+    app.post("/api/decisions", response_model=ReviewItem, responses={404: {}, 409: {}, 422: {}})(
+        review.decide
+    )
     app.get("/api/image", response_class=FileResponse, responses={404: {"description": "No such image."}})(
         review.image
     )
@@ -341,7 +349,7 @@ class _Review:
             next=_cursor(keys[int(page[-1])]) if more and len(page) else None,
         )
 
-    def decide(self, body: DecisionIn) -> ReviewItem:
+    def decide(self, body: DecisionIn) -> ReviewItem | JSONResponse:
         """Accept the prediction (no ``value``) or correct it to one of the allowed values."""
         k = self.position.get((body.id, body.attribute))
         if k is None:
@@ -354,10 +362,25 @@ class _Review:
             raise HTTPException(
                 422, detail=f"{what} {value!r} is not allowed for {r[CATEGORY]}/{r['attribute']}: {choices}"
             )
-        decision = self.store.record(
-            r[ID], r[CATEGORY], r["attribute"], value, predicted=r["value"], confidence=r["confidence"]
-        )
-        return self.item(k, {(r[ID], r["attribute"]): decision})
+        key = (r[ID], r["attribute"])
+        try:
+            decision = self.store.record(
+                *(r[ID], r[CATEGORY], r["attribute"], value),
+                predicted=r["value"],
+                confidence=r["confidence"],
+                check="replaces" in body.model_fields_set,
+                seen=body.replaces,
+            )
+        except DecisionConflict as conflict:
+            now = conflict.current
+            detail = (
+                f"{r[ID]!r} / {r['attribute']!r} was decided meanwhile (another tab or reviewer): now "
+                + (f"{now.action} {now.value!r}" if now else "no decision")
+                + f"; {value!r} was not saved: look again and decide"
+            )
+            current = self.item(k, {key: now} if now else {})
+            return JSONResponse({"detail": detail, "item": current.model_dump(mode="json")}, status_code=409)
+        return self.item(k, {key: decision})
 
     def image(self, item_id: Annotated[str, Query(alias="id")]) -> FileResponse:
         """The image of a listed item, looked up by its id."""

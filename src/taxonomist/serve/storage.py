@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import DateTime, Float, String, create_engine, select
+from sqlalchemy import DateTime, Float, String, create_engine, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -62,6 +62,14 @@ class Decision:
         return {**self.__dict__, "decided_at": self.decided_at.isoformat()}
 
 
+class DecisionConflict(Exception):
+    """The item's decision is not the one the reviewer saw; ``current`` is the stored one (None: none)."""
+
+    def __init__(self, current: Decision | None) -> None:
+        super().__init__(current)
+        self.current = current
+
+
 def make_engine(database_url: str) -> Engine:
     """An engine safe to share between request threads, also for in-memory SQLite (tests, demos)."""
     url = make_url(database_url)
@@ -100,8 +108,15 @@ class ReviewStore:
         *,
         predicted: str | None,
         confidence: float | None,
+        check: bool = False,
+        seen: str | None = None,
     ) -> Decision:
-        """Store (or replace) the decision for ``(item_id, attribute)``; equal to the prediction = accept."""
+        """Store (or replace) the decision for ``(item_id, attribute)``; equal to the prediction = accept.
+
+        ``check``: replace only the decision the reviewer saw, of value ``seen`` (None: none yet), else
+        raise :class:`DecisionConflict`, so a save from a stale page (another tab, another reviewer) does
+        not silently overwrite a decision its reviewer never saw. The check and the write are one statement.
+        """
         row = _Decision(
             item_id=item_id,
             attribute=attribute,
@@ -112,11 +127,35 @@ class ReviewStore:
             confidence=confidence,
             decided_at=datetime.now(timezone.utc),
         )
+        if check:
+            decision = _public(row)  # before the session that adds the row expires its fields
+            self._replace(row, seen)
+            return decision
         try:
             self._merge(row)
         except IntegrityError:  # another reviewer inserted the same key first: ours is the later word
             self._merge(row)
         return _public(row)
+
+    def _replace(self, row: _Decision, seen: str | None) -> None:
+        try:
+            with Session(self.engine) as session, session.begin():
+                if seen is None:
+                    session.add(row)  # fails on the key if a decision exists
+                    return
+                stale = update(_Decision).where(
+                    _Decision.item_id == row.item_id,
+                    _Decision.attribute == row.attribute,
+                    _Decision.value == seen,
+                )
+                fields = ("category", "value", "action", "predicted", "confidence", "decided_at")
+                if session.execute(stale.values({f: getattr(row, f) for f in fields})).rowcount == 1:
+                    return
+        except IntegrityError:
+            pass
+        with Session(self.engine) as session:
+            current = session.get(_Decision, (row.item_id, row.attribute))
+            raise DecisionConflict(_public(current) if current is not None else None)
 
     def _merge(self, row: _Decision) -> None:
         with Session(self.engine) as session, session.begin():

@@ -16,7 +16,9 @@ async function api(path, options) {
   const response = await fetch(path, options);
   if (!response.ok) {
     const body = await response.json().catch(() => ({}));
-    throw new Error(typeof body.detail === "string" ? body.detail : `${response.status} ${response.statusText}`);
+    const err = new Error(typeof body.detail === "string" ? body.detail : `${response.status} ${response.statusText}`);
+    err.body = body;
+    throw err;
   }
   return response.json();
 }
@@ -163,19 +165,33 @@ async function move(step) {
 }
 
 // value undefined = accept the prediction. The item is the one shown when the key was pressed.
+// `replaces` names the decision shown: one made meanwhile in another tab (or by another reviewer) is not
+// overwritten; the server answers 409 with it, and the page shows it and stays on the item.
 async function decide(item, value) {
-  const saved = await api("api/decisions", {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ id: item.id, attribute: item.attribute, value }),
-  });
-  if (!item.decision) state.meta.reviewed += 1;
+  let saved;
+  try {
+    saved = await api("api/decisions", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ id: item.id, attribute: item.attribute, value, replaces: item.decision?.value ?? null }),
+    });
+  } catch (err) {
+    if (err.body?.item) update(err.body.item, item);
+    throw err;
+  }
+  if (update(saved, item) === state.current) await move(1);
+}
+
+// Draws `saved` (the server's item) in place of `item`; its row index, or -1 if it is no longer listed.
+function update(saved, item) {
+  if (!item.decision && saved.decision) state.meta.reviewed += 1;
   showProgress();
   const k = indexOf(item.id, item.attribute);
-  if (k < 0) return; // the list was reloaded meanwhile; nothing on screen to update
+  if (k < 0) return k; // the list was reloaded meanwhile; nothing on screen to update
   state.items[k] = saved;
   renderRow(document.querySelector(`#rows tr[data-index="${k}"]`), saved);
-  if (k === state.current) await move(1);
+  if (k === state.current) show(k);
+  return k;
 }
 
 function showProgress() {
