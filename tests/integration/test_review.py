@@ -465,3 +465,41 @@ def test_a_save_from_a_stale_page_does_not_overwrite_a_decision_made_meanwhile(
     seen = client.post("/api/decisions", json={**shown, "replaces": other})
     assert seen.status_code == 200 and seen.json()["decision"]["action"] == "accept"
     assert decide(client, item["id"], "fit", other)["decision"]["action"] == "correct"
+
+
+def test_a_page_loads_only_its_own_items_decisions(tmp_path: Path) -> None:
+    """Each page and the progress count read every stored decision before: seconds per page once a large
+    review holds 100k of them. The status filter needs only the keys; a page, its own rows' decisions."""
+    from sqlalchemy import event
+
+    from taxonomist.serve.storage import _Decision
+
+    n = 400
+    predictions = tmp_path / "predictions_long.csv"
+    long = pd.DataFrame(
+        {"id": [f"{k:04d}" for k in range(n)], "category": "Tops", "attribute": "fit"}
+        | {"value": "wide", "confidence": [k / n for k in range(n)]}
+    )
+    long.to_csv(predictions, index=False)
+    database_url = f"sqlite:///{tmp_path / 'review.db'}"
+    store = ReviewStore(database_url)
+    for item_id in long["id"][: n // 2]:
+        store.record(item_id, "Tops", "fit", "wide", predicted="wide", confidence=0.5)
+    loaded: list[str] = []
+
+    def count(row: _Decision, _: object) -> None:
+        loaded.append(row.item_id)
+
+    event.listen(_Decision, "load", count)
+    try:
+        with TestClient(create_review_app(predictions, database_url=database_url)) as client:
+            assert client.get("/api/meta").json()["reviewed"] == n // 2
+            assert [i["id"] for i in page(client, status="pending", limit=5)["items"]] == list(
+                long["id"][200:205]
+            )
+            reviewed = page(client, status="reviewed", limit=5)["items"]
+            assert [i["decision"]["action"] for i in reviewed] == ["accept"] * 5
+            assert page(client, limit=3)["total"] == n
+    finally:
+        event.remove(_Decision, "load", count)
+    assert sorted(loaded) == sorted([f"{k:04d}" for k in range(5)] + [f"{k:04d}" for k in range(3)])

@@ -303,7 +303,7 @@ class _Review:
             threshold=self.threshold,
             images=self.locate is not None,
             predictions=len(self.rows),
-            reviewed=sum(key in self.position for key in self.store.decisions()),
+            reviewed=sum(key in self.position for key in self.store.decided()),
         )
 
     def predictions_page(
@@ -328,9 +328,9 @@ class _Review:
             mask &= frame["attribute"] == attribute
         if below is not None:
             mask &= frame["confidence"] < below
-        decisions = self.store.decisions()
         if status != "all":
-            done = pd.Series([key in decisions for key in self.position], index=frame.index)
+            decided = self.store.decided()
+            done = pd.Series([key in decided for key in self.position], index=frame.index)
             mask &= done if status == "reviewed" else ~done
         hits = mask.to_numpy().nonzero()[0]
         start = 0
@@ -342,6 +342,8 @@ class _Review:
         start += offset
         page = hits[start : start + limit]
         more = start + limit < len(hits)
+        # Only this page's decisions: loading every one on each page made a large review slow to page.
+        decisions = self.store.decisions({self.rows[k][ID] for k in page})
         return ItemsPage(
             total=len(hits),
             offset=start,
