@@ -33,6 +33,7 @@ from ..unit.test_report import BY_CATEGORY, ROWS
 from .review_data import ReviewInputs, write_review_inputs
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
     from playwright.sync_api import Browser
 
 pytestmark = pytest.mark.integration
@@ -60,13 +61,20 @@ def chromium() -> str:
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[str, ReviewInputs, str]]:
     """(base URL, inputs, database URL) of a review app running in a background uvicorn thread."""
-    import uvicorn
-
     inputs = write_review_inputs(tmp_path)
     database_url = f"sqlite:///{tmp_path / 'review.db'}"
     app = create_review_app(
         inputs.predictions, inputs.catalog.parent, schema=inputs.checkpoint, database_url=database_url
     )
+    with _serve(app) as base:
+        yield base, inputs, database_url
+
+
+@contextmanager
+def _serve(app: FastAPI) -> Iterator[str]:
+    """Base URL of ``app`` running in a background uvicorn thread."""
+    import uvicorn
+
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -76,7 +84,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, ReviewInputs, str]]:
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}", inputs, database_url
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)
@@ -251,6 +259,29 @@ def test_a_second_tab_does_not_overwrite_what_the_first_decided(
         expect(b.locator("#progress")).to_contain_text("1 / ")
         # The browser logs the refused request itself; the page's script raised nothing.
         assert errors[0] == [] and [e for e in errors[1] if "status of 409" not in e] == []
+
+
+def test_a_typed_value_is_saved_as_typed_where_another_differs_only_in_case(
+    chromium: str, tmp_path: Path
+) -> None:
+    """Messy catalogs allow "Red" and "red": typing "red" must not save "Red"."""
+    from playwright.sync_api import expect
+
+    predictions = tmp_path / "predictions_long.csv"
+    predictions.write_text(
+        "id,category,attribute,value,confidence\n1,Tops,color,blue,0.1\n2,Tops,color,Red,0.2\n"
+        "3,Tops,color,red,0.3\n"
+    )
+    database_url = f"sqlite:///{tmp_path / 'review.db'}"
+    with _serve(create_review_app(predictions, database_url=database_url)) as base, _browser(chromium) as b:
+        page = b.new_page()
+        page.goto(base)
+        expect(page.locator("body[data-ready=true]")).to_be_attached()
+        page.keyboard.press("/")
+        page.keyboard.type("red")
+        page.keyboard.press("Enter")
+        expect(page.locator("#rows tr").first.locator("td").last).to_have_text("correct: red")
+    assert ReviewStore(database_url).decisions()[("1", "color")].value == "red"
 
 
 def test_docs_pages_render_offline(chromium: str, server: tuple[str, ReviewInputs, str]) -> None:

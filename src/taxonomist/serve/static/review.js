@@ -198,11 +198,15 @@ function showProgress() {
   $("progress").textContent = `${state.meta.reviewed} / ${state.meta.predictions} reviewed`;
 }
 
+// The value as typed wins over one differing only in case ("red" is not "Red" where both are allowed).
 function typedValue(item) {
-  const text = $("typed").value.trim().toLowerCase();
+  const typed = $("typed").value.trim();
+  const text = typed.toLowerCase();
   const allowed = item?.allowed ?? [];
   const prefixed = allowed.filter((v) => v.toLowerCase().startsWith(text));
-  return allowed.find((v) => v.toLowerCase() === text) ?? (prefixed.length === 1 ? prefixed[0] : undefined);
+  return allowed.find((v) => v === typed)
+    ?? allowed.find((v) => v.toLowerCase() === text)
+    ?? (prefixed.length === 1 ? prefixed[0] : undefined);
 }
 
 function leaveTyped() {
