@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -81,3 +82,26 @@ def test_a_correction_folds_its_category_like_the_catalog(tmp_path: Path) -> Non
     frame = catalog.frame.set_index("id")
     assert frame.loc["1", "color"] == "green"
     assert frame.loc["9", "category"] == "Bags"
+
+
+def test_a_whole_catalog_review_trains_a_run_on_some_categories(tmp_path: Path) -> None:
+    """catalog.categories keeps Tops: the review's bags (3 known, 9 new) are left out, not a failure."""
+    reviewed = pd.DataFrame(
+        {"sku": ["1", "3", "9"], "type": ["Tops", "Bags", "Bags"], "color": ["green"] * 3}
+    )
+    config = dataclasses.replace(_config(tmp_path, reviewed), categories=["Tops"])
+    frame = load_catalog(config).frame.set_index("id")
+    assert frame["color"].to_dict() == {"1": "green", "2": None}
+    small = dataclasses.replace(config, categories=[], min_rows_per_category=2)  # Bags has one row
+    assert load_catalog(small).frame.set_index("id")["color"].to_dict() == {"1": "green", "2": None}
+
+
+def test_the_row_limit_samples_the_corrected_catalog_and_adds_no_rows(tmp_path: Path) -> None:
+    """A reviewed item the limit's sample leaves out was appended as a new item: 2 rows asked, 4 given."""
+    reviewed = pd.DataFrame(
+        {"sku": ["1", "2", "3"], "type": ["Tops", "Tops", "Bags"], "color": ["green"] * 3}
+    )
+    config = dataclasses.replace(_config(tmp_path, reviewed), limit=2)
+    limited = load_catalog(config).frame
+    assert len(limited) == 2 and set(limited["color"]) == {"green"}
+    assert limited["id"].is_unique

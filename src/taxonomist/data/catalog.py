@@ -716,11 +716,13 @@ def read_catalog(
         )
     if image_root is not None and layout == "meesho":
         catalog.image_root = expand_path(image_root)
+    if corrections and labels:
+        # Before the row limit: a reviewed item the sample leaves out is the catalog's, not a new item.
+        columns = source_columns(layout, id_column, category_column)
+        catalog = apply_corrections(catalog, corrections, *columns, categories=categories)
     if limit is not None and limit < len(catalog):
         keep = np.sort(np.random.default_rng(seed).permutation(len(catalog))[:limit])
         catalog = catalog.subset(keep)
-    if corrections and labels:
-        catalog = apply_corrections(catalog, corrections, *source_columns(layout, id_column, category_column))
     return catalog
 
 
@@ -730,13 +732,22 @@ def source_columns(layout: str, id_column: str, category_column: str) -> tuple[s
 
 
 def apply_corrections(
-    catalog: Catalog, path: str | os.PathLike, id_column: str, category_column: str
+    catalog: Catalog,
+    path: str | os.PathLike,
+    id_column: str,
+    category_column: str,
+    *,
+    categories: Sequence[str] = (),
 ) -> Catalog:
     """``catalog`` with the reviewed labels of ``path`` merged in: each non-empty reviewed value replaces
     the catalog's label; reviewed items the catalog lacks are appended (their images are found the same
     way as the catalog's). Columns other than the catalog's attributes are ignored. A reviewed item must
     keep the category the catalog gives it: its values were picked from that category's allowed values,
-    so one under another category (an export from an older catalog) fails the merge, naming its line."""
+    so one under another category (an export from an older catalog) fails the merge, naming its line.
+
+    Reviewed items of categories the reader left out, those outside ``categories`` (catalog.categories)
+    or with too few rows (:attr:`Catalog.dropped_categories`), are left out too: a review of the whole
+    catalog then trains a run on some of its categories. Other categories the catalog lacks fail."""
     table, _ = read_lined_table(path)
     missing = [c for c in (id_column, category_column) if c not in table.columns]
     if missing:
@@ -771,6 +782,10 @@ def apply_corrections(
         given = table.loc[known, attribute].dropna()
         frame.loc[given.index, attribute] = given
     new = table.loc[~known, [ID, CATEGORY, *attributes]].reindex(columns=frame.columns)
+    left_out = new[CATEGORY].isin(catalog.dropped_categories)
+    if categories:
+        left_out |= ~new[CATEGORY].isin(categories)
+    new = new[~left_out]
     unknown = sorted(set(new[CATEGORY]) - set(catalog.attributes_by_category))
     if unknown:
         raise CatalogError(f"{path}: corrections of categories the catalog does not have: {unknown}")
