@@ -461,6 +461,9 @@ def test_a_save_from_a_stale_page_does_not_overwrite_a_decision_made_meanwhile(
     assert f"now correct {other!r}" in detail and f"{item['value']!r} was not saved" in detail
     assert stale.json()["item"]["decision"]["value"] == other
     assert ReviewStore(database_url).decisions()[(item["id"], "fit")].value == other
+    # The same label from a stale page loses nothing: saved, not a conflict.
+    same = client.post("/api/decisions", json={**shown, "value": other})
+    assert same.status_code == 200 and same.json()["decision"]["value"] == other
     # Having seen it, the reviewer may replace it; without `replaces` the last save wins, as before.
     seen = client.post("/api/decisions", json={**shown, "replaces": other})
     assert seen.status_code == 200 and seen.json()["decision"]["action"] == "accept"

@@ -128,21 +128,20 @@ class ReviewStore:
             decided_at=datetime.now(timezone.utc),
         )
         if check:
-            decision = _public(row)  # before the session that adds the row expires its fields
-            self._replace(row, seen)
-            return decision
+            return self._replace(row, seen)
         try:
             self._merge(row)
         except IntegrityError:  # another reviewer inserted the same key first: ours is the later word
             self._merge(row)
         return _public(row)
 
-    def _replace(self, row: _Decision, seen: str | None) -> None:
+    def _replace(self, row: _Decision, seen: str | None) -> Decision:
+        decision = _public(row)  # before the session that adds the row expires its fields
         try:
             with Session(self.engine) as session, session.begin():
                 if seen is None:
                     session.add(row)  # fails on the key if a decision exists
-                    return
+                    return decision
                 stale = update(_Decision).where(
                     _Decision.item_id == row.item_id,
                     _Decision.attribute == row.attribute,
@@ -150,12 +149,14 @@ class ReviewStore:
                 )
                 fields = ("category", "value", "action", "predicted", "confidence", "decided_at")
                 if session.execute(stale.values({f: getattr(row, f) for f in fields})).rowcount == 1:
-                    return
+                    return decision
         except IntegrityError:
             pass
         with Session(self.engine) as session:
             current = session.get(_Decision, (row.item_id, row.attribute))
-            raise DecisionConflict(_public(current) if current is not None else None)
+        if current is not None and current.value == decision.value:
+            return _public(current)  # the other save picked the same label: nothing is lost
+        raise DecisionConflict(_public(current) if current is not None else None)
 
     def _merge(self, row: _Decision) -> None:
         with Session(self.engine) as session, session.begin():
