@@ -506,3 +506,15 @@ def test_a_page_loads_only_its_own_items_decisions(tmp_path: Path) -> None:
     finally:
         event.remove(_Decision, "load", count)
     assert sorted(loaded) == sorted([f"{k:04d}" for k in range(5)] + [f"{k:04d}" for k in range(3)])
+
+
+def test_a_schema_lacking_the_predicted_attributes_is_refused_by_name(
+    inputs: ReviewInputs, tmp_path: Path
+) -> None:
+    """Another model's checkpoint started a page on which every decision was refused ('...: []')."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "schema.json").write_text(json.dumps({"categories": {"Tops": {"color": ["red", "blue"]}}}))
+    with pytest.raises(ValueError, match=r"no values for 2 predicted .*\('Bags', 'color'\)") as err:
+        create_review_app(inputs.predictions, schema=other, database_url="sqlite://")
+    assert "checkpoint" in str(err.value)

@@ -142,9 +142,21 @@ def load_predictions(path: str | os.PathLike) -> pd.DataFrame:
 def allowed_values(
     predictions: pd.DataFrame, schema: Schema | None = None
 ) -> dict[tuple[str, str], list[str]]:
-    """(category, attribute) → values a reviewer may pick: the schema's, else those predicted somewhere."""
+    """(category, attribute) → values a reviewer may pick: the schema's, else those predicted somewhere.
+
+    Predicted pairs the schema lacks (the checkpoint of another model) are a ValueError naming them: their
+    every decision would be refused, on a page that starts as if nothing were wrong."""
     if schema is not None:
-        return {(c, a): list(v) for c, attrs in schema.categories.items() for a, v in attrs.items()}
+        allowed = {(c, a): list(v) for c, attrs in schema.categories.items() for a, v in attrs.items()}
+        predicted = zip(predictions[CATEGORY].astype(str), predictions["attribute"].astype(str), strict=True)
+        unknown = sorted(set(predicted) - allowed.keys())
+        if unknown:
+            raise ValueError(
+                f"the schema has no values for {len(unknown)} predicted (category, attribute) pairs, e.g. "
+                f"{unknown[:3]}: no correction of them could be saved; give the checkpoint (schema) of the "
+                "model that made the predictions"
+            )
+        return allowed
     allowed: dict[tuple[str, str], list[str]] = {}
     for (category, attribute), rows in predictions.groupby([CATEGORY, "attribute"], sort=False):
         allowed[(str(category), str(attribute))] = sorted(rows["value"].dropna().unique())
