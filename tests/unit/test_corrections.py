@@ -90,10 +90,14 @@ def test_a_whole_catalog_review_trains_a_run_on_some_categories(tmp_path: Path) 
         {"sku": ["1", "3", "9"], "type": ["Tops", "Bags", "Bags"], "color": ["green"] * 3}
     )
     config = dataclasses.replace(_config(tmp_path, reviewed), categories=["Tops"])
-    frame = load_catalog(config).frame.set_index("id")
+    with pytest.warns(
+        UserWarning, match=r"2 reviewed items of categories this run leaves out \(\['Bags'\]\)"
+    ):
+        frame = load_catalog(config).frame.set_index("id")
     assert frame["color"].to_dict() == {"1": "green", "2": None}
     small = dataclasses.replace(config, categories=[], min_rows_per_category=2)  # Bags has one row
-    assert load_catalog(small).frame.set_index("id")["color"].to_dict() == {"1": "green", "2": None}
+    with pytest.warns(UserWarning, match="2 reviewed items"):  # counted, not dropped unsaid
+        assert load_catalog(small).frame.set_index("id")["color"].to_dict() == {"1": "green", "2": None}
 
 
 def test_the_row_limit_samples_the_corrected_catalog_and_adds_no_rows(tmp_path: Path) -> None:

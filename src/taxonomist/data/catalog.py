@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import os
 import string
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -785,6 +786,12 @@ def apply_corrections(
     left_out = new[CATEGORY].isin(catalog.dropped_categories)
     if categories:
         left_out |= ~new[CATEGORY].isin(categories)
+    if left_out.any():
+        warnings.warn(
+            f"{path}: {int(left_out.sum())} reviewed items of categories this run leaves out "
+            f"({sorted(set(new.loc[left_out, CATEGORY]))}) are not merged",
+            stacklevel=2,
+        )
     new = new[~left_out]
     unknown = sorted(set(new[CATEGORY]) - set(catalog.attributes_by_category))
     if unknown:
