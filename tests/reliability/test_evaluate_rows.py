@@ -93,3 +93,22 @@ def test_test_split_still_matches_training(cli, tiny: Tiny, tmp_path: Path) -> N
     evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     trained = json.loads((tiny.checkpoint / "metrics.json").read_text())["test_score"]
     assert evaluation["score"] == pytest.approx(trained, abs=1e-6) and evaluation["errors"]["rows"] == 0
+
+
+def test_a_row_of_an_unknown_category_leaves_the_majority_baseline_as_it_was(
+    cli, tiny: Tiny, tmp_path: Path
+) -> None:
+    """Regression: with --split all, the one Shoes row was "the other 1 rows" the majority classes were
+    counted on: no Bags or Tops label there, so the baseline scored 0."""
+    rows = tiny.rows(12)
+    known = write_rows(tmp_path / "known.csv", rows)
+    code, _, err = _evaluate(cli, tiny, known, tmp_path / "known", "--split", "all")
+    assert code == 0, err
+    rows.loc[12] = {**rows.loc[0].to_dict(), "sku": "shoe-1", "type": "Shoes"}
+    with_unknown = write_rows(tmp_path / "with_unknown.csv", rows)
+    code, _, err = _evaluate(cli, tiny, with_unknown, tmp_path / "unknown", "--split", "all")
+    assert code == 0, err
+    expected, got = (json.loads((tmp_path / d / "evaluation.json").read_text()) for d in ("known", "unknown"))
+    assert got["unknown_category"]["rows"] == 1
+    assert got["baseline_score"] == expected["baseline_score"] > 0
+    assert "(the same 12 rows)" in (tmp_path / "unknown" / "evaluation.md").read_text()

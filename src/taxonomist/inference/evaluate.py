@@ -302,8 +302,11 @@ def evaluate(
         for i, c in zip(unknown_rows[ID], unknown_rows[CATEGORY], strict=True)
     ]
     errors = row_errors(source, pd.DataFrame([*unknown_errors, *(e.__dict__ for e in embedded.errors)]))
-    # The majority classes come from the rows the model was fitted on, where the split leaves any.
-    outside = ~known.frame[ID].isin(set(frame[ID]))
+    # The majority classes come from the rows the model was fitted on, where the split leaves any; rows
+    # of categories it does not know hold no majority for its categories (alone, they scored it 0).
+    outside = ~known.frame[ID].isin(set(frame[ID])) & known.frame[CATEGORY].astype(str).isin(
+        predictor.categories
+    )
     reference = known.frame[outside] if outside.any() else frame
     evaluation = Evaluation(
         attribute_score(frame, predicted, schema.categories),
