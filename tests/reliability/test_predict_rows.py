@@ -335,6 +335,28 @@ def test_ray_engine_lists_set_aside_rows_with_lines_too(cli, tiny: Tiny, tmp_pat
     ]
 
 
+def test_ray_engine_summary_json_counts_the_set_aside_rows_as_the_local_one_does(
+    cli, tiny: Tiny, tmp_path: Path
+) -> None:
+    """Regression: the Ray job's summary.json counted the rows its shards saw only (6 rows, 1 error, no
+    reasons) while its errors.csv and the printed summary had the rows the reader set aside too."""
+    pytest.importorskip("ray")
+    rows = tiny.rows(6)[["sku", "type"]]
+    rows = pd.concat([rows, rows.iloc[[0]]], ignore_index=True)  # line 8 repeats line 2
+    rows.loc[3, "type"] = ""  # line 5
+    rows.loc[2, "sku"] = "no-such-image"  # line 4
+    data = write_rows(tmp_path / "rows.csv", rows)
+    summaries = {}
+    for engine in ("local", "ray"):
+        code, _, err = _predict(cli, tiny, data, tmp_path / engine, "--engine", engine, "--num-actors", "1")
+        assert code == 0, err
+        summary = json.loads((tmp_path / engine / "summary.json").read_text())
+        summaries[engine] = {k: summary[k] for k in ("rows", "predicted", "errors", "error_reasons")}
+    reasons = {"missing": 1, "blank-category": 1, "duplicate-id": 1}
+    expected = {"rows": 7, "predicted": 4, "errors": 3, "error_reasons": reasons}
+    assert summaries["ray"] == summaries["local"] == expected
+
+
 def test_a_category_in_another_case_is_named_with_its_match(cli, tiny: Tiny, tmp_path: Path) -> None:
     """Categories match exactly, but surrounding whitespace folds and a case slip gets a hint."""
     rows = tiny.rows(4)[["sku", "type"]]

@@ -715,15 +715,17 @@ def with_row_errors(
 ) -> PredictSummary:
     """For engines that only see the rows read (Ray shards, the VLM batch job): ``errors.csv`` in
     ``out_dir`` rewritten with each row's line and the rows the reader set aside, and ``summary``
-    counting them too."""
+    counting them too, in ``summary.json`` as well (the engine's own counted the rows read only)."""
     table = row_errors(catalog, errors)
     atomic_write_frame(table, Path(out_dir) / "errors.csv")
-    return dataclasses.replace(
+    summary = dataclasses.replace(
         summary,
         rows=summary.rows + len(catalog.rejected),
         errors=len(table),
         error_reasons={str(r): int(n) for r, n in table["reason"].value_counts().items()},
     )
+    atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary.to_dict(), indent=1))
+    return summary
 
 
 def meesho_frame(preds: Sequence[Prediction], schema) -> pd.DataFrame:
