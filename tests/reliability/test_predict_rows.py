@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from taxonomist import io
 
@@ -453,3 +454,46 @@ def test_ray_engine_retries_the_rows_whose_images_were_fixed(cli, tiny: Tiny, tm
         [rows.at[2, "sku"], "4", "missing"],
         [rows.at[3, "sku"], "5", "unknown-category"],
     ]
+
+
+def test_meesho_layout_keeps_each_attribute_in_its_declared_column(cli, tiny: Tiny, tmp_path: Path) -> None:
+    """Regression: Tops declares [color, neck, fit] and no training row labels neck, so the model leaves
+    it out; predictions.csv wrote fit in attr_2 (neck's column) and len 2, misaligning a submission."""
+    root = tmp_path / "meesho"
+    (root / "train_images").mkdir(parents=True)
+    rows = []
+    for k, r in enumerate(tiny.rows(40).itertuples()):
+        os.symlink(tiny.images / "images" / f"{r.sku}.jpg", root / "train_images" / f"{k:06d}.jpg")
+        labels = [r.color, None, r.fit] if r.type == "Tops" else [r.color]
+        rows.append(
+            {
+                "id": k,
+                "Category": r.type,
+                "len": len(labels),
+                **{f"attr_{i + 1}": v for i, v in enumerate(labels)},
+            }
+        )
+    frame = pd.DataFrame(rows).reindex(
+        columns=["id", "Category", "len", *[f"attr_{k}" for k in range(1, 11)]]
+    )
+    frame.to_csv(root / "train.csv", index=False)
+    pd.DataFrame(
+        {"Category": ["Tops", "Bags"], "Attribute_list": [["color", "neck", "fit"], ["color"]]}
+    ).to_parquet(root / "category_attributes.parquet")
+    config = yaml.safe_load(tiny.config.read_text())
+    config["catalog"] = {"path": str(root), "layout": "meesho", "min_rows_per_category": 0}
+    config["missing_labels"] = {"policy": "mask"}
+    (tmp_path / "meesho.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = cli("train", "-c", tmp_path / "meesho.yaml", "-o", tmp_path / "ckpt", "-q")
+    assert code == 0, err
+    assert "neck" not in json.loads((tmp_path / "ckpt" / "schema.json").read_text())["categories"]["Tops"]
+    code, _, err = cli(
+        "predict", tmp_path / "ckpt", "-o", tmp_path / "out", "--data", root / "train.csv", "-q"
+    )
+    assert code == 0, err
+    predicted = pd.read_csv(tmp_path / "out" / "predictions.csv", dtype=str, keep_default_na=False)
+    long = pd.read_csv(tmp_path / "out" / "predictions_long.csv", dtype=str, keep_default_na=False)
+    fit = long[long["attribute"] == "fit"].set_index("id")["value"]
+    tops = predicted[predicted["Category"] == "Tops"].set_index("id")
+    assert (tops["len"] == "3").all() and (tops["attr_2"] == "").all()
+    assert tops["attr_3"].to_dict() == fit.to_dict()

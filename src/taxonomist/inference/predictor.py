@@ -613,7 +613,7 @@ class Predictor:
                     placeholder=placeholder,
                 )
                 frames = {
-                    "meesho": meesho_frame(preds, self.schema),
+                    "meesho": meesho_frame(preds, self.schema, catalog.attributes_by_category),
                     "long": long_frame(preds),
                     "errors": pd.DataFrame(
                         [e.__dict__ for e in errors], columns=["id", "path", "reason", "detail"]
@@ -625,7 +625,7 @@ class Predictor:
                     writer.write(k, frames)
                 predicted_now += len(preds)
                 bar.advance(task, len(rows))
-        meesho = writer.read("meesho", empty=meesho_frame([], self.schema))
+        meesho = writer.read("meesho", empty=meesho_frame([], self.schema, catalog.attributes_by_category))
         long, errors = writer.read("long", empty=long_frame([])), writer.read("errors")
         # The predicted rows' own failures: the rows the reader set aside may share a retried row's id.
         counts = retry_counts(retry, errors[ID] if len(errors) else ())
@@ -728,14 +728,27 @@ def with_row_errors(
     return summary
 
 
-def meesho_frame(preds: Sequence[Prediction], schema) -> pd.DataFrame:
-    """id, Category, len, attr_1..attr_N: the category's k-th attribute in attr_k (competition layout)."""
-    width = max([MEESHO_MAX_ATTRS, *(len(a) for a in schema.categories.values())])
+def meesho_frame(
+    preds: Sequence[Prediction], schema, declared: Mapping[str, Sequence[str]] | None = None
+) -> pd.DataFrame:
+    """id, Category, len, attr_1..attr_N: the category's k-th attribute in attr_k (competition layout).
+
+    ``declared``: category → its attribute names in the file's own order (a Meesho catalog's
+    ``category_attributes.parquet``), where attr_k must be that k-th name: an attribute the model left
+    out (no training label) stays blank instead of moving the next one into its column."""
+    order = {c: _layout(list(a), (declared or {}).get(c, ())) for c, a in schema.categories.items()}
+    width = max([MEESHO_MAX_ATTRS, *(len(a) for a in order.values())])
     rows = []
     for p in preds:
-        values = [p.attributes[a].value for a in schema.attributes_of(p.category)]
+        values = [p.attributes[a].value if a in p.attributes else None for a in order[p.category]]
         rows.append([p.id, p.category, len(values), *values, *[None] * (width - len(values))])
     return pd.DataFrame(rows, columns=["id", "Category", "len", *[f"attr_{k}" for k in range(1, width + 1)]])
+
+
+def _layout(attributes: list[str], declared: Sequence[str]) -> list[str]:
+    """A category's attr_k order: the declared names where they name every attribute the model predicts
+    for it (a file that declares fewer, e.g. a generic one read without labels, keeps the model's)."""
+    return list(declared) if set(attributes) <= set(declared) else attributes
 
 
 def long_frame(preds: Sequence[Prediction]) -> pd.DataFrame:
