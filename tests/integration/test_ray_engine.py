@@ -213,6 +213,26 @@ def test_bad_images_and_unknown_categories_are_reported(
     pd.testing.assert_frame_equal(errors, local_errors)
 
 
+def test_the_summary_gives_error_reasons_and_no_rate_for_a_run_with_nothing_to_do(
+    ray_session: None, ckpt: Path, tiny_run: tuple[Path, Path], tmp_path: Path
+):
+    """Regression: predict_with_ray's summary had no error reasons (the local engine's has them), and a
+    rerun that predicted nothing gave 0.0 rows/s where the local engine gives None."""
+    catalog_csv, _ = tiny_run
+    data = tmp_path / "data"
+    shutil.copytree(catalog_csv.parent, data)
+    (data / "images" / "1004.jpg").rename(data / "1004.jpg")
+    catalog = read_generic(data / "catalog.csv", id_column="sku", category_column="type")
+    first = run_ray(ckpt, catalog, tmp_path / "ray")
+    assert first.error_reasons == {"missing": 1} and first.images_per_s
+    (data / "1004.jpg").rename(data / "images" / "1004.jpg")
+    fixed = run_ray(ckpt, catalog, tmp_path / "ray")
+    assert (fixed.errors, fixed.error_reasons, fixed.recovered_rows) == (0, {}, 1) and fixed.images_per_s
+    again = run_ray(ckpt, catalog, tmp_path / "ray")
+    assert again.images_per_s is None
+    assert json.loads((tmp_path / "ray" / "summary.json").read_text())["images_per_s"] is None
+
+
 @pytest.fixture(scope="module")
 def listing(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(checkpoint, catalog) of listing heads that can predict without the image: titles name the colour;

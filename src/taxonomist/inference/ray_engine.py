@@ -270,7 +270,9 @@ def predict_with_ray(
                 num_cpus=num_cpus_per_actor,
                 num_gpus=gpus,
             ).materialize()
-    error_ids = [i for k in range(n_shards) for i in _ids(part_path(output_dir, "errors", k))]
+    parts = [pd.read_parquet(part_path(output_dir, "errors", k)) for k in range(n_shards)]
+    errors = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(ERROR_COLUMNS))
+    error_ids = list(dict.fromkeys(errors[ID]))
     # Rows with predictions, counted from the parts: with allow_missing_image a row can be in both.
     predicted_ids = [i for k in range(n_shards) for i in _ids(part_path(output_dir, "predictions", k))]
     by_inputs = None
@@ -281,6 +283,7 @@ def predict_with_ray(
     seconds = time.perf_counter() - start
     counts = retry_counts(retry, error_ids)
     done_rows = sum(len(range(k * shard_rows, min((k + 1) * shard_rows, len(rows)))) for k in pending)
+    done_rows += counts["retried_rows"]
     summary = PredictSummary(
         str(output_dir),
         len(rows),
@@ -288,7 +291,8 @@ def predict_with_ray(
         len(error_ids),
         n_shards - len(pending),
         seconds,
-        (done_rows + counts["retried_rows"]) / seconds if seconds > 0 else 0.0,
+        done_rows / seconds if done_rows and seconds > 0 else None,  # as the local engine: None for none
+        {str(r): int(n) for r, n in errors["reason"].value_counts().items()},
         predicted_by_inputs=by_inputs,
         **counts,
         text_note=text_note,
