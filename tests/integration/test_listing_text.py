@@ -218,3 +218,19 @@ def test_serve_takes_a_form_field_per_further_text_column(two_column_run) -> Non
     upload = [*files, ("description", ("d.txt", b"red cotton", "text/plain"))]
     refused, _ = _serve(ckpt, upload, category="Tops")
     assert refused.status_code == 422 and "description must be a text field" in refused.text
+
+
+def test_a_row_set_aside_for_its_id_does_not_count_the_used_row_as_predicted_without_its_image(
+    two_column_run, tmp_path: Path
+) -> None:
+    """Regression: a repeated id's errors.csv row shares the used row's id, so summary.json's
+    predicted_by_inputs counted that row, predicted from image and text, under "text" (no image)."""
+    catalog, ckpt = two_column_run
+    frame = pd.read_csv(catalog, dtype=str).head(4)
+    data = tmp_path / "rows.csv"
+    pd.concat([frame, frame.iloc[[0]]], ignore_index=True).to_csv(data, index=False)
+    out = tmp_path / "out"
+    invoke("predict", str(ckpt), "-o", str(out), "--data", str(data), "--images", str(catalog.parent), "-q")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["error_reasons"] == {"duplicate-id": 1}
+    assert summary["predicted_by_inputs"] == {"image + text": 4, "image": 0, "text": 0}

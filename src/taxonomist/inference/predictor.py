@@ -627,17 +627,18 @@ class Predictor:
                 bar.advance(task, len(rows))
         meesho = writer.read("meesho", empty=meesho_frame([], self.schema, catalog.attributes_by_category))
         long, errors = writer.read("long", empty=long_frame([])), writer.read("errors")
-        # The predicted rows' own failures: the rows the reader set aside may share a retried row's id.
-        counts = retry_counts(retry, errors[ID] if len(errors) else ())
+        # The predicted rows' own failures: the rows the reader set aside may share a predicted row's id.
+        own_errors = errors[ID] if len(errors) else ()
+        counts = retry_counts(retry, own_errors)
+        by_inputs = None
+        if all_texts is not None:
+            by_inputs = predicted_by_inputs(
+                dict(zip(all_ids, all_texts, strict=True)), meesho[ID], own_errors
+            )
         atomic_write_frame(meesho, out_dir / "predictions.csv")
         atomic_write_frame(long, out_dir / "predictions_long.csv")
         errors = row_errors(catalog, errors)
         atomic_write_frame(errors, out_dir / "errors.csv")
-        by_inputs = None
-        if all_texts is not None:
-            by_inputs = predicted_by_inputs(
-                dict(zip(all_ids, all_texts, strict=True)), meesho[ID], errors[ID]
-            )
         seconds = time.perf_counter() - start
         summary = PredictSummary(
             str(out_dir),
