@@ -127,7 +127,7 @@ def test_serve_refuses_a_queue_smaller_than_one_request(cli, tiny: Tiny) -> None
     """Regression: a 5-image request on --max-queue 4 was answered 503 "0 images already queued" for ever."""
     code, _, err = cli("serve", tiny.checkpoint, "--max-queue", "4", "--max-images", "5")
     assert code == 2
-    assert "max_queue (4) must be at least max_images_per_request (5)" in " ".join(err.split())
+    assert "--max-queue (4) must be at least --max-images (5)" in " ".join(err.split())  # the flags typed
 
 
 def test_a_submission_larger_than_the_queue_is_too_large_not_busy() -> None:
