@@ -116,6 +116,29 @@ def test_mmd_trains_past_a_validation_batch_of_one_row(tmp_path: Path) -> None:
     assert result.exit_code == 0, repr(result.exception)
 
 
+def test_dev_score_leaves_out_unreadable_dev_images_as_evaluate_does(tmp_path: Path) -> None:
+    """Regression: dev rows whose image could not be read were scored from blank pixels, so they chose
+    the epoch, temperatures and prior correction, and metrics.json's dev_score (0.62 here) matched
+    neither evaluate's score (0.47, those rows counted wrong) nor its score without them (0.75, what the
+    heads recipe's dev_score is)."""
+    from taxonomist.data.prepare import prepare_catalog
+
+    config = _config(tmp_path, phase2_epochs=0, epochs=1)
+    for item in prepare_catalog(load_config(config)).part("dev")["id"].tolist()[:6]:
+        # Distinct bytes: identical files would be grouped as duplicates into one part.
+        (tmp_path / "data" / "images" / f"{item}.jpg").write_bytes(f"not an image {item}".encode())
+    out = tmp_path / "run"
+    result = _train(config, out)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    args = ["--split", "dev", "--resamples", "0", "--output", str(tmp_path / "ev"), "-q"]
+    result = CliRunner().invoke(app, ["evaluate", str(out), *args])
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert evaluation["score"] < evaluation["score_without_unreadable"]  # the rows are unreadable there
+    assert metrics["dev_score"] == pytest.approx(evaluation["score_without_unreadable"], abs=1e-9)
+
+
 def test_phase_two_changes_only_the_heads(tmp_path: Path) -> None:
     """Backbone, trunk and standardisation stay bit-identical; each attribute's own head moves."""
     from accelerate import Accelerator

@@ -257,14 +257,20 @@ def _evaluate(
     attributes,
     text: RowText | None = None,
     hide: str | None = None,
-) -> tuple[float, dict, dict]:
-    """Validation score (competition metric), per-attribute harmonic F1 and the logits, gathered over
-    processes. ``hide`` (listing heads): the input every row is scored without."""
+) -> tuple[float, dict, dict, np.ndarray]:
+    """Validation score (competition metric), per-attribute harmonic F1, the logits and the positions in
+    ``val_frame`` of the rows they score, gathered over processes. ``hide`` (listing heads): the input
+    every row is scored without.
+
+    Rows whose image could not be read are left out, as the heads recipe leaves them out of dev: their
+    blank pixels are no prediction ``predict`` would make, so they must not choose the epoch, the kept
+    phase-2 heads, the temperatures or the prior correction."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {a: [] for a in attributes}
     order: list[torch.Tensor] = []
+    readable: list[torch.Tensor] = []
     with torch.no_grad():
-        for pixels, category, _labels, _ok, index in loader:
+        for pixels, category, _labels, ok, index in loader:
             rows_text = None if text is None else text.batch(index, pixels.device)
             present = None
             if hide is not None:
@@ -273,16 +279,20 @@ def _evaluate(
             logits, _ = model(pixels, category, rows_text, present)
             logits = accelerator.gather_for_metrics(logits)
             order.append(accelerator.gather_for_metrics(index).cpu())
+            readable.append(accelerator.gather_for_metrics(ok).cpu())
             for a in attributes:
                 parts[a].append(logits[a].float().cpu())
     rows = torch.cat(order).numpy()
-    logits = {a: torch.cat(v)[np.argsort(rows)] for a, v in parts.items()}
-    frame = val_frame.iloc[np.sort(rows)].reset_index(drop=True)
+    by_row = np.argsort(rows)
+    keep = by_row[torch.cat(readable).numpy()[by_row]]
+    logits = {a: torch.cat(v)[torch.as_tensor(keep)] for a, v in parts.items()}
+    scored = rows[keep]
+    frame = val_frame.iloc[scored].reset_index(drop=True)
     pred = logits_to_frame(logits, frame[ID].tolist(), frame[CATEGORY].tolist(), schema)
     report = attribute_score(frame, pred, schema.categories)
     per_attr = dict(zip(report.per_attribute["attribute"], report.per_attribute["harmonic"], strict=True))
     model.train()
-    return report.score, per_attr, logits
+    return report.score, per_attr, logits, scored
 
 
 def build_augment(fc: FinetuneConfig, preprocess: Preprocess) -> BatchAugment:
@@ -646,7 +656,7 @@ def _step_loss(
 
 
 def _validate(run: _Setup, data: _Data) -> tuple[float, dict]:
-    score, per_attr, _ = _evaluate(
+    score, per_attr, *_ = _evaluate(
         run.model,
         run.val_loader,
         run.accelerator,
@@ -669,16 +679,16 @@ def _fit_calibration(cfg: RunConfig, run: _Setup, data: _Data) -> _Fitted:
     fine-tuned network's own dev logits (its backbone moved, so no cached features would do)."""
     index = {c: i for i, c in enumerate(data.categories)}
 
-    def labels_only(frame: pd.DataFrame, text: RowText | None) -> FeatureSet:
+    def labels_only(frame: pd.DataFrame, has_text: torch.Tensor | None = None) -> FeatureSet:
         category = np.array([index[c] for c in frame[CATEGORY]], dtype=np.int64)
         part = FeatureSet.build(np.empty((len(frame), 0)), category, encode_labels(frame, data.schema))
-        if text is not None:
-            part.present = torch.stack([torch.ones_like(text.present), text.present], dim=1)
+        if has_text is not None:
+            part.present = torch.stack([torch.ones_like(has_text), has_text], dim=1)
         return part
 
-    evaluated: dict[str | None, dict[str, torch.Tensor]] = {}  # one pass over dev's images per input set
+    evaluated: dict[str | None, tuple] = {}  # one pass over dev's images per input set
 
-    def logits_of(hide: str | None) -> dict[str, torch.Tensor]:
+    def evaluate(hide: str | None) -> tuple:
         if hide not in evaluated:
             attributes = list(data.schema.attributes)
             evaluated[hide] = _evaluate(
@@ -690,15 +700,21 @@ def _fit_calibration(cfg: RunConfig, run: _Setup, data: _Data) -> _Fitted:
                 attributes,
                 run.val_text,
                 hide,
-            )[2]
+            )
         return evaluated[hide]
 
-    def score(decisions: Mapping[str, torch.Tensor], rows: np.ndarray | None = None) -> float:
-        return part_report(decisions, data.val, data.schema, rows).score
+    def logits_of(hide: str | None) -> dict[str, torch.Tensor]:
+        return evaluate(hide)[2]
 
-    dev_set = labels_only(data.val, run.val_text)
+    scored = evaluate(None)[3]  # the dev rows with a readable image, as every pass scores them
+    val = data.val.iloc[scored].reset_index(drop=True)
+
+    def score(decisions: Mapping[str, torch.Tensor], rows: np.ndarray | None = None) -> float:
+        return part_report(decisions, val, data.schema, rows).score
+
+    dev_set = labels_only(val, None if run.val_text is None else run.val_text.present[scored])
     heads = run.unwrapped.heads
-    calibration = fit_calibration(cfg, heads, labels_only(data.train, None), dev_set, score, logits_of)
+    calibration = fit_calibration(cfg, heads, labels_only(data.train), dev_set, score, logits_of)
     decisions = calibration.decisions(logits_of(None), dev_set.present)
     return _Fitted(calibration, score(decisions))
 
