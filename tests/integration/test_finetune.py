@@ -97,6 +97,22 @@ def test_finetune_trains_resumes_predicts_and_benches(tmp_path: Path) -> None:
     assert "gflops" in (tmp_path / "bench" / "bench.md").read_text().lower()
 
 
+def test_a_rerun_on_an_edited_catalog_is_refused_not_resumed(tmp_path: Path) -> None:
+    """Regression: the resume check compared settings only, so a rerun after the catalog's labels were
+    corrected continued the epochs trained on the old labels as if they were its own."""
+    import pandas as pd
+
+    config = _config(tmp_path, phase2_epochs=0, epochs=1, max_steps_per_epoch=2)
+    out = tmp_path / "run"
+    assert _train(config, out).exit_code == 0
+    catalog = tmp_path / "data" / "catalog.csv"
+    frame = pd.read_csv(catalog, dtype=str)
+    frame["color"] = frame["color"].map({"red": "blue", "blue": "red", "green": "green"})  # same schema
+    frame.to_csv(catalog, index=False)
+    result = _train(config, out, "finetune.epochs=2")
+    assert isinstance(result.exception, ResumeError) and "other data" in str(result.exception)
+
+
 def test_attention_head_recipe_with_mmd(tmp_path: Path) -> None:
     config = _config(tmp_path, head="attention", mmd=True, phase2_epochs=1, epochs=1)
     result = _train(config, tmp_path / "run")
