@@ -119,6 +119,11 @@ def test_attention_head_recipe_with_mmd(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 0 <= metrics["score_phase2"] <= 1
+    # Regression: predict failed with "model.safetensors does not fit taxonomist.json", as if the files
+    # came from two runs; no predictor runs attention heads, and the error now says that.
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "run"), "-o", str(tmp_path / "pred"), "-q"])
+    assert result.exit_code != 0
+    assert "attention heads" in str(result.exception) and "finetune.head: mlp" in str(result.exception)
 
 
 def test_mmd_trains_past_a_validation_batch_of_one_row(tmp_path: Path) -> None:

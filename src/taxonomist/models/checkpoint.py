@@ -206,6 +206,14 @@ class HeadsCheckpoint:
                 raise
             what = f"no {err}" if isinstance(err, KeyError) else str(err)
             raise CheckpointError(f"{meta_path}: not a valid checkpoint description ({what})") from err
+        if ckpt.metrics.get("head") == "attention":
+            # Its heads read the backbone's feature map, which no predictor runs: say so, not "weights from
+            # two different runs" when the MLP heads built here do not fit them.
+            raise CheckpointError(
+                f"{directory}: its heads are attention heads over the backbone's feature map "
+                "(finetune.head: attention), which predict, evaluate, serve and bench do not run; its "
+                "scores are in metrics.json. Train with finetune.head: mlp for a checkpoint they load"
+            )
         model = ckpt.build_model()
         weights = directory / WEIGHTS_FILE
         try:
