@@ -38,7 +38,7 @@ def test_corpus_rows_are_never_dropped_unreported(tmp_path: Path) -> None:
         Enricher.from_file(corpus, title_column="title", text_columns=["description"], encoder=ENCODER)
     cache = str(tmp_path / "cache")
     corpus.write_text("title,description\nChef knife,kitchen\n,orphan text\n  ,home\nRouter,\n")
-    with pytest.warns(UserWarning, match=r"2 of 4 corpus rows have no 'title'.*lines \[3, 4\]"):
+    with pytest.warns(UserWarning, match=r"2 of 4 rows of the corpus have no 'title'.*lines \[3, 4\]"):
         enricher = Enricher.from_file(
             corpus, title_column="title", text_columns=["description"], encoder=ENCODER, cache_dir=cache
         )

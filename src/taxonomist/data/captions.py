@@ -7,13 +7,12 @@ COCO images have several captions (rows share an id); a product has one, its dis
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from taxonomist.data.catalog import CatalogError, expand_path, read_lined_table
+from taxonomist.data.catalog import CatalogError, expand_path, read_lined_table, warn_rows_left_out
 from taxonomist.data.images import content_hash
 from taxonomist.data.split import split_train_dev_test
 
@@ -56,13 +55,9 @@ def read_product_captions(
         raise CatalogError(f"{path}: no productDisplayName column (columns: {list(raw.columns)})")
     names = raw["productDisplayName"].str.strip()
     named = names.notna() & (names != "")
-    if not named.all():
-        lines = raw.index[~named].tolist()
-        warnings.warn(
-            f"{path}: {len(lines)} rows without a productDisplayName are left out (no caption to score "
-            f"against), e.g. lines {lines[:5]}",
-            stacklevel=2,
-        )
+    warn_rows_left_out(
+        path, raw, named, "without a productDisplayName are left out (no caption to score against)"
+    )
     raw = raw.assign(productDisplayName=names)[named]
     paths = [root / "images" / f"{i}.jpg" for i in raw["id"]]
     # Byte-identical photos (the catalogue reuses some, often with the same name) stay in one part, or

@@ -252,6 +252,16 @@ def _text_errors(path: Path, encoding: str) -> Iterator[None]:
         raise CatalogError(f"catalog.encoding: {err}") from err
 
 
+def warn_rows_left_out(path: str | os.PathLike, frame: pd.DataFrame, keep: pd.Series, reason: str) -> None:
+    """Count and name the rows of ``frame`` (read by :func:`read_lined_table`: indexed by line) a reader
+    leaves out where ``keep`` is false, so none is dropped unsaid; ``reason`` follows "N of M rows"."""
+    lines = frame.index[~keep].tolist()
+    if lines:
+        warnings.warn(
+            f"{path}: {len(lines)} of {len(frame)} rows {reason}, e.g. lines {lines[:5]}", stacklevel=3
+        )
+
+
 def read_lined_table(
     path: str | os.PathLike, encoding: str = "utf-8", *, skip_malformed: bool = False
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from taxonomist.data.catalog import expand_path, read_lined_table
+from taxonomist.data.catalog import expand_path, read_lined_table, warn_rows_left_out
 from taxonomist.data.taxonomy import normalize_text
 from taxonomist.features.cache import FeatureCache
 from taxonomist.models.text import TextEncoder
@@ -92,13 +91,9 @@ class Enricher:
         titled = frame[title_column].str.strip() != ""
         if not titled.any():
             raise ValueError(f"{path}: no corpus row has a {title_column!r} to search by")
-        if not titled.all():
-            lines = frame.index[~titled].tolist()
-            warnings.warn(
-                f"{path}: {len(lines)} of {len(frame)} corpus rows have no {title_column!r} and are left "
-                f"out of the enrichment search, e.g. lines {lines[:5]}",
-                stacklevel=2,
-            )
+        warn_rows_left_out(
+            path, frame, titled, f"of the corpus have no {title_column!r} and are left out of the search"
+        )
         frame = frame[titled]
         texts = [", ".join(row) for row in frame[list(text_columns)].to_numpy()]
         return cls(frame[title_column].tolist(), texts, TextEncoder(encoder), k, max_chars, cache_dir)
