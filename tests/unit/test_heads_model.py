@@ -29,6 +29,16 @@ def test_disallowed_values_get_zero_probability_and_no_nan() -> None:
     assert not torch.isnan(size).any()  # Bags have no size: a flat row, not NaN
 
 
+def test_standardization_fitted_on_one_row_keeps_logits_finite() -> None:
+    """Regression: the std of one training row is NaN (unbiased), and clamp_min kept it, so every logit of
+    heads fitted on a single row was NaN; a feature without spread now divides by 1, as ListingHeads does."""
+    model = AttributeHeads(8, allowed_masks(SCHEMA, ["Shoes", "Bags"]), hidden=[16], category_dim=4)
+    model.set_standardization(torch.randn(1, 8))
+    out = model(torch.randn(3, 8), torch.tensor([0, 1, 0]))
+    assert torch.isfinite(model.feature_std).all()
+    assert not any(torch.isnan(logits).any() for logits in out.values())
+
+
 def test_missing_labels_add_no_loss_or_gradient() -> None:
     torch.manual_seed(0)
     model = AttributeHeads(8, allowed_masks(SCHEMA, ["Shoes", "Bags"]), hidden=[16], category_dim=4)

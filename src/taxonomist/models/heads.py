@@ -95,7 +95,9 @@ class AttributeHeads(MaskedHeads):
     def set_standardization(self, features: torch.Tensor) -> None:
         """Fit input mean/std on training features: backbone and colour features differ in scale."""
         self.feature_mean.copy_(features.mean(0))
-        self.feature_std.copy_(features.std(0).clamp_min(1e-4))
+        # One row has no spread (its unbiased std is NaN): its features are centred and divided by 1.
+        std = features.std(0) if len(features) > 1 else torch.ones_like(self.feature_std)
+        self.feature_std.copy_(std.clamp_min(1e-4))
 
     def forward(self, features: torch.Tensor, category: torch.Tensor) -> dict[str, torch.Tensor]:
         x = (features - self.feature_mean) / self.feature_std
