@@ -275,6 +275,18 @@ def test_predict_file_writes_core_layouts_and_resumes(predictor, images, tmp_pat
         predictor.decoding.chunk_size = GenerateConfig().chunk_size
 
 
+def test_predict_file_keeps_each_attribute_in_its_declared_meesho_column(predictor, images, tmp_path):
+    """Regression: predictions.csv took the model's attribute order, so an attribute the catalog declares
+    and the model lacks (no training label) moved the next one into its attr_k and shortened len, as the
+    heads' batch job did before ff2c564."""
+    declared = {"Tops": ["fit", "colour", "neck"], "Shoes": ["colour"]}
+    predictor.predict_file(["a"], images[:1], ["Tops"], tmp_path, progress=False, attribute_order=declared)
+    row = pd.read_csv(tmp_path / "predictions.csv", dtype=str, keep_default_na=False).iloc[0]
+    long = pd.read_csv(tmp_path / "predictions_long.csv", dtype=str).set_index("attribute")["value"]
+    assert (row["len"], row["attr_1"]) == ("3", "")  # fit: declared, never predicted
+    assert (row["attr_2"], row["attr_3"]) == (long["colour"], long["neck"])
+
+
 def test_predict_file_rerun_retries_a_row_whose_image_was_missing(predictor, images, tmp_path):
     """Regression: the rerun served the finished chunk's "missing" row again after the image came."""
     late = tmp_path / "late.jpg"

@@ -182,6 +182,7 @@ def predict(
         output,
         progress=not quiet,
         titles=catalog.frame[TEXT].tolist() if titled else None,
+        attribute_order=catalog.attributes_by_category,
     )
     record_input(output, cfg.catalog, model_dir)  # once the folder's manifest accepted this job
     errors = pd.read_csv(output / "errors.csv", dtype=str, keep_default_na=False)

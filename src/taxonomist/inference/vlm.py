@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,10 +317,13 @@ class VLMPredictor:
         *,
         progress: bool = True,
         titles: Sequence[str | None] | None = None,
+        attribute_order: Mapping[str, Sequence[str]] | None = None,
     ) -> PredictSummary:
         """Batch job over many images: chunked atomic parts, resumable after a crash, errors kept; a rerun
         retries the rows of finished chunks whose image failed, as the heads' batch job does.
-        ``titles``: the listings' titles, asked with the images (part of the job's identity)."""
+        ``titles``: the listings' titles, asked with the images (part of the job's identity).
+        ``attribute_order``: category → its attribute names as the catalog declares them (Meesho's
+        ``category_attributes.parquet``), the attr_k columns of predictions.csv (see ``meesho_frame``)."""
         start = time.perf_counter()
         out_dir = Path(out_dir)
         decoding = self.decoding
@@ -357,14 +360,14 @@ class VLMPredictor:
                     [ids[r] for r in rows],
                     titles=[titles[r] for r in rows],
                 )
-                frames = self.result_frames(results)
+                frames = self.result_frames(results, attribute_order)
                 if k in retry:
                     writer.replace(k, frames, retry[k])
                 else:
                     writer.write(k, frames)
                 predicted_now += sum(r.best is not None and not r.best.error for r in results)
                 bar.advance(task, len(rows))
-        empty = self.result_frames([])
+        empty = self.result_frames([], attribute_order)
         errors = writer.read("errors")
         if self.task == "caption":
             captions = writer.read("captions", empty=empty["captions"])
@@ -394,7 +397,9 @@ class VLMPredictor:
         atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_dict(), indent=1))
         return summary
 
-    def result_frames(self, results: Sequence[VLMResult]) -> dict[str, pd.DataFrame]:
+    def result_frames(
+        self, results: Sequence[VLMResult], attribute_order: Mapping[str, Sequence[str]] | None = None
+    ) -> dict[str, pd.DataFrame]:
         """One chunk's output frames, errors last (see ``ChunkedWriter.replace``); a generation that failed
         to parse is an error row too."""
         errors = [r.error.__dict__ for r in results if r.error is not None]
@@ -412,7 +417,7 @@ class VLMPredictor:
             }
         else:
             preds = to_predictions(ok)
-            frames = {"meesho": meesho_frame(preds, self.schema), "long": long_frame(preds)}
+            frames = {"meesho": meesho_frame(preds, self.schema, attribute_order), "long": long_frame(preds)}
         return {**frames, "errors": pd.DataFrame(errors, columns=["id", "path", "reason", "detail"])}
 
 
