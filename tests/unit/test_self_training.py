@@ -352,6 +352,24 @@ def test_the_data_report_counts_rows_left_out_for_an_unreadable_image(tmp_path: 
     assert {p: report.parts[p] - report.unreadable_images[p] for p in seen} == seen
 
 
+def test_a_rerun_on_an_edited_catalog_is_refused_not_resumed(tmp_path: Path) -> None:
+    """Regression: the resume check compared settings only, so after the catalog's labels were edited a
+    rerun kept the rounds fitted on the old labels as its own, as fine-tuning did before 5cc8c40."""
+    path = make_catalog(tmp_path / "data")
+    raw = tiny_config(path, tmp_path / "cache", epochs=2, patience=2)
+    raw["self_training"] = {"labeled_fraction": 0.4, "dev_fraction": 0.3, "rounds": 0}
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    self_train(load_config(config), out, progress=False)
+    self_train(load_config(config), out, progress=False)  # the same rows: resumes
+    frame = pd.read_csv(path, dtype=str)
+    frame["color"] = frame["color"].map({"red": "blue", "blue": "red"}).fillna(frame["color"])  # same schema
+    frame.to_csv(path, index=False)
+    with pytest.raises(ResumeError, match="other data"):
+        self_train(load_config(config), out, progress=False)
+
+
 @pytest.mark.parametrize("titles", [False, True])
 def test_an_empty_pool_and_test_part_run_every_round(tmp_path: Path, titles: bool) -> None:
     """Regression: with every row labeled and labeled_fraction 1.0 the pool is empty (as documented), and

@@ -22,7 +22,6 @@ Data parallel through accelerate: ``torchrun --nproc_per_node N -m taxonomist.cl
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import shutil
@@ -65,6 +64,7 @@ from taxonomist.training.heads import (
     logits_to_frame,
     part_report,
     resume_settings,
+    rows_digest,
     set_text,
     text_record,
 )
@@ -374,7 +374,10 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
     if accelerator.is_main_process:
         atomic_write_text(output_dir / DATA_REPORT, data_report.to_json())
     run = _set_up_model(cfg, data, accelerator, progress)
-    settings = {**resume_settings(cfg, "finetune", free=("epochs",)), "data": _data_digest(data)}
+    settings = {
+        **resume_settings(cfg, "finetune", free=("epochs",)),
+        "data": rows_digest(data.train, data.val),
+    }
     state = _resume(output_dir, accelerator, settings)
     resumed_from = state.next_epoch
     seen_images, train_seconds = 0, 0.0
@@ -423,16 +426,6 @@ def train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True) -> F
         _save_checkpoint(run.unwrapped, cfg, data, output_dir, report, fitted.calibration)
     accelerator.end_training()
     return report
-
-
-def _data_digest(data: _Data) -> str:
-    """The rows the epochs train on and are chosen on (ids, categories, labels, texts): a catalog edited
-    between a crash and its rerun is other data, whose epochs are not this run's to continue."""
-    digest = hashlib.sha256()
-    for frame in (data.train, data.val):
-        digest.update(json.dumps(list(frame.columns)).encode())
-        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def _accelerator(fc: FinetuneConfig) -> Any:
@@ -585,7 +578,7 @@ class _SamplerState:
 
 def _resume(output_dir: Path, accelerator: Any, settings: dict) -> _Progress:
     """The last finished epoch's state and progress, or a fresh start; epochs run with other settings or
-    on other data (``settings``: :func:`resume_settings` and :func:`_data_digest`) are refused, not
+    on other data (``settings``: :func:`resume_settings` and :func:`rows_digest`) are refused, not
     continued as if they were this run's."""
     progress_file = output_dir / PROGRESS_FILE
     if not progress_file.exists():

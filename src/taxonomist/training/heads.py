@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -369,6 +370,16 @@ def resume_settings(cfg: RunConfig, own: str, free: tuple[str, ...] = ()) -> dic
         k: {f: v for f, v in section.items() if f not in skip.get(k, ())} for k, section in settings.items()
     }
     return json.loads(json.dumps(settings))
+
+
+def rows_digest(*frames: pd.DataFrame) -> str:
+    """The rows a run learns from and is chosen on (ids, categories, labels, texts): a catalog edited
+    between a crash and its rerun is other data, whose finished part is not this run's to continue."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        digest.update(json.dumps(list(frame.columns)).encode())
+        digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def text_record(cfg: RunConfig, text: ListingText) -> dict:

@@ -77,6 +77,7 @@ from taxonomist.training.heads import (
     predict_decisions,
     predict_probs,
     resume_settings,
+    rows_digest,
     text_record,
 )
 
@@ -251,6 +252,7 @@ class SelfTrainingData:
     """Backbone spec, schema and head sizes shared by every round's checkpoint."""
     backbone_state: dict[str, torch.Tensor] | None
     fit: FeatureSet
+    fit_frame: pd.DataFrame
     dev: FeatureSet
     dev_frame: pd.DataFrame
     test: FeatureSet
@@ -393,6 +395,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True) -> SelfTrainingData:
         checkpoint,
         backbone_state,
         fit,
+        fit_frame,
         dev,
         dev_frame,
         test,
@@ -550,6 +553,13 @@ def self_train(cfg: RunConfig, output_dir: str | Path, *, progress: bool = True)
     out.mkdir(parents=True, exist_ok=True)
     state = load_progress(out / PROGRESS_FILE, resume_settings(cfg, "self_training", free=("rounds",)))
     data = prepare(cfg, progress=progress)
+    # Settings are checked before embedding; the rows only once prepared. Runs that recorded none: as before.
+    digest = rows_digest(data.fit_frame, data.dev_frame, data.pool_frame, data.test_frame)
+    if state.setdefault("data", digest) != digest:
+        raise ResumeError(
+            f"{out} holds self-training rounds run on other data (the catalog's rows or labels were edited); "
+            "use another output folder or delete this one"
+        )
     if data.data_report is not None:
         atomic_write_text(out / DATA_REPORT, data.data_report.to_json())
     truth = {a: v.numpy() for a, v in data.pool_views[0].labels.items()}
